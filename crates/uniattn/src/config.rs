@@ -1,0 +1,378 @@
+//! Model configuration: one struct for every family, read from a Hugging Face `config.json` or
+//! from GGUF metadata, and written back as `config.json`. Family differences are explicit flags
+//! derived from [`Family`], so the transformer has one code path.
+use crate::error::{Error, Result};
+use crate::weights::gguf::GgufFile;
+use serde_json::{json, Value};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Gemma2,
+    Gemma3,
+}
+
+impl Family {
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3_text",
+        }
+    }
+
+    fn from_model_type(s: &str) -> Option<Self> {
+        Some(match s {
+            "llama" => Family::Llama,
+            "mistral" => Family::Mistral,
+            "qwen2" => Family::Qwen2,
+            "gemma2" => Family::Gemma2,
+            "gemma3_text" | "gemma3" => Family::Gemma3,
+            _ => return None,
+        })
+    }
+
+    fn architecture(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Gemma2 => "Gemma2ForCausalLM",
+            Family::Gemma3 => "Gemma3ForCausalLM",
+        }
+    }
+
+    /// Gemma: RMSNorm multiplies by `1 + w`, embeddings are scaled by sqrt(hidden), the MLP uses
+    /// tanh-GELU, and the residual branches are wrapped in pre and post norms.
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
+    }
+
+    /// Gemma 3 normalises queries and keys per head before RoPE.
+    pub fn has_qk_norm(self) -> bool {
+        self == Family::Gemma3
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    /// RoPE base of sliding-window layers where it differs (Gemma 3: 10,000).
+    pub rope_local_theta: Option<f64>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Bias on the Q, K and V projections (Qwen2).
+    pub attention_bias: bool,
+    pub sliding_window: Option<usize>,
+    /// Every `n`-th layer is global, the others slide (Gemma 2: 2, Gemma 3: 6). `None` with a
+    /// window means every layer slides (Mistral).
+    pub sliding_window_pattern: Option<usize>,
+    /// Scores are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2` (Gemma).
+    pub query_pre_attn_scalar: Option<f64>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ModelConfig {
+    pub fn kv_groups(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+
+    pub fn attn_scale(&self) -> f64 {
+        self.query_pre_attn_scalar.unwrap_or(self.head_dim as f64).powf(-0.5)
+    }
+
+    /// The sliding window of layer `l`, if it slides.
+    pub fn layer_window(&self, l: usize) -> Option<usize> {
+        let w = self.sliding_window?;
+        match self.sliding_window_pattern {
+            Some(p) if (l + 1) % p == 0 => None,
+            _ => Some(w),
+        }
+    }
+
+    pub fn layer_rope_theta(&self, l: usize) -> f64 {
+        match (self.layer_window(l), self.rope_local_theta) {
+            (Some(_), Some(local)) => local,
+            _ => self.rope_theta,
+        }
+    }
+
+    fn validate(self, path: &Path) -> Result<Self> {
+        let bad = |field: &str, msg: String| Err(Error::format(path, format!("{field}: {msg}")));
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+        ] {
+            if v == 0 {
+                return bad(field, "must be positive".into());
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return bad(
+                "num_key_value_heads",
+                format!("{} does not divide num_attention_heads {}", self.num_kv_heads, self.num_heads),
+            );
+        }
+        if self.head_dim % 2 != 0 {
+            return bad("head_dim", format!("{} must be even for RoPE", self.head_dim));
+        }
+        Ok(self)
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_hf_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+        // Multimodal Gemma 3 configs nest the language model.
+        let v = v.get("text_config").cloned().unwrap_or(v);
+        let field = |k: &str| v.get(k).filter(|x| !x.is_null());
+        let usize_of = |k: &str| -> Result<usize> {
+            field(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| Error::format(path, format!("{k}: missing or not a non-negative integer")))
+        };
+        let f64_of = |k: &str| field(k).and_then(Value::as_f64);
+        let mt = field("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::format(path, "model_type: missing"))?;
+        let family = Family::from_model_type(mt).ok_or_else(|| {
+            Error::format(path, format!("model_type: '{mt}' is not supported (llama, mistral, qwen2, gemma2, gemma3_text)"))
+        })?;
+        if let Some(rs) = field("rope_scaling") {
+            let ty = rs.get("rope_type").or(rs.get("type")).and_then(Value::as_str).unwrap_or("?");
+            if ty != "default" {
+                return Err(Error::format(path, format!("rope_scaling: type '{ty}' is not supported yet")));
+            }
+        }
+        let hidden = usize_of("hidden_size")?;
+        let heads = usize_of("num_attention_heads")?;
+        let ids = |k: &str| -> Vec<u32> {
+            match field(k) {
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+                Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+                None => vec![],
+            }
+        };
+        let (window, pattern) = match family {
+            Family::Gemma3 => (field("sliding_window").and_then(Value::as_u64).map(|w| w as usize), Some(field("sliding_window_pattern").and_then(Value::as_u64).unwrap_or(6) as usize)),
+            Family::Gemma2 => (field("sliding_window").and_then(Value::as_u64).map(|w| w as usize), Some(2)),
+            Family::Mistral => (field("sliding_window").and_then(Value::as_u64).map(|w| w as usize), None),
+            _ => (None, None),
+        };
+        if let Some(lt) = field("layer_types").and_then(Value::as_array) {
+            // Check the explicit layer types against the pattern we derive.
+            let cfg_pattern = pattern.unwrap_or(usize::MAX);
+            for (i, t) in lt.iter().enumerate() {
+                let sliding = t.as_str() == Some("sliding_attention");
+                let ours = window.is_some() && (i + 1) % cfg_pattern != 0;
+                if sliding != ours {
+                    return Err(Error::format(path, format!("layer_types[{i}]: '{t}' does not follow the family's sliding-window pattern")));
+                }
+            }
+        }
+        let cfg = ModelConfig {
+            family,
+            vocab_size: usize_of("vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: usize_of("intermediate_size")?,
+            num_layers: usize_of("num_hidden_layers")?,
+            num_heads: heads,
+            num_kv_heads: field("num_key_value_heads").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(heads),
+            head_dim: match field("head_dim").and_then(Value::as_u64) {
+                Some(d) => d as usize,
+                None => hidden / heads.max(1),
+            },
+            rms_norm_eps: f64_of("rms_norm_eps").unwrap_or(1e-6),
+            rope_theta: f64_of("rope_theta").unwrap_or(10_000.0),
+            rope_local_theta: if family == Family::Gemma3 { Some(f64_of("rope_local_base_freq").unwrap_or(10_000.0)) } else { None },
+            max_position_embeddings: usize_of("max_position_embeddings").unwrap_or(4096),
+            tie_word_embeddings: field("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(family.is_gemma()),
+            attention_bias: field("attention_bias").and_then(Value::as_bool).unwrap_or(family == Family::Qwen2),
+            sliding_window: window,
+            sliding_window_pattern: pattern,
+            query_pre_attn_scalar: if family.is_gemma() { f64_of("query_pre_attn_scalar") } else { None },
+            attn_logit_softcapping: f64_of("attn_logit_softcapping"),
+            final_logit_softcapping: f64_of("final_logit_softcapping"),
+            bos_token_id: ids("bos_token_id").first().copied(),
+            eos_token_ids: ids("eos_token_id"),
+        };
+        cfg.validate(path)
+    }
+
+    /// Reads the model hyper-parameters from GGUF metadata (`{arch}.*` keys).
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch = g.req_str("general.architecture")?;
+        let family = match arch {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "gemma2" => Family::Gemma2,
+            "gemma3" => Family::Gemma3,
+            _ => return Err(Error::format(g.path(), format!("general.architecture: '{arch}' is not supported (llama, qwen2, gemma2, gemma3)"))),
+        };
+        let k = |s: &str| format!("{arch}.{s}");
+        let hidden = g.req_u64(&k("embedding_length"))? as usize;
+        let heads = g.req_u64(&k("attention.head_count"))? as usize;
+        let embd = g
+            .tensors
+            .get("token_embd.weight")
+            .ok_or_else(|| Error::format(g.path(), "missing tensor token_embd.weight"))?;
+        let window = g.opt_u64(&k("attention.sliding_window")).map(|w| w as usize);
+        let head_dim = g.opt_u64(&k("attention.key_length")).map(|d| d as usize).unwrap_or(hidden / heads.max(1));
+        let cfg = ModelConfig {
+            family,
+            vocab_size: embd.shape[0],
+            hidden_size: hidden,
+            intermediate_size: g.req_u64(&k("feed_forward_length"))? as usize,
+            num_layers: g.req_u64(&k("block_count"))? as usize,
+            num_heads: heads,
+            num_kv_heads: g.opt_u64(&k("attention.head_count_kv")).map(|x| x as usize).unwrap_or(heads),
+            head_dim,
+            rms_norm_eps: g.req_f64(&k("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: g.opt_f64(&k("rope.freq_base")).unwrap_or(10_000.0),
+            // llama.cpp hard-codes Gemma 3's local base; it is not in the metadata.
+            rope_local_theta: (family == Family::Gemma3).then_some(10_000.0),
+            max_position_embeddings: g.opt_u64(&k("context_length")).unwrap_or(4096) as usize,
+            tie_word_embeddings: !g.tensors.contains_key("output.weight"),
+            attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
+            sliding_window: if family.is_gemma() { window } else { None },
+            sliding_window_pattern: match family {
+                Family::Gemma3 => Some(6),
+                Family::Gemma2 => Some(2),
+                _ => None,
+            },
+            query_pre_attn_scalar: family.is_gemma().then_some(head_dim as f64),
+            attn_logit_softcapping: g.opt_f64(&k("attn_logit_softcapping")),
+            final_logit_softcapping: g.opt_f64(&k("final_logit_softcapping")),
+            bos_token_id: g.opt_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32),
+            eos_token_ids: g.opt_u64("tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default(),
+        };
+        cfg.validate(g.path())
+    }
+
+    /// A Hugging Face `config.json` that transformers and our loader both read.
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = json!({
+            "architectures": [self.family.architecture()],
+            "model_type": self.family.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "hidden_act": if self.family.is_gemma() { "gelu_pytorch_tanh" } else { "silu" },
+            "torch_dtype": "float32",
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": if self.eos_token_ids.len() == 1 { json!(self.eos_token_ids[0]) } else { json!(self.eos_token_ids) },
+        });
+        let o = v.as_object_mut().expect("object literal");
+        if let Some(w) = self.sliding_window {
+            o.insert("sliding_window".into(), json!(w));
+            if let Some(p) = self.sliding_window_pattern {
+                o.insert("sliding_window_pattern".into(), json!(p));
+                let types: Vec<&str> = (0..self.num_layers)
+                    .map(|l| if self.layer_window(l).is_some() { "sliding_attention" } else { "full_attention" })
+                    .collect();
+                o.insert("layer_types".into(), json!(types));
+            }
+        }
+        if let Some(t) = self.rope_local_theta {
+            o.insert("rope_local_base_freq".into(), json!(t));
+        }
+        if let Some(q) = self.query_pre_attn_scalar {
+            o.insert("query_pre_attn_scalar".into(), json!(q));
+        }
+        o.insert("attn_logit_softcapping".into(), json!(self.attn_logit_softcapping));
+        o.insert("final_logit_softcapping".into(), json!(self.final_logit_softcapping));
+        if self.family == Family::Gemma3 {
+            o.insert("rope_scaling".into(), Value::Null);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, v: &Value) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("uniattn-cfg-{}-{name}.json", std::process::id()));
+        std::fs::write(&p, v.to_string()).unwrap();
+        p
+    }
+
+    fn smol() -> Value {
+        json!({"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+               "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+               "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": true,
+               "max_position_embeddings": 8192, "bos_token_id": 1, "eos_token_id": 2})
+    }
+
+    #[test]
+    fn reads_and_roundtrips_hf_config() {
+        let c = ModelConfig::from_hf_file(&write("smol", &smol())).unwrap();
+        assert_eq!((c.head_dim, c.kv_groups(), c.family), (64, 3, Family::Llama));
+        let again = ModelConfig::from_hf_file(&write("smol2", &c.to_hf_json())).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn gemma3_layer_pattern() {
+        let mut v = smol();
+        v["model_type"] = json!("gemma3_text");
+        v["num_hidden_layers"] = json!(18);
+        v["sliding_window"] = json!(512);
+        let c = ModelConfig::from_hf_file(&write("g3", &v)).unwrap();
+        let global: Vec<usize> = (0..18).filter(|&l| c.layer_window(l).is_none()).collect();
+        assert_eq!(global, vec![5, 11, 17]);
+        assert_eq!(c.layer_rope_theta(0), 10_000.0);
+        assert_eq!(c.layer_rope_theta(5), 100_000.0);
+        let again = ModelConfig::from_hf_file(&write("g3b", &c.to_hf_json())).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut v = smol();
+        v["num_key_value_heads"] = json!(4);
+        let err = ModelConfig::from_hf_file(&write("badkv", &v)).unwrap_err().to_string();
+        assert!(err.contains("num_key_value_heads") && err.contains("badkv"), "{err}");
+        let mut v = smol();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        let err = ModelConfig::from_hf_file(&write("nohidden", &v)).unwrap_err().to_string();
+        assert!(err.contains("hidden_size: missing"), "{err}");
+        let mut v = smol();
+        v["model_type"] = json!("gpt2");
+        let err = ModelConfig::from_hf_file(&write("gpt2", &v)).unwrap_err().to_string();
+        assert!(err.contains("'gpt2' is not supported"), "{err}");
+    }
+}

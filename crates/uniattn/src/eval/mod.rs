@@ -1,0 +1,2 @@
+//! Evaluation: perplexity on text files.
+pub mod perplexity;

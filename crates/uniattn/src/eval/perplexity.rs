@@ -1,0 +1,71 @@
+//! Perplexity with a sliding window, as transformers' perplexity guide computes it: windows of
+//! `window` tokens advance by `stride`; each token is scored once, with as much left context as
+//! the window allows.
+use crate::model::Transformer;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PerplexityReport {
+    pub tokens: usize,
+    pub predicted: usize,
+    pub mean_nll: f64,
+    pub perplexity: f64,
+    pub tokens_per_second: f64,
+    pub seconds: f64,
+}
+
+/// Per-token log-probabilities of `ids[1..]` given the preceding tokens, in one window.
+pub fn token_logprobs(model: &Transformer, ids: &[u32]) -> Vec<f64> {
+    let _guard = tch::no_grad_guard();
+    let input: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let t = Tensor::from_slice(&input).to_device(model.device).unsqueeze(0);
+    let logits = model.forward(&t, None).squeeze_dim(0);
+    let n = ids.len() as i64;
+    let lp = logits.narrow(0, 0, n - 1).log_softmax(-1, Kind::Float);
+    let target = t.squeeze_dim(0).narrow(0, 1, n - 1).unsqueeze(-1);
+    let picked = lp.gather(-1, &target, false).squeeze_dim(-1).to_kind(Kind::Double).to_device(tch::Device::Cpu);
+    Vec::<f64>::try_from(&picked).expect("f64 tensor")
+}
+
+pub fn perplexity(
+    model: &Transformer,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> PerplexityReport {
+    let start = Instant::now();
+    let n = ids.len();
+    let mut nll = 0.0;
+    let mut predicted = 0usize;
+    let mut scored_until = 1; // ids[0] has no prediction
+    let mut begin = 0;
+    while scored_until < n {
+        let end = (begin + window).min(n);
+        let lp = token_logprobs(model, &ids[begin..end]);
+        // lp[j] scores ids[begin + 1 + j]
+        for (j, v) in lp.iter().enumerate() {
+            if begin + 1 + j >= scored_until {
+                nll -= v;
+                predicted += 1;
+            }
+        }
+        scored_until = end;
+        progress(end, n);
+        if end == n {
+            break;
+        }
+        begin += stride.max(1);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mean_nll = nll / predicted.max(1) as f64;
+    PerplexityReport {
+        tokens: n,
+        predicted,
+        mean_nll,
+        perplexity: mean_nll.exp(),
+        tokens_per_second: n as f64 / seconds.max(1e-9),
+        seconds,
+    }
+}

@@ -1,0 +1,17 @@
+//! UniAttn: softmax unification across SuperBlocks of layers for post-trained LLMs
+//! (arXiv 2502.00439), with the model loading, inference and evaluation around it.
+//!
+//! The modules follow the data's path: [`config`] and [`plan`], [`weights`] (GGUF,
+//! safetensors), [`tokenizer`], [`model`], [`generate`], [`eval`].
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod loader;
+pub mod model;
+pub mod plan;
+pub mod runtime;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,147 @@
+//! Attention in its two UniAttn roles. [`FullAttention`] is the ordinary computation (also used
+//! by SuperBlock leads, which additionally return their softmax map). [`ReuseAttention`] holds no
+//! Q/K weights: it takes its lead's probabilities and adds the linear compensation `X W_c`.
+use super::kv_cache::LayerCache;
+use super::nn::{Linear, RmsNorm};
+use super::rope::RopeAngles;
+use tch::{Kind, Tensor};
+
+/// Head layout shared by both variants.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_dim: i64,
+}
+
+impl Heads {
+    fn groups(&self) -> i64 {
+        self.num_heads / self.num_kv_heads
+    }
+
+    /// `[b, q, n*d]` -> `[b, n, q, d]`
+    fn split(&self, x: &Tensor, n: i64) -> Tensor {
+        let s = x.size();
+        x.view([s[0], s[1], n, self.head_dim]).transpose(1, 2)
+    }
+
+    /// `[b, n, q, d]` -> `[b, q, n*d]`
+    fn merge(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        x.transpose(1, 2).reshape([s[0], s[2], s[1] * s[3]])
+    }
+
+    /// `[b, kv, k, d]` -> `[b, kv*groups, k, d]`, query head h reading KV head h / groups.
+    fn repeat_kv(&self, x: &Tensor) -> Tensor {
+        let g = self.groups();
+        if g == 1 {
+            return x.shallow_clone();
+        }
+        let s = x.size();
+        x.unsqueeze(2).expand([s[0], s[1], g, s[2], s[3]], false).reshape([s[0], s[1] * g, s[2], s[3]])
+    }
+
+    /// `P V` without materialising repeated V: `P [b, H, q, k]` viewed as `[b, Hkv, g*q, k]`.
+    pub fn apply_probs(&self, p: &Tensor, v: &Tensor) -> Tensor {
+        let s = p.size();
+        let (b, q, k) = (s[0], s[2], s[3]);
+        p.reshape([b, self.num_kv_heads, self.groups() * q, k])
+            .matmul(v)
+            .view([b, self.num_heads, q, self.head_dim])
+    }
+}
+
+#[derive(Debug)]
+pub struct FullAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub heads: Heads,
+    pub scale: f64,
+    pub softcap: Option<f64>,
+}
+
+impl FullAttention {
+    /// `x`: normed input `[b, q, hidden]`; `mask`: additive `[b, 1, q, k]`. With `want_probs`
+    /// the post-softmax map `[b, H, q, k]` is returned as well (a SuperBlock lead).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeAngles,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+        want_probs: bool,
+    ) -> (Tensor, Option<Tensor>) {
+        let h = &self.heads;
+        let mut q = h.split(&self.q_proj.forward(x), h.num_heads);
+        let mut k = h.split(&self.k_proj.forward(x), h.num_kv_heads);
+        let mut v = h.split(&self.v_proj.forward(x), h.num_kv_heads);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q);
+            k = kn.forward(&k);
+        }
+        q = rope.apply(&q);
+        k = rope.apply(&k);
+        if let Some(c) = cache {
+            (k, v) = c.append_kv(&k, &v);
+        }
+        let (out, probs) = if want_probs || self.softcap.is_some() {
+            let p = self.probs(&q, &k, mask);
+            (h.apply_probs(&p, &v), want_probs.then_some(p))
+        } else {
+            let out = Tensor::scaled_dot_product_attention(
+                &q,
+                &h.repeat_kv(&k),
+                &h.repeat_kv(&v),
+                Some(mask),
+                0.0,
+                false,
+                self.scale,
+                false,
+            );
+            (out, None)
+        };
+        (self.o_proj.forward(&h.merge(&out)), probs)
+    }
+
+    /// softmax(Q K^T * scale [softcapped] + mask), in f32 then cast back, as transformers' eager path.
+    fn probs(&self, q: &Tensor, k: &Tensor, mask: &Tensor) -> Tensor {
+        let mut scores = q.matmul(&self.heads.repeat_kv(k).transpose(-2, -1)) * self.scale;
+        if let Some(cap) = self.softcap {
+            scores = (scores / cap).tanh() * cap;
+        }
+        (scores + mask).softmax(-1, Kind::Float).to_kind(q.kind())
+    }
+}
+
+/// A reuse layer: no Q, no K, no RoPE, no softmax.
+#[derive(Debug)]
+pub struct ReuseAttention {
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// The compensation `W_c` (`[hidden, hidden]`, applied as `X W_c^T` like any Linear).
+    pub w_c: Linear,
+    pub heads: Heads,
+}
+
+impl ReuseAttention {
+    pub fn forward(&self, x: &Tensor, lead_probs: &Tensor, cache: Option<&mut LayerCache>) -> Tensor {
+        let h = &self.heads;
+        let mut v = h.split(&self.v_proj.forward(x), h.num_kv_heads);
+        if let Some(c) = cache {
+            v = c.append_v(&v);
+        }
+        let out = h.apply_probs(lead_probs, &v);
+        self.o_proj.forward(&h.merge(&out)) + self.w_c.forward(x)
+    }
+}
+
+/// The attention block of one decoder layer.
+#[derive(Debug)]
+pub enum Attention {
+    Full(FullAttention),
+    Reuse(ReuseAttention),
+}

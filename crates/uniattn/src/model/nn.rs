@@ -1,0 +1,47 @@
+//! The two building blocks every family shares.
+use tch::{Kind, Tensor};
+
+/// `y = x W^T + b`. Weights are `[out, in]` as in PyTorch.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+
+    pub fn out_features(&self) -> i64 {
+        self.weight.size()[0]
+    }
+}
+
+/// RMSNorm computed in f32 as Hugging Face does; Gemma scales by `1 + w`.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+    pub plus_one: bool,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.square().mean_dim(-1, true, Kind::Float);
+        let normed = xf * (var + self.eps).rsqrt();
+        if self.plus_one {
+            // Gemma multiplies in f32 before casting back.
+            (normed * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+        } else {
+            // Llama casts back first, then scales.
+            normed.to_kind(kind) * &self.weight
+        }
+    }
+}

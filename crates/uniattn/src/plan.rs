@@ -1,0 +1,212 @@
+//! SuperBlock plans: which layers lead a block, which reuse their lead's softmax map, and which
+//! stay ordinary. Stored next to a model as `uniattn.json`.
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The role of one decoder layer under a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerRole {
+    Ordinary,
+    /// Computes attention normally and hands its probabilities to its block.
+    Lead,
+    /// Reuses the probabilities of layer `lead`.
+    Reuse { lead: usize },
+}
+
+/// Consecutive layer ranges `start..end`, each a SuperBlock whose first layer leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SuperBlockPlan {
+    pub num_layers: usize,
+    /// Half-open layer ranges, sorted, non-overlapping, each at least two layers long.
+    pub blocks: Vec<(usize, usize)>,
+}
+
+impl SuperBlockPlan {
+    /// No reuse layers: the dense model.
+    pub fn dense(num_layers: usize) -> Self {
+        SuperBlockPlan {
+            num_layers,
+            blocks: vec![],
+        }
+    }
+
+    /// The paper's `(g, begin, end)`: layers `begin..min(end, L)` cut into blocks of `g`. A
+    /// trailing remainder of one layer is left ordinary (a block needs a reuse layer).
+    pub fn grouped(g: usize, begin: usize, end: usize, num_layers: usize) -> Result<Self> {
+        if g < 2 {
+            return Err(Error::invalid(format!("plan: group size g={g}; a SuperBlock needs at least 2 layers")));
+        }
+        let end = end.min(num_layers);
+        if begin >= end {
+            return Err(Error::invalid(format!(
+                "plan: begin {begin} is not below end {end} (the model has {num_layers} layers)"
+            )));
+        }
+        let mut blocks = Vec::new();
+        let mut s = begin;
+        while s < end {
+            let e = (s + g).min(end);
+            if e - s >= 2 {
+                blocks.push((s, e));
+            }
+            s = e;
+        }
+        Self::from_blocks(blocks, num_layers)
+    }
+
+    /// Parses `g:begin:end`, e.g. `4:16:33`.
+    pub fn parse_grouped(spec: &str, num_layers: usize) -> Result<Self> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let nums: Option<Vec<usize>> = parts.iter().map(|p| p.trim().parse().ok()).collect();
+        match nums.as_deref() {
+            Some(&[g, b, e]) => Self::grouped(g, b, e, num_layers),
+            _ => Err(Error::invalid(format!("plan '{spec}': expected g:begin:end with three non-negative integers, e.g. 4:16:33"))),
+        }
+    }
+
+    /// Parses explicit inclusive ranges, e.g. `16-19,20-23`.
+    pub fn parse_blocks(spec: &str, num_layers: usize) -> Result<Self> {
+        let mut blocks = Vec::new();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let range = item.split_once('-').and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)));
+            match range {
+                Some((a, b)) if a <= b => blocks.push((a, b + 1)),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "plan block '{item}': expected FIRST-LAST with FIRST <= LAST, e.g. 16-19"
+                    )))
+                }
+            }
+        }
+        Self::from_blocks(blocks, num_layers)
+    }
+
+    /// Validates half-open blocks.
+    pub fn from_blocks(mut blocks: Vec<(usize, usize)>, num_layers: usize) -> Result<Self> {
+        blocks.sort();
+        for &(s, e) in &blocks {
+            if e > num_layers {
+                return Err(Error::invalid(format!(
+                    "plan block {s}-{}: layer {} is out of range (the model has layers 0-{})",
+                    e - 1,
+                    e - 1,
+                    num_layers.saturating_sub(1)
+                )));
+            }
+            if e < s + 2 {
+                return Err(Error::invalid(format!(
+                    "plan block {s}-{}: a SuperBlock needs a lead and at least one reuse layer",
+                    e.saturating_sub(1)
+                )));
+            }
+        }
+        for w in blocks.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(Error::invalid(format!(
+                    "plan blocks {}-{} and {}-{} overlap",
+                    w[0].0,
+                    w[0].1 - 1,
+                    w[1].0,
+                    w[1].1 - 1
+                )));
+            }
+        }
+        Ok(SuperBlockPlan { num_layers, blocks })
+    }
+
+    pub fn role(&self, layer: usize) -> LayerRole {
+        for &(s, e) in &self.blocks {
+            if layer == s {
+                return LayerRole::Lead;
+            }
+            if layer > s && layer < e {
+                return LayerRole::Reuse { lead: s };
+            }
+        }
+        LayerRole::Ordinary
+    }
+
+    pub fn roles(&self) -> Vec<LayerRole> {
+        (0..self.num_layers).map(|l| self.role(l)).collect()
+    }
+
+    pub fn reuse_layers(&self) -> Vec<usize> {
+        (0..self.num_layers).filter(|&l| matches!(self.role(l), LayerRole::Reuse { .. })).collect()
+    }
+
+    pub fn is_dense(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Checks the plan against a model's layer count.
+    pub fn check_layers(&self, num_layers: usize, source: &Path) -> Result<()> {
+        if self.num_layers != num_layers {
+            return Err(Error::format(
+                source,
+                format!("num_layers: plan is for {} layers, the model has {num_layers}", self.num_layers),
+            ));
+        }
+        Self::from_blocks(self.blocks.clone(), num_layers).map_err(|e| Error::format(source, e.to_string()))?;
+        Ok(())
+    }
+
+    /// `16-19,20-23` style, for display and for `--plan-blocks`.
+    pub fn describe(&self) -> String {
+        if self.blocks.is_empty() {
+            return "dense (no SuperBlocks)".into();
+        }
+        self.blocks.iter().map(|(s, e)| format!("{s}-{}", e - 1)).collect::<Vec<_>>().join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_example() {
+        let p = SuperBlockPlan::parse_grouped("4:16:33", 32).unwrap();
+        assert_eq!(p.blocks, vec![(16, 20), (20, 24), (24, 28), (28, 32)]);
+        assert_eq!(p.reuse_layers().len(), 12);
+        assert_eq!(p.role(16), LayerRole::Lead);
+        assert_eq!(p.role(19), LayerRole::Reuse { lead: 16 });
+        assert_eq!(p.role(15), LayerRole::Ordinary);
+        assert_eq!(p.describe(), "16-19,20-23,24-27,28-31");
+    }
+
+    #[test]
+    fn remainder_of_one_stays_ordinary() {
+        let p = SuperBlockPlan::parse_grouped("4:16:33", 30).unwrap();
+        assert_eq!(p.blocks, vec![(16, 20), (20, 24), (24, 28), (28, 30)]);
+        let p = SuperBlockPlan::parse_grouped("3:20:30", 30).unwrap();
+        assert_eq!(p.blocks, vec![(20, 23), (23, 26), (26, 29)]);
+        assert_eq!(p.role(29), LayerRole::Ordinary);
+    }
+
+    #[test]
+    fn explicit_blocks() {
+        let p = SuperBlockPlan::parse_blocks("20-23, 16-19", 30).unwrap();
+        assert_eq!(p.blocks, vec![(16, 20), (20, 24)]);
+    }
+
+    #[test]
+    fn invalid_plans_say_why() {
+        let cases = [
+            (SuperBlockPlan::parse_blocks("16-19,19-22", 30), "overlap"),
+            (SuperBlockPlan::parse_blocks("16-16", 30), "at least one reuse layer"),
+            (SuperBlockPlan::parse_blocks("28-31", 30), "out of range"),
+            (SuperBlockPlan::parse_blocks("5-x", 30), "expected FIRST-LAST"),
+            (SuperBlockPlan::parse_grouped("1:0:30", 30), "at least 2 layers"),
+            (SuperBlockPlan::parse_grouped("4:40:50", 30), "begin 40"),
+            (SuperBlockPlan::parse_grouped("4:16", 30), "g:begin:end"),
+        ];
+        for (r, want) in cases {
+            let err = r.unwrap_err().to_string();
+            assert!(err.contains(want), "{err} should mention {want}");
+        }
+        let p = SuperBlockPlan::parse_blocks("16-19", 30).unwrap();
+        let err = p.check_layers(24, Path::new("uniattn.json")).unwrap_err().to_string();
+        assert!(err.contains("uniattn.json") && err.contains("24"), "{err}");
+    }
+}

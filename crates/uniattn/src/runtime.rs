@@ -1,0 +1,114 @@
+//! Start-up checks for libtorch: the loaded library must be the 2.11 release that `tch =0.24.0`
+//! binds, and `libtorch_cuda.so` must be loaded explicitly (with `--as-needed` linking nothing
+//! pulls it in, and CUDA then silently reports unavailable).
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// The libtorch release this build binds.
+pub const EXPECTED_TORCH: &str = "2.11.";
+
+/// Where the process loaded `libtorch_cpu.so` from, read off `/proc/self/maps`.
+fn loaded_torch_lib_dir() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+}
+
+/// The version of a libtorch folder: `build-version` in a libtorch zip layout or the project's
+/// set-up, `version.py` next to `lib/` in a pip wheel layout.
+fn version_of(lib_dir: &Path) -> Option<String> {
+    let root = lib_dir.parent()?;
+    if let Ok(s) = std::fs::read_to_string(root.join("build-version")) {
+        return Some(s.trim().to_string());
+    }
+    let py = std::fs::read_to_string(root.join("version.py")).ok()?;
+    py.lines()
+        .find_map(|l| l.strip_prefix("__version__ = "))
+        .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+}
+
+/// Checks the loaded libtorch's version and loads its CUDA backend when present.
+/// Returns a one-line description for logs.
+pub fn init() -> Result<String> {
+    // Touch libtorch so that it is mapped before we look for it.
+    let _ = tch::Tensor::zeros([1], (tch::Kind::Float, Device::Cpu));
+    let dir = loaded_torch_lib_dir()
+        .ok_or_else(|| Error::invalid("libtorch_cpu.so is not loaded; set LD_LIBRARY_PATH (see scripts/setup.sh)"))?;
+    let version = version_of(&dir).ok_or_else(|| {
+        Error::invalid(format!(
+            "cannot tell the version of libtorch in {} (no build-version or ../version.py)",
+            dir.display()
+        ))
+    })?;
+    if !version.starts_with(EXPECTED_TORCH) {
+        return Err(Error::invalid(format!(
+            "libtorch in {} is version {version}, but this build of uniattn needs {EXPECTED_TORCH}x (tch 0.24.0)",
+            dir.display()
+        )));
+    }
+    let cuda = load_cuda(&dir);
+    Ok(format!(
+        "libtorch {version} ({}), CUDA {}",
+        dir.display(),
+        if cuda { "available" } else { "unavailable" }
+    ))
+}
+
+fn load_cuda(dir: &Path) -> bool {
+    let lib = dir.join("libtorch_cuda.so");
+    if !lib.exists() {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(lib.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: dlopen with a valid C string; the handle is deliberately kept for the process life.
+    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    !handle.is_null() && tch::Cuda::is_available()
+}
+
+/// `auto` picks CUDA when available.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                Err(Error::invalid("--device cuda: no CUDA device is available"))
+            }
+        }
+        s => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) if (i as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(i)),
+            _ => Err(Error::invalid(format!("--device {s}: expected auto, cpu, cuda or cuda:N with an existing N"))),
+        },
+    }
+}
+
+/// Compute precision: `f32` or `bf16` (also `f16`).
+pub fn parse_dtype(s: &str) -> Result<tch::Kind> {
+    match s {
+        "f32" | "float32" => Ok(tch::Kind::Float),
+        "bf16" | "bfloat16" => Ok(tch::Kind::BFloat16),
+        "f16" | "float16" => Ok(tch::Kind::Half),
+        _ => Err(Error::invalid(format!("--dtype {s}: expected f32, bf16 or f16"))),
+    }
+}
+
+/// The name of the device for tables: the GPU's product name, or "CPU (N threads)".
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(_) => std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=name", "--format=csv,noheader"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+            .unwrap_or_else(|| "CUDA GPU".into()),
+        _ => format!("CPU ({} threads)", tch::get_num_threads()),
+    }
+}

