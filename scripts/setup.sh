@@ -4,11 +4,12 @@
 #   torch==2.11.0 (lib/ and include/), nvidia-cuda-runtime==13.0.96 (libcudart.so.13) and
 #   nvidia-cuda-cupti==13.0.85 (libcupti.so.13), both needed by libtorch_cpu.so.
 # Unpacks into .cache/libtorch (git-ignored) and writes .cache/env.sh, which exports LIBTORCH
-# and LD_LIBRARY_PATH. Source it: `. scripts/setup.sh` or `. .cache/env.sh`.
+# and LD_LIBRARY_PATH:  scripts/setup.sh && . .cache/env.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache"
-WHEELS="$CACHE/wheels"
+# Downloaded wheels are shared by every checkout of this user, so a fresh clone downloads nothing.
+WHEELS="${UNIATTN_WHEELS:-$HOME/.cache/uniattn/wheels}"
 LT="$CACHE/libtorch"
 TORCH_VERSION=2.11.0
 mkdir -p "$WHEELS"
@@ -56,5 +57,3 @@ export LIBTORCH="$LT"
 export LD_LIBRARY_PATH="$LT/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 ENV
 echo "setup: libtorch $(cat "$LT/build-version") in $LT" >&2
-# shellcheck source=/dev/null
-. "$CACHE/env.sh"

@@ -25,7 +25,8 @@ pub fn model(rel: &str) -> Option<PathBuf> {
 
 pub fn text(name: &str) -> String {
     let p = root().join(".cache/data").join(name);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-models.sh texts", p.display()))
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-models.sh texts", p.display()))
 }
 
 pub fn init() {

@@ -142,7 +142,18 @@ fn run(cli: Cli) -> Result<()> {
                 println!("reuse layers {:?}", parts.plan.reuse_layers());
             }
         }
-        Command::Generate { model, prompt, raw, system, max_tokens, temperature, top_p, top_k, seed, dev } => {
+        Command::Generate {
+            model,
+            prompt,
+            raw,
+            system,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            dev,
+        } => {
             let (device, kind) = setup(&dev)?;
             let m = loader::load(&model, kind, device)?;
             let text = if raw || m.tokenizer.chat_template.is_none() {
@@ -174,7 +185,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (device, kind) = setup(&dev)?;
             let m = loader::load(&model, kind, device)?;
-            let body = std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
+            let body =
+                std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
             let mut ids = m.tokenizer.encode(&body, true)?;
             if let Some(n) = max_tokens {
                 ids.truncate(n);
@@ -183,7 +195,9 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("{}: fewer than 2 tokens to score", text.display());
             }
             let pb = bar(ids.len() as u64, "ppl");
-            let r = uniattn::eval::perplexity::perplexity(&m.model, &ids, window, stride, |done, _| pb.set_position(done as u64));
+            let r = uniattn::eval::perplexity::perplexity(&m.model, &ids, window, stride, |done, _| {
+                pb.set_position(done as u64)
+            });
             pb.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string(&r)?);

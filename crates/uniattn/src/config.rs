@@ -102,7 +102,7 @@ impl ModelConfig {
     pub fn layer_window(&self, l: usize) -> Option<usize> {
         let w = self.sliding_window?;
         match self.sliding_window_pattern {
-            Some(p) if (l + 1) % p == 0 => None,
+            Some(p) if (l + 1).is_multiple_of(p) => None,
             _ => Some(w),
         }
     }
@@ -129,13 +129,13 @@ impl ModelConfig {
                 return bad(field, "must be positive".into());
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
                 "num_key_value_heads",
                 format!("{} does not divide num_attention_heads {}", self.num_kv_heads, self.num_heads),
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad("head_dim", format!("{} must be even for RoPE", self.head_dim));
         }
         Ok(self)
@@ -144,7 +144,8 @@ impl ModelConfig {
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
         // Multimodal Gemma 3 configs nest the language model.
         let v = v.get("text_config").cloned().unwrap_or(v);
         let field = |k: &str| v.get(k).filter(|x| !x.is_null());
@@ -159,7 +160,10 @@ impl ModelConfig {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::format(path, "model_type: missing"))?;
         let family = Family::from_model_type(mt).ok_or_else(|| {
-            Error::format(path, format!("model_type: '{mt}' is not supported (llama, mistral, qwen2, gemma2, gemma3_text)"))
+            Error::format(
+                path,
+                format!("model_type: '{mt}' is not supported (llama, mistral, qwen2, gemma2, gemma3_text)"),
+            )
         })?;
         if let Some(rs) = field("rope_scaling") {
             let ty = rs.get("rope_type").or(rs.get("type")).and_then(Value::as_str).unwrap_or("?");
@@ -177,7 +181,10 @@ impl ModelConfig {
             }
         };
         let (window, pattern) = match family {
-            Family::Gemma3 => (field("sliding_window").and_then(Value::as_u64).map(|w| w as usize), Some(field("sliding_window_pattern").and_then(Value::as_u64).unwrap_or(6) as usize)),
+            Family::Gemma3 => (
+                field("sliding_window").and_then(Value::as_u64).map(|w| w as usize),
+                Some(field("sliding_window_pattern").and_then(Value::as_u64).unwrap_or(6) as usize),
+            ),
             Family::Gemma2 => (field("sliding_window").and_then(Value::as_u64).map(|w| w as usize), Some(2)),
             Family::Mistral => (field("sliding_window").and_then(Value::as_u64).map(|w| w as usize), None),
             _ => (None, None),
@@ -189,7 +196,12 @@ impl ModelConfig {
                 let sliding = t.as_str() == Some("sliding_attention");
                 let ours = window.is_some() && (i + 1) % cfg_pattern != 0;
                 if sliding != ours {
-                    return Err(Error::format(path, format!("layer_types[{i}]: '{t}' does not follow the family's sliding-window pattern")));
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "layer_types[{i}]: '{t}' does not follow the family's sliding-window pattern"
+                        ),
+                    ));
                 }
             }
         }
@@ -200,17 +212,28 @@ impl ModelConfig {
             intermediate_size: usize_of("intermediate_size")?,
             num_layers: usize_of("num_hidden_layers")?,
             num_heads: heads,
-            num_kv_heads: field("num_key_value_heads").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(heads),
+            num_kv_heads: field("num_key_value_heads")
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .unwrap_or(heads),
             head_dim: match field("head_dim").and_then(Value::as_u64) {
                 Some(d) => d as usize,
                 None => hidden / heads.max(1),
             },
             rms_norm_eps: f64_of("rms_norm_eps").unwrap_or(1e-6),
             rope_theta: f64_of("rope_theta").unwrap_or(10_000.0),
-            rope_local_theta: if family == Family::Gemma3 { Some(f64_of("rope_local_base_freq").unwrap_or(10_000.0)) } else { None },
+            rope_local_theta: if family == Family::Gemma3 {
+                Some(f64_of("rope_local_base_freq").unwrap_or(10_000.0))
+            } else {
+                None
+            },
             max_position_embeddings: usize_of("max_position_embeddings").unwrap_or(4096),
-            tie_word_embeddings: field("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(family.is_gemma()),
-            attention_bias: field("attention_bias").and_then(Value::as_bool).unwrap_or(family == Family::Qwen2),
+            tie_word_embeddings: field("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(family.is_gemma()),
+            attention_bias: field("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(family == Family::Qwen2),
             sliding_window: window,
             sliding_window_pattern: pattern,
             query_pre_attn_scalar: if family.is_gemma() { f64_of("query_pre_attn_scalar") } else { None },
@@ -230,7 +253,12 @@ impl ModelConfig {
             "qwen2" => Family::Qwen2,
             "gemma2" => Family::Gemma2,
             "gemma3" => Family::Gemma3,
-            _ => return Err(Error::format(g.path(), format!("general.architecture: '{arch}' is not supported (llama, qwen2, gemma2, gemma3)"))),
+            _ => {
+                return Err(Error::format(
+                    g.path(),
+                    format!("general.architecture: '{arch}' is not supported (llama, qwen2, gemma2, gemma3)"),
+                ))
+            }
         };
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = g.req_u64(&k("embedding_length"))? as usize;
@@ -240,7 +268,8 @@ impl ModelConfig {
             .get("token_embd.weight")
             .ok_or_else(|| Error::format(g.path(), "missing tensor token_embd.weight"))?;
         let window = g.opt_u64(&k("attention.sliding_window")).map(|w| w as usize);
-        let head_dim = g.opt_u64(&k("attention.key_length")).map(|d| d as usize).unwrap_or(hidden / heads.max(1));
+        let head_dim =
+            g.opt_u64(&k("attention.key_length")).map(|d| d as usize).unwrap_or(hidden / heads.max(1));
         let cfg = ModelConfig {
             family,
             vocab_size: embd.shape[0],
@@ -267,7 +296,10 @@ impl ModelConfig {
             attn_logit_softcapping: g.opt_f64(&k("attn_logit_softcapping")),
             final_logit_softcapping: g.opt_f64(&k("final_logit_softcapping")),
             bos_token_id: g.opt_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32),
-            eos_token_ids: g.opt_u64("tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default(),
+            eos_token_ids: g
+                .opt_u64("tokenizer.ggml.eos_token_id")
+                .map(|x| vec![x as u32])
+                .unwrap_or_default(),
         };
         cfg.validate(g.path())
     }
@@ -299,9 +331,16 @@ impl ModelConfig {
             o.insert("sliding_window".into(), json!(w));
             if let Some(p) = self.sliding_window_pattern {
                 o.insert("sliding_window_pattern".into(), json!(p));
-                let types: Vec<&str> = (0..self.num_layers)
-                    .map(|l| if self.layer_window(l).is_some() { "sliding_attention" } else { "full_attention" })
-                    .collect();
+                let types: Vec<&str> =
+                    (0..self.num_layers)
+                        .map(|l| {
+                            if self.layer_window(l).is_some() {
+                                "sliding_attention"
+                            } else {
+                                "full_attention"
+                            }
+                        })
+                        .collect();
                 o.insert("layer_types".into(), json!(types));
             }
         }

@@ -14,13 +14,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            max_new_tokens: 128,
-            seed: 0,
-        }
+        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 128, seed: 0 }
     }
 }
 

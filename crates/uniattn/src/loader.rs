@@ -43,23 +43,13 @@ pub fn read_parts(path: &Path) -> Result<ModelParts> {
         }
         let tokenizer = Tokenizer::from_hf_folder(path, cfg.bos_token_id, cfg.eos_token_ids.clone())?;
         let plan = read_plan(path, cfg.num_layers)?;
-        Ok(ModelParts {
-            cfg,
-            weights,
-            tokenizer,
-            plan,
-        })
+        Ok(ModelParts { cfg, weights, tokenizer, plan })
     } else if path.exists() {
         let g = GgufFile::open(path)?;
         let cfg = ModelConfig::from_gguf(&g)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let weights = WeightMap::from_gguf(&g, &cfg)?;
-        Ok(ModelParts {
-            plan: SuperBlockPlan::dense(cfg.num_layers),
-            cfg,
-            weights,
-            tokenizer,
-        })
+        Ok(ModelParts { plan: SuperBlockPlan::dense(cfg.num_layers), cfg, weights, tokenizer })
     } else {
         Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")))
     }
@@ -72,9 +62,11 @@ pub fn read_plan(dir: &Path, num_layers: usize) -> Result<SuperBlockPlan> {
         return Ok(SuperBlockPlan::dense(num_layers));
     }
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("invalid JSON: {e}")))?;
-    let plan: SuperBlockPlan = serde_json::from_value(v.get("plan").cloned().unwrap_or(serde_json::Value::Null))
-        .map_err(|e| Error::format(&p, format!("plan: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("invalid JSON: {e}")))?;
+    let plan: SuperBlockPlan =
+        serde_json::from_value(v.get("plan").cloned().unwrap_or(serde_json::Value::Null))
+            .map_err(|e| Error::format(&p, format!("plan: {e}")))?;
     plan.check_layers(num_layers, &p)?;
     Ok(plan)
 }
@@ -82,11 +74,7 @@ pub fn read_plan(dir: &Path, num_layers: usize) -> Result<SuperBlockPlan> {
 pub fn load(path: &Path, kind: Kind, device: Device) -> Result<LoadedModel> {
     let parts = read_parts(path)?;
     let model = Transformer::from_weights(parts.weights, parts.cfg, parts.plan, kind, device, false)?;
-    Ok(LoadedModel {
-        model,
-        tokenizer: parts.tokenizer,
-        source: path.to_path_buf(),
-    })
+    Ok(LoadedModel { model, tokenizer: parts.tokenizer, source: path.to_path_buf() })
 }
 
 /// Writes a Hugging Face folder: `config.json`, `model.safetensors` (in `kind`), the tokenizer,
@@ -108,7 +96,10 @@ pub fn save_folder(
         Kind::Half => "float16",
         _ => "float32",
     });
-    safetensors_io::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg).expect("json").as_bytes())?;
+    safetensors_io::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
+    )?;
     tokenizer.save(dir)?;
     let plan_path = dir.join(PLAN_FILE);
     if model.plan.is_dense() && extra.is_none() {

@@ -11,7 +11,9 @@ pub enum LayerRole {
     /// Computes attention normally and hands its probabilities to its block.
     Lead,
     /// Reuses the probabilities of layer `lead`.
-    Reuse { lead: usize },
+    Reuse {
+        lead: usize,
+    },
 }
 
 /// Consecutive layer ranges `start..end`, each a SuperBlock whose first layer leads.
@@ -25,17 +27,16 @@ pub struct SuperBlockPlan {
 impl SuperBlockPlan {
     /// No reuse layers: the dense model.
     pub fn dense(num_layers: usize) -> Self {
-        SuperBlockPlan {
-            num_layers,
-            blocks: vec![],
-        }
+        SuperBlockPlan { num_layers, blocks: vec![] }
     }
 
     /// The paper's `(g, begin, end)`: layers `begin..min(end, L)` cut into blocks of `g`. A
     /// trailing remainder of one layer is left ordinary (a block needs a reuse layer).
     pub fn grouped(g: usize, begin: usize, end: usize, num_layers: usize) -> Result<Self> {
         if g < 2 {
-            return Err(Error::invalid(format!("plan: group size g={g}; a SuperBlock needs at least 2 layers")));
+            return Err(Error::invalid(format!(
+                "plan: group size g={g}; a SuperBlock needs at least 2 layers"
+            )));
         }
         let end = end.min(num_layers);
         if begin >= end {
@@ -61,7 +62,9 @@ impl SuperBlockPlan {
         let nums: Option<Vec<usize>> = parts.iter().map(|p| p.trim().parse().ok()).collect();
         match nums.as_deref() {
             Some(&[g, b, e]) => Self::grouped(g, b, e, num_layers),
-            _ => Err(Error::invalid(format!("plan '{spec}': expected g:begin:end with three non-negative integers, e.g. 4:16:33"))),
+            _ => Err(Error::invalid(format!(
+                "plan '{spec}': expected g:begin:end with three non-negative integers, e.g. 4:16:33"
+            ))),
         }
     }
 
@@ -69,7 +72,9 @@ impl SuperBlockPlan {
     pub fn parse_blocks(spec: &str, num_layers: usize) -> Result<Self> {
         let mut blocks = Vec::new();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let range = item.split_once('-').and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)));
+            let range = item
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)));
             match range {
                 Some((a, b)) if a <= b => blocks.push((a, b + 1)),
                 _ => {
@@ -147,7 +152,8 @@ impl SuperBlockPlan {
                 format!("num_layers: plan is for {} layers, the model has {num_layers}", self.num_layers),
             ));
         }
-        Self::from_blocks(self.blocks.clone(), num_layers).map_err(|e| Error::format(source, e.to_string()))?;
+        Self::from_blocks(self.blocks.clone(), num_layers)
+            .map_err(|e| Error::format(source, e.to_string()))?;
         Ok(())
     }
 

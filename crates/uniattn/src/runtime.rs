@@ -35,8 +35,9 @@ fn version_of(lib_dir: &Path) -> Option<String> {
 pub fn init() -> Result<String> {
     // Touch libtorch so that it is mapped before we look for it.
     let _ = tch::Tensor::zeros([1], (tch::Kind::Float, Device::Cpu));
-    let dir = loaded_torch_lib_dir()
-        .ok_or_else(|| Error::invalid("libtorch_cpu.so is not loaded; set LD_LIBRARY_PATH (see scripts/setup.sh)"))?;
+    let dir = loaded_torch_lib_dir().ok_or_else(|| {
+        Error::invalid("libtorch_cpu.so is not loaded; set LD_LIBRARY_PATH (see scripts/setup.sh)")
+    })?;
     let version = version_of(&dir).ok_or_else(|| {
         Error::invalid(format!(
             "cannot tell the version of libtorch in {} (no build-version or ../version.py)",
@@ -84,7 +85,9 @@ pub fn parse_device(s: &str) -> Result<Device> {
         }
         s => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
             Some(i) if (i as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(i)),
-            _ => Err(Error::invalid(format!("--device {s}: expected auto, cpu, cuda or cuda:N with an existing N"))),
+            _ => Err(Error::invalid(format!(
+                "--device {s}: expected auto, cpu, cuda or cuda:N with an existing N"
+            ))),
         },
     }
 }

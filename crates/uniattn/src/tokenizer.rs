@@ -43,14 +43,7 @@ impl Tokenizer {
         chat_template: Option<String>,
     ) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err(path, e))?;
-        Ok(Tokenizer {
-            inner,
-            add_bos,
-            bos_id,
-            eos_ids,
-            chat_template,
-            json,
-        })
+        Ok(Tokenizer { inner, add_bos, bos_id, eos_ids, chat_template, json })
     }
 
     /// Loads `tokenizer.json` (+ `tokenizer_config.json` for BOS, EOS and the chat template).
@@ -59,14 +52,16 @@ impl Tokenizer {
         let json = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Json = match std::fs::read_to_string(&cfg_path) {
-            Ok(t) => serde_json::from_str(&t).map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?,
+            Ok(t) => serde_json::from_str(&t)
+                .map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?,
             Err(_) => json!({}),
         };
         let template = cfg.get("chat_template").and_then(Json::as_str).map(str::to_string);
         let add_bos = cfg.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false);
         let mut t = Self::from_json_text(json, &path, add_bos, bos_id, eos_ids, template)?;
         // tokenizer_config.json names the tokens; prefer it where config.json had no ids.
-        let id_of = |k: &str, t: &Tokenizer| cfg.get(k).and_then(Json::as_str).and_then(|s| t.inner.token_to_id(s));
+        let id_of =
+            |k: &str, t: &Tokenizer| cfg.get(k).and_then(Json::as_str).and_then(|s| t.inner.token_to_id(s));
         if t.bos_id.is_none() {
             t.bos_id = id_of("bos_token", &t);
         }
@@ -87,7 +82,9 @@ impl Tokenizer {
                 .and_then(Value::as_array)
                 .ok_or_else(|| Error::format(path, format!("metadata {key}: missing or not an array")))?
                 .iter()
-                .map(|v| v.as_str().ok_or_else(|| Error::format(path, format!("metadata {key}: non-string entry"))))
+                .map(|v| {
+                    v.as_str().ok_or_else(|| Error::format(path, format!("metadata {key}: non-string entry")))
+                })
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
@@ -133,7 +130,8 @@ impl Tokenizer {
         };
         let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
         let bos = g.opt_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32);
-        let mut eos: Vec<u32> = g.opt_u64("tokenizer.ggml.eos_token_id").map(|x| x as u32).into_iter().collect();
+        let mut eos: Vec<u32> =
+            g.opt_u64("tokenizer.ggml.eos_token_id").map(|x| x as u32).into_iter().collect();
         // Chat models end a turn with a token the metadata does not call EOS.
         for t in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"] {
             if let Some(i) = tokens.iter().position(|x| *x == t) {
@@ -170,7 +168,11 @@ impl Tokenizer {
     }
 
     /// Renders `messages` with the model's chat template (Jinja, as transformers does).
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()

@@ -24,7 +24,8 @@ pub fn token_logprobs(model: &Transformer, ids: &[u32]) -> Vec<f64> {
     let n = ids.len() as i64;
     let lp = logits.narrow(0, 0, n - 1).log_softmax(-1, Kind::Float);
     let target = t.squeeze_dim(0).narrow(0, 1, n - 1).unsqueeze(-1);
-    let picked = lp.gather(-1, &target, false).squeeze_dim(-1).to_kind(Kind::Double).to_device(tch::Device::Cpu);
+    let picked =
+        lp.gather(-1, &target, false).squeeze_dim(-1).to_kind(Kind::Double).to_device(tch::Device::Cpu);
     Vec::<f64>::try_from(&picked).expect("f64 tensor")
 }
 

@@ -45,9 +45,12 @@ impl Heads {
     pub fn apply_probs(&self, p: &Tensor, v: &Tensor) -> Tensor {
         let s = p.size();
         let (b, q, k) = (s[0], s[2], s[3]);
-        p.reshape([b, self.num_kv_heads, self.groups() * q, k])
-            .matmul(v)
-            .view([b, self.num_heads, q, self.head_dim])
+        p.reshape([b, self.num_kv_heads, self.groups() * q, k]).matmul(v).view([
+            b,
+            self.num_heads,
+            q,
+            self.head_dim,
+        ])
     }
 }
 

@@ -29,10 +29,7 @@ impl LayerCache {
             LayerCache::Kv { k: ok, v: ov } => (append(Some(&ok), k), append(Some(&ov), v)),
             _ => (k.shallow_clone(), v.shallow_clone()),
         };
-        *self = LayerCache::Kv {
-            k: k.shallow_clone(),
-            v: v.shallow_clone(),
-        };
+        *self = LayerCache::Kv { k: k.shallow_clone(), v: v.shallow_clone() };
         (k, v)
     }
 
@@ -64,10 +61,7 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        KvCache {
-            layers: (0..num_layers).map(|_| LayerCache::Empty).collect(),
-            len: 0,
-        }
+        KvCache { layers: (0..num_layers).map(|_| LayerCache::Empty).collect(), len: 0 }
     }
 
     pub fn bytes(&self) -> usize {

@@ -13,15 +13,14 @@ impl RopeAngles {
     pub fn new(positions: &Tensor, head_dim: usize, theta: f64, kind: Kind) -> Self {
         let device = positions.device();
         let half = (head_dim / 2) as i64;
-        let exponents = Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, device)).to_kind(Kind::Float)
+        let exponents = Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
             / head_dim as f64;
-        let inv_freq = (Tensor::from(theta).to_kind(Kind::Float).to_device(device).pow(&exponents)).reciprocal();
+        let inv_freq =
+            (Tensor::from(theta).to_kind(Kind::Float).to_device(device).pow(&exponents)).reciprocal();
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, half]);
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-        RopeAngles {
-            cos: emb.cos().to_kind(kind),
-            sin: emb.sin().to_kind(kind),
-        }
+        RopeAngles { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind) }
     }
 
     /// `x`: `[batch, heads, seq, head_dim]`.

@@ -124,11 +124,7 @@ impl Transformer {
             Ok(Linear::new(weight, b))
         };
         let embed = dev(w.take("model.embed_tokens.weight", &[cfg.vocab_size, hid])?);
-        let heads = Heads {
-            num_heads: h as i64,
-            num_kv_heads: hkv as i64,
-            head_dim: hd as i64,
-        };
+        let heads = Heads { num_heads: h as i64, num_kv_heads: hkv as i64, head_dim: hd as i64 };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
@@ -151,22 +147,37 @@ impl Transformer {
                     } else {
                         dev(w.take(&wc_name, &[hid, hid])?)
                     };
-                    Attention::Reuse(ReuseAttention {
-                        v_proj,
-                        o_proj,
-                        w_c: Linear::new(w_c, None),
-                        heads,
-                    })
+                    Attention::Reuse(ReuseAttention { v_proj, o_proj, w_c: Linear::new(w_c, None), heads })
                 }
                 LayerRole::Lead | LayerRole::Ordinary => {
                     let qk = cfg.family.has_qk_norm();
                     Attention::Full(FullAttention {
-                        q_proj: linear(&mut w, &format!("{p}.self_attn.q_proj"), h * hd, hid, cfg.attention_bias)?,
-                        k_proj: linear(&mut w, &format!("{p}.self_attn.k_proj"), hkv * hd, hid, cfg.attention_bias)?,
+                        q_proj: linear(
+                            &mut w,
+                            &format!("{p}.self_attn.q_proj"),
+                            h * hd,
+                            hid,
+                            cfg.attention_bias,
+                        )?,
+                        k_proj: linear(
+                            &mut w,
+                            &format!("{p}.self_attn.k_proj"),
+                            hkv * hd,
+                            hid,
+                            cfg.attention_bias,
+                        )?,
                         v_proj,
                         o_proj,
-                        q_norm: if qk { Some(norm(&mut w, &format!("{p}.self_attn.q_norm.weight"), hd)?) } else { None },
-                        k_norm: if qk { Some(norm(&mut w, &format!("{p}.self_attn.k_norm.weight"), hd)?) } else { None },
+                        q_norm: if qk {
+                            Some(norm(&mut w, &format!("{p}.self_attn.q_norm.weight"), hd)?)
+                        } else {
+                            None
+                        },
+                        k_norm: if qk {
+                            Some(norm(&mut w, &format!("{p}.self_attn.k_norm.weight"), hd)?)
+                        } else {
+                            None
+                        },
                         heads,
                         scale: cfg.attn_scale(),
                         softcap: cfg.attn_logit_softcapping,
@@ -195,14 +206,7 @@ impl Transformer {
                 down_proj: linear(&mut w, &format!("{p}.mlp.down_proj"), hid, inter, false)?,
                 gelu_tanh: gemma,
             };
-            layers.push(DecoderLayer {
-                attn_norm,
-                attn_post_norm,
-                attn,
-                mlp_norm,
-                mlp_post_norm,
-                mlp,
-            });
+            layers.push(DecoderLayer { attn_norm, attn_post_norm, attn, mlp_norm, mlp_post_norm, mlp });
         }
         let final_norm = norm(&mut w, "model.norm.weight", hid)?;
         let lm_head = if cfg.tie_word_embeddings {
@@ -217,23 +221,15 @@ impl Transformer {
                 format!("unexpected tensor {extra}: the weights do not match config.json and the plan"),
             ));
         }
-        Ok(Transformer {
-            cfg,
-            plan,
-            embed,
-            layers,
-            norm: final_norm,
-            lm_head,
-            kind,
-            device,
-        })
+        Ok(Transformer { cfg, plan, embed, layers, norm: final_norm, lm_head, kind, device })
     }
 
     /// Token embeddings, scaled by sqrt(hidden) in Gemma (in the compute dtype, as HF does).
     pub fn embed(&self, ids: &Tensor) -> Tensor {
         let h = Tensor::embedding(&self.embed, ids, -1, false, false);
         if self.cfg.family.is_gemma() {
-            let scale = Tensor::from((self.cfg.hidden_size as f64).sqrt()).to_kind(self.kind).to_device(self.device);
+            let scale =
+                Tensor::from((self.cfg.hidden_size as f64).sqrt()).to_kind(self.kind).to_device(self.device);
             h * scale
         } else {
             h
@@ -243,7 +239,8 @@ impl Transformer {
     /// Final norm, LM head and (Gemma 2) soft-capping. Returns f32 logits.
     pub fn head(&self, h: &Tensor) -> Tensor {
         let h = self.norm.forward(h);
-        let logits = h.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed), None).to_kind(Kind::Float);
+        let logits =
+            h.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed), None).to_kind(Kind::Float);
         match self.cfg.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
@@ -269,7 +266,9 @@ impl Transformer {
     pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Tensor {
         let (b, q) = (ids.size()[0], ids.size()[1]);
         let start = cache.as_ref().map_or(0, |c| c.len);
-        let positions = Tensor::arange_start(start, start + q, (Kind::Int64, self.device)).unsqueeze(0).expand([b, q], false);
+        let positions = Tensor::arange_start(start, start + q, (Kind::Int64, self.device))
+            .unsqueeze(0)
+            .expand([b, q], false);
         let mut h = self.embed(ids);
         let mut contexts: BTreeMap<(Option<usize>, u64), (RopeAngles, Tensor)> = BTreeMap::new();
         let mut lead_probs: Option<Tensor> = None;
@@ -286,12 +285,14 @@ impl Transformer {
             let role = self.plan.role(l);
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let x = layer.attn_norm.forward(&h);
-            let (a, p) = layer.attention_branch(&x, &ctx, lead_probs.as_ref(), layer_cache, role == LayerRole::Lead);
+            let (a, p) =
+                layer.attention_branch(&x, &ctx, lead_probs.as_ref(), layer_cache, role == LayerRole::Lead);
             if role == LayerRole::Lead {
                 lead_probs = p;
             }
-            h = h + a;
-            h = &h + layer.mlp_branch(&h);
+            // Out of place: autograd needs the residual that the norms saved.
+            h = a + &h;
+            h = layer.mlp_branch(&h) + &h;
         }
         if let Some(c) = cache {
             c.len += q;

@@ -171,11 +171,7 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and the file is not modified while we hold it.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let mut c = Cursor {
-            path,
-            buf: &mmap,
-            pos: 0,
-        };
+        let mut c = Cursor { path, buf: &mmap, pos: 0 };
         let magic = c.take(4, "magic")?;
         if magic != MAGIC {
             return Err(Error::format(
@@ -185,10 +181,7 @@ impl GgufFile {
         }
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(Error::format(
-                path,
-                format!("unsupported GGUF version {version}, expected 2 or 3"),
-            ));
+            return Err(Error::format(path, format!("unsupported GGUF version {version}, expected 2 or 3")));
         }
         let n_tensors = c.len("tensor count")?;
         let n_kv = c.len("metadata count")?;
@@ -224,9 +217,11 @@ impl GgufFile {
             infos.push((name, dims, ty, offset));
         }
         let align = match metadata.get("general.alignment") {
-            Some(v) => v.as_u64().filter(|a| *a > 0 && a.is_power_of_two()).ok_or_else(|| {
-                Error::format(path, "general.alignment is not a power of two")
-            })? as usize,
+            Some(v) => v
+                .as_u64()
+                .filter(|a| *a > 0 && a.is_power_of_two())
+                .ok_or_else(|| Error::format(path, "general.alignment is not a power of two"))?
+                as usize,
             None => 32,
         };
         let data_start = c.pos.div_ceil(align) * align;
@@ -234,7 +229,10 @@ impl GgufFile {
         for (name, shape, ty, rel) in infos {
             let numel: usize = shape.iter().product();
             let len = ty.bytes_for(numel).ok_or_else(|| {
-                Error::format(path, format!("tensor {name}: {numel} elements is not a whole number of {ty:?} blocks"))
+                Error::format(
+                    path,
+                    format!("tensor {name}: {numel} elements is not a whole number of {ty:?} blocks"),
+                )
             })?;
             let offset = data_start + rel;
             if offset.checked_add(len).is_none_or(|end| end > mmap.len()) {
@@ -249,13 +247,7 @@ impl GgufFile {
             }
             tensors.insert(name.clone(), TensorInfo { name, shape, ty, offset, len });
         }
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            mmap,
-            version,
-            metadata,
-            tensors,
-        })
+        Ok(GgufFile { path: path.to_path_buf(), mmap, version, metadata, tensors })
     }
 
     pub fn path(&self) -> &Path {
@@ -356,7 +348,11 @@ pub(crate) mod tests {
     #[test]
     fn roundtrip_small_file() {
         let p = tmp("ok.gguf");
-        write_gguf(&p, &[("general.architecture", "llama")], &[("a", vec![2, 3], (0..6).map(|x| x as f32).collect())]);
+        write_gguf(
+            &p,
+            &[("general.architecture", "llama")],
+            &[("a", vec![2, 3], (0..6).map(|x| x as f32).collect())],
+        );
         let g = GgufFile::open(&p).unwrap();
         assert_eq!(g.req_str("general.architecture").unwrap(), "llama");
         let (v, s) = g.read_f32("a").unwrap();

@@ -66,14 +66,11 @@ impl WeightMap {
             }
             if cfg.family.is_gemma() && hf.ends_with("norm.weight") {
                 // llama.cpp stores Gemma's (1 + w) norm scale as w + 1.
-                t = t - 1.0;
+                t -= 1.0;
             }
             tensors.insert(hf, t);
         }
-        Ok(WeightMap {
-            source: g.path().to_path_buf(),
-            tensors,
-        })
+        Ok(WeightMap { source: g.path().to_path_buf(), tensors })
     }
 }
 
@@ -122,7 +119,6 @@ pub fn to_device(t: Tensor, kind: Kind, device: tch::Device) -> Tensor {
     t.to_device(device).to_kind(kind).detach()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,9 +135,18 @@ mod tests {
 
     #[test]
     fn gguf_names() {
-        assert_eq!(hf_name("blk.3.ffn_norm.weight", Family::Llama).unwrap(), "model.layers.3.post_attention_layernorm.weight");
-        assert_eq!(hf_name("blk.3.ffn_norm.weight", Family::Gemma3).unwrap(), "model.layers.3.pre_feedforward_layernorm.weight");
-        assert_eq!(hf_name("blk.0.attn_q.bias", Family::Qwen2).unwrap(), "model.layers.0.self_attn.q_proj.bias");
+        assert_eq!(
+            hf_name("blk.3.ffn_norm.weight", Family::Llama).unwrap(),
+            "model.layers.3.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.3.ffn_norm.weight", Family::Gemma3).unwrap(),
+            "model.layers.3.pre_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.attn_q.bias", Family::Qwen2).unwrap(),
+            "model.layers.0.self_attn.q_proj.bias"
+        );
         assert_eq!(hf_name("rope_freqs.weight", Family::Llama), None);
     }
 }

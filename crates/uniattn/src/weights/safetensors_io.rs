@@ -79,10 +79,7 @@ pub fn read_folder(dir: &Path) -> Result<WeightMap> {
     for f in &files {
         read_file(f, &mut tensors)?;
     }
-    Ok(WeightMap {
-        source: if files.len() == 1 { files[0].clone() } else { dir.to_path_buf() },
-        tensors,
-    })
+    Ok(WeightMap { source: if files.len() == 1 { files[0].clone() } else { dir.to_path_buf() }, tensors })
 }
 
 struct Bytes {
@@ -107,7 +104,11 @@ impl View for &Bytes {
 }
 
 /// Writes tensors to `path` atomically, with optional string metadata in the header.
-pub fn write_file(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn write_file(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let mut views = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.to_device(tch::Device::Cpu).contiguous();
@@ -116,11 +117,7 @@ pub fn write_file(path: &Path, tensors: &[(String, Tensor)], metadata: Option<Ha
         t.f_copy_data_u8(&mut data, numel)?;
         views.push((
             name.clone(),
-            Bytes {
-                dtype: dtype_of(t.kind())?,
-                shape: t.size().iter().map(|&d| d as usize).collect(),
-                data,
-            },
+            Bytes { dtype: dtype_of(t.kind())?, shape: t.size().iter().map(|&d| d as usize).collect(), data },
         ));
     }
     let bytes = safetensors::serialize(views.iter().map(|(n, b)| (n.as_str(), b)), metadata)
@@ -130,10 +127,7 @@ pub fn write_file(path: &Path, tensors: &[(String, Tensor)], metadata: Option<Ha
 
 /// Write to `path.tmp`, fsync, rename: readers see the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

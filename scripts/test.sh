@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the checks and the tests: formatting, clippy (warnings are
+# errors), unit tests and the end-to-end tests on SmolLM2 (other models join when present).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup.sh
+. .cache/env.sh
+scripts/fetch-models.sh smollm2 texts > /dev/null
+cargo fmt --all -- --check
+# Release profile throughout, so that libtorch's C++ glue and the dependencies build once.
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release
