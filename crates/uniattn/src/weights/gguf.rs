@@ -118,11 +118,12 @@ impl<'a> Cursor<'a> {
     }
     fn len(&mut self, what: &str) -> Result<usize> {
         let n = self.u64(what)?;
-        // No length can exceed the file; this also rejects garbage before allocating.
-        if n > self.buf.len() as u64 {
+        // No length or count can exceed the bytes left; this also rejects garbage before allocating.
+        let left = self.buf.len() - self.pos;
+        if n > left as u64 {
             return Err(Error::format(
                 self.path,
-                format!("corrupt GGUF: {what} claims length {n}, larger than the file"),
+                format!("truncated or corrupt GGUF: {what} is {n}, but only {left} bytes follow"),
             ));
         }
         Ok(n as usize)
@@ -378,7 +379,7 @@ pub(crate) mod tests {
         for cut in [3, 20, 60, full.len() - 10] {
             std::fs::write(&p, &full[..cut]).unwrap();
             let err = GgufFile::open(&p).err().unwrap().to_string();
-            assert!(err.contains("truncated GGUF") && err.contains("trunc.gguf"), "cut {cut}: {err}");
+            assert!(err.contains("truncated") && err.contains("trunc.gguf"), "cut {cut}: {err}");
         }
     }
 

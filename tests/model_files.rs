@@ -1,0 +1,127 @@
+//! Model files end to end on SmolLM2: GGUF -> Hugging Face folder -> the same numbers, and every
+//! kind of broken input gives an error that names the file and what was expected.
+mod common;
+use common::*;
+use tch::{Device, Kind};
+use uniattn::eval::perplexity::token_logprobs;
+use uniattn::loader;
+
+fn imported(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    init();
+    let gguf = model(SMOLLM2).unwrap();
+    let dir = tmpdir(name);
+    let m = loader::load(&gguf, Kind::Float, Device::Cpu).unwrap();
+    loader::save_folder(&m.model, &m.tokenizer, &dir, Kind::Float, None).unwrap();
+    (gguf, dir)
+}
+
+fn load_err(path: &std::path::Path) -> String {
+    match loader::load(path, Kind::Float, Device::Cpu) {
+        Ok(_) => panic!("{} loaded but should not", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn imported_folder_computes_the_same_logprobs() {
+    let (gguf, dir) = imported("same");
+    let a = loader::load(&gguf, Kind::Float, Device::Cpu).unwrap();
+    let b = loader::load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let text = "Paris is the capital of France, and Berlin is the capital of Germany.";
+    let ids = a.tokenizer.encode(text, true).unwrap();
+    assert_eq!(ids, b.tokenizer.encode(text, true).unwrap());
+    assert_eq!(token_logprobs(&a.model, &ids), token_logprobs(&b.model, &ids));
+    assert_eq!(a.tokenizer.chat_template, b.tokenizer.chat_template);
+    assert_eq!(a.tokenizer.eos_ids[0], b.tokenizer.eos_ids[0]);
+}
+
+#[test]
+fn broken_folders_say_what_is_wrong() {
+    let (_, dir) = imported("broken");
+    // A config that does not match the weights.
+    let cfg_path = dir.join("config.json");
+    let good_cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&good_cfg).unwrap();
+    cfg["intermediate_size"] = serde_json::json!(1024);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let err = load_err(&dir);
+    assert!(
+        err.contains("model.safetensors") && err.contains("gate_proj") && err.contains("[1024, 576]"),
+        "{err}"
+    );
+    std::fs::write(&cfg_path, &good_cfg).unwrap();
+
+    // A missing tensor.
+    let st = dir.join("model.safetensors");
+    let good = std::fs::read(&st).unwrap();
+    let mut tensors = std::collections::BTreeMap::new();
+    uniattn::weights::safetensors_io::read_file(&st, &mut tensors).unwrap();
+    tensors.remove("model.layers.7.self_attn.k_proj.weight");
+    let list: Vec<(String, tch::Tensor)> = tensors.into_iter().collect();
+    uniattn::weights::safetensors_io::write_file(&st, &list, None).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("missing tensor model.layers.7.self_attn.k_proj.weight"), "{err}");
+
+    // A truncated weight file.
+    std::fs::write(&st, &good[..good.len() / 2]).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
+    std::fs::write(&st, &good).unwrap();
+
+    // A missing tokenizer.
+    std::fs::rename(dir.join("tokenizer.json"), dir.join("t.json")).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("tokenizer.json is missing"), "{err}");
+    std::fs::rename(dir.join("t.json"), dir.join("tokenizer.json")).unwrap();
+
+    // Invalid JSON in config.json.
+    std::fs::write(&cfg_path, "{\"model_type\": ").unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("config.json") && err.contains("invalid JSON"), "{err}");
+    std::fs::write(&cfg_path, &good_cfg).unwrap();
+    loader::load(&dir, Kind::Float, Device::Cpu).expect("restored folder loads again");
+}
+
+#[test]
+fn truncated_real_gguf_is_named() {
+    init();
+    let gguf = model(SMOLLM2).unwrap();
+    let dir = tmpdir("trunc");
+    let bytes = std::fs::read(&gguf).unwrap();
+    for cut in [100usize, 2_000_000, bytes.len() - 1000] {
+        let p = dir.join("cut.gguf");
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let err = load_err(&p);
+        assert!(err.contains("cut.gguf") && err.contains("truncated"), "cut at {cut}: {err}");
+    }
+    let err = load_err(&dir.join("absent.gguf"));
+    assert!(err.contains("absent.gguf") && err.contains("no such file"), "{err}");
+}
+
+/// Incremental decoding through the KV cache picks the same tokens as re-running the whole
+/// sequence each step, and its logits agree.
+#[test]
+fn cached_greedy_equals_full_forward_greedy() {
+    init();
+    let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
+    let prompt = m.tokenizer.encode("The three primary colours are", true).unwrap();
+    let params = uniattn::generate::SamplingParams { max_new_tokens: 12, ..Default::default() };
+    let g = uniattn::generate::generate(&m.model, &prompt, &params, &[], |_| {});
+    let mut seq = prompt.clone();
+    let _guard = tch::no_grad_guard();
+    for _ in 0..12 {
+        let t = tch::Tensor::from_slice(&seq.iter().map(|&i| i as i64).collect::<Vec<_>>()).unsqueeze(0);
+        let logits = m.model.forward(&t, None);
+        seq.push(logits.get(0).get(-1).argmax(-1, false).int64_value(&[]) as u32);
+    }
+    assert_eq!(g.tokens, seq[prompt.len()..]);
+}
+
+#[test]
+fn chat_template_renders() {
+    init();
+    let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
+    let msgs = [uniattn::tokenizer::ChatMessage { role: "user".into(), content: "Hi".into() }];
+    let s = m.tokenizer.apply_chat_template(&msgs, true).unwrap();
+    assert!(s.contains("<|im_start|>user\nHi<|im_end|>") && s.ends_with("<|im_start|>assistant\n"), "{s}");
+}
