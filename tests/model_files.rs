@@ -11,7 +11,7 @@ fn imported(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let gguf = model(SMOLLM2).unwrap();
     let dir = tmpdir(name);
     let m = loader::load(&gguf, Kind::Float, Device::Cpu).unwrap();
-    loader::save_folder(&m.model, &m.tokenizer, &dir, Kind::Float, None).unwrap();
+    loader::save_folder(&m.model, &m.tokenizer, &dir, Kind::Float, None, &[]).unwrap();
     (gguf, dir)
 }
 

@@ -3,6 +3,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
+use uniattn::calibrate::{CalibOptions, FitMethod};
+use uniattn::convert::{CalibData, PlanSpec};
 use uniattn::generate::{generate, SamplingParams};
 use uniattn::loader;
 use uniattn::runtime;
@@ -62,6 +64,53 @@ enum Command {
         #[command(flatten)]
         dev: DeviceArgs,
     },
+    /// Apply a SuperBlock plan and fit W_c in closed form; writes a UniAttn model folder.
+    Convert {
+        model: PathBuf,
+        /// The paper's g:begin:end, e.g. 4:16:33 (end clipped to the layer count)
+        #[arg(long, conflicts_with = "plan_blocks", required_unless_present = "plan_blocks")]
+        plan: Option<String>,
+        /// Explicit blocks, first-last inclusive, e.g. 16-19,20-23
+        #[arg(long)]
+        plan_blocks: Option<String>,
+        /// Calibration data: JSON/JSONL instruction rows (Alpaca template) or a plain text file
+        #[arg(long)]
+        calib: PathBuf,
+        /// Rows of the calibration file to use, e.g. 0..256 (default: all)
+        #[arg(long)]
+        calib_rows: Option<String>,
+        /// Fraction of those rows held out to choose the ridge strength
+        #[arg(long, default_value_t = 0.2)]
+        heldout_fraction: f64,
+        /// Tokens per calibration sequence at most
+        #[arg(long, default_value_t = 1024)]
+        max_len: usize,
+        /// ours (streaming normal equations), reference (position-averaged pinv) or none (W_c = 0)
+        #[arg(long, default_value = "ours")]
+        fit: String,
+        /// Fixed relative ridge strength instead of choosing it on held-out rows
+        #[arg(long)]
+        ridge: Option<f64>,
+        /// Padded length of the reference fit
+        #[arg(long, default_value_t = 1024)]
+        ref_len: usize,
+        /// Batch x length per calibration chunk
+        #[arg(long, default_value_t = 4096)]
+        chunk_tokens: usize,
+        /// Keep residual streams between layers in host memory instead of on the GPU
+        #[arg(long)]
+        states_on_cpu: bool,
+        /// Also write the reuse layers' original Q/K weights (reference-code checkpoints have them)
+        #[arg(long)]
+        keep_qk: bool,
+        #[arg(long)]
+        out: PathBuf,
+        /// Stored precision: f32 or bf16
+        #[arg(long, default_value = "f32")]
+        save_dtype: String,
+        #[command(flatten)]
+        dev: DeviceArgs,
+    },
     /// Evaluate a model.
     Eval {
         #[command(subcommand)]
@@ -75,8 +124,12 @@ enum EvalCommand {
     Ppl {
         #[arg(long)]
         model: PathBuf,
+        /// A plain text file (one document) or JSON/JSONL instruction rows (one document each)
         #[arg(long)]
         text: PathBuf,
+        /// Rows of a JSON/JSONL file, e.g. 900..1000
+        #[arg(long)]
+        rows: Option<String>,
         /// Score only the first N tokens (BOS included where the model adds one).
         #[arg(long)]
         max_tokens: Option<usize>,
@@ -122,7 +175,7 @@ fn run(cli: Cli) -> Result<()> {
             runtime::init()?;
             let kind = runtime::parse_dtype(&dtype)?;
             let m = loader::load(&gguf, tch::Kind::Float, tch::Device::Cpu)?;
-            loader::save_folder(&m.model, &m.tokenizer, &out, kind, None)?;
+            loader::save_folder(&m.model, &m.tokenizer, &out, kind, None, &[])?;
             println!("wrote {} ({} parameters, {dtype})", out.display(), m.model.num_parameters());
         }
         Command::Info { model } => {
@@ -178,24 +231,118 @@ fn run(cli: Cli) -> Result<()> {
                 g.tokens.len() as f64 / g.decode_seconds.max(1e-9)
             );
         }
-        Command::Eval { what: EvalCommand::Ppl { model, text, max_tokens, window, stride, json, dev } } => {
+        Command::Convert {
+            model,
+            plan,
+            plan_blocks,
+            calib,
+            calib_rows,
+            heldout_fraction,
+            max_len,
+            fit,
+            ridge,
+            ref_len,
+            chunk_tokens,
+            states_on_cpu,
+            keep_qk,
+            out,
+            save_dtype,
+            dev,
+        } => {
+            let (device, kind) = setup(&dev)?;
+            let save_kind = runtime::parse_dtype(&save_dtype)?;
+            let spec = match (plan, plan_blocks) {
+                (Some(p), _) => PlanSpec::Grouped(p),
+                (None, Some(b)) => PlanSpec::Blocks(b),
+                (None, None) => bail!("give --plan or --plan-blocks"),
+            };
+            let method = match fit.as_str() {
+                "ours" => FitMethod::Streaming { ridge },
+                "reference" => FitMethod::Reference { len: ref_len },
+                "none" => FitMethod::Zero,
+                f => bail!("--fit {f}: expected ours, reference or none"),
+            };
+            let data = CalibData {
+                path: calib,
+                rows: calib_rows.as_deref().map(uniattn::data::parse_range).transpose()?,
+                heldout_fraction: if matches!(method, FitMethod::Streaming { .. }) {
+                    heldout_fraction
+                } else {
+                    0.0
+                },
+                max_len,
+            };
+            let opts = CalibOptions {
+                method,
+                chunk_tokens,
+                state_device: if states_on_cpu { tch::Device::Cpu } else { device },
+                pad_id: 0,
+            };
+            let pb = bar(1, "calibrating");
+            let (conv, kept) =
+                uniattn::convert::convert(&model, &spec, &data, &opts, kind, device, |d, t| {
+                    pb.set_length(t as u64);
+                    pb.set_position(d as u64);
+                })?;
+            pb.finish_and_clear();
+            uniattn::convert::save(&conv, &out, save_kind, keep_qk.then_some(kept.as_slice()))?;
+            let r = &conv.report;
+            println!("plan         {}", conv.model.plan.describe());
+            println!("fit          {}", r.method);
+            println!("tokens       {} fit, {} held out", r.fit_tokens, r.heldout_tokens);
+            println!("time         {:.1} s on {}", r.seconds, runtime::device_name(device));
+            println!("layer  lead  ridge      held-out rel. err  fit rel. err");
+            for f in &r.layers {
+                println!(
+                    "{:>5}  {:>4}  {:>9}  {:>17}  {:>12.4}",
+                    f.layer,
+                    f.lead,
+                    f.alpha.map_or("pinv".into(), |a| format!("{a:.0e}")),
+                    f.heldout_rel_err.map_or("-".into(), |e| format!("{e:.4}")),
+                    f.fit_rel_err
+                );
+            }
+            println!("wrote        {}", out.display());
+        }
+        Command::Eval {
+            what: EvalCommand::Ppl { model, text, rows, max_tokens, window, stride, json, dev },
+        } => {
             let stride = stride.unwrap_or(window / 2);
             if stride == 0 || stride > window || window < 2 {
                 bail!("--stride must be between 1 and --window ({window}), and --window at least 2");
             }
             let (device, kind) = setup(&dev)?;
             let m = loader::load(&model, kind, device)?;
-            let body =
-                std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
-            let mut ids = m.tokenizer.encode(&body, true)?;
+            let ext = text.extension().and_then(|e| e.to_str()).unwrap_or("");
+            let mut docs = if ext == "json" || ext == "jsonl" {
+                let texts = uniattn::data::read_texts(&text)?;
+                let texts = match rows.as_deref().map(uniattn::data::parse_range).transpose()? {
+                    Some(r) => uniattn::data::select(&texts, &r, &text)?,
+                    None => texts,
+                };
+                texts.iter().map(|t| m.tokenizer.encode(t, true)).collect::<uniattn::Result<Vec<_>>>()?
+            } else {
+                if rows.is_some() {
+                    bail!("--rows applies to JSON/JSONL files; {} is plain text", text.display());
+                }
+                let body =
+                    std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
+                vec![m.tokenizer.encode(&body, true)?]
+            };
             if let Some(n) = max_tokens {
-                ids.truncate(n);
+                let mut left = n;
+                for d in docs.iter_mut() {
+                    d.truncate(left);
+                    left -= d.len();
+                }
+                docs.retain(|d| d.len() >= 2);
             }
-            if ids.len() < 2 {
+            let total: usize = docs.iter().map(Vec::len).sum();
+            if total < 2 {
                 bail!("{}: fewer than 2 tokens to score", text.display());
             }
-            let pb = bar(ids.len() as u64, "ppl");
-            let r = uniattn::eval::perplexity::perplexity(&m.model, &ids, window, stride, |done, _| {
+            let pb = bar(total as u64, "ppl");
+            let r = uniattn::eval::perplexity::perplexity_docs(&m.model, &docs, window, stride, |done, _| {
                 pb.set_position(done as u64)
             });
             pb.finish_and_clear();

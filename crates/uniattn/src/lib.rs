@@ -3,7 +3,10 @@
 //!
 //! The modules follow the data's path: [`config`] and [`plan`], [`weights`] (GGUF,
 //! safetensors), [`tokenizer`], [`model`], [`generate`], [`eval`].
+pub mod calibrate;
 pub mod config;
+pub mod convert;
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod generate;

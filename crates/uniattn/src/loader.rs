@@ -78,17 +78,23 @@ pub fn load(path: &Path, kind: Kind, device: Device) -> Result<LoadedModel> {
 }
 
 /// Writes a Hugging Face folder: `config.json`, `model.safetensors` (in `kind`), the tokenizer,
-/// and `uniattn.json` when the plan has SuperBlocks. `extra` goes into `uniattn.json`.
+/// and `uniattn.json` when the plan has SuperBlocks. `extra` goes into `uniattn.json`;
+/// `extra_tensors` are written beside the model's own.
 pub fn save_folder(
     model: &Transformer,
     tokenizer: &Tokenizer,
     dir: &Path,
     kind: Kind,
     extra: Option<serde_json::Value>,
+    extra_tensors: &[(String, tch::Tensor)],
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tensors: Vec<(String, tch::Tensor)> =
-        model.named_tensors().into_iter().map(|(n, t)| (n, t.to_kind(kind))).collect();
+    let tensors: Vec<(String, tch::Tensor)> = model
+        .named_tensors()
+        .into_iter()
+        .chain(extra_tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())))
+        .map(|(n, t)| (n, t.to_kind(kind)))
+        .collect();
     safetensors_io::write_file(&dir.join("model.safetensors"), &tensors, None)?;
     let mut cfg = model.cfg.to_hf_json();
     cfg["torch_dtype"] = serde_json::json!(match kind {

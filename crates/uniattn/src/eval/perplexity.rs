@@ -34,9 +34,49 @@ pub fn perplexity(
     ids: &[u32],
     window: usize,
     stride: usize,
+    progress: impl FnMut(usize, usize),
+) -> PerplexityReport {
+    perplexity_docs(model, &[ids.to_vec()], window, stride, progress)
+}
+
+/// Perplexity over several independent documents (each scored from its own first token),
+/// pooled over every predicted token.
+pub fn perplexity_docs(
+    model: &Transformer,
+    docs: &[Vec<u32>],
+    window: usize,
+    stride: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> PerplexityReport {
     let start = Instant::now();
+    let total: usize = docs.iter().map(Vec::len).sum();
+    let (mut nll, mut predicted, mut done) = (0.0, 0usize, 0usize);
+    for ids in docs {
+        let (d_nll, d_pred) = doc_nll(model, ids, window, stride, |k| progress(done + k, total));
+        nll += d_nll;
+        predicted += d_pred;
+        done += ids.len();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mean_nll = nll / predicted.max(1) as f64;
+    PerplexityReport {
+        tokens: total,
+        predicted,
+        mean_nll,
+        perplexity: mean_nll.exp(),
+        tokens_per_second: total as f64 / seconds.max(1e-9),
+        seconds,
+    }
+}
+
+/// Summed NLL and number of predicted tokens of one document.
+fn doc_nll(
+    model: &Transformer,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+    mut progress: impl FnMut(usize),
+) -> (f64, usize) {
     let n = ids.len();
     let mut nll = 0.0;
     let mut predicted = 0usize;
@@ -53,20 +93,11 @@ pub fn perplexity(
             }
         }
         scored_until = end;
-        progress(end, n);
+        progress(end);
         if end == n {
             break;
         }
         begin += stride.max(1);
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let mean_nll = nll / predicted.max(1) as f64;
-    PerplexityReport {
-        tokens: n,
-        predicted,
-        mean_nll,
-        perplexity: mean_nll.exp(),
-        tokens_per_second: n as f64 / seconds.max(1e-9),
-        seconds,
-    }
+    (nll, predicted)
 }

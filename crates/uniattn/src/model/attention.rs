@@ -2,9 +2,9 @@
 //! by SuperBlock leads, which additionally return their softmax map). [`ReuseAttention`] holds no
 //! Q/K weights: it takes its lead's probabilities and adds the linear compensation `X W_c`.
 use super::kv_cache::LayerCache;
-use super::nn::{Linear, RmsNorm};
+use super::nn::{accumulate_kind, Linear, RmsNorm};
 use super::rope::RopeAngles;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Head layout shared by both variants.
 #[derive(Debug, Clone, Copy)]
@@ -110,13 +110,25 @@ impl FullAttention {
         (self.o_proj.forward(&h.merge(&out)), probs)
     }
 
+    /// The probabilities alone, as a lead hands them to its block (no V, no output).
+    pub fn lead_probs(&self, x: &Tensor, rope: &RopeAngles, mask: &Tensor) -> Tensor {
+        let h = &self.heads;
+        let mut q = h.split(&self.q_proj.forward(x), h.num_heads);
+        let mut k = h.split(&self.k_proj.forward(x), h.num_kv_heads);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q);
+            k = kn.forward(&k);
+        }
+        self.probs(&rope.apply(&q), &rope.apply(&k), mask)
+    }
+
     /// softmax(Q K^T * scale [softcapped] + mask), in f32 then cast back, as transformers' eager path.
     fn probs(&self, q: &Tensor, k: &Tensor, mask: &Tensor) -> Tensor {
         let mut scores = q.matmul(&self.heads.repeat_kv(k).transpose(-2, -1)) * self.scale;
         if let Some(cap) = self.softcap {
             scores = (scores / cap).tanh() * cap;
         }
-        (scores + mask).softmax(-1, Kind::Float).to_kind(q.kind())
+        (scores + mask).softmax(-1, accumulate_kind(q.kind())).to_kind(q.kind())
     }
 }
 
@@ -130,15 +142,26 @@ pub struct ReuseAttention {
     pub heads: Heads,
 }
 
+/// `o_proj(P V)` with this layer's own V and someone else's P: the part of a reuse layer that
+/// does not depend on `W_c` (calibration computes it from a dense layer's projections).
+pub fn reused_output(
+    v_proj: &Linear,
+    o_proj: &Linear,
+    heads: &Heads,
+    x: &Tensor,
+    lead_probs: &Tensor,
+    cache: Option<&mut LayerCache>,
+) -> Tensor {
+    let mut v = heads.split(&v_proj.forward(x), heads.num_kv_heads);
+    if let Some(c) = cache {
+        v = c.append_v(&v);
+    }
+    o_proj.forward(&heads.merge(&heads.apply_probs(lead_probs, &v)))
+}
+
 impl ReuseAttention {
     pub fn forward(&self, x: &Tensor, lead_probs: &Tensor, cache: Option<&mut LayerCache>) -> Tensor {
-        let h = &self.heads;
-        let mut v = h.split(&self.v_proj.forward(x), h.num_kv_heads);
-        if let Some(c) = cache {
-            v = c.append_v(&v);
-        }
-        let out = h.apply_probs(lead_probs, &v);
-        self.o_proj.forward(&h.merge(&out)) + self.w_c.forward(x)
+        reused_output(&self.v_proj, &self.o_proj, &self.heads, x, lead_probs, cache) + self.w_c.forward(x)
     }
 }
 

@@ -22,6 +22,16 @@ impl Linear {
     }
 }
 
+/// The precision for reductions and softmax: f32 as transformers uses, or f64 for f64 models
+/// (gradient checks).
+pub fn accumulate_kind(kind: Kind) -> Kind {
+    if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
 /// RMSNorm computed in f32 as Hugging Face does; Gemma scales by `1 + w`.
 #[derive(Debug)]
 pub struct RmsNorm {
@@ -33,12 +43,13 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.square().mean_dim(-1, true, Kind::Float);
+        let acc = accumulate_kind(kind);
+        let xf = x.to_kind(acc);
+        let var = xf.square().mean_dim(-1, true, acc);
         let normed = xf * (var + self.eps).rsqrt();
         if self.plus_one {
             // Gemma multiplies in f32 before casting back.
-            (normed * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+            (normed * (self.weight.to_kind(acc) + 1.0)).to_kind(kind)
         } else {
             // Llama casts back first, then scales.
             normed.to_kind(kind) * &self.weight

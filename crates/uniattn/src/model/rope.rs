@@ -12,13 +12,12 @@ impl RopeAngles {
     /// `positions`: `[batch, seq]` int64. Returns cos/sin of shape `[batch, 1, seq, head_dim]`.
     pub fn new(positions: &Tensor, head_dim: usize, theta: f64, kind: Kind) -> Self {
         let device = positions.device();
+        let acc = super::nn::accumulate_kind(kind);
         let half = (head_dim / 2) as i64;
-        let exponents = Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, device))
-            .to_kind(Kind::Float)
+        let exponents = Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, device)).to_kind(acc)
             / head_dim as f64;
-        let inv_freq =
-            (Tensor::from(theta).to_kind(Kind::Float).to_device(device).pow(&exponents)).reciprocal();
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, half]);
+        let inv_freq = (Tensor::from(theta).to_kind(acc).to_device(device).pow(&exponents)).reciprocal();
+        let freqs = positions.to_kind(acc).unsqueeze(-1) * inv_freq.view([1, 1, half]);
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         RopeAngles { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind) }
     }

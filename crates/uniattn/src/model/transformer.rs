@@ -46,6 +46,42 @@ pub struct LayerContext<'a> {
     pub mask: &'a Tensor,
 }
 
+/// RoPE angles and masks for one set of query positions, shared by every layer that has the
+/// same RoPE base and window.
+pub struct PositionContext {
+    ropes: BTreeMap<u64, RopeAngles>,
+    masks: BTreeMap<Option<usize>, Tensor>,
+}
+
+impl PositionContext {
+    /// Queries at `positions` (`[b, q]`) over keys `0..k_len`.
+    pub fn new(model: &Transformer, positions: &Tensor, k_len: i64) -> Self {
+        let mut ropes = BTreeMap::new();
+        let mut masks = BTreeMap::new();
+        for l in 0..model.cfg.num_layers {
+            let theta = model.cfg.layer_rope_theta(l);
+            ropes
+                .entry(theta.to_bits())
+                .or_insert_with(|| RopeAngles::new(positions, model.cfg.head_dim, theta, model.kind));
+            let w = model.cfg.layer_window(l);
+            masks.entry(w).or_insert_with(|| model.causal_mask(positions, k_len, w));
+        }
+        PositionContext { ropes, masks }
+    }
+
+    /// A whole sequence of length `t` from position 0.
+    pub fn full(model: &Transformer, t: i64) -> Self {
+        Self::new(model, &Tensor::arange(t, (Kind::Int64, model.device)).unsqueeze(0), t)
+    }
+
+    pub fn layer(&self, model: &Transformer, l: usize) -> LayerContext<'_> {
+        LayerContext {
+            rope: &self.ropes[&model.cfg.layer_rope_theta(l).to_bits()],
+            mask: &self.masks[&model.cfg.layer_window(l)],
+        }
+    }
+}
+
 impl DecoderLayer {
     /// The attention block's contribution before it is added to the residual (`attn` in the
     /// brief, post-norm included), plus the lead's probabilities when `want_probs`.
@@ -224,6 +260,44 @@ impl Transformer {
         Ok(Transformer { cfg, plan, embed, layers, norm: final_norm, lm_head, kind, device })
     }
 
+    /// Turns a dense model into the unified one: each reuse layer of `plan` drops its Q/K
+    /// weights and takes its `W_c` from `w_c` (by layer; zero where absent).
+    pub fn apply_plan(mut self, plan: SuperBlockPlan, mut w_c: BTreeMap<usize, Tensor>) -> Result<Self> {
+        if !self.plan.is_dense() {
+            return Err(Error::invalid(format!("the model already has a plan ({})", self.plan.describe())));
+        }
+        plan.check_layers(self.cfg.num_layers, std::path::Path::new("plan"))?;
+        let (hid, kind, device) = (self.cfg.hidden_size as i64, self.kind, self.device);
+        let reuse = plan.reuse_layers();
+        let layers = std::mem::take(&mut self.layers);
+        self.layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(l, mut layer)| {
+                if reuse.contains(&l) {
+                    layer.attn = match layer.attn {
+                        Attention::Full(f) => Attention::Reuse(ReuseAttention {
+                            v_proj: f.v_proj,
+                            o_proj: f.o_proj,
+                            w_c: Linear::new(
+                                match w_c.remove(&l) {
+                                    Some(w) => w.to_kind(kind).to_device(device),
+                                    None => Tensor::zeros([hid, hid], (kind, device)),
+                                },
+                                None,
+                            ),
+                            heads: f.heads,
+                        }),
+                        other => other,
+                    };
+                }
+                layer
+            })
+            .collect();
+        self.plan = plan;
+        Ok(self)
+    }
+
     /// Token embeddings, scaled by sqrt(hidden) in Gemma (in the compute dtype, as HF does).
     pub fn embed(&self, ids: &Tensor) -> Tensor {
         let h = Tensor::embedding(&self.embed, ids, -1, false, false);
@@ -236,7 +310,7 @@ impl Transformer {
         }
     }
 
-    /// Final norm, LM head and (Gemma 2) soft-capping. Returns f32 logits.
+    /// Final norm, LM head and (Gemma 2) soft-capping. Returns f32 logits (f64 for f64 models).
     pub fn head(&self, h: &Tensor) -> Tensor {
         let h = self.norm.forward(h);
         let logits =
@@ -270,18 +344,10 @@ impl Transformer {
             .unsqueeze(0)
             .expand([b, q], false);
         let mut h = self.embed(ids);
-        let mut contexts: BTreeMap<(Option<usize>, u64), (RopeAngles, Tensor)> = BTreeMap::new();
+        let pc = PositionContext::new(self, &positions, start + q);
         let mut lead_probs: Option<Tensor> = None;
         for (l, layer) in self.layers.iter().enumerate() {
-            let window = self.cfg.layer_window(l);
-            let theta = self.cfg.layer_rope_theta(l);
-            let (rope, mask) = contexts.entry((window, theta.to_bits())).or_insert_with(|| {
-                (
-                    RopeAngles::new(&positions, self.cfg.head_dim, theta, self.kind),
-                    self.causal_mask(&positions, start + q, window),
-                )
-            });
-            let ctx = LayerContext { rope, mask };
+            let ctx = pc.layer(self, l);
             let role = self.plan.role(l);
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let x = layer.attn_norm.forward(&h);
@@ -351,5 +417,201 @@ impl Transformer {
 
     pub fn num_parameters(&self) -> usize {
         self.named_tensors().iter().map(|(_, t)| t.numel()).sum()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::Family;
+    use crate::weights::WeightMap;
+
+    pub fn tiny_config(family: Family) -> ModelConfig {
+        ModelConfig {
+            family,
+            vocab_size: 32,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_layers: 4,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 4,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_local_theta: (family == Family::Gemma3).then_some(100.0),
+            max_position_embeddings: 64,
+            tie_word_embeddings: family != Family::Qwen2,
+            attention_bias: family == Family::Qwen2,
+            sliding_window: family.is_gemma().then_some(3),
+            sliding_window_pattern: match family {
+                Family::Gemma3 => Some(2),
+                Family::Gemma2 => Some(2),
+                _ => None,
+            },
+            query_pre_attn_scalar: family.is_gemma().then_some(4.0),
+            attn_logit_softcapping: (family == Family::Gemma2).then_some(50.0),
+            final_logit_softcapping: (family == Family::Gemma2).then_some(30.0),
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    /// A dense model with random weights (and W_c for `plan`'s reuse layers).
+    pub fn tiny_model(cfg: &ModelConfig, plan: SuperBlockPlan, kind: Kind, seed: i64) -> Transformer {
+        tch::manual_seed(seed);
+        let (h, hd, hkv, hid, inter) =
+            (cfg.num_heads, cfg.head_dim, cfg.num_kv_heads, cfg.hidden_size, cfg.intermediate_size);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![cfg.vocab_size, hid]),
+            ("model.norm.weight".into(), vec![hid]),
+        ];
+        if !cfg.tie_word_embeddings {
+            shapes.push(("lm_head.weight".into(), vec![cfg.vocab_size, hid]));
+        }
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let mut add = |n: &str, s: Vec<usize>| shapes.push((format!("{p}.{n}"), s));
+            add("self_attn.q_proj.weight", vec![h * hd, hid]);
+            add("self_attn.k_proj.weight", vec![hkv * hd, hid]);
+            add("self_attn.v_proj.weight", vec![hkv * hd, hid]);
+            add("self_attn.o_proj.weight", vec![hid, h * hd]);
+            if cfg.attention_bias {
+                add("self_attn.q_proj.bias", vec![h * hd]);
+                add("self_attn.k_proj.bias", vec![hkv * hd]);
+                add("self_attn.v_proj.bias", vec![hkv * hd]);
+            }
+            if cfg.family.has_qk_norm() {
+                add("self_attn.q_norm.weight", vec![hd]);
+                add("self_attn.k_norm.weight", vec![hd]);
+            }
+            if matches!(plan.role(l), LayerRole::Reuse { .. }) {
+                add("self_attn.v2_proj.weight", vec![hid, hid]);
+            }
+            add("input_layernorm.weight", vec![hid]);
+            add("post_attention_layernorm.weight", vec![hid]);
+            if cfg.family.is_gemma() {
+                add("pre_feedforward_layernorm.weight", vec![hid]);
+                add("post_feedforward_layernorm.weight", vec![hid]);
+            }
+            add("mlp.gate_proj.weight", vec![inter, hid]);
+            add("mlp.up_proj.weight", vec![inter, hid]);
+            add("mlp.down_proj.weight", vec![hid, inter]);
+        }
+        let tensors = shapes
+            .into_iter()
+            .map(|(n, s)| {
+                let dims: Vec<i64> = s.iter().map(|&d| d as i64).collect();
+                let scale = if n.contains("norm") { 0.1 } else { 0.2 };
+                let mut t = Tensor::randn(dims.as_slice(), (Kind::Double, Device::Cpu)) * scale;
+                if n.contains("norm") && !cfg.family.is_gemma() {
+                    t += 1.0;
+                }
+                (n, t)
+            })
+            .collect();
+        let w = WeightMap { source: "tiny".into(), tensors };
+        Transformer::from_weights(w, cfg.clone(), plan, kind, Device::Cpu, false).unwrap()
+    }
+
+    fn ids() -> Tensor {
+        Tensor::from_slice(&[3i64, 7, 1, 30, 12, 5, 9, 9, 2, 17, 4, 22, 8, 0, 11]).view([1, 15])
+    }
+
+    #[test]
+    fn empty_plan_is_exactly_dense() {
+        for fam in [Family::Llama, Family::Qwen2, Family::Gemma3, Family::Gemma2] {
+            let cfg = tiny_config(fam);
+            let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, 1);
+            let a = dense.forward(&ids(), None);
+            let same = dense.apply_plan(SuperBlockPlan::dense(4), BTreeMap::new()).unwrap();
+            assert!(a.equal(&same.forward(&ids(), None)), "{fam:?}");
+        }
+    }
+
+    /// Layer 1 gets layer 0's Q/K weights and norm, and layer 0 leaves the residual unchanged
+    /// (zero o_proj and down_proj), so both compute the same P: reusing it changes nothing.
+    #[test]
+    fn reuse_of_identical_probabilities_is_exact() {
+        for fam in [Family::Llama, Family::Qwen2, Family::Gemma3] {
+            let mut cfg = tiny_config(fam);
+            // Same RoPE and window for both layers of the block.
+            cfg.sliding_window = None;
+            cfg.rope_local_theta = None;
+            let mut dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, 2);
+            let copy = |t: &Tensor| t.copy();
+            let (first, rest) = dense.layers.split_at_mut(1);
+            let (l0, l1) = (&mut first[0], &mut rest[0]);
+            l1.attn_norm.weight = copy(&l0.attn_norm.weight);
+            let (Attention::Full(a0), Attention::Full(a1)) = (&mut l0.attn, &mut l1.attn) else {
+                unreachable!()
+            };
+            a1.q_proj = Linear::new(copy(&a0.q_proj.weight), a0.q_proj.bias.as_ref().map(copy));
+            a1.k_proj = Linear::new(copy(&a0.k_proj.weight), a0.k_proj.bias.as_ref().map(copy));
+            if let (Some(q0), Some(k0)) = (&a0.q_norm, &a0.k_norm) {
+                a1.q_norm.as_mut().unwrap().weight = copy(&q0.weight);
+                a1.k_norm.as_mut().unwrap().weight = copy(&k0.weight);
+            }
+            let _ = a0.o_proj.weight.zero_();
+            let _ = l0.mlp.down_proj.weight.zero_();
+            let want = dense.forward(&ids(), None);
+            let plan = SuperBlockPlan::from_blocks(vec![(0, 2)], 4).unwrap();
+            let uni = dense.apply_plan(plan, BTreeMap::new()).unwrap();
+            let got = uni.forward(&ids(), None);
+            let diff = (&got - &want).abs().max().double_value(&[]);
+            assert!(diff < 1e-10, "{fam:?}: {diff}");
+        }
+    }
+
+    /// Autograd through lead and reuse layers (W_c included) against central differences, f64.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let cfg = tiny_config(Family::Llama);
+        let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap();
+        let model = tiny_model(&cfg, plan, Kind::Double, 3);
+        let probe = Tensor::randn([1, 15, 32], (Kind::Double, Device::Cpu));
+        let loss = |m: &Transformer| {
+            (m.forward(&ids(), None).log_softmax(-1, Kind::Double) * &probe).sum(Kind::Double)
+        };
+        let params: Vec<(&str, Tensor)> = {
+            let Attention::Full(lead) = &model.layers[1].attn else { unreachable!() };
+            let Attention::Reuse(r2) = &model.layers[2].attn else { unreachable!() };
+            let Attention::Reuse(r3) = &model.layers[3].attn else { unreachable!() };
+            vec![
+                ("lead q_proj", lead.q_proj.weight.shallow_clone()),
+                ("lead k_proj", lead.k_proj.weight.shallow_clone()),
+                ("reuse v_proj", r2.v_proj.weight.shallow_clone()),
+                ("reuse W_c", r2.w_c.weight.shallow_clone()),
+                ("last W_c", r3.w_c.weight.shallow_clone()),
+                ("embedding", model.embed.shallow_clone()),
+            ]
+        };
+        for (_, p) in &params {
+            let _ = p.set_requires_grad(true);
+        }
+        let l = loss(&model);
+        l.backward();
+        for (name, p) in &params {
+            let grad = p.grad();
+            let flat = p.view([-1]);
+            for &i in &[0i64, 7, 19] {
+                let orig = tch::no_grad(|| flat.double_value(&[i]));
+                let at = |v: f64| {
+                    tch::no_grad(|| {
+                        let _ = flat.get(i).fill_(v);
+                        loss(&model).double_value(&[])
+                    })
+                };
+                // Richardson-extrapolated central differences: the loss carries ~1e-8 relative
+                // rounding noise from libtorch's CPU kernels, so steps must stay large.
+                let d = |h: f64| (at(orig + h) - at(orig - h)) / (2.0 * h);
+                let fd = (4.0 * d(5e-3) - d(1e-2)) / 3.0;
+                at(orig);
+                let ad = grad.view([-1]).double_value(&[i]);
+                assert!(
+                    (fd - ad).abs() <= 1e-4 + 1e-3 * fd.abs(),
+                    "{name}[{i}]: autograd {ad} vs finite difference {fd}"
+                );
+            }
+        }
     }
 }
