@@ -111,6 +111,33 @@ enum Command {
         #[command(flatten)]
         dev: DeviceArgs,
     },
+    /// Measure cross-layer similarity of softmax maps, draw a heatmap, propose a plan.
+    Analyze {
+        model: PathBuf,
+        /// Sample data: JSON/JSONL instruction rows or a plain text file
+        #[arg(long)]
+        data: PathBuf,
+        /// Rows (or paragraphs) to use, e.g. 0..16
+        #[arg(long, default_value = "0..16")]
+        rows: String,
+        /// Tokens per sample at most
+        #[arg(long, default_value_t = 512)]
+        max_len: usize,
+        /// Number of reuse layers the proposed plan should have
+        #[arg(long)]
+        reuse_layers: usize,
+        /// Lowest layer a SuperBlock may start at (default: half the layers)
+        #[arg(long)]
+        min_layer: Option<usize>,
+        /// Largest SuperBlock
+        #[arg(long, default_value_t = 4)]
+        max_group: usize,
+        /// Folder for similarity.json and similarity.png
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        dev: DeviceArgs,
+    },
     /// Evaluate a model.
     Eval {
         #[command(subcommand)]
@@ -230,6 +257,58 @@ fn run(cli: Cli) -> Result<()> {
                 g.tokens.len(),
                 g.tokens.len() as f64 / g.decode_seconds.max(1e-9)
             );
+        }
+        Command::Analyze { model, data, rows, max_len, reuse_layers, min_layer, max_group, out, dev } => {
+            let (device, kind) = setup(&dev)?;
+            let m = loader::load(&model, kind, device)?;
+            let texts = uniattn::data::read_texts(&data)?;
+            let texts = uniattn::data::select(&texts, &uniattn::data::parse_range(&rows)?, &data)?;
+            let seqs = texts
+                .iter()
+                .map(|t| {
+                    m.tokenizer.encode(t, true).map(|mut ids| {
+                        ids.truncate(max_len);
+                        ids
+                    })
+                })
+                .collect::<uniattn::Result<Vec<_>>>()?;
+            let pb = bar(seqs.len() as u64, "analysing");
+            let sim =
+                uniattn::analyze::attention_similarity(&m.model, &seqs, |d, _| pb.set_position(d as u64))?;
+            pb.finish_and_clear();
+            let n = sim.len();
+            let min_layer = min_layer.unwrap_or(n / 2);
+            let plan = uniattn::analyze::propose_plan(&sim, reuse_layers, min_layer, max_group)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let off_diag = sim
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| r.iter().enumerate().filter(move |(j, _)| *j != i).map(|(_, v)| *v));
+            let lo = off_diag.fold(f64::MAX, f64::min);
+            uniattn::plot::heatmap(&sim, lo, 1.0, 5, &out.join("similarity.png"))?;
+            let report = serde_json::json!({
+                "metric": "head-matched cosine similarity of attention rows, mean over heads and query positions",
+                "samples": seqs.len(),
+                "tokens": seqs.iter().map(Vec::len).sum::<usize>(),
+                "similarity": sim,
+                "proposed_plan": plan.describe(),
+                "reuse_layers": plan.reuse_layers(),
+            });
+            std::fs::write(out.join("similarity.json"), serde_json::to_string_pretty(&report)?)?;
+            println!("similarity of each layer to the next (head-matched cosine of attention rows):");
+            for i in 0..n - 1 {
+                println!("  {:>2} -> {:>2}  {:.3}", i, i + 1, sim[i][i + 1]);
+            }
+            println!(
+                "proposed plan ({} reuse layers, blocks start at >= {min_layer}, size <= {max_group}):",
+                reuse_layers
+            );
+            for &(s, e) in &plan.blocks {
+                let sims: Vec<String> = (s + 1..e).map(|r| format!("{r}:{:.3}", sim[s][r])).collect();
+                println!("  lead {s:>2}  reuse {}", sims.join(" "));
+            }
+            println!("  --plan-blocks {}", plan.describe());
+            println!("wrote {} and similarity.json", out.join("similarity.png").display());
         }
         Command::Convert {
             model,

@@ -3,6 +3,7 @@
 //!
 //! The modules follow the data's path: [`config`] and [`plan`], [`weights`] (GGUF,
 //! safetensors), [`tokenizer`], [`model`], [`generate`], [`eval`].
+pub mod analyze;
 pub mod calibrate;
 pub mod config;
 pub mod convert;
@@ -13,6 +14,7 @@ pub mod generate;
 pub mod loader;
 pub mod model;
 pub mod plan;
+pub mod plot;
 pub mod runtime;
 pub mod tokenizer;
 pub mod weights;

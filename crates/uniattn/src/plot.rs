@@ -1,0 +1,162 @@
+//! Small PNG plots without a plotting stack: a heatmap with a colour bar and a line chart,
+//! labelled with a built-in 3x5 pixel font (digits, '.', '-', and a few letters).
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// An RGB canvas.
+pub struct Canvas {
+    pub width: usize,
+    pub height: usize,
+    pixels: Vec<[u8; 3]>,
+}
+
+const GLYPHS: &[(char, [u8; 5])] = &[
+    ('0', [0b111, 0b101, 0b101, 0b101, 0b111]),
+    ('1', [0b010, 0b110, 0b010, 0b010, 0b111]),
+    ('2', [0b111, 0b001, 0b111, 0b100, 0b111]),
+    ('3', [0b111, 0b001, 0b111, 0b001, 0b111]),
+    ('4', [0b101, 0b101, 0b111, 0b001, 0b001]),
+    ('5', [0b111, 0b100, 0b111, 0b001, 0b111]),
+    ('6', [0b111, 0b100, 0b111, 0b101, 0b111]),
+    ('7', [0b111, 0b001, 0b010, 0b010, 0b010]),
+    ('8', [0b111, 0b101, 0b111, 0b101, 0b111]),
+    ('9', [0b111, 0b101, 0b111, 0b001, 0b111]),
+    ('.', [0b000, 0b000, 0b000, 0b000, 0b010]),
+    ('-', [0b000, 0b000, 0b111, 0b000, 0b000]),
+    ('e', [0b000, 0b111, 0b111, 0b100, 0b111]),
+    ('L', [0b100, 0b100, 0b100, 0b100, 0b111]),
+    (' ', [0; 5]),
+];
+
+impl Canvas {
+    pub fn new(width: usize, height: usize) -> Self {
+        Canvas { width, height, pixels: vec![[255, 255, 255]; width * height] }
+    }
+
+    pub fn fill_rect(&mut self, x: usize, y: usize, w: usize, h: usize, c: [u8; 3]) {
+        for yy in y..(y + h).min(self.height) {
+            for xx in x..(x + w).min(self.width) {
+                self.pixels[yy * self.width + xx] = c;
+            }
+        }
+    }
+
+    /// Text at (x, y), each font pixel drawn as `scale` x `scale`.
+    pub fn text(&mut self, x: usize, y: usize, s: &str, scale: usize) {
+        for (i, ch) in s.chars().enumerate() {
+            let Some((_, rows)) = GLYPHS.iter().find(|(c, _)| *c == ch) else { continue };
+            for (r, bits) in rows.iter().enumerate() {
+                for col in 0..3 {
+                    if bits & (0b100 >> col) != 0 {
+                        self.fill_rect(x + (i * 4 + col) * scale, y + r * scale, scale, scale, [0, 0, 0]);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
+        let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+        for s in 0..=steps {
+            let t = s as f64 / steps as f64;
+            let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
+            if x >= 0.0 && y >= 0.0 {
+                self.fill_rect(x as usize, y as usize, 2, 2, c);
+            }
+        }
+    }
+
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        let mut data = Vec::with_capacity(self.pixels.len() * 3);
+        for p in &self.pixels {
+            data.extend_from_slice(p);
+        }
+        let mut buf = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut buf, self.width as u32, self.height as u32);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut w = enc.write_header().map_err(|e| Error::format(path, e.to_string()))?;
+            w.write_image_data(&data).map_err(|e| Error::format(path, e.to_string()))?;
+        }
+        crate::weights::safetensors_io::write_atomic(path, &buf)
+    }
+}
+
+/// Viridis, by linear interpolation between five stops.
+pub fn viridis(t: f64) -> [u8; 3] {
+    const STOPS: [[f64; 3]; 5] = [
+        [68.0, 1.0, 84.0],
+        [59.0, 82.0, 139.0],
+        [33.0, 145.0, 140.0],
+        [94.0, 201.0, 98.0],
+        [253.0, 231.0, 37.0],
+    ];
+    let t = t.clamp(0.0, 1.0) * 4.0;
+    let i = (t.floor() as usize).min(3);
+    let f = t - i as f64;
+    let c = |k: usize| (STOPS[i][k] + (STOPS[i + 1][k] - STOPS[i][k]) * f).round() as u8;
+    [c(0), c(1), c(2)]
+}
+
+/// An `n x n` heatmap (row i, column j = `values[i][j]`), axes labelled every `tick` cells,
+/// with a colour bar from `lo` to `hi`.
+pub fn heatmap(values: &[Vec<f64>], lo: f64, hi: f64, tick: usize, path: &Path) -> Result<()> {
+    let n = values.len();
+    let cell = (600 / n.max(1)).clamp(4, 24);
+    let (left, top) = (40, 20);
+    let mut c = Canvas::new(left + n * cell + 110, top + n * cell + 40);
+    for (i, row) in values.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+            c.fill_rect(left + j * cell, top + i * cell, cell, cell, viridis(t));
+        }
+    }
+    for k in (0..n).step_by(tick.max(1)) {
+        let label = k.to_string();
+        c.text(left + k * cell, top + n * cell + 6, &label, 2);
+        c.text(4, top + k * cell, &label, 2);
+    }
+    let bx = left + n * cell + 20;
+    for y in 0..n * cell {
+        let t = 1.0 - y as f64 / (n * cell) as f64;
+        c.fill_rect(bx, top + y, 20, 1, viridis(t));
+    }
+    c.text(bx + 26, top, &format!("{hi:.2}"), 2);
+    c.text(bx + 26, top + n * cell - 10, &format!("{lo:.2}"), 2);
+    c.save_png(path)
+}
+
+/// Line chart of one or more series over a shared x axis.
+pub fn lines(series: &[(&[(f64, f64)], [u8; 3])], path: &Path) -> Result<()> {
+    let (w, h, left, top) = (640usize, 360usize, 60usize, 20usize);
+    let pts = series.iter().flat_map(|(s, _)| s.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 >= x1 {
+        x1 = x0 + 1.0;
+    }
+    if y0 >= y1 {
+        y1 = y0 + 1.0;
+    }
+    let mut c = Canvas::new(w + left + 20, h + top + 40);
+    c.fill_rect(left, top, 1, h, [0, 0, 0]);
+    c.fill_rect(left, top + h, w, 1, [0, 0, 0]);
+    let px = |x: f64| left as f64 + (x - x0) / (x1 - x0) * w as f64;
+    let py = |y: f64| top as f64 + (1.0 - (y - y0) / (y1 - y0)) * h as f64;
+    for (s, color) in series {
+        for pair in s.windows(2) {
+            c.line((px(pair[0].0), py(pair[0].1)), (px(pair[1].0), py(pair[1].1)), *color);
+        }
+    }
+    c.text(4, top, &format!("{y1:.3}"), 2);
+    c.text(4, top + h - 10, &format!("{y0:.3}"), 2);
+    c.text(left, top + h + 8, &format!("{x0:.0}"), 2);
+    c.text(left + w - 40, top + h + 8, &format!("{x1:.0}"), 2);
+    c.save_png(path)
+}
