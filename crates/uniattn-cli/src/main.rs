@@ -189,6 +189,23 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// The analytic inference saving of a plan (bf16 cache).
+fn print_savings(cfg: &uniattn::config::ModelConfig, plan: &uniattn::plan::SuperBlockPlan) {
+    let s = uniattn::savings::plan_savings(cfg, plan, 2);
+    println!(
+        "KV cache     {} -> {} bytes/token in bf16 ({:.1}% saved)",
+        s.kv_bytes_per_token_dense,
+        s.kv_bytes_per_token_unified,
+        100.0 * s.kv_fraction_saved
+    );
+    println!("score FLOPs  {:.1}% of Q K^T + softmax saved", 100.0 * s.score_flops_fraction_saved);
+    println!(
+        "per token    {} Q/K projection MACs saved, {} W_c MACs added",
+        s.qk_proj_macs_saved_per_token, s.wc_macs_added_per_token
+    );
+    println!("parameters   {} removed, {} added", s.params_removed, s.params_added);
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -220,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("plan         {}", parts.plan.describe());
             if !parts.plan.is_dense() {
                 println!("reuse layers {:?}", parts.plan.reuse_layers());
+                print_savings(c, &parts.plan);
             }
         }
         Command::Generate {
@@ -381,6 +399,7 @@ fn run(cli: Cli) -> Result<()> {
                     f.fit_rel_err
                 );
             }
+            print_savings(&conv.model.cfg, &conv.model.plan);
             println!("wrote        {}", out.display());
         }
         Command::Eval {

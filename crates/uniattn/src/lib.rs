@@ -16,6 +16,7 @@ pub mod model;
 pub mod plan;
 pub mod plot;
 pub mod runtime;
+pub mod savings;
 pub mod tokenizer;
 pub mod weights;
 

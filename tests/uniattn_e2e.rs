@@ -1,0 +1,145 @@
+//! UniAttn end to end on SmolLM2 (CPU): convert with each fit, the folder it writes, and the
+//! analysis.
+mod common;
+use common::*;
+use std::path::Path;
+use tch::{Device, Kind};
+use uniattn::calibrate::{CalibOptions, FitMethod};
+use uniattn::convert::{self, CalibData, PlanSpec};
+use uniattn::eval::perplexity::perplexity_docs;
+use uniattn::loader;
+
+fn pmc() -> std::path::PathBuf {
+    root().join("../shared/data/pmc_llama_instructions_1000.json")
+}
+
+fn calib(rows: std::ops::Range<usize>, held: f64) -> CalibData {
+    CalibData { path: pmc(), rows: Some(rows), heldout_fraction: held, max_len: 96 }
+}
+
+fn opts(method: FitMethod) -> CalibOptions {
+    CalibOptions { method, chunk_tokens: 1024, state_device: Device::Cpu, pad_id: 0 }
+}
+
+fn nll_on(model: &Path, rows: std::ops::Range<usize>) -> f64 {
+    let m = loader::load(model, Kind::Float, Device::Cpu).unwrap();
+    let texts = uniattn::data::read_texts(&pmc()).unwrap();
+    let docs: Vec<Vec<u32>> = texts[rows]
+        .iter()
+        .map(|t| {
+            let mut ids = m.tokenizer.encode(t, true).unwrap();
+            ids.truncate(96);
+            ids
+        })
+        .collect();
+    perplexity_docs(&m.model, &docs, 96, 96, |_, _| {}).mean_nll
+}
+
+#[test]
+fn convert_fits_and_writes_a_loadable_unified_model() {
+    init();
+    let gguf = model(SMOLLM2).unwrap();
+    let plan = PlanSpec::Blocks("24-26,27-29".into());
+    let dir = tmpdir("convert");
+    let mut nll = Vec::new();
+    for (name, method) in [("none", FitMethod::Zero), ("ours", FitMethod::Streaming { ridge: None })] {
+        let (out, kept) =
+            convert::convert(&gguf, &plan, &calib(0..16, 0.25), &opts(method), Kind::Float, Device::Cpu, |_, _| {})
+                .unwrap();
+        let path = dir.join(name);
+        convert::save(&out, &path, Kind::Float, None).unwrap();
+        if name == "ours" {
+            assert_eq!(out.report.layers.len(), 4);
+            assert!(out.report.layers.iter().all(|f| f.heldout_rel_err.unwrap() < 1.0), "{:?}", out.report.layers);
+            // The folder: W_c for reuse layers, no Q/K there, the plan beside it.
+            let mut t = std::collections::BTreeMap::new();
+            uniattn::weights::safetensors_io::read_file(&path.join("model.safetensors"), &mut t).unwrap();
+            assert!(t.contains_key("model.layers.25.self_attn.v2_proj.weight"));
+            assert!(!t.contains_key("model.layers.25.self_attn.q_proj.weight"));
+            assert!(t.contains_key("model.layers.24.self_attn.q_proj.weight"));
+            let plan = loader::read_plan(&path, 30).unwrap();
+            assert_eq!(plan.reuse_layers(), vec![25, 26, 28, 29]);
+            // Kept Q/K (reference-checkpoint layout) loads to the same model.
+            let with_qk = dir.join("ours-qk");
+            convert::save(&out, &with_qk, Kind::Float, Some(&kept)).unwrap();
+            let mut t = std::collections::BTreeMap::new();
+            uniattn::weights::safetensors_io::read_file(&with_qk.join("model.safetensors"), &mut t).unwrap();
+            assert!(t.contains_key("model.layers.25.self_attn.q_proj.weight"));
+            assert_eq!(nll_on(&with_qk, 0..4), nll_on(&path, 0..4));
+        }
+        nll.push(nll_on(&path, 0..12));
+    }
+    // On the rows it was fitted on, W_c must bring the unified model closer to the data.
+    assert!(nll[1] < nll[0], "W_c fit {} vs no W_c {}", nll[1], nll[0]);
+}
+
+#[test]
+fn reference_fit_runs() {
+    init();
+    let gguf = model(SMOLLM2).unwrap();
+    let plan = PlanSpec::Grouped("2:26:30".into());
+    let (a, _) = convert::convert(
+        &gguf,
+        &plan,
+        &calib(0..6, 0.0),
+        &opts(FitMethod::Reference { len: 64 }),
+        Kind::Float,
+        Device::Cpu,
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(a.report.layers.len(), 2);
+    assert!(a.report.layers.iter().all(|f| f.alpha.is_none() && f.fit_rel_err.is_finite()));
+}
+
+#[test]
+fn bad_plans_and_calibration_files_are_rejected() {
+    init();
+    let gguf = model(SMOLLM2).unwrap();
+    let run = |plan: PlanSpec, data: CalibData| {
+        convert::convert(&gguf, &plan, &data, &opts(FitMethod::Zero), Kind::Float, Device::Cpu, |_, _| {})
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let err = run(PlanSpec::Blocks("28-31".into()), calib(0..4, 0.0));
+    assert!(err.contains("out of range"), "{err}");
+    let err = run(PlanSpec::Grouped("4:16".into()), calib(0..4, 0.0));
+    assert!(err.contains("g:begin:end"), "{err}");
+    let err = run(PlanSpec::Blocks("20-23".into()), calib(990..1010, 0.0));
+    assert!(err.contains("has 1000"), "{err}");
+    let bad = tmpdir("badcalib").join("bad.jsonl");
+    std::fs::write(&bad, "{\"instruction\": \"x\", \"output\": \"y\"}\n{\"output\": 5}\n").unwrap();
+    let err = run(PlanSpec::Blocks("20-23".into()), CalibData { path: bad, rows: None, heldout_fraction: 0.0, max_len: 64 });
+    assert!(err.contains("bad.jsonl") && err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn analysis_matrix_and_plan() {
+    init();
+    let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
+    let texts = uniattn::data::read_texts(&pmc()).unwrap();
+    let seqs: Vec<Vec<u32>> = texts[..2]
+        .iter()
+        .map(|t| {
+            let mut ids = m.tokenizer.encode(t, true).unwrap();
+            ids.truncate(64);
+            ids
+        })
+        .collect();
+    let sim = uniattn::analyze::attention_similarity(&m.model, &seqs, |_, _| {}).unwrap();
+    assert_eq!(sim.len(), 30);
+    for i in 0..30 {
+        assert!((sim[i][i] - 1.0).abs() < 1e-4, "diagonal {i}: {}", sim[i][i]);
+        for j in 0..30 {
+            assert_eq!(sim[i][j], sim[j][i]);
+            assert!(sim[i][j] > 0.0 && sim[i][j] <= 1.0 + 1e-4);
+        }
+    }
+    let plan = uniattn::analyze::propose_plan(&sim, 10, 15, 4).unwrap();
+    assert_eq!(plan.reuse_layers().len(), 10);
+    assert!(plan.blocks.iter().all(|&(s, e)| s >= 15 && e - s <= 4));
+    let png = tmpdir("analyze").join("sim.png");
+    uniattn::plot::heatmap(&sim, 0.0, 1.0, 5, &png).unwrap();
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+}
