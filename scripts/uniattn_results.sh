@@ -18,6 +18,8 @@ mkdir -p "$OUT" "$WORK"
 # Sizes (override for a quick check): calibration rows, evaluation rows, wiki tokens.
 CALIB_ROWS=${CALIB_ROWS:-0..256} EVAL_ROWS=${EVAL_ROWS:-900..1000} WIKI_TOKENS=${WIKI_TOKENS:-20480}
 MAX_LEN=${MAX_LEN:-1024}
+# Which variants to run (for partial re-runs): fits, the dense baseline, the ridge sweep.
+FITS=${FITS:-none reference ours} DENSE=${DENSE:-1} SWEEP=${SWEEP:-1}
 CAL=(--calib "$PMC" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" --ref-len "$MAX_LEN" --device "$DEV" --dtype f32)
 
 ppl() { # ppl LABEL MODEL EXTRA_JSON
@@ -31,11 +33,11 @@ $U analyze "$MODEL" --data "$PMC" --rows 500..516 --reuse-layers "$K" --out "$WO
 cp "$WORK/analyze/similarity.png" "$OUT/similarity_$NAME.png"
 BLOCKS=$(grep -- '--plan-blocks' "$OUT/analyze_$NAME.txt" | awk '{print $2}')
 
-ppl dense "$MODEL" '"plan": "dense", "fit": "none", "calib_seconds": 0'
+if [[ $DENSE == 1 ]]; then ppl dense "$MODEL" '"plan": "dense", "fit": "none", "calib_seconds": 0'; fi
 for spec in "blocks:$BLOCKS" "grouped:$PAPER"; do
   kind=${spec%%:*} p=${spec#*:}
   flag=$([[ $kind == blocks ]] && echo --plan-blocks || echo --plan)
-  for fit in none reference ours; do
+  for fit in $FITS; do
     dir="$WORK/${kind}-$fit"
     $U convert "$MODEL" $flag "$p" "${CAL[@]}" --fit $fit --out "$dir" > "$WORK/${kind}-$fit.log" 2>&1
     secs=$(grep '^time' "$WORK/${kind}-$fit.log" | awk '{print $2}')
@@ -44,7 +46,7 @@ for spec in "blocks:$BLOCKS" "grouped:$PAPER"; do
     [[ $fit == ours ]] || rm -rf "$dir"
   done
 done
-for r in 1e-6 1e-4 1e-2 1e-1 1; do
+for r in $([[ $SWEEP == 1 ]] && echo 1e-6 1e-4 1e-2 1e-1 1); do
   dir="$WORK/ridge-$r"
   $U convert "$MODEL" --plan-blocks "$BLOCKS" "${CAL[@]}" --ridge $r --out "$dir" > "$WORK/ridge-$r.log" 2>&1
   secs=$(grep '^time' "$WORK/ridge-$r.log" | awk '{print $2}')

@@ -190,29 +190,40 @@ fn ordinary_layer(layer: &DecoderLayer, ctx: &LayerContext, h: &Tensor) -> (Tens
     (mid, out)
 }
 
-/// f64 normal-equation sums over real tokens.
+/// f64 normal-equation sums over real tokens, accumulated where the activations are (no
+/// host round trip per chunk); padding rows are zeroed so they add nothing.
 struct Normal {
     xtx: Tensor,
     xty: Tensor,
-    yty: f64,
-    n: usize,
+    yty: Tensor,
+    n: Tensor,
 }
 
 impl Normal {
-    fn new(hid: i64) -> Self {
-        let z = || Tensor::zeros([hid, hid], (Kind::Double, Device::Cpu));
-        Normal { xtx: z(), xty: z(), yty: 0.0, n: 0 }
+    fn new(hid: i64, device: Device) -> Self {
+        let z = || Tensor::zeros([hid, hid], (Kind::Double, device));
+        Normal { xtx: z(), xty: z(), yty: Tensor::zeros([], (Kind::Double, device)), n: Tensor::zeros([], (Kind::Int64, device)) }
     }
 
     fn add(&mut self, x: &Tensor, y: &Tensor, valid: &Tensor) {
         let hid = x.size()[2];
-        let sel = valid.to_device(x.device()).view([-1]);
-        let x = x.to_kind(Kind::Double).view([-1, hid]).index_select(0, &sel.nonzero().squeeze_dim(1));
-        let y = y.to_kind(Kind::Double).view([-1, hid]).index_select(0, &sel.nonzero().squeeze_dim(1));
-        self.n += x.size()[0] as usize;
-        self.xtx += x.tr().matmul(&x).to_device(Device::Cpu);
-        self.xty += x.tr().matmul(&y).to_device(Device::Cpu);
-        self.yty += y.square().sum(Kind::Double).double_value(&[]);
+        let m = valid.to_device(x.device()).view([-1, 1]);
+        let x = x.to_kind(Kind::Double).view([-1, hid]) * &m;
+        let y = y.to_kind(Kind::Double).view([-1, hid]) * &m;
+        self.n += m.sum(Kind::Int64);
+        self.xtx += x.tr().matmul(&x);
+        self.xty += x.tr().matmul(&y);
+        self.yty += y.square().sum(Kind::Double);
+    }
+
+    fn count(&self) -> i64 {
+        self.n.int64_value(&[])
+    }
+
+    /// Moves the sums to the host for solving.
+    fn to_cpu(&self) -> Normal {
+        let c = |t: &Tensor| t.to_device(Device::Cpu);
+        Normal { xtx: c(&self.xtx), xty: c(&self.xty), yty: c(&self.yty), n: c(&self.n) }
     }
 
     fn solve(&self, alpha: f64) -> Tensor {
@@ -226,7 +237,8 @@ impl Normal {
     fn rel_err(&self, w: &Tensor) -> f64 {
         let cross = (w * &self.xty).sum(Kind::Double).double_value(&[]);
         let quad = (w * self.xtx.matmul(w)).sum(Kind::Double).double_value(&[]);
-        (self.yty - 2.0 * cross + quad) / self.yty.max(1e-30)
+        let yty = self.yty.double_value(&[]);
+        (yty - 2.0 * cross + quad) / yty.max(1e-30)
     }
 }
 
@@ -302,8 +314,8 @@ fn streaming(
     let mut fits = Vec::new();
     for (l, layer) in model.layers.iter().enumerate() {
         let role = plan.role(l);
-        let mut fit_eq = Normal::new(hid);
-        let mut held_eq = Normal::new(hid);
+        let mut fit_eq = Normal::new(hid, dev);
+        let mut held_eq = Normal::new(hid, dev);
         let mut z0s: Vec<Option<Tensor>> = chunks.iter().map(|_| None).collect();
         for (c, chunk) in chunks.iter().enumerate() {
             let ctx = contexts[c].layer(model, l);
@@ -331,9 +343,11 @@ fn streaming(
             progress(l * chunks.len() + c + 1, total);
         }
         if let LayerRole::Reuse { lead } = role {
+            let (fit_eq, held_eq) = (fit_eq.to_cpu(), held_eq.to_cpu());
+            let has_held = held_eq.count() > 0;
             let (alpha, held_err) = match ridge {
-                Some(a) => (a, (held_eq.n > 0).then(|| held_eq.rel_err(&fit_eq.solve(a)))),
-                None if held_eq.n > 0 => {
+                Some(a) => (a, has_held.then(|| held_eq.rel_err(&fit_eq.solve(a)))),
+                None if has_held => {
                     let (a, e) = RIDGE_GRID
                         .iter()
                         .map(|&a| (a, held_eq.rel_err(&fit_eq.solve(a))))
@@ -420,7 +434,10 @@ fn reference(
         }
         let mx = (sum_x / n as f64).to_device(Device::Cpu);
         let my = (sum_y / n as f64).to_device(Device::Cpu);
-        let w = mx.linalg_pinv(1e-15, false).matmul(&my);
+        // torch.linalg.pinv's default cut-off for the float32 activations the reference code
+        // uses: singular values below max(m, n) * eps(f32) of the largest are dropped.
+        let rcond = mx.size().iter().copied().max().unwrap_or(1) as f64 * f32::EPSILON as f64;
+        let w = mx.linalg_pinv(rcond, false).matmul(&my);
         let resid = (&my - mx.matmul(&w)).square().sum(Kind::Double).double_value(&[]);
         let norm = my.square().sum(Kind::Double).double_value(&[]).max(1e-30);
         fits.push(LayerFit { layer: r, lead, alpha: None, heldout_rel_err: None, fit_rel_err: resid / norm });
@@ -444,7 +461,7 @@ mod tests {
         let valid = Tensor::ones([1, n], (Kind::Bool, Device::Cpu));
         for (noise, tol) in [(0.0, 1e-3), (0.01, 1e-2)] {
             let y = x.matmul(&w) + Tensor::randn([1, n, hid], (Kind::Float, Device::Cpu)) * noise;
-            let mut eq = Normal::new(hid);
+            let mut eq = Normal::new(hid, Device::Cpu);
             // Two halves, to exercise accumulation across chunks.
             eq.add(&x.narrow(1, 0, n / 2), &y.narrow(1, 0, n / 2), &valid.narrow(1, 0, n / 2));
             eq.add(&x.narrow(1, n / 2, n / 2), &y.narrow(1, n / 2, n / 2), &valid.narrow(1, 0, n / 2));
@@ -475,9 +492,9 @@ mod tests {
             0,
         );
         let _ = y.narrow(0, 1, 1).narrow(1, n / 2, n / 2).fill_(1e6);
-        let mut eq = Normal::new(hid);
+        let mut eq = Normal::new(hid, Device::Cpu);
         eq.add(&x, &y, &valid);
-        assert_eq!(eq.n, (n + n / 2) as usize);
+        assert_eq!(eq.count(), n + n / 2);
         let rel = (eq.solve(1e-12) - &w).norm().double_value(&[]) / w.norm().double_value(&[]);
         assert!(rel < 1e-6, "{rel}");
         let _ = &mut y;
