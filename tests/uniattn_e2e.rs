@@ -43,14 +43,25 @@ fn convert_fits_and_writes_a_loadable_unified_model() {
     let dir = tmpdir("convert");
     let mut nll = Vec::new();
     for (name, method) in [("none", FitMethod::Zero), ("ours", FitMethod::Streaming { ridge: None })] {
-        let (out, kept) =
-            convert::convert(&gguf, &plan, &calib(0..16, 0.25), &opts(method), Kind::Float, Device::Cpu, |_, _| {})
-                .unwrap();
+        let (out, kept) = convert::convert(
+            &gguf,
+            &plan,
+            &calib(0..16, 0.25),
+            &opts(method),
+            Kind::Float,
+            Device::Cpu,
+            |_, _| {},
+        )
+        .unwrap();
         let path = dir.join(name);
         convert::save(&out, &path, Kind::Float, None).unwrap();
         if name == "ours" {
             assert_eq!(out.report.layers.len(), 4);
-            assert!(out.report.layers.iter().all(|f| f.heldout_rel_err.unwrap() < 1.0), "{:?}", out.report.layers);
+            assert!(
+                out.report.layers.iter().all(|f| f.heldout_rel_err.unwrap() < 1.0),
+                "{:?}",
+                out.report.layers
+            );
             // The folder: W_c for reuse layers, no Q/K there, the plan beside it.
             let mut t = std::collections::BTreeMap::new();
             uniattn::weights::safetensors_io::read_file(&path.join("model.safetensors"), &mut t).unwrap();
@@ -110,7 +121,10 @@ fn bad_plans_and_calibration_files_are_rejected() {
     assert!(err.contains("has 1000"), "{err}");
     let bad = tmpdir("badcalib").join("bad.jsonl");
     std::fs::write(&bad, "{\"instruction\": \"x\", \"output\": \"y\"}\n{\"output\": 5}\n").unwrap();
-    let err = run(PlanSpec::Blocks("20-23".into()), CalibData { path: bad, rows: None, heldout_fraction: 0.0, max_len: 64 });
+    let err = run(
+        PlanSpec::Blocks("20-23".into()),
+        CalibData { path: bad, rows: None, heldout_fraction: 0.0, max_len: 64 },
+    );
     assert!(err.contains("bad.jsonl") && err.contains("line 2"), "{err}");
 }
 

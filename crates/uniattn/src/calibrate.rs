@@ -202,7 +202,12 @@ struct Normal {
 impl Normal {
     fn new(hid: i64, device: Device) -> Self {
         let z = || Tensor::zeros([hid, hid], (Kind::Double, device));
-        Normal { xtx: z(), xty: z(), yty: Tensor::zeros([], (Kind::Double, device)), n: Tensor::zeros([], (Kind::Int64, device)) }
+        Normal {
+            xtx: z(),
+            xty: z(),
+            yty: Tensor::zeros([], (Kind::Double, device)),
+            n: Tensor::zeros([], (Kind::Int64, device)),
+        }
     }
 
     fn add(&mut self, x: &Tensor, y: &Tensor, valid: &Tensor) {
