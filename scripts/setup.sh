@@ -12,7 +12,7 @@ CACHE="$ROOT/.cache"
 WHEELS="${UNIATTN_WHEELS:-$HOME/.cache/uniattn/wheels}"
 LT="$CACHE/libtorch"
 TORCH_VERSION=2.11.0
-mkdir -p "$WHEELS"
+mkdir -p "$WHEELS" "$CACHE"
 
 if [[ ! -f "$LT/build-version" ]]; then
   need=()
