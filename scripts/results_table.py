@@ -20,7 +20,7 @@ for model, rs in by_model.items():
     print("| --- | --- | --- | --- | --- |")
     print(f"| dense | dense | {dense['pmc']['perplexity']:.3f} | {dense['wiki']['perplexity']:.3f} | - |")
     for r in rs:
-        if r["label"] == "dense" or r["label"].startswith("ridge"):
+        if r["label"] == "dense" or r["label"].startswith("ridge") or "note" in r:
             continue
         kind = "analysis" if r["label"].startswith("blocks") else "paper g=4"
         print(f"| {kind}: {r['plan']} | {NAMES[r['fit']]} | {r['pmc']['perplexity']:.3f} | "
