@@ -143,11 +143,11 @@ fn analysis_matrix_and_plan() {
         .collect();
     let sim = uniattn::analyze::attention_similarity(&m.model, &seqs, |_, _| {}).unwrap();
     assert_eq!(sim.len(), 30);
-    for i in 0..30 {
-        assert!((sim[i][i] - 1.0).abs() < 1e-4, "diagonal {i}: {}", sim[i][i]);
-        for j in 0..30 {
-            assert_eq!(sim[i][j], sim[j][i]);
-            assert!(sim[i][j] > 0.0 && sim[i][j] <= 1.0 + 1e-4);
+    for (i, row) in sim.iter().enumerate() {
+        assert!((row[i] - 1.0).abs() < 1e-4, "diagonal {i}: {}", row[i]);
+        for (j, &v) in row.iter().enumerate() {
+            assert_eq!(v, sim[j][i]);
+            assert!(v > 0.0 && v <= 1.0 + 1e-4);
         }
     }
     let plan = uniattn::analyze::propose_plan(&sim, 10, 15, 4).unwrap();

@@ -38,8 +38,11 @@ pub fn attention_similarity(
         let mut maps = Vec::with_capacity(n);
         for (l, layer) in model.layers.iter().enumerate() {
             let x = layer.attn_norm.forward(&h);
-            let (a, p) = layer.attention_branch(&x, &pc.layer(model, l), None, None, true);
-            let p = p.expect("dense layers return their map when asked").to_kind(Kind::Float);
+            let (a, st) = layer.attention_branch(&x, &pc.layer(model, l), None, None, (true, false));
+            let p = st
+                .and_then(|s| s.probs)
+                .expect("dense layers return their map when asked")
+                .to_kind(Kind::Float);
             // Unit rows, first query dropped: [H, t-1, t]
             let p = p.squeeze_dim(0).narrow(1, 1, t - 1);
             maps.push(&p / p.norm_scalaropt_dim(2.0, [-1], true));
@@ -149,7 +152,7 @@ mod tests {
         assert_eq!(p.reuse_layers().len(), 3);
         assert!(p.reuse_layers().contains(&5) && p.reuse_layers().contains(&6));
         assert!(propose_plan(&sim, 7, 4, 4).unwrap_err().to_string().contains("no plan"));
-        let p = propose_plan(&sim, 2, 5, 2).unwrap();
+        let p = propose_plan(&sim, 1, 5, 2).unwrap();
         assert!(p.blocks.iter().all(|&(s, e)| s >= 5 && e - s == 2));
     }
 }

@@ -122,7 +122,7 @@ fn make_chunks(
 fn full_attention(layer: &DecoderLayer) -> &crate::model::FullAttention {
     match &layer.attn {
         Attention::Full(f) => f,
-        Attention::Reuse(_) => unreachable!("calibration runs on the dense model"),
+        _ => unreachable!("calibration runs on the dense model"),
     }
 }
 
@@ -184,7 +184,7 @@ fn finish_reuse(layer: &DecoderLayer, hu: &Tensor, step: &ReuseStep, w: &Tensor)
 }
 
 fn ordinary_layer(layer: &DecoderLayer, ctx: &LayerContext, h: &Tensor) -> (Tensor, Tensor) {
-    let (a, _) = layer.attention_branch(&layer.attn_norm.forward(h), ctx, None, None, false);
+    let (a, _) = layer.attention_branch(&layer.attn_norm.forward(h), ctx, None, None, (false, false));
     let mid = h + a;
     let out = layer.mlp_branch(&mid) + &mid;
     (mid, out)

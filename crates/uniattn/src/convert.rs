@@ -39,11 +39,14 @@ pub struct CalibData {
     pub max_len: usize,
 }
 
+/// Token sequences, one per row.
+pub type Sequences = Vec<Vec<u32>>;
+
 /// Tokenized calibration sequences: (fit, held-out).
 pub fn calibration_sequences(
     tok: &crate::tokenizer::Tokenizer,
     data: &CalibData,
-) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+) -> Result<(Sequences, Sequences)> {
     let texts = data::read_texts(&data.path)?;
     let texts = match &data.rows {
         Some(r) => data::select(&texts, r, &data.path)?,

@@ -3,6 +3,7 @@
 //! into a prompt (no loss) and a response (loss) with the Alpaca template the reference recipe
 //! uses. A malformed row is reported with its number and what was expected.
 use crate::error::{Error, Result};
+use crate::tokenizer::ChatMessage;
 use serde_json::Value;
 use std::path::Path;
 
@@ -31,6 +32,51 @@ pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
     }
 }
 
+/// One row of a data file: an instruction pair or a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Instruction(Example),
+    Chat(Vec<ChatMessage>),
+}
+
+/// `messages` with `role`/`content`, or ShareGPT `conversations` with `from`/`value`.
+fn row_to_chat(v: &Value) -> Option<std::result::Result<Vec<ChatMessage>, String>> {
+    let obj = v.as_object()?;
+    let (list, role_key, content_key) = match (obj.get("messages"), obj.get("conversations")) {
+        (Some(m), _) => (m, "role", "content"),
+        (None, Some(c)) => (c, "from", "value"),
+        _ => return None,
+    };
+    let parse = || -> std::result::Result<Vec<ChatMessage>, String> {
+        let arr = list.as_array().ok_or("the conversation must be an array")?;
+        let mut out = Vec::with_capacity(arr.len());
+        for (i, m) in arr.iter().enumerate() {
+            let get = |k: &str| {
+                m.get(k).and_then(Value::as_str).ok_or(format!("message {i}: missing string '{k}'"))
+            };
+            let role = match get(role_key)? {
+                "human" | "user" => "user",
+                "gpt" | "assistant" | "chatgpt" | "bard" => "assistant",
+                "system" => "system",
+                r => return Err(format!("message {i}: unknown role '{r}'")),
+            };
+            out.push(ChatMessage { role: role.into(), content: get(content_key)?.to_string() });
+        }
+        if !out.iter().any(|m| m.role == "assistant") {
+            return Err("the conversation has no assistant turn".into());
+        }
+        Ok(out)
+    };
+    Some(parse())
+}
+
+fn row_to_record(v: &Value) -> std::result::Result<Record, String> {
+    match row_to_chat(v) {
+        Some(chat) => chat.map(Record::Chat),
+        None => row_to_example(v).map(Record::Instruction),
+    }
+}
+
 fn row_to_example(v: &Value) -> std::result::Result<Example, String> {
     let obj = v.as_object().ok_or("expected a JSON object")?;
     let s = |k: &str| -> std::result::Result<Option<&str>, String> {
@@ -50,20 +96,19 @@ fn row_to_example(v: &Value) -> std::result::Result<Example, String> {
     Ok(Example { prompt, response: output.to_string() })
 }
 
-/// Reads instruction rows from a `.json` array or a `.jsonl` file.
-pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
+/// Rows of a `.json` array or a `.jsonl` file. Malformed rows stop the read with their numbers,
+/// unless `skip_bad`, in which case they are returned as messages next to the good records.
+pub fn read_records(path: &Path, skip_bad: bool) -> Result<(Vec<Record>, Vec<String>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let trimmed = text.trim_start();
-    let rows: Vec<(usize, std::result::Result<Value, String>)> = if trimmed.starts_with('[') {
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
-        v.as_array()
-            .expect("starts with [")
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, r)| (i + 1, Ok(r)))
-            .collect()
+    let is_array = trimmed.starts_with('[');
+    let rows: Vec<(usize, std::result::Result<Value, String>)> = if is_array {
+        // Truncated arrays (the ShareGPT file is one) are read up to the last complete row.
+        let values = parse_array_leniently(&text);
+        match values {
+            Some(v) => v.into_iter().enumerate().map(|(i, r)| (i + 1, Ok(r))).collect(),
+            None => return Err(Error::format(path, "invalid JSON: not an array of objects")),
+        }
     } else {
         text.lines()
             .enumerate()
@@ -71,21 +116,21 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
             .map(|(i, l)| (i + 1, serde_json::from_str(l).map_err(|e| format!("invalid JSON: {e}"))))
             .collect()
     };
-    let unit = if trimmed.starts_with('[') { "row" } else { "line" };
+    let unit = if is_array { "row" } else { "line" };
     let mut out = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     for (n, r) in rows {
-        match r.and_then(|v| row_to_example(&v)) {
+        match r.and_then(|v| row_to_record(&v)) {
             Ok(e) => out.push(e),
             Err(msg) => bad.push(format!("{unit} {n}: {msg}")),
         }
     }
-    if !bad.is_empty() {
+    if !bad.is_empty() && !skip_bad {
         let shown: Vec<&str> = bad.iter().take(5).map(String::as_str).collect();
         return Err(Error::format(
             path,
             format!(
-                "{} malformed {unit}s ({}{})",
+                "{} malformed {unit}s ({}{}); fix them or pass --skip-bad-rows",
                 bad.len(),
                 shown.join("; "),
                 if bad.len() > 5 { "; ..." } else { "" }
@@ -93,9 +138,50 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
         ));
     }
     if out.is_empty() {
-        return Err(Error::format(path, "no rows"));
+        return Err(Error::format(path, "no usable rows"));
     }
-    Ok(out)
+    Ok((out, bad))
+}
+
+/// A JSON array, or as many complete elements as a truncated one holds.
+fn parse_array_leniently(text: &str) -> Option<Vec<Value>> {
+    if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(text) {
+        return Some(a);
+    }
+    let mut rest = text.trim_start().strip_prefix('[')?;
+    let mut out = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        let mut it = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        match it.next() {
+            Some(Ok(v)) => {
+                out.push(v);
+                rest = &rest[it.byte_offset()..];
+            }
+            _ => break,
+        }
+        match rest.trim_start().strip_prefix(',') {
+            Some(r) => rest = r,
+            None => break,
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Instruction rows (calibration): every row must be an instruction pair.
+pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
+    let (records, _) = read_records(path, false)?;
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Record::Instruction(e) => Ok(e),
+            Record::Chat(_) => Err(Error::format(
+                path,
+                format!("row {}: a conversation; calibration takes instruction rows or text", i + 1),
+            )),
+        })
+        .collect()
 }
 
 /// Calibration or evaluation texts: instruction rows rendered with their prompt, or the
@@ -164,12 +250,35 @@ mod tests {
             "{\"input\": \"a\", \"output\": \"b\"}\n{\"input\": 3, \"output\": \"b\"}\nnot json\n",
         );
         let err = read_examples(&p).unwrap_err().to_string();
-        assert!(err.contains("2 malformed lines"), "{err}");
+        assert!(err.contains("2 malformed lines") && err.contains("--skip-bad-rows"), "{err}");
+        let (ok, bad) = read_records(&p, true).unwrap();
+        assert_eq!((ok.len(), bad.len()), (1, 2));
         assert!(err.contains("line 2: field 'input' must be a string"), "{err}");
         assert!(err.contains("line 3: invalid JSON"), "{err}");
         let p = write("noout.json", r#"[{"instruction": "x"}]"#);
         let err = read_examples(&p).unwrap_err().to_string();
         assert!(err.contains("row 1: missing field 'output'"), "{err}");
+    }
+
+    #[test]
+    fn chat_rows_and_truncated_arrays() {
+        let p = write(
+            "chat.json",
+            r#"[{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+               {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+               {"conversations": [{"from": "human", "value": "cut"#,
+        );
+        let (recs, bad) = read_records(&p, false).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(recs.len(), 2);
+        let Record::Chat(m) = &recs[0] else { panic!("not a chat") };
+        assert_eq!(
+            (m[0].role.as_str(), m[1].role.as_str(), m[1].content.as_str()),
+            ("user", "assistant", "Hello")
+        );
+        let p = write("noasst.jsonl", r#"{"messages": [{"role": "user", "content": "x"}]}"#);
+        let err = read_records(&p, false).unwrap_err().to_string();
+        assert!(err.contains("line 1: the conversation has no assistant turn"), "{err}");
     }
 
     #[test]

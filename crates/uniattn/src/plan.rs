@@ -16,18 +16,48 @@ pub enum LayerRole {
     },
 }
 
+/// What a reuse layer does with its block's lead: UniAttn and the paper's baselines, all on
+/// the same plan so that savings match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReuseKind {
+    /// The lead's softmax map with its own V, plus the compensation `X W_c`.
+    #[default]
+    Uniattn,
+    /// The lead's softmax map with its own V, no compensation.
+    SoftmaxOnly,
+    /// Cross-layer KV sharing: its own Q against the lead's K and V.
+    Cla,
+    /// No attention block at all (LLMDrop-style).
+    Layerdrop,
+}
+
+impl ReuseKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "uniattn" => Self::Uniattn,
+            "softmax-only" => Self::SoftmaxOnly,
+            "cla" => Self::Cla,
+            "layerdrop" => Self::Layerdrop,
+            _ => return None,
+        })
+    }
+}
+
 /// Consecutive layer ranges `start..end`, each a SuperBlock whose first layer leads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SuperBlockPlan {
     pub num_layers: usize,
     /// Half-open layer ranges, sorted, non-overlapping, each at least two layers long.
     pub blocks: Vec<(usize, usize)>,
+    #[serde(default)]
+    pub reuse: ReuseKind,
 }
 
 impl SuperBlockPlan {
     /// No reuse layers: the dense model.
     pub fn dense(num_layers: usize) -> Self {
-        SuperBlockPlan { num_layers, blocks: vec![] }
+        SuperBlockPlan { num_layers, blocks: vec![], reuse: ReuseKind::Uniattn }
     }
 
     /// The paper's `(g, begin, end)`: layers `begin..min(end, L)` cut into blocks of `g`. A
@@ -117,7 +147,7 @@ impl SuperBlockPlan {
                 )));
             }
         }
-        Ok(SuperBlockPlan { num_layers, blocks })
+        Ok(SuperBlockPlan { num_layers, blocks, reuse: ReuseKind::Uniattn })
     }
 
     pub fn role(&self, layer: usize) -> LayerRole {
@@ -155,6 +185,11 @@ impl SuperBlockPlan {
         Self::from_blocks(self.blocks.clone(), num_layers)
             .map_err(|e| Error::format(source, e.to_string()))?;
         Ok(())
+    }
+
+    pub fn with_reuse(mut self, reuse: ReuseKind) -> Self {
+        self.reuse = reuse;
+        self
     }
 
     /// `16-19,20-23` style, for display and for `--plan-blocks`.

@@ -127,8 +127,11 @@ pub fn heatmap(values: &[Vec<f64>], lo: f64, hi: f64, tick: usize, path: &Path) 
     c.save_png(path)
 }
 
+/// Points of one line and its colour.
+pub type Series<'a> = (&'a [(f64, f64)], [u8; 3]);
+
 /// Line chart of one or more series over a shared x axis.
-pub fn lines(series: &[(&[(f64, f64)], [u8; 3])], path: &Path) -> Result<()> {
+pub fn lines(series: &[Series], path: &Path) -> Result<()> {
     let (w, h, left, top) = (640usize, 360usize, 60usize, 20usize);
     let pts = series.iter().flat_map(|(s, _)| s.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);

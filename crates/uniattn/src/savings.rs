@@ -47,14 +47,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn smollm2_paper_plan() {
+    fn tiny_plan() {
         let cfg = crate::model::transformer::tests::tiny_config(crate::config::Family::Llama);
         let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap();
         let s = plan_savings(&cfg, &plan, 2);
-        // 4 layers x (K + V) of 2 heads x 4 dims x 2 bytes = 128; 3 reuse layers drop K: 48.
-        assert_eq!((s.kv_bytes_per_token_dense, s.kv_bytes_per_token_unified), (128, 80));
-        assert_eq!(s.kv_fraction_saved, 3.0 / 8.0);
-        assert_eq!(s.params_removed, 3 * (16 + 8) * 16);
-        assert_eq!(s.params_added, 3 * 16 * 16);
+        // 4 layers x (K + V) of 2 heads x 4 dims x 2 bytes = 128; reuse layers 2 and 3 drop K: 32.
+        assert_eq!((s.kv_bytes_per_token_dense, s.kv_bytes_per_token_unified), (128, 96));
+        assert_eq!(s.kv_fraction_saved, 2.0 / 8.0);
+        assert_eq!(s.params_removed, 2 * (16 + 8) * 16);
+        assert_eq!(s.params_added, 2 * 16 * 16);
     }
 }

@@ -67,9 +67,18 @@ pub struct FullAttention {
     pub softcap: Option<f64>,
 }
 
+/// What a SuperBlock lead hands to the rest of its block.
+pub struct LeadState {
+    /// Post-softmax map `[b, H, q, k]` (UniAttn, softmax-only).
+    pub probs: Option<Tensor>,
+    /// Keys after RoPE and values, `[b, Hkv, k, d]`, cache included (CLA).
+    pub kv: Option<(Tensor, Tensor)>,
+}
+
 impl FullAttention {
     /// `x`: normed input `[b, q, hidden]`; `mask`: additive `[b, 1, q, k]`. With `want_probs`
-    /// the post-softmax map `[b, H, q, k]` is returned as well (a SuperBlock lead).
+    /// the post-softmax map `[b, H, q, k]` is returned as well (a SuperBlock lead), with
+    /// `want_kv` the keys and values.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -77,7 +86,8 @@ impl FullAttention {
         mask: &Tensor,
         cache: Option<&mut LayerCache>,
         want_probs: bool,
-    ) -> (Tensor, Option<Tensor>) {
+        want_kv: bool,
+    ) -> (Tensor, LeadState) {
         let h = &self.heads;
         let mut q = h.split(&self.q_proj.forward(x), h.num_heads);
         let mut k = h.split(&self.k_proj.forward(x), h.num_kv_heads);
@@ -107,7 +117,8 @@ impl FullAttention {
             );
             (out, None)
         };
-        (self.o_proj.forward(&h.merge(&out)), probs)
+        let kv = want_kv.then(|| (k.shallow_clone(), v.shallow_clone()));
+        (self.o_proj.forward(&h.merge(&out)), LeadState { probs, kv })
     }
 
     /// The probabilities alone, as a lead hands them to its block (no V, no output).
@@ -137,9 +148,45 @@ impl FullAttention {
 pub struct ReuseAttention {
     pub v_proj: Linear,
     pub o_proj: Linear,
-    /// The compensation `W_c` (`[hidden, hidden]`, applied as `X W_c^T` like any Linear).
-    pub w_c: Linear,
+    /// The compensation `W_c` (`[hidden, hidden]`, applied as `X W_c^T` like any Linear);
+    /// `None` for softmax unification without compensation.
+    pub w_c: Option<Linear>,
     pub heads: Heads,
+}
+
+/// Cross-layer attention (CLA): its own queries against its lead's keys and values.
+#[derive(Debug)]
+pub struct ClaAttention {
+    pub q_proj: Linear,
+    pub o_proj: Linear,
+    pub q_norm: Option<RmsNorm>,
+    pub heads: Heads,
+    pub scale: f64,
+    pub softcap: Option<f64>,
+}
+
+impl ClaAttention {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeAngles,
+        mask: &Tensor,
+        lead_kv: &(Tensor, Tensor),
+    ) -> Tensor {
+        let h = &self.heads;
+        let mut q = h.split(&self.q_proj.forward(x), h.num_heads);
+        if let Some(qn) = &self.q_norm {
+            q = qn.forward(&q);
+        }
+        let q = rope.apply(&q);
+        let (k, v) = lead_kv;
+        let mut scores = q.matmul(&h.repeat_kv(k).transpose(-2, -1)) * self.scale;
+        if let Some(cap) = self.softcap {
+            scores = (scores / cap).tanh() * cap;
+        }
+        let p = (scores + mask).softmax(-1, accumulate_kind(q.kind())).to_kind(q.kind());
+        self.o_proj.forward(&h.merge(&h.apply_probs(&p, v)))
+    }
 }
 
 /// `o_proj(P V)` with this layer's own V and someone else's P: the part of a reuse layer that
@@ -161,7 +208,11 @@ pub fn reused_output(
 
 impl ReuseAttention {
     pub fn forward(&self, x: &Tensor, lead_probs: &Tensor, cache: Option<&mut LayerCache>) -> Tensor {
-        reused_output(&self.v_proj, &self.o_proj, &self.heads, x, lead_probs, cache) + self.w_c.forward(x)
+        let out = reused_output(&self.v_proj, &self.o_proj, &self.heads, x, lead_probs, cache);
+        match &self.w_c {
+            Some(w) => out + w.forward(x),
+            None => out,
+        }
     }
 }
 
@@ -170,4 +221,7 @@ impl ReuseAttention {
 pub enum Attention {
     Full(FullAttention),
     Reuse(ReuseAttention),
+    Cla(ClaAttention),
+    /// Removed (layer dropping): the block adds nothing to the residual stream.
+    Dropped,
 }

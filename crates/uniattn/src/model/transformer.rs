@@ -1,13 +1,13 @@
 //! One decoder-only transformer for every family, with UniAttn's SuperBlocks. Family
 //! differences come from [`ModelConfig`] flags; the lead/reuse split comes from the
 //! [`SuperBlockPlan`].
-use super::attention::{Attention, FullAttention, Heads, ReuseAttention};
+use super::attention::{Attention, ClaAttention, FullAttention, Heads, LeadState, ReuseAttention};
 use super::kv_cache::KvCache;
 use super::nn::{Linear, RmsNorm};
 use super::rope::RopeAngles;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::plan::{LayerRole, SuperBlockPlan};
+use crate::plan::{LayerRole, ReuseKind, SuperBlockPlan};
 use crate::weights::{to_device, WeightMap};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
@@ -84,27 +84,37 @@ impl PositionContext {
 
 impl DecoderLayer {
     /// The attention block's contribution before it is added to the residual (`attn` in the
-    /// brief, post-norm included), plus the lead's probabilities when `want_probs`.
+    /// brief, post-norm included), plus what a lead hands its block when `want` asks for it
+    /// (`(probs, kv)`).
     pub fn attention_branch(
         &self,
         x_normed: &Tensor,
         ctx: &LayerContext,
-        lead_probs: Option<&Tensor>,
+        lead: Option<&LeadState>,
         cache: Option<&mut super::kv_cache::LayerCache>,
-        want_probs: bool,
-    ) -> (Tensor, Option<Tensor>) {
-        let (a, p) = match &self.attn {
-            Attention::Full(f) => f.forward(x_normed, ctx.rope, ctx.mask, cache, want_probs),
+        want: (bool, bool),
+    ) -> (Tensor, Option<LeadState>) {
+        let lead_state = || lead.expect("the plan runs a lead before its reuse layers");
+        let (a, state) = match &self.attn {
+            Attention::Full(f) => {
+                let (a, st) = f.forward(x_normed, ctx.rope, ctx.mask, cache, want.0, want.1);
+                (a, Some(st))
+            }
             Attention::Reuse(r) => {
-                let p = lead_probs.expect("plan guarantees a lead runs before its reuse layers");
+                let p = lead_state().probs.as_ref().expect("UniAttn leads hand over their probabilities");
                 (r.forward(x_normed, p, cache), None)
             }
+            Attention::Cla(c) => {
+                let kv = lead_state().kv.as_ref().expect("CLA leads hand over their keys and values");
+                (c.forward(x_normed, ctx.rope, ctx.mask, kv), None)
+            }
+            Attention::Dropped => return (x_normed.zeros_like(), None),
         };
         let a = match &self.attn_post_norm {
             Some(n) => n.forward(&a),
             None => a,
         };
-        (a, p)
+        (a, state)
     }
 
     pub fn mlp_branch(&self, h: &Tensor) -> Tensor {
@@ -165,60 +175,65 @@ impl Transformer {
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
             let gemma = cfg.family.is_gemma();
-            let v_proj = linear(&mut w, &format!("{p}.self_attn.v_proj"), hkv * hd, hid, cfg.attention_bias)?;
-            let o_proj = linear(&mut w, &format!("{p}.self_attn.o_proj"), hid, h * hd, false)?;
-            let attn = match plan.role(l) {
-                LayerRole::Reuse { .. } => {
-                    for m in ["q_proj", "k_proj"] {
-                        for s in ["weight", "bias"] {
-                            w.tensors.remove(&format!("{p}.self_attn.{m}.{s}"));
-                        }
+            let qk = cfg.family.has_qk_norm();
+            let attn_name = |m: &str| format!("{p}.self_attn.{m}");
+            // Weights a reuse layer of this kind does not use are dropped if the file has them.
+            let discard = |w: &mut WeightMap, modules: &[&str]| {
+                for m in modules {
+                    for s in ["weight", "bias"] {
+                        w.tensors.remove(&format!("{p}.self_attn.{m}.{s}"));
                     }
-                    for n in ["q_norm", "k_norm"] {
-                        w.tensors.remove(&format!("{p}.self_attn.{n}.weight"));
-                    }
-                    let wc_name = format!("{p}.self_attn.v2_proj.weight");
-                    let w_c = if zero_wc && !w.contains(&wc_name) {
-                        Tensor::zeros([hid as i64, hid as i64], (kind, device))
-                    } else {
-                        dev(w.take(&wc_name, &[hid, hid])?)
-                    };
-                    Attention::Reuse(ReuseAttention { v_proj, o_proj, w_c: Linear::new(w_c, None), heads })
                 }
-                LayerRole::Lead | LayerRole::Ordinary => {
-                    let qk = cfg.family.has_qk_norm();
-                    Attention::Full(FullAttention {
-                        q_proj: linear(
-                            &mut w,
-                            &format!("{p}.self_attn.q_proj"),
-                            h * hd,
-                            hid,
-                            cfg.attention_bias,
-                        )?,
-                        k_proj: linear(
-                            &mut w,
-                            &format!("{p}.self_attn.k_proj"),
-                            hkv * hd,
-                            hid,
-                            cfg.attention_bias,
-                        )?,
+            };
+            let attn = match (plan.role(l), plan.reuse) {
+                (LayerRole::Reuse { .. }, ReuseKind::Uniattn | ReuseKind::SoftmaxOnly) => {
+                    discard(&mut w, &["q_proj", "k_proj", "q_norm", "k_norm"]);
+                    let v_proj = linear(&mut w, &attn_name("v_proj"), hkv * hd, hid, cfg.attention_bias)?;
+                    let o_proj = linear(&mut w, &attn_name("o_proj"), hid, h * hd, false)?;
+                    let wc_name = attn_name("v2_proj.weight");
+                    let w_c = match plan.reuse {
+                        ReuseKind::SoftmaxOnly => {
+                            discard(&mut w, &["v2_proj"]);
+                            None
+                        }
+                        _ if zero_wc && !w.contains(&wc_name) => {
+                            Some(Tensor::zeros([hid as i64, hid as i64], (kind, device)))
+                        }
+                        _ => Some(dev(w.take(&wc_name, &[hid, hid])?)),
+                    };
+                    Attention::Reuse(ReuseAttention {
                         v_proj,
                         o_proj,
-                        q_norm: if qk {
-                            Some(norm(&mut w, &format!("{p}.self_attn.q_norm.weight"), hd)?)
-                        } else {
-                            None
-                        },
-                        k_norm: if qk {
-                            Some(norm(&mut w, &format!("{p}.self_attn.k_norm.weight"), hd)?)
-                        } else {
-                            None
-                        },
+                        w_c: w_c.map(|t| Linear::new(t, None)),
+                        heads,
+                    })
+                }
+                (LayerRole::Reuse { .. }, ReuseKind::Cla) => {
+                    discard(&mut w, &["k_proj", "v_proj", "k_norm", "v2_proj"]);
+                    Attention::Cla(ClaAttention {
+                        q_proj: linear(&mut w, &attn_name("q_proj"), h * hd, hid, cfg.attention_bias)?,
+                        o_proj: linear(&mut w, &attn_name("o_proj"), hid, h * hd, false)?,
+                        q_norm: if qk { Some(norm(&mut w, &attn_name("q_norm.weight"), hd)?) } else { None },
                         heads,
                         scale: cfg.attn_scale(),
                         softcap: cfg.attn_logit_softcapping,
                     })
                 }
+                (LayerRole::Reuse { .. }, ReuseKind::Layerdrop) => {
+                    discard(&mut w, &["q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "v2_proj"]);
+                    Attention::Dropped
+                }
+                (LayerRole::Lead | LayerRole::Ordinary, _) => Attention::Full(FullAttention {
+                    q_proj: linear(&mut w, &attn_name("q_proj"), h * hd, hid, cfg.attention_bias)?,
+                    k_proj: linear(&mut w, &attn_name("k_proj"), hkv * hd, hid, cfg.attention_bias)?,
+                    v_proj: linear(&mut w, &attn_name("v_proj"), hkv * hd, hid, cfg.attention_bias)?,
+                    o_proj: linear(&mut w, &attn_name("o_proj"), hid, h * hd, false)?,
+                    q_norm: if qk { Some(norm(&mut w, &attn_name("q_norm.weight"), hd)?) } else { None },
+                    k_norm: if qk { Some(norm(&mut w, &attn_name("k_norm.weight"), hd)?) } else { None },
+                    heads,
+                    scale: cfg.attn_scale(),
+                    softcap: cfg.attn_logit_softcapping,
+                }),
             };
             let (attn_norm, attn_post_norm, mlp_norm, mlp_post_norm) = if gemma {
                 (
@@ -260,8 +275,9 @@ impl Transformer {
         Ok(Transformer { cfg, plan, embed, layers, norm: final_norm, lm_head, kind, device })
     }
 
-    /// Turns a dense model into the unified one: each reuse layer of `plan` drops its Q/K
-    /// weights and takes its `W_c` from `w_c` (by layer; zero where absent).
+    /// Turns a dense model into the planned one: each reuse layer of `plan` becomes the
+    /// plan's reuse kind, dropping the weights it no longer uses; UniAttn layers take their
+    /// `W_c` from `w_c` (by layer; zero where absent).
     pub fn apply_plan(mut self, plan: SuperBlockPlan, mut w_c: BTreeMap<usize, Tensor>) -> Result<Self> {
         if !self.plan.is_dense() {
             return Err(Error::invalid(format!("the model already has a plan ({})", self.plan.describe())));
@@ -275,20 +291,29 @@ impl Transformer {
             .enumerate()
             .map(|(l, mut layer)| {
                 if reuse.contains(&l) {
-                    layer.attn = match layer.attn {
-                        Attention::Full(f) => Attention::Reuse(ReuseAttention {
-                            v_proj: f.v_proj,
+                    layer.attn = match (layer.attn, plan.reuse) {
+                        (Attention::Full(f), ReuseKind::Uniattn | ReuseKind::SoftmaxOnly) => {
+                            let wc = (plan.reuse == ReuseKind::Uniattn).then(|| match w_c.remove(&l) {
+                                Some(w) => Linear::new(w.to_kind(kind).to_device(device), None),
+                                None => Linear::new(Tensor::zeros([hid, hid], (kind, device)), None),
+                            });
+                            Attention::Reuse(ReuseAttention {
+                                v_proj: f.v_proj,
+                                o_proj: f.o_proj,
+                                w_c: wc,
+                                heads: f.heads,
+                            })
+                        }
+                        (Attention::Full(f), ReuseKind::Cla) => Attention::Cla(ClaAttention {
+                            q_proj: f.q_proj,
                             o_proj: f.o_proj,
-                            w_c: Linear::new(
-                                match w_c.remove(&l) {
-                                    Some(w) => w.to_kind(kind).to_device(device),
-                                    None => Tensor::zeros([hid, hid], (kind, device)),
-                                },
-                                None,
-                            ),
+                            q_norm: f.q_norm,
                             heads: f.heads,
+                            scale: f.scale,
+                            softcap: f.softcap,
                         }),
-                        other => other,
+                        (Attention::Full(_), ReuseKind::Layerdrop) => Attention::Dropped,
+                        (other, _) => other,
                     };
                 }
                 layer
@@ -345,16 +370,26 @@ impl Transformer {
             .expand([b, q], false);
         let mut h = self.embed(ids);
         let pc = PositionContext::new(self, &positions, start + q);
-        let mut lead_probs: Option<Tensor> = None;
+        let mut lead: Option<LeadState> = None;
+        let want = (
+            matches!(self.plan.reuse, ReuseKind::Uniattn | ReuseKind::SoftmaxOnly),
+            self.plan.reuse == ReuseKind::Cla,
+        );
         for (l, layer) in self.layers.iter().enumerate() {
             let ctx = pc.layer(self, l);
             let role = self.plan.role(l);
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let x = layer.attn_norm.forward(&h);
-            let (a, p) =
-                layer.attention_branch(&x, &ctx, lead_probs.as_ref(), layer_cache, role == LayerRole::Lead);
-            if role == LayerRole::Lead {
-                lead_probs = p;
+            let is_lead = role == LayerRole::Lead;
+            let (a, st) = layer.attention_branch(
+                &x,
+                &ctx,
+                lead.as_ref(),
+                layer_cache,
+                if is_lead { want } else { (false, false) },
+            );
+            if is_lead {
+                lead = st;
             }
             // Out of place: autograd needs the residual that the norms saved.
             h = a + &h;
@@ -401,8 +436,18 @@ impl Transformer {
                 Attention::Reuse(r) => {
                     lin(&mut out, format!("{p}.self_attn.v_proj"), &r.v_proj);
                     lin(&mut out, format!("{p}.self_attn.o_proj"), &r.o_proj);
-                    lin(&mut out, format!("{p}.self_attn.v2_proj"), &r.w_c);
+                    if let Some(w) = &r.w_c {
+                        lin(&mut out, format!("{p}.self_attn.v2_proj"), w);
+                    }
                 }
+                Attention::Cla(c) => {
+                    lin(&mut out, format!("{p}.self_attn.q_proj"), &c.q_proj);
+                    lin(&mut out, format!("{p}.self_attn.o_proj"), &c.o_proj);
+                    if let Some(n) = &c.q_norm {
+                        out.push((format!("{p}.self_attn.q_norm.weight"), n.weight.shallow_clone()));
+                    }
+                }
+                Attention::Dropped => {}
             }
             lin(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
             lin(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
@@ -562,6 +607,61 @@ pub(crate) mod tests {
         }
     }
 
+    /// Each baseline builds the architecture it claims, runs, and round-trips through its
+    /// tensor names.
+    #[test]
+    fn baseline_variants_hold_only_their_weights() {
+        let cfg = tiny_config(Family::Llama);
+        for kind in [ReuseKind::Uniattn, ReuseKind::SoftmaxOnly, ReuseKind::Cla, ReuseKind::Layerdrop] {
+            let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(kind);
+            let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, 4);
+            let m = dense.apply_plan(plan.clone(), BTreeMap::new()).unwrap();
+            let names: Vec<String> = m.named_tensors().into_iter().map(|(n, _)| n).collect();
+            let has = |l: usize, t: &str| names.contains(&format!("model.layers.{l}.self_attn.{t}.weight"));
+            let want: &[(&str, bool)] = match kind {
+                ReuseKind::Uniattn => &[
+                    ("q_proj", false),
+                    ("k_proj", false),
+                    ("v_proj", true),
+                    ("o_proj", true),
+                    ("v2_proj", true),
+                ],
+                ReuseKind::SoftmaxOnly => &[
+                    ("q_proj", false),
+                    ("k_proj", false),
+                    ("v_proj", true),
+                    ("o_proj", true),
+                    ("v2_proj", false),
+                ],
+                ReuseKind::Cla => &[
+                    ("q_proj", true),
+                    ("k_proj", false),
+                    ("v_proj", false),
+                    ("o_proj", true),
+                    ("v2_proj", false),
+                ],
+                ReuseKind::Layerdrop => &[
+                    ("q_proj", false),
+                    ("k_proj", false),
+                    ("v_proj", false),
+                    ("o_proj", false),
+                    ("v2_proj", false),
+                ],
+            };
+            for &(t, present) in want {
+                assert_eq!(has(2, t), present, "{kind:?} layer 2 {t}");
+                assert!(has(1, t) || t == "v2_proj", "{kind:?}: the lead keeps {t}");
+            }
+            let out = m.forward(&ids(), None);
+            assert!(out.isfinite().all().int64_value(&[]) == 1);
+            // Rebuild from the tensors under the same plan.
+            let w = WeightMap { source: "tiny".into(), tensors: m.named_tensors().into_iter().collect() };
+            let again =
+                Transformer::from_weights(w, cfg.clone(), plan, Kind::Double, Device::Cpu, false).unwrap();
+            assert!(again.forward(&ids(), None).equal(&out), "{kind:?}");
+        }
+    }
+
     /// Autograd through lead and reuse layers (W_c included) against central differences, f64.
     #[test]
     fn gradients_match_finite_differences() {
@@ -580,8 +680,8 @@ pub(crate) mod tests {
                 ("lead q_proj", lead.q_proj.weight.shallow_clone()),
                 ("lead k_proj", lead.k_proj.weight.shallow_clone()),
                 ("reuse v_proj", r2.v_proj.weight.shallow_clone()),
-                ("reuse W_c", r2.w_c.weight.shallow_clone()),
-                ("last W_c", r3.w_c.weight.shallow_clone()),
+                ("reuse W_c", r2.w_c.as_ref().unwrap().weight.shallow_clone()),
+                ("last W_c", r3.w_c.as_ref().unwrap().weight.shallow_clone()),
                 ("embedding", model.embed.shallow_clone()),
             ]
         };

@@ -1,0 +1,123 @@
+//! AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW` update) and the cosine
+//! schedule with linear warm-up that transformers' `get_cosine_schedule_with_warmup` computes.
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { lr: 2e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+/// Optimizer state for a list of parameters (f32 moments, whatever the parameter dtype).
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    pub params: Vec<(String, Tensor)>,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub step: i64,
+}
+
+impl AdamW {
+    pub fn new(cfg: AdamWConfig, params: Vec<(String, Tensor)>) -> Self {
+        let zeros = |p: &Tensor| Tensor::zeros_like(p).to_kind(Kind::Float);
+        let m = params.iter().map(|(_, p)| zeros(p)).collect();
+        let v = params.iter().map(|(_, p)| zeros(p)).collect();
+        AdamW { cfg, params, m, v, step: 0 }
+    }
+
+    /// Global L2 norm of the gradients.
+    pub fn grad_norm(&self) -> f64 {
+        let sq: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
+            .collect();
+        if sq.is_empty() {
+            return 0.0;
+        }
+        Tensor::stack(&sq, 0).sum(Kind::Float).sqrt().double_value(&[])
+    }
+
+    /// One update at learning rate `lr`, clipping the gradient norm to `max_norm` (if > 0).
+    /// Returns the norm before clipping.
+    pub fn step(&mut self, lr: f64, max_norm: f64) -> f64 {
+        let norm = self.grad_norm();
+        let clip = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
+        self.step += 1;
+        let c = self.cfg;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(self.step as i32), 1.0 - c.beta2.powi(self.step as i32));
+        tch::no_grad(|| {
+            for (i, (_, p)) in self.params.iter_mut().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let g = g.to_kind(Kind::Float) * clip;
+                let _ = self.m[i].g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
+                let _ = self.v[i].g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
+                let denom = (&self.v[i] / bc2).sqrt() + c.eps;
+                let update = (&self.m[i] / bc1) / denom * lr;
+                let mut pf = p.to_kind(Kind::Float);
+                if c.weight_decay > 0.0 {
+                    pf = &pf * (1.0 - lr * c.weight_decay);
+                }
+                let _ = p.copy_(&(pf - update).to_kind(p.kind()));
+            }
+        });
+        norm
+    }
+
+    pub fn zero_grad(&mut self) {
+        for (_, p) in &mut self.params {
+            let g = p.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+}
+
+/// Learning rate at optimizer step `step` (0-based) of `total`, warm-up over `warmup` steps.
+pub fn cosine_lr(base: f64, step: usize, total: usize, warmup: usize) -> f64 {
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    base * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_shape() {
+        let lr: Vec<f64> = (0..100).map(|s| cosine_lr(1.0, s, 100, 3)).collect();
+        assert!((lr[0] - 1.0 / 3.0).abs() < 1e-12 && lr[2] == 1.0);
+        assert!(lr.windows(2).skip(3).all(|w| w[1] <= w[0]));
+        assert!(lr[99] < 0.001);
+    }
+
+    /// One step against the closed form of Adam's first update: p - lr * sign(g) (bias-corrected).
+    #[test]
+    fn first_step_is_signed_lr() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0, 3.0]).set_requires_grad(true);
+        let loss = (&p * Tensor::from_slice(&[0.5f32, -4.0, 0.0])).sum(Kind::Float);
+        loss.backward();
+        let mut opt = AdamW::new(AdamWConfig { lr: 0.1, eps: 1e-12, ..Default::default() }, vec![("p".into(), p.shallow_clone())]);
+        opt.step(0.1, 0.0);
+        let got = Vec::<f32>::try_from(&p.detach()).unwrap();
+        assert!((got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6 && (got[2] - 3.0).abs() < 1e-6, "{got:?}");
+    }
+}
