@@ -18,6 +18,7 @@ pub mod plot;
 pub mod runtime;
 pub mod savings;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -293,3 +293,17 @@ fn spm_bpe_json(
                   "vocab": vocab, "merges": merges},
     })
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A word-level tokenizer over `t0`..`t31`, enough to save and reload tiny test models.
+    pub fn tiny() -> Tokenizer {
+        let vocab: serde_json::Map<String, Json> = (0..32).map(|i| (format!("t{i}"), json!(i))).collect();
+        let j = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}});
+        Tokenizer::from_json_text(j.to_string(), Path::new("tiny"), false, None, vec![31], None).unwrap()
+    }
+}

@@ -80,7 +80,7 @@ impl AdamW {
 
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
-            let g = p.grad();
+            let mut g = p.grad();
             if g.defined() {
                 let _ = g.detach_().zero_();
             }
@@ -115,9 +115,15 @@ mod tests {
         let p = Tensor::from_slice(&[1.0f32, -2.0, 3.0]).set_requires_grad(true);
         let loss = (&p * Tensor::from_slice(&[0.5f32, -4.0, 0.0])).sum(Kind::Float);
         loss.backward();
-        let mut opt = AdamW::new(AdamWConfig { lr: 0.1, eps: 1e-12, ..Default::default() }, vec![("p".into(), p.shallow_clone())]);
+        let mut opt = AdamW::new(
+            AdamWConfig { lr: 0.1, eps: 1e-12, ..Default::default() },
+            vec![("p".into(), p.shallow_clone())],
+        );
         opt.step(0.1, 0.0);
         let got = Vec::<f32>::try_from(&p.detach()).unwrap();
-        assert!((got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6 && (got[2] - 3.0).abs() < 1e-6, "{got:?}");
+        assert!(
+            (got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6 && (got[2] - 3.0).abs() < 1e-6,
+            "{got:?}"
+        );
     }
 }
