@@ -215,7 +215,7 @@ impl Trainer<'_> {
                 let tokens: usize = batch.iter().map(|e| e.ids.len()).sum();
                 let val_loss = (self.cfg.eval_every > 0
                     && !self.val.is_empty()
-                    && (pos.step % self.cfg.eval_every == 0 || pos.step == total))
+                    && (pos.step.is_multiple_of(self.cfg.eval_every) || pos.step == total))
                     .then(|| evaluate(self.model, &self.val, self.cfg.micro_batch, self.cfg.autocast));
                 let m = StepMetrics {
                     stage: pos.stage,
@@ -238,7 +238,9 @@ impl Trainer<'_> {
                 on_step(&m, total);
                 history.push(m);
                 let stage_done = pos.step == total;
-                if (self.cfg.save_every > 0 && pos.global_step % self.cfg.save_every == 0) || stage_done {
+                if (self.cfg.save_every > 0 && pos.global_step.is_multiple_of(self.cfg.save_every))
+                    || stage_done
+                {
                     let next = if stage_done {
                         Position { stage: pos.stage + 1, step: 0, global_step: pos.global_step }
                     } else {

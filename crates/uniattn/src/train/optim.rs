@@ -72,7 +72,7 @@ impl AdamW {
                 if c.weight_decay > 0.0 {
                     pf = &pf * (1.0 - lr * c.weight_decay);
                 }
-                let _ = p.copy_(&(pf - update).to_kind(p.kind()));
+                p.copy_(&(pf - update).to_kind(p.kind()));
             }
         });
         norm
