@@ -9,6 +9,9 @@ use uniattn::generate::{generate, SamplingParams};
 use uniattn::loader;
 use uniattn::runtime;
 use uniattn::tokenizer::ChatMessage;
+use uniattn::train::job::{TrainJob, Variant};
+use uniattn::train::optim::AdamWConfig;
+use uniattn::train::TrainConfig;
 
 #[derive(Parser)]
 #[command(name = "uniattn", version, about = "UniAttn: softmax unification for post-trained LLMs")]
@@ -138,11 +141,91 @@ enum Command {
         #[command(flatten)]
         dev: DeviceArgs,
     },
+    /// Post-train: dense, UniAttn (two stages), or a baseline at the same plan.
+    Train(Box<TrainArgs>),
     /// Evaluate a model.
     Eval {
         #[command(subcommand)]
         what: EvalCommand,
     },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data: JSON/JSONL rows (Alpaca, prompt/response, messages, ShareGPT) or a text file
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation data (default: --val-fraction of --data)
+    #[arg(long)]
+    val_data: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.05)]
+    val_fraction: f64,
+    /// dense, uniattn, softmax-only, cla or layerdrop
+    #[arg(long, default_value = "dense")]
+    variant: String,
+    /// SuperBlock plan g:begin:end (for converting on the fly)
+    #[arg(long, conflicts_with = "plan_blocks")]
+    plan: Option<String>,
+    #[arg(long)]
+    plan_blocks: Option<String>,
+    /// Calibration file for the on-the-fly UniAttn conversion (default: --data)
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    #[arg(long)]
+    calib_rows: Option<String>,
+    #[arg(long, default_value_t = 2e-5)]
+    lr: f64,
+    /// Learning rate of UniAttn's stage 1 (W_c only); default --lr
+    #[arg(long)]
+    stage1_lr: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f64,
+    #[arg(long, default_value_t = 4)]
+    micro_batch: usize,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 1024)]
+    max_len: usize,
+    #[arg(long, default_value_t = 0.03)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Validation loss every N optimizer steps (and at the end of each stage)
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    /// Checkpoint every N optimizer steps (and at the end of each stage)
+    #[arg(long, default_value_t = 200)]
+    save_every: usize,
+    #[arg(long)]
+    save_total_limit: Option<usize>,
+    /// Stop after N optimizer steps (resume later with --resume)
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Skip malformed rows (they are counted and listed) instead of stopping
+    #[arg(long)]
+    skip_bad_rows: bool,
+    /// bf16 autocast with f32 master weights (GPU)
+    #[arg(long)]
+    bf16: bool,
+    /// A checkpoint folder, or a run folder (its newest checkpoint)
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    dev: DeviceArgs,
 }
 
 #[derive(Subcommand)]
@@ -327,6 +410,100 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("  --plan-blocks {}", plan.describe());
             println!("wrote {} and similarity.json", out.join("similarity.png").display());
+        }
+        Command::Train(a) => {
+            let (device, kind) = setup(&a.dev)?;
+            let plan = match (a.plan, a.plan_blocks) {
+                (Some(p), _) => Some(PlanSpec::Grouped(p)),
+                (None, Some(b)) => Some(PlanSpec::Blocks(b)),
+                _ => None,
+            };
+            let calib = a
+                .calib
+                .map(|path| -> uniattn::Result<CalibData> {
+                    Ok(CalibData {
+                        path,
+                        rows: a.calib_rows.as_deref().map(uniattn::data::parse_range).transpose()?,
+                        heldout_fraction: 0.2,
+                        max_len: a.max_len,
+                    })
+                })
+                .transpose()?;
+            let job = TrainJob {
+                model: a.model,
+                data: a.data,
+                val_data: a.val_data,
+                val_fraction: a.val_fraction,
+                variant: Variant::parse(&a.variant)?,
+                plan,
+                calib,
+                max_len: a.max_len,
+                skip_bad_rows: a.skip_bad_rows,
+                cfg: TrainConfig {
+                    stages: vec![],
+                    optim: AdamWConfig {
+                        lr: a.lr,
+                        beta1: a.beta1,
+                        beta2: a.beta2,
+                        eps: a.eps,
+                        weight_decay: a.weight_decay,
+                    },
+                    stage1_lr: a.stage1_lr,
+                    micro_batch: a.micro_batch.max(1),
+                    grad_accum: a.grad_accum.max(1),
+                    epochs: a.epochs.max(1),
+                    warmup_ratio: a.warmup_ratio,
+                    max_grad_norm: a.max_grad_norm,
+                    seed: a.seed,
+                    eval_every: a.eval_every,
+                    save_every: a.save_every,
+                    save_total_limit: a.save_total_limit,
+                    stop_after: a.max_steps,
+                    autocast: a.bf16,
+                },
+                resume: a.resume,
+                out: a.out.clone(),
+                kind,
+                device,
+            };
+            let pb = ProgressBar::new(1);
+            pb.set_style(
+                ProgressStyle::with_template("stage {prefix} {bar:30} {pos}/{len} {msg} ETA {eta}")
+                    .expect("valid template"),
+            );
+            let mut last_stage = usize::MAX;
+            let s = uniattn::train::job::run(job, |m, total| {
+                if m.stage != last_stage {
+                    last_stage = m.stage;
+                    pb.set_length(total as u64);
+                    pb.set_prefix((m.stage + 1).to_string());
+                }
+                pb.set_position(m.step as u64);
+                let val = m.val_loss.map_or(String::new(), |v| format!(" val {v:.4}"));
+                pb.set_message(format!(
+                    "loss {:.4}{val} lr {:.2e} {:.0} tok/s",
+                    m.loss, m.lr, m.tokens_per_second
+                ));
+            })?;
+            pb.finish_and_clear();
+            if !s.skipped_rows.is_empty() {
+                eprintln!("not trained on: {}", s.skipped_rows.join("; "));
+            }
+            println!("examples     {} train, {} validation", s.train_examples, s.val_examples);
+            for m in s.history.iter().filter(|m| m.val_loss.is_some()) {
+                println!(
+                    "stage {} step {:>5}  loss {:.4}  val {:.4}",
+                    m.stage + 1,
+                    m.step,
+                    m.loss,
+                    m.val_loss.unwrap_or(f64::NAN)
+                );
+            }
+            println!(
+                "wrote        {} (metrics.jsonl, loss.png, checkpoints/ in {})",
+                s.final_dir.display(),
+                a.out.display()
+            );
         }
         Command::Convert {
             model,

@@ -3,6 +3,7 @@
 //! schedule, validation, metrics, and atomic checkpoints that resume bit-exactly.
 pub mod checkpoint;
 pub mod dataset;
+pub mod job;
 pub mod optim;
 
 use crate::error::{Error, Result};

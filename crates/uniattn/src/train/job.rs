@@ -1,0 +1,197 @@
+//! A whole training run as the CLI starts it: load the model, build the variant's
+//! architecture, read and split the data, train, and write the final model with its metrics
+//! and loss curve.
+use super::checkpoint::{self, Resume};
+use super::dataset::{self, SplitMix64, TokenizedExample};
+use super::{StageKind, StepMetrics, TrainConfig, Trainer};
+use crate::calibrate::{calibrate, CalibOptions, FitMethod};
+use crate::convert::{calibration_sequences, CalibData, PlanSpec};
+use crate::data::{self, Record};
+use crate::error::{Error, Result};
+use crate::loader::{self, read_parts};
+use crate::model::Transformer;
+use crate::plan::ReuseKind;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Dense,
+    Reuse(ReuseKind),
+}
+
+impl Variant {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "dense" => Ok(Variant::Dense),
+            s => ReuseKind::parse(s).map(Variant::Reuse).ok_or_else(|| {
+                Error::invalid(format!(
+                    "--variant {s}: expected dense, uniattn, softmax-only, cla or layerdrop"
+                ))
+            }),
+        }
+    }
+}
+
+pub struct TrainJob {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub val_data: Option<PathBuf>,
+    pub val_fraction: f64,
+    pub variant: Variant,
+    pub plan: Option<PlanSpec>,
+    /// Calibration rows for an on-the-fly UniAttn conversion (default: the training file).
+    pub calib: Option<CalibData>,
+    pub max_len: usize,
+    pub skip_bad_rows: bool,
+    pub cfg: TrainConfig,
+    pub resume: Option<PathBuf>,
+    pub out: PathBuf,
+    pub kind: Kind,
+    pub device: Device,
+}
+
+pub struct TrainSummary {
+    pub history: Vec<StepMetrics>,
+    pub final_dir: PathBuf,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    /// Rows not trained on, and why.
+    pub skipped_rows: Vec<String>,
+}
+
+fn tokenize_file(
+    path: &Path,
+    tok: &crate::tokenizer::Tokenizer,
+    max_len: usize,
+    skip_bad: bool,
+) -> Result<(Vec<TokenizedExample>, Vec<String>)> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext == "json" || ext == "jsonl" {
+        let (records, mut bad): (Vec<Record>, Vec<String>) = data::read_records(path, skip_bad)?;
+        let examples = dataset::tokenize(tok, &records, max_len)?;
+        let dropped = records.len() - examples.len();
+        if dropped > 0 {
+            bad.push(format!("{dropped} rows have no response token within --max-len {max_len}"));
+        }
+        Ok((examples, bad))
+    } else {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Ok((dataset::text_chunks(tok, &text, max_len)?, vec![]))
+    }
+}
+
+/// The model with the variant's architecture, and the stages that train it.
+fn build(job: &TrainJob) -> Result<(Transformer, crate::tokenizer::Tokenizer, Vec<StageKind>)> {
+    let parts = read_parts(&job.model)?;
+    let has_plan = !parts.plan.is_dense();
+    let tokenizer = parts.tokenizer;
+    match job.variant {
+        Variant::Dense => {
+            if has_plan {
+                return Err(Error::invalid(format!(
+                    "{}: dense training needs a dense model, this one has a plan",
+                    job.model.display()
+                )));
+            }
+            let m =
+                Transformer::from_weights(parts.weights, parts.cfg, parts.plan, job.kind, job.device, false)?;
+            Ok((m, tokenizer, vec![StageKind::All]))
+        }
+        Variant::Reuse(kind) if has_plan => {
+            if parts.plan.reuse != kind || job.plan.is_some() {
+                return Err(Error::invalid(format!(
+                    "{}: already converted ({:?}, {}); train it without --plan or start from the dense model",
+                    job.model.display(),
+                    parts.plan.reuse,
+                    parts.plan.describe()
+                )));
+            }
+            let m =
+                Transformer::from_weights(parts.weights, parts.cfg, parts.plan, job.kind, job.device, false)?;
+            let stages = if kind == ReuseKind::Uniattn {
+                vec![StageKind::CompensationOnly, StageKind::All]
+            } else {
+                vec![StageKind::All]
+            };
+            Ok((m, tokenizer, stages))
+        }
+        Variant::Reuse(kind) => {
+            let spec = job.plan.as_ref().ok_or_else(|| {
+                Error::invalid("--variant needs --plan or --plan-blocks (or a converted model)")
+            })?;
+            let plan = spec.resolve(parts.cfg.num_layers)?.with_reuse(kind);
+            let dense =
+                Transformer::from_weights(parts.weights, parts.cfg, parts.plan, job.kind, job.device, false)?;
+            let (wc, stages) = if kind == ReuseKind::Uniattn {
+                let calib = job.calib.clone().unwrap_or(CalibData {
+                    path: job.data.clone(),
+                    rows: None,
+                    heldout_fraction: 0.2,
+                    max_len: job.max_len,
+                });
+                let (fit, held) = calibration_sequences(&tokenizer, &calib)?;
+                let opts = CalibOptions {
+                    method: FitMethod::Streaming { ridge: None },
+                    chunk_tokens: 4096,
+                    state_device: job.device,
+                    pad_id: 0,
+                };
+                let (wc, _) = calibrate(&dense, &plan, &fit, &held, &opts, |_, _| {})?;
+                (wc, vec![StageKind::CompensationOnly, StageKind::All])
+            } else {
+                (Default::default(), vec![StageKind::All])
+            };
+            Ok((dense.apply_plan(plan, wc)?, tokenizer, stages))
+        }
+    }
+}
+
+pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<TrainSummary> {
+    let resume: Option<Resume> = job.resume.as_deref().map(checkpoint::load).transpose()?;
+    let (model, tokenizer, stages, cfg) = match &resume {
+        Some(r) => {
+            let m = loader::load(&r.dir, job.kind, job.device)?;
+            let stages = r.config.stages.clone();
+            (m.model, m.tokenizer, stages, r.config.clone())
+        }
+        None => {
+            let (m, t, s) = build(&job)?;
+            (m, t, s, job.cfg.clone())
+        }
+    };
+    let cfg = TrainConfig { stages, stop_after: job.cfg.stop_after, ..cfg };
+    let (mut train, skipped) = tokenize_file(&job.data, &tokenizer, job.max_len, job.skip_bad_rows)?;
+    let val = match &job.val_data {
+        Some(p) => tokenize_file(p, &tokenizer, job.max_len, job.skip_bad_rows)?.0,
+        None => {
+            // A fixed held-out split, drawn from the seed before any training order.
+            SplitMix64(cfg.seed).shuffle(&mut train);
+            let n_val = ((train.len() as f64) * job.val_fraction).round() as usize;
+            train.split_off(train.len() - n_val.min(train.len().saturating_sub(1)))
+        }
+    };
+    let mut trainer = Trainer { model: &model, tokenizer: &tokenizer, cfg, train, val, out: job.out.clone() };
+    let history = trainer.run(resume, on_step)?;
+    let final_dir = job.out.join("final");
+    loader::save_folder(&model, &tokenizer, &final_dir, model.kind, None, &[])?;
+    plot_losses(&history, &job.out.join("loss.png"))?;
+    Ok(TrainSummary {
+        history,
+        final_dir,
+        train_examples: trainer.train.len(),
+        val_examples: trainer.val.len(),
+        skipped_rows: skipped,
+    })
+}
+
+/// Training loss (blue) and validation loss (orange) against the global step.
+fn plot_losses(history: &[StepMetrics], path: &Path) -> Result<()> {
+    let train: Vec<(f64, f64)> = history.iter().map(|m| (m.global_step as f64, m.loss)).collect();
+    let val: Vec<(f64, f64)> =
+        history.iter().filter_map(|m| m.val_loss.map(|v| (m.global_step as f64, v))).collect();
+    if train.len() < 2 {
+        return Ok(());
+    }
+    crate::plot::lines(&[(&train, [31, 119, 180]), (&val, [255, 127, 14])], path)
+}
