@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# On the GPU machine: full fine-tuning throughput of `uniattn train` against a plain
+# transformers loop (same model folder, 1024-token chunks of the PMC texts, batch 4, bf16
+# autocast, AdamW), then a complete two-stage UniAttn run of SmolLM2 on the PMC file.
+#   scripts/device/train_bench.sh GGUF NAME
+set -uo pipefail
+GGUF=$1 NAME=$2
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+U=./target/release/uniattn
+OUT=${OUT:-/tmp/out}
+W=/root/tb/$NAME
+mkdir -p "$W"
+$U import "$GGUF" "$W/hf" --dtype f32 > /dev/null 2>&1
+python3 - "$PMC" "$W/pmc.txt" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+open(sys.argv[2], "w").write("\n\n".join(r["instruction"] + "\n" + r["input"] + "\n" + r["output"] for r in rows))
+PY
+peak() { # peak PID -> max MiB used by that process while it runs
+  local m=0 v
+  while kill -0 "$1" 2>/dev/null; do
+    v=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits | awk -F', ' -v p="$1" '$1==p{print $2}')
+    [[ -n $v && $v -gt $m ]] && m=$v
+    sleep 0.2
+  done
+  echo "$m"
+}
+/opt/torch/.venv/bin/python3 scripts/reference/hf_train_bench.py "$W/hf" "$W/pmc.txt" --batch 4 --len 1024 --steps 20 > "$OUT/hf_$NAME.json" 2> "$OUT/hf_$NAME.err" &
+pid=$!; hf_peak=$(peak $pid); wait $pid
+$U train --model "$W/hf" --data "$W/pmc.txt" --max-len 1024 --micro-batch 4 --val-fraction 0 --eval-every 0 --save-every 0 \
+  --max-steps 20 --bf16 --device cuda --lr 1e-5 --out "$W/ours" > "$OUT/ours_$NAME.log" 2>&1 &
+pid=$!; our_peak=$(peak $pid); wait $pid
+ours=$(tail -n 18 "$W/ours/metrics.jsonl" | python3 -c "import json,sys; r=[json.loads(l) for l in sys.stdin]; print(sum(x['tokens'] for x in r)/sum(x['tokens']/x['tokens_per_second'] for x in r))")
+echo "{\"model\": \"$NAME\", \"hf\": $(cat "$OUT/hf_$NAME.json"), \"hf_peak_mib\": $hf_peak, \"ours_tokens_per_second\": $ours, \"ours_peak_mib\": $our_peak}" | tee -a "$OUT/train_bench.jsonl"
+
+# The complete recipe on the medical file (SmolLM2 only): UniAttn two stages vs dense, effective
+# batch 48 (8 x 6), lr 2e-5, cosine with 3% warm-up, 1 epoch per stage, 5% held out.
+if [[ $NAME == smollm2 ]]; then
+  common=(--data "$PMC" --max-len 1024 --micro-batch 8 --grad-accum 6 --lr 2e-5 --val-fraction 0.05
+          --eval-every 4 --save-every 1000 --bf16 --device cuda)
+  $U train --model "$GGUF" --variant uniattn --plan-blocks 15-18,20-22,23-26,27-29 "${common[@]}" --out "$W/uniattn" > "$OUT/uniattn_run.log" 2>&1
+  $U train --model "$GGUF" --variant dense "${common[@]}" --out "$W/dense" > "$OUT/dense_run.log" 2>&1
+  cp "$W/uniattn/metrics.jsonl" "$OUT/uniattn_metrics.jsonl"; cp "$W/uniattn/loss.png" "$OUT/uniattn_loss.png"
+  cp "$W/dense/metrics.jsonl" "$OUT/dense_metrics.jsonl"
+fi

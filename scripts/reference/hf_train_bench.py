@@ -1,0 +1,48 @@
+"""Baseline for `uniattn train` throughput: a plain PyTorch + transformers training loop on the
+same model folder, data, batch, precision (bf16 autocast, f32 master weights, AdamW) and
+attention implementation (sdpa). Not part of the product; runs on the GPU machine:
+    python3 scripts/reference/hf_train_bench.py MODEL_DIR TEXT_FILE --batch 4 --len 1024 --steps 20
+Prints one JSON line: tokens/s over the steps after the first two, and peak CUDA memory.
+"""
+import argparse
+import json
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ap = argparse.ArgumentParser()
+ap.add_argument("model")
+ap.add_argument("text")
+ap.add_argument("--batch", type=int, default=4)
+ap.add_argument("--len", type=int, default=1024)
+ap.add_argument("--steps", type=int, default=20)
+a = ap.parse_args()
+
+tok = AutoTokenizer.from_pretrained(a.model)
+model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="sdpa").cuda()
+model.train()
+ids = tok(open(a.text).read(), add_special_tokens=False)["input_ids"]
+chunks = [ids[i:i + a.len] for i in range(0, len(ids) - a.len, a.len)]
+opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+torch.cuda.reset_peak_memory_stats()
+times = []
+for step in range(a.steps):
+    batch = torch.tensor(chunks[(step * a.batch) % len(chunks):][:a.batch]).cuda()
+    torch.cuda.synchronize()
+    t0 = time.time()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(input_ids=batch, labels=batch)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    times.append(time.time() - t0)
+steady = times[2:]
+print(json.dumps({
+    "impl": "transformers+torch",
+    "tokens_per_second": a.batch * a.len * len(steady) / sum(steady),
+    "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+    "loss": out.loss.item(),
+}))
