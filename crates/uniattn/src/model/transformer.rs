@@ -662,6 +662,44 @@ pub(crate) mod tests {
         }
     }
 
+    /// Prefill + one-token decode steps through the cache give the full-sequence logits at
+    /// every position, for the dense model and every reuse kind; reuse layers cache V only.
+    #[test]
+    fn cached_decoding_matches_full_forward() {
+        for fam in [Family::Llama, Family::Gemma3] {
+            let cfg = tiny_config(fam);
+            for kind in [None, Some(ReuseKind::Uniattn), Some(ReuseKind::SoftmaxOnly), Some(ReuseKind::Cla), Some(ReuseKind::Layerdrop)] {
+                let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, 5);
+                let m = match kind {
+                    None => dense,
+                    Some(k) => {
+                        let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(k);
+                        let wc = (1..4).map(|l| (l, Tensor::randn([16, 16], (Kind::Double, Device::Cpu)) * 0.1)).collect();
+                        dense.apply_plan(plan, wc).unwrap()
+                    }
+                };
+                let all = ids();
+                let full = m.forward(&all, None);
+                let mut cache = KvCache::new(4);
+                let mut got = vec![m.forward(&all.narrow(1, 0, 6), Some(&mut cache))];
+                for t in 6..15 {
+                    got.push(m.forward(&all.narrow(1, t, 1), Some(&mut cache)));
+                }
+                let got = Tensor::cat(&got, 1);
+                let diff = (&got - &full).abs().max().double_value(&[]);
+                assert!(diff < 1e-10, "{fam:?} {kind:?}: {diff}");
+                let per_layer: Vec<usize> = cache.layers.iter().map(|c| c.bytes()).collect();
+                let kv = 2 * 2 * 4 * 15 * 8; // K and V, 2 KV heads x 4 dims x 15 positions, f64
+                let want_reuse = match kind {
+                    None => kv,
+                    Some(ReuseKind::Uniattn | ReuseKind::SoftmaxOnly) => kv / 2,
+                    Some(_) => 0,
+                };
+                assert_eq!(per_layer, vec![kv, kv, want_reuse, want_reuse], "{fam:?} {kind:?}");
+            }
+        }
+    }
+
     /// Autograd through lead and reuse layers (W_c included) against central differences, f64.
     #[test]
     fn gradients_match_finite_differences() {
