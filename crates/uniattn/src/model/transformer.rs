@@ -668,13 +668,21 @@ pub(crate) mod tests {
     fn cached_decoding_matches_full_forward() {
         for fam in [Family::Llama, Family::Gemma3] {
             let cfg = tiny_config(fam);
-            for kind in [None, Some(ReuseKind::Uniattn), Some(ReuseKind::SoftmaxOnly), Some(ReuseKind::Cla), Some(ReuseKind::Layerdrop)] {
+            for kind in [
+                None,
+                Some(ReuseKind::Uniattn),
+                Some(ReuseKind::SoftmaxOnly),
+                Some(ReuseKind::Cla),
+                Some(ReuseKind::Layerdrop),
+            ] {
                 let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, 5);
                 let m = match kind {
                     None => dense,
                     Some(k) => {
                         let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(k);
-                        let wc = (1..4).map(|l| (l, Tensor::randn([16, 16], (Kind::Double, Device::Cpu)) * 0.1)).collect();
+                        let wc = (1..4)
+                            .map(|l| (l, Tensor::randn([16, 16], (Kind::Double, Device::Cpu)) * 0.1))
+                            .collect();
                         dense.apply_plan(plan, wc).unwrap()
                     }
                 };

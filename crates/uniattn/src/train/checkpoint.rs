@@ -131,8 +131,10 @@ pub(super) fn restore_optimizer(opt: &mut AdamW, state: OptimizerState) -> Resul
                 .map(|t| t.to_device(p.device()))
                 .ok_or_else(|| Error::invalid(format!("checkpoint optimizer state lacks {k}.{name}")))
         };
-        opt.m[i] = take("m")?;
-        opt.v[i] = take("v")?;
+        // Into the views, so that the flat moment buffers see the restored values.
+        let (m, v) = (take("m")?, take("v")?);
+        opt.m[i].copy_(&m);
+        opt.v[i].copy_(&v);
     }
     opt.step = state.step;
     Ok(())

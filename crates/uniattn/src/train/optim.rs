@@ -17,65 +17,101 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Optimizer state for a list of parameters (f32 moments, whatever the parameter dtype).
+/// Optimizer state for a list of parameters. The parameters are re-homed as views of one flat
+/// buffer, and the moments live in flat buffers too, so an update is a handful of kernels over
+/// all weights instead of several per tensor (tch exposes no foreach or fused AdamW kernels).
 pub struct AdamW {
     pub cfg: AdamWConfig,
     pub params: Vec<(String, Tensor)>,
+    flat: Tensor,
+    m_flat: Tensor,
+    v_flat: Tensor,
+    /// Per-parameter views of the moments (f32), for checkpoints.
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
     pub step: i64,
 }
 
+fn views(flat: &Tensor, params: &[(String, Tensor)]) -> Vec<Tensor> {
+    let mut off = 0;
+    params
+        .iter()
+        .map(|(_, p)| {
+            let n = p.numel() as i64;
+            let v = flat.narrow(0, off, n).view(p.size().as_slice());
+            off += n;
+            v
+        })
+        .collect()
+}
+
 impl AdamW {
-    pub fn new(cfg: AdamWConfig, params: Vec<(String, Tensor)>) -> Self {
-        let zeros = |p: &Tensor| Tensor::zeros_like(p).to_kind(Kind::Float);
-        let m = params.iter().map(|(_, p)| zeros(p)).collect();
-        let v = params.iter().map(|(_, p)| zeros(p)).collect();
-        AdamW { cfg, params, m, v, step: 0 }
+    pub fn new(cfg: AdamWConfig, mut params: Vec<(String, Tensor)>) -> Self {
+        let (kind, device) =
+            params.first().map_or((Kind::Float, tch::Device::Cpu), |(_, p)| (p.kind(), p.device()));
+        let flat = if params.is_empty() {
+            Tensor::zeros([0], (kind, device))
+        } else {
+            Tensor::cat(
+                &params.iter().map(|(_, p)| p.detach().to_kind(kind).reshape([-1])).collect::<Vec<_>>(),
+                0,
+            )
+        };
+        let homes = views(&flat, &params);
+        tch::no_grad(|| {
+            for ((_, p), home) in params.iter_mut().zip(&homes) {
+                p.set_data(home);
+            }
+        });
+        let total = flat.numel() as i64;
+        let m_flat = Tensor::zeros([total], (Kind::Float, device));
+        let v_flat = Tensor::zeros([total], (Kind::Float, device));
+        let (m, v) = (views(&m_flat, &params), views(&v_flat, &params));
+        AdamW { cfg, params, flat, m_flat, v_flat, m, v, step: 0 }
     }
 
-    /// Global L2 norm of the gradients.
-    pub fn grad_norm(&self) -> f64 {
-        let sq: Vec<Tensor> = self
+    /// All gradients as one f32 vector (zeros where a parameter got none).
+    fn flat_grad(&self) -> Tensor {
+        let parts: Vec<Tensor> = self
             .params
             .iter()
-            .map(|(_, p)| p.grad())
-            .filter(|g| g.defined())
-            .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
+            .map(|(_, p)| {
+                let g = p.grad();
+                if g.defined() {
+                    g.reshape([-1]).to_kind(Kind::Float)
+                } else {
+                    Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
+                }
+            })
             .collect();
-        if sq.is_empty() {
-            return 0.0;
+        if parts.is_empty() {
+            return Tensor::zeros([0], (Kind::Float, self.flat.device()));
         }
-        Tensor::stack(&sq, 0).sum(Kind::Float).sqrt().double_value(&[])
+        Tensor::cat(&parts, 0)
     }
 
     /// One update at learning rate `lr`, clipping the gradient norm to `max_norm` (if > 0).
     /// Returns the norm before clipping.
     pub fn step(&mut self, lr: f64, max_norm: f64) -> f64 {
-        let norm = self.grad_norm();
-        let clip = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
-        self.step += 1;
         let c = self.cfg;
+        self.step += 1;
         let (bc1, bc2) = (1.0 - c.beta1.powi(self.step as i32), 1.0 - c.beta2.powi(self.step as i32));
         tch::no_grad(|| {
-            for (i, (_, p)) in self.params.iter_mut().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let g = g.to_kind(Kind::Float) * clip;
-                let _ = self.m[i].g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
-                let _ = self.v[i].g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
-                let denom = (&self.v[i] / bc2).sqrt() + c.eps;
-                let update = (&self.m[i] / bc1) / denom * lr;
-                let mut pf = p.to_kind(Kind::Float);
-                if c.weight_decay > 0.0 {
-                    pf = &pf * (1.0 - lr * c.weight_decay);
-                }
-                p.copy_(&(pf - update).to_kind(p.kind()));
+            let mut g = self.flat_grad();
+            let norm = g.norm().double_value(&[]);
+            if max_norm > 0.0 && norm > max_norm {
+                g *= max_norm / (norm + 1e-6);
             }
-        });
-        norm
+            let _ = self.m_flat.g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
+            let _ = self.v_flat.g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
+            let update = (&self.m_flat / bc1) / ((&self.v_flat / bc2).sqrt() + c.eps) * lr;
+            let mut pf = self.flat.to_kind(Kind::Float);
+            if c.weight_decay > 0.0 {
+                pf = &pf * (1.0 - lr * c.weight_decay);
+            }
+            self.flat.copy_(&(pf - update).to_kind(self.flat.kind()));
+            norm
+        })
     }
 
     pub fn zero_grad(&mut self) {
