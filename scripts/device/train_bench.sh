@@ -35,7 +35,7 @@ echo "{\"model\": \"$NAME\", \"hf\": $(cat "$OUT/hf_$NAME.json"), \"hf_peak_mib\
 
 # The complete recipe on the medical file (SmolLM2 only): UniAttn two stages vs dense, effective
 # batch 48 (8 x 6), lr 2e-5, cosine with 3% warm-up, 1 epoch per stage, 5% held out.
-if [[ $NAME == smollm2 ]]; then
+if [[ $NAME == smollm2 && ${RECIPE:-1} == 1 ]]; then
   common=(--data "$PMC" --max-len 1024 --micro-batch 8 --grad-accum 6 --lr 2e-5 --val-fraction 0.05
           --eval-every 4 --save-every 1000 --bf16 --device cuda)
   $U train --model "$GGUF" --variant uniattn --plan-blocks 15-18,20-22,23-26,27-29 "${common[@]}" --out "$W/uniattn" > "$OUT/uniattn_run.log" 2>&1
