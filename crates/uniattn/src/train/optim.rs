@@ -17,6 +17,9 @@ impl Default for AdamWConfig {
     }
 }
 
+/// Elements updated per slice of the flat buffers (bounds the step's temporary memory).
+const UPDATE_SLICE: i64 = 1 << 24;
+
 /// Optimizer state for a list of parameters. The parameters are re-homed as views of one flat
 /// buffer, and the moments live in flat buffers too, so an update is a handful of kernels over
 /// all weights instead of several per tensor (tch exposes no foreach or fused AdamW kernels).
@@ -102,14 +105,28 @@ impl AdamW {
             if max_norm > 0.0 && norm > max_norm {
                 g *= max_norm / (norm + 1e-6);
             }
-            let _ = self.m_flat.g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
-            let _ = self.v_flat.g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
-            let update = (&self.m_flat / bc1) / ((&self.v_flat / bc2).sqrt() + c.eps) * lr;
-            let mut pf = self.flat.to_kind(Kind::Float);
-            if c.weight_decay > 0.0 {
-                pf = &pf * (1.0 - lr * c.weight_decay);
+            // In slices, so that the temporaries stay small next to the weights.
+            let total = self.flat.numel() as i64;
+            let mut off = 0;
+            while off < total {
+                let n = (total - off).min(UPDATE_SLICE);
+                let (g, mut m, mut v) =
+                    (g.narrow(0, off, n), self.m_flat.narrow(0, off, n), self.v_flat.narrow(0, off, n));
+                let _ = m.g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
+                let _ = v.g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
+                let update = (&m / bc1) / ((&v / bc2).sqrt() + c.eps) * lr;
+                let mut p = self.flat.narrow(0, off, n);
+                if p.kind() == Kind::Float {
+                    if c.weight_decay > 0.0 {
+                        let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                    }
+                    let _ = p.g_sub_(&update);
+                } else {
+                    let pf = p.to_kind(Kind::Float) * (1.0 - lr * c.weight_decay) - update;
+                    p.copy_(&pf.to_kind(p.kind()));
+                }
+                off += n;
             }
-            self.flat.copy_(&(pf - update).to_kind(self.flat.kind()));
             norm
         })
     }
