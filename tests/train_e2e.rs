@@ -61,6 +61,7 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
             save_total_limit: Some(2),
             stop_after: stop,
             autocast: false,
+            recompute_layers: true,
         },
         resume,
         out: out.to_path_buf(),

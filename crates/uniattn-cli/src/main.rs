@@ -219,6 +219,9 @@ struct TrainArgs {
     /// bf16 autocast with f32 master weights (GPU)
     #[arg(long)]
     bf16: bool,
+    /// Activation checkpointing: recompute each layer (each SuperBlock) in the backward pass
+    #[arg(long)]
+    recompute_layers: bool,
     /// A checkpoint folder, or a run folder (its newest checkpoint)
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -460,6 +463,7 @@ fn run(cli: Cli) -> Result<()> {
                     save_total_limit: a.save_total_limit,
                     stop_after: a.max_steps,
                     autocast: a.bf16,
+                    recompute_layers: a.recompute_layers,
                 },
                 resume: a.resume,
                 out: a.out.clone(),

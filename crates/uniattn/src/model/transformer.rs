@@ -368,19 +368,34 @@ impl Transformer {
         let positions = Tensor::arange_start(start, start + q, (Kind::Int64, self.device))
             .unsqueeze(0)
             .expand([b, q], false);
-        let mut h = self.embed(ids);
         let pc = PositionContext::new(self, &positions, start + q);
+        let h = self.run_layers(self.embed(ids), 0..self.layers.len(), &pc, cache.as_deref_mut());
+        if let Some(c) = cache {
+            c.len += q;
+        }
+        self.head(&h)
+    }
+
+    /// Runs layers `range` on the residual stream `h`. A range must not start inside a
+    /// SuperBlock (its reuse layers need the lead's state), see [`Self::recompute_units`].
+    pub fn run_layers(
+        &self,
+        mut h: Tensor,
+        range: std::ops::Range<usize>,
+        pc: &PositionContext,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let mut lead: Option<LeadState> = None;
         let want = (
             matches!(self.plan.reuse, ReuseKind::Uniattn | ReuseKind::SoftmaxOnly),
             self.plan.reuse == ReuseKind::Cla,
         );
-        for (l, layer) in self.layers.iter().enumerate() {
+        for l in range {
+            let layer = &self.layers[l];
             let ctx = pc.layer(self, l);
-            let role = self.plan.role(l);
+            let is_lead = self.plan.role(l) == LayerRole::Lead;
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let x = layer.attn_norm.forward(&h);
-            let is_lead = role == LayerRole::Lead;
             let (a, st) = layer.attention_branch(
                 &x,
                 &ctx,
@@ -395,10 +410,20 @@ impl Transformer {
             h = a + &h;
             h = layer.mlp_branch(&h) + &h;
         }
-        if let Some(c) = cache {
-            c.len += q;
+        h
+    }
+
+    /// The smallest layer ranges that can be recomputed on their own: ordinary layers one by
+    /// one, each SuperBlock whole (its reuse layers read its lead's state).
+    pub fn recompute_units(&self) -> Vec<std::ops::Range<usize>> {
+        let mut units = Vec::new();
+        let mut l = 0;
+        while l < self.layers.len() {
+            let end = self.plan.blocks.iter().find(|&&(s, _)| s == l).map_or(l + 1, |&(_, e)| e);
+            units.push(l..end);
+            l = end;
         }
-        self.head(&h)
+        units
     }
 
     /// Every tensor under its Hugging Face name (W_c as `v2_proj`), for saving.

@@ -7,6 +7,8 @@ pub mod job;
 pub mod optim;
 
 use crate::error::{Error, Result};
+use crate::model::nn::accumulate_kind;
+use crate::model::transformer::PositionContext;
 use crate::model::Transformer;
 use dataset::{SplitMix64, TokenizedExample};
 use optim::{cosine_lr, AdamW, AdamWConfig};
@@ -51,6 +53,10 @@ pub struct TrainConfig {
     pub stop_after: Option<usize>,
     /// bf16 autocast (GPU); master weights and optimizer state stay f32.
     pub autocast: bool,
+    /// Activation checkpointing: keep one tensor per layer (per SuperBlock) and recompute the
+    /// rest during the backward pass.
+    #[serde(default)]
+    pub recompute_layers: bool,
 }
 
 /// Where a run stands: enough to continue exactly.
@@ -98,14 +104,56 @@ fn collate(examples: &[&TokenizedExample], device: Device) -> (Tensor, Tensor) {
 fn loss_sum(model: &Transformer, ids: &Tensor, targets: &Tensor, autocast: bool) -> Tensor {
     let logits =
         if autocast { tch::autocast(true, || model.forward(ids, None)) } else { model.forward(ids, None) };
+    cross_entropy_sum(&logits, targets)
+}
+
+fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Tensor {
     let v = logits.size()[2];
-    logits.view([-1, v]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+    logits.view([-1, v]).to_kind(accumulate_kind(logits.kind())).cross_entropy_loss::<Tensor>(
         &targets.view([-1]),
         None,
         tch::Reduction::Sum,
         -100,
         0.0,
     )
+}
+
+/// Backpropagates `loss_sum * scale` keeping only the input of each recompute unit (a layer,
+/// or a whole SuperBlock): the forward runs without a graph, then every unit is recomputed
+/// with one while the gradient flows back through it. Returns the scaled loss.
+fn checkpointed_backward(
+    model: &Transformer,
+    ids: &Tensor,
+    targets: &Tensor,
+    scale: f64,
+    autocast: bool,
+) -> f64 {
+    let (b, t) = (ids.size()[0], ids.size()[1]);
+    let positions = Tensor::arange(t, (Kind::Int64, model.device)).unsqueeze(0).expand([b, t], false);
+    let pc = PositionContext::new(model, &positions, t);
+    let ac = |f: &dyn Fn() -> Tensor| if autocast { tch::autocast(true, f) } else { f() };
+    let units = model.recompute_units();
+    let mut inputs = Vec::with_capacity(units.len());
+    let mut h = tch::no_grad(|| ac(&|| model.embed(ids)));
+    for u in &units {
+        inputs.push(h.shallow_clone());
+        h = tch::no_grad(|| ac(&|| model.run_layers(h.shallow_clone(), u.clone(), &pc, None)));
+    }
+    let last = h.detach().set_requires_grad(true);
+    let loss = cross_entropy_sum(&ac(&|| model.head(&last)), targets) * scale;
+    loss.backward();
+    let mut grad = last.grad();
+    for (u, x) in units.iter().zip(&inputs).rev() {
+        let x = x.detach().set_requires_grad(true);
+        let out = ac(&|| model.run_layers(x.shallow_clone(), u.clone(), &pc, None));
+        (out * &grad).sum(accumulate_kind(grad.kind())).backward();
+        grad = x.grad();
+    }
+    let h0 = ac(&|| model.embed(ids));
+    if h0.requires_grad() {
+        (h0 * &grad).sum(accumulate_kind(grad.kind())).backward();
+    }
+    loss.double_value(&[])
 }
 
 /// Mean loss per target token over `examples`.
@@ -202,11 +250,16 @@ impl Trainer<'_> {
                 // Normalise by the target tokens of the whole window, so 2 x 4 equals 8 x 1.
                 let n_targets: usize = batch.iter().map(|e| e.targets()).sum();
                 let mut loss = 0.0;
+                let scale = 1.0 / n_targets.max(1) as f64;
                 for micro in batch.chunks(self.cfg.micro_batch) {
                     let (ids, tgt) = collate(micro, self.model.device);
-                    let l = loss_sum(self.model, &ids, &tgt, self.cfg.autocast) / n_targets.max(1) as f64;
-                    l.backward();
-                    loss += l.double_value(&[]);
+                    loss += if self.cfg.recompute_layers {
+                        checkpointed_backward(self.model, &ids, &tgt, scale, self.cfg.autocast)
+                    } else {
+                        let l = loss_sum(self.model, &ids, &tgt, self.cfg.autocast) * scale;
+                        l.backward();
+                        l.double_value(&[])
+                    };
                 }
                 let lr = cosine_lr(base_lr, pos.step, total, warmup);
                 let grad_norm = opt.step(lr, self.cfg.max_grad_norm);
@@ -294,6 +347,7 @@ mod tests {
             save_total_limit: None,
             stop_after: None,
             autocast: false,
+            recompute_layers: false,
         }
     }
 
@@ -438,6 +492,40 @@ mod tests {
             }
         }
         assert_eq!(changed, 2);
+    }
+
+    /// Recomputing layers (and whole SuperBlocks) in the backward pass gives the gradients of
+    /// the ordinary backward, for UniAttn and CLA plans.
+    #[test]
+    fn recomputation_gives_the_same_gradients() {
+        let cfg = tiny_config(Family::Llama);
+        let data = examples(3, 9);
+        let refs: Vec<&TokenizedExample> = data.iter().collect();
+        let (ids, tgt) = collate(&refs, Device::Cpu);
+        for kind in [crate::plan::ReuseKind::Uniattn, crate::plan::ReuseKind::Cla] {
+            let plan = SuperBlockPlan::from_blocks(vec![(1, 3)], 4).unwrap().with_reuse(kind);
+            let grads = |recompute: bool| {
+                let m = tiny_model(&cfg, plan.clone(), Kind::Double, 21);
+                let ps: Vec<(String, Tensor)> = m.named_tensors();
+                for (_, p) in &ps {
+                    let _ = p.set_requires_grad(true);
+                }
+                let loss = if recompute {
+                    checkpointed_backward(&m, &ids, &tgt, 0.5, false)
+                } else {
+                    let l = loss_sum(&m, &ids, &tgt, false) * 0.5;
+                    l.backward();
+                    l.double_value(&[])
+                };
+                (loss, ps.into_iter().map(|(n, p)| (n, p.grad().copy())).collect::<Vec<_>>())
+            };
+            let ((la, ga), (lb, gb)) = (grads(false), grads(true));
+            assert!((la - lb).abs() < 1e-10, "{kind:?}: loss {la} vs {lb}");
+            for ((n, a), (_, b)) in ga.iter().zip(&gb) {
+                let d = (a - b).abs().max().double_value(&[]);
+                assert!(d < 1e-10, "{kind:?} {n}: {d}");
+            }
+        }
     }
 
     #[test]
