@@ -62,6 +62,7 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
             stop_after: stop,
             autocast: false,
             recompute_layers: true,
+            pack: false,
         },
         resume,
         out: out.to_path_buf(),

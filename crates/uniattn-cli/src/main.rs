@@ -222,6 +222,9 @@ struct TrainArgs {
     /// Activation checkpointing: recompute each layer (each SuperBlock) in the backward pass
     #[arg(long)]
     recompute_layers: bool,
+    /// Pack short examples into --max-len sequences (no attention across examples)
+    #[arg(long)]
+    pack: bool,
     /// A checkpoint folder, or a run folder (its newest checkpoint)
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -464,6 +467,7 @@ fn run(cli: Cli) -> Result<()> {
                     stop_after: a.max_steps,
                     autocast: a.bf16,
                     recompute_layers: a.recompute_layers,
+                    pack: a.pack,
                 },
                 resume: a.resume,
                 out: a.out.clone(),

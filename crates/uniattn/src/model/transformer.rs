@@ -69,6 +69,16 @@ impl PositionContext {
         PositionContext { ropes, masks }
     }
 
+    /// Packed sequences: `docs` (`[b, t]`) numbers the document of each token, `positions`
+    /// restart at 0 in each document, and no token attends across documents.
+    pub fn packed(model: &Transformer, positions: &Tensor, docs: &Tensor) -> Self {
+        let mut pc = Self::new(model, positions, positions.size()[1]);
+        for (w, m) in pc.masks.iter_mut() {
+            *m = model.packed_mask(positions, docs, *w);
+        }
+        pc
+    }
+
     /// A whole sequence of length `t` from position 0.
     pub fn full(model: &Transformer, t: i64) -> Self {
         Self::new(model, &Tensor::arange(t, (Kind::Int64, model.device)).unsqueeze(0), t)
@@ -358,6 +368,29 @@ impl Transformer {
         let zero = Tensor::zeros([1], (self.kind, self.device));
         let neg = Tensor::full([1], f64::NEG_INFINITY, (self.kind, self.device));
         zero.where_self(&allowed, &neg).unsqueeze(1)
+    }
+
+    /// Additive mask `[b, 1, t, t]` for packed documents: causal by index, within a document,
+    /// and within `window` positions when given.
+    pub fn packed_mask(&self, positions: &Tensor, docs: &Tensor, window: Option<usize>) -> Tensor {
+        let t = positions.size()[1];
+        let idx = Tensor::arange(t, (Kind::Int64, self.device));
+        let mut allowed = idx
+            .view([1, 1, t])
+            .le_tensor(&idx.view([1, t, 1]))
+            .logical_and(&docs.unsqueeze(2).eq_tensor(&docs.unsqueeze(1)));
+        if let Some(w) = window {
+            allowed = allowed.logical_and(&(positions.unsqueeze(2) - positions.unsqueeze(1)).lt(w as i64));
+        }
+        let zero = Tensor::zeros([1], (self.kind, self.device));
+        let neg = Tensor::full([1], f64::NEG_INFINITY, (self.kind, self.device));
+        zero.where_self(&allowed, &neg).unsqueeze(1)
+    }
+
+    /// The stack over packed documents (see [`PositionContext::packed`]); f32 logits.
+    pub fn forward_packed(&self, ids: &Tensor, positions: &Tensor, docs: &Tensor) -> Tensor {
+        let pc = PositionContext::packed(self, positions, docs);
+        self.head(&self.run_layers(self.embed(ids), 0..self.layers.len(), &pc, None))
     }
 
     /// Runs the whole stack on `ids` (`[b, q]`) following `cache` (positions continue from

@@ -4,11 +4,13 @@ use crate::data::{Example, Record};
 use crate::error::Result;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
-/// One training sequence: `ids[i]` is a target when `mask[i]`.
-#[derive(Debug, Clone, PartialEq)]
+/// One training sequence: `ids[i]` is a target when `mask[i]`. A packed sequence also lists
+/// the lengths of the documents it holds (empty for one document).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TokenizedExample {
     pub ids: Vec<u32>,
     pub mask: Vec<bool>,
+    pub docs: Vec<usize>,
 }
 
 impl TokenizedExample {
@@ -25,7 +27,7 @@ fn instruction(tok: &Tokenizer, ex: &Example) -> Result<TokenizedExample> {
     let mut ids = tok.encode(&ex.text(), true)?;
     ids.extend(tok.eos_ids.first());
     let mask = (0..ids.len()).map(|i| i >= n_prompt).collect();
-    Ok(TokenizedExample { ids, mask })
+    Ok(TokenizedExample { ids, mask, docs: vec![] })
 }
 
 /// A conversation through the chat template: each assistant turn is the text between the
@@ -44,7 +46,7 @@ fn chat(tok: &Tokenizer, msgs: &[ChatMessage]) -> Result<TokenizedExample> {
             *flag = true;
         }
     }
-    Ok(TokenizedExample { ids, mask })
+    Ok(TokenizedExample { ids, mask, docs: vec![] })
 }
 
 /// Tokenizes records, truncating each to `max_len`; examples with nothing to learn are dropped.
@@ -70,8 +72,29 @@ pub fn text_chunks(tok: &Tokenizer, text: &str, max_len: usize) -> Result<Vec<To
     Ok(ids
         .chunks(max_len.max(2))
         .filter(|c| c.len() >= 2)
-        .map(|c| TokenizedExample { ids: c.to_vec(), mask: vec![true; c.len()] })
+        .map(|c| TokenizedExample { ids: c.to_vec(), mask: vec![true; c.len()], docs: vec![] })
         .collect())
+}
+
+/// Packs examples, in order, into sequences of at most `max_len` tokens. Each document keeps
+/// its own positions and attention (see `Transformer::forward_packed`); its first token is
+/// never a target, so nothing is predicted across a document boundary.
+pub fn pack(examples: Vec<TokenizedExample>, max_len: usize) -> Vec<TokenizedExample> {
+    let mut out: Vec<TokenizedExample> = Vec::new();
+    let mut cur = TokenizedExample::default();
+    for mut e in examples {
+        if !cur.ids.is_empty() && cur.ids.len() + e.ids.len() > max_len {
+            out.push(std::mem::take(&mut cur));
+        }
+        e.mask[0] = false;
+        cur.docs.push(e.ids.len());
+        cur.ids.extend(e.ids);
+        cur.mask.extend(e.mask);
+    }
+    if !cur.ids.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// SplitMix64: a small, serialisable generator so data order is reproducible and resumable.

@@ -171,6 +171,7 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
             train.split_off(train.len() - n_val.min(train.len().saturating_sub(1)))
         }
     };
+    let train = if cfg.pack { dataset::pack(train, job.max_len) } else { train };
     let mut trainer = Trainer { model: &model, tokenizer: &tokenizer, cfg, train, val, out: job.out.clone() };
     let history = trainer.run(resume, on_step)?;
     let final_dir = job.out.join("final");
