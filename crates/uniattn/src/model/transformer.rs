@@ -561,7 +561,9 @@ pub(crate) mod tests {
 
     /// A dense model with random weights (and W_c for `plan`'s reuse layers).
     pub fn tiny_model(cfg: &ModelConfig, plan: SuperBlockPlan, kind: Kind, seed: i64) -> Transformer {
-        tch::manual_seed(seed);
+        // A private generator: tests run in parallel threads and libtorch's global RNG is shared,
+        // so two models built from one seed must not depend on what other tests draw.
+        let mut rng = crate::train::dataset::SplitMix64(seed as u64);
         let (h, hd, hkv, hid, inter) =
             (cfg.num_heads, cfg.head_dim, cfg.num_kv_heads, cfg.hidden_size, cfg.intermediate_size);
         let mut shapes: Vec<(String, Vec<usize>)> = vec![
@@ -605,7 +607,18 @@ pub(crate) mod tests {
             .map(|(n, s)| {
                 let dims: Vec<i64> = s.iter().map(|&d| d as i64).collect();
                 let scale = if n.contains("norm") { 0.1 } else { 0.2 };
-                let mut t = Tensor::randn(dims.as_slice(), (Kind::Double, Device::Cpu)) * scale;
+                let count: usize = s.iter().product();
+                let normal: Vec<f64> = (0..count)
+                    .map(|_| {
+                        // Box-Muller from two uniforms in (0, 1].
+                        let u = |r: &mut crate::train::dataset::SplitMix64| {
+                            (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+                        };
+                        let (a, b) = (1.0 - u(&mut rng), u(&mut rng));
+                        (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+                    })
+                    .collect();
+                let mut t = Tensor::from_slice(&normal).view(dims.as_slice()) * scale;
                 if n.contains("norm") && !cfg.family.is_gemma() {
                     t += 1.0;
                 }
