@@ -133,6 +133,8 @@ struct ReuseStep {
     z0: Tensor,
 }
 
+/// The lead's map is recomputed from the stored lead input for every reuse layer: keeping it
+/// would cost `batch x heads x t x t` per chunk for the whole set.
 fn reuse_step(
     model: &Transformer,
     sc: &PositionContext,

@@ -89,20 +89,13 @@ impl FullAttention {
         want_kv: bool,
     ) -> (Tensor, LeadState) {
         let h = &self.heads;
-        let mut q = h.split(&self.q_proj.forward(x), h.num_heads);
-        let mut k = h.split(&self.k_proj.forward(x), h.num_kv_heads);
+        let (q, mut k) = self.queries_keys(x, rope);
         let mut v = h.split(&self.v_proj.forward(x), h.num_kv_heads);
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q);
-            k = kn.forward(&k);
-        }
-        q = rope.apply(&q);
-        k = rope.apply(&k);
         if let Some(c) = cache {
             (k, v) = c.append_kv(&k, &v);
         }
         let (out, probs) = if want_probs || self.softcap.is_some() {
-            let p = self.probs(&q, &k, mask);
+            let p = attention_probs(h, &q, &k, mask, self.scale, self.softcap);
             (h.apply_probs(&p, &v), want_probs.then_some(p))
         } else {
             let out = Tensor::scaled_dot_product_attention(
@@ -123,6 +116,12 @@ impl FullAttention {
 
     /// The probabilities alone, as a lead hands them to its block (no V, no output).
     pub fn lead_probs(&self, x: &Tensor, rope: &RopeAngles, mask: &Tensor) -> Tensor {
+        let (q, k) = self.queries_keys(x, rope);
+        attention_probs(&self.heads, &q, &k, mask, self.scale, self.softcap)
+    }
+
+    /// Q and K after the per-head norms (Gemma 3) and RoPE.
+    fn queries_keys(&self, x: &Tensor, rope: &RopeAngles) -> (Tensor, Tensor) {
         let h = &self.heads;
         let mut q = h.split(&self.q_proj.forward(x), h.num_heads);
         let mut k = h.split(&self.k_proj.forward(x), h.num_kv_heads);
@@ -130,17 +129,25 @@ impl FullAttention {
             q = qn.forward(&q);
             k = kn.forward(&k);
         }
-        self.probs(&rope.apply(&q), &rope.apply(&k), mask)
+        (rope.apply(&q), rope.apply(&k))
     }
+}
 
-    /// softmax(Q K^T * scale [softcapped] + mask), in f32 then cast back, as transformers' eager path.
-    fn probs(&self, q: &Tensor, k: &Tensor, mask: &Tensor) -> Tensor {
-        let mut scores = q.matmul(&self.heads.repeat_kv(k).transpose(-2, -1)) * self.scale;
-        if let Some(cap) = self.softcap {
-            scores = (scores / cap).tanh() * cap;
-        }
-        (scores + mask).softmax(-1, accumulate_kind(q.kind())).to_kind(q.kind())
+/// softmax(Q K^T * scale [softcapped] + mask), in f32 then cast back, as transformers' eager
+/// path. Shared by full attention, SuperBlock leads and CLA layers.
+fn attention_probs(
+    h: &Heads,
+    q: &Tensor,
+    k: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor {
+    let mut scores = q.matmul(&h.repeat_kv(k).transpose(-2, -1)) * scale;
+    if let Some(cap) = softcap {
+        scores = (scores / cap).tanh() * cap;
     }
+    (scores + mask).softmax(-1, accumulate_kind(q.kind())).to_kind(q.kind())
 }
 
 /// A reuse layer: no Q, no K, no RoPE, no softmax.
@@ -178,13 +185,8 @@ impl ClaAttention {
         if let Some(qn) = &self.q_norm {
             q = qn.forward(&q);
         }
-        let q = rope.apply(&q);
         let (k, v) = lead_kv;
-        let mut scores = q.matmul(&h.repeat_kv(k).transpose(-2, -1)) * self.scale;
-        if let Some(cap) = self.softcap {
-            scores = (scores / cap).tanh() * cap;
-        }
-        let p = (scores + mask).softmax(-1, accumulate_kind(q.kind())).to_kind(q.kind());
+        let p = attention_probs(h, &rope.apply(&q), k, mask, self.scale, self.softcap);
         self.o_proj.forward(&h.merge(&h.apply_probs(&p, v)))
     }
 }

@@ -365,9 +365,14 @@ impl Transformer {
         if let Some(w) = window {
             allowed = allowed.logical_and(&(&qp - &kp).lt(w as i64));
         }
+        self.additive_mask(&allowed)
+    }
+
+    /// 0 where `allowed`, -inf elsewhere, with a head axis: `[b, q, k]` -> `[b, 1, q, k]`.
+    fn additive_mask(&self, allowed: &Tensor) -> Tensor {
         let zero = Tensor::zeros([1], (self.kind, self.device));
         let neg = Tensor::full([1], f64::NEG_INFINITY, (self.kind, self.device));
-        zero.where_self(&allowed, &neg).unsqueeze(1)
+        zero.where_self(allowed, &neg).unsqueeze(1)
     }
 
     /// Additive mask `[b, 1, t, t]` for packed documents: causal by index, within a document,
@@ -382,9 +387,7 @@ impl Transformer {
         if let Some(w) = window {
             allowed = allowed.logical_and(&(positions.unsqueeze(2) - positions.unsqueeze(1)).lt(w as i64));
         }
-        let zero = Tensor::zeros([1], (self.kind, self.device));
-        let neg = Tensor::full([1], f64::NEG_INFINITY, (self.kind, self.device));
-        zero.where_self(&allowed, &neg).unsqueeze(1)
+        self.additive_mask(&allowed)
     }
 
     /// The stack over packed documents (see [`PositionContext::packed`]); f32 logits.

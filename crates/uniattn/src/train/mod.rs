@@ -232,6 +232,11 @@ impl Trainer<'_> {
         }
         std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
         let metrics_path = self.out.join("metrics.jsonl");
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
         let mut history = Vec::new();
         let mut pos = resume.as_ref().map_or(Position { stage: 0, step: 0, global_step: 0 }, |r| r.position);
         let mut pending_opt = resume.and_then(|r| r.optimizer);
@@ -294,12 +299,7 @@ impl Trainer<'_> {
                     tokens_per_second: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                     val_loss,
                 };
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&metrics_path)
-                    .map_err(|e| Error::io(&metrics_path, e))?;
-                writeln!(f, "{}", serde_json::to_string(&m).expect("metrics serialise"))
+                writeln!(metrics, "{}", serde_json::to_string(&m).expect("metrics serialise"))
                     .map_err(|e| Error::io(&metrics_path, e))?;
                 on_step(&m, total);
                 history.push(m);
