@@ -98,23 +98,55 @@ fn truncated_real_gguf_is_named() {
     assert!(err.contains("absent.gguf") && err.contains("no such file"), "{err}");
 }
 
-/// Incremental decoding through the KV cache picks the same tokens as re-running the whole
-/// sequence each step, and its logits agree.
+/// The engine on a real model: prefill in chunks for two prompts of different lengths gives
+/// the full forward's logits, and greedy generation through the scheduler (both requests in
+/// one batch) picks the same tokens as re-running the whole sequence each step.
 #[test]
-fn cached_greedy_equals_full_forward_greedy() {
+fn engine_equals_full_forward_on_a_real_model() {
+    use uniattn::engine::{Engine, EngineOptions, Event, Request, SamplingParams, Scheduler};
     init();
-    let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
-    let prompt = m.tokenizer.encode("The three primary colours are", true).unwrap();
-    let params = uniattn::generate::SamplingParams { max_new_tokens: 12, ..Default::default() };
-    let g = uniattn::generate::generate(&m.model, &prompt, &params, &[], |_| {});
-    let mut seq = prompt.clone();
+    let path = model(SMOLLM2).unwrap();
+    let reference = loader::load(&path, Kind::Float, Device::Cpu).unwrap();
+    let m = loader::load(&path, Kind::Float, Device::Cpu).unwrap();
+    let opts = EngineOptions { max_batch: 2, max_len: 64, prefill_chunk: 5 };
+    let mut engine = Engine::new(m.model, opts).unwrap();
+    let prompts = [
+        m.tokenizer.encode("The three primary colours are", true).unwrap(),
+        m.tokenizer.encode("def fibonacci(n):", true).unwrap(),
+    ];
     let _guard = tch::no_grad_guard();
-    for _ in 0..12 {
-        let t = tch::Tensor::from_slice(&seq.iter().map(|&i| i as i64).collect::<Vec<_>>()).unsqueeze(0);
-        let logits = m.model.forward(&t, None);
-        seq.push(logits.get(0).get(-1).argmax(-1, false).int64_value(&[]) as u32);
+    let full = |ids: &[u32]| {
+        let t = tch::Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).unsqueeze(0);
+        reference.model.forward(&t).squeeze_dim(0)
+    };
+    for (slot, p) in prompts.iter().enumerate() {
+        let got = engine.prefill(slot, p, true).unwrap();
+        let d = (&got - full(p)).abs().max().double_value(&[]);
+        assert!(d < 1e-3, "prompt {slot}: max |logit diff| {d}");
+        engine.reset(slot);
     }
-    assert_eq!(g.tokens, seq[prompt.len()..]);
+    let mut sched = Scheduler::new(engine, std::sync::Arc::new(m.tokenizer));
+    let params = SamplingParams { max_new_tokens: 12, ignore_eos: true, ..Default::default() };
+    for p in &prompts {
+        sched.submit(Request { prompt: p.clone(), params: params.clone(), ..Default::default() }).unwrap();
+    }
+    let mut out = vec![Vec::new(); 2];
+    while sched.has_work() {
+        for e in sched.step() {
+            match e {
+                Event::Token { id, token, .. } => out[id as usize].push(token),
+                Event::Failed { error, .. } => panic!("{error}"),
+                Event::Finished { .. } => {}
+            }
+        }
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        let mut seq = p.clone();
+        for _ in 0..12 {
+            seq.push(full(&seq).get(-1).argmax(-1, false).int64_value(&[]) as u32);
+        }
+        assert_eq!(out[i], seq[p.len()..], "prompt {i}");
+    }
 }
 
 #[test]

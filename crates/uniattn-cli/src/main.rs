@@ -2,10 +2,12 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use uniattn::calibrate::{CalibOptions, FitMethod};
 use uniattn::convert::{CalibData, PlanSpec};
-use uniattn::generate::{generate, SamplingParams};
+use uniattn::engine::{bench, Engine, EngineOptions, Event, Request, SamplingParams, Scheduler};
 use uniattn::loader;
 use uniattn::runtime;
 use uniattn::tokenizer::ChatMessage;
@@ -30,6 +32,71 @@ struct DeviceArgs {
     dtype: String,
 }
 
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// 0 = off
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// 0 = off
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f64,
+    /// 1 = off
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop before this text; repeatable
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            max_new_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// Sequences decoded together
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Longest sequence (prompt + generated tokens)
+    #[arg(long, default_value_t = 4096)]
+    max_len: usize,
+    /// Prompt tokens per prefill call
+    #[arg(long, default_value_t = 512)]
+    prefill_chunk: usize,
+}
+
+impl EngineArgs {
+    fn scheduler(&self, m: loader::LoadedModel) -> Result<Scheduler> {
+        let opts = EngineOptions {
+            max_batch: self.max_batch,
+            max_len: self.max_len,
+            prefill_chunk: self.prefill_chunk,
+        };
+        Ok(Scheduler::new(Engine::new(m.model, opts)?, Arc::new(m.tokenizer)))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert a GGUF file into a Hugging Face folder (safetensors, config.json, tokenizer).
@@ -42,28 +109,62 @@ enum Command {
     },
     /// Describe a model: family, sizes, plan, parameters.
     Info { model: PathBuf },
-    /// Generate text from a prompt.
+    /// Generate text for one or more prompts (batched through the engine; one prompt streams).
     Generate {
         #[arg(long)]
         model: PathBuf,
+        /// A prompt; repeat for a batch
+        #[arg(long, required_unless_present = "prompts_file")]
+        prompt: Vec<String>,
+        /// A file with one prompt per line
         #[arg(long)]
-        prompt: String,
-        /// Send the prompt as is, without the chat template.
+        prompts_file: Option<PathBuf>,
+        /// Send prompts as they are, without the chat template.
         #[arg(long)]
         raw: bool,
         #[arg(long)]
         system: Option<String>,
-        #[arg(long, default_value_t = 128)]
-        max_tokens: usize,
-        /// 0 = greedy
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f64,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f64,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
+        dev: DeviceArgs,
+    },
+    /// Talk to a model interactively (chat template, streaming). /reset clears, /exit quits.
+    Chat {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
+        dev: DeviceArgs,
+    },
+    /// Measure TTFT, prefill and decode throughput, KV-cache size and achieved bandwidth for a
+    /// grid of batch sizes and contexts; several models run in one process and are compared.
+    Bench {
+        /// A model (GGUF or folder); repeat to compare, the first is the baseline
+        #[arg(long, required = true)]
+        model: Vec<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+        batch: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "512,2048,8192")]
+        context: Vec<usize>,
+        /// Timed decode steps per case
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 512)]
+        prefill_chunk: usize,
+        /// Peak memory bandwidth in GB/s for the bound (known cards are recognised)
+        #[arg(long)]
+        bandwidth_gbs: Option<f64>,
+        /// Also write the rows as JSON
+        #[arg(long)]
+        json: Option<PathBuf>,
         #[command(flatten)]
         dev: DeviceArgs,
     },
@@ -329,41 +430,138 @@ fn run(cli: Cli) -> Result<()> {
                 print_savings(c, &parts.plan);
             }
         }
-        Command::Generate {
-            model,
-            prompt,
-            raw,
-            system,
-            max_tokens,
-            temperature,
-            top_p,
-            top_k,
-            seed,
-            dev,
-        } => {
+        Command::Generate { model, prompt, prompts_file, raw, system, sampling, engine, dev } => {
             let (device, kind) = setup(&dev)?;
-            let m = loader::load(&model, kind, device)?;
-            let text = if raw || m.tokenizer.chat_template.is_none() {
-                prompt
-            } else {
-                let mut msgs = Vec::new();
-                if let Some(s) = system {
-                    msgs.push(ChatMessage { role: "system".into(), content: s });
+            let mut prompts = prompt;
+            if let Some(f) = prompts_file {
+                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+            }
+            let mut sched = engine.scheduler(loader::load(&model, kind, device)?)?;
+            let tok = Arc::clone(&sched.tokenizer);
+            for p in &prompts {
+                let text = tok.render_prompt(system.as_deref(), p, raw)?;
+                let req = Request {
+                    prompt: tok.encode(&text, true)?,
+                    params: sampling.params(),
+                    ..Default::default()
+                };
+                sched.submit(req)?;
+            }
+            let stream = prompts.len() == 1;
+            let t0 = std::time::Instant::now();
+            let mut tokens = 0;
+            let mut out = std::io::stdout().lock();
+            sched.run(|e| match e {
+                Event::Token { text, .. } => {
+                    tokens += 1;
+                    if stream {
+                        let _ = write!(out, "{text}");
+                        let _ = out.flush();
+                    }
                 }
-                msgs.push(ChatMessage { role: "user".into(), content: prompt });
-                m.tokenizer.apply_chat_template(&msgs, true)?
-            };
-            let ids = m.tokenizer.encode(&text, true)?;
-            let params = SamplingParams { temperature, top_p, top_k, max_new_tokens: max_tokens, seed };
-            let g = generate(&m.model, &ids, &params, &m.tokenizer.eos_ids, |_| {});
-            println!("{}", m.tokenizer.decode(&g.tokens)?);
+                Event::Finished { id, tail, text, reason, .. } => {
+                    if stream {
+                        let _ = writeln!(out, "{tail}");
+                    } else {
+                        let _ = writeln!(out, "--- [{id}] ({})\n{text}", reason.as_str());
+                    }
+                }
+                Event::Failed { id, error } => eprintln!("request {id} failed: {error}"),
+            });
+            let secs = t0.elapsed().as_secs_f64();
             eprintln!(
-                "prompt {} tokens, prefill {:.1} tok/s; generated {} tokens, decode {:.1} tok/s",
-                g.prompt_tokens,
-                g.prompt_tokens as f64 / g.prefill_seconds.max(1e-9),
-                g.tokens.len(),
-                g.tokens.len() as f64 / g.decode_seconds.max(1e-9)
+                "{} prompts, {tokens} tokens in {secs:.2} s ({:.1} tok/s)",
+                prompts.len(),
+                tokens as f64 / secs
             );
+        }
+        Command::Chat { model, system, sampling, engine, dev } => {
+            let (device, kind) = setup(&dev)?;
+            let mut sched = engine.scheduler(loader::load(&model, kind, device)?)?;
+            let tok = Arc::clone(&sched.tokenizer);
+            if tok.chat_template.is_none() {
+                bail!("{} has no chat template; use `uniattn generate --raw` instead", model.display());
+            }
+            let mut history: Vec<ChatMessage> =
+                system.map(|s| vec![ChatMessage { role: "system".into(), content: s }]).unwrap_or_default();
+            let keep = history.len();
+            eprintln!(
+                "chatting with {} ({}); /reset clears the conversation, /exit quits",
+                model.display(),
+                sched.engine.model.plan.describe()
+            );
+            let stdin = std::io::stdin();
+            loop {
+                eprint!("> ");
+                let mut line = String::new();
+                if stdin.read_line(&mut line)? == 0 {
+                    break;
+                }
+                match line.trim() {
+                    "" => continue,
+                    "/exit" | "/quit" => break,
+                    "/reset" => {
+                        history.truncate(keep);
+                        continue;
+                    }
+                    _ => {}
+                }
+                history.push(ChatMessage { role: "user".into(), content: line.trim_end().to_string() });
+                let ids = tok.encode(&tok.apply_chat_template(&history, true)?, true)?;
+                if let Err(e) =
+                    sched.submit(Request { prompt: ids, params: sampling.params(), ..Default::default() })
+                {
+                    eprintln!("{e} (try /reset)");
+                    history.pop();
+                    continue;
+                }
+                let mut reply = String::new();
+                let mut out = std::io::stdout().lock();
+                sched.run(|e| match e {
+                    Event::Token { text, .. } => {
+                        let _ = write!(out, "{text}");
+                        let _ = out.flush();
+                    }
+                    Event::Finished { tail, text, .. } => {
+                        let _ = writeln!(out, "{tail}");
+                        reply = text.clone();
+                    }
+                    Event::Failed { error, .. } => eprintln!("failed: {error}"),
+                });
+                history.push(ChatMessage { role: "assistant".into(), content: reply });
+            }
+        }
+        Command::Bench { model, batch, context, new_tokens, prefill_chunk, bandwidth_gbs, json, dev } => {
+            let (device, kind) = setup(&dev)?;
+            let card = runtime::device_name(device);
+            let bandwidth = bandwidth_gbs.map(|g| g * 1e9).or_else(|| bench::card_bandwidth(&card));
+            let mut rows = Vec::new();
+            let cases: Vec<(usize, usize)> =
+                context.iter().flat_map(|&c| batch.iter().map(move |&b| (b, c))).collect();
+            for path in &model {
+                let m = loader::load(path, kind, device)?;
+                let label = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string());
+                let opts = EngineOptions { max_batch: 1, max_len: 1, prefill_chunk };
+                let mut engine = Engine::new(m.model, opts)?;
+                let pb = bar(cases.len() as u64, &label);
+                for &(b, c) in &cases {
+                    pb.set_message(format!("{label} batch {b} context {c}"));
+                    rows.push(bench::run_case(&mut engine, &label, b, c, new_tokens, bandwidth));
+                    pb.inc(1);
+                }
+                pb.finish_and_clear();
+            }
+            let base_order: Vec<String> = model
+                .iter()
+                .map(|p| p.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string()))
+                .collect();
+            rows.sort_by_key(|r| (r.context, r.batch, base_order.iter().position(|m| *m == r.model)));
+            if let Some(j) = json {
+                std::fs::write(&j, serde_json::to_string_pretty(&rows)?)
+                    .with_context(|| format!("writing {}", j.display()))?;
+            }
+            println!("{}", bench::table(&card, &rows));
         }
         Command::Analyze { model, data, rows, max_len, reuse_layers, min_layer, max_group, out, dev } => {
             let (device, kind) = setup(&dev)?;

@@ -38,7 +38,7 @@ pub fn attention_similarity(
         let mut maps = Vec::with_capacity(n);
         for (l, layer) in model.layers.iter().enumerate() {
             let x = layer.attn_norm.forward(&h);
-            let (a, st) = layer.attention_branch(&x, &pc.layer(model, l), None, None, (true, false));
+            let (a, st) = layer.attention_branch(&x, &pc.layer(model, l), None, (true, false));
             let p = st
                 .and_then(|s| s.probs)
                 .expect("dense layers return their map when asked")

@@ -2,19 +2,21 @@
 //! (arXiv 2502.00439), with the model loading, inference and evaluation around it.
 //!
 //! The modules follow the data's path: [`config`] and [`plan`], [`weights`] (GGUF,
-//! safetensors), [`tokenizer`], [`model`], [`generate`], [`eval`].
+//! safetensors), [`tokenizer`], [`model`], [`calibrate`], [`train`], [`engine`] (KV cache, sampling,
+//! batching), [`eval`].
 pub mod analyze;
 pub mod calibrate;
 pub mod config;
 pub mod convert;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod eval;
-pub mod generate;
 pub mod loader;
 pub mod model;
 pub mod plan;
 pub mod plot;
+pub mod rng;
 pub mod runtime;
 pub mod savings;
 pub mod tokenizer;

@@ -197,6 +197,20 @@ impl Tokenizer {
             .map_err(|e| Error::invalid(format!("chat template: {e}")))
     }
 
+    /// The text a model sees for one user turn: the chat template with a generation prompt
+    /// when the model has one and `raw` is off, else the text itself.
+    pub fn render_prompt(&self, system: Option<&str>, user: &str, raw: bool) -> Result<String> {
+        if raw || self.chat_template.is_none() {
+            return Ok(user.to_string());
+        }
+        let mut msgs = Vec::new();
+        if let Some(s) = system {
+            msgs.push(ChatMessage { role: "system".into(), content: s.into() });
+        }
+        msgs.push(ChatMessage { role: "user".into(), content: user.into() });
+        self.apply_chat_template(&msgs, true)
+    }
+
     /// Writes `tokenizer.json` and `tokenizer_config.json` into a model folder.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let tok = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i));

@@ -20,7 +20,7 @@ pub fn token_logprobs(model: &Transformer, ids: &[u32]) -> Vec<f64> {
     let _guard = tch::no_grad_guard();
     let input: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let t = Tensor::from_slice(&input).to_device(model.device).unsqueeze(0);
-    let logits = model.forward(&t, None).squeeze_dim(0);
+    let logits = model.forward(&t).squeeze_dim(0);
     let n = ids.len() as i64;
     let lp = logits.narrow(0, 0, n - 1).log_softmax(-1, Kind::Float);
     let target = t.squeeze_dim(0).narrow(0, 1, n - 1).unsqueeze(-1);

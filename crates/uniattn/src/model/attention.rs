@@ -1,7 +1,6 @@
 //! Attention in its two UniAttn roles. [`FullAttention`] is the ordinary computation (also used
 //! by SuperBlock leads, which additionally return their softmax map). [`ReuseAttention`] holds no
 //! Q/K weights: it takes its lead's probabilities and adds the linear compensation `X W_c`.
-use super::kv_cache::LayerCache;
 use super::nn::{accumulate_kind, Linear, RmsNorm};
 use super::rope::RopeAngles;
 use tch::Tensor;
@@ -20,25 +19,25 @@ impl Heads {
     }
 
     /// `[b, q, n*d]` -> `[b, n, q, d]`
-    fn split(&self, x: &Tensor, n: i64) -> Tensor {
+    pub fn split(&self, x: &Tensor, n: i64) -> Tensor {
         let s = x.size();
         x.view([s[0], s[1], n, self.head_dim]).transpose(1, 2)
     }
 
     /// `[b, n, q, d]` -> `[b, q, n*d]`
-    fn merge(&self, x: &Tensor) -> Tensor {
+    pub fn merge(&self, x: &Tensor) -> Tensor {
         let s = x.size();
         x.transpose(1, 2).reshape([s[0], s[2], s[1] * s[3]])
     }
 
-    /// `[b, kv, k, d]` -> `[b, kv*groups, k, d]`, query head h reading KV head h / groups.
-    fn repeat_kv(&self, x: &Tensor) -> Tensor {
-        let g = self.groups();
-        if g == 1 {
-            return x.shallow_clone();
-        }
-        let s = x.size();
-        x.unsqueeze(2).expand([s[0], s[1], g, s[2], s[3]], false).reshape([s[0], s[1] * g, s[2], s[3]])
+    /// `Q K^T` without materialising repeated K: `Q [b, H, q, d]` viewed as `[b, Hkv, g*q, d]`
+    /// (query head h reads KV head h / groups). Returns `[b, H, q, k]`.
+    pub fn scores(&self, q: &Tensor, k: &Tensor) -> Tensor {
+        let s = q.size();
+        let (b, n) = (s[0], s[2]);
+        q.reshape([b, self.num_kv_heads, self.groups() * n, self.head_dim])
+            .matmul(&k.transpose(-2, -1))
+            .view([b, self.num_heads, n, -1])
     }
 
     /// `P V` without materialising repeated V: `P [b, H, q, k]` viewed as `[b, Hkv, g*q, k]`.
@@ -71,7 +70,7 @@ pub struct FullAttention {
 pub struct LeadState {
     /// Post-softmax map `[b, H, q, k]` (UniAttn, softmax-only).
     pub probs: Option<Tensor>,
-    /// Keys after RoPE and values, `[b, Hkv, k, d]`, cache included (CLA).
+    /// Keys after RoPE and values, `[b, Hkv, k, d]` (CLA).
     pub kv: Option<(Tensor, Tensor)>,
 }
 
@@ -84,31 +83,17 @@ impl FullAttention {
         x: &Tensor,
         rope: &RopeAngles,
         mask: &Tensor,
-        cache: Option<&mut LayerCache>,
         want_probs: bool,
         want_kv: bool,
     ) -> (Tensor, LeadState) {
         let h = &self.heads;
-        let (q, mut k) = self.queries_keys(x, rope);
-        let mut v = h.split(&self.v_proj.forward(x), h.num_kv_heads);
-        if let Some(c) = cache {
-            (k, v) = c.append_kv(&k, &v);
-        }
+        let (q, k) = self.queries_keys(x, rope);
+        let v = h.split(&self.v_proj.forward(x), h.num_kv_heads);
         let (out, probs) = if want_probs || self.softcap.is_some() {
             let p = attention_probs(h, &q, &k, mask, self.scale, self.softcap);
             (h.apply_probs(&p, &v), want_probs.then_some(p))
         } else {
-            let out = Tensor::scaled_dot_product_attention(
-                &q,
-                &h.repeat_kv(&k),
-                &h.repeat_kv(&v),
-                Some(mask),
-                0.0,
-                false,
-                self.scale,
-                false,
-            );
-            (out, None)
+            (fused_attention(&q, &k, &v, Some(mask), false, self.scale), None)
         };
         let kv = want_kv.then(|| (k.shallow_clone(), v.shallow_clone()));
         (self.o_proj.forward(&h.merge(&out)), LeadState { probs, kv })
@@ -121,7 +106,7 @@ impl FullAttention {
     }
 
     /// Q and K after the per-head norms (Gemma 3) and RoPE.
-    fn queries_keys(&self, x: &Tensor, rope: &RopeAngles) -> (Tensor, Tensor) {
+    pub fn queries_keys(&self, x: &Tensor, rope: &RopeAngles) -> (Tensor, Tensor) {
         let h = &self.heads;
         let mut q = h.split(&self.q_proj.forward(x), h.num_heads);
         let mut k = h.split(&self.k_proj.forward(x), h.num_kv_heads);
@@ -133,9 +118,22 @@ impl FullAttention {
     }
 }
 
+/// libtorch's fused scaled-dot-product attention (flash / memory-efficient kernels on the GPU),
+/// with grouped KV heads read in place.
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, scale, true)
+}
+
 /// softmax(Q K^T * scale [softcapped] + mask), in f32 then cast back, as transformers' eager
-/// path. Shared by full attention, SuperBlock leads and CLA layers.
-fn attention_probs(
+/// path. Shared by full attention, SuperBlock leads and CLA layers, in training and inference.
+pub fn attention_probs(
     h: &Heads,
     q: &Tensor,
     k: &Tensor,
@@ -143,7 +141,7 @@ fn attention_probs(
     scale: f64,
     softcap: Option<f64>,
 ) -> Tensor {
-    let mut scores = q.matmul(&h.repeat_kv(k).transpose(-2, -1)) * scale;
+    let mut scores = h.scores(q, k) * scale;
     if let Some(cap) = softcap {
         scores = (scores / cap).tanh() * cap;
     }
@@ -199,18 +197,14 @@ pub fn reused_output(
     heads: &Heads,
     x: &Tensor,
     lead_probs: &Tensor,
-    cache: Option<&mut LayerCache>,
 ) -> Tensor {
-    let mut v = heads.split(&v_proj.forward(x), heads.num_kv_heads);
-    if let Some(c) = cache {
-        v = c.append_v(&v);
-    }
+    let v = heads.split(&v_proj.forward(x), heads.num_kv_heads);
     o_proj.forward(&heads.merge(&heads.apply_probs(lead_probs, &v)))
 }
 
 impl ReuseAttention {
-    pub fn forward(&self, x: &Tensor, lead_probs: &Tensor, cache: Option<&mut LayerCache>) -> Tensor {
-        let out = reused_output(&self.v_proj, &self.o_proj, &self.heads, x, lead_probs, cache);
+    pub fn forward(&self, x: &Tensor, lead_probs: &Tensor) -> Tensor {
+        let out = reused_output(&self.v_proj, &self.o_proj, &self.heads, x, lead_probs);
         match &self.w_c {
             Some(w) => out + w.forward(x),
             None => out,

@@ -1,10 +1,9 @@
-//! The transformer: building blocks, RoPE, the two attention variants, the KV cache.
+//! The transformer as the training graph sees it: building blocks, RoPE, the lead/reuse
+//! attention variants. Incremental decoding with a KV cache is [`crate::engine`]'s.
 pub mod attention;
-pub mod kv_cache;
 pub mod nn;
 pub mod rope;
 pub mod transformer;
 
 pub use attention::{Attention, FullAttention, ReuseAttention};
-pub use kv_cache::KvCache;
 pub use transformer::Transformer;

@@ -2,7 +2,6 @@
 //! differences come from [`ModelConfig`] flags; the lead/reuse split comes from the
 //! [`SuperBlockPlan`].
 use super::attention::{Attention, ClaAttention, FullAttention, Heads, LeadState, ReuseAttention};
-use super::kv_cache::KvCache;
 use super::nn::{accumulate_kind, Linear, RmsNorm};
 use super::rope::RopeAngles;
 use crate::config::ModelConfig;
@@ -101,18 +100,17 @@ impl DecoderLayer {
         x_normed: &Tensor,
         ctx: &LayerContext,
         lead: Option<&LeadState>,
-        cache: Option<&mut super::kv_cache::LayerCache>,
         want: (bool, bool),
     ) -> (Tensor, Option<LeadState>) {
         let lead_state = || lead.expect("the plan runs a lead before its reuse layers");
         let (a, state) = match &self.attn {
             Attention::Full(f) => {
-                let (a, st) = f.forward(x_normed, ctx.rope, ctx.mask, cache, want.0, want.1);
+                let (a, st) = f.forward(x_normed, ctx.rope, ctx.mask, want.0, want.1);
                 (a, Some(st))
             }
             Attention::Reuse(r) => {
                 let p = lead_state().probs.as_ref().expect("UniAttn leads hand over their probabilities");
-                (r.forward(x_normed, p, cache), None)
+                (r.forward(x_normed, p), None)
             }
             Attention::Cla(c) => {
                 let kv = lead_state().kv.as_ref().expect("CLA leads hand over their keys and values");
@@ -394,34 +392,20 @@ impl Transformer {
     /// The stack over packed documents (see [`PositionContext::packed`]); f32 logits.
     pub fn forward_packed(&self, ids: &Tensor, positions: &Tensor, docs: &Tensor) -> Tensor {
         let pc = PositionContext::packed(self, positions, docs);
-        self.head(&self.run_layers(self.embed(ids), 0..self.layers.len(), &pc, None))
+        self.head(&self.run_layers(self.embed(ids), 0..self.layers.len(), &pc))
     }
 
-    /// Runs the whole stack on `ids` (`[b, q]`) following `cache` (positions continue from
-    /// `cache.len`). Returns f32 logits `[b, q, vocab]`.
-    pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Tensor {
-        let (b, q) = (ids.size()[0], ids.size()[1]);
-        let start = cache.as_ref().map_or(0, |c| c.len);
-        let positions = Tensor::arange_start(start, start + q, (Kind::Int64, self.device))
-            .unsqueeze(0)
-            .expand([b, q], false);
-        let pc = PositionContext::new(self, &positions, start + q);
-        let h = self.run_layers(self.embed(ids), 0..self.layers.len(), &pc, cache.as_deref_mut());
-        if let Some(c) = cache {
-            c.len += q;
-        }
-        self.head(&h)
+    /// The training graph's full-sequence forward of `ids` (`[b, t]`) from position 0: f32
+    /// logits `[b, t, vocab]` (f64 for f64 models). Incremental decoding lives in
+    /// [`crate::engine`], which is tested against this.
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        let pc = PositionContext::full(self, ids.size()[1]);
+        self.head(&self.run_layers(self.embed(ids), 0..self.layers.len(), &pc))
     }
 
     /// Runs layers `range` on the residual stream `h`. A range must not start inside a
     /// SuperBlock (its reuse layers need the lead's state), see [`Self::recompute_units`].
-    pub fn run_layers(
-        &self,
-        mut h: Tensor,
-        range: std::ops::Range<usize>,
-        pc: &PositionContext,
-        mut cache: Option<&mut KvCache>,
-    ) -> Tensor {
+    pub fn run_layers(&self, mut h: Tensor, range: std::ops::Range<usize>, pc: &PositionContext) -> Tensor {
         let mut lead: Option<LeadState> = None;
         let want = (
             matches!(self.plan.reuse, ReuseKind::Uniattn | ReuseKind::SoftmaxOnly),
@@ -431,15 +415,9 @@ impl Transformer {
             let layer = &self.layers[l];
             let ctx = pc.layer(self, l);
             let is_lead = self.plan.role(l) == LayerRole::Lead;
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let x = layer.attn_norm.forward(&h);
-            let (a, st) = layer.attention_branch(
-                &x,
-                &ctx,
-                lead.as_ref(),
-                layer_cache,
-                if is_lead { want } else { (false, false) },
-            );
+            let (a, st) =
+                layer.attention_branch(&x, &ctx, lead.as_ref(), if is_lead { want } else { (false, false) });
             if is_lead {
                 lead = st;
             }
@@ -567,7 +545,7 @@ pub(crate) mod tests {
     pub fn tiny_model(cfg: &ModelConfig, plan: SuperBlockPlan, kind: Kind, seed: i64) -> Transformer {
         // A private generator: tests run in parallel threads and libtorch's global RNG is shared,
         // so two models built from one seed must not depend on what other tests draw.
-        let mut rng = crate::train::dataset::SplitMix64(seed as u64);
+        let mut rng = crate::rng::SplitMix64(seed as u64);
         let (h, hd, hkv, hid, inter) =
             (cfg.num_heads, cfg.head_dim, cfg.num_kv_heads, cfg.hidden_size, cfg.intermediate_size);
         let mut shapes: Vec<(String, Vec<usize>)> = vec![
@@ -615,10 +593,7 @@ pub(crate) mod tests {
                 let normal: Vec<f64> = (0..count)
                     .map(|_| {
                         // Box-Muller from two uniforms in (0, 1].
-                        let u = |r: &mut crate::train::dataset::SplitMix64| {
-                            (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-                        };
-                        let (a, b) = (1.0 - u(&mut rng), u(&mut rng));
+                        let (a, b) = (1.0 - rng.next_f64(), rng.next_f64());
                         (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
                     })
                     .collect();
@@ -642,9 +617,9 @@ pub(crate) mod tests {
         for fam in [Family::Llama, Family::Qwen2, Family::Gemma3, Family::Gemma2] {
             let cfg = tiny_config(fam);
             let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, 1);
-            let a = dense.forward(&ids(), None);
+            let a = dense.forward(&ids());
             let same = dense.apply_plan(SuperBlockPlan::dense(4), BTreeMap::new()).unwrap();
-            assert!(a.equal(&same.forward(&ids(), None)), "{fam:?}");
+            assert!(a.equal(&same.forward(&ids())), "{fam:?}");
         }
     }
 
@@ -673,10 +648,10 @@ pub(crate) mod tests {
             }
             let _ = a0.o_proj.weight.zero_();
             let _ = l0.mlp.down_proj.weight.zero_();
-            let want = dense.forward(&ids(), None);
+            let want = dense.forward(&ids());
             let plan = SuperBlockPlan::from_blocks(vec![(0, 2)], 4).unwrap();
             let uni = dense.apply_plan(plan, BTreeMap::new()).unwrap();
-            let got = uni.forward(&ids(), None);
+            let got = uni.forward(&ids());
             let diff = (&got - &want).abs().max().double_value(&[]);
             assert!(diff < 1e-10, "{fam:?}: {diff}");
         }
@@ -727,59 +702,13 @@ pub(crate) mod tests {
                 assert_eq!(has(2, t), present, "{kind:?} layer 2 {t}");
                 assert!(has(1, t) || t == "v2_proj", "{kind:?}: the lead keeps {t}");
             }
-            let out = m.forward(&ids(), None);
+            let out = m.forward(&ids());
             assert!(out.isfinite().all().int64_value(&[]) == 1);
             // Rebuild from the tensors under the same plan.
             let w = WeightMap { source: "tiny".into(), tensors: m.named_tensors().into_iter().collect() };
             let again =
                 Transformer::from_weights(w, cfg.clone(), plan, Kind::Double, Device::Cpu, false).unwrap();
-            assert!(again.forward(&ids(), None).equal(&out), "{kind:?}");
-        }
-    }
-
-    /// Prefill + one-token decode steps through the cache give the full-sequence logits at
-    /// every position, for the dense model and every reuse kind; reuse layers cache V only.
-    #[test]
-    fn cached_decoding_matches_full_forward() {
-        for fam in [Family::Llama, Family::Gemma3] {
-            let cfg = tiny_config(fam);
-            for kind in [
-                None,
-                Some(ReuseKind::Uniattn),
-                Some(ReuseKind::SoftmaxOnly),
-                Some(ReuseKind::Cla),
-                Some(ReuseKind::Layerdrop),
-            ] {
-                let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, 5);
-                let m = match kind {
-                    None => dense,
-                    Some(k) => {
-                        let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(k);
-                        let wc = (1..4)
-                            .map(|l| (l, Tensor::randn([16, 16], (Kind::Double, Device::Cpu)) * 0.1))
-                            .collect();
-                        dense.apply_plan(plan, wc).unwrap()
-                    }
-                };
-                let all = ids();
-                let full = m.forward(&all, None);
-                let mut cache = KvCache::new(4);
-                let mut got = vec![m.forward(&all.narrow(1, 0, 6), Some(&mut cache))];
-                for t in 6..15 {
-                    got.push(m.forward(&all.narrow(1, t, 1), Some(&mut cache)));
-                }
-                let got = Tensor::cat(&got, 1);
-                let diff = (&got - &full).abs().max().double_value(&[]);
-                assert!(diff < 1e-10, "{fam:?} {kind:?}: {diff}");
-                let per_layer: Vec<usize> = cache.layers.iter().map(|c| c.bytes()).collect();
-                let kv = 2 * 2 * 4 * 15 * 8; // K and V, 2 KV heads x 4 dims x 15 positions, f64
-                let want_reuse = match kind {
-                    None => kv,
-                    Some(ReuseKind::Uniattn | ReuseKind::SoftmaxOnly) => kv / 2,
-                    Some(_) => 0,
-                };
-                assert_eq!(per_layer, vec![kv, kv, want_reuse, want_reuse], "{fam:?} {kind:?}");
-            }
+            assert!(again.forward(&ids()).equal(&out), "{kind:?}");
         }
     }
 
@@ -790,9 +719,8 @@ pub(crate) mod tests {
         let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap();
         let model = tiny_model(&cfg, plan, Kind::Double, 3);
         let probe = Tensor::randn([1, 15, 32], (Kind::Double, Device::Cpu));
-        let loss = |m: &Transformer| {
-            (m.forward(&ids(), None).log_softmax(-1, Kind::Double) * &probe).sum(Kind::Double)
-        };
+        let loss =
+            |m: &Transformer| (m.forward(&ids()).log_softmax(-1, Kind::Double) * &probe).sum(Kind::Double);
         let params: Vec<(&str, Tensor)> = {
             let Attention::Full(lead) = &model.layers[1].attn else { unreachable!() };
             let Attention::Reuse(r2) = &model.layers[2].attn else { unreachable!() };

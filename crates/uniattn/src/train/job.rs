@@ -2,7 +2,7 @@
 //! architecture, read and split the data, train, and write the final model with its metrics
 //! and loss curve.
 use super::checkpoint::{self, Resume};
-use super::dataset::{self, SplitMix64, TokenizedExample};
+use super::dataset::{self, TokenizedExample};
 use super::{StageKind, StepMetrics, TrainConfig, Trainer};
 use crate::calibrate::{calibrate, CalibOptions, FitMethod};
 use crate::convert::{calibration_sequences, CalibData, PlanSpec};
@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::loader::{self, read_parts};
 use crate::model::Transformer;
 use crate::plan::ReuseKind;
+use crate::rng::SplitMix64;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 

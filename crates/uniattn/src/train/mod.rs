@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::model::nn::accumulate_kind;
 use crate::model::transformer::PositionContext;
 use crate::model::Transformer;
-use dataset::{SplitMix64, TokenizedExample};
+use crate::rng::SplitMix64;
+use dataset::TokenizedExample;
 use optim::{cosine_lr, AdamW, AdamWConfig};
 use std::io::Write;
 use std::path::PathBuf;
@@ -150,7 +151,7 @@ fn checkpointed_backward(model: &Transformer, batch: &Batch, scale: f64, autocas
     let mut h = tch::no_grad(|| ac(&|| model.embed(ids)));
     for u in &units {
         inputs.push(h.shallow_clone());
-        h = tch::no_grad(|| ac(&|| model.run_layers(h.shallow_clone(), u.clone(), &pc, None)));
+        h = tch::no_grad(|| ac(&|| model.run_layers(h.shallow_clone(), u.clone(), &pc)));
     }
     let last = h.detach().set_requires_grad(true);
     let loss = cross_entropy_sum(&ac(&|| model.head(&last)), targets) * scale;
@@ -158,7 +159,7 @@ fn checkpointed_backward(model: &Transformer, batch: &Batch, scale: f64, autocas
     let mut grad = last.grad();
     for (u, x) in units.iter().zip(&inputs).rev() {
         let x = x.detach().set_requires_grad(true);
-        let out = ac(&|| model.run_layers(x.shallow_clone(), u.clone(), &pc, None));
+        let out = ac(&|| model.run_layers(x.shallow_clone(), u.clone(), &pc));
         (out * &grad).sum(accumulate_kind(grad.kind())).backward();
         grad = x.grad();
     }

@@ -1,0 +1,186 @@
+//! `uniattn bench`: time-to-first-token, prefill and decode throughput of the engine for a
+//! grid of batch sizes and contexts, with the KV-cache size, the memory bandwidth a decode step
+//! achieves and the analytic bound (bytes read per step over the card's bandwidth).
+use super::Engine;
+use crate::rng::SplitMix64;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRow {
+    pub model: String,
+    pub plan: String,
+    pub batch: usize,
+    pub context: usize,
+    pub new_tokens: usize,
+    /// Prefill of the first sequence and its first token, milliseconds.
+    pub ttft_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    /// Cache bytes allocated for the whole batch at full length.
+    pub kv_bytes: usize,
+    pub kv_bytes_per_token: usize,
+    /// Weights plus live cache read by one decode step (mean over the timed steps).
+    pub bytes_per_step: f64,
+    pub achieved_gb_per_s: f64,
+    /// Decode tokens/s if every step only had to read `bytes_per_step` at the card's bandwidth.
+    pub bound_tokens_per_s: Option<f64>,
+    /// Set when the case could not run (for example out of memory).
+    pub error: Option<String>,
+}
+
+/// Peak memory bandwidth of known cards, bytes/s (vendor figures).
+pub fn card_bandwidth(name: &str) -> Option<f64> {
+    let n = name.to_ascii_uppercase();
+    let tb = if n.contains("H200") {
+        4.8
+    } else if n.contains("H100") && n.contains("PCIE") {
+        2.0
+    } else if n.contains("H100") {
+        3.35
+    } else if n.contains("A100") {
+        2.039
+    } else if n.contains("L40S") {
+        0.864
+    } else {
+        return None;
+    };
+    Some(tb * 1e12)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Random token ids, different for each sequence, reproducible.
+fn prompt(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
+    let mut r = SplitMix64(seed);
+    (0..len).map(|_| (r.next_u64() % vocab as u64) as u32).collect()
+}
+
+fn greedy(logits: &Tensor) -> Vec<u32> {
+    Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))
+        .expect("int64 argmax")
+        .into_iter()
+        .map(|t| t as u32)
+        .collect()
+}
+
+/// Runs one (batch, context) case: prefill `batch` random prompts of `context` tokens, then
+/// `new_tokens` greedy decode steps for the whole batch.
+pub fn run_case(
+    engine: &mut Engine,
+    label: &str,
+    batch: usize,
+    context: usize,
+    new_tokens: usize,
+    bandwidth: Option<f64>,
+) -> BenchRow {
+    let plan = engine.model.plan.describe();
+    let mut row = BenchRow {
+        model: label.to_string(),
+        plan,
+        batch,
+        context,
+        new_tokens,
+        ttft_ms: 0.0,
+        prefill_tokens_per_s: 0.0,
+        decode_tokens_per_s: 0.0,
+        kv_bytes: 0,
+        kv_bytes_per_token: 0,
+        bytes_per_step: 0.0,
+        achieved_gb_per_s: 0.0,
+        bound_tokens_per_s: None,
+        error: None,
+    };
+    if let Err(e) = measure(engine, &mut row, bandwidth) {
+        row.error = Some(e.to_string());
+    }
+    // Give the memory back before the next case.
+    let _ = engine.resize_cache(1, 1);
+    row
+}
+
+fn measure(engine: &mut Engine, row: &mut BenchRow, bandwidth: Option<f64>) -> crate::Result<()> {
+    let (batch, context, new_tokens) = (row.batch, row.context, row.new_tokens);
+    let device = engine.model.device;
+    let vocab = engine.model.cfg.vocab_size;
+    engine.resize_cache(batch, context + new_tokens + 1)?;
+    row.kv_bytes = engine.cache.bytes();
+    row.kv_bytes_per_token = engine.cache.bytes_per_token();
+    // Warm-up: kernels, allocator and (on the GPU) library handles.
+    let warm = prompt(0, context.min(256), vocab);
+    let _ = engine.prefill(0, &warm, false)?;
+    for _ in 0..3 {
+        greedy(&engine.decode(&[1])?);
+    }
+    engine.reset(0);
+    sync(device);
+
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|i| prompt(i as u64 + 1, context, vocab)).collect();
+    let t0 = Instant::now();
+    let mut next = Vec::with_capacity(batch);
+    for (slot, p) in prompts.iter().enumerate() {
+        let logits = engine.prefill(slot, p, false)?;
+        next.push(greedy(&logits.unsqueeze(0))[0]);
+        if slot == 0 {
+            row.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+        }
+    }
+    sync(device);
+    row.prefill_tokens_per_s = (batch * context) as f64 / t0.elapsed().as_secs_f64();
+
+    let weights = engine.weight_bytes_per_step() as f64;
+    let mut read = 0.0;
+    let t1 = Instant::now();
+    for _ in 0..new_tokens {
+        read += weights + engine.cache.bytes_in_use(batch) as f64 + (batch * row.kv_bytes_per_token) as f64;
+        next = greedy(&engine.decode(&next)?);
+    }
+    let secs = t1.elapsed().as_secs_f64();
+    row.decode_tokens_per_s = (batch * new_tokens) as f64 / secs;
+    row.bytes_per_step = read / new_tokens.max(1) as f64;
+    row.achieved_gb_per_s = read / secs / 1e9;
+    row.bound_tokens_per_s = bandwidth.map(|bw| batch as f64 * bw / row.bytes_per_step);
+    Ok(())
+}
+
+/// The rows as a Markdown table. Rows of the same batch and context are compared with the
+/// first model's: decode speed-up, and the saving of bytes read per step that bounds it.
+pub fn table(card: &str, rows: &[BenchRow]) -> String {
+    let mut out = format!(
+        "card: {card}\n\n| model | plan | batch | context | TTFT ms | prefill tok/s | decode tok/s | \
+         KV MiB | GB/s achieved | bound tok/s | decode vs first | bytes saved/step |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        if let Some(e) = &r.error {
+            out += &format!("| {} | {} | {} | {} | {e} |||||||\n", r.model, r.plan, r.batch, r.context);
+            continue;
+        }
+        let base = rows.iter().find(|b| b.batch == r.batch && b.context == r.context && b.error.is_none());
+        let (ratio, saved) = match base {
+            Some(b) if !std::ptr::eq(b, r) => (
+                format!("{:.2}x", r.decode_tokens_per_s / b.decode_tokens_per_s),
+                format!("{:.1}%", 100.0 * (1.0 - r.bytes_per_step / b.bytes_per_step)),
+            ),
+            _ => ("-".into(), "-".into()),
+        };
+        out += &format!(
+            "| {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {ratio} | {saved} |\n",
+            r.model,
+            r.plan,
+            r.batch,
+            r.context,
+            r.ttft_ms,
+            r.prefill_tokens_per_s,
+            r.decode_tokens_per_s,
+            r.kv_bytes as f64 / (1u64 << 20) as f64,
+            r.achieved_gb_per_s,
+            r.bound_tokens_per_s.map_or("-".into(), |b| format!("{b:.0}")),
+        );
+    }
+    out
+}

@@ -1,0 +1,173 @@
+//! The KV cache of the inference engine: allocated once for `slots` sequences of up to
+//! `max_len` tokens. Ordinary and lead layers keep K and V; UniAttn and softmax-only reuse
+//! layers keep V only; CLA and dropped layers keep nothing. That is where UniAttn's memory
+//! saving comes from, and [`KvCache::bytes`] counts it exactly.
+use crate::error::{Error, Result};
+use tch::{Device, Kind, Tensor};
+
+/// What one layer caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKind {
+    KeysValues,
+    ValuesOnly,
+    Nothing,
+}
+
+#[derive(Debug)]
+enum LayerCache {
+    KeysValues { k: Tensor, v: Tensor },
+    ValuesOnly { v: Tensor },
+    Nothing,
+}
+
+/// Per-layer tensors `[slots, kv_heads, max_len, head_dim]` and each slot's length.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    lens: Vec<i64>,
+    max_len: i64,
+    bytes_per_token: usize,
+}
+
+impl KvCache {
+    /// Allocates the whole cache up front, so an oversized request fails here with a clear
+    /// error rather than mid-generation.
+    pub fn new(
+        kinds: &[CacheKind],
+        slots: usize,
+        max_len: usize,
+        kv_heads: i64,
+        head_dim: i64,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
+        let shape = [slots as i64, kv_heads, max_len as i64, head_dim];
+        let per_tensor = (kv_heads * head_dim) as usize * kind.elt_size_in_bytes();
+        let bytes_per_token = kinds
+            .iter()
+            .map(|k| match k {
+                CacheKind::KeysValues => 2 * per_tensor,
+                CacheKind::ValuesOnly => per_tensor,
+                CacheKind::Nothing => 0,
+            })
+            .sum();
+        let alloc = || {
+            Tensor::f_zeros(shape, (kind, device)).map_err(|e| {
+                Error::invalid(format!(
+                    "cannot allocate the KV cache for {slots} sequences x {max_len} tokens ({:.2} GiB): {e}",
+                    (bytes_per_token * slots * max_len) as f64 / (1u64 << 30) as f64
+                ))
+            })
+        };
+        let layers = kinds
+            .iter()
+            .map(|k| {
+                Ok(match k {
+                    CacheKind::KeysValues => LayerCache::KeysValues { k: alloc()?, v: alloc()? },
+                    CacheKind::ValuesOnly => LayerCache::ValuesOnly { v: alloc()? },
+                    CacheKind::Nothing => LayerCache::Nothing,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { layers, lens: vec![0; slots], max_len: max_len as i64, bytes_per_token })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len as usize
+    }
+
+    /// Tokens cached for `slot`.
+    pub fn len(&self, slot: usize) -> i64 {
+        self.lens[slot]
+    }
+
+    pub fn set_len(&mut self, slot: usize, len: i64) {
+        self.lens[slot] = len;
+    }
+
+    /// Bytes allocated on the device (all slots, full length).
+    pub fn bytes(&self) -> usize {
+        let b = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::KeysValues { k, v } => b(k) + b(v),
+                LayerCache::ValuesOnly { v } => b(v),
+                LayerCache::Nothing => 0,
+            })
+            .sum()
+    }
+
+    /// Bytes one cached token occupies over all layers.
+    pub fn bytes_per_token(&self) -> usize {
+        self.bytes_per_token
+    }
+
+    /// Bytes holding live tokens of the first `n` slots (what a decode step reads).
+    pub fn bytes_in_use(&self, n: usize) -> usize {
+        self.lens[..n].iter().map(|&l| l as usize).sum::<usize>() * self.bytes_per_token
+    }
+
+    /// Writes K (when the layer keeps keys) and V for rows `slot0..slot0 + n` at `positions`
+    /// (`[n, q]`); `k`, `v` are `[n, kv_heads, q, head_dim]`.
+    pub fn write(&mut self, layer: usize, slot0: usize, positions: &Tensor, k: Option<&Tensor>, v: &Tensor) {
+        let s = v.size();
+        let index = positions.view([s[0], 1, s[2], 1]).expand([s[0], s[1], s[2], s[3]], false);
+        match &mut self.layers[layer] {
+            LayerCache::KeysValues { k: kc, v: vc } => {
+                let k = k.expect("a K/V layer writes keys");
+                let _ = kc.narrow(0, slot0 as i64, s[0]).scatter_(2, &index, k);
+                let _ = vc.narrow(0, slot0 as i64, s[0]).scatter_(2, &index, v);
+            }
+            LayerCache::ValuesOnly { v: vc } => {
+                let _ = vc.narrow(0, slot0 as i64, s[0]).scatter_(2, &index, v);
+            }
+            LayerCache::Nothing => {}
+        }
+    }
+
+    /// Cached keys of rows `slot0..slot0 + n`, positions `0..k_len` (a view, no copy).
+    pub fn keys(&self, layer: usize, slot0: usize, n: i64, k_len: i64) -> Tensor {
+        match &self.layers[layer] {
+            LayerCache::KeysValues { k, .. } => k.narrow(0, slot0 as i64, n).narrow(2, 0, k_len),
+            _ => panic!("layer {layer} caches no keys"),
+        }
+    }
+
+    /// Cached values of rows `slot0..slot0 + n`, positions `0..k_len` (a view, no copy).
+    pub fn values(&self, layer: usize, slot0: usize, n: i64, k_len: i64) -> Tensor {
+        match &self.layers[layer] {
+            LayerCache::KeysValues { v, .. } | LayerCache::ValuesOnly { v } => {
+                v.narrow(0, slot0 as i64, n).narrow(2, 0, k_len)
+            }
+            LayerCache::Nothing => panic!("layer {layer} caches no values"),
+        }
+    }
+
+    /// Moves slot `from` into slot `to` (keeping the live slots contiguous from 0).
+    pub fn move_slot(&mut self, from: usize, to: usize) {
+        let len = self.lens[from];
+        if from != to && len > 0 {
+            let mv = |t: &mut Tensor| {
+                let src = t.narrow(0, from as i64, 1).narrow(2, 0, len).copy();
+                t.narrow(0, to as i64, 1).narrow(2, 0, len).copy_(&src);
+            };
+            for l in &mut self.layers {
+                match l {
+                    LayerCache::KeysValues { k, v } => {
+                        mv(k);
+                        mv(v);
+                    }
+                    LayerCache::ValuesOnly { v } => mv(v),
+                    LayerCache::Nothing => {}
+                }
+            }
+        }
+        self.lens[to] = len;
+        self.lens[from] = 0;
+    }
+}

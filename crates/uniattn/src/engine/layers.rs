@@ -1,0 +1,266 @@
+//! The decoder layers as the engine runs them. Built by taking the training graph's layers
+//! apart: projections that read the same input become one GEMM (Q|K|V in full layers, V|W_c
+//! in reuse layers, gate|up in the MLP), so a decode step launches fewer, larger kernels.
+//! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
+use super::kv_cache::{CacheKind, KvCache};
+use crate::model::attention::{attention_probs, fused_attention, Attention, Heads};
+use crate::model::nn::{Linear, RmsNorm};
+use crate::model::rope::RopeAngles;
+use crate::model::transformer::{DecoderLayer, Mlp};
+use tch::Tensor;
+
+/// Concatenates projections along their outputs; a missing bias becomes zeros.
+fn fuse(parts: &[&Linear]) -> Linear {
+    let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
+    let bias = parts.iter().any(|l| l.bias.is_some()).then(|| {
+        let b: Vec<Tensor> = parts
+            .iter()
+            .map(|l| match &l.bias {
+                Some(b) => b.shallow_clone(),
+                None => l.weight.new_zeros([l.out_features()], (l.weight.kind(), l.weight.device())),
+            })
+            .collect();
+        Tensor::cat(&b, 0)
+    });
+    Linear::new(weight, bias)
+}
+
+pub enum InferenceAttention {
+    Full {
+        qkv: Linear,
+        o_proj: Linear,
+        q_norm: Option<RmsNorm>,
+        k_norm: Option<RmsNorm>,
+        heads: Heads,
+        scale: f64,
+        softcap: Option<f64>,
+    },
+    /// `vc` is `[W_v; W_c]`: one GEMM gives this layer's values and the compensation.
+    Reuse {
+        vc: Linear,
+        o_proj: Linear,
+        heads: Heads,
+        compensated: bool,
+    },
+    Cla {
+        q_proj: Linear,
+        o_proj: Linear,
+        q_norm: Option<RmsNorm>,
+        heads: Heads,
+        scale: f64,
+        softcap: Option<f64>,
+        lead: usize,
+    },
+    Dropped,
+}
+
+pub struct InferenceMlp {
+    gate_up: Linear,
+    down: Linear,
+    gelu_tanh: bool,
+}
+
+impl InferenceMlp {
+    fn new(m: Mlp) -> Self {
+        InferenceMlp { gate_up: fuse(&[&m.gate_proj, &m.up_proj]), down: m.down_proj, gelu_tanh: m.gelu_tanh }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let gu = self.gate_up.forward(x);
+        let half = gu.size()[2] / 2;
+        let g = gu.narrow(-1, 0, half);
+        let g = if self.gelu_tanh { g.gelu("tanh") } else { g.silu() };
+        self.down.forward(&(g * gu.narrow(-1, half, half)))
+    }
+}
+
+pub struct InferenceLayer {
+    attn_norm: RmsNorm,
+    attn_post_norm: Option<RmsNorm>,
+    pub attn: InferenceAttention,
+    mlp_norm: RmsNorm,
+    mlp_post_norm: Option<RmsNorm>,
+    mlp: InferenceMlp,
+}
+
+/// Where a forward call reads and writes: rows `slot0..slot0 + n` of the cache, queries at
+/// `positions` (`[n, q]`), keys `0..k_len`.
+pub struct Step<'a> {
+    pub slot0: usize,
+    pub positions: &'a Tensor,
+    pub k_len: i64,
+    pub rope: &'a RopeAngles,
+    /// Additive mask `[n, 1, q, k_len]`.
+    pub mask: &'a Tensor,
+    /// The mask is plain causal from position 0, so the fused kernel's own causal flag serves.
+    pub causal_from_zero: bool,
+}
+
+impl InferenceLayer {
+    /// `lead` is the layer whose cache a CLA layer reads.
+    pub fn new(layer: DecoderLayer, lead: Option<usize>) -> Self {
+        let attn = match layer.attn {
+            Attention::Full(f) => InferenceAttention::Full {
+                qkv: fuse(&[&f.q_proj, &f.k_proj, &f.v_proj]),
+                o_proj: f.o_proj,
+                q_norm: f.q_norm,
+                k_norm: f.k_norm,
+                heads: f.heads,
+                scale: f.scale,
+                softcap: f.softcap,
+            },
+            Attention::Reuse(r) => {
+                let compensated = r.w_c.is_some();
+                let vc = match &r.w_c {
+                    Some(w) => fuse(&[&r.v_proj, w]),
+                    None => r.v_proj,
+                };
+                InferenceAttention::Reuse { vc, o_proj: r.o_proj, heads: r.heads, compensated }
+            }
+            Attention::Cla(c) => InferenceAttention::Cla {
+                q_proj: c.q_proj,
+                o_proj: c.o_proj,
+                q_norm: c.q_norm,
+                heads: c.heads,
+                scale: c.scale,
+                softcap: c.softcap,
+                lead: lead.expect("a CLA layer has a lead"),
+            },
+            Attention::Dropped => InferenceAttention::Dropped,
+        };
+        InferenceLayer {
+            attn_norm: layer.attn_norm,
+            attn_post_norm: layer.attn_post_norm,
+            attn,
+            mlp_norm: layer.mlp_norm,
+            mlp_post_norm: layer.mlp_post_norm,
+            mlp: InferenceMlp::new(layer.mlp),
+        }
+    }
+
+    pub fn cache_kind(&self) -> CacheKind {
+        match self.attn {
+            InferenceAttention::Full { .. } => CacheKind::KeysValues,
+            InferenceAttention::Reuse { .. } => CacheKind::ValuesOnly,
+            InferenceAttention::Cla { .. } | InferenceAttention::Dropped => CacheKind::Nothing,
+        }
+    }
+
+    /// Bytes of the weights a forward call reads.
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        let lin = |l: &Linear| t(&l.weight) + l.bias.as_ref().map_or(0, t);
+        let norm = |n: &RmsNorm| t(&n.weight);
+        let opt = |n: &Option<RmsNorm>| n.as_ref().map_or(0, norm);
+        let attn = match &self.attn {
+            InferenceAttention::Full { qkv, o_proj, q_norm, k_norm, .. } => {
+                lin(qkv) + lin(o_proj) + opt(q_norm) + opt(k_norm)
+            }
+            InferenceAttention::Reuse { vc, o_proj, .. } => lin(vc) + lin(o_proj),
+            InferenceAttention::Cla { q_proj, o_proj, q_norm, .. } => lin(q_proj) + lin(o_proj) + opt(q_norm),
+            InferenceAttention::Dropped => 0,
+        };
+        attn + norm(&self.attn_norm)
+            + opt(&self.attn_post_norm)
+            + norm(&self.mlp_norm)
+            + opt(&self.mlp_post_norm)
+            + lin(&self.mlp.gate_up)
+            + lin(&self.mlp.down)
+    }
+
+    /// One layer on the residual stream `h` (`[n, q, hidden]`), in place. A lead leaves its
+    /// probabilities in `lead_probs` for its block; reuse layers read them.
+    pub fn forward(
+        &self,
+        l: usize,
+        h: &mut Tensor,
+        step: &Step,
+        cache: &mut KvCache,
+        is_lead: bool,
+        lead_probs: &mut Option<Tensor>,
+    ) {
+        let x = self.attn_norm.forward(h);
+        let a = self.attention(l, &x, step, cache, is_lead, lead_probs);
+        let a = match &self.attn_post_norm {
+            Some(n) => n.forward(&a),
+            None => a,
+        };
+        *h += a;
+        let m = self.mlp.forward(&self.mlp_norm.forward(h));
+        *h += match &self.mlp_post_norm {
+            Some(n) => n.forward(&m),
+            None => m,
+        };
+    }
+
+    fn attention(
+        &self,
+        l: usize,
+        x: &Tensor,
+        step: &Step,
+        cache: &mut KvCache,
+        is_lead: bool,
+        lead_probs: &mut Option<Tensor>,
+    ) -> Tensor {
+        let n = x.size()[0];
+        match &self.attn {
+            InferenceAttention::Full { qkv, o_proj, q_norm, k_norm, heads: h, scale, softcap } => {
+                let (qd, kvd) = (h.num_heads * h.head_dim, h.num_kv_heads * h.head_dim);
+                let parts = qkv.forward(x).split_with_sizes([qd, kvd, kvd], -1);
+                let mut q = h.split(&parts[0], h.num_heads);
+                let mut k = h.split(&parts[1], h.num_kv_heads);
+                if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
+                    q = qn.forward(&q);
+                    k = kn.forward(&k);
+                }
+                let (q, k) = (step.rope.apply(&q), step.rope.apply(&k));
+                cache.write(l, step.slot0, step.positions, Some(&k), &h.split(&parts[2], h.num_kv_heads));
+                let keys = cache.keys(l, step.slot0, n, step.k_len);
+                let values = cache.values(l, step.slot0, n, step.k_len);
+                let out = if is_lead || softcap.is_some() {
+                    let p = attention_probs(h, &q, &keys, step.mask, *scale, *softcap);
+                    let out = h.apply_probs(&p, &values);
+                    if is_lead {
+                        *lead_probs = Some(p);
+                    }
+                    out
+                } else if step.causal_from_zero {
+                    fused_attention(&q, &keys, &values, None, true, *scale)
+                } else {
+                    fused_attention(&q, &keys, &values, Some(step.mask), false, *scale)
+                };
+                o_proj.forward(&h.merge(&out))
+            }
+            InferenceAttention::Reuse { vc, o_proj, heads: h, compensated } => {
+                let y = vc.forward(x);
+                let kvd = h.num_kv_heads * h.head_dim;
+                cache.write(
+                    l,
+                    step.slot0,
+                    step.positions,
+                    None,
+                    &h.split(&y.narrow(-1, 0, kvd), h.num_kv_heads),
+                );
+                let values = cache.values(l, step.slot0, n, step.k_len);
+                let p = lead_probs.as_ref().expect("the plan runs a lead before its reuse layers");
+                let out = o_proj.forward(&h.merge(&h.apply_probs(p, &values)));
+                if *compensated {
+                    out + y.narrow(-1, kvd, y.size()[2] - kvd)
+                } else {
+                    out
+                }
+            }
+            InferenceAttention::Cla { q_proj, o_proj, q_norm, heads: h, scale, softcap, lead } => {
+                let mut q = h.split(&q_proj.forward(x), h.num_heads);
+                if let Some(qn) = q_norm {
+                    q = qn.forward(&q);
+                }
+                let keys = cache.keys(*lead, step.slot0, n, step.k_len);
+                let values = cache.values(*lead, step.slot0, n, step.k_len);
+                let p = attention_probs(h, &step.rope.apply(&q), &keys, step.mask, *scale, *softcap);
+                o_proj.forward(&h.merge(&h.apply_probs(&p, &values)))
+            }
+            InferenceAttention::Dropped => x.zeros_like(),
+        }
+    }
+}

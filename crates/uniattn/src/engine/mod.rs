@@ -1,0 +1,202 @@
+//! The inference engine: a pre-allocated KV cache for a batch of sequences of different
+//! lengths, chunked prefill, one decode step for the whole batch, sampling, stop handling and
+//! continuous batching. Reuse layers run without Q/K weights, K cache, scores or softmax, so
+//! UniAttn's savings are real here; tests hold the engine to the training graph's forward.
+pub mod bench;
+pub mod kv_cache;
+pub mod layers;
+pub mod sampling;
+pub mod scheduler;
+pub mod stop;
+
+use crate::error::{Error, Result};
+use crate::model::transformer::PositionContext;
+use crate::model::Transformer;
+use crate::plan::LayerRole;
+use kv_cache::KvCache;
+use layers::{InferenceLayer, Step};
+use tch::{Kind, Tensor};
+
+pub use sampling::SamplingParams;
+pub use scheduler::{Event, FinishReason, Request, Scheduler};
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Sequences decoded together (cache slots).
+    pub max_batch: usize,
+    /// Longest sequence, prompt plus generated tokens.
+    pub max_len: usize,
+    /// Prompt tokens per prefill call: bounds a lead's probabilities to
+    /// `heads x chunk x context` per sequence.
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { max_batch: 8, max_len: 4096, prefill_chunk: 512 }
+    }
+}
+
+fn cache_for(layers: &[InferenceLayer], model: &Transformer, slots: usize, len: usize) -> Result<KvCache> {
+    let kinds: Vec<_> = layers.iter().map(InferenceLayer::cache_kind).collect();
+    let (heads, dim) = (model.cfg.num_kv_heads as i64, model.cfg.head_dim as i64);
+    KvCache::new(&kinds, slots, len, heads, dim, model.kind, model.device)
+}
+
+pub struct Engine {
+    /// Embedding, final norm, head and the position helpers; its layers live in `layers`.
+    pub model: Transformer,
+    layers: Vec<InferenceLayer>,
+    pub cache: KvCache,
+    /// First layer after each SuperBlock, where the lead's probabilities are dropped.
+    block_ends: Vec<usize>,
+    pub options: EngineOptions,
+}
+
+impl Engine {
+    pub fn new(mut model: Transformer, options: EngineOptions) -> Result<Self> {
+        if options.max_batch == 0 || options.max_len == 0 || options.prefill_chunk == 0 {
+            return Err(Error::invalid(format!(
+                "engine options: max batch, max length and prefill chunk must be at least 1, got {options:?}"
+            )));
+        }
+        let plan = model.plan.clone();
+        let layers: Vec<InferenceLayer> = std::mem::take(&mut model.layers)
+            .into_iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let lead = match plan.role(l) {
+                    LayerRole::Reuse { lead } => Some(lead),
+                    _ => None,
+                };
+                InferenceLayer::new(layer, lead)
+            })
+            .collect();
+        let cache = cache_for(&layers, &model, options.max_batch, options.max_len)?;
+        let block_ends = plan.blocks.iter().map(|&(_, e)| e).collect();
+        Ok(Engine { model, layers, cache, block_ends, options })
+    }
+
+    /// Replaces the cache with one for `max_batch` sequences of `max_len` tokens (the old one
+    /// is freed first, so the new one may use its memory).
+    pub fn resize_cache(&mut self, max_batch: usize, max_len: usize) -> Result<()> {
+        self.cache = cache_for(&self.layers, &self.model, 1, 1)?;
+        self.cache = cache_for(&self.layers, &self.model, max_batch, max_len)?;
+        self.options = EngineOptions { max_batch, max_len, ..self.options };
+        Ok(())
+    }
+
+    /// Bytes of weights one forward call reads: every layer and the output head (the
+    /// embedding lookup itself reads only the rows it needs).
+    pub fn weight_bytes_per_step(&self) -> usize {
+        let t = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        let head = t(self.model.lm_head.as_ref().unwrap_or(&self.model.embed)) + t(&self.model.norm.weight);
+        self.layers.iter().map(InferenceLayer::weight_bytes).sum::<usize>() + head
+    }
+
+    /// Runs the stack on `ids` (`[n, q]`) for cache rows `slot0..slot0 + n`.
+    fn run(
+        &mut self,
+        ids: &Tensor,
+        slot0: usize,
+        positions: &Tensor,
+        k_len: i64,
+        causal_from_zero: bool,
+    ) -> Tensor {
+        let pc = PositionContext::new(&self.model, positions, k_len);
+        let mut h = self.model.embed(ids);
+        let mut lead_probs = None;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let ctx = pc.layer(&self.model, l);
+            let step = Step {
+                slot0,
+                positions,
+                k_len,
+                rope: ctx.rope,
+                mask: ctx.mask,
+                causal_from_zero: causal_from_zero
+                    && self.model.cfg.layer_window(l).is_none_or(|w| w as i64 >= k_len),
+            };
+            let is_lead = self.model.plan.role(l) == LayerRole::Lead;
+            layer.forward(l, &mut h, &step, &mut self.cache, is_lead, &mut lead_probs);
+            if self.block_ends.contains(&(l + 1)) {
+                lead_probs = None;
+            }
+        }
+        h
+    }
+
+    /// Appends `ids` to `slot`'s sequence in chunks of `prefill_chunk` tokens. Returns f32
+    /// logits of the last token (`[vocab]`), or of every token (`[q, vocab]`) with `all_logits`.
+    pub fn prefill(&mut self, slot: usize, ids: &[u32], all_logits: bool) -> Result<Tensor> {
+        if slot >= self.cache.slots() {
+            return Err(Error::invalid(format!(
+                "slot {slot} out of range (max batch {})",
+                self.cache.slots()
+            )));
+        }
+        if ids.is_empty() {
+            return Err(Error::invalid("empty prompt: at least one token is needed"));
+        }
+        let start = self.cache.len(slot) as usize;
+        if start + ids.len() > self.cache.max_len() {
+            return Err(Error::invalid(format!(
+                "{} tokens do not fit: the sequence holds {start} of at most {} tokens",
+                ids.len(),
+                self.cache.max_len()
+            )));
+        }
+        let _guard = tch::no_grad_guard();
+        let device = self.model.device;
+        let mut out = Vec::new();
+        for chunk in ids.chunks(self.options.prefill_chunk) {
+            let p = self.cache.len(slot);
+            let c = chunk.len() as i64;
+            let t: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
+            let ids = Tensor::from_slice(&t).to_device(device).unsqueeze(0);
+            let positions = Tensor::arange_start(p, p + c, (Kind::Int64, device)).unsqueeze(0);
+            let h = self.run(&ids, slot, &positions, p + c, p == 0);
+            self.cache.set_len(slot, p + c);
+            out.push(if all_logits { h } else { h.narrow(1, c - 1, 1) });
+        }
+        let h = if all_logits { Tensor::cat(&out, 1) } else { out.pop().expect("one chunk at least") };
+        let logits = self.model.head(&h).squeeze_dim(0);
+        Ok(if all_logits { logits } else { logits.squeeze_dim(0) })
+    }
+
+    /// One decode step: `tokens[i]` is appended to slot `i`. Returns f32 logits `[n, vocab]`.
+    pub fn decode(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let n = tokens.len();
+        if n == 0 || n > self.cache.slots() {
+            return Err(Error::invalid(format!("decode takes 1 to {} tokens, got {n}", self.cache.slots())));
+        }
+        let lens: Vec<i64> = (0..n).map(|s| self.cache.len(s)).collect();
+        if let Some(s) = lens.iter().position(|&l| l as usize >= self.cache.max_len()) {
+            return Err(Error::invalid(format!("sequence {s} is full ({} tokens)", self.cache.max_len())));
+        }
+        let _guard = tch::no_grad_guard();
+        let device = self.model.device;
+        let t: Vec<i64> = tokens.iter().map(|&i| i as i64).collect();
+        let ids = Tensor::from_slice(&t).to_device(device).unsqueeze(1);
+        let positions = Tensor::from_slice(&lens).to_device(device).unsqueeze(1);
+        let k_len = lens.iter().max().copied().unwrap_or(0) + 1;
+        let h = self.run(&ids, 0, &positions, k_len, false);
+        for (s, l) in lens.iter().enumerate() {
+            self.cache.set_len(s, l + 1);
+        }
+        Ok(self.model.head(&h).squeeze_dim(1))
+    }
+
+    /// Forgets `slot`'s sequence.
+    pub fn reset(&mut self, slot: usize) {
+        self.cache.set_len(slot, 0);
+    }
+
+    /// Moves a sequence to another slot (keeps the live slots contiguous from 0).
+    pub fn move_slot(&mut self, from: usize, to: usize) {
+        self.cache.move_slot(from, to);
+    }
+}
+
+#[cfg(test)]
+mod tests;

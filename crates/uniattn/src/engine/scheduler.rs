@@ -1,0 +1,328 @@
+//! Continuous batching: requests wait in a queue, join the running batch as soon as a cache
+//! slot is free (their prompt is prefilled in chunks), then advance one token per decode step
+//! together with everyone else. Finished sequences leave at once and the last slot moves into
+//! the gap, so the live slots stay `0..n` and a step reads only what it needs.
+use super::sampling::{pick_batch, Sampler, SamplingParams};
+use super::stop::TextStream;
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    /// Log-probabilities of the prompt's own tokens (`echo` in `/v1/completions`).
+    pub prompt_logprobs: bool,
+    /// Log-probabilities of each generated token, with this many most likely alternatives.
+    pub logprobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f64,
+    /// The most likely tokens at this position, best first.
+    pub top: Vec<(u32, f64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-sequence token or stop string.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A generated token and the text it released (empty while held back or mid-character).
+    Token {
+        id: u64,
+        token: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    Finished {
+        id: u64,
+        reason: FinishReason,
+        /// Text held back for a possible stop string and released now (streaming clients
+        /// append it); `text` is the whole completion.
+        tail: String,
+        text: String,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        /// One entry per prompt token; the first has none.
+        prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    },
+    Failed {
+        id: u64,
+        error: String,
+    },
+}
+
+struct Sequence {
+    id: u64,
+    history: Vec<u32>,
+    prompt_len: usize,
+    sampler: Sampler,
+    stream: TextStream,
+    /// Sampled, not yet fed to the model.
+    pending: u32,
+    completion_tokens: usize,
+    logprobs: Option<usize>,
+    prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    finished: Option<FinishReason>,
+    /// Already reported as failed: no `Finished` event follows.
+    failed: bool,
+}
+
+pub struct Scheduler {
+    pub engine: Engine,
+    pub tokenizer: Arc<Tokenizer>,
+    waiting: VecDeque<(u64, Request)>,
+    active: Vec<Sequence>,
+    next_id: u64,
+}
+
+/// Log-probability of `token` and the `k` best alternatives from one row of log-probs.
+fn token_logprob(logp: &Tensor, token: u32, k: usize) -> TokenLogprob {
+    let logprob = logp.double_value(&[token as i64]);
+    let top = if k > 0 {
+        let (v, i) = logp.topk(k as i64, -1, true, true);
+        let v = Vec::<f64>::try_from(v.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default();
+        let i = Vec::<i64>::try_from(i.to_device(Device::Cpu)).unwrap_or_default();
+        i.into_iter().map(|t| t as u32).zip(v).collect()
+    } else {
+        Vec::new()
+    };
+    TokenLogprob { token, logprob, top }
+}
+
+impl Scheduler {
+    pub fn new(engine: Engine, tokenizer: Arc<Tokenizer>) -> Self {
+        Scheduler { engine, tokenizer, waiting: VecDeque::new(), active: Vec::new(), next_id: 0 }
+    }
+
+    /// Queues a request after checking it can run at all; returns its id.
+    pub fn submit(&mut self, req: Request) -> Result<u64> {
+        req.params.validate()?;
+        if req.prompt.is_empty() {
+            return Err(Error::invalid("prompt: expected at least one token, got none"));
+        }
+        let max_len = self.engine.cache.max_len();
+        let need = req.prompt.len() + req.params.max_new_tokens;
+        if need > max_len {
+            return Err(Error::invalid(format!(
+                "prompt ({} tokens) plus max_tokens ({}) exceed the context of {max_len} tokens",
+                req.prompt.len(),
+                req.params.max_new_tokens
+            )));
+        }
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.engine.model.cfg.vocab_size) {
+            return Err(Error::invalid(format!(
+                "prompt: token id {bad} is outside the vocabulary ({} tokens)",
+                self.engine.model.cfg.vocab_size
+            )));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back((id, req));
+        Ok(id)
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.active.is_empty()
+    }
+
+    /// Sequences in the running batch.
+    pub fn running(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Steps until every queued request has finished, handing each event to `on_event`.
+    pub fn run(&mut self, mut on_event: impl FnMut(&Event)) {
+        while self.has_work() {
+            for e in self.step() {
+                on_event(&e);
+            }
+        }
+    }
+
+    /// Drops a request whose client went away.
+    pub fn cancel(&mut self, id: u64) {
+        self.waiting.retain(|(i, _)| *i != id);
+        if let Some(s) = self.active.iter_mut().find(|s| s.id == id) {
+            s.finished = Some(FinishReason::Stop);
+        }
+        self.compact();
+    }
+
+    /// Admits waiting requests into free slots, then advances every running sequence by one
+    /// token. Returns what happened, in order.
+    pub fn step(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while self.active.len() < self.engine.cache.slots() {
+            let Some((id, req)) = self.waiting.pop_front() else { break };
+            if let Err(e) = self.admit(id, req, &mut events) {
+                events.push(Event::Failed { id, error: e.to_string() });
+            }
+            // A request can finish on its first token; its slot is free again at once.
+            self.compact();
+        }
+        if !self.active.is_empty() {
+            let tokens: Vec<u32> = self.active.iter().map(|s| s.pending).collect();
+            match self.engine.decode(&tokens) {
+                Ok(logits) => {
+                    for s in &mut self.active {
+                        s.history.push(s.pending);
+                    }
+                    let histories: Vec<Vec<u32>> = self.active.iter().map(|s| s.history.clone()).collect();
+                    let refs: Vec<&[u32]> = histories.iter().map(Vec::as_slice).collect();
+                    let mut samplers: Vec<&mut Sampler> =
+                        self.active.iter_mut().map(|s| &mut s.sampler).collect();
+                    let next = pick_batch(&mut samplers, &logits, &refs);
+                    let want_logp = self.active.iter().any(|s| s.logprobs.is_some());
+                    let logp = want_logp.then(|| logits.log_softmax(-1, Kind::Float));
+                    for (i, &t) in next.iter().enumerate() {
+                        let lp = self.active[i]
+                            .logprobs
+                            .map(|k| token_logprob(&logp.as_ref().expect("computed").get(i as i64), t, k));
+                        self.accept(i, t, lp, &mut events);
+                    }
+                }
+                Err(e) => {
+                    for s in self.active.drain(..) {
+                        events.push(Event::Failed { id: s.id, error: e.to_string() });
+                    }
+                    for slot in 0..self.engine.cache.slots() {
+                        self.engine.reset(slot);
+                    }
+                }
+            }
+        }
+        self.compact();
+        events
+    }
+
+    fn admit(&mut self, id: u64, req: Request, events: &mut Vec<Event>) -> Result<()> {
+        let slot = self.active.len();
+        self.engine.reset(slot);
+        let logits = self.engine.prefill(slot, &req.prompt, req.prompt_logprobs);
+        let logits = match logits {
+            Ok(l) => l,
+            Err(e) => {
+                self.engine.reset(slot);
+                return Err(e);
+            }
+        };
+        let (last, prompt_logprobs) = if req.prompt_logprobs {
+            let logp = logits.log_softmax(-1, Kind::Float);
+            let k = req.logprobs.unwrap_or(0);
+            let mut lps = vec![None];
+            for (i, &t) in req.prompt.iter().enumerate().skip(1) {
+                lps.push(Some(token_logprob(&logp.get(i as i64 - 1), t, k)));
+            }
+            (logits.get(-1), Some(lps))
+        } else {
+            (logits, None)
+        };
+        let mut sampler = Sampler::new(req.params.clone());
+        let first = sampler.pick(&last, &req.prompt);
+        let lp = req.logprobs.map(|k| token_logprob(&last.log_softmax(-1, Kind::Float), first, k));
+        self.active.push(Sequence {
+            id,
+            prompt_len: req.prompt.len(),
+            history: req.prompt,
+            stream: TextStream::new(req.params.stop.clone()),
+            sampler,
+            pending: first,
+            completion_tokens: 0,
+            logprobs: req.logprobs,
+            prompt_logprobs,
+            finished: None,
+            failed: false,
+        });
+        if req.params.max_new_tokens == 0 {
+            let s = self.active.last_mut().expect("just pushed");
+            s.finished = Some(FinishReason::Length);
+            events.push(self.finish_event(slot));
+        } else {
+            self.accept(slot, first, lp, events);
+        }
+        Ok(())
+    }
+
+    /// Takes token `t` as the next output of the sequence in `slot`.
+    fn accept(&mut self, slot: usize, t: u32, logprob: Option<TokenLogprob>, events: &mut Vec<Event>) {
+        let tokenizer = Arc::clone(&self.tokenizer);
+        let s = &mut self.active[slot];
+        s.pending = t;
+        if !s.sampler.params.ignore_eos && tokenizer.eos_ids.contains(&t) {
+            s.finished = Some(FinishReason::Stop);
+        } else {
+            s.completion_tokens += 1;
+            match s.stream.push(&tokenizer, t) {
+                Ok((text, stopped)) => {
+                    events.push(Event::Token { id: s.id, token: t, text, logprob });
+                    if stopped {
+                        s.finished = Some(FinishReason::Stop);
+                    } else if s.completion_tokens >= s.sampler.params.max_new_tokens {
+                        s.finished = Some(FinishReason::Length);
+                    }
+                }
+                Err(e) => {
+                    events.push(Event::Failed { id: s.id, error: e.to_string() });
+                    s.finished = Some(FinishReason::Stop);
+                    s.failed = true;
+                }
+            }
+        }
+        if s.finished.is_some() && !s.failed {
+            events.push(self.finish_event(slot));
+        }
+    }
+
+    fn finish_event(&mut self, slot: usize) -> Event {
+        let s = &mut self.active[slot];
+        Event::Finished {
+            id: s.id,
+            reason: s.finished.expect("finished"),
+            tail: s.stream.finish(),
+            text: s.stream.text().to_string(),
+            prompt_tokens: s.prompt_len,
+            completion_tokens: s.completion_tokens,
+            prompt_logprobs: s.prompt_logprobs.take(),
+        }
+    }
+
+    /// Removes finished sequences, moving the last slot into each gap.
+    fn compact(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].finished.is_some() {
+                let last = self.active.len() - 1;
+                if i != last {
+                    self.engine.move_slot(last, i);
+                } else {
+                    self.engine.reset(i);
+                }
+                self.active.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The engine against the training graph: same logits at every position, whatever the
+//! batch, chunking and plan.
+use super::*;
+use crate::config::Family;
+use crate::model::transformer::tests::{tiny_config, tiny_model};
+use crate::plan::{ReuseKind, SuperBlockPlan};
+use crate::savings::plan_savings;
+
+fn variants() -> Vec<Option<ReuseKind>> {
+    vec![
+        None,
+        Some(ReuseKind::Uniattn),
+        Some(ReuseKind::SoftmaxOnly),
+        Some(ReuseKind::Cla),
+        Some(ReuseKind::Layerdrop),
+    ]
+}
+
+/// A tiny f64 model: dense, or the plan `{1..4}` of `kind` with random W_c.
+fn model(fam: Family, kind: Option<ReuseKind>, seed: i64) -> Transformer {
+    let cfg = tiny_config(fam);
+    match kind {
+        None => tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, seed),
+        Some(k) => {
+            let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(k);
+            tiny_model(&cfg, plan, Kind::Double, seed)
+        }
+    }
+}
+
+fn seq(seed: u64, len: usize) -> Vec<u32> {
+    let mut r = crate::rng::SplitMix64(seed);
+    (0..len).map(|_| (r.next_u64() % 31) as u32).collect()
+}
+
+fn full_logits(m: &Transformer, ids: &[u32]) -> Tensor {
+    let t: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    m.forward(&Tensor::from_slice(&t).unsqueeze(0)).squeeze_dim(0)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Three prompts of different lengths (one longer than the prefill chunk) prefilled into one
+/// batch, then decoded together: every logit matches the full forward of its own sequence.
+#[test]
+fn batched_prefill_and_decode_match_the_full_forward() {
+    for fam in [Family::Llama, Family::Qwen2, Family::Gemma2, Family::Gemma3] {
+        for kind in variants() {
+            let reference = model(fam, kind, 11);
+            let mut engine = Engine::new(
+                model(fam, kind, 11),
+                EngineOptions { max_batch: 3, max_len: 24, prefill_chunk: 4 },
+            )
+            .unwrap();
+            let mut seqs = [seq(1, 6), seq(2, 3), seq(3, 9)];
+            for (slot, s) in seqs.iter().enumerate() {
+                let got = engine.prefill(slot, s, true).unwrap();
+                let want = full_logits(&reference, s);
+                assert!(max_diff(&got, &want) < 1e-10, "{fam:?} {kind:?} prefill slot {slot}");
+            }
+            for step in 0..7 {
+                let next: Vec<u32> = (0..3).map(|i| ((7 * step + 5 * i + 1) % 31) as u32).collect();
+                let got = engine.decode(&next).unwrap();
+                for (i, s) in seqs.iter_mut().enumerate() {
+                    s.push(next[i]);
+                    let want = full_logits(&reference, s).get(-1);
+                    let d = max_diff(&got.get(i as i64), &want);
+                    assert!(d < 1e-10, "{fam:?} {kind:?} decode step {step} slot {i}: {d}");
+                }
+            }
+        }
+    }
+}
+
+/// Moving a sequence to another slot (what the scheduler does when one finishes) keeps it.
+#[test]
+fn moved_slots_keep_their_sequence() {
+    let reference = model(Family::Llama, Some(ReuseKind::Uniattn), 3);
+    let mut engine = Engine::new(
+        model(Family::Llama, Some(ReuseKind::Uniattn), 3),
+        EngineOptions { max_batch: 2, max_len: 16, prefill_chunk: 8 },
+    )
+    .unwrap();
+    let mut s = seq(9, 5);
+    let _ = engine.prefill(1, &s, false).unwrap();
+    engine.move_slot(1, 0);
+    assert_eq!((engine.cache.len(0), engine.cache.len(1)), (5, 0));
+    let got = engine.decode(&[4]).unwrap();
+    s.push(4);
+    assert!(max_diff(&got.get(0), &full_logits(&reference, &s).get(-1)) < 1e-10);
+}
+
+/// Reuse layers cache V only: the cache is the dense one less exactly the plan's prediction.
+#[test]
+fn kv_bytes_follow_the_plan_exactly() {
+    let opts = EngineOptions { max_batch: 4, max_len: 32, prefill_chunk: 8 };
+    let dense = Engine::new(model(Family::Llama, None, 1), opts).unwrap();
+    let uni = Engine::new(model(Family::Llama, Some(ReuseKind::Uniattn), 1), opts).unwrap();
+    let s = plan_savings(&uni.model.cfg, &uni.model.plan, 8);
+    assert_eq!(dense.cache.bytes(), 4 * 32 * s.kv_bytes_per_token_dense);
+    assert_eq!(uni.cache.bytes(), 4 * 32 * s.kv_bytes_per_token_unified);
+    assert_eq!(uni.cache.bytes() as f64, dense.cache.bytes() as f64 * (1.0 - s.kv_fraction_saved));
+    // Four layers of K and V, 2 heads x 4 dims, f64; two reuse layers drop K.
+    assert_eq!(dense.cache.bytes_per_token(), 4 * 2 * 8 * 8);
+    assert_eq!(uni.cache.bytes_per_token(), 6 * 8 * 8);
+}
+
+/// Greedy generation through the scheduler (continuous batching, requests of different
+/// lengths finishing at different steps) equals greedy decoding by repeated full forwards.
+#[test]
+fn greedy_generation_equals_repeated_full_forwards() {
+    for kind in [None, Some(ReuseKind::Uniattn)] {
+        let reference = model(Family::Qwen2, kind, 5);
+        let engine = Engine::new(
+            model(Family::Qwen2, kind, 5),
+            EngineOptions { max_batch: 2, max_len: 32, prefill_chunk: 4 },
+        )
+        .unwrap();
+        let mut tok = crate::tokenizer::tests::tiny();
+        tok.eos_ids.clear();
+        let mut sched = Scheduler::new(engine, std::sync::Arc::new(tok));
+        let prompts = [seq(21, 7), seq(22, 2), seq(23, 10)];
+        let lengths = [6usize, 9, 4];
+        let ids: Vec<u64> = prompts
+            .iter()
+            .zip(lengths)
+            .map(|(p, n)| {
+                let params = SamplingParams { max_new_tokens: n, ..Default::default() };
+                sched.submit(Request { prompt: p.clone(), params, ..Default::default() }).unwrap()
+            })
+            .collect();
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); 3];
+        let mut finished = 0;
+        while sched.has_work() {
+            for e in sched.step() {
+                match e {
+                    Event::Token { id, token, .. } => out[id as usize].push(token),
+                    Event::Finished { id, completion_tokens, reason, .. } => {
+                        assert_eq!(completion_tokens, lengths[id as usize]);
+                        assert_eq!(reason, FinishReason::Length);
+                        finished += 1;
+                    }
+                    Event::Failed { error, .. } => panic!("{error}"),
+                }
+            }
+        }
+        assert_eq!(finished, 3);
+        for (i, p) in prompts.iter().enumerate() {
+            let mut s = p.clone();
+            for _ in 0..lengths[i] {
+                let next = full_logits(&reference, &s).get(-1).argmax(-1, false).int64_value(&[]) as u32;
+                s.push(next);
+            }
+            assert_eq!(out[ids[i] as usize], s[p.len()..], "{kind:?} request {i}");
+        }
+    }
+}
+
+#[test]
+fn requests_that_cannot_run_are_refused_with_the_reason() {
+    let engine = Engine::new(
+        model(Family::Llama, None, 1),
+        EngineOptions { max_batch: 1, max_len: 8, prefill_chunk: 4 },
+    )
+    .unwrap();
+    let mut sched = Scheduler::new(engine, std::sync::Arc::new(crate::tokenizer::tests::tiny()));
+    let too_long = Request {
+        prompt: seq(1, 6),
+        params: SamplingParams { max_new_tokens: 5, ..Default::default() },
+        ..Default::default()
+    };
+    let e = sched.submit(too_long).unwrap_err().to_string();
+    assert!(e.contains("exceed the context of 8"), "{e}");
+    let e = sched.submit(Request { prompt: vec![], ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("prompt"), "{e}");
+    let e = sched
+        .submit(Request {
+            prompt: vec![40],
+            params: SamplingParams { max_new_tokens: 1, ..Default::default() },
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+    let e = Engine::new(
+        model(Family::Llama, None, 1),
+        EngineOptions { max_batch: 0, max_len: 8, prefill_chunk: 4 },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("at least 1"), "{e}");
+}
