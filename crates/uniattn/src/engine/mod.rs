@@ -18,7 +18,7 @@ use layers::{InferenceLayer, Step};
 use tch::{Kind, Tensor};
 
 pub use sampling::SamplingParams;
-pub use scheduler::{Event, FinishReason, Request, Scheduler};
+pub use scheduler::{Event, FinishReason, Request, Scheduler, TokenLogprob};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
@@ -190,6 +190,13 @@ impl Engine {
     /// Forgets `slot`'s sequence.
     pub fn reset(&mut self, slot: usize) {
         self.cache.set_len(slot, 0);
+    }
+
+    /// Keeps only the first `len` tokens of `slot` (scoring several continuations of one
+    /// context: the context is prefilled once, each continuation is cut off again).
+    pub fn truncate(&mut self, slot: usize, len: usize) {
+        let cur = self.cache.len(slot);
+        self.cache.set_len(slot, cur.min(len as i64));
     }
 
     /// Moves a sequence to another slot (keeps the live slots contiguous from 0).

@@ -13,6 +13,9 @@ pub struct PerplexityReport {
     pub perplexity: f64,
     pub tokens_per_second: f64,
     pub seconds: f64,
+    /// UTF-8 bytes of the predicted tokens' text and the bits per byte over them.
+    pub bytes: usize,
+    pub bits_per_byte: f64,
 }
 
 /// Per-token log-probabilities of `ids[1..]` given the preceding tokens, in one window.
@@ -29,21 +32,33 @@ pub fn token_logprobs(model: &Transformer, ids: &[u32]) -> Vec<f64> {
     Vec::<f64>::try_from(&picked).expect("f64 tensor")
 }
 
+/// UTF-8 bytes of the tokens that get a prediction (all but each document's first).
+pub fn predicted_bytes(tok: &crate::tokenizer::Tokenizer, docs: &[Vec<u32>]) -> crate::Result<usize> {
+    docs.iter().try_fold(0, |acc, d| {
+        let all = tok.decode(d)?.len();
+        let first = tok.decode(&d[..d.len().min(1)])?.len();
+        Ok(acc + all.saturating_sub(first))
+    })
+}
+
 pub fn perplexity(
     model: &Transformer,
     ids: &[u32],
+    bytes: usize,
     window: usize,
     stride: usize,
     progress: impl FnMut(usize, usize),
 ) -> PerplexityReport {
-    perplexity_docs(model, &[ids.to_vec()], window, stride, progress)
+    perplexity_docs(model, &[ids.to_vec()], bytes, window, stride, progress)
 }
 
 /// Perplexity over several independent documents (each scored from its own first token),
-/// pooled over every predicted token.
+/// pooled over every predicted token. `bytes` is the UTF-8 length of the predicted tokens'
+/// text, for bits per byte.
 pub fn perplexity_docs(
     model: &Transformer,
     docs: &[Vec<u32>],
+    bytes: usize,
     window: usize,
     stride: usize,
     mut progress: impl FnMut(usize, usize),
@@ -66,6 +81,8 @@ pub fn perplexity_docs(
         perplexity: mean_nll.exp(),
         tokens_per_second: total as f64 / seconds.max(1e-9),
         seconds,
+        bytes,
+        bits_per_byte: nll / std::f64::consts::LN_2 / bytes.max(1) as f64,
     }
 }
 

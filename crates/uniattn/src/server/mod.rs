@@ -1,0 +1,469 @@
+//! `uniattn serve`: an OpenAI-compatible HTTP API over the engine. `/v1/completions` (text or
+//! token prompts, logprobs and echo, enough for lm-evaluation-harness's `local-completions`),
+//! `/v1/chat/completions` (SSE streaming), `/v1/models`, `/health`. Concurrent requests share
+//! the engine through continuous batching; limits on body size, prompt length and max tokens
+//! give OpenAI-style 4xx errors; shutting down finishes the requests in flight.
+pub mod api;
+pub mod client;
+mod worker;
+
+use crate::engine::{Event, FinishReason, Request, Scheduler, TokenLogprob};
+use crate::error::{Error, Result};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+use api::{ApiError, ChatRequest, CompletionRequest, Limits, Prompt};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use worker::{Command, Job};
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub addr: String,
+    /// The name clients use in `model` (any value is accepted; this one is reported).
+    pub model_name: String,
+    pub max_body_bytes: usize,
+    pub max_tokens: usize,
+    /// HTTP handler threads (each holds one connection's request at a time).
+    pub threads: usize,
+}
+
+pub struct ServerHandle {
+    addr: std::net::SocketAddr,
+    stopping: Arc<AtomicBool>,
+    http: Vec<JoinHandle<()>>,
+    engine: Option<JoinHandle<()>>,
+    commands: Sender<Command>,
+}
+
+struct Shared {
+    tokenizer: Arc<Tokenizer>,
+    limits: Limits,
+    vocab: usize,
+    opts: ServerOptions,
+    commands: Mutex<Sender<Command>>,
+    counter: AtomicU64,
+}
+
+impl ServerHandle {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, lets the requests in flight finish, then returns.
+    pub fn shutdown(mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for h in self.http.drain(..) {
+            let _ = h.join();
+        }
+        let _ = self.commands.send(Command::Drain);
+        if let Some(e) = self.engine.take() {
+            let _ = e.join();
+        }
+    }
+}
+
+/// Binds `opts.addr` and serves in background threads until [`ServerHandle::shutdown`].
+pub fn start(sched: Scheduler, opts: ServerOptions) -> Result<ServerHandle> {
+    let server = tiny_http::Server::http(&opts.addr)
+        .map_err(|e| Error::invalid(format!("cannot listen on {}: {e}", opts.addr)))?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| Error::invalid(format!("{} is not an IP address", opts.addr)))?;
+    let limits = Limits { max_tokens: opts.max_tokens, context: sched.engine.cache.max_len() };
+    let vocab = sched.engine.model.cfg.vocab_size;
+    let (tx, rx) = channel();
+    let shared = Arc::new(Shared {
+        tokenizer: Arc::clone(&sched.tokenizer),
+        limits,
+        vocab,
+        opts: opts.clone(),
+        commands: Mutex::new(tx.clone()),
+        counter: AtomicU64::new(0),
+    });
+    let engine = std::thread::Builder::new()
+        .name("uniattn-engine".into())
+        .spawn(move || worker::run(sched, rx))
+        .map_err(|e| Error::invalid(format!("cannot start the engine thread: {e}")))?;
+    let server = Arc::new(server);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let http = (0..opts.threads.max(1))
+        .map(|i| {
+            let (server, shared, stopping) =
+                (Arc::clone(&server), Arc::clone(&shared), Arc::clone(&stopping));
+            std::thread::Builder::new()
+                .name(format!("uniattn-http-{i}"))
+                .spawn(move || {
+                    while !stopping.load(Ordering::SeqCst) {
+                        match server.recv_timeout(Duration::from_millis(100)) {
+                            Ok(Some(rq)) => handle(rq, &shared),
+                            Ok(None) => {}
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .map_err(|e| Error::invalid(format!("cannot start an HTTP thread: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ServerHandle { addr, stopping, http, engine: Some(engine), commands: tx })
+}
+
+type Response = tiny_http::Response<Box<dyn Read + Send>>;
+
+fn json_response(status: u16, body: &Value) -> Response {
+    let data = body.to_string().into_bytes();
+    let len = data.len();
+    tiny_http::Response::new(
+        status.into(),
+        vec![header("Content-Type", "application/json")],
+        Box::new(std::io::Cursor::new(data)) as Box<dyn Read + Send>,
+        Some(len),
+        None,
+    )
+}
+
+fn header(k: &str, v: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn handle(mut rq: tiny_http::Request, shared: &Shared) {
+    let method = rq.method().clone();
+    let url = rq.url().split('?').next().unwrap_or("").to_string();
+    let response = match read_body(&mut rq, shared.opts.max_body_bytes) {
+        Err(e) => Err(e),
+        Ok(body) => match (method, url.as_str()) {
+            (tiny_http::Method::Get, "/health") => Ok(json_response(200, &json!({"status": "ok"}))),
+            (tiny_http::Method::Get, "/v1/models") => Ok(json_response(
+                200,
+                &json!({"object": "list", "data": [{"id": shared.opts.model_name, "object": "model", "created": 0, "owned_by": "uniattn"}]}),
+            )),
+            (tiny_http::Method::Post, "/v1/completions") => completions(&body, shared),
+            (tiny_http::Method::Post, "/v1/chat/completions") => chat(&body, shared),
+            (_, "/health" | "/v1/models" | "/v1/completions" | "/v1/chat/completions") => {
+                Err(ApiError::new(405, format!("method not allowed on {url}")))
+            }
+            _ => Err(ApiError::new(404, format!("no such endpoint: {url}"))),
+        },
+    };
+    let response = response.unwrap_or_else(|e| json_response(e.status, &e.body()));
+    let _ = rq.respond(response);
+}
+
+fn read_body(rq: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiError> {
+    let too_big = || ApiError::new(413, format!("request body exceeds {max} bytes"));
+    if rq.body_length().is_some_and(|n| n > max) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    rq.as_reader()
+        .take(max as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::new(400, format!("cannot read the request body: {e}")))?;
+    if body.len() > max {
+        return Err(too_big());
+    }
+    Ok(body)
+}
+
+impl Shared {
+    fn submit(&self, request: Request) -> Result<Receiver<Event>, ApiError> {
+        let (tx, rx) = channel();
+        self.commands
+            .lock()
+            .map_err(|_| ApiError::new(500, "engine unavailable"))?
+            .send(Command::Run(Job { request, events: tx }))
+            .map_err(|_| ApiError::new(503, "the server is shutting down"))?;
+        Ok(rx)
+    }
+
+    fn check_prompt(&self, ids: &[u32], max_new: usize) -> Result<(), ApiError> {
+        if ids.is_empty() {
+            return Err(ApiError::bad("prompt", "the prompt has no tokens"));
+        }
+        if let Some(t) = ids.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(ApiError::bad(
+                "prompt",
+                format!("token id {t} is outside the vocabulary ({})", self.vocab),
+            ));
+        }
+        if ids.len() + max_new > self.limits.context {
+            return Err(ApiError::bad(
+                "prompt",
+                format!(
+                    "prompt ({} tokens) plus max_tokens ({max_new}) exceed the context of {} tokens",
+                    ids.len(),
+                    self.limits.context
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn id(&self, prefix: &str) -> String {
+        format!("{prefix}-{}-{}", now(), self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        self.tokenizer.decode(&[id]).unwrap_or_default()
+    }
+}
+
+/// Waits for one request's events; returns the finish event's fields and the streamed ones.
+struct Outcome {
+    tokens: Vec<(u32, Option<TokenLogprob>)>,
+    text: String,
+    reason: FinishReason,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+}
+
+fn collect(rx: Receiver<Event>) -> Result<Outcome, ApiError> {
+    let mut tokens = Vec::new();
+    for e in rx {
+        match e {
+            Event::Token { token, logprob, .. } => tokens.push((token, logprob)),
+            Event::Finished { text, reason, prompt_tokens, completion_tokens, prompt_logprobs, .. } => {
+                return Ok(Outcome {
+                    tokens,
+                    text,
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    prompt_logprobs,
+                })
+            }
+            Event::Failed { error, .. } => return Err(ApiError::new(500, error)),
+        }
+    }
+    Err(ApiError::new(500, "the engine stopped before the request finished"))
+}
+
+fn completions(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
+    let req: CompletionRequest = api::parse(body)?;
+    let params = req.sampling(&shared.limits)?;
+    let prompts: Vec<Vec<u32>> = match &req.prompt {
+        Prompt::Text(t) => vec![encode(shared, t)?],
+        Prompt::Texts(ts) => ts.iter().map(|t| encode(shared, t)).collect::<Result<_, _>>()?,
+        Prompt::Tokens(ids) => vec![ids.clone()],
+        Prompt::TokenLists(l) => l.clone(),
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::bad("prompt", "no prompt given"));
+    }
+    for p in &prompts {
+        shared.check_prompt(p, params.max_new_tokens)?;
+    }
+    if req.stream && (prompts.len() != 1 || req.echo) {
+        return Err(ApiError::bad("stream", "streaming takes one prompt and no echo"));
+    }
+    let (id, created, model) = (shared.id("cmpl"), now(), shared.opts.model_name.clone());
+    let logprobs = req.logprobs.map(|k| k as usize);
+    let mut receivers = Vec::new();
+    for p in &prompts {
+        let request = Request {
+            prompt: p.clone(),
+            params: params.clone(),
+            prompt_logprobs: req.echo && logprobs.is_some(),
+            logprobs,
+        };
+        receivers.push(shared.submit(request)?);
+    }
+    if req.stream {
+        let rx = receivers.pop().expect("one prompt");
+        let chunk = move |text: &str, reason: Option<&str>| {
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": reason}]})
+        };
+        return Ok(sse(rx, move |e| match e {
+            Event::Token { text, .. } if !text.is_empty() => vec![chunk(text, None)],
+            Event::Finished { tail, reason, .. } => vec![chunk(tail, Some(reason.as_str()))],
+            _ => vec![],
+        }));
+    }
+    let (mut choices, mut usage) = (Vec::new(), (0, 0));
+    for (i, (rx, prompt)) in receivers.into_iter().zip(&prompts).enumerate() {
+        let o = collect(rx)?;
+        usage = (usage.0 + o.prompt_tokens, usage.1 + o.completion_tokens);
+        let prompt_text =
+            if req.echo { shared.tokenizer.decode(prompt).unwrap_or_default() } else { String::new() };
+        let lp = logprobs.map(|_| completion_logprobs(shared, prompt, &o, req.echo));
+        choices.push(json!({"index": i, "text": format!("{prompt_text}{}", o.text), "logprobs": lp,
+            "finish_reason": o.reason.as_str()}));
+    }
+    Ok(json_response(
+        200,
+        &json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices,
+            "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1}}),
+    ))
+}
+
+fn encode(shared: &Shared, text: &str) -> Result<Vec<u32>, ApiError> {
+    shared.tokenizer.encode(text, true).map_err(|e| ApiError::bad("prompt", e.to_string()))
+}
+
+/// OpenAI's legacy logprobs object: tokens, their log-probabilities, the top alternatives
+/// and character offsets; with `echo` the prompt's tokens come first (the first has none).
+fn completion_logprobs(shared: &Shared, prompt: &[u32], o: &Outcome, echo: bool) -> Value {
+    let mut entries: Vec<(u32, Option<&TokenLogprob>)> = Vec::new();
+    if echo {
+        let pl = o.prompt_logprobs.as_deref().unwrap_or(&[]);
+        entries.extend(prompt.iter().enumerate().map(|(i, &t)| (t, pl.get(i).and_then(Option::as_ref))));
+    }
+    entries.extend(o.tokens.iter().map(|(t, lp)| (*t, lp.as_ref())));
+    let (mut tokens, mut token_logprobs, mut top, mut offsets, mut offset) =
+        (vec![], vec![], vec![], vec![], 0);
+    for (t, lp) in entries {
+        let text = shared.token_text(t);
+        offsets.push(offset);
+        offset += text.len();
+        tokens.push(text);
+        token_logprobs.push(lp.map(|l| l.logprob));
+        top.push(lp.map(|l| {
+            let mut m = serde_json::Map::new();
+            for (id, v) in &l.top {
+                m.insert(shared.token_text(*id), json!(v));
+            }
+            Value::Object(m)
+        }));
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+}
+
+fn chat(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
+    let req: ChatRequest = api::parse(body)?;
+    let params = req.sampling(&shared.limits)?;
+    let messages: Vec<ChatMessage> = req
+        .messages
+        .iter()
+        .map(|m| ChatMessage { role: m.role.clone(), content: m.content.clone() })
+        .collect();
+    let text = shared
+        .tokenizer
+        .apply_chat_template(&messages, true)
+        .map_err(|e| ApiError::bad("messages", e.to_string()))?;
+    let prompt = encode(shared, &text)?;
+    shared.check_prompt(&prompt, params.max_new_tokens)?;
+    let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0) as usize);
+    let rx = shared.submit(Request { prompt, params, prompt_logprobs: false, logprobs })?;
+    let (id, created, model) = (shared.id("chatcmpl"), now(), shared.opts.model_name.clone());
+    if req.stream {
+        let usage_wanted =
+            req.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool)
+                == Some(true);
+        let chunk = move |delta: Value, reason: Option<&str>| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}]})
+        };
+        let mut first = true;
+        return Ok(sse(rx, move |e| {
+            let mut out = Vec::new();
+            if std::mem::take(&mut first) {
+                out.push(chunk(json!({"role": "assistant", "content": ""}), None));
+            }
+            match e {
+                Event::Token { text, .. } if !text.is_empty() => {
+                    out.push(chunk(json!({"content": text}), None))
+                }
+                Event::Finished { tail, reason, prompt_tokens, completion_tokens, .. } => {
+                    if !tail.is_empty() {
+                        out.push(chunk(json!({"content": tail}), None));
+                    }
+                    let mut last = chunk(json!({}), Some(reason.as_str()));
+                    if usage_wanted {
+                        last["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                            "total_tokens": prompt_tokens + completion_tokens});
+                    }
+                    out.push(last);
+                }
+                _ => {}
+            }
+            out
+        }));
+    }
+    let o = collect(rx)?;
+    let lp = logprobs.map(|_| {
+        let content: Vec<Value> = o
+            .tokens
+            .iter()
+            .filter_map(|(t, lp)| lp.as_ref().map(|l| (t, l)))
+            .map(|(t, l)| {
+                let top: Vec<Value> = l
+                    .top
+                    .iter()
+                    .map(|(id, v)| json!({"token": shared.token_text(*id), "logprob": v}))
+                    .collect();
+                json!({"token": shared.token_text(*t), "logprob": l.logprob, "top_logprobs": top})
+            })
+            .collect();
+        json!({"content": content})
+    });
+    Ok(json_response(
+        200,
+        &json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text}, "logprobs": lp,
+                "finish_reason": o.reason.as_str()}],
+            "usage": {"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
+                "total_tokens": o.prompt_tokens + o.completion_tokens}}),
+    ))
+}
+
+/// A `text/event-stream` body: each event becomes zero or more `data:` chunks, then
+/// `data: [DONE]`. Errors mid-stream arrive as an `error` object, as OpenAI sends them.
+fn sse(rx: Receiver<Event>, mut render: impl FnMut(&Event) -> Vec<Value> + Send + 'static) -> Response {
+    struct Body<F> {
+        rx: Receiver<Event>,
+        render: F,
+        buf: Vec<u8>,
+        pos: usize,
+        done: bool,
+    }
+    impl<F: FnMut(&Event) -> Vec<Value>> Read for Body<F> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            while self.pos == self.buf.len() {
+                if self.done {
+                    return Ok(0);
+                }
+                self.buf.clear();
+                self.pos = 0;
+                match self.rx.recv() {
+                    Ok(e) => {
+                        let end = matches!(e, Event::Finished { .. } | Event::Failed { .. });
+                        let values = match &e {
+                            Event::Failed { error, .. } => vec![ApiError::new(500, error.clone()).body()],
+                            _ => (self.render)(&e),
+                        };
+                        for v in values {
+                            self.buf.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+                        }
+                        if end {
+                            self.buf.extend_from_slice(b"data: [DONE]\n\n");
+                            self.done = true;
+                        }
+                    }
+                    Err(_) => self.done = true,
+                }
+            }
+            let n = out.len().min(self.buf.len() - self.pos);
+            out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+    let body = Body { rx, render: move |e: &Event| render(e), buf: Vec::new(), pos: 0, done: false };
+    tiny_http::Response::new(
+        200.into(),
+        vec![header("Content-Type", "text/event-stream"), header("Cache-Control", "no-cache")],
+        Box::new(body) as Box<dyn Read + Send>,
+        None,
+        None,
+    )
+}

@@ -1,0 +1,183 @@
+//! `uniattn serve` on loopback with SmolLM2: every endpoint, streaming, logprobs against the
+//! training graph, the error paths, concurrent clients and a graceful shutdown.
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tch::{Device, Kind};
+use uniattn::engine::{Engine, EngineOptions, Scheduler};
+use uniattn::loader;
+use uniattn::server::client::request;
+use uniattn::server::{self, ServerHandle, ServerOptions};
+
+fn start(max_body_bytes: usize) -> ServerHandle {
+    init();
+    let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
+    let engine =
+        Engine::new(m.model, EngineOptions { max_batch: 4, max_len: 256, prefill_chunk: 64 }).unwrap();
+    let sched = Scheduler::new(engine, Arc::new(m.tokenizer));
+    let opts = ServerOptions {
+        addr: "127.0.0.1:0".into(),
+        model_name: "smollm2".into(),
+        max_body_bytes,
+        max_tokens: 64,
+        threads: 8,
+    };
+    server::start(sched, opts).unwrap()
+}
+
+fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let r = request(addr, "POST", path, Some(body.to_string().as_bytes())).unwrap();
+    (r.status, r.json())
+}
+
+#[test]
+fn endpoints_answer_in_the_openai_format() {
+    let s = start(1 << 20);
+    let a = s.addr();
+    let h = request(a, "GET", "/health", None).unwrap();
+    assert_eq!((h.status, h.json()["status"].as_str()), (200, Some("ok")));
+    let m = request(a, "GET", "/v1/models", None).unwrap().json();
+    assert_eq!(m["data"][0]["id"], "smollm2");
+
+    let (st, c) = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}),
+    );
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["object"], "text_completion");
+    assert_eq!(c["choices"][0]["finish_reason"], "length");
+    assert_eq!(c["usage"]["completion_tokens"], 5);
+    assert!(!c["choices"][0]["text"].as_str().unwrap().is_empty());
+
+    // A list of prompts gives one choice each, in order.
+    for prompt in [json!(["1, 2, 3,", "a, b, c,"]), json!([[16, 28, 34], [5, 6]])] {
+        let (st, c) =
+            post(a, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 2, "temperature": 0}));
+        assert_eq!(st, 200, "{c}");
+        assert_eq!(c["choices"].as_array().unwrap().len(), 2);
+        assert_eq!(c["choices"][1]["index"], 1);
+    }
+
+    // Chat, plain and streamed: the streamed deltas add up to the plain answer (greedy).
+    let chat =
+        json!({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 12, "temperature": 0});
+    let (st, plain) = post(a, "/v1/chat/completions", &chat);
+    assert_eq!(st, 200, "{plain}");
+    let want = plain["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let r = request(a, "POST", "/v1/chat/completions", Some(streamed.to_string().as_bytes())).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.trim_end().ends_with("data: [DONE]"), "{}", r.body);
+    let events = r.events();
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, want);
+    assert!(events.last().unwrap()["choices"][0]["finish_reason"].is_string());
+    s.shutdown();
+}
+
+/// `echo` + `logprobs`, as lm-evaluation-harness's local-completions model asks for them: the
+/// prompt's token log-probabilities equal the training graph's full forward.
+#[test]
+fn echoed_logprobs_match_the_full_forward() {
+    let s = start(1 << 20);
+    let text = "Question: What do plants need for photosynthesis?\nAnswer: sunlight";
+    let (st, c) = post(
+        s.addr(),
+        "/v1/completions",
+        &json!({"prompt": text, "max_tokens": 1, "temperature": 0, "logprobs": 1, "echo": true, "seed": 1234}),
+    );
+    assert_eq!(st, 200, "{c}");
+    let lp = &c["choices"][0]["logprobs"];
+    let got: Vec<Value> = lp["token_logprobs"].as_array().unwrap().clone();
+    let reference = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
+    let ids = reference.tokenizer.encode(text, true).unwrap();
+    let want = uniattn::eval::perplexity::token_logprobs(&reference.model, &ids);
+    assert_eq!(got.len(), ids.len() + 1, "prompt tokens plus the generated one");
+    assert!(got[0].is_null());
+    for (i, w) in want.iter().enumerate() {
+        let g = got[i + 1].as_f64().unwrap();
+        assert!((g - w).abs() < 1e-3, "token {}: {g} vs {w}", i + 1);
+    }
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), ids.len() + 1);
+    assert!(c["choices"][0]["text"].as_str().unwrap().starts_with(text));
+    assert_eq!(lp["top_logprobs"][1].as_object().unwrap().len(), 1);
+    s.shutdown();
+}
+
+#[test]
+fn bad_requests_get_openai_errors_not_dropped_connections() {
+    let s = start(4096);
+    let a = s.addr();
+    let cases: Vec<(&str, Vec<u8>, u16, Option<&str>)> = vec![
+        ("/v1/completions", b"{not json".to_vec(), 400, None),
+        ("/v1/completions", br#"{"prompt": "x", "max_tokens": -5}"#.to_vec(), 400, None),
+        (
+            "/v1/completions",
+            br#"{"prompt": "x", "max_tokens": 99999999999}"#.to_vec(),
+            400,
+            Some("max_tokens"),
+        ),
+        ("/v1/completions", br#"{"prompt": "x", "frobnicate": true}"#.to_vec(), 400, Some("frobnicate")),
+        ("/v1/completions", br#"{"prompt": "x", "temperature": -1}"#.to_vec(), 400, Some("temperature")),
+        ("/v1/completions", br#"{"prompt": [999999]}"#.to_vec(), 400, Some("prompt")),
+        ("/v1/completions", br#"{"prompt": ""}"#.to_vec(), 400, Some("prompt")),
+        ("/v1/chat/completions", br#"{"messages": []}"#.to_vec(), 400, Some("messages")),
+        ("/v1/chat/completions", br#"{"messages": [{"role": "user"}]}"#.to_vec(), 400, None),
+        ("/v1/completions", format!(r#"{{"prompt": "{}"}}"#, "word ".repeat(900)).into_bytes(), 413, None),
+        ("/v1/nothing", b"{}".to_vec(), 404, None),
+    ];
+    for (path, body, status, param) in cases {
+        let r = request(a, "POST", path, Some(&body)).unwrap();
+        assert_eq!(
+            r.status,
+            status,
+            "{path} {}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(60)]),
+            r.body
+        );
+        let e = &r.json()["error"];
+        assert!(e["message"].is_string(), "{}", r.body);
+        if let Some(p) = param {
+            assert_eq!(e["param"], p, "{}", r.body);
+        }
+    }
+    // A prompt longer than the context (256 tokens here) within the body limit.
+    let (st, e) =
+        post(a, "/v1/completions", &json!({"prompt": (0..300).collect::<Vec<u32>>(), "max_tokens": 4}));
+    assert_eq!(st, 400);
+    assert!(e["error"]["message"].as_str().unwrap().contains("exceed the context"), "{e}");
+    assert_eq!(request(a, "GET", "/v1/completions", None).unwrap().status, 405);
+    // The server still works after all that.
+    assert_eq!(request(a, "GET", "/health", None).unwrap().status, 200);
+    s.shutdown();
+}
+
+/// Concurrent clients share the engine (more requests than cache slots), all succeed, and a
+/// request in flight when shutdown begins still completes.
+#[test]
+fn concurrent_requests_and_graceful_shutdown() {
+    let s = start(1 << 20);
+    let a = s.addr();
+    let body =
+        json!({"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0.8, "seed": 7}).to_string();
+    let results = uniattn::server::client::load(a, "/v1/completions", body.as_bytes(), 10, 2);
+    assert_eq!(results.len(), 20);
+    assert!(
+        results.iter().all(|r| r.as_ref().is_ok_and(|r| r.status == 200 && r.completion_tokens > 0)),
+        "{results:?}"
+    );
+    let slow = std::thread::spawn(move || {
+        post(a, "/v1/completions", &json!({"prompt": "Count: 1, 2, 3,", "max_tokens": 48, "temperature": 0}))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.shutdown();
+    let (st, c) = slow.join().unwrap();
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["usage"]["completion_tokens"], 48);
+    assert!(request(a, "GET", "/health", None).is_err(), "the listener is closed after shutdown");
+}
