@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 . .cache/env.sh
-scripts/fetch-models.sh smollm2 texts > /dev/null
+scripts/fetch-models.sh smollm2 texts evals > /dev/null
 cargo fmt --all -- --check
 # Release profile throughout, so that libtorch's C++ glue and the dependencies build once.
 cargo clippy --release --all-targets -- -D warnings

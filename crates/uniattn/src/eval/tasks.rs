@@ -27,12 +27,24 @@ pub struct McTask {
 /// Variants tried, in order, when a task is named without one.
 const DEFAULT_VARIANTS: [&str; 3] = ["rc_5shot", "rc_0shot", "mc_5shot"];
 
-/// Loads `spec`: `task` (first of rc_5shot, rc_0shot, mc_5shot present) or `task:variant`.
-pub fn load(tasks_dir: &Path, spec: &str) -> Result<McTask> {
+/// Loads `spec`: `task` (first of rc_5shot, rc_0shot, mc_5shot present) or `task:variant`;
+/// `mmlu_<subject>` and `mmlu_medical` (the six medical subjects) come from the Arrow data
+/// next to `tasks_dir`.
+pub fn load(tasks_dir: &Path, spec: &str) -> Result<Vec<McTask>> {
     let (task, variant) = match spec.split_once(':') {
         Some((t, v)) => (t, Some(v)),
         None => (spec, None),
     };
+    if let Some(subject) = task.strip_prefix("mmlu_") {
+        let hf = tasks_dir.parent().unwrap_or(tasks_dir).join("hf_datasets");
+        let subjects: Vec<&str> =
+            if subject == "medical" { super::mmlu::MEDICAL.to_vec() } else { vec![subject] };
+        return subjects.iter().map(|s| super::mmlu::load(&hf, s, variant.unwrap_or("rc_5shot"))).collect();
+    }
+    load_requests(tasks_dir, task, variant).map(|t| vec![t])
+}
+
+fn load_requests(tasks_dir: &Path, task: &str, variant: Option<&str>) -> Result<McTask> {
     let dir = tasks_dir.join(task);
     if !dir.is_dir() {
         let known: Vec<String> = std::fs::read_dir(tasks_dir)

