@@ -201,6 +201,9 @@ enum Command {
         /// Also write the rows as JSON
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also draw decode tokens/s against batch size (SVG)
+        #[arg(long)]
+        plot: Option<PathBuf>,
         #[command(flatten)]
         dev: DeviceArgs,
     },
@@ -643,7 +646,17 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("{failures} of {} requests failed", results.len());
             }
         }
-        Command::Bench { model, batch, context, new_tokens, prefill_chunk, bandwidth_gbs, json, dev } => {
+        Command::Bench {
+            model,
+            batch,
+            context,
+            new_tokens,
+            prefill_chunk,
+            bandwidth_gbs,
+            json,
+            plot,
+            dev,
+        } => {
             let (device, kind) = setup(&dev)?;
             let card = runtime::device_name(device);
             let bandwidth = bandwidth_gbs.map(|g| g * 1e9).or_else(|| bench::card_bandwidth(&card));
@@ -671,6 +684,9 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(j) = json {
                 std::fs::write(&j, serde_json::to_string_pretty(&rows)?)
                     .with_context(|| format!("writing {}", j.display()))?;
+            }
+            if let Some(p) = plot {
+                bench::plot(&card, &rows, &p)?;
             }
             println!("{}", bench::table(&card, &rows));
         }

@@ -1,5 +1,5 @@
-//! Small PNG plots without a plotting stack: a heatmap with a colour bar and a line chart,
-//! labelled with a built-in 3x5 pixel font (digits, '.', '-', and a few letters).
+//! Small plots without a plotting stack: PNG heatmaps and line charts labelled with a built-in
+//! 3x5 pixel font (digits, '.', '-', and a few letters), and SVG line charts with legends.
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -162,4 +162,79 @@ pub fn lines(series: &[Series], path: &Path) -> Result<()> {
     c.text(left, top + h + 8, &format!("{x0:.0}"), 2);
     c.text(left + w - 40, top + h + 8, &format!("{x1:.0}"), 2);
     c.save_png(path)
+}
+
+/// A labelled line chart as SVG (text needs no font of ours): one series per label, a legend,
+/// the axes' ranges and names. A log2 x axis suits batch sizes and context lengths.
+pub fn svg_lines(
+    title: &str,
+    x_name: &str,
+    y_name: &str,
+    log2_x: bool,
+    series: &[(String, Vec<(f64, f64)>)],
+    path: &Path,
+) -> Result<()> {
+    const PALETTE: [&str; 8] =
+        ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+    let (w, h, left, top, right) = (640.0, 360.0, 70.0, 40.0, 220.0);
+    let fx = |x: f64| if log2_x { x.max(1e-12).log2() } else { x };
+    let pts: Vec<(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter().map(|&(x, y)| (fx(x), y))).collect();
+    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let y1 = pts.iter().fold(0.0f64, |a, p| a.max(p.1)) * 1.05;
+    let (x1, y1) = (if x1 > x0 { x1 } else { x0 + 1.0 }, if y1 > 0.0 { y1 } else { 1.0 });
+    let px = |x: f64| left + (fx(x) - x0) / (x1 - x0) * w;
+    let py = |y: f64| top + (1.0 - y / y1) * h;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"20\" font-size=\"14\">{title}</text>\n\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_name}</text>\n\
+         <text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{y_name}</text>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y1:.0}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>\n",
+        w + left + right,
+        h + top + 50.0,
+        top + h,
+        top + h,
+        left + w,
+        top + h,
+        left + w / 2.0,
+        top + h + 40.0,
+        top + h / 2.0,
+        top + h / 2.0,
+        left - 4.0,
+        top + 4.0,
+        left - 4.0,
+        top + h,
+    );
+    let mut ticks: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).collect();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    for t in ticks {
+        s +=
+            &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{t}</text>\n", px(t), top + h + 16.0);
+    }
+    for (i, (label, p)) in series.iter().enumerate() {
+        let c = PALETTE[i % PALETTE.len()];
+        let d: Vec<String> = p.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            d.join(" ")
+        );
+        for &(x, y) in p {
+            s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>\n", px(x), py(y));
+        }
+        let ly = top + 16.0 * i as f64;
+        s += &format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+            left + w + 12.0,
+            ly + 4.0,
+            left + w + 28.0,
+            ly + 9.0,
+            label.replace('&', "&amp;").replace('<', "&lt;")
+        );
+    }
+    s += "</svg>\n";
+    std::fs::write(path, s).map_err(|e| Error::io(path, e))
 }

@@ -184,3 +184,19 @@ pub fn table(card: &str, rows: &[BenchRow]) -> String {
     }
     out
 }
+
+/// Decode tokens/s against batch size, one line per model and context.
+pub fn plot(card: &str, rows: &[BenchRow], path: &std::path::Path) -> crate::Result<()> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in rows.iter().filter(|r| r.error.is_none()) {
+        let label = format!("{} ctx {}", r.model, r.context);
+        match series.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, p)) => p.push((r.batch as f64, r.decode_tokens_per_s)),
+            None => series.push((label, vec![(r.batch as f64, r.decode_tokens_per_s)])),
+        }
+    }
+    for (_, p) in &mut series {
+        p.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    crate::plot::svg_lines(&format!("decode throughput, {card}"), "batch", "tokens/s", true, &series, path)
+}

@@ -57,12 +57,10 @@ impl Stop {
     }
 }
 
-/// Sampling fields shared by both endpoints, with OpenAI's defaults.
+/// Fields both endpoints take (OpenAI's, plus top_k, min_p and repetition_penalty).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompletionRequest {
+pub struct Common {
     pub model: Option<String>,
-    pub prompt: Prompt,
     pub max_tokens: Option<u64>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
@@ -71,9 +69,6 @@ pub struct CompletionRequest {
     pub repetition_penalty: Option<f64>,
     pub stop: Option<Stop>,
     pub seed: Option<u64>,
-    pub logprobs: Option<u64>,
-    #[serde(default)]
-    pub echo: bool,
     #[serde(default)]
     pub stream: bool,
     pub n: Option<u64>,
@@ -81,6 +76,34 @@ pub struct CompletionRequest {
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
     pub stream_options: Option<Value>,
+}
+
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "stop",
+    "seed",
+    "stream",
+    "n",
+    "user",
+    "frequency_penalty",
+    "presence_penalty",
+    "stream_options",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    pub logprobs: Option<u64>,
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -92,38 +115,48 @@ pub struct Message {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ChatRequest {
-    pub model: Option<String>,
     pub messages: Vec<Message>,
-    pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub top_k: Option<u64>,
-    pub min_p: Option<f64>,
-    pub repetition_penalty: Option<f64>,
-    pub stop: Option<Stop>,
-    pub seed: Option<u64>,
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<u64>,
-    #[serde(default)]
-    pub stream: bool,
-    pub n: Option<u64>,
-    pub user: Option<String>,
-    pub frequency_penalty: Option<f64>,
-    pub presence_penalty: Option<f64>,
-    pub stream_options: Option<Value>,
+    #[serde(flatten)]
+    pub common: Common,
 }
 
-/// Parses a body, turning serde's complaint into a 400 that names the field where it can.
-pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+/// A request body: an endpoint's fields on top of [`Common`].
+pub trait Body: serde::de::DeserializeOwned {
+    const FIELDS: &'static [&'static str];
+}
+
+impl Body for CompletionRequest {
+    const FIELDS: &'static [&'static str] = &["prompt", "logprobs", "echo"];
+}
+
+impl Body for ChatRequest {
+    const FIELDS: &'static [&'static str] =
+        &["messages", "max_completion_tokens", "logprobs", "top_logprobs"];
+}
+
+/// Parses a body, refusing unknown fields (as OpenAI does; serde cannot with `flatten`) and
+/// turning serde's complaint into a 400 that names the field where it can.
+pub fn parse<T: Body>(body: &[u8]) -> Result<T, ApiError> {
+    let invalid = |e: serde_json::Error| {
         let msg = e.to_string();
         let param = msg.split('`').nth(1).map(str::to_string);
         ApiError { status: 400, message: format!("invalid request body: {msg}"), param }
-    })
+    };
+    let v: Value = serde_json::from_slice(body).map_err(invalid)?;
+    let Value::Object(map) = &v else {
+        return Err(ApiError::new(400, "the request body must be a JSON object"));
+    };
+    if let Some(k) =
+        map.keys().find(|k| !T::FIELDS.contains(&k.as_str()) && !COMMON_FIELDS.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad(k, format!("unknown field `{k}`")));
+    }
+    serde_json::from_value(v).map_err(invalid)
 }
 
 /// Limits the server enforces on every request.
@@ -133,58 +166,53 @@ pub struct Limits {
     pub context: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sampling(
-    limits: &Limits,
-    default_max: usize,
-    max_tokens: Option<u64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<u64>,
-    min_p: Option<f64>,
-    repetition_penalty: Option<f64>,
-    stop: Option<Stop>,
-    seed: Option<u64>,
-    n: Option<u64>,
-    penalties: (Option<f64>, Option<f64>),
-) -> Result<SamplingParams, ApiError> {
-    if n.is_some_and(|n| n != 1) {
-        return Err(ApiError::bad("n", "only n = 1 is supported"));
+impl Common {
+    /// Checks the values and builds the sampling parameters; `max_tokens` overrides
+    /// `self.max_tokens` when given (chat's `max_completion_tokens`).
+    fn sampling(
+        &self,
+        limits: &Limits,
+        default_max: usize,
+        max_tokens: Option<u64>,
+    ) -> Result<SamplingParams, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::bad("n", "only n = 1 is supported"));
+        }
+        if self.frequency_penalty.is_some_and(|p| p != 0.0) {
+            return Err(ApiError::bad("frequency_penalty", "not supported; use repetition_penalty"));
+        }
+        if self.presence_penalty.is_some_and(|p| p != 0.0) {
+            return Err(ApiError::bad("presence_penalty", "not supported; use repetition_penalty"));
+        }
+        let max_new = max_tokens.or(self.max_tokens).unwrap_or(default_max as u64);
+        if max_new > limits.max_tokens as u64 {
+            return Err(ApiError::bad(
+                "max_tokens",
+                format!("{max_new} exceeds this server's limit of {}", limits.max_tokens),
+            ));
+        }
+        let stop = self.stop.clone().map(Stop::list).unwrap_or_default();
+        if stop.len() > 4 {
+            return Err(ApiError::bad("stop", "at most 4 stop sequences"));
+        }
+        let p = SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k: self.top_k.unwrap_or(0).min(u32::MAX as u64) as usize,
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            seed: self.seed.unwrap_or(0),
+            max_new_tokens: max_new as usize,
+            stop,
+            ignore_eos: false,
+        };
+        p.validate().map_err(|e| {
+            let msg = e.to_string();
+            let field = msg.split(':').next().unwrap_or("").to_string();
+            ApiError::bad(&field, msg)
+        })?;
+        Ok(p)
     }
-    if penalties.0.is_some_and(|p| p != 0.0) {
-        return Err(ApiError::bad("frequency_penalty", "not supported; use repetition_penalty"));
-    }
-    if penalties.1.is_some_and(|p| p != 0.0) {
-        return Err(ApiError::bad("presence_penalty", "not supported; use repetition_penalty"));
-    }
-    let max_new = max_tokens.map_or(default_max as u64, |m| m);
-    if max_new > limits.max_tokens as u64 {
-        return Err(ApiError::bad(
-            "max_tokens",
-            format!("{max_new} exceeds this server's limit of {}", limits.max_tokens),
-        ));
-    }
-    let stop = stop.map(Stop::list).unwrap_or_default();
-    if stop.len() > 4 {
-        return Err(ApiError::bad("stop", "at most 4 stop sequences"));
-    }
-    let p = SamplingParams {
-        temperature: temperature.unwrap_or(1.0),
-        top_k: top_k.unwrap_or(0).min(u32::MAX as u64) as usize,
-        top_p: top_p.unwrap_or(1.0),
-        min_p: min_p.unwrap_or(0.0),
-        repetition_penalty: repetition_penalty.unwrap_or(1.0),
-        seed: seed.unwrap_or(0),
-        max_new_tokens: max_new as usize,
-        stop,
-        ignore_eos: false,
-    };
-    p.validate().map_err(|e| {
-        let msg = e.to_string();
-        let field = msg.split(':').next().unwrap_or("").to_string();
-        ApiError::bad(&field, msg)
-    })?;
-    Ok(p)
 }
 
 impl CompletionRequest {
@@ -192,20 +220,7 @@ impl CompletionRequest {
         if self.logprobs.is_some_and(|k| k > 5) {
             return Err(ApiError::bad("logprobs", "at most 5"));
         }
-        sampling(
-            limits,
-            16,
-            self.max_tokens,
-            self.temperature,
-            self.top_p,
-            self.top_k,
-            self.min_p,
-            self.repetition_penalty,
-            self.stop.clone(),
-            self.seed,
-            self.n,
-            (self.frequency_penalty, self.presence_penalty),
-        )
+        self.common.sampling(limits, 16, None)
     }
 }
 
@@ -217,21 +232,7 @@ impl ChatRequest {
         if self.top_logprobs.is_some_and(|k| k > 5) {
             return Err(ApiError::bad("top_logprobs", "at most 5"));
         }
-        let default_max = limits.max_tokens.min(512);
-        sampling(
-            limits,
-            default_max,
-            self.max_completion_tokens.or(self.max_tokens),
-            self.temperature,
-            self.top_p,
-            self.top_k,
-            self.min_p,
-            self.repetition_penalty,
-            self.stop.clone(),
-            self.seed,
-            self.n,
-            (self.frequency_penalty, self.presence_penalty),
-        )
+        self.common.sampling(limits, limits.max_tokens.min(512), self.max_completion_tokens)
     }
 }
 

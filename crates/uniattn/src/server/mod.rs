@@ -262,7 +262,7 @@ fn completions(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
     for p in &prompts {
         shared.check_prompt(p, params.max_new_tokens)?;
     }
-    if req.stream && (prompts.len() != 1 || req.echo) {
+    if req.common.stream && (prompts.len() != 1 || req.echo) {
         return Err(ApiError::bad("stream", "streaming takes one prompt and no echo"));
     }
     let (id, created, model) = (shared.id("cmpl"), now(), shared.opts.model_name.clone());
@@ -277,7 +277,7 @@ fn completions(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
         };
         receivers.push(shared.submit(request)?);
     }
-    if req.stream {
+    if req.common.stream {
         let rx = receivers.pop().expect("one prompt");
         let chunk = move |text: &str, reason: Option<&str>| {
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
@@ -355,9 +355,9 @@ fn chat(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0) as usize);
     let rx = shared.submit(Request { prompt, params, prompt_logprobs: false, logprobs })?;
     let (id, created, model) = (shared.id("chatcmpl"), now(), shared.opts.model_name.clone());
-    if req.stream {
+    if req.common.stream {
         let usage_wanted =
-            req.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool)
+            req.common.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool)
                 == Some(true);
         let chunk = move |delta: Value, reason: Option<&str>| {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
