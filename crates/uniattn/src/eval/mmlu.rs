@@ -105,6 +105,7 @@ pub fn load(hf_datasets: &Path, subject: &str, variant: &str) -> Result<McTask> 
         .enumerate()
         .map(|(i, q)| McItem {
             doc_id: i as u64,
+            native_id: None,
             gold: q.answer,
             requests: (0..q.choices.len())
                 .map(|k| LlRequest {

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct McItem {
     pub doc_id: u64,
+    /// The data set's own id of the question (MedMCQA's `id`), when the file gives one.
+    pub native_id: Option<String>,
     pub gold: usize,
     pub requests: Vec<LlRequest>,
 }
@@ -86,13 +88,14 @@ struct Row {
     idx: usize,
     label: usize,
     request: LlRequest,
+    native_id: Option<serde_json::Value>,
 }
 
 /// Reads a gzipped JSONL request file; a malformed line is an error naming file and line.
 pub fn read_requests(path: &Path, name: &str, uncond_offset: Option<u64>) -> Result<McTask> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
-    let mut docs: BTreeMap<u64, (usize, Vec<(usize, LlRequest)>)> = BTreeMap::new();
+    let mut docs: BTreeMap<u64, (usize, Option<String>, Vec<(usize, LlRequest)>)> = BTreeMap::new();
     let mut order = Vec::new();
     let mut skipped = 0;
     for (n, line) in reader.lines().enumerate() {
@@ -112,18 +115,19 @@ pub fn read_requests(path: &Path, name: &str, uncond_offset: Option<u64>) -> Res
             skipped += 1;
             continue;
         }
+        let native = row.native_id.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
         let entry = docs.entry(row.doc_id).or_insert_with(|| {
             order.push(row.doc_id);
-            (row.label, Vec::new())
+            (row.label, native, Vec::new())
         });
         if entry.0 != row.label {
             return Err(Error::format(path, format!("line {}: doc {} has two labels", n + 1, row.doc_id)));
         }
-        entry.1.push((row.idx, row.request));
+        entry.2.push((row.idx, row.request));
     }
     let mut items = Vec::with_capacity(order.len());
     for id in order {
-        let (gold, mut reqs) = docs.remove(&id).expect("listed");
+        let (gold, native_id, mut reqs) = docs.remove(&id).expect("listed");
         reqs.sort_by_key(|(i, _)| *i);
         if reqs.iter().enumerate().any(|(k, (i, _))| k != *i) || gold >= reqs.len() {
             return Err(Error::format(
@@ -134,12 +138,24 @@ pub fn read_requests(path: &Path, name: &str, uncond_offset: Option<u64>) -> Res
                 ),
             ));
         }
-        items.push(McItem { doc_id: id, gold, requests: reqs.into_iter().map(|(_, r)| r).collect() });
+        items.push(McItem {
+            doc_id: id,
+            native_id,
+            gold,
+            requests: reqs.into_iter().map(|(_, r)| r).collect(),
+        });
     }
     if items.is_empty() {
         return Err(Error::format(path, "no requests"));
     }
     Ok(McTask { name: name.to_string(), source: path.to_path_buf(), items, skipped_unconditional: skipped })
+}
+
+impl McTask {
+    /// Keeps only the questions whose native id is in `ids` (a held-out split).
+    pub fn retain_ids(&mut self, ids: &std::collections::HashSet<String>) {
+        self.items.retain(|i| i.native_id.as_ref().is_some_and(|n| ids.contains(n)));
+    }
 }
 
 #[cfg(test)]
