@@ -95,7 +95,9 @@ struct Row {
 pub fn read_requests(path: &Path, name: &str, uncond_offset: Option<u64>) -> Result<McTask> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
-    let mut docs: BTreeMap<u64, (usize, Option<String>, Vec<(usize, LlRequest)>)> = BTreeMap::new();
+    // Per document: label, native id, (choice index, request).
+    type Doc = (usize, Option<String>, Vec<(usize, LlRequest)>);
+    let mut docs: BTreeMap<u64, Doc> = BTreeMap::new();
     let mut order = Vec::new();
     let mut skipped = 0;
     for (n, line) in reader.lines().enumerate() {
