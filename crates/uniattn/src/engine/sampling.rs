@@ -143,21 +143,22 @@ impl Sampler {
     }
 }
 
-/// Next tokens for a batch (`logits` `[n, vocab]`): one argmax for all greedy rows, the
-/// filters row by row for the others.
-pub fn pick_batch(samplers: &mut [&mut Sampler], logits: &Tensor, histories: &[&[u32]]) -> Vec<u32> {
+/// Next tokens for a batch (`logits` `[n, vocab]`, one row per sampler and its history): one
+/// argmax for all greedy rows, the filters row by row for the others.
+pub fn pick_batch(rows: &mut [(&mut Sampler, &[u32])], logits: &Tensor) -> Vec<u32> {
     let greedy: Vec<i64> =
         Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu)).expect("int64 argmax");
-    samplers
-        .iter_mut()
+    rows.iter_mut()
         .enumerate()
-        .map(|(i, s)| {
-            if s.params.is_greedy() {
-                greedy[i] as u32
-            } else {
-                s.pick(&logits.get(i as i64), histories[i])
-            }
-        })
+        .map(
+            |(i, (s, history))| {
+                if s.params.is_greedy() {
+                    greedy[i] as u32
+                } else {
+                    s.pick(&logits.get(i as i64), history)
+                }
+            },
+        )
         .collect()
 }
 

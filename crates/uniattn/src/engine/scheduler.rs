@@ -147,11 +147,6 @@ impl Scheduler {
         !self.waiting.is_empty() || !self.active.is_empty()
     }
 
-    /// Sequences in the running batch.
-    pub fn running(&self) -> usize {
-        self.active.len()
-    }
-
     /// Steps until every queued request has finished, handing each event to `on_event`.
     pub fn run(&mut self, mut on_event: impl FnMut(&Event)) {
         while self.has_work() {
@@ -189,11 +184,9 @@ impl Scheduler {
                     for s in &mut self.active {
                         s.history.push(s.pending);
                     }
-                    let histories: Vec<Vec<u32>> = self.active.iter().map(|s| s.history.clone()).collect();
-                    let refs: Vec<&[u32]> = histories.iter().map(Vec::as_slice).collect();
-                    let mut samplers: Vec<&mut Sampler> =
-                        self.active.iter_mut().map(|s| &mut s.sampler).collect();
-                    let next = pick_batch(&mut samplers, &logits, &refs);
+                    let mut rows: Vec<(&mut Sampler, &[u32])> =
+                        self.active.iter_mut().map(|s| (&mut s.sampler, s.history.as_slice())).collect();
+                    let next = pick_batch(&mut rows, &logits);
                     let want_logp = self.active.iter().any(|s| s.logprobs.is_some());
                     let logp = want_logp.then(|| logits.log_softmax(-1, Kind::Float));
                     for (i, &t) in next.iter().enumerate() {

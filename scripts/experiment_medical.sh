@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Issue 7's experiment for one model: medical post-training (PMC rows + the training part of a
+# MedMCQA split) of dense, UniAttn, softmax-only, CLA and layer-drop variants on one plan from
+# `analyze`, a learning-rate grid for dense, seeds, evaluation with standard errors, inference
+# cost from `bench`, and a summary table + plot.
+#
+#   scripts/experiment_medical.sh MODEL.gguf NAME            # full run (GPU)
+#   DEV=cpu SMOKE=1 scripts/experiment_medical.sh MODEL NAME  # a few steps and questions: plumbing
+#
+# Everything lands in runs/medical/NAME (override with OUT=).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MODEL=$1 NAME=$2
+U=${U:-./target/release/uniattn}
+DEV=${DEV:-cuda}
+OUT=${OUT:-runs/medical/$NAME}
+PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
+[[ -f $PMC ]] || PMC=shared/data/pmc_llama_instructions_1000.json
+WIKI=.cache/data/wiki.utf8
+REUSE=${REUSE:-8}                       # reuse layers in the plan
+SEEDS=${SEEDS:-"1 2"}                   # dense and UniAttn; baselines use the first
+LRS=${LRS:-"1e-5 2e-5 5e-5"}            # dense learning-rate grid (first seed)
+TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy,arc_challenge}
+TRAIN=(--max-len 1024 --micro-batch 8 --grad-accum 6 --eval-every 10 --save-every 100000)
+LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64)
+if [[ $DEV == cuda ]]; then TRAIN+=(--bf16 --device cuda); DT=(--dtype bf16 --device cuda); else DT=(--device cpu); TRAIN+=(--device cpu); fi
+if [[ ${SMOKE:-0} == 1 ]]; then
+  SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
+  TRAIN=(--max-len 256 --micro-batch 2 --grad-accum 1 --eval-every 1 --save-every 100000 --max-steps 2 --device "$DEV")
+  LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4)
+fi
+mkdir -p "$OUT/data" "$OUT/eval" "$OUT/runs"
+log() { echo "== $*" >&2; }
+
+log "data: MedMCQA split and the training file"
+$U medmcqa-split --out "$OUT/data" --heldout 1000 --seed 0 >&2
+python3 - "$PMC" "$OUT/data/medmcqa_train.json" "$OUT/data/medical_train.json" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1])) + json.load(open(sys.argv[2]))
+json.dump(rows, open(sys.argv[3], "w"))
+print(f"{len(rows)} training rows", file=sys.stderr)
+PY
+DATA="$OUT/data/medical_train.json"
+
+log "plan from analyze ($REUSE reuse layers)"
+$U analyze "$MODEL" --data "$PMC" --rows 500..516 --reuse-layers "$REUSE" --out "$OUT/analyze" "${DT[@]}" > "$OUT/analyze.txt"
+BLOCKS=$(grep -- '--plan-blocks' "$OUT/analyze.txt" | awk '{print $2}')
+log "plan $BLOCKS"
+
+best_val() { python3 -c "import json,sys; v=[json.loads(l).get('val_loss') for l in open(sys.argv[1])]; v=[x for x in v if x is not None]; print(min(v) if v else 1e9)" "$1/metrics.jsonl"; }
+train() { # train VARIANT SEED LR DIR
+  [[ -d $4/final ]] && return
+  $U train --model "$MODEL" --variant "$1" --plan-blocks "$BLOCKS" --data "$DATA" --calib "$PMC" --calib-rows 0..256 \
+    --seed "$2" --lr "$3" "${TRAIN[@]}" --out "$4" > "$4.log" 2>&1
+}
+
+log "learning-rate grid (dense, seed ${SEEDS%% *})"
+BEST_LR= BEST=1e9
+for lr in $LRS; do
+  train dense "${SEEDS%% *}" "$lr" "$OUT/runs/lr-$lr"
+  v=$(best_val "$OUT/runs/lr-$lr")
+  echo "{\"lr\": $lr, \"best_val_loss\": $v}" >> "$OUT/lr_grid.jsonl"
+  if python3 -c "import sys; sys.exit(0 if $v < $BEST else 1)"; then BEST=$v BEST_LR=$lr; fi
+done
+log "learning rate $BEST_LR (val loss $BEST)"
+
+MODELS=("base:$MODEL")
+for seed in $SEEDS; do
+  for variant in dense uniattn softmax-only cla layerdrop; do
+    [[ $seed != "${SEEDS%% *}" && $variant != dense && $variant != uniattn ]] && continue
+    dir="$OUT/runs/$variant-s$seed"
+    if [[ $variant == dense && $seed == "${SEEDS%% *}" ]]; then dir="$OUT/runs/lr-$BEST_LR"; fi
+    log "train $variant seed $seed"
+    train "$variant" "$seed" "$BEST_LR" "$dir"
+    MODELS+=("$variant-s$seed:$dir/final")
+  done
+done
+
+for entry in "${MODELS[@]}"; do
+  label=${entry%%:*} path=${entry#*:}
+  log "evaluate $label"
+  $U eval mc --model "$path" --tasks "$TASKS" --medmcqa-split "$OUT/data/medmcqa_split.json" "${LIMIT[@]}" \
+    --json "$OUT/eval/$label.mc.json" "${DT[@]}" > "$OUT/eval/$label.mc.md" 2>/dev/null
+  $U eval ppl --model "$path" --text "$WIKI" --max-tokens 20480 --window 1024 --stride 512 --json "${DT[@]}" \
+    > "$OUT/eval/$label.wiki.json" 2>/dev/null
+  $U bench --model "$path" "${BENCH[@]}" --json "$OUT/eval/$label.bench.json" "${DT[@]}" > /dev/null 2>&1
+done
+python3 scripts/experiment_summary.py "$OUT" | tee "$OUT/summary.md"
