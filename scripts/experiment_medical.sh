@@ -22,12 +22,12 @@ SEEDS=${SEEDS:-"1 2"}                   # dense and UniAttn; baselines use the f
 LRS=${LRS:-"1e-5 2e-5 5e-5"}            # dense learning-rate grid (first seed)
 TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy,arc_challenge}
 TRAIN=(--max-len 1024 --micro-batch 8 --grad-accum 6 --eval-every 10 --save-every 100000)
-LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64)
+LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256
 if [[ $DEV == cuda ]]; then TRAIN+=(--bf16 --device cuda); DT=(--dtype bf16 --device cuda); else DT=(--device cpu); TRAIN+=(--device cpu); fi
 if [[ ${SMOKE:-0} == 1 ]]; then
   SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
-  TRAIN=(--max-len 256 --micro-batch 2 --grad-accum 1 --eval-every 1 --save-every 100000 --max-steps 2 --device "$DEV")
-  LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4)
+  TRAIN=(--max-len 256 --micro-batch 2 --grad-accum 1 --val-fraction 0.003 --eval-every 2 --save-every 100000 --max-steps 2 --device "$DEV")
+  LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8
 fi
 mkdir -p "$OUT/data" "$OUT/eval" "$OUT/runs"
 log() { echo "== $*" >&2; }
@@ -50,7 +50,7 @@ log "plan $BLOCKS"
 best_val() { python3 -c "import json,sys; v=[json.loads(l).get('val_loss') for l in open(sys.argv[1])]; v=[x for x in v if x is not None]; print(min(v) if v else 1e9)" "$1/metrics.jsonl"; }
 train() { # train VARIANT SEED LR DIR
   [[ -d $4/final ]] && return
-  $U train --model "$MODEL" --variant "$1" --plan-blocks "$BLOCKS" --data "$DATA" --calib "$PMC" --calib-rows 0..256 \
+  $U train --model "$MODEL" --variant "$1" --plan-blocks "$BLOCKS" --data "$DATA" --calib "$PMC" --calib-rows "$CALIB_ROWS" \
     --seed "$2" --lr "$3" "${TRAIN[@]}" --out "$4" > "$4.log" 2>&1
 }
 

@@ -630,9 +630,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve { model, addr, name, max_body_bytes, max_tokens, threads, engine, dev } => {
             let (device, kind) = setup(&dev)?;
-            let name = name.unwrap_or_else(|| {
-                model.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string())
-            });
+            let name = name.unwrap_or_else(|| loader::model_label(&model));
             let sched = engine.scheduler(loader::load(&model, kind, device)?)?;
             let opts = uniattn::server::ServerOptions {
                 addr,
@@ -693,9 +691,16 @@ fn run(cli: Cli) -> Result<()> {
             let mut rows = Vec::new();
             let cases: Vec<(usize, usize)> =
                 context.iter().flat_map(|&c| batch.iter().map(move |&b| (b, c))).collect();
-            for path in &model {
+            // Distinct labels, so that rows of two models never mix in the comparison.
+            let mut labels: Vec<String> = Vec::new();
+            for p in &model {
+                let l = loader::model_label(p);
+                let n = labels.iter().filter(|x| x.split('#').next() == Some(l.as_str())).count();
+                labels.push(if n == 0 { l } else { format!("{l}#{}", n + 1) });
+            }
+            for (path, label) in model.iter().zip(&labels) {
                 let m = loader::load(path, kind, device)?;
-                let label = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string());
+                let label = label.clone();
                 let opts = EngineOptions { max_batch: 1, max_len: 1, prefill_chunk };
                 let mut engine = Engine::new(m.model, opts)?;
                 let pb = bar(cases.len() as u64, &label);
@@ -706,11 +711,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 pb.finish_and_clear();
             }
-            let base_order: Vec<String> = model
-                .iter()
-                .map(|p| p.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string()))
-                .collect();
-            rows.sort_by_key(|r| (r.context, r.batch, base_order.iter().position(|m| *m == r.model)));
+            rows.sort_by_key(|r| (r.context, r.batch, labels.iter().position(|m| *m == r.model)));
             if let Some(j) = json {
                 std::fs::write(&j, serde_json::to_string_pretty(&rows)?)
                     .with_context(|| format!("writing {}", j.display()))?;

@@ -118,3 +118,28 @@ pub fn save_folder(
     }
     Ok(())
 }
+
+/// A short name for a model in tables: the file or folder name, with its parent for the
+/// generic names training runs use (`runs/uniattn/final` -> `uniattn/final`).
+pub fn model_label(path: &Path) -> String {
+    let stem = path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().to_string());
+    match path.parent().and_then(Path::file_name) {
+        Some(parent) if ["final", "hf", "model"].contains(&stem.as_str()) => {
+            format!("{}/{stem}", parent.to_string_lossy())
+        }
+        _ => stem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_label;
+    use std::path::Path;
+
+    #[test]
+    fn labels_are_short_but_tell_runs_apart() {
+        assert_eq!(model_label(Path::new("m/SmolLM2.Q4_1.gguf")), "SmolLM2.Q4_1");
+        assert_eq!(model_label(Path::new("runs/smol-uni")), "smol-uni");
+        assert_eq!(model_label(Path::new("runs/uniattn-s1/final")), "uniattn-s1/final");
+    }
+}
