@@ -22,12 +22,12 @@ SEEDS=${SEEDS:-"1 2"}                   # dense and UniAttn; baselines use the f
 LRS=${LRS:-"1e-5 2e-5 5e-5"}            # dense learning-rate grid (first seed)
 TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy,arc_challenge}
 TRAIN=(--max-len 1024 --micro-batch 8 --grad-accum 6 --eval-every 10 --save-every 100000)
-LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256
+LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256 WIKI_TOKENS=20480
 if [[ $DEV == cuda ]]; then TRAIN+=(--bf16 --device cuda); DT=(--dtype bf16 --device cuda); else DT=(--device cpu); TRAIN+=(--device cpu); fi
 if [[ ${SMOKE:-0} == 1 ]]; then
   SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
   TRAIN=(--max-len 256 --micro-batch 2 --grad-accum 1 --val-fraction 0.003 --eval-every 2 --save-every 100000 --max-steps 2 --device "$DEV")
-  LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8
+  LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024
 fi
 mkdir -p "$OUT/data" "$OUT/eval" "$OUT/runs"
 log() { echo "== $*" >&2; }
@@ -81,7 +81,7 @@ for entry in "${MODELS[@]}"; do
   log "evaluate $label"
   $U eval mc --model "$path" --tasks "$TASKS" --medmcqa-split "$OUT/data/medmcqa_split.json" "${LIMIT[@]}" \
     --json "$OUT/eval/$label.mc.json" "${DT[@]}" > "$OUT/eval/$label.mc.md" 2>/dev/null
-  $U eval ppl --model "$path" --text "$WIKI" --max-tokens 20480 --window 1024 --stride 512 --json "${DT[@]}" \
+  $U eval ppl --model "$path" --text "$WIKI" --max-tokens "$WIKI_TOKENS" --window 1024 --stride 512 --json "${DT[@]}" \
     > "$OUT/eval/$label.wiki.json" 2>/dev/null
   $U bench --model "$path" "${BENCH[@]}" --json "$OUT/eval/$label.bench.json" "${DT[@]}" > /dev/null 2>&1
 done
