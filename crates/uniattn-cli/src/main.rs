@@ -188,7 +188,7 @@ enum Command {
         clients: usize,
         #[arg(long, default_value_t = 20)]
         requests: usize,
-        #[arg(long, default_value = "Write a short story about a lighthouse keeper.")]
+        #[arg(long, default_value = "Once upon a time, an old lighthouse keeper")]
         prompt: String,
         #[arg(long, default_value_t = 32)]
         max_tokens: usize,
