@@ -1,7 +1,9 @@
 //! Continuous batching: requests wait in a queue, join the running batch as soon as a cache
-//! slot is free (their prompt is prefilled in chunks), then advance one token per decode step
-//! together with everyone else. Finished sequences leave at once and the last slot moves into
-//! the gap, so the live slots stay `0..n` and a step reads only what it needs.
+//! slot is free, then advance one token per decode step together with everyone else. Prompts
+//! are prefilled under a per-step budget of `prefill_chunk` tokens, so a long prompt is spread
+//! over several steps instead of stalling the batch. Finished sequences leave at once and the
+//! last slot moves into the gap, so the live slots stay `0..n` and a step reads only what it
+//! needs; the prompt being prefilled sits in slot `n`.
 use super::sampling::{pick_batch, Sampler, SamplingParams};
 use super::stop::TextStream;
 use super::Engine;
@@ -89,10 +91,20 @@ struct Sequence {
     failed: bool,
 }
 
+/// A prompt partly prefilled, in the slot just after the running batch.
+struct Prefill {
+    id: u64,
+    req: Request,
+    done: usize,
+    /// Logits of every prefilled position (prompt log-probs wanted) or of the last chunk's end.
+    logits: Vec<Tensor>,
+}
+
 pub struct Scheduler {
     pub engine: Engine,
     pub tokenizer: Arc<Tokenizer>,
     waiting: VecDeque<(u64, Request)>,
+    prefilling: Option<Prefill>,
     active: Vec<Sequence>,
     next_id: u64,
 }
@@ -113,7 +125,14 @@ fn token_logprob(logp: &Tensor, token: u32, k: usize) -> TokenLogprob {
 
 impl Scheduler {
     pub fn new(engine: Engine, tokenizer: Arc<Tokenizer>) -> Self {
-        Scheduler { engine, tokenizer, waiting: VecDeque::new(), active: Vec::new(), next_id: 0 }
+        Scheduler {
+            engine,
+            tokenizer,
+            waiting: VecDeque::new(),
+            prefilling: None,
+            active: Vec::new(),
+            next_id: 0,
+        }
     }
 
     /// Queues a request after checking it can run at all; returns its id.
@@ -144,7 +163,7 @@ impl Scheduler {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.waiting.is_empty() || !self.active.is_empty()
+        !self.waiting.is_empty() || self.prefilling.is_some() || !self.active.is_empty()
     }
 
     /// Steps until every queued request has finished, handing each event to `on_event`.
@@ -159,23 +178,55 @@ impl Scheduler {
     /// Drops a request whose client went away.
     pub fn cancel(&mut self, id: u64) {
         self.waiting.retain(|(i, _)| *i != id);
+        if self.prefilling.as_ref().is_some_and(|p| p.id == id) {
+            self.prefilling = None;
+            self.engine.reset(self.active.len());
+        }
         if let Some(s) = self.active.iter_mut().find(|s| s.id == id) {
             s.finished = Some(FinishReason::Stop);
         }
         self.compact();
     }
 
-    /// Admits waiting requests into free slots, then advances every running sequence by one
-    /// token. Returns what happened, in order.
+    /// Prefills up to `prefill_chunk` prompt tokens (finishing prompts join the batch), then
+    /// advances every running sequence by one token. Returns what happened, in order.
     pub fn step(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
-        while self.active.len() < self.engine.cache.slots() {
-            let Some((id, req)) = self.waiting.pop_front() else { break };
-            if let Err(e) = self.admit(id, req, &mut events) {
-                events.push(Event::Failed { id, error: e.to_string() });
+        let mut budget = self.engine.options.prefill_chunk;
+        while budget > 0 {
+            if self.prefilling.is_none() {
+                if self.active.len() >= self.engine.cache.slots() {
+                    break;
+                }
+                let Some((id, req)) = self.waiting.pop_front() else { break };
+                self.engine.reset(self.active.len());
+                self.prefilling = Some(Prefill { id, req, done: 0, logits: Vec::new() });
             }
-            // A request can finish on its first token; its slot is free again at once.
-            self.compact();
+            let slot = self.active.len();
+            let p = self.prefilling.as_mut().expect("set above");
+            let n = budget.min(p.req.prompt.len() - p.done);
+            match self.engine.prefill(slot, &p.req.prompt[p.done..p.done + n], p.req.prompt_logprobs) {
+                Ok(l) => {
+                    if !p.req.prompt_logprobs {
+                        p.logits.clear();
+                    }
+                    p.logits.push(l);
+                    p.done += n;
+                    budget -= n;
+                }
+                Err(e) => {
+                    events.push(Event::Failed { id: p.id, error: e.to_string() });
+                    self.prefilling = None;
+                    self.engine.reset(slot);
+                    continue;
+                }
+            }
+            if p.done == p.req.prompt.len() {
+                let p = self.prefilling.take().expect("set above");
+                self.start(p, &mut events);
+                // A request can finish on its first token; its slot is free again at once.
+                self.compact();
+            }
         }
         if !self.active.is_empty() {
             let tokens: Vec<u32> = self.active.iter().map(|s| s.pending).collect();
@@ -200,6 +251,9 @@ impl Scheduler {
                     for s in self.active.drain(..) {
                         events.push(Event::Failed { id: s.id, error: e.to_string() });
                     }
+                    if let Some(p) = self.prefilling.take() {
+                        events.push(Event::Failed { id: p.id, error: e.to_string() });
+                    }
                     for slot in 0..self.engine.cache.slots() {
                         self.engine.reset(slot);
                     }
@@ -210,17 +264,12 @@ impl Scheduler {
         events
     }
 
-    fn admit(&mut self, id: u64, req: Request, events: &mut Vec<Event>) -> Result<()> {
+    /// A fully prefilled prompt joins the batch with its first token.
+    fn start(&mut self, p: Prefill, events: &mut Vec<Event>) {
+        let (id, req) = (p.id, p.req);
         let slot = self.active.len();
-        self.engine.reset(slot);
-        let logits = self.engine.prefill(slot, &req.prompt, req.prompt_logprobs);
-        let logits = match logits {
-            Ok(l) => l,
-            Err(e) => {
-                self.engine.reset(slot);
-                return Err(e);
-            }
-        };
+        let logits =
+            if req.prompt_logprobs { Tensor::cat(&p.logits, 0) } else { p.logits[0].shallow_clone() };
         let (last, prompt_logprobs) = if req.prompt_logprobs {
             let logp = logits.log_softmax(-1, Kind::Float);
             let k = req.logprobs.unwrap_or(0);
@@ -255,7 +304,6 @@ impl Scheduler {
         } else {
             self.accept(slot, first, lp, events);
         }
-        Ok(())
     }
 
     /// Takes token `t` as the next output of the sequence in `slot`.
@@ -301,8 +349,10 @@ impl Scheduler {
         }
     }
 
-    /// Removes finished sequences, moving the last slot into each gap.
+    /// Removes finished sequences, moving the last slot into each gap, and the prompt being
+    /// prefilled to the slot after the batch.
     fn compact(&mut self) {
+        let before = self.active.len();
         let mut i = 0;
         while i < self.active.len() {
             if self.active[i].finished.is_some() {
@@ -316,6 +366,9 @@ impl Scheduler {
             } else {
                 i += 1;
             }
+        }
+        if self.prefilling.is_some() && self.active.len() != before {
+            self.engine.move_slot(before, self.active.len());
         }
     }
 }

@@ -193,3 +193,42 @@ fn requests_that_cannot_run_are_refused_with_the_reason() {
     .to_string();
     assert!(e.contains("at least 1"), "{e}");
 }
+
+/// A long prompt prefilled over several steps while a short request runs and finishes: its
+/// half-filled cache moves down a slot and it still generates what full forwards generate.
+#[test]
+fn prefill_spread_over_steps_survives_compaction() {
+    let reference = model(Family::Llama, Some(ReuseKind::Uniattn), 8);
+    let engine = Engine::new(
+        model(Family::Llama, Some(ReuseKind::Uniattn), 8),
+        EngineOptions { max_batch: 2, max_len: 32, prefill_chunk: 2 },
+    )
+    .unwrap();
+    let mut tok = crate::tokenizer::tests::tiny();
+    tok.eos_ids.clear();
+    let mut sched = Scheduler::new(engine, std::sync::Arc::new(tok));
+    let (short, long) = (seq(31, 3), seq(32, 12));
+    for (p, n) in [(&short, 2), (&long, 3)] {
+        let params = SamplingParams { max_new_tokens: n, ..Default::default() };
+        sched.submit(Request { prompt: p.clone(), params, ..Default::default() }).unwrap();
+    }
+    let mut out = vec![Vec::new(); 2];
+    let mut order = Vec::new();
+    while sched.has_work() {
+        for e in sched.step() {
+            match e {
+                Event::Token { id, token, .. } => out[id as usize].push(token),
+                Event::Finished { id, .. } => order.push(id),
+                Event::Failed { error, .. } => panic!("{error}"),
+            }
+        }
+    }
+    assert_eq!(order, [0, 1], "the short request finishes while the long prompt is still prefilling");
+    for (i, (p, n)) in [(&short, 2), (&long, 3)].into_iter().enumerate() {
+        let mut s = p.clone();
+        for _ in 0..n {
+            s.push(full_logits(&reference, &s).get(-1).argmax(-1, false).int64_value(&[]) as u32);
+        }
+        assert_eq!(out[i], s[p.len()..], "request {i}");
+    }
+}
