@@ -16,5 +16,5 @@ echo "== perplexity (first 256 tokens of wiki.utf8; the brief's reference is 8.7
 ./target/release/uniattn eval ppl --model "$MODEL" --text "$DATA/wiki.utf8" --max-tokens 256
 echo "== multiple choice (first 100 ARC-Easy questions, 5-shot, lm-eval scoring)"
 ./target/release/uniattn eval mc --model "$MODEL" --tasks arc_easy --limit 100
-echo "== engine benchmark (CPU sizes; the GPU grid is in docs/benchmarks.md)"
+echo "== engine benchmark (CPU sizes; the GPU grid: scripts/device/engine_bench.sh, docs/benchmarks.md)"
 ./target/release/uniattn bench --model "$MODEL" --batch 1,8 --context 256 --new-tokens 16
