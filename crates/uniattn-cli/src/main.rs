@@ -97,6 +97,21 @@ impl EngineArgs {
     }
 }
 
+/// What `generate` and `chat` share: the model, the system prompt, sampling, engine, device.
+#[derive(Args, Clone)]
+struct GenerationArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    dev: DeviceArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert a GGUF file into a Hugging Face folder (safetensors, config.json, tokenizer).
@@ -112,7 +127,6 @@ enum Command {
     /// Generate text for one or more prompts (batched through the engine; one prompt streams).
     Generate {
         #[arg(long)]
-        model: PathBuf,
         /// A prompt; repeat for a batch
         #[arg(long, required_unless_present = "prompts_file")]
         prompt: Vec<String>,
@@ -122,27 +136,13 @@ enum Command {
         /// Send prompts as they are, without the chat template.
         #[arg(long)]
         raw: bool,
-        #[arg(long)]
-        system: Option<String>,
         #[command(flatten)]
-        sampling: SamplingArgs,
-        #[command(flatten)]
-        engine: EngineArgs,
-        #[command(flatten)]
-        dev: DeviceArgs,
+        run: GenerationArgs,
     },
     /// Talk to a model interactively (chat template, streaming). /reset clears, /exit quits.
     Chat {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        system: Option<String>,
         #[command(flatten)]
-        sampling: SamplingArgs,
-        #[command(flatten)]
-        engine: EngineArgs,
-        #[command(flatten)]
-        dev: DeviceArgs,
+        run: GenerationArgs,
     },
     /// Split MedMCQA (eval package) into held-out questions and Alpaca training rows.
     MedmcqaSplit {
@@ -512,7 +512,12 @@ fn run(cli: Cli) -> Result<()> {
                 print_savings(c, &parts.plan);
             }
         }
-        Command::Generate { model, prompt, prompts_file, raw, system, sampling, engine, dev } => {
+        Command::Generate {
+            prompt,
+            prompts_file,
+            raw,
+            run: GenerationArgs { model, system, sampling, engine, dev },
+        } => {
             let (device, kind) = setup(&dev)?;
             let mut prompts = prompt;
             if let Some(f) = prompts_file {
@@ -558,7 +563,7 @@ fn run(cli: Cli) -> Result<()> {
                 tokens as f64 / secs
             );
         }
-        Command::Chat { model, system, sampling, engine, dev } => {
+        Command::Chat { run: GenerationArgs { model, system, sampling, engine, dev } } => {
             let (device, kind) = setup(&dev)?;
             let mut sched = engine.scheduler(loader::load(&model, kind, device)?)?;
             let tok = Arc::clone(&sched.tokenizer);

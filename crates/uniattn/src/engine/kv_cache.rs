@@ -153,8 +153,9 @@ impl KvCache {
         let len = self.lens[from];
         if from != to && len > 0 {
             let mv = |t: &mut Tensor| {
-                let src = t.narrow(0, from as i64, 1).narrow(2, 0, len).copy();
-                t.narrow(0, to as i64, 1).narrow(2, 0, len).copy_(&src);
+                t.narrow(0, to as i64, 1)
+                    .narrow(2, 0, len)
+                    .copy_(&t.narrow(0, from as i64, 1).narrow(2, 0, len));
             };
             for l in &mut self.layers {
                 match l {

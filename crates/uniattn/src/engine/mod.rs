@@ -48,8 +48,8 @@ pub struct Engine {
     pub model: Transformer,
     layers: Vec<InferenceLayer>,
     pub cache: KvCache,
-    /// First layer after each SuperBlock, where the lead's probabilities are dropped.
-    block_ends: Vec<usize>,
+    /// Each layer's role under the plan, looked up once rather than on every step.
+    roles: Vec<LayerRole>,
     pub options: EngineOptions,
 }
 
@@ -60,21 +60,20 @@ impl Engine {
                 "engine options: max batch, max length and prefill chunk must be at least 1, got {options:?}"
             )));
         }
-        let plan = model.plan.clone();
+        let roles = model.plan.roles();
         let layers: Vec<InferenceLayer> = std::mem::take(&mut model.layers)
             .into_iter()
-            .enumerate()
-            .map(|(l, layer)| {
-                let lead = match plan.role(l) {
-                    LayerRole::Reuse { lead } => Some(lead),
+            .zip(&roles)
+            .map(|(layer, role)| {
+                let lead = match role {
+                    LayerRole::Reuse { lead } => Some(*lead),
                     _ => None,
                 };
                 InferenceLayer::new(layer, lead)
             })
             .collect();
         let cache = cache_for(&layers, &model, options.max_batch, options.max_len)?;
-        let block_ends = plan.blocks.iter().map(|&(_, e)| e).collect();
-        Ok(Engine { model, layers, cache, block_ends, options })
+        Ok(Engine { model, layers, cache, roles, options })
     }
 
     /// Replaces the cache with one for `max_batch` sequences of `max_len` tokens (the old one
@@ -117,9 +116,10 @@ impl Engine {
                 causal_from_zero: causal_from_zero
                     && self.model.cfg.layer_window(l).is_none_or(|w| w as i64 >= k_len),
             };
-            let is_lead = self.model.plan.role(l) == LayerRole::Lead;
+            let is_lead = self.roles[l] == LayerRole::Lead;
             layer.forward(l, &mut h, &step, &mut self.cache, is_lead, &mut lead_probs);
-            if self.block_ends.contains(&(l + 1)) {
+            // The lead's probabilities live only while its block runs.
+            if !matches!(self.roles.get(l + 1), Some(LayerRole::Reuse { .. })) {
                 lead_probs = None;
             }
         }

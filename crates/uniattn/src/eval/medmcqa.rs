@@ -6,7 +6,6 @@ use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::Path;
 
 pub struct Split {
@@ -20,17 +19,13 @@ const INSTRUCTION: &str =
 
 /// The questions of `oe_eval_tasks/medmcqa/<variant>` with their `doc` fields, by id.
 fn read_docs(path: &Path) -> Result<BTreeMap<String, Value>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut docs = BTreeMap::new();
-    for (n, line) in std::io::BufReader::new(flate2::read::GzDecoder::new(file)).lines().enumerate() {
-        let line = line.map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))?;
-        let row: Value =
-            serde_json::from_str(&line).map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))?;
-        let doc = &row["doc"];
-        if let Some(id) = doc["id"].as_str() {
-            docs.entry(id.to_string()).or_insert_with(|| doc.clone());
+    super::tasks::for_each_gz_json_line(path, |_, row: Value| {
+        if let Some(id) = row["doc"]["id"].as_str() {
+            docs.entry(id.to_string()).or_insert_with(|| row["doc"].clone());
         }
-    }
+        Ok(())
+    })?;
     Ok(docs)
 }
 

@@ -91,31 +91,42 @@ struct Row {
     native_id: Option<serde_json::Value>,
 }
 
+/// Calls `f` with the number and parsed value of every non-empty line of a gzipped JSONL
+/// file; a line that does not parse is an error naming the file and the line.
+pub fn for_each_gz_json_line<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    mut f: impl FnMut(usize, T) -> Result<()>,
+) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    for (n, line) in std::io::BufReader::new(flate2::read::GzDecoder::new(file)).lines().enumerate() {
+        let line = line.map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v =
+            serde_json::from_str(&line).map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))?;
+        f(n + 1, v)?;
+    }
+    Ok(())
+}
+
 /// Reads a gzipped JSONL request file; a malformed line is an error naming file and line.
 pub fn read_requests(path: &Path, name: &str, uncond_offset: Option<u64>) -> Result<McTask> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
     // Per document: label, native id, (choice index, request).
     type Doc = (usize, Option<String>, Vec<(usize, LlRequest)>);
     let mut docs: BTreeMap<u64, Doc> = BTreeMap::new();
     let mut order = Vec::new();
     let mut skipped = 0;
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row: Row =
-            serde_json::from_str(&line).map_err(|e| Error::format(path, format!("line {}: {e}", n + 1)))?;
+    for_each_gz_json_line(path, |line, row: Row| {
         if row.request_type != "loglikelihood" {
             return Err(Error::format(
                 path,
-                format!("line {}: request_type {:?}, expected \"loglikelihood\"", n + 1, row.request_type),
+                format!("line {line}: request_type {:?}, expected \"loglikelihood\"", row.request_type),
             ));
         }
         if uncond_offset.is_some_and(|o| row.doc_id >= o) {
             skipped += 1;
-            continue;
+            return Ok(());
         }
         let native = row.native_id.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
         let entry = docs.entry(row.doc_id).or_insert_with(|| {
@@ -123,10 +134,11 @@ pub fn read_requests(path: &Path, name: &str, uncond_offset: Option<u64>) -> Res
             (row.label, native, Vec::new())
         });
         if entry.0 != row.label {
-            return Err(Error::format(path, format!("line {}: doc {} has two labels", n + 1, row.doc_id)));
+            return Err(Error::format(path, format!("line {line}: doc {} has two labels", row.doc_id)));
         }
         entry.2.push((row.idx, row.request));
-    }
+        Ok(())
+    })?;
     let mut items = Vec::with_capacity(order.len());
     for id in order {
         let (gold, native_id, mut reqs) = docs.remove(&id).expect("listed");

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use worker::{Command, Job};
@@ -44,7 +44,7 @@ struct Shared {
     limits: Limits,
     vocab: usize,
     opts: ServerOptions,
-    commands: Mutex<Sender<Command>>,
+    commands: Sender<Command>,
     counter: AtomicU64,
 }
 
@@ -82,7 +82,7 @@ pub fn start(sched: Scheduler, opts: ServerOptions) -> Result<ServerHandle> {
         limits,
         vocab,
         opts: opts.clone(),
-        commands: Mutex::new(tx.clone()),
+        commands: tx.clone(),
         counter: AtomicU64::new(0),
     });
     let engine = std::thread::Builder::new()
@@ -177,8 +177,6 @@ impl Shared {
     fn submit(&self, request: Request) -> Result<Receiver<Event>, ApiError> {
         let (tx, rx) = channel();
         self.commands
-            .lock()
-            .map_err(|_| ApiError::new(500, "engine unavailable"))?
             .send(Command::Run(Job { request, events: tx }))
             .map_err(|_| ApiError::new(503, "the server is shutting down"))?;
         Ok(rx)

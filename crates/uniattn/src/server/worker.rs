@@ -3,7 +3,7 @@
 //! the running batch between steps; a client that hangs up is cancelled.
 use crate::engine::{Event, Request, Scheduler};
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::Duration;
 
 pub struct Job {
@@ -22,15 +22,19 @@ pub fn run(mut sched: Scheduler, commands: Receiver<Command>) {
     let mut routes: HashMap<u64, Sender<Event>> = HashMap::new();
     let mut draining = false;
     loop {
-        // Block only while idle; otherwise take whatever arrived during the last step.
+        // Block only while idle; then take everything else that has arrived.
         let mut next = if sched.has_work() || draining {
-            commands.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            None
         } else {
-            commands.recv_timeout(Duration::from_millis(200))
+            match commands.recv_timeout(Duration::from_millis(200)) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Command::Drain),
+            }
         };
         loop {
-            match next {
-                Ok(Command::Run(job)) => match sched.submit(job.request) {
+            match next.take() {
+                Some(Command::Run(job)) => match sched.submit(job.request) {
                     Ok(id) => {
                         routes.insert(id, job.events);
                     }
@@ -38,14 +42,15 @@ pub fn run(mut sched: Scheduler, commands: Receiver<Command>) {
                         let _ = job.events.send(Event::Failed { id: u64::MAX, error: e.to_string() });
                     }
                 },
-                Ok(Command::Drain) | Err(RecvTimeoutError::Disconnected) => draining = true,
-                Err(RecvTimeoutError::Timeout) => break,
+                Some(Command::Drain) => draining = true,
+                None => {}
             }
-            next = commands.try_recv().map_err(|e| match e {
-                std::sync::mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-            });
-            if draining && matches!(next, Err(RecvTimeoutError::Disconnected)) {
+            next = match commands.try_recv() {
+                Ok(c) => Some(c),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => Some(Command::Drain),
+            };
+            if draining && matches!(next, Some(Command::Drain)) {
                 break;
             }
         }
