@@ -66,7 +66,8 @@ fn medmcqa_split_is_disjoint_and_reproducible() {
     // MedMCQA repeats some question texts under different ids; count them rather than hide them.
     eprintln!("training rows whose question text also appears held out: {leaked}");
     assert!(leaked < 20, "{leaked}");
-    let f = tmpdir("split").join("split.json");
+    let scratch = tmpdir("split");
+    let f = scratch.path().join("split.json");
     std::fs::write(&f, serde_json::json!({"heldout_ids": a.heldout_ids}).to_string()).unwrap();
     uniattn::eval::medmcqa::restrict(&mut task, &f).unwrap();
     assert_eq!(task.items.len(), 1000);

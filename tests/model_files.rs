@@ -6,12 +6,12 @@ use tch::{Device, Kind};
 use uniattn::eval::perplexity::token_logprobs;
 use uniattn::loader;
 
-fn imported(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+fn imported(name: &str) -> (std::path::PathBuf, tempfile::TempDir) {
     init();
     let gguf = model(SMOLLM2).unwrap();
     let dir = tmpdir(name);
     let m = loader::load(&gguf, Kind::Float, Device::Cpu).unwrap();
-    loader::save_folder(&m.model, &m.tokenizer, &dir, Kind::Float, None, &[]).unwrap();
+    loader::save_folder(&m.model, &m.tokenizer, dir.path(), Kind::Float, None, &[]).unwrap();
     (gguf, dir)
 }
 
@@ -24,9 +24,10 @@ fn load_err(path: &std::path::Path) -> String {
 
 #[test]
 fn imported_folder_computes_the_same_logprobs() {
-    let (gguf, dir) = imported("same");
+    let (gguf, scratch) = imported("same");
+    let dir = scratch.path();
     let a = loader::load(&gguf, Kind::Float, Device::Cpu).unwrap();
-    let b = loader::load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let b = loader::load(dir, Kind::Float, Device::Cpu).unwrap();
     let text = "Paris is the capital of France, and Berlin is the capital of Germany.";
     let ids = a.tokenizer.encode(text, true).unwrap();
     assert_eq!(ids, b.tokenizer.encode(text, true).unwrap());
@@ -37,14 +38,15 @@ fn imported_folder_computes_the_same_logprobs() {
 
 #[test]
 fn broken_folders_say_what_is_wrong() {
-    let (_, dir) = imported("broken");
+    let (_, scratch) = imported("broken");
+    let dir = scratch.path();
     // A config that does not match the weights.
     let cfg_path = dir.join("config.json");
     let good_cfg = std::fs::read_to_string(&cfg_path).unwrap();
     let mut cfg: serde_json::Value = serde_json::from_str(&good_cfg).unwrap();
     cfg["intermediate_size"] = serde_json::json!(1024);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let err = load_err(&dir);
+    let err = load_err(dir);
     assert!(
         err.contains("model.safetensors") && err.contains("gate_proj") && err.contains("[1024, 576]"),
         "{err}"
@@ -59,34 +61,35 @@ fn broken_folders_say_what_is_wrong() {
     tensors.remove("model.layers.7.self_attn.k_proj.weight");
     let list: Vec<(String, tch::Tensor)> = tensors.into_iter().collect();
     uniattn::weights::safetensors_io::write_file(&st, &list, None).unwrap();
-    let err = load_err(&dir);
+    let err = load_err(dir);
     assert!(err.contains("missing tensor model.layers.7.self_attn.k_proj.weight"), "{err}");
 
     // A truncated weight file.
     std::fs::write(&st, &good[..good.len() / 2]).unwrap();
-    let err = load_err(&dir);
+    let err = load_err(dir);
     assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
     std::fs::write(&st, &good).unwrap();
 
     // A missing tokenizer.
     std::fs::rename(dir.join("tokenizer.json"), dir.join("t.json")).unwrap();
-    let err = load_err(&dir);
+    let err = load_err(dir);
     assert!(err.contains("tokenizer.json is missing"), "{err}");
     std::fs::rename(dir.join("t.json"), dir.join("tokenizer.json")).unwrap();
 
     // Invalid JSON in config.json.
     std::fs::write(&cfg_path, "{\"model_type\": ").unwrap();
-    let err = load_err(&dir);
+    let err = load_err(dir);
     assert!(err.contains("config.json") && err.contains("invalid JSON"), "{err}");
     std::fs::write(&cfg_path, &good_cfg).unwrap();
-    loader::load(&dir, Kind::Float, Device::Cpu).expect("restored folder loads again");
+    loader::load(dir, Kind::Float, Device::Cpu).expect("restored folder loads again");
 }
 
 #[test]
 fn truncated_real_gguf_is_named() {
     init();
     let gguf = model(SMOLLM2).unwrap();
-    let dir = tmpdir("trunc");
+    let scratch = tmpdir("trunc");
+    let dir = scratch.path();
     let bytes = std::fs::read(&gguf).unwrap();
     for cut in [100usize, 2_000_000, bytes.len() - 1000] {
         let p = dir.join("cut.gguf");

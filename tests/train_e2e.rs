@@ -28,7 +28,7 @@ fn prompt_tokens_carry_no_loss() {
 }
 
 fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<usize>) -> TrainJob {
-    let data = tmpdir("train-data").join("pmc12.json");
+    let data = out.with_file_name("pmc12.json");
     let rows: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(root().join("../shared/data/pmc_llama_instructions_1000.json")).unwrap(),
     )
@@ -74,7 +74,8 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
 #[test]
 fn uniattn_two_stage_run_stops_resumes_and_loads() {
     init();
-    let out = tmpdir("train-run");
+    let scratch = tmpdir("train");
+    let out = scratch.path().join("run");
     let first = run(job(&out, None, Some(4)), |_, _| {}).unwrap();
     assert_eq!(first.history.len(), 4);
     assert!(first.history.iter().all(|m| m.loss.is_finite() && m.val_loss.is_some()));

@@ -40,7 +40,8 @@ fn convert_fits_and_writes_a_loadable_unified_model() {
     init();
     let gguf = model(SMOLLM2).unwrap();
     let plan = PlanSpec::Blocks("24-26,27-29".into());
-    let dir = tmpdir("convert");
+    let scratch = tmpdir("convert");
+    let dir = scratch.path();
     let mut nll = Vec::new();
     for (name, method) in [("none", FitMethod::Zero), ("ours", FitMethod::Streaming { ridge: None })] {
         let (out, kept) = convert::convert(
@@ -119,7 +120,8 @@ fn bad_plans_and_calibration_files_are_rejected() {
     assert!(err.contains("g:begin:end"), "{err}");
     let err = run(PlanSpec::Blocks("20-23".into()), calib(990..1010, 0.0));
     assert!(err.contains("has 1000"), "{err}");
-    let bad = tmpdir("badcalib").join("bad.jsonl");
+    let scratch = tmpdir("badcalib");
+    let bad = scratch.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"instruction\": \"x\", \"output\": \"y\"}\n{\"output\": 5}\n").unwrap();
     let err = run(
         PlanSpec::Blocks("20-23".into()),
@@ -153,7 +155,8 @@ fn analysis_matrix_and_plan() {
     let plan = uniattn::analyze::propose_plan(&sim, 10, 15, 4).unwrap();
     assert_eq!(plan.reuse_layers().len(), 10);
     assert!(plan.blocks.iter().all(|&(s, e)| s >= 15 && e - s <= 4));
-    let png = tmpdir("analyze").join("sim.png");
+    let scratch = tmpdir("analyze");
+    let png = scratch.path().join("sim.png");
     uniattn::plot::heatmap(&sim, 0.0, 1.0, 5, &png).unwrap();
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
 }

@@ -33,9 +33,8 @@ pub fn init() {
     uniattn::runtime::init().expect("libtorch");
 }
 
-pub fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("uniattn-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory named after the test, removed (with the gigabytes a converted model
+/// or a training run leaves) when it drops, even when the test fails.
+pub fn tmpdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("uniattn-e2e-{name}-")).tempdir().unwrap()
 }

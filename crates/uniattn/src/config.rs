@@ -363,8 +363,10 @@ impl ModelConfig {
 mod tests {
     use super::*;
 
-    fn write(name: &str, v: &Value) -> std::path::PathBuf {
-        let p = std::env::temp_dir().join(format!("uniattn-cfg-{}-{name}.json", std::process::id()));
+    /// `v` in a file named `*-{name}.json`, removed when the returned path drops.
+    fn write(name: &str, v: &Value) -> tempfile::TempPath {
+        let p =
+            tempfile::Builder::new().suffix(&format!("-{name}.json")).tempfile().unwrap().into_temp_path();
         std::fs::write(&p, v.to_string()).unwrap();
         p
     }

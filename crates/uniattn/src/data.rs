@@ -225,8 +225,9 @@ pub fn select<T: Clone>(items: &[T], range: &std::ops::Range<usize>, what: &Path
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> std::path::PathBuf {
-        let p = std::env::temp_dir().join(format!("uniattn-data-{}-{name}", std::process::id()));
+    /// A file named `*-{name}` holding `text`, removed when the returned path drops.
+    fn write(name: &str, text: &str) -> tempfile::TempPath {
+        let p = tempfile::Builder::new().suffix(&format!("-{name}")).tempfile().unwrap().into_temp_path();
         std::fs::write(&p, text).unwrap();
         p
     }

@@ -194,8 +194,8 @@ mod tests {
 
     #[test]
     fn groups_choices_and_skips_unconditional_rows() {
-        let dir = std::env::temp_dir().join(format!("uniattn-tasks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let p = dir.join("r.jsonl.gz");
         write_gz(
             &p,
@@ -217,6 +217,5 @@ mod tests {
         write_gz(&p, &[row(0, 0, 3, " 2")]);
         let e = read_requests(&p, "toy", None).unwrap_err().to_string();
         assert!(e.contains("label 3"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -366,10 +366,9 @@ mod tests {
         }
     }
 
-    fn out_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("uniattn-train-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A scratch directory, removed when the test ends; the run writes to `run/` inside it.
+    fn scratch() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     fn weights(m: &Transformer) -> Vec<(String, Tensor)> {
@@ -383,13 +382,14 @@ mod tests {
         let tok = crate::tokenizer::tests::tiny();
         let mut c = config(vec![StageKind::All], 4, 1);
         c.epochs = 8;
+        let dir = scratch();
         let mut t = Trainer {
             model: &model,
             tokenizer: &tok,
             cfg: c,
             train: examples(32, 1),
             val: vec![],
-            out: out_dir("dec"),
+            out: dir.path().join("run"),
         };
         let h = t.run(None, |_, _| {}).unwrap();
         let first: f64 = h[..4].iter().map(|m| m.loss).sum::<f64>() / 4.0;
@@ -405,13 +405,14 @@ mod tests {
         let data = examples(8, 2);
         let run = |micro, accum| {
             let model = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Float, 12);
+            let dir = scratch();
             let mut t = Trainer {
                 model: &model,
                 tokenizer: &tok,
                 cfg: config(vec![StageKind::All], micro, accum),
                 train: data.clone(),
                 val: vec![],
-                out: out_dir(&format!("acc{micro}")),
+                out: dir.path().join("run"),
             };
             t.run(None, |_, _| {}).unwrap();
             weights(&model)
@@ -433,19 +434,21 @@ mod tests {
         let stages = vec![StageKind::CompensationOnly, StageKind::All];
         let straight = {
             let model = tiny_model(&cfg, plan.clone(), Kind::Float, 13);
+            let dir = scratch();
             let mut t = Trainer {
                 model: &model,
                 tokenizer: &tok,
                 cfg: config(stages.clone(), 2, 2),
                 train: data.clone(),
                 val: vec![],
-                out: out_dir("straight"),
+                out: dir.path().join("run"),
             };
             t.run(None, |_, _| {}).unwrap();
             weights(&model)
         };
         // 4 steps per stage; stop in the middle of stage 2 (after 6), checkpoint every 3.
-        let out = out_dir("resumed");
+        let dir = scratch();
+        let out = dir.path().join("run");
         {
             let model = tiny_model(&cfg, plan.clone(), Kind::Float, 13);
             let mut c = config(stages.clone(), 2, 2);
@@ -488,13 +491,14 @@ mod tests {
         let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap();
         let model = tiny_model(&cfg, plan, Kind::Float, 14);
         let before = weights(&model);
+        let dir = scratch();
         let mut t = Trainer {
             model: &model,
             tokenizer: &tok,
             cfg: config(vec![StageKind::CompensationOnly], 2, 1),
             train: examples(8, 4),
             val: vec![],
-            out: out_dir("stage1"),
+            out: dir.path().join("run"),
         };
         t.run(None, |_, _| {}).unwrap();
         let mut changed = 0;

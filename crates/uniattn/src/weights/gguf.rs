@@ -341,9 +341,9 @@ pub(crate) mod tests {
         std::fs::write(path, b).unwrap();
     }
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("uniattn-gguf-{}-{name}", std::process::id()));
-        d
+    /// A scratch file path ending in `-{name}`, removed when it drops.
+    fn tmp(name: &str) -> tempfile::TempPath {
+        tempfile::Builder::new().suffix(&format!("-{name}")).tempfile().unwrap().into_temp_path()
     }
 
     #[test]

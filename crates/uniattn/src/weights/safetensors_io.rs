@@ -147,19 +147,19 @@ mod tests {
 
     #[test]
     fn roundtrip_and_corruption() {
-        let dir = std::env::temp_dir().join(format!("uniattn-st-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let p = dir.join("model.safetensors");
         let a = Tensor::arange(6, (Kind::Float, tch::Device::Cpu)).view([2, 3]);
         let b = Tensor::from_slice(&[1.5f32, -2.0]).to_kind(Kind::BFloat16);
         write_file(&p, &[("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())], None).unwrap();
-        let w = read_folder(&dir).unwrap();
+        let w = read_folder(dir).unwrap();
         assert!(w.tensors["a"].equal(&a));
         assert!(w.tensors["b"].equal(&b));
         assert!(!dir.join("model.safetensors.tmp").exists());
         let full = std::fs::read(&p).unwrap();
         std::fs::write(&p, &full[..full.len() - 3]).unwrap();
-        let err = read_folder(&dir).err().unwrap().to_string();
+        let err = read_folder(dir).err().unwrap().to_string();
         assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
     }
 
