@@ -24,7 +24,14 @@ if [[ ! -f "$LT/build-version" ]]; then
     python3 -m pip download --quiet --no-deps --only-binary=:all: \
       --platform manylinux_2_28_x86_64 --python-version 3.11 -d "$WHEELS" "${need[@]}" >&2
   fi
+  # libtorch unpacks to about 1 GiB and a release build with its tests takes about 2 GiB more.
+  free_mib=$(($(df -Pk "$CACHE" | awk 'NR == 2 { print $4 }') / 1024))
+  if ((free_mib < 4096)); then
+    echo "setup: only $free_mib MiB free under $CACHE; unpacking libtorch and building need about 4096 MiB" >&2
+    exit 1
+  fi
   tmp="$(mktemp -d "$CACHE/libtorch.XXXX")"
+  trap 'rm -rf "$tmp"' EXIT
   echo "setup: unpacking libtorch into $LT" >&2
   python3 - "$tmp" "$WHEELS" "$TORCH_VERSION" <<'PY'
 import glob, os, sys, zipfile, shutil
@@ -50,6 +57,7 @@ with open(os.path.join(out, "build-version"), "w") as f:
 PY
   rm -rf "$LT"
   mv "$tmp" "$LT"
+  trap - EXIT
 fi
 
 cat > "$CACHE/env.sh" <<ENV
