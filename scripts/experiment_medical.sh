@@ -4,43 +4,67 @@
 # `analyze`, a learning-rate grid for dense, seeds, evaluation with standard errors, inference
 # cost from `bench`, and a summary table + plot.
 #
-#   scripts/experiment_medical.sh MODEL.gguf NAME            # full run (GPU)
-#   DEV=cpu SMOKE=1 scripts/experiment_medical.sh MODEL NAME  # a few steps and questions: plumbing
+#   scripts/experiment_medical.sh MODEL.gguf NAME                 # full run (GPU)
+#   PROFILE=cpu scripts/experiment_medical.sh MODEL.gguf NAME     # SmolLM2-sized run on a CPU
+#   PROFILE=smoke DEV=cpu scripts/experiment_medical.sh MODEL NAME # a few steps: plumbing only
 #
+# Every run trains on the same rows and is validated on the same held-out file (PMC rows
+# 900..1000 and 100 MedMCQA training-split rows, never trained on), whatever its seed.
 # Everything lands in runs/medical/NAME (override with OUT=).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODEL=$1 NAME=$2
 U=${U:-./target/release/uniattn}
-DEV=${DEV:-cuda}
+PROFILE=${PROFILE:-gpu}
+DEV=${DEV:-$([[ $PROFILE == gpu ]] && echo cuda || echo cpu)}
 OUT=${OUT:-runs/medical/$NAME}
 PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
 [[ -f $PMC ]] || PMC=shared/data/pmc_llama_instructions_1000.json
 WIKI=.cache/data/wiki.utf8
 REUSE=${REUSE:-8}                       # reuse layers in the plan
-SEEDS=${SEEDS:-"1 2"}                   # dense and UniAttn; baselines use the first
-LRS=${LRS:-"1e-5 2e-5 5e-5"}            # dense learning-rate grid (first seed)
-TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy,arc_challenge}
-TRAIN=(--max-len 1024 --micro-batch 8 --grad-accum 6 --eval-every 10 --save-every 100000)
-LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256 WIKI_TOKENS=20480
-if [[ $DEV == cuda ]]; then TRAIN+=(--bf16 --device cuda); DT=(--dtype bf16 --device cuda); else DT=(--device cpu); TRAIN+=(--device cpu); fi
-if [[ ${SMOKE:-0} == 1 ]]; then
-  SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
-  TRAIN=(--max-len 256 --micro-batch 2 --grad-accum 1 --val-fraction 0.003 --eval-every 2 --save-every 100000 --max-steps 2 --device "$DEV")
-  LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024
-fi
+case $PROFILE in
+  gpu)
+    SEEDS=${SEEDS:-"1 2"}               # dense and UniAttn; baselines use the first
+    LRS=${LRS:-"1e-5 2e-5 5e-5"}        # dense learning-rate grid (first seed)
+    TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy,arc_challenge}
+    TRAIN=(--max-len 1024 --micro-batch 8 --grad-accum 6 --eval-every 10)
+    LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256 WIKI_TOKENS=20480
+    TRAIN_ROWS=${TRAIN_ROWS:-all} ;;
+  cpu)
+    SEEDS=${SEEDS:-"1 2"}
+    LRS=${LRS:-"5e-5 1e-4 2e-4"}
+    TASKS=${TASKS:-arc_easy,medmcqa}
+    TRAIN=(--max-len 384 --micro-batch 8 --grad-accum 2 --eval-every 10)
+    LIMIT=(--limit ${LIMIT_Q:-200}) BENCH=(--batch 8 --context 512 --new-tokens 32) CALIB_ROWS=0..128 WIKI_TOKENS=8192
+    TRAIN_ROWS=${TRAIN_ROWS:-640} ;;
+  smoke)
+    SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
+    TRAIN=(--max-len 256 --micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2)
+    LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024
+    TRAIN_ROWS=16 ;;
+  *) echo "PROFILE must be gpu, cpu or smoke, not '$PROFILE'" >&2; exit 2 ;;
+esac
+TRAIN+=(--save-every 100000 --device "$DEV")
+DT=(--device "$DEV")
+if [[ $DEV == cuda ]]; then TRAIN+=(--bf16); DT+=(--dtype bf16); fi
 mkdir -p "$OUT/data" "$OUT/eval" "$OUT/runs"
 log() { echo "== $*" >&2; }
 
 log "data: MedMCQA split and the training file"
 $U medmcqa-split --out "$OUT/data" --heldout 1000 --seed 0 >&2
-python3 - "$PMC" "$OUT/data/medmcqa_train.json" "$OUT/data/medical_train.json" <<'PY'
-import json, sys
-rows = json.load(open(sys.argv[1])) + json.load(open(sys.argv[2]))
-json.dump(rows, open(sys.argv[3], "w"))
-print(f"{len(rows)} training rows", file=sys.stderr)
+python3 - "$PMC" "$OUT/data/medmcqa_train.json" "$OUT/data" "$TRAIN_ROWS" <<'PY'
+import json, random, sys
+pmc, mcq, out, n = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4]
+val = pmc[900:] + mcq[:100]
+train = pmc[:900] + mcq[100:]
+if n != "all":
+    random.Random(0).shuffle(train)
+    train = train[: int(n)]
+json.dump(train, open(f"{out}/medical_train.json", "w"))
+json.dump(val, open(f"{out}/medical_val.json", "w"))
+print(f"{len(train)} training rows, {len(val)} validation rows", file=sys.stderr)
 PY
-DATA="$OUT/data/medical_train.json"
+DATA="$OUT/data/medical_train.json" VAL="$OUT/data/medical_val.json"
 
 log "plan from analyze ($REUSE reuse layers)"
 $U analyze "$MODEL" --data "$PMC" --rows 500..516 --reuse-layers "$REUSE" --out "$OUT/analyze" "${DT[@]}" > "$OUT/analyze.txt"
@@ -50,7 +74,7 @@ log "plan $BLOCKS"
 best_val() { python3 -c "import json,sys; v=[json.loads(l).get('val_loss') for l in open(sys.argv[1])]; v=[x for x in v if x is not None]; print(min(v) if v else 1e9)" "$1/metrics.jsonl"; }
 train() { # train VARIANT SEED LR DIR
   [[ -d $4/final ]] && return
-  $U train --model "$MODEL" --variant "$1" --plan-blocks "$BLOCKS" --data "$DATA" --calib "$PMC" --calib-rows "$CALIB_ROWS" \
+  $U train --model "$MODEL" --variant "$1" --plan-blocks "$BLOCKS" --data "$DATA" --val-data "$VAL" --calib "$PMC" --calib-rows "$CALIB_ROWS" \
     --seed "$2" --lr "$3" "${TRAIN[@]}" --out "$4" > "$4.log" 2>&1
 }
 
@@ -83,6 +107,7 @@ for entry in "${MODELS[@]}"; do
     --json "$OUT/eval/$label.mc.json" "${DT[@]}" > "$OUT/eval/$label.mc.md" 2>/dev/null
   $U eval ppl --model "$path" --text "$WIKI" --max-tokens "$WIKI_TOKENS" --window 1024 --stride 512 --json "${DT[@]}" \
     > "$OUT/eval/$label.wiki.json" 2>/dev/null
+  $U eval ppl --model "$path" --text "$VAL" --window 1024 --json "${DT[@]}" > "$OUT/eval/$label.val.json" 2>/dev/null
   $U bench --model "$path" "${BENCH[@]}" --json "$OUT/eval/$label.bench.json" "${DT[@]}" > /dev/null 2>&1
 done
 python3 scripts/experiment_summary.py "$OUT" | tee "$OUT/summary.md"

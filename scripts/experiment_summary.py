@@ -1,12 +1,14 @@
-"""Summary of scripts/experiment_medical.sh: one row per variant (accuracy with standard errors
-on the medical tasks and ARC, wiki perplexity, KV bytes and throughput from bench), the medical
-average, and an SVG of medical accuracy against the KV-cache saving.
+"""Summary of scripts/experiment_medical.sh: one row per trained model (accuracy with standard
+errors on each task, the medical average, perplexity on the held-out medical rows and on wiki
+text, KV bytes and throughput from bench), the spread over seeds, and two SVGs: medical
+accuracy and held-out medical perplexity against the KV-cache saving.
 
     python3 scripts/experiment_summary.py runs/medical/NAME > summary.md
 """
 import glob
 import json
 import os
+import statistics
 import sys
 
 out = sys.argv[1]
@@ -15,41 +17,69 @@ rows = []
 for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
     label = os.path.basename(f)[: -len(".mc.json")]
     mc = json.load(open(f))
-    wiki = json.load(open(f.replace(".mc.json", ".wiki.json")))
-    bench = json.load(open(f.replace(".mc.json", ".bench.json")))
+    load = lambda ext: json.load(open(f.replace(".mc.json", ext)))
+    bench = load(".bench.json")
     med = [t for t in mc if t["task"].startswith(MED)]
-    row = {"label": label, "tasks": {t["task"]: t for t in mc}, "wiki_ppl": wiki["perplexity"],
-           "medical_avg": sum(t["acc"]["value"] for t in med) / max(len(med), 1),
-           "kv_per_token": bench[0]["kv_bytes_per_token"], "bench": bench}
-    rows.append(row)
+    rows.append({"label": label, "variant": label.rsplit("-s", 1)[0], "tasks": {t["task"]: t for t in mc},
+                 "wiki_ppl": load(".wiki.json")["perplexity"], "val_ppl": load(".val.json")["perplexity"],
+                 "medical_avg": sum(t["acc"]["value"] for t in med) / len(med) if med else None,
+                 "kv_per_token": bench[0]["kv_bytes_per_token"], "bench": bench})
 base_kv = max(r["kv_per_token"] for r in rows)
+for r in rows:
+    r["saved"] = 1 - r["kv_per_token"] / base_kv
 tasks = sorted({t for r in rows for t in r["tasks"]})
-print("| variant | " + " | ".join(tasks) + " | medical avg | wiki ppl | KV saved | " +
+fmt = lambda v, spec: "-" if v is None else format(v, spec)
+print("| model | " + " | ".join(tasks) + " | medical avg | held-out medical ppl | wiki ppl | KV saved | " +
       " | ".join(f"decode tok/s b{b['batch']} ctx{b['context']}" for b in rows[0]["bench"]) + " |")
-print("|---" * (len(tasks) + 4 + len(rows[0]["bench"])) + "|")
+print("|---" * (len(tasks) + 6 + len(rows[0]["bench"])) + "|")
 for r in rows:
     cells = [f"{r['tasks'][t]['acc']['value']:.3f} ± {r['tasks'][t]['acc']['stderr']:.3f}" if t in r["tasks"] else "-" for t in tasks]
     speeds = [f"{b['decode_tokens_per_s']:.0f}" if not b.get("error") else "oom" for b in r["bench"]]
-    saved = 1 - r["kv_per_token"] / base_kv
-    print(f"| {r['label']} | " + " | ".join(cells) + f" | {r['medical_avg']:.3f} | {r['wiki_ppl']:.3f} | {saved:.1%} | " + " | ".join(speeds) + " |")
+    print(f"| {r['label']} | " + " | ".join(cells) + f" | {fmt(r['medical_avg'], '.3f')} | {r['val_ppl']:.3f} | "
+          f"{r['wiki_ppl']:.3f} | {r['saved']:.1%} | " + " | ".join(speeds) + " |")
 
-# Medical accuracy against KV saving, one point per variant.
-W, H, L, T = 560, 320, 70, 30
-pts = [(1 - r["kv_per_token"] / base_kv, r["medical_avg"], r["label"]) for r in rows]
-xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-x1 = max(max(xs), 0.01) * 1.1
-y0, y1 = min(ys) - 0.01, max(ys) + 0.01
-px = lambda x: L + x / x1 * W
-py = lambda y: T + (1 - (y - y0) / (y1 - y0)) * H
-svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W + L + 160}" height="{H + T + 50}" font-family="sans-serif" font-size="12">',
-       '<rect width="100%" height="100%" fill="white"/>',
-       f'<text x="{L}" y="18" font-size="14">medical accuracy vs KV-cache saving</text>',
-       f'<line x1="{L}" y1="{T}" x2="{L}" y2="{T + H}" stroke="black"/><line x1="{L}" y1="{T + H}" x2="{L + W}" y2="{T + H}" stroke="black"/>',
-       f'<text x="{L + W / 2}" y="{T + H + 35}" text-anchor="middle">KV bytes saved (fraction)</text>',
-       f'<text x="{L - 5}" y="{T + 5}" text-anchor="end">{y1:.3f}</text><text x="{L - 5}" y="{T + H}" text-anchor="end">{y0:.3f}</text>',
-       f'<text x="{L + W}" y="{T + H + 16}" text-anchor="end">{x1:.2f}</text><text x="{L}" y="{T + H + 16}">0</text>']
-for x, y, label in pts:
-    svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="#1f77b4"/><text x="{px(x) + 6:.1f}" y="{py(y) + 4:.1f}">{label}</text>')
-svg.append("</svg>")
-open(os.path.join(out, "accuracy_vs_saving.svg"), "w").write("\n".join(svg))
-print(f"\nplot: {os.path.join(out, 'accuracy_vs_saving.svg')}; learning-rate grid: {os.path.join(out, 'lr_grid.jsonl')}")
+by_variant = {}
+for r in rows:
+    by_variant.setdefault(r["variant"], []).append(r)
+spread = {v: rs for v, rs in by_variant.items() if len(rs) > 1}
+if spread:
+    print("\nSeed spread (mean, min..max over seeds):\n")
+    print("| variant | seeds | medical avg | held-out medical ppl | wiki ppl |")
+    print("|---|---|---|---|---|")
+    for v, rs in spread.items():
+        def cell(key, spec):
+            xs = [r[key] for r in rs if r[key] is not None]
+            return "-" if not xs else f"{statistics.mean(xs):{spec}} ({min(xs):{spec}}..{max(xs):{spec}})"
+        print(f"| {v} | {len(rs)} | {cell('medical_avg', '.3f')} | {cell('val_ppl', '.3f')} | {cell('wiki_ppl', '.3f')} |")
+
+
+def scatter(key, title, path):
+    """One point per model: `key` against the KV-cache saving."""
+    pts = [(r["saved"], r[key], r["label"]) for r in rows if r[key] is not None]
+    if not pts:
+        return
+    W, H, L, T = 560, 320, 70, 30
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x1 = max(max(xs), 0.01) * 1.1
+    pad = max((max(ys) - min(ys)) * 0.05, 1e-3)
+    y0, y1 = min(ys) - pad, max(ys) + pad
+    px = lambda x: L + x / x1 * W
+    py = lambda y: T + (1 - (y - y0) / (y1 - y0)) * H
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W + L + 160}" height="{H + T + 50}" font-family="sans-serif" font-size="12">',
+           '<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{L}" y="18" font-size="14">{title}</text>',
+           f'<line x1="{L}" y1="{T}" x2="{L}" y2="{T + H}" stroke="black"/><line x1="{L}" y1="{T + H}" x2="{L + W}" y2="{T + H}" stroke="black"/>',
+           f'<text x="{L + W / 2}" y="{T + H + 35}" text-anchor="middle">KV bytes saved (fraction)</text>',
+           f'<text x="{L - 5}" y="{T + 5}" text-anchor="end">{y1:.3f}</text><text x="{L - 5}" y="{T + H}" text-anchor="end">{y0:.3f}</text>',
+           f'<text x="{L + W}" y="{T + H + 16}" text-anchor="end">{x1:.2f}</text><text x="{L}" y="{T + H + 16}">0</text>']
+    for x, y, label in pts:
+        svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="#1f77b4"/><text x="{px(x) + 6:.1f}" y="{py(y) + 4:.1f}">{label}</text>')
+    svg.append("</svg>")
+    open(path, "w").write("\n".join(svg))
+    print(f"plot: {path}")
+
+
+print()
+scatter("medical_avg", "medical accuracy vs KV-cache saving", os.path.join(out, "accuracy_vs_saving.svg"))
+scatter("val_ppl", "held-out medical perplexity (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
+print(f"learning-rate grid: {os.path.join(out, 'lr_grid.jsonl')}")
