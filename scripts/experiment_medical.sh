@@ -8,8 +8,9 @@
 #   PROFILE=cpu scripts/experiment_medical.sh MODEL.gguf NAME     # SmolLM2-sized run on a CPU
 #   PROFILE=smoke DEV=cpu scripts/experiment_medical.sh MODEL NAME # a few steps: plumbing only
 #
-# Every run trains on the same rows and is validated on the same held-out file (PMC rows
-# 900..1000 and 100 MedMCQA training-split rows, never trained on), whatever its seed.
+# Every run trains on the same rows and is validated on the same held-out file (PMC rows from
+# 900 and MedMCQA training-split rows from 0, 100 of each, 50 with PROFILE=cpu; never trained on),
+# whatever its seed.
 # Everything lands in runs/medical/NAME (override with OUT=).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,19 +30,19 @@ case $PROFILE in
     TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy,arc_challenge}
     TRAIN=(--max-len 1024 --micro-batch 8 --grad-accum 6 --eval-every 10)
     LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256 WIKI_TOKENS=20480
-    TRAIN_ROWS=${TRAIN_ROWS:-all} ;;
+    TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 ;;
   cpu)
     SEEDS=${SEEDS:-"1 2"}
-    LRS=${LRS:-"5e-5 1e-4 2e-4"}
-    TASKS=${TASKS:-arc_easy,medmcqa}
-    TRAIN=(--max-len 384 --micro-batch 8 --grad-accum 2 --eval-every 10)
-    LIMIT=(--limit ${LIMIT_Q:-200}) BENCH=(--batch 8 --context 512 --new-tokens 32) CALIB_ROWS=0..128 WIKI_TOKENS=8192
-    TRAIN_ROWS=${TRAIN_ROWS:-640} ;;
+    LRS=${LRS:-"5e-5 2e-4"}
+    TASKS=${TASKS:-arc_easy}
+    TRAIN=(--max-len 320 --micro-batch 8 --grad-accum 2 --eval-every 1000)
+    LIMIT=(--limit ${LIMIT_Q:-150}) BENCH=(--batch 8 --context 512 --new-tokens 32) CALIB_ROWS=0..64 WIKI_TOKENS=8192
+    TRAIN_ROWS=${TRAIN_ROWS:-256} VAL_ROWS=50 ;;
   smoke)
     SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
     TRAIN=(--max-len 256 --micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2)
     LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024
-    TRAIN_ROWS=16 ;;
+    TRAIN_ROWS=16 VAL_ROWS=4 ;;
   *) echo "PROFILE must be gpu, cpu or smoke, not '$PROFILE'" >&2; exit 2 ;;
 esac
 TRAIN+=(--save-every 100000 --device "$DEV")
@@ -52,10 +53,12 @@ log() { echo "== $*" >&2; }
 
 log "data: MedMCQA split and the training file"
 $U medmcqa-split --out "$OUT/data" --heldout 1000 --seed 0 >&2
-python3 - "$PMC" "$OUT/data/medmcqa_train.json" "$OUT/data" "$TRAIN_ROWS" <<'PY'
+python3 - "$PMC" "$OUT/data/medmcqa_train.json" "$OUT/data" "$TRAIN_ROWS" "$VAL_ROWS" <<'PY'
 import json, random, sys
-pmc, mcq, out, n = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4]
-val = pmc[900:] + mcq[:100]
+pmc, mcq, out, n, v = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4], int(sys.argv[5])
+# PMC rows 900.. and the first 100 MedMCQA training-split rows are never trained on; the
+# validation file is the first VAL_ROWS of each.
+val = pmc[900:900 + v] + mcq[:v]
 train = pmc[:900] + mcq[100:]
 if n != "all":
     random.Random(0).shuffle(train)
