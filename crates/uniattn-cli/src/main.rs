@@ -1,7 +1,8 @@
 //! `uniattn`: the command line. Parses arguments and calls the library; nothing else lives here.
+mod progress;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -452,15 +453,6 @@ fn setup(dev: &DeviceArgs) -> Result<(tch::Device, tch::Kind)> {
     Ok((runtime::parse_device(&dev.device)?, runtime::parse_dtype(&dev.dtype)?))
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"))
-            .expect("valid template"),
-    );
-    pb
-}
-
 /// The analytic inference saving of a plan (bf16 cache).
 fn print_savings(cfg: &uniattn::config::ModelConfig, plan: &uniattn::plan::SuperBlockPlan) {
     let s = uniattn::savings::plan_savings(cfg, plan, 2);
@@ -708,7 +700,7 @@ fn run(cli: Cli) -> Result<()> {
                 let label = label.clone();
                 let opts = EngineOptions { max_batch: 1, max_len: 1, prefill_chunk };
                 let mut engine = Engine::new(m.model, opts)?;
-                let pb = bar(cases.len() as u64, &label);
+                let pb = progress::bar(cases.len() as u64, &label);
                 for &(b, c) in &cases {
                     pb.set_message(format!("{label} batch {b} context {c}"));
                     rows.push(bench::run_case(&mut engine, &label, b, c, new_tokens, bandwidth));
@@ -740,7 +732,7 @@ fn run(cli: Cli) -> Result<()> {
                     })
                 })
                 .collect::<uniattn::Result<Vec<_>>>()?;
-            let pb = bar(seqs.len() as u64, "analysing");
+            let pb = progress::bar(seqs.len() as u64, "analysing");
             let sim =
                 uniattn::analyze::attention_similarity(&m.model, &seqs, |d, _| pb.set_position(d as u64))?;
             pb.finish_and_clear();
@@ -835,11 +827,7 @@ fn run(cli: Cli) -> Result<()> {
                 kind,
                 device,
             };
-            let pb = ProgressBar::new(1);
-            pb.set_style(
-                ProgressStyle::with_template("stage {prefix} {bar:30} {pos}/{len} {msg} ETA {eta}")
-                    .expect("valid template"),
-            );
+            let pb = progress::with_template(1, "stage {prefix} {bar:30} {pos}/{len} {msg} ETA {eta}");
             let mut last_stage = usize::MAX;
             let s = uniattn::train::job::run(job, |m, total| {
                 if m.stage != last_stage {
@@ -921,7 +909,7 @@ fn run(cli: Cli) -> Result<()> {
                 state_device: if states_on_cpu { tch::Device::Cpu } else { device },
                 pad_id: 0,
             };
-            let pb = bar(1, "calibrating");
+            let pb = progress::bar(1, "calibrating");
             let (conv, kept) =
                 uniattn::convert::convert(&model, &spec, &data, &opts, kind, device, |d, t| {
                     pb.set_length(t as u64);
@@ -971,7 +959,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut reports = Vec::new();
             let mut items_out = String::new();
             for task in &loaded {
-                let pb = bar(0, &task.name);
+                let pb = progress::bar(0, &task.name);
                 let (r, items) = uniattn::eval::multiple_choice::evaluate(
                     &mut engine,
                     &m.tokenizer,
@@ -1045,7 +1033,7 @@ fn run(cli: Cli) -> Result<()> {
             if total < 2 {
                 bail!("{}: fewer than 2 tokens to score", text.display());
             }
-            let pb = bar(total as u64, "ppl");
+            let pb = progress::bar(total as u64, "ppl");
             let bytes = uniattn::eval::perplexity::predicted_bytes(&m.tokenizer, &docs)?;
             let r = uniattn::eval::perplexity::perplexity_docs(
                 &m.model,

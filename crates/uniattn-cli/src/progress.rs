@@ -1,0 +1,109 @@
+//! Progress bars that still report when stderr is a log file rather than a terminal.
+//!
+//! indicatif hides its bars when stderr is not a terminal, so a training run started with
+//! `nohup` or from a script would say nothing for an hour. There the bar's text is written as
+//! a plain line instead, at most every [`LOG_EVERY`].
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// `what [bar] pos/len rate ETA`.
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    with_template(len, &format!("{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"))
+}
+
+/// A bar with an indicatif template, drawn on the terminal or logged as lines.
+pub fn with_template(len: u64, template: &str) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::term_like(Box::new(LogLines::default()))
+    };
+    let pb = ProgressBar::with_draw_target(Some(len), target);
+    pb.set_style(ProgressStyle::with_template(template).expect("valid template"));
+    pb
+}
+
+/// Collects what indicatif draws and writes it as one stderr line when a line is due.
+#[derive(Debug, Default)]
+struct LogLines {
+    state: Mutex<LogState>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    text: String,
+    last: Option<Instant>,
+}
+
+impl LogLines {
+    /// The line to write now, if one is due: the first draw, then one per `LOG_EVERY`.
+    fn take_due(&self, now: Instant) -> Option<String> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let text = std::mem::take(&mut st.text);
+        let text = text.trim();
+        let due = st.last.is_none_or(|t| now.duration_since(t) >= LOG_EVERY);
+        if text.is_empty() || !due {
+            return None;
+        }
+        st.last = Some(now);
+        Some(text.to_string())
+    }
+}
+
+impl TermLike for LogLines {
+    fn width(&self) -> u16 {
+        120
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(s)?;
+        self.write_str(" ")
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).text.push_str(s);
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        match self.take_due(Instant::now()) {
+            Some(line) => writeln!(std::io::stderr(), "{line}"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_the_first_draw_then_one_line_per_interval() {
+        let log = LogLines::default();
+        let t0 = Instant::now();
+        log.write_str("\rtrain 0/10   ").unwrap();
+        assert_eq!(log.take_due(t0).as_deref(), Some("train 0/10"));
+        log.write_str("train 1/10").unwrap();
+        assert_eq!(log.take_due(t0 + Duration::from_secs(5)), None);
+        log.write_str("train 2/10").unwrap();
+        assert_eq!(log.take_due(t0 + LOG_EVERY).as_deref(), Some("train 2/10"), "older text is dropped");
+        assert_eq!(log.take_due(t0 + 3 * LOG_EVERY), None, "nothing drawn, nothing written");
+    }
+}
