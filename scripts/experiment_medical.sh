@@ -23,29 +23,30 @@ PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
 [[ -f $PMC ]] || PMC=shared/data/pmc_llama_instructions_1000.json
 WIKI=.cache/data/wiki.utf8
 REUSE=${REUSE:-8}                       # reuse layers in the plan
+VARIANTS=${VARIANTS:-"dense uniattn softmax-only cla layerdrop"}
 case $PROFILE in
   gpu)
     SEEDS=${SEEDS:-"1 2"}               # dense and UniAttn; baselines use the first
     LRS=${LRS:-"1e-5 2e-5 5e-5"}        # dense learning-rate grid (first seed)
     TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy,arc_challenge}
-    TRAIN=(--max-len 1024 --micro-batch 8 --grad-accum 6 --eval-every 10)
+    MAX_LEN=1024 TRAIN=(--micro-batch 8 --grad-accum 6 --eval-every 10)
     LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256 WIKI_TOKENS=20480
     TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 ;;
   cpu)
     SEEDS=${SEEDS:-"1 2"}
     LRS=${LRS:-"5e-5 2e-4"}
     TASKS=${TASKS:-arc_easy}
-    TRAIN=(--max-len 320 --micro-batch 8 --grad-accum 2 --eval-every 1000)
+    MAX_LEN=320 TRAIN=(--micro-batch 8 --grad-accum 2 --eval-every 1000)
     LIMIT=(--limit ${LIMIT_Q:-150}) BENCH=(--batch 8 --context 512 --new-tokens 32) CALIB_ROWS=0..64 WIKI_TOKENS=8192
     TRAIN_ROWS=${TRAIN_ROWS:-256} VAL_ROWS=50 ;;
   smoke)
     SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
-    TRAIN=(--max-len 256 --micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2)
+    MAX_LEN=256 TRAIN=(--micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2)
     LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024
     TRAIN_ROWS=16 VAL_ROWS=4 ;;
   *) echo "PROFILE must be gpu, cpu or smoke, not '$PROFILE'" >&2; exit 2 ;;
 esac
-TRAIN+=(--save-every 100000 --device "$DEV")
+TRAIN+=(--max-len "$MAX_LEN" --save-every 100000 --device "$DEV")
 DT=(--device "$DEV")
 if [[ $DEV == cuda ]]; then TRAIN+=(--bf16); DT+=(--dtype bf16); fi
 mkdir -p "$OUT/data" "$OUT/eval" "$OUT/runs"
@@ -70,7 +71,8 @@ PY
 DATA="$OUT/data/medical_train.json" VAL="$OUT/data/medical_val.json"
 
 log "plan from analyze ($REUSE reuse layers)"
-$U analyze "$MODEL" --data "$PMC" --rows 500..516 --reuse-layers "$REUSE" --out "$OUT/analyze" "${DT[@]}" > "$OUT/analyze.txt"
+[[ -s $OUT/analyze.txt ]] ||
+  $U analyze "$MODEL" --data "$PMC" --rows 500..516 --reuse-layers "$REUSE" --out "$OUT/analyze" "${DT[@]}" > "$OUT/analyze.txt"
 BLOCKS=$(grep -- '--plan-blocks' "$OUT/analyze.txt" | awk '{print $2}')
 log "plan $BLOCKS"
 
@@ -83,6 +85,7 @@ train() { # train VARIANT SEED LR DIR
 
 log "learning-rate grid (dense, seed ${SEEDS%% *})"
 BEST_LR= BEST=1e9
+: > "$OUT/lr_grid.jsonl"
 for lr in $LRS; do
   train dense "${SEEDS%% *}" "$lr" "$OUT/runs/lr-$lr"
   v=$(best_val "$OUT/runs/lr-$lr")
@@ -93,7 +96,7 @@ log "learning rate $BEST_LR (val loss $BEST)"
 
 MODELS=("base:$MODEL")
 for seed in $SEEDS; do
-  for variant in dense uniattn softmax-only cla layerdrop; do
+  for variant in $VARIANTS; do
     [[ $seed != "${SEEDS%% *}" && $variant != dense && $variant != uniattn ]] && continue
     dir="$OUT/runs/$variant-s$seed"
     if [[ $variant == dense && $seed == "${SEEDS%% *}" ]]; then dir="$OUT/runs/lr-$BEST_LR"; fi
@@ -103,8 +106,19 @@ for seed in $SEEDS; do
   done
 done
 
+log "the unified models before post-training (W_c from the closed-form fit, and none)"
+for fit in ours none; do
+  label=$([[ $fit == ours ]] && echo uniattn-untrained || echo softmax-only-untrained)
+  dir="$OUT/runs/$label"
+  [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "$BLOCKS" --calib "$PMC" --calib-rows "$CALIB_ROWS" --fit $fit \
+    --max-len "$MAX_LEN" --out "$dir" "${DT[@]}" > "$dir.log" 2>&1
+  MODELS+=("$label:$dir")
+done
+
+# Models evaluated already (bench, written last, is there) are skipped, so a cut-off run resumes.
 for entry in "${MODELS[@]}"; do
   label=${entry%%:*} path=${entry#*:}
+  [[ -s $OUT/eval/$label.bench.json ]] && continue
   log "evaluate $label"
   $U eval mc --model "$path" --tasks "$TASKS" --medmcqa-split "$OUT/data/medmcqa_split.json" "${LIMIT[@]}" \
     --json "$OUT/eval/$label.mc.json" "${DT[@]}" > "$OUT/eval/$label.mc.md" 2>/dev/null
