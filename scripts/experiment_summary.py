@@ -1,7 +1,8 @@
 """Summary of scripts/experiment_medical.sh: one row per trained model (accuracy with standard
 errors on each task, the medical average, perplexity on the held-out medical rows and on wiki
-text, KV bytes and throughput from bench), the spread over seeds, and two SVGs: medical
-accuracy and held-out medical perplexity against the KV-cache saving.
+text, KV bytes and throughput from bench), the spread over seeds, and SVGs of medical accuracy,
+general-task accuracy and held-out medical perplexity against the KV-cache saving (one point
+per variant: the mean over seeds, with a bar over their range).
 
     python3 scripts/experiment_summary.py runs/medical/NAME > summary.md
 """
@@ -20,9 +21,11 @@ for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
     load = lambda ext: json.load(open(f.replace(".mc.json", ext)))
     bench = load(".bench.json")
     med = [t for t in mc if t["task"].startswith(MED)]
+    general = [t for t in mc if not t["task"].startswith(MED)]
     rows.append({"label": label, "variant": label.rsplit("-s", 1)[0], "tasks": {t["task"]: t for t in mc},
                  "wiki_ppl": load(".wiki.json")["perplexity"], "val_ppl": load(".val.json")["perplexity"],
                  "medical_avg": sum(t["acc"]["value"] for t in med) / len(med) if med else None,
+                 "general_avg": sum(t["acc"]["value"] for t in general) / len(general) if general else None,
                  "kv_per_token": bench[0]["kv_bytes_per_token"], "bench": bench})
 base_kv = max(r["kv_per_token"] for r in rows)
 for r in rows:
@@ -54,25 +57,33 @@ if spread:
 
 
 def scatter(key, title, path):
-    """One point per model: `key` against the KV-cache saving."""
-    pts = [(r["saved"], r[key], r["label"]) for r in rows if r[key] is not None]
+    """One point per variant (the mean over its seeds, a bar from the lowest to the highest):
+    `key` against the KV-cache saving."""
+    pts = []
+    for v, rs in by_variant.items():
+        ys = [r[key] for r in rs if r[key] is not None]
+        if ys:
+            label = v if len(ys) == 1 else f"{v} ({len(ys)} seeds)"
+            pts.append((rs[0]["saved"], statistics.mean(ys), min(ys), max(ys), label))
     if not pts:
         return
     W, H, L, T = 560, 320, 70, 30
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x1 = max(max(xs), 0.01) * 1.1
-    pad = max((max(ys) - min(ys)) * 0.05, 1e-3)
-    y0, y1 = min(ys) - pad, max(ys) + pad
+    x1 = max(max(p[0] for p in pts), 0.01) * 1.1
+    lo, hi = min(p[2] for p in pts), max(p[3] for p in pts)
+    pad = max((hi - lo) * 0.05, 1e-3)
+    y0, y1 = lo - pad, hi + pad
     px = lambda x: L + x / x1 * W
     py = lambda y: T + (1 - (y - y0) / (y1 - y0)) * H
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W + L + 160}" height="{H + T + 50}" font-family="sans-serif" font-size="12">',
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W + L + 200}" height="{H + T + 50}" font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="{L}" y="18" font-size="14">{title}</text>',
            f'<line x1="{L}" y1="{T}" x2="{L}" y2="{T + H}" stroke="black"/><line x1="{L}" y1="{T + H}" x2="{L + W}" y2="{T + H}" stroke="black"/>',
            f'<text x="{L + W / 2}" y="{T + H + 35}" text-anchor="middle">KV bytes saved (fraction)</text>',
            f'<text x="{L - 5}" y="{T + 5}" text-anchor="end">{y1:.3f}</text><text x="{L - 5}" y="{T + H}" text-anchor="end">{y0:.3f}</text>',
            f'<text x="{L + W}" y="{T + H + 16}" text-anchor="end">{x1:.2f}</text><text x="{L}" y="{T + H + 16}">0</text>']
-    for x, y, label in pts:
+    for x, y, ymin, ymax, label in pts:
+        if ymax > ymin:
+            svg.append(f'<line x1="{px(x):.1f}" y1="{py(ymin):.1f}" x2="{px(x):.1f}" y2="{py(ymax):.1f}" stroke="#1f77b4" stroke-width="2"/>')
         svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="#1f77b4"/><text x="{px(x) + 6:.1f}" y="{py(y) + 4:.1f}">{label}</text>')
     svg.append("</svg>")
     open(path, "w").write("\n".join(svg))
@@ -81,5 +92,6 @@ def scatter(key, title, path):
 
 print()
 scatter("medical_avg", "medical accuracy vs KV-cache saving", os.path.join(out, "accuracy_vs_saving.svg"))
+scatter("general_avg", "general-task accuracy (ARC) vs KV-cache saving", os.path.join(out, "general_vs_saving.svg"))
 scatter("val_ppl", "held-out medical perplexity (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
 print(f"learning-rate grid: {os.path.join(out, 'lr_grid.jsonl')}")
