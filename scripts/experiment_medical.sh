@@ -21,29 +21,30 @@ DEV=${DEV:-$([[ $PROFILE == gpu ]] && echo cuda || echo cpu)}
 OUT=${OUT:-runs/medical/$NAME}
 PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
 [[ -f $PMC ]] || PMC=shared/data/pmc_llama_instructions_1000.json
-WIKI=.cache/data/wiki.utf8
+WIKI=${WIKI:-.cache/data/wiki.utf8}
 REUSE=${REUSE:-8}                       # reuse layers in the plan
 VARIANTS=${VARIANTS:-"dense uniattn softmax-only cla layerdrop"}
 case $PROFILE in
   gpu)
     SEEDS=${SEEDS:-"1 2"}               # dense and UniAttn; baselines use the first
-    LRS=${LRS:-"1e-5 2e-5 5e-5"}        # dense learning-rate grid (first seed)
+    LRS=${LRS:-"1e-5 3e-5 1e-4"}        # dense learning-rate grid (first seed)
     TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy,arc_challenge}
-    MAX_LEN=1024 TRAIN=(--micro-batch 8 --grad-accum 6 --eval-every 10)
-    LIMIT=() BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256 WIKI_TOKENS=20480
-    TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 ;;
+    # Rows packed into 1024-token sequences (no attention across rows): ~16k tokens a step.
+    MAX_LEN=1024 TRAIN=(--micro-batch 4 --grad-accum 4 --eval-every 10 --pack)
+    LIMIT=(${LIMIT_Q:+--limit $LIMIT_Q}) BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256
+    WIKI_TOKENS=20480 TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 JOBS=${JOBS:-4} ;;
   cpu)
     SEEDS=${SEEDS:-"1 2"}
     LRS=${LRS:-"5e-5 2e-4"}
     TASKS=${TASKS:-arc_easy}
     MAX_LEN=320 TRAIN=(--micro-batch 8 --grad-accum 2 --eval-every 1000)
     LIMIT=(--limit ${LIMIT_Q:-150}) BENCH=(--batch 8 --context 512 --new-tokens 32) CALIB_ROWS=0..64 WIKI_TOKENS=8192
-    TRAIN_ROWS=${TRAIN_ROWS:-256} VAL_ROWS=50 ;;
+    TRAIN_ROWS=${TRAIN_ROWS:-256} VAL_ROWS=50 JOBS=${JOBS:-1} ;;
   smoke)
     SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
-    MAX_LEN=256 TRAIN=(--micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2)
+    MAX_LEN=256 TRAIN=(--micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2 --pack)
     LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024
-    TRAIN_ROWS=16 VAL_ROWS=4 ;;
+    TRAIN_ROWS=16 VAL_ROWS=4 JOBS=${JOBS:-2} ;;
   *) echo "PROFILE must be gpu, cpu or smoke, not '$PROFILE'" >&2; exit 2 ;;
 esac
 TRAIN+=(--max-len "$MAX_LEN" --save-every 100000 --device "$DEV")
@@ -76,6 +77,26 @@ log "plan from analyze ($REUSE reuse layers)"
 BLOCKS=$(grep -- '--plan-blocks' "$OUT/analyze.txt" | awk '{print $2}')
 log "plan $BLOCKS"
 
+# Evaluations run in the background, JOBS at a time, while training goes on: scoring at batch 1
+# is launch-bound and leaves the GPU mostly idle. A model whose .val.json (written last) exists
+# is not evaluated again, so a cut-off run resumes.
+evaluate() { # LABEL PATH
+  local label=$1 path=$2 e="$OUT/eval/$1"
+  [[ -s $e.val.json ]] && return
+  log "evaluate $label"
+  { $U eval mc --model "$path" --tasks "$TASKS" --medmcqa-split "$OUT/data/medmcqa_split.json" "${LIMIT[@]}" \
+      --json "$e.mc.json" "${DT[@]}" > "$e.mc.md" &&
+    $U eval ppl --model "$path" --text "$WIKI" --max-tokens "$WIKI_TOKENS" --window 1024 --stride 512 --json "${DT[@]}" \
+      > "$e.wiki.json" &&
+    $U eval ppl --model "$path" --text "$VAL" --window 1024 --json "${DT[@]}" > "$e.val.tmp" &&
+    mv "$e.val.tmp" "$e.val.json"; } 2> "$e.log" || log "evaluation of $label FAILED: $e.log"
+}
+spawn_eval() {
+  while (($(jobs -rp | wc -l) >= JOBS)); do wait -n || true; done
+  evaluate "$@" &
+}
+spawn_eval base "$MODEL"
+
 best_val() { python3 -c "import json,sys; v=[json.loads(l).get('val_loss') for l in open(sys.argv[1])]; v=[x for x in v if x is not None]; print(min(v) if v else 1e9)" "$1/metrics.jsonl"; }
 train() { # train VARIANT SEED LR DIR
   [[ -d $4/final ]] && return
@@ -103,6 +124,7 @@ for seed in $SEEDS; do
     log "train $variant seed $seed"
     train "$variant" "$seed" "$BEST_LR" "$dir"
     MODELS+=("$variant-s$seed:$dir/final")
+    spawn_eval "$variant-s$seed" "$dir/final"
   done
 done
 
@@ -113,18 +135,27 @@ for fit in ours none; do
   [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "$BLOCKS" --calib "$PMC" --calib-rows "$CALIB_ROWS" --fit $fit \
     --max-len "$MAX_LEN" --out "$dir" "${DT[@]}" > "$dir.log" 2>&1
   MODELS+=("$label:$dir")
+  spawn_eval "$label" "$dir"
+done
+wait
+for entry in "${MODELS[@]}"; do
+  [[ -s $OUT/eval/${entry%%:*}.val.json ]] || log "MISSING: no evaluation of ${entry%%:*}"
 done
 
-# Models evaluated already (bench, written last, is there) are skipped, so a cut-off run resumes.
-for entry in "${MODELS[@]}"; do
-  label=${entry%%:*} path=${entry#*:}
-  [[ -s $OUT/eval/$label.bench.json ]] && continue
-  log "evaluate $label"
-  $U eval mc --model "$path" --tasks "$TASKS" --medmcqa-split "$OUT/data/medmcqa_split.json" "${LIMIT[@]}" \
-    --json "$OUT/eval/$label.mc.json" "${DT[@]}" > "$OUT/eval/$label.mc.md" 2>/dev/null
-  $U eval ppl --model "$path" --text "$WIKI" --max-tokens "$WIKI_TOKENS" --window 1024 --stride 512 --json "${DT[@]}" \
-    > "$OUT/eval/$label.wiki.json" 2>/dev/null
-  $U eval ppl --model "$path" --text "$VAL" --window 1024 --json "${DT[@]}" > "$OUT/eval/$label.val.json" 2>/dev/null
-  $U bench --model "$path" "${BENCH[@]}" --json "$OUT/eval/$label.bench.json" "${DT[@]}" > /dev/null 2>&1
-done
+# Inference cost: one bench process over one model of each architecture (dense first), with
+# nothing else on the device; seeds and training do not change speed or cache size.
+log "inference cost"
+if [[ ! -s $OUT/eval/cost.bench.json ]]; then
+  mkdir -p "$OUT/bench"
+  base="$OUT/bench/base$([[ -f $MODEL ]] && echo ".${MODEL##*.}")"
+  ln -sfn "$(realpath "$MODEL")" "$base"
+  cost=(--model "$base")
+  for variant in $VARIANTS; do
+    [[ $variant == dense || ! -d $OUT/runs/$variant-s${SEEDS%% *}/final ]] && continue
+    ln -sfn "$(realpath "$OUT/runs/$variant-s${SEEDS%% *}/final")" "$OUT/bench/$variant"
+    cost+=(--model "$OUT/bench/$variant")
+  done
+  $U bench "${cost[@]}" "${BENCH[@]}" --json "$OUT/eval/cost.bench.tmp" "${DT[@]}" > "$OUT/eval/cost.bench.md" 2> "$OUT/eval/cost.bench.log"
+  mv "$OUT/eval/cost.bench.tmp" "$OUT/eval/cost.bench.json"
+fi
 python3 scripts/experiment_summary.py "$OUT" | tee "$OUT/summary.md"

@@ -14,15 +14,32 @@ import sys
 
 out = sys.argv[1]
 MED = ("medmcqa", "medqa_en", "mmlu_")
+# Inference cost: eval/cost.bench.json (one bench process, one model per architecture, named
+# base, uniattn, softmax-only, cla, layerdrop), or an older run's eval/LABEL.bench.json.
+cost_file = os.path.join(out, "eval", "cost.bench.json")
+cost = {}
+for b in json.load(open(cost_file)) if os.path.exists(cost_file) else []:
+    cost.setdefault(b["model"], []).append(b)
+
+
+def bench_of(f, variant):
+    own = f.replace(".mc.json", ".bench.json")
+    if os.path.exists(own):
+        return json.load(open(own))
+    arch = "base" if variant in ("base", "dense") else variant.removesuffix("-untrained")
+    return cost[arch]
+
+
 rows = []
 for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
     label = os.path.basename(f)[: -len(".mc.json")]
     mc = json.load(open(f))
     load = lambda ext: json.load(open(f.replace(".mc.json", ext)))
-    bench = load(".bench.json")
+    variant = label.rsplit("-s", 1)[0]
+    bench = bench_of(f, variant)
     med = [t for t in mc if t["task"].startswith(MED)]
     general = [t for t in mc if not t["task"].startswith(MED)]
-    rows.append({"label": label, "variant": label.rsplit("-s", 1)[0], "tasks": {t["task"]: t for t in mc},
+    rows.append({"label": label, "variant": variant, "tasks": {t["task"]: t for t in mc},
                  "wiki_ppl": load(".wiki.json")["perplexity"], "val_ppl": load(".val.json")["perplexity"],
                  "medical_avg": sum(t["acc"]["value"] for t in med) / len(med) if med else None,
                  "general_avg": sum(t["acc"]["value"] for t in general) / len(general) if general else None,
@@ -33,11 +50,12 @@ for r in rows:
 tasks = sorted({t for r in rows for t in r["tasks"]})
 fmt = lambda v, spec: "-" if v is None else format(v, spec)
 print("| model | " + " | ".join(tasks) + " | medical avg | held-out medical ppl | wiki ppl | KV saved | " +
-      " | ".join(f"decode tok/s b{b['batch']} ctx{b['context']}" for b in rows[0]["bench"]) + " |")
-print("|---" * (len(tasks) + 6 + len(rows[0]["bench"])) + "|")
+      " | ".join(f"{what} tok/s b{b['batch']} ctx{b['context']}" for what in ("prefill", "decode") for b in rows[0]["bench"]) + " |")
+print("|---" * (len(tasks) + 6 + 2 * len(rows[0]["bench"])) + "|")
 for r in rows:
     cells = [f"{r['tasks'][t]['acc']['value']:.3f} ± {r['tasks'][t]['acc']['stderr']:.3f}" if t in r["tasks"] else "-" for t in tasks]
-    speeds = [f"{b['decode_tokens_per_s']:.0f}" if not b.get("error") else "oom" for b in r["bench"]]
+    speeds = [f"{b[what + '_tokens_per_s']:.0f}" if not b.get("error") else "oom"
+              for what in ("prefill", "decode") for b in r["bench"]]
     print(f"| {r['label']} | " + " | ".join(cells) + f" | {fmt(r['medical_avg'], '.3f')} | {r['val_ppl']:.3f} | "
           f"{r['wiki_ppl']:.3f} | {r['saved']:.1%} | " + " | ".join(speeds) + " |")
 

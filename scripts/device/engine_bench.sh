@@ -7,9 +7,9 @@
 set -uo pipefail
 SMOL=$1 QWEN=$2
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
-U=./target/release/uniattn
+U=${U:-./target/release/uniattn}
 OUT=${OUT:-/tmp/out}
-W=/root/eb
+W=${W:-/root/eb}
 mkdir -p "$W" "$OUT"
 BATCH=${BATCH:-1,8,32,64} CONTEXT=${CONTEXT:-512,2048,8192} NEW=${NEW:-64}
 for pair in "smollm2 $SMOL 4:16:30" "qwen05 $QWEN 4:12:24"; do
