@@ -83,6 +83,36 @@ pub struct InferenceLayer {
     mlp: InferenceMlp,
 }
 
+/// What a lead hands to the reuse layers of its block. A decode step keeps the probabilities
+/// (`[n, H, 1, k]`, small), so reuse layers read neither keys nor queries. A prefill chunk's
+/// probabilities are `chunk x context` per head: materialising them and multiplying by them
+/// costs more memory traffic than a fused kernel spends recomputing them, so the lead keeps its
+/// queries and keys instead and each reuse layer runs the fused kernel on its own values.
+/// Both give `softmax(Q_lead K_lead^T) V`.
+pub enum LeadAttention {
+    Probs(Tensor),
+    /// `mask`: the lead's own additive mask, or `None` where it is plain causal (a reuse
+    /// layer's window may differ from its lead's, and the lead's is the one that applies).
+    QueryKeys {
+        queries: Tensor,
+        keys: Tensor,
+        scale: f64,
+        mask: Option<Tensor>,
+    },
+}
+
+impl LeadAttention {
+    /// `P V` for a reuse layer's `values` (`[n, Hkv, k, d]`).
+    fn apply(&self, h: &Heads, values: &Tensor) -> Tensor {
+        match self {
+            LeadAttention::Probs(p) => h.apply_probs(p, values),
+            LeadAttention::QueryKeys { queries, keys, scale, mask } => {
+                fused_attention(queries, keys, values, mask.as_ref(), mask.is_none(), *scale)
+            }
+        }
+    }
+}
+
 /// Where a forward call reads and writes: rows `slot0..slot0 + n` of the cache, queries at
 /// `positions` (`[n, q]`), keys `0..k_len`.
 pub struct Step<'a> {
@@ -169,7 +199,7 @@ impl InferenceLayer {
     }
 
     /// One layer on the residual stream `h` (`[n, q, hidden]`), in place. A lead leaves its
-    /// probabilities in `lead_probs` for its block; reuse layers read them.
+    /// attention in `lead` for its block; reuse layers read it.
     pub fn forward(
         &self,
         l: usize,
@@ -177,10 +207,10 @@ impl InferenceLayer {
         step: &Step,
         cache: &mut KvCache,
         is_lead: bool,
-        lead_probs: &mut Option<Tensor>,
+        lead: &mut Option<LeadAttention>,
     ) {
         let x = self.attn_norm.forward(h);
-        let a = self.attention(l, &x, step, cache, is_lead, lead_probs);
+        let a = self.attention(l, &x, step, cache, is_lead, lead);
         let a = match &self.attn_post_norm {
             Some(n) => n.forward(&a),
             None => a,
@@ -200,7 +230,7 @@ impl InferenceLayer {
         step: &Step,
         cache: &mut KvCache,
         is_lead: bool,
-        lead_probs: &mut Option<Tensor>,
+        lead: &mut Option<LeadAttention>,
     ) -> Tensor {
         let n = x.size()[0];
         match &self.attn {
@@ -217,17 +247,21 @@ impl InferenceLayer {
                 cache.write(l, step.slot0, step.positions, Some(&k), &h.split(&parts[2], h.num_kv_heads));
                 let keys = cache.keys(l, step.slot0, n, step.k_len);
                 let values = cache.values(l, step.slot0, n, step.k_len);
-                let out = if is_lead || softcap.is_some() {
+                let decode = q.size()[2] == 1;
+                let out = if softcap.is_some() || (is_lead && decode) {
                     let p = attention_probs(h, &q, &keys, step.mask, *scale, *softcap);
                     let out = h.apply_probs(&p, &values);
                     if is_lead {
-                        *lead_probs = Some(p);
+                        *lead = Some(LeadAttention::Probs(p));
                     }
                     out
-                } else if step.causal_from_zero {
-                    fused_attention(&q, &keys, &values, None, true, *scale)
                 } else {
-                    fused_attention(&q, &keys, &values, Some(step.mask), false, *scale)
+                    let mask = (!step.causal_from_zero).then(|| step.mask.shallow_clone());
+                    let out = fused_attention(&q, &keys, &values, mask.as_ref(), mask.is_none(), *scale);
+                    if is_lead {
+                        *lead = Some(LeadAttention::QueryKeys { queries: q, keys, scale: *scale, mask });
+                    }
+                    out
                 };
                 o_proj.forward(&h.merge(&out))
             }
@@ -242,8 +276,8 @@ impl InferenceLayer {
                     &h.split(&y.narrow(-1, 0, kvd), h.num_kv_heads),
                 );
                 let values = cache.values(l, step.slot0, n, step.k_len);
-                let p = lead_probs.as_ref().expect("the plan runs a lead before its reuse layers");
-                let out = o_proj.forward(&h.merge(&h.apply_probs(p, &values)));
+                let lead = lead.as_ref().expect("the plan runs a lead before its reuse layers");
+                let out = o_proj.forward(&h.merge(&lead.apply(h, &values)));
                 if *compensated {
                     out + y.narrow(-1, kvd, y.size()[2] - kvd)
                 } else {

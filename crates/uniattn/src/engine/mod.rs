@@ -104,7 +104,7 @@ impl Engine {
     ) -> Tensor {
         let pc = PositionContext::new(&self.model, positions, k_len);
         let mut h = self.model.embed(ids);
-        let mut lead_probs = None;
+        let mut lead = None;
         for (l, layer) in self.layers.iter().enumerate() {
             let ctx = pc.layer(&self.model, l);
             let step = Step {
@@ -117,10 +117,10 @@ impl Engine {
                     && self.model.cfg.layer_window(l).is_none_or(|w| w as i64 >= k_len),
             };
             let is_lead = self.roles[l] == LayerRole::Lead;
-            layer.forward(l, &mut h, &step, &mut self.cache, is_lead, &mut lead_probs);
-            // The lead's probabilities live only while its block runs.
+            layer.forward(l, &mut h, &step, &mut self.cache, is_lead, &mut lead);
+            // The lead's attention lives only while its block runs.
             if !matches!(self.roles.get(l + 1), Some(LayerRole::Reuse { .. })) {
-                lead_probs = None;
+                lead = None;
             }
         }
         h
