@@ -209,6 +209,9 @@ enum Command {
         new_tokens: usize,
         #[arg(long, default_value_t = 512)]
         prefill_chunk: usize,
+        /// Untimed decoding before each case, seconds (lets the GPU's clocks rise)
+        #[arg(long, default_value_t = 2.0)]
+        warm_up: f64,
         /// Peak memory bandwidth in GB/s for the bound (known cards are recognised)
         #[arg(long)]
         bandwidth_gbs: Option<f64>,
@@ -677,11 +680,14 @@ fn run(cli: Cli) -> Result<()> {
             context,
             new_tokens,
             prefill_chunk,
+            warm_up,
             bandwidth_gbs,
             json,
             plot,
             dev,
         } => {
+            let warm_up = std::time::Duration::try_from_secs_f64(warm_up)
+                .map_err(|e| anyhow::anyhow!("--warm-up {warm_up}: expected seconds >= 0 ({e})"))?;
             let (device, kind) = setup(&dev)?;
             let card = runtime::device_name(device);
             let bandwidth = bandwidth_gbs.map(|g| g * 1e9).or_else(|| bench::card_bandwidth(&card));
@@ -703,7 +709,7 @@ fn run(cli: Cli) -> Result<()> {
                 let pb = progress::bar(cases.len() as u64, &label);
                 for &(b, c) in &cases {
                     pb.set_message(format!("{label} batch {b} context {c}"));
-                    rows.push(bench::run_case(&mut engine, &label, b, c, new_tokens, bandwidth));
+                    rows.push(bench::run_case(&mut engine, &label, b, c, new_tokens, bandwidth, warm_up));
                     pb.inc(1);
                 }
                 pb.finish_and_clear();

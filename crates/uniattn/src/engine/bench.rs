@@ -3,7 +3,7 @@
 //! achieves and the analytic bound (bytes read per step over the card's bandwidth).
 use super::Engine;
 use crate::rng::SplitMix64;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -25,6 +25,8 @@ pub struct BenchRow {
     pub achieved_gb_per_s: f64,
     /// Decode tokens/s if every step only had to read `bytes_per_step` at the card's bandwidth.
     pub bound_tokens_per_s: Option<f64>,
+    /// The GPU's SM clock right after the timed decode (MHz; `None` on the CPU).
+    pub sm_clock_mhz: Option<u32>,
     /// Set when the case could not run (for example out of memory).
     pub error: Option<String>,
 }
@@ -68,8 +70,18 @@ fn greedy(logits: &Tensor) -> Vec<u32> {
         .collect()
 }
 
-/// Runs one (batch, context) case: prefill `batch` random prompts of `context` tokens, then
-/// `new_tokens` greedy decode steps for the whole batch.
+/// The GPU's current SM clock, from `nvidia-smi`.
+fn sm_clock_mhz(device: Device) -> Option<u32> {
+    let Device::Cuda(i) = device else { return None };
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=clocks.sm", "--format=csv,noheader,nounits", &format!("--id={i}")])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+/// Runs one (batch, context) case: `warm_up` of untimed decoding, then prefill `batch` random
+/// prompts of `context` tokens and `new_tokens` greedy decode steps for the whole batch.
 pub fn run_case(
     engine: &mut Engine,
     label: &str,
@@ -77,6 +89,7 @@ pub fn run_case(
     context: usize,
     new_tokens: usize,
     bandwidth: Option<f64>,
+    warm_up: Duration,
 ) -> BenchRow {
     let plan = engine.model.plan.describe();
     let mut row = BenchRow {
@@ -93,9 +106,10 @@ pub fn run_case(
         bytes_per_step: 0.0,
         achieved_gb_per_s: 0.0,
         bound_tokens_per_s: None,
+        sm_clock_mhz: None,
         error: None,
     };
-    if let Err(e) = measure(engine, &mut row, bandwidth) {
+    if let Err(e) = measure(engine, &mut row, bandwidth, warm_up) {
         row.error = Some(e.to_string());
     }
     // Give the memory back before the next case.
@@ -103,18 +117,33 @@ pub fn run_case(
     row
 }
 
-fn measure(engine: &mut Engine, row: &mut BenchRow, bandwidth: Option<f64>) -> crate::Result<()> {
+fn measure(
+    engine: &mut Engine,
+    row: &mut BenchRow,
+    bandwidth: Option<f64>,
+    warm_up: Duration,
+) -> crate::Result<()> {
     let (batch, context, new_tokens) = (row.batch, row.context, row.new_tokens);
     let device = engine.model.device;
     let vocab = engine.model.cfg.vocab_size;
     engine.resize_cache(batch, context + new_tokens + 1)?;
     row.kv_bytes = engine.cache.bytes();
     row.kv_bytes_per_token = engine.cache.bytes_per_token();
-    // Warm-up: kernels, allocator and (on the GPU) library handles.
+    // Warm-up: kernels, allocator, library handles, and the GPU's clocks. An idle H100 sat at
+    // 345 MHz and reached 1980 MHz only under sustained load; with a few warm-up steps the first
+    // case of a process measured 5-6x slower than the same case repeated.
     let warm = prompt(0, context.min(256), vocab);
-    let _ = engine.prefill(0, &warm, false)?;
-    for _ in 0..3 {
-        greedy(&engine.decode(&[1])?);
+    let room = engine.cache.max_len() - warm.len();
+    let t = Instant::now();
+    loop {
+        engine.reset(0);
+        let _ = engine.prefill(0, &warm, false)?;
+        for _ in 0..room.min(64) {
+            greedy(&engine.decode(&[1])?);
+        }
+        if t.elapsed() >= warm_up {
+            break;
+        }
     }
     engine.reset(0);
     sync(device);
@@ -140,6 +169,7 @@ fn measure(engine: &mut Engine, row: &mut BenchRow, bandwidth: Option<f64>) -> c
         next = greedy(&engine.decode(&next)?);
     }
     let secs = t1.elapsed().as_secs_f64();
+    row.sm_clock_mhz = sm_clock_mhz(device);
     row.decode_tokens_per_s = (batch * new_tokens) as f64 / secs;
     row.bytes_per_step = read / new_tokens.max(1) as f64;
     row.achieved_gb_per_s = read / secs / 1e9;
@@ -152,12 +182,12 @@ fn measure(engine: &mut Engine, row: &mut BenchRow, bandwidth: Option<f64>) -> c
 pub fn table(card: &str, rows: &[BenchRow]) -> String {
     let mut out = format!(
         "card: {card}\n\n| model | plan | batch | context | TTFT ms | prefill tok/s | decode tok/s | \
-         KV MiB | GB/s achieved | bound tok/s | decode vs first | bytes saved/step |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n"
+         KV MiB | GB/s achieved | bound tok/s | decode vs first | bytes saved/step | SM MHz |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         if let Some(e) = &r.error {
-            out += &format!("| {} | {} | {} | {} | {e} |||||||\n", r.model, r.plan, r.batch, r.context);
+            out += &format!("| {} | {} | {} | {} | {e} ||||||||\n", r.model, r.plan, r.batch, r.context);
             continue;
         }
         let base = rows.iter().find(|b| b.batch == r.batch && b.context == r.context && b.error.is_none());
@@ -169,7 +199,7 @@ pub fn table(card: &str, rows: &[BenchRow]) -> String {
             _ => ("-".into(), "-".into()),
         };
         out += &format!(
-            "| {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {ratio} | {saved} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {ratio} | {saved} | {} |\n",
             r.model,
             r.plan,
             r.batch,
@@ -180,6 +210,7 @@ pub fn table(card: &str, rows: &[BenchRow]) -> String {
             r.kv_bytes as f64 / (1u64 << 20) as f64,
             r.achieved_gb_per_s,
             r.bound_tokens_per_s.map_or("-".into(), |b| format!("{b:.0}")),
+            r.sm_clock_mhz.map_or("-".into(), |m| m.to_string()),
         );
     }
     out
