@@ -30,16 +30,7 @@ def main():
     a = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"bf16": torch.bfloat16, "f32": torch.float32, "f16": torch.float16}[a.dtype]
-    load = lambda: AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=dtype, attn_implementation="sdpa").to(dev).eval()
-    # The first model instance of a process decoded ~5x slower on the H100 than a second one
-    # (ours and transformers alike; cause not found): load, run one step, drop, load again.
-    if dev == "cuda":
-        first = load()
-        with torch.no_grad():
-            first.generate(torch.zeros((1, 8), dtype=torch.long, device=dev), max_new_tokens=4, pad_token_id=0)
-        del first
-        torch.cuda.empty_cache()
-    model = load()
+    model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=dtype, attn_implementation="sdpa").to(dev).eval()
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     for c in map(int, a.context.split(",")):
@@ -50,12 +41,13 @@ def main():
             row = {"engine": "transformers", "model": a.model, "batch": b, "context": c, "new_tokens": a.new_tokens}
             try:
                 with torch.no_grad():
-                    # Untimed work for 2 s, as `uniattn bench --warm-up` does: an idle card's
-                    # clocks are low and rise only under sustained load.
-                    w = time.perf_counter()
-                    while time.perf_counter() - w < 2.0:
-                        run(8)
-                        sync()
+                    # The timed runs once untimed first: the dynamic cache grows by one token a
+                    # step, and on the H100 machine every shape the caching allocator had not
+                    # seen cost a cudaMalloc (5x slower decoding); this gives transformers
+                    # warm allocator state, its best case.
+                    run(a.new_tokens)
+                    run(1)
+                    sync()
                     t = time.perf_counter()
                     run(1)
                     sync()

@@ -74,6 +74,38 @@ fn batched_prefill_and_decode_match_the_full_forward() {
     }
 }
 
+/// Attention reads keys in buckets of `KEY_BUCKET` positions: what lies past a sequence's end
+/// (stale entries of an earlier, longer sequence) is masked out, and a sequence that crosses a
+/// bucket boundary still matches the full forward.
+#[test]
+fn key_buckets_mask_what_lies_past_the_end() {
+    let max_len = KEY_BUCKET as usize + 40;
+    for fam in [Family::Llama, Family::Gemma3] {
+        for kind in variants() {
+            let reference = model(fam, kind, 5);
+            let mut engine =
+                Engine::new(model(fam, kind, 5), EngineOptions { max_batch: 2, max_len, prefill_chunk: 64 })
+                    .unwrap();
+            let _ = engine.prefill(0, &seq(4, max_len - 8), false).unwrap();
+            engine.reset(0);
+            let mut short = seq(5, 7);
+            let mut long = seq(6, KEY_BUCKET as usize - 1);
+            let got = engine.prefill(0, &short, true).unwrap();
+            assert!(max_diff(&got, &full_logits(&reference, &short)) < 1e-10, "{fam:?} {kind:?} prefill");
+            let _ = engine.prefill(1, &long, false).unwrap();
+            for step in 0..3 {
+                let next = [(step * 3 + 1) as u32, (step * 5 + 2) as u32];
+                let got = engine.decode(&next).unwrap();
+                for (i, s) in [&mut short, &mut long].into_iter().enumerate() {
+                    s.push(next[i]);
+                    let d = max_diff(&got.get(i as i64), &full_logits(&reference, s).get(-1));
+                    assert!(d < 1e-10, "{fam:?} {kind:?} decode step {step} slot {i}: {d}");
+                }
+            }
+        }
+    }
+}
+
 /// Moving a sequence to another slot (what the scheduler does when one finishes) keeps it.
 #[test]
 fn moved_slots_keep_their_sequence() {
