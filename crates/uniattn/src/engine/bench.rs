@@ -129,26 +129,29 @@ fn measure(
     engine.resize_cache(batch, context + new_tokens + 1)?;
     row.kv_bytes = engine.cache.bytes();
     row.kv_bytes_per_token = engine.cache.bytes_per_token();
-    // Warm-up: kernels, allocator, library handles, and the GPU's clocks. An idle H100 sat at
-    // 345 MHz and reached 1980 MHz only under sustained load; with a few warm-up steps the first
-    // case of a process measured 5-6x slower than the same case repeated.
-    let warm = prompt(0, context.min(256), vocab);
-    let room = engine.cache.max_len() - warm.len();
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|i| prompt(i as u64 + 1, context, vocab)).collect();
+    // Warm-up: the whole case, untimed, until `warm_up` has passed. On the H100 machine every
+    // shape a process runs for the first time was slow (a decode at a new batch size or key
+    // bucket cost ~45 ms once, likely the attention backend planning for that shape) and an
+    // idle card sat at 345 MHz; with a short warm-up the first model of a process decoded
+    // 2-5x slower than the same case repeated (docs/benchmarks.md).
     let t = Instant::now();
     loop {
-        engine.reset(0);
-        let _ = engine.prefill(0, &warm, false)?;
-        for _ in 0..room.min(64) {
-            greedy(&engine.decode(&[1])?);
+        let mut next = Vec::with_capacity(batch);
+        for (slot, p) in prompts.iter().enumerate() {
+            engine.reset(slot);
+            next.push(greedy(&engine.prefill(slot, p, false)?.unsqueeze(0))[0]);
+        }
+        for _ in 0..new_tokens {
+            next = greedy(&engine.decode(&next)?);
         }
         if t.elapsed() >= warm_up {
             break;
         }
     }
-    engine.reset(0);
+    (0..batch).for_each(|slot| engine.reset(slot));
     sync(device);
 
-    let prompts: Vec<Vec<u32>> = (0..batch).map(|i| prompt(i as u64 + 1, context, vocab)).collect();
     let t0 = Instant::now();
     let mut next = Vec::with_capacity(batch);
     for (slot, p) in prompts.iter().enumerate() {
