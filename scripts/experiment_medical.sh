@@ -27,12 +27,14 @@ VARIANTS=${VARIANTS:-"dense uniattn softmax-only cla layerdrop"}
 case $PROFILE in
   gpu)
     SEEDS=${SEEDS:-"1 2"}               # dense and UniAttn; baselines use the first
-    LRS=${LRS:-"1e-5 3e-5 1e-4"}        # dense learning-rate grid (first seed)
-    TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy,arc_challenge}
+    LRS=${LRS:-"3e-6 1e-5 3e-5 1e-4"}   # dense learning-rate grid (first seed)
+    # The first 150 questions of each task (of each MMLU subject) fit one device session; add
+    # arc_challenge and LIMIT_Q= (all questions) where there is time.
+    TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy} LIMIT_Q=${LIMIT_Q-150}
     # Rows packed into 1024-token sequences (no attention across rows): ~16k tokens a step.
     MAX_LEN=1024 TRAIN=(--micro-batch 4 --grad-accum 4 --eval-every 10 --pack)
     LIMIT=(${LIMIT_Q:+--limit $LIMIT_Q}) BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256
-    WIKI_TOKENS=20480 TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 JOBS=${JOBS:-4} ;;
+    WIKI_TOKENS=20480 TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 JOBS=${JOBS:-6} ;;
   cpu)
     SEEDS=${SEEDS:-"1 2"}
     LRS=${LRS:-"5e-5 2e-4"}

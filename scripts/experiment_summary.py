@@ -15,11 +15,15 @@ import sys
 out = sys.argv[1]
 MED = ("medmcqa", "medqa_en", "mmlu_")
 # Inference cost: eval/cost.bench.json (one bench process, one model per architecture, named
-# base, uniattn, softmax-only, cla, layerdrop), or an older run's eval/LABEL.bench.json.
-cost_file = os.path.join(out, "eval", "cost.bench.json")
+# base, uniattn, softmax-only, cla, layerdrop), then any other eval/cost*.bench.json for the
+# architectures it lacks (a rerun of some of them), or an older run's eval/LABEL.bench.json.
 cost = {}
-for b in json.load(open(cost_file)) if os.path.exists(cost_file) else []:
-    cost.setdefault(b["model"], []).append(b)
+for f in sorted(glob.glob(os.path.join(out, "eval", "cost*.bench.json")), key=lambda f: not f.endswith("/cost.bench.json")):
+    first = {}
+    for b in json.load(open(f)):
+        first.setdefault(b["model"], []).append(b)
+    for model, rows_ in first.items():
+        cost.setdefault(model, rows_)
 
 
 def bench_of(f, variant):
@@ -28,6 +32,24 @@ def bench_of(f, variant):
         return json.load(open(own))
     arch = "base" if variant in ("base", "dense") else variant.removesuffix("-untrained")
     return cost[arch]
+
+
+def best_val_loss(label):
+    """The trainer's best validation loss (response tokens of the held-out rows) for a trained
+    model: runs/LABEL/metrics.jsonl (or runs/LABEL.metrics.jsonl as docs/results keeps it); the
+    first seed's dense model is the learning-rate grid's best run."""
+    names = [label]
+    grid = os.path.join(out, "lr_grid.jsonl")
+    if label.startswith("dense-s") and os.path.exists(grid):
+        lines = [(json.loads(l)["best_val_loss"], l.split('"lr": ')[1].split(",")[0]) for l in open(grid)]
+        names.append("lr-" + min(lines)[1])
+    for n in names:
+        for f in (os.path.join(out, "runs", n, "metrics.jsonl"), os.path.join(out, "runs", n + ".metrics.jsonl")):
+            if os.path.exists(f):
+                v = [json.loads(l).get("val_loss") for l in open(f)]
+                v = [x for x in v if x is not None]
+                return min(v) if v else None
+    return None
 
 
 rows = []
@@ -41,6 +63,7 @@ for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
     general = [t for t in mc if not t["task"].startswith(MED)]
     rows.append({"label": label, "variant": variant, "tasks": {t["task"]: t for t in mc},
                  "wiki_ppl": load(".wiki.json")["perplexity"], "val_ppl": load(".val.json")["perplexity"],
+                 "val_loss": best_val_loss(label),
                  "medical_avg": sum(t["acc"]["value"] for t in med) / len(med) if med else None,
                  "general_avg": sum(t["acc"]["value"] for t in general) / len(general) if general else None,
                  "kv_per_token": bench[0]["kv_bytes_per_token"], "bench": bench})
@@ -49,14 +72,14 @@ for r in rows:
     r["saved"] = 1 - r["kv_per_token"] / base_kv
 tasks = sorted({t for r in rows for t in r["tasks"]})
 fmt = lambda v, spec: "-" if v is None else format(v, spec)
-print("| model | " + " | ".join(tasks) + " | medical avg | held-out medical ppl | wiki ppl | KV saved | " +
+print("| model | " + " | ".join(tasks) + " | medical avg | held-out val loss | held-out medical ppl | wiki ppl | KV saved | " +
       " | ".join(f"{what} tok/s b{b['batch']} ctx{b['context']}" for what in ("prefill", "decode") for b in rows[0]["bench"]) + " |")
-print("|---" * (len(tasks) + 6 + 2 * len(rows[0]["bench"])) + "|")
+print("|---" * (len(tasks) + 7 + 2 * len(rows[0]["bench"])) + "|")
 for r in rows:
     cells = [f"{r['tasks'][t]['acc']['value']:.3f} ± {r['tasks'][t]['acc']['stderr']:.3f}" if t in r["tasks"] else "-" for t in tasks]
     speeds = [f"{b[what + '_tokens_per_s']:.0f}" if not b.get("error") else "oom"
               for what in ("prefill", "decode") for b in r["bench"]]
-    print(f"| {r['label']} | " + " | ".join(cells) + f" | {fmt(r['medical_avg'], '.3f')} | {r['val_ppl']:.3f} | "
+    print(f"| {r['label']} | " + " | ".join(cells) + f" | {fmt(r['medical_avg'], '.3f')} | {fmt(r['val_loss'], '.4f')} | {r['val_ppl']:.3f} | "
           f"{r['wiki_ppl']:.3f} | {r['saved']:.1%} | " + " | ".join(speeds) + " |")
 
 by_variant = {}
@@ -65,13 +88,14 @@ for r in rows:
 spread = {v: rs for v, rs in by_variant.items() if len(rs) > 1}
 if spread:
     print("\nSeed spread (mean, min..max over seeds):\n")
-    print("| variant | seeds | medical avg | held-out medical ppl | wiki ppl |")
-    print("|---|---|---|---|---|")
+    print("| variant | seeds | medical avg | held-out val loss | held-out medical ppl | wiki ppl |")
+    print("|---|---|---|---|---|---|")
     for v, rs in spread.items():
         def cell(key, spec):
             xs = [r[key] for r in rs if r[key] is not None]
             return "-" if not xs else f"{statistics.mean(xs):{spec}} ({min(xs):{spec}}..{max(xs):{spec}})"
-        print(f"| {v} | {len(rs)} | {cell('medical_avg', '.3f')} | {cell('val_ppl', '.3f')} | {cell('wiki_ppl', '.3f')} |")
+        print(f"| {v} | {len(rs)} | {cell('medical_avg', '.3f')} | {cell('val_loss', '.4f')} | {cell('val_ppl', '.3f')} | "
+              f"{cell('wiki_ppl', '.3f')} |")
 
 
 def scatter(key, title, path):
@@ -112,4 +136,6 @@ print()
 scatter("medical_avg", "medical accuracy vs KV-cache saving", os.path.join(out, "accuracy_vs_saving.svg"))
 scatter("general_avg", "general-task accuracy (ARC) vs KV-cache saving", os.path.join(out, "general_vs_saving.svg"))
 scatter("val_ppl", "held-out medical perplexity (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
+scatter("val_loss", "held-out validation loss after post-training (lower is better) vs KV-cache saving",
+        os.path.join(out, "val_loss_vs_saving.svg"))
 print(f"learning-rate grid: {os.path.join(out, 'lr_grid.jsonl')}")
