@@ -26,8 +26,8 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Longest sequence, prompt plus generated tokens.
     pub max_len: usize,
-    /// Prompt tokens per prefill call: bounds a lead's probabilities to
-    /// `heads x chunk x context` per sequence.
+    /// Prompt tokens per prefill call: bounds the activations of a chunk, and how long a
+    /// long prompt holds up the decoding of the others.
     pub prefill_chunk: usize,
 }
 
