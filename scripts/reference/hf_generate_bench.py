@@ -42,9 +42,9 @@ def main():
             try:
                 with torch.no_grad():
                     # The timed runs once untimed first: the dynamic cache grows by one token a
-                    # step, and on the H100 machine every shape the caching allocator had not
-                    # seen cost a cudaMalloc (5x slower decoding); this gives transformers
-                    # warm allocator state, its best case.
+                    # step, and on the H100 machine a shape run for the first time in a process
+                    # was slow (up to 5x slower decoding); this gives transformers its best case,
+                    # as `uniattn bench --warm-up` does for ours.
                     run(a.new_tokens)
                     run(1)
                     sync()

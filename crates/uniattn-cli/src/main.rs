@@ -209,7 +209,8 @@ enum Command {
         new_tokens: usize,
         #[arg(long, default_value_t = 512)]
         prefill_chunk: usize,
-        /// Untimed decoding before each case, seconds (lets the GPU's clocks rise)
+        /// Each case first runs untimed, repeated for at least this many seconds (new shapes
+        /// and an idle GPU's low clocks would otherwise be timed)
         #[arg(long, default_value_t = 2.0)]
         warm_up: f64,
         /// Peak memory bandwidth in GB/s for the bound (known cards are recognised)

@@ -80,8 +80,9 @@ fn sm_clock_mhz(device: Device) -> Option<u32> {
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
-/// Runs one (batch, context) case: `warm_up` of untimed decoding, then prefill `batch` random
-/// prompts of `context` tokens and `new_tokens` greedy decode steps for the whole batch.
+/// Runs one (batch, context) case: prefill `batch` random prompts of `context` tokens, then
+/// `new_tokens` greedy decode steps for the whole batch; the whole case runs untimed first,
+/// repeated until `warm_up` has passed.
 pub fn run_case(
     engine: &mut Engine,
     label: &str,

@@ -39,9 +39,9 @@ impl Default for EngineOptions {
 
 /// Attention reads the cache in buckets of this many positions (those past a sequence's end
 /// are masked), so the shapes of a decode step change once every `KEY_BUCKET` steps rather
-/// than every step and the caching allocator serves them from memory it already holds. On the
-/// H100 machine every allocator miss went to `cudaMalloc`, and decoding at ever-growing
-/// lengths ran ~5x slower than the same steps repeated (docs/benchmarks.md).
+/// than every step. On the H100 machine a shape run for the first time in a process was slow
+/// (cause not pinned down), and decoding at a new key length every step ran up to ~5x slower
+/// than the same steps repeated (docs/benchmarks.md).
 const KEY_BUCKET: i64 = 256;
 
 fn cache_for(layers: &[InferenceLayer], model: &Transformer, slots: usize, len: usize) -> Result<KvCache> {
@@ -109,7 +109,8 @@ impl Engine {
         k_len: i64,
         causal_from_zero: bool,
     ) -> Tensor {
-        // A chunk from position 0 uses the fused kernel's causal flag, which needs k_len == q.
+        // A chunk from position 0 keeps its exact length: it reads no key past its own, and the
+        // fused kernel's causal flag stands in for the mask.
         let k_len = if causal_from_zero {
             k_len
         } else {
