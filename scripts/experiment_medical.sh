@@ -22,15 +22,18 @@ OUT=${OUT:-runs/medical/$NAME}
 PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
 [[ -f $PMC ]] || PMC=shared/data/pmc_llama_instructions_1000.json
 WIKI=${WIKI:-.cache/data/wiki.utf8}
-REUSE=${REUSE:-8}                       # reuse layers in the plan
+# Reuse layers in the plan; several ("8 4") give every plan-dependent variant a point per plan
+# (the first plan gets the second seed and the untrained models; the others, seed 1 only).
+REUSE=${REUSE:-8}
 VARIANTS=${VARIANTS:-"dense uniattn softmax-only cla layerdrop"}
 case $PROFILE in
   gpu)
     SEEDS=${SEEDS:-"1 2"}               # dense and UniAttn; baselines use the first
     LRS=${LRS:-"3e-6 1e-5 3e-5 1e-4"}   # dense learning-rate grid (first seed)
-    # The first 150 questions of each task (of each MMLU subject) fit one device session; add
-    # arc_challenge and LIMIT_Q= (all questions) where there is time.
-    TASKS=${TASKS:-medmcqa,medqa_en,mmlu_medical,arc_easy} LIMIT_Q=${LIMIT_Q-150}
+    # Every question: medical tasks as lettered choices (mc_5shot: rc_5shot leaves Qwen2.5-Coder
+    # at chance), ARC as OLMES's default cloze (rc_5shot, where these models score above chance).
+    TASKS=${TASKS:-medmcqa:mc_5shot,medqa_en:mc_5shot,mmlu_medical:mc_5shot,arc_easy,arc_challenge}
+    LIMIT_Q=${LIMIT_Q-} EVAL_BATCH=16384
     # Rows packed into 1024-token sequences (no attention across rows): ~16k tokens a step.
     MAX_LEN=1024 TRAIN=(--micro-batch 4 --grad-accum 4 --eval-every 10 --pack)
     LIMIT=(${LIMIT_Q:+--limit $LIMIT_Q}) BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256
@@ -41,11 +44,12 @@ case $PROFILE in
     TASKS=${TASKS:-arc_easy}
     MAX_LEN=320 TRAIN=(--micro-batch 8 --grad-accum 2 --eval-every 1000)
     LIMIT=(--limit ${LIMIT_Q:-150}) BENCH=(--batch 8 --context 512 --new-tokens 32) CALIB_ROWS=0..64 WIKI_TOKENS=8192
+    EVAL_BATCH=4096
     TRAIN_ROWS=${TRAIN_ROWS:-256} VAL_ROWS=50 JOBS=${JOBS:-1} ;;
   smoke)
     SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
     MAX_LEN=256 TRAIN=(--micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2 --pack)
-    LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024
+    LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024 EVAL_BATCH=2048
     TRAIN_ROWS=16 VAL_ROWS=4 JOBS=${JOBS:-2} ;;
   *) echo "PROFILE must be gpu, cpu or smoke, not '$PROFILE'" >&2; exit 2 ;;
 esac
@@ -73,11 +77,18 @@ print(f"{len(train)} training rows, {len(val)} validation rows", file=sys.stderr
 PY
 DATA="$OUT/data/medical_train.json" VAL="$OUT/data/medical_val.json"
 
-log "plan from analyze ($REUSE reuse layers)"
-[[ -s $OUT/analyze.txt ]] ||
-  $U analyze "$MODEL" --data "$PMC" --rows 500..516 --reuse-layers "$REUSE" --out "$OUT/analyze" "${DT[@]}" > "$OUT/analyze.txt"
-BLOCKS=$(grep -- '--plan-blocks' "$OUT/analyze.txt" | awk '{print $2}')
-log "plan $BLOCKS"
+# Plans from analyze: the first is the main one (labels without a suffix), others add -rN.
+FIRST_REUSE=${REUSE%% *}
+declare -A BLOCKS TAG
+for r in $REUSE; do
+  TAG[$r]=$([[ $r == "$FIRST_REUSE" ]] || echo "-r$r")
+  a="$OUT/analyze${TAG[$r]}"
+  log "plan from analyze ($r reuse layers)"
+  [[ -s $a.txt ]] ||
+    $U analyze "$MODEL" --data "$PMC" --rows 500..516 --reuse-layers "$r" --out "$a" "${DT[@]}" > "$a.txt"
+  BLOCKS[$r]=$(grep -- '--plan-blocks' "$a.txt" | awk '{print $2}')
+  log "plan ${BLOCKS[$r]}"
+done
 
 # Evaluations run in the background, JOBS at a time, while training goes on: scoring at batch 1
 # is launch-bound and leaves the GPU mostly idle. A model whose .val.json (written last) exists
@@ -87,7 +98,7 @@ evaluate() { # LABEL PATH
   [[ -s $e.val.json ]] && return
   log "evaluate $label"
   { $U eval mc --model "$path" --tasks "$TASKS" --medmcqa-split "$OUT/data/medmcqa_split.json" "${LIMIT[@]}" \
-      --json "$e.mc.json" "${DT[@]}" > "$e.mc.md" &&
+      --batch-tokens "$EVAL_BATCH" --json "$e.mc.json" "${DT[@]}" > "$e.mc.md" &&
     $U eval ppl --model "$path" --text "$WIKI" --max-tokens "$WIKI_TOKENS" --window 1024 --stride 512 --json "${DT[@]}" \
       > "$e.wiki.json" &&
     $U eval ppl --model "$path" --text "$VAL" --window 1024 --json "${DT[@]}" > "$e.val.tmp" &&
@@ -100,10 +111,10 @@ spawn_eval() {
 spawn_eval base "$MODEL"
 
 best_val() { python3 -c "import json,sys; v=[json.loads(l).get('val_loss') for l in open(sys.argv[1])]; v=[x for x in v if x is not None]; print(min(v) if v else 1e9)" "$1/metrics.jsonl"; }
-train() { # train VARIANT SEED LR DIR
+train() { # train VARIANT SEED LR DIR [REUSE]
   [[ -d $4/final ]] && return
-  $U train --model "$MODEL" --variant "$1" --plan-blocks "$BLOCKS" --data "$DATA" --val-data "$VAL" --calib "$PMC" --calib-rows "$CALIB_ROWS" \
-    --seed "$2" --lr "$3" "${TRAIN[@]}" --out "$4" > "$4.log" 2>&1
+  $U train --model "$MODEL" --variant "$1" --plan-blocks "${BLOCKS[${5:-$FIRST_REUSE}]}" --data "$DATA" --val-data "$VAL" \
+    --calib "$PMC" --calib-rows "$CALIB_ROWS" --seed "$2" --lr "$3" "${TRAIN[@]}" --out "$4" > "$4.log" 2>&1
 }
 
 log "learning-rate grid (dense, seed ${SEEDS%% *})"
@@ -118,15 +129,18 @@ done
 log "learning rate $BEST_LR (val loss $BEST)"
 
 MODELS=("base:$MODEL")
-for seed in $SEEDS; do
-  for variant in $VARIANTS; do
-    [[ $seed != "${SEEDS%% *}" && $variant != dense && $variant != uniattn ]] && continue
-    dir="$OUT/runs/$variant-s$seed"
-    if [[ $variant == dense && $seed == "${SEEDS%% *}" ]]; then dir="$OUT/runs/lr-$BEST_LR"; fi
-    log "train $variant seed $seed"
-    train "$variant" "$seed" "$BEST_LR" "$dir"
-    MODELS+=("$variant-s$seed:$dir/final")
-    spawn_eval "$variant-s$seed" "$dir/final"
+for r in $REUSE; do
+  for seed in $SEEDS; do
+    for variant in $VARIANTS; do
+      [[ $seed != "${SEEDS%% *}" && $variant != dense && $variant != uniattn ]] && continue
+      [[ $r != "$FIRST_REUSE" && ($variant == dense || $seed != "${SEEDS%% *}") ]] && continue
+      label="$variant${TAG[$r]}-s$seed" dir="$OUT/runs/$variant${TAG[$r]}-s$seed"
+      if [[ $variant == dense && $seed == "${SEEDS%% *}" ]]; then dir="$OUT/runs/lr-$BEST_LR"; fi
+      log "train $label (plan ${BLOCKS[$r]})"
+      train "$variant" "$seed" "$BEST_LR" "$dir" "$r"
+      MODELS+=("$label:$dir/final")
+      spawn_eval "$label" "$dir/final"
+    done
   done
 done
 
@@ -134,7 +148,7 @@ log "the unified models before post-training (W_c from the closed-form fit, and 
 for fit in ours none; do
   label=$([[ $fit == ours ]] && echo uniattn-untrained || echo softmax-only-untrained)
   dir="$OUT/runs/$label"
-  [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "$BLOCKS" --calib "$PMC" --calib-rows "$CALIB_ROWS" --fit $fit \
+  [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "${BLOCKS[$FIRST_REUSE]}" --calib "$PMC" --calib-rows "$CALIB_ROWS" --fit $fit \
     --max-len "$MAX_LEN" --out "$dir" "${DT[@]}" > "$dir.log" 2>&1
   MODELS+=("$label:$dir")
   spawn_eval "$label" "$dir"
@@ -152,10 +166,13 @@ if [[ ! -s $OUT/eval/cost.bench.json ]]; then
   base="$OUT/bench/base$([[ -f $MODEL ]] && echo ".${MODEL##*.}")"
   ln -sfn "$(realpath "$MODEL")" "$base"
   cost=(--model "$base")
-  for variant in $VARIANTS; do
-    [[ $variant == dense || ! -d $OUT/runs/$variant-s${SEEDS%% *}/final ]] && continue
-    ln -sfn "$(realpath "$OUT/runs/$variant-s${SEEDS%% *}/final")" "$OUT/bench/$variant"
-    cost+=(--model "$OUT/bench/$variant")
+  for r in $REUSE; do
+    for variant in $VARIANTS; do
+      arch="$variant${TAG[$r]}"
+      [[ $variant == dense || ! -d $OUT/runs/$arch-s${SEEDS%% *}/final ]] && continue
+      ln -sfn "$(realpath "$OUT/runs/$arch-s${SEEDS%% *}/final")" "$OUT/bench/$arch"
+      cost+=(--model "$OUT/bench/$arch")
+    done
   done
   $U bench "${cost[@]}" "${BENCH[@]}" --json "$OUT/eval/cost.bench.tmp" "${DT[@]}" > "$OUT/eval/cost.bench.md" 2> "$OUT/eval/cost.bench.log"
   mv "$OUT/eval/cost.bench.tmp" "$OUT/eval/cost.bench.json"

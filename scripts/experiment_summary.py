@@ -98,15 +98,26 @@ if spread:
               f"{cell('wiki_ppl', '.3f')} |")
 
 
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def method(variant):
+    """A variant without its plan's -rN suffix: the points of one method on several plans."""
+    head, _, tail = variant.rpartition("-r")
+    return head if head and tail.isdigit() else variant
+
+
 def scatter(key, title, path):
     """One point per variant (the mean over its seeds, a bar from the lowest to the highest):
-    `key` against the KV-cache saving."""
+    `key` against the KV-cache saving; a method's points on several plans are joined."""
     pts = []
+    methods = list(dict.fromkeys(method(v) for v in by_variant))
     for v, rs in by_variant.items():
         ys = [r[key] for r in rs if r[key] is not None]
         if ys:
             label = v if len(ys) == 1 else f"{v} ({len(ys)} seeds)"
-            pts.append((rs[0]["saved"], statistics.mean(ys), min(ys), max(ys), label))
+            color = COLORS[methods.index(method(v)) % len(COLORS)]
+            pts.append((rs[0]["saved"], statistics.mean(ys), min(ys), max(ys), label, method(v), color))
     if not pts:
         return
     W, H, L, T = 560, 320, 70, 30
@@ -123,10 +134,15 @@ def scatter(key, title, path):
            f'<text x="{L + W / 2}" y="{T + H + 35}" text-anchor="middle">KV bytes saved (fraction)</text>',
            f'<text x="{L - 5}" y="{T + 5}" text-anchor="end">{y1:.3f}</text><text x="{L - 5}" y="{T + H}" text-anchor="end">{y0:.3f}</text>',
            f'<text x="{L + W}" y="{T + H + 16}" text-anchor="end">{x1:.2f}</text><text x="{L}" y="{T + H + 16}">0</text>']
-    for x, y, ymin, ymax, label in pts:
+    for m in methods:
+        line = sorted((p[0], p[1], p[6]) for p in pts if p[5] == m)
+        if len(line) > 1:
+            xy = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in line)
+            svg.append(f'<polyline points="{xy}" fill="none" stroke="{line[0][2]}" stroke-opacity="0.5"/>')
+    for x, y, ymin, ymax, label, _, color in pts:
         if ymax > ymin:
-            svg.append(f'<line x1="{px(x):.1f}" y1="{py(ymin):.1f}" x2="{px(x):.1f}" y2="{py(ymax):.1f}" stroke="#1f77b4" stroke-width="2"/>')
-        svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="#1f77b4"/><text x="{px(x) + 6:.1f}" y="{py(y) + 4:.1f}">{label}</text>')
+            svg.append(f'<line x1="{px(x):.1f}" y1="{py(ymin):.1f}" x2="{px(x):.1f}" y2="{py(ymax):.1f}" stroke="{color}" stroke-width="2"/>')
+        svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{color}"/><text x="{px(x) + 6:.1f}" y="{py(y) + 4:.1f}">{label}</text>')
     svg.append("</svg>")
     open(path, "w").write("\n".join(svg))
     print(f"plot: {path}")

@@ -412,6 +412,9 @@ enum EvalCommand {
         /// Longest context + continuation; longer contexts lose their oldest tokens
         #[arg(long, default_value_t = 2048)]
         max_len: usize,
+        /// Padded tokens per forward batch (rows of similar length are scored together)
+        #[arg(long, default_value_t = 8192)]
+        batch_tokens: usize,
         /// Write the reports as JSON
         #[arg(long)]
         json: Option<PathBuf>,
@@ -945,7 +948,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval {
             what:
-                EvalCommand::Mc { model, tasks, limit, tasks_dir, max_len, json, per_item, medmcqa_split, dev },
+                EvalCommand::Mc {
+                    model,
+                    tasks,
+                    limit,
+                    tasks_dir,
+                    max_len,
+                    batch_tokens,
+                    json,
+                    per_item,
+                    medmcqa_split,
+                    dev,
+                },
         } => {
             let (device, kind) = setup(&dev)?;
             let mut loaded: Vec<_> = tasks
@@ -960,18 +974,21 @@ fn run(cli: Cli) -> Result<()> {
                     uniattn::eval::medmcqa::restrict(t, f)?;
                 }
             }
+            if max_len < 2 || batch_tokens == 0 {
+                bail!("--max-len must be at least 2 and --batch-tokens at least 1");
+            }
             let m = loader::load(&model, kind, device)?;
-            let opts = EngineOptions { max_batch: 1, max_len, prefill_chunk: max_len };
-            let mut engine = Engine::new(m.model, opts)?;
+            let opts = uniattn::eval::multiple_choice::ScoringOptions { max_len, batch_tokens };
             let mut reports = Vec::new();
             let mut items_out = String::new();
             for task in &loaded {
                 let pb = progress::bar(0, &task.name);
                 let (r, items) = uniattn::eval::multiple_choice::evaluate(
-                    &mut engine,
+                    &m.model,
                     &m.tokenizer,
                     task,
                     limit,
+                    opts,
                     |d, n| {
                         pb.set_length(n as u64);
                         pb.set_position(d as u64)
@@ -998,7 +1015,7 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "model: {} ({}), device: {}",
                 model.display(),
-                engine.model.plan.describe(),
+                m.model.plan.describe(),
                 runtime::device_name(device)
             );
             println!("{}", uniattn::eval::multiple_choice::table(&reports));

@@ -1,9 +1,10 @@
 //! Log-likelihood of a continuation given a context, as lm-evaluation-harness computes it:
 //! trailing spaces of the context move to the continuation, the continuation's tokens are those
 //! of `tokens(context + continuation)` after the context's own tokens, and the score is the sum
-//! of their log-probabilities. Requests sharing a context are scored from one prefill.
-use crate::engine::Engine;
+//! of their log-probabilities. Lettered choices (one-token continuations of one context) are
+//! scored from one row; requests are batched through the training graph's forward.
 use crate::error::{Error, Result};
+use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 
@@ -42,108 +43,167 @@ pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Result
     Ok((ctx, cont))
 }
 
-/// Scores `continuations` after one shared `context`. Contexts too long for the engine lose
-/// their oldest tokens, as the harness's left truncation does.
-pub fn score_shared_context(
-    engine: &mut Engine,
-    context: &[u32],
-    continuations: &[Vec<u32>],
-) -> Result<Vec<LlResult>> {
-    let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
-    let room = engine.cache.max_len().saturating_sub(longest).max(1);
-    let context = &context[context.len().saturating_sub(room)..];
-    engine.reset(0);
-    let first = engine.prefill(0, context, false)?.unsqueeze(0);
-    let mut out = Vec::with_capacity(continuations.len());
-    for cont in continuations {
-        let logits = if cont.len() > 1 {
-            let rest = engine.prefill(0, &cont[..cont.len() - 1], true)?;
-            engine.truncate(0, context.len());
-            Tensor::cat(&[&first, &rest], 0)
-        } else {
-            first.shallow_clone()
-        };
-        let logp = logits.log_softmax(-1, logits.kind());
-        let target: Vec<i64> = cont.iter().map(|&t| t as i64).collect();
-        let target = Tensor::from_slice(&target).to_device(logp.device());
-        let picked = logp.gather(-1, &target.unsqueeze(-1), false).sum(Kind::Double);
-        let greedy = logp.argmax(-1, false).eq_tensor(&target).all();
-        out.push(LlResult {
-            logprob: picked.to_device(Device::Cpu).double_value(&[]),
-            is_greedy: greedy.int64_value(&[]) != 0,
-            tokens: cont.len(),
-        });
-    }
-    engine.reset(0);
-    Ok(out)
+/// One row of a forward batch: its tokens, and for each continuation it scores the request's
+/// index, the position whose logits predict the continuation's first token, and its tokens.
+struct Row {
+    ids: Vec<u32>,
+    targets: Vec<(usize, usize, Vec<u32>)>,
 }
 
-/// Scores requests in order, sharing the prefill among consecutive requests with the same
-/// context. `progress` sees how many are done.
-pub fn score(
-    engine: &mut Engine,
-    tok: &Tokenizer,
-    requests: &[LlRequest],
-    mut progress: impl FnMut(usize),
-) -> Result<Vec<LlResult>> {
-    let mut out = Vec::with_capacity(requests.len());
+/// The rows for `pairs` (context and continuation tokens, in request order). Consecutive
+/// requests with one context and one-token continuations (lettered choices) share a row; any
+/// other request is a row of its own. Contexts lose their oldest tokens so that context and
+/// continuation fit `max_len`, as the harness's left truncation does.
+fn rows(pairs: &[(Vec<u32>, Vec<u32>)], max_len: usize) -> Vec<Row> {
+    let mut rows = Vec::new();
     let mut i = 0;
-    while i < requests.len() {
+    while i < pairs.len() {
+        let (ctx, cont) = &pairs[i];
         let mut j = i + 1;
-        while j < requests.len() && requests[j].context == requests[i].context {
-            j += 1;
-        }
-        let pairs = requests[i..j]
-            .iter()
-            .map(|r| encode_pair(tok, &r.context, &r.continuation))
-            .collect::<Result<Vec<_>>>()?;
-        // Boundary merges can give one request a different context split; score those alone.
-        let shared = pairs.iter().all(|(c, _)| *c == pairs[0].0);
-        if shared {
-            let conts: Vec<Vec<u32>> = pairs.iter().map(|(_, c)| c.clone()).collect();
-            out.extend(score_shared_context(engine, &pairs[0].0, &conts)?);
-        } else {
-            for (c, k) in &pairs {
-                out.extend(score_shared_context(engine, c, std::slice::from_ref(k))?);
+        if cont.len() == 1 {
+            while j < pairs.len() && pairs[j].1.len() == 1 && pairs[j].0 == *ctx {
+                j += 1;
             }
         }
+        let room = max_len.saturating_sub(cont.len()).max(1);
+        let ctx = &ctx[ctx.len().saturating_sub(room)..];
+        let mut ids = ctx.to_vec();
+        ids.extend_from_slice(&cont[..cont.len() - 1]);
+        let targets = (i..j).map(|k| (k, ctx.len() - 1, pairs[k].1.clone())).collect();
+        rows.push(Row { ids, targets });
         i = j;
-        progress(i);
     }
-    Ok(out)
+    rows
+}
+
+/// Scores every target of `batch` (rows of at most `batch[0]`'s length) in one forward,
+/// right-padded: the causal mask keeps the padding out of every scored position.
+fn score_batch(model: &Transformer, batch: &[&Row], out: &mut [Option<LlResult>]) {
+    let t = batch[0].ids.len();
+    let mut flat = vec![0i64; batch.len() * t];
+    let (mut at, mut target) = (Vec::new(), Vec::new());
+    for (r, row) in batch.iter().enumerate() {
+        for (k, &id) in row.ids.iter().enumerate() {
+            flat[r * t + k] = id as i64;
+        }
+        for (_, start, cont) in &row.targets {
+            at.extend((0..cont.len()).map(|k| (r * t + start + k) as i64));
+            target.extend(cont.iter().map(|&c| c as i64));
+        }
+    }
+    let dev = model.device;
+    let ids = Tensor::from_slice(&flat).view([batch.len() as i64, t as i64]).to_device(dev);
+    let h = model.hidden_states(&ids);
+    let h = h.view([-1, h.size()[2]]).index_select(0, &Tensor::from_slice(&at).to_device(dev));
+    let logits = model.head(&h);
+    let logp = logits.log_softmax(-1, logits.kind());
+    let target = Tensor::from_slice(&target).to_device(dev);
+    let picked = logp.gather(-1, &target.unsqueeze(-1), false).squeeze_dim(-1).to_kind(Kind::Double);
+    let picked = Vec::<f64>::try_from(&picked.to_device(Device::Cpu)).expect("f64 tensor");
+    let greedy = logp.argmax(-1, false).eq_tensor(&target).to_device(Device::Cpu);
+    let greedy = Vec::<bool>::try_from(&greedy).expect("bool tensor");
+    let mut k = 0;
+    for row in batch {
+        for (req, _, cont) in &row.targets {
+            let n = cont.len();
+            out[*req] = Some(LlResult {
+                logprob: picked[k..k + n].iter().sum(),
+                is_greedy: greedy[k..k + n].iter().all(|&g| g),
+                tokens: n,
+            });
+            k += n;
+        }
+    }
+}
+
+/// Scores token-level requests (context, continuation) with the full-sequence forward, rows
+/// sorted by length into batches of at most `batch_tokens` padded tokens. One request at a
+/// time leaves a GPU launch-bound; a batch of a few thousand tokens keeps it busy. `progress`
+/// sees how many requests are done.
+pub fn score_tokens(
+    model: &Transformer,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    max_len: usize,
+    batch_tokens: usize,
+    mut progress: impl FnMut(usize),
+) -> Vec<LlResult> {
+    let _guard = tch::no_grad_guard();
+    let rows = rows(pairs, max_len);
+    let mut order: Vec<&Row> = rows.iter().collect();
+    order.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
+    let mut out = vec![None; pairs.len()];
+    let (mut i, mut done) = (0, 0);
+    while i < order.len() {
+        let longest = order[i].ids.len();
+        let n = (batch_tokens / longest).clamp(1, order.len() - i);
+        score_batch(model, &order[i..i + n], &mut out);
+        done += order[i..i + n].iter().map(|r| r.targets.len()).sum::<usize>();
+        progress(done);
+        i += n;
+    }
+    out.into_iter().map(|r| r.expect("every request belongs to one row")).collect()
+}
+
+/// Scores requests (see [`score_tokens`]); results in request order.
+pub fn score(
+    model: &Transformer,
+    tok: &Tokenizer,
+    requests: &[LlRequest],
+    max_len: usize,
+    batch_tokens: usize,
+    progress: impl FnMut(usize),
+) -> Result<Vec<LlResult>> {
+    let pairs =
+        requests.iter().map(|r| encode_pair(tok, &r.context, &r.continuation)).collect::<Result<Vec<_>>>()?;
+    Ok(score_tokens(model, &pairs, max_len, batch_tokens, progress))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineOptions;
     use crate::model::transformer::tests::{tiny_config, tiny_model};
     use crate::plan::SuperBlockPlan;
 
-    /// Shared-context scoring equals summing the full forward's log-probabilities of each
-    /// context + continuation, including a context cut to fit the engine.
+    /// Batched scores equal summing the full forward's log-probabilities of each context +
+    /// continuation alone: shared rows of lettered choices, rows of their own, a context cut
+    /// to fit `max_len`, batches of several padded rows and a row longer than a batch.
     #[test]
-    fn shared_context_scores_equal_full_forward_sums() {
+    fn batched_scores_equal_full_forward_sums() {
         let cfg = tiny_config(crate::config::Family::Llama);
         let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap();
-        let reference = tiny_model(&cfg, plan.clone(), Kind::Double, 4);
-        let opts = EngineOptions { max_batch: 1, max_len: 12, prefill_chunk: 3 };
-        let mut engine = Engine::new(tiny_model(&cfg, plan, Kind::Double, 4), opts).unwrap();
-        let ctx: Vec<u32> = (0..11).map(|i| (i * 7 + 3) % 31).collect();
-        let conts = vec![vec![4u32], vec![9, 2, 30], vec![1, 1]];
-        let got = score_shared_context(&mut engine, &ctx, &conts).unwrap();
-        for (c, g) in conts.iter().zip(&got) {
-            // The engine holds 12 tokens: the context keeps its last 12 - 3 = 9.
-            let seq: Vec<i64> = ctx[2..].iter().chain(c).map(|&t| t as i64).collect();
-            let lp = reference
+        let model = tiny_model(&cfg, plan, Kind::Double, 4);
+        let ctx = |n: usize, s: usize| -> Vec<u32> { (0..n).map(|i| ((i * 7 + s) % 31) as u32).collect() };
+        let pairs = vec![
+            (ctx(5, 1), vec![4u32]),
+            (ctx(5, 1), vec![9]),
+            (ctx(5, 1), vec![2]),
+            (ctx(15, 3), vec![9, 2, 30]),
+            (ctx(15, 3), vec![1, 1]),
+            (ctx(2, 5), vec![7]),
+            (ctx(8, 2), vec![3, 4, 5, 6]),
+        ];
+        let max_len = 12;
+        let mut seen = Vec::new();
+        let got = score_tokens(&model, &pairs, max_len, 20, |d| seen.push(d));
+        assert_eq!(seen.last(), Some(&pairs.len()));
+        assert!(seen.len() > 2, "several batches: {seen:?}");
+        for ((c, k), g) in pairs.iter().zip(&got) {
+            let room = max_len - k.len();
+            let seq: Vec<i64> =
+                c[c.len().saturating_sub(room)..].iter().chain(k).map(|&t| t as i64).collect();
+            let lp = model
                 .forward(&Tensor::from_slice(&seq).unsqueeze(0))
                 .squeeze_dim(0)
                 .log_softmax(-1, Kind::Double);
             let n = seq.len();
             let want: f64 =
-                (0..c.len()).map(|k| lp.double_value(&[(n - c.len() + k - 1) as i64, c[k] as i64])).sum();
-            assert!((g.logprob - want).abs() < 1e-9, "{c:?}: {} vs {want}", g.logprob);
-            assert_eq!(g.tokens, c.len());
+                (0..k.len()).map(|j| lp.double_value(&[(n - k.len() + j - 1) as i64, k[j] as i64])).sum();
+            assert!((g.logprob - want).abs() < 1e-9, "{k:?}: {} vs {want}", g.logprob);
+            assert_eq!(g.tokens, k.len());
+            let greedy = (0..k.len()).all(|j| {
+                lp.get((n - k.len() + j - 1) as i64).argmax(-1, false).int64_value(&[]) == k[j] as i64
+            });
+            assert_eq!(g.is_greedy, greedy);
         }
     }
 }

@@ -3,8 +3,8 @@
 //! characters), plus OLMES's `acc_per_token` and the gold continuation's bits per byte.
 use super::loglikelihood::{score, LlResult};
 use super::tasks::McTask;
-use crate::engine::Engine;
 use crate::error::Result;
+use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
 use std::time::Instant;
 
@@ -50,18 +50,28 @@ fn argmax(xs: impl Iterator<Item = f64>) -> usize {
     xs.enumerate().fold((0, f64::NEG_INFINITY), |best, (i, x)| if x > best.1 { (i, x) } else { best }).0
 }
 
+/// How requests are scored: longest context + continuation (longer contexts lose their oldest
+/// tokens) and padded tokens per forward batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoringOptions {
+    pub max_len: usize,
+    pub batch_tokens: usize,
+}
+
 /// Scores the first `limit` items of `task`.
 pub fn evaluate(
-    engine: &mut Engine,
+    model: &Transformer,
     tok: &Tokenizer,
     task: &McTask,
     limit: Option<usize>,
+    opts: ScoringOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(TaskReport, Vec<ItemScore>)> {
     let start = Instant::now();
     let items = &task.items[..limit.unwrap_or(usize::MAX).min(task.items.len())];
     let requests: Vec<_> = items.iter().flat_map(|i| i.requests.iter().cloned()).collect();
-    let results = score(engine, tok, &requests, |done| progress(done, requests.len()))?;
+    let results =
+        score(model, tok, &requests, opts.max_len, opts.batch_tokens, |done| progress(done, requests.len()))?;
     let mut at = 0;
     let mut scores = Vec::with_capacity(items.len());
     for item in items {

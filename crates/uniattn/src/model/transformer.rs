@@ -399,8 +399,15 @@ impl Transformer {
     /// logits `[b, t, vocab]` (f64 for f64 models). Incremental decoding lives in
     /// [`crate::engine`], which is tested against this.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
+        self.head(&self.hidden_states(ids))
+    }
+
+    /// The residual stream after the last layer (before the final norm) for `ids` (`[b, t]`)
+    /// from position 0: callers that need the logits of a few positions run [`Self::head`] on
+    /// those alone.
+    pub fn hidden_states(&self, ids: &Tensor) -> Tensor {
         let pc = PositionContext::full(self, ids.size()[1]);
-        self.head(&self.run_layers(self.embed(ids), 0..self.layers.len(), &pc))
+        self.run_layers(self.embed(ids), 0..self.layers.len(), &pc)
     }
 
     /// Runs layers `range` on the residual stream `h`. A range must not start inside a
