@@ -26,6 +26,10 @@ WIKI=${WIKI:-.cache/data/wiki.utf8}
 # (the first plan gets the second seed and the untrained models; the others, seed 1 only).
 REUSE=${REUSE:-8}
 VARIANTS=${VARIANTS:-"dense uniattn softmax-only cla layerdrop"}
+# What closes UniAttn's gap? Extra runs on the first plan and seed, trained after the rest with
+# more train options: ABLATIONS="uniattn+2ep=uniattn:--epochs 2;dense+2ep=dense:--epochs 2"
+# (LABEL=VARIANT:OPTIONS; a rerun on the same OUT skips whatever is done).
+ABLATIONS=${ABLATIONS:-}
 case $PROFILE in
   gpu)
     SEEDS=${SEEDS:-"1 2"}               # dense and UniAttn; baselines use the first
@@ -35,8 +39,10 @@ case $PROFILE in
     TASKS=${TASKS:-medmcqa:mc_5shot,medqa_en:mc_5shot,mmlu_medical:mc_5shot,arc_easy,arc_challenge}
     LIMIT_Q=${LIMIT_Q-} EVAL_BATCH=16384
     # Rows packed into 1024-token sequences (no attention across rows): ~16k tokens a step, in
-    # two micro-batches of 8 (fewer, larger kernels than 4 x 4; the logits of 8k tokens fit).
-    MAX_LEN=1024 TRAIN=(--micro-batch 8 --grad-accum 2 --eval-every 20 --pack)
+    # micro-batches of MICRO (8: fewer, larger kernels than 4; the 0.5B model's trainer then
+    # holds ~53 GB, so two trainers on one card want MICRO=4 for the second).
+    MICRO=${MICRO:-8}
+    MAX_LEN=1024 TRAIN=(--micro-batch "$MICRO" --grad-accum $((16 / MICRO)) --eval-every 20 --pack)
     LIMIT=(${LIMIT_Q:+--limit $LIMIT_Q}) BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256
     WIKI_TOKENS=20480 TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 JOBS=${JOBS:-6} ;;
   cpu)
@@ -112,10 +118,12 @@ spawn_eval() {
 spawn_eval base "$MODEL"
 
 best_val() { python3 -c "import json,sys; v=[json.loads(l).get('val_loss') for l in open(sys.argv[1])]; v=[x for x in v if x is not None]; print(min(v) if v else 1e9)" "$1/metrics.jsonl"; }
-train() { # train VARIANT SEED LR DIR [REUSE]
-  [[ -d $4/final ]] && return
-  $U train --model "$MODEL" --variant "$1" --plan-blocks "${BLOCKS[${5:-$FIRST_REUSE}]}" --data "$DATA" --val-data "$VAL" \
-    --calib "$PMC" --calib-rows "$CALIB_ROWS" --seed "$2" --lr "$3" "${TRAIN[@]}" --out "$4" > "$4.log" 2>&1
+train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
+  local variant=$1 seed=$2 lr=$3 dir=$4 reuse=${5:-$FIRST_REUSE}
+  shift $(($# < 5 ? $# : 5))
+  [[ -d $dir/final ]] && return
+  $U train --model "$MODEL" --variant "$variant" --plan-blocks "${BLOCKS[$reuse]}" --data "$DATA" --val-data "$VAL" \
+    --calib "$PMC" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@" --out "$dir" > "$dir.log" 2>&1
 }
 
 log "learning-rate grid (dense, seed ${SEEDS%% *})"
@@ -143,6 +151,16 @@ for r in $REUSE; do
       spawn_eval "$label" "$dir/final"
     done
   done
+done
+
+IFS=';' read -ra specs <<< "$ABLATIONS"
+for spec in "${specs[@]}"; do
+  label=${spec%%=*} rest=${spec#*=}
+  read -ra extra <<< "${rest#*:}"
+  log "train $label-s${SEEDS%% *} (${rest%%:*} ${extra[*]})"
+  train "${rest%%:*}" "${SEEDS%% *}" "$BEST_LR" "$OUT/runs/$label-s${SEEDS%% *}" "$FIRST_REUSE" "${extra[@]}"
+  MODELS+=("$label-s${SEEDS%% *}:$OUT/runs/$label-s${SEEDS%% *}/final")
+  spawn_eval "$label-s${SEEDS%% *}" "$OUT/runs/$label-s${SEEDS%% *}/final"
 done
 
 log "the unified models before post-training (W_c from the closed-form fit, and none)"

@@ -30,7 +30,9 @@ def bench_of(f, variant):
     own = f.replace(".mc.json", ".bench.json")
     if os.path.exists(own):
         return json.load(open(own))
-    arch = "base" if variant in ("base", "dense") else variant.removesuffix("-untrained")
+    # An ablation (VARIANT+WHAT) has its variant's architecture.
+    arch = variant.split("+")[0].removesuffix("-untrained")
+    arch = "base" if arch in ("base", "dense") else arch
     return cost[arch]
 
 

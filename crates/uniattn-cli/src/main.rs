@@ -477,11 +477,38 @@ fn print_savings(cfg: &uniattn::config::ModelConfig, plan: &uniattn::plan::Super
     println!("parameters   {} removed, {} added", s.params_removed, s.params_added);
 }
 
+/// Where the last panic happened, recorded by the hook that replaces the default report.
+static PANIC_AT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    // libtorch failures inside tch's infallible calls (CUDA out of memory above all) arrive as
+    // panics: report them as errors, with what to change, instead of a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        if let Ok(mut at) = PANIC_AT.lock() {
+            *at = info.location().map(|l| l.to_string()).unwrap_or_default();
+        }
+    }));
+    let message = match std::panic::catch_unwind(|| run(Cli::parse())) {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            let at = PANIC_AT.lock().map(|a| a.clone()).unwrap_or_default();
+            format!("{what} (at {at})")
+        }
+    };
+    eprintln!("error: {message}");
+    if message.contains("out of memory") {
+        eprintln!(
+            "hint: the device ran out of memory; lower --micro-batch or add --recompute-layers (train), \
+             lower --batch-tokens (eval mc) or --batch/--context (bench), or stop other jobs on the device"
+        );
     }
+    std::process::exit(1);
 }
 
 fn run(cli: Cli) -> Result<()> {
