@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 7's experiment for one model: medical post-training (PMC rows + the training part of a
-# MedMCQA split) of dense, UniAttn, softmax-only, CLA and layer-drop variants on one plan from
-# `analyze`, a learning-rate grid for dense, seeds, evaluation with standard errors, inference
-# cost from `bench`, and a summary table + plot.
+# MedMCQA split) of dense, UniAttn, softmax-only, CLA and layer-drop variants on the plans from
+# `analyze` (8 and 4 reuse layers on the GPU), a learning-rate grid for dense, seeds, optional
+# ablations, evaluation with standard errors, inference cost from `bench`, and a summary table
+# + plots (docs/results.md has the commands of the reported runs).
 #
 #   scripts/experiment_medical.sh MODEL.gguf NAME                 # full run (GPU)
 #   PROFILE=cpu scripts/experiment_medical.sh MODEL.gguf NAME     # SmolLM2-sized run on a CPU
@@ -24,7 +25,7 @@ PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
 WIKI=${WIKI:-.cache/data/wiki.utf8}
 # Reuse layers in the plan; several ("8 4") give every plan-dependent variant a point per plan
 # (the first plan gets the second seed and the untrained models; the others, seed 1 only).
-REUSE=${REUSE:-8}
+REUSE=${REUSE:-$([[ $PROFILE == gpu ]] && echo "8 4" || echo 8)}
 VARIANTS=${VARIANTS:-"dense uniattn softmax-only cla layerdrop"}
 # What closes UniAttn's gap? Extra runs on the first plan and seed, trained after the rest with
 # more train options: ABLATIONS="uniattn+2ep=uniattn:--epochs 2;dense+2ep=dense:--epochs 2"
@@ -187,9 +188,13 @@ if [[ ! -s $OUT/eval/cost.bench.json ]]; then
   cost=(--model "$base")
   for r in $REUSE; do
     for variant in $VARIANTS; do
-      arch="$variant${TAG[$r]}"
-      [[ $variant == dense || ! -d $OUT/runs/$arch-s${SEEDS%% *}/final ]] && continue
-      ln -sfn "$(realpath "$OUT/runs/$arch-s${SEEDS%% *}/final")" "$OUT/bench/$arch"
+      arch="$variant${TAG[$r]}" m="$OUT/runs/$variant${TAG[$r]}-s${SEEDS%% *}/final"
+      [[ $variant == dense ]] && continue
+      # Speed and cache size do not depend on the weights: a model whose weights were deleted
+      # (or stayed on another machine) is timed through its untrained conversion, if any.
+      [[ -f $m/model.safetensors ]] || m="$OUT/runs/$arch-untrained"
+      [[ -f $m/model.safetensors ]] || continue
+      ln -sfn "$(realpath "$m")" "$OUT/bench/$arch"
       cost+=(--model "$OUT/bench/$arch")
     done
   done

@@ -27,13 +27,14 @@ for f in sorted(glob.glob(os.path.join(out, "eval", "cost*.bench.json")), key=la
 
 
 def bench_of(f, variant):
+    """The cost rows of a model's architecture, or None when it was not timed."""
     own = f.replace(".mc.json", ".bench.json")
     if os.path.exists(own):
         return json.load(open(own))
     # An ablation (VARIANT+WHAT) has its variant's architecture.
     arch = variant.split("+")[0].removesuffix("-untrained")
     arch = "base" if arch in ("base", "dense") else arch
-    return cost[arch]
+    return cost.get(arch)
 
 
 def best_val_loss(label):
@@ -54,35 +55,64 @@ def best_val_loss(label):
     return None
 
 
+def method(variant):
+    """A variant without its plan's -rN suffix: the points of one method on several plans."""
+    head, _, tail = variant.rpartition("-r")
+    return head if head and tail.isdigit() else variant
+
+
+def analytic_saved(variant):
+    """The KV fraction a plan saves, from analyze[-rN].txt, for an architecture that was not
+    timed: reuse layers keep V only (UniAttn, softmax-only) or nothing (CLA, layer drop)."""
+    arch = variant.split("+")[0].removesuffix("-untrained")
+    if arch in ("base", "dense"):
+        return 0.0
+    path = os.path.join(out, "analyze" + arch[len(method(arch)):] + ".txt")
+    if not os.path.exists(path):
+        return None
+    text = open(path).read()
+    layers = text.count(" -> ") + 1
+    blocks = text.split("--plan-blocks")[-1].split()[0]
+    reuse = sum(int(b) - int(a) for a, b in (blk.split("-") for blk in blocks.split(",")))
+    return reuse / layers * (0.5 if method(arch) in ("uniattn", "softmax-only") else 1.0)
+
+
 rows = []
 for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
     label = os.path.basename(f)[: -len(".mc.json")]
     mc = json.load(open(f))
-    load = lambda ext: json.load(open(f.replace(".mc.json", ext)))
+    def load(ext, key):
+        path = f.replace(".mc.json", ext)
+        return json.load(open(path))[key] if os.path.exists(path) else None
     variant = label.rsplit("-s", 1)[0]
     bench = bench_of(f, variant)
     med = [t for t in mc if t["task"].startswith(MED)]
     general = [t for t in mc if not t["task"].startswith(MED)]
     rows.append({"label": label, "variant": variant, "tasks": {t["task"]: t for t in mc},
-                 "wiki_ppl": load(".wiki.json")["perplexity"], "val_ppl": load(".val.json")["perplexity"],
+                 "wiki_ppl": load(".wiki.json", "perplexity"), "val_ppl": load(".val.json", "perplexity"),
                  "val_loss": best_val_loss(label),
                  "medical_avg": sum(t["acc"]["value"] for t in med) / len(med) if med else None,
                  "general_avg": sum(t["acc"]["value"] for t in general) / len(general) if general else None,
-                 "kv_per_token": bench[0]["kv_bytes_per_token"], "bench": bench})
-base_kv = max(r["kv_per_token"] for r in rows)
-for r in rows:
-    r["saved"] = 1 - r["kv_per_token"] / base_kv
-tasks = sorted({t for r in rows for t in r["tasks"]})
+                 "kv_per_token": bench[0]["kv_bytes_per_token"] if bench else None, "bench": bench or []})
 fmt = lambda v, spec: "-" if v is None else format(v, spec)
+base_kv = max((r["kv_per_token"] for r in rows if r["kv_per_token"]), default=None)
+for r in rows:
+    r["saved"] = 1 - r["kv_per_token"] / base_kv if r["kv_per_token"] and base_kv else analytic_saved(r["variant"])
+    r["saved_cell"] = fmt(r["saved"], ".1%") + ("" if r["kv_per_token"] else "*")
+grid = max((r["bench"] for r in rows), key=len)
+tasks = sorted({t for r in rows for t in r["tasks"]})
 print("| model | " + " | ".join(tasks) + " | medical avg | held-out val loss | held-out medical ppl | wiki ppl | KV saved | " +
-      " | ".join(f"{what} tok/s b{b['batch']} ctx{b['context']}" for what in ("prefill", "decode") for b in rows[0]["bench"]) + " |")
-print("|---" * (len(tasks) + 7 + 2 * len(rows[0]["bench"])) + "|")
+      " | ".join(f"{what} tok/s b{b['batch']} ctx{b['context']}" for what in ("prefill", "decode") for b in grid) + " |")
+print("|---" * (len(tasks) + 7 + 2 * len(grid)) + "|")
 for r in rows:
     cells = [f"{r['tasks'][t]['acc']['value']:.3f} ± {r['tasks'][t]['acc']['stderr']:.3f}" if t in r["tasks"] else "-" for t in tasks]
     speeds = [f"{b[what + '_tokens_per_s']:.0f}" if not b.get("error") else "oom"
-              for what in ("prefill", "decode") for b in r["bench"]]
-    print(f"| {r['label']} | " + " | ".join(cells) + f" | {fmt(r['medical_avg'], '.3f')} | {fmt(r['val_loss'], '.4f')} | {r['val_ppl']:.3f} | "
-          f"{r['wiki_ppl']:.3f} | {r['saved']:.1%} | " + " | ".join(speeds) + " |")
+              for what in ("prefill", "decode") for b in r["bench"]] or ["-"] * (2 * len(grid))
+    print(f"| {r['label']} | " + " | ".join(cells) + f" | {fmt(r['medical_avg'], '.3f')} | {fmt(r['val_loss'], '.4f')} | {fmt(r['val_ppl'], '.3f')} | "
+          f"{fmt(r['wiki_ppl'], '.3f')} | {r['saved_cell']} | " + " | ".join(speeds) + " |")
+
+if any(not r["kv_per_token"] for r in rows):
+    print("\n\\* KV saving from the plan (analyze*.txt): this architecture was not timed.")
 
 by_variant = {}
 for r in rows:
@@ -100,13 +130,7 @@ if spread:
               f"{cell('wiki_ppl', '.3f')} |")
 
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
-
-
-def method(variant):
-    """A variant without its plan's -rN suffix: the points of one method on several plans."""
-    head, _, tail = variant.rpartition("-r")
-    return head if head and tail.isdigit() else variant
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"]
 
 
 def scatter(key, title, path):
@@ -116,7 +140,7 @@ def scatter(key, title, path):
     methods = list(dict.fromkeys(method(v) for v in by_variant))
     for v, rs in by_variant.items():
         ys = [r[key] for r in rs if r[key] is not None]
-        if ys:
+        if ys and rs[0]["saved"] is not None:
             label = v if len(ys) == 1 else f"{v} ({len(ys)} seeds)"
             color = COLORS[methods.index(method(v)) % len(COLORS)]
             pts.append((rs[0]["saved"], statistics.mean(ys), min(ys), max(ys), label, method(v), color))
@@ -141,10 +165,15 @@ def scatter(key, title, path):
         if len(line) > 1:
             xy = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in line)
             svg.append(f'<polyline points="{xy}" fill="none" stroke="{line[0][2]}" stroke-opacity="0.5"/>')
-    for x, y, ymin, ymax, label, _, color in pts:
+    placed = []  # label positions so far: a label that would overlap one moves down
+    for x, y, ymin, ymax, label, _, color in sorted(pts, key=lambda p: (p[0], -p[1])):
         if ymax > ymin:
             svg.append(f'<line x1="{px(x):.1f}" y1="{py(ymin):.1f}" x2="{px(x):.1f}" y2="{py(ymax):.1f}" stroke="{color}" stroke-width="2"/>')
-        svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{color}"/><text x="{px(x) + 6:.1f}" y="{py(y) + 4:.1f}">{label}</text>')
+        ty = py(y) + 4
+        while any(abs(px(x) - lx) < 120 and abs(ty - ly) < 13 for lx, ly in placed):
+            ty += 13
+        placed.append((px(x), ty))
+        svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{color}"/><text x="{px(x) + 6:.1f}" y="{ty:.1f}" fill="{color}">{label}</text>')
     svg.append("</svg>")
     open(path, "w").write("\n".join(svg))
     print(f"plot: {path}")
