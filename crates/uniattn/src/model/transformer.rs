@@ -391,8 +391,13 @@ impl Transformer {
 
     /// The stack over packed documents (see [`PositionContext::packed`]); f32 logits.
     pub fn forward_packed(&self, ids: &Tensor, positions: &Tensor, docs: &Tensor) -> Tensor {
+        self.head(&self.hidden_packed(ids, positions, docs))
+    }
+
+    /// [`Self::forward_packed`] before the final norm and head.
+    pub fn hidden_packed(&self, ids: &Tensor, positions: &Tensor, docs: &Tensor) -> Tensor {
         let pc = PositionContext::packed(self, positions, docs);
-        self.head(&self.run_layers(self.embed(ids), 0..self.layers.len(), &pc))
+        self.run_layers(self.embed(ids), 0..self.layers.len(), &pc)
     }
 
     /// The training graph's full-sequence forward of `ids` (`[b, t]`) from position 0: f32

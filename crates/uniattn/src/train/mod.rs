@@ -128,6 +128,47 @@ fn loss_sum(model: &Transformer, b: &Batch, autocast: bool) -> Tensor {
     cross_entropy_sum(&logits, &b.targets)
 }
 
+/// Tokens a chunk of the LM head's backward pass: f32 logits of a 152k vocabulary are 0.6 MB a
+/// token, and cross-entropy holds them about three times over (logits, log-softmax, gradient),
+/// so a 16k-token micro-batch at once would need ~30 GB; chunks need one chunk's worth.
+pub const HEAD_CHUNK_TOKENS: i64 = 2048;
+
+/// Backpropagates `scale` x the summed cross-entropy of `head(h)` against `targets` into the
+/// head's parameters and `h.grad()` (`h`: a leaf `[b, t, d]` that requires grad), `chunk`
+/// tokens at a time. Returns the scaled loss.
+fn head_backward(
+    model: &Transformer,
+    h: &Tensor,
+    targets: &Tensor,
+    scale: f64,
+    autocast: bool,
+    chunk: i64,
+) -> f64 {
+    let (d, n) = (h.size()[2], targets.numel() as i64);
+    let targets = targets.view([-1]);
+    let mut loss = 0.0;
+    for start in (0..n).step_by(chunk.max(1) as usize) {
+        let len = chunk.min(n - start);
+        let x = h.view([-1, d]).narrow(0, start, len);
+        let logits = tch::autocast(autocast, || model.head(&x));
+        let l = cross_entropy_sum(&logits.unsqueeze(0), &targets.narrow(0, start, len)) * scale;
+        l.backward();
+        loss += l.double_value(&[]);
+    }
+    loss
+}
+
+/// The ordinary backward of `loss_sum * scale`, with the head run in chunks (see
+/// [`head_backward`]). Returns the scaled loss.
+fn chunked_backward(model: &Transformer, b: &Batch, scale: f64, autocast: bool, chunk: i64) -> f64 {
+    let h = tch::autocast(autocast, || model.hidden_packed(&b.ids, &b.positions, &b.docs));
+    let last = h.detach().set_requires_grad(true);
+    let loss = head_backward(model, &last, &b.targets, scale, autocast, chunk);
+    let grad = last.grad();
+    (h * &grad).sum(accumulate_kind(grad.kind())).backward();
+    loss
+}
+
 fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Tensor {
     let v = logits.size()[2];
     logits.view([-1, v]).to_kind(accumulate_kind(logits.kind())).cross_entropy_loss::<Tensor>(
@@ -141,8 +182,9 @@ fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Tensor {
 
 /// Backpropagates `loss_sum * scale` keeping only the input of each recompute unit (a layer,
 /// or a whole SuperBlock): the forward runs without a graph, then every unit is recomputed
-/// with one while the gradient flows back through it. Returns the scaled loss.
-fn checkpointed_backward(model: &Transformer, batch: &Batch, scale: f64, autocast: bool) -> f64 {
+/// with one while the gradient flows back through it; the head runs in chunks. Returns the
+/// scaled loss.
+fn checkpointed_backward(model: &Transformer, batch: &Batch, scale: f64, autocast: bool, chunk: i64) -> f64 {
     let (ids, targets) = (&batch.ids, &batch.targets);
     let pc = PositionContext::packed(model, &batch.positions, &batch.docs);
     let ac = |f: &dyn Fn() -> Tensor| if autocast { tch::autocast(true, f) } else { f() };
@@ -154,8 +196,7 @@ fn checkpointed_backward(model: &Transformer, batch: &Batch, scale: f64, autocas
         h = tch::no_grad(|| ac(&|| model.run_layers(h.shallow_clone(), u.clone(), &pc)));
     }
     let last = h.detach().set_requires_grad(true);
-    let loss = cross_entropy_sum(&ac(&|| model.head(&last)), targets) * scale;
-    loss.backward();
+    let loss = head_backward(model, &last, targets, scale, autocast, chunk);
     let mut grad = last.grad();
     for (u, x) in units.iter().zip(&inputs).rev() {
         let x = x.detach().set_requires_grad(true);
@@ -167,7 +208,7 @@ fn checkpointed_backward(model: &Transformer, batch: &Batch, scale: f64, autocas
     if h0.requires_grad() {
         (h0 * &grad).sum(accumulate_kind(grad.kind())).backward();
     }
-    loss.double_value(&[])
+    loss
 }
 
 /// Mean loss per target token over `examples`.
@@ -271,12 +312,11 @@ impl Trainer<'_> {
                 let scale = 1.0 / n_targets.max(1) as f64;
                 for micro in batch.chunks(self.cfg.micro_batch) {
                     let b = collate(micro, self.model.device);
+                    let (m, ac) = (self.model, self.cfg.autocast);
                     loss += if self.cfg.recompute_layers {
-                        checkpointed_backward(self.model, &b, scale, self.cfg.autocast)
+                        checkpointed_backward(m, &b, scale, ac, HEAD_CHUNK_TOKENS)
                     } else {
-                        let l = loss_sum(self.model, &b, self.cfg.autocast) * scale;
-                        l.backward();
-                        l.double_value(&[])
+                        chunked_backward(m, &b, scale, ac, HEAD_CHUNK_TOKENS)
                     };
                 }
                 let lr = cosine_lr(base_lr, pos.step, total, warmup);
@@ -513,36 +553,42 @@ mod tests {
         assert_eq!(changed, 2);
     }
 
-    /// Recomputing layers (and whole SuperBlocks) in the backward pass gives the gradients of
-    /// the ordinary backward, for UniAttn and CLA plans.
+    /// Recomputing layers (and whole SuperBlocks) and running the head in chunks (5 tokens of
+    /// 27, so the last chunk is short) give the gradients of the ordinary backward, for UniAttn
+    /// and CLA plans.
     #[test]
-    fn recomputation_gives_the_same_gradients() {
+    fn recomputation_and_head_chunks_give_the_same_gradients() {
         let cfg = tiny_config(Family::Llama);
         let data = examples(3, 9);
         let refs: Vec<&TokenizedExample> = data.iter().collect();
         let batch = collate(&refs, Device::Cpu);
         for kind in [crate::plan::ReuseKind::Uniattn, crate::plan::ReuseKind::Cla] {
             let plan = SuperBlockPlan::from_blocks(vec![(1, 3)], 4).unwrap().with_reuse(kind);
-            let grads = |recompute: bool| {
+            let grads = |how: &str| {
                 let m = tiny_model(&cfg, plan.clone(), Kind::Double, 21);
                 let ps: Vec<(String, Tensor)> = m.named_tensors();
                 for (_, p) in &ps {
                     let _ = p.set_requires_grad(true);
                 }
-                let loss = if recompute {
-                    checkpointed_backward(&m, &batch, 0.5, false)
-                } else {
-                    let l = loss_sum(&m, &batch, false) * 0.5;
-                    l.backward();
-                    l.double_value(&[])
+                let loss = match how {
+                    "recompute" => checkpointed_backward(&m, &batch, 0.5, false, 5),
+                    "chunked" => chunked_backward(&m, &batch, 0.5, false, 5),
+                    _ => {
+                        let l = loss_sum(&m, &batch, false) * 0.5;
+                        l.backward();
+                        l.double_value(&[])
+                    }
                 };
                 (loss, ps.into_iter().map(|(n, p)| (n, p.grad().copy())).collect::<Vec<_>>())
             };
-            let ((la, ga), (lb, gb)) = (grads(false), grads(true));
-            assert!((la - lb).abs() < 1e-10, "{kind:?}: loss {la} vs {lb}");
-            for ((n, a), (_, b)) in ga.iter().zip(&gb) {
-                let d = (a - b).abs().max().double_value(&[]);
-                assert!(d < 1e-10, "{kind:?} {n}: {d}");
+            let (la, ga) = grads("plain");
+            for how in ["recompute", "chunked"] {
+                let (lb, gb) = grads(how);
+                assert!((la - lb).abs() < 1e-10, "{kind:?} {how}: loss {la} vs {lb}");
+                for ((n, a), (_, b)) in ga.iter().zip(&gb) {
+                    let d = (a - b).abs().max().double_value(&[]);
+                    assert!(d < 1e-10, "{kind:?} {how} {n}: {d}");
+                }
             }
         }
     }
