@@ -15,7 +15,7 @@ use dataset::TokenizedExample;
 use optim::{cosine_lr, AdamW, AdamWConfig};
 use std::io::Write;
 use std::path::PathBuf;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Which parameters a stage trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -146,16 +146,17 @@ fn head_backward(
 ) -> f64 {
     let (d, n) = (h.size()[2], targets.numel() as i64);
     let targets = targets.view([-1]);
-    let mut loss = 0.0;
+    // Summed on the device: one synchronisation per micro-batch, not one per chunk.
+    let mut loss = Tensor::zeros([], (Kind::Double, h.device()));
     for start in (0..n).step_by(chunk.max(1) as usize) {
         let len = chunk.min(n - start);
         let x = h.view([-1, d]).narrow(0, start, len);
         let logits = tch::autocast(autocast, || model.head(&x));
         let l = cross_entropy_sum(&logits.unsqueeze(0), &targets.narrow(0, start, len)) * scale;
         l.backward();
-        loss += l.double_value(&[]);
+        loss += l.detach().to_kind(Kind::Double);
     }
-    loss
+    loss.double_value(&[])
 }
 
 /// The ordinary backward of `loss_sum * scale`, with the head run in chunks (see
