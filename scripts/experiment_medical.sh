@@ -98,9 +98,9 @@ for r in $REUSE; do
   log "plan ${BLOCKS[$r]}"
 done
 
-# Evaluations run in the background, JOBS at a time, while training goes on: scoring at batch 1
-# is launch-bound and leaves the GPU mostly idle. A model whose .val.json (written last) exists
-# is not evaluated again, so a cut-off run resumes.
+# Evaluations run in the background, JOBS at a time, while training goes on (perplexity runs one
+# window at a time, which leaves the GPU mostly idle). A model whose .val.json (written last)
+# exists is not evaluated again, so a cut-off run resumes.
 evaluate() { # LABEL PATH
   local label=$1 path=$2 e="$OUT/eval/$1"
   [[ -s $e.val.json ]] && return
@@ -156,12 +156,13 @@ done
 
 IFS=';' read -ra specs <<< "$ABLATIONS"
 for spec in "${specs[@]}"; do
-  label=${spec%%=*} rest=${spec#*=}
+  rest=${spec#*=} label="${spec%%=*}-s${SEEDS%% *}"
+  variant=${rest%%:*}
   read -ra extra <<< "${rest#*:}"
-  log "train $label-s${SEEDS%% *} (${rest%%:*} ${extra[*]})"
-  train "${rest%%:*}" "${SEEDS%% *}" "$BEST_LR" "$OUT/runs/$label-s${SEEDS%% *}" "$FIRST_REUSE" "${extra[@]}"
-  MODELS+=("$label-s${SEEDS%% *}:$OUT/runs/$label-s${SEEDS%% *}/final")
-  spawn_eval "$label-s${SEEDS%% *}" "$OUT/runs/$label-s${SEEDS%% *}/final"
+  log "train $label ($variant ${extra[*]})"
+  train "$variant" "${SEEDS%% *}" "$BEST_LR" "$OUT/runs/$label" "$FIRST_REUSE" "${extra[@]}"
+  MODELS+=("$label:$OUT/runs/$label/final")
+  spawn_eval "$label" "$OUT/runs/$label/final"
 done
 
 log "the unified models before post-training (W_c from the closed-form fit, and none)"

@@ -988,6 +988,9 @@ fn run(cli: Cli) -> Result<()> {
                     dev,
                 },
         } => {
+            if max_len < 2 || batch_tokens == 0 {
+                bail!("--max-len must be at least 2 and --batch-tokens at least 1");
+            }
             let (device, kind) = setup(&dev)?;
             let mut loaded: Vec<_> = tasks
                 .iter()
@@ -1000,9 +1003,6 @@ fn run(cli: Cli) -> Result<()> {
                 for t in loaded.iter_mut().filter(|t| t.name.starts_with("medmcqa:")) {
                     uniattn::eval::medmcqa::restrict(t, f)?;
                 }
-            }
-            if max_len < 2 || batch_tokens == 0 {
-                bail!("--max-len must be at least 2 and --batch-tokens at least 1");
             }
             let m = loader::load(&model, kind, device)?;
             let opts = uniattn::eval::multiple_choice::ScoringOptions { max_len, batch_tokens };

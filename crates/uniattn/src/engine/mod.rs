@@ -206,13 +206,6 @@ impl Engine {
         self.cache.set_len(slot, 0);
     }
 
-    /// Keeps only the first `len` tokens of `slot` (scoring several continuations of one
-    /// context: the context is prefilled once, each continuation is cut off again).
-    pub fn truncate(&mut self, slot: usize, len: usize) {
-        let cur = self.cache.len(slot);
-        self.cache.set_len(slot, cur.min(len as i64));
-    }
-
     /// Moves a sequence to another slot (keeps the live slots contiguous from 0).
     pub fn move_slot(&mut self, from: usize, to: usize) {
         self.cache.move_slot(from, to);

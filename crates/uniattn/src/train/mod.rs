@@ -152,7 +152,7 @@ fn head_backward(
         let len = chunk.min(n - start);
         let x = h.view([-1, d]).narrow(0, start, len);
         let logits = tch::autocast(autocast, || model.head(&x));
-        let l = cross_entropy_sum(&logits.unsqueeze(0), &targets.narrow(0, start, len)) * scale;
+        let l = cross_entropy_sum(&logits, &targets.narrow(0, start, len)) * scale;
         l.backward();
         loss += l.detach().to_kind(Kind::Double);
     }
@@ -170,8 +170,9 @@ fn chunked_backward(model: &Transformer, b: &Batch, scale: f64, autocast: bool, 
     loss
 }
 
+/// Logits `[..., vocab]` against targets of the same leading shape (-100: no target).
 fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Tensor {
-    let v = logits.size()[2];
+    let v = *logits.size().last().expect("logits have a vocabulary dimension");
     logits.view([-1, v]).to_kind(accumulate_kind(logits.kind())).cross_entropy_loss::<Tensor>(
         &targets.view([-1]),
         None,
