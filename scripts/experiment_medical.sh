@@ -24,8 +24,10 @@ PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
 [[ -f $PMC ]] || PMC=shared/data/pmc_llama_instructions_1000.json
 WIKI=${WIKI:-.cache/data/wiki.utf8}
 # Reuse layers in the plan; several ("8 4") give every plan-dependent variant a point per plan
-# (the first plan gets the second seed and the untrained models; the others, seed 1 only).
+# (the first plan gets the untrained models; the others, seed 1 only unless named in SEEDED).
 REUSE=${REUSE:-$([[ $PROFILE == gpu ]] && echo "8 4" || echo 8)}
+# Plans whose UniAttn runs get every seed (dense, plan-free, gets them once).
+SEEDED=${SEEDED:-${REUSE%% *}}
 VARIANTS=${VARIANTS:-"dense uniattn softmax-only cla layerdrop"}
 # What closes UniAttn's gap? Extra runs on the first plan and seed, trained after the rest with
 # more train options: ABLATIONS="uniattn+2ep=uniattn:--epochs 2;dense+2ep=dense:--epochs 2"
@@ -43,7 +45,8 @@ case $PROFILE in
     # micro-batches of MICRO (8: fewer, larger kernels than 4; the 0.5B model's trainer then
     # holds ~53 GB, so two trainers on one card want MICRO=4 for the second).
     MICRO=${MICRO:-8}
-    MAX_LEN=1024 TRAIN=(--micro-batch "$MICRO" --grad-accum $((16 / MICRO)) --eval-every 20 --pack)
+    # Final models in bf16 (what evaluation loads): f32 files of ~20 runs overflow a 64 GB disk.
+    MAX_LEN=1024 TRAIN=(--micro-batch "$MICRO" --grad-accum $((16 / MICRO)) --eval-every 20 --pack --save-dtype bf16)
     LIMIT=(${LIMIT_Q:+--limit $LIMIT_Q}) BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256
     WIKI_TOKENS=20480 TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 JOBS=${JOBS:-6} ;;
   cpu)
@@ -55,7 +58,7 @@ case $PROFILE in
     EVAL_BATCH=4096
     TRAIN_ROWS=${TRAIN_ROWS:-256} VAL_ROWS=50 JOBS=${JOBS:-1} ;;
   smoke)
-    SEEDS=1 LRS=2e-5 TASKS=medmcqa,mmlu_anatomy
+    SEEDS=${SEEDS:-1} LRS=${LRS:-2e-5} TASKS=medmcqa,mmlu_anatomy
     MAX_LEN=256 TRAIN=(--micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2 --pack)
     LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024 EVAL_BATCH=2048
     TRAIN_ROWS=16 VAL_ROWS=4 JOBS=${JOBS:-2} ;;
@@ -127,23 +130,38 @@ train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
     --calib "$PMC" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@" --out "$dir" > "$dir.log" 2>&1
 }
 
-log "learning-rate grid (dense, seed ${SEEDS%% *})"
-BEST_LR= BEST=1e9
-: > "$OUT/lr_grid.jsonl"
-for lr in $LRS; do
-  train dense "${SEEDS%% *}" "$lr" "$OUT/runs/lr-$lr"
-  v=$(best_val "$OUT/runs/lr-$lr")
-  echo "{\"lr\": $lr, \"best_val_loss\": $v}" >> "$OUT/lr_grid.jsonl"
-  if python3 -c "import sys; sys.exit(0 if $v < $BEST else 1)"; then BEST=$v BEST_LR=$lr; fi
-done
-log "learning rate $BEST_LR (val loss $BEST)"
+lr_grid() {
+  log "learning-rate grid (dense, seed ${SEEDS%% *})"
+  local lr v best=1e9 best_lr=
+  : > "$OUT/lr_grid.jsonl"
+  for lr in $LRS; do
+    train dense "${SEEDS%% *}" "$lr" "$OUT/runs/lr-$lr"
+    v=$(best_val "$OUT/runs/lr-$lr")
+    echo "{\"lr\": $lr, \"best_val_loss\": $v}" >> "$OUT/lr_grid.jsonl"
+    if python3 -c "import sys; sys.exit(0 if $v < $best else 1)"; then best=$v best_lr=$lr; fi
+  done
+  log "learning rate of the grid: $best_lr (val loss $best)"
+  echo "$best_lr"
+}
+# LR= fixes every run's learning rate whatever the grid says (e.g. to extend runs made at an
+# earlier grid's choice); the grid then trains alongside the other runs and is still reported.
+if [[ -n ${LR:-} ]]; then
+  train dense "${SEEDS%% *}" "$LR" "$OUT/runs/lr-$LR"
+  lr_grid > /dev/null &
+  BEST_LR=$LR
+else
+  BEST_LR=$(lr_grid)
+fi
+log "learning rate used: $BEST_LR"
 
 MODELS=("base:$MODEL")
 for r in $REUSE; do
   for seed in $SEEDS; do
     for variant in $VARIANTS; do
-      [[ $seed != "${SEEDS%% *}" && $variant != dense && $variant != uniattn ]] && continue
-      [[ $r != "$FIRST_REUSE" && ($variant == dense || $seed != "${SEEDS%% *}") ]] && continue
+      [[ $variant == dense && $r != "$FIRST_REUSE" ]] && continue
+      if [[ $seed != "${SEEDS%% *}" ]]; then
+        [[ $variant == dense || ($variant == uniattn && " $SEEDED " == *" $r "*) ]] || continue
+      fi
       label="$variant${TAG[$r]}-s$seed" dir="$OUT/runs/$variant${TAG[$r]}-s$seed"
       if [[ $variant == dense && $seed == "${SEEDS%% *}" ]]; then dir="$OUT/runs/lr-$BEST_LR"; fi
       log "train $label (plan ${BLOCKS[$r]})"
@@ -189,12 +207,26 @@ if [[ ! -s $OUT/eval/cost.bench.json ]]; then
   cost=(--model "$base")
   for r in $REUSE; do
     for variant in $VARIANTS; do
-      arch="$variant${TAG[$r]}" m="$OUT/runs/$variant${TAG[$r]}-s${SEEDS%% *}/final"
+      arch="$variant${TAG[$r]}"
       [[ $variant == dense ]] && continue
       # Speed and cache size do not depend on the weights: a model whose weights were deleted
-      # (or stayed on another machine) is timed through its untrained conversion, if any.
-      [[ -f $m/model.safetensors ]] || m="$OUT/runs/$arch-untrained"
-      [[ -f $m/model.safetensors ]] || continue
+      # (or stayed on another machine) is timed through another seed, its untrained conversion,
+      # or a stand-in trained for one step on 16 rows.
+      m=
+      for c in "$OUT"/runs/"$arch"-s*/final "$OUT/runs/$arch-untrained" "$OUT/bench/$arch.stand-in/final"; do
+        [[ -f $c/model.safetensors ]] && { m=$c; break; }
+      done
+      if [[ -z $m ]]; then
+        log "stand-in for $arch (one step)"
+        python3 -c "import json,sys; json.dump(json.load(open(sys.argv[1]))[:16], open(sys.argv[2],'w'))" \
+          "$DATA" "$OUT/bench/rows16.json"
+        m="$OUT/bench/$arch.stand-in"
+        $U train --model "$MODEL" --variant "$variant" --plan-blocks "${BLOCKS[$r]}" --data "$OUT/bench/rows16.json" \
+          --val-data "$OUT/bench/rows16.json" --calib "$OUT/bench/rows16.json" --max-len "$MAX_LEN" --micro-batch 16 \
+          --save-every 100000 --save-dtype bf16 --device "$DEV" $([[ $DEV == cuda ]] && echo --bf16) --out "$m" > "$m.log" 2>&1
+        rm -rf "$m/checkpoints"
+        m=$m/final
+      fi
       ln -sfn "$(realpath "$m")" "$OUT/bench/$arch"
       cost+=(--model "$OUT/bench/$arch")
     done

@@ -67,6 +67,7 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
         resume,
         out: out.to_path_buf(),
         kind: Kind::Float,
+        save_kind: Kind::Float,
         device: Device::Cpu,
     }
 }
@@ -81,10 +82,16 @@ fn uniattn_two_stage_run_stops_resumes_and_loads() {
     assert!(first.history.iter().all(|m| m.loss.is_finite() && m.val_loss.is_some()));
     let ckpts = uniattn::train::checkpoint::list(&out.join("checkpoints")).unwrap();
     assert_eq!(ckpts.len(), 2, "save_total_limit keeps two");
-    let rest = run(job(&out, Some(out.clone()), None), |_, _| {}).unwrap();
+    // The resumed run writes its final model in bf16; checkpoints stay f32.
+    let rest =
+        run(TrainJob { save_kind: Kind::BFloat16, ..job(&out, Some(out.clone()), None) }, |_, _| {}).unwrap();
     // 10 training rows in windows of 4: 3 steps per stage, 6 in all.
     assert_eq!(rest.history.last().unwrap().global_step, 6);
     assert!(rest.history.iter().any(|m| m.stage == 1));
+    let file = std::fs::read(rest.final_dir.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&file[8..8 + header_len]).unwrap();
+    assert!(header.contains("\"BF16\"") && !header.contains("\"F32\""), "final model in bf16: {header:.200}");
     let m = loader::load(&rest.final_dir, Kind::Float, Device::Cpu).unwrap();
     assert_eq!(m.model.plan.reuse_layers(), vec![27, 29]);
     assert!(out.join("loss.png").exists() && out.join("metrics.jsonl").exists());

@@ -368,6 +368,9 @@ struct TrainArgs {
     save_every: usize,
     #[arg(long)]
     save_total_limit: Option<usize>,
+    /// Precision of the final model's file: f32 or bf16 (checkpoints stay f32)
+    #[arg(long, default_value = "f32")]
+    save_dtype: String,
     /// Stop after N optimizer steps (resume later with --resume)
     #[arg(long)]
     max_steps: Option<usize>,
@@ -862,6 +865,7 @@ fn run(cli: Cli) -> Result<()> {
                 resume: a.resume,
                 out: a.out.clone(),
                 kind,
+                save_kind: runtime::parse_dtype(&a.save_dtype)?,
                 device,
             };
             let pb = progress::with_template(1, "stage {prefix} {bar:30} {pos}/{len} {msg} ETA {eta}");

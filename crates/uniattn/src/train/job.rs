@@ -49,6 +49,9 @@ pub struct TrainJob {
     pub resume: Option<PathBuf>,
     pub out: PathBuf,
     pub kind: Kind,
+    /// Precision of the final model's file (checkpoints stay f32 so that a resume is exact):
+    /// bf16 halves what a run leaves on disk and is what inference loads anyway.
+    pub save_kind: Kind,
     pub device: Device,
 }
 
@@ -176,7 +179,7 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
     let mut trainer = Trainer { model: &model, tokenizer: &tokenizer, cfg, train, val, out: job.out.clone() };
     let history = trainer.run(resume, on_step)?;
     let final_dir = job.out.join("final");
-    loader::save_folder(&model, &tokenizer, &final_dir, model.kind, None, &[])?;
+    loader::save_folder(&model, &tokenizer, &final_dir, job.save_kind, None, &[])?;
     plot_losses(&history, &job.out.join("loss.png"))?;
     Ok(TrainSummary {
         history,
