@@ -133,13 +133,14 @@ train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
 lr_grid() {
   log "learning-rate grid (dense, seed ${SEEDS%% *})"
   local lr v best=1e9 best_lr=
+  for lr in $LRS; do train dense "${SEEDS%% *}" "$lr" "$OUT/runs/lr-$lr"; done
+  # Every finished grid run counts, those of an earlier invocation with other LRS included.
   : > "$OUT/lr_grid.jsonl"
-  for lr in $LRS; do
-    train dense "${SEEDS%% *}" "$lr" "$OUT/runs/lr-$lr"
+  while read -r lr; do
     v=$(best_val "$OUT/runs/lr-$lr")
     echo "{\"lr\": $lr, \"best_val_loss\": $v}" >> "$OUT/lr_grid.jsonl"
     if python3 -c "import sys; sys.exit(0 if $v < $best else 1)"; then best=$v best_lr=$lr; fi
-  done
+  done < <(for d in "$OUT"/runs/lr-*/final; do [[ -d $d ]] && basename "$(dirname "$d")"; done | sed 's/^lr-//' | sort -g)
   log "learning rate of the grid: $best_lr (val loss $best)"
   echo "$best_lr"
 }
