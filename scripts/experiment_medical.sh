@@ -8,6 +8,10 @@
 #   scripts/experiment_medical.sh MODEL.gguf NAME                 # full run (GPU)
 #   PROFILE=cpu scripts/experiment_medical.sh MODEL.gguf NAME     # SmolLM2-sized run on a CPU
 #   PROFILE=smoke DEV=cpu scripts/experiment_medical.sh MODEL NAME # a few steps: plumbing only
+#   SET=general scripts/experiment_medical.sh MODEL.gguf NAME     # the general set instead
+#
+# SET=general trains on the Tulu rows of ../shared/data plus ShareGPT conversations (fetched by
+# scripts/fetch-models.sh chat), calibrates on Tulu rows, and evaluates general tasks.
 #
 # Every run trains on the same rows and is validated on the same held-out file (PMC rows from
 # 900 and MedMCQA training-split rows from 0, 100 of each, 50 with PROFILE=cpu; never trained on),
@@ -20,8 +24,15 @@ U=${U:-./target/release/uniattn}
 PROFILE=${PROFILE:-gpu}
 DEV=${DEV:-$([[ $PROFILE == gpu ]] && echo cuda || echo cpu)}
 OUT=${OUT:-runs/medical/$NAME}
+SET=${SET:-medical}
 PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
 [[ -f $PMC ]] || PMC=shared/data/pmc_llama_instructions_1000.json
+TULU=${TULU:-${PMC%/*}/tulu3_sft_filtered_1000.json}
+case $SET in
+  medical) CALIB=$PMC ;;
+  general) CALIB=$TULU SHAREGPT=${SHAREGPT:-$(scripts/fetch-models.sh chat)} ;;
+  *) echo "SET must be medical or general, not '$SET'" >&2; exit 2 ;;
+esac
 WIKI=${WIKI:-.cache/data/wiki.utf8}
 # Reuse layers in the plan; several ("8 4") give every plan-dependent variant a point per plan
 # (the first plan gets the untrained models; the others, seed 1 only unless named in SEEDED).
@@ -39,7 +50,9 @@ case $PROFILE in
     LRS=${LRS:-"3e-6 1e-5 3e-5 1e-4"}   # dense learning-rate grid (first seed)
     # Every question: medical tasks as lettered choices (mc_5shot: rc_5shot leaves Qwen2.5-Coder
     # at chance), ARC as OLMES's default cloze (rc_5shot, where these models score above chance).
-    TASKS=${TASKS:-medmcqa:mc_5shot,medqa_en:mc_5shot,mmlu_medical:mc_5shot,arc_easy,arc_challenge}
+    GENERAL=arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,csqa,openbookqa
+    [[ $SET == medical ]] && TASK_SET=medmcqa:mc_5shot,medqa_en:mc_5shot,mmlu_medical:mc_5shot,arc_easy,arc_challenge
+    TASKS=${TASKS:-${TASK_SET:-$GENERAL}}
     LIMIT_Q=${LIMIT_Q-} EVAL_BATCH=16384
     # Rows packed into 1024-token sequences (no attention across rows): ~16k tokens a step, in
     # micro-batches of MICRO (8: fewer, larger kernels than 4; the 0.5B model's trainer then
@@ -52,13 +65,13 @@ case $PROFILE in
   cpu)
     SEEDS=${SEEDS:-"1 2"}
     LRS=${LRS:-"5e-5 2e-4"}
-    TASKS=${TASKS:-arc_easy}
+    TASKS=${TASKS:-$([[ $SET == medical ]] && echo arc_easy || echo arc_easy,arc_challenge,piqa)}
     MAX_LEN=320 TRAIN=(--micro-batch 8 --grad-accum 2 --eval-every 1000)
     LIMIT=(--limit ${LIMIT_Q:-150}) BENCH=(--batch 8 --context 512 --new-tokens 32) CALIB_ROWS=0..64 WIKI_TOKENS=8192
     EVAL_BATCH=4096
     TRAIN_ROWS=${TRAIN_ROWS:-256} VAL_ROWS=50 JOBS=${JOBS:-1} ;;
   smoke)
-    SEEDS=${SEEDS:-1} LRS=${LRS:-2e-5} TASKS=medmcqa,mmlu_anatomy
+    SEEDS=${SEEDS:-1} LRS=${LRS:-2e-5} TASKS=$([[ $SET == medical ]] && echo medmcqa,mmlu_anatomy || echo arc_easy,piqa)
     MAX_LEN=256 TRAIN=(--micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2 --pack)
     LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024 EVAL_BATCH=2048
     TRAIN_ROWS=16 VAL_ROWS=4 JOBS=${JOBS:-2} ;;
@@ -70,8 +83,10 @@ if [[ $DEV == cuda ]]; then TRAIN+=(--bf16); DT+=(--dtype bf16); fi
 mkdir -p "$OUT/data" "$OUT/eval" "$OUT/runs"
 log() { echo "== $*" >&2; }
 
+if [[ $SET == medical ]]; then
 log "data: MedMCQA split and the training file"
 $U medmcqa-split --out "$OUT/data" --heldout 1000 --seed 0 >&2
+SPLIT=(--medmcqa-split "$OUT/data/medmcqa_split.json")
 python3 - "$PMC" "$OUT/data/medmcqa_train.json" "$OUT/data" "$TRAIN_ROWS" "$VAL_ROWS" <<'PY'
 import json, random, sys
 pmc, mcq, out, n, v = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4], int(sys.argv[5])
@@ -86,7 +101,44 @@ json.dump(train, open(f"{out}/medical_train.json", "w"))
 json.dump(val, open(f"{out}/medical_val.json", "w"))
 print(f"{len(train)} training rows, {len(val)} validation rows", file=sys.stderr)
 PY
-DATA="$OUT/data/medical_train.json" VAL="$OUT/data/medical_val.json"
+else
+log "data: Tulu rows and ShareGPT conversations"
+SPLIT=()
+python3 - "$TULU" "$SHAREGPT" "$OUT/data" "$TRAIN_ROWS" "$VAL_ROWS" "$((4 * MAX_LEN))" <<'PY'
+import json, random, sys
+tulu, sharegpt, out, n, v, max_chars = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+# The ShareGPT array is truncated: read conversations one by one up to the last complete one.
+# Kept: conversations that open with a human turn, answer it, and fit ~4 characters a token.
+text, dec, convs = open(sharegpt, encoding="utf-8").read(), json.JSONDecoder(), []
+i = text.index("[") + 1
+while len(convs) < 3000 + 100:
+    while i < len(text) and text[i] in " \r\n\t,":
+        i += 1
+    try:
+        row, i = dec.raw_decode(text, i)
+    except json.JSONDecodeError:
+        break
+    turns = row.get("conversations") or []
+    if (len(turns) >= 2 and turns[0].get("from") == "human" and turns[1].get("from") == "gpt"
+            and all(isinstance(t.get("value"), str) and t["value"].strip() for t in turns)
+            and sum(len(t["value"]) for t in turns) <= max_chars):
+        convs.append({"id": row.get("id"), "conversations": turns})
+# Tulu rows 0..100 and the first 100 kept conversations are never trained on; the validation
+# file is the first VAL_ROWS of each.
+val = tulu[:v] + convs[:v]
+train = tulu[100:] + convs[100:]
+if n != "all":
+    random.Random(0).shuffle(train)
+    train = train[: int(n)]
+json.dump(train, open(f"{out}/general_train.json", "w"))
+json.dump(val, open(f"{out}/general_val.json", "w"))
+# `eval ppl` reads instruction rows or text, not conversations: its held-out rows are Tulu's.
+json.dump(tulu[:v], open(f"{out}/general_val_ppl.json", "w"))
+print(f"{len(train)} training rows ({len(convs) - 100} ShareGPT), {len(val)} validation rows", file=sys.stderr)
+PY
+fi
+DATA="$OUT/data/${SET}_train.json" VAL="$OUT/data/${SET}_val.json"
+VAL_PPL=$([[ $SET == general ]] && echo "$OUT/data/general_val_ppl.json" || echo "$VAL")
 
 # Plans from analyze: the first is the main one (labels without a suffix), others add -rN.
 FIRST_REUSE=${REUSE%% *}
@@ -96,7 +148,7 @@ for r in $REUSE; do
   a="$OUT/analyze${TAG[$r]}"
   log "plan from analyze ($r reuse layers)"
   [[ -s $a.txt ]] ||
-    $U analyze "$MODEL" --data "$PMC" --rows 500..516 --reuse-layers "$r" --out "$a" "${DT[@]}" > "$a.txt"
+    $U analyze "$MODEL" --data "$CALIB" --rows 500..516 --reuse-layers "$r" --out "$a" "${DT[@]}" > "$a.txt"
   BLOCKS[$r]=$(grep -- '--plan-blocks' "$a.txt" | awk '{print $2}')
   log "plan ${BLOCKS[$r]}"
 done
@@ -108,11 +160,11 @@ evaluate() { # LABEL PATH
   local label=$1 path=$2 e="$OUT/eval/$1"
   [[ -s $e.val.json ]] && return
   log "evaluate $label"
-  { $U eval mc --model "$path" --tasks "$TASKS" --medmcqa-split "$OUT/data/medmcqa_split.json" "${LIMIT[@]}" \
+  { $U eval mc --model "$path" --tasks "$TASKS" "${SPLIT[@]}" "${LIMIT[@]}" \
       --batch-tokens "$EVAL_BATCH" --json "$e.mc.json" "${DT[@]}" > "$e.mc.md" &&
     $U eval ppl --model "$path" --text "$WIKI" --max-tokens "$WIKI_TOKENS" --window 1024 --stride 512 --json "${DT[@]}" \
       > "$e.wiki.json" &&
-    $U eval ppl --model "$path" --text "$VAL" --window 1024 --json "${DT[@]}" > "$e.val.tmp" &&
+    $U eval ppl --model "$path" --text "$VAL_PPL" --window 1024 --json "${DT[@]}" > "$e.val.tmp" &&
     mv "$e.val.tmp" "$e.val.json"; } 2> "$e.log" || log "evaluation of $label FAILED: $e.log"
 }
 spawn_eval() {
@@ -127,7 +179,7 @@ train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
   shift $(($# < 5 ? $# : 5))
   [[ -d $dir/final ]] && return
   $U train --model "$MODEL" --variant "$variant" --plan-blocks "${BLOCKS[$reuse]}" --data "$DATA" --val-data "$VAL" \
-    --calib "$PMC" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@" --out "$dir" > "$dir.log" 2>&1
+    --calib "$CALIB" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@" --out "$dir" > "$dir.log" 2>&1
 }
 
 lr_grid() {
@@ -188,7 +240,7 @@ log "the unified models before post-training (W_c from the closed-form fit, and 
 for fit in ours none; do
   label=$([[ $fit == ours ]] && echo uniattn-untrained || echo softmax-only-untrained)
   dir="$OUT/runs/$label"
-  [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "${BLOCKS[$FIRST_REUSE]}" --calib "$PMC" --calib-rows "$CALIB_ROWS" --fit $fit \
+  [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "${BLOCKS[$FIRST_REUSE]}" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --fit $fit \
     --max-len "$MAX_LEN" --out "$dir" "${DT[@]}" > "$dir.log" 2>&1
   MODELS+=("$label:$dir")
   spawn_eval "$label" "$dir"

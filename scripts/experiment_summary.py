@@ -1,8 +1,9 @@
 """Summary of scripts/experiment_medical.sh: one row per trained model (accuracy with standard
-errors on each task, the medical average, perplexity on the held-out medical rows and on wiki
-text, KV bytes and throughput from bench), the spread over seeds, and SVGs of medical accuracy,
-general-task accuracy and held-out medical perplexity against the KV-cache saving (one point
-per variant: the mean over seeds, with a bar over their range).
+errors on each task, the medical and general averages, perplexity on the held-out validation
+rows and on wiki text, KV bytes and throughput from bench), the spread over seeds, and SVGs of
+medical accuracy, general-task accuracy, held-out perplexity and loss against the KV-cache
+saving (one point per variant: the mean over seeds, with a bar over their range; a plot with no
+data is not drawn).
 
     python3 scripts/experiment_summary.py runs/medical/NAME > summary.md
 """
@@ -101,15 +102,20 @@ for r in rows:
     r["saved_cell"] = fmt(r["saved"], ".1%") + ("" if r["kv_per_token"] else "*")
 grid = max((r["bench"] for r in rows), key=len)
 tasks = sorted({t for r in rows for t in r["tasks"]})
-print("| model | " + " | ".join(tasks) + " | medical avg | held-out val loss | held-out medical ppl | wiki ppl | KV saved | " +
-      " | ".join(f"{what} tok/s b{b['batch']} ctx{b['context']}" for what in ("prefill", "decode") for b in grid) + " |")
-print("|---" * (len(tasks) + 7 + 2 * len(grid)) + "|")
+# An average column only where some model has tasks of that kind.
+avgs = [(name, key) for name, key in (("medical avg", "medical_avg"), ("general avg", "general_avg"))
+        if any(r[key] is not None for r in rows)]
+speed_heads = [f"{what} tok/s b{b['batch']} ctx{b['context']}" for what in ("prefill", "decode") for b in grid]
+heads = tasks + [name for name, _ in avgs] + ["held-out val loss", "held-out ppl", "wiki ppl", "KV saved"] + speed_heads
+print("| model | " + " | ".join(heads) + " |")
+print("|---" * (len(heads) + 1) + "|")
 for r in rows:
     cells = [f"{r['tasks'][t]['acc']['value']:.3f} ± {r['tasks'][t]['acc']['stderr']:.3f}" if t in r["tasks"] else "-" for t in tasks]
     speeds = [f"{b[what + '_tokens_per_s']:.0f}" if not b.get("error") else "oom"
               for what in ("prefill", "decode") for b in r["bench"]] or ["-"] * (2 * len(grid))
-    print(f"| {r['label']} | " + " | ".join(cells) + f" | {fmt(r['medical_avg'], '.3f')} | {fmt(r['val_loss'], '.4f')} | {fmt(r['val_ppl'], '.3f')} | "
-          f"{fmt(r['wiki_ppl'], '.3f')} | {r['saved_cell']} | " + " | ".join(speeds) + " |")
+    cells += [fmt(r[key], ".3f") for _, key in avgs]
+    cells += [fmt(r["val_loss"], ".4f"), fmt(r["val_ppl"], ".3f"), fmt(r["wiki_ppl"], ".3f"), r["saved_cell"]]
+    print(f"| {r['label']} | " + " | ".join(cells + (speeds if grid else [])) + " |")
 
 if any(not r["kv_per_token"] for r in rows):
     print("\n\\* KV saving from the plan (analyze*.txt): this architecture was not timed.")
@@ -120,14 +126,15 @@ for r in rows:
 spread = {v: rs for v, rs in by_variant.items() if len(rs) > 1}
 if spread:
     print("\nSeed spread (mean, min..max over seeds):\n")
-    print("| variant | seeds | medical avg | held-out val loss | held-out medical ppl | wiki ppl |")
-    print("|---|---|---|---|---|---|")
+    spread_heads = [name for name, _ in avgs] + ["held-out val loss", "held-out ppl", "wiki ppl"]
+    print("| variant | seeds | " + " | ".join(spread_heads) + " |")
+    print("|---" * (len(spread_heads) + 2) + "|")
     for v, rs in spread.items():
         def cell(key, spec):
             xs = [r[key] for r in rs if r[key] is not None]
             return "-" if not xs else f"{statistics.mean(xs):{spec}} ({min(xs):{spec}}..{max(xs):{spec}})"
-        print(f"| {v} | {len(rs)} | {cell('medical_avg', '.3f')} | {cell('val_loss', '.4f')} | {cell('val_ppl', '.3f')} | "
-              f"{cell('wiki_ppl', '.3f')} |")
+        cells = [cell(key, ".3f") for _, key in avgs] + [cell("val_loss", ".4f"), cell("val_ppl", ".3f"), cell("wiki_ppl", ".3f")]
+        print(f"| {v} | {len(rs)} | " + " | ".join(cells) + " |")
 
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"]
@@ -181,8 +188,8 @@ def scatter(key, title, path):
 
 print()
 scatter("medical_avg", "medical accuracy vs KV-cache saving", os.path.join(out, "accuracy_vs_saving.svg"))
-scatter("general_avg", "general-task accuracy (ARC) vs KV-cache saving", os.path.join(out, "general_vs_saving.svg"))
-scatter("val_ppl", "held-out medical perplexity (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
+scatter("general_avg", "general-task accuracy vs KV-cache saving", os.path.join(out, "general_vs_saving.svg"))
+scatter("val_ppl", "held-out perplexity of the validation rows (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
 scatter("val_loss", "held-out validation loss after post-training (lower is better) vs KV-cache saving",
         os.path.join(out, "val_loss_vs_saving.svg"))
 print(f"learning-rate grid: {os.path.join(out, 'lr_grid.jsonl')}")

