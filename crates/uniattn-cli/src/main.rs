@@ -434,7 +434,8 @@ enum EvalCommand {
     Ppl {
         #[arg(long)]
         model: PathBuf,
-        /// A plain text file (one document) or JSON/JSONL instruction rows (one document each)
+        /// A plain text file (one document) or JSON/JSONL rows (one document each: instruction
+        /// rows with their prompt, conversations through the model's chat template)
         #[arg(long)]
         text: PathBuf,
         /// Rows of a JSON/JSONL file, e.g. 900..1000
@@ -1060,22 +1061,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (device, kind) = setup(&dev)?;
             let m = loader::load(&model, kind, device)?;
-            let ext = text.extension().and_then(|e| e.to_str()).unwrap_or("");
-            let mut docs = if ext == "json" || ext == "jsonl" {
-                let texts = uniattn::data::read_texts(&text)?;
-                let texts = match rows.as_deref().map(uniattn::data::parse_range).transpose()? {
-                    Some(r) => uniattn::data::select(&texts, &r, &text)?,
-                    None => texts,
-                };
-                texts.iter().map(|t| m.tokenizer.encode(t, true)).collect::<uniattn::Result<Vec<_>>>()?
-            } else {
-                if rows.is_some() {
-                    bail!("--rows applies to JSON/JSONL files; {} is plain text", text.display());
-                }
-                let body =
-                    std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
-                vec![m.tokenizer.encode(&body, true)?]
-            };
+            let rows = rows.as_deref().map(uniattn::data::parse_range).transpose()?;
+            let mut docs = uniattn::eval::perplexity::documents(&m.tokenizer, &text, rows.as_ref())?;
             if let Some(n) = max_tokens {
                 let mut left = n;
                 for d in docs.iter_mut() {

@@ -1,7 +1,12 @@
 //! Perplexity with a sliding window, as transformers' perplexity guide computes it: windows of
 //! `window` tokens advance by `stride`; each token is scored once, with as much left context as
 //! the window allows.
+use crate::data::{self, Record};
+use crate::error::{Error, Result};
 use crate::model::Transformer;
+use crate::tokenizer::Tokenizer;
+use std::ops::Range;
+use std::path::Path;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -16,6 +21,35 @@ pub struct PerplexityReport {
     /// UTF-8 bytes of the predicted tokens' text and the bits per byte over them.
     pub bytes: usize,
     pub bits_per_byte: f64,
+}
+
+/// The documents to score, tokenized: a plain text file is one document; JSON/JSONL rows (or
+/// `rows` of them) are one each, instruction rows with their Alpaca prompt and conversations
+/// through the model's chat template, so held-out chat data is scored as the model reads it.
+pub fn documents(tok: &Tokenizer, path: &Path, rows: Option<&Range<usize>>) -> Result<Vec<Vec<u32>>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext != "json" && ext != "jsonl" {
+        if rows.is_some() {
+            return Err(Error::invalid(format!(
+                "--rows applies to JSON/JSONL files; {} is plain text",
+                path.display()
+            )));
+        }
+        let body = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        return Ok(vec![tok.encode(&body, true)?]);
+    }
+    let (records, _) = data::read_records(path, false)?;
+    let records = match rows {
+        Some(r) => data::select(&records, r, path)?,
+        None => records,
+    };
+    records
+        .iter()
+        .map(|r| match r {
+            Record::Instruction(e) => tok.encode(&e.text(), true),
+            Record::Chat(m) => tok.encode(&tok.apply_chat_template(m, false)?, true),
+        })
+        .collect()
 }
 
 /// Per-token log-probabilities of `ids[1..]` given the preceding tokens, in one window.
@@ -33,7 +67,7 @@ pub fn token_logprobs(model: &Transformer, ids: &[u32]) -> Vec<f64> {
 }
 
 /// UTF-8 bytes of the tokens that get a prediction (all but each document's first).
-pub fn predicted_bytes(tok: &crate::tokenizer::Tokenizer, docs: &[Vec<u32>]) -> crate::Result<usize> {
+pub fn predicted_bytes(tok: &Tokenizer, docs: &[Vec<u32>]) -> Result<usize> {
     docs.iter().try_fold(0, |acc, d| {
         let all = tok.decode(d)?.len();
         let first = tok.decode(&d[..d.len().min(1)])?.len();
