@@ -17,25 +17,17 @@ PLANS=("$@")
 mkdir -p "$D"
 # The CPU profile's data: 256 training rows, 50 PMC + 50 MedMCQA held-out rows.
 $U medmcqa-split --out "$D" --heldout 1000 --seed 0 > /dev/null
-python3 - "$P" "$D" <<'PY'
-import json, random, sys
-pmc, d = json.load(open(sys.argv[1])), sys.argv[2]
-mcq = json.load(open(f"{d}/medmcqa_train.json"))
-val, train = pmc[900:950] + mcq[:50], pmc[:900] + mcq[100:]
-random.Random(0).shuffle(train)
-json.dump(train[:256], open(f"{d}/train.json", "w"))
-json.dump(val, open(f"{d}/val.json", "w"))
-PY
+python3 scripts/experiment_data.py medical "$D" 256 50 1280 "$P" -
 $U analyze "$M" --data "$P" --rows 500..516 --reuse-layers 4 --out "$OUT/analyze" --device cpu > "$OUT/analyze.txt"
 for plan in "${PLANS[@]}"; do
   o=$OUT/$plan
   mkdir -p "$o"
   [[ -s $o/untrained.val.json ]] || {
     $U convert "$M" --plan-blocks "$plan" --calib "$P" --calib-rows 0..64 --max-len 320 --out "$o/untrained" > "$o/convert.log" 2>&1
-    $U eval ppl --model "$o/untrained" --text "$D/val.json" --window 1024 --json > "$o/untrained.val.json" 2> "$o/untrained.val.log"
+    $U eval ppl --model "$o/untrained" --text "$D/medical_val.json" --window 1024 --json > "$o/untrained.val.json" 2> "$o/untrained.val.log"
     rm -f "$o/untrained/model.safetensors"; }
   [[ -d $o/run/final ]] ||
-    $U train --model "$M" --variant uniattn --plan-blocks "$plan" --data "$D/train.json" --val-data "$D/val.json" --calib "$P" \
+    $U train --model "$M" --variant uniattn --plan-blocks "$plan" --data "$D/medical_train.json" --val-data "$D/medical_val.json" --calib "$P" \
       --calib-rows 0..64 --seed 1 --lr 2e-4 --micro-batch 8 --grad-accum 2 --eval-every 1000 --max-len 320 \
       --save-every 100000 --device cpu --out "$o/run" > "$o/train.log" 2>&1
   rm -rf "$o/run/checkpoints" "$o/run/final/model.safetensors"

@@ -389,12 +389,9 @@ impl Transformer {
         self.additive_mask(&allowed)
     }
 
-    /// The stack over packed documents (see [`PositionContext::packed`]); f32 logits.
-    pub fn forward_packed(&self, ids: &Tensor, positions: &Tensor, docs: &Tensor) -> Tensor {
-        self.head(&self.hidden_packed(ids, positions, docs))
-    }
-
-    /// [`Self::forward_packed`] before the final norm and head.
+    /// The layer stack over packed documents (see [`PositionContext::packed`]), before the
+    /// final norm and head (callers run [`Self::head`] in chunks: a whole micro-batch's
+    /// logits of a large vocabulary are gigabytes).
     pub fn hidden_packed(&self, ids: &Tensor, positions: &Tensor, docs: &Tensor) -> Tensor {
         let pc = PositionContext::packed(self, positions, docs);
         self.run_layers(self.embed(ids), 0..self.layers.len(), &pc)

@@ -77,7 +77,7 @@ pub fn text_chunks(tok: &Tokenizer, text: &str, max_len: usize) -> Result<Vec<To
 }
 
 /// Packs examples, in order, into sequences of at most `max_len` tokens. Each document keeps
-/// its own positions and attention (see `Transformer::forward_packed`); its first token is
+/// its own positions and attention (see `Transformer::hidden_packed`); its first token is
 /// never a target, so nothing is predicted across a document boundary.
 pub fn pack(examples: Vec<TokenizedExample>, max_len: usize) -> Vec<TokenizedExample> {
     let mut out: Vec<TokenizedExample> = Vec::new();

@@ -122,27 +122,22 @@ fn collate(examples: &[&TokenizedExample], device: Device) -> Batch {
     Batch { ids: mk(&ids), targets: mk(&tgt), positions: mk(&pos), docs: mk(&doc) }
 }
 
-/// Summed cross-entropy over target tokens.
-fn loss_sum(model: &Transformer, b: &Batch, autocast: bool) -> Tensor {
-    let logits = tch::autocast(autocast, || model.forward_packed(&b.ids, &b.positions, &b.docs));
-    cross_entropy_sum(&logits, &b.targets)
-}
-
 /// Tokens a chunk of the LM head's backward pass: f32 logits of a 152k vocabulary are 0.6 MB a
 /// token, and cross-entropy holds them about three times over (logits, log-softmax, gradient),
 /// so a 16k-token micro-batch at once would need ~30 GB; chunks need one chunk's worth.
 pub const HEAD_CHUNK_TOKENS: i64 = 2048;
 
-/// Backpropagates `scale` x the summed cross-entropy of `head(h)` against `targets` into the
-/// head's parameters and `h.grad()` (`h`: a leaf `[b, t, d]` that requires grad), `chunk`
-/// tokens at a time. Returns the scaled loss.
-fn head_backward(
+/// `scale` x the summed cross-entropy of `head(h)` against `targets`, `chunk` tokens at a
+/// time. With `backward`, each chunk is backpropagated into the head's parameters and
+/// `h.grad()` (`h`: a leaf `[b, t, d]` that requires grad) before the next one is computed.
+fn head_loss(
     model: &Transformer,
     h: &Tensor,
     targets: &Tensor,
     scale: f64,
     autocast: bool,
     chunk: i64,
+    backward: bool,
 ) -> f64 {
     let (d, n) = (h.size()[2], targets.numel() as i64);
     let targets = targets.view([-1]);
@@ -153,18 +148,20 @@ fn head_backward(
         let x = h.view([-1, d]).narrow(0, start, len);
         let logits = tch::autocast(autocast, || model.head(&x));
         let l = cross_entropy_sum(&logits, &targets.narrow(0, start, len)) * scale;
-        l.backward();
+        if backward {
+            l.backward();
+        }
         loss += l.detach().to_kind(Kind::Double);
     }
     loss.double_value(&[])
 }
 
-/// The ordinary backward of `loss_sum * scale`, with the head run in chunks (see
-/// [`head_backward`]). Returns the scaled loss.
+/// The ordinary backward of the summed loss x `scale`, with the head run in chunks (see
+/// [`head_loss`]). Returns the scaled loss.
 fn chunked_backward(model: &Transformer, b: &Batch, scale: f64, autocast: bool, chunk: i64) -> f64 {
     let h = tch::autocast(autocast, || model.hidden_packed(&b.ids, &b.positions, &b.docs));
     let last = h.detach().set_requires_grad(true);
-    let loss = head_backward(model, &last, &b.targets, scale, autocast, chunk);
+    let loss = head_loss(model, &last, &b.targets, scale, autocast, chunk, true);
     let grad = last.grad();
     (h * &grad).sum(accumulate_kind(grad.kind())).backward();
     loss
@@ -182,7 +179,7 @@ fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Tensor {
     )
 }
 
-/// Backpropagates `loss_sum * scale` keeping only the input of each recompute unit (a layer,
+/// Backpropagates the summed loss x `scale` keeping only the input of each recompute unit (a layer,
 /// or a whole SuperBlock): the forward runs without a graph, then every unit is recomputed
 /// with one while the gradient flows back through it; the head runs in chunks. Returns the
 /// scaled loss.
@@ -198,7 +195,7 @@ fn checkpointed_backward(model: &Transformer, batch: &Batch, scale: f64, autocas
         h = tch::no_grad(|| ac(&|| model.run_layers(h.shallow_clone(), u.clone(), &pc)));
     }
     let last = h.detach().set_requires_grad(true);
-    let loss = head_backward(model, &last, targets, scale, autocast, chunk);
+    let loss = head_loss(model, &last, targets, scale, autocast, chunk, true);
     let mut grad = last.grad();
     for (u, x) in units.iter().zip(&inputs).rev() {
         let x = x.detach().set_requires_grad(true);
@@ -224,7 +221,9 @@ pub fn evaluate(
     let (mut sum, mut n) = (0.0, 0usize);
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
     for chunk in refs.chunks(micro_batch.max(1)) {
-        sum += loss_sum(model, &collate(chunk, model.device), autocast).double_value(&[]);
+        let b = collate(chunk, model.device);
+        let h = tch::autocast(autocast, || model.hidden_packed(&b.ids, &b.positions, &b.docs));
+        sum += head_loss(model, &h, &b.targets, 1.0, autocast, HEAD_CHUNK_TOKENS, false);
         n += chunk.iter().map(|e| e.targets()).sum::<usize>();
     }
     sum / n.max(1) as f64
@@ -371,6 +370,14 @@ mod tests {
     use crate::model::transformer::tests::{tiny_config, tiny_model};
     use crate::plan::SuperBlockPlan;
     use tch::Kind;
+
+    /// Summed cross-entropy over target tokens, the whole head at once: the reference the
+    /// chunked paths are checked against.
+    fn loss_sum(model: &Transformer, b: &Batch, autocast: bool) -> Tensor {
+        let logits =
+            tch::autocast(autocast, || model.head(&model.hidden_packed(&b.ids, &b.positions, &b.docs)));
+        cross_entropy_sum(&logits, &b.targets)
+    }
 
     /// Examples of uneven length whose first `p` tokens are prompt.
     fn examples(n: usize, seed: u64) -> Vec<TokenizedExample> {
@@ -553,6 +560,20 @@ mod tests {
             }
         }
         assert_eq!(changed, 2);
+    }
+
+    /// Validation (head in chunks, no graph) is the whole-head loss per target token.
+    #[test]
+    fn evaluate_is_the_mean_target_loss() {
+        let cfg = tiny_config(Family::Llama);
+        let plan = SuperBlockPlan::from_blocks(vec![(1, 3)], 4).unwrap();
+        let m = tiny_model(&cfg, plan, Kind::Double, 5);
+        let data = examples(5, 13);
+        let refs: Vec<&TokenizedExample> = data.iter().collect();
+        let whole = loss_sum(&m, &collate(&refs, Device::Cpu), false).double_value(&[]);
+        let targets: usize = data.iter().map(|e| e.targets()).sum();
+        let got = evaluate(&m, &data, 2, false);
+        assert!((got - whole / targets as f64).abs() < 1e-10, "{got} vs {}", whole / targets as f64);
     }
 
     /// Recomputing layers (and whole SuperBlocks) and running the head in chunks (5 tokens of
