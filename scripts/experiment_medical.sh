@@ -9,6 +9,7 @@
 #   PROFILE=cpu scripts/experiment_medical.sh MODEL.gguf NAME     # SmolLM2-sized run on a CPU
 #   PROFILE=smoke DEV=cpu scripts/experiment_medical.sh MODEL NAME # a few steps: plumbing only
 #   SET=general scripts/experiment_medical.sh MODEL.gguf NAME     # the general set instead
+#   PLAN_BY=loss scripts/experiment_medical.sh MODEL.gguf NAME    # plans from search-plan
 #
 # SET=general trains on the Tulu rows of ../shared/data plus ShareGPT conversations (fetched by
 # scripts/fetch-models.sh chat), calibrates on Tulu rows, and evaluates general tasks.
@@ -94,7 +95,9 @@ fi
 python3 scripts/experiment_data.py "$SET" "$OUT/data" "$TRAIN_ROWS" "$VAL_ROWS" "$((4 * MAX_LEN))" "$PMC" "$TULU" ${SHAREGPT:+"$SHAREGPT"}
 DATA="$OUT/data/${SET}_train.json" VAL="$OUT/data/${SET}_val.json"
 
-# Plans from analyze: the first is the main one (labels without a suffix), others add -rN.
+# Plans: the first is the main one (labels without a suffix), others add -rN. PLAN_BY=similarity
+# takes analyze's plan; PLAN_BY=loss the plan of lowest held-out loss after the closed-form
+# conversion (search-plan, analyze's plan among the candidates), scored on the validation file.
 FIRST_REUSE=${REUSE%% *}
 declare -A BLOCKS TAG
 for r in $REUSE; do
@@ -104,6 +107,15 @@ for r in $REUSE; do
   [[ -s $a.txt ]] ||
     $U analyze "$MODEL" --data "$CALIB" --rows 500..516 --reuse-layers "$r" --out "$a" "${DT[@]}" > "$a.txt"
   BLOCKS[$r]=$(grep -- '--plan-blocks' "$a.txt" | awk '{print $2}')
+  if [[ ${PLAN_BY:-similarity} == loss ]]; then
+    s="$OUT/plan_search${TAG[$r]}"
+    log "plan by held-out loss ($r reuse layers; analyze's is ${BLOCKS[$r]})"
+    [[ -s $s.txt ]] ||
+      $U search-plan "$MODEL" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" --val "$VAL" \
+        --reuse-layers "$r" --candidate "${BLOCKS[$r]}" --out "$s" "${DT[@]}" > "$s.tmp" 2> "$s.log"
+    [[ -s $s.txt ]] || mv "$s.tmp" "$s.txt"
+    BLOCKS[$r]=$(grep -- '--plan-blocks' "$s.txt" | awk '{print $2}')
+  fi
   log "plan ${BLOCKS[$r]}"
 done
 
@@ -153,8 +165,12 @@ lr_grid() {
 # LR= fixes every run's learning rate whatever the grid says (e.g. to extend runs made at an
 # earlier grid's choice); the grid then trains alongside the other runs and is still reported.
 if [[ -n ${LR:-} ]]; then
-  train dense "${SEEDS%% *}" "$LR" "$OUT/runs/lr-$LR"
-  lr_grid > /dev/null &
+  # Without dense among the variants (e.g. new plans for a model whose dense runs exist), no
+  # dense run at all.
+  if [[ " $VARIANTS " == *" dense "* ]]; then
+    train dense "${SEEDS%% *}" "$LR" "$OUT/runs/lr-$LR"
+    lr_grid > /dev/null &
+  fi
   BEST_LR=$LR
 else
   BEST_LR=$(lr_grid)
@@ -205,9 +221,10 @@ for entry in "${MODELS[@]}"; do
 done
 
 # Inference cost: one bench process over one model of each architecture (dense first), with
-# nothing else on the device; seeds and training do not change speed or cache size.
+# nothing else on the device; seeds and training do not change speed or cache size. COST=0
+# leaves it out (the architectures were timed in an earlier run: cost depends on block sizes).
 log "inference cost"
-if [[ ! -s $OUT/eval/cost.bench.json ]]; then
+if [[ ${COST:-1} != 0 && ! -s $OUT/eval/cost.bench.json ]]; then
   mkdir -p "$OUT/bench"
   base="$OUT/bench/base$([[ -f $MODEL ]] && echo ".${MODEL##*.}")"
   ln -sfn "$(realpath "$MODEL")" "$base"

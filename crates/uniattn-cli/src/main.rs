@@ -299,6 +299,9 @@ enum Command {
         #[command(flatten)]
         dev: DeviceArgs,
     },
+    /// Choose a plan by held-out loss after conversion: score every block alone, then convert
+    /// and score the cheapest predicted plans whole; writes plan_search.json and block_cost.png.
+    SearchPlan(Box<SearchPlanArgs>),
     /// Post-train: dense, UniAttn (two stages), or a baseline at the same plan.
     Train(Box<TrainArgs>),
     /// Evaluate a model.
@@ -306,6 +309,56 @@ enum Command {
         #[command(subcommand)]
         what: EvalCommand,
     },
+}
+
+#[derive(Args)]
+struct SearchPlanArgs {
+    /// The dense model (GGUF or folder)
+    model: PathBuf,
+    /// Calibration data for the closed-form W_c fit (as for convert)
+    #[arg(long)]
+    calib: PathBuf,
+    /// Rows of the calibration file, e.g. 0..64 (default: all)
+    #[arg(long)]
+    calib_rows: Option<String>,
+    /// Fraction of the calibration rows held out to choose the ridge strength
+    #[arg(long, default_value_t = 0.2)]
+    heldout_fraction: f64,
+    /// Tokens per calibration sequence at most
+    #[arg(long, default_value_t = 1024)]
+    max_len: usize,
+    /// Held-out documents every plan is scored on: JSON/JSONL rows or a plain text file
+    #[arg(long)]
+    val: PathBuf,
+    /// Rows of the held-out file, e.g. 0..100 (default: all)
+    #[arg(long)]
+    val_rows: Option<String>,
+    /// Held-out documents are scored in pieces of at most this many tokens
+    #[arg(long, default_value_t = 1024)]
+    val_max_len: usize,
+    /// Reuse layers of every plan compared
+    #[arg(long)]
+    reuse_layers: usize,
+    /// Lowest layer a SuperBlock may start at (default: half the layers)
+    #[arg(long)]
+    min_layer: Option<usize>,
+    /// Largest SuperBlock
+    #[arg(long, default_value_t = 4)]
+    max_group: usize,
+    /// Cheapest predicted plans to convert whole and measure
+    #[arg(long, default_value_t = 4)]
+    verify: usize,
+    /// A plan to measure too, e.g. analyze's (repeatable; same number of reuse layers)
+    #[arg(long)]
+    candidate: Vec<String>,
+    /// Batch x length per calibration chunk
+    #[arg(long, default_value_t = 4096)]
+    chunk_tokens: usize,
+    /// Folder for plan_search.json and block_cost.png
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    dev: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -456,6 +509,82 @@ enum EvalCommand {
         #[command(flatten)]
         dev: DeviceArgs,
     },
+}
+
+fn search_plan(a: SearchPlanArgs) -> Result<()> {
+    use uniattn::plan_search::{search, SearchData, SearchOptions};
+    if a.val_max_len < 2 {
+        bail!("--val-max-len must be at least 2");
+    }
+    let (device, kind) = setup(&a.dev)?;
+    let m = loader::load(&a.model, kind, device)?;
+    let n = m.model.cfg.num_layers;
+    let calib = CalibData {
+        path: a.calib,
+        rows: a.calib_rows.as_deref().map(uniattn::data::parse_range).transpose()?,
+        heldout_fraction: a.heldout_fraction,
+        max_len: a.max_len,
+    };
+    let (fit, fit_heldout) = uniattn::convert::calibration_sequences(&m.tokenizer, &calib)?;
+    let val_rows = a.val_rows.as_deref().map(uniattn::data::parse_range).transpose()?;
+    let val = uniattn::eval::perplexity::documents(&m.tokenizer, &a.val, val_rows.as_ref())?;
+    let candidates = a
+        .candidate
+        .iter()
+        .map(|c| uniattn::plan::SuperBlockPlan::parse_blocks(c, n))
+        .collect::<uniattn::Result<Vec<_>>>()?;
+    let min_layer = a.min_layer.unwrap_or(n / 2);
+    let opts = SearchOptions {
+        reuse_layers: a.reuse_layers,
+        min_layer,
+        max_group: a.max_group,
+        verify: a.verify,
+        candidates,
+        val_max_len: a.val_max_len,
+    };
+    let calib_opts = CalibOptions {
+        method: FitMethod::Streaming { ridge: None },
+        chunk_tokens: a.chunk_tokens,
+        state_device: device,
+        pad_id: 0,
+    };
+    let data = SearchData { fit: &fit, fit_heldout: &fit_heldout, val: &val };
+    let pb = progress::bar(1, "scoring plans");
+    let r = search(&m.model, &data, &calib_opts, &opts, |d, t| {
+        pb.set_length(t as u64);
+        pb.set_position(d as u64);
+    })?;
+    pb.finish_and_clear();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let json = a.out.join("plan_search.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&r)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let grid = r.block_grid(n);
+    let (lo, hi) =
+        r.blocks.iter().fold((f64::MAX, f64::MIN), |(lo, hi), b| (lo.min(b.delta), hi.max(b.delta)));
+    uniattn::plot::heatmap(&grid, lo, hi, 5, &a.out.join("block_cost.png"))?;
+    println!(
+        "held-out     {} pieces, {} tokens; dense mean NLL {:.4}",
+        r.val_pieces, r.val_tokens, r.dense_nll
+    );
+    let mut cheap = r.blocks.clone();
+    cheap.sort_by(|x, y| x.delta.total_cmp(&y.delta));
+    println!("cheapest blocks alone (of {}; NLL increase over dense):", r.blocks.len());
+    for b in cheap.iter().take(8) {
+        println!("  {:>7}  {:+.4}", b.block, b.delta);
+    }
+    println!("plans with {} reuse layers, converted whole:", r.reuse_layers);
+    println!("  {:<24} {:>9} {:>9} {:>8}", "plan", "predicted", "measured", "vs dense");
+    for p in &r.plans {
+        let pred = p.predicted_nll.map_or("-".into(), |v| format!("{v:.4}"));
+        let tag = if p.given { "  (given)" } else { "" };
+        println!("  {:<24} {:>9} {:>9.4} {:>+8.4}{tag}", p.plan, pred, p.mean_nll, p.mean_nll - r.dense_nll);
+    }
+    println!("time         {:.1} s on {}", r.seconds, runtime::device_name(device));
+    println!("best plan:");
+    println!("  --plan-blocks {}", r.best);
+    println!("wrote {} and block_cost.png", json.display());
+    Ok(())
 }
 
 fn setup(dev: &DeviceArgs) -> Result<(tch::Device, tch::Kind)> {
@@ -811,6 +940,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("  --plan-blocks {}", plan.describe());
             println!("wrote {} and similarity.json", out.join("similarity.png").display());
         }
+        Command::SearchPlan(a) => search_plan(*a)?,
         Command::Train(a) => {
             let (device, kind) = setup(&a.dev)?;
             let plan = match (a.plan, a.plan_blocks) {

@@ -4,27 +4,64 @@
 //! `nohup` or from a script would say nothing for an hour. There the bar's text is written as
 //! a plain line instead, at most every [`LOG_EVERY`].
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
-/// `what [bar] pos/len rate ETA`.
+/// `what [bar] pos/len rate ETA`, rate and ETA averaged over the whole run: indicatif's own
+/// estimate decays between updates, so steps of a minute each read "0.0001/s ETA 13h".
 pub fn bar(len: u64, what: &str) -> ProgressBar {
-    with_template(len, &format!("{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"))
+    let style = ProgressStyle::with_template(&format!(
+        "{what} {{bar:30}} {{pos}}/{{len}} {{avg_rate}} ETA {{avg_eta}}"
+    ))
+    .expect("valid template")
+    .with_key("avg_rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = w.write_str(&rate_text(s.pos(), s.elapsed()));
+    })
+    .with_key("avg_eta", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = w.write_str(&eta_text(s.pos(), s.len().unwrap_or(0), s.elapsed()));
+    });
+    with_style(len, style)
+}
+
+/// Items per second, or seconds per item when items are slow.
+fn rate_text(pos: u64, elapsed: Duration) -> String {
+    let t = elapsed.as_secs_f64();
+    match pos as f64 / t {
+        r if pos == 0 || t == 0.0 => format!("{:.0}/s", if pos == 0 { 0.0 } else { r }),
+        r if r >= 1.0 => format!("{r:.1}/s"),
+        r => format!("{:.1} s each", 1.0 / r),
+    }
+}
+
+/// Time left at the average rate so far; `?` before the first item.
+fn eta_text(pos: u64, len: u64, elapsed: Duration) -> String {
+    if pos == 0 {
+        return "?".into();
+    }
+    let left = elapsed.as_secs_f64() * len.saturating_sub(pos) as f64 / pos as f64;
+    let mut s = String::new();
+    let _ = write!(s, "{}", HumanDuration(Duration::from_secs_f64(left)));
+    s
 }
 
 /// A bar with an indicatif template, drawn on the terminal or logged as lines.
 pub fn with_template(len: u64, template: &str) -> ProgressBar {
+    with_style(len, ProgressStyle::with_template(template).expect("valid template"))
+}
+
+fn with_style(len: u64, style: ProgressStyle) -> ProgressBar {
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {
         ProgressDrawTarget::term_like(Box::new(LogLines::default()))
     };
     let pb = ProgressBar::with_draw_target(Some(len), target);
-    pb.set_style(ProgressStyle::with_template(template).expect("valid template"));
+    pb.set_style(style);
     pb
 }
 
@@ -93,6 +130,17 @@ impl TermLike for LogLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_and_eta_are_run_averages() {
+        let s = Duration::from_secs;
+        assert_eq!(rate_text(0, s(5)), "0/s");
+        assert_eq!(rate_text(30, s(10)), "3.0/s");
+        assert_eq!(rate_text(2, s(90)), "45.0 s each");
+        assert_eq!(eta_text(0, 10, s(5)), "?");
+        assert_eq!(eta_text(2, 10, s(90)), "6 minutes");
+        assert_eq!(eta_text(10, 10, s(90)), "0 seconds");
+    }
 
     #[test]
     fn writes_the_first_draw_then_one_line_per_interval() {

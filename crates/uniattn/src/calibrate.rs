@@ -313,13 +313,17 @@ fn streaming(
         chunks.iter().map(|c| PositionContext::full(model, c.ids.size()[1])).collect();
     let mut hd: Vec<Tensor> =
         chunks.iter().map(|c| model.embed(&c.ids.to_device(dev)).to_device(sd)).collect();
-    let mut hu: Vec<Tensor> = hd.iter().map(|t| t.copy()).collect();
+    let mut hu: Vec<Tensor> = hd.iter().map(Tensor::shallow_clone).collect();
     let mut lead_in: Vec<Option<Tensor>> = chunks.iter().map(|_| None).collect();
     let hid = model.cfg.hidden_size as i64;
-    let total = model.cfg.num_layers * chunks.len();
+    // Up to the first lead (inclusive) both stacks are the same computation, so the unified
+    // stream is the dense one; after the last reuse layer nothing is left to fit.
+    let shared_until = plan.blocks.first().map_or(0, |b| b.0);
+    let last = plan.blocks.last().map_or(0, |b| b.1);
+    let total = last * chunks.len();
     let mut wc = BTreeMap::new();
     let mut fits = Vec::new();
-    for (l, layer) in model.layers.iter().enumerate() {
+    for (l, layer) in model.layers.iter().enumerate().take(last) {
         let role = plan.role(l);
         let mut fit_eq = Normal::new(hid, dev);
         let mut held_eq = Normal::new(hid, dev);
@@ -330,6 +334,12 @@ fn streaming(
             let (d_mid, d_out) = ordinary_layer(layer, &ctx, &d);
             let u = hu[c].to_device(dev);
             match role {
+                _ if l <= shared_until => {
+                    if role == LayerRole::Lead {
+                        lead_in[c] = Some(hu[c].shallow_clone());
+                    }
+                    hu[c] = d_out.to_device(sd);
+                }
                 LayerRole::Ordinary | LayerRole::Lead => {
                     if role == LayerRole::Lead {
                         lead_in[c] = Some(hu[c].shallow_clone());

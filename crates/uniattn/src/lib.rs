@@ -15,6 +15,7 @@ pub mod eval;
 pub mod loader;
 pub mod model;
 pub mod plan;
+pub mod plan_search;
 pub mod plot;
 pub mod rng;
 pub mod runtime;

@@ -99,15 +99,15 @@ pub fn viridis(t: f64) -> [u8; 3] {
     [c(0), c(1), c(2)]
 }
 
-/// An `n x n` heatmap (row i, column j = `values[i][j]`), axes labelled every `tick` cells,
-/// with a colour bar from `lo` to `hi`.
+/// An `n x n` heatmap (row i, column j = `values[i][j]`, NaN left blank), axes labelled every
+/// `tick` cells, with a colour bar from `lo` to `hi`.
 pub fn heatmap(values: &[Vec<f64>], lo: f64, hi: f64, tick: usize, path: &Path) -> Result<()> {
     let n = values.len();
     let cell = (600 / n.max(1)).clamp(4, 24);
     let (left, top) = (40, 20);
     let mut c = Canvas::new(left + n * cell + 110, top + n * cell + 40);
     for (i, row) in values.iter().enumerate() {
-        for (j, v) in row.iter().enumerate() {
+        for (j, v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
             let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
             c.fill_rect(left + j * cell, top + i * cell, cell, cell, viridis(t));
         }

@@ -57,10 +57,14 @@ pub fn token_logprobs(model: &Transformer, ids: &[u32]) -> Vec<f64> {
     let _guard = tch::no_grad_guard();
     let input: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let t = Tensor::from_slice(&input).to_device(model.device).unsqueeze(0);
-    let logits = model.forward(&t).squeeze_dim(0);
-    let n = ids.len() as i64;
-    let lp = logits.narrow(0, 0, n - 1).log_softmax(-1, Kind::Float);
-    let target = t.squeeze_dim(0).narrow(0, 1, n - 1).unsqueeze(-1);
+    next_token_logprobs(&model.forward(&t), &t)
+}
+
+/// Log-probabilities that `logits` (`[1, t, vocab]`) give each next token of `ids` (`[1, t]`).
+pub fn next_token_logprobs(logits: &Tensor, ids: &Tensor) -> Vec<f64> {
+    let n = ids.size()[1];
+    let lp = logits.squeeze_dim(0).narrow(0, 0, n - 1).log_softmax(-1, Kind::Float);
+    let target = ids.squeeze_dim(0).narrow(0, 1, n - 1).unsqueeze(-1);
     let picked =
         lp.gather(-1, &target, false).squeeze_dim(-1).to_kind(Kind::Double).to_device(tch::Device::Cpu);
     Vec::<f64>::try_from(&picked).expect("f64 tensor")

@@ -450,6 +450,14 @@ impl Transformer {
         units
     }
 
+    /// Another model over the same tensors (nothing is copied), so that one loaded model can be
+    /// converted to plan after plan without reloading or touching it.
+    pub fn share(&self) -> Result<Self> {
+        let tensors = self.named_tensors().into_iter().collect();
+        let w = WeightMap { source: "(model in memory)".into(), tensors };
+        Transformer::from_weights(w, self.cfg.clone(), self.plan.clone(), self.kind, self.device, false)
+    }
+
     /// Every tensor under its Hugging Face name (W_c as `v2_proj`), for saving.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.shallow_clone())];

@@ -1,0 +1,488 @@
+//! Choosing a SuperBlock plan by what it costs the model: the held-out loss right after the
+//! closed-form conversion. `analyze`'s similarity of softmax maps does not rank plans the way
+//! post-training does; this loss does (docs/results.md, "which plan"), and it costs a
+//! calibration pass and an evaluation per plan, not a training run.
+//!
+//! Every admissible single block (lead at or after `min_layer`, 2..=`max_group` layers) is
+//! converted alone and scored. Summing their loss increases predicts the cost of every full
+//! plan; the `verify` cheapest predictions (and any plans the user names) are then converted
+//! whole and scored, and the lowest measured loss wins. Blocks interact (a later fit sees the
+//! earlier ones, and errors compound through the layers), which is why the winner is measured
+//! rather than taken from the sum.
+//!
+//! Layers below the lowest block are the same in every candidate, so the held-out documents'
+//! residual streams there are computed once ([`HeldOut`]) and each plan runs only the rest.
+use crate::calibrate::{calibrate, CalibOptions};
+use crate::error::{Error, Result};
+use crate::eval::perplexity::next_token_logprobs;
+use crate::model::transformer::PositionContext;
+use crate::model::Transformer;
+use crate::plan::SuperBlockPlan;
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tch::Tensor;
+
+/// Half-open layer range `start..end`, as in [`SuperBlockPlan::blocks`].
+pub type Block = (usize, usize);
+
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    /// Reuse layers every proposed plan has.
+    pub reuse_layers: usize,
+    /// Lowest layer a block may start at.
+    pub min_layer: usize,
+    /// Largest block, lead included.
+    pub max_group: usize,
+    /// Cheapest predicted plans converted whole and measured.
+    pub verify: usize,
+    /// Plans measured whatever their prediction (e.g. `analyze`'s).
+    pub candidates: Vec<SuperBlockPlan>,
+    /// Held-out documents are scored in pieces of at most this many tokens, each from its
+    /// own start (no sliding window: every plan sees the same pieces).
+    pub val_max_len: usize,
+}
+
+/// Token sequences the search reads: calibration rows for the fit (and its ridge choice), and
+/// the held-out documents every plan is scored on.
+pub struct SearchData<'a> {
+    pub fit: &'a [Vec<u32>],
+    pub fit_heldout: &'a [Vec<u32>],
+    pub val: &'a [Vec<u32>],
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlockCost {
+    /// `lead-last`, as `--plan-blocks` writes it.
+    pub block: String,
+    pub lead: usize,
+    pub last: usize,
+    pub mean_nll: f64,
+    /// Increase over the dense model's held-out loss.
+    pub delta: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanCost {
+    pub plan: String,
+    /// Dense loss plus the plan's summed block increases; `None` for a plan given by the user
+    /// whose blocks were not all scored alone.
+    pub predicted_nll: Option<f64>,
+    pub mean_nll: f64,
+    /// Named by the user rather than proposed by the search.
+    pub given: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchReport {
+    pub reuse_layers: usize,
+    pub dense_nll: f64,
+    /// Held-out pieces scored (documents, split at `val_max_len`) and their tokens.
+    pub val_pieces: usize,
+    pub val_tokens: usize,
+    pub blocks: Vec<BlockCost>,
+    /// Measured plans, lowest held-out loss first.
+    pub plans: Vec<PlanCost>,
+    pub best: String,
+    pub seconds: f64,
+}
+
+impl SearchReport {
+    /// `num_layers x num_layers` grid with each scored block's loss increase at (lead, last)
+    /// and NaN elsewhere, for [`crate::plot::heatmap`].
+    pub fn block_grid(&self, num_layers: usize) -> Vec<Vec<f64>> {
+        let mut g = vec![vec![f64::NAN; num_layers]; num_layers];
+        for b in &self.blocks {
+            g[b.lead][b.last] = b.delta;
+        }
+        g
+    }
+}
+
+/// Every block the search may use: lead at `min_layer` or above, 2..=`max_group` layers, and
+/// no more reuse layers than the plan has.
+pub fn admissible_blocks(
+    num_layers: usize,
+    reuse: usize,
+    min_layer: usize,
+    max_group: usize,
+) -> Result<Vec<Block>> {
+    if max_group < 2 {
+        return Err(Error::invalid("--max-group must be at least 2 (a lead and one reuse layer)"));
+    }
+    if reuse == 0 {
+        return Err(Error::invalid("--reuse-layers must be at least 1"));
+    }
+    let largest = max_group.min(reuse + 1);
+    let blocks: Vec<Block> = (min_layer..num_layers)
+        .flat_map(|s| (2..=largest).map(move |g| (s, s + g)))
+        .filter(|&(_, e)| e <= num_layers)
+        .collect();
+    if blocks.is_empty() {
+        return Err(Error::invalid(format!(
+            "--min-layer {min_layer}: no block of 2 or more layers fits in a model of {num_layers} layers"
+        )));
+    }
+    Ok(blocks)
+}
+
+/// The `k` plans of non-overlapping blocks from `costs` with exactly `reuse` reuse layers whose
+/// summed costs are lowest, cheapest first (ties broken by the blocks, for a stable order).
+pub fn cheapest_plans(
+    costs: &BTreeMap<Block, f64>,
+    num_layers: usize,
+    reuse: usize,
+    k: usize,
+) -> Vec<(f64, Vec<Block>)> {
+    type Partial = Vec<(f64, Vec<Block>)>;
+    let keep = |list: &mut Partial| {
+        list.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        list.truncate(k);
+    };
+    // best[i][r]: the k cheapest ways to place r reuse layers in layers 0..i.
+    let mut best: Vec<Vec<Partial>> = vec![vec![Vec::new(); reuse + 1]; num_layers + 1];
+    best[0][0].push((0.0, Vec::new()));
+    for i in 0..num_layers {
+        for r in 0..=reuse {
+            keep(&mut best[i][r]);
+            let here = best[i][r].clone();
+            best[i + 1][r].extend(here.iter().cloned());
+            for (&(s, e), &c) in costs.range((i, 0)..(i + 1, 0)) {
+                let rr = r + e - s - 1;
+                if rr > reuse || e > num_layers {
+                    continue;
+                }
+                for (score, blocks) in &here {
+                    let mut b = blocks.clone();
+                    b.push((s, e));
+                    best[e][rr].push((score + c, b));
+                }
+            }
+        }
+    }
+    let mut out = std::mem::take(&mut best[num_layers][reuse]);
+    keep(&mut out);
+    out
+}
+
+/// The held-out documents (in pieces of at most `max_len` tokens) as ids and as the dense
+/// residual stream entering layer `from`, where every candidate still agrees with the dense model.
+pub struct HeldOut {
+    from: usize,
+    docs: Vec<(Tensor, Tensor)>,
+}
+
+impl HeldOut {
+    pub fn new(dense: &Transformer, docs: &[Vec<u32>], max_len: usize, from: usize) -> Self {
+        let _guard = tch::no_grad_guard();
+        let docs = docs
+            .iter()
+            .flat_map(|d| d.chunks(max_len.max(2)))
+            .filter(|d| d.len() >= 2)
+            .map(|d| {
+                let ids: Vec<i64> = d.iter().map(|&i| i as i64).collect();
+                let ids = Tensor::from_slice(&ids).to_device(dense.device).unsqueeze(0);
+                let pc = PositionContext::full(dense, ids.size()[1]);
+                let h = dense.run_layers(dense.embed(&ids), 0..from, &pc);
+                (ids, h)
+            })
+            .collect();
+        HeldOut { from, docs }
+    }
+
+    /// Mean next-token NLL of `model` (dense below `from`) over every predicted token.
+    pub fn mean_nll(&self, model: &Transformer) -> f64 {
+        let _guard = tch::no_grad_guard();
+        let (mut nll, mut count) = (0.0, 0usize);
+        for (ids, h) in &self.docs {
+            let pc = PositionContext::full(model, ids.size()[1]);
+            let h = model.run_layers(h.shallow_clone(), self.from..model.cfg.num_layers, &pc);
+            let lp = next_token_logprobs(&model.head(&h), ids);
+            nll -= lp.iter().sum::<f64>();
+            count += lp.len();
+        }
+        nll / count.max(1) as f64
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.docs.iter().map(|(ids, _)| ids.size()[1] as usize).sum()
+    }
+}
+
+/// Mean held-out NLL of `plan` applied to `dense` with `W_c` fitted in closed form; `dense`
+/// is left as it was (the converted model shares its tensors).
+pub fn converted_nll(
+    dense: &Transformer,
+    plan: &SuperBlockPlan,
+    data: &SearchData,
+    calib: &CalibOptions,
+    held: &HeldOut,
+) -> Result<f64> {
+    let (wc, _) = calibrate(dense, plan, data.fit, data.fit_heldout, calib, |_, _| {})?;
+    let model = dense.share()?.apply_plan(plan.clone(), wc)?;
+    Ok(held.mean_nll(&model))
+}
+
+/// Runs the search on a dense model; `progress(done, total)` after each scored model.
+pub fn search(
+    dense: &Transformer,
+    data: &SearchData,
+    calib: &CalibOptions,
+    opts: &SearchOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<SearchReport> {
+    if !dense.plan.is_dense() {
+        return Err(Error::invalid(format!(
+            "search a plan on the dense model (this one has {})",
+            dense.plan.describe()
+        )));
+    }
+    if data.val.iter().all(|d| d.len() < 2) {
+        return Err(Error::invalid("no held-out document of at least 2 tokens to score plans on"));
+    }
+    if opts.verify == 0 && opts.candidates.is_empty() {
+        return Err(Error::invalid("--verify 0 and no --candidate: no plan would be measured"));
+    }
+    let n = dense.cfg.num_layers;
+    for c in &opts.candidates {
+        c.check_layers(n, std::path::Path::new("--candidate"))?;
+        let r = c.reuse_layers().len();
+        if r != opts.reuse_layers {
+            return Err(Error::invalid(format!(
+                "--candidate {}: it has {r} reuse layers; the search compares plans of {}",
+                c.describe(),
+                opts.reuse_layers
+            )));
+        }
+    }
+    let start = Instant::now();
+    let blocks = admissible_blocks(n, opts.reuse_layers, opts.min_layer, opts.max_group)?;
+    let mut total = 1 + blocks.len() + opts.verify + opts.candidates.len();
+    let mut done = 0;
+    let from =
+        opts.candidates.iter().filter_map(|c| c.blocks.first()).map(|b| b.0).fold(opts.min_layer, usize::min);
+    let held = HeldOut::new(dense, data.val, opts.val_max_len, from);
+    let dense_nll = held.mean_nll(dense);
+    done += 1;
+    progress(done, total);
+    let mut costs = BTreeMap::new();
+    let mut block_costs = Vec::with_capacity(blocks.len());
+    for &(s, e) in &blocks {
+        let nll = converted_nll(dense, &SuperBlockPlan::from_blocks(vec![(s, e)], n)?, data, calib, &held)?;
+        costs.insert((s, e), nll - dense_nll);
+        block_costs.push(BlockCost {
+            block: format!("{s}-{}", e - 1),
+            lead: s,
+            last: e - 1,
+            mean_nll: nll,
+            delta: nll - dense_nll,
+        });
+        done += 1;
+        progress(done, total);
+    }
+    let proposed = cheapest_plans(&costs, n, opts.reuse_layers, opts.verify);
+    if proposed.is_empty() && opts.candidates.is_empty() {
+        return Err(Error::invalid(format!(
+            "no plan has {} reuse layers in layers {}..{n} with blocks of at most {}",
+            opts.reuse_layers, opts.min_layer, opts.max_group
+        )));
+    }
+    total -= opts.verify - proposed.len();
+    let mut plans = Vec::new();
+    let mut todo: Vec<(SuperBlockPlan, bool)> = Vec::new();
+    for (_, b) in &proposed {
+        todo.push((SuperBlockPlan::from_blocks(b.clone(), n)?, false));
+    }
+    for c in &opts.candidates {
+        if !todo.iter().any(|(p, _)| p.blocks == c.blocks) {
+            todo.push((c.clone(), true));
+        } else {
+            total -= 1;
+        }
+    }
+    for (plan, given) in todo {
+        let predicted =
+            plan.blocks.iter().map(|b| costs.get(b).copied()).sum::<Option<f64>>().map(|d| dense_nll + d);
+        // A single-block plan was measured already.
+        let measured = match plan.blocks.as_slice() {
+            [b] if costs.contains_key(b) => dense_nll + costs[b],
+            _ => converted_nll(dense, &plan, data, calib, &held)?,
+        };
+        plans.push(PlanCost { plan: plan.describe(), predicted_nll: predicted, mean_nll: measured, given });
+        done += 1;
+        progress(done, total);
+    }
+    plans.sort_by(|a, b| a.mean_nll.total_cmp(&b.mean_nll));
+    Ok(SearchReport {
+        reuse_layers: opts.reuse_layers,
+        dense_nll,
+        val_pieces: held.docs.len(),
+        val_tokens: held.tokens(),
+        blocks: block_costs,
+        best: plans[0].plan.clone(),
+        plans,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibrate::FitMethod;
+    use crate::config::Family;
+    use crate::eval::perplexity::perplexity_docs;
+    use crate::model::transformer::tests::{tiny_config, tiny_model};
+    use tch::{Device, Kind};
+
+    /// Every plan of non-overlapping blocks from `costs` with exactly `reuse` reuse layers.
+    fn all_plans(costs: &BTreeMap<Block, f64>, from: usize, reuse: usize) -> Vec<(f64, Vec<Block>)> {
+        if reuse == 0 {
+            return vec![(0.0, vec![])];
+        }
+        let mut out = Vec::new();
+        for (&(s, e), &c) in costs.range((from, 0)..) {
+            if e - s - 1 > reuse {
+                continue;
+            }
+            for (rest, mut blocks) in all_plans(costs, e, reuse - (e - s - 1)) {
+                blocks.insert(0, (s, e));
+                out.push((c + rest, blocks));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn cheapest_plans_match_brute_force() {
+        let n = 14;
+        for (reuse, max_group, seed) in [(1, 4, 1u64), (3, 3, 2), (4, 4, 3), (5, 2, 4), (6, 4, 5)] {
+            let mut rng = crate::rng::SplitMix64(seed);
+            let costs: BTreeMap<Block, f64> = admissible_blocks(n, reuse, 3, max_group)
+                .unwrap()
+                .into_iter()
+                // Quantised costs, so that ties (broken by the blocks) occur.
+                .map(|b| (b, (rng.next_f64() * 8.0).floor() / 4.0))
+                .collect();
+            let mut want = all_plans(&costs, 0, reuse);
+            want.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            want.truncate(7);
+            let got = cheapest_plans(&costs, n, reuse, 7);
+            assert_eq!(got.len(), want.len(), "reuse {reuse}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.1, w.1, "reuse {reuse}");
+                assert!((g.0 - w.0).abs() < 1e-12);
+            }
+        }
+        // No plan fits: 9 reuse layers in layers 10..14.
+        let costs: BTreeMap<Block, f64> =
+            admissible_blocks(n, 9, 10, 4).unwrap().into_iter().map(|b| (b, 1.0)).collect();
+        assert!(cheapest_plans(&costs, n, 9, 3).is_empty());
+    }
+
+    #[test]
+    fn admissible_blocks_respect_the_limits() {
+        let b = admissible_blocks(8, 2, 5, 4).unwrap();
+        assert_eq!(b, vec![(5, 7), (5, 8), (6, 8)]);
+        assert!(admissible_blocks(8, 2, 5, 1).unwrap_err().to_string().contains("--max-group"));
+        assert!(admissible_blocks(8, 2, 7, 4).unwrap_err().to_string().contains("--min-layer 7"));
+    }
+
+    fn docs(seed: u64, count: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+        let mut rng = crate::rng::SplitMix64(seed);
+        (0..count).map(|_| (0..len).map(|_| (rng.next_f64() * vocab as f64) as u32).collect()).collect()
+    }
+
+    #[test]
+    fn search_measures_every_block_and_the_best_plan_on_a_tiny_model() {
+        let mut cfg = tiny_config(Family::Qwen2);
+        cfg.num_layers = 8;
+        let n = cfg.num_layers;
+        let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Double, 7);
+        let (fit, held, val) =
+            (docs(1, 6, 24, cfg.vocab_size), docs(2, 2, 24, cfg.vocab_size), docs(3, 3, 14, cfg.vocab_size));
+        let data = SearchData { fit: &fit, fit_heldout: &held, val: &val };
+        let calib = CalibOptions {
+            method: FitMethod::Streaming { ridge: None },
+            chunk_tokens: 256,
+            state_device: Device::Cpu,
+            pad_id: 0,
+        };
+        let given = SuperBlockPlan::from_blocks(vec![(0, 3)], n).unwrap();
+        let opts = SearchOptions {
+            reuse_layers: 2,
+            min_layer: 2,
+            max_group: 3,
+            verify: 3,
+            candidates: vec![given],
+            val_max_len: 16,
+        };
+        let ids = tch::Tensor::from_slice(&[3i64, 1, 4, 1, 5]).unsqueeze(0);
+        let before = dense.forward(&ids);
+        let mut calls = Vec::new();
+        let r = search(&dense, &data, &calib, &opts, |d, t| calls.push((d, t))).unwrap();
+        // The dense model is untouched by the conversions that shared its tensors.
+        assert_eq!((dense.forward(&ids) - &before).abs().max().double_value(&[]), 0.0);
+        let blocks = admissible_blocks(n, 2, 2, 3).unwrap();
+        assert_eq!(r.blocks.len(), blocks.len());
+        // Each block's score is that of an independent conversion of a fresh copy.
+        for (b, &(s, e)) in r.blocks.iter().zip(&blocks) {
+            let fresh = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Double, 7);
+            let plan = SuperBlockPlan::from_blocks(vec![(s, e)], n).unwrap();
+            let (wc, _) = calibrate(&fresh, &plan, &fit, &held, &calib, |_, _| {}).unwrap();
+            let conv = fresh.apply_plan(plan, wc).unwrap();
+            let want = perplexity_docs(&conv, &val, 0, 16, 16, |_, _| {}).mean_nll;
+            assert!((b.mean_nll - want).abs() < 1e-9, "{}: {} vs {want}", b.block, b.mean_nll);
+            assert!((b.delta - (b.mean_nll - r.dense_nll)).abs() < 1e-12);
+        }
+        // Measured plans: the 3 cheapest predictions plus the given one, sorted, each with 2 reuse
+        // layers; the best is first and the given plan carries no prediction (0-2 was not scored).
+        assert_eq!(r.plans.len(), 4);
+        assert!(r.plans.windows(2).all(|w| w[0].mean_nll <= w[1].mean_nll));
+        assert_eq!(r.best, r.plans[0].plan);
+        let g = r.plans.iter().find(|p| p.given).unwrap();
+        assert_eq!((g.plan.as_str(), g.predicted_nll), ("0-2", None));
+        for p in r.plans.iter().filter(|p| !p.given) {
+            let plan = SuperBlockPlan::parse_blocks(&p.plan, n).unwrap();
+            assert_eq!(plan.reuse_layers().len(), 2);
+            let want =
+                converted_nll(&dense, &plan, &data, &calib, &HeldOut::new(&dense, &val, 16, 0)).unwrap();
+            assert!((p.mean_nll - want).abs() < 1e-9, "{}", p.plan);
+        }
+        assert_eq!(calls.last().copied(), Some((1 + blocks.len() + 4, 1 + blocks.len() + 4)));
+    }
+
+    #[test]
+    fn search_refuses_what_it_cannot_do() {
+        let cfg = tiny_config(Family::Llama);
+        let n = cfg.num_layers;
+        let val = docs(3, 2, 10, cfg.vocab_size);
+        let data = SearchData { fit: &val, fit_heldout: &[], val: &val };
+        let calib =
+            CalibOptions { method: FitMethod::Zero, chunk_tokens: 256, state_device: Device::Cpu, pad_id: 0 };
+        let opts = SearchOptions {
+            reuse_layers: 1,
+            min_layer: 0,
+            max_group: 2,
+            verify: 2,
+            candidates: vec![],
+            val_max_len: 16,
+        };
+        let planned = tiny_model(&cfg, SuperBlockPlan::from_blocks(vec![(0, 2)], n).unwrap(), Kind::Float, 1);
+        let err = search(&planned, &data, &calib, &opts, |_, _| {}).unwrap_err().to_string();
+        assert!(err.contains("dense model"), "{err}");
+        let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Float, 1);
+        let short = vec![vec![1u32]];
+        let err = search(&dense, &SearchData { val: &short, ..data }, &calib, &opts, |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("held-out document"), "{err}");
+        let data = SearchData { fit: &val, fit_heldout: &[], val: &val };
+        let too_many = SearchOptions { reuse_layers: n, ..opts.clone() };
+        let err = search(&dense, &data, &calib, &too_many, |_, _| {}).unwrap_err().to_string();
+        assert!(err.contains("no plan has"), "{err}");
+        let wrong = SearchOptions { candidates: vec![SuperBlockPlan::dense(n + 2)], ..opts.clone() };
+        let err = search(&dense, &data, &calib, &wrong, |_, _| {}).unwrap_err().to_string();
+        assert!(err.contains("--candidate"), "{err}");
+        let wrong =
+            SearchOptions { candidates: vec![SuperBlockPlan::from_blocks(vec![(0, 3)], n).unwrap()], ..opts };
+        let err = search(&dense, &data, &calib, &wrong, |_, _| {}).unwrap_err().to_string();
+        assert!(err.contains("0-2") && err.contains("2 reuse layers"), "{err}");
+    }
+}
