@@ -160,3 +160,45 @@ fn analysis_matrix_and_plan() {
     uniattn::plot::heatmap(&sim, 0.0, 1.0, 5, &png).unwrap();
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
 }
+
+#[test]
+fn plan_search_scores_match_an_independent_conversion() {
+    init();
+    let gguf = model(SMOLLM2).unwrap();
+    let m = loader::load(&gguf, Kind::Float, Device::Cpu).unwrap();
+    let data = calib(0..10, 0.2);
+    let (fit, held) = convert::calibration_sequences(&m.tokenizer, &data).unwrap();
+    let val = uniattn::eval::perplexity::documents(&m.tokenizer, &pmc(), Some(&(900..904))).unwrap();
+    let search_opts = uniattn::plan_search::SearchOptions {
+        reuse_layers: 2,
+        min_layer: 26,
+        max_group: 3,
+        verify: 2,
+        candidates: vec![],
+        val_max_len: 4096,
+    };
+    let sd = uniattn::plan_search::SearchData { fit: &fit, fit_heldout: &held, val: &val };
+    let calib_opts = opts(FitMethod::Streaming { ridge: None });
+    let r = uniattn::plan_search::search(&m.model, &sd, &calib_opts, &search_opts, |_, _| {}).unwrap();
+    // Blocks 26-27, 26-28, 27-28, 27-29, 28-29; plans of 2 reuse layers: 26-28, 27-29, 26-27,28-29.
+    assert_eq!(r.blocks.len(), 5);
+    assert_eq!(r.plans.len(), 2);
+    let dense = perplexity_docs(&m.model, &val, 0, 4096, 4096, |_, _| {}).mean_nll;
+    assert!((r.dense_nll - dense).abs() < 1e-6, "{} vs {dense}", r.dense_nll);
+    for p in &r.plans {
+        let (out, _) = convert::convert(
+            &gguf,
+            &PlanSpec::Blocks(p.plan.clone()),
+            &data,
+            &calib_opts,
+            Kind::Float,
+            Device::Cpu,
+            |_, _| {},
+        )
+        .unwrap();
+        let want = perplexity_docs(&out.model, &val, 0, 4096, 4096, |_, _| {}).mean_nll;
+        assert!((p.mean_nll - want).abs() < 1e-5, "{}: {} vs {want}", p.plan, p.mean_nll);
+        assert!(p.mean_nll > r.dense_nll);
+    }
+    assert_eq!(r.best, r.plans[0].plan);
+}
