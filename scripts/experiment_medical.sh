@@ -38,8 +38,10 @@ WIKI=${WIKI:-.cache/data/wiki.utf8}
 # Reuse layers in the plan; several ("8 4") give every plan-dependent variant a point per plan
 # (the first plan gets the untrained models; the others, seed 1 only unless named in SEEDED).
 REUSE=${REUSE:-$([[ $PROFILE == gpu ]] && echo "8 4" || echo 8)}
-# Plans whose UniAttn runs get every seed (dense, plan-free, gets them once).
+# Plans whose runs of SEEDED_VARIANTS get every seed (dense, plan-free, gets them once); the
+# other variants run on the first seed.
 SEEDED=${SEEDED:-${REUSE%% *}}
+SEEDED_VARIANTS=${SEEDED_VARIANTS:-uniattn}
 VARIANTS=${VARIANTS:-"dense uniattn softmax-only cla layerdrop"}
 # What closes UniAttn's gap? Extra runs on the first plan and seed, trained after the rest with
 # more train options: ABLATIONS="uniattn+2ep=uniattn:--epochs 2;dense+2ep=dense:--epochs 2"
@@ -97,7 +99,8 @@ DATA="$OUT/data/${SET}_train.json" VAL="$OUT/data/${SET}_val.json"
 
 # Plans: the first is the main one (labels without a suffix), others add -rN. PLAN_BY=similarity
 # takes analyze's plan; PLAN_BY=loss the plan of lowest held-out loss after the closed-form
-# conversion (search-plan, analyze's plan among the candidates), scored on the validation file.
+# conversion (search-plan, analyze's plan among the candidates), scored on the validation file;
+# SEARCH_ARGS adds search-plan options (e.g. "--min-layer 21").
 FIRST_REUSE=${REUSE%% *}
 declare -A BLOCKS TAG
 for r in $REUSE; do
@@ -112,7 +115,7 @@ for r in $REUSE; do
     log "plan by held-out loss ($r reuse layers; analyze's is ${BLOCKS[$r]})"
     [[ -s $s.txt ]] ||
       $U search-plan "$MODEL" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" --val "$VAL" \
-        --reuse-layers "$r" --candidate "${BLOCKS[$r]}" --out "$s" "${DT[@]}" > "$s.tmp" 2> "$s.log"
+        --reuse-layers "$r" --candidate "${BLOCKS[$r]}" ${SEARCH_ARGS:-} --out "$s" "${DT[@]}" > "$s.tmp" 2> "$s.log"
     [[ -s $s.txt ]] || mv "$s.tmp" "$s.txt"
     BLOCKS[$r]=$(grep -- '--plan-blocks' "$s.txt" | awk '{print $2}')
   fi
@@ -183,7 +186,7 @@ for r in $REUSE; do
     for variant in $VARIANTS; do
       [[ $variant == dense && $r != "$FIRST_REUSE" ]] && continue
       if [[ $seed != "${SEEDS%% *}" ]]; then
-        [[ $variant == dense || ($variant == uniattn && " $SEEDED " == *" $r "*) ]] || continue
+        [[ $variant == dense || (" $SEEDED_VARIANTS " == *" $variant "* && " $SEEDED " == *" $r "*) ]] || continue
       fi
       label="$variant${TAG[$r]}-s$seed" dir="$OUT/runs/$variant${TAG[$r]}-s$seed"
       if [[ $variant == dense && $seed == "${SEEDS%% *}" ]]; then dir="$OUT/runs/lr-$BEST_LR"; fi

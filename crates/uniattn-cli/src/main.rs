@@ -234,18 +234,8 @@ enum Command {
         /// Explicit blocks, first-last inclusive, e.g. 16-19,20-23
         #[arg(long)]
         plan_blocks: Option<String>,
-        /// Calibration data: JSON/JSONL instruction rows (Alpaca template) or a plain text file
-        #[arg(long)]
-        calib: PathBuf,
-        /// Rows of the calibration file to use, e.g. 0..256 (default: all)
-        #[arg(long)]
-        calib_rows: Option<String>,
-        /// Fraction of those rows held out to choose the ridge strength
-        #[arg(long, default_value_t = 0.2)]
-        heldout_fraction: f64,
-        /// Tokens per calibration sequence at most
-        #[arg(long, default_value_t = 1024)]
-        max_len: usize,
+        #[command(flatten)]
+        calib: CalibArgs,
         /// ours (streaming normal equations), reference (position-averaged pinv) or none (W_c = 0)
         #[arg(long, default_value = "ours")]
         fit: String,
@@ -255,9 +245,6 @@ enum Command {
         /// Padded length of the reference fit
         #[arg(long, default_value_t = 1024)]
         ref_len: usize,
-        /// Batch x length per calibration chunk
-        #[arg(long, default_value_t = 4096)]
-        chunk_tokens: usize,
         /// Keep residual streams between layers in host memory instead of on the GPU
         #[arg(long)]
         states_on_cpu: bool,
@@ -311,22 +298,44 @@ enum Command {
     },
 }
 
-#[derive(Args)]
-struct SearchPlanArgs {
-    /// The dense model (GGUF or folder)
-    model: PathBuf,
-    /// Calibration data for the closed-form W_c fit (as for convert)
+/// The rows the closed-form W_c is fitted on (convert, search-plan).
+#[derive(Args, Clone)]
+struct CalibArgs {
+    /// Calibration data: JSON/JSONL instruction rows (Alpaca template) or a plain text file
     #[arg(long)]
     calib: PathBuf,
-    /// Rows of the calibration file, e.g. 0..64 (default: all)
+    /// Rows of the calibration file to use, e.g. 0..256 (default: all)
     #[arg(long)]
     calib_rows: Option<String>,
-    /// Fraction of the calibration rows held out to choose the ridge strength
+    /// Fraction of those rows held out to choose the ridge strength
     #[arg(long, default_value_t = 0.2)]
     heldout_fraction: f64,
     /// Tokens per calibration sequence at most
     #[arg(long, default_value_t = 1024)]
     max_len: usize,
+    /// Batch x length per calibration chunk
+    #[arg(long, default_value_t = 4096)]
+    chunk_tokens: usize,
+}
+
+impl CalibArgs {
+    /// The rows to read; `heldout` says whether the fit uses held-out rows (only ours does).
+    fn data(&self, heldout: bool) -> uniattn::Result<CalibData> {
+        Ok(CalibData {
+            path: self.calib.clone(),
+            rows: self.calib_rows.as_deref().map(uniattn::data::parse_range).transpose()?,
+            heldout_fraction: if heldout { self.heldout_fraction } else { 0.0 },
+            max_len: self.max_len,
+        })
+    }
+}
+
+#[derive(Args)]
+struct SearchPlanArgs {
+    /// The dense model (GGUF or folder)
+    model: PathBuf,
+    #[command(flatten)]
+    calib: CalibArgs,
     /// Held-out documents every plan is scored on: JSON/JSONL rows or a plain text file
     #[arg(long)]
     val: PathBuf,
@@ -351,9 +360,6 @@ struct SearchPlanArgs {
     /// A plan to measure too, e.g. analyze's (repeatable; same number of reuse layers)
     #[arg(long)]
     candidate: Vec<String>,
-    /// Batch x length per calibration chunk
-    #[arg(long, default_value_t = 4096)]
-    chunk_tokens: usize,
     /// Folder for plan_search.json and block_cost.png
     #[arg(long)]
     out: PathBuf,
@@ -519,13 +525,7 @@ fn search_plan(a: SearchPlanArgs) -> Result<()> {
     let (device, kind) = setup(&a.dev)?;
     let m = loader::load(&a.model, kind, device)?;
     let n = m.model.cfg.num_layers;
-    let calib = CalibData {
-        path: a.calib,
-        rows: a.calib_rows.as_deref().map(uniattn::data::parse_range).transpose()?,
-        heldout_fraction: a.heldout_fraction,
-        max_len: a.max_len,
-    };
-    let (fit, fit_heldout) = uniattn::convert::calibration_sequences(&m.tokenizer, &calib)?;
+    let (fit, fit_heldout) = uniattn::convert::calibration_sequences(&m.tokenizer, &a.calib.data(true)?)?;
     let val_rows = a.val_rows.as_deref().map(uniattn::data::parse_range).transpose()?;
     let val = uniattn::eval::perplexity::documents(&m.tokenizer, &a.val, val_rows.as_ref())?;
     let candidates = a
@@ -544,7 +544,7 @@ fn search_plan(a: SearchPlanArgs) -> Result<()> {
     };
     let calib_opts = CalibOptions {
         method: FitMethod::Streaming { ridge: None },
-        chunk_tokens: a.chunk_tokens,
+        chunk_tokens: a.calib.chunk_tokens,
         state_device: device,
         pad_id: 0,
     };
@@ -1039,13 +1039,9 @@ fn run(cli: Cli) -> Result<()> {
             plan,
             plan_blocks,
             calib,
-            calib_rows,
-            heldout_fraction,
-            max_len,
             fit,
             ridge,
             ref_len,
-            chunk_tokens,
             states_on_cpu,
             keep_qk,
             out,
@@ -1065,19 +1061,10 @@ fn run(cli: Cli) -> Result<()> {
                 "none" => FitMethod::Zero,
                 f => bail!("--fit {f}: expected ours, reference or none"),
             };
-            let data = CalibData {
-                path: calib,
-                rows: calib_rows.as_deref().map(uniattn::data::parse_range).transpose()?,
-                heldout_fraction: if matches!(method, FitMethod::Streaming { .. }) {
-                    heldout_fraction
-                } else {
-                    0.0
-                },
-                max_len,
-            };
+            let data = calib.data(matches!(method, FitMethod::Streaming { .. }))?;
             let opts = CalibOptions {
                 method,
-                chunk_tokens,
+                chunk_tokens: calib.chunk_tokens,
                 state_device: if states_on_cpu { tch::Device::Cpu } else { device },
                 pad_id: 0,
             };

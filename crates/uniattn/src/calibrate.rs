@@ -467,6 +467,34 @@ fn reference(
 mod tests {
     use super::*;
 
+    /// Every reuse layer gets its own fit, past the shared prefix and up to the last block, and
+    /// nothing else does.
+    #[test]
+    fn streaming_fits_exactly_the_reuse_layers() {
+        use crate::model::transformer::tests::{tiny_config, tiny_model};
+        let mut cfg = tiny_config(crate::config::Family::Qwen2);
+        cfg.num_layers = 8;
+        let model = tiny_model(&cfg, SuperBlockPlan::dense(8), Kind::Double, 3);
+        let plan = SuperBlockPlan::from_blocks(vec![(2, 4), (5, 7)], 8).unwrap();
+        let seqs: Vec<Vec<u32>> =
+            (0..4u32).map(|i| (0..12).map(|t| (i * 7 + t * 3) % 32).collect()).collect();
+        let opts = CalibOptions {
+            method: FitMethod::Streaming { ridge: Some(1e-6) },
+            chunk_tokens: 24,
+            state_device: Device::Cpu,
+            pad_id: 0,
+        };
+        let (wc, report) = calibrate(&model, &plan, &seqs, &[], &opts, |_, _| {}).unwrap();
+        assert_eq!(wc.keys().copied().collect::<Vec<_>>(), vec![3, 6]);
+        let fitted: Vec<(usize, usize)> = report.layers.iter().map(|f| (f.layer, f.lead)).collect();
+        assert_eq!(fitted, vec![(3, 2), (6, 5)]);
+        for (l, w) in &wc {
+            assert_eq!(w.size(), vec![16, 16]);
+            assert!(w.norm().double_value(&[]) > 1e-3, "W_c of layer {l} is zero");
+        }
+        assert!(report.layers.iter().all(|f| f.fit_rel_err < 1.0), "{:?}", report.layers);
+    }
+
     /// The solver recovers a known map from `Y = X W` (+ noise), through the same sums the
     /// calibration accumulates.
     #[test]
