@@ -559,10 +559,10 @@ fn search_plan(a: SearchPlanArgs) -> Result<()> {
     let json = a.out.join("plan_search.json");
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)
         .with_context(|| format!("writing {}", json.display()))?;
-    let grid = r.block_grid(n);
+    let (first, grid) = r.block_grid(n);
     let (lo, hi) =
         r.blocks.iter().fold((f64::MAX, f64::MIN), |(lo, hi), b| (lo.min(b.delta), hi.max(b.delta)));
-    uniattn::plot::heatmap(&grid, lo, hi, 5, &a.out.join("block_cost.png"))?;
+    uniattn::plot::heatmap(&grid, first, lo, hi, 5, &a.out.join("block_cost.png"))?;
     println!(
         "held-out     {} pieces, {} tokens; dense mean NLL {:.4}",
         r.val_pieces, r.val_tokens, r.dense_nll
@@ -915,7 +915,7 @@ fn run(cli: Cli) -> Result<()> {
                 .enumerate()
                 .flat_map(|(i, r)| r.iter().enumerate().filter(move |(j, _)| *j != i).map(|(_, v)| *v));
             let lo = off_diag.fold(f64::MAX, f64::min);
-            uniattn::plot::heatmap(&sim, lo, 1.0, 5, &out.join("similarity.png"))?;
+            uniattn::plot::heatmap(&sim, 0, lo, 1.0, 5, &out.join("similarity.png"))?;
             let report = serde_json::json!({
                 "metric": "head-matched cosine similarity of attention rows, mean over heads and query positions",
                 "samples": seqs.len(),

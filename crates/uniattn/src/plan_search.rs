@@ -87,14 +87,17 @@ pub struct SearchReport {
 }
 
 impl SearchReport {
-    /// `num_layers x num_layers` grid with each scored block's loss increase at (lead, last)
-    /// and NaN elsewhere, for [`crate::plot::heatmap`].
-    pub fn block_grid(&self, num_layers: usize) -> Vec<Vec<f64>> {
-        let mut g = vec![vec![f64::NAN; num_layers]; num_layers];
+    /// Each scored block's loss increase at (lead, last), NaN elsewhere, over layers
+    /// `first..num_layers` where `first` is the lowest lead (returned with the grid), for
+    /// [`crate::plot::heatmap`].
+    pub fn block_grid(&self, num_layers: usize) -> (usize, Vec<Vec<f64>>) {
+        let first = self.blocks.iter().map(|b| b.lead).min().unwrap_or(0);
+        let n = num_layers - first;
+        let mut g = vec![vec![f64::NAN; n]; n];
         for b in &self.blocks {
-            g[b.lead][b.last] = b.delta;
+            g[b.lead - first][b.last - first] = b.delta;
         }
-        g
+        (first, g)
     }
 }
 
@@ -448,6 +451,11 @@ mod tests {
             assert!((p.mean_nll - want).abs() < 1e-9, "{}", p.plan);
         }
         assert_eq!(calls.last().copied(), Some((1 + blocks.len() + 4, 1 + blocks.len() + 4)));
+        let (first, grid) = r.block_grid(n);
+        assert_eq!((first, grid.len()), (2, n - 2));
+        let b = &r.blocks[0];
+        assert_eq!(grid[b.lead - 2][b.last - 2], b.delta);
+        assert_eq!(grid.iter().flatten().filter(|v| !v.is_nan()).count(), r.blocks.len());
     }
 
     #[test]

@@ -100,8 +100,8 @@ pub fn viridis(t: f64) -> [u8; 3] {
 }
 
 /// An `n x n` heatmap (row i, column j = `values[i][j]`, NaN left blank), axes labelled every
-/// `tick` cells, with a colour bar from `lo` to `hi`.
-pub fn heatmap(values: &[Vec<f64>], lo: f64, hi: f64, tick: usize, path: &Path) -> Result<()> {
+/// `tick` cells from `first` (the layer of row and column 0), with a colour bar from `lo` to `hi`.
+pub fn heatmap(values: &[Vec<f64>], first: usize, lo: f64, hi: f64, tick: usize, path: &Path) -> Result<()> {
     let n = values.len();
     let cell = (600 / n.max(1)).clamp(4, 24);
     let (left, top) = (40, 20);
@@ -113,7 +113,7 @@ pub fn heatmap(values: &[Vec<f64>], lo: f64, hi: f64, tick: usize, path: &Path) 
         }
     }
     for k in (0..n).step_by(tick.max(1)) {
-        let label = k.to_string();
+        let label = (first + k).to_string();
         c.text(left + k * cell, top + n * cell + 6, &label, 2);
         c.text(4, top + k * cell, &label, 2);
     }
