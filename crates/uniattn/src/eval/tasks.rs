@@ -166,9 +166,10 @@ pub fn read_requests(path: &Path, name: &str, uncond_offset: Option<u64>) -> Res
 }
 
 impl McTask {
-    /// Keeps only the questions whose native id is in `ids` (a held-out split).
-    pub fn retain_ids(&mut self, ids: &std::collections::HashSet<String>) {
-        self.items.retain(|i| i.native_id.as_ref().is_some_and(|n| ids.contains(n)));
+    /// Keeps the questions whose native id is in `ids` (`inside`) or not in it; a question
+    /// without an id is dropped either way (it cannot be placed on either side of a split).
+    pub fn retain_ids(&mut self, ids: &std::collections::HashSet<String>, inside: bool) {
+        self.items.retain(|i| i.native_id.as_ref().is_some_and(|n| ids.contains(n) == inside));
     }
 }
 
