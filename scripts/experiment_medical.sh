@@ -10,6 +10,7 @@
 #   PROFILE=smoke DEV=cpu scripts/experiment_medical.sh MODEL NAME # a few steps: plumbing only
 #   SET=general scripts/experiment_medical.sh MODEL.gguf NAME     # the general set instead
 #   PLAN_BY=loss scripts/experiment_medical.sh MODEL.gguf NAME    # plans from search-plan
+#   PLAN_BY=choices ...                                            # ... scored on MedMCQA questions
 #
 # SET=general trains on the Tulu rows of ../shared/data plus ShareGPT conversations (fetched by
 # scripts/fetch-models.sh chat), calibrates on Tulu rows, and evaluates general tasks.
@@ -100,7 +101,8 @@ DATA="$OUT/data/${SET}_train.json" VAL="$OUT/data/${SET}_val.json"
 # Plans: the first is the main one (labels without a suffix), others add -rN. PLAN_BY=similarity
 # takes analyze's plan; PLAN_BY=loss the plan of lowest held-out loss after the closed-form
 # conversion (search-plan, analyze's plan among the candidates), scored on the validation file;
-# SEARCH_ARGS adds search-plan options (e.g. "--min-layer 21").
+# PLAN_BY=choices scores it on 5-shot lettered MedMCQA questions of the split's training part
+# (CHOICES of them, 300 by default); SEARCH_ARGS adds search-plan options (e.g. "--min-layer 21").
 FIRST_REUSE=${REUSE%% *}
 declare -A BLOCKS TAG
 for r in $REUSE; do
@@ -110,11 +112,19 @@ for r in $REUSE; do
   [[ -s $a.txt ]] ||
     $U analyze "$MODEL" --data "$CALIB" --rows 500..516 --reuse-layers "$r" --out "$a" "${DT[@]}" > "$a.txt"
   BLOCKS[$r]=$(grep -- '--plan-blocks' "$a.txt" | awk '{print $2}')
-  if [[ ${PLAN_BY:-similarity} == loss ]]; then
+  case ${PLAN_BY:-similarity} in
+    similarity) ;;
+    loss) SCORE=(--val "$VAL") ;;
+    choices)
+      [[ $SET == medical ]] || { echo "PLAN_BY=choices needs SET=medical (MedMCQA questions)" >&2; exit 2; }
+      SCORE=(--val-task medmcqa:mc_5shot --val-exclude-split "$OUT/data/medmcqa_split.json" --val-limit "${CHOICES:-300}") ;;
+    *) echo "PLAN_BY must be similarity, loss or choices, not '$PLAN_BY'" >&2; exit 2 ;;
+  esac
+  if [[ ${PLAN_BY:-similarity} != similarity ]]; then
     s="$OUT/plan_search${TAG[$r]}"
-    log "plan by held-out loss ($r reuse layers; analyze's is ${BLOCKS[$r]})"
+    log "plan by search-plan, $PLAN_BY ($r reuse layers; analyze's is ${BLOCKS[$r]})"
     [[ -s $s.txt ]] ||
-      $U search-plan "$MODEL" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" --val "$VAL" \
+      $U search-plan "$MODEL" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" "${SCORE[@]}" \
         --reuse-layers "$r" --candidate "${BLOCKS[$r]}" ${SEARCH_ARGS:-} --out "$s" "${DT[@]}" > "$s.tmp" 2> "$s.log"
     [[ -s $s.txt ]] || mv "$s.tmp" "$s.txt"
     BLOCKS[$r]=$(grep -- '--plan-blocks' "$s.txt" | awk '{print $2}')
