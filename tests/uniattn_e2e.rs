@@ -21,6 +21,13 @@ fn opts(method: FitMethod) -> CalibOptions {
     CalibOptions { method, chunk_tokens: 1024, state_device: Device::Cpu, pad_id: 0 }
 }
 
+/// `convert` with the streaming fit, on the CPU, in f32.
+fn converted(gguf: &Path, blocks: &str, data: &CalibData) -> convert::ConvertOutput {
+    let method = opts(FitMethod::Streaming { ridge: None });
+    let spec = PlanSpec::Blocks(blocks.to_string());
+    convert::convert(gguf, &spec, data, &method, Kind::Float, Device::Cpu, |_, _| {}).unwrap().0
+}
+
 fn nll_on(model: &Path, rows: std::ops::Range<usize>) -> f64 {
     let m = loader::load(model, Kind::Float, Device::Cpu).unwrap();
     let texts = uniattn::data::read_texts(&pmc()).unwrap();
@@ -187,16 +194,7 @@ fn plan_search_scores_match_an_independent_conversion() {
     let dense = perplexity_docs(&m.model, &val, 0, 4096, 4096, |_, _| {}).mean_nll;
     assert!((r.dense_nll - dense).abs() < 1e-6, "{} vs {dense}", r.dense_nll);
     for p in &r.plans {
-        let (out, _) = convert::convert(
-            &gguf,
-            &PlanSpec::Blocks(p.plan.clone()),
-            &data,
-            &calib_opts,
-            Kind::Float,
-            Device::Cpu,
-            |_, _| {},
-        )
-        .unwrap();
+        let out = converted(&gguf, &p.plan, &data);
         let want = perplexity_docs(&out.model, &val, 0, 4096, 4096, |_, _| {}).mean_nll;
         assert!((p.mean_nll - want).abs() < 1e-5, "{}: {} vs {want}", p.plan, p.mean_nll);
         assert!(p.mean_nll > r.dense_nll);
@@ -232,16 +230,7 @@ fn plan_search_on_choices_matches_eval_mc() {
     assert!(r.scored_on.contains("6 questions of arc_easy"), "{}", r.scored_on);
     assert_eq!((r.blocks.len(), r.plans.len()), (2, 2));
     for p in &r.plans {
-        let (out, _) = convert::convert(
-            &gguf,
-            &PlanSpec::Blocks(p.plan.clone()),
-            &data,
-            &calib_opts,
-            Kind::Float,
-            Device::Cpu,
-            |_, _| {},
-        )
-        .unwrap();
+        let out = converted(&gguf, &p.plan, &data);
         let (_, items) =
             uniattn::eval::multiple_choice::evaluate(&out.model, &out.tokenizer, &task, None, mc, |_, _| {})
                 .unwrap();

@@ -271,15 +271,8 @@ enum Command {
         /// Tokens per sample at most
         #[arg(long, default_value_t = 512)]
         max_len: usize,
-        /// Number of reuse layers the proposed plan should have
-        #[arg(long)]
-        reuse_layers: usize,
-        /// Lowest layer a SuperBlock may start at (default: half the layers)
-        #[arg(long)]
-        min_layer: Option<usize>,
-        /// Largest SuperBlock
-        #[arg(long, default_value_t = 4)]
-        max_group: usize,
+        #[command(flatten)]
+        shape: PlanShapeArgs,
         /// Folder for similarity.json and similarity.png
         #[arg(long)]
         out: PathBuf,
@@ -296,6 +289,26 @@ enum Command {
         #[command(subcommand)]
         what: EvalCommand,
     },
+}
+
+/// The plans analyze proposes and search-plan compares.
+#[derive(Args, Clone)]
+struct PlanShapeArgs {
+    /// Reuse layers of the plan
+    #[arg(long)]
+    reuse_layers: usize,
+    /// Lowest layer a SuperBlock may start at (default: half the layers)
+    #[arg(long)]
+    min_layer: Option<usize>,
+    /// Largest SuperBlock
+    #[arg(long, default_value_t = 4)]
+    max_group: usize,
+}
+
+impl PlanShapeArgs {
+    fn min_layer(&self, num_layers: usize) -> usize {
+        self.min_layer.unwrap_or(num_layers / 2)
+    }
 }
 
 /// The rows the closed-form W_c is fitted on (convert, search-plan).
@@ -365,15 +378,8 @@ struct SearchPlanArgs {
     choice_max_len: usize,
     #[arg(long, default_value_t = 8192)]
     batch_tokens: usize,
-    /// Reuse layers of every plan compared
-    #[arg(long)]
-    reuse_layers: usize,
-    /// Lowest layer a SuperBlock may start at (default: half the layers)
-    #[arg(long)]
-    min_layer: Option<usize>,
-    /// Largest SuperBlock
-    #[arg(long, default_value_t = 4)]
-    max_group: usize,
+    #[command(flatten)]
+    shape: PlanShapeArgs,
     /// Cheapest predicted plans to convert whole and measure
     #[arg(long, default_value_t = 4)]
     verify: usize,
@@ -551,11 +557,10 @@ fn search_plan(a: SearchPlanArgs) -> Result<()> {
         .iter()
         .map(|c| uniattn::plan::SuperBlockPlan::parse_blocks(c, n))
         .collect::<uniattn::Result<Vec<_>>>()?;
-    let min_layer = a.min_layer.unwrap_or(n / 2);
     let opts = SearchOptions {
-        reuse_layers: a.reuse_layers,
-        min_layer,
-        max_group: a.max_group,
+        reuse_layers: a.shape.reuse_layers,
+        min_layer: a.shape.min_layer(n),
+        max_group: a.shape.max_group,
         verify: a.verify,
         candidates,
     };
@@ -929,7 +934,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("{}", bench::table(&card, &rows));
         }
-        Command::Analyze { model, data, rows, max_len, reuse_layers, min_layer, max_group, out, dev } => {
+        Command::Analyze { model, data, rows, max_len, shape, out, dev } => {
             let (device, kind) = setup(&dev)?;
             let m = loader::load(&model, kind, device)?;
             let texts = uniattn::data::read_texts(&data)?;
@@ -948,7 +953,8 @@ fn run(cli: Cli) -> Result<()> {
                 uniattn::analyze::attention_similarity(&m.model, &seqs, |d, _| pb.set_position(d as u64))?;
             pb.finish_and_clear();
             let n = sim.len();
-            let min_layer = min_layer.unwrap_or(n / 2);
+            let (reuse_layers, min_layer, max_group) =
+                (shape.reuse_layers, shape.min_layer(n), shape.max_group);
             let plan = uniattn::analyze::propose_plan(&sim, reuse_layers, min_layer, max_group)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let off_diag = sim
