@@ -63,17 +63,22 @@ def method(variant):
 
 
 def analytic_saved(variant):
-    """The KV fraction a plan saves, from analyze[-rN].txt, for an architecture that was not
-    timed: reuse layers keep V only (UniAttn, softmax-only) or nothing (CLA, layer drop)."""
+    """The KV fraction a plan saves, for an architecture that was not timed: the plan of
+    plan_search[-rN].txt when the run searched it (PLAN_BY=loss|choices), else analyze[-rN].txt's
+    (which also gives the layer count); reuse layers keep V only (UniAttn, softmax-only) or
+    nothing (CLA, layer drop)."""
     arch = variant.split("+")[0].removesuffix("-untrained")
     if arch in ("base", "dense"):
         return 0.0
-    path = os.path.join(out, "analyze" + arch[len(method(arch)):] + ".txt")
+    suffix = arch[len(method(arch)):]
+    path = os.path.join(out, "analyze" + suffix + ".txt")
     if not os.path.exists(path):
         return None
     text = open(path).read()
     layers = text.count(" -> ") + 1
-    blocks = text.split("--plan-blocks")[-1].split()[0]
+    searched = os.path.join(out, "plan_search" + suffix + ".txt")
+    used = open(searched).read() if os.path.exists(searched) else text
+    blocks = used.split("--plan-blocks")[-1].split()[0]
     reuse = sum(int(b) - int(a) for a, b in (blk.split("-") for blk in blocks.split(",")))
     return reuse / layers * (0.5 if method(arch) in ("uniattn", "softmax-only") else 1.0)
 
@@ -118,7 +123,7 @@ for r in rows:
     print(f"| {r['label']} | " + " | ".join(cells + (speeds if grid else [])) + " |")
 
 if any(not r["kv_per_token"] for r in rows):
-    print("\n\\* KV saving from the plan (analyze*.txt): this architecture was not timed.")
+    print("\n\\* KV saving from the plan (plan_search*.txt or analyze*.txt): this architecture was not timed.")
 
 by_variant = {}
 for r in rows:
