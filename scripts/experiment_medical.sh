@@ -103,6 +103,15 @@ DATA="$OUT/data/${SET}_train.json" VAL="$OUT/data/${SET}_val.json"
 # conversion (search-plan, analyze's plan among the candidates), scored on the validation file;
 # PLAN_BY=choices scores it on 5-shot lettered MedMCQA questions of the split's training part
 # (CHOICES of them, 300 by default); SEARCH_ARGS adds search-plan options (e.g. "--min-layer 21").
+PLAN_BY=${PLAN_BY:-similarity}
+case $PLAN_BY in
+  similarity) ;;
+  loss) SCORE=(--val "$VAL") ;;
+  choices)
+    [[ $SET == medical ]] || { echo "PLAN_BY=choices needs SET=medical (MedMCQA questions)" >&2; exit 2; }
+    SCORE=(--val-task medmcqa:mc_5shot --val-exclude-split "$OUT/data/medmcqa_split.json" --val-limit "${CHOICES:-300}") ;;
+  *) echo "PLAN_BY must be similarity, loss or choices, not '$PLAN_BY'" >&2; exit 2 ;;
+esac
 FIRST_REUSE=${REUSE%% *}
 declare -A BLOCKS TAG
 for r in $REUSE; do
@@ -112,15 +121,7 @@ for r in $REUSE; do
   [[ -s $a.txt ]] ||
     $U analyze "$MODEL" --data "$CALIB" --rows 500..516 --reuse-layers "$r" --out "$a" "${DT[@]}" > "$a.txt"
   BLOCKS[$r]=$(grep -- '--plan-blocks' "$a.txt" | awk '{print $2}')
-  case ${PLAN_BY:-similarity} in
-    similarity) ;;
-    loss) SCORE=(--val "$VAL") ;;
-    choices)
-      [[ $SET == medical ]] || { echo "PLAN_BY=choices needs SET=medical (MedMCQA questions)" >&2; exit 2; }
-      SCORE=(--val-task medmcqa:mc_5shot --val-exclude-split "$OUT/data/medmcqa_split.json" --val-limit "${CHOICES:-300}") ;;
-    *) echo "PLAN_BY must be similarity, loss or choices, not '$PLAN_BY'" >&2; exit 2 ;;
-  esac
-  if [[ ${PLAN_BY:-similarity} != similarity ]]; then
+  if [[ $PLAN_BY != similarity ]]; then
     s="$OUT/plan_search${TAG[$r]}"
     log "plan by search-plan, $PLAN_BY ($r reuse layers; analyze's is ${BLOCKS[$r]})"
     [[ -s $s.txt ]] ||

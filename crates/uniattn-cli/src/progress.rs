@@ -5,7 +5,6 @@
 //! a plain line instead, at most every [`LOG_EVERY`].
 
 use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,11 +29,14 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 
 /// Items per second, or seconds per item when items are slow.
 fn rate_text(pos: u64, elapsed: Duration) -> String {
-    let t = elapsed.as_secs_f64();
-    match pos as f64 / t {
-        r if pos == 0 || t == 0.0 => format!("{:.0}/s", if pos == 0 { 0.0 } else { r }),
-        r if r >= 1.0 => format!("{r:.1}/s"),
-        r => format!("{:.1} s each", 1.0 / r),
+    if pos == 0 {
+        return "0/s".into();
+    }
+    let r = pos as f64 / elapsed.as_secs_f64();
+    if r >= 1.0 {
+        format!("{r:.1}/s")
+    } else {
+        format!("{:.1} s each", 1.0 / r)
     }
 }
 
@@ -44,9 +46,7 @@ fn eta_text(pos: u64, len: u64, elapsed: Duration) -> String {
         return "?".into();
     }
     let left = elapsed.as_secs_f64() * len.saturating_sub(pos) as f64 / pos as f64;
-    let mut s = String::new();
-    let _ = write!(s, "{}", HumanDuration(Duration::from_secs_f64(left)));
-    s
+    HumanDuration(Duration::from_secs_f64(left)).to_string()
 }
 
 /// A bar with an indicatif template, drawn on the terminal or logged as lines.

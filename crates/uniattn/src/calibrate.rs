@@ -332,22 +332,20 @@ fn streaming(
             let ctx = contexts[c].layer(model, l);
             let d = hd[c].to_device(dev);
             let (d_mid, d_out) = ordinary_layer(layer, &ctx, &d);
-            let u = hu[c].to_device(dev);
+            let d_out = d_out.to_device(sd);
             match role {
-                _ if l <= shared_until => {
-                    if role == LayerRole::Lead {
-                        lead_in[c] = Some(hu[c].shallow_clone());
-                    }
-                    hu[c] = d_out.to_device(sd);
-                }
                 LayerRole::Ordinary | LayerRole::Lead => {
                     if role == LayerRole::Lead {
                         lead_in[c] = Some(hu[c].shallow_clone());
                     }
-                    let (_, u_out) = ordinary_layer(layer, &ctx, &u);
-                    hu[c] = u_out.to_device(sd);
+                    hu[c] = if l <= shared_until {
+                        d_out.shallow_clone()
+                    } else {
+                        ordinary_layer(layer, &ctx, &hu[c].to_device(dev)).1.to_device(sd)
+                    };
                 }
                 LayerRole::Reuse { lead } => {
+                    let u = hu[c].to_device(dev);
                     let li = lead_in[c].as_ref().expect("lead precedes reuse").to_device(dev);
                     let step = reuse_step(model, &contexts[c], l, lead, &u, &li);
                     let y = target(layer, &d_mid, &u, &step.z0);
@@ -356,7 +354,7 @@ fn streaming(
                     z0s[c] = Some(step.z0.to_device(sd));
                 }
             }
-            hd[c] = d_out.to_device(sd);
+            hd[c] = d_out;
             progress(l * chunks.len() + c + 1, total);
         }
         if let LayerRole::Reuse { lead } = role {
