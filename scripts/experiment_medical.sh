@@ -12,7 +12,7 @@
 #   PLAN_BY=loss scripts/experiment_medical.sh MODEL.gguf NAME    # plans from search-plan
 #   PLAN_BY=choices ...                                            # ... scored on MedMCQA questions
 #
-# SET=general trains on the Tulu rows of ../shared/data plus ShareGPT conversations (fetched by
+# SET=general trains on the Tulu rows of data/ plus ShareGPT conversations (fetched by
 # scripts/fetch-models.sh chat), calibrates on Tulu rows, and evaluates general tasks.
 #
 # Every run trains on the same rows and is validated on the same held-out file (PMC rows from
@@ -27,15 +27,14 @@ PROFILE=${PROFILE:-gpu}
 DEV=${DEV:-$([[ $PROFILE == gpu ]] && echo cuda || echo cpu)}
 OUT=${OUT:-runs/medical/$NAME}
 SET=${SET:-medical}
-PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
-[[ -f $PMC ]] || PMC=shared/data/pmc_llama_instructions_1000.json
+PMC=${PMC:-data/pmc_llama_instructions_1000.json}
 TULU=${TULU:-${PMC%/*}/tulu3_sft_filtered_1000.json}
 case $SET in
   medical) CALIB=$PMC ;;
   general) CALIB=$TULU SHAREGPT=${SHAREGPT:-$(scripts/fetch-models.sh chat)} ;;
   *) echo "SET must be medical or general, not '$SET'" >&2; exit 2 ;;
 esac
-WIKI=${WIKI:-.cache/data/wiki.utf8}
+WIKI=${WIKI:-$(scripts/fetch-models.sh texts)/wiki.utf8}
 # Reuse layers in the plan; several ("8 4") give every plan-dependent variant a point per plan
 # (the first plan gets the untrained models; the others, seed 1 only unless named in SEEDED).
 REUSE=${REUSE:-$([[ $PROFILE == gpu ]] && echo "8 4" || echo 8)}

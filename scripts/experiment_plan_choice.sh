@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 U=${U:-./target/release/uniattn}
 M=${MODEL:-$(scripts/fetch-models.sh smollm2 | tail -n1)}
-P=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
+P=${PMC:-data/pmc_llama_instructions_1000.json}
 OUT=${OUT:-runs/plan_choice} D=$OUT/data
 PLANS=("$@")
 ((${#PLANS[@]})) || PLANS=(17-18,23-26 24-25,26-29 15-18,20-21 19-20,21-22,27-29)

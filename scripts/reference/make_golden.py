@@ -19,11 +19,12 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+CACHE = os.environ.get("UNIATTN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "uniattn")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = {
-    "smollm2": ".cache/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
-    "qwen0.5b": ".cache/models/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf",
-    "gemma3": ".cache/models/gemma3-270m/gemma-3-270m.Q4_K_M.gguf",
+    "smollm2": CACHE + "/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "qwen0.5b": CACHE + "/models/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf",
+    "gemma3": CACHE + "/models/gemma3-270m/gemma-3-270m.Q4_K_M.gguf",
 }
 PARAGRAPH = (
     "The mitochondrion is the powerhouse of the cell. It produces ATP through oxidative "
@@ -36,7 +37,7 @@ PARAGRAPH = (
 def main(names):
     torch.set_num_threads(os.cpu_count())
     for name in names:
-        path = os.path.join(ROOT, MODELS[name])
+        path = MODELS[name]
         d, f = os.path.dirname(path), os.path.basename(path)
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
         model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)

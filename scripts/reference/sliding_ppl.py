@@ -4,13 +4,15 @@ tests/golden.rs::sliding_window_matches_transformers. Same environment as make_g
 Prints (mean NLL, predicted tokens) for windows/strides (300, 300), (200, 100), (128, 64) over the
 first 300 tokens of wiki.utf8. Measured 2026-11-26: 1.982499, 2.287043, 2.324462 (299 each).
 """
+import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-d, f = ".cache/models/smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE = os.environ.get("UNIATTN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "uniattn")
+d, f = CACHE + "/models/smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"
 tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
 m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
-ids = tok(open(".cache/data/wiki.utf8").read(), add_special_tokens=False)["input_ids"][:300]
+ids = tok(open(CACHE + "/data/wiki.utf8").read(), add_special_tokens=False)["input_ids"][:300]
 
 
 def ppl(window, stride):

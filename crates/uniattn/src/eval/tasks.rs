@@ -33,6 +33,7 @@ const DEFAULT_VARIANTS: [&str; 3] = ["rc_5shot", "rc_0shot", "mc_5shot"];
 /// `mmlu_<subject>` and `mmlu_medical` (the six medical subjects) come from the Arrow data
 /// next to `tasks_dir`.
 pub fn load(tasks_dir: &Path, spec: &str) -> Result<Vec<McTask>> {
+    crate::cache::require_tasks_dir(tasks_dir)?;
     let (task, variant) = match spec.split_once(':') {
         Some((t, v)) => (t, Some(v)),
         None => (spec, None),
