@@ -129,6 +129,27 @@ impl ModelConfig {
                 return bad(field, "must be positive".into());
             }
         }
+        // Upper bounds far above any real model, so that a corrupt value gives an error here
+        // instead of an allocation of terabytes later.
+        for (field, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_layers, 1 << 12),
+            ("num_attention_heads", self.num_heads, 1 << 12),
+            ("num_key_value_heads", self.num_kv_heads, 1 << 12),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
+        ] {
+            if v > max {
+                return bad(field, format!("{v} is implausibly large (at most {max} expected)"));
+            }
+        }
+        for (field, v) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(field, format!("{v} must be a positive finite number"));
+            }
+        }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
                 "num_key_value_heads",

@@ -102,13 +102,8 @@ pub fn read_records(path: &Path, skip_bad: bool) -> Result<(Vec<Record>, Vec<Str
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let trimmed = text.trim_start();
     let is_array = trimmed.starts_with('[');
-    let rows: Vec<(usize, std::result::Result<Value, String>)> = if is_array {
-        // Truncated arrays (the ShareGPT file is one) are read up to the last complete row.
-        let values = parse_array_leniently(&text);
-        match values {
-            Some(v) => v.into_iter().enumerate().map(|(i, r)| (i + 1, Ok(r))).collect(),
-            None => return Err(Error::format(path, "invalid JSON: not an array of objects")),
-        }
+    let rows: Vec<NumberedRow> = if is_array {
+        array_rows(&text).map_err(|e| Error::format(path, e))?
     } else {
         text.lines()
             .enumerate()
@@ -143,29 +138,81 @@ pub fn read_records(path: &Path, skip_bad: bool) -> Result<(Vec<Record>, Vec<Str
     Ok((out, bad))
 }
 
-/// A JSON array, or as many complete elements as a truncated one holds.
-fn parse_array_leniently(text: &str) -> Option<Vec<Value>> {
-    if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(text) {
-        return Some(a);
+/// A row's number (from 1) and its value or what is wrong with it.
+type NumberedRow = (usize, std::result::Result<Value, String>);
+
+/// The rows of a JSON array, each parsed on its own so that an error names its row. A file
+/// that ends inside a row (a truncated download; the ShareGPT file is one) gives that row as an
+/// error, so it is refused unless bad rows are skipped; a syntax error anywhere else refuses
+/// the whole file with the row, line and column.
+fn array_rows(text: &str) -> std::result::Result<Vec<NumberedRow>, String> {
+    let start = text.len() - text.trim_start().len();
+    let line_col = |offset: usize| {
+        let before = &text[..offset.min(text.len())];
+        (before.matches('\n').count() + 1, offset - before.rfind('\n').map_or(0, |i| i + 1) + 1)
+    };
+    let mut pos = start + 1; // past '['
+    let mut rows = Vec::new();
+    let skip_ws = |p: usize| p + text[p..].len() - text[p..].trim_start().len();
+    pos = skip_ws(pos);
+    if text[pos..].starts_with(']') {
+        return Ok(rows);
     }
-    let mut rest = text.trim_start().strip_prefix('[')?;
-    let mut out = Vec::new();
     loop {
-        rest = rest.trim_start();
-        let mut it = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let n = rows.len() + 1;
+        let mut it = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<Value>();
         match it.next() {
             Some(Ok(v)) => {
-                out.push(v);
-                rest = &rest[it.byte_offset()..];
+                rows.push((n, Ok(v)));
+                pos += it.byte_offset();
             }
-            _ => break,
+            Some(Err(e)) if e.is_eof() => {
+                rows.push((
+                    n,
+                    Err(format!("the file ends inside this row (truncated at byte {})", text.len())),
+                ));
+                return Ok(rows);
+            }
+            Some(Err(e)) => {
+                let (line, col) = line_col(pos + it.byte_offset());
+                return Err(format!("invalid JSON in row {n} (near line {line}, column {col}): {e}"));
+            }
+            None => {
+                rows.push((
+                    n,
+                    Err(format!("the file ends before this row (truncated at byte {})", text.len())),
+                ));
+                return Ok(rows);
+            }
         }
-        match rest.trim_start().strip_prefix(',') {
-            Some(r) => rest = r,
-            None => break,
+        pos = skip_ws(pos);
+        match text[pos..].chars().next() {
+            Some(',') => pos = skip_ws(pos + 1),
+            Some(']') => {
+                let rest = text[pos + 1..].trim();
+                if !rest.is_empty() {
+                    let (line, col) = line_col(pos + 1 + text[pos + 1..].find(rest).unwrap_or(0));
+                    return Err(format!(
+                        "unexpected text after the array's closing ']' (line {line}, column {col})"
+                    ));
+                }
+                return Ok(rows);
+            }
+            None => {
+                rows.push((
+                    n + 1,
+                    Err(format!("the file ends after row {n} without the closing ']' (truncated?)")),
+                ));
+                return Ok(rows);
+            }
+            Some(c) => {
+                let (line, col) = line_col(pos);
+                return Err(format!(
+                    "expected ',' or ']' after row {n}, found '{c}' (line {line}, column {col})"
+                ));
+            }
         }
     }
-    (!out.is_empty()).then_some(out)
 }
 
 /// Instruction rows (calibration): every row must be an instruction pair.
@@ -269,8 +316,11 @@ mod tests {
                {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
                {"conversations": [{"from": "human", "value": "cut"#,
         );
-        let (recs, bad) = read_records(&p, false).unwrap();
-        assert!(bad.is_empty());
+        // A truncated file is refused by default, and its cut row reported when skipped.
+        let err = read_records(&p, false).unwrap_err().to_string();
+        assert!(err.contains("row 3: the file ends inside this row"), "{err}");
+        let (recs, bad) = read_records(&p, true).unwrap();
+        assert_eq!(bad.len(), 1, "{bad:?}");
         assert_eq!(recs.len(), 2);
         let Record::Chat(m) = &recs[0] else { panic!("not a chat") };
         assert_eq!(
@@ -283,6 +333,32 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_mid_array_refuses_the_file_with_its_row() {
+        let row = r#"{"input": "a", "output": "b"}"#;
+        for (name, text, want) in [
+            (
+                "mid.json",
+                format!("[{row},\n{row},\n{{\"input\": \"x\" \"output\": 1}},\n{row}]"),
+                "row 3 (near line 3",
+            ),
+            ("comma.json", format!("[{row} {row}]"), "expected ',' or ']' after row 1"),
+            ("tail.json", format!("[{row}] garbage"), "after the array's closing ']'"),
+        ] {
+            let p = write(name, &text);
+            for skip in [false, true] {
+                let err = read_records(&p, skip).unwrap_err().to_string();
+                assert!(err.contains(want), "{name}: {err}");
+            }
+        }
+        // Cut after a complete row: the missing ']' is reported, never silently accepted.
+        let p = write("cut.json", &format!("[{row},\n{row}"));
+        let err = read_records(&p, false).unwrap_err().to_string();
+        assert!(err.contains("without the closing ']'"), "{err}");
+        let p = write("empty.json", "[ ]");
+        assert!(read_records(&p, false).unwrap_err().to_string().contains("no usable rows"));
+    }
+
+    #[test]
     fn ranges() {
         assert_eq!(parse_range("3..9").unwrap(), 3..9);
         assert!(parse_range("9..3").is_err());
@@ -291,7 +367,7 @@ mod tests {
 
     #[test]
     fn real_calibration_files_parse() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data");
         for f in ["pmc_llama_instructions_1000.json", "tulu3_sft_filtered_1000.json"] {
             let ex = read_examples(&dir.join(f)).unwrap();
             assert_eq!(ex.len(), 1000, "{f}");

@@ -487,7 +487,7 @@ mod tests {
             let plan = SuperBlockPlan::from_blocks(vec![(s, e)], n).unwrap();
             let (wc, _) = calibrate(&fresh, &plan, &fit, &held, &calib, |_, _| {}).unwrap();
             let conv = fresh.apply_plan(plan, wc).unwrap();
-            let want = perplexity_docs(&conv, &val, 0, 16, 16, |_, _| {}).mean_nll;
+            let want = perplexity_docs(&conv, &val, 0, 16, 16, |_, _| {}).unwrap().mean_nll;
             assert!((b.mean_nll - want).abs() < 1e-9, "{}: {} vs {want}", b.block, b.mean_nll);
             assert!((b.delta - (b.mean_nll - r.dense_nll)).abs() < 1e-12);
         }

@@ -86,7 +86,7 @@ pub fn perplexity(
     window: usize,
     stride: usize,
     progress: impl FnMut(usize, usize),
-) -> PerplexityReport {
+) -> Result<PerplexityReport> {
     perplexity_docs(model, &[ids.to_vec()], bytes, window, stride, progress)
 }
 
@@ -100,7 +100,7 @@ pub fn perplexity_docs(
     window: usize,
     stride: usize,
     mut progress: impl FnMut(usize, usize),
-) -> PerplexityReport {
+) -> Result<PerplexityReport> {
     let start = Instant::now();
     let total: usize = docs.iter().map(Vec::len).sum();
     let (mut nll, mut predicted, mut done) = (0.0, 0usize, 0usize);
@@ -112,7 +112,13 @@ pub fn perplexity_docs(
     }
     let seconds = start.elapsed().as_secs_f64();
     let mean_nll = nll / predicted.max(1) as f64;
-    PerplexityReport {
+    if !mean_nll.is_finite() {
+        return Err(Error::invalid(format!(
+            "the mean negative log-likelihood is {mean_nll} (not finite): the model's weights are corrupt or \
+             its activations overflow this dtype (try --dtype f32)"
+        )));
+    }
+    Ok(PerplexityReport {
         tokens: total,
         predicted,
         mean_nll,
@@ -121,7 +127,7 @@ pub fn perplexity_docs(
         seconds,
         bytes,
         bits_per_byte: nll / std::f64::consts::LN_2 / bytes.max(1) as f64,
-    }
+    })
 }
 
 /// Summed NLL and number of predicted tokens of one document.

@@ -320,6 +320,15 @@ impl Trainer<'_> {
                         chunked_backward(m, &b, scale, ac, HEAD_CHUNK_TOKENS)
                     };
                 }
+                if !loss.is_finite() {
+                    // Stop before the optimizer spreads it into the weights; checkpoints stay intact.
+                    return Err(Error::invalid(format!(
+                        "stage {} step {}: the loss is {loss} (not finite); the weights were not updated. \
+                         Lower the learning rate, train in f32, or check the data and the model's weights",
+                        pos.stage + 1,
+                        pos.step + 1
+                    )));
+                }
                 let lr = cosine_lr(base_lr, pos.step, total, warmup);
                 let grad_norm = opt.step(lr, self.cfg.max_grad_norm);
                 opt.zero_grad();

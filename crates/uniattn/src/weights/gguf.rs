@@ -147,6 +147,13 @@ impl<'a> Cursor<'a> {
             8 => Value::Str(self.string(what)?),
             9 => {
                 let ety = self.u32(what)?;
+                if ety == 9 {
+                    // llama.cpp does not read them either, and nesting would recurse without bound.
+                    return Err(Error::format(
+                        self.path,
+                        format!("corrupt GGUF: {what} is an array of arrays"),
+                    ));
+                }
                 let n = self.len(what)?;
                 let mut v = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n {
@@ -226,25 +233,43 @@ impl GgufFile {
             None => 32,
         };
         let data_start = c.pos.div_ceil(align) * align;
+        // As llama.cpp checks: tensors lie back to back in the order of the directory, each
+        // padded to the alignment, so a shifted offset or a changed type cannot go unnoticed.
         let mut tensors = BTreeMap::new();
+        let mut expected_rel = 0usize;
         for (name, shape, ty, rel) in infos {
-            let numel: usize = shape.iter().product();
-            let len = ty.bytes_for(numel).ok_or_else(|| {
+            let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let len = numel.and_then(|n| ty.bytes_for(n)).ok_or_else(|| {
                 Error::format(
                     path,
-                    format!("tensor {name}: {numel} elements is not a whole number of {ty:?} blocks"),
+                    format!("tensor {name}: shape {shape:?} is not a whole number of {ty:?} blocks"),
                 )
             })?;
+            if rel != expected_rel {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "corrupt GGUF: tensor {name} has data offset {rel}, expected {expected_rel} (the previous tensors' padded sizes)"
+                    ),
+                ));
+            }
+            expected_rel = rel
+                .checked_add(len)
+                .map(|e| e.div_ceil(align) * align)
+                .ok_or_else(|| Error::format(path, format!("corrupt GGUF: tensor {name} is too large")))?;
             let offset = data_start + rel;
             if offset.checked_add(len).is_none_or(|end| end > mmap.len()) {
                 return Err(Error::format(
                     path,
                     format!(
                         "truncated GGUF: tensor {name} needs bytes {offset}..{} but the file has {}",
-                        offset + len,
+                        offset.saturating_add(len),
                         mmap.len()
                     ),
                 ));
+            }
+            if tensors.contains_key(&name) {
+                return Err(Error::format(path, format!("corrupt GGUF: tensor {name} is listed twice")));
             }
             tensors.insert(name.clone(), TensorInfo { name, shape, ty, offset, len });
         }
@@ -253,6 +278,11 @@ impl GgufFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bytes before the tensor data: the header, metadata and tensor directory, padded.
+    pub fn header_len(&self) -> usize {
+        self.tensors.values().map(|t| t.offset).min().unwrap_or(self.mmap.len())
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -383,13 +413,62 @@ pub(crate) mod tests {
         }
     }
 
+    /// The byte where the only tensor's type id (then its offset) sits in a `write_gguf` file
+    /// with no metadata and a one-letter, one-dim tensor.
+    const ONE_TENSOR_TYPE_AT: usize = 24 + 8 + 1 + 4 + 8;
+
+    #[test]
+    fn nested_arrays_are_refused_without_recursing() {
+        let p = tmp("nested.gguf");
+        let mut b = Vec::new();
+        b.extend(MAGIC);
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.push(b'k');
+        // 100,000 levels of one-element arrays of arrays: a recursive reader overflows its stack.
+        b.extend(9u32.to_le_bytes());
+        for _ in 0..100_000 {
+            b.extend(9u32.to_le_bytes());
+            b.extend(1u64.to_le_bytes());
+        }
+        std::fs::write(&p, b).unwrap();
+        let err = GgufFile::open(&p).err().unwrap().to_string();
+        assert!(err.contains("k is an array of arrays"), "{err}");
+    }
+
+    #[test]
+    fn shifted_offsets_and_changed_types_are_refused() {
+        let p = tmp("shift.gguf");
+        write_gguf(&p, &[], &[("a", vec![64], vec![1.0; 64]), ("b", vec![64], vec![2.0; 64])]);
+        let good = std::fs::read(&p).unwrap();
+        // The second tensor's offset sits after the first's entry (name 1+8, dims 4+8, type 4, offset 8).
+        let second_offset_at = 24 + 9 + 4 + 8 + 4 + 8 + 9 + 4 + 8 + 4;
+        let mut b = good.clone();
+        b[second_offset_at..second_offset_at + 8].copy_from_slice(&(256u64 + 32).to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let err = GgufFile::open(&p).err().unwrap().to_string();
+        assert!(err.contains("tensor b has data offset 288, expected 256"), "{err}");
+        // F32 -> F16 halves the first tensor's bytes, so the second no longer follows it.
+        let mut b = good.clone();
+        b[ONE_TENSOR_TYPE_AT..ONE_TENSOR_TYPE_AT + 4].copy_from_slice(&1u32.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let err = GgufFile::open(&p).err().unwrap().to_string();
+        assert!(err.contains("tensor b has data offset 256, expected 128"), "{err}");
+        // A dimension whose product overflows is an error, not a wrapped size.
+        let mut b = good;
+        b[24 + 9 + 4..24 + 9 + 4 + 8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        assert!(GgufFile::open(&p).is_err());
+    }
+
     #[test]
     fn unknown_quant_type_is_named() {
         let p = tmp("qtype.gguf");
         write_gguf(&p, &[], &[("w", vec![32], vec![0.0; 32])]);
         let mut b = std::fs::read(&p).unwrap();
-        // The type id follows the name (8+1 bytes), n_dims (4) and one dim (8) of the only tensor.
-        let at = 24 + 8 + 1 + 4 + 8;
+        let at = ONE_TENSOR_TYPE_AT;
         b[at..at + 4].copy_from_slice(&19u32.to_le_bytes());
         std::fs::write(&p, b).unwrap();
         let err = GgufFile::open(&p).err().unwrap().to_string();

@@ -58,10 +58,21 @@ impl WeightMap {
             let mut t = Tensor::from_slice(&data).view(dims.as_slice());
             if cfg.family == Family::Llama || cfg.family == Family::Mistral {
                 // llama.cpp interleaves the two RoPE halves of Q and K rows; undo it.
-                if name.ends_with("attn_q.weight") {
-                    t = unpermute_rope_rows(&t, cfg.num_heads);
+                let heads = if name.ends_with("attn_q.weight") {
+                    Some(cfg.num_heads)
                 } else if name.ends_with("attn_k.weight") {
-                    t = unpermute_rope_rows(&t, cfg.num_kv_heads);
+                    Some(cfg.num_kv_heads)
+                } else {
+                    None
+                };
+                if let Some(h) = heads {
+                    if shape.len() != 2 || !shape[0].is_multiple_of(2 * h) {
+                        return Err(Error::format(
+                            g.path(),
+                            format!("tensor {name} has shape {shape:?}: expected 2 dims with rows a multiple of 2 x {h} heads"),
+                        ));
+                    }
+                    t = unpermute_rope_rows(&t, h);
                 }
             }
             if cfg.family.is_gemma() && hf.ends_with("norm.weight") {

@@ -1,12 +1,10 @@
 //! Hugging Face safetensors in and out: single files, sharded folders with
-//! `model.safetensors.index.json`, and atomic writes (temporary file, fsync, rename) so that a
-//! crash or a full disk never leaves a half-written model behind.
+//! `model.safetensors.index.json`, written atomically ([`crate::fs::write_atomic`]).
 use super::WeightMap;
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -122,23 +120,7 @@ pub fn write_file(
     }
     let bytes = safetensors::serialize(views.iter().map(|(n, b)| (n.as_str(), b)), metadata)
         .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
-    write_atomic(path, &bytes)
-}
-
-/// Write to `path.tmp`, fsync, rename: readers see the old file or the new one, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    crate::fs::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]
@@ -161,12 +143,5 @@ mod tests {
         std::fs::write(&p, &full[..full.len() - 3]).unwrap();
         let err = read_folder(dir).err().unwrap().to_string();
         assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
-    }
-
-    #[test]
-    fn failed_write_leaves_no_temp_file() {
-        let p = Path::new("/proc/uniattn-cannot-write/model.safetensors");
-        let err = write_atomic(p, b"x").unwrap_err().to_string();
-        assert!(err.contains("uniattn-cannot-write"), "{err}");
     }
 }
