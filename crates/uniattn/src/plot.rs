@@ -79,7 +79,7 @@ impl Canvas {
             let mut w = enc.write_header().map_err(|e| Error::format(path, e.to_string()))?;
             w.write_image_data(&data).map_err(|e| Error::format(path, e.to_string()))?;
         }
-        crate::weights::safetensors_io::write_atomic(path, &buf)
+        crate::fs::write_atomic(path, &buf)
     }
 }
 

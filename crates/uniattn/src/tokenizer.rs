@@ -26,6 +26,9 @@ pub struct Tokenizer {
     pub json: String,
 }
 
+/// The base budget of template instructions (minijinja fuel) for rendering a chat.
+pub const CHAT_TEMPLATE_FUEL: u64 = 1_000_000;
+
 const GGUF_CONTROL: i64 = 3;
 const GGUF_USER_DEFINED: i64 = 4;
 
@@ -167,7 +170,8 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
-    /// Renders `messages` with the model's chat template (Jinja, as transformers does).
+    /// Renders `messages` with the model's chat template (Jinja, as transformers does), with
+    /// its work bounded (see [`CHAT_TEMPLATE_FUEL`]).
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],
@@ -178,6 +182,9 @@ impl Tokenizer {
             .as_deref()
             .ok_or_else(|| Error::invalid("this model has no chat template; pass a raw prompt instead"))?;
         let mut env = minijinja::Environment::new();
+        // A template is data from the model file: bound its work (a real one spends a few
+        // thousand instructions per message) so a hostile loop ends with an error, not a hang.
+        env.set_fuel(Some(CHAT_TEMPLATE_FUEL + 50_000 * messages.len() as u64));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
@@ -220,8 +227,8 @@ impl Tokenizer {
             "eos_token": tok(self.eos_ids.first().copied()),
             "chat_template": self.chat_template,
         });
-        crate::weights::safetensors_io::write_atomic(&dir.join("tokenizer.json"), self.json.as_bytes())?;
-        crate::weights::safetensors_io::write_atomic(
+        crate::fs::write_atomic(&dir.join("tokenizer.json"), self.json.as_bytes())?;
+        crate::fs::write_atomic(
             &dir.join("tokenizer_config.json"),
             serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
         )
@@ -314,10 +321,36 @@ pub(crate) mod tests {
 
     /// A word-level tokenizer over `t0`..`t31`, enough to save and reload tiny test models.
     pub fn tiny() -> Tokenizer {
+        with_template(None)
+    }
+
+    fn with_template(template: Option<&str>) -> Tokenizer {
         let vocab: serde_json::Map<String, Json> = (0..32).map(|i| (format!("t{i}"), json!(i))).collect();
         let j = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
             "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
             "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}});
-        Tokenizer::from_json_text(j.to_string(), Path::new("tiny"), false, None, vec![31], None).unwrap()
+        Tokenizer::from_json_text(
+            j.to_string(),
+            Path::new("tiny"),
+            false,
+            None,
+            vec![31],
+            template.map(String::from),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_chat_template_that_loops_for_ever_ends_with_an_error() {
+        let msgs = [ChatMessage { role: "user".into(), content: "hi".into() }];
+        let ok = with_template(Some("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"));
+        assert_eq!(ok.apply_chat_template(&msgs, false).unwrap(), "<user>hi");
+        let hostile = with_template(Some(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}",
+        ));
+        let t0 = std::time::Instant::now();
+        let err = hostile.apply_chat_template(&msgs, false).unwrap_err().to_string();
+        assert!(err.contains("chat template") && err.contains("fuel"), "{err}");
+        assert!(t0.elapsed().as_secs() < 10, "bounded: {:?}", t0.elapsed());
     }
 }

@@ -67,6 +67,13 @@ impl Engine {
                 "engine options: max batch, max length and prefill chunk must be at least 1, got {options:?}"
             )));
         }
+        if options.max_len > model.cfg.max_position_embeddings {
+            return Err(Error::invalid(format!(
+                "max length {} exceeds the model's context of {} positions (max_position_embeddings); \
+                 give --max-len {} or less",
+                options.max_len, model.cfg.max_position_embeddings, model.cfg.max_position_embeddings
+            )));
+        }
         let roles = model.plan.roles();
         let layers: Vec<InferenceLayer> = std::mem::take(&mut model.layers)
             .into_iter()

@@ -92,14 +92,19 @@ impl Sampler {
             seen.dedup();
             let idx = Tensor::from_slice(&seen).to_device(l.device());
             let vals = l.index_select(0, &idx);
-            let penalised =
-                (&vals * p.repetition_penalty).where_self(&vals.lt(0.0), &(&vals / p.repetition_penalty));
+            // Clamped to f32's range: a tiny penalty must not turn logits into infinities.
+            let penalised = (&vals * p.repetition_penalty)
+                .where_self(&vals.lt(0.0), &(&vals / p.repetition_penalty))
+                .clamp(f32::MIN as f64, f32::MAX as f64);
             l = l.index_copy(0, &idx, &penalised);
         }
         if p.temperature == 0.0 {
             return l;
         }
-        l /= p.temperature;
+        // Shifted so the largest logit is 0 before scaling: a tiny temperature then sends the
+        // others to -inf (greedy in the limit) instead of overflowing into NaN probabilities.
+        // (The divisor stays a normal f32: 1e-300 would round to 0 and give 0/0.)
+        l = (&l - l.max()) / p.temperature.max(1e-30);
         let vocab = l.size()[0];
         if p.top_k > 0 && (p.top_k as i64) < vocab {
             let (vals, _) = l.topk(p.top_k as i64, -1, true, true);
@@ -183,6 +188,20 @@ mod tests {
         assert_eq!(kept(SamplingParams { top_p: 0.7, ..t.clone() }, &[]), [true, true, false, false, false]);
         // min_p .2 of .609 = .122: three tokens stay.
         assert_eq!(kept(SamplingParams { min_p: 0.2, ..t.clone() }, &[]), [true, true, true, false, false]);
+    }
+
+    #[test]
+    fn extreme_temperature_and_penalty_stay_finite() {
+        let logits = Tensor::from_slice(&[1.0f32, 3.0, 2.0, -1.0]);
+        let mut s = Sampler::new(SamplingParams { temperature: 1e-300, seed: 3, ..Default::default() });
+        for _ in 0..5 {
+            assert_eq!(s.pick(&logits, &[]), 1, "a vanishing temperature is greedy");
+        }
+        let p = SamplingParams { temperature: 1.0, repetition_penalty: 1e-300, ..Default::default() };
+        let l = Sampler::new(p.clone()).filtered_logits(&logits, &[0, 3]);
+        let probs = Vec::<f32>::try_from(l.softmax(-1, Kind::Float)).unwrap();
+        assert!(probs.iter().all(|p| p.is_finite()), "{probs:?}");
+        assert_eq!(Sampler::new(p).pick(&logits, &[0, 3]), 0, "the boosted seen token wins");
     }
 
     #[test]

@@ -541,7 +541,7 @@ pub(crate) mod tests {
             rms_norm_eps: 1e-6,
             rope_theta: 10_000.0,
             rope_local_theta: (family == Family::Gemma3).then_some(100.0),
-            max_position_embeddings: 64,
+            max_position_embeddings: 1024,
             tie_word_embeddings: family != Family::Qwen2,
             attention_bias: family == Family::Qwen2,
             sliding_window: family.is_gemma().then_some(3),

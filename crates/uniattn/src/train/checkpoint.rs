@@ -52,7 +52,7 @@ pub(super) fn save(t: &Trainer, opt: &AdamW, next: Position, stage_done: bool) -
         safetensors_io::write_file(&tmp.join(OPTIMIZER_FILE), &tensors, Some(meta))?;
     }
     let state = serde_json::json!({ "position": next, "config": t.cfg });
-    safetensors_io::write_atomic(
+    crate::fs::write_atomic(
         &tmp.join(STATE_FILE),
         serde_json::to_string_pretty(&state).expect("json").as_bytes(),
     )?;

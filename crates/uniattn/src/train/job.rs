@@ -48,6 +48,8 @@ pub struct TrainJob {
     pub cfg: TrainConfig,
     pub resume: Option<PathBuf>,
     pub out: PathBuf,
+    /// Start over in an `out` that holds an earlier run (its run files are removed first).
+    pub overwrite: bool,
     pub kind: Kind,
     /// Precision of the final model's file (checkpoints stay f32 so that a resume is exact):
     /// bf16 halves what a run leaves on disk and is what inference loads anyway.
@@ -151,7 +153,35 @@ fn build(job: &TrainJob) -> Result<(Transformer, crate::tokenizer::Tokenizer, Ve
     }
 }
 
+/// What a run leaves in its folder; a folder holding any of them belongs to a run already.
+const RUN_FILES: [&str; 4] = ["metrics.jsonl", "checkpoints", "final", "loss.png"];
+
+/// A new run may not mix with an earlier one in the same folder (its checkpoints would be
+/// pruned and resumed, its metrics interleaved): refused unless resuming, or cleared with
+/// `overwrite`.
+fn claim_run_folder(out: &Path, resuming: bool, overwrite: bool) -> Result<()> {
+    let used: Vec<&str> = RUN_FILES.iter().copied().filter(|f| out.join(f).exists()).collect();
+    if used.is_empty() || resuming {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(Error::invalid(format!(
+            "{} holds an earlier run ({}): resume it with --resume {}, choose another --out, or pass --overwrite to start over",
+            out.display(),
+            used.join(", "),
+            out.display()
+        )));
+    }
+    for f in used {
+        let p = out.join(f);
+        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(())
+}
+
 pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<TrainSummary> {
+    claim_run_folder(&job.out, job.resume.is_some(), job.overwrite)?;
     let resume: Option<Resume> = job.resume.as_deref().map(checkpoint::load).transpose()?;
     let (model, tokenizer, stages, cfg) = match &resume {
         Some(r) => {
@@ -178,8 +208,9 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
     let train = if cfg.pack { dataset::pack(train, job.max_len) } else { train };
     let mut trainer = Trainer { model: &model, tokenizer: &tokenizer, cfg, train, val, out: job.out.clone() };
     let history = trainer.run(resume, on_step)?;
-    let final_dir = job.out.join("final");
-    loader::save_folder(&model, &tokenizer, &final_dir, job.save_kind, None, &[])?;
+    let staged = crate::fs::OutputDir::prepare(&job.out.join("final"), true, &[])?;
+    loader::save_folder(&model, &tokenizer, staged.path(), job.save_kind, None, &[])?;
+    let final_dir = staged.commit()?;
     plot_losses(&history, &job.out.join("loss.png"))?;
     Ok(TrainSummary {
         history,
@@ -199,4 +230,24 @@ fn plot_losses(history: &[StepMetrics], path: &Path) -> Result<()> {
         return Ok(());
     }
     crate::plot::lines(&[(&train, [31, 119, 180]), (&val, [255, 127, 14])], path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_used_run_folder_is_refused_unless_resumed_or_overwritten() {
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path();
+        super::claim_run_folder(dir, false, false).unwrap();
+        std::fs::create_dir(dir.join("checkpoints")).unwrap();
+        std::fs::write(dir.join("metrics.jsonl"), "{}\n").unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let err = super::claim_run_folder(dir, false, false).unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl, checkpoints") && err.contains("--resume"), "{err}");
+        super::claim_run_folder(dir, true, false).unwrap();
+        assert!(dir.join("checkpoints").exists(), "a resume keeps the run");
+        super::claim_run_folder(dir, false, true).unwrap();
+        assert!(!dir.join("checkpoints").exists() && !dir.join("metrics.jsonl").exists());
+        assert!(dir.join("notes.txt").exists(), "only run files are removed");
+    }
 }
