@@ -2,7 +2,9 @@
 # Sets up libtorch 2.11.0 for building and running uniattn, from PyPI wheels fetched with
 # `pip download --no-deps` into the user cache (scripts/cache.sh):
 #   torch==2.11.0 (lib/ and include/), nvidia-cuda-runtime==13.0.96 (libcudart.so.13) and
-#   nvidia-cuda-cupti==13.0.85 (libcupti.so.13), both needed by libtorch_cpu.so.
+#   nvidia-cuda-cupti==13.0.85 (libcupti.so.13), both needed by libtorch_cpu.so, and the CUDA
+#   headers (nvidia-cuda-runtime, nvidia-cuda-crt==13.0.88) that the CUDA-graph shim
+#   (crates/uniattn/cuda/) is compiled against; no CUDA toolkit or GPU is needed to build.
 # Unpacks into $UNIATTN_CACHE/libtorch-2.11.0 and writes $UNIATTN_CACHE/env.sh, which exports
 # LIBTORCH for building (the built binary finds libtorch through its rpath).
 #   scripts/setup.sh            set up (downloads only what the wheel folder lacks)
@@ -10,7 +12,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/cache.sh"
-WANT=("torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
+WANT=("torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 nvidia-cuda-crt==13.0.88)
 
 pip_fetch "${WANT[@]}"
 [[ "${1:-}" == --download ]] && exit 0
@@ -49,6 +51,24 @@ PY
   rm -rf "$LIBTORCH_DIR"
   mv "$tmp" "$LIBTORCH_DIR"
   trap - EXIT
+fi
+
+if [[ ! -f "$LIBTORCH_DIR/cuda-include/cuda_runtime_api.h" ]]; then
+  echo "setup: unpacking the CUDA headers into $LIBTORCH_DIR/cuda-include" >&2
+  python3 - "$LIBTORCH_DIR/cuda-include" "$(wheel_of nvidia-cuda-runtime 13.0.96)" "$(wheel_of nvidia-cuda-crt 13.0.88)" <<'PY'
+import os, sys, zipfile
+out, *wheels = sys.argv[1:]
+tmp = out + ".part"
+for w in wheels:
+    with zipfile.ZipFile(w) as z:
+        for n in z.namelist():
+            if n.startswith("nvidia/cu13/include/") and not n.endswith("/"):
+                dst = os.path.join(tmp, n[len("nvidia/cu13/include/"):])
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                with open(dst, "wb") as f:
+                    f.write(z.read(n))
+os.replace(tmp, out)
+PY
 fi
 
 cat > "$UNIATTN_CACHE/env.sh" <<ENV

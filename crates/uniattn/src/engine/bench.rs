@@ -10,6 +10,10 @@ use tch::{Device, Tensor};
 pub struct BenchRow {
     pub model: String,
     pub plan: String,
+    /// How decode steps ran: "CUDA graphs" or "eager".
+    pub decode: String,
+    /// Kernels one decode step launches (counted in its CUDA graph; `None` when eager).
+    pub kernels_per_step: Option<usize>,
     pub batch: usize,
     pub context: usize,
     pub new_tokens: usize,
@@ -99,6 +103,8 @@ pub fn run_case(
         batch,
         context,
         new_tokens,
+        decode: if engine.cuda_graphs().is_some() { "CUDA graphs" } else { "eager" }.into(),
+        kernels_per_step: None,
         ttft_ms: 0.0,
         prefill_tokens_per_s: 0.0,
         decode_tokens_per_s: 0.0,
@@ -174,6 +180,7 @@ fn measure(
     }
     let secs = t1.elapsed().as_secs_f64();
     row.sm_clock_mhz = sm_clock_mhz(device);
+    row.kernels_per_step = engine.decode_kernels();
     row.decode_tokens_per_s = (batch * new_tokens) as f64 / secs;
     row.bytes_per_step = read / new_tokens.max(1) as f64;
     row.achieved_gb_per_s = read / secs / 1e9;
@@ -185,13 +192,16 @@ fn measure(
 /// first model's: decode speed-up, and the saving of bytes read per step that bounds it.
 pub fn table(card: &str, rows: &[BenchRow]) -> String {
     let mut out = format!(
-        "card: {card}\n\n| model | plan | batch | context | TTFT ms | prefill tok/s | decode tok/s | \
+        "card: {card}\n\n| model | plan | decode | kernels/step | batch | context | TTFT ms | prefill tok/s | decode tok/s | \
          KV MiB | GB/s achieved | bound tok/s | decode vs first | bytes saved/step | SM MHz |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         if let Some(e) = &r.error {
-            out += &format!("| {} | {} | {} | {} | {e} ||||||||\n", r.model, r.plan, r.batch, r.context);
+            out += &format!(
+                "| {} | {} | {} | - | {} | {} | {e} ||||||||\n",
+                r.model, r.plan, r.decode, r.batch, r.context
+            );
             continue;
         }
         let base = rows.iter().find(|b| b.batch == r.batch && b.context == r.context && b.error.is_none());
@@ -203,9 +213,11 @@ pub fn table(card: &str, rows: &[BenchRow]) -> String {
             _ => ("-".into(), "-".into()),
         };
         out += &format!(
-            "| {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {ratio} | {saved} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {ratio} | {saved} | {} |\n",
             r.model,
             r.plan,
+            r.decode,
+            r.kernels_per_step.map_or("-".into(), |k| k.to_string()),
             r.batch,
             r.context,
             r.ttft_ms,

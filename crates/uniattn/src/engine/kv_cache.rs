@@ -5,6 +5,13 @@
 use crate::error::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
+/// Attention reads the cache in whole buckets of this many positions (those past a sequence's
+/// end are masked), and the cache is allocated in whole buckets: the shapes of a decode step
+/// change once every `KEY_BUCKET` steps rather than every step (one CUDA graph per bucket), and
+/// key lengths stay multiples of 256, which the matrix kernels need to run at speed (an odd key
+/// length made the explicit-probability path of UniAttn leads 2-3x slower on the H200).
+pub const KEY_BUCKET: i64 = 256;
+
 /// What one layer caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheKind {
@@ -26,6 +33,8 @@ pub struct KvCache {
     layers: Vec<LayerCache>,
     lens: Vec<i64>,
     max_len: i64,
+    /// Positions allocated per sequence: `max_len` rounded up to whole key buckets.
+    capacity: i64,
     bytes_per_token: usize,
 }
 
@@ -41,7 +50,8 @@ impl KvCache {
         kind: Kind,
         device: Device,
     ) -> Result<Self> {
-        let shape = [slots as i64, kv_heads, max_len as i64, head_dim];
+        let capacity = (max_len as i64 + KEY_BUCKET - 1) / KEY_BUCKET * KEY_BUCKET;
+        let shape = [slots as i64, kv_heads, capacity, head_dim];
         let per_tensor = (kv_heads * head_dim) as usize * kind.elt_size_in_bytes();
         let bytes_per_token = kinds
             .iter()
@@ -55,7 +65,7 @@ impl KvCache {
             Tensor::f_zeros(shape, (kind, device)).map_err(|e| {
                 Error::invalid(format!(
                     "cannot allocate the KV cache for {slots} sequences x {max_len} tokens ({:.2} GiB): {e}",
-                    (bytes_per_token * slots * max_len) as f64 / (1u64 << 30) as f64
+                    (bytes_per_token * slots * capacity as usize) as f64 / (1u64 << 30) as f64
                 ))
             })
         };
@@ -69,15 +79,21 @@ impl KvCache {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { layers, lens: vec![0; slots], max_len: max_len as i64, bytes_per_token })
+        Ok(KvCache { layers, lens: vec![0; slots], max_len: max_len as i64, capacity, bytes_per_token })
     }
 
     pub fn slots(&self) -> usize {
         self.lens.len()
     }
 
+    /// The longest sequence a slot takes.
     pub fn max_len(&self) -> usize {
         self.max_len as usize
+    }
+
+    /// Positions allocated per slot (whole key buckets, at least `max_len`).
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
     }
 
     /// Tokens cached for `slot`.

@@ -9,6 +9,14 @@ use crate::model::rope::RopeAngles;
 use crate::model::transformer::{DecoderLayer, Mlp};
 use tch::Tensor;
 
+/// The first `width` features of the fused projection that `first` (its first part) is a view
+/// of: Q and K side by side, without a copy.
+fn qkv_prefix(first: &Tensor, width: i64) -> Tensor {
+    let s = first.size();
+    let stride = first.stride();
+    first.as_strided([s[0], s[1], width], stride, None)
+}
+
 /// Concatenates projections along their outputs; a missing bias becomes zeros.
 fn fuse(parts: &[&Linear]) -> Linear {
     let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
@@ -237,13 +245,16 @@ impl InferenceLayer {
             InferenceAttention::Full { qkv, o_proj, q_norm, k_norm, heads: h, scale, softcap } => {
                 let (qd, kvd) = (h.num_heads * h.head_dim, h.num_kv_heads * h.head_dim);
                 let parts = qkv.forward(x).split_with_sizes([qd, kvd, kvd], -1);
-                let mut q = h.split(&parts[0], h.num_heads);
-                let mut k = h.split(&parts[1], h.num_kv_heads);
-                if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
-                    q = qn.forward(&q);
-                    k = kn.forward(&k);
-                }
-                let (q, k) = (step.rope.apply(&q), step.rope.apply(&k));
+                let (q, k) = if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
+                    let q = qn.forward(&h.split(&parts[0], h.num_heads));
+                    let k = kn.forward(&h.split(&parts[1], h.num_kv_heads));
+                    (step.rope.apply(&q), step.rope.apply(&k))
+                } else {
+                    // Q and K rotated together: one set of RoPE kernels instead of two.
+                    let qk = h.split(&qkv_prefix(&parts[0], qd + kvd), h.num_heads + h.num_kv_heads);
+                    let qk = step.rope.apply(&qk);
+                    (qk.narrow(1, 0, h.num_heads), qk.narrow(1, h.num_heads, h.num_kv_heads))
+                };
                 cache.write(l, step.slot0, step.positions, Some(&k), &h.split(&parts[2], h.num_kv_heads));
                 let keys = cache.keys(l, step.slot0, n, step.k_len);
                 let values = cache.values(l, step.slot0, n, step.k_len);

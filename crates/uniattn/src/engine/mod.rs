@@ -3,6 +3,7 @@
 //! continuous batching. Reuse layers run without Q/K weights, K cache, scores or softmax, so
 //! UniAttn's savings are real here; tests hold the engine to the training graph's forward.
 pub mod bench;
+pub mod graphs;
 pub mod kv_cache;
 pub mod layers;
 pub mod sampling;
@@ -13,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::transformer::PositionContext;
 use crate::model::Transformer;
 use crate::plan::LayerRole;
-use kv_cache::KvCache;
+use kv_cache::{KvCache, KEY_BUCKET};
 use layers::{InferenceLayer, Step};
 use tch::{Kind, Tensor};
 
@@ -37,13 +38,6 @@ impl Default for EngineOptions {
     }
 }
 
-/// Attention reads the cache in buckets of this many positions (those past a sequence's end
-/// are masked), so the shapes of a decode step change once every `KEY_BUCKET` steps rather
-/// than every step. On the H100 machine a shape run for the first time in a process was slow
-/// (cause not pinned down), and decoding at a new key length every step ran up to ~5x slower
-/// than the same steps repeated (docs/benchmarks.md).
-const KEY_BUCKET: i64 = 256;
-
 fn cache_for(layers: &[InferenceLayer], model: &Transformer, slots: usize, len: usize) -> Result<KvCache> {
     let kinds: Vec<_> = layers.iter().map(InferenceLayer::cache_kind).collect();
     let (heads, dim) = (model.cfg.num_kv_heads as i64, model.cfg.head_dim as i64);
@@ -58,6 +52,8 @@ pub struct Engine {
     /// Each layer's role under the plan, looked up once rather than on every step.
     roles: Vec<LayerRole>,
     pub options: EngineOptions,
+    /// Captured decode steps, when decoding through CUDA graphs (see [`Engine::use_cuda_graphs`]).
+    graphs: Option<graphs::DecodeGraphs>,
 }
 
 impl Engine {
@@ -87,16 +83,47 @@ impl Engine {
             })
             .collect();
         let cache = cache_for(&layers, &model, options.max_batch, options.max_len)?;
-        Ok(Engine { model, layers, cache, roles, options })
+        let mut engine = Engine { model, layers, cache, roles, options, graphs: None };
+        // On a GPU, decode through CUDA graphs unless UNIATTN_CUDA_GRAPHS=0 (or the shim is
+        // missing, in which case the eager path runs as before).
+        let wanted = std::env::var("UNIATTN_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        if wanted && engine.model.device.is_cuda() && crate::cuda_graph::available() {
+            engine.use_cuda_graphs(true)?;
+        }
+        Ok(engine)
+    }
+
+    /// Decodes through CUDA graphs (`true`) or launches every kernel eagerly (`false`).
+    pub fn use_cuda_graphs(&mut self, on: bool) -> Result<()> {
+        self.graphs = match on {
+            true if !self.model.device.is_cuda() => {
+                return Err(Error::invalid("CUDA graphs need a CUDA device"));
+            }
+            true => Some(graphs::DecodeGraphs::new(self.cache.slots(), self.model.device)?),
+            false => None,
+        };
+        Ok(())
+    }
+
+    /// Whether decode steps replay CUDA graphs, and how many shapes are captured.
+    pub fn cuda_graphs(&self) -> Option<usize> {
+        self.graphs.as_ref().map(graphs::DecodeGraphs::captured)
+    }
+
+    /// Kernels (CUDA graph nodes) the last decode step launched, when it replayed a graph.
+    pub fn decode_kernels(&self) -> Option<usize> {
+        self.graphs.as_ref().and_then(|g| g.last_nodes)
     }
 
     /// Replaces the cache with one for `max_batch` sequences of `max_len` tokens (the old one
     /// is freed first, so the new one may use its memory).
     pub fn resize_cache(&mut self, max_batch: usize, max_len: usize) -> Result<()> {
+        // Captured steps point into the old cache: drop them first.
+        let graphs = self.graphs.take().is_some();
         self.cache = cache_for(&self.layers, &self.model, 1, 1)?;
         self.cache = cache_for(&self.layers, &self.model, max_batch, max_len)?;
         self.options = EngineOptions { max_batch, max_len, ..self.options };
-        Ok(())
+        self.use_cuda_graphs(graphs)
     }
 
     /// Bytes of weights one forward call reads: every layer and the output head (the
@@ -118,11 +145,7 @@ impl Engine {
     ) -> Tensor {
         // A chunk from position 0 keeps its exact length: it reads no key past its own, and the
         // fused kernel's causal flag stands in for the mask.
-        let k_len = if causal_from_zero {
-            k_len
-        } else {
-            ((k_len + KEY_BUCKET - 1) / KEY_BUCKET * KEY_BUCKET).min(self.cache.max_len() as i64)
-        };
+        let k_len = if causal_from_zero { k_len } else { self.key_bucket(k_len) };
         let pc = PositionContext::new(&self.model, positions, k_len);
         let mut h = self.model.embed(ids);
         let mut lead = None;
@@ -145,6 +168,12 @@ impl Engine {
             }
         }
         h
+    }
+
+    /// The key length attention reads for keys `0..k_len`: whole buckets (the cache holds
+    /// whole buckets).
+    fn key_bucket(&self, k_len: i64) -> i64 {
+        ((k_len + KEY_BUCKET - 1) / KEY_BUCKET * KEY_BUCKET).min(self.cache.capacity() as i64)
     }
 
     /// Appends `ids` to `slot`'s sequence in chunks of `prefill_chunk` tokens. Returns f32
@@ -197,15 +226,57 @@ impl Engine {
         }
         let _guard = tch::no_grad_guard();
         let device = self.model.device;
-        let t: Vec<i64> = tokens.iter().map(|&i| i as i64).collect();
-        let ids = Tensor::from_slice(&t).to_device(device).unsqueeze(1);
-        let positions = Tensor::from_slice(&lens).to_device(device).unsqueeze(1);
         let k_len = lens.iter().max().copied().unwrap_or(0) + 1;
-        let h = self.run(&ids, 0, &positions, k_len, false);
+        let logits = match self.graphs.take() {
+            Some(mut g) => {
+                let r = self.decode_graphed(&mut g, tokens, &lens, k_len);
+                self.graphs = Some(g);
+                r?
+            }
+            None => {
+                let t: Vec<i64> = tokens.iter().map(|&i| i as i64).collect();
+                let ids = Tensor::from_slice(&t).to_device(device).unsqueeze(1);
+                let positions = Tensor::from_slice(&lens).to_device(device).unsqueeze(1);
+                let h = self.run(&ids, 0, &positions, k_len, false);
+                self.model.head(&h).squeeze_dim(1)
+            }
+        };
         for (s, l) in lens.iter().enumerate() {
             self.cache.set_len(s, l + 1);
         }
-        Ok(self.model.head(&h).squeeze_dim(1))
+        Ok(logits)
+    }
+
+    /// One decode step replayed from a CUDA graph: the batch is padded to its bucket with rows
+    /// for the next slots (each writes K/V at its own sequence's next position, which its
+    /// prefill or its next decode step overwrites), and attention reads whole key buckets.
+    fn decode_graphed(
+        &mut self,
+        g: &mut graphs::DecodeGraphs,
+        tokens: &[u32],
+        lens: &[i64],
+        k_len: i64,
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        let batch = graphs::DecodeGraphs::batch_bucket(n, self.cache.slots());
+        let last = self.cache.max_len() as i64 - 1;
+        let mut t: Vec<i64> = tokens.iter().map(|&i| i as i64).collect();
+        let mut p = lens.to_vec();
+        for s in n..batch {
+            t.push(0);
+            p.push(self.cache.len(s).min(last));
+        }
+        let device = self.model.device;
+        let view = |v: &[i64]| Tensor::from_slice(v).view([v.len() as i64, 1]).to_device(device);
+        g.ids.narrow(0, 0, batch as i64).copy_(&view(&t));
+        g.positions.narrow(0, 0, batch as i64).copy_(&view(&p));
+        let (ids, positions) = (g.ids.narrow(0, 0, batch as i64), g.positions.narrow(0, 0, batch as i64));
+        let k_len = self.key_bucket(k_len);
+        let out = g.run(batch, k_len, || {
+            let h = self.run(&ids, 0, &positions, k_len, false);
+            self.model.head(&h).squeeze_dim(1)
+        })?;
+        Ok(out.narrow(0, 0, n as i64).copy())
     }
 
     /// Forgets `slot`'s sequence.

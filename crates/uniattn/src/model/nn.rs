@@ -43,6 +43,16 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
+        if x.device().is_cuda() && kind != Kind::Double && self.weight.kind() == kind {
+            // libtorch's fused kernel (f32 inside): one launch instead of eight. It scales in
+            // f32 before the cast back, where Llama casts first; the two differ by bf16 rounding.
+            let dim = [*x.size().last().expect("a normed tensor has a last dim")];
+            return if self.plus_one {
+                x.rms_norm(dim, Some(&(self.weight.to_kind(Kind::Float) + 1.0).to_kind(kind)), self.eps)
+            } else {
+                x.rms_norm(dim, Some(&self.weight), self.eps)
+            };
+        }
         let acc = accumulate_kind(kind);
         let xf = x.to_kind(acc);
         let var = xf.square().mean_dim(-1, true, acc);

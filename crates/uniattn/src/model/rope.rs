@@ -16,7 +16,9 @@ impl RopeAngles {
         let half = (head_dim / 2) as i64;
         let exponents = Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, device)).to_kind(acc)
             / head_dim as f64;
-        let inv_freq = (Tensor::from(theta).to_kind(acc).to_device(device).pow(&exponents)).reciprocal();
+        // Filled on the device (no host-to-device copy, so a CUDA graph can capture this).
+        let base = Tensor::full([] as [i64; 0], theta, (acc, device));
+        let inv_freq = base.pow(&exponents).reciprocal();
         let freqs = positions.to_kind(acc).unsqueeze(-1) * inv_freq.view([1, 1, half]);
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         RopeAngles { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind) }

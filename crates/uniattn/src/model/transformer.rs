@@ -335,8 +335,9 @@ impl Transformer {
     pub fn embed(&self, ids: &Tensor) -> Tensor {
         let h = Tensor::embedding(&self.embed, ids, -1, false, false);
         if self.cfg.family.is_gemma() {
+            // Filled on the device (no host-to-device copy, so a CUDA graph can capture this).
             let scale =
-                Tensor::from((self.cfg.hidden_size as f64).sqrt()).to_kind(self.kind).to_device(self.device);
+                Tensor::full([] as [i64; 0], (self.cfg.hidden_size as f64).sqrt(), (self.kind, self.device));
             h * scale
         } else {
             h

@@ -1,0 +1,133 @@
+// CUDA graphs and streams for uniattn: the parts of libtorch that tch 0.24 does not bind.
+// Built by build.rs into a shared library that the binary carries and loads (dlopen) only when
+// CUDA is available, because libtorch_cuda cannot be loaded on a machine without a GPU driver.
+// Every entry point catches C++ exceptions and returns a message instead (0 = success).
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+#include <exception>
+#include <optional>
+#include <stdexcept>
+
+namespace {
+
+void put_error(char* err, size_t len, const char* what) {
+  if (err == nullptr || len == 0) return;
+  std::strncpy(err, what, len - 1);
+  err[len - 1] = '\0';
+}
+
+template <typename F>
+int guarded(char* err, size_t len, F f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    put_error(err, len, e.what());
+  } catch (...) {
+    put_error(err, len, "unknown C++ exception");
+  }
+  return 1;
+}
+
+// A captured graph and the side stream it is captured and replayed on. Work enters the side
+// stream after everything queued on the caller's stream, and the caller's stream waits for it
+// on leaving, so the graph orders with eager work like any other kernel.
+struct Graph {
+  at::cuda::CUDAGraph graph;
+  c10::cuda::CUDAStream side;
+  std::optional<c10::cuda::CUDAStream> caller;
+  explicit Graph(c10::DeviceIndex device)
+      : graph(/*keep_graph=*/true), side(c10::cuda::getStreamFromPool(false, device)) {}
+};
+
+void check(cudaError_t e) {
+  if (e != cudaSuccess) throw std::runtime_error(cudaGetErrorString(e));
+}
+
+// `waiter` waits for everything queued on `first` so far (no host synchronisation).
+void order(cudaStream_t first, cudaStream_t waiter) {
+  cudaEvent_t ev;
+  check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  check(cudaEventRecord(ev, first));
+  check(cudaStreamWaitEvent(waiter, ev, 0));
+  check(cudaEventDestroy(ev));
+}
+
+void enter(Graph* g) {
+  auto caller = c10::cuda::getCurrentCUDAStream(g->side.device_index());
+  order(caller.stream(), g->side.stream());
+  g->caller = caller;
+  c10::cuda::setCurrentCUDAStream(g->side);
+}
+
+void leave(Graph* g) {
+  if (!g->caller) return;
+  order(g->side.stream(), g->caller->stream());
+  c10::cuda::setCurrentCUDAStream(*g->caller);
+  g->caller.reset();
+}
+
+}  // namespace
+
+extern "C" {
+
+// One memory pool that every graph of the process captures into (vLLM and gpt-fast do the
+// same): graphs replay one at a time, so they may share their temporaries.
+int ua_pool_new(unsigned long long* id0, unsigned long long* id1, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    auto id = at::cuda::graph_pool_handle();
+    *id0 = id.first;
+    *id1 = id.second;
+  });
+}
+
+int ua_graph_new(int device, void** out, char* err, size_t len) {
+  return guarded(err, len, [&] { *out = new Graph(static_cast<c10::DeviceIndex>(device)); });
+}
+
+void ua_graph_free(void* g) { delete static_cast<Graph*>(g); }
+
+// Makes the graph's side stream current (for warm-up runs and the capture itself).
+int ua_graph_enter(void* g, char* err, size_t len) {
+  return guarded(err, len, [&] { enter(static_cast<Graph*>(g)); });
+}
+
+// Returns to the caller's stream, which then waits for the side stream's work.
+int ua_graph_leave(void* g, char* err, size_t len) {
+  return guarded(err, len, [&] { leave(static_cast<Graph*>(g)); });
+}
+
+// Between enter and leave: starts capturing the side stream. Only this thread's work is
+// captured (another thread's CUDA calls neither join nor break the capture).
+int ua_graph_capture_begin(void* g, unsigned long long id0, unsigned long long id1, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    static_cast<Graph*>(g)->graph.capture_begin({id0, id1}, cudaStreamCaptureModeThreadLocal);
+  });
+}
+
+int ua_graph_capture_end(void* g, char* err, size_t len) {
+  return guarded(err, len, [&] { static_cast<Graph*>(g)->graph.capture_end(); });
+}
+
+// Replays on the side stream, ordered after the caller's queued work and before its next.
+int ua_graph_replay(void* g, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    auto* graph = static_cast<Graph*>(g);
+    enter(graph);
+    graph->graph.replay();
+    leave(graph);
+  });
+}
+
+// Nodes (kernels, copies, memsets) in the captured graph: what one replay launches.
+int ua_graph_nodes(void* g, size_t* out, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    check(cudaGraphGetNodes(static_cast<Graph*>(g)->graph.raw_cuda_graph(), nullptr, out));
+  });
+}
+
+}  // extern "C"

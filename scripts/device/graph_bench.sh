@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# On the GPU machine (issue 17): CUDA-graph decode checked against the eager engine, then
+# timed against the eager engine and transformers (eager, static-cache generate, and the
+# gpt-fast-style compiled step), all in one run on one card. Random weights in
+# Qwen2.5-Coder-0.5B's shapes; UniAttn is the paper's 4:12:24 plan with W_c fitted on 16 rows.
+#   TESTBIN=target/release/deps/uniattn-HASH scripts/device/graph_bench.sh
+set -uo pipefail
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+U=${U:-./target/release/uniattn}
+OUT=${OUT:-/tmp/out} W=${W:-/root/gb}
+BATCH=${BATCH:-1,32} CONTEXT=${CONTEXT:-2048,8192} NEW=${NEW:-128} REPEATS=${REPEATS:-3} MODES=${MODES-compiled static}
+mkdir -p "$W" "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+if [[ -n ${TESTBIN:-} ]]; then
+  echo "== CUDA graphs vs eager (tiny models, every family and plan, f32)"
+  "$TESTBIN" cuda_graph --nocapture 2>&1 | tail -4 | tee "$OUT/graph_test.log"
+fi
+echo "== models"
+python3 scripts/device/random_model.py scripts/device/qwen2.5-coder-0.5b.config.json "$W/q05" 2>&1 | tail -1
+$U convert "$W/q05" --plan 4:12:24 --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
+  --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|KV|error" | head -3
+common=(--batch "$BATCH" --context "$CONTEXT" --new-tokens "$NEW" --dtype bf16 --device cuda)
+for r in $(seq 1 "$REPEATS"); do
+  echo "== uniattn bench, repeat $r (eager, then CUDA graphs)"
+  [[ ${EAGER:-1} == 1 ]] && UNIATTN_CUDA_GRAPHS=0 $U bench --model "$W/q05" "${common[@]}" --json "$OUT/bench_eager_$r.json" 2>&1 | grep "^|" | tail -n +3
+  $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json "$OUT/bench_graphs_$r.json" 2>&1 | grep "^|" | tail -n +3
+done
+for mode in $MODES; do
+  echo "== transformers $mode"
+  python3 scripts/reference/hf_generate_bench.py "$W/q05" --mode $mode --batch "$BATCH" --context "$CONTEXT" \
+    --new-tokens "$NEW" --repeats "$REPEATS" 2> "$OUT/hf_$mode.err" | tee "$OUT/hf_$mode.jsonl"
+  tail -3 "$OUT/hf_$mode.err"
+done
