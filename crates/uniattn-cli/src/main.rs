@@ -661,8 +661,17 @@ fn print_savings(cfg: &uniattn::config::ModelConfig, plan: &uniattn::plan::Super
     );
     println!("score FLOPs  {:.1}% of Q K^T + softmax saved", 100.0 * s.score_flops_fraction_saved);
     println!(
-        "per token    {} Q/K projection MACs saved, {} W_c MACs added",
-        s.qk_proj_macs_saved_per_token, s.wc_macs_added_per_token
+        "per token    {} projection MACs saved ({}), {} W_c MACs added",
+        s.proj_macs_saved_per_token,
+        plan.reuse
+            .spec()
+            .drops
+            .iter()
+            .filter(|m| m.ends_with("proj") && **m != "v2_proj")
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.wc_macs_added_per_token
     );
     println!("parameters   {} removed, {} added", s.params_removed, s.params_added);
 }

@@ -98,12 +98,16 @@ pub fn convert(
     let (fit, held) = calibration_sequences(&tokenizer, data)?;
     let (wc, report) = calibrate(&dense, &plan, &fit, &held, opts, progress)?;
     let reuse = plan.reuse_layers();
+    // The dense weights the reuse layers drop (the reference code's checkpoints keep them).
+    let drops = plan.reuse.spec().drops;
     let kept: Vec<(String, tch::Tensor)> = dense
         .named_tensors()
         .into_iter()
         .filter(|(n, _)| {
-            reuse.iter().any(|l| n.starts_with(&format!("model.layers.{l}.self_attn.")))
-                && ["q_proj", "k_proj", "q_norm", "k_norm"].iter().any(|m| n.contains(m))
+            reuse.iter().any(|l| {
+                let prefix = format!("model.layers.{l}.self_attn.");
+                n.strip_prefix(&prefix).is_some_and(|m| drops.iter().any(|d| m.starts_with(&format!("{d}."))))
+            })
         })
         .collect();
     let model = dense.apply_plan(plan, wc)?;

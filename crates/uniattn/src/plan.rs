@@ -32,15 +32,84 @@ pub enum ReuseKind {
     Layerdrop,
 }
 
+/// What a reuse layer keeps in the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReuseCache {
+    ValuesOnly,
+    Nothing,
+}
+
+/// What a reuse layer of one kind is: the one place these facts live. The model builder drops
+/// `drops`, the engine caches `cache`, the trainer runs `two_stage`, and the savings follow
+/// from all of them.
+#[derive(Debug, Clone, Copy)]
+pub struct ReuseSpec {
+    /// `self_attn` modules a reuse layer does not have (their weights and biases).
+    pub drops: &'static [&'static str],
+    pub cache: ReuseCache,
+    /// It computes its own queries (CLA), so its Q projection stays.
+    pub own_queries: bool,
+    /// It computes scores and a softmax itself (CLA, against its lead's keys).
+    pub own_scores: bool,
+    /// It adds the compensation `X W_c` (a `hidden x hidden` map).
+    pub compensation: bool,
+    /// Post-training trains W_c alone first, then every weight.
+    pub two_stage: bool,
+}
+
 impl ReuseKind {
+    pub const ALL: [ReuseKind; 4] =
+        [ReuseKind::Uniattn, ReuseKind::SoftmaxOnly, ReuseKind::Cla, ReuseKind::Layerdrop];
+
+    pub fn spec(self) -> ReuseSpec {
+        match self {
+            ReuseKind::Uniattn => ReuseSpec {
+                drops: &["q_proj", "k_proj", "q_norm", "k_norm"],
+                cache: ReuseCache::ValuesOnly,
+                own_queries: false,
+                own_scores: false,
+                compensation: true,
+                two_stage: true,
+            },
+            ReuseKind::SoftmaxOnly => ReuseSpec {
+                drops: &["q_proj", "k_proj", "q_norm", "k_norm", "v2_proj"],
+                cache: ReuseCache::ValuesOnly,
+                own_queries: false,
+                own_scores: false,
+                compensation: false,
+                two_stage: false,
+            },
+            ReuseKind::Cla => ReuseSpec {
+                drops: &["k_proj", "v_proj", "k_norm", "v2_proj"],
+                cache: ReuseCache::Nothing,
+                own_queries: true,
+                own_scores: true,
+                compensation: false,
+                two_stage: false,
+            },
+            ReuseKind::Layerdrop => ReuseSpec {
+                drops: &["q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "v2_proj"],
+                cache: ReuseCache::Nothing,
+                own_queries: false,
+                own_scores: false,
+                compensation: false,
+                two_stage: false,
+            },
+        }
+    }
+
+    /// The name the command line and `uniattn.json` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReuseKind::Uniattn => "uniattn",
+            ReuseKind::SoftmaxOnly => "softmax-only",
+            ReuseKind::Cla => "cla",
+            ReuseKind::Layerdrop => "layerdrop",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "uniattn" => Self::Uniattn,
-            "softmax-only" => Self::SoftmaxOnly,
-            "cla" => Self::Cla,
-            "layerdrop" => Self::Layerdrop,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|k| k.name() == s)
     }
 }
 

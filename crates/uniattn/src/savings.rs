@@ -1,19 +1,22 @@
-//! What a plan saves at inference, computed from the shapes alone (the brief, "What it saves").
+//! What a plan saves at inference, computed from the shapes and the reuse kind's spec alone
+//! (the brief, "What it saves"): the same numbers `info`, `convert` and `bench` report.
 use crate::config::ModelConfig;
-use crate::plan::SuperBlockPlan;
+use crate::plan::{ReuseCache, SuperBlockPlan};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PlanSavings {
     pub reuse_layers: usize,
-    /// KV-cache bytes per token, dense and unified, at `bytes_per_value`.
+    /// KV-cache bytes per token, dense and under the plan, at `bytes_per_value`.
     pub kv_bytes_per_token_dense: usize,
     pub kv_bytes_per_token_unified: usize,
-    /// Fraction of KV-cache bytes saved: reuse layers keep V only.
+    /// Fraction of KV-cache bytes saved: K only (UniAttn, softmax-only) or K and V (CLA,
+    /// layer drop) in each reuse layer.
     pub kv_fraction_saved: f64,
-    /// Fraction of attention-score work (Q K^T and softmax) saved.
+    /// Fraction of attention-score work (Q K^T and softmax) saved (none for CLA, whose layers
+    /// score their own queries).
     pub score_flops_fraction_saved: f64,
-    /// Q/K projection multiply-adds saved per token.
-    pub qk_proj_macs_saved_per_token: usize,
+    /// Projection multiply-adds saved per token (the Q/K/V/O projections the reuse layers drop).
+    pub proj_macs_saved_per_token: usize,
     /// W_c multiply-adds added per token.
     pub wc_macs_added_per_token: usize,
     pub params_removed: usize,
@@ -21,40 +24,71 @@ pub struct PlanSavings {
 }
 
 pub fn plan_savings(cfg: &ModelConfig, plan: &SuperBlockPlan, bytes_per_value: usize) -> PlanSavings {
+    let spec = plan.reuse.spec();
     let r = plan.reuse_layers().len();
     let (l, hid, d) = (cfg.num_layers, cfg.hidden_size, cfg.head_dim);
     let (q_out, kv_out) = (cfg.num_heads * d, cfg.num_kv_heads * d);
-    let kv_dense = 2 * l * kv_out * bytes_per_value;
-    let kv_uni = kv_dense - r * kv_out * bytes_per_value;
-    let qk_macs = (q_out + kv_out) * hid;
-    let bias = if cfg.attention_bias { q_out + kv_out } else { 0 };
-    let norms = if cfg.family.has_qk_norm() { 2 * d } else { 0 };
+    let bias = |out: usize| if cfg.attention_bias { out } else { 0 };
+    let norm = if cfg.family.has_qk_norm() { d } else { 0 };
+    // (weights, biases and norms) of each module a reuse layer can drop.
+    let module = |m: &str| -> (usize, usize) {
+        match m {
+            "q_proj" => (q_out * hid, bias(q_out)),
+            "k_proj" | "v_proj" => (kv_out * hid, bias(kv_out)),
+            "o_proj" => (hid * q_out, 0),
+            "q_norm" | "k_norm" => (0, norm),
+            _ => (0, 0), // v2_proj: not in the dense model
+        }
+    };
+    let (macs, extra) = spec.drops.iter().map(|m| module(m)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let kv_per_layer = 2 * kv_out * bytes_per_value;
+    let dropped_per_layer = match spec.cache {
+        ReuseCache::ValuesOnly => kv_out * bytes_per_value,
+        ReuseCache::Nothing => kv_per_layer,
+    };
+    let wc = if spec.compensation { hid * hid } else { 0 };
     PlanSavings {
         reuse_layers: r,
-        kv_bytes_per_token_dense: kv_dense,
-        kv_bytes_per_token_unified: kv_uni,
-        kv_fraction_saved: r as f64 / (2 * l) as f64,
-        score_flops_fraction_saved: r as f64 / l as f64,
-        qk_proj_macs_saved_per_token: r * qk_macs,
-        wc_macs_added_per_token: r * hid * hid,
-        params_removed: r * (qk_macs + bias + norms),
-        params_added: r * hid * hid,
+        kv_bytes_per_token_dense: l * kv_per_layer,
+        kv_bytes_per_token_unified: l * kv_per_layer - r * dropped_per_layer,
+        kv_fraction_saved: (r * dropped_per_layer) as f64 / (l * kv_per_layer) as f64,
+        score_flops_fraction_saved: if spec.own_scores { 0.0 } else { r as f64 / l as f64 },
+        proj_macs_saved_per_token: r * macs,
+        wc_macs_added_per_token: r * wc,
+        params_removed: r * (macs + extra),
+        params_added: r * wc,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::ReuseKind;
 
+    /// Tiny Llama: 4 layers, hidden 16, 4 heads and 2 KV heads of 4 dims; reuse layers 2 and 3.
     #[test]
-    fn tiny_plan() {
+    fn every_kind_saves_what_its_layers_drop() {
         let cfg = crate::model::transformer::tests::tiny_config(crate::config::Family::Llama);
-        let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap();
-        let s = plan_savings(&cfg, &plan, 2);
-        // 4 layers x (K + V) of 2 heads x 4 dims x 2 bytes = 128; reuse layers 2 and 3 drop K: 32.
-        assert_eq!((s.kv_bytes_per_token_dense, s.kv_bytes_per_token_unified), (128, 96));
-        assert_eq!(s.kv_fraction_saved, 2.0 / 8.0);
-        assert_eq!(s.params_removed, 2 * (16 + 8) * 16);
-        assert_eq!(s.params_added, 2 * 16 * 16);
+        let (q, kv, hid) = (16, 8, 16);
+        for kind in ReuseKind::ALL {
+            let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(kind);
+            let s = plan_savings(&cfg, &plan, 2);
+            // 4 layers x (K + V) of 8 values x 2 bytes = 128 bytes per token.
+            assert_eq!(s.kv_bytes_per_token_dense, 128, "{kind:?}");
+            let (kv_unified, kv_frac, scores, macs, added) = match kind {
+                // K dropped (2 x 16 bytes); no Q, no K projection; W_c added.
+                ReuseKind::Uniattn => (96, 0.25, 0.5, 2 * (q + kv) * hid, 2 * hid * hid),
+                ReuseKind::SoftmaxOnly => (96, 0.25, 0.5, 2 * (q + kv) * hid, 0),
+                // K and V dropped; own queries and scores; no K, V projection.
+                ReuseKind::Cla => (64, 0.5, 0.0, 2 * (kv + kv) * hid, 0),
+                // The whole attention block: Q, K, V and O.
+                ReuseKind::Layerdrop => (64, 0.5, 0.5, 2 * (q + kv + kv + q) * hid, 0),
+            };
+            assert_eq!(s.kv_bytes_per_token_unified, kv_unified, "{kind:?}");
+            assert_eq!(s.kv_fraction_saved, kv_frac, "{kind:?}");
+            assert_eq!(s.score_flops_fraction_saved, scores, "{kind:?}");
+            assert_eq!(s.proj_macs_saved_per_token, macs, "{kind:?}");
+            assert_eq!((s.params_removed, s.params_added), (macs, added), "{kind:?}");
+        }
     }
 }

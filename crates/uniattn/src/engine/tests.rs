@@ -124,21 +124,29 @@ fn moved_slots_keep_their_sequence() {
     assert!(max_diff(&got.get(0), &full_logits(&reference, &s).get(-1)) < 1e-10);
 }
 
-/// Reuse layers cache V only: the cache is the dense one less exactly the plan's prediction.
+/// Each kind's cache is the dense one less exactly what the plan's savings predict: reuse
+/// layers cache V only (UniAttn, softmax-only) or nothing (CLA, layer drop).
 #[test]
 fn kv_bytes_follow_the_plan_exactly() {
     let opts = EngineOptions { max_batch: 4, max_len: 32, prefill_chunk: 8 };
     let dense = Engine::new(model(Family::Llama, None, 1), opts).unwrap();
-    let uni = Engine::new(model(Family::Llama, Some(ReuseKind::Uniattn), 1), opts).unwrap();
-    let s = plan_savings(&uni.model.cfg, &uni.model.plan, 8);
     // 32 positions are allocated as one whole key bucket.
     assert_eq!(dense.cache.capacity(), KEY_BUCKET as usize);
-    assert_eq!(dense.cache.bytes(), 4 * dense.cache.capacity() * s.kv_bytes_per_token_dense);
-    assert_eq!(uni.cache.bytes(), 4 * uni.cache.capacity() * s.kv_bytes_per_token_unified);
-    assert_eq!(uni.cache.bytes() as f64, dense.cache.bytes() as f64 * (1.0 - s.kv_fraction_saved));
-    // Four layers of K and V, 2 heads x 4 dims, f64; two reuse layers drop K.
+    // Four layers of K and V, 2 heads x 4 dims, f64.
     assert_eq!(dense.cache.bytes_per_token(), 4 * 2 * 8 * 8);
-    assert_eq!(uni.cache.bytes_per_token(), 6 * 8 * 8);
+    for kind in ReuseKind::ALL {
+        let planned = Engine::new(model(Family::Llama, Some(kind), 1), opts).unwrap();
+        let s = plan_savings(&planned.model.cfg, &planned.model.plan, 8);
+        assert_eq!(dense.cache.bytes(), 4 * dense.cache.capacity() * s.kv_bytes_per_token_dense);
+        assert_eq!(
+            planned.cache.bytes(),
+            4 * planned.cache.capacity() * s.kv_bytes_per_token_unified,
+            "{kind:?}"
+        );
+        assert_eq!(planned.cache.bytes_per_token(), s.kv_bytes_per_token_unified, "{kind:?}");
+        let ratio = planned.cache.bytes() as f64 / dense.cache.bytes() as f64;
+        assert_eq!(ratio, 1.0 - s.kv_fraction_saved, "{kind:?}");
+    }
 }
 
 /// Greedy generation through the scheduler (continuous batching, requests of different

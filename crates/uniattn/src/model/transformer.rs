@@ -185,7 +185,7 @@ impl Transformer {
             let gemma = cfg.family.is_gemma();
             let qk = cfg.family.has_qk_norm();
             let attn_name = |m: &str| format!("{p}.self_attn.{m}");
-            // Weights a reuse layer of this kind does not use are dropped if the file has them.
+            // Weights a reuse layer of this kind does not have are dropped if the file has them.
             let discard = |w: &mut WeightMap, modules: &[&str]| {
                 for m in modules {
                     for s in ["weight", "bias"] {
@@ -193,17 +193,17 @@ impl Transformer {
                     }
                 }
             };
+            let spec = plan.reuse.spec();
+            if matches!(plan.role(l), LayerRole::Reuse { .. }) {
+                discard(&mut w, spec.drops);
+            }
             let attn = match (plan.role(l), plan.reuse) {
                 (LayerRole::Reuse { .. }, ReuseKind::Uniattn | ReuseKind::SoftmaxOnly) => {
-                    discard(&mut w, &["q_proj", "k_proj", "q_norm", "k_norm"]);
                     let v_proj = linear(&mut w, &attn_name("v_proj"), hkv * hd, hid, cfg.attention_bias)?;
                     let o_proj = linear(&mut w, &attn_name("o_proj"), hid, h * hd, false)?;
                     let wc_name = attn_name("v2_proj.weight");
                     let w_c = match plan.reuse {
-                        ReuseKind::SoftmaxOnly => {
-                            discard(&mut w, &["v2_proj"]);
-                            None
-                        }
+                        _ if !spec.compensation => None,
                         _ if zero_wc && !w.contains(&wc_name) => {
                             Some(Tensor::zeros([hid as i64, hid as i64], (kind, device)))
                         }
@@ -216,21 +216,15 @@ impl Transformer {
                         heads,
                     })
                 }
-                (LayerRole::Reuse { .. }, ReuseKind::Cla) => {
-                    discard(&mut w, &["k_proj", "v_proj", "k_norm", "v2_proj"]);
-                    Attention::Cla(ClaAttention {
-                        q_proj: linear(&mut w, &attn_name("q_proj"), h * hd, hid, cfg.attention_bias)?,
-                        o_proj: linear(&mut w, &attn_name("o_proj"), hid, h * hd, false)?,
-                        q_norm: if qk { Some(norm(&mut w, &attn_name("q_norm.weight"), hd)?) } else { None },
-                        heads,
-                        scale: cfg.attn_scale(),
-                        softcap: cfg.attn_logit_softcapping,
-                    })
-                }
-                (LayerRole::Reuse { .. }, ReuseKind::Layerdrop) => {
-                    discard(&mut w, &["q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "v2_proj"]);
-                    Attention::Dropped
-                }
+                (LayerRole::Reuse { .. }, ReuseKind::Cla) => Attention::Cla(ClaAttention {
+                    q_proj: linear(&mut w, &attn_name("q_proj"), h * hd, hid, cfg.attention_bias)?,
+                    o_proj: linear(&mut w, &attn_name("o_proj"), hid, h * hd, false)?,
+                    q_norm: if qk { Some(norm(&mut w, &attn_name("q_norm.weight"), hd)?) } else { None },
+                    heads,
+                    scale: cfg.attn_scale(),
+                    softcap: cfg.attn_logit_softcapping,
+                }),
+                (LayerRole::Reuse { .. }, ReuseKind::Layerdrop) => Attention::Dropped,
                 (LayerRole::Lead | LayerRole::Ordinary, _) => Attention::Full(FullAttention {
                     q_proj: linear(&mut w, &attn_name("q_proj"), h * hd, hid, cfg.attention_bias)?,
                     k_proj: linear(&mut w, &attn_name("k_proj"), hkv * hd, hid, cfg.attention_bias)?,

@@ -26,9 +26,8 @@ impl Variant {
         match s {
             "dense" => Ok(Variant::Dense),
             s => ReuseKind::parse(s).map(Variant::Reuse).ok_or_else(|| {
-                Error::invalid(format!(
-                    "--variant {s}: expected dense, uniattn, softmax-only, cla or layerdrop"
-                ))
+                let names: Vec<&str> = ReuseKind::ALL.iter().map(|k| k.name()).collect();
+                Error::invalid(format!("variant {s}: expected dense or one of {}", names.join(", ")))
             }),
         }
     }
@@ -115,12 +114,7 @@ fn build(job: &TrainJob) -> Result<(Transformer, crate::tokenizer::Tokenizer, Ve
             }
             let m =
                 Transformer::from_weights(parts.weights, parts.cfg, parts.plan, job.kind, job.device, false)?;
-            let stages = if kind == ReuseKind::Uniattn {
-                vec![StageKind::CompensationOnly, StageKind::All]
-            } else {
-                vec![StageKind::All]
-            };
-            Ok((m, tokenizer, stages))
+            Ok((m, tokenizer, stages_of(kind)))
         }
         Variant::Reuse(kind) => {
             let spec = job.plan.as_ref().ok_or_else(|| {
@@ -129,7 +123,7 @@ fn build(job: &TrainJob) -> Result<(Transformer, crate::tokenizer::Tokenizer, Ve
             let plan = spec.resolve(parts.cfg.num_layers)?.with_reuse(kind);
             let dense =
                 Transformer::from_weights(parts.weights, parts.cfg, parts.plan, job.kind, job.device, false)?;
-            let (wc, stages) = if kind == ReuseKind::Uniattn {
+            let wc = if kind.spec().compensation {
                 let calib = job.calib.clone().unwrap_or(CalibData {
                     path: job.data.clone(),
                     rows: None,
@@ -143,13 +137,21 @@ fn build(job: &TrainJob) -> Result<(Transformer, crate::tokenizer::Tokenizer, Ve
                     state_device: job.device,
                     pad_id: 0,
                 };
-                let (wc, _) = calibrate(&dense, &plan, &fit, &held, &opts, |_, _| {})?;
-                (wc, vec![StageKind::CompensationOnly, StageKind::All])
+                calibrate(&dense, &plan, &fit, &held, &opts, |_, _| {})?.0
             } else {
-                (Default::default(), vec![StageKind::All])
+                Default::default()
             };
-            Ok((dense.apply_plan(plan, wc)?, tokenizer, stages))
+            Ok((dense.apply_plan(plan, wc)?, tokenizer, stages_of(kind)))
         }
+    }
+}
+
+/// The post-training stages of a reuse kind: W_c alone first where the kind has it.
+fn stages_of(kind: ReuseKind) -> Vec<StageKind> {
+    if kind.spec().two_stage {
+        vec![StageKind::CompensationOnly, StageKind::All]
+    } else {
+        vec![StageKind::All]
     }
 }
 
