@@ -312,6 +312,11 @@ impl Scheduler {
         let s = &mut self.active[slot];
         s.pending = t;
         if !s.sampler.params.ignore_eos && tokenizer.eos_ids.contains(&t) {
+            // The end-of-sequence token is generated (and counted) but adds no text: a
+            // completion's log-probs include it as vLLM's do, so a scorer that drops the last
+            // generated token (lm-evaluation-harness) still sees every continuation token.
+            s.completion_tokens += 1;
+            events.push(Event::Token { id: s.id, token: t, text: String::new(), logprob });
             s.finished = Some(FinishReason::Stop);
         } else {
             s.completion_tokens += 1;

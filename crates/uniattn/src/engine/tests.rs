@@ -328,3 +328,34 @@ fn cuda_graph_decode_equals_eager() {
     }
     eprintln!("CUDA graphs vs eager: max |logit diff| {worst:.3e} over 4 families x 5 plans x 256 steps");
 }
+
+/// A sequence that ends with the end-of-sequence token reports that token (empty text, its
+/// log-prob, counted), as vLLM does: lm-evaluation-harness drops a completion's last token.
+#[test]
+fn the_end_of_sequence_token_is_reported() {
+    let reference = model(Family::Llama, None, 4);
+    let engine = Engine::new(
+        model(Family::Llama, None, 4),
+        EngineOptions { max_batch: 1, max_len: 32, prefill_chunk: 8 },
+    )
+    .unwrap();
+    let prompt = seq(5, 6);
+    let first = full_logits(&reference, &prompt).get(-1).argmax(-1, false).int64_value(&[]) as u32;
+    let mut tok = crate::tokenizer::tests::tiny();
+    tok.eos_ids = vec![first];
+    let mut sched = Scheduler::new(engine, std::sync::Arc::new(tok));
+    let params = SamplingParams { max_new_tokens: 8, ..Default::default() };
+    sched.submit(Request { prompt, params, logprobs: Some(0), ..Default::default() }).unwrap();
+    let mut events = Vec::new();
+    while sched.has_work() {
+        events.extend(sched.step());
+    }
+    match events.as_slice() {
+        [Event::Token { token, text, logprob: Some(lp), .. }, Event::Finished { completion_tokens: 1, reason: FinishReason::Stop, text: all, .. }] =>
+        {
+            assert_eq!((*token, text.as_str(), all.as_str()), (first, "", ""));
+            assert!(lp.logprob <= 0.0 && lp.logprob.is_finite());
+        }
+        other => panic!("expected the EOS token, then the end: {other:?}"),
+    }
+}

@@ -110,8 +110,37 @@ pub struct CompletionRequest {
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: String,
+    /// A string, `null` (an empty turn), or a list of `{"type": "text", "text": ...}` parts,
+    /// joined as OpenAI's clients send them.
+    #[serde(deserialize_with = "content_text")]
     pub content: String,
     pub name: Option<String>,
+}
+
+fn content_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(d)? {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s),
+        Value::Array(parts) => {
+            let mut out = String::new();
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => out.push_str(t),
+                    (Some(kind), _) => {
+                        return Err(D::Error::custom(format!(
+                            "content part of type `{kind}` is not supported (text only)"
+                        )))
+                    }
+                    _ => return Err(D::Error::custom("a content part needs `type` and `text`")),
+                }
+            }
+            Ok(out)
+        }
+        other => {
+            Err(D::Error::custom(format!("content must be a string, null or a list of parts, not {other}")))
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,12 +180,67 @@ pub fn parse<T: Body>(body: &[u8]) -> Result<T, ApiError> {
     let Value::Object(map) = &v else {
         return Err(ApiError::new(400, "the request body must be a JSON object"));
     };
-    if let Some(k) =
-        map.keys().find(|k| !T::FIELDS.contains(&k.as_str()) && !COMMON_FIELDS.contains(&k.as_str()))
-    {
-        return Err(ApiError::bad(k, format!("unknown field `{k}`")));
+    let mut map = map.clone();
+    for (k, value) in map.clone() {
+        if T::FIELDS.contains(&k.as_str()) || COMMON_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        if is_no_op(&k, &value) {
+            // What ordinary clients send with its default meaning: accepted and ignored.
+            map.remove(&k);
+        } else if UNSUPPORTED.contains(&k.as_str()) {
+            return Err(ApiError::bad(&k, format!("`{k}` is not supported by this server")));
+        } else {
+            return Err(ApiError::bad(&k, format!("unknown field `{k}`")));
+        }
     }
-    serde_json::from_value(v).map_err(invalid)
+    serde_json::from_value(Value::Object(map)).map_err(invalid)
+}
+
+/// OpenAI fields this server does not implement: refused by name rather than as unknown.
+const UNSUPPORTED: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logit_bias",
+    "response_format",
+    "parallel_tool_calls",
+    "audio",
+    "modalities",
+    "prediction",
+    "reasoning_effort",
+    "service_tier",
+    "suffix",
+    "best_of",
+    "web_search_options",
+];
+
+/// Values of known fields that ask for the default behaviour (clients send them routinely).
+fn is_no_op(key: &str, v: &Value) -> bool {
+    match key {
+        "store" | "parallel_tool_calls" => v.is_boolean(),
+        "metadata" => v.is_object() || v.is_null(),
+        "response_format" => v.get("type").and_then(Value::as_str) == Some("text"),
+        "tool_choice" => v.as_str() == Some("none") || v.is_null(),
+        "tools" | "functions" => v.as_array().is_some_and(Vec::is_empty) || v.is_null(),
+        "logit_bias" => v.as_object().is_some_and(serde_json::Map::is_empty) || v.is_null(),
+        "best_of" => v.as_u64() == Some(1),
+        _ => false,
+    }
+}
+
+/// Stop sequences a request may give (OpenAI allows 4; lm-evaluation-harness sends 5).
+pub const MAX_STOP: usize = 16;
+
+/// A seed for a request that gives none, so that two such requests sample differently.
+fn fresh_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut r = crate::rng::SplitMix64(t ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(32));
+    r.next_u64()
 }
 
 /// Limits the server enforces on every request.
@@ -192,8 +276,8 @@ impl Common {
             ));
         }
         let stop = self.stop.clone().map(Stop::list).unwrap_or_default();
-        if stop.len() > 4 {
-            return Err(ApiError::bad("stop", "at most 4 stop sequences"));
+        if stop.len() > MAX_STOP {
+            return Err(ApiError::bad("stop", format!("at most {MAX_STOP} stop sequences")));
         }
         let p = SamplingParams {
             temperature: self.temperature.unwrap_or(1.0),
@@ -201,7 +285,7 @@ impl Common {
             top_p: self.top_p.unwrap_or(1.0),
             min_p: self.min_p.unwrap_or(0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
-            seed: self.seed.unwrap_or(0),
+            seed: self.seed.unwrap_or_else(fresh_seed),
             max_new_tokens: max_new as usize,
             stop,
             ignore_eos: false,
@@ -264,5 +348,40 @@ mod tests {
         let e = completion(r#"{"prompt": 5}"#).unwrap_err();
         assert_eq!(e.status, 400);
         assert!(completion(r#"{"prompt": [[1, 2], [3]], "stop": "\n", "seed": 3}"#).is_ok());
+    }
+
+    #[test]
+    fn what_ordinary_clients_send_is_accepted() {
+        // lm-evaluation-harness sends five stop sequences.
+        let p = completion(r#"{"prompt": "x", "stop": ["a", "b", "c", "d", "e"], "seed": 1}"#).unwrap();
+        assert_eq!((p.stop.len(), p.seed), (5, 1));
+        let e =
+            completion(&format!(r#"{{"prompt": "x", "stop": {:?}}}"#, vec!["s"; MAX_STOP + 1])).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stop"));
+        // No seed: two requests sample differently.
+        assert_ne!(
+            completion(r#"{"prompt": "x"}"#).unwrap().seed,
+            completion(r#"{"prompt": "x"}"#).unwrap().seed
+        );
+        let chat = |b: &str| parse::<ChatRequest>(b.as_bytes());
+        let r = chat(
+            r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": null}], "store": false, "metadata": {"k": "v"},
+                "response_format": {"type": "text"}, "parallel_tool_calls": true, "tool_choice": "none",
+                "logit_bias": {}, "tools": []}"#,
+        )
+        .unwrap();
+        assert_eq!((r.messages[0].content.as_str(), r.messages[1].content.as_str()), ("ab", ""));
+        // Features we do not have are refused by name, not as unknown fields.
+        for (body, field) in [
+            (r#"{"messages": [], "tools": [{"type": "function"}]}"#, "tools"),
+            (r#"{"messages": [], "response_format": {"type": "json_object"}}"#, "response_format"),
+            (r#"{"messages": [], "logit_bias": {"1": 5}}"#, "logit_bias"),
+        ] {
+            let e = chat(body).unwrap_err();
+            assert!(e.message.contains("not supported") && e.param.as_deref() == Some(field), "{e:?}");
+        }
+        let e = chat(r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#).unwrap_err();
+        assert!(e.message.contains("image_url") && e.message.contains("not supported"), "{e:?}");
     }
 }

@@ -389,9 +389,11 @@ fn chat(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
     }
     let o = collect(rx)?;
     let lp = logprobs.map(|_| {
+        // Chat log-probs cover the message's tokens, not the end-of-sequence token.
         let content: Vec<Value> = o
             .tokens
             .iter()
+            .filter(|(t, _)| !shared.tokenizer.eos_ids.contains(t))
             .filter_map(|(t, lp)| lp.as_ref().map(|l| (t, l)))
             .map(|(t, l)| {
                 let top: Vec<Value> = l
