@@ -62,6 +62,27 @@ pub enum InferenceAttention {
     Dropped,
 }
 
+/// An attention block's result before its output projection: the merged heads, the projection,
+/// and what else adds to the residual stream (a reuse layer's compensation `X W_c`).
+struct AttnOut<'a> {
+    heads: Tensor,
+    o_proj: &'a Linear,
+    extra: Option<Tensor>,
+}
+
+/// `h += x W^T` as one GEMM that accumulates into `h` (cuBLAS's beta = 1), where a separate
+/// projection and add would be two kernels and a temporary.
+fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear) {
+    match &lin.bias {
+        None => {
+            let (out, inp) = (lin.out_features(), x.size()[x.dim() - 1]);
+            let mut flat = h.view([-1, out]);
+            let _ = flat.addmm_(&x.reshape([-1, inp]), &lin.weight.tr());
+        }
+        Some(_) => *h += lin.forward(x),
+    }
+}
+
 pub struct InferenceMlp {
     gate_up: Linear,
     down: Linear,
@@ -73,12 +94,17 @@ impl InferenceMlp {
         InferenceMlp { gate_up: fuse(&[&m.gate_proj, &m.up_proj]), down: m.down_proj, gelu_tanh: m.gelu_tanh }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// The activations the down projection reads: `act(x W_gate) * (x W_up)`.
+    fn hidden(&self, x: &Tensor) -> Tensor {
         let gu = self.gate_up.forward(x);
         let half = gu.size()[2] / 2;
         let g = gu.narrow(-1, 0, half);
         let g = if self.gelu_tanh { g.gelu("tanh") } else { g.silu() };
-        self.down.forward(&(g * gu.narrow(-1, half, half)))
+        g * gu.narrow(-1, half, half)
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.down.forward(&self.hidden(x))
     }
 }
 
@@ -218,17 +244,29 @@ impl InferenceLayer {
         lead: &mut Option<LeadAttention>,
     ) {
         let x = self.attn_norm.forward(h);
-        let a = self.attention(l, &x, step, cache, is_lead, lead);
-        let a = match &self.attn_post_norm {
-            Some(n) => n.forward(&a),
-            None => a,
-        };
-        *h += a;
-        let m = self.mlp.forward(&self.mlp_norm.forward(h));
-        *h += match &self.mlp_post_norm {
-            Some(n) => n.forward(&m),
-            None => m,
-        };
+        if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, is_lead, lead) {
+            match &self.attn_post_norm {
+                // The residual add rides in the output GEMM (one kernel instead of two).
+                None => {
+                    add_projection(h, &heads, o_proj);
+                    if let Some(e) = extra {
+                        *h += e;
+                    }
+                }
+                Some(n) => {
+                    let mut a = o_proj.forward(&heads);
+                    if let Some(e) = extra {
+                        a += e;
+                    }
+                    *h += n.forward(&a);
+                }
+            }
+        }
+        let x = self.mlp_norm.forward(h);
+        match &self.mlp_post_norm {
+            None => add_projection(h, &self.mlp.hidden(&x), &self.mlp.down),
+            Some(n) => *h += n.forward(&self.mlp.forward(&x)),
+        }
     }
 
     fn attention(
@@ -239,7 +277,7 @@ impl InferenceLayer {
         cache: &mut KvCache,
         is_lead: bool,
         lead: &mut Option<LeadAttention>,
-    ) -> Tensor {
+    ) -> Option<AttnOut<'_>> {
         let n = x.size()[0];
         match &self.attn {
             InferenceAttention::Full { qkv, o_proj, q_norm, k_norm, heads: h, scale, softcap } => {
@@ -274,7 +312,7 @@ impl InferenceLayer {
                     }
                     out
                 };
-                o_proj.forward(&h.merge(&out))
+                Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
             }
             InferenceAttention::Reuse { vc, o_proj, heads: h, compensated } => {
                 let y = vc.forward(x);
@@ -288,12 +326,8 @@ impl InferenceLayer {
                 );
                 let values = cache.values(l, step.slot0, n, step.k_len);
                 let lead = lead.as_ref().expect("the plan runs a lead before its reuse layers");
-                let out = o_proj.forward(&h.merge(&lead.apply(h, &values)));
-                if *compensated {
-                    out + y.narrow(-1, kvd, y.size()[2] - kvd)
-                } else {
-                    out
-                }
+                let extra = compensated.then(|| y.narrow(-1, kvd, y.size()[2] - kvd));
+                Some(AttnOut { heads: h.merge(&lead.apply(h, &values)), o_proj, extra })
             }
             InferenceAttention::Cla { q_proj, o_proj, q_norm, heads: h, scale, softcap, lead } => {
                 let mut q = h.split(&q_proj.forward(x), h.num_heads);
@@ -303,9 +337,9 @@ impl InferenceLayer {
                 let keys = cache.keys(*lead, step.slot0, n, step.k_len);
                 let values = cache.values(*lead, step.slot0, n, step.k_len);
                 let p = attention_probs(h, &step.rope.apply(&q), &keys, step.mask, *scale, *softcap);
-                o_proj.forward(&h.merge(&h.apply_probs(&p, &values)))
+                Some(AttnOut { heads: h.merge(&h.apply_probs(&p, &values)), o_proj, extra: None })
             }
-            InferenceAttention::Dropped => x.zeros_like(),
+            InferenceAttention::Dropped => None,
         }
     }
 }
