@@ -77,6 +77,8 @@ fn endpoints_answer_in_the_openai_format() {
     let text: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, want);
     assert!(events.last().unwrap()["choices"][0]["finish_reason"].is_string());
+    // Each event is sent (and flushed) as its own HTTP chunk, not gathered into 8 KiB pieces.
+    assert!(r.chunks + 1 >= events.len() && r.chunks > 2, "{} chunks for {} events", r.chunks, events.len());
     s.shutdown();
 }
 

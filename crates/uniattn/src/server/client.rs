@@ -9,6 +9,8 @@ pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// HTTP chunks the body came in (0 when it was not chunked).
+    pub chunks: usize,
 }
 
 impl HttpResponse {
@@ -63,7 +65,7 @@ pub fn request(
         }
     }
     let get = |k: &str| headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.as_str());
-    let mut raw = Vec::new();
+    let (mut raw, mut chunks) = (Vec::new(), 0);
     if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             line.clear();
@@ -73,6 +75,7 @@ pub fn request(
             if n == 0 {
                 break;
             }
+            chunks += 1;
             let start = raw.len();
             raw.resize(start + n, 0);
             r.read_exact(&mut raw[start..])?;
@@ -85,7 +88,7 @@ pub fn request(
     } else {
         r.read_to_end(&mut raw)?;
     }
-    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&raw).into_owned() })
+    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&raw).into_owned(), chunks })
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -114,6 +114,18 @@ pub fn start(sched: Scheduler, opts: ServerOptions) -> Result<ServerHandle> {
 
 type Response = tiny_http::Response<Box<dyn Read + Send>>;
 
+/// What an endpoint answers: a whole response, or events streamed as they are produced.
+enum Reply {
+    Whole(Response),
+    Events(EventStream),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Self {
+        Reply::Whole(r)
+    }
+}
+
 fn json_response(status: u16, body: &Value) -> Response {
     let data = body.to_string().into_bytes();
     let len = data.len();
@@ -140,11 +152,12 @@ fn handle(mut rq: tiny_http::Request, shared: &Shared) {
     let response = match read_body(&mut rq, shared.opts.max_body_bytes) {
         Err(e) => Err(e),
         Ok(body) => match (method, url.as_str()) {
-            (tiny_http::Method::Get, "/health") => Ok(json_response(200, &json!({"status": "ok"}))),
+            (tiny_http::Method::Get, "/health") => Ok(json_response(200, &json!({"status": "ok"})).into()),
             (tiny_http::Method::Get, "/v1/models") => Ok(json_response(
                 200,
                 &json!({"object": "list", "data": [{"id": shared.opts.model_name, "object": "model", "created": 0, "owned_by": "uniattn"}]}),
-            )),
+            )
+            .into()),
             (tiny_http::Method::Post, "/v1/completions") => completions(&body, shared),
             (tiny_http::Method::Post, "/v1/chat/completions") => chat(&body, shared),
             (_, "/health" | "/v1/models" | "/v1/completions" | "/v1/chat/completions") => {
@@ -153,8 +166,21 @@ fn handle(mut rq: tiny_http::Request, shared: &Shared) {
             _ => Err(ApiError::new(404, format!("no such endpoint: {url}"))),
         },
     };
-    let response = response.unwrap_or_else(|e| json_response(e.status, &e.body()));
-    let _ = rq.respond(response);
+    match response {
+        Ok(Reply::Events(events)) if *rq.http_version() == tiny_http::HTTPVersion(1, 1) => {
+            let mut out = rq.into_writer();
+            let _ = events.write_chunked(&mut out);
+        }
+        Ok(Reply::Events(events)) => {
+            let _ = rq.respond(events.into_response());
+        }
+        Ok(Reply::Whole(r)) => {
+            let _ = rq.respond(r);
+        }
+        Err(e) => {
+            let _ = rq.respond(json_response(e.status, &e.body()));
+        }
+    }
 }
 
 fn read_body(rq: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiError> {
@@ -245,7 +271,7 @@ fn collect(rx: Receiver<Event>) -> Result<Outcome, ApiError> {
     Err(ApiError::new(500, "the engine stopped before the request finished"))
 }
 
-fn completions(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
+fn completions(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
     let req: CompletionRequest = api::parse(body)?;
     let params = req.sampling(&shared.limits)?;
     let prompts: Vec<Vec<u32>> = match &req.prompt {
@@ -297,11 +323,11 @@ fn completions(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
         choices.push(json!({"index": i, "text": format!("{prompt_text}{}", o.text), "logprobs": lp,
             "finish_reason": o.reason.as_str()}));
     }
-    Ok(json_response(
+    Ok(Reply::Whole(json_response(
         200,
         &json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices,
             "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1}}),
-    ))
+    )))
 }
 
 fn encode(shared: &Shared, text: &str) -> Result<Vec<u32>, ApiError> {
@@ -336,7 +362,7 @@ fn completion_logprobs(shared: &Shared, prompt: &[u32], o: &Outcome, echo: bool)
     json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
 }
 
-fn chat(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
+fn chat(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
     let req: ChatRequest = api::parse(body)?;
     let params = req.sampling(&shared.limits)?;
     let messages: Vec<ChatMessage> = req
@@ -406,64 +432,100 @@ fn chat(body: &[u8], shared: &Shared) -> Result<Response, ApiError> {
             .collect();
         json!({"content": content})
     });
-    Ok(json_response(
+    Ok(Reply::Whole(json_response(
         200,
         &json!({"id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text}, "logprobs": lp,
                 "finish_reason": o.reason.as_str()}],
             "usage": {"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
                 "total_tokens": o.prompt_tokens + o.completion_tokens}}),
-    ))
+    )))
 }
 
-/// A `text/event-stream` body: each event becomes zero or more `data:` chunks, then
-/// `data: [DONE]`. Errors mid-stream arrive as an `error` object, as OpenAI sends them.
-fn sse(rx: Receiver<Event>, mut render: impl FnMut(&Event) -> Vec<Value> + Send + 'static) -> Response {
-    struct Body<F> {
-        rx: Receiver<Event>,
-        render: F,
-        buf: Vec<u8>,
-        pos: usize,
-        done: bool,
-    }
-    impl<F: FnMut(&Event) -> Vec<Value>> Read for Body<F> {
-        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-            while self.pos == self.buf.len() {
-                if self.done {
-                    return Ok(0);
-                }
-                self.buf.clear();
-                self.pos = 0;
-                match self.rx.recv() {
-                    Ok(e) => {
-                        let end = matches!(e, Event::Finished { .. } | Event::Failed { .. });
-                        let values = match &e {
-                            Event::Failed { error, .. } => vec![ApiError::new(500, error.clone()).body()],
-                            _ => (self.render)(&e),
-                        };
-                        for v in values {
-                            self.buf.extend_from_slice(format!("data: {v}\n\n").as_bytes());
-                        }
-                        if end {
-                            self.buf.extend_from_slice(b"data: [DONE]\n\n");
-                            self.done = true;
-                        }
+/// Turns an engine event into the JSON payloads a client is sent for it.
+type Render = Box<dyn FnMut(&Event) -> Vec<Value> + Send>;
+
+/// Server-sent events of one request: each engine event becomes zero or more `data:` lines,
+/// then `data: [DONE]`. Errors mid-stream arrive as an `error` object, as OpenAI sends them.
+pub struct EventStream {
+    rx: Receiver<Event>,
+    render: Render,
+    done: bool,
+}
+
+impl EventStream {
+    /// The bytes of the next event that produces any (`None` once the stream has ended).
+    fn next_bytes(&mut self) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        while buf.is_empty() && !self.done {
+            match self.rx.recv() {
+                Ok(e) => {
+                    let end = matches!(e, Event::Finished { .. } | Event::Failed { .. });
+                    let values = match &e {
+                        Event::Failed { error, .. } => vec![ApiError::new(500, error.clone()).body()],
+                        _ => (self.render)(&e),
+                    };
+                    for v in values {
+                        buf.extend_from_slice(format!("data: {v}\n\n").as_bytes());
                     }
-                    Err(_) => self.done = true,
+                    if end {
+                        buf.extend_from_slice(b"data: [DONE]\n\n");
+                        self.done = true;
+                    }
                 }
+                Err(_) => self.done = true,
             }
-            let n = out.len().min(self.buf.len() - self.pos);
-            out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-            self.pos += n;
-            Ok(n)
         }
+        (!buf.is_empty()).then_some(buf)
     }
-    let body = Body { rx, render: move |e: &Event| render(e), buf: Vec::new(), pos: 0, done: false };
-    tiny_http::Response::new(
-        200.into(),
-        vec![header("Content-Type", "text/event-stream"), header("Cache-Control", "no-cache")],
-        Box::new(body) as Box<dyn Read + Send>,
-        None,
-        None,
-    )
+
+    /// Writes the response itself, one HTTP chunk per event, flushed as it is produced: a
+    /// body handed to tiny_http would reach the client in 8 KiB pieces (dozens of tokens).
+    /// A write error means the client left; returning drops the receiver, which cancels the
+    /// request in the engine.
+    fn write_chunked(mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+        )?;
+        out.flush()?;
+        while let Some(bytes) = self.next_bytes() {
+            write!(out, "{:x}\r\n", bytes.len())?;
+            out.write_all(&bytes)?;
+            out.write_all(b"\r\n")?;
+            out.flush()?;
+        }
+        out.write_all(b"0\r\n\r\n")?;
+        out.flush()
+    }
+
+    /// The same stream as a body for tiny_http (HTTP/1.0 clients, which take no chunks).
+    fn into_response(self) -> Response {
+        struct Body(EventStream, Vec<u8>, usize);
+        impl Read for Body {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                if self.2 == self.1.len() {
+                    match self.0.next_bytes() {
+                        Some(b) => (self.1, self.2) = (b, 0),
+                        None => return Ok(0),
+                    }
+                }
+                let n = out.len().min(self.1.len() - self.2);
+                out[..n].copy_from_slice(&self.1[self.2..self.2 + n]);
+                self.2 += n;
+                Ok(n)
+            }
+        }
+        tiny_http::Response::new(
+            200.into(),
+            vec![header("Content-Type", "text/event-stream"), header("Cache-Control", "no-cache")],
+            Box::new(Body(self, Vec::new(), 0)) as Box<dyn Read + Send>,
+            None,
+            None,
+        )
+    }
+}
+
+fn sse(rx: Receiver<Event>, render: impl FnMut(&Event) -> Vec<Value> + Send + 'static) -> Reply {
+    Reply::Events(EventStream { rx, render: Box::new(render), done: false })
 }
