@@ -8,10 +8,14 @@ use std::sync::Arc;
 use tch::{Device, Kind};
 use uniattn::engine::{Engine, EngineOptions, Scheduler};
 use uniattn::loader;
-use uniattn::server::client::request;
+use uniattn::server::client::{request, request_with};
 use uniattn::server::{self, ServerHandle, ServerOptions};
 
 fn start(max_body_bytes: usize) -> ServerHandle {
+    start_with(ServerOptions { max_body_bytes, ..Default::default() })
+}
+
+fn start_with(base: ServerOptions) -> ServerHandle {
     init();
     let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
     let engine =
@@ -20,9 +24,9 @@ fn start(max_body_bytes: usize) -> ServerHandle {
     let opts = ServerOptions {
         addr: "127.0.0.1:0".into(),
         model_name: "smollm2".into(),
-        max_body_bytes,
         max_tokens: 64,
         threads: 8,
+        ..base
     };
     server::start(sched, opts).unwrap()
 }
@@ -182,4 +186,55 @@ fn concurrent_requests_and_graceful_shutdown() {
     assert_eq!(st, 200, "{c}");
     assert_eq!(c["usage"]["completion_tokens"], 48);
     assert!(request(a, "GET", "/health", None).is_err(), "the listener is closed after shutdown");
+}
+
+/// An API key, JSON-only bodies, limits on prompts per request and pending prompts (503 with
+/// Retry-After), the tokenizer endpoints and a model's own card.
+#[test]
+fn keys_content_types_limits_and_tokenizer_endpoints() {
+    let s = start_with(ServerOptions {
+        api_key: Some("k3y".into()),
+        max_pending: 2,
+        max_prompts: 3,
+        ..Default::default()
+    });
+    let a = s.addr();
+    let auth = [("Content-Type", "application/json"), ("Authorization", "Bearer k3y")];
+    let body = json!({"prompt": "Hi", "max_tokens": 2, "temperature": 0}).to_string();
+    let call = |path: &str, body: &str, headers: &[(&str, &str)]| {
+        request_with(a, "POST", path, Some(body.as_bytes()), headers).unwrap()
+    };
+    // No key, a wrong key: 401. /health needs none.
+    assert_eq!(call("/v1/completions", &body, &auth[..1]).status, 401);
+    assert_eq!(call("/v1/completions", &body, &[auth[0], ("Authorization", "Bearer nope")]).status, 401);
+    assert_eq!(request(a, "GET", "/health", None).unwrap().status, 200);
+    assert_eq!(call("/v1/completions", &body, &auth).status, 200);
+    // A body that is not declared JSON (what a cross-site form can send) is refused.
+    let r = call("/v1/completions", &body, &[("Content-Type", "text/plain"), auth[1]]);
+    assert_eq!(r.status, 415, "{}", r.body);
+    // Too many prompts in one request; more prompts than pending places.
+    let many = json!({"prompt": ["a", "b", "c", "d"], "max_tokens": 1}).to_string();
+    let r = call("/v1/completions", &many, &auth);
+    assert!(r.status == 400 && r.json()["error"]["param"] == "prompt", "{}", r.body);
+    let three = json!({"prompt": ["a", "b", "c"], "max_tokens": 1}).to_string();
+    let r = call("/v1/completions", &three, &auth);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.headers.iter().any(|(k, v)| k == "retry-after" && v == "1"), "{:?}", r.headers);
+    // The places come back: a request of two prompts runs afterwards.
+    let two = json!({"prompt": ["a", "b"], "max_tokens": 1}).to_string();
+    assert_eq!(call("/v1/completions", &two, &auth).status, 200);
+    // Tokenize and back.
+    let t = call("/tokenize", &json!({"prompt": "Hello world"}).to_string(), &auth);
+    assert_eq!(t.status, 200, "{}", t.body);
+    let ids = t.json()["tokens"].clone();
+    assert_eq!(t.json()["count"], ids.as_array().unwrap().len());
+    let d = call("/detokenize", &json!({"tokens": ids}).to_string(), &auth);
+    assert_eq!(d.json()["prompt"], "Hello world");
+    let d = call("/detokenize", &json!({"tokens": [99999999]}).to_string(), &auth);
+    assert_eq!(d.status, 400);
+    // A model's own card, and an unknown one.
+    let get = |path: &str| request_with(a, "GET", path, None, &auth[1..]).unwrap();
+    assert_eq!(get("/v1/models/smollm2").json()["id"], "smollm2");
+    assert_eq!(get("/v1/models/other").status, 404);
+    s.shutdown();
 }

@@ -165,8 +165,24 @@ enum Command {
     Serve {
         #[arg(long)]
         model: PathBuf,
+        /// Address to listen on, host:port
         #[arg(long, default_value = "127.0.0.1:8000")]
         addr: String,
+        /// Host to listen on (overrides --addr's host)
+        #[arg(long)]
+        host: Option<String>,
+        /// Port to listen on (overrides --addr's port)
+        #[arg(long)]
+        port: Option<u16>,
+        /// Require `Authorization: Bearer KEY` on every request but /health
+        #[arg(long, env = "UNIATTN_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Prompts waiting or generating at once; more are answered 503 with Retry-After
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+        max_pending: u64,
+        /// Prompts one completion request may carry
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        max_prompts: u64,
         /// Name reported by /v1/models (default: the model's file name)
         #[arg(long)]
         name: Option<String>,
@@ -861,7 +877,28 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} training rows -> {}", split.train.len(), train.display());
             println!("{} held-out questions -> {}", split.heldout_ids.len(), ids.display());
         }
-        Command::Serve { model, addr, name, max_body_bytes, max_tokens, threads, engine, dev } => {
+        Command::Serve {
+            model,
+            addr,
+            host,
+            port,
+            api_key,
+            max_pending,
+            max_prompts,
+            name,
+            max_body_bytes,
+            max_tokens,
+            threads,
+            engine,
+            dev,
+        } => {
+            let addr = match (host, port, addr.rsplit_once(':')) {
+                (None, None, _) => addr,
+                (h, p, Some((ah, ap))) => {
+                    format!("{}:{}", h.as_deref().unwrap_or(ah), p.map_or(ap.to_string(), |p| p.to_string()))
+                }
+                (h, p, None) => format!("{}:{}", h.as_deref().unwrap_or(&addr), p.unwrap_or(8000)),
+            };
             let (device, kind) = setup(&dev)?;
             let name = name.unwrap_or_else(|| loader::model_label(&model));
             let sched = engine.scheduler(loader::load(&model, kind, device)?)?;
@@ -871,6 +908,9 @@ fn run(cli: Cli) -> Result<()> {
                 max_body_bytes,
                 max_tokens,
                 threads,
+                api_key,
+                max_pending: max_pending as usize,
+                max_prompts: max_prompts as usize,
             };
             let handle = uniattn::server::start(sched, opts)?;
             eprintln!("serving {} on http://{} (Ctrl-C to stop)", model.display(), handle.addr());

@@ -36,12 +36,24 @@ pub fn request(
     path: &str,
     body: Option<&[u8]>,
 ) -> std::io::Result<HttpResponse> {
+    request_with(addr, method, path, body, &[("Content-Type", "application/json")])
+}
+
+/// [`request`] with the given headers instead of the JSON content type.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(600)))?;
     let body = body.unwrap_or(b"");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     )?;
     s.write_all(body)?;

@@ -13,7 +13,7 @@ use crate::tokenizer::{ChatMessage, Tokenizer};
 use api::{ApiError, ChatRequest, CompletionRequest, Limits, Prompt};
 use serde_json::{json, Value};
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,6 +29,27 @@ pub struct ServerOptions {
     pub max_tokens: usize,
     /// HTTP handler threads (each holds one connection's request at a time).
     pub threads: usize,
+    /// When set, every `/v1/*` and tokenizer request must carry `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Prompts waiting or generating at once; more are answered 503 with Retry-After.
+    pub max_pending: usize,
+    /// Prompts one completion request may carry.
+    pub max_prompts: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            addr: "127.0.0.1:8000".into(),
+            model_name: "model".into(),
+            max_body_bytes: 1 << 20,
+            max_tokens: 2048,
+            threads: 128,
+            api_key: None,
+            max_pending: 256,
+            max_prompts: 64,
+        }
+    }
 }
 
 pub struct ServerHandle {
@@ -46,6 +67,21 @@ struct Shared {
     opts: ServerOptions,
     commands: Sender<Command>,
     counter: AtomicU64,
+    /// Prompts submitted and not yet finished (see [`Pending`]).
+    pending: Arc<AtomicUsize>,
+}
+
+/// A claim on `n` of the server's pending-prompt places, given back when it drops (the
+/// request finished, failed or its client left).
+struct Pending {
+    count: Arc<AtomicUsize>,
+    n: usize,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.n, Ordering::SeqCst);
+    }
 }
 
 impl ServerHandle {
@@ -84,6 +120,7 @@ pub fn start(sched: Scheduler, opts: ServerOptions) -> Result<ServerHandle> {
         opts: opts.clone(),
         commands: tx.clone(),
         counter: AtomicU64::new(0),
+        pending: Arc::new(AtomicUsize::new(0)),
     });
     let engine = std::thread::Builder::new()
         .name("uniattn-engine".into())
@@ -149,23 +186,39 @@ fn now() -> u64 {
 fn handle(mut rq: tiny_http::Request, shared: &Shared) {
     let method = rq.method().clone();
     let url = rq.url().split('?').next().unwrap_or("").to_string();
-    let response = match read_body(&mut rq, shared.opts.max_body_bytes) {
-        Err(e) => Err(e),
-        Ok(body) => match (method, url.as_str()) {
+    let response = admit(&rq, &url, shared)
+        .and_then(|()| read_body(&mut rq, shared.opts.max_body_bytes))
+        .and_then(|body| match (method, url.as_str()) {
             (tiny_http::Method::Get, "/health") => Ok(json_response(200, &json!({"status": "ok"})).into()),
-            (tiny_http::Method::Get, "/v1/models") => Ok(json_response(
-                200,
-                &json!({"object": "list", "data": [{"id": shared.opts.model_name, "object": "model", "created": 0, "owned_by": "uniattn"}]}),
-            )
-            .into()),
+            (tiny_http::Method::Get, "/v1/models") => {
+                Ok(json_response(200, &json!({"object": "list", "data": [model_card(shared)]})).into())
+            }
+            (tiny_http::Method::Get, path) if path.starts_with("/v1/models/") => {
+                let id = &path["/v1/models/".len()..];
+                if id == shared.opts.model_name {
+                    Ok(json_response(200, &model_card(shared)).into())
+                } else {
+                    Err(ApiError::new(
+                        404,
+                        format!("no model {id:?}; this server serves {:?}", shared.opts.model_name),
+                    ))
+                }
+            }
             (tiny_http::Method::Post, "/v1/completions") => completions(&body, shared),
             (tiny_http::Method::Post, "/v1/chat/completions") => chat(&body, shared),
-            (_, "/health" | "/v1/models" | "/v1/completions" | "/v1/chat/completions") => {
-                Err(ApiError::new(405, format!("method not allowed on {url}")))
-            }
+            (tiny_http::Method::Post, "/tokenize") => tokenize(&body, shared),
+            (tiny_http::Method::Post, "/detokenize") => detokenize(&body, shared),
+            (
+                _,
+                "/health"
+                | "/v1/models"
+                | "/v1/completions"
+                | "/v1/chat/completions"
+                | "/tokenize"
+                | "/detokenize",
+            ) => Err(ApiError::new(405, format!("method not allowed on {url}"))),
             _ => Err(ApiError::new(404, format!("no such endpoint: {url}"))),
-        },
-    };
+        });
     match response {
         Ok(Reply::Events(events)) if *rq.http_version() == tiny_http::HTTPVersion(1, 1) => {
             let mut out = rq.into_writer();
@@ -178,9 +231,72 @@ fn handle(mut rq: tiny_http::Request, shared: &Shared) {
             let _ = rq.respond(r);
         }
         Err(e) => {
-            let _ = rq.respond(json_response(e.status, &e.body()));
+            let mut r = json_response(e.status, &e.body());
+            if e.status == 503 {
+                r.add_header(header("Retry-After", "1"));
+            }
+            if e.status == 401 {
+                r.add_header(header("WWW-Authenticate", "Bearer"));
+            }
+            let _ = rq.respond(r);
         }
     }
+}
+
+/// Checks before the body is read: the API key, and that a POST body is JSON (a browser page
+/// can send `text/plain` to another origin without asking; JSON it cannot).
+fn admit(rq: &tiny_http::Request, url: &str, shared: &Shared) -> Result<(), ApiError> {
+    let get = |name: &'static str| {
+        rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().trim().to_string())
+    };
+    if let Some(key) = &shared.opts.api_key {
+        if url != "/health" && get("Authorization").as_deref() != Some(format!("Bearer {key}").as_str()) {
+            return Err(ApiError::new(401, "missing or wrong API key (Authorization: Bearer ...)"));
+        }
+    }
+    if *rq.method() == tiny_http::Method::Post {
+        let ct = get("Content-Type").unwrap_or_default().to_ascii_lowercase();
+        if ct.split(';').next().map(str::trim) != Some("application/json") {
+            return Err(ApiError::new(415, format!("request bodies must be application/json, not {ct:?}")));
+        }
+    }
+    Ok(())
+}
+
+fn model_card(shared: &Shared) -> Value {
+    json!({"id": shared.opts.model_name, "object": "model", "created": 0, "owned_by": "uniattn",
+        "max_model_len": shared.limits.context})
+}
+
+/// `{"prompt": "text"}` -> its token ids, as vLLM's `/tokenize` answers.
+fn tokenize(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        prompt: String,
+    }
+    let r: Req = serde_json::from_slice(body).map_err(|e| ApiError::bad("prompt", e.to_string()))?;
+    let tokens = encode(shared, &r.prompt)?;
+    let reply = json!({"tokens": tokens, "count": tokens.len(), "max_model_len": shared.limits.context});
+    Ok(json_response(200, &reply).into())
+}
+
+/// `{"tokens": [ids]}` -> the text.
+fn detokenize(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        tokens: Vec<u32>,
+    }
+    let r: Req = serde_json::from_slice(body).map_err(|e| ApiError::bad("tokens", e.to_string()))?;
+    if let Some(t) = r.tokens.iter().find(|&&t| t as usize >= shared.vocab) {
+        return Err(ApiError::bad(
+            "tokens",
+            format!("token id {t} is outside the vocabulary ({})", shared.vocab),
+        ));
+    }
+    let text = shared.tokenizer.decode(&r.tokens).map_err(|e| ApiError::bad("tokens", e.to_string()))?;
+    Ok(json_response(200, &json!({"prompt": text})).into())
 }
 
 fn read_body(rq: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiError> {
@@ -200,6 +316,22 @@ fn read_body(rq: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiErro
 }
 
 impl Shared {
+    /// Claims `n` pending-prompt places, or answers 503 when the server is full.
+    fn claim(&self, n: usize) -> Result<Pending, ApiError> {
+        let before = self.pending.fetch_add(n, Ordering::SeqCst);
+        let claim = Pending { count: Arc::clone(&self.pending), n };
+        if before + n > self.opts.max_pending {
+            return Err(ApiError::new(
+                503,
+                format!(
+                    "the server is at its limit of {} pending prompts; retry shortly",
+                    self.opts.max_pending
+                ),
+            ));
+        }
+        Ok(claim)
+    }
+
     fn submit(&self, request: Request) -> Result<Receiver<Event>, ApiError> {
         let (tx, rx) = channel();
         self.commands
@@ -274,6 +406,17 @@ fn collect(rx: Receiver<Event>) -> Result<Outcome, ApiError> {
 fn completions(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
     let req: CompletionRequest = api::parse(body)?;
     let params = req.sampling(&shared.limits)?;
+    let count = match &req.prompt {
+        Prompt::Texts(ts) => ts.len(),
+        Prompt::TokenLists(l) => l.len(),
+        _ => 1,
+    };
+    if count > shared.opts.max_prompts {
+        return Err(ApiError::bad(
+            "prompt",
+            format!("{count} prompts in one request; this server takes at most {}", shared.opts.max_prompts),
+        ));
+    }
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         Prompt::Text(t) => vec![encode(shared, t)?],
         Prompt::Texts(ts) => ts.iter().map(|t| encode(shared, t)).collect::<Result<_, _>>()?,
@@ -291,6 +434,7 @@ fn completions(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
     }
     let (id, created, model) = (shared.id("cmpl"), now(), shared.opts.model_name.clone());
     let logprobs = req.logprobs.map(|k| k as usize);
+    let claim = shared.claim(prompts.len())?;
     let mut receivers = Vec::new();
     for p in &prompts {
         let request = Request {
@@ -307,7 +451,7 @@ fn completions(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": reason}]})
         };
-        return Ok(sse(rx, move |e| match e {
+        return Ok(sse(rx, claim, move |e| match e {
             Event::Token { text, .. } if !text.is_empty() => vec![chunk(text, None)],
             Event::Finished { tail, reason, .. } => vec![chunk(tail, Some(reason.as_str()))],
             _ => vec![],
@@ -377,6 +521,7 @@ fn chat(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
     let prompt = encode(shared, &text)?;
     shared.check_prompt(&prompt, params.max_new_tokens)?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0) as usize);
+    let claim = shared.claim(1)?;
     let rx = shared.submit(Request { prompt, params, prompt_logprobs: false, logprobs })?;
     let (id, created, model) = (shared.id("chatcmpl"), now(), shared.opts.model_name.clone());
     if req.common.stream {
@@ -388,7 +533,7 @@ fn chat(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
                 "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}]})
         };
         let mut first = true;
-        return Ok(sse(rx, move |e| {
+        return Ok(sse(rx, claim, move |e| {
             let mut out = Vec::new();
             if std::mem::take(&mut first) {
                 out.push(chunk(json!({"role": "assistant", "content": ""}), None));
@@ -451,6 +596,8 @@ pub struct EventStream {
     rx: Receiver<Event>,
     render: Render,
     done: bool,
+    /// The request's pending place, given back when the stream ends or its client leaves.
+    _claim: Pending,
 }
 
 impl EventStream {
@@ -526,6 +673,10 @@ impl EventStream {
     }
 }
 
-fn sse(rx: Receiver<Event>, render: impl FnMut(&Event) -> Vec<Value> + Send + 'static) -> Reply {
-    Reply::Events(EventStream { rx, render: Box::new(render), done: false })
+fn sse(
+    rx: Receiver<Event>,
+    claim: Pending,
+    render: impl FnMut(&Event) -> Vec<Value> + Send + 'static,
+) -> Reply {
+    Reply::Events(EventStream { rx, render: Box::new(render), done: false, _claim: claim })
 }
