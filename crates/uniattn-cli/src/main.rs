@@ -183,6 +183,9 @@ enum Command {
         /// Prompts one completion request may carry
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
         max_prompts: u64,
+        /// Seconds the graceful shutdown waits for requests in flight (a second Ctrl-C exits at once)
+        #[arg(long, default_value_t = 30.0)]
+        shutdown_timeout: f64,
         /// Name reported by /v1/models (default: the model's file name)
         #[arg(long)]
         name: Option<String>,
@@ -885,6 +888,7 @@ fn run(cli: Cli) -> Result<()> {
             api_key,
             max_pending,
             max_prompts,
+            shutdown_timeout,
             name,
             max_body_bytes,
             max_tokens,
@@ -899,6 +903,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (h, p, None) => format!("{}:{}", h.as_deref().unwrap_or(&addr), p.unwrap_or(8000)),
             };
+            let deadline = std::time::Duration::try_from_secs_f64(shutdown_timeout).map_err(|e| {
+                anyhow::anyhow!("--shutdown-timeout {shutdown_timeout}: expected seconds >= 0 ({e})")
+            })?;
             let (device, kind) = setup(&dev)?;
             let name = name.unwrap_or_else(|| loader::model_label(&model));
             let sched = engine.scheduler(loader::load(&model, kind, device)?)?;
@@ -914,8 +921,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             let handle = uniattn::server::start(sched, opts)?;
             eprintln!("serving {} on http://{} (Ctrl-C to stop)", model.display(), handle.addr());
-            runtime::wait_for_shutdown_signal();
-            eprintln!("shutting down: finishing requests in flight");
+            runtime::wait_for_shutdown_signal_with_deadline(deadline);
+            eprintln!("shutting down: finishing requests in flight (at most {deadline:?}; Ctrl-C again to exit now)");
             handle.shutdown();
         }
         Command::Loadtest { addr, clients, requests, prompt, max_tokens } => {

@@ -119,10 +119,26 @@ pub fn device_name(device: Device) -> String {
 static SHUTDOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
-    SHUTDOWN.store(true, std::sync::atomic::Ordering::SeqCst);
+    if SHUTDOWN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // A second signal: stop now, without waiting for the graceful shutdown.
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) }
+    }
 }
 
-/// Blocks until SIGINT or SIGTERM arrives (a server then shuts down gracefully).
+/// Blocks until SIGINT or SIGTERM arrives (a server then shuts down gracefully); a second
+/// one ends the process at once, and so does `deadline` passing after the first.
+pub fn wait_for_shutdown_signal_with_deadline(deadline: std::time::Duration) {
+    wait_for_shutdown_signal();
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        eprintln!("shutdown: requests still running after {deadline:?}; exiting");
+        std::process::exit(1);
+    });
+}
+
+/// Blocks until SIGINT or SIGTERM arrives (a server then shuts down gracefully; a second
+/// signal ends the process at once).
 pub fn wait_for_shutdown_signal() {
     let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.

@@ -23,7 +23,8 @@ impl ApiError {
 
     pub fn body(&self) -> Value {
         let kind = match self.status {
-            400 | 404 | 405 | 413 | 422 => "invalid_request_error",
+            400 | 404 | 405 | 413 | 415 | 422 => "invalid_request_error",
+            401 => "authentication_error",
             503 => "overloaded_error",
             _ => "server_error",
         };
