@@ -23,14 +23,80 @@ struct Cli {
     command: Command,
 }
 
+/// A tensor precision on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Dtype {
+    #[value(alias = "float32")]
+    F32,
+    #[value(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float16")]
+    F16,
+}
+
+impl Dtype {
+    fn kind(self) -> tch::Kind {
+        match self {
+            Dtype::F32 => tch::Kind::Float,
+            Dtype::Bf16 => tch::Kind::BFloat16,
+            Dtype::F16 => tch::Kind::Half,
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(clap::ValueEnum::to_possible_value(self).expect("no skipped values").get_name())
+    }
+}
+
+/// How W_c is fitted (`convert --fit`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Fit {
+    /// Streaming normal equations over every calibration token, f64, ridge chosen on held-out rows
+    Ours,
+    /// The authors' position-averaged pseudo-inverse
+    Reference,
+    /// W_c = 0: softmax unification without compensation
+    None,
+}
+
+/// What `train` post-trains.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum VariantArg {
+    Dense,
+    Uniattn,
+    SoftmaxOnly,
+    Cla,
+    Layerdrop,
+}
+
+impl VariantArg {
+    fn variant(self) -> Variant {
+        use uniattn::plan::ReuseKind;
+        match self {
+            VariantArg::Dense => Variant::Dense,
+            VariantArg::Uniattn => Variant::Reuse(ReuseKind::Uniattn),
+            VariantArg::SoftmaxOnly => Variant::Reuse(ReuseKind::SoftmaxOnly),
+            VariantArg::Cla => Variant::Reuse(ReuseKind::Cla),
+            VariantArg::Layerdrop => Variant::Reuse(ReuseKind::Layerdrop),
+        }
+    }
+}
+
+/// A count that must be at least 1 (refused, not silently raised).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
 #[derive(Args, Clone)]
 struct DeviceArgs {
     /// auto, cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Compute precision: f32, bf16 or f16
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Compute precision
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
 }
 
 #[derive(Args, Clone)]
@@ -119,9 +185,9 @@ enum Command {
     Import {
         gguf: PathBuf,
         out: PathBuf,
-        /// Stored precision: f32 or bf16
-        #[arg(long, default_value = "f32")]
-        dtype: String,
+        /// Stored precision
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
         /// Replace a non-empty OUT
         #[arg(long)]
         overwrite: bool,
@@ -258,9 +324,9 @@ enum Command {
         plan_blocks: Option<String>,
         #[command(flatten)]
         calib: CalibArgs,
-        /// ours (streaming normal equations), reference (position-averaged pinv) or none (W_c = 0)
-        #[arg(long, default_value = "ours")]
-        fit: String,
+        /// How W_c is fitted
+        #[arg(long, value_enum, default_value_t = Fit::Ours)]
+        fit: Fit,
         /// Fixed relative ridge strength instead of choosing it on held-out rows
         #[arg(long)]
         ridge: Option<f64>,
@@ -279,9 +345,9 @@ enum Command {
         /// Replace a non-empty --out
         #[arg(long)]
         overwrite: bool,
-        /// Stored precision: f32 or bf16
-        #[arg(long, default_value = "f32")]
-        save_dtype: String,
+        /// Stored precision
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        save_dtype: Dtype,
         #[command(flatten)]
         dev: DeviceArgs,
     },
@@ -431,9 +497,9 @@ struct TrainArgs {
     val_data: Option<PathBuf>,
     #[arg(long, default_value_t = 0.05)]
     val_fraction: f64,
-    /// dense, uniattn, softmax-only, cla or layerdrop
-    #[arg(long, default_value = "dense")]
-    variant: String,
+    /// What to post-train: the dense model, UniAttn (two stages) or a baseline on the same plan
+    #[arg(long, value_enum, default_value_t = VariantArg::Dense)]
+    variant: VariantArg,
     /// SuperBlock plan g:begin:end (for converting on the fly)
     #[arg(long, conflicts_with = "plan_blocks")]
     plan: Option<String>,
@@ -457,11 +523,14 @@ struct TrainArgs {
     beta2: f64,
     #[arg(long, default_value_t = 1e-8)]
     eps: f64,
-    #[arg(long, default_value_t = 4)]
+    /// Sequences per forward/backward pass
+    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
     micro_batch: usize,
-    #[arg(long, default_value_t = 1)]
+    /// Micro-batches per optimizer step
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     grad_accum: usize,
-    #[arg(long, default_value_t = 1)]
+    /// Passes over the training data per stage
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     epochs: usize,
     #[arg(long, default_value_t = 1024)]
     max_len: usize,
@@ -479,9 +548,9 @@ struct TrainArgs {
     save_every: usize,
     #[arg(long)]
     save_total_limit: Option<usize>,
-    /// Precision of the final model's file: f32 or bf16 (checkpoints stay f32)
-    #[arg(long, default_value = "f32")]
-    save_dtype: String,
+    /// Precision of the final model's file (checkpoints stay f32)
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    save_dtype: Dtype,
     /// Stop after N optimizer steps (resume later with --resume)
     #[arg(long)]
     max_steps: Option<usize>,
@@ -666,7 +735,7 @@ fn search_plan(a: SearchPlanArgs) -> Result<()> {
 fn setup(dev: &DeviceArgs) -> Result<(tch::Device, tch::Kind)> {
     let info = runtime::init()?;
     eprintln!("{info}");
-    Ok((runtime::parse_device(&dev.device)?, runtime::parse_dtype(&dev.dtype)?))
+    Ok((runtime::parse_device(&dev.device)?, dev.dtype.kind()))
 }
 
 /// The analytic inference saving of a plan (bf16 cache).
@@ -733,7 +802,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Import { gguf, out, dtype, overwrite } => {
             runtime::init()?;
-            let kind = runtime::parse_dtype(&dtype)?;
+            let kind = dtype.kind();
             let source = uniattn::cache::resolve_model(&gguf)?;
             let staged = uniattn::fs::OutputDir::prepare(&out, overwrite, &[&source])?;
             let m = loader::load(&source, tch::Kind::Float, tch::Device::Cpu)?;
@@ -1081,7 +1150,7 @@ fn run(cli: Cli) -> Result<()> {
                 data: a.data,
                 val_data: a.val_data,
                 val_fraction: a.val_fraction,
-                variant: Variant::parse(&a.variant)?,
+                variant: a.variant.variant(),
                 plan,
                 calib,
                 max_len: a.max_len,
@@ -1097,9 +1166,9 @@ fn run(cli: Cli) -> Result<()> {
                         weight_decay: a.weight_decay,
                     },
                     stage1_lr: a.stage1_lr,
-                    micro_batch: a.micro_batch.max(1),
-                    grad_accum: a.grad_accum.max(1),
-                    epochs: a.epochs.max(1),
+                    micro_batch: a.micro_batch,
+                    grad_accum: a.grad_accum,
+                    epochs: a.epochs,
                     warmup_ratio: a.warmup_ratio,
                     max_grad_norm: a.max_grad_norm,
                     seed: a.seed,
@@ -1114,7 +1183,7 @@ fn run(cli: Cli) -> Result<()> {
                 resume: a.resume,
                 out: a.out.clone(),
                 kind,
-                save_kind: runtime::parse_dtype(&a.save_dtype)?,
+                save_kind: a.save_dtype.kind(),
                 device,
             };
             let pb = progress::with_template(1, "stage {prefix} {bar:30} {pos}/{len} {msg} ETA {eta}");
@@ -1170,17 +1239,16 @@ fn run(cli: Cli) -> Result<()> {
             let source = uniattn::cache::resolve_model(&model)?;
             let staged = uniattn::fs::OutputDir::prepare(&out, overwrite, &[&source])?;
             let (device, kind) = setup(&dev)?;
-            let save_kind = runtime::parse_dtype(&save_dtype)?;
+            let save_kind = save_dtype.kind();
             let spec = match (plan, plan_blocks) {
                 (Some(p), _) => PlanSpec::Grouped(p),
                 (None, Some(b)) => PlanSpec::Blocks(b),
                 (None, None) => bail!("give --plan or --plan-blocks"),
             };
-            let method = match fit.as_str() {
-                "ours" => FitMethod::Streaming { ridge },
-                "reference" => FitMethod::Reference { len: ref_len },
-                "none" => FitMethod::Zero,
-                f => bail!("--fit {f}: expected ours, reference or none"),
+            let method = match fit {
+                Fit::Ours => FitMethod::Streaming { ridge },
+                Fit::Reference => FitMethod::Reference { len: ref_len },
+                Fit::None => FitMethod::Zero,
             };
             let data = calib.data(matches!(method, FitMethod::Streaming { .. }))?;
             let opts = CalibOptions {

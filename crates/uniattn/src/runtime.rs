@@ -92,16 +92,6 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-/// Compute precision: `f32` or `bf16` (also `f16`).
-pub fn parse_dtype(s: &str) -> Result<tch::Kind> {
-    match s {
-        "f32" | "float32" => Ok(tch::Kind::Float),
-        "bf16" | "bfloat16" => Ok(tch::Kind::BFloat16),
-        "f16" | "float16" => Ok(tch::Kind::Half),
-        _ => Err(Error::invalid(format!("--dtype {s}: expected f32, bf16 or f16"))),
-    }
-}
-
 /// The name of the device for tables: the GPU's product name, or "CPU (N threads)".
 pub fn device_name(device: Device) -> String {
     match device {

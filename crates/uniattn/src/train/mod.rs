@@ -64,6 +64,31 @@ pub struct TrainConfig {
     pub pack: bool,
 }
 
+impl Default for TrainConfig {
+    /// The reference recipe's shape: one epoch per stage, 3% warm-up, clipping at 1.0, no
+    /// validation or checkpoints until asked for; the stages follow from the variant.
+    fn default() -> Self {
+        TrainConfig {
+            stages: vec![],
+            optim: AdamWConfig::default(),
+            stage1_lr: None,
+            micro_batch: 4,
+            grad_accum: 1,
+            epochs: 1,
+            warmup_ratio: 0.03,
+            max_grad_norm: 1.0,
+            seed: 0,
+            eval_every: 0,
+            save_every: 0,
+            save_total_limit: None,
+            stop_after: None,
+            autocast: false,
+            recompute_layers: false,
+            pack: false,
+        }
+    }
+}
+
 /// Where a run stands: enough to continue exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
