@@ -1,0 +1,250 @@
+//! Argument groups several commands share, and the helpers they use.
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use uniattn::convert::CalibData;
+use uniattn::engine::{Engine, EngineOptions, SamplingParams, Scheduler};
+use uniattn::loader;
+use uniattn::runtime;
+use uniattn::train::job::Variant;
+
+/// A tensor precision on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Dtype {
+    #[value(alias = "float32")]
+    F32,
+    #[value(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float16")]
+    F16,
+}
+
+impl Dtype {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Dtype::F32 => tch::Kind::Float,
+            Dtype::Bf16 => tch::Kind::BFloat16,
+            Dtype::F16 => tch::Kind::Half,
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(clap::ValueEnum::to_possible_value(self).expect("no skipped values").get_name())
+    }
+}
+
+/// How W_c is fitted (`convert --fit`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Fit {
+    /// Streaming normal equations over every calibration token, f64, ridge chosen on held-out rows
+    Ours,
+    /// The authors' position-averaged pseudo-inverse
+    Reference,
+    /// W_c = 0: softmax unification without compensation
+    None,
+}
+
+/// What `train` post-trains.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum VariantArg {
+    Dense,
+    Uniattn,
+    SoftmaxOnly,
+    Cla,
+    Layerdrop,
+}
+
+impl VariantArg {
+    pub fn variant(self) -> Variant {
+        use uniattn::plan::ReuseKind;
+        match self {
+            VariantArg::Dense => Variant::Dense,
+            VariantArg::Uniattn => Variant::Reuse(ReuseKind::Uniattn),
+            VariantArg::SoftmaxOnly => Variant::Reuse(ReuseKind::SoftmaxOnly),
+            VariantArg::Cla => Variant::Reuse(ReuseKind::Cla),
+            VariantArg::Layerdrop => Variant::Reuse(ReuseKind::Layerdrop),
+        }
+    }
+}
+
+/// A count that must be at least 1 (refused, not silently raised).
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+#[derive(Args, Clone)]
+pub struct DeviceArgs {
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Compute precision
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 = greedy
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// 0 = off
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// 0 = off
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f64,
+    /// 1 = off
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop before this text; repeatable
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            max_new_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Sequences decoded together
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Longest sequence (prompt + generated tokens)
+    #[arg(long, default_value_t = 4096)]
+    pub max_len: usize,
+    /// Prompt tokens per prefill call
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+}
+
+impl EngineArgs {
+    pub fn scheduler(&self, m: loader::LoadedModel) -> Result<Scheduler> {
+        let opts = EngineOptions {
+            max_batch: self.max_batch,
+            max_len: self.max_len,
+            prefill_chunk: self.prefill_chunk,
+        };
+        Ok(Scheduler::new(Engine::new(m.model, opts)?, Arc::new(m.tokenizer)))
+    }
+}
+
+/// What `generate` and `chat` share: the model, the system prompt, sampling, engine, device.
+#[derive(Args, Clone)]
+pub struct GenerationArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+/// The plans analyze proposes and search-plan compares.
+#[derive(Args, Clone)]
+pub struct PlanShapeArgs {
+    /// Reuse layers of the plan
+    #[arg(long)]
+    pub reuse_layers: usize,
+    /// Lowest layer a SuperBlock may start at (default: half the layers)
+    #[arg(long)]
+    pub min_layer: Option<usize>,
+    /// Largest SuperBlock
+    #[arg(long, default_value_t = 4)]
+    pub max_group: usize,
+}
+
+impl PlanShapeArgs {
+    pub fn min_layer(&self, num_layers: usize) -> usize {
+        self.min_layer.unwrap_or(num_layers / 2)
+    }
+}
+
+/// The rows the closed-form W_c is fitted on (convert, search-plan).
+#[derive(Args, Clone)]
+pub struct CalibArgs {
+    /// Calibration data: JSON/JSONL instruction rows (Alpaca template) or a plain text file
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// Rows of the calibration file to use, e.g. 0..256 (default: all)
+    #[arg(long)]
+    pub calib_rows: Option<String>,
+    /// Fraction of those rows held out to choose the ridge strength
+    #[arg(long, default_value_t = 0.2)]
+    pub heldout_fraction: f64,
+    /// Tokens per calibration sequence at most
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+    /// Batch x length per calibration chunk
+    #[arg(long, default_value_t = 4096)]
+    pub chunk_tokens: usize,
+}
+
+impl CalibArgs {
+    /// The rows to read; `heldout` says whether the fit uses held-out rows (only ours does).
+    pub fn data(&self, heldout: bool) -> uniattn::Result<CalibData> {
+        Ok(CalibData {
+            path: self.calib.clone(),
+            rows: self.calib_rows.as_deref().map(uniattn::data::parse_range).transpose()?,
+            heldout_fraction: if heldout { self.heldout_fraction } else { 0.0 },
+            max_len: self.max_len,
+        })
+    }
+}
+
+pub fn setup(dev: &DeviceArgs) -> Result<(tch::Device, tch::Kind)> {
+    let info = runtime::init()?;
+    eprintln!("{info}");
+    Ok((runtime::parse_device(&dev.device)?, dev.dtype.kind()))
+}
+
+/// The analytic inference saving of a plan (bf16 cache).
+pub fn print_savings(cfg: &uniattn::config::ModelConfig, plan: &uniattn::plan::SuperBlockPlan) {
+    let s = uniattn::savings::plan_savings(cfg, plan, 2);
+    println!(
+        "KV cache     {} -> {} bytes/token in bf16 ({:.1}% saved)",
+        s.kv_bytes_per_token_dense,
+        s.kv_bytes_per_token_unified,
+        100.0 * s.kv_fraction_saved
+    );
+    println!("score FLOPs  {:.1}% of Q K^T + softmax saved", 100.0 * s.score_flops_fraction_saved);
+    println!(
+        "per token    {} projection MACs saved ({}), {} W_c MACs added",
+        s.proj_macs_saved_per_token,
+        plan.reuse
+            .spec()
+            .drops
+            .iter()
+            .filter(|m| m.ends_with("proj") && **m != "v2_proj")
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.wc_macs_added_per_token
+    );
+    println!("parameters   {} removed, {} added", s.params_removed, s.params_added);
+}

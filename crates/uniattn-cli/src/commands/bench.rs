@@ -1,0 +1,83 @@
+//! Engine benchmarks: several models over a grid of batch sizes and contexts.
+use crate::args::*;
+use crate::progress;
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use uniattn::engine::{bench, Engine, EngineOptions};
+use uniattn::loader;
+use uniattn::runtime;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A model (GGUF or folder); repeat to compare, the first is the baseline
+    #[arg(long, required = true)]
+    pub model: Vec<PathBuf>,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    pub batch: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "512,2048,8192")]
+    pub context: Vec<usize>,
+    /// Timed decode steps per case
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Each case first runs untimed, repeated for at least this many seconds (new shapes
+    /// and an idle GPU's low clocks would otherwise be timed)
+    #[arg(long, default_value_t = 2.0)]
+    pub warm_up: f64,
+    /// Peak memory bandwidth in GB/s for the bound (known cards are recognised)
+    #[arg(long)]
+    pub bandwidth_gbs: Option<f64>,
+    /// Also write the rows as JSON
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also draw decode tokens/s against batch size (SVG)
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+pub fn bench(
+    BenchArgs { model, batch, context, new_tokens, prefill_chunk, warm_up, bandwidth_gbs, json, plot, dev, }: BenchArgs,
+) -> Result<()> {
+    let warm_up = std::time::Duration::try_from_secs_f64(warm_up)
+        .map_err(|e| anyhow::anyhow!("--warm-up {warm_up}: expected seconds >= 0 ({e})"))?;
+    let (device, kind) = setup(&dev)?;
+    let card = runtime::device_name(device);
+    let bandwidth = bandwidth_gbs.map(|g| g * 1e9).or_else(|| bench::card_bandwidth(&card));
+    let mut rows = Vec::new();
+    let cases: Vec<(usize, usize)> =
+        context.iter().flat_map(|&c| batch.iter().map(move |&b| (b, c))).collect();
+    // Distinct labels, so that rows of two models never mix in the comparison.
+    let mut labels: Vec<String> = Vec::new();
+    for p in &model {
+        let l = loader::model_label(p);
+        let n = labels.iter().filter(|x| x.split('#').next() == Some(l.as_str())).count();
+        labels.push(if n == 0 { l } else { format!("{l}#{}", n + 1) });
+    }
+    for (path, label) in model.iter().zip(&labels) {
+        let m = loader::load(path, kind, device)?;
+        let label = label.clone();
+        let opts = EngineOptions { max_batch: 1, max_len: 1, prefill_chunk };
+        let mut engine = Engine::new(m.model, opts)?;
+        let pb = progress::bar(cases.len() as u64, &label);
+        for &(b, c) in &cases {
+            pb.set_message(format!("{label} batch {b} context {c}"));
+            rows.push(bench::run_case(&mut engine, &label, b, c, new_tokens, bandwidth, warm_up));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+    }
+    rows.sort_by_key(|r| (r.context, r.batch, labels.iter().position(|m| *m == r.model)));
+    if let Some(j) = json {
+        std::fs::write(&j, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", j.display()))?;
+    }
+    if let Some(p) = plot {
+        bench::plot(&card, &rows, &p)?;
+    }
+    println!("{}", bench::table(&card, &rows));
+    Ok(())
+}

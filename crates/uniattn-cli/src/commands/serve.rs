@@ -1,0 +1,140 @@
+//! The OpenAI-compatible server and a load generator for it.
+use crate::args::*;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use uniattn::loader;
+use uniattn::runtime;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Address to listen on, host:port
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub addr: String,
+    /// Host to listen on (overrides --addr's host)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (overrides --addr's port)
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Require `Authorization: Bearer KEY` on every request but /health
+    #[arg(long, env = "UNIATTN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Prompts waiting or generating at once; more are answered 503 with Retry-After
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending: u64,
+    /// Prompts one completion request may carry
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_prompts: u64,
+    /// Seconds the graceful shutdown waits for requests in flight (a second Ctrl-C exits at once)
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+    /// Name reported by /v1/models (default: the model's file name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Largest request body accepted, bytes
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest max_tokens a request may ask for
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens: usize,
+    /// HTTP handler threads
+    #[arg(long, default_value_t = 128)]
+    pub threads: usize,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+}
+
+pub fn serve(
+    ServeArgs {
+        model,
+        addr,
+        host,
+        port,
+        api_key,
+        max_pending,
+        max_prompts,
+        shutdown_timeout,
+        name,
+        max_body_bytes,
+        max_tokens,
+        threads,
+        engine,
+        dev,
+    }: ServeArgs,
+) -> Result<()> {
+    let addr = match (host, port, addr.rsplit_once(':')) {
+        (None, None, _) => addr,
+        (h, p, Some((ah, ap))) => {
+            format!("{}:{}", h.as_deref().unwrap_or(ah), p.map_or(ap.to_string(), |p| p.to_string()))
+        }
+        (h, p, None) => format!("{}:{}", h.as_deref().unwrap_or(&addr), p.unwrap_or(8000)),
+    };
+    let deadline = std::time::Duration::try_from_secs_f64(shutdown_timeout)
+        .map_err(|e| anyhow::anyhow!("--shutdown-timeout {shutdown_timeout}: expected seconds >= 0 ({e})"))?;
+    let (device, kind) = setup(&dev)?;
+    let name = name.unwrap_or_else(|| loader::model_label(&model));
+    let sched = engine.scheduler(loader::load(&model, kind, device)?)?;
+    let opts = uniattn::server::ServerOptions {
+        addr,
+        model_name: name,
+        max_body_bytes,
+        max_tokens,
+        threads,
+        api_key,
+        max_pending: max_pending as usize,
+        max_prompts: max_prompts as usize,
+    };
+    let handle = uniattn::server::start(sched, opts)?;
+    eprintln!("serving {} on http://{} (Ctrl-C to stop)", model.display(), handle.addr());
+    runtime::wait_for_shutdown_signal_with_deadline(deadline);
+    eprintln!("shutting down: finishing requests in flight (at most {deadline:?}; Ctrl-C again to exit now)");
+    handle.shutdown();
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LoadtestArgs {
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub addr: String,
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 20)]
+    pub requests: usize,
+    #[arg(long, default_value = "Once upon a time, an old lighthouse keeper")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+}
+
+pub fn loadtest(LoadtestArgs { addr, clients, requests, prompt, max_tokens }: LoadtestArgs) -> Result<()> {
+    let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("--addr {addr}"))?;
+    let body = serde_json::json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.7, "seed": 1})
+        .to_string();
+    let t0 = std::time::Instant::now();
+    let results = uniattn::server::client::load(addr, "/v1/completions", body.as_bytes(), clients, requests);
+    let secs = t0.elapsed().as_secs_f64();
+    let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok().filter(|r| r.status == 200)).collect();
+    let tokens: u64 = ok.iter().map(|r| r.completion_tokens).sum();
+    let mut lat: Vec<f64> = ok.iter().map(|r| r.seconds).collect();
+    let failures = results.len() - lat.len();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    println!("| clients | requests | failures | p50 s | p99 s | requests/s | tokens/s |\n|---|---|---|---|---|---|---|");
+    println!(
+        "| {clients} | {} | {failures} | {:.3} | {:.3} | {:.2} | {:.1} |",
+        results.len(),
+        pct(0.5),
+        pct(0.99),
+        lat.len() as f64 / secs,
+        tokens as f64 / secs
+    );
+    if failures > 0 {
+        bail!("{failures} of {} requests failed", results.len());
+    }
+    Ok(())
+}
