@@ -234,6 +234,15 @@ fn requests_that_cannot_run_are_refused_with_the_reason() {
     .unwrap()
     .to_string();
     assert!(e.contains("at least 1"), "{e}");
+    // Longer than the model's context (1,024 positions for the tiny model): refused up front.
+    let e = Engine::new(
+        model(Family::Llama, None, 1),
+        EngineOptions { max_batch: 1, max_len: 20_000, prefill_chunk: 4 },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("exceeds the model's context of 1024"), "{e}");
 }
 
 /// A long prompt prefilled over several steps while a short request runs and finishes: its

@@ -162,3 +162,25 @@ fn doc_nll(
     }
     (nll, predicted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Family;
+    use crate::model::transformer::tests::{tiny_config, tiny_model};
+    use crate::plan::SuperBlockPlan;
+
+    /// Corrupt weights give an error, never "perplexity NaN" with success.
+    #[test]
+    fn a_nan_perplexity_is_an_error() {
+        let cfg = tiny_config(Family::Llama);
+        let m = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Float, 3);
+        let ids: Vec<u32> = (0..12).collect();
+        assert!(perplexity(&m, &ids, 0, 12, 12, |_, _| {}).unwrap().perplexity.is_finite());
+        tch::no_grad(|| {
+            let _ = m.norm.weight.shallow_clone().fill_(f64::NAN);
+        });
+        let e = perplexity(&m, &ids, 0, 12, 12, |_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("not finite"), "{e}");
+    }
+}

@@ -432,20 +432,10 @@ mod tests {
         TrainConfig {
             stages,
             optim: AdamWConfig { lr: 3e-3, ..Default::default() },
-            stage1_lr: None,
             micro_batch: micro,
             grad_accum: accum,
-            epochs: 1,
-            warmup_ratio: 0.03,
-            max_grad_norm: 1.0,
             seed: 7,
-            eval_every: 0,
-            save_every: 0,
-            save_total_limit: None,
-            stop_after: None,
-            autocast: false,
-            recompute_layers: false,
-            pack: false,
+            ..Default::default()
         }
     }
 
