@@ -87,11 +87,13 @@ pub struct DeviceArgs {
 
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
+    /// Most tokens to generate per prompt
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
     /// 0 = greedy
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off)
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
     /// 0 = off
@@ -103,6 +105,7 @@ pub struct SamplingArgs {
     /// 1 = off
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f64,
+    /// Seed of each request's own sampler (the same text whatever else is in the batch)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop before this text; repeatable
@@ -153,8 +156,10 @@ impl EngineArgs {
 /// What `generate` and `chat` share: the model, the system prompt, sampling, engine, device.
 #[derive(Args, Clone)]
 pub struct GenerationArgs {
+    /// A GGUF file, a model folder or a fetched model's short name (smollm2, ...)
     #[arg(long)]
     pub model: PathBuf,
+    /// A system message for the chat template
     #[arg(long)]
     pub system: Option<String>,
     #[command(flatten)]

@@ -101,3 +101,32 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval { what: eval::EvalCommand::Ppl(a) } => eval::ppl(a),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every option says what it is, and every command's help ends with an example.
+    #[test]
+    fn every_option_has_help_and_every_command_an_example() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if a.get_help().is_none() && a.get_long_help().is_none() && !builtin {
+                    missing.push(format!("{path} --{}", a.get_id()));
+                }
+            }
+            let leaf = c.get_subcommands().next().is_none();
+            if leaf && !c.get_after_help().is_some_and(|h| h.to_string().contains("uniattn ")) {
+                missing.push(format!("{path}: no example"));
+            }
+            for s in c.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "uniattn", &mut missing);
+        assert!(missing.is_empty(), "{} without help:\n{}", missing.len(), missing.join("\n"));
+    }
+}

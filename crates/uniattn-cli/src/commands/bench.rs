@@ -9,17 +9,23 @@ use uniattn::loader;
 use uniattn::runtime;
 
 #[derive(Args)]
+#[command(
+    after_help = "Example:\n  uniattn bench --model smollm2 --model runs/smol-uni --batch 1,8 --context 512"
+)]
 pub struct BenchArgs {
     /// A model (GGUF or folder); repeat to compare, the first is the baseline
     #[arg(long, required = true)]
     pub model: Vec<PathBuf>,
+    /// Batch sizes (comma-separated)
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     pub batch: Vec<usize>,
+    /// Prompt lengths in tokens (comma-separated)
     #[arg(long, value_delimiter = ',', default_value = "512,2048,8192")]
     pub context: Vec<usize>,
     /// Timed decode steps per case
     #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
+    /// Prompt tokens per prefill call
     #[arg(long, default_value_t = 512)]
     pub prefill_chunk: usize,
     /// Each case first runs untimed, repeated for at least this many seconds (new shapes

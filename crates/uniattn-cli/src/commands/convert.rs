@@ -10,7 +10,11 @@ use uniattn::loader;
 use uniattn::runtime;
 
 #[derive(Args)]
+#[command(
+    after_help = "Example:\n  uniattn convert smollm2 --plan-blocks 15-18,20-22 --calib data/pmc_llama_instructions_1000.json --out runs/smol-uni"
+)]
 pub struct ConvertArgs {
+    /// The dense model: a GGUF file, a folder or a fetched model's short name
     pub model: PathBuf,
     /// The paper's g:begin:end, e.g. 4:16:33 (end clipped to the layer count)
     #[arg(long, conflicts_with = "plan_blocks", required_unless_present = "plan_blocks")]
@@ -116,7 +120,11 @@ pub fn convert(
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Example:\n  uniattn analyze smollm2 --data data/pmc_llama_instructions_1000.json --reuse-layers 10 --out runs/analysis"
+)]
 pub struct AnalyzeArgs {
+    /// The dense model: a GGUF file, a folder or a fetched model's short name
     pub model: PathBuf,
     /// Sample data: JSON/JSONL instruction rows or a plain text file
     #[arg(long)]

@@ -17,7 +17,11 @@ pub enum EvalCommand {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Example:\n  uniattn eval mc --model smollm2 --tasks arc_easy,medmcqa --limit 500 (bare arc_easy = 5-shot rc on the validation split; the resolved variant is printed in every table)"
+)]
 pub struct McArgs {
+    /// A GGUF file, a model folder or a fetched model's short name
     #[arg(long)]
     model: PathBuf,
     /// Comma-separated: task or task:variant (e.g. arc_easy, medmcqa:rc_5shot, mmlu_anatomy,
@@ -50,7 +54,11 @@ pub struct McArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Example:\n  uniattn eval ppl --model smollm2 --text ~/.cache/uniattn/data/wiki.utf8 --max-tokens 256"
+)]
 pub struct PplArgs {
+    /// A GGUF file, a model folder or a fetched model's short name
     #[arg(long)]
     model: PathBuf,
     /// A plain text file (one document) or JSON/JSONL rows (one document each: instruction

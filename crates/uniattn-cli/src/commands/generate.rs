@@ -10,6 +10,9 @@ use uniattn::loader;
 use uniattn::tokenizer::ChatMessage;
 
 #[derive(Args)]
+#[command(
+    after_help = "Example:\n  uniattn generate --model smollm2 --prompt \"What is the capital of France?\""
+)]
 pub struct GenerateArgs {
     #[arg(long)]
     /// A prompt; repeat for a batch
@@ -73,6 +76,7 @@ pub fn generate(
 }
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  uniattn chat --model smollm2 --system \"You are concise.\"")]
 pub struct ChatArgs {
     #[command(flatten)]
     pub run: GenerationArgs,

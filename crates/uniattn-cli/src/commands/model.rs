@@ -7,8 +7,11 @@ use uniattn::loader;
 use uniattn::runtime;
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  uniattn import smollm2 out/smollm2 --dtype bf16")]
 pub struct ImportArgs {
+    /// The GGUF file (or a fetched model's short name, e.g. smollm2)
     pub gguf: PathBuf,
+    /// The Hugging Face folder to write
     pub out: PathBuf,
     /// Stored precision
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
@@ -31,7 +34,9 @@ pub fn import(ImportArgs { gguf, out, dtype, overwrite }: ImportArgs) -> Result<
 }
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  uniattn info smollm2")]
 pub struct InfoArgs {
+    /// A GGUF file, a model folder or a fetched model's short name
     pub model: PathBuf,
 }
 

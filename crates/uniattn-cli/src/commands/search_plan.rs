@@ -9,6 +9,9 @@ use uniattn::loader;
 use uniattn::runtime;
 
 #[derive(Args)]
+#[command(
+    after_help = "Example:\n  uniattn search-plan smollm2 --calib data/pmc_llama_instructions_1000.json --val data/pmc_llama_instructions_1000.json --val-rows 900..1000 --reuse-layers 4 --out runs/plan-search"
+)]
 pub struct SearchPlanArgs {
     /// The dense model (GGUF or folder)
     pub model: PathBuf,
@@ -41,6 +44,7 @@ pub struct SearchPlanArgs {
     /// With --val-task: longest context + continuation, and padded tokens per forward batch
     #[arg(long, default_value_t = 2048)]
     pub choice_max_len: usize,
+    /// With --val-task: padded tokens per forward batch
     #[arg(long, default_value_t = 8192)]
     pub batch_tokens: usize,
     #[command(flatten)]

@@ -7,7 +7,9 @@ use uniattn::loader;
 use uniattn::runtime;
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  uniattn serve --model smollm2 --port 8000 --api-key secret")]
 pub struct ServeArgs {
+    /// A GGUF file, a model folder or a fetched model's short name
     #[arg(long)]
     pub model: PathBuf,
     /// Address to listen on, host:port
@@ -98,15 +100,21 @@ pub fn serve(
 }
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  uniattn loadtest --addr 127.0.0.1:8000 --clients 64 --requests 20")]
 pub struct LoadtestArgs {
+    /// The server, host:port
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub addr: String,
+    /// Concurrent clients
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
+    /// Requests each client sends, one after another
     #[arg(long, default_value_t = 20)]
     pub requests: usize,
+    /// The prompt of every request
     #[arg(long, default_value = "Once upon a time, an old lighthouse keeper")]
     pub prompt: String,
+    /// max_tokens of every request
     #[arg(long, default_value_t = 32)]
     pub max_tokens: usize,
 }

@@ -10,7 +10,11 @@ use uniattn::train::optim::AdamWConfig;
 use uniattn::train::TrainConfig;
 
 #[derive(Args)]
+#[command(
+    after_help = "Example:\n  uniattn train --model smollm2 --variant uniattn --plan-blocks 15-18,20-22 --data data/pmc_llama_instructions_1000.json --out runs/uniattn"
+)]
 pub struct TrainArgs {
+    /// The model to start from: dense (GGUF, folder, short name) or a converted UniAttn folder
     #[arg(long)]
     pub model: PathBuf,
     /// Training data: JSON/JSONL rows (Alpaca, prompt/response, messages, ShareGPT) or a text file
@@ -19,6 +23,7 @@ pub struct TrainArgs {
     /// Validation data (default: --val-fraction of --data)
     #[arg(long)]
     pub val_data: Option<PathBuf>,
+    /// Fraction of the training rows held out for validation when no --val-data is given
     #[arg(long, default_value_t = 0.05)]
     pub val_fraction: f64,
     /// What to post-train: the dense model, UniAttn (two stages) or a baseline on the same plan
@@ -27,24 +32,31 @@ pub struct TrainArgs {
     /// SuperBlock plan g:begin:end (for converting on the fly)
     #[arg(long, conflicts_with = "plan_blocks")]
     pub plan: Option<String>,
+    /// Explicit SuperBlocks, first-last inclusive, e.g. 16-19,20-23
     #[arg(long)]
     pub plan_blocks: Option<String>,
     /// Calibration file for the on-the-fly UniAttn conversion (default: --data)
     #[arg(long)]
     pub calib: Option<PathBuf>,
+    /// Rows of the calibration file for the closed-form W_c, e.g. 0..256
     #[arg(long)]
     pub calib_rows: Option<String>,
+    /// Peak learning rate (cosine schedule with warm-up)
     #[arg(long, default_value_t = 2e-5)]
     pub lr: f64,
     /// Learning rate of UniAttn's stage 1 (W_c only); default --lr
     #[arg(long)]
     pub stage1_lr: Option<f64>,
+    /// AdamW weight decay (the reference recipe uses none)
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// AdamW beta1
     #[arg(long, default_value_t = 0.9)]
     pub beta1: f64,
+    /// AdamW beta2
     #[arg(long, default_value_t = 0.999)]
     pub beta2: f64,
+    /// AdamW epsilon
     #[arg(long, default_value_t = 1e-8)]
     pub eps: f64,
     /// Sequences per forward/backward pass
@@ -56,12 +68,16 @@ pub struct TrainArgs {
     /// Passes over the training data per stage
     #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     pub epochs: usize,
+    /// Longest training sequence in tokens (longer rows are cut)
     #[arg(long, default_value_t = 1024)]
     pub max_len: usize,
+    /// Fraction of each stage spent warming the learning rate up
     #[arg(long, default_value_t = 0.03)]
     pub warmup_ratio: f64,
+    /// Clip the gradient norm to this (0 = off)
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    /// Seed of the data order and the validation split
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Validation loss every N optimizer steps (and at the end of each stage)
@@ -70,6 +86,7 @@ pub struct TrainArgs {
     /// Checkpoint every N optimizer steps (and at the end of each stage)
     #[arg(long, default_value_t = 200)]
     pub save_every: usize,
+    /// Keep only the newest N checkpoints
     #[arg(long)]
     pub save_total_limit: Option<usize>,
     /// Precision of the final model's file (checkpoints stay f32)
