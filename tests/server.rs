@@ -236,5 +236,19 @@ fn keys_content_types_limits_and_tokenizer_endpoints() {
     let get = |path: &str| request_with(a, "GET", path, None, &auth[1..]).unwrap();
     assert_eq!(get("/v1/models/smollm2").json()["id"], "smollm2");
     assert_eq!(get("/v1/models/other").status, 404);
+    // Prometheus metrics count what happened; /health reports the pending prompts given back.
+    let m = get("/metrics");
+    assert_eq!(m.status, 200);
+    for want in [
+        "uniattn_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 2",
+        "uniattn_requests_total{endpoint=\"/v1/completions\",status=\"503\"} 1",
+        "uniattn_requests_total{endpoint=\"/v1/completions\",status=\"401\"} 2",
+        "uniattn_time_to_first_token_seconds_count 3",
+        "uniattn_pending_prompts 0",
+    ] {
+        assert!(m.body.contains(want), "{want} missing from:\n{}", m.body);
+    }
+    let h = request(a, "GET", "/health", None).unwrap();
+    assert_eq!((h.status, h.json()["pending"].as_u64()), (200, Some(0)));
     s.shutdown();
 }

@@ -12,6 +12,9 @@ pub struct ServeArgs {
     /// A GGUF file, a model folder or a fetched model's short name
     #[arg(long)]
     pub model: PathBuf,
+    /// Quiet: no line per request on standard error
+    #[arg(long)]
+    pub no_request_log: bool,
     /// Address to listen on, host:port
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub addr: String,
@@ -53,6 +56,7 @@ pub struct ServeArgs {
 
 pub fn serve(
     ServeArgs {
+        no_request_log,
         model,
         addr,
         host,
@@ -90,6 +94,7 @@ pub fn serve(
         api_key,
         max_pending: max_pending as usize,
         max_prompts: max_prompts as usize,
+        log_requests: !no_request_log,
     };
     let handle = uniattn::server::start(sched, opts)?;
     eprintln!("serving {} on http://{} (Ctrl-C to stop)", model.display(), handle.addr());

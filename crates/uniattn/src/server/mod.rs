@@ -5,6 +5,7 @@
 //! give OpenAI-style 4xx errors; shutting down finishes the requests in flight.
 pub mod api;
 pub mod client;
+mod metrics;
 mod worker;
 
 use crate::engine::{Event, FinishReason, Request, Scheduler, TokenLogprob};
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use worker::{Command, Job};
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct ServerOptions {
     pub max_pending: usize,
     /// Prompts one completion request may carry.
     pub max_prompts: usize,
+    /// One line per request on standard error: method, path, status, milliseconds.
+    pub log_requests: bool,
 }
 
 impl Default for ServerOptions {
@@ -48,6 +51,7 @@ impl Default for ServerOptions {
             api_key: None,
             max_pending: 256,
             max_prompts: 64,
+            log_requests: false,
         }
     }
 }
@@ -69,6 +73,7 @@ struct Shared {
     counter: AtomicU64,
     /// Prompts submitted and not yet finished (see [`Pending`]).
     pending: Arc<AtomicUsize>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// A claim on `n` of the server's pending-prompt places, given back when it drops (the
@@ -121,10 +126,13 @@ pub fn start(sched: Scheduler, opts: ServerOptions) -> Result<ServerHandle> {
         commands: tx.clone(),
         counter: AtomicU64::new(0),
         pending: Arc::new(AtomicUsize::new(0)),
+        metrics: Arc::new(metrics::Metrics::default()),
     });
+    shared.metrics.beat();
+    let beats = Arc::clone(&shared.metrics);
     let engine = std::thread::Builder::new()
         .name("uniattn-engine".into())
-        .spawn(move || worker::run(sched, rx))
+        .spawn(move || worker::run(sched, rx, &beats))
         .map_err(|e| Error::invalid(format!("cannot start the engine thread: {e}")))?;
     let server = Arc::new(server);
     let stopping = Arc::new(AtomicBool::new(false));
@@ -183,13 +191,21 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The engine thread counts as stalled when it has not gone round its loop for this long.
+const STALLED_AFTER_S: f64 = 30.0;
+
 fn handle(mut rq: tiny_http::Request, shared: &Shared) {
+    let arrived = Instant::now();
     let method = rq.method().clone();
     let url = rq.url().split('?').next().unwrap_or("").to_string();
     let response = admit(&rq, &url, shared)
         .and_then(|()| read_body(&mut rq, shared.opts.max_body_bytes))
-        .and_then(|body| match (method, url.as_str()) {
-            (tiny_http::Method::Get, "/health") => Ok(json_response(200, &json!({"status": "ok"})).into()),
+        .and_then(|body| match (method.clone(), url.as_str()) {
+            (tiny_http::Method::Get, "/health") => Ok(health(shared).into()),
+            (tiny_http::Method::Get, "/metrics") => {
+                let text = shared.metrics.render(shared.pending.load(Ordering::SeqCst));
+                Ok(text_response(200, "text/plain; version=0.0.4", text).into())
+            }
             (tiny_http::Method::Get, "/v1/models") => {
                 Ok(json_response(200, &json!({"object": "list", "data": [model_card(shared)]})).into())
             }
@@ -204,8 +220,8 @@ fn handle(mut rq: tiny_http::Request, shared: &Shared) {
                     ))
                 }
             }
-            (tiny_http::Method::Post, "/v1/completions") => completions(&body, shared),
-            (tiny_http::Method::Post, "/v1/chat/completions") => chat(&body, shared),
+            (tiny_http::Method::Post, "/v1/completions") => completions(&body, shared, arrived),
+            (tiny_http::Method::Post, "/v1/chat/completions") => chat(&body, shared, arrived),
             (tiny_http::Method::Post, "/tokenize") => tokenize(&body, shared),
             (tiny_http::Method::Post, "/detokenize") => detokenize(&body, shared),
             (
@@ -219,6 +235,10 @@ fn handle(mut rq: tiny_http::Request, shared: &Shared) {
             ) => Err(ApiError::new(405, format!("method not allowed on {url}"))),
             _ => Err(ApiError::new(404, format!("no such endpoint: {url}"))),
         });
+    let status = match &response {
+        Ok(_) => 200,
+        Err(e) => e.status,
+    };
     match response {
         Ok(Reply::Events(events)) if *rq.http_version() == tiny_http::HTTPVersion(1, 1) => {
             let mut out = rq.into_writer();
@@ -241,6 +261,34 @@ fn handle(mut rq: tiny_http::Request, shared: &Shared) {
             let _ = rq.respond(r);
         }
     }
+    shared.metrics.request(&url, status);
+    if shared.opts.log_requests {
+        eprintln!("{method} {url} {status} {:.1} ms", arrived.elapsed().as_secs_f64() * 1e3);
+    }
+}
+
+/// 200 while the engine thread goes round its loop, 503 when it has stalled (a request that
+/// never finishes would otherwise leave `/health` saying ok).
+fn health(shared: &Shared) -> Response {
+    let silence = shared.metrics.engine_silence();
+    let pending = shared.pending.load(Ordering::SeqCst);
+    if silence > STALLED_AFTER_S {
+        json_response(503, &json!({"status": "stalled", "engine_silence_s": silence, "pending": pending}))
+    } else {
+        json_response(200, &json!({"status": "ok", "pending": pending}))
+    }
+}
+
+fn text_response(status: u16, content_type: &str, text: String) -> Response {
+    let data = text.into_bytes();
+    let len = data.len();
+    tiny_http::Response::new(
+        status.into(),
+        vec![header("Content-Type", content_type)],
+        Box::new(std::io::Cursor::new(data)) as Box<dyn Read + Send>,
+        Some(len),
+        None,
+    )
 }
 
 /// Checks before the body is read: the API key, and that a POST body is JSON (a browser page
@@ -316,6 +364,16 @@ fn read_body(rq: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiErro
 }
 
 impl Shared {
+    /// Counts an engine event: the first token's arrival and a finished request's tokens.
+    fn observe(&self, e: &Event, arrived: Instant, first: bool) {
+        observe(&self.metrics, e, arrived, first);
+    }
+
+    /// What a stream needs to count its events after the handler has returned.
+    fn observer(&self, arrived: Instant) -> Observer {
+        Observer { metrics: Arc::clone(&self.metrics), arrived, first: true }
+    }
+
     /// Claims `n` pending-prompt places, or answers 503 when the server is full.
     fn claim(&self, n: usize) -> Result<Pending, ApiError> {
         let before = self.pending.fetch_add(n, Ordering::SeqCst);
@@ -372,6 +430,24 @@ impl Shared {
     }
 }
 
+fn observe(metrics: &metrics::Metrics, e: &Event, arrived: Instant, first: bool) {
+    match e {
+        Event::Token { .. } if first => metrics.first_token(arrived),
+        Event::Finished { prompt_tokens, completion_tokens, .. } => {
+            metrics.prompt_tokens.fetch_add(*prompt_tokens as u64, Ordering::Relaxed);
+            metrics.completion_tokens.fetch_add(*completion_tokens as u64, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// A stream's hold on the metrics.
+struct Observer {
+    metrics: Arc<metrics::Metrics>,
+    arrived: Instant,
+    first: bool,
+}
+
 /// Waits for one request's events; returns the finish event's fields and the streamed ones.
 struct Outcome {
     tokens: Vec<(u32, Option<TokenLogprob>)>,
@@ -382,9 +458,10 @@ struct Outcome {
     prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
 }
 
-fn collect(rx: Receiver<Event>) -> Result<Outcome, ApiError> {
+fn collect(rx: Receiver<Event>, shared: &Shared, arrived: Instant) -> Result<Outcome, ApiError> {
     let mut tokens = Vec::new();
     for e in rx {
+        shared.observe(&e, arrived, tokens.is_empty());
         match e {
             Event::Token { token, logprob, .. } => tokens.push((token, logprob)),
             Event::Finished { text, reason, prompt_tokens, completion_tokens, prompt_logprobs, .. } => {
@@ -403,7 +480,7 @@ fn collect(rx: Receiver<Event>) -> Result<Outcome, ApiError> {
     Err(ApiError::new(500, "the engine stopped before the request finished"))
 }
 
-fn completions(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
+fn completions(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, ApiError> {
     let req: CompletionRequest = api::parse(body)?;
     let params = req.sampling(&shared.limits)?;
     let count = match &req.prompt {
@@ -451,7 +528,7 @@ fn completions(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": reason}]})
         };
-        return Ok(sse(rx, claim, move |e| match e {
+        return Ok(sse(rx, claim, shared.observer(arrived), move |e| match e {
             Event::Token { text, .. } if !text.is_empty() => vec![chunk(text, None)],
             Event::Finished { tail, reason, .. } => vec![chunk(tail, Some(reason.as_str()))],
             _ => vec![],
@@ -459,7 +536,7 @@ fn completions(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
     }
     let (mut choices, mut usage) = (Vec::new(), (0, 0));
     for (i, (rx, prompt)) in receivers.into_iter().zip(&prompts).enumerate() {
-        let o = collect(rx)?;
+        let o = collect(rx, shared, arrived)?;
         usage = (usage.0 + o.prompt_tokens, usage.1 + o.completion_tokens);
         let prompt_text =
             if req.echo { shared.tokenizer.decode(prompt).unwrap_or_default() } else { String::new() };
@@ -506,7 +583,7 @@ fn completion_logprobs(shared: &Shared, prompt: &[u32], o: &Outcome, echo: bool)
     json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
 }
 
-fn chat(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
+fn chat(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, ApiError> {
     let req: ChatRequest = api::parse(body)?;
     let params = req.sampling(&shared.limits)?;
     let messages: Vec<ChatMessage> = req
@@ -533,7 +610,7 @@ fn chat(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
                 "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}]})
         };
         let mut first = true;
-        return Ok(sse(rx, claim, move |e| {
+        return Ok(sse(rx, claim, shared.observer(arrived), move |e| {
             let mut out = Vec::new();
             if std::mem::take(&mut first) {
                 out.push(chunk(json!({"role": "assistant", "content": ""}), None));
@@ -558,7 +635,7 @@ fn chat(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
             out
         }));
     }
-    let o = collect(rx)?;
+    let o = collect(rx, shared, arrived)?;
     let lp = logprobs.map(|_| {
         // Chat log-probs cover the message's tokens, not the end-of-sequence token.
         let content: Vec<Value> = o
@@ -598,6 +675,7 @@ pub struct EventStream {
     done: bool,
     /// The request's pending place, given back when the stream ends or its client leaves.
     _claim: Pending,
+    observer: Observer,
 }
 
 impl EventStream {
@@ -607,6 +685,9 @@ impl EventStream {
         while buf.is_empty() && !self.done {
             match self.rx.recv() {
                 Ok(e) => {
+                    let o = &mut self.observer;
+                    observe(&o.metrics, &e, o.arrived, o.first);
+                    o.first &= !matches!(e, Event::Token { .. });
                     let end = matches!(e, Event::Finished { .. } | Event::Failed { .. });
                     let values = match &e {
                         Event::Failed { error, .. } => vec![ApiError::new(500, error.clone()).body()],
@@ -676,7 +757,8 @@ impl EventStream {
 fn sse(
     rx: Receiver<Event>,
     claim: Pending,
+    observer: Observer,
     render: impl FnMut(&Event) -> Vec<Value> + Send + 'static,
 ) -> Reply {
-    Reply::Events(EventStream { rx, render: Box::new(render), done: false, _claim: claim })
+    Reply::Events(EventStream { rx, render: Box::new(render), done: false, _claim: claim, observer })
 }

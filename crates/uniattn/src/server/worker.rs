@@ -18,10 +18,11 @@ pub enum Command {
     Drain,
 }
 
-pub fn run(mut sched: Scheduler, commands: Receiver<Command>) {
+pub fn run(mut sched: Scheduler, commands: Receiver<Command>, metrics: &super::metrics::Metrics) {
     let mut routes: HashMap<u64, Sender<Event>> = HashMap::new();
     let mut draining = false;
     loop {
+        metrics.beat();
         // Block only while idle; then take everything else that has arrived.
         let mut next = if sched.has_work() || draining {
             None
