@@ -2,7 +2,8 @@
 # On the GPU machine (issue 17): CUDA-graph decode checked against the eager engine, then
 # timed against the eager engine and transformers (eager, static-cache generate, and the
 # gpt-fast-style compiled step), all in one run on one card. Random weights in
-# Qwen2.5-Coder-0.5B's shapes; UniAttn is the paper's 4:12:24 plan with W_c fitted on 16 rows.
+# Qwen2.5-Coder-0.5B's shapes (SHAPES=1.5b for 1.5B's); UniAttn is the paper's 4:12:24 plan
+# (PLAN=...) with W_c fitted on 16 rows.
 #   TESTBIN=target/release/deps/uniattn-HASH scripts/device/graph_bench.sh
 set -uo pipefail
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
@@ -16,8 +17,9 @@ if [[ -n ${TESTBIN:-} ]]; then
   "$TESTBIN" cuda_graph --nocapture 2>&1 | tail -4 | tee "$OUT/graph_test.log"
 fi
 echo "== models"
-python3 scripts/device/random_model.py scripts/device/qwen2.5-coder-0.5b.config.json "$W/q05" 2>&1 | tail -1
-$U convert "$W/q05" --plan 4:12:24 --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
+SHAPES=${SHAPES:-0.5b}
+python3 scripts/device/random_model.py scripts/device/qwen2.5-coder-$SHAPES.config.json "$W/q05" 2>&1 | tail -1
+$U convert "$W/q05" --plan ${PLAN:-4:12:24} --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
   --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|KV|error" | head -3
 common=(--batch "$BATCH" --context "$CONTEXT" --new-tokens "$NEW" --dtype bf16 --device cuda)
 for r in $(seq 1 "$REPEATS"); do
