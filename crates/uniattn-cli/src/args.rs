@@ -230,26 +230,5 @@ pub fn setup(dev: &DeviceArgs) -> Result<(tch::Device, tch::Kind)> {
 
 /// The analytic inference saving of a plan (bf16 cache).
 pub fn print_savings(cfg: &uniattn::config::ModelConfig, plan: &uniattn::plan::SuperBlockPlan) {
-    let s = uniattn::savings::plan_savings(cfg, plan, 2);
-    println!(
-        "KV cache     {} -> {} bytes/token in bf16 ({:.1}% saved)",
-        s.kv_bytes_per_token_dense,
-        s.kv_bytes_per_token_unified,
-        100.0 * s.kv_fraction_saved
-    );
-    println!("score FLOPs  {:.1}% of Q K^T + softmax saved", 100.0 * s.score_flops_fraction_saved);
-    println!(
-        "per token    {} projection MACs saved ({}), {} W_c MACs added",
-        s.proj_macs_saved_per_token,
-        plan.reuse
-            .spec()
-            .drops
-            .iter()
-            .filter(|m| m.ends_with("proj") && **m != "v2_proj")
-            .copied()
-            .collect::<Vec<_>>()
-            .join(", "),
-        s.wc_macs_added_per_token
-    );
-    println!("parameters   {} removed, {} added", s.params_removed, s.params_added);
+    println!("{}", uniattn::savings::plan_savings(cfg, plan, 2).table());
 }

@@ -119,6 +119,72 @@ pub fn save_folder(
     Ok(())
 }
 
+/// What `uniattn info` reports about a model: sizes, plan and what the plan saves.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelReport {
+    pub model: String,
+    pub family: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub parameters: usize,
+    pub plan: String,
+    /// `uniattn`, `softmax-only`, `cla` or `layerdrop`; `None` for a dense model.
+    pub reuse_kind: Option<&'static str>,
+    pub reuse_layers: Vec<usize>,
+    /// At inference, in bf16; `None` for a dense model.
+    pub savings: Option<crate::savings::PlanSavings>,
+}
+
+impl ModelReport {
+    /// Reads a model's files (weights included, to count parameters) and describes it.
+    pub fn of(path: &Path) -> Result<Self> {
+        let parts = read_parts(path)?;
+        let c = &parts.cfg;
+        let dense = parts.plan.is_dense();
+        Ok(ModelReport {
+            model: path.display().to_string(),
+            family: format!("{:?}", c.family),
+            layers: c.num_layers,
+            hidden: c.hidden_size,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            vocab: c.vocab_size,
+            parameters: parts.weights.tensors.values().map(|t| t.numel()).sum(),
+            plan: parts.plan.describe(),
+            reuse_kind: (!dense).then(|| parts.plan.reuse.name()),
+            reuse_layers: parts.plan.reuse_layers(),
+            savings: (!dense).then(|| crate::savings::plan_savings(c, &parts.plan, 2)),
+        })
+    }
+
+    /// The report as aligned lines.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "model        {}\nfamily       {}\nlayers       {}\nhidden       {}\n\
+             heads        {} query, {} KV, head dim {}\nvocab        {}\nparameters   {}\nplan         {}",
+            self.model,
+            self.family,
+            self.layers,
+            self.hidden,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.vocab,
+            self.parameters,
+            self.plan
+        );
+        if let (Some(kind), Some(s)) = (self.reuse_kind, &self.savings) {
+            out += &format!("\nreuse kind   {kind}\nreuse layers {:?}\n{}", self.reuse_layers, s.table());
+        }
+        out
+    }
+}
+
 /// A short name for a model in tables: the file or folder name, with its parent for the
 /// generic names training runs use (`runs/uniattn/final` -> `uniattn/final`).
 pub fn model_label(path: &Path) -> String {
@@ -133,8 +199,39 @@ pub fn model_label(path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::model_label;
-    use std::path::Path;
+    use super::*;
+    use crate::config::Family;
+    use crate::model::transformer::tests::{tiny_config, tiny_model};
+    use crate::plan::ReuseKind;
+
+    /// `info` on a saved folder of each reuse kind reports that kind and its own savings.
+    #[test]
+    fn info_reports_each_kind_and_its_savings() {
+        let cfg = tiny_config(Family::Llama);
+        let tok = crate::tokenizer::tests::tiny();
+        for kind in ReuseKind::ALL {
+            let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(kind);
+            let m = tiny_model(&cfg, plan.clone(), Kind::Float, 2);
+            let dir = tempfile::tempdir().unwrap();
+            save_folder(&m, &tok, dir.path(), Kind::Float, None, &[]).unwrap();
+            let r = ModelReport::of(dir.path()).unwrap();
+            let want = crate::savings::plan_savings(&cfg, &plan, 2);
+            let got = r.savings.as_ref().unwrap();
+            assert_eq!((r.reuse_kind, r.reuse_layers.as_slice()), (Some(kind.name()), &[2usize, 3][..]));
+            assert_eq!(
+                (got.kv_bytes_per_token_unified, got.params_added, got.params_removed),
+                (want.kv_bytes_per_token_unified, want.params_added, want.params_removed),
+                "{kind:?}"
+            );
+            assert_eq!(r.parameters, m.num_parameters(), "{kind:?}");
+            assert!(r.table().contains(&format!("reuse kind   {}", kind.name())), "{}", r.table());
+        }
+        let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Float, 2);
+        let dir = tempfile::tempdir().unwrap();
+        save_folder(&dense, &tok, dir.path(), Kind::Float, None, &[]).unwrap();
+        let r = ModelReport::of(dir.path()).unwrap();
+        assert!(r.savings.is_none() && r.reuse_kind.is_none() && !r.table().contains("KV cache"));
+    }
 
     #[test]
     fn labels_are_short_but_tell_runs_apart() {

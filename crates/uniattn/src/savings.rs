@@ -21,6 +21,29 @@ pub struct PlanSavings {
     pub wc_macs_added_per_token: usize,
     pub params_removed: usize,
     pub params_added: usize,
+    /// The projections each reuse layer drops (`q_proj`, `k_proj`, ...).
+    pub dropped_projections: Vec<&'static str>,
+}
+
+impl PlanSavings {
+    /// The savings as the aligned lines `info` and `convert` print.
+    pub fn table(&self) -> String {
+        format!(
+            "KV cache     {} -> {} bytes/token in bf16 ({:.1}% saved)\n\
+             score FLOPs  {:.1}% of Q K^T + softmax saved\n\
+             per token    {} projection MACs saved ({}), {} W_c MACs added\n\
+             parameters   {} removed, {} added",
+            self.kv_bytes_per_token_dense,
+            self.kv_bytes_per_token_unified,
+            100.0 * self.kv_fraction_saved,
+            100.0 * self.score_flops_fraction_saved,
+            self.proj_macs_saved_per_token,
+            self.dropped_projections.join(", "),
+            self.wc_macs_added_per_token,
+            self.params_removed,
+            self.params_added
+        )
+    }
 }
 
 pub fn plan_savings(cfg: &ModelConfig, plan: &SuperBlockPlan, bytes_per_value: usize) -> PlanSavings {
@@ -57,6 +80,7 @@ pub fn plan_savings(cfg: &ModelConfig, plan: &SuperBlockPlan, bytes_per_value: u
         wc_macs_added_per_token: r * wc,
         params_removed: r * (macs + extra),
         params_added: r * wc,
+        dropped_projections: spec.drops.iter().copied().filter(|m| module(m).0 > 0).collect(),
     }
 }
 

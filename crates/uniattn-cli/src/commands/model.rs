@@ -38,24 +38,18 @@ pub fn import(ImportArgs { gguf, out, dtype, overwrite }: ImportArgs) -> Result<
 pub struct InfoArgs {
     /// A GGUF file, a model folder or a fetched model's short name
     pub model: PathBuf,
+    /// Print the report as JSON (the same fields as the table)
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn info(InfoArgs { model }: InfoArgs) -> Result<()> {
+pub fn info(InfoArgs { model, json }: InfoArgs) -> Result<()> {
     runtime::init()?;
-    let parts = loader::read_parts(&model)?;
-    let c = &parts.cfg;
-    println!("model        {}", model.display());
-    println!("family       {:?}", c.family);
-    println!("layers       {}", c.num_layers);
-    println!("hidden       {}", c.hidden_size);
-    println!("heads        {} query, {} KV, head dim {}", c.num_heads, c.num_kv_heads, c.head_dim);
-    println!("vocab        {}", c.vocab_size);
-    let params: usize = parts.weights.tensors.values().map(|t| t.numel()).sum();
-    println!("parameters   {params}");
-    println!("plan         {}", parts.plan.describe());
-    if !parts.plan.is_dense() {
-        println!("reuse layers {:?}", parts.plan.reuse_layers());
-        print_savings(c, &parts.plan);
+    let report = loader::ModelReport::of(&model)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.table());
     }
     Ok(())
 }
