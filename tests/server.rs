@@ -177,6 +177,11 @@ fn concurrent_requests_and_graceful_shutdown() {
         results.iter().all(|r| r.as_ref().is_ok_and(|r| r.status == 200 && r.completion_tokens > 0)),
         "{results:?}"
     );
+    // Streamed load: every request succeeds and each has a first token and gaps between tokens.
+    let r = uniattn::server::client::load_test(a, 4, 2, "Once upon a time", 6, true);
+    assert_eq!((r.requests, r.failures), (8, 0), "{r:?}");
+    let (ttft, itl) = (r.ttft_p50_s.unwrap(), r.itl_p50_s.unwrap());
+    assert!(ttft > 0.0 && itl > 0.0 && ttft <= r.latency_p99_s, "{r:?}");
     let slow = std::thread::spawn(move || {
         post(a, "/v1/completions", &json!({"prompt": "Count: 1, 2, 3,", "max_tokens": 48, "temperature": 0}))
     });

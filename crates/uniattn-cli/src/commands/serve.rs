@@ -122,32 +122,26 @@ pub struct LoadtestArgs {
     /// max_tokens of every request
     #[arg(long, default_value_t = 32)]
     pub max_tokens: usize,
+    /// Stream every request and measure time to first token and between tokens
+    #[arg(long)]
+    pub stream: bool,
+    /// Print the report as JSON (the same fields as the table)
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn loadtest(LoadtestArgs { addr, clients, requests, prompt, max_tokens }: LoadtestArgs) -> Result<()> {
+pub fn loadtest(
+    LoadtestArgs { addr, clients, requests, prompt, max_tokens, stream, json }: LoadtestArgs,
+) -> Result<()> {
     let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("--addr {addr}"))?;
-    let body = serde_json::json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.7, "seed": 1})
-        .to_string();
-    let t0 = std::time::Instant::now();
-    let results = uniattn::server::client::load(addr, "/v1/completions", body.as_bytes(), clients, requests);
-    let secs = t0.elapsed().as_secs_f64();
-    let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok().filter(|r| r.status == 200)).collect();
-    let tokens: u64 = ok.iter().map(|r| r.completion_tokens).sum();
-    let mut lat: Vec<f64> = ok.iter().map(|r| r.seconds).collect();
-    let failures = results.len() - lat.len();
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
-    println!("| clients | requests | failures | p50 s | p99 s | requests/s | tokens/s |\n|---|---|---|---|---|---|---|");
-    println!(
-        "| {clients} | {} | {failures} | {:.3} | {:.3} | {:.2} | {:.1} |",
-        results.len(),
-        pct(0.5),
-        pct(0.99),
-        lat.len() as f64 / secs,
-        tokens as f64 / secs
-    );
-    if failures > 0 {
-        bail!("{failures} of {} requests failed", results.len());
+    let report = uniattn::server::client::load_test(addr, clients, requests, &prompt, max_tokens, stream);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    if report.failures > 0 {
+        bail!("{} of {} requests failed", report.failures, report.requests);
     }
     Ok(())
 }

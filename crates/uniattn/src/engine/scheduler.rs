@@ -107,6 +107,9 @@ pub struct Scheduler {
     prefilling: Option<Prefill>,
     active: Vec<Sequence>,
     next_id: u64,
+    /// Prompt tokens prefilled since the last decode step: at most `prefill_chunk` of them
+    /// run between two decodes, however the steps are cut.
+    prefilled_since_decode: usize,
 }
 
 /// Log-probability of `token` and the `k` best alternatives from one row of log-probs.
@@ -132,6 +135,7 @@ impl Scheduler {
             prefilling: None,
             active: Vec::new(),
             next_id: 0,
+            prefilled_since_decode: 0,
         }
     }
 
@@ -192,7 +196,7 @@ impl Scheduler {
     /// advances every running sequence by one token. Returns what happened, in order.
     pub fn step(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
-        let mut budget = self.engine.options.prefill_chunk;
+        let mut budget = self.engine.options.prefill_chunk.saturating_sub(self.prefilled_since_decode);
         while budget > 0 {
             if self.prefilling.is_none() {
                 if self.active.len() >= self.engine.cache.slots() {
@@ -213,6 +217,7 @@ impl Scheduler {
                     p.logits.push(l);
                     p.done += n;
                     budget -= n;
+                    self.prefilled_since_decode += n;
                 }
                 Err(e) => {
                     events.push(Event::Failed { id: p.id, error: e.to_string() });
@@ -226,8 +231,14 @@ impl Scheduler {
                 self.start(p, &mut events);
                 // A request can finish on its first token; its slot is free again at once.
                 self.compact();
+                // Hand the first token over now rather than after this step's decode: a
+                // streaming client sees it one step sooner. The decode runs on the next call,
+                // after at most the rest of this step's prefill budget.
+                return events;
             }
         }
+        // The decode (or, with nothing to decode, the end of this step) opens the next budget.
+        self.prefilled_since_decode = 0;
         if !self.active.is_empty() {
             let tokens: Vec<u32> = self.active.iter().map(|s| s.pending).collect();
             match self.engine.decode(&tokens) {
