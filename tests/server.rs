@@ -257,3 +257,45 @@ fn keys_content_types_limits_and_tokenizer_endpoints() {
     assert_eq!((h.status, h.json()["pending"].as_u64()), (200, Some(0)));
     s.shutdown();
 }
+
+/// lm-evaluation-harness's `local-completions` scoring, request for request: the context and
+/// continuation tokens as one prompt, `echo`, `logprobs: 1`, `max_tokens: 1`, and the sum of
+/// `token_logprobs[ctxlen:-1]` (the last entry is the generated token). It equals `eval mc`'s
+/// log-likelihood of every choice: the generated token is reported even when it is the
+/// end-of-sequence token, where lm-eval would otherwise drop a continuation token.
+#[test]
+fn lm_eval_local_completions_scores_equal_eval_mc() {
+    use uniattn::eval::{loglikelihood::encode_pair, multiple_choice, tasks};
+    let s = start(1 << 20);
+    let a = s.addr();
+    let task = tasks::load(&tasks_dir(), "arc_easy:rc_0shot").unwrap().remove(0);
+    let m = loader::load(&model(SMOLLM2).unwrap(), Kind::Float, Device::Cpu).unwrap();
+    let n = 25;
+    let opts = multiple_choice::ScoringOptions { max_len: 2048, batch_tokens: 4096 };
+    let (_, items) =
+        multiple_choice::evaluate(&m.model, &m.tokenizer, &task, Some(n), opts, |_, _| {}).unwrap();
+    let (mut worst, mut eos_next) = (0.0f64, 0);
+    for (item, scored) in task.items.iter().take(n).zip(&items) {
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = item
+            .requests
+            .iter()
+            .map(|r| encode_pair(&m.tokenizer, &r.context, &r.continuation).unwrap())
+            .collect();
+        let prompts: Vec<Vec<u32>> = pairs.iter().map(|(c, k)| [c.as_slice(), k].concat()).collect();
+        let body = json!({"prompt": prompts, "max_tokens": 1, "temperature": 0, "logprobs": 1, "echo": true, "seed": 1234});
+        let (st, out) = post(a, "/v1/completions", &body);
+        assert_eq!(st, 200, "{out}");
+        for (i, (ctx, _)) in pairs.iter().enumerate() {
+            let lp = &out["choices"][i]["logprobs"];
+            let t = lp["token_logprobs"].as_array().unwrap();
+            let harness: f64 = t[ctx.len()..t.len() - 1].iter().map(|v| v.as_f64().unwrap()).sum();
+            worst = worst.max((harness - scored.results[i].logprob).abs());
+            // The generated token's text: empty for the end-of-sequence token.
+            let last = lp["tokens"].as_array().unwrap().last().unwrap().as_str().unwrap().to_string();
+            eos_next += usize::from(last.is_empty() || out["choices"][i]["finish_reason"] == "stop");
+        }
+    }
+    eprintln!("lm-eval's scoring through serve vs eval mc, {n} questions: max |diff| {worst:.2e}, EOS generated after {eos_next} choices");
+    assert!(worst < 1e-3, "{worst}");
+    s.shutdown();
+}
