@@ -192,6 +192,25 @@ impl ModelConfig {
                 return Err(Error::format(path, format!("rope_scaling: type '{ty}' is not supported yet")));
             }
         }
+        // transformers 5 writes RoPE as `rope_parameters`: one set, or one per layer type
+        // (Gemma 3: `full_attention` and `sliding_attention`) instead of `rope_theta` and
+        // `rope_local_base_freq`.
+        let rope_params = field("rope_parameters");
+        let rope_set = |layer_type: &str| -> Result<Option<f64>> {
+            let Some(rp) = rope_params else { return Ok(None) };
+            let set = rp.get(layer_type).unwrap_or(rp);
+            if let Some(ty) = set.get("rope_type").and_then(Value::as_str) {
+                if ty != "default" {
+                    return Err(Error::format(
+                        path,
+                        format!("rope_parameters: type '{ty}' is not supported yet"),
+                    ));
+                }
+            }
+            Ok(set.get("rope_theta").and_then(Value::as_f64))
+        };
+        let rope_theta = f64_of("rope_theta").or(rope_set("full_attention")?).unwrap_or(10_000.0);
+        let rope_local = f64_of("rope_local_base_freq").or(rope_set("sliding_attention")?);
         let hidden = usize_of("hidden_size")?;
         let heads = usize_of("num_attention_heads")?;
         let ids = |k: &str| -> Vec<u32> {
@@ -242,9 +261,9 @@ impl ModelConfig {
                 None => hidden / heads.max(1),
             },
             rms_norm_eps: f64_of("rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: f64_of("rope_theta").unwrap_or(10_000.0),
+            rope_theta,
             rope_local_theta: if family == Family::Gemma3 {
-                Some(f64_of("rope_local_base_freq").unwrap_or(10_000.0))
+                Some(rope_local.unwrap_or(10_000.0))
             } else {
                 None
             },
@@ -405,6 +424,25 @@ mod tests {
         assert_eq!((c.head_dim, c.kv_groups(), c.family), (64, 3, Family::Llama));
         let again = ModelConfig::from_hf_file(&write("smol2", &c.to_hf_json())).unwrap();
         assert_eq!(c, again);
+    }
+
+    /// transformers 5's `rope_parameters`, flat (Llama, Qwen) and per layer type (Gemma 3).
+    #[test]
+    fn rope_parameters_of_transformers_5() {
+        let mut v = smol();
+        v.as_object_mut().unwrap().remove("rope_theta");
+        v["rope_parameters"] = json!({"rope_theta": 1_000_000.0, "rope_type": "default"});
+        assert_eq!(ModelConfig::from_hf_file(&write("rp", &v)).unwrap().rope_theta, 1_000_000.0);
+        v["rope_parameters"] = json!({"rope_theta": 8.0, "rope_type": "yarn"});
+        let e = ModelConfig::from_hf_file(&write("rp2", &v)).unwrap_err().to_string();
+        assert!(e.contains("rope_parameters: type 'yarn'"), "{e}");
+        v["model_type"] = json!("gemma3_text");
+        v["num_hidden_layers"] = json!(12);
+        v["sliding_window"] = json!(512);
+        v["rope_parameters"] = json!({"full_attention": {"rope_theta": 1_000_000.0, "rope_type": "default"},
+            "sliding_attention": {"rope_theta": 10_000.0, "rope_type": "default"}});
+        let c = ModelConfig::from_hf_file(&write("rp3", &v)).unwrap();
+        assert_eq!((c.layer_rope_theta(0), c.layer_rope_theta(5)), (10_000.0, 1_000_000.0));
     }
 
     #[test]
