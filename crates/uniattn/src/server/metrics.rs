@@ -35,9 +35,11 @@ impl Metrics {
             "/tokenize",
             "/detokenize",
         ];
-        let endpoint =
-            if known.contains(&endpoint) || endpoint.starts_with("/v1/models/") { endpoint } else { "other" };
-        let endpoint = if endpoint.starts_with("/v1/models/") { "/v1/models/{id}" } else { endpoint };
+        let endpoint = match endpoint {
+            e if known.contains(&e) => e,
+            e if e.starts_with("/v1/models/") => "/v1/models/{id}",
+            _ => "other",
+        };
         if let Ok(mut m) = self.requests.lock() {
             *m.entry((endpoint.to_string(), status)).or_default() += 1;
         }

@@ -364,11 +364,6 @@ fn read_body(rq: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiErro
 }
 
 impl Shared {
-    /// Counts an engine event: the first token's arrival and a finished request's tokens.
-    fn observe(&self, e: &Event, arrived: Instant, first: bool) {
-        observe(&self.metrics, e, arrived, first);
-    }
-
     /// What a stream needs to count its events after the handler has returned.
     fn observer(&self, arrived: Instant) -> Observer {
         Observer { metrics: Arc::clone(&self.metrics), arrived, first: true }
@@ -430,6 +425,7 @@ impl Shared {
     }
 }
 
+/// Counts an engine event: the first token's arrival and a finished request's tokens.
 fn observe(metrics: &metrics::Metrics, e: &Event, arrived: Instant, first: bool) {
     match e {
         Event::Token { .. } if first => metrics.first_token(arrived),
@@ -461,7 +457,7 @@ struct Outcome {
 fn collect(rx: Receiver<Event>, shared: &Shared, arrived: Instant) -> Result<Outcome, ApiError> {
     let mut tokens = Vec::new();
     for e in rx {
-        shared.observe(&e, arrived, tokens.is_empty());
+        observe(&shared.metrics, &e, arrived, tokens.is_empty());
         match e {
             Event::Token { token, logprob, .. } => tokens.push((token, logprob)),
             Event::Finished { text, reason, prompt_tokens, completion_tokens, prompt_logprobs, .. } => {
