@@ -1,13 +1,18 @@
 //! Records libtorch's folder as the binaries' run path, so that they start without
 //! LD_LIBRARY_PATH (a GPU machine's LD_LIBRARY_PATH still takes precedence over it), and
-//! compiles the CUDA-graph shim (cuda/graph_shim.cpp) into a shared library that the crate
-//! embeds and loads only where CUDA is available (libtorch_cuda cannot load without a driver).
+//! compiles the CUDA shim (cuda/*.cpp: graphs, and the launcher of the NVRTC-compiled kernels)
+//! into a shared library that the crate embeds and loads only where CUDA is available
+//! (libtorch_cuda cannot load without a driver).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+const SHIM_SOURCES: &[&str] = &["cuda/graphs.cpp", "cuda/nvrtc.cpp"];
+
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-changed=cuda/graph_shim.cpp");
+    for f in SHIM_SOURCES.iter().chain(&["cuda/shim.h"]) {
+        println!("cargo:rerun-if-changed={f}");
+    }
     println!("cargo:rustc-check-cfg=cfg(uniattn_cuda_shim)");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let shim = out.join("libuniattn_cuda.so");
@@ -19,7 +24,7 @@ fn main() {
     let lt = Path::new(&libtorch);
     let cuda_include = lt.join("cuda-include");
     if !lt.join("lib/libtorch_cuda.so").exists() || !cuda_include.join("cuda_runtime_api.h").exists() {
-        println!("cargo:warning=CUDA graphs disabled: {} has no libtorch_cuda.so or cuda-include/ (scripts/setup.sh unpacks the headers)", lt.display());
+        println!("cargo:warning=CUDA graphs and fused kernels disabled: {} has no libtorch_cuda.so or cuda-include/ (scripts/setup.sh unpacks the headers)", lt.display());
         std::fs::write(&shim, b"").expect("write placeholder");
         return;
     }
@@ -36,7 +41,7 @@ fn main() {
         .arg(format!("-I{}", lt.join("include").display()))
         .arg(format!("-I{}", lt.join("include/torch/csrc/api/include").display()))
         .arg(format!("-I{}", cuda_include.display()))
-        .arg("cuda/graph_shim.cpp")
+        .args(SHIM_SOURCES)
         .arg(format!("-L{}", lt.join("lib").display()))
         .args([
             "-Wl,--no-as-needed",
@@ -45,11 +50,12 @@ fn main() {
             "-ltorch_cpu",
             "-lc10",
             "-l:libcudart.so.13",
+            "-ldl",
         ])
         .args(["-Wl,--allow-shlib-undefined", "-o"])
         .arg(&shim)
         .status()
         .unwrap_or_else(|e| panic!("running {cxx}: {e}"));
-    assert!(status.success(), "compiling cuda/graph_shim.cpp failed");
+    assert!(status.success(), "compiling the CUDA shim (cuda/*.cpp) failed");
     println!("cargo:rustc-cfg=uniattn_cuda_shim");
 }

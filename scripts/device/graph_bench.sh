@@ -13,8 +13,8 @@ BATCH=${BATCH:-1,32} CONTEXT=${CONTEXT:-2048,8192} NEW=${NEW:-128} REPEATS=${REP
 mkdir -p "$W" "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 if [[ -n ${TESTBIN:-} ]]; then
-  echo "== CUDA graphs vs eager (tiny models, every family and plan, f32)"
-  "$TESTBIN" cuda_graph --nocapture 2>&1 | tail -4 | tee "$OUT/graph_test.log"
+  echo "== fused kernels vs their compositions; CUDA graphs + fused kernels vs eager (tiny models, f32)"
+  "$TESTBIN" cuda:: cuda_graph --nocapture 2>&1 | grep -E "^test |max|result|panicked|differ" | tee "$OUT/graph_test.log"
 fi
 echo "== models"
 SHAPES=${SHAPES:-0.5b}
@@ -23,9 +23,10 @@ $U convert "$W/q05" --plan ${PLAN:-4:12:24} --calib data/pmc_llama_instructions_
   --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|KV|error" | head -3
 common=(--batch "$BATCH" --context "$CONTEXT" --new-tokens "$NEW" --dtype bf16 --device cuda)
 for r in $(seq 1 "$REPEATS"); do
-  echo "== uniattn bench, repeat $r (eager, then CUDA graphs)"
+  echo "== uniattn bench, repeat $r (eager; graphs without fused kernels if UNFUSED=1; graphs + fused kernels)"
   [[ ${EAGER:-1} == 1 ]] && UNIATTN_CUDA_GRAPHS=0 $U bench --model "$W/q05" "${common[@]}" --json "$OUT/bench_eager_$r.json" 2>&1 | grep "^|" | tail -n +3
-  $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json "$OUT/bench_graphs_$r.json" 2>&1 | grep "^|" | tail -n +3
+  [[ ${UNFUSED:-0} == 1 ]] && UNIATTN_FUSED_KERNELS=0 $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json "$OUT/bench_unfused_$r.json" 2>&1 | grep "^|" | tail -n +3
+  $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json "$OUT/bench_graphs_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
 done
 for mode in $MODES; do
   echo "== transformers $mode"

@@ -9,7 +9,7 @@ pub mod cache;
 pub mod calibrate;
 pub mod config;
 pub mod convert;
-pub mod cuda_graph;
+pub mod cuda;
 pub mod data;
 pub mod engine;
 pub mod error;

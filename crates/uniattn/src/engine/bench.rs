@@ -2,6 +2,7 @@
 //! grid of batch sizes and contexts, with the KV-cache size, the memory bandwidth a decode step
 //! achieves and the analytic bound (bytes read per step over the card's bandwidth).
 use super::Engine;
+use crate::cuda::kernels;
 use crate::rng::SplitMix64;
 use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
@@ -103,7 +104,16 @@ pub fn run_case(
         batch,
         context,
         new_tokens,
-        decode: if engine.cuda_graphs().is_some() { "CUDA graphs" } else { "eager" }.into(),
+        decode: match (
+            engine.cuda_graphs().is_some(),
+            engine.model.device.is_cuda() && kernels::available().is_ok(),
+        ) {
+            (true, true) => "graphs+fused",
+            (true, false) => "graphs",
+            (false, true) => "eager+fused",
+            (false, false) => "eager",
+        }
+        .into(),
         kernels_per_step: None,
         ttft_ms: 0.0,
         prefill_tokens_per_s: 0.0,

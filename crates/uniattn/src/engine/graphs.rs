@@ -4,7 +4,7 @@
 //! key-length bucket (`KEY_BUCKET` positions), so a graph serves every step of that shape.
 //! Everything a captured step reads or writes lives at fixed addresses: the token and position
 //! buffers here, the KV cache, the weights and the graph's output.
-use crate::cuda_graph::{CudaGraph, GraphPool};
+use crate::cuda::graph::{CudaGraph, GraphPool};
 use crate::error::Result;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};

@@ -146,6 +146,18 @@ impl KvCache {
         }
     }
 
+    /// Layer `layer`'s key and value tensors from slot `slot0` on (views, `[slots - slot0,
+    /// kv_heads, capacity, head_dim]`): where a fused kernel writes new keys and values at
+    /// positions it reads on the device.
+    pub fn slabs(&self, layer: usize, slot0: usize) -> (Option<Tensor>, Option<Tensor>) {
+        let from = |t: &Tensor| t.narrow(0, slot0 as i64, t.size()[0] - slot0 as i64);
+        match &self.layers[layer] {
+            LayerCache::KeysValues { k, v } => (Some(from(k)), Some(from(v))),
+            LayerCache::ValuesOnly { v } => (None, Some(from(v))),
+            LayerCache::Nothing => (None, None),
+        }
+    }
+
     /// Cached keys of rows `slot0..slot0 + n`, positions `0..k_len` (a view, no copy).
     pub fn keys(&self, layer: usize, slot0: usize, n: i64, k_len: i64) -> Tensor {
         match &self.layers[layer] {

@@ -3,6 +3,7 @@
 //! in reuse layers, gate|up in the MLP), so a decode step launches fewer, larger kernels.
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
+use crate::cuda::kernels::{self, HeadLayout};
 use crate::model::attention::{attention_probs, fused_attention, Attention, Heads};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::model::rope::RopeAngles;
@@ -15,6 +16,15 @@ fn qkv_prefix(first: &Tensor, width: i64) -> Tensor {
     let s = first.size();
     let stride = first.stride();
     first.as_strided([s[0], s[1], width], stride, None)
+}
+
+/// RoPE on the query and key heads of `y` (a fused projection's output, heads as `layout`
+/// says) and the cache write of its keys and values, in one fused kernel. Returns the rotated
+/// queries, or `None` where the kernel does not apply (the caller runs the composition).
+fn write_fused(cache: &KvCache, l: usize, step: &Step, y: &Tensor, layout: HeadLayout) -> Option<Tensor> {
+    let (keys, values) = cache.slabs(l, step.slot0);
+    let rope = step.rope;
+    kernels::rope_kv_write(y, step.positions, &rope.cos, &rope.sin_signed, layout, keys.as_ref(), &values?)
 }
 
 /// Concatenates projections along their outputs; a missing bias becomes zeros.
@@ -97,6 +107,9 @@ impl InferenceMlp {
     /// The activations the down projection reads: `act(x W_gate) * (x W_up)`.
     fn hidden(&self, x: &Tensor) -> Tensor {
         let gu = self.gate_up.forward(x);
+        if let Some(out) = kernels::gated_act(&gu, self.gelu_tanh) {
+            return out;
+        }
         let half = gu.size()[2] / 2;
         let g = gu.narrow(-1, 0, half);
         let g = if self.gelu_tanh { g.gelu("tanh") } else { g.silu() };
@@ -281,19 +294,32 @@ impl InferenceLayer {
         let n = x.size()[0];
         match &self.attn {
             InferenceAttention::Full { qkv, o_proj, q_norm, k_norm, heads: h, scale, softcap } => {
-                let (qd, kvd) = (h.num_heads * h.head_dim, h.num_kv_heads * h.head_dim);
-                let parts = qkv.forward(x).split_with_sizes([qd, kvd, kvd], -1);
-                let (q, k) = if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
-                    let q = qn.forward(&h.split(&parts[0], h.num_heads));
-                    let k = kn.forward(&h.split(&parts[1], h.num_kv_heads));
-                    (step.rope.apply(&q), step.rope.apply(&k))
-                } else {
-                    // Q and K rotated together: one set of RoPE kernels instead of two.
-                    let qk = h.split(&qkv_prefix(&parts[0], qd + kvd), h.num_heads + h.num_kv_heads);
-                    let qk = step.rope.apply(&qk);
-                    (qk.narrow(1, 0, h.num_heads), qk.narrow(1, h.num_heads, h.num_kv_heads))
+                let y = qkv.forward(x);
+                let layout =
+                    HeadLayout { q: h.num_heads, k: h.num_kv_heads, v: h.num_kv_heads, dim: h.head_dim };
+                let fused = (q_norm.is_none() && k_norm.is_none())
+                    .then(|| write_fused(cache, l, step, &y, layout))
+                    .flatten();
+                let q = match fused {
+                    Some(q) => q,
+                    None => {
+                        let (qd, kvd) = (h.num_heads * h.head_dim, h.num_kv_heads * h.head_dim);
+                        let parts = y.split_with_sizes([qd, kvd, kvd], -1);
+                        let (q, k) = if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
+                            let q = qn.forward(&h.split(&parts[0], h.num_heads));
+                            let k = kn.forward(&h.split(&parts[1], h.num_kv_heads));
+                            (step.rope.apply(&q), step.rope.apply(&k))
+                        } else {
+                            // Q and K rotated together: one set of RoPE kernels instead of two.
+                            let qk = h.split(&qkv_prefix(&parts[0], qd + kvd), h.num_heads + h.num_kv_heads);
+                            let qk = step.rope.apply(&qk);
+                            (qk.narrow(1, 0, h.num_heads), qk.narrow(1, h.num_heads, h.num_kv_heads))
+                        };
+                        let v = h.split(&parts[2], h.num_kv_heads);
+                        cache.write(l, step.slot0, step.positions, Some(&k), &v);
+                        q
+                    }
                 };
-                cache.write(l, step.slot0, step.positions, Some(&k), &h.split(&parts[2], h.num_kv_heads));
                 let keys = cache.keys(l, step.slot0, n, step.k_len);
                 let values = cache.values(l, step.slot0, n, step.k_len);
                 let decode = q.size()[2] == 1;
@@ -317,13 +343,16 @@ impl InferenceLayer {
             InferenceAttention::Reuse { vc, o_proj, heads: h, compensated } => {
                 let y = vc.forward(x);
                 let kvd = h.num_kv_heads * h.head_dim;
-                cache.write(
-                    l,
-                    step.slot0,
-                    step.positions,
-                    None,
-                    &h.split(&y.narrow(-1, 0, kvd), h.num_kv_heads),
-                );
+                let layout = HeadLayout { q: 0, k: 0, v: h.num_kv_heads, dim: h.head_dim };
+                if write_fused(cache, l, step, &y, layout).is_none() {
+                    cache.write(
+                        l,
+                        step.slot0,
+                        step.positions,
+                        None,
+                        &h.split(&y.narrow(-1, 0, kvd), h.num_kv_heads),
+                    );
+                }
                 let values = cache.values(l, step.slot0, n, step.k_len);
                 let lead = lead.as_ref().expect("the plan runs a lead before its reuse layers");
                 let extra = compensated.then(|| y.narrow(-1, kvd, y.size()[2] - kvd));

@@ -87,7 +87,7 @@ impl Engine {
         // On a GPU, decode through CUDA graphs unless UNIATTN_CUDA_GRAPHS=0 (or the shim is
         // missing, in which case the eager path runs as before).
         let wanted = std::env::var("UNIATTN_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        if wanted && engine.model.device.is_cuda() && crate::cuda_graph::available() {
+        if wanted && engine.model.device.is_cuda() && crate::cuda::available() {
             engine.use_cuda_graphs(true)?;
         }
         Ok(engine)

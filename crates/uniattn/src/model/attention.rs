@@ -141,7 +141,11 @@ pub fn attention_probs(
     scale: f64,
     softcap: Option<f64>,
 ) -> Tensor {
-    let mut scores = h.scores(q, k) * scale;
+    let scores = h.scores(q, k);
+    if let Some(p) = crate::cuda::kernels::masked_softmax(&scores, mask, scale, softcap) {
+        return p;
+    }
+    let mut scores = scores * scale;
     if let Some(cap) = softcap {
         scores = (scores / cap).tanh() * cap;
     }

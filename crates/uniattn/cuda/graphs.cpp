@@ -1,37 +1,18 @@
 // CUDA graphs and streams for uniattn: the parts of libtorch that tch 0.24 does not bind.
-// Built by build.rs into a shared library that the binary carries and loads (dlopen) only when
-// CUDA is available, because libtorch_cuda cannot be loaded on a machine without a GPU driver.
-// Every entry point catches C++ exceptions and returns a message instead (0 = success).
+// Built by build.rs, with kernels.cpp, into a shared library that the binary carries and loads
+// (dlopen) only when CUDA is available, because libtorch_cuda cannot be loaded on a machine
+// without a GPU driver.
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime_api.h>
-
-#include <cstring>
-#include <exception>
 #include <optional>
-#include <stdexcept>
+
+#include "shim.h"
 
 namespace {
 
-void put_error(char* err, size_t len, const char* what) {
-  if (err == nullptr || len == 0) return;
-  std::strncpy(err, what, len - 1);
-  err[len - 1] = '\0';
-}
-
-template <typename F>
-int guarded(char* err, size_t len, F f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    put_error(err, len, e.what());
-  } catch (...) {
-    put_error(err, len, "unknown C++ exception");
-  }
-  return 1;
-}
+using uniattn_shim::check;
+using uniattn_shim::guarded;
 
 // A captured graph and the side stream it is captured and replayed on. Work enters the side
 // stream after everything queued on the caller's stream, and the caller's stream waits for it
@@ -43,10 +24,6 @@ struct Graph {
   explicit Graph(c10::DeviceIndex device)
       : graph(/*keep_graph=*/true), side(c10::cuda::getStreamFromPool(false, device)) {}
 };
-
-void check(cudaError_t e) {
-  if (e != cudaSuccess) throw std::runtime_error(cudaGetErrorString(e));
-}
 
 // `waiter` waits for everything queued on `first` so far (no host synchronisation).
 void order(cudaStream_t first, cudaStream_t waiter) {

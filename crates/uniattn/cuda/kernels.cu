@@ -1,0 +1,194 @@
+// Fused kernels for uniattn, compiled at first use through NVRTC (src/cuda/kernels.rs), so
+// that building needs no CUDA compiler. Each replaces a chain of libtorch kernels and repeats
+// its arithmetic step for step: every intermediate the chain would store is rounded to the
+// tensor's type here too, and products and sums use the _rn intrinsics so that the compiler
+// cannot contract them into fused multiply-adds the chain does not do. In f32 the results
+// equal the chain's up to the order of reductions; in bf16/f16 up to that and `expf`.
+//
+// No headers: bf16 and f16 are handled as raw 16-bit values.
+
+typedef long long i64;
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+struct bf16 { u16 bits; };
+struct f16 { u16 bits; };
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
+__device__ __forceinline__ float to_float(f16 x) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+  return f;
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+// Round to nearest even, NaN kept quiet: c10's round_to_nearest_even.
+template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) {
+  u32 u = __float_as_uint(x);
+  bf16 r;
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    r.bits = 0x7fc0;
+  } else {
+    r.bits = (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+  return r;
+}
+template <> __device__ __forceinline__ f16 from_float<f16>(float x) {
+  f16 r;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
+  return r;
+}
+
+// `x` rounded to T and back: what storing an intermediate tensor of type T does.
+template <typename T> __device__ __forceinline__ float round_to(float x) { return to_float(from_float<T>(x)); }
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+__device__ __forceinline__ i64 global_index() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ i64 global_stride() { return (i64)gridDim.x * blockDim.x; }
+
+// ---------------------------------------------------------------------------------------------
+// Gated MLP activation: out[r, i] = act(gu[r, i]) * gu[r, inter + i], where `gu` is the fused
+// gate|up projection ([rows, 2 * inter]). Replaces act (one kernel) and the product (another).
+// act: SiLU (`gelu` = 0) as torch computes it, x / (1 + exp(-x)), or GELU's tanh form.
+template <typename T>
+__device__ void gated_act(const T* gu, T* out, i64 rows, i64 inter, int gelu) {
+  const i64 n = rows * inter;
+  for (i64 i = global_index(); i < n; i += global_stride()) {
+    const i64 r = i / inter, c = i - r * inter;
+    const float g = to_float(gu[r * 2 * inter + c]);
+    const float u = to_float(gu[r * 2 * inter + inter + c]);
+    float a;
+    if (gelu) {
+      const float beta = 0.7978845608028654f;  // sqrt(2 / pi)
+      const float inner = beta * (g + 0.044715f * g * g * g);
+      a = 0.5f * g * (1.0f + tanhf(inner));
+    } else {
+      a = g / (1.0f + expf(-g));
+    }
+    out[i] = from_float<T>(__fmul_rn(round_to<T>(a), u));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE and the KV-cache write in one pass over the fused projection's output.
+// `x`: rows (`n` sequences x `t` tokens) of `row_stride` elements whose first columns are `nq`
+// query heads, `nk` key heads and `nv` value heads, `d` wide each. Query and key heads are
+// rotated (HF's rotate-half form: x * cos + roll(x, d/2) * sin_signed, with `cos` and
+// `sin_signed` given per row, [rows, d]); queries go to `q_out` ([n, nq, t, d]), keys and values
+// to the caches at their row's position: element (b, head, pos, j) of a cache lives at
+// b * slot_stride + head * head_stride + pos * d + j. Rows whose position lies outside
+// 0..capacity write nothing (the engine never sends one; the guard keeps memory safe).
+template <typename T>
+__device__ void rope_kv_write(const T* x, i64 row_stride, const i64* pos, const T* cos, const T* sin_signed,
+                              i64 rows, i64 t, int nq, int nk, int nv, int d, T* q_out, T* k_cache,
+                              T* v_cache, i64 slot_stride, i64 head_stride, i64 capacity) {
+  const int heads = nq + nk + nv;
+  const int half = d / 2;
+  const i64 n = rows * heads * d;
+  for (i64 i = global_index(); i < n; i += global_stride()) {
+    const int j = (int)(i % d);
+    const int h = (int)((i / d) % heads);
+    const i64 r = i / ((i64)d * heads);
+    const T* src = x + r * row_stride + (i64)h * d;
+    float v = to_float(src[j]);
+    if (h < nq + nk) {
+      const float partner = to_float(src[(j + half) % d]);
+      const float a = round_to<T>(__fmul_rn(v, to_float(cos[r * d + j])));
+      const float b = round_to<T>(__fmul_rn(partner, to_float(sin_signed[r * d + j])));
+      v = __fadd_rn(a, b);
+    }
+    const T out = from_float<T>(v);
+    const i64 seq = r / t, tok = r - seq * t;
+    if (h < nq) {
+      q_out[((seq * nq + h) * t + tok) * d + j] = out;
+      continue;
+    }
+    const i64 p = pos[r];
+    if (p < 0 || p >= capacity) continue;
+    const i64 at = seq * slot_stride + p * d + j;
+    if (h < nq + nk) {
+      k_cache[at + (i64)(h - nq) * head_stride] = out;
+    } else {
+      v_cache[at + (i64)(h - nq - nk) * head_stride] = out;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax(scores * scale [softcapped] + mask) over the last axis, in f32, stored as T: what
+// `attention_probs` computes in four to seven kernels. `scores`: [b, heads, q, k] contiguous;
+// `mask`: additive, [b, 1, q, k] contiguous. One block per row.
+template <typename T>
+__device__ __forceinline__ float masked_score(const T* s, const T* m, i64 c, float scale, float softcap) {
+  float x = round_to<T>(__fmul_rn(to_float(s[c]), scale));
+  if (softcap > 0.0f) {
+    x = round_to<T>(__fmul_rn(round_to<T>(tanhf(round_to<T>(__fdiv_rn(x, softcap)))), softcap));
+  }
+  return round_to<T>(__fadd_rn(x, to_float(m[c])));
+}
+
+template <typename T>
+__device__ float block_reduce(float v, bool is_max, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < warps ? shared[threadIdx.x] : (is_max ? neg_inf() : 0.0f);
+  if (warp == 0) {
+    for (int o = 16; o > 0; o >>= 1) {
+      const float w = __shfl_xor_sync(0xffffffffu, v, o);
+      v = is_max ? fmaxf(v, w) : v + w;
+    }
+    if (lane == 0) shared[0] = v;
+  }
+  __syncthreads();
+  return shared[0];
+}
+
+template <typename T>
+__device__ void masked_softmax(const T* scores, const T* mask, T* out, i64 heads, i64 q, i64 k, float scale,
+                               float softcap) {
+  __shared__ float shared[32];
+  const i64 row = blockIdx.x;
+  const i64 b = row / (heads * q), tok = row % q;
+  const T* s = scores + row * k;
+  const T* m = mask + (b * q + tok) * k;
+  float mx = neg_inf();
+  for (i64 c = threadIdx.x; c < k; c += blockDim.x) mx = fmaxf(mx, masked_score(s, m, c, scale, softcap));
+  mx = block_reduce<T>(mx, true, shared);
+  float sum = 0.0f;
+  for (i64 c = threadIdx.x; c < k; c += blockDim.x) sum += expf(masked_score(s, m, c, scale, softcap) - mx);
+  sum = block_reduce<T>(sum, false, shared);
+  for (i64 c = threadIdx.x; c < k; c += blockDim.x) {
+    out[row * k + c] = from_float<T>(__fdiv_rn(expf(masked_score(s, m, c, scale, softcap) - mx), sum));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points, one per element type: <name>_<f32|bf16|f16>.
+#define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
+  extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
+    gated_act<T>(gu, out, rows, inter, gelu);                                                              \
+  }                                                                                                        \
+  extern "C" __global__ void rope_kv_write_##SUFFIX(                                                       \
+      const T* x, i64 row_stride, const i64* pos, const T* cos, const T* sin_signed, i64 rows, i64 t,     \
+      int nq, int nk, int nv, int d, T* q_out, T* k_cache, T* v_cache, i64 slot_stride, i64 head_stride, \
+      i64 capacity) {                                                                                      \
+    rope_kv_write<T>(x, row_stride, pos, cos, sin_signed, rows, t, nq, nk, nv, d, q_out, k_cache, v_cache, \
+                     slot_stride, head_stride, capacity);                                                  \
+  }                                                                                                        \
+  extern "C" __global__ void masked_softmax_##SUFFIX(const T* scores, const T* mask, T* out, i64 heads,   \
+                                                     i64 q, i64 k, float scale, float softcap) {          \
+    masked_softmax<T>(scores, mask, out, heads, q, k, scale, softcap);                                     \
+  }
+
+UA_ENTRY_POINTS(float, f32)
+UA_ENTRY_POINTS(bf16, bf16)
+UA_ENTRY_POINTS(f16, f16)

@@ -1,0 +1,148 @@
+// Custom kernels at run time: CUDA C source (kernels.cu, handed over by src/cuda/kernels.rs)
+// compiled through NVRTC for the device's architecture, loaded as a context-independent CUDA
+// library, and launched on torch's current stream, so that they order with libtorch's kernels
+// and are captured into CUDA graphs like them. NVRTC is opened with dlopen: the build needs no
+// CUDA compiler, and a machine without NVRTC still runs everything else.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <dlfcn.h>
+#include <link.h>
+
+#include <string>
+#include <vector>
+
+#include "shim.h"
+
+namespace {
+
+using uniattn_shim::check;
+using uniattn_shim::guarded;
+
+// The NVRTC entry points used here (nvrtc.h's signatures; the handle is opaque).
+using nvrtcProgram = void*;
+struct Nvrtc {
+  int (*create)(nvrtcProgram*, const char*, const char*, int, const char* const*, const char* const*);
+  int (*compile)(nvrtcProgram, int, const char* const*);
+  int (*log_size)(nvrtcProgram, size_t*);
+  int (*log)(nvrtcProgram, char*);
+  int (*cubin_size)(nvrtcProgram, size_t*);
+  int (*cubin)(nvrtcProgram, char*);
+  int (*destroy)(nvrtcProgram*);
+  const char* (*error)(int);
+};
+
+// Folders of the CUDA libraries libtorch already loaded: pip's wheels keep NVRTC beside them
+// (nvidia/cu13/lib), and a CUDA toolkit keeps it beside libcudart.
+int collect_dir(struct dl_phdr_info* info, size_t, void* data) {
+  auto* dirs = static_cast<std::vector<std::string>*>(data);
+  std::string path = info->dlpi_name ? info->dlpi_name : "";
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos) return 0;
+  std::string dir = path.substr(0, slash), base = path.substr(slash + 1);
+  if (base.rfind("libcublas", 0) == 0 || base.rfind("libcudart", 0) == 0) dirs->push_back(dir);
+  if (base.rfind("libtorch_cuda", 0) == 0) dirs->push_back(dir + "/../../nvidia/cu13/lib");
+  return 0;
+}
+
+void* open_nvrtc(std::string& tried) {
+  std::vector<std::string> names;
+  if (const char* env = std::getenv("UNIATTN_NVRTC")) names.push_back(env);
+  names.push_back("libnvrtc.so.13");
+  std::vector<std::string> dirs;
+  dl_iterate_phdr(collect_dir, &dirs);
+  for (const auto& d : dirs) names.push_back(d + "/libnvrtc.so.13");
+  for (const auto& n : names) {
+    if (void* h = dlopen(n.c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
+    tried += (tried.empty() ? "" : ", ") + n;
+  }
+  return nullptr;
+}
+
+Nvrtc load_nvrtc() {
+  std::string tried;
+  void* h = open_nvrtc(tried);
+  if (h == nullptr) {
+    throw std::runtime_error("NVRTC (libnvrtc.so.13) not found; tried " + tried +
+                             " (set UNIATTN_NVRTC to its path)");
+  }
+  auto sym = [&](const char* name) {
+    void* p = dlsym(h, name);
+    if (p == nullptr) throw std::runtime_error(std::string("NVRTC lacks ") + name);
+    return p;
+  };
+  Nvrtc n;
+  n.create = reinterpret_cast<decltype(n.create)>(sym("nvrtcCreateProgram"));
+  n.compile = reinterpret_cast<decltype(n.compile)>(sym("nvrtcCompileProgram"));
+  n.log_size = reinterpret_cast<decltype(n.log_size)>(sym("nvrtcGetProgramLogSize"));
+  n.log = reinterpret_cast<decltype(n.log)>(sym("nvrtcGetProgramLog"));
+  n.cubin_size = reinterpret_cast<decltype(n.cubin_size)>(sym("nvrtcGetCUBINSize"));
+  n.cubin = reinterpret_cast<decltype(n.cubin)>(sym("nvrtcGetCUBIN"));
+  n.destroy = reinterpret_cast<decltype(n.destroy)>(sym("nvrtcDestroyProgram"));
+  n.error = reinterpret_cast<decltype(n.error)>(sym("nvrtcGetErrorString"));
+  return n;
+}
+
+// Compiles `source` to a cubin for `device`'s architecture.
+std::vector<char> compile(const char* source, int device) {
+  static const Nvrtc nvrtc = load_nvrtc();
+  int major = 0, minor = 0;
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  nvrtcProgram prog = nullptr;
+  auto ok = [&](int r, const char* what) {
+    if (r != 0) throw std::runtime_error(std::string(what) + ": " + nvrtc.error(r));
+  };
+  ok(nvrtc.create(&prog, source, "uniattn_kernels.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
+  std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
+  const char* opts[] = {arch.c_str(), "--std=c++17"};
+  int r = nvrtc.compile(prog, 2, opts);
+  if (r != 0) {
+    size_t n = 0;
+    nvrtc.log_size(prog, &n);
+    std::string log(n, '\0');
+    nvrtc.log(prog, log.data());
+    nvrtc.destroy(&prog);
+    throw std::runtime_error(std::string("compiling the kernels for ") + arch + " failed: " + log);
+  }
+  size_t n = 0;
+  ok(nvrtc.cubin_size(prog, &n), "nvrtcGetCUBINSize");
+  std::vector<char> cubin(n);
+  ok(nvrtc.cubin(prog, cubin.data()), "nvrtcGetCUBIN");
+  nvrtc.destroy(&prog);
+  return cubin;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Compiles and loads `source`; the library serves every device of the same architecture.
+int ua_kernels_load(const char* source, int device, void** library, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    auto cubin = compile(source, device);
+    cudaLibrary_t lib = nullptr;
+    check(cudaLibraryLoadData(&lib, cubin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0));
+    *library = lib;
+  });
+}
+
+int ua_kernel_get(void* library, const char* name, void** kernel, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    cudaKernel_t k = nullptr;
+    check(cudaLibraryGetKernel(&k, static_cast<cudaLibrary_t>(library), name));
+    *kernel = k;
+  });
+}
+
+// Launches `kernel` on `device`'s current torch stream; `args` points at each argument's value.
+int ua_kernel_launch(void* kernel, int device, unsigned grid, unsigned block, unsigned shared_bytes,
+                     void** args, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+    check(cudaLaunchKernel(kernel, dim3(grid), dim3(block), args, shared_bytes, stream));
+  });
+}
+
+}  // extern "C"

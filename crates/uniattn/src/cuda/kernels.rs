@@ -1,0 +1,446 @@
+//! Fused kernels for the chains of small libtorch kernels that dominate a decode step: RoPE
+//! with the KV-cache write, the gated MLP activation, and the attention softmax with its scale
+//! and mask. The CUDA C source (`cuda/kernels.cu`) is compiled at first use through NVRTC
+//! (`cuda/nvrtc.cpp`), so building needs no CUDA compiler and the kernels run wherever
+//! libtorch's CUDA does. Each op returns `None` where it does not apply (not on CUDA, an
+//! unsupported type or layout, NVRTC missing, `UNIATTN_FUSED_KERNELS=0`); the caller then runs
+//! the libtorch composition the kernel replaces, which stays the reference (CPU, f64, tests).
+use super::{call, shim};
+use crate::error::{Error, Result};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use tch::{Device, Kind, Tensor};
+
+const SOURCE: &str = include_str!("../../cuda/kernels.cu");
+
+/// Every kernel `SOURCE` defines, each in f32, bf16 and f16 versions (`<name>_<suffix>`).
+const KERNELS: &[&str] = &["gated_act", "rope_kv_write", "masked_softmax"];
+const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
+
+const THREADS: u32 = 256;
+/// Blocks of the grid-stride kernels: enough to fill any current GPU.
+const MAX_BLOCKS: i64 = 4096;
+
+struct Loaded {
+    kernels: HashMap<String, usize>,
+}
+
+/// Set after a launch failed: everything runs the libtorch composition from then on.
+static BROKEN: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Set while [`without`] runs on this thread.
+    static OFF_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the fused kernels off on this thread, so that it runs the libtorch
+/// composition: the reference the fused path is checked against.
+pub fn without<T>(f: impl FnOnce() -> T) -> T {
+    let before = OFF_HERE.with(|o| o.replace(true));
+    let out = f();
+    OFF_HERE.with(|o| o.set(before));
+    out
+}
+
+fn load(device: usize) -> Result<Loaded> {
+    let s = shim()?;
+    let src = CString::new(SOURCE).expect("kernel source has no NUL");
+    let mut lib = std::ptr::null_mut();
+    // SAFETY: valid C string, out-pointer and error buffer.
+    call("kernel compile", |e, n| unsafe {
+        (s.kernels_load)(src.as_ptr(), device as c_int, &mut lib, e, n)
+    })?;
+    let mut kernels = HashMap::new();
+    for base in KERNELS {
+        for (_, suffix) in SUFFIXES {
+            let name = format!("{base}_{suffix}");
+            let c = CString::new(name.clone()).expect("kernel name");
+            let mut k = std::ptr::null_mut();
+            // SAFETY: `lib` is a loaded library; valid name, out-pointer and error buffer.
+            call("kernel lookup", |e, n| unsafe { (s.kernel_get)(lib, c.as_ptr(), &mut k, e, n) })?;
+            kernels.insert(name, k as usize);
+        }
+    }
+    Ok(Loaded { kernels })
+}
+
+/// The compiled kernels, or why there are none (reported once, on first use).
+fn loaded(device: usize) -> Option<&'static Loaded> {
+    static LOADED: OnceLock<std::result::Result<Loaded, String>> = OnceLock::new();
+    let r = LOADED.get_or_init(|| {
+        if std::env::var("UNIATTN_FUSED_KERNELS").is_ok_and(|v| v == "0") {
+            return Err(String::new());
+        }
+        load(device).map_err(|e| {
+            let msg = e.to_string();
+            eprintln!("note: fused kernels unavailable, running libtorch's kernels instead: {msg}");
+            msg
+        })
+    });
+    r.as_ref().ok().filter(|_| !BROKEN.load(Ordering::Relaxed))
+}
+
+/// Whether the fused kernels compile and load on this machine (loading them if needed).
+pub fn available() -> Result<()> {
+    let device =
+        if tch::Cuda::is_available() { 0 } else { return Err(Error::invalid("CUDA is not available")) };
+    loaded(device).map(|_| ()).ok_or_else(|| {
+        Error::invalid(
+            "fused kernels unavailable (UNIATTN_FUSED_KERNELS=0, or NVRTC/the shim failed to load)",
+        )
+    })
+}
+
+/// The CUDA device of `t` when a fused kernel may take it (and the kernels are loaded). The
+/// kernels have no backward pass: where autograd records, the composition runs.
+fn usable(t: &Tensor) -> Option<(usize, &'static Loaded, &'static str)> {
+    let Device::Cuda(device) = t.device() else { return None };
+    if t.requires_grad() || OFF_HERE.with(Cell::get) {
+        return None;
+    }
+    let suffix = SUFFIXES.iter().find(|(k, _)| *k == t.kind())?.1;
+    Some((device, loaded(device)?, suffix))
+}
+
+/// One launch's arguments, each stored as the 8 bytes its pointer points at (4-byte values
+/// occupy the first four, as a little-endian device reads them).
+#[derive(Default)]
+struct Args(Vec<u64>);
+
+impl Args {
+    fn ptr(mut self, t: &Tensor) -> Self {
+        self.0.push(t.data_ptr() as u64);
+        self
+    }
+    fn i64(mut self, v: i64) -> Self {
+        self.0.push(v as u64);
+        self
+    }
+    fn i32(mut self, v: i64) -> Self {
+        self.0.push(i32::try_from(v).expect("a 32-bit kernel argument") as u32 as u64);
+        self
+    }
+    fn f32(mut self, v: f64) -> Self {
+        self.0.push((v as f32).to_bits() as u64);
+        self
+    }
+
+    /// Launches `name` for `suffix` on `device`'s current torch stream; false if it failed
+    /// (then nothing runs fused again and the caller falls back).
+    fn launch(self, loaded: &Loaded, name: &str, suffix: &str, device: usize, grid: i64, block: u32) -> bool {
+        let Ok(s) = shim() else { return false };
+        let kernel = loaded.kernels[&format!("{name}_{suffix}")] as *mut c_void;
+        let mut values = self.0;
+        let mut ptrs: Vec<*mut c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+        let grid = grid.clamp(1, u32::MAX as i64) as u32;
+        // SAFETY: `kernel` is a loaded kernel whose parameters match `ptrs` (one per argument,
+        // built in its declaration order by the op below), and every pointer argument is the
+        // data of a live tensor that the op checked for device, type, shape and layout.
+        let r = call("kernel launch", |e, n| unsafe {
+            (s.kernel_launch)(kernel, device as c_int, grid, block, 0, ptrs.as_mut_ptr(), e, n)
+        });
+        if let Err(e) = r {
+            eprintln!("warning: {name} failed, running libtorch's kernels from now on: {e}");
+            BROKEN.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+fn grid_for(elements: i64) -> i64 {
+    ((elements + THREADS as i64 - 1) / THREADS as i64).min(MAX_BLOCKS)
+}
+
+/// `act(gu[..., :I]) * gu[..., I:]` for the fused gate|up projection `gu` (`[..., 2I]`):
+/// SiLU, or GELU's tanh form with `gelu_tanh`.
+pub fn gated_act(gu: &Tensor, gelu_tanh: bool) -> Option<Tensor> {
+    let (device, loaded, suffix) = usable(gu)?;
+    let mut shape = gu.size();
+    let width = *shape.last()?;
+    if !gu.is_contiguous() || width % 2 != 0 {
+        return None;
+    }
+    let inter = width / 2;
+    *shape.last_mut()? = inter;
+    let out = Tensor::empty(shape.as_slice(), (gu.kind(), gu.device()));
+    let rows = gu.numel() as i64 / width;
+    let args = Args::default().ptr(gu).ptr(&out).i64(rows).i64(inter).i32(gelu_tanh as i64);
+    args.launch(loaded, "gated_act", suffix, device, grid_for(rows * inter), THREADS).then_some(out)
+}
+
+/// Heads of one row of a fused projection's output: `q` query heads, then `k` key heads, then
+/// `v` value heads, `dim` wide each (a reuse layer has values only).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLayout {
+    pub q: i64,
+    pub k: i64,
+    pub v: i64,
+    pub dim: i64,
+}
+
+/// RoPE on the query and key heads of `x` (`[n, t, width]`, the fused projection's output)
+/// and the cache write of keys and values at `positions` (`[n, t]`), in one kernel. `cos`
+/// and `sin_signed` are [`crate::model::rope::RopeAngles`]'s (`[n, 1, t, dim]`); `keys` and
+/// `values` are cache tensors `[slots, kv_heads, capacity, dim]` narrowed to the batch's
+/// first slot. Returns the rotated queries `[n, q, t, dim]`.
+pub fn rope_kv_write(
+    x: &Tensor,
+    positions: &Tensor,
+    cos: &Tensor,
+    sin_signed: &Tensor,
+    heads: HeadLayout,
+    keys: Option<&Tensor>,
+    values: &Tensor,
+) -> Option<Tensor> {
+    let (device, loaded, suffix) = usable(x)?;
+    let HeadLayout { q, k, v, dim } = heads;
+    let &[n, t, width] = x.size().as_slice() else { return None };
+    let cache = values.size();
+    let &[slots, kv_heads, capacity, cache_dim] = cache.as_slice() else { return None };
+    let cache_strides = [kv_heads * capacity * dim, capacity * dim, dim, 1];
+    let cache_ok = |c: &Tensor| {
+        c.kind() == x.kind() && c.device() == x.device() && c.size() == cache && c.stride() == cache_strides
+    };
+    let angles_ok = |a: &Tensor| {
+        a.kind() == x.kind()
+            && a.device() == x.device()
+            && a.is_contiguous()
+            && a.numel() as i64 == n * t * dim
+    };
+    let fits = x.is_contiguous()
+        && width >= (q + k + v) * dim
+        && dim % 2 == 0
+        && cache_dim == dim
+        && slots >= n
+        && v == kv_heads
+        && (k == 0 || k == kv_heads)
+        && (k == 0) == keys.is_none()
+        && positions.kind() == Kind::Int64
+        && positions.device() == x.device()
+        && positions.is_contiguous()
+        && positions.size() == [n, t]
+        && angles_ok(cos)
+        && angles_ok(sin_signed)
+        && cache_ok(values)
+        && keys.is_none_or(cache_ok);
+    if !fits {
+        return None;
+    }
+    let q_out = Tensor::empty([n, q, t, dim], (x.kind(), x.device()));
+    let args = Args::default()
+        .ptr(x)
+        .i64(width)
+        .ptr(positions)
+        .ptr(cos)
+        .ptr(sin_signed)
+        .i64(n * t)
+        .i64(t)
+        .i32(q)
+        .i32(k)
+        .i32(v)
+        .i32(dim)
+        .ptr(&q_out)
+        .ptr(keys.unwrap_or(values))
+        .ptr(values)
+        .i64(cache_strides[0])
+        .i64(cache_strides[1])
+        .i64(capacity);
+    let grid = grid_for(n * t * (q + k + v) * dim);
+    args.launch(loaded, "rope_kv_write", suffix, device, grid, THREADS).then_some(q_out)
+}
+
+/// `softmax(scores * scale [softcapped] + mask)` over the last axis in f32, stored in the
+/// scores' type: [`crate::model::attention::attention_probs`] after its score GEMM. `scores`:
+/// `[b, heads, q, k]`; `mask`: additive, `[b, 1, q, k]`.
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64, softcap: Option<f64>) -> Option<Tensor> {
+    let (device, loaded, suffix) = usable(scores)?;
+    let &[b, heads, q, k] = scores.size().as_slice() else { return None };
+    let fits = scores.is_contiguous()
+        && mask.kind() == scores.kind()
+        && mask.device() == scores.device()
+        && mask.is_contiguous()
+        && mask.size() == [b, 1, q, k];
+    if !fits {
+        return None;
+    }
+    let out = scores.empty_like();
+    let args = Args::default()
+        .ptr(scores)
+        .ptr(mask)
+        .ptr(&out)
+        .i64(heads)
+        .i64(q)
+        .i64(k)
+        .f32(scale)
+        .f32(softcap.unwrap_or(0.0));
+    let block = if k >= 2048 { 512 } else { THREADS };
+    args.launch(loaded, "masked_softmax", suffix, device, b * heads * q, block).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! On a GPU (skipped elsewhere): each kernel against the libtorch composition it replaces.
+    use super::*;
+    use crate::engine::kv_cache::{CacheKind, KvCache};
+    use crate::model::attention::{attention_probs, Heads};
+    use crate::model::rope::RopeAngles;
+
+    const KINDS: [Kind; 3] = [Kind::Float, Kind::BFloat16, Kind::Half];
+
+    fn gpu() -> Option<Device> {
+        crate::runtime::init().unwrap();
+        if !tch::Cuda::is_available() {
+            eprintln!("skipped: no CUDA device");
+            return None;
+        }
+        available().expect("a CUDA machine compiles and loads the fused kernels");
+        Some(Device::Cuda(0))
+    }
+
+    /// Largest difference in units of the type's rounding step at the reference's magnitude
+    /// (0 = bit for bit).
+    fn ulps_of(kind: Kind) -> f64 {
+        match kind {
+            Kind::BFloat16 => 2f64.powi(-8),
+            Kind::Half => 2f64.powi(-11),
+            _ => 2f64.powi(-24),
+        }
+    }
+
+    fn ulps(got: &Tensor, want: &Tensor) -> f64 {
+        let eps = ulps_of(want.kind());
+        let (g, w) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
+        let scale = w.abs().clamp_min(1e-30) * eps;
+        ((g - &w).abs() / scale).max().double_value(&[])
+    }
+
+    #[test]
+    fn gated_act_equals_composition() {
+        let Some(dev) = gpu() else { return };
+        for kind in KINDS {
+            for gelu in [false, true] {
+                let gu = (Tensor::randn([3, 5, 2 * 300], (Kind::Float, dev)) * 3.0).to_kind(kind);
+                let got = gated_act(&gu, gelu).expect("the kernel applies");
+                let (g, u) = (gu.narrow(-1, 0, 300), gu.narrow(-1, 300, 300));
+                let want = if gelu { g.gelu("tanh") } else { g.silu() } * u;
+                if gelu {
+                    // GELU's `1 + tanh(..)` cancels for negative inputs, where torch's and
+                    // this kernel's tanh differ in the last f32 bits: compare against the
+                    // largest value instead of each value.
+                    let scale = want.abs().max().double_value(&[]) * ulps_of(kind);
+                    let d = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double))
+                        .abs()
+                        .max()
+                        .double_value(&[]);
+                    assert!(d <= 2.0 * scale, "{kind:?} gelu: differs by {d} (scale {scale})");
+                } else {
+                    // SiLU repeats torch's arithmetic: at most one rounding step apart.
+                    let d = ulps(&got, &want);
+                    assert!(d <= 1.0, "{kind:?} silu: {d} ulps");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rope_kv_write_equals_composition() {
+        let Some(dev) = gpu() else { return };
+        let heads = Heads { num_heads: 4, num_kv_heads: 2, head_dim: 16 };
+        for kind in KINDS {
+            for (n, t, slot0) in [(1, 1, 0), (3, 1, 1), (2, 5, 0)] {
+                let (qd, kvd) = (4 * 16, 2 * 16);
+                // Extra columns after V, as a reuse layer's V|W_c output has.
+                let x = Tensor::randn([n, t, qd + 2 * kvd + 7], (Kind::Float, dev)).to_kind(kind);
+                let positions = (Tensor::randperm(40, (Kind::Int64, dev)).narrow(0, 0, n * t)).view([n, t]);
+                let rope = RopeAngles::new(&positions, 16, 10_000.0, kind);
+                let kinds = [CacheKind::KeysValues, CacheKind::ValuesOnly];
+                let new_cache = || KvCache::new(&kinds, 4, 48, 2, 16, kind, dev).unwrap();
+                let (mut want, got) = (new_cache(), new_cache());
+                // The composition, as the engine runs it without the kernel.
+                let qk = heads.split(&x.narrow(-1, 0, qd + kvd), 6);
+                let qk = rope.apply(&qk);
+                let (q, k) = (qk.narrow(1, 0, 4), qk.narrow(1, 4, 2));
+                let v = heads.split(&x.narrow(-1, qd + kvd, kvd), 2);
+                want.write(0, slot0, &positions, Some(&k), &v);
+                want.write(1, slot0, &positions, None, &heads.split(&x.narrow(-1, 0, kvd), 2));
+                // The kernel, for a full layer and for a values-only reuse layer.
+                let (keys, values) = got.slabs(0, slot0);
+                let layout = HeadLayout { q: 4, k: 2, v: 2, dim: 16 };
+                let q_got = rope_kv_write(
+                    &x,
+                    &positions,
+                    &rope.cos,
+                    &rope.sin_signed,
+                    layout,
+                    keys.as_ref(),
+                    &values.unwrap(),
+                )
+                .expect("the kernel applies");
+                let (_, values) = got.slabs(1, slot0);
+                let x_v = x.narrow(-1, 0, kvd + 7).contiguous();
+                let v_only = HeadLayout { q: 0, k: 0, v: 2, dim: 16 };
+                let none = rope_kv_write(
+                    &x_v,
+                    &positions,
+                    &rope.cos,
+                    &rope.sin_signed,
+                    v_only,
+                    None,
+                    &values.unwrap(),
+                )
+                .expect("the kernel applies");
+                assert_eq!(none.size(), [n, 0, t, 16], "no query heads");
+                let case = format!("{kind:?} n={n} t={t} slot0={slot0}");
+                assert_eq!(ulps(&q_got, &q.contiguous()), 0.0, "{case}: queries");
+                let all = |c: &KvCache, l: usize| {
+                    let (k, v) = c.slabs(l, 0);
+                    [k, v].into_iter().flatten().collect::<Vec<_>>()
+                };
+                for (l, what) in [(0, "keys and values"), (1, "values only")] {
+                    for (a, b) in all(&got, l).iter().zip(all(&want, l)) {
+                        assert!(a.equal(&b), "{case}: the cache ({what}) differs");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn masked_softmax_equals_composition() {
+        let Some(dev) = gpu() else { return };
+        let heads = Heads { num_heads: 4, num_kv_heads: 2, head_dim: 16 };
+        for kind in KINDS {
+            for (q_len, k_len) in [(1, 600), (3, 37), (1, 4100)] {
+                for softcap in [None, Some(5.0)] {
+                    let q = Tensor::randn([2, 4, q_len, 16], (Kind::Float, dev)).to_kind(kind);
+                    let k = Tensor::randn([2, 2, k_len, 16], (Kind::Float, dev)).to_kind(kind);
+                    // Causal at positions k_len - q_len.., plus keys masked at random.
+                    let qp =
+                        Tensor::arange_start(k_len - q_len, k_len, (Kind::Int64, dev)).view([1, q_len, 1]);
+                    let kp = Tensor::arange(k_len, (Kind::Int64, dev)).view([1, 1, k_len]);
+                    let holes = Tensor::rand([2, 1, k_len], (Kind::Float, dev)).ge(0.2);
+                    let allowed = kp.le_tensor(&qp).logical_and(&holes).logical_or(&kp.eq(0));
+                    let zero = Tensor::zeros([1], (kind, dev));
+                    let mask = zero.where_self(&allowed, &zero.full_like(f64::NEG_INFINITY)).unsqueeze(1);
+                    let got = attention_probs(&heads, &q, &k, &mask, 0.25, softcap);
+                    let want = without(|| attention_probs(&heads, &q, &k, &mask, 0.25, softcap));
+                    let d = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double))
+                        .abs()
+                        .max()
+                        .double_value(&[]);
+                    let tol = match kind {
+                        Kind::Float => 1e-6,
+                        // One rounding step of the type at probabilities up to 1.
+                        Kind::BFloat16 => 2f64.powi(-8),
+                        _ => 2f64.powi(-11),
+                    };
+                    assert!(d <= tol, "{kind:?} q={q_len} k={k_len} softcap={softcap:?}: differs by {d}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The parts of CUDA that tch 0.24 does not bind: graphs ([`graph`]) and custom kernels
+//! ([`kernels`]). Both go through a small C++ shim (`cuda/*.cpp`, compiled by build.rs against
+//! libtorch's headers) that the binary carries and loads only when CUDA is available:
+//! libtorch_cuda, which it links, cannot be loaded on a machine without a GPU driver.
+pub mod graph;
+pub mod kernels;
+
+use crate::error::{Error, Result};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+#[cfg(uniattn_cuda_shim)]
+static SHIM_LIBRARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libuniattn_cuda.so"));
+#[cfg(not(uniattn_cuda_shim))]
+static SHIM_LIBRARY: &[u8] = &[];
+
+const ERR_LEN: usize = 4096;
+
+type ErrOut = *mut c_char;
+
+type PoolNew = unsafe extern "C" fn(*mut u64, *mut u64, ErrOut, usize) -> c_int;
+type GraphNew = unsafe extern "C" fn(c_int, *mut *mut c_void, ErrOut, usize) -> c_int;
+type GraphFree = unsafe extern "C" fn(*mut c_void);
+/// enter, leave, capture_end, replay: a graph in, 0 or a message out.
+type GraphCall = unsafe extern "C" fn(*mut c_void, ErrOut, usize) -> c_int;
+type CaptureBegin = unsafe extern "C" fn(*mut c_void, u64, u64, ErrOut, usize) -> c_int;
+type GraphNodes = unsafe extern "C" fn(*mut c_void, *mut usize, ErrOut, usize) -> c_int;
+type KernelsLoad = unsafe extern "C" fn(*const c_char, c_int, *mut *mut c_void, ErrOut, usize) -> c_int;
+type KernelGet = unsafe extern "C" fn(*mut c_void, *const c_char, *mut *mut c_void, ErrOut, usize) -> c_int;
+type KernelLaunch = unsafe extern "C" fn(
+    *mut c_void,
+    c_int,
+    c_uint,
+    c_uint,
+    c_uint,
+    *mut *mut c_void,
+    ErrOut,
+    usize,
+) -> c_int;
+
+/// The shim's entry points (see cuda/graphs.cpp and cuda/nvrtc.cpp); each returns 0 or
+/// writes a message.
+struct Shim {
+    pool_new: PoolNew,
+    graph_new: GraphNew,
+    graph_free: GraphFree,
+    enter: GraphCall,
+    leave: GraphCall,
+    capture_begin: CaptureBegin,
+    capture_end: GraphCall,
+    replay: GraphCall,
+    nodes: GraphNodes,
+    kernels_load: KernelsLoad,
+    kernel_get: KernelGet,
+    kernel_launch: KernelLaunch,
+}
+
+/// Calls a shim function with an error buffer, turning its message into an error.
+fn call(what: &str, f: impl FnOnce(ErrOut, usize) -> c_int) -> Result<()> {
+    let mut buf = vec![0 as c_char; ERR_LEN];
+    if f(buf.as_mut_ptr(), ERR_LEN) == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim writes a NUL-terminated string of at most ERR_LEN bytes.
+    let msg = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+    Err(Error::invalid(format!("CUDA {what}: {msg}")))
+}
+
+/// The shim library written into the user cache (named by its content, so builds never mix).
+fn shim_path() -> Result<PathBuf> {
+    let hash = SHIM_LIBRARY
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x1000_0000_01b3));
+    let dir = crate::cache::dir().join("lib");
+    let path = dir.join(format!("libuniattn_cuda-{hash:016x}.so"));
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        crate::fs::write_atomic(&path, SHIM_LIBRARY)?;
+    }
+    Ok(path)
+}
+
+fn load() -> std::result::Result<Shim, String> {
+    if SHIM_LIBRARY.is_empty() {
+        return Err("this build has no CUDA shim (it was built without the CUDA headers; run scripts/setup.sh and rebuild)".into());
+    }
+    if !tch::Cuda::is_available() {
+        return Err("CUDA is not available".into());
+    }
+    let path = shim_path().map_err(|e| e.to_string())?;
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: dlopen/dlsym with valid C strings; the handle stays open for the process, so the
+    // function pointers taken from it stay valid. Each transmute gives a symbol the signature
+    // its definition in cuda/*.cpp has.
+    unsafe {
+        let handle = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            let e = libc::dlerror();
+            let msg =
+                if e.is_null() { "unknown".into() } else { CStr::from_ptr(e).to_string_lossy().into_owned() };
+            return Err(format!("loading {}: {msg}", path.display()));
+        }
+        let sym = |name: &str| -> std::result::Result<*mut c_void, String> {
+            let n = CString::new(name).expect("symbol name");
+            let p = libc::dlsym(handle, n.as_ptr());
+            if p.is_null() {
+                Err(format!("{} lacks {name}", path.display()))
+            } else {
+                Ok(p)
+            }
+        };
+        use std::mem::transmute as t;
+        Ok(Shim {
+            pool_new: t::<*mut c_void, PoolNew>(sym("ua_pool_new")?),
+            graph_new: t::<*mut c_void, GraphNew>(sym("ua_graph_new")?),
+            graph_free: t::<*mut c_void, GraphFree>(sym("ua_graph_free")?),
+            enter: t::<*mut c_void, GraphCall>(sym("ua_graph_enter")?),
+            leave: t::<*mut c_void, GraphCall>(sym("ua_graph_leave")?),
+            capture_begin: t::<*mut c_void, CaptureBegin>(sym("ua_graph_capture_begin")?),
+            capture_end: t::<*mut c_void, GraphCall>(sym("ua_graph_capture_end")?),
+            replay: t::<*mut c_void, GraphCall>(sym("ua_graph_replay")?),
+            nodes: t::<*mut c_void, GraphNodes>(sym("ua_graph_nodes")?),
+            kernels_load: t::<*mut c_void, KernelsLoad>(sym("ua_kernels_load")?),
+            kernel_get: t::<*mut c_void, KernelGet>(sym("ua_kernel_get")?),
+            kernel_launch: t::<*mut c_void, KernelLaunch>(sym("ua_kernel_launch")?),
+        })
+    }
+}
+
+fn shim() -> Result<&'static Shim> {
+    static SHIM: OnceLock<std::result::Result<Shim, String>> = OnceLock::new();
+    SHIM.get_or_init(load).as_ref().map_err(|e| Error::invalid(format!("the CUDA shim is unavailable: {e}")))
+}
+
+/// Whether the shim loads here (a CUDA device and a build that carries it).
+pub fn available() -> bool {
+    shim().is_ok()
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# On the GPU machine (issue 17): per-kernel times of one captured decode step, from Nsight
+# Compute (gpu__time_duration of every kernel; the last STEP_KERNELS launches are the last
+# replayed step). Random weights in Qwen2.5-Coder-0.5B's shapes, batch 1, 2k context.
+#   scripts/device/decode_profile.sh   (writes $OUT/profile_<model>.csv)
+set -uo pipefail
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+U=${U:-./target/release/uniattn} OUT=${OUT:-/tmp/out} W=${W:-/root/gb}
+mkdir -p "$W" "$OUT"
+[[ -d $W/q05 ]] || python3 scripts/device/random_model.py scripts/device/qwen2.5-coder-${SHAPES:-0.5b}.config.json "$W/q05" | tail -1
+if [[ -n ${PLAN:-} && ! -d $W/q05-uni ]]; then
+  $U convert "$W/q05" --plan "$PLAN" --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
+    --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|error"
+fi
+for m in q05 ${PLAN:+q05-uni}; do
+  /usr/local/cuda/bin/ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    $U bench --model "$W/$m" --batch ${BATCH:-1} --context ${CONTEXT:-2048} --new-tokens 3 --dtype bf16 --device cuda \
+    > "$OUT/profile_$m.csv" 2> "$OUT/profile_$m.err"
+  echo "$m: $(grep -c gpu__time_duration "$OUT/profile_$m.csv") kernels profiled"; tail -2 "$OUT/profile_$m.err"
+done
