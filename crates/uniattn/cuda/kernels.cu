@@ -49,14 +49,6 @@ __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); 
 __device__ __forceinline__ i64 global_index() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ i64 global_stride() { return (i64)gridDim.x * blockDim.x; }
 
-__device__ __forceinline__ float gate_act(float g, int gelu) {
-  if (gelu) {
-    const float beta = 0.7978845608028654f;  // sqrt(2 / pi)
-    return 0.5f * g * (1.0f + tanhf(beta * (g + 0.044715f * g * g * g)));
-  }
-  return g / (1.0f + expf(-g));
-}
-
 // ---------------------------------------------------------------------------------------------
 // Gated MLP activation: out[r, i] = act(gu[r, i]) * gu[r, inter + i], where `gu` is the fused
 // gate|up projection ([rows, 2 * inter]). Replaces act (one kernel) and the product (another).
@@ -68,7 +60,15 @@ __device__ void gated_act(const T* gu, T* out, i64 rows, i64 inter, int gelu) {
     const i64 r = i / inter, c = i - r * inter;
     const float g = to_float(gu[r * 2 * inter + c]);
     const float u = to_float(gu[r * 2 * inter + inter + c]);
-    out[i] = from_float<T>(__fmul_rn(round_to<T>(gate_act(g, gelu)), u));
+    float a;
+    if (gelu) {
+      const float beta = 0.7978845608028654f;  // sqrt(2 / pi)
+      const float inner = beta * (g + 0.044715f * g * g * g);
+      a = 0.5f * g * (1.0f + tanhf(inner));
+    } else {
+      a = g / (1.0f + expf(-g));
+    }
+    out[i] = from_float<T>(__fmul_rn(round_to<T>(a), u));
   }
 }
 
@@ -172,188 +172,6 @@ __device__ void masked_softmax(const T* scores, const T* mask, T* out, i64 heads
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode-sized projections: y[r, o] = sum_i a[r, i] W[o, i] (+ bias[o]) for a few rows r (at
-// most GEMV_ROWS). The prologue makes `a` from the layer's input x ([rows, in]):
-//   PROLOGUE_NORM: a = RMSNorm(x) with weight `norm_w` (+1 for Gemma), rounded to T as the
-//                  normed tensor it replaces would be;
-//   PROLOGUE_COPY: a = x;
-// and the epilogue puts y:
-//   EPILOGUE_STORE:    out[r, o] = y;
-//   EPILOGUE_ADD_INTO: out[r, o] += y (the residual stream, as cuBLAS's beta = 1);
-//   EPILOGUE_GATED:    W is the fused gate|up weight [2 * outs, in] and
-//                      out[r, o] = act(y_gate) * y_up (SiLU, or GELU's tanh form),
-// so that the norm and the activation cost no kernel of their own. A block of 8 warps takes
-// 8 / `split` weight rows at a time (grid-stride over rows); each row's inputs are split over
-// `split` warps, whose partial sums meet in shared memory, so that a long row keeps several
-// warps' loads in flight. Each lane streams 16 bytes of a row at a time, and the block asks
-// for its first rows in L2 before the prologue, so that their latency overlaps it.
-#define GEMV_ROWS 4
-#define GEMV_UNROLL 4
-#define PROLOGUE_NORM 0
-#define PROLOGUE_COPY 2
-#define EPILOGUE_STORE 0
-#define EPILOGUE_ADD_INTO 1
-#define EPILOGUE_GATED 2
-
-template <typename T> struct Vec16;
-template <> struct Vec16<float> { static constexpr int n = 4; };
-template <> struct Vec16<bf16> { static constexpr int n = 8; };
-template <> struct Vec16<f16> { static constexpr int n = 8; };
-
-template <typename T> __device__ __forceinline__ void unpack(const uint4& v, float* f);
-template <> __device__ __forceinline__ void unpack<float>(const uint4& v, float* f) {
-  f[0] = __uint_as_float(v.x); f[1] = __uint_as_float(v.y); f[2] = __uint_as_float(v.z); f[3] = __uint_as_float(v.w);
-}
-template <typename T> __device__ __forceinline__ void unpack16(const uint4& v, float* f) {
-  const u32 w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    T lo, hi;
-    lo.bits = (u16)(w[k] & 0xffffu);
-    hi.bits = (u16)(w[k] >> 16);
-    f[2 * k] = to_float(lo);
-    f[2 * k + 1] = to_float(hi);
-  }
-}
-template <> __device__ __forceinline__ void unpack<bf16>(const uint4& v, float* f) { unpack16<bf16>(v, f); }
-template <> __device__ __forceinline__ void unpack<f16>(const uint4& v, float* f) { unpack16<f16>(v, f); }
-
-template <typename T>
-__device__ void decode_gemv(const T* x, int prologue, const T* norm_w, float eps, int plus_one, const T* w,
-                            const T* bias, T* out, int epilogue, int gelu, int rows, int in, int outs, int split) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* a = reinterpret_cast<T*>(smem_raw);
-  __shared__ float reduce[32];
-  __shared__ float partial[8][2][GEMV_ROWS];
-  constexpr int V = Vec16<T>::n;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int per_block = 8 / split, part = warp % split;
-  const int halves = epilogue == EPILOGUE_GATED ? 2 : 1;
-  {
-    const int o = blockIdx.x * per_block + warp / split;
-    if (o < outs) {
-      for (int h = 0; h < halves; ++h) {
-        const T* row = w + ((i64)h * outs + o) * in;
-        for (int i = (part * 32 + lane) * V; i < in; i += split * 32 * V) {
-          asm volatile("prefetch.global.L2 [%0];" ::"l"(row + i));
-        }
-      }
-    }
-  }
-  for (int r = 0; r < rows; ++r) {
-    const T* xr = x + (i64)r * in;
-    if (prologue == PROLOGUE_NORM) {
-      float ss = 0.0f;
-      for (int i = threadIdx.x; i < in; i += blockDim.x) {
-        const float v = to_float(xr[i]);
-        ss += v * v;
-      }
-      ss = block_reduce<T>(ss, false, reduce);
-      const float rstd = rsqrtf(ss / (float)in + eps);
-      for (int i = threadIdx.x; i < in; i += blockDim.x) {
-        float g = to_float(norm_w[i]);
-        if (plus_one) g = round_to<T>(g + 1.0f);
-        a[(i64)r * in + i] = from_float<T>(g * (rstd * to_float(xr[i])));
-      }
-    } else {
-      for (int i = threadIdx.x; i < in; i += blockDim.x) a[(i64)r * in + i] = xr[i];
-    }
-  }
-  __syncthreads();
-  for (int base = blockIdx.x * per_block; base < outs; base += gridDim.x * per_block) {
-    const int o = base + warp / split;
-    float acc[2][GEMV_ROWS] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-    if (o < outs) {
-      // GEMV_UNROLL loads of each weight row in flight per lane before any arithmetic: the
-      // bytes in flight, not the arithmetic, set the speed of a matrix-vector product.
-      const int step = split * 32 * V;
-      for (int i0 = (part * 32 + lane) * V; i0 < in; i0 += GEMV_UNROLL * step) {
-        uint4 wv[2][GEMV_UNROLL];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-#pragma unroll
-          for (int u = 0; u < GEMV_UNROLL; ++u) {
-            const int i = i0 + u * step;
-            const bool live = h < halves && i < in;
-            wv[h][u] = live ? __ldg(reinterpret_cast<const uint4*>(w + ((i64)h * outs + o) * in + i))
-                            : make_uint4(0u, 0u, 0u, 0u);
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; ++u) {
-          const int i = i0 + u * step;
-          if (i < in) {
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; ++r) {
-              if (r < rows) {
-                float af[V];
-                unpack<T>(*reinterpret_cast<const uint4*>(a + (i64)r * in + i), af);
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  if (h < halves) {
-                    float wf[V];
-                    unpack<T>(wv[h][u], wf);
-#pragma unroll
-                    for (int k = 0; k < V; ++k) acc[h][r] = fmaf(wf[k], af[k], acc[h][r]);
-                  }
-                }
-              }
-            }
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-#pragma unroll
-      for (int r = 0; r < GEMV_ROWS; ++r) {
-        for (int off = 16; off > 0; off >>= 1) acc[h][r] += __shfl_xor_sync(0xffffffffu, acc[h][r], off);
-      }
-    }
-    if (split > 1) {
-      if (lane == 0) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-#pragma unroll
-          for (int r = 0; r < GEMV_ROWS; ++r) partial[warp][h][r] = acc[h][r];
-        }
-      }
-      __syncthreads();
-      if (part == 0) {
-        for (int p = 1; p < split; ++p) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; ++r) acc[h][r] += partial[warp + p][h][r];
-          }
-        }
-      }
-      __syncthreads();
-    }
-    if (lane == 0 && part == 0 && o < outs) {
-#pragma unroll
-      for (int r = 0; r < GEMV_ROWS; ++r) {
-        if (r < rows) {
-          float v = acc[0][r];
-          if (bias != nullptr) v = __fadd_rn(v, to_float(bias[o]));
-          T* dst = out + (i64)r * outs + o;
-          if (epilogue == EPILOGUE_GATED) {
-            float u = acc[1][r];
-            if (bias != nullptr) u = __fadd_rn(u, to_float(bias[outs + o]));
-            v = __fmul_rn(round_to<T>(gate_act(round_to<T>(v), gelu)), round_to<T>(u));
-          } else if (epilogue == EPILOGUE_ADD_INTO) {
-            v = __fadd_rn(to_float(*dst), bias != nullptr ? round_to<T>(v) : v);
-          }
-          *dst = from_float<T>(v);
-        }
-      }
-    }
-  }
-}
-
-
-
-// ---------------------------------------------------------------------------------------------
 // Entry points, one per element type: <name>_<f32|bf16|f16>.
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
@@ -369,12 +187,6 @@ __device__ void decode_gemv(const T* x, int prologue, const T* norm_w, float eps
   extern "C" __global__ void masked_softmax_##SUFFIX(const T* scores, const T* mask, T* out, i64 heads,   \
                                                      i64 q, i64 k, float scale, float softcap) {          \
     masked_softmax<T>(scores, mask, out, heads, q, k, scale, softcap);                                     \
-  }                                                                                                        \
-  extern "C" __global__ void decode_gemv_##SUFFIX(const T* x, int prologue, const T* norm_w, float eps,    \
-                                                  int plus_one, const T* w, const T* bias, T* out,        \
-                                                  int epilogue, int gelu, int rows, int in, int outs,    \
-                                                  int split) {                                           \
-    decode_gemv<T>(x, prologue, norm_w, eps, plus_one, w, bias, out, epilogue, gelu, rows, in, outs, split); \
   }
 
 UA_ENTRY_POINTS(float, f32)

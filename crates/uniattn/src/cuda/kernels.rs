@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 const SOURCE: &str = include_str!("../../cuda/kernels.cu");
 
 /// Every kernel `SOURCE` defines, each in f32, bf16 and f16 versions (`<name>_<suffix>`).
-const KERNELS: &[&str] = &["gated_act", "rope_kv_write", "masked_softmax", "decode_gemv"];
+const KERNELS: &[&str] = &["gated_act", "rope_kv_write", "masked_softmax"];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
 const THREADS: u32 = 256;
@@ -115,10 +115,6 @@ impl Args {
         self.0.push(t.data_ptr() as u64);
         self
     }
-    fn opt_ptr(mut self, t: Option<&Tensor>) -> Self {
-        self.0.push(t.map_or(0, |t| t.data_ptr() as u64));
-        self
-    }
     fn i64(mut self, v: i64) -> Self {
         self.0.push(v as u64);
         self
@@ -135,21 +131,6 @@ impl Args {
     /// Launches `name` for `suffix` on `device`'s current torch stream; false if it failed
     /// (then nothing runs fused again and the caller falls back).
     fn launch(self, loaded: &Loaded, name: &str, suffix: &str, device: usize, grid: i64, block: u32) -> bool {
-        self.launch_with_shared(loaded, name, suffix, device, grid, block, 0)
-    }
-
-    /// [`Args::launch`] with `shared` bytes of dynamic shared memory.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_with_shared(
-        self,
-        loaded: &Loaded,
-        name: &str,
-        suffix: &str,
-        device: usize,
-        grid: i64,
-        block: u32,
-        shared: usize,
-    ) -> bool {
         let Ok(s) = shim() else { return false };
         let kernel = loaded.kernels[&format!("{name}_{suffix}")] as *mut c_void;
         let mut values = self.0;
@@ -159,7 +140,7 @@ impl Args {
         // built in its declaration order by the op below), and every pointer argument is the
         // data of a live tensor that the op checked for device, type, shape and layout.
         let r = call("kernel launch", |e, n| unsafe {
-            (s.kernel_launch)(kernel, device as c_int, grid, block, shared as u32, ptrs.as_mut_ptr(), e, n)
+            (s.kernel_launch)(kernel, device as c_int, grid, block, 0, ptrs.as_mut_ptr(), e, n)
         });
         if let Err(e) = r {
             eprintln!("warning: {name} failed, running libtorch's kernels from now on: {e}");
@@ -298,107 +279,6 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64, softcap: Optio
         .f32(softcap.unwrap_or(0.0));
     let block = if k >= 2048 { 512 } else { THREADS };
     args.launch(loaded, "masked_softmax", suffix, device, b * heads * q, block).then_some(out)
-}
-
-/// How [`decode_projection`] makes the projection's input from the tensor it is given.
-#[derive(Clone, Copy)]
-pub enum Prologue<'a> {
-    /// The input as it is.
-    Copy,
-    /// RMSNorm of the input with `weight` (`1 + weight` with `plus_one`, as Gemma).
-    Norm { weight: &'a Tensor, eps: f64, plus_one: bool },
-}
-
-/// Where [`decode_projection`] puts its result `y`.
-#[derive(Clone, Copy)]
-pub enum Epilogue<'a> {
-    /// A new tensor `[.., out_features]`.
-    Store,
-    /// Added into this tensor in place (the residual stream, `[.., out_features]`).
-    AddInto(&'a Tensor),
-    /// The weight is the fused gate|up projection (`[2 I, in]`); stores `act(y_gate) * y_up`
-    /// (`[.., I]`), SiLU or GELU's tanh form.
-    Gated { gelu_tanh: bool },
-}
-
-/// Rows a [`decode_projection`] takes at most (a decode step of up to four sequences).
-pub const DECODE_ROWS: i64 = 4;
-/// Blocks of a decode projection at most; a larger matrix is covered grid-stride.
-const DECODE_MAX_BLOCKS: i64 = 4096;
-/// Shared memory the projection's input may take (the default limit of a block).
-const DECODE_SHARED_BYTES: i64 = 48 * 1024;
-
-/// `prologue(x) W^T (+ bias)` for a decode step's few rows of `x` (`[.., in]`), in one kernel
-/// that also does the prologue's normalisation and the epilogue's residual add or gated
-/// activation, each of which is otherwise a kernel of its own.
-pub fn decode_projection(
-    x: &Tensor,
-    prologue: Prologue,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    epilogue: Epilogue,
-) -> Option<Tensor> {
-    let (device, loaded, suffix) = usable(x)?;
-    let &[weight_rows, ins] = weight.size().as_slice() else { return None };
-    let mut shape = x.size();
-    let rows = x.numel() as i64 / ins.max(1);
-    let vector = 16 / x.kind().elt_size_in_bytes() as i64;
-    let same = |t: &Tensor| t.kind() == x.kind() && t.device() == x.device() && t.is_contiguous();
-    let (pro, norm_w, eps, plus_one) = match prologue {
-        Prologue::Copy => (2, None, 0.0, false),
-        Prologue::Norm { weight: w, eps, plus_one } => {
-            if !same(w) || w.size() != [ins] {
-                return None;
-            }
-            (0, Some(w), eps, plus_one)
-        }
-    };
-    let (epi, gelu, outs) = match epilogue {
-        Epilogue::Store => (0, false, weight_rows),
-        Epilogue::AddInto(_) => (1, false, weight_rows),
-        Epilogue::Gated { gelu_tanh } => (2, gelu_tanh, weight_rows / 2),
-    };
-    let fits = (1..=DECODE_ROWS).contains(&rows)
-        && shape.last() == Some(&ins)
-        && ins % vector == 0
-        && (epi != 2 || weight_rows % 2 == 0)
-        && rows * ins * x.kind().elt_size_in_bytes() as i64 <= DECODE_SHARED_BYTES
-        && same(x)
-        && same(weight)
-        && (weight.data_ptr() as usize).is_multiple_of(16)
-        && bias.is_none_or(|b| same(b) && b.size() == [weight_rows]);
-    if !fits {
-        return None;
-    }
-    *shape.last_mut()? = outs;
-    let out = match epilogue {
-        Epilogue::AddInto(h) if same(h) && h.size() == shape => h.shallow_clone(),
-        Epilogue::AddInto(_) => return None,
-        _ => Tensor::empty(shape.as_slice(), (x.kind(), x.device())),
-    };
-    // Warps per weight row: one per 1,024 inputs (up to the block's eight), so that a long
-    // row keeps several warps' loads in flight.
-    let split = (ins / 1024).clamp(1, 8) as u32;
-    let split = 1 << (31 - split.leading_zeros());
-    let per_block = 8 / split as i64;
-    let blocks = ((outs + per_block - 1) / per_block).min(DECODE_MAX_BLOCKS);
-    let shared = (rows * ins) as usize * x.kind().elt_size_in_bytes();
-    let args = Args::default()
-        .ptr(x)
-        .i32(pro)
-        .opt_ptr(norm_w)
-        .f32(eps)
-        .i32(plus_one as i64)
-        .ptr(weight)
-        .opt_ptr(bias)
-        .ptr(&out)
-        .i32(epi)
-        .i32(gelu as i64)
-        .i32(rows)
-        .i32(ins)
-        .i32(outs)
-        .i32(split as i64);
-    args.launch_with_shared(loaded, "decode_gemv", suffix, device, blocks, 256, shared).then_some(out)
 }
 
 #[cfg(test)]
@@ -559,83 +439,6 @@ mod tests {
                         _ => 2f64.powi(-11),
                     };
                     assert!(d <= tol, "{kind:?} q={q_len} k={k_len} softcap={softcap:?}: differs by {d}");
-                }
-            }
-        }
-    }
-
-    /// The decode projection against `norm`/activation, `linear` and the residual add.
-    #[test]
-    fn decode_projection_equals_composition() {
-        let Some(dev) = gpu() else { return };
-        use crate::model::nn::{Linear, RmsNorm};
-        for kind in KINDS {
-            let randn = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, dev)).to_kind(kind);
-            // One warp a row, and two warps a row over more rows than the grid has warps.
-            for (rows, (ins, outs)) in (1..=DECODE_ROWS).flat_map(|r| [(r, (256, 200)), (r, (2048, 4500))]) {
-                for (pro, bias) in
-                    [("copy", false), ("norm", true), ("norm+1", false), ("silu", false), ("gelu", true)]
-                {
-                    let gated = pro == "silu" || pro == "gelu";
-                    let lin = Linear::new(
-                        randn(&[if gated { 2 * outs } else { outs }, ins]) * 0.1,
-                        bias.then(|| randn(&[if gated { 2 * outs } else { outs }])),
-                    );
-                    let norm = RmsNorm { weight: randn(&[ins]), eps: 1e-6, plus_one: pro == "norm+1" };
-                    let x = randn(&[rows, 1, ins]);
-                    let (prologue, input) = match pro {
-                        "copy" | "silu" | "gelu" => (Prologue::Copy, x.shallow_clone()),
-                        _ => (
-                            Prologue::Norm { weight: &norm.weight, eps: norm.eps, plus_one: norm.plus_one },
-                            without(|| norm.forward(&x)),
-                        ),
-                    };
-                    let want = without(|| {
-                        let y = lin.forward(&input);
-                        if gated {
-                            let (g, u) = (y.narrow(-1, 0, outs), y.narrow(-1, outs, outs));
-                            let act = if pro == "gelu" { g.gelu("tanh") } else { g.silu() };
-                            act * u
-                        } else {
-                            y
-                        }
-                    });
-                    let store =
-                        if gated { Epilogue::Gated { gelu_tanh: pro == "gelu" } } else { Epilogue::Store };
-                    let got = decode_projection(&x, prologue, &lin.weight, lin.bias.as_ref(), store)
-                        .expect("the kernel applies");
-                    let mut checks = vec![("store", got, want.shallow_clone())];
-                    if !gated {
-                        let h = randn(&[rows, 1, outs]);
-                        let want_added = &h + &want;
-                        let added = decode_projection(
-                            &x,
-                            prologue,
-                            &lin.weight,
-                            lin.bias.as_ref(),
-                            Epilogue::AddInto(&h),
-                        )
-                        .expect("the kernel applies");
-                        assert_eq!(added.data_ptr(), h.data_ptr(), "added in place");
-                        checks.push(("add into", h, want_added));
-                    }
-                    // Another order of summation: within a few rounding steps of the largest value.
-                    let tol = match kind {
-                        Kind::Float => 1e-5,
-                        Kind::BFloat16 => 2f64.powi(-6),
-                        _ => 2f64.powi(-9),
-                    };
-                    for (what, got, want) in checks {
-                        let scale = want.abs().max().double_value(&[]);
-                        let d = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double))
-                            .abs()
-                            .max()
-                            .double_value(&[]);
-                        assert!(
-                            d <= tol * scale,
-                            "{kind:?} rows={rows} {ins}x{outs} {pro} bias={bias} {what}: {d} (scale {scale})"
-                        );
-                    }
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! in reuse layers, gate|up in the MLP), so a decode step launches fewer, larger kernels.
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
-use crate::cuda::kernels::{self, Epilogue, HeadLayout, Prologue};
+use crate::cuda::kernels::{self, HeadLayout};
 use crate::model::attention::{attention_probs, fused_attention, Attention, Heads};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::model::rope::RopeAngles;
@@ -80,15 +80,9 @@ struct AttnOut<'a> {
     extra: Option<Tensor>,
 }
 
-/// `h += x W^T`: at decode one fused kernel (see [`kernels::decode_projection`]), otherwise
-/// one GEMM that accumulates into `h` (cuBLAS's beta = 1), where a separate projection and
-/// add would be two kernels and a temporary.
+/// `h += x W^T` as one GEMM that accumulates into `h` (cuBLAS's beta = 1), where a separate
+/// projection and add would be two kernels and a temporary.
 fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear) {
-    let fused =
-        kernels::decode_projection(x, Prologue::Copy, &lin.weight, lin.bias.as_ref(), Epilogue::AddInto(h));
-    if fused.is_some() {
-        return;
-    }
     match &lin.bias {
         None => {
             let (out, inp) = (lin.out_features(), x.size()[x.dim() - 1]);
@@ -97,13 +91,6 @@ fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear) {
         }
         Some(_) => *h += lin.forward(x),
     }
-}
-
-/// `norm(h) W^T (+ b)`: at decode the normalisation runs inside the projection's kernel.
-fn normed_projection(norm: &RmsNorm, lin: &Linear, h: &Tensor) -> Tensor {
-    let prologue = Prologue::Norm { weight: &norm.weight, eps: norm.eps, plus_one: norm.plus_one };
-    kernels::decode_projection(h, prologue, &lin.weight, lin.bias.as_ref(), Epilogue::Store)
-        .unwrap_or_else(|| lin.forward(&norm.forward(h)))
 }
 
 pub struct InferenceMlp {
@@ -117,10 +104,10 @@ impl InferenceMlp {
         InferenceMlp { gate_up: fuse(&[&m.gate_proj, &m.up_proj]), down: m.down_proj, gelu_tanh: m.gelu_tanh }
     }
 
-    /// The activations the down projection reads, `act(x W_gate) * (x W_up)`, from the
-    /// gate|up projection's output `gu`.
-    fn activate(&self, gu: &Tensor) -> Tensor {
-        if let Some(out) = kernels::gated_act(gu, self.gelu_tanh) {
+    /// The activations the down projection reads: `act(x W_gate) * (x W_up)`.
+    fn hidden(&self, x: &Tensor) -> Tensor {
+        let gu = self.gate_up.forward(x);
+        if let Some(out) = kernels::gated_act(&gu, self.gelu_tanh) {
             return out;
         }
         let half = gu.size()[2] / 2;
@@ -129,18 +116,8 @@ impl InferenceMlp {
         g * gu.narrow(-1, half, half)
     }
 
-    /// `h += mlp(norm(h))`; at decode the norm runs inside the gate|up kernel, the activation
-    /// in its epilogue, and the residual add in the down projection's.
-    fn add_forward(&self, h: &mut Tensor, norm: &RmsNorm) {
-        let prologue = Prologue::Norm { weight: &norm.weight, eps: norm.eps, plus_one: norm.plus_one };
-        let (gate_up, gated) = (&self.gate_up, Epilogue::Gated { gelu_tanh: self.gelu_tanh });
-        let hidden = kernels::decode_projection(h, prologue, &gate_up.weight, gate_up.bias.as_ref(), gated)
-            .unwrap_or_else(|| self.activate(&normed_projection(norm, gate_up, h)));
-        add_projection(h, &hidden, &self.down);
-    }
-
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down.forward(&self.activate(&self.gate_up.forward(x)))
+        self.down.forward(&self.hidden(x))
     }
 }
 
@@ -279,13 +256,10 @@ impl InferenceLayer {
         is_lead: bool,
         lead: &mut Option<LeadAttention>,
     ) {
-        let input = h.shallow_clone();
-        let project = |lin: &Linear| normed_projection(&self.attn_norm, lin, &input);
-        if let Some(AttnOut { heads, o_proj, extra }) =
-            self.attention(l, &project, step, cache, is_lead, lead)
-        {
+        let x = self.attn_norm.forward(h);
+        if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, is_lead, lead) {
             match &self.attn_post_norm {
-                // The residual add rides in the output projection (one kernel instead of two).
+                // The residual add rides in the output GEMM (one kernel instead of two).
                 None => {
                     add_projection(h, &heads, o_proj);
                     if let Some(e) = extra {
@@ -301,26 +275,26 @@ impl InferenceLayer {
                 }
             }
         }
+        let x = self.mlp_norm.forward(h);
         match &self.mlp_post_norm {
-            None => self.mlp.add_forward(h, &self.mlp_norm),
-            Some(n) => *h += n.forward(&self.mlp.forward(&self.mlp_norm.forward(h))),
+            None => add_projection(h, &self.mlp.hidden(&x), &self.mlp.down),
+            Some(n) => *h += n.forward(&self.mlp.forward(&x)),
         }
     }
 
-    /// `project(W)` is `attn_norm(h) W^T`.
     fn attention(
         &self,
         l: usize,
-        project: &dyn Fn(&Linear) -> Tensor,
+        x: &Tensor,
         step: &Step,
         cache: &mut KvCache,
         is_lead: bool,
         lead: &mut Option<LeadAttention>,
     ) -> Option<AttnOut<'_>> {
-        let n = step.positions.size()[0];
+        let n = x.size()[0];
         match &self.attn {
             InferenceAttention::Full { qkv, o_proj, q_norm, k_norm, heads: h, scale, softcap } => {
-                let y = project(qkv);
+                let y = qkv.forward(x);
                 let layout =
                     HeadLayout { q: h.num_heads, k: h.num_kv_heads, v: h.num_kv_heads, dim: h.head_dim };
                 let fused = (q_norm.is_none() && k_norm.is_none())
@@ -367,7 +341,7 @@ impl InferenceLayer {
                 Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
             }
             InferenceAttention::Reuse { vc, o_proj, heads: h, compensated } => {
-                let y = project(vc);
+                let y = vc.forward(x);
                 let kvd = h.num_kv_heads * h.head_dim;
                 let layout = HeadLayout { q: 0, k: 0, v: h.num_kv_heads, dim: h.head_dim };
                 if write_fused(cache, l, step, &y, layout).is_none() {
@@ -385,7 +359,7 @@ impl InferenceLayer {
                 Some(AttnOut { heads: h.merge(&lead.apply(h, &values)), o_proj, extra })
             }
             InferenceAttention::Cla { q_proj, o_proj, q_norm, heads: h, scale, softcap, lead } => {
-                let mut q = h.split(&project(q_proj), h.num_heads);
+                let mut q = h.split(&q_proj.forward(x), h.num_heads);
                 if let Some(qn) = q_norm {
                     q = qn.forward(&q);
                 }
