@@ -57,30 +57,27 @@ case $PROFILE in
     [[ $SET == medical ]] && TASK_SET=medmcqa:mc_5shot,medqa_en:mc_5shot,mmlu_medical:mc_5shot,arc_easy,arc_challenge
     TASKS=${TASKS:-${TASK_SET:-$GENERAL}}
     LIMIT_Q=${LIMIT_Q-} EVAL_BATCH=16384
-    # Rows packed into 1024-token sequences (no attention across rows): ~16k tokens a step, in
-    # micro-batches of MICRO (8: fewer, larger kernels than 4; the 0.5B model's trainer then
-    # holds ~53 GB, so two trainers on one card want MICRO=4 for the second).
-    MICRO=${MICRO:-8}
-    # Final models in bf16 (what evaluation loads): f32 files of ~20 runs overflow a 64 GB disk.
-    MAX_LEN=1024 TRAIN=(--micro-batch "$MICRO" --grad-accum $((16 / MICRO)) --eval-every 20 --pack --save-dtype bf16)
+    # Training options in configs/train/medical_gpu.toml (why they are what they are there);
+    # MICRO=4 gives micro-batches of 4, twice accumulated (two trainers on one card).
+    MAX_LEN=1024 TRAIN=(--config configs/train/medical_gpu.toml ${MICRO:+--micro-batch $MICRO --grad-accum $((16 / MICRO))})
     LIMIT=(${LIMIT_Q:+--limit $LIMIT_Q}) BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256
     WIKI_TOKENS=20480 TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 JOBS=${JOBS:-6} ;;
   cpu)
     SEEDS=${SEEDS:-"1 2"}
     LRS=${LRS:-"5e-5 2e-4"}
     TASKS=${TASKS:-$([[ $SET == medical ]] && echo arc_easy || echo arc_easy,arc_challenge,piqa)}
-    MAX_LEN=320 TRAIN=(--micro-batch 8 --grad-accum 2 --eval-every 1000)
+    MAX_LEN=320 TRAIN=(--config configs/train/medical_cpu.toml)
     LIMIT=(--limit ${LIMIT_Q:-150}) BENCH=(--batch 8 --context 512 --new-tokens 32) CALIB_ROWS=0..64 WIKI_TOKENS=8192
     EVAL_BATCH=4096
     TRAIN_ROWS=${TRAIN_ROWS:-256} VAL_ROWS=50 JOBS=${JOBS:-1} ;;
   smoke)
     SEEDS=${SEEDS:-1} LRS=${LRS:-2e-5} TASKS=$([[ $SET == medical ]] && echo medmcqa,mmlu_anatomy || echo arc_easy,piqa)
-    MAX_LEN=256 TRAIN=(--micro-batch 2 --grad-accum 1 --eval-every 2 --max-steps 2 --pack)
+    MAX_LEN=256 TRAIN=(--config configs/train/medical_smoke.toml)
     LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024 EVAL_BATCH=2048
     TRAIN_ROWS=16 VAL_ROWS=4 JOBS=${JOBS:-2} ;;
   *) echo "PROFILE must be gpu, cpu or smoke, not '$PROFILE'" >&2; exit 2 ;;
 esac
-TRAIN+=(--max-len "$MAX_LEN" --save-every 100000 --device "$DEV")
+TRAIN+=(--max-len "$MAX_LEN" --device "$DEV")
 DT=(--device "$DEV")
 if [[ $DEV == cuda ]]; then TRAIN+=(--bf16); DT+=(--dtype bf16); fi
 mkdir -p "$OUT/data" "$OUT/eval" "$OUT/runs"

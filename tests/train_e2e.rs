@@ -61,6 +61,7 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
         resume,
         out: out.to_path_buf(),
         overwrite: false,
+        config_file: Some(format!("# how this run was started\nmax-steps = {stop:?}\n")),
         kind: Kind::Float,
         save_kind: Kind::Float,
         device: Device::Cpu,
@@ -81,6 +82,12 @@ fn uniattn_two_stage_run_stops_resumes_and_loads() {
     let err = run(job(&out, None, None), |_, _| {}).err().expect("refused").to_string();
     assert!(err.contains("holds an earlier run"), "{err}");
     assert_eq!(uniattn::train::checkpoint::list(&out.join("checkpoints")).unwrap().len(), 2);
+    let config = || std::fs::read_to_string(out.join(uniattn::train::job::CONFIG_FILE)).unwrap();
+    assert!(
+        config().contains("max-steps = Some(4)"),
+        "the refused run left the first run's options: {}",
+        config()
+    );
     // The resumed run writes its final model in bf16; checkpoints stay f32.
     let rest =
         run(TrainJob { save_kind: Kind::BFloat16, ..job(&out, Some(out.clone()), None) }, |_, _| {}).unwrap();
@@ -94,4 +101,5 @@ fn uniattn_two_stage_run_stops_resumes_and_loads() {
     let m = loader::load(&rest.final_dir, Kind::Float, Device::Cpu).unwrap();
     assert_eq!(m.model.plan.reuse_layers(), vec![27, 29]);
     assert!(out.join("loss.png").exists() && out.join("metrics.jsonl").exists());
+    assert!(config().contains("max-steps = None"), "the resumed run's options: {}", config());
 }

@@ -1,11 +1,13 @@
 //! `uniattn`: the command line. Parses arguments and calls the library; nothing else lives here.
 mod args;
 mod commands;
+mod config_file;
 mod progress;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use commands::{bench, convert, eval, generate, medmcqa, model, search_plan, serve, train};
+use std::ffi::OsString;
 
 #[derive(Parser)]
 #[command(name = "uniattn", version, about = "UniAttn: softmax unification for post-trained LLMs")]
@@ -60,7 +62,7 @@ fn main() {
             *at = info.location().map(|l| l.to_string()).unwrap_or_default();
         }
     }));
-    let message = match std::panic::catch_unwind(|| run(Cli::parse())) {
+    let message = match std::panic::catch_unwind(|| run(std::env::args_os().collect())) {
         Ok(Ok(())) => return,
         Ok(Err(e)) => format!("{e:#}"),
         Err(payload) => {
@@ -83,7 +85,10 @@ fn main() {
     std::process::exit(1);
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(args: Vec<OsString>) -> Result<()> {
+    let command = Cli::command();
+    let matches = command.clone().get_matches_from(config_file::splice(args, &command)?);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Import(a) => model::import(a),
         Command::Info(a) => model::info(a),
@@ -96,7 +101,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Convert(a) => convert::convert(a),
         Command::Analyze(a) => convert::analyze(a),
         Command::SearchPlan(a) => search_plan::search_plan(*a),
-        Command::Train(a) => train::train(*a),
+        Command::Train(a) => {
+            let sub = command.find_subcommand("train").expect("train is a subcommand");
+            let used = matches.subcommand_matches("train").expect("train was parsed");
+            train::train(*a, config_file::resolved(sub, used))
+        }
         Command::Eval { what: eval::EvalCommand::Mc(a) } => eval::mc(a),
         Command::Eval { what: eval::EvalCommand::Ppl(a) } => eval::ppl(a),
     }

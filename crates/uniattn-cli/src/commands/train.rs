@@ -11,9 +11,15 @@ use uniattn::train::TrainConfig;
 
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  uniattn train --model smollm2 --variant uniattn --plan-blocks 15-18,20-22 --data data/pmc_llama_instructions_1000.json --out runs/uniattn"
+    args_override_self = true,
+    after_help = "Example:\n  uniattn train --model smollm2 --variant uniattn --plan-blocks 15-18,20-22 --data data/pmc_llama_instructions_1000.json --out runs/uniattn\n  uniattn train --config configs/smollm2_uniattn.toml --lr 1e-5   (flags override the file)"
 )]
 pub struct TrainArgs {
+    /// A TOML file of these options without the leading --, e.g. `micro-batch = 8`, `bf16 = true`;
+    /// flags given as well override it. The run folder keeps the resolved options in
+    /// train_config.toml, which --config takes to repeat the run
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The model to start from: dense (GGUF, folder, short name) or a converted UniAttn folder
     #[arg(long)]
     pub model: PathBuf,
@@ -120,7 +126,9 @@ pub struct TrainArgs {
     pub dev: DeviceArgs,
 }
 
-pub fn train(a: TrainArgs) -> Result<()> {
+/// `config`: every option's final value, as a config file (saved in the run folder).
+pub fn train(a: TrainArgs, config: String) -> Result<()> {
+    println!("configuration (saved as train_config.toml in {}):\n{config}", a.out.display());
     let (device, kind) = setup(&a.dev)?;
     let plan = match (a.plan, a.plan_blocks) {
         (Some(p), _) => Some(PlanSpec::Grouped(p)),
@@ -149,6 +157,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         max_len: a.max_len,
         skip_bad_rows: a.skip_bad_rows,
         overwrite: a.overwrite,
+        config_file: Some(config),
         cfg: TrainConfig {
             stages: vec![],
             optim: AdamWConfig {

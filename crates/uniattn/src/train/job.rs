@@ -49,6 +49,9 @@ pub struct TrainJob {
     pub out: PathBuf,
     /// Start over in an `out` that holds an earlier run (its run files are removed first).
     pub overwrite: bool,
+    /// How the run was asked for, as a config file (the command line's resolved options):
+    /// written into `out` as [`CONFIG_FILE`].
+    pub config_file: Option<String>,
     pub kind: Kind,
     /// Precision of the final model's file (checkpoints stay f32 so that a resume is exact):
     /// bf16 halves what a run leaves on disk and is what inference loads anyway.
@@ -155,6 +158,9 @@ fn stages_of(kind: ReuseKind) -> Vec<StageKind> {
     }
 }
 
+/// The file in the run folder that records the options the run was started with.
+pub const CONFIG_FILE: &str = "train_config.toml";
+
 /// What a run leaves in its folder; a folder holding any of them belongs to a run already.
 const RUN_FILES: [&str; 4] = ["metrics.jsonl", "checkpoints", "final", "loss.png"];
 
@@ -184,6 +190,10 @@ fn claim_run_folder(out: &Path, resuming: bool, overwrite: bool) -> Result<()> {
 
 pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<TrainSummary> {
     claim_run_folder(&job.out, job.resume.is_some(), job.overwrite)?;
+    if let Some(text) = &job.config_file {
+        std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
+        crate::fs::write_atomic(&job.out.join(CONFIG_FILE), text.as_bytes())?;
+    }
     let resume: Option<Resume> = job.resume.as_deref().map(checkpoint::load).transpose()?;
     let (model, tokenizer, stages, cfg) = match &resume {
         Some(r) => {
