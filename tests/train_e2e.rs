@@ -102,4 +102,11 @@ fn uniattn_two_stage_run_stops_resumes_and_loads() {
     assert_eq!(m.model.plan.reuse_layers(), vec![27, 29]);
     assert!(out.join("loss.png").exists() && out.join("metrics.jsonl").exists());
     assert!(config().contains("max-steps = None"), "the resumed run's options: {}", config());
+    let event_files = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref().unwrap().file_name().to_string_lossy().starts_with(uniattn::train::events::FILE_PREFIX)
+        })
+        .count();
+    assert_eq!(event_files, 2, "one TensorBoard event file for the first run, one for the resumed");
 }

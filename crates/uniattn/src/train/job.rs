@@ -161,14 +161,20 @@ fn stages_of(kind: ReuseKind) -> Vec<StageKind> {
 /// The file in the run folder that records the options the run was started with.
 pub const CONFIG_FILE: &str = "train_config.toml";
 
-/// What a run leaves in its folder; a folder holding any of them belongs to a run already.
+/// What a run leaves in its folder (and TensorBoard event files); a folder holding any of them
+/// belongs to a run already.
 const RUN_FILES: [&str; 4] = ["metrics.jsonl", "checkpoints", "final", "loss.png"];
 
 /// A new run may not mix with an earlier one in the same folder (its checkpoints would be
 /// pruned and resumed, its metrics interleaved): refused unless resuming, or cleared with
 /// `overwrite`.
 fn claim_run_folder(out: &Path, resuming: bool, overwrite: bool) -> Result<()> {
-    let used: Vec<&str> = RUN_FILES.iter().copied().filter(|f| out.join(f).exists()).collect();
+    let mut used: Vec<String> =
+        RUN_FILES.iter().filter(|f| out.join(f).exists()).map(|f| f.to_string()).collect();
+    if let Ok(entries) = std::fs::read_dir(out) {
+        let events = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+        used.extend(events.filter(|n| n.starts_with(super::events::FILE_PREFIX)));
+    }
     if used.is_empty() || resuming {
         return Ok(());
     }
@@ -180,7 +186,7 @@ fn claim_run_folder(out: &Path, resuming: bool, overwrite: bool) -> Result<()> {
             out.display()
         )));
     }
-    for f in used {
+    for f in &used {
         let p = out.join(f);
         let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         r.map_err(|e| Error::io(&p, e))?;
@@ -254,12 +260,19 @@ mod tests {
         std::fs::create_dir(dir.join("checkpoints")).unwrap();
         std::fs::write(dir.join("metrics.jsonl"), "{}\n").unwrap();
         std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let events = dir.join("events.out.tfevents.1.host.2");
+        std::fs::write(&events, "").unwrap();
         let err = super::claim_run_folder(dir, false, false).unwrap_err().to_string();
-        assert!(err.contains("metrics.jsonl, checkpoints") && err.contains("--resume"), "{err}");
+        assert!(
+            err.contains("metrics.jsonl, checkpoints")
+                && err.contains("events.out")
+                && err.contains("--resume"),
+            "{err}"
+        );
         super::claim_run_folder(dir, true, false).unwrap();
         assert!(dir.join("checkpoints").exists(), "a resume keeps the run");
         super::claim_run_folder(dir, false, true).unwrap();
-        assert!(!dir.join("checkpoints").exists() && !dir.join("metrics.jsonl").exists());
+        assert!(!dir.join("checkpoints").exists() && !dir.join("metrics.jsonl").exists() && !events.exists());
         assert!(dir.join("notes.txt").exists(), "only run files are removed");
     }
 }

@@ -3,6 +3,7 @@
 //! schedule, validation, metrics, and atomic checkpoints that resume bit-exactly.
 pub mod checkpoint;
 pub mod dataset;
+pub mod events;
 pub mod job;
 pub mod optim;
 
@@ -305,6 +306,7 @@ impl Trainer<'_> {
             .append(true)
             .open(&metrics_path)
             .map_err(|e| Error::io(&metrics_path, e))?;
+        let mut events = events::EventWriter::create(&self.out)?;
         let mut history = Vec::new();
         let mut pos = resume.as_ref().map_or(Position { stage: 0, step: 0, global_step: 0 }, |r| r.position);
         let mut pending_opt = resume.and_then(|r| r.optimizer);
@@ -377,6 +379,15 @@ impl Trainer<'_> {
                 };
                 writeln!(metrics, "{}", serde_json::to_string(&m).expect("metrics serialise"))
                     .map_err(|e| Error::io(&metrics_path, e))?;
+                let mut scalars = vec![
+                    ("train/loss", m.loss),
+                    ("train/lr", m.lr),
+                    ("train/grad_norm", m.grad_norm),
+                    ("train/tokens_per_second", m.tokens_per_second),
+                    ("train/stage", (m.stage + 1) as f64),
+                ];
+                scalars.extend(m.val_loss.map(|v| ("val/loss", v)));
+                events.scalars(m.global_step, &scalars)?;
                 on_step(&m, total);
                 history.push(m);
                 let stage_done = pos.step == total;
