@@ -4,6 +4,7 @@ use crate::calibrate::{calibrate, CalibOptions, CalibReport};
 use crate::data;
 use crate::error::{Error, Result};
 use crate::loader::{self, read_parts};
+use crate::model::names;
 use crate::model::Transformer;
 use crate::plan::SuperBlockPlan;
 use std::ops::Range;
@@ -100,16 +101,15 @@ pub fn convert(
     let reuse = plan.reuse_layers();
     // The dense weights the reuse layers drop (the reference code's checkpoints keep them).
     let drops = plan.reuse.spec().drops;
-    let kept: Vec<(String, tch::Tensor)> = dense
-        .named_tensors()
-        .into_iter()
-        .filter(|(n, _)| {
-            reuse.iter().any(|l| {
-                let prefix = format!("model.layers.{l}.self_attn.");
-                n.strip_prefix(&prefix).is_some_and(|m| drops.iter().any(|d| m.starts_with(&format!("{d}."))))
-            })
+    let gemma = dense.cfg.family.is_gemma();
+    let dropped: std::collections::BTreeSet<String> = reuse
+        .iter()
+        .flat_map(|&l| {
+            drops.iter().flat_map(move |&m| [names::weight(l, m, gemma), names::bias(l, m, gemma)])
         })
         .collect();
+    let kept: Vec<(String, tch::Tensor)> =
+        dense.named_tensors().into_iter().filter(|(n, _)| dropped.contains(n)).collect();
     let model = dense.apply_plan(plan, wc)?;
     Ok((ConvertOutput { model, tokenizer, report }, kept))
 }

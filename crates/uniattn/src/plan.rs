@@ -1,6 +1,7 @@
 //! SuperBlock plans: which layers lead a block, which reuse their lead's softmax map, and which
 //! stay ordinary. Stored next to a model as `uniattn.json`.
 use crate::error::{Error, Result};
+use crate::model::names::Module;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -44,8 +45,8 @@ pub enum ReuseCache {
 /// from all of them.
 #[derive(Debug, Clone, Copy)]
 pub struct ReuseSpec {
-    /// `self_attn` modules a reuse layer does not have (their weights and biases).
-    pub drops: &'static [&'static str],
+    /// Attention modules a reuse layer does not have (their weights and biases).
+    pub drops: &'static [Module],
     pub cache: ReuseCache,
     /// It computes its own queries (CLA), so its Q projection stays.
     pub own_queries: bool,
@@ -64,7 +65,7 @@ impl ReuseKind {
     pub fn spec(self) -> ReuseSpec {
         match self {
             ReuseKind::Uniattn => ReuseSpec {
-                drops: &["q_proj", "k_proj", "q_norm", "k_norm"],
+                drops: &[Module::Q, Module::K, Module::QNorm, Module::KNorm],
                 cache: ReuseCache::ValuesOnly,
                 own_queries: false,
                 own_scores: false,
@@ -72,7 +73,7 @@ impl ReuseKind {
                 two_stage: true,
             },
             ReuseKind::SoftmaxOnly => ReuseSpec {
-                drops: &["q_proj", "k_proj", "q_norm", "k_norm", "v2_proj"],
+                drops: &[Module::Q, Module::K, Module::QNorm, Module::KNorm, Module::Wc],
                 cache: ReuseCache::ValuesOnly,
                 own_queries: false,
                 own_scores: false,
@@ -80,7 +81,7 @@ impl ReuseKind {
                 two_stage: false,
             },
             ReuseKind::Cla => ReuseSpec {
-                drops: &["k_proj", "v_proj", "k_norm", "v2_proj"],
+                drops: &[Module::K, Module::V, Module::KNorm, Module::Wc],
                 cache: ReuseCache::Nothing,
                 own_queries: true,
                 own_scores: true,
@@ -88,7 +89,15 @@ impl ReuseKind {
                 two_stage: false,
             },
             ReuseKind::Layerdrop => ReuseSpec {
-                drops: &["q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "v2_proj"],
+                drops: &[
+                    Module::Q,
+                    Module::K,
+                    Module::V,
+                    Module::O,
+                    Module::QNorm,
+                    Module::KNorm,
+                    Module::Wc,
+                ],
                 cache: ReuseCache::Nothing,
                 own_queries: false,
                 own_scores: false,

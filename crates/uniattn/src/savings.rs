@@ -1,6 +1,7 @@
 //! What a plan saves at inference, computed from the shapes and the reuse kind's spec alone
 //! (the brief, "What it saves"): the same numbers `info`, `convert` and `bench` report.
 use crate::config::ModelConfig;
+use crate::model::names::Module;
 use crate::plan::{ReuseCache, SuperBlockPlan};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -54,16 +55,16 @@ pub fn plan_savings(cfg: &ModelConfig, plan: &SuperBlockPlan, bytes_per_value: u
     let bias = |out: usize| if cfg.attention_bias { out } else { 0 };
     let norm = if cfg.family.has_qk_norm() { d } else { 0 };
     // (weights, biases and norms) of each module a reuse layer can drop.
-    let module = |m: &str| -> (usize, usize) {
+    let module = |m: Module| -> (usize, usize) {
         match m {
-            "q_proj" => (q_out * hid, bias(q_out)),
-            "k_proj" | "v_proj" => (kv_out * hid, bias(kv_out)),
-            "o_proj" => (hid * q_out, 0),
-            "q_norm" | "k_norm" => (0, norm),
-            _ => (0, 0), // v2_proj: not in the dense model
+            Module::Q => (q_out * hid, bias(q_out)),
+            Module::K | Module::V => (kv_out * hid, bias(kv_out)),
+            Module::O => (hid * q_out, 0),
+            Module::QNorm | Module::KNorm => (0, norm),
+            _ => (0, 0), // W_c: not in the dense model
         }
     };
-    let (macs, extra) = spec.drops.iter().map(|m| module(m)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (macs, extra) = spec.drops.iter().map(|&m| module(m)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let kv_per_layer = 2 * kv_out * bytes_per_value;
     let dropped_per_layer = match spec.cache {
         ReuseCache::ValuesOnly => kv_out * bytes_per_value,
@@ -80,7 +81,7 @@ pub fn plan_savings(cfg: &ModelConfig, plan: &SuperBlockPlan, bytes_per_value: u
         wc_macs_added_per_token: r * wc,
         params_removed: r * (macs + extra),
         params_added: r * wc,
-        dropped_projections: spec.drops.iter().copied().filter(|m| module(m).0 > 0).collect(),
+        dropped_projections: spec.drops.iter().filter(|&&m| module(m).0 > 0).map(|m| m.short()).collect(),
     }
 }
 

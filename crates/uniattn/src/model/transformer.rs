@@ -2,6 +2,7 @@
 //! differences come from [`ModelConfig`] flags; the lead/reuse split comes from the
 //! [`SuperBlockPlan`].
 use super::attention::{Attention, ClaAttention, FullAttention, Heads, LeadState, ReuseAttention};
+use super::names::{self, Module};
 use super::nn::{accumulate_kind, Linear, RmsNorm};
 use super::rope::RopeAngles;
 use crate::config::ModelConfig;
@@ -168,29 +169,31 @@ impl Transformer {
                 plus_one: cfg.family.is_gemma(),
             })
         };
-        let linear = |w: &mut WeightMap, name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let weight = dev(w.take(&format!("{name}.weight"), &[out, inp])?);
-            let b = if bias {
-                Some(dev(w.take(&format!("{name}.bias"), &[out])?))
-            } else {
-                w.take_opt(&format!("{name}.bias"), &[out])?.map(dev)
+        let gemma = cfg.family.is_gemma();
+        let linear =
+            |w: &mut WeightMap, l: usize, m: Module, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+                let weight = dev(w.take(&names::weight(l, m, gemma), &[out, inp])?);
+                let bias_name = names::bias(l, m, gemma);
+                let b = if bias {
+                    Some(dev(w.take(&bias_name, &[out])?))
+                } else {
+                    w.take_opt(&bias_name, &[out])?.map(dev)
+                };
+                Ok(Linear::new(weight, b))
             };
-            Ok(Linear::new(weight, b))
-        };
-        let embed = dev(w.take("model.embed_tokens.weight", &[cfg.vocab_size, hid])?);
+        let layer_norm =
+            |w: &mut WeightMap, l: usize, m: Module, dim: usize| norm(w, &names::weight(l, m, gemma), dim);
+        let embed = dev(w.take(names::EMBED, &[cfg.vocab_size, hid])?);
         let heads = Heads { num_heads: h as i64, num_kv_heads: hkv as i64, head_dim: hd as i64 };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let gemma = cfg.family.is_gemma();
             let qk = cfg.family.has_qk_norm();
-            let attn_name = |m: &str| format!("{p}.self_attn.{m}");
+            let bias = cfg.attention_bias;
             // Weights a reuse layer of this kind does not have are dropped if the file has them.
-            let discard = |w: &mut WeightMap, modules: &[&str]| {
-                for m in modules {
-                    for s in ["weight", "bias"] {
-                        w.tensors.remove(&format!("{p}.self_attn.{m}.{s}"));
-                    }
+            let discard = |w: &mut WeightMap, modules: &[Module]| {
+                for &m in modules {
+                    w.tensors.remove(&names::weight(l, m, gemma));
+                    w.tensors.remove(&names::bias(l, m, gemma));
                 }
             };
             let spec = plan.reuse.spec();
@@ -199,9 +202,9 @@ impl Transformer {
             }
             let attn = match (plan.role(l), plan.reuse) {
                 (LayerRole::Reuse { .. }, ReuseKind::Uniattn | ReuseKind::SoftmaxOnly) => {
-                    let v_proj = linear(&mut w, &attn_name("v_proj"), hkv * hd, hid, cfg.attention_bias)?;
-                    let o_proj = linear(&mut w, &attn_name("o_proj"), hid, h * hd, false)?;
-                    let wc_name = attn_name("v2_proj.weight");
+                    let v_proj = linear(&mut w, l, Module::V, hkv * hd, hid, bias)?;
+                    let o_proj = linear(&mut w, l, Module::O, hid, h * hd, false)?;
+                    let wc_name = names::weight(l, Module::Wc, gemma);
                     let w_c = match plan.reuse {
                         _ if !spec.compensation => None,
                         _ if zero_wc && !w.contains(&wc_name) => {
@@ -217,56 +220,50 @@ impl Transformer {
                     })
                 }
                 (LayerRole::Reuse { .. }, ReuseKind::Cla) => Attention::Cla(ClaAttention {
-                    q_proj: linear(&mut w, &attn_name("q_proj"), h * hd, hid, cfg.attention_bias)?,
-                    o_proj: linear(&mut w, &attn_name("o_proj"), hid, h * hd, false)?,
-                    q_norm: if qk { Some(norm(&mut w, &attn_name("q_norm.weight"), hd)?) } else { None },
+                    q_proj: linear(&mut w, l, Module::Q, h * hd, hid, bias)?,
+                    o_proj: linear(&mut w, l, Module::O, hid, h * hd, false)?,
+                    q_norm: if qk { Some(layer_norm(&mut w, l, Module::QNorm, hd)?) } else { None },
                     heads,
                     scale: cfg.attn_scale(),
                     softcap: cfg.attn_logit_softcapping,
                 }),
                 (LayerRole::Reuse { .. }, ReuseKind::Layerdrop) => Attention::Dropped,
                 (LayerRole::Lead | LayerRole::Ordinary, _) => Attention::Full(FullAttention {
-                    q_proj: linear(&mut w, &attn_name("q_proj"), h * hd, hid, cfg.attention_bias)?,
-                    k_proj: linear(&mut w, &attn_name("k_proj"), hkv * hd, hid, cfg.attention_bias)?,
-                    v_proj: linear(&mut w, &attn_name("v_proj"), hkv * hd, hid, cfg.attention_bias)?,
-                    o_proj: linear(&mut w, &attn_name("o_proj"), hid, h * hd, false)?,
-                    q_norm: if qk { Some(norm(&mut w, &attn_name("q_norm.weight"), hd)?) } else { None },
-                    k_norm: if qk { Some(norm(&mut w, &attn_name("k_norm.weight"), hd)?) } else { None },
+                    q_proj: linear(&mut w, l, Module::Q, h * hd, hid, bias)?,
+                    k_proj: linear(&mut w, l, Module::K, hkv * hd, hid, bias)?,
+                    v_proj: linear(&mut w, l, Module::V, hkv * hd, hid, bias)?,
+                    o_proj: linear(&mut w, l, Module::O, hid, h * hd, false)?,
+                    q_norm: if qk { Some(layer_norm(&mut w, l, Module::QNorm, hd)?) } else { None },
+                    k_norm: if qk { Some(layer_norm(&mut w, l, Module::KNorm, hd)?) } else { None },
                     heads,
                     scale: cfg.attn_scale(),
                     softcap: cfg.attn_logit_softcapping,
                 }),
             };
-            let (attn_norm, attn_post_norm, mlp_norm, mlp_post_norm) = if gemma {
-                (
-                    norm(&mut w, &format!("{p}.input_layernorm.weight"), hid)?,
-                    Some(norm(&mut w, &format!("{p}.post_attention_layernorm.weight"), hid)?),
-                    norm(&mut w, &format!("{p}.pre_feedforward_layernorm.weight"), hid)?,
-                    Some(norm(&mut w, &format!("{p}.post_feedforward_layernorm.weight"), hid)?),
-                )
-            } else {
-                (
-                    norm(&mut w, &format!("{p}.input_layernorm.weight"), hid)?,
-                    None,
-                    norm(&mut w, &format!("{p}.post_attention_layernorm.weight"), hid)?,
-                    None,
-                )
+            let post_norm = |w: &mut WeightMap, m: Module| -> Result<Option<RmsNorm>> {
+                gemma.then(|| layer_norm(w, l, m, hid)).transpose()
             };
+            let (attn_norm, attn_post_norm, mlp_norm, mlp_post_norm) = (
+                layer_norm(&mut w, l, Module::AttnNorm, hid)?,
+                post_norm(&mut w, Module::AttnPostNorm)?,
+                layer_norm(&mut w, l, Module::MlpNorm, hid)?,
+                post_norm(&mut w, Module::MlpPostNorm)?,
+            );
             let inter = cfg.intermediate_size;
             let mlp = Mlp {
-                gate_proj: linear(&mut w, &format!("{p}.mlp.gate_proj"), inter, hid, false)?,
-                up_proj: linear(&mut w, &format!("{p}.mlp.up_proj"), inter, hid, false)?,
-                down_proj: linear(&mut w, &format!("{p}.mlp.down_proj"), hid, inter, false)?,
+                gate_proj: linear(&mut w, l, Module::Gate, inter, hid, false)?,
+                up_proj: linear(&mut w, l, Module::Up, inter, hid, false)?,
+                down_proj: linear(&mut w, l, Module::Down, hid, inter, false)?,
                 gelu_tanh: gemma,
             };
             layers.push(DecoderLayer { attn_norm, attn_post_norm, attn, mlp_norm, mlp_post_norm, mlp });
         }
-        let final_norm = norm(&mut w, "model.norm.weight", hid)?;
+        let final_norm = norm(&mut w, names::FINAL_NORM, hid)?;
         let lm_head = if cfg.tie_word_embeddings {
-            w.tensors.remove("lm_head.weight");
+            w.tensors.remove(names::LM_HEAD);
             None
         } else {
-            Some(dev(w.take("lm_head.weight", &[cfg.vocab_size, hid])?))
+            Some(dev(w.take(names::LM_HEAD, &[cfg.vocab_size, hid])?))
         };
         if let Some(extra) = w.tensors.keys().find(|k| !k.contains("rotary_emb")) {
             return Err(Error::format(
@@ -455,59 +452,65 @@ impl Transformer {
 
     /// Every tensor under its Hugging Face name (W_c as `v2_proj`), for saving.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.shallow_clone())];
-        let lin = |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| {
-            out.push((format!("{name}.weight"), l.weight.shallow_clone()));
-            if let Some(b) = &l.bias {
-                out.push((format!("{name}.bias"), b.shallow_clone()));
-            }
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            let gemma = self.cfg.family.is_gemma();
-            out.push((format!("{p}.input_layernorm.weight"), layer.attn_norm.weight.shallow_clone()));
-            let mlp_norm_name = if gemma { "pre_feedforward_layernorm" } else { "post_attention_layernorm" };
-            out.push((format!("{p}.{mlp_norm_name}.weight"), layer.mlp_norm.weight.shallow_clone()));
+        let gemma = self.cfg.family.is_gemma();
+        let mut out = vec![(names::EMBED.to_string(), self.embed.shallow_clone())];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut put = |m: Module, t: &Tensor| out.push((names::weight(l, m, gemma), t.shallow_clone()));
+            let lin = |m: Module, lin: &Linear, out: &mut Vec<(String, Tensor)>| {
+                out.push((names::weight(l, m, gemma), lin.weight.shallow_clone()));
+                if let Some(b) = &lin.bias {
+                    out.push((names::bias(l, m, gemma), b.shallow_clone()));
+                }
+            };
+            put(Module::AttnNorm, &layer.attn_norm.weight);
+            put(Module::MlpNorm, &layer.mlp_norm.weight);
             if let Some(n) = &layer.attn_post_norm {
-                out.push((format!("{p}.post_attention_layernorm.weight"), n.weight.shallow_clone()));
+                put(Module::AttnPostNorm, &n.weight);
             }
             if let Some(n) = &layer.mlp_post_norm {
-                out.push((format!("{p}.post_feedforward_layernorm.weight"), n.weight.shallow_clone()));
+                put(Module::MlpPostNorm, &n.weight);
             }
+            let norm = |m: Module, n: &RmsNorm, out: &mut Vec<(String, Tensor)>| {
+                out.push((names::weight(l, m, gemma), n.weight.shallow_clone()))
+            };
             match &layer.attn {
                 Attention::Full(f) => {
-                    lin(&mut out, format!("{p}.self_attn.q_proj"), &f.q_proj);
-                    lin(&mut out, format!("{p}.self_attn.k_proj"), &f.k_proj);
-                    lin(&mut out, format!("{p}.self_attn.v_proj"), &f.v_proj);
-                    lin(&mut out, format!("{p}.self_attn.o_proj"), &f.o_proj);
+                    for (m, p) in [
+                        (Module::Q, &f.q_proj),
+                        (Module::K, &f.k_proj),
+                        (Module::V, &f.v_proj),
+                        (Module::O, &f.o_proj),
+                    ] {
+                        lin(m, p, &mut out);
+                    }
                     if let (Some(qn), Some(kn)) = (&f.q_norm, &f.k_norm) {
-                        out.push((format!("{p}.self_attn.q_norm.weight"), qn.weight.shallow_clone()));
-                        out.push((format!("{p}.self_attn.k_norm.weight"), kn.weight.shallow_clone()));
+                        norm(Module::QNorm, qn, &mut out);
+                        norm(Module::KNorm, kn, &mut out);
                     }
                 }
                 Attention::Reuse(r) => {
-                    lin(&mut out, format!("{p}.self_attn.v_proj"), &r.v_proj);
-                    lin(&mut out, format!("{p}.self_attn.o_proj"), &r.o_proj);
+                    lin(Module::V, &r.v_proj, &mut out);
+                    lin(Module::O, &r.o_proj, &mut out);
                     if let Some(w) = &r.w_c {
-                        lin(&mut out, format!("{p}.self_attn.v2_proj"), w);
+                        lin(Module::Wc, w, &mut out);
                     }
                 }
                 Attention::Cla(c) => {
-                    lin(&mut out, format!("{p}.self_attn.q_proj"), &c.q_proj);
-                    lin(&mut out, format!("{p}.self_attn.o_proj"), &c.o_proj);
+                    lin(Module::Q, &c.q_proj, &mut out);
+                    lin(Module::O, &c.o_proj, &mut out);
                     if let Some(n) = &c.q_norm {
-                        out.push((format!("{p}.self_attn.q_norm.weight"), n.weight.shallow_clone()));
+                        norm(Module::QNorm, n, &mut out);
                     }
                 }
                 Attention::Dropped => {}
             }
-            lin(&mut out, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
-            lin(&mut out, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
-            lin(&mut out, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
+            lin(Module::Gate, &layer.mlp.gate_proj, &mut out);
+            lin(Module::Up, &layer.mlp.up_proj, &mut out);
+            lin(Module::Down, &layer.mlp.down_proj, &mut out);
         }
-        out.push(("model.norm.weight".to_string(), self.norm.weight.shallow_clone()));
+        out.push((names::FINAL_NORM.to_string(), self.norm.weight.shallow_clone()));
         if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), head.shallow_clone()));
+            out.push((names::LM_HEAD.to_string(), head.shallow_clone()));
         }
         out
     }

@@ -6,6 +6,7 @@ pub mod safetensors_io;
 
 use crate::config::{Family, ModelConfig};
 use crate::error::{Error, Result};
+use crate::model::names::{self, Module};
 use gguf::GgufFile;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,12 +59,10 @@ impl WeightMap {
             let mut t = Tensor::from_slice(&data).view(dims.as_slice());
             if cfg.family == Family::Llama || cfg.family == Family::Mistral {
                 // llama.cpp interleaves the two RoPE halves of Q and K rows; undo it.
-                let heads = if name.ends_with("attn_q.weight") {
-                    Some(cfg.num_heads)
-                } else if name.ends_with("attn_k.weight") {
-                    Some(cfg.num_kv_heads)
-                } else {
-                    None
+                let heads = match gguf_layer_tensor(name) {
+                    Some((_, Module::Q, "weight")) => Some(cfg.num_heads),
+                    Some((_, Module::K, "weight")) => Some(cfg.num_kv_heads),
+                    _ => None,
                 };
                 if let Some(h) = heads {
                     if shape.len() != 2 || !shape[0].is_multiple_of(2 * h) {
@@ -75,7 +74,11 @@ impl WeightMap {
                     t = unpermute_rope_rows(&t, h);
                 }
             }
-            if cfg.family.is_gemma() && hf.ends_with("norm.weight") {
+            let is_norm = match gguf_layer_tensor(name) {
+                Some((_, m, "weight")) => m.is_norm(),
+                _ => name == "output_norm.weight",
+            };
+            if cfg.family.is_gemma() && is_norm {
                 // llama.cpp stores Gemma's (1 + w) norm scale as w + 1.
                 t -= 1.0;
             }
@@ -93,36 +96,41 @@ fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Tensor {
     w.view([h, rows / h / 2, 2, cols]).transpose(1, 2).reshape([rows, cols])
 }
 
-/// The Hugging Face name of a GGUF tensor, or `None` for tensors HF models do not store.
-pub fn hf_name(gguf: &str, family: Family) -> Option<String> {
-    match gguf {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
+/// A GGUF layer tensor's layer, module and suffix (`weight`, `bias`); `None` for the others.
+fn gguf_layer_tensor(gguf: &str) -> Option<(usize, Module, &str)> {
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, suffix) = rest.rsplit_once('.')?;
-    let gemma = family.is_gemma();
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_norm" if gemma => "pre_feedforward_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "post_attention_norm" => "post_attention_layernorm",
-        "post_ffw_norm" => "post_feedforward_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
+    let m = match module {
+        "attn_norm" => Module::AttnNorm,
+        "attn_q" => Module::Q,
+        "attn_k" => Module::K,
+        "attn_v" => Module::V,
+        "attn_output" => Module::O,
+        "attn_q_norm" => Module::QNorm,
+        "attn_k_norm" => Module::KNorm,
+        "ffn_norm" => Module::MlpNorm,
+        "post_attention_norm" => Module::AttnPostNorm,
+        "post_ffw_norm" => Module::MlpPostNorm,
+        "ffn_gate" => Module::Gate,
+        "ffn_up" => Module::Up,
+        "ffn_down" => Module::Down,
         _ => return None,
     };
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+    Some((layer.parse().ok()?, m, suffix))
+}
+
+/// The Hugging Face name of a GGUF tensor, or `None` for tensors HF models do not store.
+pub fn hf_name(gguf: &str, family: Family) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => Some(names::EMBED.into()),
+        "output_norm.weight" => Some(names::FINAL_NORM.into()),
+        "output.weight" => Some(names::LM_HEAD.into()),
+        _ => {
+            let (layer, m, suffix) = gguf_layer_tensor(gguf)?;
+            Some(format!("{}.{suffix}", names::module(layer, m, family.is_gemma())))
+        }
+    }
 }
 
 /// Casts to the compute dtype and moves to the device.
