@@ -47,7 +47,7 @@ fn medmcqa_split_is_disjoint_and_reproducible() {
     let mut task = tasks::load(&dir, "medmcqa").unwrap().remove(0);
     assert_eq!(a.train.len() + a.heldout_ids.len(), task.items.len());
     let held: std::collections::HashSet<String> = a.heldout_ids.iter().cloned().collect();
-    let question = |i: &uniattn::eval::tasks::McItem| {
+    let question = |i: &uniattn::eval::mc_task::McItem| {
         i.requests[0].context.rsplit("Question: ").next().unwrap().to_string()
     };
     let all: std::collections::HashSet<String> = task.items.iter().map(question).collect();

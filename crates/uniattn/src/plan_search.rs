@@ -17,9 +17,9 @@
 //! ([`ChoiceLoss`]): free-text NLL does not see what 5-shot lettered answering needs.
 use crate::calibrate::{calibrate, CalibOptions};
 use crate::error::{Error, Result};
+use crate::eval::mc_task::McTask;
 use crate::eval::multiple_choice::{evaluate, gold_cross_entropy, ScoringOptions};
 use crate::eval::perplexity::next_token_logprobs;
-use crate::eval::tasks::McTask;
 use crate::model::transformer::PositionContext;
 use crate::model::Transformer;
 use crate::plan::SuperBlockPlan;

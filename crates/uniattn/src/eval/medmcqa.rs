@@ -1,7 +1,7 @@
 //! MedMCQA as post-training data: the eval package's validation questions split by question id
 //! into a held-out evaluation part and a training part, the latter as Alpaca rows (question and
 //! options in, answer letter and explanation out). The split is a pure function of the seed.
-use super::tasks::McTask;
+use super::mc_task::McTask;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //! answer's text (" {choice}"), `mc` the letter (" A" ... " D") after the lettered choices.
 use super::arrow::{self, Column};
 use super::loglikelihood::LlRequest;
-use super::tasks::{McItem, McTask};
+use super::mc_task::{McItem, McTask};
 use crate::error::{Error, Result};
 use std::path::Path;
 

@@ -2,6 +2,7 @@
 //! by log-likelihood as lm-evaluation-harness scores them.
 pub mod arrow;
 pub mod loglikelihood;
+pub mod mc_task;
 pub mod medmcqa;
 pub mod mmlu;
 pub mod multiple_choice;

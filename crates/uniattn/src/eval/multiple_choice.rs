@@ -2,7 +2,7 @@
 //! `acc` (highest summed log-probability), `acc_norm` (divided by the continuation's length in
 //! characters), plus OLMES's `acc_per_token` and the gold continuation's bits per byte.
 use super::loglikelihood::{score, LlResult};
-use super::tasks::McTask;
+use super::mc_task::McTask;
 use crate::error::Result;
 use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;

@@ -2,29 +2,11 @@
 //! (`oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`, one log-likelihood request per
 //! line, few-shot context and target delimiter already applied).
 use super::loglikelihood::LlRequest;
+use super::mc_task::{McItem, McTask};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
-
-/// One question: its choices as requests (in choice order) and the index of the right one.
-#[derive(Debug, Clone)]
-pub struct McItem {
-    pub doc_id: u64,
-    /// The data set's own id of the question (MedMCQA's `id`), when the file gives one.
-    pub native_id: Option<String>,
-    pub gold: usize,
-    pub requests: Vec<LlRequest>,
-}
-
-#[derive(Debug, Clone)]
-pub struct McTask {
-    pub name: String,
-    pub source: PathBuf,
-    pub items: Vec<McItem>,
-    /// Requests for the unconditional (PMI) baseline, which these metrics do not use.
-    pub skipped_unconditional: usize,
-}
+use std::path::Path;
 
 /// Variants tried, in order, when a task is named without one.
 const DEFAULT_VARIANTS: [&str; 3] = ["rc_5shot", "rc_0shot", "mc_5shot"];
