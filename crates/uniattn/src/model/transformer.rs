@@ -452,65 +452,68 @@ impl Transformer {
 
     /// Every tensor under its Hugging Face name (W_c as `v2_proj`), for saving.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.tensors_by_role().into_iter().map(|(n, _, t)| (n, t)).collect()
+    }
+
+    /// The names of the tensors that belong to `modules` (in any layer).
+    pub fn names_of(&self, modules: &[Module]) -> Vec<String> {
+        self.tensors_by_role()
+            .into_iter()
+            .filter(|(_, m, _)| m.is_some_and(|m| modules.contains(&m)))
+            .map(|(n, ..)| n)
+            .collect()
+    }
+
+    /// Every tensor with its name and the layer module it belongs to (`None`: the embedding,
+    /// the final norm, the head).
+    fn tensors_by_role(&self) -> Vec<(String, Option<Module>, Tensor)> {
+        fn lin(m: Module, l: &Linear) -> (Module, &Tensor, Option<&Tensor>) {
+            (m, &l.weight, l.bias.as_ref())
+        }
         let gemma = self.cfg.family.is_gemma();
-        let mut out = vec![(names::EMBED.to_string(), self.embed.shallow_clone())];
+        let mut out = vec![(names::EMBED.to_string(), None, self.embed.shallow_clone())];
         for (l, layer) in self.layers.iter().enumerate() {
-            let mut put = |m: Module, t: &Tensor| out.push((names::weight(l, m, gemma), t.shallow_clone()));
-            let lin = |m: Module, lin: &Linear, out: &mut Vec<(String, Tensor)>| {
-                out.push((names::weight(l, m, gemma), lin.weight.shallow_clone()));
-                if let Some(b) = &lin.bias {
-                    out.push((names::bias(l, m, gemma), b.shallow_clone()));
-                }
-            };
-            put(Module::AttnNorm, &layer.attn_norm.weight);
-            put(Module::MlpNorm, &layer.mlp_norm.weight);
-            if let Some(n) = &layer.attn_post_norm {
-                put(Module::AttnPostNorm, &n.weight);
-            }
-            if let Some(n) = &layer.mlp_post_norm {
-                put(Module::MlpPostNorm, &n.weight);
-            }
-            let norm = |m: Module, n: &RmsNorm, out: &mut Vec<(String, Tensor)>| {
-                out.push((names::weight(l, m, gemma), n.weight.shallow_clone()))
-            };
+            let mut tensors: Vec<(Module, &Tensor, Option<&Tensor>)> = vec![
+                (Module::AttnNorm, &layer.attn_norm.weight, None),
+                (Module::MlpNorm, &layer.mlp_norm.weight, None),
+            ];
+            tensors.extend(layer.attn_post_norm.as_ref().map(|n| (Module::AttnPostNorm, &n.weight, None)));
+            tensors.extend(layer.mlp_post_norm.as_ref().map(|n| (Module::MlpPostNorm, &n.weight, None)));
             match &layer.attn {
                 Attention::Full(f) => {
-                    for (m, p) in [
-                        (Module::Q, &f.q_proj),
-                        (Module::K, &f.k_proj),
-                        (Module::V, &f.v_proj),
-                        (Module::O, &f.o_proj),
-                    ] {
-                        lin(m, p, &mut out);
-                    }
+                    tensors.extend([lin(Module::Q, &f.q_proj), lin(Module::K, &f.k_proj)]);
+                    tensors.extend([lin(Module::V, &f.v_proj), lin(Module::O, &f.o_proj)]);
                     if let (Some(qn), Some(kn)) = (&f.q_norm, &f.k_norm) {
-                        norm(Module::QNorm, qn, &mut out);
-                        norm(Module::KNorm, kn, &mut out);
+                        tensors
+                            .extend([(Module::QNorm, &qn.weight, None), (Module::KNorm, &kn.weight, None)]);
                     }
                 }
                 Attention::Reuse(r) => {
-                    lin(Module::V, &r.v_proj, &mut out);
-                    lin(Module::O, &r.o_proj, &mut out);
-                    if let Some(w) = &r.w_c {
-                        lin(Module::Wc, w, &mut out);
-                    }
+                    tensors.extend([lin(Module::V, &r.v_proj), lin(Module::O, &r.o_proj)]);
+                    tensors.extend(r.w_c.as_ref().map(|w| lin(Module::Wc, w)));
                 }
                 Attention::Cla(c) => {
-                    lin(Module::Q, &c.q_proj, &mut out);
-                    lin(Module::O, &c.o_proj, &mut out);
-                    if let Some(n) = &c.q_norm {
-                        norm(Module::QNorm, n, &mut out);
-                    }
+                    tensors.extend([lin(Module::Q, &c.q_proj), lin(Module::O, &c.o_proj)]);
+                    tensors.extend(c.q_norm.as_ref().map(|n| (Module::QNorm, &n.weight, None)));
                 }
                 Attention::Dropped => {}
             }
-            lin(Module::Gate, &layer.mlp.gate_proj, &mut out);
-            lin(Module::Up, &layer.mlp.up_proj, &mut out);
-            lin(Module::Down, &layer.mlp.down_proj, &mut out);
+            let mlp = &layer.mlp;
+            tensors.extend([
+                lin(Module::Gate, &mlp.gate_proj),
+                lin(Module::Up, &mlp.up_proj),
+                lin(Module::Down, &mlp.down_proj),
+            ]);
+            for (m, w, b) in tensors {
+                out.push((names::weight(l, m, gemma), Some(m), w.shallow_clone()));
+                if let Some(b) = b {
+                    out.push((names::bias(l, m, gemma), Some(m), b.shallow_clone()));
+                }
+            }
         }
-        out.push((names::FINAL_NORM.to_string(), self.norm.weight.shallow_clone()));
+        out.push((names::FINAL_NORM.to_string(), None, self.norm.weight.shallow_clone()));
         if let Some(head) = &self.lm_head {
-            out.push((names::LM_HEAD.to_string(), head.shallow_clone()));
+            out.push((names::LM_HEAD.to_string(), None, head.shallow_clone()));
         }
         out
     }

@@ -8,6 +8,7 @@ pub mod job;
 pub mod optim;
 
 use crate::error::{Error, Result};
+use crate::model::names::Module;
 use crate::model::nn::accumulate_kind;
 use crate::model::transformer::PositionContext;
 use crate::model::Transformer;
@@ -28,10 +29,11 @@ pub enum StageKind {
 }
 
 impl StageKind {
-    pub fn trains(self, name: &str) -> bool {
+    /// The modules the stage trains, by role; `None` is every weight.
+    pub fn modules(self) -> Option<&'static [Module]> {
         match self {
-            StageKind::CompensationOnly => name.ends_with("v2_proj.weight"),
-            StageKind::All => true,
+            StageKind::CompensationOnly => Some(&[Module::Wc]),
+            StageKind::All => None,
         }
     }
 }
@@ -279,9 +281,10 @@ pub struct Trainer<'a> {
 
 impl Trainer<'_> {
     fn parameters(&self, stage: StageKind) -> Vec<(String, Tensor)> {
+        let trained = stage.modules().map(|modules| self.model.names_of(modules));
         let mut ps = Vec::new();
         for (name, t) in self.model.named_tensors() {
-            let on = stage.trains(&name);
+            let on = trained.as_ref().is_none_or(|t| t.contains(&name));
             let _ = t.set_requires_grad(on);
             if on {
                 ps.push((name, t));
