@@ -299,3 +299,77 @@ fn lm_eval_local_completions_scores_equal_eval_mc() {
     assert!(worst < 1e-3, "{worst}");
     s.shutdown();
 }
+
+/// Sends `raw` on a new connection and returns what came back before the server closed it or
+/// five seconds passed (empty when it closed without answering).
+fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(raw);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What killed or leaked the tiny_http server (issue 16): absurd Content-Lengths, an HTTP/2.0
+/// request line, an oversized header, a client that stalls mid-header, and a client that
+/// abandons a long non-streaming request. Each gets an answer or a closed connection, the
+/// process stays up, and the abandoned request stops occupying the engine.
+#[test]
+fn hostile_requests_leave_the_server_up() {
+    let s = start(4096);
+    let a = s.addr();
+    let post_head = |len: &str| {
+        format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{")
+    };
+    let r = raw_exchange(a, post_head("1000000000000").as_bytes());
+    assert!(r.starts_with("HTTP/1.1 413"), "{r:.200}");
+    let r = raw_exchange(a, post_head("18446744073709551615").as_bytes());
+    assert!(r.starts_with("HTTP/1.1 4"), "an answer, not a dead thread: {r:.200}");
+    let r = raw_exchange(a, post_head("99999999999999999999999").as_bytes());
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 4"), "{r:.200}");
+    // 200 HTTP/2.0 request lines: each answered or closed, nothing leaked.
+    for _ in 0..200 {
+        let r = raw_exchange(a, b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n");
+        assert!(!r.contains("200 OK"), "{r:.200}");
+    }
+    // A 1 MiB header line.
+    let big = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+    let r = raw_exchange(a, big.as_bytes());
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 431") || r.starts_with("HTTP/1.1 400"), "{r:.200}");
+    // A client that stalls halfway through its headers does not hold the others up.
+    let mut stalled = std::net::TcpStream::connect(a).unwrap();
+    std::io::Write::write_all(&mut stalled, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    assert_eq!(request(a, "GET", "/health", None).unwrap().status, 200);
+    // A non-streaming request abandoned by its client is cancelled: the pending count drops
+    // back to zero long before 64 tokens could have been generated for all 16 prompts.
+    {
+        use std::io::Write;
+        let body = json!({"prompt": vec!["Once upon a time"; 16], "max_tokens": 64, "temperature": 0}).to_string();
+        let mut c = std::net::TcpStream::connect(a).unwrap();
+        write!(
+            c,
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let busy = request(a, "GET", "/health", None).unwrap().json()["pending"].as_u64().unwrap();
+        assert!(busy > 0, "the request is running");
+    }
+    let t0 = std::time::Instant::now();
+    loop {
+        let pending = request(a, "GET", "/health", None).unwrap().json()["pending"].as_u64().unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "the abandoned request still holds {pending} places");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(stalled);
+    let (st, c) = post(a, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 2}));
+    assert_eq!(st, 200, "{c}");
+    s.shutdown();
+}

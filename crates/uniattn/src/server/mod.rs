@@ -5,6 +5,7 @@
 //! give OpenAI-style 4xx errors; shutting down finishes the requests in flight.
 pub mod api;
 pub mod client;
+mod http;
 mod metrics;
 mod worker;
 
@@ -12,8 +13,8 @@ use crate::engine::{Event, FinishReason, Request, Scheduler, TokenLogprob};
 use crate::error::{Error, Result};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use api::{ApiError, ChatRequest, CompletionRequest, Limits, Prompt};
+use http::RequestHead;
 use serde_json::{json, Value};
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub struct ServerOptions {
     pub model_name: String,
     pub max_body_bytes: usize,
     pub max_tokens: usize,
-    /// HTTP handler threads (each holds one connection's request at a time).
+    /// Requests handled at once (threads of the blocking pool the endpoints run on); more wait.
     pub threads: usize,
     /// When set, every `/v1/*` and tokenizer request must carry `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
@@ -58,10 +59,18 @@ impl Default for ServerOptions {
 
 pub struct ServerHandle {
     addr: std::net::SocketAddr,
-    stopping: Arc<AtomicBool>,
-    http: Vec<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: tokio::sync::watch::Sender<bool>,
+    http: Option<tokio::task::JoinHandle<()>>,
     engine: Option<JoinHandle<()>>,
     commands: Sender<Command>,
+}
+
+/// What a request's handler knows besides the request: when it arrived, and whether its
+/// client has left (then the work it started is cancelled).
+struct Ctx {
+    arrived: Instant,
+    left: Arc<AtomicBool>,
 }
 
 struct Shared {
@@ -96,25 +105,33 @@ impl ServerHandle {
 
     /// Stops accepting connections, lets the requests in flight finish, then returns.
     pub fn shutdown(mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        for h in self.http.drain(..) {
-            let _ = h.join();
+        let _ = self.stop.send(true);
+        if let (Some(rt), Some(http)) = (&self.runtime, self.http.take()) {
+            let _ = rt.block_on(http);
         }
         let _ = self.commands.send(Command::Drain);
         if let Some(e) = self.engine.take() {
             let _ = e.join();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
         }
     }
 }
 
 /// Binds `opts.addr` and serves in background threads until [`ServerHandle::shutdown`].
 pub fn start(sched: Scheduler, opts: ServerOptions) -> Result<ServerHandle> {
-    let server = tiny_http::Server::http(&opts.addr)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(opts.threads.max(1))
+        .thread_name("uniattn-http")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::invalid(format!("cannot start the HTTP runtime: {e}")))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&opts.addr))
         .map_err(|e| Error::invalid(format!("cannot listen on {}: {e}", opts.addr)))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| Error::invalid(format!("{} is not an IP address", opts.addr)))?;
+    let addr = listener.local_addr().map_err(|e| Error::invalid(format!("{}: {e}", opts.addr)))?;
     let limits = Limits { max_tokens: opts.max_tokens, context: sched.engine.cache.max_len() };
     let vocab = sched.engine.model.cfg.vocab_size;
     let (tx, rx) = channel();
@@ -134,57 +151,26 @@ pub fn start(sched: Scheduler, opts: ServerOptions) -> Result<ServerHandle> {
         .name("uniattn-engine".into())
         .spawn(move || worker::run(sched, rx, &beats))
         .map_err(|e| Error::invalid(format!("cannot start the engine thread: {e}")))?;
-    let server = Arc::new(server);
-    let stopping = Arc::new(AtomicBool::new(false));
-    let http = (0..opts.threads.max(1))
-        .map(|i| {
-            let (server, shared, stopping) =
-                (Arc::clone(&server), Arc::clone(&shared), Arc::clone(&stopping));
-            std::thread::Builder::new()
-                .name(format!("uniattn-http-{i}"))
-                .spawn(move || {
-                    while !stopping.load(Ordering::SeqCst) {
-                        match server.recv_timeout(Duration::from_millis(100)) {
-                            Ok(Some(rq)) => handle(rq, &shared),
-                            Ok(None) => {}
-                            Err(_) => break,
-                        }
-                    }
-                })
-                .map_err(|e| Error::invalid(format!("cannot start an HTTP thread: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(ServerHandle { addr, stopping, http, engine: Some(engine), commands: tx })
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = runtime.spawn(http::run(listener, shared, stopped));
+    Ok(ServerHandle {
+        addr,
+        runtime: Some(runtime),
+        stop,
+        http: Some(http),
+        engine: Some(engine),
+        commands: tx,
+    })
 }
-
-type Response = tiny_http::Response<Box<dyn Read + Send>>;
 
 /// What an endpoint answers: a whole response, or events streamed as they are produced.
 enum Reply {
-    Whole(Response),
+    Whole { status: u16, content_type: &'static str, body: Vec<u8> },
     Events(EventStream),
 }
 
-impl From<Response> for Reply {
-    fn from(r: Response) -> Self {
-        Reply::Whole(r)
-    }
-}
-
-fn json_response(status: u16, body: &Value) -> Response {
-    let data = body.to_string().into_bytes();
-    let len = data.len();
-    tiny_http::Response::new(
-        status.into(),
-        vec![header("Content-Type", "application/json")],
-        Box::new(std::io::Cursor::new(data)) as Box<dyn Read + Send>,
-        Some(len),
-        None,
-    )
-}
-
-fn header(k: &str, v: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
+fn json_response(status: u16, body: &Value) -> Reply {
+    Reply::Whole { status, content_type: "application/json", body: body.to_string().into_bytes() }
 }
 
 fn now() -> u64 {
@@ -194,82 +180,59 @@ fn now() -> u64 {
 /// The engine thread counts as stalled when it has not gone round its loop for this long.
 const STALLED_AFTER_S: f64 = 30.0;
 
-fn handle(mut rq: tiny_http::Request, shared: &Shared) {
-    let arrived = Instant::now();
-    let method = rq.method().clone();
-    let url = rq.url().split('?').next().unwrap_or("").to_string();
-    let response = admit(&rq, &url, shared)
-        .and_then(|()| read_body(&mut rq, shared.opts.max_body_bytes))
-        .and_then(|body| match (method.clone(), url.as_str()) {
-            (tiny_http::Method::Get, "/health") => Ok(health(shared).into()),
-            (tiny_http::Method::Get, "/metrics") => {
-                let text = shared.metrics.render(shared.pending.load(Ordering::SeqCst));
-                Ok(text_response(200, "text/plain; version=0.0.4", text).into())
-            }
-            (tiny_http::Method::Get, "/v1/models") => {
-                Ok(json_response(200, &json!({"object": "list", "data": [model_card(shared)]})).into())
-            }
-            (tiny_http::Method::Get, path) if path.starts_with("/v1/models/") => {
-                let id = &path["/v1/models/".len()..];
-                if id == shared.opts.model_name {
-                    Ok(json_response(200, &model_card(shared)).into())
-                } else {
-                    Err(ApiError::new(
-                        404,
-                        format!("no model {id:?}; this server serves {:?}", shared.opts.model_name),
-                    ))
-                }
-            }
-            (tiny_http::Method::Post, "/v1/completions") => completions(&body, shared, arrived),
-            (tiny_http::Method::Post, "/v1/chat/completions") => chat(&body, shared, arrived),
-            (tiny_http::Method::Post, "/tokenize") => tokenize(&body, shared),
-            (tiny_http::Method::Post, "/detokenize") => detokenize(&body, shared),
-            (
-                _,
-                "/health"
-                | "/v1/models"
-                | "/v1/completions"
-                | "/v1/chat/completions"
-                | "/tokenize"
-                | "/detokenize",
-            ) => Err(ApiError::new(405, format!("method not allowed on {url}"))),
-            _ => Err(ApiError::new(404, format!("no such endpoint: {url}"))),
-        });
-    let status = match &response {
-        Ok(_) => 200,
-        Err(e) => e.status,
-    };
-    match response {
-        Ok(Reply::Events(events)) if *rq.http_version() == tiny_http::HTTPVersion(1, 1) => {
-            let mut out = rq.into_writer();
-            let _ = events.write_chunked(&mut out);
+/// The endpoint for `method` and `path`, given the request's body.
+fn route(
+    method: &hyper::Method,
+    path: &str,
+    body: &[u8],
+    shared: &Shared,
+    ctx: &Ctx,
+) -> Result<Reply, ApiError> {
+    use hyper::Method;
+    match (method, path) {
+        (&Method::GET, "/health") => Ok(health(shared)),
+        (&Method::GET, "/metrics") => {
+            let text = shared.metrics.render(shared.pending.load(Ordering::SeqCst));
+            Ok(Reply::Whole {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: text.into_bytes(),
+            })
         }
-        Ok(Reply::Events(events)) => {
-            let _ = rq.respond(events.into_response());
+        (&Method::GET, "/v1/models") => {
+            Ok(json_response(200, &json!({"object": "list", "data": [model_card(shared)]})))
         }
-        Ok(Reply::Whole(r)) => {
-            let _ = rq.respond(r);
-        }
-        Err(e) => {
-            let mut r = json_response(e.status, &e.body());
-            if e.status == 503 {
-                r.add_header(header("Retry-After", "1"));
+        (&Method::GET, path) if path.starts_with("/v1/models/") => {
+            let id = &path["/v1/models/".len()..];
+            if id == shared.opts.model_name {
+                Ok(json_response(200, &model_card(shared)))
+            } else {
+                Err(ApiError::new(
+                    404,
+                    format!("no model {id:?}; this server serves {:?}", shared.opts.model_name),
+                ))
             }
-            if e.status == 401 {
-                r.add_header(header("WWW-Authenticate", "Bearer"));
-            }
-            let _ = rq.respond(r);
         }
-    }
-    shared.metrics.request(&url, status);
-    if shared.opts.log_requests {
-        eprintln!("{method} {url} {status} {:.1} ms", arrived.elapsed().as_secs_f64() * 1e3);
+        (&Method::POST, "/v1/completions") => completions(body, shared, ctx),
+        (&Method::POST, "/v1/chat/completions") => chat(body, shared, ctx),
+        (&Method::POST, "/tokenize") => tokenize(body, shared),
+        (&Method::POST, "/detokenize") => detokenize(body, shared),
+        (
+            _,
+            "/health"
+            | "/v1/models"
+            | "/v1/completions"
+            | "/v1/chat/completions"
+            | "/tokenize"
+            | "/detokenize",
+        ) => Err(ApiError::new(405, format!("method not allowed on {path}"))),
+        _ => Err(ApiError::new(404, format!("no such endpoint: {path}"))),
     }
 }
 
 /// 200 while the engine thread goes round its loop, 503 when it has stalled (a request that
 /// never finishes would otherwise leave `/health` saying ok).
-fn health(shared: &Shared) -> Response {
+fn health(shared: &Shared) -> Reply {
     let silence = shared.metrics.engine_silence();
     let pending = shared.pending.load(Ordering::SeqCst);
     if silence > STALLED_AFTER_S {
@@ -279,31 +242,18 @@ fn health(shared: &Shared) -> Response {
     }
 }
 
-fn text_response(status: u16, content_type: &str, text: String) -> Response {
-    let data = text.into_bytes();
-    let len = data.len();
-    tiny_http::Response::new(
-        status.into(),
-        vec![header("Content-Type", content_type)],
-        Box::new(std::io::Cursor::new(data)) as Box<dyn Read + Send>,
-        Some(len),
-        None,
-    )
-}
-
 /// Checks before the body is read: the API key, and that a POST body is JSON (a browser page
 /// can send `text/plain` to another origin without asking; JSON it cannot).
-fn admit(rq: &tiny_http::Request, url: &str, shared: &Shared) -> Result<(), ApiError> {
-    let get = |name: &'static str| {
-        rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().trim().to_string())
-    };
+fn admit(head: &RequestHead, shared: &Shared) -> Result<(), ApiError> {
     if let Some(key) = &shared.opts.api_key {
-        if url != "/health" && get("Authorization").as_deref() != Some(format!("Bearer {key}").as_str()) {
+        if head.path != "/health"
+            && head.header("authorization").as_deref() != Some(format!("Bearer {key}").as_str())
+        {
             return Err(ApiError::new(401, "missing or wrong API key (Authorization: Bearer ...)"));
         }
     }
-    if *rq.method() == tiny_http::Method::Post {
-        let ct = get("Content-Type").unwrap_or_default().to_ascii_lowercase();
+    if head.method == hyper::Method::POST {
+        let ct = head.header("content-type").unwrap_or_default().to_ascii_lowercase();
         if ct.split(';').next().map(str::trim) != Some("application/json") {
             return Err(ApiError::new(415, format!("request bodies must be application/json, not {ct:?}")));
         }
@@ -326,7 +276,7 @@ fn tokenize(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
     let r: Req = serde_json::from_slice(body).map_err(|e| ApiError::bad("prompt", e.to_string()))?;
     let tokens = encode(shared, &r.prompt)?;
     let reply = json!({"tokens": tokens, "count": tokens.len(), "max_model_len": shared.limits.context});
-    Ok(json_response(200, &reply).into())
+    Ok(json_response(200, &reply))
 }
 
 /// `{"tokens": [ids]}` -> the text.
@@ -344,23 +294,7 @@ fn detokenize(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
         ));
     }
     let text = shared.tokenizer.decode(&r.tokens).map_err(|e| ApiError::bad("tokens", e.to_string()))?;
-    Ok(json_response(200, &json!({"prompt": text})).into())
-}
-
-fn read_body(rq: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiError> {
-    let too_big = || ApiError::new(413, format!("request body exceeds {max} bytes"));
-    if rq.body_length().is_some_and(|n| n > max) {
-        return Err(too_big());
-    }
-    let mut body = Vec::new();
-    rq.as_reader()
-        .take(max as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::new(400, format!("cannot read the request body: {e}")))?;
-    if body.len() > max {
-        return Err(too_big());
-    }
-    Ok(body)
+    Ok(json_response(200, &json!({"prompt": text})))
 }
 
 impl Shared {
@@ -454,10 +388,25 @@ struct Outcome {
     prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
 }
 
-fn collect(rx: Receiver<Event>, shared: &Shared, arrived: Instant) -> Result<Outcome, ApiError> {
+/// How often a waiting handler looks whether its client has left.
+const LEFT_POLL: Duration = Duration::from_millis(50);
+
+/// Waits for one request's events. Returns early when the client has left; the receiver then
+/// drops, which cancels the request in the engine.
+fn collect(rx: Receiver<Event>, shared: &Shared, ctx: &Ctx) -> Result<Outcome, ApiError> {
     let mut tokens = Vec::new();
-    for e in rx {
-        observe(&shared.metrics, &e, arrived, tokens.is_empty());
+    loop {
+        let e = match rx.recv_timeout(LEFT_POLL) {
+            Ok(e) => e,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if ctx.left.load(Ordering::SeqCst) => {
+                return Err(ApiError::new(499, "the client left"));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(ApiError::new(500, "the engine stopped before the request finished"))
+            }
+        };
+        observe(&shared.metrics, &e, ctx.arrived, tokens.is_empty());
         match e {
             Event::Token { token, logprob, .. } => tokens.push((token, logprob)),
             Event::Finished { text, reason, prompt_tokens, completion_tokens, prompt_logprobs, .. } => {
@@ -473,10 +422,9 @@ fn collect(rx: Receiver<Event>, shared: &Shared, arrived: Instant) -> Result<Out
             Event::Failed { error, .. } => return Err(ApiError::new(500, error)),
         }
     }
-    Err(ApiError::new(500, "the engine stopped before the request finished"))
 }
 
-fn completions(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, ApiError> {
+fn completions(body: &[u8], shared: &Shared, ctx: &Ctx) -> Result<Reply, ApiError> {
     let req: CompletionRequest = api::parse(body)?;
     let params = req.sampling(&shared.limits)?;
     let count = match &req.prompt {
@@ -524,7 +472,7 @@ fn completions(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, 
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": reason}]})
         };
-        return Ok(sse(rx, claim, shared.observer(arrived), move |e| match e {
+        return Ok(sse(rx, claim, shared.observer(ctx.arrived), move |e| match e {
             Event::Token { text, .. } if !text.is_empty() => vec![chunk(text, None)],
             Event::Finished { tail, reason, .. } => vec![chunk(tail, Some(reason.as_str()))],
             _ => vec![],
@@ -532,7 +480,7 @@ fn completions(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, 
     }
     let (mut choices, mut usage) = (Vec::new(), (0, 0));
     for (i, (rx, prompt)) in receivers.into_iter().zip(&prompts).enumerate() {
-        let o = collect(rx, shared, arrived)?;
+        let o = collect(rx, shared, ctx)?;
         usage = (usage.0 + o.prompt_tokens, usage.1 + o.completion_tokens);
         let prompt_text =
             if req.echo { shared.tokenizer.decode(prompt).unwrap_or_default() } else { String::new() };
@@ -540,11 +488,11 @@ fn completions(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, 
         choices.push(json!({"index": i, "text": format!("{prompt_text}{}", o.text), "logprobs": lp,
             "finish_reason": o.reason.as_str()}));
     }
-    Ok(Reply::Whole(json_response(
+    Ok(json_response(
         200,
         &json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices,
             "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1}}),
-    )))
+    ))
 }
 
 fn encode(shared: &Shared, text: &str) -> Result<Vec<u32>, ApiError> {
@@ -579,7 +527,7 @@ fn completion_logprobs(shared: &Shared, prompt: &[u32], o: &Outcome, echo: bool)
     json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
 }
 
-fn chat(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, ApiError> {
+fn chat(body: &[u8], shared: &Shared, ctx: &Ctx) -> Result<Reply, ApiError> {
     let req: ChatRequest = api::parse(body)?;
     let params = req.sampling(&shared.limits)?;
     let messages: Vec<ChatMessage> = req
@@ -606,7 +554,7 @@ fn chat(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, ApiErro
                 "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}]})
         };
         let mut first = true;
-        return Ok(sse(rx, claim, shared.observer(arrived), move |e| {
+        return Ok(sse(rx, claim, shared.observer(ctx.arrived), move |e| {
             let mut out = Vec::new();
             if std::mem::take(&mut first) {
                 out.push(chunk(json!({"role": "assistant", "content": ""}), None));
@@ -631,7 +579,7 @@ fn chat(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, ApiErro
             out
         }));
     }
-    let o = collect(rx, shared, arrived)?;
+    let o = collect(rx, shared, ctx)?;
     let lp = logprobs.map(|_| {
         // Chat log-probs cover the message's tokens, not the end-of-sequence token.
         let content: Vec<Value> = o
@@ -650,14 +598,14 @@ fn chat(body: &[u8], shared: &Shared, arrived: Instant) -> Result<Reply, ApiErro
             .collect();
         json!({"content": content})
     });
-    Ok(Reply::Whole(json_response(
+    Ok(json_response(
         200,
         &json!({"id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text}, "logprobs": lp,
                 "finish_reason": o.reason.as_str()}],
             "usage": {"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
                 "total_tokens": o.prompt_tokens + o.completion_tokens}}),
-    )))
+    ))
 }
 
 /// Turns an engine event into the JSON payloads a client is sent for it.
@@ -701,52 +649,6 @@ impl EventStream {
             }
         }
         (!buf.is_empty()).then_some(buf)
-    }
-
-    /// Writes the response itself, one HTTP chunk per event, flushed as it is produced: a
-    /// body handed to tiny_http would reach the client in 8 KiB pieces (dozens of tokens).
-    /// A write error means the client left; returning drops the receiver, which cancels the
-    /// request in the engine.
-    fn write_chunked(mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        out.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-              Transfer-Encoding: chunked\r\n\r\n",
-        )?;
-        out.flush()?;
-        while let Some(bytes) = self.next_bytes() {
-            write!(out, "{:x}\r\n", bytes.len())?;
-            out.write_all(&bytes)?;
-            out.write_all(b"\r\n")?;
-            out.flush()?;
-        }
-        out.write_all(b"0\r\n\r\n")?;
-        out.flush()
-    }
-
-    /// The same stream as a body for tiny_http (HTTP/1.0 clients, which take no chunks).
-    fn into_response(self) -> Response {
-        struct Body(EventStream, Vec<u8>, usize);
-        impl Read for Body {
-            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-                if self.2 == self.1.len() {
-                    match self.0.next_bytes() {
-                        Some(b) => (self.1, self.2) = (b, 0),
-                        None => return Ok(0),
-                    }
-                }
-                let n = out.len().min(self.1.len() - self.2);
-                out[..n].copy_from_slice(&self.1[self.2..self.2 + n]);
-                self.2 += n;
-                Ok(n)
-            }
-        }
-        tiny_http::Response::new(
-            200.into(),
-            vec![header("Content-Type", "text/event-stream"), header("Cache-Control", "no-cache")],
-            Box::new(Body(self, Vec::new(), 0)) as Box<dyn Read + Send>,
-            None,
-            None,
-        )
     }
 }
 
