@@ -83,6 +83,24 @@ fn endpoints_answer_in_the_openai_format() {
     assert!(events.last().unwrap()["choices"][0]["finish_reason"].is_string());
     // Each event is sent (and flushed) as its own HTTP chunk, not gathered into 8 KiB pieces.
     assert!(r.chunks + 1 >= events.len() && r.chunks > 2, "{} chunks for {} events", r.chunks, events.len());
+    // include_usage: one more chunk, no choices, the usage (chat and completions alike).
+    for (path, mut body) in [
+        ("/v1/chat/completions", streamed.clone()),
+        ("/v1/completions", json!({"prompt": "Hi", "max_tokens": 3, "stream": true})),
+    ] {
+        body["stream_options"] = json!({"include_usage": true});
+        let events = request(a, "POST", path, Some(body.to_string().as_bytes())).unwrap().events();
+        let (last, before) = (&events[events.len() - 1], &events[events.len() - 2]);
+        assert!(before["choices"][0]["finish_reason"].is_string(), "{path}: {before}");
+        assert_eq!(last["choices"], json!([]), "{path}: {last}");
+        let u = &last["usage"];
+        assert!(
+            u["prompt_tokens"].as_u64().unwrap() > 0
+                && u["total_tokens"]
+                    == json!(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()),
+            "{path}: {last}"
+        );
+    }
     s.shutdown();
 }
 
@@ -347,7 +365,8 @@ fn hostile_requests_leave_the_server_up() {
     // back to zero long before 64 tokens could have been generated for all 16 prompts.
     {
         use std::io::Write;
-        let body = json!({"prompt": vec!["Once upon a time"; 16], "max_tokens": 64, "temperature": 0}).to_string();
+        let body =
+            json!({"prompt": vec!["Once upon a time"; 16], "max_tokens": 64, "temperature": 0}).to_string();
         let mut c = std::net::TcpStream::connect(a).unwrap();
         write!(
             c,
@@ -371,5 +390,42 @@ fn hostile_requests_leave_the_server_up() {
     drop(stalled);
     let (st, c) = post(a, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 2}));
     assert_eq!(st, 200, "{c}");
+    s.shutdown();
+}
+
+/// CORS is off unless asked for; with `--allow-origin` a preflight gets the methods and headers
+/// (no API key needed for it), and answers to an allowed origin carry it, others do not.
+#[test]
+fn cors_only_for_allowed_origins() {
+    let header = |r: &uniattn::server::client::HttpResponse, k: &str| {
+        r.headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone())
+    };
+    let closed = start(1 << 20);
+    let pre = [("Origin", "https://app.example"), ("Access-Control-Request-Method", "POST")];
+    let r = request_with(closed.addr(), "OPTIONS", "/v1/completions", None, &pre).unwrap();
+    assert_eq!((r.status, header(&r, "access-control-allow-origin")), (405, None));
+    closed.shutdown();
+    let s = start_with(ServerOptions {
+        allow_origins: vec!["https://app.example".into()],
+        api_key: Some("k".into()),
+        ..Default::default()
+    });
+    let a = s.addr();
+    let r = request_with(a, "OPTIONS", "/v1/completions", None, &pre).unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(header(&r, "access-control-allow-origin").as_deref(), Some("https://app.example"));
+    assert!(header(&r, "access-control-allow-headers").unwrap().contains("Authorization"));
+    let body = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
+    let call = |origin: &str| {
+        let h = [("Content-Type", "application/json"), ("Authorization", "Bearer k"), ("Origin", origin)];
+        request_with(a, "POST", "/v1/completions", Some(body.as_bytes()), &h).unwrap()
+    };
+    let ok = call("https://app.example");
+    assert_eq!(
+        (ok.status, header(&ok, "access-control-allow-origin").as_deref()),
+        (200, Some("https://app.example"))
+    );
+    let other = call("https://evil.example");
+    assert_eq!((other.status, header(&other, "access-control-allow-origin")), (200, None));
     s.shutdown();
 }

@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every request but /health
     #[arg(long, env = "UNIATTN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Let web pages from this origin call the API (CORS; repeat for several, `*` for any).
+    /// Off by default: browsers then refuse cross-origin calls
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
     /// Prompts waiting or generating at once; more are answered 503 with Retry-After
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending: u64,
@@ -62,6 +66,7 @@ pub fn serve(
         host,
         port,
         api_key,
+        allow_origins,
         max_pending,
         max_prompts,
         shutdown_timeout,
@@ -92,6 +97,7 @@ pub fn serve(
         max_tokens,
         threads,
         api_key,
+        allow_origins,
         max_pending: max_pending as usize,
         max_prompts: max_prompts as usize,
         log_requests: !no_request_log,

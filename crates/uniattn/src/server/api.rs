@@ -79,6 +79,14 @@ pub struct Common {
     pub stream_options: Option<Value>,
 }
 
+impl Common {
+    /// `stream_options.include_usage`: a last chunk with the usage and no choices.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool)
+            == Some(true)
+    }
+}
+
 const COMMON_FIELDS: &[&str] = &[
     "model",
     "max_tokens",

@@ -116,7 +116,9 @@ async fn serve(
     let left = Arc::new(AtomicBool::new(false));
     let _guard = LeftGuard(Arc::clone(&left));
     let declared = head.header("content-length").and_then(|v| v.parse::<u64>().ok());
+    let preflight = head.method == hyper::Method::OPTIONS && !shared.opts.allow_origins.is_empty();
     let reply = match super::admit(&head, &shared) {
+        Ok(()) if preflight => Ok(Reply::Whole { status: 204, content_type: "text/plain", body: Vec::new() }),
         Err(e) => Err(e),
         Ok(()) => match read_body(body, declared, shared.opts.max_body_bytes).await {
             Err(e) => Err(e),
@@ -131,7 +133,15 @@ async fn serve(
         },
     };
     let status = reply.as_ref().map_or_else(|e| e.status, |_| 200);
-    let response = match reply {
+    let mut response = match reply {
+        Ok(Reply::Whole { status: 204, .. }) if preflight => {
+            let headers = [
+                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS".to_string()),
+                ("Access-Control-Allow-Headers", "Authorization, Content-Type".to_string()),
+                ("Access-Control-Max-Age", "600".to_string()),
+            ];
+            whole(204, &headers, "text/plain", Vec::new())
+        }
         Ok(Reply::Whole { status, content_type, body }) => whole(status, &[], content_type, body),
         Ok(Reply::Events(mut events)) => {
             let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
@@ -153,11 +163,26 @@ async fn serve(
         }
         Err(e) => error_response(&e),
     };
+    if let Some(origin) = allowed_origin(&head, &shared.opts.allow_origins) {
+        let h = response.headers_mut();
+        h.insert("Access-Control-Allow-Origin", origin);
+        h.insert("Vary", hyper::header::HeaderValue::from_static("Origin"));
+    }
     shared.metrics.request(&head.path, status);
     if shared.opts.log_requests {
         eprintln!("{} {} {status} {:.1} ms", head.method, head.path, arrived.elapsed().as_secs_f64() * 1e3);
     }
     Ok(response)
+}
+
+/// The `Access-Control-Allow-Origin` value for this request: its `Origin` when allowed (or
+/// `*` when any is), `None` otherwise (no CORS header; a browser then refuses the answer).
+fn allowed_origin(head: &RequestHead, allowed: &[String]) -> Option<hyper::header::HeaderValue> {
+    let origin = head.header("origin")?;
+    if allowed.iter().any(|a| a == "*") {
+        return Some(hyper::header::HeaderValue::from_static("*"));
+    }
+    allowed.contains(&origin).then(|| hyper::header::HeaderValue::from_str(&origin).ok()).flatten()
 }
 
 /// The listening side: accepts connections until `stop`, then lets every connection finish

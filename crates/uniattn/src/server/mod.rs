@@ -39,6 +39,8 @@ pub struct ServerOptions {
     pub max_prompts: usize,
     /// One line per request on standard error: method, path, status, milliseconds.
     pub log_requests: bool,
+    /// Origins whose web pages may call the API (CORS); `*` for any; empty: none.
+    pub allow_origins: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -53,6 +55,7 @@ impl Default for ServerOptions {
             max_pending: 256,
             max_prompts: 64,
             log_requests: false,
+            allow_origins: Vec::new(),
         }
     }
 }
@@ -245,6 +248,10 @@ fn health(shared: &Shared) -> Reply {
 /// Checks before the body is read: the API key, and that a POST body is JSON (a browser page
 /// can send `text/plain` to another origin without asking; JSON it cannot).
 fn admit(head: &RequestHead, shared: &Shared) -> Result<(), ApiError> {
+    if head.method == hyper::Method::OPTIONS && !shared.opts.allow_origins.is_empty() {
+        // A CORS preflight carries no credentials; [`http`] answers it.
+        return Ok(());
+    }
     if let Some(key) = &shared.opts.api_key {
         if head.path != "/health"
             && head.header("authorization").as_deref() != Some(format!("Bearer {key}").as_str())
@@ -468,13 +475,23 @@ fn completions(body: &[u8], shared: &Shared, ctx: &Ctx) -> Result<Reply, ApiErro
     }
     if req.common.stream {
         let rx = receivers.pop().expect("one prompt");
-        let chunk = move |text: &str, reason: Option<&str>| {
-            json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": reason}]})
+        let usage_wanted = req.common.include_usage();
+        let envelope = move |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
+        let chunk = {
+            let envelope = envelope.clone();
+            move |text: &str, reason: Option<&str>| {
+                envelope(json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": reason}]))
+            }
         };
         return Ok(sse(rx, claim, shared.observer(ctx.arrived), move |e| match e {
             Event::Token { text, .. } if !text.is_empty() => vec![chunk(text, None)],
-            Event::Finished { tail, reason, .. } => vec![chunk(tail, Some(reason.as_str()))],
+            Event::Finished { tail, reason, prompt_tokens, completion_tokens, .. } => {
+                let mut out = vec![chunk(tail, Some(reason.as_str()))];
+                if usage_wanted {
+                    out.push(usage_chunk(envelope(json!([])), *prompt_tokens, *completion_tokens));
+                }
+                out
+            }
             _ => vec![],
         }));
     }
@@ -546,12 +563,13 @@ fn chat(body: &[u8], shared: &Shared, ctx: &Ctx) -> Result<Reply, ApiError> {
     let rx = shared.submit(Request { prompt, params, prompt_logprobs: false, logprobs })?;
     let (id, created, model) = (shared.id("chatcmpl"), now(), shared.opts.model_name.clone());
     if req.common.stream {
-        let usage_wanted =
-            req.common.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool)
-                == Some(true);
-        let chunk = move |delta: Value, reason: Option<&str>| {
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}]})
+        let usage_wanted = req.common.include_usage();
+        let envelope = move |choices: Value| json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices});
+        let chunk = {
+            let envelope = envelope.clone();
+            move |delta: Value, reason: Option<&str>| {
+                envelope(json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}]))
+            }
         };
         let mut first = true;
         return Ok(sse(rx, claim, shared.observer(ctx.arrived), move |e| {
@@ -567,12 +585,10 @@ fn chat(body: &[u8], shared: &Shared, ctx: &Ctx) -> Result<Reply, ApiError> {
                     if !tail.is_empty() {
                         out.push(chunk(json!({"content": tail}), None));
                     }
-                    let mut last = chunk(json!({}), Some(reason.as_str()));
+                    out.push(chunk(json!({}), Some(reason.as_str())));
                     if usage_wanted {
-                        last["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                            "total_tokens": prompt_tokens + completion_tokens});
+                        out.push(usage_chunk(envelope(json!([])), *prompt_tokens, *completion_tokens));
                     }
-                    out.push(last);
                 }
                 _ => {}
             }
@@ -606,6 +622,13 @@ fn chat(body: &[u8], shared: &Shared, ctx: &Ctx) -> Result<Reply, ApiError> {
             "usage": {"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
                 "total_tokens": o.prompt_tokens + o.completion_tokens}}),
     ))
+}
+
+/// OpenAI's `include_usage` chunk: the stream's envelope with no choices and the usage.
+fn usage_chunk(mut envelope: Value, prompt_tokens: usize, completion_tokens: usize) -> Value {
+    envelope["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens});
+    envelope
 }
 
 /// Turns an engine event into the JSON payloads a client is sent for it.
