@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Largest max_tokens a request may ask for
     #[arg(long, default_value_t = 2048)]
     pub max_tokens: usize,
-    /// Requests handled at once (the pool the endpoints run on); more wait their turn
+    /// Requests handled at once (the pool the endpoints run on; at least --max-pending + 16)
     #[arg(long, default_value_t = 128)]
     pub threads: usize,
     #[command(flatten)]

@@ -123,12 +123,20 @@ async fn serve(
         Ok(()) => match read_body(body, declared, shared.opts.max_body_bytes).await {
             Err(e) => Err(e),
             Ok(bytes) => {
-                let (shared, path) = (Arc::clone(&shared), head.path.clone());
                 let ctx = Ctx { arrived, left: Arc::clone(&left) };
-                let method = head.method.clone();
-                tokio::task::spawn_blocking(move || super::route(&method, &path, &bytes, &shared, &ctx))
-                    .await
-                    .unwrap_or_else(|e| Err(ApiError::new(500, format!("the request's handler failed: {e}"))))
+                if head.method == hyper::Method::GET {
+                    // Health, metrics and model cards never wait: answered here, so that they
+                    // answer while every pool thread waits on the engine.
+                    super::route(&head.method, &head.path, &bytes, &shared, &ctx)
+                } else {
+                    let (shared, path, method) =
+                        (Arc::clone(&shared), head.path.clone(), head.method.clone());
+                    tokio::task::spawn_blocking(move || super::route(&method, &path, &bytes, &shared, &ctx))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(ApiError::new(500, format!("the request's handler failed: {e}")))
+                        })
+                }
             }
         },
     };
@@ -201,6 +209,9 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                // Events are small writes: without this, Nagle's algorithm holds each behind the
+                // client's delayed acknowledgement of the previous one (~40 ms).
+                let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())

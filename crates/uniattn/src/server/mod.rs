@@ -29,7 +29,8 @@ pub struct ServerOptions {
     pub model_name: String,
     pub max_body_bytes: usize,
     pub max_tokens: usize,
-    /// Requests handled at once (threads of the blocking pool the endpoints run on); more wait.
+    /// Requests handled at once (threads of the blocking pool the endpoints run on, at least
+    /// `max_pending` + 16); more wait.
     pub threads: usize,
     /// When set, every `/v1/*` and tokenizer request must carry `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
@@ -126,7 +127,9 @@ impl ServerHandle {
 pub fn start(sched: Scheduler, opts: ServerOptions) -> Result<ServerHandle> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(opts.threads.max(1))
+        // Every pending prompt's request may hold a pool thread while it waits on the engine:
+        // the pool must outnumber them, or the pending limit (503) could never be reached.
+        .max_blocking_threads(opts.threads.max(opts.max_pending + 16))
         .thread_name("uniattn-http")
         .enable_all()
         .build()
