@@ -462,6 +462,17 @@ mod tests {
         m.named_tensors().into_iter().map(|(n, t)| (n, t.detach().copy())).collect()
     }
 
+    /// A trainer without validation data.
+    fn trainer<'a>(
+        model: &'a Transformer,
+        tokenizer: &'a crate::tokenizer::Tokenizer,
+        cfg: TrainConfig,
+        train: Vec<TokenizedExample>,
+        out: PathBuf,
+    ) -> Trainer<'a> {
+        Trainer { model, tokenizer, cfg, train, val: vec![], out }
+    }
+
     #[test]
     fn loss_decreases() {
         let cfg = tiny_config(Family::Llama);
@@ -470,14 +481,7 @@ mod tests {
         let mut c = config(vec![StageKind::All], 4, 1);
         c.epochs = 8;
         let dir = scratch();
-        let mut t = Trainer {
-            model: &model,
-            tokenizer: &tok,
-            cfg: c,
-            train: examples(32, 1),
-            val: vec![],
-            out: dir.path().join("run"),
-        };
+        let mut t = trainer(&model, &tok, c, examples(32, 1), dir.path().join("run"));
         let h = t.run(None, |_, _| {}).unwrap();
         let first: f64 = h[..4].iter().map(|m| m.loss).sum::<f64>() / 4.0;
         let last: f64 = h[h.len() - 4..].iter().map(|m| m.loss).sum::<f64>() / 4.0;
@@ -493,14 +497,13 @@ mod tests {
         let run = |micro, accum| {
             let model = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Float, 12);
             let dir = scratch();
-            let mut t = Trainer {
-                model: &model,
-                tokenizer: &tok,
-                cfg: config(vec![StageKind::All], micro, accum),
-                train: data.clone(),
-                val: vec![],
-                out: dir.path().join("run"),
-            };
+            let mut t = trainer(
+                &model,
+                &tok,
+                config(vec![StageKind::All], micro, accum),
+                data.clone(),
+                dir.path().join("run"),
+            );
             t.run(None, |_, _| {}).unwrap();
             weights(&model)
         };
@@ -522,14 +525,8 @@ mod tests {
         let straight = {
             let model = tiny_model(&cfg, plan.clone(), Kind::Float, 13);
             let dir = scratch();
-            let mut t = Trainer {
-                model: &model,
-                tokenizer: &tok,
-                cfg: config(stages.clone(), 2, 2),
-                train: data.clone(),
-                val: vec![],
-                out: dir.path().join("run"),
-            };
+            let mut t =
+                trainer(&model, &tok, config(stages.clone(), 2, 2), data.clone(), dir.path().join("run"));
             t.run(None, |_, _| {}).unwrap();
             weights(&model)
         };
@@ -541,14 +538,7 @@ mod tests {
             let mut c = config(stages.clone(), 2, 2);
             c.save_every = 3;
             c.stop_after = Some(6);
-            let mut t = Trainer {
-                model: &model,
-                tokenizer: &tok,
-                cfg: c,
-                train: data.clone(),
-                val: vec![],
-                out: out.clone(),
-            };
+            let mut t = trainer(&model, &tok, c, data.clone(), out.clone());
             t.run(None, |_, _| {}).unwrap();
         }
         let resume = checkpoint::load(&out).unwrap();
@@ -557,14 +547,7 @@ mod tests {
         let model =
             Transformer::from_weights(parts.weights, parts.cfg, parts.plan, Kind::Float, Device::Cpu, false)
                 .unwrap();
-        let mut t = Trainer {
-            model: &model,
-            tokenizer: &tok,
-            cfg: config(stages, 2, 2),
-            train: data,
-            val: vec![],
-            out,
-        };
+        let mut t = trainer(&model, &tok, config(stages, 2, 2), data, out);
         t.run(Some(resume), |_, _| {}).unwrap();
         for ((n, x), (_, y)) in weights(&model).iter().zip(&straight) {
             assert!(x.equal(y), "{n} differs after resume");
@@ -579,14 +562,13 @@ mod tests {
         let model = tiny_model(&cfg, plan, Kind::Float, 14);
         let before = weights(&model);
         let dir = scratch();
-        let mut t = Trainer {
-            model: &model,
-            tokenizer: &tok,
-            cfg: config(vec![StageKind::CompensationOnly], 2, 1),
-            train: examples(8, 4),
-            val: vec![],
-            out: dir.path().join("run"),
-        };
+        let mut t = trainer(
+            &model,
+            &tok,
+            config(vec![StageKind::CompensationOnly], 2, 1),
+            examples(8, 4),
+            dir.path().join("run"),
+        );
         t.run(None, |_, _| {}).unwrap();
         let mut changed = 0;
         for ((n, x), (_, y)) in weights(&model).iter().zip(&before) {
