@@ -429,3 +429,30 @@ fn cors_only_for_allowed_origins() {
     assert_eq!((other.status, header(&other, "access-control-allow-origin")), (200, None));
     s.shutdown();
 }
+
+/// Past `request_timeout` a non-streaming request is answered 504 and a stream ends with an
+/// error event; both free their places in the engine.
+#[test]
+fn requests_past_the_time_limit_end() {
+    let s = start_with(ServerOptions {
+        request_timeout: std::time::Duration::from_millis(400),
+        ..Default::default()
+    });
+    let a = s.addr();
+    let long = json!({"prompt": "Count: 1, 2, 3,", "max_tokens": 64, "temperature": 0});
+    let t0 = std::time::Instant::now();
+    let (st, e) = post(a, "/v1/completions", &long);
+    assert_eq!(st, 504, "{e}");
+    assert!(t0.elapsed().as_secs_f64() < 5.0, "answered at the limit, not at the end");
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    let r = request(a, "POST", "/v1/completions", Some(streamed.to_string().as_bytes())).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("time limit") && r.body.trim_end().ends_with("data: [DONE]"), "{}", r.body);
+    let t0 = std::time::Instant::now();
+    while request(a, "GET", "/health", None).unwrap().json()["pending"] != 0 {
+        assert!(t0.elapsed().as_secs() < 10, "the timed-out requests still hold their places");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    s.shutdown();
+}

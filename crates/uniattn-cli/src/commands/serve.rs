@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// Off by default: browsers then refuse cross-origin calls
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origins: Vec<String>,
+    /// Seconds a request may run, waiting included; then 504 (or an error event ending a stream)
+    #[arg(long, default_value_t = 600.0)]
+    pub request_timeout: f64,
     /// Prompts waiting or generating at once; more are answered 503 with Retry-After
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pending: u64,
@@ -67,6 +70,7 @@ pub fn serve(
         port,
         api_key,
         allow_origins,
+        request_timeout,
         max_pending,
         max_prompts,
         shutdown_timeout,
@@ -87,6 +91,10 @@ pub fn serve(
     };
     let deadline = std::time::Duration::try_from_secs_f64(shutdown_timeout)
         .map_err(|e| anyhow::anyhow!("--shutdown-timeout {shutdown_timeout}: expected seconds >= 0 ({e})"))?;
+    let request_timeout = std::time::Duration::try_from_secs_f64(request_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("--request-timeout {request_timeout}: expected seconds > 0"))?;
     let (device, kind) = setup(&dev)?;
     let name = name.unwrap_or_else(|| loader::model_label(&model));
     let sched = engine.scheduler(loader::load(&model, kind, device)?)?;
@@ -101,6 +109,7 @@ pub fn serve(
         max_pending: max_pending as usize,
         max_prompts: max_prompts as usize,
         log_requests: !no_request_log,
+        request_timeout,
     };
     let handle = uniattn::server::start(sched, opts)?;
     eprintln!("serving {} on http://{} (Ctrl-C to stop)", model.display(), handle.addr());

@@ -42,6 +42,9 @@ pub struct ServerOptions {
     pub log_requests: bool,
     /// Origins whose web pages may call the API (CORS); `*` for any; empty: none.
     pub allow_origins: Vec<String>,
+    /// Longest a request may run (waiting included): a non-streaming one is then answered 504,
+    /// a stream ends with an error event, and the work is cancelled.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -57,6 +60,7 @@ impl Default for ServerOptions {
             max_prompts: 64,
             log_requests: false,
             allow_origins: Vec::new(),
+            request_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -310,7 +314,12 @@ fn detokenize(body: &[u8], shared: &Shared) -> Result<Reply, ApiError> {
 impl Shared {
     /// What a stream needs to count its events after the handler has returned.
     fn observer(&self, arrived: Instant) -> Observer {
-        Observer { metrics: Arc::clone(&self.metrics), arrived, first: true }
+        Observer {
+            metrics: Arc::clone(&self.metrics),
+            arrived,
+            first: true,
+            deadline: arrived + self.opts.request_timeout,
+        }
     }
 
     /// Claims `n` pending-prompt places, or answers 503 when the server is full.
@@ -386,6 +395,8 @@ struct Observer {
     metrics: Arc<metrics::Metrics>,
     arrived: Instant,
     first: bool,
+    /// When the stream is cut off (`--request-timeout`).
+    deadline: Instant,
 }
 
 /// Waits for one request's events; returns the finish event's fields and the streamed ones.
@@ -410,6 +421,14 @@ fn collect(rx: Receiver<Event>, shared: &Shared, ctx: &Ctx) -> Result<Outcome, A
             Ok(e) => e,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if ctx.left.load(Ordering::SeqCst) => {
                 return Err(ApiError::new(499, "the client left"));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                if ctx.arrived.elapsed() > shared.opts.request_timeout =>
+            {
+                return Err(ApiError::new(
+                    504,
+                    format!("the request ran past the server's limit of {:?}", shared.opts.request_timeout),
+                ));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -653,7 +672,13 @@ impl EventStream {
     fn next_bytes(&mut self) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
         while buf.is_empty() && !self.done {
-            match self.rx.recv() {
+            let left = self.observer.deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let e = ApiError::new(504, "the request ran past the server's time limit");
+                    buf.extend_from_slice(format!("data: {}\n\ndata: [DONE]\n\n", e.body()).as_bytes());
+                    self.done = true;
+                }
                 Ok(e) => {
                     let o = &mut self.observer;
                     observe(&o.metrics, &e, o.arrived, o.first);
