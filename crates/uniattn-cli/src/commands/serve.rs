@@ -108,9 +108,16 @@ pub fn serve(
         allow_origins,
         max_pending: max_pending as usize,
         max_prompts: max_prompts as usize,
-        log_requests: !no_request_log,
         request_timeout,
     };
+    // The request log (and anything else the library logs) on standard error, filtered by
+    // RUST_LOG (default: info); --no-request-log turns the per-request lines off.
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if no_request_log {
+        filter = filter.add_directive(format!("{}=off", uniattn::server::REQUEST_LOG).parse()?);
+    }
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let handle = uniattn::server::start(sched, opts)?;
     eprintln!("serving {} on http://{} (Ctrl-C to stop)", model.display(), handle.addr());
     runtime::wait_for_shutdown_signal_with_deadline(deadline);

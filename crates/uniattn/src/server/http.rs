@@ -20,6 +20,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// The `tracing` target of the per-request log line (method, path, status, milliseconds):
+/// `RUST_LOG=uniattn::request=off` silences it.
+pub const REQUEST_LOG: &str = "uniattn::request";
+
 /// Bytes a request line and headers may take (hyper's read buffer); more is refused.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Time a client has to send a request's line and headers.
@@ -177,9 +181,8 @@ async fn serve(
         h.insert("Vary", hyper::header::HeaderValue::from_static("Origin"));
     }
     shared.metrics.request(&head.path, status);
-    if shared.opts.log_requests {
-        eprintln!("{} {} {status} {:.1} ms", head.method, head.path, arrived.elapsed().as_secs_f64() * 1e3);
-    }
+    let ms = arrived.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(target: REQUEST_LOG, "{} {} {status} {ms:.1} ms", head.method, head.path);
     Ok(response)
 }
 

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use api::{ApiError, ChatRequest, CompletionRequest, Limits, Prompt};
 use http::RequestHead;
+pub use http::REQUEST_LOG;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -38,8 +39,6 @@ pub struct ServerOptions {
     pub max_pending: usize,
     /// Prompts one completion request may carry.
     pub max_prompts: usize,
-    /// One line per request on standard error: method, path, status, milliseconds.
-    pub log_requests: bool,
     /// Origins whose web pages may call the API (CORS); `*` for any; empty: none.
     pub allow_origins: Vec<String>,
     /// Longest a request may run (waiting included): a non-streaming one is then answered 504,
@@ -58,7 +57,6 @@ impl Default for ServerOptions {
             api_key: None,
             max_pending: 256,
             max_prompts: 64,
-            log_requests: false,
             allow_origins: Vec::new(),
             request_timeout: Duration::from_secs(600),
         }
