@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# On the GPU machine: full fine-tuning throughput of `uniattn train` against a plain
-# transformers loop (same model folder, 1024-token chunks of the PMC texts, batch 4, bf16
-# autocast, AdamW), then a complete two-stage UniAttn run of SmolLM2 on the PMC file.
-#   scripts/device/train_bench.sh GGUF NAME
+# On the GPU machine: full fine-tuning throughput of `uniattn train` against a transformers loop
+# in its three modes (eager, fused AdamW, torch.compile + fused AdamW; same model folder,
+# 1024-token chunks of the PMC texts, BATCH sequences (4), bf16 autocast, AdamW), all in one run,
+# then a complete two-stage UniAttn run of SmolLM2 on the PMC file (RECIPE=0 skips it).
+#   scripts/device/train_bench.sh GGUF NAME       (MODES="compiled" for the peer alone)
 set -uo pipefail
-GGUF=$1 NAME=$2
+GGUF=$1 NAME=$2 PMC=${PMC:-data/pmc_llama_instructions_1000.json}
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
 U=./target/release/uniattn
 OUT=${OUT:-/tmp/out}
@@ -25,13 +26,19 @@ peak() { # peak PID -> max MiB used by that process while it runs
   done
   echo "$m"
 }
-/opt/torch/.venv/bin/python3 scripts/reference/hf_train_bench.py "$W/hf" "$W/pmc.txt" --batch 4 --len 1024 --steps 20 > "$OUT/hf_$NAME.json" 2> "$OUT/hf_$NAME.err" &
-pid=$!; hf_peak=$(peak $pid); wait $pid
-$U train --model "$W/hf" --data "$W/pmc.txt" --max-len 1024 --micro-batch 4 --val-fraction 0 --eval-every 0 --save-every 0 \
+BATCH=${BATCH:-4}
+hf=()
+for mode in ${MODES:-eager fused compiled}; do
+  /opt/torch/.venv/bin/python3 scripts/reference/hf_train_bench.py "$W/hf" "$W/pmc.txt" --batch "$BATCH" --len 1024 --steps 20 \
+    --mode "$mode" > "$OUT/hf_${NAME}_$mode.json" 2> "$OUT/hf_${NAME}_$mode.err" &
+  pid=$!; p=$(peak $pid); wait $pid
+  hf+=("\"$mode\": {\"result\": $(cat "$OUT/hf_${NAME}_$mode.json" || echo null), \"peak_mib\": $p}")
+done
+$U train --model "$W/hf" --data "$W/pmc.txt" --max-len 1024 --micro-batch "$BATCH" --val-fraction 0 --eval-every 0 --save-every 0 \
   --max-steps 20 --bf16 --device cuda --lr 1e-5 --out "$W/ours" > "$OUT/ours_$NAME.log" 2>&1 &
 pid=$!; our_peak=$(peak $pid); wait $pid
 ours=$(tail -n 18 "$W/ours/metrics.jsonl" | python3 -c "import json,sys; r=[json.loads(l) for l in sys.stdin]; print(sum(x['tokens'] for x in r)/sum(x['tokens']/x['tokens_per_second'] for x in r))")
-echo "{\"model\": \"$NAME\", \"hf\": $(cat "$OUT/hf_$NAME.json"), \"hf_peak_mib\": $hf_peak, \"ours_tokens_per_second\": $ours, \"ours_peak_mib\": $our_peak}" | tee -a "$OUT/train_bench.jsonl"
+(IFS=,; echo "{\"model\": \"$NAME\", \"batch\": $BATCH, \"hf\": {${hf[*]}}, \"ours_tokens_per_second\": $ours, \"ours_peak_mib\": $our_peak}") | tee -a "$OUT/train_bench.jsonl"
 
 # The complete recipe on the medical file (SmolLM2 only): UniAttn two stages vs dense, effective
 # batch 48 (8 x 6), lr 2e-5, cosine with 3% warm-up, 1 epoch per stage, 5% held out.

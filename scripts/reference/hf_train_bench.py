@@ -1,8 +1,12 @@
 """Baseline for `uniattn train` throughput: a plain PyTorch + transformers training loop on the
-same model folder, data, batch, precision (bf16 autocast, f32 master weights, AdamW) and
-attention implementation (sdpa). Not part of the product; runs on the GPU machine:
-    python3 scripts/reference/hf_train_bench.py MODEL_DIR TEXT_FILE --batch 4 --len 1024 --steps 20
-Prints one JSON line: tokens/s over the steps after the first two, and peak CUDA memory.
+same model folder, data, batch, precision (bf16 autocast, f32 master weights, AdamW, clipping at
+1.0) and attention implementation (sdpa), in three modes: `eager` (torch.optim.AdamW's default
+foreach update), `fused` (AdamW(fused=True)), `compiled` (fused AdamW and torch.compile(model):
+what a PyTorch user gets in one line, the baseline issue 18 measures against). Not part of the
+product; runs on the GPU machine:
+    python3 scripts/reference/hf_train_bench.py MODEL_DIR TEXT_FILE --batch 8 --len 1024 --steps 20 --mode compiled
+Prints one JSON line: tokens/s over steps 4 onwards (compilation happens in the first), and peak
+CUDA memory allocated.
 """
 import argparse
 import json
@@ -17,6 +21,7 @@ ap.add_argument("text")
 ap.add_argument("--batch", type=int, default=4)
 ap.add_argument("--len", type=int, default=1024)
 ap.add_argument("--steps", type=int, default=20)
+ap.add_argument("--mode", choices=["eager", "fused", "compiled"], default="compiled")
 a = ap.parse_args()
 
 tok = AutoTokenizer.from_pretrained(a.model)
@@ -24,7 +29,8 @@ model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_
 model.train()
 ids = tok(open(a.text).read(), add_special_tokens=False)["input_ids"]
 chunks = [ids[i:i + a.len] for i in range(0, len(ids) - a.len, a.len)]
-opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=a.mode != "eager")
+step_model = torch.compile(model) if a.mode == "compiled" else model
 torch.cuda.reset_peak_memory_stats()
 times = []
 for step in range(a.steps):
@@ -32,16 +38,16 @@ for step in range(a.steps):
     torch.cuda.synchronize()
     t0 = time.time()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = model(input_ids=batch, labels=batch)
+        out = step_model(input_ids=batch, labels=batch)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     times.append(time.time() - t0)
-steady = times[2:]
+steady = times[3:]
 print(json.dumps({
-    "impl": "transformers+torch",
+    "impl": f"transformers-{a.mode}",
     "tokens_per_second": a.batch * a.len * len(steady) / sum(steady),
     "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
     "loss": out.loss.item(),
