@@ -120,7 +120,7 @@ fn mutated_gguf_headers_never_panic() {
     init();
     let path = model(SMOLLM2).unwrap();
     let original = std::fs::read(&path).unwrap();
-    let header = uniattn::weights::gguf::GgufFile::open(&path).unwrap().header_len();
+    let header = uniattn::formats::gguf::GgufFile::open(&path).unwrap().header_len();
     // Most mutations stop early at the header; the rest go on to dequantize every tensor.
     fuzz("smollm2.gguf", &original, 0..header, budget(), |p, _| match uniattn::loader::read_parts(p) {
         Ok(parts) => {
@@ -174,18 +174,18 @@ fn mutated_safetensors_and_configs_never_panic() {
     let a = tch::Tensor::arange(24, (tch::Kind::Float, tch::Device::Cpu)).view([4, 6]);
     let b = tch::Tensor::ones([3], (tch::Kind::BFloat16, tch::Device::Cpu));
     let st = dir.path().join("model.safetensors");
-    uniattn::weights::safetensors_io::write_file(&st, &[("a".into(), a), ("b".into(), b)], None).unwrap();
+    uniattn::formats::safetensors::write_file(&st, &[("a".into(), a), ("b".into(), b)], None).unwrap();
     let original = std::fs::read(&st).unwrap();
     let header = 8 + u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
     fuzz("model.safetensors", &original, 0..header, budget() / 2, |p, _| {
         // read_folder reads every *.safetensors beside the file; the file is alone in its folder.
-        match uniattn::weights::safetensors_io::read_folder(p.parent().unwrap()) {
+        match uniattn::formats::safetensors::read_folder(p.parent().unwrap()) {
             Ok(_) => Ok(()),
             Err(e) => names_file(p, e),
         }
     });
     let gguf = model(SMOLLM2).unwrap();
-    let g = uniattn::weights::gguf::GgufFile::open(&gguf).unwrap();
+    let g = uniattn::formats::gguf::GgufFile::open(&gguf).unwrap();
     let cfg = uniattn::config::ModelConfig::from_gguf(&g).unwrap().to_hf_json();
     let original = serde_json::to_string_pretty(&cfg).unwrap().into_bytes();
     let len = original.len();

@@ -57,10 +57,10 @@ fn broken_folders_say_what_is_wrong() {
     let st = dir.join("model.safetensors");
     let good = std::fs::read(&st).unwrap();
     let mut tensors = std::collections::BTreeMap::new();
-    uniattn::weights::safetensors_io::read_file(&st, &mut tensors).unwrap();
+    uniattn::formats::safetensors::read_file(&st, &mut tensors).unwrap();
     tensors.remove("model.layers.7.self_attn.k_proj.weight");
     let list: Vec<(String, tch::Tensor)> = tensors.into_iter().collect();
-    uniattn::weights::safetensors_io::write_file(&st, &list, None).unwrap();
+    uniattn::formats::safetensors::write_file(&st, &list, None).unwrap();
     let err = load_err(dir);
     assert!(err.contains("missing tensor model.layers.7.self_attn.k_proj.weight"), "{err}");
 

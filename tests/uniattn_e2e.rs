@@ -72,7 +72,7 @@ fn convert_fits_and_writes_a_loadable_unified_model() {
             );
             // The folder: W_c for reuse layers, no Q/K there, the plan beside it.
             let mut t = std::collections::BTreeMap::new();
-            uniattn::weights::safetensors_io::read_file(&path.join("model.safetensors"), &mut t).unwrap();
+            uniattn::formats::safetensors::read_file(&path.join("model.safetensors"), &mut t).unwrap();
             assert!(t.contains_key("model.layers.25.self_attn.v2_proj.weight"));
             assert!(!t.contains_key("model.layers.25.self_attn.q_proj.weight"));
             assert!(t.contains_key("model.layers.24.self_attn.q_proj.weight"));
@@ -82,7 +82,7 @@ fn convert_fits_and_writes_a_loadable_unified_model() {
             let with_qk = dir.join("ours-qk");
             convert::save(&out, &with_qk, Kind::Float, Some(&kept)).unwrap();
             let mut t = std::collections::BTreeMap::new();
-            uniattn::weights::safetensors_io::read_file(&with_qk.join("model.safetensors"), &mut t).unwrap();
+            uniattn::formats::safetensors::read_file(&with_qk.join("model.safetensors"), &mut t).unwrap();
             assert!(t.contains_key("model.layers.25.self_attn.q_proj.weight"));
             assert_eq!(nll_on(&with_qk, 0..4), nll_on(&path, 0..4));
         }

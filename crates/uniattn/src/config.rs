@@ -2,7 +2,6 @@
 //! from GGUF metadata, and written back as `config.json`. Family differences are explicit flags
 //! derived from [`Family`], so the transformer has one code path.
 use crate::error::{Error, Result};
-use crate::weights::gguf::GgufFile;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -114,7 +113,7 @@ impl ModelConfig {
         }
     }
 
-    fn validate(self, path: &Path) -> Result<Self> {
+    pub(crate) fn validate(self, path: &Path) -> Result<Self> {
         let bad = |field: &str, msg: String| Err(Error::format(path, format!("{field}: {msg}")));
         for (field, v) in [
             ("vocab_size", self.vocab_size),
@@ -283,65 +282,6 @@ impl ModelConfig {
             eos_token_ids: ids("eos_token_id"),
         };
         cfg.validate(path)
-    }
-
-    /// Reads the model hyper-parameters from GGUF metadata (`{arch}.*` keys).
-    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
-        let arch = g.req_str("general.architecture")?;
-        let family = match arch {
-            "llama" => Family::Llama,
-            "qwen2" => Family::Qwen2,
-            "gemma2" => Family::Gemma2,
-            "gemma3" => Family::Gemma3,
-            _ => {
-                return Err(Error::format(
-                    g.path(),
-                    format!("general.architecture: '{arch}' is not supported (llama, qwen2, gemma2, gemma3)"),
-                ))
-            }
-        };
-        let k = |s: &str| format!("{arch}.{s}");
-        let hidden = g.req_u64(&k("embedding_length"))? as usize;
-        let heads = g.req_u64(&k("attention.head_count"))? as usize;
-        let embd = g
-            .tensors
-            .get("token_embd.weight")
-            .ok_or_else(|| Error::format(g.path(), "missing tensor token_embd.weight"))?;
-        let window = g.opt_u64(&k("attention.sliding_window")).map(|w| w as usize);
-        let head_dim =
-            g.opt_u64(&k("attention.key_length")).map(|d| d as usize).unwrap_or(hidden / heads.max(1));
-        let cfg = ModelConfig {
-            family,
-            vocab_size: embd.shape[0],
-            hidden_size: hidden,
-            intermediate_size: g.req_u64(&k("feed_forward_length"))? as usize,
-            num_layers: g.req_u64(&k("block_count"))? as usize,
-            num_heads: heads,
-            num_kv_heads: g.opt_u64(&k("attention.head_count_kv")).map(|x| x as usize).unwrap_or(heads),
-            head_dim,
-            rms_norm_eps: g.req_f64(&k("attention.layer_norm_rms_epsilon"))?,
-            rope_theta: g.opt_f64(&k("rope.freq_base")).unwrap_or(10_000.0),
-            // llama.cpp hard-codes Gemma 3's local base; it is not in the metadata.
-            rope_local_theta: (family == Family::Gemma3).then_some(10_000.0),
-            max_position_embeddings: g.opt_u64(&k("context_length")).unwrap_or(4096) as usize,
-            tie_word_embeddings: !g.tensors.contains_key("output.weight"),
-            attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
-            sliding_window: if family.is_gemma() { window } else { None },
-            sliding_window_pattern: match family {
-                Family::Gemma3 => Some(6),
-                Family::Gemma2 => Some(2),
-                _ => None,
-            },
-            query_pre_attn_scalar: family.is_gemma().then_some(head_dim as f64),
-            attn_logit_softcapping: g.opt_f64(&k("attn_logit_softcapping")),
-            final_logit_softcapping: g.opt_f64(&k("final_logit_softcapping")),
-            bos_token_id: g.opt_u64("tokenizer.ggml.bos_token_id").map(|x| x as u32),
-            eos_token_ids: g
-                .opt_u64("tokenizer.ggml.eos_token_id")
-                .map(|x| vec![x as u32])
-                .unwrap_or_default(),
-        };
-        cfg.validate(g.path())
     }
 
     /// A Hugging Face `config.json` that transformers and our loader both read.

@@ -14,6 +14,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod formats;
 pub mod fs;
 pub mod loader;
 pub mod model;

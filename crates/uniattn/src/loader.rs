@@ -3,11 +3,12 @@
 //! carries a SuperBlock plan). Also writes the folder format back out.
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
+use crate::formats::safetensors;
 use crate::model::Transformer;
 use crate::plan::SuperBlockPlan;
 use crate::tokenizer::Tokenizer;
-use crate::weights::gguf::GgufFile;
-use crate::weights::{safetensors_io, WeightMap};
+use crate::weights::WeightMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
@@ -38,7 +39,7 @@ pub fn read_parts(path: &Path) -> Result<ModelParts> {
             return Err(Error::format(path, "not a model folder: config.json is missing"));
         }
         let cfg = ModelConfig::from_hf_file(&cfg_path)?;
-        let weights = safetensors_io::read_folder(path)?;
+        let weights = safetensors::read_folder(path)?;
         let tok_path = path.join("tokenizer.json");
         if !tok_path.exists() {
             return Err(Error::format(path, "tokenizer.json is missing from the model folder"));
@@ -95,7 +96,7 @@ pub fn save_folder(
         .chain(extra_tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())))
         .map(|(n, t)| (n, t.to_kind(kind)))
         .collect();
-    safetensors_io::write_file(&dir.join("model.safetensors"), &tensors, None)?;
+    safetensors::write_file(&dir.join("model.safetensors"), &tensors, None)?;
     let mut cfg = model.cfg.to_hf_json();
     cfg["torch_dtype"] = serde_json::json!(match kind {
         Kind::BFloat16 => "bfloat16",

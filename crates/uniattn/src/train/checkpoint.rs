@@ -5,8 +5,8 @@
 use super::optim::AdamW;
 use super::{Position, TrainConfig, Trainer};
 use crate::error::{Error, Result};
+use crate::formats::safetensors;
 use crate::loader;
-use crate::weights::safetensors_io;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -49,7 +49,7 @@ pub(super) fn save(t: &Trainer, opt: &AdamW, next: Position, stage_done: bool) -
             tensors.push((format!("v.{name}"), opt.v[i].shallow_clone()));
         }
         let meta = HashMap::from([("step".to_string(), opt.step.to_string())]);
-        safetensors_io::write_file(&tmp.join(OPTIMIZER_FILE), &tensors, Some(meta))?;
+        safetensors::write_file(&tmp.join(OPTIMIZER_FILE), &tensors, Some(meta))?;
     }
     let state = serde_json::json!({ "position": next, "config": t.cfg });
     crate::fs::write_atomic(
@@ -105,7 +105,7 @@ pub fn load(path: &Path) -> Result<Resume> {
     let opt_path = dir.join(OPTIMIZER_FILE);
     let optimizer = if opt_path.exists() {
         let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        let (_, meta) = ::safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| Error::format(&opt_path, format!("not a valid safetensors file: {e}")))?;
         let step = meta
             .metadata()
@@ -114,7 +114,7 @@ pub fn load(path: &Path) -> Result<Resume> {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::format(&opt_path, "metadata step: missing"))?;
         let mut moments = BTreeMap::new();
-        safetensors_io::read_file(&opt_path, &mut moments)?;
+        safetensors::read_file(&opt_path, &mut moments)?;
         Some(OptimizerState { step, moments })
     } else {
         None

@@ -1,13 +1,9 @@
 //! Weights by Hugging Face name, whatever file they came from. GGUF tensors are renamed and
 //! un-done from llama.cpp's conventions here, so the model sees one layout.
-pub mod dequant;
-pub mod gguf;
-pub mod safetensors_io;
-
 use crate::config::{Family, ModelConfig};
 use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
 use crate::model::names::{self, Module};
-use gguf::GgufFile;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};

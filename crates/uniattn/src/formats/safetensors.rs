@@ -1,7 +1,7 @@
 //! Hugging Face safetensors in and out: single files, sharded folders with
 //! `model.safetensors.index.json`, written atomically ([`crate::fs::write_atomic`]).
-use super::WeightMap;
 use crate::error::{Error, Result};
+use crate::weights::WeightMap;
 use safetensors::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
