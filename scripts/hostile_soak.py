@@ -40,15 +40,13 @@ server = subprocess.Popen(
 problems = []
 
 
-def raw(data, read=True, timeout=10.0):
+def raw(data, timeout=10.0):
     """Sends bytes on a new connection; returns what came back (b'' if closed unanswered)."""
     with socket.create_connection(("127.0.0.1", PORT), timeout=timeout) as c:
         try:
             c.sendall(data)
         except OSError:
             pass
-        if not read:
-            return b""
         out = b""
         try:
             while True:
@@ -95,6 +93,26 @@ def fds():
     return len(os.listdir(f"/proc/{server.pid}/fd"))
 
 
+def open_post(body, path="/v1/completions"):
+    """A connection that has sent a whole JSON POST and has not read the answer."""
+    c = socket.create_connection(("127.0.0.1", PORT), timeout=60)
+    c.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+              f"{len(body)}\r\n\r\n{body}".encode())
+    return c
+
+
+def pending():
+    return health()[1].get("pending", 0)
+
+
+def wait_until(done, seconds):
+    """Polls `done()` until it holds or `seconds` pass; returns the seconds waited."""
+    t0 = time.time()
+    while not done() and time.time() - t0 < seconds:
+        time.sleep(0.05)
+    return time.time() - t0
+
+
 def check(name, ok, detail=""):
     alive = server.poll() is None
     h, _ = health() if alive else (0, {})
@@ -139,52 +157,31 @@ check("text/plain body", s == 415, str(s))
 s, b, _, _ = http("POST", "/v1/completions", json.dumps({"prompt": ["x"] * 10000, "max_tokens": 4}))
 check("10^4 prompts in one request", s == 400, str(s))
 body = json.dumps({"prompt": ["Once upon a time"] * 64, "max_tokens": 128, "temperature": 0})
-abandoned = []
-for _ in range(4):
-    c = socket.create_connection(("127.0.0.1", PORT))
-    c.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-              f"{len(body)}\r\n\r\n{body}".encode())
-    abandoned.append(c)
-t0 = time.time()
-while health()[1].get("pending", 0) < 256 and time.time() - t0 < 10:
-    time.sleep(0.05)
-running = health()[1].get("pending", 0)
+abandoned = [open_post(body) for _ in range(4)]
+wait_until(lambda: pending() >= 256, 10)
+running = pending()
 for c in abandoned:
     c.close()
-t0 = time.time()
-while health()[1].get("pending", 0) and time.time() - t0 < 30:
-    time.sleep(0.05)
-check("4 abandoned 64-prompt requests cancelled", running == 256 and health()[1].get("pending") == 0,
-      f"{running} pending, 0 after {time.time() - t0:.2f} s")
+waited = wait_until(lambda: pending() == 0, 30)
+check("4 abandoned 64-prompt requests cancelled", running == 256 and pending() == 0,
+      f"{running} pending, 0 after {waited:.2f} s")
 one = json.dumps({"prompt": "Once upon a time", "max_tokens": 128})
-sockets = []
-for _ in range(300):
-    c = socket.create_connection(("127.0.0.1", PORT))
-    c.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-              f"{len(one)}\r\n\r\n{one}".encode())
-    sockets.append(c)
-t0 = time.time()
-while health()[1].get("pending", 0) < 256 and time.time() - t0 < 10:
-    time.sleep(0.05)
+sockets = [open_post(one) for _ in range(300)]
+wait_until(lambda: pending() >= 256, 10)
 s, _, _, _ = http("POST", "/v1/completions", one)
-check("a full queue answers 503", s == 503, f"{s} with {health()[1].get('pending')} pending")
+check("a full queue answers 503", s == 503, f"{s} with {pending()} pending")
 for c in sockets:
     c.close()
-t0 = time.time()
-while health()[1].get("pending", 0) and time.time() - t0 < 60:
-    time.sleep(0.2)
-check("300 abandoned requests drained", health()[1].get("pending") == 0, f"{time.time() - t0:.1f} s")
+waited = wait_until(lambda: pending() == 0, 60)
+check("300 abandoned requests drained", pending() == 0, f"{waited:.1f} s")
 one_token = [http("POST", "/v1/completions", json.dumps({"prompt": "Hello", "max_tokens": 1}))[3] for _ in range(5)]
 
 
 def first_byte(path, body):
     """Seconds until the first `data:` event of a streamed request arrives (the stream is read
     to its end, so that no abandoned stream shares the next one's steps)."""
-    t0, first = time.time(), float("inf")
-    with socket.create_connection(("127.0.0.1", PORT), timeout=60) as c:
-        c.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-                  f"{len(body)}\r\n\r\n{body}".encode())
-        buf = b""
+    t0, first, buf = time.time(), float("inf"), b""
+    with open_post(body, path) as c:
         while b"[DONE]" not in buf:
             b = c.recv(4096)
             if not b:
@@ -223,9 +220,7 @@ def client(seed):
                     {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": True}))
                 ok = s == 200 and b.rstrip().endswith(b"0") and b"[DONE]" in b
             elif kind == "cancelled":
-                body = json.dumps({"prompt": "Once upon", "max_tokens": 64})
-                raw(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n{body}".encode(), read=False)
+                open_post(json.dumps({"prompt": "Once upon", "max_tokens": 64})).close()
                 ok = True
             else:
                 s, b, _, _ = http("POST", "/v1/completions", rnd.choice(
@@ -251,8 +246,7 @@ for t in threads:
     t.join()
 soak_s = time.time() - t0
 time.sleep(2)
-while health()[1].get("pending", 0) and time.time() - t0 < soak_s + 60:
-    time.sleep(0.2)
+wait_until(lambda: pending() == 0, 60)
 rss_after = rss_kib()
 lat.sort()
 q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] if lat else float("nan")  # noqa: E731

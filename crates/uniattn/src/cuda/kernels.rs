@@ -25,7 +25,8 @@ const THREADS: u32 = 256;
 const MAX_BLOCKS: i64 = 4096;
 
 struct Loaded {
-    kernels: HashMap<String, usize>,
+    /// By (name, type suffix): looked up on every launch without building a string.
+    kernels: HashMap<(&'static str, &'static str), usize>,
 }
 
 /// Set after a launch failed: everything runs the libtorch composition from then on.
@@ -56,12 +57,11 @@ fn load(device: usize) -> Result<Loaded> {
     let mut kernels = HashMap::new();
     for base in KERNELS {
         for (_, suffix) in SUFFIXES {
-            let name = format!("{base}_{suffix}");
-            let c = CString::new(name.clone()).expect("kernel name");
+            let c = CString::new(format!("{base}_{suffix}")).expect("kernel name");
             let mut k = std::ptr::null_mut();
             // SAFETY: `lib` is a loaded library; valid name, out-pointer and error buffer.
             call("kernel lookup", |e, n| unsafe { (s.kernel_get)(lib, c.as_ptr(), &mut k, e, n) })?;
-            kernels.insert(name, k as usize);
+            kernels.insert((*base, *suffix), k as usize);
         }
     }
     Ok(Loaded { kernels })
@@ -130,9 +130,17 @@ impl Args {
 
     /// Launches `name` for `suffix` on `device`'s current torch stream; false if it failed
     /// (then nothing runs fused again and the caller falls back).
-    fn launch(self, loaded: &Loaded, name: &str, suffix: &str, device: usize, grid: i64, block: u32) -> bool {
+    fn launch(
+        self,
+        loaded: &Loaded,
+        name: &'static str,
+        suffix: &'static str,
+        device: usize,
+        grid: i64,
+        block: u32,
+    ) -> bool {
         let Ok(s) = shim() else { return false };
-        let kernel = loaded.kernels[&format!("{name}_{suffix}")] as *mut c_void;
+        let kernel = loaded.kernels[&(name, suffix)] as *mut c_void;
         let mut values = self.0;
         let mut ptrs: Vec<*mut c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
         let grid = grid.clamp(1, u32::MAX as i64) as u32;

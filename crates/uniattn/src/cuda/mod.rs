@@ -58,7 +58,7 @@ struct Shim {
 
 /// Calls a shim function with an error buffer, turning its message into an error.
 fn call(what: &str, f: impl FnOnce(ErrOut, usize) -> c_int) -> Result<()> {
-    let mut buf = vec![0 as c_char; ERR_LEN];
+    let mut buf = [0 as c_char; ERR_LEN];
     if f(buf.as_mut_ptr(), ERR_LEN) == 0 {
         return Ok(());
     }

@@ -109,51 +109,29 @@ async fn read_body(body: Incoming, declared: Option<u64>, max: usize) -> Result<
     }
 }
 
-async fn serve(
-    rq: hyper::Request<Incoming>,
-    shared: Arc<Shared>,
-) -> Result<hyper::Response<ResponseBody>, Infallible> {
-    let arrived = Instant::now();
-    let (parts, body) = rq.into_parts();
-    let head =
-        RequestHead { method: parts.method, path: parts.uri.path().to_string(), headers: parts.headers };
-    let left = Arc::new(AtomicBool::new(false));
-    let _guard = LeftGuard(Arc::clone(&left));
+/// The endpoint's reply: admission, the body within its limit, then the route (GET endpoints
+/// here, since they never wait; the others on the blocking pool, as they wait on the engine).
+async fn answer(
+    head: &RequestHead,
+    body: Incoming,
+    shared: &Arc<Shared>,
+    ctx: Ctx,
+) -> Result<Reply, ApiError> {
+    super::admit(head, shared)?;
     let declared = head.header("content-length").and_then(|v| v.parse::<u64>().ok());
-    let preflight = head.method == hyper::Method::OPTIONS && !shared.opts.allow_origins.is_empty();
-    let reply = match super::admit(&head, &shared) {
-        Ok(()) if preflight => Ok(Reply::Whole { status: 204, content_type: "text/plain", body: Vec::new() }),
-        Err(e) => Err(e),
-        Ok(()) => match read_body(body, declared, shared.opts.max_body_bytes).await {
-            Err(e) => Err(e),
-            Ok(bytes) => {
-                let ctx = Ctx { arrived, left: Arc::clone(&left) };
-                if head.method == hyper::Method::GET {
-                    // Health, metrics and model cards never wait: answered here, so that they
-                    // answer while every pool thread waits on the engine.
-                    super::route(&head.method, &head.path, &bytes, &shared, &ctx)
-                } else {
-                    let (shared, path, method) =
-                        (Arc::clone(&shared), head.path.clone(), head.method.clone());
-                    tokio::task::spawn_blocking(move || super::route(&method, &path, &bytes, &shared, &ctx))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(ApiError::new(500, format!("the request's handler failed: {e}")))
-                        })
-                }
-            }
-        },
-    };
-    let status = reply.as_ref().map_or_else(|e| e.status, |_| 200);
-    let mut response = match reply {
-        Ok(Reply::Whole { status: 204, .. }) if preflight => {
-            let headers = [
-                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS".to_string()),
-                ("Access-Control-Allow-Headers", "Authorization, Content-Type".to_string()),
-                ("Access-Control-Max-Age", "600".to_string()),
-            ];
-            whole(204, &headers, "text/plain", Vec::new())
-        }
+    let bytes = read_body(body, declared, shared.opts.max_body_bytes).await?;
+    if head.method == hyper::Method::GET {
+        // Health, metrics and model cards answer while every pool thread waits on the engine.
+        return super::route(&head.method, &head.path, &bytes, shared, &ctx);
+    }
+    let (shared, path, method) = (Arc::clone(shared), head.path.clone(), head.method.clone());
+    tokio::task::spawn_blocking(move || super::route(&method, &path, &bytes, &shared, &ctx))
+        .await
+        .unwrap_or_else(|e| Err(ApiError::new(500, format!("the request's handler failed: {e}"))))
+}
+
+fn into_response(reply: Result<Reply, ApiError>) -> hyper::Response<ResponseBody> {
+    match reply {
         Ok(Reply::Whole { status, content_type, body }) => whole(status, &[], content_type, body),
         Ok(Reply::Events(mut events)) => {
             let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
@@ -174,7 +152,32 @@ async fn serve(
                 .expect("a valid response")
         }
         Err(e) => error_response(&e),
-    };
+    }
+}
+
+async fn serve(
+    rq: hyper::Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<hyper::Response<ResponseBody>, Infallible> {
+    let arrived = Instant::now();
+    let (parts, body) = rq.into_parts();
+    let head =
+        RequestHead { method: parts.method, path: parts.uri.path().to_string(), headers: parts.headers };
+    let left = Arc::new(AtomicBool::new(false));
+    let _guard = LeftGuard(Arc::clone(&left));
+    let (status, mut response) =
+        if head.method == hyper::Method::OPTIONS && !shared.opts.allow_origins.is_empty() {
+            // A CORS preflight carries no credentials and asks only what the API allows.
+            let headers = [
+                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS".to_string()),
+                ("Access-Control-Allow-Headers", "Authorization, Content-Type".to_string()),
+                ("Access-Control-Max-Age", "600".to_string()),
+            ];
+            (204, whole(204, &headers, "text/plain", Vec::new()))
+        } else {
+            let reply = answer(&head, body, &shared, Ctx { arrived, left: Arc::clone(&left) }).await;
+            (reply.as_ref().map_or_else(|e| e.status, |_| 200), into_response(reply))
+        };
     if let Some(origin) = allowed_origin(&head, &shared.opts.allow_origins) {
         let h = response.headers_mut();
         h.insert("Access-Control-Allow-Origin", origin);

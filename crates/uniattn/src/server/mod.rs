@@ -253,10 +253,6 @@ fn health(shared: &Shared) -> Reply {
 /// Checks before the body is read: the API key, and that a POST body is JSON (a browser page
 /// can send `text/plain` to another origin without asking; JSON it cannot).
 fn admit(head: &RequestHead, shared: &Shared) -> Result<(), ApiError> {
-    if head.method == hyper::Method::OPTIONS && !shared.opts.allow_origins.is_empty() {
-        // A CORS preflight carries no credentials; [`http`] answers it.
-        return Ok(());
-    }
     if let Some(key) = &shared.opts.api_key {
         if head.path != "/health"
             && head.header("authorization").as_deref() != Some(format!("Bearer {key}").as_str())

@@ -46,6 +46,7 @@ impl WeightMap {
     pub fn from_gguf(g: &GgufFile, cfg: &ModelConfig) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         for name in g.tensors.keys() {
+            let role = gguf_layer_tensor(name);
             let Some(hf) = hf_name(name, cfg.family) else {
                 // Tables llama.cpp adds that a HF model computes on the fly (e.g. rope_freqs).
                 continue;
@@ -55,7 +56,7 @@ impl WeightMap {
             let mut t = Tensor::from_slice(&data).view(dims.as_slice());
             if cfg.family == Family::Llama || cfg.family == Family::Mistral {
                 // llama.cpp interleaves the two RoPE halves of Q and K rows; undo it.
-                let heads = match gguf_layer_tensor(name) {
+                let heads = match role {
                     Some((_, Module::Q, "weight")) => Some(cfg.num_heads),
                     Some((_, Module::K, "weight")) => Some(cfg.num_kv_heads),
                     _ => None,
@@ -70,7 +71,7 @@ impl WeightMap {
                     t = unpermute_rope_rows(&t, h);
                 }
             }
-            let is_norm = match gguf_layer_tensor(name) {
+            let is_norm = match role {
                 Some((_, m, "weight")) => m.is_norm(),
                 _ => name == "output_norm.weight",
             };
