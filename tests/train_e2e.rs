@@ -62,6 +62,7 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
         out: out.to_path_buf(),
         overwrite: false,
         config_file: Some(format!("# how this run was started\nmax-steps = {stop:?}\n")),
+        profile: None,
         kind: Kind::Float,
         save_kind: Kind::Float,
         device: Device::Cpu,

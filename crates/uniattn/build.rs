@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SHIM_SOURCES: &[&str] = &["cuda/graphs.cpp", "cuda/nvrtc.cpp"];
+const SHIM_SOURCES: &[&str] = &["cuda/graphs.cpp", "cuda/nvrtc.cpp", "cuda/train.cpp"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");

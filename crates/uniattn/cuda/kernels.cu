@@ -172,6 +172,103 @@ __device__ void masked_softmax(const T* scores, const T* mask, T* out, i64 heads
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cross-entropy and its gradient in one kernel over a chunk of LM-head logits: for row r with
+// a target, loss[r] = scale * (log sum exp(z) - z[target]) and grad[r, :] = scale * (softmax(z)
+// - onehot(target)), in f32, where z = softcap * tanh(x / softcap) when softcap > 0 (Gemma 2's
+// final logits; the gradient includes its derivative). What the trainer's chain of cast, log-
+// softmax, NLL and their backward passes computes in ~10 kernels and three f32 copies of the
+// logits. Rows whose target is negative (-100: no target) get zero loss and gradient; `grad`
+// may be null (the loss alone). `scale` is read from device memory, so that a captured training
+// step takes each step's value. One block per row.
+__device__ __forceinline__ float capped(float x, float softcap) {
+  return softcap > 0.0f ? __fmul_rn(tanhf(__fdiv_rn(x, softcap)), softcap) : x;
+}
+
+// 16-byte loads and stores of a row's elements (8 bf16/f16 or 4 f32 at a time): the kernel
+// reads the logits three times and writes them once, so it runs at memory speed only with
+// wide accesses.
+template <typename T>
+__device__ __forceinline__ void load16(const T* p, float* out) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int k = 0; k < (int)(16 / sizeof(T)); ++k) out[k] = to_float(e[k]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const float* in) {
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int k = 0; k < (int)(16 / sizeof(T)); ++k) e[k] = from_float<T>(in[k]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// Calls f(column, value) for every element of a row `x` of `v` elements, this thread's share,
+// in 16-byte pieces where `wide` (then `x` is 16-byte aligned and v a multiple of the piece).
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_in_row(const T* x, i64 v, bool wide, F f) {
+  constexpr int N = 16 / sizeof(T);
+  const i64 pieces = wide ? v / N : 0;
+  for (i64 i = threadIdx.x; i < pieces; i += blockDim.x) {
+    float e[N];
+    load16<T>(x + i * N, e);
+#pragma unroll
+    for (int k = 0; k < N; ++k) f(i * N + k, e[k]);
+  }
+  for (i64 c = pieces * N + threadIdx.x; c < v; c += blockDim.x) f(c, to_float(x[c]));
+}
+
+template <typename T>
+__device__ void cross_entropy(const T* logits, const i64* targets, float* loss, T* grad, i64 v,
+                              const float* scale_at, float softcap) {
+  constexpr int N = 16 / sizeof(T);
+  const float scale = *scale_at;
+  __shared__ float shared[32];
+  const i64 row = blockIdx.x;
+  const T* x = logits + row * v;
+  T* g = grad == nullptr ? nullptr : grad + row * v;
+  const bool wide = v % N == 0 && ((unsigned long long)logits & 15) == 0 &&
+                    ((unsigned long long)grad & 15) == 0;
+  const i64 target = targets[row];
+  if (target < 0 || target >= v) {
+    if (threadIdx.x == 0) loss[row] = 0.0f;
+    if (g != nullptr) {
+      for (i64 c = threadIdx.x; c < v; c += blockDim.x) g[c] = from_float<T>(0.0f);
+    }
+    return;
+  }
+  float mx = neg_inf();
+  for_each_in_row<T>(x, v, wide, [&](i64, float xc) { mx = fmaxf(mx, capped(xc, softcap)); });
+  mx = block_reduce<T>(mx, true, shared);
+  float sum = 0.0f;
+  for_each_in_row<T>(x, v, wide, [&](i64, float xc) { sum += expf(capped(xc, softcap) - mx); });
+  sum = block_reduce<T>(sum, false, shared);
+  if (threadIdx.x == 0) {
+    const float zt = capped(to_float(x[target]), softcap);
+    loss[row] = scale * (logf(sum) + mx - zt);
+  }
+  if (g == nullptr) return;
+  auto grad_of = [&](i64 c, float xc) {
+    float d = expf(capped(xc, softcap) - mx) / sum - (c == target ? 1.0f : 0.0f);
+    if (softcap > 0.0f) {
+      const float t = tanhf(xc / softcap);
+      d *= 1.0f - t * t;
+    }
+    return scale * d;
+  };
+  const i64 pieces = wide ? v / N : 0;
+  for (i64 i = threadIdx.x; i < pieces; i += blockDim.x) {
+    float e[N];
+    load16<T>(x + i * N, e);
+#pragma unroll
+    for (int k = 0; k < N; ++k) e[k] = grad_of(i * N + k, e[k]);
+    store16<T>(g + i * N, e);
+  }
+  for (i64 c = pieces * N + threadIdx.x; c < v; c += blockDim.x) g[c] = from_float<T>(grad_of(c, to_float(x[c])));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entry points, one per element type: <name>_<f32|bf16|f16>.
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
@@ -187,6 +284,10 @@ __device__ void masked_softmax(const T* scores, const T* mask, T* out, i64 heads
   extern "C" __global__ void masked_softmax_##SUFFIX(const T* scores, const T* mask, T* out, i64 heads,   \
                                                      i64 q, i64 k, float scale, float softcap) {          \
     masked_softmax<T>(scores, mask, out, heads, q, k, scale, softcap);                                     \
+  }                                                                                                        \
+  extern "C" __global__ void cross_entropy_##SUFFIX(const T* logits, const i64* targets, float* loss,     \
+                                                    T* grad, i64 v, const float* scale, float softcap) {  \
+    cross_entropy<T>(logits, targets, loss, grad, v, scale, softcap);                                      \
   }
 
 UA_ENTRY_POINTS(float, f32)

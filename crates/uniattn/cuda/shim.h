@@ -1,4 +1,4 @@
-// Shared by the shim's files (graphs.cpp, kernels.cpp): every entry point catches C++
+// Shared by the shim's files (graphs.cpp, nvrtc.cpp, train.cpp): every entry point catches C++
 // exceptions and returns a message instead (0 = success), so none crosses into Rust.
 #pragma once
 #include <cuda_runtime_api.h>

@@ -122,6 +122,10 @@ pub struct TrainArgs {
     /// Start over in an --out that holds an earlier run (removes its run files)
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Record optimizer steps 4-6 with libtorch's profiler (CUDA kernels and operators) and
+    /// write them to FILE as a Chrome trace (open in https://ui.perfetto.dev); CUDA only
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -158,6 +162,7 @@ pub fn train(a: TrainArgs, config: String) -> Result<()> {
         skip_bad_rows: a.skip_bad_rows,
         overwrite: a.overwrite,
         config_file: Some(config),
+        profile: a.profile,
         cfg: TrainConfig {
             stages: vec![],
             optim: AdamWConfig {

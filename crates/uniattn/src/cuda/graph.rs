@@ -4,6 +4,12 @@ use super::{call, shim};
 use crate::error::Result;
 use std::ffi::{c_int, c_void};
 
+/// Whether CUDA graphs are wanted: not with `UNIATTN_CUDA_GRAPHS=0` (the engine's decode steps
+/// and the trainer's micro-batches then launch every kernel eagerly).
+pub fn wanted() -> bool {
+    std::env::var("UNIATTN_CUDA_GRAPHS").map_or(true, |v| v != "0")
+}
+
 /// A memory pool that graphs capture into; graphs of one pool must not replay concurrently
 /// (the engine replays one step at a time), and so may share their temporaries.
 #[derive(Debug, Clone, Copy)]

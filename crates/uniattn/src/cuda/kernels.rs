@@ -1,6 +1,6 @@
-//! Fused kernels for the chains of small libtorch kernels that dominate a decode step: RoPE
-//! with the KV-cache write, the gated MLP activation, and the attention softmax with its scale
-//! and mask. The CUDA C source (`cuda/kernels.cu`) is compiled at first use through NVRTC
+//! Fused kernels for chains of small libtorch kernels: in a decode step RoPE with the KV-cache
+//! write, the gated MLP activation, and the attention softmax with its scale and mask; in
+//! training the LM head's cross-entropy with its gradient. The CUDA C source (`cuda/kernels.cu`) is compiled at first use through NVRTC
 //! (`cuda/nvrtc.cpp`), so building needs no CUDA compiler and the kernels run wherever
 //! libtorch's CUDA does. Each op returns `None` where it does not apply (not on CUDA, an
 //! unsupported type or layout, NVRTC missing, `UNIATTN_FUSED_KERNELS=0`); the caller then runs
@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 const SOURCE: &str = include_str!("../../cuda/kernels.cu");
 
 /// Every kernel `SOURCE` defines, each in f32, bf16 and f16 versions (`<name>_<suffix>`).
-const KERNELS: &[&str] = &["gated_act", "rope_kv_write", "masked_softmax"];
+const KERNELS: &[&str] = &["gated_act", "rope_kv_write", "masked_softmax", "cross_entropy"];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
 const THREADS: u32 = 256;
@@ -44,6 +44,12 @@ pub fn without<T>(f: impl FnOnce() -> T) -> T {
     let out = f();
     OFF_HERE.with(|o| o.set(before));
     out
+}
+
+/// Whether fused paths may run here: not under [`without`] and not with
+/// `UNIATTN_FUSED_KERNELS=0` (which also turns off the trainer's fused AdamW).
+pub fn enabled() -> bool {
+    !OFF_HERE.with(Cell::get) && !std::env::var("UNIATTN_FUSED_KERNELS").is_ok_and(|v| v == "0")
 }
 
 fn load(device: usize) -> Result<Loaded> {
@@ -289,6 +295,43 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64, softcap: Optio
     args.launch(loaded, "masked_softmax", suffix, device, b * heads * q, block).then_some(out)
 }
 
+/// The cross-entropy of `logits` (`[n, vocab]`, a chunk of the LM head's output before any
+/// soft-capping, which `softcap` applies) against `targets` (`[n]`, -100 where there is none),
+/// times `scale` (a one-element f32 tensor on the same device, read when the kernel runs), per
+/// row (f32 `[n]`), and with `with_grad` its gradient with respect to `logits` (in their
+/// type), all in one kernel: what `cross_entropy_loss` over the f32 logits and its backward
+/// pass compute. `logits` must not require grad (pass them detached).
+pub fn cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    scale: &Tensor,
+    softcap: Option<f64>,
+    with_grad: bool,
+) -> Option<(Tensor, Option<Tensor>)> {
+    let (device, loaded, suffix) = usable(logits)?;
+    let &[n, vocab] = logits.size().as_slice() else { return None };
+    let fits = logits.is_contiguous()
+        && targets.kind() == Kind::Int64
+        && targets.device() == logits.device()
+        && targets.is_contiguous()
+        && targets.size() == [n]
+        && scale.kind() == Kind::Float
+        && scale.device() == logits.device()
+        && scale.numel() == 1;
+    if !fits || n == 0 {
+        return None;
+    }
+    let loss = Tensor::empty([n], (Kind::Float, logits.device()));
+    let grad = with_grad.then(|| logits.empty_like());
+    let mut args = Args::default().ptr(logits).ptr(targets).ptr(&loss);
+    args = match &grad {
+        Some(g) => args.ptr(g),
+        None => args.i64(0),
+    };
+    let args = args.i64(vocab).ptr(scale).f32(softcap.unwrap_or(0.0));
+    args.launch(loaded, "cross_entropy", suffix, device, n, 1024).then_some((loss, grad))
+}
+
 #[cfg(test)]
 mod tests {
     //! On a GPU (skipped elsewhere): each kernel against the libtorch composition it replaces.
@@ -447,6 +490,55 @@ mod tests {
                         _ => 2f64.powi(-11),
                     };
                     assert!(d <= tol, "{kind:?} q={q_len} k={k_len} softcap={softcap:?}: differs by {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cross_entropy_equals_composition() {
+        let Some(dev) = gpu() else { return };
+        // A vocabulary of whole 16-byte pieces (the wide path) and one with a ragged end.
+        for (n, vocab) in [(37i64, 50_000i64), (5, 50_001)] {
+            // Targets spread over the vocabulary, every fifth row without one.
+            let t: Vec<i64> = (0..n).map(|i| if i % 5 == 3 { -100 } else { (i * 7919) % vocab }).collect();
+            let targets = Tensor::from_slice(&t).to_device(dev);
+            for kind in KINDS {
+                for softcap in [None, Some(30.0)] {
+                    let logits = (Tensor::randn([n, vocab], (Kind::Float, dev)) * 4.0).to_kind(kind);
+                    let scale = Tensor::full([] as [i64; 0], 0.25, (Kind::Float, dev));
+                    let (loss, grad) =
+                        cross_entropy(&logits, &targets, &scale, softcap, true).expect("the kernel applies");
+                    // The trainer's composition: f32 logits, soft-capping, cross-entropy, backward.
+                    let x = logits.detach().set_requires_grad(true);
+                    let mut z = x.to_kind(Kind::Float);
+                    if let Some(cap) = softcap {
+                        z = (z / cap).tanh() * cap;
+                    }
+                    let want =
+                        z.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::None, -100, 0.0)
+                            * 0.25;
+                    want.sum(Kind::Float).backward();
+                    let case = format!("{kind:?} vocab={vocab} softcap={softcap:?}");
+                    let d = (&loss - &want).abs().max().double_value(&[]);
+                    assert!(
+                        d <= 1e-5 * (1.0 + want.abs().max().double_value(&[])),
+                        "{case}: loss differs by {d}"
+                    );
+                    // Gradients: the same f32 arithmetic up to summation order and `expf` (1e-5
+                    // relative), then one rounding to the logits' type.
+                    let (g, w) = (grad.unwrap().to_kind(Kind::Double), x.grad().to_kind(Kind::Double));
+                    let rel = if kind == Kind::Float { 1e-5 } else { 2.0 * ulps_of(kind) };
+                    let bound = w.abs() * rel + 1e-9;
+                    let worst = ((g - &w).abs() - bound).max().double_value(&[]);
+                    assert!(worst <= 0.0, "{case}: gradient off by {worst} past its bound");
+                    let ignored = x.grad().narrow(0, 3, 1).abs().max().double_value(&[]);
+                    assert_eq!(ignored, 0.0, "{case}: a row without a target has no gradient");
+                    let (loss_only, none) = cross_entropy(&logits, &targets, &scale, softcap, false).unwrap();
+                    assert!(
+                        none.is_none() && loss_only.equal(&loss),
+                        "{case}: the loss alone is the same loss"
+                    );
                 }
             }
         }

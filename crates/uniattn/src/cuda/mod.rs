@@ -1,9 +1,11 @@
-//! The parts of CUDA that tch 0.24 does not bind: graphs ([`graph`]) and custom kernels
-//! ([`kernels`]). Both go through a small C++ shim (`cuda/*.cpp`, compiled by build.rs against
+//! The parts of CUDA and libtorch that tch 0.24 does not bind: graphs ([`graph`]), custom
+//! kernels ([`kernels`]) and the trainer's fused optimizer, gradient buffers and profiler
+//! ([`training`]). Both go through a small C++ shim (`cuda/*.cpp`, compiled by build.rs against
 //! libtorch's headers) that the binary carries and loads only when CUDA is available:
 //! libtorch_cuda, which it links, cannot be loaded on a machine without a GPU driver.
 pub mod graph;
 pub mod kernels;
+pub mod training;
 
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
@@ -38,6 +40,28 @@ type KernelLaunch = unsafe extern "C" fn(
     ErrOut,
     usize,
 ) -> c_int;
+type FusedAdamw = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    *const c_void,
+    ErrOut,
+    usize,
+) -> c_int;
+/// set_grad(param, grad), backward(output, grad): two tensors in, 0 or a message out.
+type TensorPair = unsafe extern "C" fn(*const c_void, *const c_void, ErrOut, usize) -> c_int;
+type ProfilerStop = unsafe extern "C" fn(*const c_char, ErrOut, usize) -> c_int;
+type AutocastEnter = unsafe extern "C" fn(*mut c_int, *mut c_int, ErrOut, usize) -> c_int;
+type AutocastLeave = unsafe extern "C" fn(c_int, c_int, ErrOut, usize) -> c_int;
+type ErrOnly = unsafe extern "C" fn(ErrOut, usize) -> c_int;
+type MemoryPeaks = unsafe extern "C" fn(c_int, *mut i64, *mut i64, ErrOut, usize) -> c_int;
 
 /// The shim's entry points (see cuda/graphs.cpp and cuda/nvrtc.cpp); each returns 0 or
 /// writes a message.
@@ -54,6 +78,14 @@ struct Shim {
     kernels_load: KernelsLoad,
     kernel_get: KernelGet,
     kernel_launch: KernelLaunch,
+    fused_adamw: FusedAdamw,
+    set_grad: TensorPair,
+    backward: TensorPair,
+    profiler_start: ErrOnly,
+    profiler_stop: ProfilerStop,
+    memory_peaks: MemoryPeaks,
+    autocast_enter: AutocastEnter,
+    autocast_leave: AutocastLeave,
 }
 
 /// Calls a shim function with an error buffer, turning its message into an error.
@@ -124,6 +156,14 @@ fn load() -> std::result::Result<Shim, String> {
             kernels_load: t::<*mut c_void, KernelsLoad>(sym("ua_kernels_load")?),
             kernel_get: t::<*mut c_void, KernelGet>(sym("ua_kernel_get")?),
             kernel_launch: t::<*mut c_void, KernelLaunch>(sym("ua_kernel_launch")?),
+            fused_adamw: t::<*mut c_void, FusedAdamw>(sym("ua_fused_adamw")?),
+            set_grad: t::<*mut c_void, TensorPair>(sym("ua_set_grad")?),
+            backward: t::<*mut c_void, TensorPair>(sym("ua_backward")?),
+            profiler_start: t::<*mut c_void, ErrOnly>(sym("ua_profiler_start")?),
+            profiler_stop: t::<*mut c_void, ProfilerStop>(sym("ua_profiler_stop")?),
+            memory_peaks: t::<*mut c_void, MemoryPeaks>(sym("ua_memory_peaks")?),
+            autocast_enter: t::<*mut c_void, AutocastEnter>(sym("ua_autocast_enter")?),
+            autocast_leave: t::<*mut c_void, AutocastLeave>(sym("ua_autocast_leave")?),
         })
     }
 }

@@ -86,8 +86,7 @@ impl Engine {
         let mut engine = Engine { model, layers, cache, roles, options, graphs: None };
         // On a GPU, decode through CUDA graphs unless UNIATTN_CUDA_GRAPHS=0 (or the shim is
         // missing, in which case the eager path runs as before).
-        let wanted = std::env::var("UNIATTN_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        if wanted && engine.model.device.is_cuda() && crate::cuda::available() {
+        if crate::cuda::graph::wanted() && engine.model.device.is_cuda() && crate::cuda::available() {
             engine.use_cuda_graphs(true)?;
         }
         Ok(engine)

@@ -75,7 +75,8 @@ pub struct LeadState {
 }
 
 impl FullAttention {
-    /// `x`: normed input `[b, q, hidden]`; `mask`: additive `[b, 1, q, k]`. With `want_probs`
+    /// `x`: normed input `[b, q, hidden]`; `mask`: additive `[b, 1, q, k]`, exactly the
+    /// causal one when `causal` (then fused attention runs without it). With `want_probs`
     /// the post-softmax map `[b, H, q, k]` is returned as well (a SuperBlock lead), with
     /// `want_kv` the keys and values.
     pub fn forward(
@@ -83,6 +84,7 @@ impl FullAttention {
         x: &Tensor,
         rope: &RopeAngles,
         mask: &Tensor,
+        causal: bool,
         want_probs: bool,
         want_kv: bool,
     ) -> (Tensor, LeadState) {
@@ -93,7 +95,8 @@ impl FullAttention {
             let p = attention_probs(h, &q, &k, mask, self.scale, self.softcap);
             (h.apply_probs(&p, &v), want_probs.then_some(p))
         } else {
-            (fused_attention(&q, &k, &v, Some(mask), false, self.scale), None)
+            let mask = (!causal).then_some(mask);
+            (fused_attention(&q, &k, &v, mask, causal, self.scale), None)
         };
         let kv = want_kv.then(|| (k.shallow_clone(), v.shallow_clone()));
         (self.o_proj.forward(&h.merge(&out)), LeadState { probs, kv })

@@ -32,6 +32,17 @@ pub fn accumulate_kind(kind: Kind) -> Kind {
     }
 }
 
+/// A normed input of a block's projections under bf16 autocast, cast once here: autocast would
+/// cast the f32 tensor again for every projection it feeds (three times for Q/K/V, twice for
+/// gate/up) and cast each gradient back. The values are the same casts.
+pub fn autocast_input(x: Tensor) -> Tensor {
+    if x.kind() == Kind::Float && crate::cuda::training::autocast_active() {
+        x.to_kind(Kind::BFloat16)
+    } else {
+        x
+    }
+}
+
 /// RMSNorm computed in f32 as Hugging Face does; Gemma scales by `1 + w`.
 #[derive(Debug)]
 pub struct RmsNorm {

@@ -3,7 +3,7 @@
 //! [`SuperBlockPlan`].
 use super::attention::{Attention, ClaAttention, FullAttention, Heads, LeadState, ReuseAttention};
 use super::names::{self, Module};
-use super::nn::{accumulate_kind, Linear, RmsNorm};
+use super::nn::{accumulate_kind, autocast_input, Linear, RmsNorm};
 use super::rope::RopeAngles;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -44,6 +44,9 @@ pub struct DecoderLayer {
 pub struct LayerContext<'a> {
     pub rope: &'a RopeAngles,
     pub mask: &'a Tensor,
+    /// `mask` is exactly the causal mask of queries and keys aligned from position 0: fused
+    /// attention may use its causal flag instead (flash attention takes no mask).
+    pub causal: bool,
 }
 
 /// RoPE angles and masks for one set of query positions, shared by every layer that has the
@@ -51,6 +54,9 @@ pub struct LayerContext<'a> {
 pub struct PositionContext {
     ropes: BTreeMap<u64, RopeAngles>,
     masks: BTreeMap<Option<usize>, Tensor>,
+    /// Whole sequences of this length from position 0, one document each (see
+    /// [`LayerContext::causal`]).
+    causal_len: Option<i64>,
 }
 
 impl PositionContext {
@@ -66,7 +72,7 @@ impl PositionContext {
             let w = model.cfg.layer_window(l);
             masks.entry(w).or_insert_with(|| model.causal_mask(positions, k_len, w));
         }
-        PositionContext { ropes, masks }
+        PositionContext { ropes, masks, causal_len: None }
     }
 
     /// Packed sequences: `docs` (`[b, t]`) numbers the document of each token, `positions`
@@ -79,15 +85,20 @@ impl PositionContext {
         pc
     }
 
-    /// A whole sequence of length `t` from position 0.
+    /// Whole sequences of length `t` from position 0 (any batch size: the angles and masks
+    /// broadcast over it).
     pub fn full(model: &Transformer, t: i64) -> Self {
-        Self::new(model, &Tensor::arange(t, (Kind::Int64, model.device)).unsqueeze(0), t)
+        let mut pc = Self::new(model, &Tensor::arange(t, (Kind::Int64, model.device)).unsqueeze(0), t);
+        pc.causal_len = Some(t);
+        pc
     }
 
     pub fn layer(&self, model: &Transformer, l: usize) -> LayerContext<'_> {
+        let window = model.cfg.layer_window(l);
         LayerContext {
             rope: &self.ropes[&model.cfg.layer_rope_theta(l).to_bits()],
-            mask: &self.masks[&model.cfg.layer_window(l)],
+            mask: &self.masks[&window],
+            causal: self.causal_len.is_some_and(|t| window.is_none_or(|w| w as i64 >= t)),
         }
     }
 }
@@ -106,7 +117,7 @@ impl DecoderLayer {
         let lead_state = || lead.expect("the plan runs a lead before its reuse layers");
         let (a, state) = match &self.attn {
             Attention::Full(f) => {
-                let (a, st) = f.forward(x_normed, ctx.rope, ctx.mask, want.0, want.1);
+                let (a, st) = f.forward(x_normed, ctx.rope, ctx.mask, ctx.causal, want.0, want.1);
                 (a, Some(st))
             }
             Attention::Reuse(r) => {
@@ -127,7 +138,7 @@ impl DecoderLayer {
     }
 
     pub fn mlp_branch(&self, h: &Tensor) -> Tensor {
-        let m = self.mlp.forward(&self.mlp_norm.forward(h));
+        let m = self.mlp.forward(&autocast_input(self.mlp_norm.forward(h)));
         match &self.mlp_post_norm {
             Some(n) => n.forward(&m),
             None => m,
@@ -335,12 +346,15 @@ impl Transformer {
         }
     }
 
+    /// Final norm and LM head, in the compute type (bf16 under autocast): [`Self::head`]
+    /// before its cast and soft-capping, which the trainer's fused cross-entropy applies itself.
+    pub fn head_logits(&self, h: &Tensor) -> Tensor {
+        self.norm.forward(h).linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed), None)
+    }
+
     /// Final norm, LM head and (Gemma 2) soft-capping. Returns f32 logits (f64 for f64 models).
     pub fn head(&self, h: &Tensor) -> Tensor {
-        let h = self.norm.forward(h);
-        let logits = h
-            .linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed), None)
-            .to_kind(accumulate_kind(self.kind));
+        let logits = self.head_logits(h).to_kind(accumulate_kind(self.kind));
         match self.cfg.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
@@ -416,7 +430,7 @@ impl Transformer {
             let layer = &self.layers[l];
             let ctx = pc.layer(self, l);
             let is_lead = self.plan.role(l) == LayerRole::Lead;
-            let x = layer.attn_norm.forward(&h);
+            let x = autocast_input(layer.attn_norm.forward(&h));
             let (a, st) =
                 layer.attention_branch(&x, &ctx, lead.as_ref(), if is_lead { want } else { (false, false) });
             if is_lead {
@@ -561,6 +575,17 @@ pub(crate) mod tests {
 
     /// A dense model with random weights (and W_c for `plan`'s reuse layers).
     pub fn tiny_model(cfg: &ModelConfig, plan: SuperBlockPlan, kind: Kind, seed: i64) -> Transformer {
+        tiny_model_on(cfg, plan, kind, seed, Device::Cpu)
+    }
+
+    /// [`tiny_model`] on `device`.
+    pub fn tiny_model_on(
+        cfg: &ModelConfig,
+        plan: SuperBlockPlan,
+        kind: Kind,
+        seed: i64,
+        device: Device,
+    ) -> Transformer {
         // A private generator: tests run in parallel threads and libtorch's global RNG is shared,
         // so two models built from one seed must not depend on what other tests draw.
         let mut rng = crate::rng::SplitMix64(seed as u64);
@@ -623,7 +648,7 @@ pub(crate) mod tests {
             })
             .collect();
         let w = WeightMap { source: "tiny".into(), tensors };
-        Transformer::from_weights(w, cfg.clone(), plan, kind, Device::Cpu, false).unwrap()
+        Transformer::from_weights(w, cfg.clone(), plan, kind, device, false).unwrap()
     }
 
     fn ids() -> Tensor {

@@ -52,6 +52,8 @@ pub struct TrainJob {
     /// How the run was asked for, as a config file (the command line's resolved options):
     /// written into `out` as [`CONFIG_FILE`].
     pub config_file: Option<String>,
+    /// Where to write a profile of optimizer steps 4-6 (see [`Trainer::profile`]).
+    pub profile: Option<PathBuf>,
     pub kind: Kind,
     /// Precision of the final model's file (checkpoints stay f32 so that a resume is exact):
     /// bf16 halves what a run leaves on disk and is what inference loads anyway.
@@ -224,7 +226,15 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
         }
     };
     let train = if cfg.pack { dataset::pack(train, job.max_len) } else { train };
-    let mut trainer = Trainer { model: &model, tokenizer: &tokenizer, cfg, train, val, out: job.out.clone() };
+    let mut trainer = Trainer {
+        model: &model,
+        tokenizer: &tokenizer,
+        cfg,
+        train,
+        val,
+        out: job.out.clone(),
+        profile: job.profile.clone(),
+    };
     let history = trainer.run(resume, on_step)?;
     let staged = crate::fs::OutputDir::prepare(&job.out.join("final"), true, &[])?;
     loader::save_folder(&model, &tokenizer, staged.path(), job.save_kind, None, &[])?;

@@ -1,0 +1,157 @@
+//! What the trainer needs from libtorch beyond tch's bindings (cuda/train.cpp): PyTorch's
+//! one-launch AdamW, gradients that accumulate into a caller's flat buffer, a backward pass
+//! from a given output gradient, and libtorch's profiler. Only where the shim loads (a CUDA
+//! machine); callers keep a libtorch composition for everywhere else.
+use super::{call, shim};
+use crate::error::Result;
+use std::ffi::{c_int, c_void, CString};
+use std::path::Path;
+use tch::Tensor;
+
+fn handle(t: &Tensor) -> *const c_void {
+    t.as_ptr() as *const c_void
+}
+
+/// The hyper-parameters of one AdamW update.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamwStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+}
+
+/// `torch.optim.AdamW(fused=True)`'s update of `param` (one kernel over the whole buffer).
+/// `step` is a 0-d f32 device tensor holding the update's number (1 first); the gradient is
+/// divided by `grad_scale` (a 0-d f32 device tensor) when given. All tensors share a device
+/// and a floating type.
+pub fn fused_adamw(
+    param: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    step: &Tensor,
+    hp: AdamwStep,
+    grad_scale: Option<&Tensor>,
+) -> Result<()> {
+    let s = shim()?;
+    let scale = grad_scale.map_or(std::ptr::null(), handle);
+    // SAFETY: each handle is a live tch tensor (an `at::Tensor*`) for the whole call.
+    call("fused AdamW", |e, n| unsafe {
+        (s.fused_adamw)(
+            handle(param),
+            handle(grad),
+            handle(exp_avg),
+            handle(exp_avg_sq),
+            handle(step),
+            hp.lr,
+            hp.beta1,
+            hp.beta2,
+            hp.weight_decay,
+            hp.eps,
+            scale,
+            e,
+            n,
+        )
+    })
+}
+
+/// Makes `grad` (same shape, type and device) the gradient of `param`: backward passes then
+/// add into it in place, so a view of one flat buffer per parameter gathers every gradient
+/// in that buffer.
+pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<()> {
+    let s = shim()?;
+    // SAFETY: both handles are live tch tensors for the call; the shim copies the handle.
+    call("set gradient", |e, n| unsafe { (s.set_grad)(handle(param), handle(grad), e, n) })
+}
+
+/// `output.backward(grad)`: backpropagates from `output` with the given gradient.
+pub fn backward(output: &Tensor, grad: &Tensor) -> Result<()> {
+    let s = shim()?;
+    // SAFETY: both handles are live tch tensors for the call.
+    call("backward", |e, n| unsafe { (s.backward)(handle(output), handle(grad), e, n) })
+}
+
+/// Runs `f` under bf16 autocast on CUDA when `on` (matrix products in bf16, reductions and
+/// weights in f32). tch's `autocast` turns on libtorch's CUDA default, which is f16; this sets
+/// the type. Needs the shim (a CUDA machine).
+pub fn autocast_bf16<T>(on: bool, f: impl FnOnce() -> T) -> Result<T> {
+    if !on {
+        return Ok(f());
+    }
+    let s = shim()?;
+    let (mut enabled, mut dtype) = (0, 0);
+    // SAFETY: valid out-pointers and error buffer.
+    call("autocast", |e, n| unsafe { (s.autocast_enter)(&mut enabled, &mut dtype, e, n) })?;
+    /// Leaves the region however `f` ends (a panic included).
+    struct Leave(&'static super::Shim, c_int, c_int);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            // SAFETY: restores the state ua_autocast_enter wrote out; valid error buffer.
+            let _ = call("autocast", |e, n| unsafe { (self.0.autocast_leave)(self.1, self.2, e, n) });
+        }
+    }
+    let _leave = Leave(s, enabled, dtype);
+    let before = AUTOCAST_BF16.with(|a| a.replace(true));
+    let out = f();
+    AUTOCAST_BF16.with(|a| a.set(before));
+    Ok(out)
+}
+
+thread_local! {
+    /// Set inside [`autocast_bf16`] on this thread.
+    static AUTOCAST_BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread runs inside [`autocast_bf16`].
+pub fn autocast_active() -> bool {
+    AUTOCAST_BF16.with(std::cell::Cell::get)
+}
+
+/// The most GPU memory libtorch's allocator has handed out on `device` so far, in bytes
+/// (`torch.cuda.max_memory_allocated`); None without the shim.
+pub fn peak_memory_allocated(device: usize) -> Option<i64> {
+    let s = shim().ok()?;
+    let (mut allocated, mut reserved) = (0i64, 0i64);
+    // SAFETY: valid out-pointers and error buffer.
+    call("memory statistics", |e, n| unsafe {
+        (s.memory_peaks)(device as std::ffi::c_int, &mut allocated, &mut reserved, e, n)
+    })
+    .ok()?;
+    Some(allocated)
+}
+
+/// libtorch's profiler (CPU operators and CUDA kernels) while it lives; [`Profiler::save`]
+/// writes what it recorded as a Chrome trace (open it in Perfetto or chrome://tracing).
+pub struct Profiler {
+    running: bool,
+}
+
+impl Profiler {
+    pub fn start() -> Result<Self> {
+        let s = shim()?;
+        // SAFETY: only the error buffer is passed.
+        call("profiler start", |e, n| unsafe { (s.profiler_start)(e, n) })?;
+        Ok(Profiler { running: true })
+    }
+
+    pub fn save(mut self, path: &Path) -> Result<()> {
+        self.running = false;
+        let s = shim()?;
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            crate::error::Error::invalid(format!("{}: a path with a NUL byte", path.display()))
+        })?;
+        // SAFETY: a valid C string and error buffer.
+        call("profiler stop", |e, n| unsafe { (s.profiler_stop)(c.as_ptr(), e, n) })
+    }
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        if let (true, Ok(s)) = (self.running, shim()) {
+            // SAFETY: a null path (drop the recording) and a valid error buffer.
+            let _ = call("profiler stop", |e, n| unsafe { (s.profiler_stop)(std::ptr::null(), e, n) });
+        }
+    }
+}
