@@ -3,7 +3,8 @@
 # fused AdamW + torch.compile, in one run, on random weights in a real model's shapes (speed
 # does not depend on the values): 1,024-token chunks of the PMC text, BATCH (8) sequences a
 # step, bf16 autocast with f32 master weights, AdamW, clipping at 1.0, 20 steps. Reports tokens/s
-# over steps 7-20 and peak memory allocated, and profiles steps 4-6 of each trainer
+# (transformers: mean over steps 7-20; ours: at the median step time, as a batch of a new shape
+# costs one CUDA-graph capture) and peak memory allocated, and profiles steps 4-6 of each trainer
 # (trace_summary.py: kernels per step and where the GPU time goes). With UNIATTN=1 also the two
 # UniAttn stages on the 4:12:24 plan (stage 1 trains W_c alone); with EAGER=1 a dense run
 # without CUDA graphs.
@@ -20,15 +21,18 @@ import json, sys
 rows = json.load(open(sys.argv[1]))
 open(sys.argv[2], "w").write("\n\n".join(r["instruction"] + "\n" + r["input"] + "\n" + r["output"] for r in rows))
 PY
-summary() { # summary METRICS [STAGE] -> JSON: tokens/s over steps 7.., peak GiB
-  python3 - "$@" <<'PY'
-import json, sys
+summary() { # summary METRICS [STAGE] -> JSON: tokens/s at the median step time (steps 4 on, full
+  python3 - "$@" <<'PY'   # windows only: a new batch shape costs one capture), peak GiB, losses
+import json, statistics, sys
 r = [json.loads(l) for l in open(sys.argv[1])]
 if len(sys.argv) > 2:
     r = [x for x in r if x["stage"] == int(sys.argv[2])]
-t = r[6:] if len(r) > 8 else r[3:]
-print(json.dumps({"steps": len(r), "tokens_per_second": sum(x["tokens"] for x in t) / sum(x["tokens"] / x["tokens_per_second"] for x in t),
-                  "peak_gib": max(x.get("peak_gpu_gib") or 0 for x in r), "loss_first": r[0]["loss"], "loss_last": r[-1]["loss"]}))
+full = max(x["tokens"] for x in r)
+t = [x for x in r[3:] if x["tokens"] == full]
+ms = statistics.median(x["tokens"] / x["tokens_per_second"] for x in t) * 1e3
+print(json.dumps({"steps": len(r), "median_step_ms": round(ms, 2), "tokens_per_second": round(full / ms * 1e3),
+                  "peak_gib": round(max(x.get("peak_gpu_gib") or 0 for x in r), 2),
+                  "loss_first": r[0]["loss"], "loss_last": r[-1]["loss"]}))
 PY
 }
 for mode in ${MODES:-fused compiled}; do

@@ -269,6 +269,141 @@ __device__ void cross_entropy(const T* logits, const i64* targets, float* loss, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Training's SwiGLU, forward and backward (the trainer's autograd function in train.cpp calls
+// them): out = silu(gate) * up, and from the output's gradient go, d_up = go * silu(gate) and
+// d_gate = silu'(gate) * go * up, with the roundings of torch's silu, mul, silu_backward chain
+// (each stored intermediate rounded to T). Elementwise over n contiguous elements, 16 bytes at
+// a time where n allows (the tensors are fresh allocations, so aligned).
+template <typename T>
+__device__ __forceinline__ float swiglu_value(float g, float u) {
+  return __fmul_rn(round_to<T>(g / (1.0f + expf(-g))), u);
+}
+
+template <typename T>
+__device__ __forceinline__ void swiglu_grads(float g, float u, float go, float* dg, float* du) {
+  const float s = 1.0f / (1.0f + expf(-g));
+  *du = __fmul_rn(go, round_to<T>(g / (1.0f + expf(-g))));
+  *dg = round_to<T>(__fmul_rn(go, u)) * s * (1.0f + g * (1.0f - s));
+}
+
+template <typename T>
+__device__ void swiglu_forward(const T* gate, const T* up, T* out, i64 n) {
+  constexpr int N = 16 / sizeof(T);
+  const i64 pieces = n % N == 0 ? n / N : 0;
+  for (i64 i = global_index(); i < pieces; i += global_stride()) {
+    float g[N], u[N];
+    load16<T>(gate + i * N, g);
+    load16<T>(up + i * N, u);
+#pragma unroll
+    for (int k = 0; k < N; ++k) g[k] = swiglu_value<T>(g[k], u[k]);
+    store16<T>(out + i * N, g);
+  }
+  for (i64 i = pieces * N + global_index(); i < n; i += global_stride()) {
+    out[i] = from_float<T>(swiglu_value<T>(to_float(gate[i]), to_float(up[i])));
+  }
+}
+
+template <typename T>
+__device__ void swiglu_backward(const T* gate, const T* up, const T* grad_out, T* grad_gate, T* grad_up, i64 n) {
+  constexpr int N = 16 / sizeof(T);
+  const i64 pieces = n % N == 0 ? n / N : 0;
+  for (i64 i = global_index(); i < pieces; i += global_stride()) {
+    float g[N], u[N], go[N], dg[N], du[N];
+    load16<T>(gate + i * N, g);
+    load16<T>(up + i * N, u);
+    load16<T>(grad_out + i * N, go);
+#pragma unroll
+    for (int k = 0; k < N; ++k) swiglu_grads<T>(g[k], u[k], go[k], &dg[k], &du[k]);
+    store16<T>(grad_gate + i * N, dg);
+    store16<T>(grad_up + i * N, du);
+  }
+  for (i64 i = pieces * N + global_index(); i < n; i += global_stride()) {
+    float dg, du;
+    swiglu_grads<T>(to_float(gate[i]), to_float(up[i]), to_float(grad_out[i]), &dg, &du);
+    grad_gate[i] = from_float<T>(dg);
+    grad_up[i] = from_float<T>(du);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training's RoPE, forward and backward, straight from a projection's output: `x` is [b, t, h, d]
+// (the projection [b, t, h * d], contiguous), the angles `cos` and `sin_signed` f32 [ab, 1, t, d]
+// (ab = b, or 1 shared by the batch: `angle_stride` is t * d or 0). The rotation runs in f32 as
+// the composition does under autocast (bf16 x times f32 angles) and is stored as T once, where
+// the composition's f32 result is cast for attention: out is [b, h, t, d]. The backward pass
+// maps the output's gradient dy [b, h, t, d] back to dx [b, t, h, d]: with p = (j + d/2) mod d,
+// y[j] = x[j] cos[j] + x[p] sin[j], so dx[i] = dy[i] cos[i] + dy[p] sin[p] with p = (i + d/2) mod d.
+// Each thread takes 16 bytes of a head (the caller checks that d/2 is a multiple of it).
+template <typename T>
+__device__ void rope_forward(const T* x, const float* cos, const float* sin_signed, T* out, i64 b, i64 t, int h,
+                             int d, i64 angle_stride) {
+  constexpr int N = 16 / sizeof(T);
+  const int half = d / 2, per_head = d / N;
+  const i64 n = b * t * h * per_head;
+  for (i64 i = global_index(); i < n; i += global_stride()) {
+    const int j = (int)(i % per_head) * N;
+    const i64 rest = i / per_head;  // (seq, head, tok) in the output's order
+    const i64 tok = rest % t, head = (rest / t) % h, seq = rest / (t * h);
+    const T* src = x + ((seq * t + tok) * h + head) * d;
+    const float* c = cos + seq * angle_stride + tok * d + j;
+    const float* sn = sin_signed + seq * angle_stride + tok * d + j;
+    float a[N], p[N];
+    load16<T>(src + j, a);
+    load16<T>(src + (j + half) % d, p);
+#pragma unroll
+    for (int k = 0; k < N; ++k) a[k] = __fadd_rn(__fmul_rn(a[k], c[k]), __fmul_rn(p[k], sn[k]));
+    store16<T>(out + rest * d + j, a);
+  }
+}
+
+template <typename T>
+__device__ void rope_backward(const T* dy, const float* cos, const float* sin_signed, T* dx, i64 b, i64 t, int h,
+                              int d, i64 angle_stride) {
+  constexpr int N = 16 / sizeof(T);
+  const int half = d / 2, per_head = d / N;
+  const i64 n = b * t * h * per_head;
+  for (i64 i = global_index(); i < n; i += global_stride()) {
+    const int j = (int)(i % per_head) * N, q = (j + half) % d;
+    const i64 rest = i / per_head;  // (seq, tok, head) in dx's order
+    const i64 head = rest % h, tok = (rest / h) % t, seq = rest / (h * t);
+    const T* row = dy + ((seq * h + head) * t + tok) * d;
+    const i64 a = seq * angle_stride + tok * d;
+    float g[N], gp[N];
+    load16<T>(row + j, g);
+    load16<T>(row + q, gp);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      g[k] = __fadd_rn(__fmul_rn(g[k], cos[a + j + k]), __fmul_rn(gp[k], sin_signed[a + q + k]));
+    }
+    store16<T>(dx + rest * d + j, g);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// acc += g over n elements (f32 += T): the gradient of a weight cast to T for the matrix
+// products, added into the weight's f32 gradient (the trainer's WeightCast, train.cpp) in one
+// pass, 16 bytes of g at a time (the caller checks that both are 16-byte aligned).
+template <typename T>
+__device__ void accumulate_f32(const T* g, float* acc, i64 n) {
+  constexpr int N = 16 / sizeof(T);
+  const i64 pieces = n % N == 0 ? n / N : 0;
+  for (i64 i = global_index(); i < pieces; i += global_stride()) {
+    float v[N];
+    load16<T>(g + i * N, v);
+#pragma unroll
+    for (int k = 0; k < N; k += 4) {
+      float4 a = *reinterpret_cast<const float4*>(acc + i * N + k);
+      a.x += v[k];
+      a.y += v[k + 1];
+      a.z += v[k + 2];
+      a.w += v[k + 3];
+      *reinterpret_cast<float4*>(acc + i * N + k) = a;
+    }
+  }
+  for (i64 i = pieces * N + global_index(); i < n; i += global_stride()) acc[i] += to_float(g[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entry points, one per element type: <name>_<f32|bf16|f16>.
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
@@ -288,6 +423,24 @@ __device__ void cross_entropy(const T* logits, const i64* targets, float* loss, 
   extern "C" __global__ void cross_entropy_##SUFFIX(const T* logits, const i64* targets, float* loss,     \
                                                     T* grad, i64 v, const float* scale, float softcap) {  \
     cross_entropy<T>(logits, targets, loss, grad, v, scale, softcap);                                      \
+  }                                                                                                        \
+  extern "C" __global__ void swiglu_forward_##SUFFIX(const T* gate, const T* up, T* out, i64 n) {          \
+    swiglu_forward<T>(gate, up, out, n);                                                                   \
+  }                                                                                                        \
+  extern "C" __global__ void swiglu_backward_##SUFFIX(const T* gate, const T* up, const T* grad_out,      \
+                                                      T* grad_gate, T* grad_up, i64 n) {                  \
+    swiglu_backward<T>(gate, up, grad_out, grad_gate, grad_up, n);                                         \
+  }                                                                                                        \
+  extern "C" __global__ void rope_forward_##SUFFIX(const T* x, const float* cos, const float* sin_signed,  \
+                                                   T* out, i64 b, i64 t, int h, int d, i64 angle_stride) { \
+    rope_forward<T>(x, cos, sin_signed, out, b, t, h, d, angle_stride);                                    \
+  }                                                                                                        \
+  extern "C" __global__ void rope_backward_##SUFFIX(const T* dy, const float* cos, const float* sin_signed, \
+                                                    T* dx, i64 b, i64 t, int h, int d, i64 angle_stride) { \
+    rope_backward<T>(dy, cos, sin_signed, dx, b, t, h, d, angle_stride);                                   \
+  }                                                                                                        \
+  extern "C" __global__ void accumulate_f32_##SUFFIX(const T* g, float* acc, i64 n) {                      \
+    accumulate_f32<T>(g, acc, n);                                                                          \
   }
 
 UA_ENTRY_POINTS(float, f32)

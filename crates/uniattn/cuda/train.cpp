@@ -6,10 +6,13 @@
 #include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "shim.h"
 
@@ -21,7 +24,143 @@ at::Tensor& tensor(void* handle) { return *static_cast<at::Tensor*>(handle); }
 
 }  // namespace
 
+// The launcher of NVRTC-compiled kernels (nvrtc.cpp).
+extern "C" int ua_kernel_launch(void* kernel, int device, unsigned grid, unsigned block, unsigned shared_bytes,
+                                void** args, char* err, size_t len);
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// One kernel argument, stored so that its address can be handed to the launch.
+union Arg {
+  void* ptr;
+  int64_t i64;
+  int32_t i32;
+};
+
+// Launches `kernel` (a handle from ua_kernel_get) over `elements` with a grid-stride grid on
+// the current stream of `like`'s device: inside autograd's backward that is the stream the
+// forward ran on, so a captured graph takes both.
+void launch(int64_t kernel, const at::Tensor& like, int64_t elements, std::vector<Arg> args) {
+  std::vector<void*> ptrs;
+  for (auto& a : args) ptrs.push_back(&a);
+  const unsigned block = 256;
+  const auto grid = static_cast<unsigned>(std::clamp<int64_t>((elements + block - 1) / block, 1, 4096));
+  char err[1024];
+  if (ua_kernel_launch(reinterpret_cast<void*>(kernel), like.get_device(), grid, block, 0, ptrs.data(), err,
+                       sizeof err) != 0) {
+    throw std::runtime_error(err);
+  }
+}
+
+Arg ptr(const at::Tensor& t) { return Arg{.ptr = t.data_ptr()}; }
+
+// `t` contiguous and 16-byte aligned, as the kernels' wide loads need (copied if not).
+at::Tensor aligned(const at::Tensor& t) {
+  auto c = t.contiguous();
+  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
+}
+
+// Elements per 16-byte piece of `t`'s type: each kernel thread takes one piece.
+int64_t pieces(const at::Tensor& t) { return t.numel() / (16 / t.element_size()); }
+Arg i64(int64_t v) { return Arg{.i64 = v}; }
+Arg i32(int64_t v) { return Arg{.i32 = static_cast<int32_t>(v)}; }
+
+// silu(gate) * up with the fused kernels forward and backward (kernels.cu, swiglu_*).
+struct Swiglu : public torch::autograd::Function<Swiglu> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate, const at::Tensor& up, int64_t fwd,
+                            int64_t bwd) {
+    auto g = aligned(gate), u = aligned(up);
+    auto out = at::empty_like(g);
+    launch(fwd, g, pieces(g), {ptr(g), ptr(u), ptr(out), i64(g.numel())});
+    ctx->save_for_backward({g, u});
+    ctx->saved_data["bwd"] = bwd;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto &g = saved[0], &u = saved[1];
+    auto go = aligned(grads[0].to(g.scalar_type()));
+    auto dg = at::empty_like(g), du = at::empty_like(u);
+    launch(ctx->saved_data["bwd"].toInt(), g, pieces(g), {ptr(g), ptr(u), ptr(go), ptr(dg), ptr(du), i64(g.numel())});
+    return {dg, du, at::Tensor(), at::Tensor()};
+  }
+};
+
+// RoPE from a projection's output [b, t, h * d] to rotated heads [b, h, t, d], with the fused
+// kernels forward and backward (kernels.cu, rope_*); the angles are constants.
+struct Rope : public torch::autograd::Function<Rope> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin_signed, int64_t heads, int64_t fwd, int64_t bwd) {
+    const auto b = x.size(0), t = x.size(1), d = x.size(2) / heads;
+    const auto stride = cos.size(0) == 1 ? 0 : t * d;
+    auto xc = aligned(x);
+    auto out = at::empty({b, heads, t, d}, x.options());
+    launch(fwd, xc, pieces(out),
+           {ptr(xc), ptr(cos), ptr(sin_signed), ptr(out), i64(b), i64(t), i32(heads), i32(d), i64(stride)});
+    ctx->save_for_backward({cos, sin_signed});
+    ctx->saved_data["bwd"] = bwd;
+    ctx->saved_data["shape"] = std::vector<int64_t>{b, t, heads, d, stride};
+    ctx->saved_data["type"] = static_cast<int64_t>(x.scalar_type());
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto shape = ctx->saved_data["shape"].toIntVector();
+    const auto type = static_cast<at::ScalarType>(ctx->saved_data["type"].toInt());
+    const auto b = shape[0], t = shape[1], h = shape[2], d = shape[3], stride = shape[4];
+    auto dy = aligned(grads[0].to(type));
+    auto dx = at::empty({b, t, h * d}, dy.options());
+    launch(ctx->saved_data["bwd"].toInt(), dy, pieces(dx),
+           {ptr(dy), ptr(saved[0]), ptr(saved[1]), ptr(dx), i64(b), i64(t), i32(h), i32(d), i64(stride)});
+    return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// A trained f32 weight cast to bf16 for the matrix products under autocast, whose backward
+// adds the bf16 gradient straight into the weight's f32 gradient (a view of the optimizer's
+// flat buffer) in one kernel and hands autograd nothing to accumulate. Autocast's own cast
+// costs a cast back to f32 and an accumulating add, two kernels over every weight every step.
+// `accumulate` is the bf16 accumulate_f32 kernel (0: libtorch's add_, a slower mixed-type pass).
+struct WeightCast : public torch::autograd::Function<WeightCast> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, int64_t accumulate) {
+    ctx->saved_data["grad"] = weight.grad();
+    ctx->saved_data["accumulate"] = accumulate;
+    return weight.to(at::kBFloat16);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto acc = ctx->saved_data["grad"].toTensor();
+    const auto kernel = ctx->saved_data["accumulate"].toInt();
+    auto g = aligned(grads[0].to(at::kBFloat16));
+    const bool fits = kernel != 0 && acc.is_contiguous() && acc.numel() == g.numel() &&
+                      reinterpret_cast<uintptr_t>(acc.data_ptr()) % 16 == 0;
+    if (fits) {
+      launch(kernel, g, pieces(g), {ptr(g), ptr(acc), i64(g.numel())});
+    } else {
+      acc.add_(grads[0]);
+    }
+    return {at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
 extern "C" {
+
+// `weight` (f32, whose gradient is a view of the flat buffer) through WeightCast; writes a new
+// tensor handle to `out`.
+int ua_weight_cast(void* weight, int64_t accumulate, void** out, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    const auto& w = tensor(weight);
+    if (!w.grad().defined()) throw std::runtime_error("the weight has no gradient buffer");
+    *out = new at::Tensor(WeightCast::apply(w, accumulate));
+  });
+}
 
 // AdamW over one tensor (the flat parameter buffer) in one kernel: PyTorch's
 // `torch.optim.AdamW(fused=True)` update. `step` is a 0-d f32 tensor on the device holding the
@@ -35,6 +174,19 @@ int ua_fused_adamw(void* param, void* grad, void* exp_avg, void* exp_avg_sq, voi
     at::_fused_adamw_({tensor(param)}, {tensor(grad)}, {tensor(exp_avg)}, {tensor(exp_avg_sq)}, {},
                       {tensor(step)}, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
                       /*maximize=*/false, scale, std::nullopt);
+  });
+}
+
+// silu(gate) * up through the Swiglu autograd function; writes a new tensor handle to `out`.
+int ua_swiglu(void* gate, void* up, int64_t fwd, int64_t bwd, void** out, char* err, size_t len) {
+  return guarded(err, len, [&] { *out = new at::Tensor(Swiglu::apply(tensor(gate), tensor(up), fwd, bwd)); });
+}
+
+// RoPE of a projection's output through the Rope autograd function; writes a new tensor handle.
+int ua_rope(void* x, void* cos, void* sin_signed, int64_t heads, int64_t fwd, int64_t bwd, void** out, char* err,
+            size_t len) {
+  return guarded(err, len, [&] {
+    *out = new at::Tensor(Rope::apply(tensor(x), tensor(cos), tensor(sin_signed), heads, fwd, bwd));
   });
 }
 

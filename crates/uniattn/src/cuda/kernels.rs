@@ -1,6 +1,7 @@
 //! Fused kernels for chains of small libtorch kernels: in a decode step RoPE with the KV-cache
 //! write, the gated MLP activation, and the attention softmax with its scale and mask; in
-//! training the LM head's cross-entropy with its gradient. The CUDA C source (`cuda/kernels.cu`) is compiled at first use through NVRTC
+//! training the LM head's cross-entropy with its gradient, and SwiGLU and RoPE with their
+//! backward passes (autograd functions in cuda/train.cpp). The CUDA C source (`cuda/kernels.cu`) is compiled at first use through NVRTC
 //! (`cuda/nvrtc.cpp`), so building needs no CUDA compiler and the kernels run wherever
 //! libtorch's CUDA does. Each op returns `None` where it does not apply (not on CUDA, an
 //! unsupported type or layout, NVRTC missing, `UNIATTN_FUSED_KERNELS=0`); the caller then runs
@@ -17,7 +18,17 @@ use tch::{Device, Kind, Tensor};
 const SOURCE: &str = include_str!("../../cuda/kernels.cu");
 
 /// Every kernel `SOURCE` defines, each in f32, bf16 and f16 versions (`<name>_<suffix>`).
-const KERNELS: &[&str] = &["gated_act", "rope_kv_write", "masked_softmax", "cross_entropy"];
+const KERNELS: &[&str] = &[
+    "gated_act",
+    "rope_kv_write",
+    "masked_softmax",
+    "cross_entropy",
+    "swiglu_forward",
+    "swiglu_backward",
+    "rope_forward",
+    "rope_backward",
+    "accumulate_f32",
+];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
 const THREADS: u32 = 256;
@@ -109,6 +120,103 @@ fn usable(t: &Tensor) -> Option<(usize, &'static Loaded, &'static str)> {
     }
     let suffix = SUFFIXES.iter().find(|(k, _)| *k == t.kind())?.1;
     Some((device, loaded(device)?, suffix))
+}
+
+/// Like [`usable`], for the ops that record their own backward pass (tensors that require
+/// grad are fine).
+fn usable_with_grad(t: &Tensor) -> Option<(&'static Loaded, &'static str)> {
+    let Device::Cuda(device) = t.device() else { return None };
+    if OFF_HERE.with(Cell::get) {
+        return None;
+    }
+    let suffix = SUFFIXES.iter().find(|(k, _)| *k == t.kind())?.1;
+    Some((loaded(device)?, suffix))
+}
+
+/// A tensor the shim returned (a new `at::Tensor*`), or None after noting why (then the
+/// composition runs, from now on).
+fn returned(what: &str, r: Result<()>, out: *mut c_void) -> Option<Tensor> {
+    match r {
+        // SAFETY: on success the shim wrote a heap-allocated `at::Tensor*`, which tch owns now.
+        Ok(()) => Some(unsafe { Tensor::from_ptr(out.cast()) }),
+        Err(e) => {
+            eprintln!("warning: {what} failed, running libtorch's kernels from now on: {e}");
+            BROKEN.store(true, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// `silu(gate) * up` for training: one kernel forward and one backward (an autograd
+/// function), where libtorch runs silu, mul and three kernels back. `gate` and `up` share
+/// shape, type and device.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Option<Tensor> {
+    let (loaded, suffix) = usable_with_grad(gate)?;
+    if up.kind() != gate.kind() || up.device() != gate.device() || up.size() != gate.size() {
+        return None;
+    }
+    let s = shim().ok()?;
+    let (fwd, bwd) =
+        (loaded.kernels[&("swiglu_forward", suffix)], loaded.kernels[&("swiglu_backward", suffix)]);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: live tensor handles, kernel handles of this type, a valid out-pointer.
+    let r = call("SwiGLU", |e, n| unsafe {
+        (s.swiglu)(gate.as_ptr() as _, up.as_ptr() as _, fwd as i64, bwd as i64, &mut out, e, n)
+    });
+    returned("SwiGLU", r, out)
+}
+
+/// RoPE for training straight from a projection's output `x` (`[b, t, heads * dim]`) to
+/// rotated heads `[b, heads, t, dim]`, forward and backward one kernel each (an autograd
+/// function). `cos` and `sin_signed` are [`crate::model::rope::RopeAngles`]'s in f32
+/// (`[b or 1, 1, t, dim]`); the rotation runs in f32 and is stored in `x`'s type, as the
+/// composition's f32 result is cast for attention under autocast.
+pub fn rope_heads(x: &Tensor, heads: i64, cos: &Tensor, sin_signed: &Tensor) -> Option<Tensor> {
+    let (loaded, suffix) = usable_with_grad(x)?;
+    let &[b, t, width] = x.size().as_slice() else { return None };
+    let dim = width / heads.max(1);
+    let angles_ok = |a: &Tensor| {
+        let s = a.size();
+        a.kind() == Kind::Float
+            && a.device() == x.device()
+            && a.is_contiguous()
+            && s.len() == 4
+            && (s[0] == b || s[0] == 1)
+            && s[1..] == [1, t, dim]
+    };
+    // Each kernel thread takes 16 bytes of a head and of its rotation partner half a head on.
+    let piece = 16 / x.kind().elt_size_in_bytes() as i64;
+    if heads < 1 || width % heads != 0 || dim % (2 * piece) != 0 || !angles_ok(cos) || !angles_ok(sin_signed)
+    {
+        return None;
+    }
+    let s = shim().ok()?;
+    let (fwd, bwd) = (loaded.kernels[&("rope_forward", suffix)], loaded.kernels[&("rope_backward", suffix)]);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: live tensor handles, kernel handles of this type, a valid out-pointer.
+    let r = call("RoPE", |e, n| unsafe {
+        (s.rope)(
+            x.as_ptr() as _,
+            cos.as_ptr() as _,
+            sin_signed.as_ptr() as _,
+            heads,
+            fwd as i64,
+            bwd as i64,
+            &mut out,
+            e,
+            n,
+        )
+    });
+    returned("RoPE", r, out)
+}
+
+/// The kernel adding a bf16 gradient into an f32 one (for the shim's WeightCast), if the
+/// kernels are loaded on `device`.
+pub fn accumulate_kernel(device: usize) -> Option<usize> {
+    if !enabled() {
+        return None;
+    }
+    loaded(device).map(|l| l.kernels[&("accumulate_f32", "bf16")])
 }
 
 /// One launch's arguments, each stored as the 8 bytes its pointer points at (4-byte values
@@ -529,7 +637,9 @@ mod tests {
                     // relative), then one rounding to the logits' type.
                     let (g, w) = (grad.unwrap().to_kind(Kind::Double), x.grad().to_kind(Kind::Double));
                     let rel = if kind == Kind::Float { 1e-5 } else { 2.0 * ulps_of(kind) };
-                    let bound = w.abs() * rel + 1e-9;
+                    // f16 stores gradients this small (~scale / vocab) as subnormals, 2^-24 apart.
+                    let floor = if kind == Kind::Half { 2f64.powi(-24) } else { 1e-9 };
+                    let bound = w.abs() * rel + floor;
                     let worst = ((g - &w).abs() - bound).max().double_value(&[]);
                     assert!(worst <= 0.0, "{case}: gradient off by {worst} past its bound");
                     let ignored = x.grad().narrow(0, 3, 1).abs().max().double_value(&[]);
@@ -540,6 +650,78 @@ mod tests {
                         "{case}: the loss alone is the same loss"
                     );
                 }
+            }
+        }
+    }
+
+    /// Values and gradients of `f` (inputs made leaves that require grad) against a random
+    /// output gradient: `(output, [input grads])`.
+    fn with_grads(
+        inputs: &[Tensor],
+        dy_seed: &Tensor,
+        f: impl Fn(&[Tensor]) -> Tensor,
+    ) -> (Tensor, Vec<Tensor>) {
+        let leaves: Vec<Tensor> = inputs.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+        let y = f(&leaves);
+        let dy = dy_seed.to_kind(y.kind());
+        (y * &dy).sum(Kind::Float).backward();
+        let y = f(&leaves.iter().map(|t| t.detach()).collect::<Vec<_>>());
+        (y, leaves.iter().map(Tensor::grad).collect())
+    }
+
+    #[test]
+    fn swiglu_and_its_gradient_equal_composition() {
+        let Some(dev) = gpu() else { return };
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let gate = (Tensor::randn([3, 7, 300], (Kind::Float, dev)) * 3.0).to_kind(kind);
+            let up = Tensor::randn([3, 7, 300], (Kind::Float, dev)).to_kind(kind);
+            let dy = Tensor::randn([3, 7, 300], (Kind::Float, dev));
+            let (got, got_g) = with_grads(&[gate.shallow_clone(), up.shallow_clone()], &dy, |x| {
+                swiglu(&x[0], &x[1]).unwrap()
+            });
+            let (want, want_g) = with_grads(&[gate, up], &dy, |x| x[0].silu() * &x[1]);
+            // Each value at most one rounding step of the type from the composition's (SiLU's
+            // `expf` against torch's).
+            let tol = if kind == Kind::Float { 4.0 } else { 1.0 };
+            assert!(ulps(&got, &want) <= tol, "{kind:?}: values {} ulps", ulps(&got, &want));
+            for (what, g, w) in [("gate", &got_g[0], &want_g[0]), ("up", &got_g[1], &want_g[1])] {
+                let scale = w.abs().max().double_value(&[]) * ulps_of(kind) * 4.0;
+                let d = (g.to_kind(Kind::Double) - w.to_kind(Kind::Double)).abs().max().double_value(&[]);
+                assert!(d <= scale, "{kind:?}: d{what} differs by {d} (bound {scale})");
+            }
+        }
+    }
+
+    #[test]
+    fn rope_heads_and_its_gradient_equal_composition() {
+        let Some(dev) = gpu() else { return };
+        let heads = Heads { num_heads: 4, num_kv_heads: 2, head_dim: 16 };
+        for kind in [Kind::Float, Kind::BFloat16] {
+            for (b, t, per_row) in [(2, 9, true), (3, 5, false)] {
+                let positions = if per_row {
+                    Tensor::randint(500, [b, t], (Kind::Int64, dev))
+                } else {
+                    Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0)
+                };
+                // Angles in f32, as a model with f32 master weights makes them.
+                let rope = RopeAngles::new(&positions, 16, 10_000.0, Kind::Float);
+                let x = Tensor::randn([b, t, 4 * 16], (Kind::Float, dev)).to_kind(kind);
+                let dy = Tensor::randn([b, 4, t, 16], (Kind::Float, dev));
+                let (got, got_g) = with_grads(&[x.shallow_clone()], &dy, |x| {
+                    rope_heads(&x[0], 4, &rope.cos, &rope.sin_signed).expect("the kernel applies")
+                });
+                // The composition: split, rotate (in f32 against the f32 angles), cast back
+                // as autocast does before attention.
+                let (want, want_g) =
+                    with_grads(&[x], &dy, |x| rope.apply(&heads.split(&x[0], 4)).to_kind(kind));
+                let case = format!("{kind:?} b={b} t={t}");
+                assert_eq!(ulps(&got, &want), 0.0, "{case}: values differ");
+                let scale = want_g[0].abs().max().double_value(&[]) * ulps_of(kind) * 2.0;
+                let d = (got_g[0].to_kind(Kind::Double) - want_g[0].to_kind(Kind::Double))
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                assert!(d <= scale, "{case}: dx differs by {d} (bound {scale})");
             }
         }
     }

@@ -60,6 +60,20 @@ type TensorPair = unsafe extern "C" fn(*const c_void, *const c_void, ErrOut, usi
 type ProfilerStop = unsafe extern "C" fn(*const c_char, ErrOut, usize) -> c_int;
 type AutocastEnter = unsafe extern "C" fn(*mut c_int, *mut c_int, ErrOut, usize) -> c_int;
 type AutocastLeave = unsafe extern "C" fn(c_int, c_int, ErrOut, usize) -> c_int;
+type Swiglu =
+    unsafe extern "C" fn(*const c_void, *const c_void, i64, i64, *mut *mut c_void, ErrOut, usize) -> c_int;
+type Rope = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    i64,
+    i64,
+    i64,
+    *mut *mut c_void,
+    ErrOut,
+    usize,
+) -> c_int;
+type WeightCast = unsafe extern "C" fn(*const c_void, i64, *mut *mut c_void, ErrOut, usize) -> c_int;
 type ErrOnly = unsafe extern "C" fn(ErrOut, usize) -> c_int;
 type MemoryPeaks = unsafe extern "C" fn(c_int, *mut i64, *mut i64, ErrOut, usize) -> c_int;
 
@@ -86,6 +100,9 @@ struct Shim {
     memory_peaks: MemoryPeaks,
     autocast_enter: AutocastEnter,
     autocast_leave: AutocastLeave,
+    swiglu: Swiglu,
+    rope: Rope,
+    weight_cast: WeightCast,
 }
 
 /// Calls a shim function with an error buffer, turning its message into an error.
@@ -164,6 +181,9 @@ fn load() -> std::result::Result<Shim, String> {
             memory_peaks: t::<*mut c_void, MemoryPeaks>(sym("ua_memory_peaks")?),
             autocast_enter: t::<*mut c_void, AutocastEnter>(sym("ua_autocast_enter")?),
             autocast_leave: t::<*mut c_void, AutocastLeave>(sym("ua_autocast_leave")?),
+            swiglu: t::<*mut c_void, Swiglu>(sym("ua_swiglu")?),
+            rope: t::<*mut c_void, Rope>(sym("ua_rope")?),
+            weight_cast: t::<*mut c_void, WeightCast>(sym("ua_weight_cast")?),
         })
     }
 }

@@ -93,15 +93,57 @@ pub fn autocast_bf16<T>(on: bool, f: impl FnOnce() -> T) -> Result<T> {
         }
     }
     let _leave = Leave(s, enabled, dtype);
-    let before = AUTOCAST_BF16.with(|a| a.replace(true));
+    let nested = AUTOCAST_BF16.with(|a| a.replace(true));
     let out = f();
-    AUTOCAST_BF16.with(|a| a.set(before));
+    if !nested {
+        AUTOCAST_BF16.with(|a| a.set(false));
+        // The casts live as long as the outermost region, as autocast's own cache does.
+        WEIGHT_CASTS.with(|c| c.borrow_mut().clear());
+    }
     Ok(out)
 }
 
 thread_local! {
     /// Set inside [`autocast_bf16`] on this thread.
     static AUTOCAST_BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// [`matmul_weight`]'s casts in the current autocast region, by the weight's data address.
+    static WEIGHT_CASTS: std::cell::RefCell<Vec<(usize, Tensor)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The weight a matrix product uses: under [`autocast_bf16`], a trained f32 weight whose
+/// gradient lives in the optimizer's flat buffer is cast to bf16 once per autocast region by
+/// the shim's WeightCast, whose backward pass adds the bf16 gradient into that buffer in one
+/// kernel (autocast would cast the gradient to f32 and then accumulate it: two kernels over
+/// every weight). Anything else is returned as is, for autocast to handle (also with the fused
+/// paths off: [`super::kernels::without`], `UNIATTN_FUSED_KERNELS=0`).
+pub fn matmul_weight(w: &Tensor) -> Tensor {
+    if !autocast_active()
+        || w.kind() != tch::Kind::Float
+        || !w.requires_grad()
+        || !w.grad().defined()
+        || !super::kernels::enabled()
+    {
+        return w.shallow_clone();
+    }
+    let key = w.data_ptr() as usize;
+    if let Some(t) =
+        WEIGHT_CASTS.with(|c| c.borrow().iter().find(|(k, _)| *k == key).map(|(_, t)| t.shallow_clone()))
+    {
+        return t;
+    }
+    let (Ok(s), tch::Device::Cuda(device)) = (shim(), w.device()) else { return w.shallow_clone() };
+    let accumulate = super::kernels::accumulate_kernel(device).unwrap_or(0) as i64;
+    let mut out = std::ptr::null_mut();
+    // SAFETY: a live tensor handle, a kernel handle (or 0) and a valid out-pointer.
+    match call("weight cast", |e, n| unsafe { (s.weight_cast)(handle(w), accumulate, &mut out, e, n) }) {
+        Ok(()) => {
+            // SAFETY: on success the shim wrote a heap-allocated `at::Tensor*`, owned here now.
+            let t = unsafe { Tensor::from_ptr(out.cast()) };
+            WEIGHT_CASTS.with(|c| c.borrow_mut().push((key, t.shallow_clone())));
+            t
+        }
+        Err(_) => w.shallow_clone(),
+    }
 }
 
 /// Whether this thread runs inside [`autocast_bf16`].
@@ -152,6 +194,52 @@ impl Drop for Profiler {
         if let (true, Ok(s)) = (self.running, shim()) {
             // SAFETY: a null path (drop the recording) and a valid error buffer.
             let _ = call("profiler stop", |e, n| unsafe { (s.profiler_stop)(std::ptr::null(), e, n) });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// On a GPU (skipped elsewhere): a weight's gradient through [`matmul_weight`] (added in one
+    /// kernel into a flat buffer) equals autocast's (cast to f32, then accumulated), bit for bit,
+    /// over two backward passes, for a weight of whole 16-byte pieces and a ragged one at an
+    /// unaligned offset.
+    #[test]
+    fn weight_cast_gradients_equal_autocast() {
+        crate::runtime::init().unwrap();
+        if !tch::Cuda::is_available() {
+            eprintln!("skipped: no CUDA device");
+            return;
+        }
+        let dev = Device::Cuda(0);
+        let x = Tensor::randn([6, 40], (Kind::Float, dev));
+        // Two weights in one flat buffer: [64, 40], then [7, 40] at an offset of 2,563 floats.
+        let weights = Tensor::randn([64 * 40 + 3 + 7 * 40], (Kind::Float, dev));
+        let grads = |fused: bool| {
+            let flat = weights.copy();
+            let gflat = flat.zeros_like();
+            let mut out = vec![];
+            for (off, rows) in [(0, 64), (64 * 40 + 3, 7)] {
+                let w = flat.narrow(0, off, rows * 40).view([rows, 40]).detach().set_requires_grad(true);
+                set_grad(&w, &gflat.narrow(0, off, rows * 40).view([rows, 40])).unwrap();
+                for _ in 0..2 {
+                    let y = autocast_bf16(true, || {
+                        let w = if fused { matmul_weight(&w) } else { w.shallow_clone() };
+                        x.linear::<Tensor>(&w, None)
+                    })
+                    .unwrap();
+                    (y.to_kind(Kind::Float) * 0.37).sum(Kind::Float).backward();
+                }
+                out.push(w.grad().copy());
+            }
+            out
+        };
+        let (fused, plain) = (grads(true), grads(false));
+        for (a, b) in fused.iter().zip(&plain) {
+            assert!(a.equal(b), "the weight's gradient differs from autocast's");
         }
     }
 }

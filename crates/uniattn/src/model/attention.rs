@@ -111,11 +111,19 @@ impl FullAttention {
     /// Q and K after the per-head norms (Gemma 3) and RoPE.
     pub fn queries_keys(&self, x: &Tensor, rope: &RopeAngles) -> (Tensor, Tensor) {
         let h = &self.heads;
-        let mut q = h.split(&self.q_proj.forward(x), h.num_heads);
-        let mut k = h.split(&self.k_proj.forward(x), h.num_kv_heads);
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+        let (q, k) = (self.q_proj.forward(x), self.k_proj.forward(x));
+        if self.q_norm.is_none() {
+            // One kernel each way from the projections (CUDA), where the composition splits,
+            // rotates in four kernels and casts.
+            let fused = |p: &Tensor, n| crate::cuda::kernels::rope_heads(p, n, &rope.cos, &rope.sin_signed);
+            if let (Some(q), Some(k)) = (fused(&q, h.num_heads), fused(&k, h.num_kv_heads)) {
+                return (q, k);
+            }
+        }
+        let (mut q, mut k) = (h.split(&q, h.num_heads), h.split(&k, h.num_kv_heads));
+        if let (Some(qn), Some(k_norm)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q);
-            k = kn.forward(&k);
+            k = k_norm.forward(&k);
         }
         (rope.apply(&q), rope.apply(&k))
     }

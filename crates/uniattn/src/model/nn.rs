@@ -14,7 +14,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        x.linear(&crate::cuda::training::matmul_weight(&self.weight), self.bias.as_ref())
     }
 
     pub fn out_features(&self) -> i64 {

@@ -23,9 +23,14 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let g = self.gate_proj.forward(x);
+        let (g, u) = (self.gate_proj.forward(x), self.up_proj.forward(x));
+        if !self.gelu_tanh {
+            if let Some(a) = crate::cuda::kernels::swiglu(&g, &u) {
+                return self.down_proj.forward(&a);
+            }
+        }
         let g = if self.gelu_tanh { g.gelu("tanh") } else { g.silu() };
-        self.down_proj.forward(&(g * self.up_proj.forward(x)))
+        self.down_proj.forward(&(g * u))
     }
 }
 
@@ -349,7 +354,8 @@ impl Transformer {
     /// Final norm and LM head, in the compute type (bf16 under autocast): [`Self::head`]
     /// before its cast and soft-capping, which the trainer's fused cross-entropy applies itself.
     pub fn head_logits(&self, h: &Tensor) -> Tensor {
-        self.norm.forward(h).linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed), None)
+        let w = crate::cuda::training::matmul_weight(self.lm_head.as_ref().unwrap_or(&self.embed));
+        self.norm.forward(h).linear::<Tensor>(&w, None)
     }
 
     /// Final norm, LM head and (Gemma 2) soft-capping. Returns f32 logits (f64 for f64 models).

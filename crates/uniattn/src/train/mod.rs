@@ -248,12 +248,16 @@ fn chunked_backward(
     autocast: bool,
     chunk: i64,
 ) -> Result<Tensor> {
-    let h = autocast_bf16(autocast, || b.hidden(model))?;
-    let last = h.detach().set_requires_grad(true);
-    let loss = head_loss(model, &last, &b.targets, scale, autocast, chunk, true)?;
-    let grad = last.grad();
-    (h * &grad).sum(accumulate_kind(grad.kind())).backward();
-    Ok(loss)
+    // One autocast region for the whole micro-batch: each weight is cast once (the head's
+    // once for all its chunks).
+    autocast_bf16(autocast, || {
+        let h = autocast_bf16(autocast, || b.hidden(model))?;
+        let last = h.detach().set_requires_grad(true);
+        let loss = head_loss(model, &last, &b.targets, scale, autocast, chunk, true)?;
+        let grad = last.grad();
+        (h * &grad).sum(accumulate_kind(grad.kind())).backward();
+        Ok(loss)
+    })?
 }
 
 /// Logits `[..., vocab]` against targets of the same leading shape (-100: no target).
