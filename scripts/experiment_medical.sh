@@ -137,7 +137,7 @@ evaluate() { # LABEL PATH
   [[ -s $e.val.json ]] && return
   log "evaluate $label"
   { $U eval mc --model "$path" --tasks "$TASKS" "${SPLIT[@]}" "${LIMIT[@]}" \
-      --batch-tokens "$EVAL_BATCH" --json "$e.mc.json" "${DT[@]}" > "$e.mc.md" &&
+      --batch-tokens "$EVAL_BATCH" --json-out "$e.mc.json" "${DT[@]}" > "$e.mc.md" &&
     $U eval ppl --model "$path" --text "$WIKI" --max-tokens "$WIKI_TOKENS" --window 1024 --stride 512 --json "${DT[@]}" \
       > "$e.wiki.json" &&
     $U eval ppl --model "$path" --text "$VAL" --window 1024 --json "${DT[@]}" > "$e.val.tmp" &&
@@ -265,7 +265,7 @@ if [[ ${COST:-1} != 0 && ! -s $OUT/eval/cost.bench.json ]]; then
       cost+=(--model "$OUT/bench/$arch")
     done
   done
-  $U bench "${cost[@]}" "${BENCH[@]}" --json "$OUT/eval/cost.bench.tmp" "${DT[@]}" > "$OUT/eval/cost.bench.md" 2> "$OUT/eval/cost.bench.log"
+  $U bench "${cost[@]}" "${BENCH[@]}" --json-out "$OUT/eval/cost.bench.tmp" "${DT[@]}" > "$OUT/eval/cost.bench.md" 2> "$OUT/eval/cost.bench.log"
   mv "$OUT/eval/cost.bench.tmp" "$OUT/eval/cost.bench.json"
 fi
 python3 scripts/experiment_summary.py "$OUT" | tee "$OUT/summary.md"

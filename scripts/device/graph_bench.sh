@@ -24,9 +24,9 @@ $U convert "$W/q05" --plan ${PLAN:-4:12:24} --calib data/pmc_llama_instructions_
 common=(--batch "$BATCH" --context "$CONTEXT" --new-tokens "$NEW" --dtype bf16 --device cuda)
 for r in $(seq 1 "$REPEATS"); do
   echo "== uniattn bench, repeat $r (eager; graphs without fused kernels if UNFUSED=1; graphs + fused kernels)"
-  [[ ${EAGER:-1} == 1 ]] && UNIATTN_CUDA_GRAPHS=0 $U bench --model "$W/q05" "${common[@]}" --json "$OUT/bench_eager_$r.json" 2>&1 | grep "^|" | tail -n +3
-  [[ ${UNFUSED:-0} == 1 ]] && UNIATTN_FUSED_KERNELS=0 $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json "$OUT/bench_unfused_$r.json" 2>&1 | grep "^|" | tail -n +3
-  $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json "$OUT/bench_graphs_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
+  [[ ${EAGER:-1} == 1 ]] && UNIATTN_CUDA_GRAPHS=0 $U bench --model "$W/q05" "${common[@]}" --json-out "$OUT/bench_eager_$r.json" 2>&1 | grep "^|" | tail -n +3
+  [[ ${UNFUSED:-0} == 1 ]] && UNIATTN_FUSED_KERNELS=0 $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json-out "$OUT/bench_unfused_$r.json" 2>&1 | grep "^|" | tail -n +3
+  $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json-out "$OUT/bench_graphs_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
 done
 for mode in $MODES; do
   echo "== transformers $mode"

@@ -9,6 +9,35 @@ use uniattn::loader;
 use uniattn::runtime;
 use uniattn::train::job::Variant;
 
+/// How a command's report comes out as JSON, the same for every command that reports numbers:
+/// `--json` prints it on stdout instead of the table (the same fields, on one line, so that
+/// scripts can collect JSON lines), `--json-out FILE` writes it to FILE (indented) as well as
+/// printing the table.
+#[derive(Args, Debug, Clone, Default)]
+pub struct JsonArgs {
+    /// Print the report as JSON (the same fields as the table) instead of the table
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report as JSON to FILE (the table is printed too)
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+}
+
+impl JsonArgs {
+    /// Writes `report` where asked, then prints it as JSON (`--json`) or through `table`.
+    pub fn emit<T: serde::Serialize>(&self, report: &T, table: impl FnOnce() -> String) -> Result<()> {
+        if let Some(path) = &self.json_out {
+            uniattn::fs::write_atomic(path, serde_json::to_string_pretty(report)?.as_bytes())?;
+        }
+        if self.json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            println!("{}", table());
+        }
+        Ok(())
+    }
+}
+
 /// A tensor precision on the command line.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum Dtype {
@@ -231,4 +260,30 @@ pub fn setup(dev: &DeviceArgs) -> Result<(tch::Device, tch::Kind)> {
 /// The analytic inference saving of a plan (bf16 cache).
 pub fn print_savings(cfg: &uniattn::config::ModelConfig, plan: &uniattn::plan::SuperBlockPlan) {
     println!("{}", uniattn::savings::plan_savings(cfg, plan, 2).table());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--json-out` writes the report itself (indented JSON that reads back to the same value);
+    /// the table is built only when it is printed.
+    #[test]
+    fn json_out_writes_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        let report = serde_json::json!({"tokens_per_second": 12.5, "rows": [1, 2]});
+        let args = JsonArgs { json: false, json_out: Some(path.clone()) };
+        let mut tabled = false;
+        args.emit(&report, || {
+            tabled = true;
+            String::new()
+        })
+        .unwrap();
+        assert!(tabled, "without --json the table is printed");
+        let back: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back, report);
+        let quiet = JsonArgs { json: true, json_out: None };
+        quiet.emit(&report, || panic!("with --json no table is built")).unwrap();
+    }
 }

@@ -1,7 +1,7 @@
 //! Engine benchmarks: several models over a grid of batch sizes and contexts.
 use crate::args::*;
 use crate::progress;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use uniattn::engine::{bench, Engine, EngineOptions};
@@ -35,9 +35,8 @@ pub struct BenchArgs {
     /// Peak memory bandwidth in GB/s for the bound (known cards are recognised)
     #[arg(long)]
     pub bandwidth_gbs: Option<f64>,
-    /// Also write the rows as JSON
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub json: JsonArgs,
     /// Also draw decode tokens/s against batch size (SVG)
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -77,13 +76,8 @@ pub fn bench(
         pb.finish_and_clear();
     }
     rows.sort_by_key(|r| (r.context, r.batch, labels.iter().position(|m| *m == r.model)));
-    if let Some(j) = json {
-        std::fs::write(&j, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("writing {}", j.display()))?;
-    }
     if let Some(p) = plot {
         bench::plot(&card, &rows, &p)?;
     }
-    println!("{}", bench::table(&card, &rows));
-    Ok(())
+    json.emit(&rows, || bench::table(&card, &rows))
 }

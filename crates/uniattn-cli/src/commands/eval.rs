@@ -40,9 +40,8 @@ pub struct McArgs {
     /// Padded tokens per forward batch (rows of similar length are scored together)
     #[arg(long, default_value_t = 8192)]
     batch_tokens: usize,
-    /// Write the reports as JSON
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    json: JsonArgs,
     /// Write every question's per-choice log-likelihoods as JSONL
     #[arg(long)]
     per_item: Option<PathBuf>,
@@ -77,9 +76,8 @@ pub struct PplArgs {
     /// How far the window advances; at most --window.
     #[arg(long)]
     stride: Option<usize>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: JsonArgs,
     #[command(flatten)]
     dev: DeviceArgs,
 }
@@ -125,18 +123,15 @@ pub fn mc(
     if let Some(p) = per_item {
         std::fs::write(&p, items_out).with_context(|| format!("writing {}", p.display()))?;
     }
-    if let Some(j) = json {
-        std::fs::write(&j, serde_json::to_string_pretty(&reports)?)
-            .with_context(|| format!("writing {}", j.display()))?;
-    }
-    println!(
-        "model: {} ({}), device: {}",
-        model.display(),
-        m.model.plan.describe(),
-        runtime::device_name(device)
-    );
-    println!("{}", uniattn::eval::multiple_choice::table(&reports));
-    Ok(())
+    json.emit(&reports, || {
+        format!(
+            "model: {} ({}), device: {}\n{}",
+            model.display(),
+            m.model.plan.describe(),
+            runtime::device_name(device),
+            uniattn::eval::multiple_choice::table(&reports)
+        )
+    })
 }
 
 pub fn ppl(PplArgs { model, text, rows, max_tokens, window, stride, json, dev }: PplArgs) -> Result<()> {
@@ -166,15 +161,18 @@ pub fn ppl(PplArgs { model, text, rows, max_tokens, window, stride, json, dev }:
         pb.set_position(done as u64)
     })?;
     pb.finish_and_clear();
-    if json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!("device       {}", runtime::device_name(device));
-        println!("tokens       {} ({} predicted)", r.tokens, r.predicted);
-        println!("mean NLL     {:.5}", r.mean_nll);
-        println!("perplexity   {:.4}", r.perplexity);
-        println!("bits/byte    {:.4} ({} bytes)", r.bits_per_byte, r.bytes);
-        println!("tokens/s     {:.1}", r.tokens_per_second);
-    }
-    Ok(())
+    json.emit(&r, || {
+        format!(
+            "device       {}\ntokens       {} ({} predicted)\nmean NLL     {:.5}\nperplexity   {:.4}\n\
+             bits/byte    {:.4} ({} bytes)\ntokens/s     {:.1}",
+            runtime::device_name(device),
+            r.tokens,
+            r.predicted,
+            r.mean_nll,
+            r.perplexity,
+            r.bits_per_byte,
+            r.bytes,
+            r.tokens_per_second
+        )
+    })
 }

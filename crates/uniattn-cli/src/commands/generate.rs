@@ -14,7 +14,6 @@ use uniattn::tokenizer::ChatMessage;
     after_help = "Example:\n  uniattn generate --model smollm2 --prompt \"What is the capital of France?\""
 )]
 pub struct GenerateArgs {
-    #[arg(long)]
     /// A prompt; repeat for a batch
     #[arg(long, required_unless_present = "prompts_file")]
     pub prompt: Vec<String>,
@@ -24,12 +23,33 @@ pub struct GenerateArgs {
     /// Send prompts as they are, without the chat template.
     #[arg(long)]
     pub raw: bool,
+    /// Print one JSON object per prompt as it finishes (index, prompt, text, finish_reason,
+    /// prompt_tokens, completion_tokens) instead of the text
+    #[arg(long)]
+    pub jsonl: bool,
     #[command(flatten)]
     pub run: GenerationArgs,
 }
 
+/// One finished prompt, as `generate --jsonl` prints it.
+#[derive(serde::Serialize)]
+struct Completion<'a> {
+    index: usize,
+    prompt: &'a str,
+    text: &'a str,
+    finish_reason: &'a str,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
 pub fn generate(
-    GenerateArgs { prompt, prompts_file, raw, run: GenerationArgs { model, system, sampling, engine, dev }, }: GenerateArgs,
+    GenerateArgs {
+        prompt,
+        prompts_file,
+        raw,
+        jsonl,
+        run: GenerationArgs { model, system, sampling, engine, dev },
+    }: GenerateArgs,
 ) -> Result<()> {
     let (device, kind) = setup(&dev)?;
     let mut prompts = prompt;
@@ -39,13 +59,14 @@ pub fn generate(
     }
     let mut sched = engine.scheduler(loader::load(&model, kind, device)?)?;
     let tok = Arc::clone(&sched.tokenizer);
+    let mut ids = Vec::with_capacity(prompts.len());
     for p in &prompts {
         let text = tok.render_prompt(system.as_deref(), p, raw)?;
         let req =
             Request { prompt: tok.encode(&text, true)?, params: sampling.params(), ..Default::default() };
-        sched.submit(req)?;
+        ids.push(sched.submit(req)?);
     }
-    let stream = prompts.len() == 1;
+    let stream = prompts.len() == 1 && !jsonl;
     let t0 = std::time::Instant::now();
     let mut tokens = 0;
     let mut out = std::io::stdout().lock();
@@ -57,8 +78,19 @@ pub fn generate(
                 let _ = out.flush();
             }
         }
-        Event::Finished { id, tail, text, reason, .. } => {
-            if stream {
+        Event::Finished { id, tail, text, reason, prompt_tokens, completion_tokens, .. } => {
+            if jsonl {
+                let index = ids.iter().position(|i| i == id).expect("a submitted request");
+                let c = Completion {
+                    index,
+                    prompt: &prompts[index],
+                    text,
+                    finish_reason: reason.as_str(),
+                    prompt_tokens: *prompt_tokens,
+                    completion_tokens: *completion_tokens,
+                };
+                let _ = writeln!(out, "{}", serde_json::to_string(&c).expect("a completion serialises"));
+            } else if stream {
                 let _ = writeln!(out, "{tail}");
             } else {
                 let _ = writeln!(out, "--- [{id}] ({})\n{text}", reason.as_str());

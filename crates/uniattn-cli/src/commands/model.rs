@@ -38,18 +38,12 @@ pub fn import(ImportArgs { gguf, out, dtype, overwrite }: ImportArgs) -> Result<
 pub struct InfoArgs {
     /// A GGUF file, a model folder or a fetched model's short name
     pub model: PathBuf,
-    /// Print the report as JSON (the same fields as the table)
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonArgs,
 }
 
 pub fn info(InfoArgs { model, json }: InfoArgs) -> Result<()> {
     runtime::init()?;
     let report = loader::ModelReport::of(&model)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", report.table());
-    }
-    Ok(())
+    json.emit(&report, || report.table())
 }

@@ -147,9 +147,8 @@ pub struct LoadtestArgs {
     /// Stream every request and measure time to first token and between tokens
     #[arg(long)]
     pub stream: bool,
-    /// Print the report as JSON (the same fields as the table)
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: JsonArgs,
 }
 
 pub fn loadtest(
@@ -157,11 +156,7 @@ pub fn loadtest(
 ) -> Result<()> {
     let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("--addr {addr}"))?;
     let report = uniattn::server::client::load_test(addr, clients, requests, &prompt, max_tokens, stream);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", report.table());
-    }
+    json.emit(&report, || report.table())?;
     if report.failures > 0 {
         bail!("{} of {} requests failed", report.failures, report.requests);
     }
