@@ -2,7 +2,7 @@
 reader): rows, first and last row, sum of answers, for the medical subjects' dev and test.
 
     /tmp/refenv/bin/pip install pyarrow && /tmp/refenv/bin/python scripts/reference/arrow_rows.py
-Writes tests/fixtures/mmlu_arrow.json.
+Writes crates/uniattn/tests/fixtures/mmlu_arrow.json.
 """
 import json
 import os
@@ -21,5 +21,5 @@ for s in SUBJECTS:
             rows = pa.ipc.open_stream(f).read_all().to_pylist()
         out.append({"subject": s, "split": split, "rows": len(rows), "first": rows[0], "last": rows[-1],
                     "answer_sum": sum(r["answer"] for r in rows)})
-with open(os.path.join(ROOT, "tests/fixtures/mmlu_arrow.json"), "w") as f:
+with open(os.path.join(ROOT, "crates/uniattn/tests/fixtures/mmlu_arrow.json"), "w") as f:
     json.dump(out, f, indent=1)

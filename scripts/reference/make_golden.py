@@ -7,7 +7,7 @@ Run in a throwaway environment, not part of the product:
     /tmp/refenv/bin/pip install torch==2.11.0 transformers==5.24.0 gguf==0.19.0 accelerate numpy sentencepiece
     /tmp/refenv/bin/python scripts/reference/make_golden.py [smollm2 qwen0.5b gemma3]
 
-Writes tests/fixtures/golden_<name>.json: the token ids transformers' tokenizer produces for the
+Writes crates/uniattn/tests/fixtures/golden_<name>.json: the token ids transformers' tokenizer produces for the
 paragraph (BOS where the GGUF says add_bos_token), and the log-prob of each token given the ones
 before it.
 """
@@ -58,7 +58,7 @@ def main(names):
             "ids": ids,
             "logprobs": [round(v, 6) for v in lp.tolist()],
         }
-        dst = os.path.join(ROOT, "tests", "fixtures", f"golden_{name}.json")
+        dst = os.path.join(ROOT, "crates", "uniattn", "tests", "fixtures", f"golden_{name}.json")
         with open(dst, "w") as fh:
             json.dump(out, fh, indent=1)
         print(f"{name}: {len(ids)} tokens, mean NLL {-lp.mean().item():.5f} -> {dst}")

@@ -469,7 +469,7 @@ mod tests {
     /// nothing else does.
     #[test]
     fn streaming_fits_exactly_the_reuse_layers() {
-        use crate::model::transformer::tests::{tiny_config, tiny_model};
+        use crate::testing::{tiny_config, tiny_model};
         let mut cfg = tiny_config(crate::config::Family::Qwen2);
         cfg.num_layers = 8;
         let model = tiny_model(&cfg, SuperBlockPlan::dense(8), Kind::Double, 3);

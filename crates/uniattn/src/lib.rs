@@ -29,4 +29,7 @@ pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use error::{Error, Result};

@@ -202,14 +202,14 @@ pub fn model_label(path: &Path) -> String {
 mod tests {
     use super::*;
     use crate::config::Family;
-    use crate::model::transformer::tests::{tiny_config, tiny_model};
     use crate::plan::ReuseKind;
+    use crate::testing::{tiny_config, tiny_model};
 
     /// `info` on a saved folder of each reuse kind reports that kind and its own savings.
     #[test]
     fn info_reports_each_kind_and_its_savings() {
         let cfg = tiny_config(Family::Llama);
-        let tok = crate::tokenizer::tests::tiny();
+        let tok = crate::testing::tiny_tokenizer();
         for kind in ReuseKind::ALL {
             let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(kind);
             let m = tiny_model(&cfg, plan.clone(), Kind::Float, 2);

@@ -389,7 +389,7 @@ mod tests {
     use crate::calibrate::FitMethod;
     use crate::config::Family;
     use crate::eval::perplexity::perplexity_docs;
-    use crate::model::transformer::tests::{tiny_config, tiny_model};
+    use crate::testing::{tiny_config, tiny_model};
     use tch::{Device, Kind};
 
     /// Every plan of non-overlapping blocks from `costs` with exactly `reuse` reuse layers.

@@ -93,7 +93,7 @@ mod tests {
     /// Tiny Llama: 4 layers, hidden 16, 4 heads and 2 KV heads of 4 dims; reuse layers 2 and 3.
     #[test]
     fn every_kind_saves_what_its_layers_drop() {
-        let cfg = crate::model::transformer::tests::tiny_config(crate::config::Family::Llama);
+        let cfg = crate::testing::tiny_config(crate::config::Family::Llama);
         let (q, kv, hid) = (16, 8, 16);
         for kind in ReuseKind::ALL {
             let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(kind);

@@ -159,29 +159,9 @@ impl Tokenizer {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A word-level tokenizer over `t0`..`t31`, enough to save and reload tiny test models.
-    pub fn tiny() -> Tokenizer {
-        with_template(None)
-    }
-
-    fn with_template(template: Option<&str>) -> Tokenizer {
-        let vocab: serde_json::Map<String, Json> = (0..32).map(|i| (format!("t{i}"), json!(i))).collect();
-        let j = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}});
-        Tokenizer::from_json_text(
-            j.to_string(),
-            Path::new("tiny"),
-            false,
-            None,
-            vec![31],
-            template.map(String::from),
-        )
-        .unwrap()
-    }
+    use crate::testing::tiny_tokenizer_with_template as with_template;
 
     #[test]
     fn a_chat_template_that_loops_for_ever_ends_with_an_error() {

@@ -84,7 +84,7 @@ mod tests {
     use super::*;
 
     fn run(stop: &[&str], words: &[&str]) -> (Vec<String>, bool, String) {
-        let tok = crate::tokenizer::tests::tiny();
+        let tok = crate::testing::tiny_tokenizer();
         let mut s = TextStream::new(stop.iter().map(|s| s.to_string()).collect());
         let mut parts = Vec::new();
         let mut stopped = false;

@@ -3,9 +3,9 @@
 use super::*;
 use crate::config::Family;
 use crate::cuda::kernels::without;
-use crate::model::transformer::tests::{tiny_config, tiny_model};
 use crate::plan::{ReuseKind, SuperBlockPlan};
 use crate::savings::plan_savings;
+use crate::testing::{tiny_config, tiny_model};
 
 fn variants() -> Vec<Option<ReuseKind>> {
     vec![
@@ -161,7 +161,7 @@ fn greedy_generation_equals_repeated_full_forwards() {
             EngineOptions { max_batch: 2, max_len: 32, prefill_chunk: 4 },
         )
         .unwrap();
-        let mut tok = crate::tokenizer::tests::tiny();
+        let mut tok = crate::testing::tiny_tokenizer();
         tok.eos_ids.clear();
         let mut sched = Scheduler::new(engine, std::sync::Arc::new(tok));
         let prompts = [seq(21, 7), seq(22, 2), seq(23, 10)];
@@ -208,7 +208,7 @@ fn requests_that_cannot_run_are_refused_with_the_reason() {
         EngineOptions { max_batch: 1, max_len: 8, prefill_chunk: 4 },
     )
     .unwrap();
-    let mut sched = Scheduler::new(engine, std::sync::Arc::new(crate::tokenizer::tests::tiny()));
+    let mut sched = Scheduler::new(engine, std::sync::Arc::new(crate::testing::tiny_tokenizer()));
     let too_long = Request {
         prompt: seq(1, 6),
         params: SamplingParams { max_new_tokens: 5, ..Default::default() },
@@ -256,7 +256,7 @@ fn prefill_spread_over_steps_survives_compaction() {
         EngineOptions { max_batch: 2, max_len: 32, prefill_chunk: 2 },
     )
     .unwrap();
-    let mut tok = crate::tokenizer::tests::tiny();
+    let mut tok = crate::testing::tiny_tokenizer();
     tok.eos_ids.clear();
     let mut sched = Scheduler::new(engine, std::sync::Arc::new(tok));
     let (short, long) = (seq(31, 3), seq(32, 12));
@@ -354,7 +354,7 @@ fn the_end_of_sequence_token_is_reported() {
     .unwrap();
     let prompt = seq(5, 6);
     let first = full_logits(&reference, &prompt).get(-1).argmax(-1, false).int64_value(&[]) as u32;
-    let mut tok = crate::tokenizer::tests::tiny();
+    let mut tok = crate::testing::tiny_tokenizer();
     tok.eos_ids = vec![first];
     let mut sched = Scheduler::new(engine, std::sync::Arc::new(tok));
     let params = SamplingParams { max_new_tokens: 8, ..Default::default() };

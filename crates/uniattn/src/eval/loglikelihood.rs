@@ -161,8 +161,8 @@ pub fn score(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::transformer::tests::{tiny_config, tiny_model};
     use crate::plan::SuperBlockPlan;
+    use crate::testing::{tiny_config, tiny_model};
 
     /// Batched scores equal summing the full forward's log-probabilities of each context +
     /// continuation alone: shared rows of lettered choices, rows of their own, a context cut

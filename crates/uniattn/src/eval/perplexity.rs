@@ -167,8 +167,8 @@ fn doc_nll(
 mod tests {
     use super::*;
     use crate::config::Family;
-    use crate::model::transformer::tests::{tiny_config, tiny_model};
     use crate::plan::SuperBlockPlan;
+    use crate::testing::{tiny_config, tiny_model};
 
     /// Corrupt weights give an error, never "perplexity NaN" with success.
     #[test]

@@ -519,8 +519,8 @@ impl Trainer<'_> {
 mod tests {
     use super::*;
     use crate::config::Family;
-    use crate::model::transformer::tests::{tiny_config, tiny_model};
     use crate::plan::SuperBlockPlan;
+    use crate::testing::{tiny_config, tiny_model};
     use tch::Kind;
 
     /// Summed cross-entropy over target tokens, the whole head at once: the reference the
@@ -582,7 +582,7 @@ mod tests {
     fn loss_decreases() {
         let cfg = tiny_config(Family::Llama);
         let model = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Float, 11);
-        let tok = crate::tokenizer::tests::tiny();
+        let tok = crate::testing::tiny_tokenizer();
         let mut c = config(vec![StageKind::All], 4, 1);
         c.epochs = 8;
         let dir = scratch();
@@ -597,7 +597,7 @@ mod tests {
     #[test]
     fn accumulation_matches_a_big_batch() {
         let cfg = tiny_config(Family::Llama);
-        let tok = crate::tokenizer::tests::tiny();
+        let tok = crate::testing::tiny_tokenizer();
         let data = examples(8, 2);
         let run = |micro, accum| {
             let model = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Float, 12);
@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn resume_is_exact() {
         let cfg = tiny_config(Family::Llama);
-        let tok = crate::tokenizer::tests::tiny();
+        let tok = crate::testing::tiny_tokenizer();
         let data = examples(16, 3);
         let plan = SuperBlockPlan::from_blocks(vec![(1, 3)], 4).unwrap();
         let stages = vec![StageKind::CompensationOnly, StageKind::All];
@@ -662,7 +662,7 @@ mod tests {
     #[test]
     fn stage_one_changes_only_the_compensation() {
         let cfg = tiny_config(Family::Llama);
-        let tok = crate::tokenizer::tests::tiny();
+        let tok = crate::testing::tiny_tokenizer();
         let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap();
         let model = tiny_model(&cfg, plan, Kind::Float, 14);
         let before = weights(&model);
@@ -802,7 +802,7 @@ mod tests {
         }
         let dev = Device::Cuda(0);
         let cfg = tiny_config(Family::Llama);
-        let tok = crate::tokenizer::tests::tiny();
+        let tok = crate::testing::tiny_tokenizer();
         // Whole rows (the causal path) and uneven ones (the packed-mask path), mixed.
         let mut data = examples(16, 6);
         data.extend(examples(16, 7).into_iter().map(|mut e| {
@@ -815,13 +815,7 @@ mod tests {
         for (autocast, tol) in [(false, 1e-4), (true, 3e-2)] {
             let run = |fused: bool| {
                 let go = || {
-                    let model = crate::model::transformer::tests::tiny_model_on(
-                        &cfg,
-                        plan.clone(),
-                        Kind::Float,
-                        15,
-                        dev,
-                    );
+                    let model = crate::testing::tiny_model_on(&cfg, plan.clone(), Kind::Float, 15, dev);
                     let mut c = config(vec![StageKind::CompensationOnly, StageKind::All], 4, 2);
                     c.epochs = 3;
                     c.autocast = autocast;

@@ -10,7 +10,7 @@ use uniattn::loader;
 fn check_golden(name: &str, rel: &str) {
     init();
     let Some(path) = model(rel) else { return };
-    let fixture = root().join(format!("tests/fixtures/golden_{name}.json"));
+    let fixture = fixture(&format!("golden_{name}.json"));
     let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
     let ids: Vec<u32> = g["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     let want: Vec<f64> = g["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();

@@ -10,8 +10,7 @@ use uniattn::loader;
 #[test]
 fn arc_easy_loglikelihoods_match_transformers() {
     init();
-    let fixture =
-        std::fs::read_to_string(root().join("tests/fixtures/hf_loglikelihood_arc_easy.jsonl")).unwrap();
+    let fixture = std::fs::read_to_string(fixture("hf_loglikelihood_arc_easy.jsonl")).unwrap();
     let want: Vec<serde_json::Value> = fixture.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let dir = tasks_dir();
     let task = tasks::load(&dir, "arc_easy").unwrap().remove(0);

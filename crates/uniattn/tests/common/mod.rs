@@ -6,6 +6,11 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
+/// A file the tests carry (`crates/uniattn/tests/fixtures/`), written by the reference scripts.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
 /// Short names of the models `scripts/fetch-models.sh` puts in the user cache.
 pub const SMOLLM2: &str = "smollm2";
 pub const QWEN05: &str = "qwen2.5-coder-0.5b";

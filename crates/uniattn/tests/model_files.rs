@@ -203,10 +203,8 @@ fn perplexity_documents_render_rows_and_conversations() {
 fn arrow_reader_matches_pyarrow_on_mmlu() {
     let hf = tasks_dir().parent().unwrap().join("hf_datasets");
     assert!(hf.exists(), "{} missing: run scripts/fetch-models.sh evals", hf.display());
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/mmlu_arrow.json")).unwrap(),
-    )
-    .unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mmlu_arrow.json")).unwrap()).unwrap();
     for f in fixture.as_array().unwrap() {
         let (subject, split) = (f["subject"].as_str().unwrap(), f["split"].as_str().unwrap());
         let rows = uniattn::eval::mmlu::read_split(&hf, subject, split).unwrap();
