@@ -116,7 +116,7 @@ for r in $REUSE; do
   log "plan from analyze ($r reuse layers)"
   [[ -s $a.txt ]] ||
     $U analyze "$MODEL" --data "$CALIB" --rows 500..516 --reuse-layers "$r" --out "$a" "${DT[@]}" > "$a.txt"
-  BLOCKS[$r]=$(grep -- '--plan-blocks' "$a.txt" | awk '{print $2}')
+  BLOCKS[$r]=$(python3 scripts/json_field.py "$a/similarity.json" proposed_plan)
   if [[ $PLAN_BY != similarity ]]; then
     s="$OUT/plan_search${TAG[$r]}"
     log "plan by search-plan, $PLAN_BY ($r reuse layers; analyze's is ${BLOCKS[$r]})"
@@ -124,7 +124,7 @@ for r in $REUSE; do
       $U search-plan "$MODEL" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" "${SCORE[@]}" \
         --reuse-layers "$r" --candidate "${BLOCKS[$r]}" ${SEARCH_ARGS:-} --out "$s" "${DT[@]}" > "$s.tmp" 2> "$s.log"
     [[ -s $s.txt ]] || mv "$s.tmp" "$s.txt"
-    BLOCKS[$r]=$(grep -- '--plan-blocks' "$s.txt" | awk '{print $2}')
+    BLOCKS[$r]=$(python3 scripts/json_field.py "$s/plan_search.json" best)
   fi
   log "plan ${BLOCKS[$r]}"
 done

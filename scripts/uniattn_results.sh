@@ -30,7 +30,7 @@ ppl() { # ppl LABEL MODEL EXTRA_JSON
 
 $U analyze "$MODEL" --data "$PMC" --rows 500..516 --reuse-layers "$K" --out "$WORK/analyze" --device "$DEV" | tee "$OUT/analyze_$NAME.txt"
 cp "$WORK/analyze/similarity.png" "$OUT/similarity_$NAME.png"
-BLOCKS=$(grep -- '--plan-blocks' "$OUT/analyze_$NAME.txt" | awk '{print $2}')
+BLOCKS=$(python3 scripts/json_field.py "$WORK/analyze/similarity.json" proposed_plan)
 
 if [[ $DENSE == 1 ]]; then ppl dense "$MODEL" '"plan": "dense", "fit": "none", "calib_seconds": 0'; fi
 for spec in "blocks:$BLOCKS" "grouped:$PAPER"; do
@@ -38,8 +38,9 @@ for spec in "blocks:$BLOCKS" "grouped:$PAPER"; do
   flag=$([[ $kind == blocks ]] && echo --plan-blocks || echo --plan)
   for fit in $FITS; do
     dir="$WORK/${kind}-$fit"
-    $U convert "$MODEL" $flag "$p" "${CAL[@]}" --fit $fit --out "$dir" > "$WORK/${kind}-$fit.log" 2>&1
-    secs=$(grep '^time' "$WORK/${kind}-$fit.log" | awk '{print $2}')
+    $U convert "$MODEL" $flag "$p" "${CAL[@]}" --fit $fit --out "$dir" --json-out "$WORK/${kind}-$fit.json" \
+      > "$WORK/${kind}-$fit.log" 2>&1
+    secs=$(python3 scripts/json_field.py "$WORK/${kind}-$fit.json" calibration.seconds)
     ppl "$kind-$fit" "$dir" "\"plan\": \"$p\", \"fit\": \"$fit\", \"calib_seconds\": $secs"
     cp "$WORK/${kind}-$fit.log" "$OUT/convert_${NAME}_${kind}-$fit.log"
     [[ $fit == ours ]] || rm -rf "$dir"
@@ -47,8 +48,9 @@ for spec in "blocks:$BLOCKS" "grouped:$PAPER"; do
 done
 for r in $([[ $SWEEP == 1 ]] && echo 1e-6 1e-4 1e-2 1e-1 1); do
   dir="$WORK/ridge-$r"
-  $U convert "$MODEL" --plan-blocks "$BLOCKS" "${CAL[@]}" --ridge $r --out "$dir" > "$WORK/ridge-$r.log" 2>&1
-  secs=$(grep '^time' "$WORK/ridge-$r.log" | awk '{print $2}')
+  $U convert "$MODEL" --plan-blocks "$BLOCKS" "${CAL[@]}" --ridge $r --out "$dir" --json-out "$WORK/ridge-$r.json" \
+    > "$WORK/ridge-$r.log" 2>&1
+  secs=$(python3 scripts/json_field.py "$WORK/ridge-$r.json" calibration.seconds)
   ppl "ridge-$r" "$dir" "\"plan\": \"$BLOCKS\", \"fit\": \"ours\", \"ridge\": $r, \"calib_seconds\": $secs"
   rm -rf "$dir"
 done

@@ -257,11 +257,6 @@ pub fn setup(dev: &DeviceArgs) -> Result<(tch::Device, tch::Kind)> {
     Ok((runtime::parse_device(&dev.device)?, dev.dtype.kind()))
 }
 
-/// The analytic inference saving of a plan (bf16 cache).
-pub fn print_savings(cfg: &uniattn::config::ModelConfig, plan: &uniattn::plan::SuperBlockPlan) {
-    println!("{}", uniattn::savings::plan_savings(cfg, plan, 2).table());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

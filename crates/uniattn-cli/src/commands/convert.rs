@@ -49,6 +49,8 @@ pub struct ConvertArgs {
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub save_dtype: Dtype,
     #[command(flatten)]
+    pub json: JsonArgs,
+    #[command(flatten)]
     pub dev: DeviceArgs,
 }
 
@@ -66,6 +68,7 @@ pub fn convert(
         out,
         overwrite,
         save_dtype,
+        json,
         dev,
     }: ConvertArgs,
 ) -> Result<()> {
@@ -99,24 +102,37 @@ pub fn convert(
     uniattn::convert::save(&conv, staged.path(), save_kind, keep_qk.then_some(kept.as_slice()))?;
     staged.commit()?;
     let r = &conv.report;
-    println!("plan         {}", conv.model.plan.describe());
-    println!("fit          {}", r.method);
-    println!("tokens       {} fit, {} held out", r.fit_tokens, r.heldout_tokens);
-    println!("time         {:.1} s on {}", r.seconds, runtime::device_name(device));
-    println!("layer  lead  ridge      held-out rel. err  fit rel. err");
-    for f in &r.layers {
-        println!(
-            "{:>5}  {:>4}  {:>9}  {:>17}  {:>12.4}",
-            f.layer,
-            f.lead,
-            f.alpha.map_or("pinv".into(), |a| format!("{a:.0e}")),
-            f.heldout_rel_err.map_or("-".into(), |e| format!("{e:.4}")),
-            f.fit_rel_err
+    let savings = uniattn::savings::plan_savings(&conv.model.cfg, &conv.model.plan, 2);
+    let report = serde_json::json!({
+        "plan": conv.model.plan.describe(),
+        "device": runtime::device_name(device),
+        "calibration": r,
+        "savings": savings,
+        "out": out,
+    });
+    json.emit(&report, || {
+        let mut t = format!(
+            "plan         {}\nfit          {}\ntokens       {} fit, {} held out\ntime         {:.1} s on {}\n\
+             layer  lead  ridge      held-out rel. err  fit rel. err\n",
+            conv.model.plan.describe(),
+            r.method,
+            r.fit_tokens,
+            r.heldout_tokens,
+            r.seconds,
+            runtime::device_name(device)
         );
-    }
-    print_savings(&conv.model.cfg, &conv.model.plan);
-    println!("wrote        {}", out.display());
-    Ok(())
+        for f in &r.layers {
+            t += &format!(
+                "{:>5}  {:>4}  {:>9}  {:>17}  {:>12.4}\n",
+                f.layer,
+                f.lead,
+                f.alpha.map_or("pinv".into(), |a| format!("{a:.0e}")),
+                f.heldout_rel_err.map_or("-".into(), |e| format!("{e:.4}")),
+                f.fit_rel_err
+            );
+        }
+        format!("{t}{}\nwrote        {}", savings.table(), out.display())
+    })
 }
 
 #[derive(Args)]
