@@ -40,7 +40,7 @@ def bench_of(f, variant):
 
 def best_val_loss(label):
     """The trainer's best validation loss (response tokens of the held-out rows) for a trained
-    model: runs/LABEL/metrics.jsonl (or runs/LABEL.metrics.jsonl as docs/results keeps it); the
+    model: runs/LABEL/metrics.jsonl (or runs/LABEL.metrics.jsonl as results/ keeps it); the
     first seed's dense model is the learning-rate grid's best run."""
     names = [label]
     grid = os.path.join(out, "lr_grid.jsonl")

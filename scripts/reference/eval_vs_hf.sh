@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 MODEL="${1:-smollm2}"
 PY="${2:-/tmp/refenv/bin/python}"
-OUT=docs/results/eval_vs_hf
+OUT=results/eval_vs_hf
 mkdir -p "$OUT"
 for spec in "arc_easy 570" "medmcqa 500"; do
   set -- $spec
