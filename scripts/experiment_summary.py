@@ -64,21 +64,20 @@ def method(variant):
 
 def analytic_saved(variant):
     """The KV fraction a plan saves, for an architecture that was not timed: the plan of
-    plan_search[-rN].txt when the run searched it (PLAN_BY=loss|choices), else analyze[-rN].txt's
-    (which also gives the layer count); reuse layers keep V only (UniAttn, softmax-only) or
-    nothing (CLA, layer drop)."""
+    plan_search[-rN]/plan_search.json when the run searched it (PLAN_BY=loss|choices), else
+    analyze[-rN]/similarity.json's (whose similarity matrix also gives the layer count); reuse
+    layers keep V only (UniAttn, softmax-only) or nothing (CLA, layer drop)."""
     arch = variant.split("+")[0].removesuffix("-untrained")
     if arch in ("base", "dense"):
         return 0.0
     suffix = arch[len(method(arch)):]
-    path = os.path.join(out, "analyze" + suffix + ".txt")
+    path = os.path.join(out, "analyze" + suffix, "similarity.json")
     if not os.path.exists(path):
         return None
-    text = open(path).read()
-    layers = text.count(" -> ") + 1
-    searched = os.path.join(out, "plan_search" + suffix + ".txt")
-    used = open(searched).read() if os.path.exists(searched) else text
-    blocks = used.split("--plan-blocks")[-1].split()[0]
+    analysis = json.load(open(path))
+    layers = len(analysis["similarity"])
+    searched = os.path.join(out, "plan_search" + suffix, "plan_search.json")
+    blocks = json.load(open(searched))["best"] if os.path.exists(searched) else analysis["proposed_plan"]
     reuse = sum(int(b) - int(a) for a, b in (blk.split("-") for blk in blocks.split(",")))
     return reuse / layers * (0.5 if method(arch) in ("uniattn", "softmax-only") else 1.0)
 
