@@ -19,7 +19,10 @@ src, w = sys.argv[1], sys.argv[2]
 docs = {}
 for line in gzip.open(src, "rt"):
     r = json.loads(line)
-    docs.setdefault(r["doc_id"], dict(r["doc"], doc_id=r["doc_id"]))
+    # doc_id >= 1,000,000: the unconditional requests of OLMES's PMI variant, not questions
+    # (eval mc skips them too).
+    if r["doc_id"] < 1_000_000:
+        docs.setdefault(r["doc_id"], dict(r["doc"], doc_id=r["doc_id"]))
 with open(os.path.join(w, "arc_easy.jsonl"), "w") as f:
     for k in sorted(docs):
         f.write(json.dumps(docs[k]) + "\n")
