@@ -5,6 +5,13 @@ use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use std::path::Path;
 
+/// `model_type` of a planned model's `config.json` (see [`ModelConfig::mark_planned`]).
+pub const UNIATTN_MODEL_TYPE: &str = "uniattn";
+/// `architectures` of a planned model's `config.json`.
+pub const UNIATTN_ARCHITECTURE: &str = "UniAttnForCausalLM";
+/// Where a planned model's `config.json` keeps its family's `model_type`.
+pub const BASE_MODEL_TYPE: &str = "uniattn_base_model_type";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Llama,
@@ -161,6 +168,18 @@ impl ModelConfig {
         Ok(self)
     }
 
+    /// Marks a Hugging Face `config.json` written for a planned (UniAttn, softmax-only, CLA,
+    /// layer-drop) model: its own `model_type` and `architectures`, so that loaders that do not
+    /// know the plan refuse the folder instead of filling the removed Q/K weights with random
+    /// ones; the family moves to [`BASE_MODEL_TYPE`] and the plan to `uniattn_plan`.
+    pub fn mark_planned(hf: &mut Value, plan: &crate::plan::SuperBlockPlan) {
+        let o = hf.as_object_mut().expect("config.json is an object");
+        let base = o.insert("model_type".into(), json!(UNIATTN_MODEL_TYPE));
+        o.insert(BASE_MODEL_TYPE.into(), base.unwrap_or(Value::Null));
+        o.insert("architectures".into(), json!([UNIATTN_ARCHITECTURE]));
+        o.insert("uniattn_plan".into(), json!(plan));
+    }
+
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -179,6 +198,14 @@ impl ModelConfig {
         let mt = field("model_type")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::format(path, "model_type: missing"))?;
+        // A planned folder (see `loader::save_folder`) names its family apart.
+        let mt = if mt == UNIATTN_MODEL_TYPE {
+            field(BASE_MODEL_TYPE).and_then(Value::as_str).ok_or_else(|| {
+                Error::format(path, format!("{BASE_MODEL_TYPE}: missing (model_type is uniattn)"))
+            })?
+        } else {
+            mt
+        };
         let family = Family::from_model_type(mt).ok_or_else(|| {
             Error::format(
                 path,

@@ -98,6 +98,9 @@ pub fn save_folder(
         .collect();
     safetensors::write_file(&dir.join("model.safetensors"), &tensors, None)?;
     let mut cfg = model.cfg.to_hf_json();
+    if !model.plan.is_dense() {
+        crate::config::ModelConfig::mark_planned(&mut cfg, &model.plan);
+    }
     cfg["torch_dtype"] = serde_json::json!(match kind {
         Kind::BFloat16 => "bfloat16",
         Kind::Half => "float16",
@@ -215,6 +218,15 @@ mod tests {
             let m = tiny_model(&cfg, plan.clone(), Kind::Float, 2);
             let dir = tempfile::tempdir().unwrap();
             save_folder(&m, &tok, dir.path(), Kind::Float, None, &[]).unwrap();
+            // Foreign loaders see a model type of their own (they refuse it), ours the family.
+            let hf: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                    .unwrap();
+            assert_eq!(
+                (hf["model_type"].as_str(), hf["uniattn_base_model_type"].as_str()),
+                (Some("uniattn"), Some("llama"))
+            );
+            assert_eq!(hf["architectures"][0], "UniAttnForCausalLM");
             let r = ModelReport::of(dir.path()).unwrap();
             let want = crate::savings::plan_savings(&cfg, &plan, 2);
             let got = r.savings.as_ref().unwrap();
@@ -230,6 +242,9 @@ mod tests {
         let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Float, 2);
         let dir = tempfile::tempdir().unwrap();
         save_folder(&dense, &tok, dir.path(), Kind::Float, None, &[]).unwrap();
+        let hf: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        assert_eq!(hf["model_type"], "llama", "a dense folder stays an ordinary one");
         let r = ModelReport::of(dir.path()).unwrap();
         assert!(r.savings.is_none() && r.reuse_kind.is_none() && !r.table().contains("KV cache"));
     }
