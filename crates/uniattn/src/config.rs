@@ -9,6 +9,11 @@ use std::path::Path;
 pub const UNIATTN_MODEL_TYPE: &str = "uniattn";
 /// `architectures` of a planned model's `config.json`.
 pub const UNIATTN_ARCHITECTURE: &str = "UniAttnForCausalLM";
+/// The transformers code a planned folder carries (file name, text): `auto_map` names them.
+pub const REMOTE_CODE: [(&str, &str); 2] = [
+    ("configuration_uniattn.py", include_str!("../python/configuration_uniattn.py")),
+    ("modeling_uniattn.py", include_str!("../python/modeling_uniattn.py")),
+];
 /// Where a planned model's `config.json` keeps its family's `model_type`.
 pub const BASE_MODEL_TYPE: &str = "uniattn_base_model_type";
 
@@ -171,13 +176,22 @@ impl ModelConfig {
     /// Marks a Hugging Face `config.json` written for a planned (UniAttn, softmax-only, CLA,
     /// layer-drop) model: its own `model_type` and `architectures`, so that loaders that do not
     /// know the plan refuse the folder instead of filling the removed Q/K weights with random
-    /// ones; the family moves to [`BASE_MODEL_TYPE`] and the plan to `uniattn_plan`.
+    /// ones; the family moves to [`BASE_MODEL_TYPE`] and the plan to `uniattn_plan`, and
+    /// `auto_map` names the modeling code written beside it ([`REMOTE_CODE`]), which
+    /// transformers runs with `trust_remote_code=True`.
     pub fn mark_planned(hf: &mut Value, plan: &crate::plan::SuperBlockPlan) {
         let o = hf.as_object_mut().expect("config.json is an object");
         let base = o.insert("model_type".into(), json!(UNIATTN_MODEL_TYPE));
         o.insert(BASE_MODEL_TYPE.into(), base.unwrap_or(Value::Null));
         o.insert("architectures".into(), json!([UNIATTN_ARCHITECTURE]));
         o.insert("uniattn_plan".into(), json!(plan));
+        o.insert(
+            "auto_map".into(),
+            json!({
+                "AutoConfig": "configuration_uniattn.UniAttnConfig",
+                "AutoModelForCausalLM": "modeling_uniattn.UniAttnForCausalLM",
+            }),
+        );
     }
 
     /// Reads a Hugging Face `config.json`.

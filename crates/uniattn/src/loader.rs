@@ -101,6 +101,16 @@ pub fn save_folder(
     if !model.plan.is_dense() {
         crate::config::ModelConfig::mark_planned(&mut cfg, &model.plan);
     }
+    for (name, text) in crate::config::REMOTE_CODE {
+        let path = dir.join(name);
+        if model.plan.is_dense() {
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        } else {
+            crate::fs::write_atomic(&path, text.as_bytes())?;
+        }
+    }
     cfg["torch_dtype"] = serde_json::json!(match kind {
         Kind::BFloat16 => "bfloat16",
         Kind::Half => "float16",
@@ -227,6 +237,16 @@ mod tests {
                 (Some("uniattn"), Some("llama"))
             );
             assert_eq!(hf["architectures"][0], "UniAttnForCausalLM");
+            // ... and transformers finds the modeling code beside it.
+            for (name, text) in crate::config::REMOTE_CODE {
+                assert_eq!(std::fs::read_to_string(dir.path().join(name)).unwrap(), text);
+                let module = name.trim_end_matches(".py");
+                assert!(hf["auto_map"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .any(|v| v.as_str().unwrap().starts_with(module)));
+            }
             let r = ModelReport::of(dir.path()).unwrap();
             let want = crate::savings::plan_savings(&cfg, &plan, 2);
             let got = r.savings.as_ref().unwrap();

@@ -1,0 +1,146 @@
+"""A model written by uniattn with a SuperBlock plan (https://arxiv.org/abs/2502.00439), for
+transformers: `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`. It runs
+the family's own modules (norms, projections, MLP, rotary embedding) in uniattn's layer order:
+
+- a SuperBlock's lead (layer `lead` of a block [lead, end)) computes its softmax map
+  softmax(Q K^T * scale + mask) in f32, as transformers' eager attention does;
+- its reuse layers, by the plan's kind: `uniattn` multiplies the lead's map by their own V and
+  adds the compensation `v2_proj(x)` (W_c); `softmax-only` the same without W_c; `cla` runs its
+  own queries against the lead's keys and values; `layerdrop` adds nothing (the MLP still runs).
+
+Families: llama, mistral, qwen2 (Gemma 2/3 are refused by name). Whole sequences without a KV
+cache (scoring, fine-tuning; `generate` recomputes the prefix each step). Written into each
+planned folder by uniattn; the reference code's names (`v2_proj`) are kept.
+"""
+import importlib
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+try:
+    from .configuration_uniattn import UniAttnConfig
+except ImportError:  # loaded as a plain module (tests)
+    from configuration_uniattn import UniAttnConfig
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+# Attention modules each reuse kind does not have (uniattn's plan.rs, ReuseSpec::drops).
+DROPS = {
+    "uniattn": ("q_proj", "k_proj"),
+    "softmax-only": ("q_proj", "k_proj"),
+    "cla": ("k_proj", "v_proj"),
+    "layerdrop": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
+
+
+class UniAttnPreTrainedModel(PreTrainedModel):
+    config_class = UniAttnConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+
+
+class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        family = config.uniattn_base_model_type
+        if family not in SUPPORTED:
+            raise NotImplementedError(f"modeling_uniattn: family '{family}' is not supported here ({', '.join(SUPPORTED)})")
+        base_cfg = config.base_config()
+        base_cfg._attn_implementation = "eager"
+        base = AutoModelForCausalLM.from_config(base_cfg)
+        self.family = importlib.import_module(type(base).__module__)
+        self.model, self.lm_head = base.model, base.lm_head
+        plan = config.uniattn_plan
+        self.kind = plan.get("reuse", "uniattn")
+        if self.kind not in DROPS:
+            raise ValueError(f"uniattn_plan.reuse: '{self.kind}' is not one of {', '.join(DROPS)}")
+        self.lead_of = {}
+        for lead, end in plan.get("blocks", []):
+            for layer in range(lead + 1, end):
+                self.lead_of[layer] = lead
+                attn = self.model.layers[layer].self_attn
+                for name in DROPS[self.kind]:
+                    delattr(attn, name)
+                if self.kind == "uniattn":
+                    attn.v2_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.leads = set(self.lead_of.values())
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def _heads(self, attn, x, proj, n):
+        b, t, _ = x.shape
+        return proj(x).view(b, t, n, attn.head_dim).transpose(1, 2)
+
+    def _probs(self, attn, q, k, mask):
+        k = self.family.repeat_kv(k, attn.num_key_value_groups)
+        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + mask
+        return nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+
+    def _attend(self, attn, probs, v):
+        out = torch.matmul(probs, self.family.repeat_kv(v, attn.num_key_value_groups))
+        b, _, t, _ = out.shape
+        return attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
+                logits_to_keep=0, **kwargs):
+        h = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        b, t, _ = h.shape
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            else:
+                position_ids = torch.arange(t, device=h.device).unsqueeze(0).expand(b, t)
+        cos, sin = self.model.rotary_emb(h, position_ids)
+        allowed = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()[None, None]
+        if attention_mask is not None:
+            allowed = allowed & attention_mask.bool()[:, None, None, :]
+        mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill(~allowed, float("-inf"))
+        cfg = self.config
+        lead_state = None
+        for i, layer in enumerate(self.model.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+            if i in self.lead_of:
+                if self.kind in ("uniattn", "softmax-only"):
+                    out = self._attend(attn, lead_state, self._heads(attn, x, attn.v_proj, n_kv))
+                    if self.kind == "uniattn":
+                        out = out + attn.v2_proj(x)
+                elif self.kind == "cla":
+                    q = self._heads(attn, x, attn.q_proj, n_q)
+                    q, _ = self.family.apply_rotary_pos_emb(q, q, cos, sin)
+                    k, v = lead_state
+                    out = self._attend(attn, self._probs(attn, q, k, mask), v)
+                else:
+                    out = None
+            else:
+                q = self._heads(attn, x, attn.q_proj, n_q)
+                k = self._heads(attn, x, attn.k_proj, n_kv)
+                v = self._heads(attn, x, attn.v_proj, n_kv)
+                q, k = self.family.apply_rotary_pos_emb(q, k, cos, sin)
+                probs = self._probs(attn, q, k, mask)
+                out = self._attend(attn, probs, v)
+                if i in self.leads:
+                    lead_state = (k, v) if self.kind == "cla" else probs
+            if out is not None:
+                h = h + out
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = self.model.norm(h)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
+        logits = self.lm_head(h[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=cfg.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        # No KV cache: every step runs the whole sequence.
+        return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# A planned folder of each reuse kind (UniAttn from `convert`; softmax-only, CLA and layer drop
+# after one `train` step, which converts on the fly) loaded by transformers with
+# `trust_remote_code=True` (the modeling_uniattn.py the folder carries), its ARC-Easy 0-shot
+# log-likelihoods against `uniattn eval mc`'s, f32, CPU. Writes results/hf_remote_code/.
+#   PY=/path/to/venv/bin/python scripts/reference/hf_remote_code_check.sh [MODEL] [QUESTIONS]
+# (a Python with torch and transformers 5.)
+set -euo pipefail
+MODEL=${1:-smollm2} N=${2:-20} PLAN=${PLAN:-23-24,25-28}
+U=${U:-./target/release/uniattn} OUT=${OUT:-results/hf_remote_code} W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+mkdir -p "$OUT"
+: > "$OUT/comparison.jsonl"
+for kind in uniattn softmax-only cla layerdrop; do
+  if [[ $kind == uniattn ]]; then
+    $U convert "$MODEL" --plan-blocks "$PLAN" --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
+      --out "$W/$kind" > "$W/$kind.log" 2>&1
+    dir=$W/$kind
+  else
+    $U train --model "$MODEL" --variant "$kind" --plan-blocks "$PLAN" --data data/pmc_llama_instructions_1000.json \
+      --max-len 256 --micro-batch 2 --max-steps 1 --val-fraction 0 --eval-every 0 --out "$W/$kind" > "$W/$kind.log" 2>&1
+    dir=$W/$kind/final
+  fi
+  "${PY:?set PY to a python with torch and transformers}" scripts/reference/hf_loglikelihood.py "$dir" arc_easy:rc_0shot "$N" "$W/$kind.hf.jsonl" 2> /dev/null
+  $U eval mc --model "$dir" --tasks arc_easy:rc_0shot --limit "$N" --per-item "$W/$kind.ours.jsonl" > /dev/null 2>&1
+  r=$(python3 scripts/reference/compare_loglikelihood.py "$W/$kind.ours.jsonl" arc_easy:rc_0shot "$W/$kind.hf.jsonl")
+  echo "{\"reuse\": \"$kind\", \"model\": \"$MODEL\", \"plan\": \"$PLAN\", \"comparison\": $r}" | tee -a "$OUT/comparison.jsonl"
+done
