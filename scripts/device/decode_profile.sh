@@ -4,10 +4,10 @@
 # replayed step). Random weights in Qwen2.5-Coder-0.5B's shapes, batch 1, 2k context.
 #   scripts/device/decode_profile.sh   (writes $OUT/profile_<model>.csv)
 set -uo pipefail
-export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn} OUT=${OUT:-/tmp/out} W=${W:-/root/gb}
 mkdir -p "$W" "$OUT"
-[[ -d $W/q05 ]] || python3 scripts/device/random_model.py scripts/device/qwen2.5-coder-${SHAPES:-0.5b}.config.json "$W/q05" | tail -1
+[[ -d $W/q05 ]] || "$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-${SHAPES:-0.5b}.config.json "$W/q05" | tail -1
 if [[ -n ${PLAN:-} && ! -d $W/q05-uni ]]; then
   $U convert "$W/q05" --plan "$PLAN" --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
     --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|error"

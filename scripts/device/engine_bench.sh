@@ -6,7 +6,7 @@
 #   PMC=pmc.json scripts/device/engine_bench.sh SMOLLM2.gguf QWEN05.gguf
 set -uo pipefail
 SMOL=$1 QWEN=$2
-export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn}
 OUT=${OUT:-/tmp/out}
 W=${W:-/root/eb}
@@ -20,7 +20,7 @@ for pair in "smollm2 $SMOL 4:16:30" "qwen05 $QWEN 4:12:24"; do
     > "$OUT/convert_$name.log" 2>&1
   $U bench --model "$W/$name-dense" --model "$W/$name-uniattn" --batch "$BATCH" --context "$CONTEXT" \
     --new-tokens "$NEW" --dtype bf16 --device cuda --json "$OUT/bench_$name.json" --plot "$OUT/bench_$name.svg" > "$OUT/bench_$name.md" 2> "$OUT/bench_$name.err"
-  /opt/torch/.venv/bin/python3 scripts/reference/hf_generate_bench.py "$W/$name-dense" --batch 1,32 \
+  "$PYTHON" scripts/reference/hf_generate_bench.py "$W/$name-dense" --batch 1,32 \
     --context "$CONTEXT" --new-tokens "$NEW" > "$OUT/hf_generate_$name.jsonl" 2> "$OUT/hf_generate_$name.err"
   cat "$OUT/bench_$name.md" "$OUT/hf_generate_$name.jsonl"
 done

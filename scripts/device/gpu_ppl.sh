@@ -3,7 +3,7 @@
 # Qwen2.5-Coder-0.5B in f32 and bf16 on CUDA, against the CPU f32 values, plus decode speed.
 # Expects the two GGUFs at /root/m/{smol,qwen}.gguf and the texts in $DATA (scripts/fetch-models.sh texts).
 set -uo pipefail
-export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 B=./target/release/uniattn
 OUT=${OUT:-/tmp/out}
 DATA=${DATA:-.cache/data}

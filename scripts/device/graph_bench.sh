@@ -6,7 +6,7 @@
 # (PLAN=...) with W_c fitted on 16 rows.
 #   TESTBIN=target/release/deps/uniattn-HASH scripts/device/graph_bench.sh
 set -uo pipefail
-export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn}
 OUT=${OUT:-/tmp/out} W=${W:-/root/gb}
 BATCH=${BATCH:-1,32} CONTEXT=${CONTEXT:-2048,8192} NEW=${NEW:-128} REPEATS=${REPEATS:-3} MODES=${MODES-compiled static}
@@ -18,7 +18,7 @@ if [[ -n ${TESTBIN:-} ]]; then
 fi
 echo "== models"
 SHAPES=${SHAPES:-0.5b}
-python3 scripts/device/random_model.py scripts/device/qwen2.5-coder-$SHAPES.config.json "$W/q05" 2>&1 | tail -1
+"$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-$SHAPES.config.json "$W/q05" 2>&1 | tail -1
 $U convert "$W/q05" --plan ${PLAN:-4:12:24} --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
   --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|KV|error" | head -3
 common=(--batch "$BATCH" --context "$CONTEXT" --new-tokens "$NEW" --dtype bf16 --device cuda)
@@ -30,7 +30,7 @@ for r in $(seq 1 "$REPEATS"); do
 done
 for mode in $MODES; do
   echo "== transformers $mode"
-  python3 scripts/reference/hf_generate_bench.py "$W/q05" --mode $mode --batch "$BATCH" --context "$CONTEXT" \
+  "$PYTHON" scripts/reference/hf_generate_bench.py "$W/q05" --mode $mode --batch "$BATCH" --context "$CONTEXT" \
     --new-tokens "$NEW" --repeats "$REPEATS" 2> "$OUT/hf_$mode.err" | tee "$OUT/hf_$mode.jsonl"
   tail -3 "$OUT/hf_$mode.err"
 done

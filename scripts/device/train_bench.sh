@@ -6,7 +6,7 @@
 #   scripts/device/train_bench.sh GGUF NAME       (MODES="compiled" for the peer alone)
 set -uo pipefail
 GGUF=$1 NAME=$2 PMC=${PMC:-data/pmc_llama_instructions_1000.json}
-export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=./target/release/uniattn
 OUT=${OUT:-/tmp/out}
 W=/root/tb/$NAME
@@ -29,7 +29,7 @@ peak() { # peak PID -> max MiB used by that process while it runs
 BATCH=${BATCH:-4}
 hf=()
 for mode in ${MODES:-eager fused compiled}; do
-  /opt/torch/.venv/bin/python3 scripts/reference/hf_train_bench.py "$W/hf" "$W/pmc.txt" --batch "$BATCH" --len 1024 --steps 20 \
+  "$PYTHON" scripts/reference/hf_train_bench.py "$W/hf" "$W/pmc.txt" --batch "$BATCH" --len 1024 --steps 20 \
     --mode "$mode" > "$OUT/hf_${NAME}_$mode.json" 2> "$OUT/hf_${NAME}_$mode.err" &
   pid=$!; p=$(peak $pid); wait $pid
   hf+=("\"$mode\": {\"result\": $(cat "$OUT/hf_${NAME}_$mode.json" || echo null), \"peak_mib\": $p}")

@@ -4,11 +4,11 @@
 # two UniAttn stages on the 4:12:24 plan. Prints tokens/s over steps 4-20 and the loss curve's
 # ends (a check that training runs and learns on the GPU path, with libtorch's fused RMSNorm).
 set -uo pipefail
-export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn}
 OUT=${OUT:-/tmp/out} W=${W:-/root/ts}
 mkdir -p "$W" "$OUT"
-[[ -f $W/q05/config.json ]] || python3 scripts/device/random_model.py scripts/device/qwen2.5-coder-0.5b.config.json "$W/q05" --dtype f32 | tail -1
+[[ -f $W/q05/config.json ]] || "$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-0.5b.config.json "$W/q05" --dtype f32 | tail -1
 python3 - data/pmc_llama_instructions_1000.json "$W/pmc.txt" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))

@@ -11,11 +11,11 @@
 #   scripts/device/train_vs_compiled.sh CONFIG.json NAME      (MODES="fused compiled")
 set -uo pipefail
 CONFIG=$1 NAME=$2
-export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn}
 OUT=${OUT:-/tmp/out} W=/root/tvc/$NAME BATCH=${BATCH:-8}
 mkdir -p "$W" "$OUT"
-[[ -f $W/model/config.json ]] || python3 scripts/device/random_model.py "$CONFIG" "$W/model" --dtype f32 | tail -1
+[[ -f $W/model/config.json ]] || "$PYTHON" scripts/device/random_model.py "$CONFIG" "$W/model" --dtype f32 | tail -1
 python3 - data/pmc_llama_instructions_1000.json "$W/pmc.txt" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))
@@ -36,7 +36,7 @@ print(json.dumps({"steps": len(r), "median_step_ms": round(ms, 2), "tokens_per_s
 PY
 }
 for mode in ${MODES:-fused compiled}; do
-  python3 scripts/reference/hf_train_bench.py "$W/model" "$W/pmc.txt" --batch "$BATCH" --len 1024 --steps 20 \
+  "$PYTHON" scripts/reference/hf_train_bench.py "$W/model" "$W/pmc.txt" --batch "$BATCH" --len 1024 --steps 20 \
     --mode "$mode" --profile "$OUT/hf_${NAME}_$mode.trace.json" > "$OUT/hf_${NAME}_$mode.json" 2> "$OUT/hf_${NAME}_$mode.err" \
     || tail -3 "$OUT/hf_${NAME}_$mode.err"
   echo "transformers $mode: $(cat "$OUT/hf_${NAME}_$mode.json")"
