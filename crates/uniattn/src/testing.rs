@@ -1,5 +1,5 @@
 //! Fixtures the unit tests share: a tiny model of any family and plan, with seeded weights,
-//! and a word-level tokenizer to save and reload it with.
+//! a word-level tokenizer to save and reload it with, and the GPU that GPU tests run on.
 use crate::config::{Family, ModelConfig};
 use crate::model::Transformer;
 use crate::plan::{LayerRole, SuperBlockPlan};
@@ -137,4 +137,15 @@ pub fn tiny_tokenizer_with_template(template: Option<&str>) -> Tokenizer {
         template.map(String::from),
     )
     .unwrap()
+}
+
+/// The CUDA device GPU tests run on, or None (after saying the test skipped) on a machine
+/// without one.
+pub fn cuda() -> Option<Device> {
+    crate::runtime::init().unwrap();
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return None;
+    }
+    Some(Device::Cuda(0))
 }

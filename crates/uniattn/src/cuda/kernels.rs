@@ -6,7 +6,7 @@
 //! libtorch's CUDA does. Each op returns `None` where it does not apply (not on CUDA, an
 //! unsupported type or layout, NVRTC missing, `UNIATTN_FUSED_KERNELS=0`); the caller then runs
 //! the libtorch composition the kernel replaces, which stays the reference (CPU, f64, tests).
-use super::{call, shim};
+use super::{call, call_for_tensor, shim};
 use crate::error::{Error, Result};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -114,56 +114,49 @@ pub fn available() -> Result<()> {
 /// The CUDA device of `t` when a fused kernel may take it (and the kernels are loaded). The
 /// kernels have no backward pass: where autograd records, the composition runs.
 fn usable(t: &Tensor) -> Option<(usize, &'static Loaded, &'static str)> {
+    if t.requires_grad() {
+        return None;
+    }
+    usable_with_grad(t)
+}
+
+/// Like [`usable`], for the ops that record their own backward pass (tensors that require
+/// grad are fine).
+fn usable_with_grad(t: &Tensor) -> Option<(usize, &'static Loaded, &'static str)> {
     let Device::Cuda(device) = t.device() else { return None };
-    if t.requires_grad() || OFF_HERE.with(Cell::get) {
+    if OFF_HERE.with(Cell::get) {
         return None;
     }
     let suffix = SUFFIXES.iter().find(|(k, _)| *k == t.kind())?.1;
     Some((device, loaded(device)?, suffix))
 }
 
-/// Like [`usable`], for the ops that record their own backward pass (tensors that require
-/// grad are fine).
-fn usable_with_grad(t: &Tensor) -> Option<(&'static Loaded, &'static str)> {
-    let Device::Cuda(device) = t.device() else { return None };
-    if OFF_HERE.with(Cell::get) {
-        return None;
-    }
-    let suffix = SUFFIXES.iter().find(|(k, _)| *k == t.kind())?.1;
-    Some((loaded(device)?, suffix))
-}
-
-/// A tensor the shim returned (a new `at::Tensor*`), or None after noting why (then the
-/// composition runs, from now on).
-fn returned(what: &str, r: Result<()>, out: *mut c_void) -> Option<Tensor> {
-    match r {
-        // SAFETY: on success the shim wrote a heap-allocated `at::Tensor*`, which tch owns now.
-        Ok(()) => Some(unsafe { Tensor::from_ptr(out.cast()) }),
-        Err(e) => {
-            eprintln!("warning: {what} failed, running libtorch's kernels from now on: {e}");
-            BROKEN.store(true, Ordering::Relaxed);
-            None
-        }
-    }
+/// A tensor the shim returned, or None after noting why (then the composition runs, from now
+/// on).
+fn returned(what: &str, r: Result<Tensor>) -> Option<Tensor> {
+    r.map_err(|e| {
+        eprintln!("warning: {what} failed, running libtorch's kernels from now on: {e}");
+        BROKEN.store(true, Ordering::Relaxed);
+    })
+    .ok()
 }
 
 /// `silu(gate) * up` for training: one kernel forward and one backward (an autograd
 /// function), where libtorch runs silu, mul and three kernels back. `gate` and `up` share
 /// shape, type and device.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Option<Tensor> {
-    let (loaded, suffix) = usable_with_grad(gate)?;
+    let (_, loaded, suffix) = usable_with_grad(gate)?;
     if up.kind() != gate.kind() || up.device() != gate.device() || up.size() != gate.size() {
         return None;
     }
     let s = shim().ok()?;
     let (fwd, bwd) =
         (loaded.kernels[&("swiglu_forward", suffix)], loaded.kernels[&("swiglu_backward", suffix)]);
-    let mut out = std::ptr::null_mut();
     // SAFETY: live tensor handles, kernel handles of this type, a valid out-pointer.
-    let r = call("SwiGLU", |e, n| unsafe {
-        (s.swiglu)(gate.as_ptr() as _, up.as_ptr() as _, fwd as i64, bwd as i64, &mut out, e, n)
+    let r = call_for_tensor("SwiGLU", |out, e, n| unsafe {
+        (s.swiglu)(gate.as_ptr() as _, up.as_ptr() as _, fwd as i64, bwd as i64, out, e, n)
     });
-    returned("SwiGLU", r, out)
+    returned("SwiGLU", r)
 }
 
 /// RoPE for training straight from a projection's output `x` (`[b, t, heads * dim]`) to
@@ -172,7 +165,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Option<Tensor> {
 /// (`[b or 1, 1, t, dim]`); the rotation runs in f32 and is stored in `x`'s type, as the
 /// composition's f32 result is cast for attention under autocast.
 pub fn rope_heads(x: &Tensor, heads: i64, cos: &Tensor, sin_signed: &Tensor) -> Option<Tensor> {
-    let (loaded, suffix) = usable_with_grad(x)?;
+    let (_, loaded, suffix) = usable_with_grad(x)?;
     let &[b, t, width] = x.size().as_slice() else { return None };
     let dim = width / heads.max(1);
     let angles_ok = |a: &Tensor| {
@@ -192,9 +185,8 @@ pub fn rope_heads(x: &Tensor, heads: i64, cos: &Tensor, sin_signed: &Tensor) -> 
     }
     let s = shim().ok()?;
     let (fwd, bwd) = (loaded.kernels[&("rope_forward", suffix)], loaded.kernels[&("rope_backward", suffix)]);
-    let mut out = std::ptr::null_mut();
     // SAFETY: live tensor handles, kernel handles of this type, a valid out-pointer.
-    let r = call("RoPE", |e, n| unsafe {
+    let r = call_for_tensor("RoPE", |out, e, n| unsafe {
         (s.rope)(
             x.as_ptr() as _,
             cos.as_ptr() as _,
@@ -202,20 +194,17 @@ pub fn rope_heads(x: &Tensor, heads: i64, cos: &Tensor, sin_signed: &Tensor) -> 
             heads,
             fwd as i64,
             bwd as i64,
-            &mut out,
+            out,
             e,
             n,
         )
     });
-    returned("RoPE", r, out)
+    returned("RoPE", r)
 }
 
 /// The kernel adding a bf16 gradient into an f32 one (for the shim's WeightCast), if the
 /// kernels are loaded on `device`.
 pub fn accumulate_kernel(device: usize) -> Option<usize> {
-    if !enabled() {
-        return None;
-    }
     loaded(device).map(|l| l.kernels[&("accumulate_f32", "bf16")])
 }
 
@@ -451,13 +440,9 @@ mod tests {
     const KINDS: [Kind; 3] = [Kind::Float, Kind::BFloat16, Kind::Half];
 
     fn gpu() -> Option<Device> {
-        crate::runtime::init().unwrap();
-        if !tch::Cuda::is_available() {
-            eprintln!("skipped: no CUDA device");
-            return None;
-        }
+        let dev = crate::testing::cuda()?;
         available().expect("a CUDA machine compiles and loads the fused kernels");
-        Some(Device::Cuda(0))
+        Some(dev)
     }
 
     /// Largest difference in units of the type's rounding step at the reference's magnitude

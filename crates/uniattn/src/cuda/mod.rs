@@ -116,6 +116,18 @@ fn call(what: &str, f: impl FnOnce(ErrOut, usize) -> c_int) -> Result<()> {
     Err(Error::invalid(format!("CUDA {what}: {msg}")))
 }
 
+/// Calls a shim function that writes a new `at::Tensor*` to its out-pointer, and takes
+/// ownership of that tensor.
+fn call_for_tensor(
+    what: &str,
+    f: impl FnOnce(*mut *mut c_void, ErrOut, usize) -> c_int,
+) -> Result<tch::Tensor> {
+    let mut out = std::ptr::null_mut();
+    call(what, |e, n| f(&mut out, e, n))?;
+    // SAFETY: on success the shim wrote a heap-allocated `at::Tensor*`, which tch owns now.
+    Ok(unsafe { tch::Tensor::from_ptr(out.cast()) })
+}
+
 /// The shim library written into the user cache (named by its content, so builds never mix).
 fn shim_path() -> Result<PathBuf> {
     let hash = SHIM_LIBRARY

@@ -2,7 +2,7 @@
 //! one-launch AdamW, gradients that accumulate into a caller's flat buffer, a backward pass
 //! from a given output gradient, and libtorch's profiler. Only where the shim loads (a CUDA
 //! machine); callers keep a libtorch composition for everywhere else.
-use super::{call, shim};
+use super::{call, call_for_tensor, shim};
 use crate::error::Result;
 use std::ffi::{c_int, c_void, CString};
 use std::path::Path;
@@ -114,36 +114,32 @@ thread_local! {
 /// gradient lives in the optimizer's flat buffer is cast to bf16 once per autocast region by
 /// the shim's WeightCast, whose backward pass adds the bf16 gradient into that buffer in one
 /// kernel (autocast would cast the gradient to f32 and then accumulate it: two kernels over
-/// every weight). Anything else is returned as is, for autocast to handle (also with the fused
-/// paths off: [`super::kernels::without`], `UNIATTN_FUSED_KERNELS=0`).
-pub fn matmul_weight(w: &Tensor) -> Tensor {
+/// every weight). None for anything else: the weight is used as it is, for autocast to handle
+/// (also with the fused paths off: [`super::kernels::without`], `UNIATTN_FUSED_KERNELS=0`).
+pub fn matmul_weight(w: &Tensor) -> Option<Tensor> {
     if !autocast_active()
         || w.kind() != tch::Kind::Float
         || !w.requires_grad()
         || !w.grad().defined()
         || !super::kernels::enabled()
     {
-        return w.shallow_clone();
+        return None;
     }
     let key = w.data_ptr() as usize;
-    if let Some(t) =
-        WEIGHT_CASTS.with(|c| c.borrow().iter().find(|(k, _)| *k == key).map(|(_, t)| t.shallow_clone()))
-    {
-        return t;
+    let cached =
+        WEIGHT_CASTS.with(|c| c.borrow().iter().find(|(k, _)| *k == key).map(|(_, t)| t.shallow_clone()));
+    if cached.is_some() {
+        return cached;
     }
-    let (Ok(s), tch::Device::Cuda(device)) = (shim(), w.device()) else { return w.shallow_clone() };
+    let (Ok(s), tch::Device::Cuda(device)) = (shim(), w.device()) else { return None };
     let accumulate = super::kernels::accumulate_kernel(device).unwrap_or(0) as i64;
-    let mut out = std::ptr::null_mut();
     // SAFETY: a live tensor handle, a kernel handle (or 0) and a valid out-pointer.
-    match call("weight cast", |e, n| unsafe { (s.weight_cast)(handle(w), accumulate, &mut out, e, n) }) {
-        Ok(()) => {
-            // SAFETY: on success the shim wrote a heap-allocated `at::Tensor*`, owned here now.
-            let t = unsafe { Tensor::from_ptr(out.cast()) };
-            WEIGHT_CASTS.with(|c| c.borrow_mut().push((key, t.shallow_clone())));
-            t
-        }
-        Err(_) => w.shallow_clone(),
-    }
+    let t = call_for_tensor("weight cast", |out, e, n| unsafe {
+        (s.weight_cast)(handle(w), accumulate, out, e, n)
+    })
+    .ok()?;
+    WEIGHT_CASTS.with(|c| c.borrow_mut().push((key, t.shallow_clone())));
+    Some(t)
 }
 
 /// Whether this thread runs inside [`autocast_bf16`].
@@ -201,7 +197,7 @@ impl Drop for Profiler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
+    use tch::Kind;
 
     /// On a GPU (skipped elsewhere): a weight's gradient through [`matmul_weight`] (added in one
     /// kernel into a flat buffer) equals autocast's (cast to f32, then accumulated), bit for bit,
@@ -209,12 +205,7 @@ mod tests {
     /// unaligned offset.
     #[test]
     fn weight_cast_gradients_equal_autocast() {
-        crate::runtime::init().unwrap();
-        if !tch::Cuda::is_available() {
-            eprintln!("skipped: no CUDA device");
-            return;
-        }
-        let dev = Device::Cuda(0);
+        let Some(dev) = crate::testing::cuda() else { return };
         let x = Tensor::randn([6, 40], (Kind::Float, dev));
         // Two weights in one flat buffer: [64, 40], then [7, 40] at an offset of 2,563 floats.
         let weights = Tensor::randn([64 * 40 + 3 + 7 * 40], (Kind::Float, dev));
@@ -227,8 +218,8 @@ mod tests {
                 set_grad(&w, &gflat.narrow(0, off, rows * 40).view([rows, 40])).unwrap();
                 for _ in 0..2 {
                     let y = autocast_bf16(true, || {
-                        let w = if fused { matmul_weight(&w) } else { w.shallow_clone() };
-                        x.linear::<Tensor>(&w, None)
+                        let cast = if fused { matmul_weight(&w) } else { None };
+                        x.linear::<Tensor>(cast.as_ref().unwrap_or(&w), None)
                     })
                     .unwrap();
                     (y.to_kind(Kind::Float) * 0.37).sum(Kind::Float).backward();

@@ -14,7 +14,8 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&crate::cuda::training::matmul_weight(&self.weight), self.bias.as_ref())
+        let cast = crate::cuda::training::matmul_weight(&self.weight);
+        x.linear(cast.as_ref().unwrap_or(&self.weight), self.bias.as_ref())
     }
 
     pub fn out_features(&self) -> i64 {

@@ -354,17 +354,23 @@ impl Transformer {
     /// Final norm and LM head, in the compute type (bf16 under autocast): [`Self::head`]
     /// before its cast and soft-capping, which the trainer's fused cross-entropy applies itself.
     pub fn head_logits(&self, h: &Tensor) -> Tensor {
-        let w = crate::cuda::training::matmul_weight(self.lm_head.as_ref().unwrap_or(&self.embed));
-        self.norm.forward(h).linear::<Tensor>(&w, None)
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let cast = crate::cuda::training::matmul_weight(w);
+        self.norm.forward(h).linear::<Tensor>(cast.as_ref().unwrap_or(w), None)
     }
 
-    /// Final norm, LM head and (Gemma 2) soft-capping. Returns f32 logits (f64 for f64 models).
-    pub fn head(&self, h: &Tensor) -> Tensor {
-        let logits = self.head_logits(h).to_kind(accumulate_kind(self.kind));
+    /// [`Self::head_logits`]'s output cast to f32 (f64 for f64 models) and soft-capped (Gemma 2).
+    pub fn finish_logits(&self, logits: Tensor) -> Tensor {
+        let logits = logits.to_kind(accumulate_kind(self.kind));
         match self.cfg.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
         }
+    }
+
+    /// Final norm, LM head and (Gemma 2) soft-capping. Returns f32 logits (f64 for f64 models).
+    pub fn head(&self, h: &Tensor) -> Tensor {
+        self.finish_logits(self.head_logits(h))
     }
 
     /// Additive causal mask `[b, 1, q, k]` for queries at `positions` over keys `0..k_len`,

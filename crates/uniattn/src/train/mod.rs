@@ -220,12 +220,7 @@ fn head_loss(
             loss += rows.sum(Kind::Double);
             continue;
         }
-        let logits = logits.to_kind(accumulate_kind(model.kind));
-        let logits = match softcap {
-            Some(cap) => (logits / cap).tanh() * cap,
-            None => logits,
-        };
-        let l = cross_entropy_sum(&logits, &targets) * scale;
+        let l = cross_entropy_sum(&model.finish_logits(logits), &targets) * scale;
         if backward {
             l.backward();
         }
@@ -251,7 +246,7 @@ fn chunked_backward(
     // One autocast region for the whole micro-batch: each weight is cast once (the head's
     // once for all its chunks).
     autocast_bf16(autocast, || {
-        let h = autocast_bf16(autocast, || b.hidden(model))?;
+        let h = b.hidden(model);
         let last = h.detach().set_requires_grad(true);
         let loss = head_loss(model, &last, &b.targets, scale, autocast, chunk, true)?;
         let grad = last.grad();
@@ -438,8 +433,7 @@ impl Trainer<'_> {
                 let mut loss = Tensor::zeros([], (Kind::Double, self.model.device));
                 for micro in batch.chunks(self.cfg.micro_batch) {
                     let b = collate_padded(micro, self.model.device, min_len);
-                    loss +=
-                        runner.run(self.model, &b, scale, self.cfg.autocast, self.cfg.recompute_layers)?;
+                    loss += runner.run(self.model, &b, scale, self.cfg.autocast)?;
                 }
                 let loss = loss.double_value(&[]);
                 if !loss.is_finite() {
@@ -795,12 +789,7 @@ mod tests {
     /// noise (3%) under bf16 autocast.
     #[test]
     fn fused_training_follows_the_composition() {
-        crate::runtime::init().unwrap();
-        if !tch::Cuda::is_available() {
-            eprintln!("skipped: no CUDA device");
-            return;
-        }
-        let dev = Device::Cuda(0);
+        let Some(dev) = crate::testing::cuda() else { return };
         let cfg = tiny_config(Family::Llama);
         let tok = crate::testing::tiny_tokenizer();
         // Whole rows (the causal path) and uneven ones (the packed-mask path), mixed.

@@ -243,12 +243,7 @@ mod tests {
     /// composition's updates, with and without clipping and weight decay.
     #[test]
     fn fused_update_equals_composition() {
-        crate::runtime::init().unwrap();
-        if !tch::Cuda::is_available() {
-            eprintln!("skipped: no CUDA device");
-            return;
-        }
-        let dev = tch::Device::Cuda(0);
+        let Some(dev) = crate::testing::cuda() else { return };
         let mut rng = crate::rng::SplitMix64(3);
         let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect() };
         let (a0, b0, wa, wb) = (draw(300 * 7), draw(1000), draw(300 * 7), draw(1000));

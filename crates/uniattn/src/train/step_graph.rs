@@ -34,6 +34,7 @@ const MAX_GRAPHS: usize = 4;
 pub(super) struct MicroBatchRunner {
     graphs: Option<GraphPool>,
     captured: Vec<Captured>,
+    recompute_layers: bool,
 }
 
 impl MicroBatchRunner {
@@ -43,19 +44,13 @@ impl MicroBatchRunner {
             && crate::cuda::graph::wanted()
             && crate::cuda::kernels::enabled()
             && crate::cuda::available();
-        Ok(MicroBatchRunner { graphs: if usable { Some(GraphPool::new()?) } else { None }, captured: vec![] })
+        let graphs = if usable { Some(GraphPool::new()?) } else { None };
+        Ok(MicroBatchRunner { graphs, captured: vec![], recompute_layers })
     }
 
     /// Backpropagates `scale` x the summed loss of `b` into the parameters' gradients and
     /// returns that scaled loss (0-d f64, on the device).
-    pub fn run(
-        &mut self,
-        model: &Transformer,
-        b: &Batch,
-        scale: f64,
-        autocast: bool,
-        recompute: bool,
-    ) -> Result<Tensor> {
+    pub fn run(&mut self, model: &Transformer, b: &Batch, scale: f64, autocast: bool) -> Result<Tensor> {
         if let (Some(pool), Device::Cuda(device)) = (self.graphs, model.device) {
             if !self.captured.iter().any(|c| c.fits(b)) && self.captured.len() < MAX_GRAPHS {
                 match capture(model, b, autocast, pool, device) {
@@ -79,7 +74,7 @@ impl MicroBatchRunner {
             }
         }
         let scale = loss_scale(model, scale);
-        if recompute {
+        if self.recompute_layers {
             checkpointed_backward(model, b, &scale, autocast, HEAD_CHUNK_TOKENS)
         } else {
             chunked_backward(model, b, &scale, autocast, HEAD_CHUNK_TOKENS)
