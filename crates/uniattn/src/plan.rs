@@ -40,6 +40,17 @@ pub enum ReuseCache {
     Nothing,
 }
 
+/// What a SuperBlock lead hands to the reuse layers of its block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadHandover {
+    /// Its attention probabilities (UniAttn, softmax-only).
+    Probs,
+    /// Its keys and values (CLA).
+    KeysValues,
+    /// Nothing (layer drop).
+    Nothing,
+}
+
 /// What a reuse layer of one kind is: the one place these facts live. The model builder drops
 /// `drops`, the engine caches `cache`, the trainer runs `two_stage`, and the savings follow
 /// from all of them.
@@ -56,6 +67,7 @@ pub struct ReuseSpec {
     pub compensation: bool,
     /// Post-training trains W_c alone first, then every weight.
     pub two_stage: bool,
+    pub lead_hands: LeadHandover,
 }
 
 impl ReuseKind {
@@ -71,6 +83,7 @@ impl ReuseKind {
                 own_scores: false,
                 compensation: true,
                 two_stage: true,
+                lead_hands: LeadHandover::Probs,
             },
             ReuseKind::SoftmaxOnly => ReuseSpec {
                 drops: &[Module::Q, Module::K, Module::QNorm, Module::KNorm, Module::Wc],
@@ -79,6 +92,7 @@ impl ReuseKind {
                 own_scores: false,
                 compensation: false,
                 two_stage: false,
+                lead_hands: LeadHandover::Probs,
             },
             ReuseKind::Cla => ReuseSpec {
                 drops: &[Module::K, Module::V, Module::KNorm, Module::Wc],
@@ -87,6 +101,7 @@ impl ReuseKind {
                 own_scores: true,
                 compensation: false,
                 two_stage: false,
+                lead_hands: LeadHandover::KeysValues,
             },
             ReuseKind::Layerdrop => ReuseSpec {
                 drops: &[
@@ -103,6 +118,7 @@ impl ReuseKind {
                 own_scores: false,
                 compensation: false,
                 two_stage: false,
+                lead_hands: LeadHandover::Nothing,
             },
         }
     }

@@ -245,19 +245,21 @@ impl InferenceLayer {
             + lin(&self.mlp.down)
     }
 
-    /// One layer on the residual stream `h` (`[n, q, hidden]`), in place. A lead leaves its
-    /// attention in `lead` for its block; reuse layers read it.
+    /// One layer on the residual stream `h` (`[n, q, hidden]`), in place. A lead whose reuse
+    /// layers take its probabilities (`hands_probs`) leaves its attention in `lead` for its
+    /// block; reuse layers read it.
     pub fn forward(
         &self,
         l: usize,
         h: &mut Tensor,
         step: &Step,
         cache: &mut KvCache,
-        is_lead: bool,
+        hands_probs: bool,
         lead: &mut Option<LeadAttention>,
     ) {
         let x = self.attn_norm.forward(h);
-        if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, is_lead, lead) {
+        if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, hands_probs, lead)
+        {
             match &self.attn_post_norm {
                 // The residual add rides in the output GEMM (one kernel instead of two).
                 None => {
@@ -288,7 +290,7 @@ impl InferenceLayer {
         x: &Tensor,
         step: &Step,
         cache: &mut KvCache,
-        is_lead: bool,
+        hands_probs: bool,
         lead: &mut Option<LeadAttention>,
     ) -> Option<AttnOut<'_>> {
         let n = x.size()[0];
@@ -323,17 +325,17 @@ impl InferenceLayer {
                 let keys = cache.keys(l, step.slot0, n, step.k_len);
                 let values = cache.values(l, step.slot0, n, step.k_len);
                 let decode = q.size()[2] == 1;
-                let out = if softcap.is_some() || (is_lead && decode) {
+                let out = if softcap.is_some() || (hands_probs && decode) {
                     let p = attention_probs(h, &q, &keys, step.mask, *scale, *softcap);
                     let out = h.apply_probs(&p, &values);
-                    if is_lead {
+                    if hands_probs {
                         *lead = Some(LeadAttention::Probs(p));
                     }
                     out
                 } else {
                     let mask = (!step.causal_from_zero).then(|| step.mask.shallow_clone());
                     let out = fused_attention(&q, &keys, &values, mask.as_ref(), mask.is_none(), *scale);
-                    if is_lead {
+                    if hands_probs {
                         *lead = Some(LeadAttention::QueryKeys { queries: q, keys, scale: *scale, mask });
                     }
                     out

@@ -13,7 +13,7 @@ pub mod stop;
 use crate::error::{Error, Result};
 use crate::model::transformer::PositionContext;
 use crate::model::Transformer;
-use crate::plan::LayerRole;
+use crate::plan::{LayerRole, LeadHandover};
 use kv_cache::{KvCache, KEY_BUCKET};
 use layers::{InferenceLayer, Step};
 use tch::{Kind, Tensor};
@@ -159,8 +159,9 @@ impl Engine {
                 causal_from_zero: causal_from_zero
                     && self.model.cfg.layer_window(l).is_none_or(|w| w as i64 >= k_len),
             };
-            let is_lead = self.roles[l] == LayerRole::Lead;
-            layer.forward(l, &mut h, &step, &mut self.cache, is_lead, &mut lead);
+            let hands_probs = self.roles[l] == LayerRole::Lead
+                && self.model.plan.reuse.spec().lead_hands == LeadHandover::Probs;
+            layer.forward(l, &mut h, &step, &mut self.cache, hands_probs, &mut lead);
             // The lead's attention lives only while its block runs.
             if !matches!(self.roles.get(l + 1), Some(LayerRole::Reuse { .. })) {
                 lead = None;

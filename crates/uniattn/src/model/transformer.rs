@@ -7,7 +7,7 @@ use super::nn::{accumulate_kind, autocast_input, Linear, RmsNorm};
 use super::rope::RopeAngles;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::plan::{LayerRole, ReuseKind, SuperBlockPlan};
+use crate::plan::{LayerRole, LeadHandover, ReuseKind, SuperBlockPlan};
 use crate::weights::{to_device, WeightMap};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
@@ -434,10 +434,8 @@ impl Transformer {
     /// SuperBlock (its reuse layers need the lead's state), see [`Self::recompute_units`].
     pub fn run_layers(&self, mut h: Tensor, range: std::ops::Range<usize>, pc: &PositionContext) -> Tensor {
         let mut lead: Option<LeadState> = None;
-        let want = (
-            matches!(self.plan.reuse, ReuseKind::Uniattn | ReuseKind::SoftmaxOnly),
-            self.plan.reuse == ReuseKind::Cla,
-        );
+        let hands = self.plan.reuse.spec().lead_hands;
+        let want = (hands == LeadHandover::Probs, hands == LeadHandover::KeysValues);
         for l in range {
             let layer = &self.layers[l];
             let ctx = pc.layer(self, l);
