@@ -121,20 +121,13 @@ __device__ void rope_kv_write(const T* x, i64 row_stride, const i64* pos, const 
 // softmax(scores * scale [softcapped] + mask) over the last axis, in f32, stored as T: what
 // `attention_probs` computes in four to seven kernels. `scores`: [b, heads, q, k] contiguous;
 // `mask`: additive, [b, 1, q, k] contiguous. One block per row.
-// One score's way from the score GEMM's output `raw` (already of type T) to the softmax's
-// input, with the composition's roundings: times scale, soft-capped, plus the additive mask.
 template <typename T>
-__device__ __forceinline__ float masked_value(float raw, float mask, float scale, float softcap) {
-  float x = round_to<T>(__fmul_rn(raw, scale));
+__device__ __forceinline__ float masked_score(const T* s, const T* m, i64 c, float scale, float softcap) {
+  float x = round_to<T>(__fmul_rn(to_float(s[c]), scale));
   if (softcap > 0.0f) {
     x = round_to<T>(__fmul_rn(round_to<T>(tanhf(round_to<T>(__fdiv_rn(x, softcap)))), softcap));
   }
-  return round_to<T>(__fadd_rn(x, mask));
-}
-
-template <typename T>
-__device__ __forceinline__ float masked_score(const T* s, const T* m, i64 c, float scale, float softcap) {
-  return masked_value<T>(to_float(s[c]), to_float(m[c]), scale, softcap);
+  return round_to<T>(__fadd_rn(x, to_float(m[c])));
 }
 
 template <typename T>
@@ -276,317 +269,6 @@ __device__ void cross_entropy(const T* logits, const i64* targets, float* loss, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode attention: one query token per sequence against the KV cache, in one kernel where
-// libtorch runs cuDNN's two (dense layers) or a score GEMM, the softmax and a `P V` GEMM (a
-// SuperBlock lead, which must hand its probabilities on). Flash-decoding: block (b, kv head,
-// split) takes the G query heads that share the kv head over one slice of the keys, with an
-// online softmax over tiles of DA_TILE keys; it leaves its partial output and its (max, sum)
-// in a workspace, and the last block of (b, kv head) to finish (a ticket counter) combines the
-// slices. Modes:
-//   DA_ATTEND  softmax(q K^T * scale [softcapped] + mask) V;
-//   DA_LEAD    the same, and the masked scores (f32 [n, H, k_len]) with each row's max and sum
-//              (f32 [n, H, 2]) for the reuse layers of its block;
-//   DA_REUSE   a reuse layer: p = exp(score - max) / sum from its lead's scores, stored as T as
-//              the composition's probabilities are, then p V with its own values (no keys).
-// The composition's roundings are kept where they are cheap (each score rounded to T as the
-// score GEMM stores it, then masked_value's steps; DA_REUSE's probabilities rounded to T); the
-// lead's own output uses the unrounded probabilities, as cuDNN's fused attention does.
-// Cache element (b, head, pos, j) lives at b * slot_stride + head * head_stride + pos * d + j.
-//
-// Layout: a key row of D elements is read by LPK lanes, NE elements each, so a warp reads
-// 32 / LPK whole rows per instruction (coalesced); each lane keeps the G heads' partial dot
-// products over its elements, and a transposing butterfly leaves one head's full score per
-// lane. A tile's key and value rows are loaded raw into registers at once, and the next tile's
-// keys (values) are loaded as soon as this tile's are used, so loads overlap the arithmetic.
-// GMAX (4 or 8) bounds G.
-#define DA_TILE 128  // the most keys a tile has (64-wide heads); wider heads take fewer
-#define DA_THREADS 256
-#define DA_WARPS (DA_THREADS / 32)
-#define DA_ROWS 8  // rows a lane holds per tile, of keys and of values
-#define DA_ATTEND 0
-#define DA_LEAD 1
-#define DA_REUSE 2
-#define DA_COUNTERS 65536
-#define DA_MAX_SPLITS 64
-
-// One ticket counter per (sequence, kv head) of a launch; zero at load, and the last block of
-// each pair sets it back to zero, so captured replays find them ready.
-__device__ unsigned int da_tickets[DA_COUNTERS];
-
-// NE elements of T loaded raw in one instruction (NE * sizeof(T) is 8 or 16 bytes).
-template <typename T, int NE>
-struct alignas(NE * sizeof(T)) RawRow {
-  T e[NE];
-};
-
-// Sums v[0..GMAX) over the LPK lanes of a key group (lane index r within it) and leaves each
-// lane one sum: head `*head` (the halves kept at each step are chosen by r's bits). Lanes that
-// end with the same head hold equal sums.
-template <int GMAX, int LPK>
-__device__ __forceinline__ float transpose_reduce(float (&v)[GMAX], int r, int* head) {
-  int base = 0;
-#pragma unroll
-  for (int o = LPK / 2, count = GMAX; o >= 1; o >>= 1) {
-    if (count > 1) {
-      const int half = count / 2;
-      const bool upper = (r & o) != 0;
-#pragma unroll
-      for (int i = 0; i < half; ++i) {
-        const float send = upper ? v[i] : v[i + half];
-        const float keep = upper ? v[i + half] : v[i];
-        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-      }
-      if (upper) base += half;
-      count = half;
-    } else {
-      v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
-    }
-  }
-  *head = base;
-  return v[0];
-}
-
-template <typename T, int D, int GMAX>
-__device__ void decode_attention(const T* q, const T* k_cache, const T* v_cache, i64 slot_stride,
-                                 i64 head_stride, const T* mask, float* scores, float* stats, float* part_o,
-                                 float* part_ml, T* out, int heads, int kv_heads, i64 k_len, int chunk,
-                                 int mode, float scale, float softcap) {
-  constexpr int LPK = D / 4 < 32 ? D / 4 : 32;  // lanes per key row
-  constexpr int NE = D / LPK;                    // elements a lane holds of a row
-  constexpr int KPW = 32 / LPK;                  // rows a warp reads at once
-  constexpr int PER_WARP = DA_ROWS;              // row groups per warp and tile
-  constexpr int TILE = DA_WARPS * KPW * DA_ROWS;
-  constexpr int P_PER_THREAD = GMAX * TILE / DA_THREADS;
-  static_assert(LPK * NE == D && KPW * LPK == 32 && GMAX <= LPK && TILE <= DA_TILE, "unsupported head width");
-  static_assert(P_PER_THREAD * DA_THREADS == GMAX * TILE, "tile and block do not match");
-  using Raw = RawRow<T, NE>;
-  __shared__ __align__(16) float q_s[GMAX * D];
-  __shared__ float p_s[GMAX][DA_TILE];
-  __shared__ float o_s[GMAX * D];
-  __shared__ float m_s[GMAX], l_s[GMAX], f_s[GMAX];
-  __shared__ bool last;
-  const int G = heads / kv_heads;
-  const int S = (int)((k_len + chunk - 1) / chunk);
-  const int split = (int)(blockIdx.x % S);
-  const i64 pair = blockIdx.x / S;  // b * kv_heads + kv head
-  const int kvh = (int)(pair % kv_heads);
-  const i64 b = pair / kv_heads;
-  const i64 h0 = b * heads + (i64)kvh * G;  // this block's first query head, as a row of [n, H]
-  const i64 k0 = (i64)split * chunk, k1 = k0 + chunk < k_len ? k0 + chunk : k_len;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int r = lane % LPK, group = lane / LPK;  // lane within its row, row within the warp
-  const T* keys = k_cache + b * slot_stride + kvh * head_stride;
-  const T* values = v_cache + b * slot_stride + kvh * head_stride;
-  // Row `it` of this lane's share of a tile: key t0 + row(it).
-  auto row = [&](int it) { return (it * DA_WARPS + warp) * KPW + group; };
-  auto load_rows = [&](const T* base, i64 t0, Raw(&raw)[PER_WARP]) {
-    const T* tile = base + t0 * D + r * NE;
-    const int left = (int)(k1 - t0 < TILE ? k1 - t0 : TILE);
-#pragma unroll
-    for (int it = 0; it < PER_WARP; ++it) {
-      if (row(it) < left) raw[it] = *reinterpret_cast<const Raw*>(tile + row(it) * D);
-    }
-  };
-  // A reuse layer's probabilities for the tile at t0: this thread's P_PER_THREAD of them.
-  auto load_probs = [&](i64 t0, float(&pr)[P_PER_THREAD]) {
-#pragma unroll
-    for (int k = 0; k < P_PER_THREAD; ++k) {
-      const int i = tid + k * DA_THREADS, g = i / TILE, c = i % TILE;
-      pr[k] = g < G && t0 + c < k1 ? scores[(h0 + g) * k_len + t0 + c] : neg_inf();
-    }
-  };
-
-  Raw kr[PER_WARP], vr[PER_WARP];
-  float pr[P_PER_THREAD];
-  if (mode == DA_REUSE) {
-    load_probs(k0, pr);
-  } else {
-    load_rows(keys, k0, kr);
-  }
-  load_rows(values, k0, vr);
-  for (int i = tid; i < GMAX * D; i += DA_THREADS) {
-    q_s[i] = mode != DA_REUSE && i < G * D ? to_float(q[h0 * D + i]) : 0.0f;
-    o_s[i] = 0.0f;
-  }
-  for (int i = tid; i < GMAX * TILE; i += DA_THREADS) p_s[i / TILE][i % TILE] = 0.0f;
-  if (tid < GMAX) {
-    m_s[tid] = neg_inf();
-    l_s[tid] = 0.0f;
-    f_s[tid] = 1.0f;
-  }
-  float acc[GMAX][NE];
-#pragma unroll
-  for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-    for (int e = 0; e < NE; ++e) acc[g][e] = 0.0f;
-  __syncthreads();
-
-  for (i64 t0 = k0; t0 < k1; t0 += TILE) {
-    const i64 next = t0 + TILE;
-    if (mode == DA_REUSE) {
-      // Phase 1: the lead's probabilities for the tile, then the next tile's scores.
-#pragma unroll
-      for (int k = 0; k < P_PER_THREAD; ++k) {
-        const int i = tid + k * DA_THREADS, g = i / TILE, c = i % TILE;
-        float p = 0.0f;
-        if (g < G && t0 + c < k1) {
-          const float mx = stats[(h0 + g) * 2], sum = stats[(h0 + g) * 2 + 1];
-          if (sum > 0.0f) p = round_to<T>(__fdiv_rn(expf(pr[k] - mx), sum));
-        }
-        p_s[g][c] = p;
-      }
-      if (next < k1) load_probs(next, pr);
-    } else {
-      // Phase 1: scores, then the next tile's keys.
-#pragma unroll
-      for (int it = 0; it < PER_WARP; ++it) {
-        const i64 key = t0 + row(it);
-        float dot[GMAX];
-#pragma unroll
-        for (int g = 0; g < GMAX; ++g) {
-          dot[g] = 0.0f;
-#pragma unroll
-          for (int e = 0; e < NE; ++e) dot[g] = fmaf(to_float(kr[it].e[e]), q_s[g * D + r * NE + e], dot[g]);
-        }
-        int g;
-        const float raw = transpose_reduce<GMAX, LPK>(dot, r, &g);
-        // One lane per head writes: the others of its kind hold the same sum.
-        if (r % (LPK / GMAX) == 0 && g < G) {
-          float sc = neg_inf();
-          if (key < k1) {
-            sc = masked_value<T>(round_to<T>(raw), to_float(mask[b * k_len + key]), scale, softcap);
-            if (mode == DA_LEAD) scores[(h0 + g) * k_len + key] = sc;
-          }
-          p_s[g][row(it)] = sc;
-        }
-      }
-      if (next < k1) load_rows(keys, next, kr);
-      __syncthreads();
-      // The tile's max per query head (one warp per head), the running max and sum, and the
-      // factor by which the accumulated output shrinks.
-      for (int g = warp; g < G; g += DA_WARPS) {
-        float mx = neg_inf();
-        for (int i = lane; i < TILE; i += 32) mx = fmaxf(mx, p_s[g][i]);
-        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        const float m_new = fmaxf(m_s[g], mx);
-        float sum = 0.0f;
-        for (int i = lane; i < TILE; i += 32) {
-          const float p = m_new == neg_inf() ? 0.0f : expf(p_s[g][i] - m_new);
-          p_s[g][i] = p;
-          sum += p;
-        }
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (lane == 0) {
-          const float f = m_new == neg_inf() ? 1.0f : expf(m_s[g] - m_new);
-          f_s[g] = f;
-          l_s[g] = l_s[g] * f + sum;
-          m_s[g] = m_new;
-        }
-      }
-    }
-    __syncthreads();
-    // Phase 2: p V over the tile, rows as in phase 1, each lane its NE columns of every head;
-    // then the next tile's values.
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g) {
-      const float f = f_s[g];
-#pragma unroll
-      for (int e = 0; e < NE; ++e) acc[g][e] *= f;
-    }
-#pragma unroll
-    for (int it = 0; it < PER_WARP; ++it) {
-      if (t0 + row(it) < k1) {
-#pragma unroll
-        for (int g = 0; g < GMAX; ++g) {
-          const float p = p_s[g][row(it)];
-#pragma unroll
-          for (int e = 0; e < NE; ++e) acc[g][e] = fmaf(p, to_float(vr[it].e[e]), acc[g][e]);
-        }
-      }
-    }
-    if (next < k1) load_rows(values, next, vr);
-    __syncthreads();
-  }
-
-  // The block's partial output: the row groups' sums within each warp, then the warps' in a
-  // fixed order (deterministic).
-#pragma unroll
-  for (int o = LPK; o < 32; o <<= 1)
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-      for (int e = 0; e < NE; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
-  for (int w = 0; w < DA_WARPS; ++w) {
-    if (warp == w && group == 0) {
-#pragma unroll
-      for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-        for (int e = 0; e < NE; ++e) o_s[g * D + r * NE + e] += acc[g][e];
-    }
-    __syncthreads();
-  }
-  const i64 slot = pair * S + split;
-  for (int i = tid; i < G * D; i += DA_THREADS) part_o[slot * G * D + i] = o_s[i];
-  if (tid < G) {
-    part_ml[(slot * G + tid) * 2] = m_s[tid];
-    part_ml[(slot * G + tid) * 2 + 1] = l_s[tid];
-  }
-  // The last block of the pair to finish combines the slices.
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    last = atomicAdd(&da_tickets[pair], 1u) == (unsigned)(S - 1);
-    if (last) da_tickets[pair] = 0;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  // Each slice's weight exp(m_s - max) per query head (one warp per head; S <= DA_MAX_SPLITS
-  // = 2 slices a lane, and the weights fit where the tile's probabilities were), then the
-  // weighted sum of the slices' outputs. Other blocks' partials are read past L1 (volatile).
-  const volatile float* po = part_o + pair * S * G * D;
-  const volatile float* pml = part_ml + pair * S * G * 2;
-  float* weight = &p_s[0][0];
-  for (int g = warp; g < G; g += DA_WARPS) {
-    float m[2], l[2];
-#pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      const int s = lane + 32 * k;
-      const bool has = s < S && mode != DA_REUSE;
-      m[k] = has ? pml[(s * G + g) * 2] : neg_inf();
-      l[k] = has ? pml[(s * G + g) * 2 + 1] : 0.0f;
-    }
-    float mx = fmaxf(m[0], m[1]);
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      const int s = lane + 32 * k;
-      const float w = mode == DA_REUSE ? 1.0f : (mx == neg_inf() ? 0.0f : expf(m[k] - mx));
-      sum += w * l[k];
-      if (s < S) weight[s * G + g] = w;
-    }
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (lane == 0) {
-      m_s[g] = mx;
-      l_s[g] = mode == DA_REUSE ? 1.0f : sum;
-      if (mode == DA_LEAD) {
-        stats[(h0 + g) * 2] = mx;
-        stats[(h0 + g) * 2 + 1] = sum;
-      }
-    }
-  }
-  __syncthreads();
-  for (int i = tid; i < G * D; i += DA_THREADS) {
-    const int g = i / D;
-    float o = 0.0f;
-#pragma unroll 16
-    for (int s = 0; s < S; ++s) o += weight[s * G + g] * po[s * G * D + i];
-    out[h0 * D + i] = from_float<T>(l_s[g] > 0.0f ? o / l_s[g] : 0.0f);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Training's SwiGLU, forward and backward (the trainer's autograd function in train.cpp calls
 // them): out = silu(gate) * up, and from the output's gradient go, d_up = go * silu(gate) and
 // d_gate = silu'(gate) * go * up, with the roundings of torch's silu, mul, silu_backward chain
@@ -723,17 +405,6 @@ __device__ void accumulate_f32(const T* g, float* acc, i64 n) {
 
 // ---------------------------------------------------------------------------------------------
 // Entry points, one per element type: <name>_<f32|bf16|f16>.
-// decode_attention_<d64|d128|d256>_g<4|8>_<type>: one per head width and bound on the query
-// heads per kv head (the kernel keeps partial sums for GMAX heads).
-#define UA_DECODE_ATTENTION(T, SUFFIX, D, GMAX)                                                           \
-  extern "C" __global__ void __launch_bounds__(DA_THREADS, 2) decode_attention_d##D##_g##GMAX##_##SUFFIX(    \
-      const T* q, const T* k_cache, const T* v_cache, i64 slot_stride, i64 head_stride, const T* mask,    \
-      float* scores, float* stats, float* part_o, float* part_ml, T* out, int heads, int kv_heads,       \
-      i64 k_len, int chunk, int mode, float scale, float softcap) {                                       \
-    decode_attention<T, D, GMAX>(q, k_cache, v_cache, slot_stride, head_stride, mask, scores, stats,      \
-                                 part_o, part_ml, out, heads, kv_heads, k_len, chunk, mode, scale,        \
-                                 softcap);                                                                 \
-  }
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
     gated_act<T>(gu, out, rows, inter, gelu);                                                              \
@@ -749,10 +420,6 @@ __device__ void accumulate_f32(const T* g, float* acc, i64 n) {
                                                      i64 q, i64 k, float scale, float softcap) {          \
     masked_softmax<T>(scores, mask, out, heads, q, k, scale, softcap);                                     \
   }                                                                                                        \
-  UA_DECODE_ATTENTION(T, SUFFIX, 64, 4)                                                                    \
-  UA_DECODE_ATTENTION(T, SUFFIX, 64, 8)                                                                    \
-  UA_DECODE_ATTENTION(T, SUFFIX, 128, 4)                                                                   \
-  UA_DECODE_ATTENTION(T, SUFFIX, 128, 8)                                                                   \
   extern "C" __global__ void cross_entropy_##SUFFIX(const T* logits, const i64* targets, float* loss,     \
                                                     T* grad, i64 v, const float* scale, float softcap) {  \
     cross_entropy<T>(logits, targets, loss, grad, v, scale, softcap);                                      \
@@ -779,8 +446,3 @@ __device__ void accumulate_f32(const T* g, float* acc, i64 n) {
 UA_ENTRY_POINTS(float, f32)
 UA_ENTRY_POINTS(bf16, bf16)
 UA_ENTRY_POINTS(f16, f16)
-// 256-wide heads in 16-bit types only (an f32 row is 64 lanes of 16 bytes).
-UA_DECODE_ATTENTION(bf16, bf16, 256, 4)
-UA_DECODE_ATTENTION(bf16, bf16, 256, 8)
-UA_DECODE_ATTENTION(f16, f16, 256, 4)
-UA_DECODE_ATTENTION(f16, f16, 256, 8)

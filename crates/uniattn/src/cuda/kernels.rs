@@ -28,15 +28,7 @@ const KERNELS: &[&str] = &[
     "rope_forward",
     "rope_backward",
     "accumulate_f32",
-    "decode_attention_d64_g4",
-    "decode_attention_d64_g8",
-    "decode_attention_d128_g4",
-    "decode_attention_d128_g8",
-    "decode_attention_d256_g4",
-    "decode_attention_d256_g8",
 ];
-/// Kernels without an f32 version (an f32 row of 256 is wider than a warp's 16-byte loads).
-const NO_F32: &[&str] = &["decode_attention_d256_g4", "decode_attention_d256_g8"];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
 const THREADS: u32 = 256;
@@ -81,10 +73,7 @@ fn load(device: usize) -> Result<Loaded> {
     })?;
     let mut kernels = HashMap::new();
     for base in KERNELS {
-        for (kind, suffix) in SUFFIXES {
-            if *kind == Kind::Float && NO_F32.contains(base) {
-                continue;
-            }
+        for (_, suffix) in SUFFIXES {
             let c = CString::new(format!("{base}_{suffix}")).expect("kernel name");
             let mut k = std::ptr::null_mut();
             // SAFETY: `lib` is a loaded library; valid name, out-pointer and error buffer.
@@ -403,165 +392,6 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64, softcap: Optio
     args.launch(loaded, "masked_softmax", suffix, device, b * heads * q, block).then_some(out)
 }
 
-/// What a SuperBlock lead's decode attention leaves for its reuse layers: the masked scores
-/// (f32 `[n, H, k]`) and each row's softmax max and sum (f32 `[n, H, 2]`), from which a reuse
-/// layer forms the probabilities in its own kernel (the lead cannot normalise them in the same
-/// pass: it sees the row's total only at the end).
-pub struct LeadScores {
-    pub scores: Tensor,
-    pub stats: Tensor,
-}
-
-impl LeadScores {
-    /// The probabilities `[n, H, 1, k]` in `kind`: what [`decode_reuse`] multiplies by, as the
-    /// libtorch composition (the fallback where the kernel does not apply, and its reference).
-    pub fn probs(&self, kind: Kind) -> Tensor {
-        let max = self.stats.narrow(-1, 0, 1);
-        let sum = self.stats.narrow(-1, 1, 1);
-        ((&self.scores - max).exp() / sum).to_kind(kind).unsqueeze(2)
-    }
-}
-
-/// Key slices of one (sequence, kv head) pair are spread over blocks until a launch has about
-/// this many: twice the SMs of an H100/H200, so that a batch-1 step fills the card.
-const DECODE_BLOCKS: i64 = 264;
-/// Keys per tile of the decode kernel (`DA_TILE` in kernels.cu); slices are whole tiles.
-const DECODE_TILE: i64 = 128;
-/// The most slices per pair (`DA_MAX_SPLITS`: their weights share the tile's shared memory).
-const DECODE_MAX_SPLITS: i64 = 64;
-/// Ticket counters the kernel has (`DA_COUNTERS`): one per (sequence, kv head) pair.
-const DECODE_PAIRS: i64 = 65536;
-
-/// Attention of one query token per sequence over its cache, in one kernel (flash-decoding;
-/// see `decode_attention` in kernels.cu): for a full or CLA layer `q` (`[n, H, 1, d]`) against
-/// `keys` and `values` (cache views `[n, Hkv, k, d]`) under the additive `mask` (`[n, 1, 1, k]`);
-/// with `lead`, also the scores its reuse layers need. `[n, H, 1, d]` out.
-pub fn decode_attention(
-    q: &Tensor,
-    keys: &Tensor,
-    values: &Tensor,
-    mask: &Tensor,
-    scale: f64,
-    softcap: Option<f64>,
-    lead: bool,
-) -> Option<(Tensor, Option<LeadScores>)> {
-    let &[n, heads, 1, _] = q.size().as_slice() else { return None };
-    let k_len = keys.size().get(2).copied()?;
-    // A copy only where the queries come normed or rotated by the composition (Gemma 3).
-    let q = &q.contiguous();
-    let fits = keys.kind() == q.kind()
-        && keys.device() == q.device()
-        && keys.stride() == values.stride()
-        && mask.kind() == q.kind()
-        && mask.device() == q.device()
-        && mask.is_contiguous()
-        && mask.size() == [n, 1, 1, k_len];
-    if !fits {
-        return None;
-    }
-    let lead = lead.then(|| LeadScores {
-        scores: Tensor::empty([n, heads, k_len], (Kind::Float, q.device())),
-        stats: Tensor::empty([n, heads, 2], (Kind::Float, q.device())),
-    });
-    let mode = if lead.is_some() { 1 } else { 0 };
-    let out = launch_decode(q, Some(keys), values, Some(mask), lead.as_ref(), mode, heads, scale, softcap)?;
-    Some((out, lead))
-}
-
-/// A reuse layer's decode attention: its lead's probabilities (formed from `lead`'s scores)
-/// times its own `values` (`[n, Hkv, k, d]`), in one kernel. `[n, H, 1, d]` out.
-pub fn decode_reuse(lead: &LeadScores, values: &Tensor) -> Option<Tensor> {
-    let &[_, heads, k_len] = lead.scores.size().as_slice() else { return None };
-    if values.size().get(2) != Some(&k_len) || lead.scores.device() != values.device() {
-        return None;
-    }
-    launch_decode(values, None, values, None, Some(lead), 2, heads, 1.0, None)
-}
-
-/// Checks the cache views and launches `decode_attention_<d>`. `q` is the query (modes 0 and
-/// 1) or, for a reuse layer (mode 2), any tensor of the values' type and device.
-#[allow(clippy::too_many_arguments)]
-fn launch_decode(
-    q: &Tensor,
-    keys: Option<&Tensor>,
-    values: &Tensor,
-    mask: Option<&Tensor>,
-    lead: Option<&LeadScores>,
-    mode: i64,
-    heads: i64,
-    scale: f64,
-    softcap: Option<f64>,
-) -> Option<Tensor> {
-    let (device, loaded, suffix) = usable(q)?;
-    let &[n, kv_heads, k_len, dim] = values.size().as_slice() else { return None };
-    let stride = values.stride();
-    let groups = heads / kv_heads.max(1);
-    let name = match (dim, groups, suffix) {
-        (256, _, "f32") => return None,
-        (64, 1..=4, _) => "decode_attention_d64_g4",
-        (64, 5..=8, _) => "decode_attention_d64_g8",
-        (128, 1..=4, _) => "decode_attention_d128_g4",
-        (128, 5..=8, _) => "decode_attention_d128_g8",
-        (256, 1..=4, _) => "decode_attention_d256_g4",
-        (256, 5..=8, _) => "decode_attention_d256_g8",
-        _ => return None,
-    };
-    let lead_ok = |l: &LeadScores| {
-        l.scores.size() == [n, heads, k_len]
-            && l.scores.is_contiguous()
-            && l.stats.size() == [n, heads, 2]
-            && l.stats.is_contiguous()
-            && l.scores.kind() == Kind::Float
-            && l.stats.kind() == Kind::Float
-    };
-    let fits = values.kind() == q.kind()
-        && values.device() == q.device()
-        && stride[2] == dim
-        && stride[3] == 1
-        && keys.is_none_or(|k| k.size() == values.size())
-        && kv_heads >= 1
-        && heads % kv_heads == 0
-        && k_len >= 1
-        && n * kv_heads <= DECODE_PAIRS
-        && lead.is_none_or(lead_ok);
-    if !fits {
-        return None;
-    }
-    let pairs = n * kv_heads;
-    let wanted_splits = ((DECODE_BLOCKS + pairs - 1) / pairs).min(DECODE_MAX_SPLITS);
-    let chunk = ((k_len + wanted_splits - 1) / wanted_splits + DECODE_TILE - 1) / DECODE_TILE * DECODE_TILE;
-    let splits = (k_len + chunk - 1) / chunk;
-    let f32_on = (Kind::Float, q.device());
-    let part_o = Tensor::empty([pairs * splits * groups * dim], f32_on);
-    let part_ml = Tensor::empty([pairs * splits * groups * 2], f32_on);
-    let out = Tensor::empty([n, heads, 1, dim], (q.kind(), q.device()));
-    let mut args =
-        Args::default().ptr(q).ptr(keys.unwrap_or(values)).ptr(values).i64(stride[0]).i64(stride[1]);
-    args = match mask {
-        Some(m) => args.ptr(m),
-        None => args.i64(0),
-    };
-    args = match lead {
-        Some(l) => args.ptr(&l.scores).ptr(&l.stats),
-        None => args.i64(0).i64(0),
-    };
-    let args = args
-        .ptr(&part_o)
-        .ptr(&part_ml)
-        .ptr(&out)
-        .i32(heads)
-        .i32(kv_heads)
-        .i64(k_len)
-        .i32(chunk)
-        .i32(mode)
-        .f32(scale)
-        .f32(softcap.unwrap_or(0.0));
-    args.launch(loaded, name, suffix, device, pairs * splits, DECODE_THREADS).then_some(out)
-}
-
-/// Threads of a decode attention block (`DA_THREADS` in kernels.cu).
-const DECODE_THREADS: u32 = 256;
-
 /// The cross-entropy of `logits` (`[n, vocab]`, a chunk of the LM head's output before any
 /// soft-capping, which `softcap` applies) against `targets` (`[n]`, -100 where there is none),
 /// times `scale` (a one-element f32 tensor on the same device, read when the kernel runs), per
@@ -753,86 +583,6 @@ mod tests {
                         _ => 2f64.powi(-11),
                     };
                     assert!(d <= tol, "{kind:?} q={q_len} k={k_len} softcap={softcap:?}: differs by {d}");
-                }
-            }
-        }
-    }
-
-    /// The decode kernel in its three modes against the composition the engine runs without
-    /// it: scores, softmax and `P V` over cache views (rows of a larger cache, as the engine
-    /// passes them), with random holes in the mask and a mask-only tail, for several head
-    /// widths, query heads per kv head, batch sizes and key lengths (one slice, several, and a
-    /// ragged last tile).
-    #[test]
-    fn decode_attention_equals_composition() {
-        let Some(dev) = gpu() else { return };
-        // (head width, heads, kv heads, sequences, keys): 7, 6, 1, 2 and 3 query heads per kv
-        // head, one slice to many, ragged last tiles.
-        let cases = [
-            (64, 14, 2, 1, 2048),
-            (64, 14, 2, 3, 100),
-            (128, 12, 2, 2, 777),
-            (128, 4, 4, 5, 4133),
-            (256, 8, 4, 1, 300),
-            (64, 9, 3, 33, 1000),
-        ];
-        for kind in KINDS {
-            for (dim, h, hkv, n, k_len) in cases {
-                if dim == 256 && kind == Kind::Float {
-                    continue; // no f32 version: the composition runs
-                }
-                for softcap in [None, Some(5.0)] {
-                    let heads = Heads { num_heads: h, num_kv_heads: hkv, head_dim: dim };
-                    let scale = 1.0 / (dim as f64).sqrt();
-                    let f = (Kind::Float, dev);
-                    let q = Tensor::randn([n, h, 1, dim], f).to_kind(kind);
-                    // Cache views: sequences 1..n+1 of n+2, keys 0..k_len of k_len + 50.
-                    let cache = |_| Tensor::randn([n + 2, hkv, k_len + 50, dim], f).to_kind(kind);
-                    let view = |c: &Tensor| c.narrow(0, 1, n).narrow(2, 0, k_len);
-                    let (kc, vc, v2c) = (cache(0), cache(1), cache(2));
-                    let (k, v, v2) = (view(&kc), view(&vc), view(&v2c));
-                    // Keys masked at random and past each row's length, key 0 always visible.
-                    let kp = Tensor::arange(k_len, (Kind::Int64, dev)).view([1, 1, k_len]);
-                    let lens = Tensor::randint_low(k_len / 2, k_len + 1, [n, 1, 1], (Kind::Int64, dev));
-                    let holes = Tensor::rand([n, 1, k_len], f).ge(0.2);
-                    let allowed = kp.lt_tensor(&lens).logical_and(&holes).logical_or(&kp.eq(0));
-                    let zero = Tensor::zeros([1], (kind, dev));
-                    let mask = zero.where_self(&allowed, &zero.full_like(f64::NEG_INFINITY)).unsqueeze(1);
-                    let probs = without(|| attention_probs(&heads, &q, &k, &mask, scale, softcap));
-                    let want = heads.apply_probs(&probs, &v);
-                    let want_reuse = heads.apply_probs(&probs, &v2);
-                    let case =
-                        format!("{kind:?} d={dim} H={h} Hkv={hkv} n={n} k={k_len} softcap={softcap:?}");
-                    let (got, lead) =
-                        decode_attention(&q, &k, &v, &mask, scale, softcap, true).expect("applies");
-                    let lead = lead.expect("a lead's scores");
-                    let (plain, none) =
-                        decode_attention(&q, &k, &v, &mask, scale, softcap, false).expect("applies");
-                    assert!(none.is_none(), "{case}: scores only for a lead");
-                    assert_eq!(ulps(&plain, &got), 0.0, "{case}: a lead attends as a full layer does");
-                    let reuse = decode_reuse(&lead, &v2).expect("applies");
-                    // Relative to the largest output: the lead's own output uses unrounded
-                    // probabilities where the composition rounds them to the type first.
-                    let tol = match kind {
-                        Kind::Float => 1e-5,
-                        Kind::BFloat16 => 2f64.powi(-7),
-                        _ => 2f64.powi(-10),
-                    };
-                    let rel = |got: &Tensor, want: &Tensor| {
-                        let w = want.to_kind(Kind::Double);
-                        let d = (got.to_kind(Kind::Double) - &w).abs().max().double_value(&[]);
-                        d / w.abs().max().double_value(&[])
-                    };
-                    let d = rel(&got, &want);
-                    assert!(d <= tol, "{case}: output differs by {d} of its largest value");
-                    let d = rel(&reuse, &want_reuse);
-                    assert!(d <= tol, "{case}: reuse output differs by {d} of its largest value");
-                    // The probabilities a reuse layer forms: one rounding step of the type.
-                    let p = lead.probs(kind);
-                    let d =
-                        (p.to_kind(Kind::Double) - probs.to_kind(Kind::Double)).abs().max().double_value(&[]);
-                    let step = if kind == Kind::Float { 1e-6 } else { 2.0 * ulps_of(kind) };
-                    assert!(d <= step, "{case}: probabilities differ by {d}");
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! in reuse layers, gate|up in the MLP), so a decode step launches fewer, larger kernels.
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
-use crate::cuda::kernels::{self, HeadLayout, LeadScores};
+use crate::cuda::kernels::{self, HeadLayout};
 use crate::model::attention::{attention_probs, fused_attention, Attention, Heads};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::model::rope::RopeAngles;
@@ -131,16 +131,13 @@ pub struct InferenceLayer {
 }
 
 /// What a lead hands to the reuse layers of its block. A decode step keeps the probabilities
-/// (`[n, H, 1, k]`, small), or on a GPU the masked scores they are formed from (the decode
-/// kernel forms them in the reuse layer's pass), so reuse layers read neither keys nor
-/// queries. A prefill chunk's
+/// (`[n, H, 1, k]`, small), so reuse layers read neither keys nor queries. A prefill chunk's
 /// probabilities are `chunk x context` per head: materialising them and multiplying by them
 /// costs more memory traffic than a fused kernel spends recomputing them, so the lead keeps its
 /// queries and keys instead and each reuse layer runs the fused kernel on its own values.
 /// Both give `softmax(Q_lead K_lead^T) V`.
 pub enum LeadAttention {
     Probs(Tensor),
-    Scores(LeadScores),
     /// `mask`: the lead's own additive mask, or `None` where it is plain causal (a reuse
     /// layer's window may differ from its lead's, and the lead's is the one that applies).
     QueryKeys {
@@ -156,8 +153,6 @@ impl LeadAttention {
     fn apply(&self, h: &Heads, values: &Tensor) -> Tensor {
         match self {
             LeadAttention::Probs(p) => h.apply_probs(p, values),
-            LeadAttention::Scores(s) => kernels::decode_reuse(s, values)
-                .unwrap_or_else(|| h.apply_probs(&s.probs(values.kind()), values)),
             LeadAttention::QueryKeys { queries, keys, scale, mask } => {
                 fused_attention(queries, keys, values, mask.as_ref(), mask.is_none(), *scale)
             }
@@ -330,25 +325,7 @@ impl InferenceLayer {
                 let keys = cache.keys(l, step.slot0, n, step.k_len);
                 let values = cache.values(l, step.slot0, n, step.k_len);
                 let decode = q.size()[2] == 1;
-                let fused = decode
-                    .then(|| {
-                        kernels::decode_attention(
-                            &q,
-                            &keys,
-                            &values,
-                            step.mask,
-                            *scale,
-                            *softcap,
-                            hands_probs,
-                        )
-                    })
-                    .flatten();
-                let out = if let Some((out, scores)) = fused {
-                    if let Some(s) = scores {
-                        *lead = Some(LeadAttention::Scores(s));
-                    }
-                    out
-                } else if softcap.is_some() || (hands_probs && decode) {
+                let out = if softcap.is_some() || (hands_probs && decode) {
                     let p = attention_probs(h, &q, &keys, step.mask, *scale, *softcap);
                     let out = h.apply_probs(&p, &values);
                     if hands_probs {
@@ -388,22 +365,10 @@ impl InferenceLayer {
                 if let Some(qn) = q_norm {
                     q = qn.forward(&q);
                 }
-                let q = step.rope.apply(&q);
                 let keys = cache.keys(*lead, step.slot0, n, step.k_len);
                 let values = cache.values(*lead, step.slot0, n, step.k_len);
-                let fused = (q.size()[2] == 1)
-                    .then(|| {
-                        kernels::decode_attention(&q, &keys, &values, step.mask, *scale, *softcap, false)
-                    })
-                    .flatten();
-                let out = match fused {
-                    Some((out, _)) => out,
-                    None => {
-                        let p = attention_probs(h, &q, &keys, step.mask, *scale, *softcap);
-                        h.apply_probs(&p, &values)
-                    }
-                };
-                Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
+                let p = attention_probs(h, &step.rope.apply(&q), &keys, step.mask, *scale, *softcap);
+                Some(AttnOut { heads: h.merge(&h.apply_probs(&p, &values)), o_proj, extra: None })
             }
             InferenceAttention::Dropped => None,
         }

@@ -19,10 +19,7 @@ fn variants() -> Vec<Option<ReuseKind>> {
 
 /// A tiny f64 model: dense, or the plan `{1..4}` of `kind` with random W_c.
 fn model(fam: Family, kind: Option<ReuseKind>, seed: i64) -> Transformer {
-    model_of(tiny_config(fam), kind, seed)
-}
-
-fn model_of(cfg: crate::config::ModelConfig, kind: Option<ReuseKind>, seed: i64) -> Transformer {
+    let cfg = tiny_config(fam);
     match kind {
         None => tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, seed),
         Some(k) => {
@@ -311,12 +308,10 @@ fn cuda_graph_decode_equals_eager() {
     let opts = EngineOptions { max_batch: 4, max_len: 600, prefill_chunk: 64 };
     let mut worst = 0.0f64;
     for fam in [Family::Llama, Family::Qwen2, Family::Gemma2, Family::Gemma3] {
-        // Heads 64 wide, so that the decode attention kernel (64, 128 or 256) runs.
-        let cfg = crate::config::ModelConfig { head_dim: 64, ..tiny_config(fam) };
         for kind in variants() {
-            let mut eager = Engine::new(on_gpu(model_of(cfg.clone(), kind, 21)), opts).unwrap();
+            let mut eager = Engine::new(on_gpu(model(fam, kind, 21)), opts).unwrap();
             eager.use_cuda_graphs(false).unwrap();
-            let mut graphed = Engine::new(on_gpu(model_of(cfg.clone(), kind, 21)), opts).unwrap();
+            let mut graphed = Engine::new(on_gpu(model(fam, kind, 21)), opts).unwrap();
             graphed.use_cuda_graphs(true).unwrap();
             let prompts = [seq(1, 5), seq(2, 9), seq(3, 250)];
             let mut next = Vec::new();
