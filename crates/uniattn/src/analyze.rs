@@ -7,6 +7,7 @@
 //! cosine because it compares where attention goes regardless of how peaked it is, and it is
 //! 1 exactly when a reuse layer would see its own map.
 use crate::error::{Error, Result};
+use crate::model::attention::{LeadAttention, LeadState, Want};
 use crate::model::transformer::PositionContext;
 use crate::model::Transformer;
 use crate::plan::SuperBlockPlan;
@@ -38,11 +39,11 @@ pub fn attention_similarity(
         let mut maps = Vec::with_capacity(n);
         for (l, layer) in model.layers.iter().enumerate() {
             let x = layer.attn_norm.forward(&h);
-            let (a, st) = layer.attention_branch(&x, &pc.layer(model, l), None, (true, false));
-            let p = st
-                .and_then(|s| s.probs)
-                .expect("dense layers return their map when asked")
-                .to_kind(Kind::Float);
+            let (a, st) = layer.attention_branch(&x, &pc.layer(model, l), None, Want::Probs);
+            let Some(LeadState { attn: Some(LeadAttention::Probs(p)), .. }) = st else {
+                unreachable!("dense layers return their map when asked")
+            };
+            let p = p.to_kind(Kind::Float);
             // Unit rows, first query dropped: [H, t-1, t]
             let p = p.squeeze_dim(0).narrow(1, 1, t - 1);
             maps.push(&p / p.norm_scalaropt_dim(2.0, [-1], true));

@@ -18,7 +18,7 @@
 //! minimum-norm pseudo-inverse solve; one reuse layer at a time, each with a fresh forward pass of
 //! both models up to that layer.
 use crate::error::{Error, Result};
-use crate::model::attention::reused_output;
+use crate::model::attention::{reused_output, LeadAttention, Want};
 use crate::model::transformer::{DecoderLayer, LayerContext, PositionContext};
 use crate::model::{Attention, Transformer};
 use crate::plan::{LayerRole, SuperBlockPlan};
@@ -152,7 +152,7 @@ fn reuse_step(
     let layer = &model.layers[l];
     let f = full_attention(layer);
     let x = layer.attn_norm.forward(hu);
-    let z0 = reused_output(&f.v_proj, &f.o_proj, &f.heads, &x, &p);
+    let z0 = reused_output(&f.v_proj, &f.o_proj, &f.heads, &x, &LeadAttention::Probs(p));
     ReuseStep { x, z0 }
 }
 
@@ -186,7 +186,7 @@ fn finish_reuse(layer: &DecoderLayer, hu: &Tensor, step: &ReuseStep, w: &Tensor)
 }
 
 fn ordinary_layer(layer: &DecoderLayer, ctx: &LayerContext, h: &Tensor) -> (Tensor, Tensor) {
-    let (a, _) = layer.attention_branch(&layer.attn_norm.forward(h), ctx, None, (false, false));
+    let (a, _) = layer.attention_branch(&layer.attn_norm.forward(h), ctx, None, Want::Output);
     let mid = h + a;
     let out = layer.mlp_branch(&mid) + &mid;
     (mid, out)

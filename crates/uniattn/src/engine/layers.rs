@@ -4,7 +4,7 @@
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
 use crate::cuda::kernels::{self, HeadLayout};
-use crate::model::attention::{attention_probs, fused_attention, Attention, Heads};
+use crate::model::attention::{attention_probs, fused_attention, Attention, Heads, LeadAttention};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::model::rope::RopeAngles;
 use crate::model::transformer::{DecoderLayer, Mlp};
@@ -128,36 +128,6 @@ pub struct InferenceLayer {
     mlp_norm: RmsNorm,
     mlp_post_norm: Option<RmsNorm>,
     mlp: InferenceMlp,
-}
-
-/// What a lead hands to the reuse layers of its block. A decode step keeps the probabilities
-/// (`[n, H, 1, k]`, small), so reuse layers read neither keys nor queries. A prefill chunk's
-/// probabilities are `chunk x context` per head: materialising them and multiplying by them
-/// costs more memory traffic than a fused kernel spends recomputing them, so the lead keeps its
-/// queries and keys instead and each reuse layer runs the fused kernel on its own values.
-/// Both give `softmax(Q_lead K_lead^T) V`.
-pub enum LeadAttention {
-    Probs(Tensor),
-    /// `mask`: the lead's own additive mask, or `None` where it is plain causal (a reuse
-    /// layer's window may differ from its lead's, and the lead's is the one that applies).
-    QueryKeys {
-        queries: Tensor,
-        keys: Tensor,
-        scale: f64,
-        mask: Option<Tensor>,
-    },
-}
-
-impl LeadAttention {
-    /// `P V` for a reuse layer's `values` (`[n, Hkv, k, d]`).
-    fn apply(&self, h: &Heads, values: &Tensor) -> Tensor {
-        match self {
-            LeadAttention::Probs(p) => h.apply_probs(p, values),
-            LeadAttention::QueryKeys { queries, keys, scale, mask } => {
-                fused_attention(queries, keys, values, mask.as_ref(), mask.is_none(), *scale)
-            }
-        }
-    }
 }
 
 /// Where a forward call reads and writes: rows `slot0..slot0 + n` of the cache, queries at

@@ -1,6 +1,6 @@
 //! Attention in its two UniAttn roles. [`FullAttention`] is the ordinary computation (also used
-//! by SuperBlock leads, which additionally return their softmax map). [`ReuseAttention`] holds no
-//! Q/K weights: it takes its lead's probabilities and adds the linear compensation `X W_c`.
+//! by SuperBlock leads, which additionally hand over their attention). [`ReuseAttention`] holds
+//! no Q/K weights: it takes its lead's attention and adds the linear compensation `X W_c`.
 use super::nn::{accumulate_kind, Linear, RmsNorm};
 use super::rope::RopeAngles;
 use tch::Tensor;
@@ -66,40 +66,90 @@ pub struct FullAttention {
     pub softcap: Option<f64>,
 }
 
+/// What a SuperBlock lead hands to the reuse layers of its block (UniAttn, softmax-only): its
+/// post-softmax map `[b, H, q, k]`, or the queries and keys it comes from. A decode step keeps
+/// the map (`[n, H, 1, k]`, small), so reuse layers read neither keys nor queries. Over a
+/// sequence (training, prefill) the map is `q x k` per head: materialising it and multiplying
+/// by it costs more memory traffic than the fused kernel spends recomputing it, so the lead
+/// keeps its queries and keys and each reuse layer runs fused attention on its own values.
+/// Both give `softmax(Q_lead K_lead^T) V`.
+pub enum LeadAttention {
+    Probs(Tensor),
+    /// `mask`: the lead's own additive mask, or `None` where it is plain causal (a reuse
+    /// layer's window may differ from its lead's, and the lead's is the one that applies).
+    QueryKeys {
+        queries: Tensor,
+        keys: Tensor,
+        scale: f64,
+        mask: Option<Tensor>,
+    },
+}
+
+impl LeadAttention {
+    /// `P V` for a reuse layer's `values` (`[b, Hkv, k, d]`).
+    pub fn apply(&self, h: &Heads, values: &Tensor) -> Tensor {
+        match self {
+            LeadAttention::Probs(p) => h.apply_probs(p, values),
+            LeadAttention::QueryKeys { queries, keys, scale, mask } => {
+                fused_attention(queries, keys, values, mask.as_ref(), mask.is_none(), *scale)
+            }
+        }
+    }
+}
+
+/// What the caller of [`FullAttention::forward`] needs besides the block's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Output,
+    /// A lead's attention for its reuse layers, in the form that costs least.
+    Attention,
+    /// The post-softmax map itself (the similarity analysis reads it).
+    Probs,
+    /// Keys after RoPE and values (a CLA lead).
+    KeysValues,
+}
+
 /// What a SuperBlock lead hands to the rest of its block.
 pub struct LeadState {
-    /// Post-softmax map `[b, H, q, k]` (UniAttn, softmax-only).
-    pub probs: Option<Tensor>,
+    /// For UniAttn and softmax-only reuse layers, or the analysis ([`Want::Probs`]: the map).
+    pub attn: Option<LeadAttention>,
     /// Keys after RoPE and values, `[b, Hkv, k, d]` (CLA).
     pub kv: Option<(Tensor, Tensor)>,
 }
 
 impl FullAttention {
     /// `x`: normed input `[b, q, hidden]`; `mask`: additive `[b, 1, q, k]`, exactly the
-    /// causal one when `causal` (then fused attention runs without it). With `want_probs`
-    /// the post-softmax map `[b, H, q, k]` is returned as well (a SuperBlock lead), with
-    /// `want_kv` the keys and values.
+    /// causal one when `causal` (then fused attention runs without it). Returns the block's
+    /// output and what `want` asks a lead to hand over.
     pub fn forward(
         &self,
         x: &Tensor,
         rope: &RopeAngles,
         mask: &Tensor,
         causal: bool,
-        want_probs: bool,
-        want_kv: bool,
+        want: Want,
     ) -> (Tensor, LeadState) {
         let h = &self.heads;
         let (q, k) = self.queries_keys(x, rope);
         let v = h.split(&self.v_proj.forward(x), h.num_kv_heads);
-        let (out, probs) = if want_probs || self.softcap.is_some() {
+        // Soft-capped scores (Gemma 2) have no fused kernel.
+        let (out, attn) = if want == Want::Probs || self.softcap.is_some() {
             let p = attention_probs(h, &q, &k, mask, self.scale, self.softcap);
-            (h.apply_probs(&p, &v), want_probs.then_some(p))
+            let out = h.apply_probs(&p, &v);
+            (out, matches!(want, Want::Probs | Want::Attention).then_some(LeadAttention::Probs(p)))
         } else {
-            let mask = (!causal).then_some(mask);
-            (fused_attention(&q, &k, &v, mask, causal, self.scale), None)
+            let mask = (!causal).then(|| mask.shallow_clone());
+            let out = fused_attention(&q, &k, &v, mask.as_ref(), causal, self.scale);
+            let attn = (want == Want::Attention).then(|| LeadAttention::QueryKeys {
+                queries: q.shallow_clone(),
+                keys: k.shallow_clone(),
+                scale: self.scale,
+                mask,
+            });
+            (out, attn)
         };
-        let kv = want_kv.then(|| (k.shallow_clone(), v.shallow_clone()));
-        (self.o_proj.forward(&h.merge(&out)), LeadState { probs, kv })
+        let kv = (want == Want::KeysValues).then(|| (k.shallow_clone(), v.shallow_clone()));
+        (self.o_proj.forward(&h.merge(&out)), LeadState { attn, kv })
     }
 
     /// The probabilities alone, as a lead hands them to its block (no V, no output).
@@ -211,15 +261,15 @@ pub fn reused_output(
     o_proj: &Linear,
     heads: &Heads,
     x: &Tensor,
-    lead_probs: &Tensor,
+    lead: &LeadAttention,
 ) -> Tensor {
     let v = heads.split(&v_proj.forward(x), heads.num_kv_heads);
-    o_proj.forward(&heads.merge(&heads.apply_probs(lead_probs, &v)))
+    o_proj.forward(&heads.merge(&lead.apply(heads, &v)))
 }
 
 impl ReuseAttention {
-    pub fn forward(&self, x: &Tensor, lead_probs: &Tensor) -> Tensor {
-        let out = reused_output(&self.v_proj, &self.o_proj, &self.heads, x, lead_probs);
+    pub fn forward(&self, x: &Tensor, lead: &LeadAttention) -> Tensor {
+        let out = reused_output(&self.v_proj, &self.o_proj, &self.heads, x, lead);
         match &self.w_c {
             Some(w) => out + w.forward(x),
             None => out,

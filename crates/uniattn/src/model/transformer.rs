@@ -1,7 +1,7 @@
 //! One decoder-only transformer for every family, with UniAttn's SuperBlocks. Family
 //! differences come from [`ModelConfig`] flags; the lead/reuse split comes from the
 //! [`SuperBlockPlan`].
-use super::attention::{Attention, ClaAttention, FullAttention, Heads, LeadState, ReuseAttention};
+use super::attention::{Attention, ClaAttention, FullAttention, Heads, LeadState, ReuseAttention, Want};
 use super::names::{self, Module};
 use super::nn::{accumulate_kind, autocast_input, Linear, RmsNorm};
 use super::rope::RopeAngles;
@@ -110,24 +110,23 @@ impl PositionContext {
 
 impl DecoderLayer {
     /// The attention block's contribution before it is added to the residual (`attn` in the
-    /// brief, post-norm included), plus what a lead hands its block when `want` asks for it
-    /// (`(probs, kv)`).
+    /// brief, post-norm included), plus what a lead hands its block when `want` asks for it.
     pub fn attention_branch(
         &self,
         x_normed: &Tensor,
         ctx: &LayerContext,
         lead: Option<&LeadState>,
-        want: (bool, bool),
+        want: Want,
     ) -> (Tensor, Option<LeadState>) {
         let lead_state = || lead.expect("the plan runs a lead before its reuse layers");
         let (a, state) = match &self.attn {
             Attention::Full(f) => {
-                let (a, st) = f.forward(x_normed, ctx.rope, ctx.mask, ctx.causal, want.0, want.1);
+                let (a, st) = f.forward(x_normed, ctx.rope, ctx.mask, ctx.causal, want);
                 (a, Some(st))
             }
             Attention::Reuse(r) => {
-                let p = lead_state().probs.as_ref().expect("UniAttn leads hand over their probabilities");
-                (r.forward(x_normed, p), None)
+                let attn = lead_state().attn.as_ref().expect("UniAttn leads hand over their attention");
+                (r.forward(x_normed, attn), None)
             }
             Attention::Cla(c) => {
                 let kv = lead_state().kv.as_ref().expect("CLA leads hand over their keys and values");
@@ -434,15 +433,18 @@ impl Transformer {
     /// SuperBlock (its reuse layers need the lead's state), see [`Self::recompute_units`].
     pub fn run_layers(&self, mut h: Tensor, range: std::ops::Range<usize>, pc: &PositionContext) -> Tensor {
         let mut lead: Option<LeadState> = None;
-        let hands = self.plan.reuse.spec().lead_hands;
-        let want = (hands == LeadHandover::Probs, hands == LeadHandover::KeysValues);
+        let want = match self.plan.reuse.spec().lead_hands {
+            LeadHandover::Probs => Want::Attention,
+            LeadHandover::KeysValues => Want::KeysValues,
+            LeadHandover::Nothing => Want::Output,
+        };
         for l in range {
             let layer = &self.layers[l];
             let ctx = pc.layer(self, l);
             let is_lead = self.plan.role(l) == LayerRole::Lead;
             let x = autocast_input(layer.attn_norm.forward(&h));
             let (a, st) =
-                layer.attention_branch(&x, &ctx, lead.as_ref(), if is_lead { want } else { (false, false) });
+                layer.attention_branch(&x, &ctx, lead.as_ref(), if is_lead { want } else { Want::Output });
             if is_lead {
                 lead = st;
             }
