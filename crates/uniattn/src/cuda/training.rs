@@ -108,6 +108,28 @@ thread_local! {
     static AUTOCAST_BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// [`matmul_weight`]'s casts in the current autocast region, by the weight's data address.
     static WEIGHT_CASTS: std::cell::RefCell<Vec<(usize, Tensor)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Frozen weights' bf16 copies while a [`FrozenCasts`] lives, by the weight's data address.
+    static FROZEN_CASTS: std::cell::RefCell<Option<std::collections::HashMap<usize, Tensor>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While this lives (a training stage whose frozen weights do not change, such as UniAttn's
+/// stage 1, where only W_c trains), [`matmul_weight`] casts each frozen f32 weight to bf16
+/// once and reuses the copy in every step, where autocast would cast every weight again in
+/// every step. Dropping it frees the copies.
+pub struct FrozenCasts(());
+
+impl FrozenCasts {
+    pub fn keep() -> Self {
+        FROZEN_CASTS.with(|f| *f.borrow_mut() = Some(Default::default()));
+        FrozenCasts(())
+    }
+}
+
+impl Drop for FrozenCasts {
+    fn drop(&mut self) {
+        FROZEN_CASTS.with(|f| *f.borrow_mut() = None);
+    }
 }
 
 /// The weight a matrix product uses: under [`autocast_bf16`], a trained f32 weight whose
@@ -116,16 +138,22 @@ thread_local! {
 /// kernel (autocast would cast the gradient to f32 and then accumulate it: two kernels over
 /// every weight). None for anything else: the weight is used as it is, for autocast to handle
 /// (also with the fused paths off: [`super::kernels::without`], `UNIATTN_FUSED_KERNELS=0`).
+/// A frozen f32 weight gets its stage-long bf16 copy while a [`FrozenCasts`] lives.
 pub fn matmul_weight(w: &Tensor) -> Option<Tensor> {
-    if !autocast_active()
-        || w.kind() != tch::Kind::Float
-        || !w.requires_grad()
-        || !w.grad().defined()
-        || !super::kernels::enabled()
-    {
+    if !autocast_active() || w.kind() != tch::Kind::Float || !super::kernels::enabled() {
         return None;
     }
     let key = w.data_ptr() as usize;
+    if !w.requires_grad() {
+        return FROZEN_CASTS.with(|f| {
+            let mut f = f.borrow_mut();
+            let copies = f.as_mut()?;
+            Some(copies.entry(key).or_insert_with(|| w.to_kind(tch::Kind::BFloat16)).shallow_clone())
+        });
+    }
+    if !w.grad().defined() {
+        return None;
+    }
     let cached =
         WEIGHT_CASTS.with(|c| c.borrow().iter().find(|(k, _)| *k == key).map(|(_, t)| t.shallow_clone()));
     if cached.is_some() {

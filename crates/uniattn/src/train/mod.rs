@@ -413,6 +413,9 @@ impl Trainer<'_> {
             }
             // After the optimizer: its flat gradient buffer is what a captured graph writes.
             let mut runner = step_graph::MicroBatchRunner::new(self.model, self.cfg.recompute_layers)?;
+            // Weights this stage does not train keep one bf16 copy for the stage.
+            let _frozen = (self.cfg.autocast && stage.modules().is_some())
+                .then(crate::cuda::training::FrozenCasts::keep);
             while pos.step < total {
                 if self.cfg.stop_after.is_some_and(|s| pos.global_step >= s) {
                     return Ok(history);
