@@ -6,7 +6,7 @@
 # (transformers: mean over steps 7-20; ours: at the median step time, as a batch of a new shape
 # costs one CUDA-graph capture) and peak memory allocated, and profiles steps 4-6 of each trainer
 # (trace_summary.py: kernels per step and where the GPU time goes). With UNIATTN=1 also the two
-# UniAttn stages on the 4:12:24 plan (stage 1 trains W_c alone); with EAGER=1 a dense run
+# UniAttn stages on the 4:12:24 plan (stage 1 trains W_c alone; profiled in its steps 4-6); with EAGER=1 a dense run
 # without CUDA graphs.
 #   scripts/device/train_vs_compiled.sh CONFIG.json NAME      (MODES="fused compiled")
 set -uo pipefail
@@ -56,8 +56,9 @@ if [[ ${EAGER:-0} == 1 ]]; then # the same without CUDA graphs, for their share
 fi
 if [[ ${UNIATTN:-0} == 1 ]]; then
   $U train --model "$W/model" --variant uniattn --plan 4:12:24 "${common[@]}" --max-steps 40 --out "$W/uni" \
-    > "$OUT/uni_$NAME.log" 2>&1 || tail -5 "$OUT/uni_$NAME.log"
+    --profile "$OUT/uni_$NAME.trace.json" > "$OUT/uni_$NAME.log" 2>&1 || tail -5 "$OUT/uni_$NAME.log"
   echo "uniattn stage 1 (W_c only): $(summary "$W/uni/metrics.jsonl" 0)"
   echo "uniattn stage 2 (all weights): $(summary "$W/uni/metrics.jsonl" 1)"
+  python3 scripts/device/trace_summary.py "$OUT/uni_$NAME.trace.json" --json "$OUT/uni_$NAME.profile.json" --top 30
   cp "$W/uni/metrics.jsonl" "$OUT/uni_${NAME}_metrics.jsonl"
 fi
