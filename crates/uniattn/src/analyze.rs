@@ -38,17 +38,15 @@ pub fn attention_similarity(
         let mut h = model.embed(&ids);
         let mut maps = Vec::with_capacity(n);
         for (l, layer) in model.layers.iter().enumerate() {
-            let x = layer.attn_norm.forward(&h);
-            let (a, st) = layer.attention_branch(&x, &pc.layer(model, l), None, Want::Probs);
-            let Some(LeadState { attn: Some(LeadAttention::Probs(p)), .. }) = st else {
+            let o = layer.forward(&h, &pc.layer(model, l), None, Want::Probs);
+            let Some(LeadState { attn: Some(LeadAttention::Probs(p)), .. }) = o.lead else {
                 unreachable!("dense layers return their map when asked")
             };
             let p = p.to_kind(Kind::Float);
             // Unit rows, first query dropped: [H, t-1, t]
             let p = p.squeeze_dim(0).narrow(1, 1, t - 1);
             maps.push(&p / p.norm_scalaropt_dim(2.0, [-1], true));
-            h = a + &h;
-            h = layer.mlp_branch(&h) + &h;
+            h = o.out;
         }
         for i in 0..n {
             for j in i..n {

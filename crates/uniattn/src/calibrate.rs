@@ -181,15 +181,12 @@ fn finish_reuse(layer: &DecoderLayer, hu: &Tensor, step: &ReuseStep, w: &Tensor)
         Some(n) => n.forward(&a),
         None => a,
     };
-    let mid = hu + a;
-    layer.mlp_branch(&mid) + &mid
+    layer.finish(&(hu + a))
 }
 
 fn ordinary_layer(layer: &DecoderLayer, ctx: &LayerContext, h: &Tensor) -> (Tensor, Tensor) {
-    let (a, _) = layer.attention_branch(&layer.attn_norm.forward(h), ctx, None, Want::Output);
-    let mid = h + a;
-    let out = layer.mlp_branch(&mid) + &mid;
-    (mid, out)
+    let o = layer.forward(h, ctx, None, Want::Output);
+    (o.mid, o.out)
 }
 
 /// f64 normal-equation sums over real tokens, accumulated where the activations are (no

@@ -108,10 +108,41 @@ impl PositionContext {
     }
 }
 
+/// What one decoder layer computed: the residual stream after its attention block (`mid`) and
+/// after the whole layer (`out`), and what a lead hands to its SuperBlock.
+pub struct LayerOutput {
+    pub mid: Tensor,
+    pub out: Tensor,
+    pub lead: Option<LeadState>,
+}
+
 impl DecoderLayer {
+    /// The layer on the residual stream `h`: `mid = h + attn(norm(h))`, then
+    /// `out = mid + mlp(norm(mid))` (Gemma's post-norms inside the branches). The one layer
+    /// body of the training graph, the similarity analysis and calibration; the engine runs
+    /// its own (fused projections, an in-place residual and the KV cache).
+    pub fn forward(
+        &self,
+        h: &Tensor,
+        ctx: &LayerContext,
+        lead: Option<&LeadState>,
+        want: Want,
+    ) -> LayerOutput {
+        let x = autocast_input(self.attn_norm.forward(h));
+        let (a, st) = self.attention_branch(&x, ctx, lead, want);
+        // Out of place: autograd needs the residual that the norms saved.
+        let mid = a + h;
+        LayerOutput { out: self.finish(&mid), mid, lead: st }
+    }
+
+    /// The layer's MLP half on the residual after attention: `mid + mlp(norm(mid))`.
+    pub fn finish(&self, mid: &Tensor) -> Tensor {
+        self.mlp_branch(mid) + mid
+    }
+
     /// The attention block's contribution before it is added to the residual (`attn` in the
     /// brief, post-norm included), plus what a lead hands its block when `want` asks for it.
-    pub fn attention_branch(
+    fn attention_branch(
         &self,
         x_normed: &Tensor,
         ctx: &LayerContext,
@@ -141,7 +172,7 @@ impl DecoderLayer {
         (a, state)
     }
 
-    pub fn mlp_branch(&self, h: &Tensor) -> Tensor {
+    fn mlp_branch(&self, h: &Tensor) -> Tensor {
         let m = self.mlp.forward(&autocast_input(self.mlp_norm.forward(h)));
         match &self.mlp_post_norm {
             Some(n) => n.forward(&m),
@@ -439,18 +470,13 @@ impl Transformer {
             LeadHandover::Nothing => Want::Output,
         };
         for l in range {
-            let layer = &self.layers[l];
-            let ctx = pc.layer(self, l);
             let is_lead = self.plan.role(l) == LayerRole::Lead;
-            let x = autocast_input(layer.attn_norm.forward(&h));
-            let (a, st) =
-                layer.attention_branch(&x, &ctx, lead.as_ref(), if is_lead { want } else { Want::Output });
+            let want = if is_lead { want } else { Want::Output };
+            let o = self.layers[l].forward(&h, &pc.layer(self, l), lead.as_ref(), want);
             if is_lead {
-                lead = st;
+                lead = o.lead;
             }
-            // Out of place: autograd needs the residual that the norms saved.
-            h = a + &h;
-            h = layer.mlp_branch(&h) + &h;
+            h = o.out;
         }
         h
     }
