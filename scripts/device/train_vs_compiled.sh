@@ -8,7 +8,7 @@
 # (trace_summary.py: kernels per step and where the GPU time goes). With UNIATTN=1 also the two
 # UniAttn stages on the 4:12:24 plan (stage 1 trains W_c alone; profiled in its steps 4-6); with EAGER=1 a dense run
 # without CUDA graphs.
-#   scripts/device/train_vs_compiled.sh CONFIG.json NAME      (MODES="fused compiled")
+#   scripts/device/train_vs_compiled.sh CONFIG.json NAME      (MODES="fused compiled"; MODES= for none)
 set -uo pipefail
 CONFIG=$1 NAME=$2
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -35,7 +35,7 @@ print(json.dumps({"steps": len(r), "median_step_ms": round(ms, 2), "tokens_per_s
                   "loss_first": r[0]["loss"], "loss_last": r[-1]["loss"]}))
 PY
 }
-for mode in ${MODES:-fused compiled}; do
+for mode in ${MODES-fused compiled}; do
   "$PYTHON" scripts/reference/hf_train_bench.py "$W/model" "$W/pmc.txt" --batch "$BATCH" --len 1024 --steps 20 \
     --mode "$mode" --profile "$OUT/hf_${NAME}_$mode.trace.json" > "$OUT/hf_${NAME}_$mode.json" 2> "$OUT/hf_${NAME}_$mode.err" \
     || tail -3 "$OUT/hf_${NAME}_$mode.err"

@@ -60,7 +60,6 @@ def main(model_path, spec, limit, out):
         d, f = os.path.dirname(model_path), os.path.basename(model_path)
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
         model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).eval()
-    planned = model.config.model_type == "uniattn"
     family = getattr(model.config, "uniattn_base_model_type", model.config.model_type)
     add_bos = "gemma" in family
     with open(out, "w") as fo, torch.no_grad():
@@ -68,12 +67,6 @@ def main(model_path, spec, limit, out):
             lls, cache_ctx = [], None
             for _, context, continuation in reqs:
                 ctx, cont = encode_pair(tok, add_bos, context, continuation)
-                if planned:
-                    # uniattn's modeling code keeps no KV cache: score context + continuation whole.
-                    logits = model(torch.tensor([ctx + cont])).logits[0, len(ctx) - 1:-1].float()
-                    logp = torch.log_softmax(logits, -1)
-                    lls.append(float(sum(logp[i, t] for i, t in enumerate(cont))))
-                    continue
                 if cache_ctx is None or cache_ctx[0] != ctx:
                     o = model(torch.tensor([ctx]), use_cache=True)
                     cache_ctx = (ctx, o.past_key_values, o.logits[0, -1].float())

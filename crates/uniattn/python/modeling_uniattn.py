@@ -8,15 +8,19 @@ the family's own modules (norms, projections, MLP, rotary embedding) in uniattn'
   adds the compensation `v2_proj(x)` (W_c); `softmax-only` the same without W_c; `cla` runs its
   own queries against the lead's keys and values; `layerdrop` adds nothing (the MLP still runs).
 
-Families: llama, mistral, qwen2 (Gemma 2/3 are refused by name). Whole sequences without a KV
-cache (scoring, fine-tuning; `generate` recomputes the prefix each step). Written into each
-planned folder by uniattn; the reference code's names (`v2_proj`) are kept.
+Families: llama, mistral, qwen2 (Gemma 2/3 are refused by name). With `use_cache` (as
+`generate` runs) a KV cache keeps what each layer's kind needs, as uniattn's engine does: full
+layers their keys and values, UniAttn and softmax-only reuse layers their values only (a
+zero-width key), CLA and dropped layers nothing (CLA reads its lead's). Written into each planned
+folder by uniattn; the reference code's names (`v2_proj`) are kept.
 """
+import dataclasses
 import importlib
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 try:
@@ -25,6 +29,9 @@ except ImportError:  # loaded as a plain module (tests)
     from configuration_uniattn import UniAttnConfig
 
 SUPPORTED = ("llama", "mistral", "qwen2")
+# What transformers calls the KV cache in model outputs and generation: `cache` from 5.2x on,
+# `past_key_values` before.
+CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 # Attention modules each reuse kind does not have (uniattn's plan.rs, ReuseSpec::drops).
 DROPS = {
     "uniattn": ("q_proj", "k_proj"),
@@ -90,18 +97,24 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
         return attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
-                logits_to_keep=0, **kwargs):
+                past_key_values=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs):
         h = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t, _ = h.shape
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        cache = cache if cache is not None else past_key_values
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past = cache.get_seq_length() if isinstance(cache, Cache) else 0
         if position_ids is None:
             if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
             else:
-                position_ids = torch.arange(t, device=h.device).unsqueeze(0).expand(b, t)
+                position_ids = torch.arange(past, past + t, device=h.device).unsqueeze(0).expand(b, t)
         cos, sin = self.model.rotary_emb(h, position_ids)
-        allowed = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()[None, None]
+        # Queries at past..past+t against keys 0..past+t: causal, and padding masked.
+        allowed = torch.ones(t, past + t, dtype=torch.bool, device=h.device).tril(past)[None, None]
         if attention_mask is not None:
-            allowed = allowed & attention_mask.bool()[:, None, None, :]
+            allowed = allowed & attention_mask.bool()[:, None, None, -(past + t):]
         mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill(~allowed, float("-inf"))
         cfg = self.config
         lead_state = None
@@ -111,7 +124,10 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
             n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
             if i in self.lead_of:
                 if self.kind in ("uniattn", "softmax-only"):
-                    out = self._attend(attn, lead_state, self._heads(attn, x, attn.v_proj, n_kv))
+                    v = self._heads(attn, x, attn.v_proj, n_kv)
+                    if cache is not None:
+                        _, v = cache.update(v[..., :0], v, i)
+                    out = self._attend(attn, lead_state, v)
                     if self.kind == "uniattn":
                         out = out + attn.v2_proj(x)
                 elif self.kind == "cla":
@@ -126,6 +142,8 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
                 k = self._heads(attn, x, attn.k_proj, n_kv)
                 v = self._heads(attn, x, attn.v_proj, n_kv)
                 q, k = self.family.apply_rotary_pos_emb(q, k, cos, sin)
+                if cache is not None:
+                    k, v = cache.update(k, v, i)
                 probs = self._probs(attn, q, k, mask)
                 out = self._attend(attn, probs, v)
                 if i in self.leads:
@@ -139,8 +157,11 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=cfg.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE: cache if use_cache else None})
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        # No KV cache: every step runs the whole sequence.
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cache=None, past_key_values=None,
+                                      use_cache=None, **kwargs):
+        # With a cache only the tokens it does not hold yet run.
+        cache = cache if cache is not None else past_key_values
+        past = cache.get_seq_length() if isinstance(cache, Cache) else 0
+        return {"input_ids": input_ids[:, past:], "attention_mask": attention_mask, CACHE: cache, "use_cache": use_cache}
