@@ -8,7 +8,9 @@ the family's own modules (norms, projections, MLP, rotary embedding) in uniattn'
   adds the compensation `v2_proj(x)` (W_c); `softmax-only` the same without W_c; `cla` runs its
   own queries against the lead's keys and values; `layerdrop` adds nothing (the MLP still runs).
 
-Families: llama, mistral, qwen2 (Gemma 2/3 are refused by name). With `use_cache` (as
+Families: llama, mistral, qwen2, gemma2, gemma3 (text): the family's per-head Q/K norms,
+post-norms, soft-capping, sliding windows and per-layer RoPE bases are applied as its own
+modules do, and a reuse layer takes its lead's map under the lead's window. With `use_cache` (as
 `generate` runs) a KV cache keeps what each layer's kind needs, as uniattn's engine does: full
 layers their keys and values, UniAttn and softmax-only reuse layers their values only (a
 zero-width key), CLA and dropped layers nothing (CLA reads its lead's). Written into each planned
@@ -16,6 +18,7 @@ folder by uniattn; the reference code's names (`v2_proj`) are kept.
 """
 import dataclasses
 import importlib
+import inspect
 
 import torch
 from torch import nn
@@ -28,16 +31,17 @@ try:
 except ImportError:  # loaded as a plain module (tests)
     from configuration_uniattn import UniAttnConfig
 
-SUPPORTED = ("llama", "mistral", "qwen2")
+SUPPORTED = ("llama", "mistral", "qwen2", "gemma2", "gemma3_text")
 # What transformers calls the KV cache in model outputs and generation: `cache` from 5.2x on,
 # `past_key_values` before.
 CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
-# Attention modules each reuse kind does not have (uniattn's plan.rs, ReuseSpec::drops).
+# Attention modules each reuse kind does not have (uniattn's plan.rs, ReuseSpec::drops); the
+# per-head norms only where the family has them.
 DROPS = {
-    "uniattn": ("q_proj", "k_proj"),
-    "softmax-only": ("q_proj", "k_proj"),
-    "cla": ("k_proj", "v_proj"),
-    "layerdrop": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "uniattn": ("q_proj", "k_proj", "q_norm", "k_norm"),
+    "softmax-only": ("q_proj", "k_proj", "q_norm", "k_norm"),
+    "cla": ("k_proj", "v_proj", "k_norm"),
+    "layerdrop": ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"),
 }
 
 
@@ -70,10 +74,15 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
                 self.lead_of[layer] = lead
                 attn = self.model.layers[layer].self_attn
                 for name in DROPS[self.kind]:
-                    delattr(attn, name)
+                    if hasattr(attn, name):
+                        delattr(attn, name)
                 if self.kind == "uniattn":
                     attn.v2_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.leads = set(self.lead_of.values())
+        # Gemma 3's rotary embedding takes the layer's type (local and global RoPE bases).
+        self.rope_by_type = "layer_type" in inspect.signature(self.model.rotary_emb.forward).parameters
+        self.layer_types = getattr(base_cfg, "layer_types", None) or ["full_attention"] * base_cfg.num_hidden_layers
+        self.final_softcap = getattr(base_cfg, "final_logit_softcapping", None)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -88,8 +97,19 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
 
     def _probs(self, attn, q, k, mask):
         k = self.family.repeat_kv(k, attn.num_key_value_groups)
-        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + mask
-        return nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling
+        cap = getattr(attn, "attn_logit_softcapping", None)
+        if cap is not None:
+            scores = torch.tanh(scores / cap) * cap
+        return nn.functional.softmax(scores + mask, dim=-1, dtype=torch.float32).to(q.dtype)
+
+    def _queries(self, attn, x, n, cos, sin):
+        """Rotated queries after the family's per-head norm."""
+        q = self._heads(attn, x, attn.q_proj, n)
+        if hasattr(attn, "q_norm"):
+            q = attn.q_norm(q)
+        q, _ = self.family.apply_rotary_pos_emb(q, q, cos, sin)
+        return q
 
     def _attend(self, attn, probs, v):
         out = torch.matmul(probs, self.family.repeat_kv(v, attn.num_key_value_groups))
@@ -110,18 +130,37 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
             else:
                 position_ids = torch.arange(past, past + t, device=h.device).unsqueeze(0).expand(b, t)
-        cos, sin = self.model.rotary_emb(h, position_ids)
-        # Queries at past..past+t against keys 0..past+t: causal, and padding masked.
-        allowed = torch.ones(t, past + t, dtype=torch.bool, device=h.device).tril(past)[None, None]
+        ropes = {}
+
+        def rope(i):
+            key = self.layer_types[i] if self.rope_by_type else None
+            if key not in ropes:
+                args = (key,) if self.rope_by_type else ()
+                ropes[key] = self.model.rotary_emb(h, position_ids, *args)
+            return ropes[key]
+
+        # Queries at past..past+t against keys 0..past+t: causal, padding masked, and within a
+        # sliding window where the layer has one.
+        q_pos = torch.arange(past, past + t, device=h.device)[:, None]
+        k_pos = torch.arange(past + t, device=h.device)[None, :]
+        allowed = (k_pos <= q_pos)[None, None]
         if attention_mask is not None:
             allowed = allowed & attention_mask.bool()[:, None, None, -(past + t):]
-        mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill(~allowed, float("-inf"))
+        masks = {}
+
+        def mask(attn):
+            window = getattr(attn, "sliding_window", None)
+            if window not in masks:
+                a = allowed if window is None else allowed & (q_pos - k_pos < window)[None, None]
+                masks[window] = torch.zeros(a.shape, dtype=h.dtype, device=h.device).masked_fill(~a, float("-inf"))
+            return masks[window]
+
         cfg = self.config
+        n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         lead_state = None
         for i, layer in enumerate(self.model.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
             if i in self.lead_of:
                 if self.kind in ("uniattn", "softmax-only"):
                     v = self._heads(attn, x, attn.v_proj, n_kv)
@@ -131,29 +170,37 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
                     if self.kind == "uniattn":
                         out = out + attn.v2_proj(x)
                 elif self.kind == "cla":
-                    q = self._heads(attn, x, attn.q_proj, n_q)
-                    q, _ = self.family.apply_rotary_pos_emb(q, q, cos, sin)
                     k, v = lead_state
-                    out = self._attend(attn, self._probs(attn, q, k, mask), v)
+                    q = self._queries(attn, x, n_q, *rope(i))
+                    out = self._attend(attn, self._probs(attn, q, k, mask(attn)), v)
                 else:
                     out = None
             else:
-                q = self._heads(attn, x, attn.q_proj, n_q)
+                q = self._queries(attn, x, n_q, *rope(i))
                 k = self._heads(attn, x, attn.k_proj, n_kv)
+                if hasattr(attn, "k_norm"):
+                    k = attn.k_norm(k)
+                _, k = self.family.apply_rotary_pos_emb(k, k, *rope(i))
                 v = self._heads(attn, x, attn.v_proj, n_kv)
-                q, k = self.family.apply_rotary_pos_emb(q, k, cos, sin)
                 if cache is not None:
                     k, v = cache.update(k, v, i)
-                probs = self._probs(attn, q, k, mask)
+                probs = self._probs(attn, q, k, mask(attn))
                 out = self._attend(attn, probs, v)
                 if i in self.leads:
                     lead_state = (k, v) if self.kind == "cla" else probs
-            if out is not None:
-                h = h + out
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: norms inside both branches
+                if out is not None:
+                    h = h + layer.post_attention_layernorm(out)
+                h = h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+            else:
+                if out is not None:
+                    h = h + out
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
         h = self.model.norm(h)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
         logits = self.lm_head(h[:, keep, :])
+        if self.final_softcap is not None:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=cfg.vocab_size, **kwargs)

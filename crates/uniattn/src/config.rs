@@ -369,7 +369,9 @@ impl ModelConfig {
             o.insert("rope_local_base_freq".into(), json!(t));
         }
         if let Some(q) = self.query_pre_attn_scalar {
-            o.insert("query_pre_attn_scalar".into(), json!(q));
+            // An integer, as Gemma's configs have it (transformers 5 validates the type).
+            let q = if q.fract() == 0.0 && q.abs() < 1e15 { json!(q as i64) } else { json!(q) };
+            o.insert("query_pre_attn_scalar".into(), q);
         }
         o.insert("attn_logit_softcapping".into(), json!(self.attn_logit_softcapping));
         o.insert("final_logit_softcapping".into(), json!(self.final_logit_softcapping));

@@ -141,6 +141,28 @@ impl Tokenizer {
         self.apply_chat_template(&msgs, true)
     }
 
+    /// The `tokenizer.json` a folder gets: the one read, plus a post-processor that adds BOS
+    /// where this tokenizer adds it and the file has none (a tokenizer made from GGUF
+    /// metadata), so that other loaders (transformers' tokenizer, `tokenizers`) start
+    /// sequences as uniattn does. uniattn itself drops the post-processor on load.
+    fn json_for_folder(&self) -> String {
+        let bos = self.bos_id.and_then(|i| self.inner.id_to_token(i).map(|t| (i, t)));
+        let (true, Some((id, bos))) = (self.add_bos, bos) else { return self.json.clone() };
+        let Ok(mut v) = serde_json::from_str::<Json>(&self.json) else { return self.json.clone() };
+        if v.get("post_processor").is_some_and(|p| !p.is_null()) {
+            return self.json.clone();
+        }
+        let special = |type_id: u32| json!({"SpecialToken": {"id": bos, "type_id": type_id}});
+        let seq = |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
+        v["post_processor"] = json!({
+            "type": "TemplateProcessing",
+            "single": [special(0), seq("A", 0)],
+            "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
+            "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}},
+        });
+        v.to_string()
+    }
+
     /// Writes `tokenizer.json` and `tokenizer_config.json` into a model folder.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let tok = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i));
@@ -150,7 +172,7 @@ impl Tokenizer {
             "eos_token": tok(self.eos_ids.first().copied()),
             "chat_template": self.chat_template,
         });
-        crate::fs::write_atomic(&dir.join("tokenizer.json"), self.json.as_bytes())?;
+        crate::fs::write_atomic(&dir.join("tokenizer.json"), self.json_for_folder().as_bytes())?;
         crate::fs::write_atomic(
             &dir.join("tokenizer_config.json"),
             serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
@@ -162,6 +184,26 @@ impl Tokenizer {
 mod tests {
     use super::*;
     use crate::testing::tiny_tokenizer_with_template as with_template;
+
+    /// A tokenizer that adds BOS writes a tokenizer.json whose post-processor adds it (for
+    /// other loaders), and reading the folder back adds it once, not twice.
+    #[test]
+    fn a_saved_folder_starts_sequences_with_bos_once() {
+        let t = crate::testing::tiny_tokenizer();
+        let with_bos =
+            Tokenizer::from_json_text(t.json.clone(), Path::new("tiny"), true, Some(1), vec![31], None)
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        with_bos.save(dir.path()).unwrap();
+        let written = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+        assert_eq!(written.encode("t5 t7", true).unwrap().get_ids(), [1, 5, 7], "the file's post-processor");
+        let back = Tokenizer::from_hf_folder(dir.path(), None, vec![]).unwrap();
+        assert_eq!(back.encode("t5 t7", true).unwrap(), [1, 5, 7]);
+        // Without BOS the file is written as it was read.
+        t.save(dir.path()).unwrap();
+        let plain = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+        assert_eq!(plain.encode("t5 t7", true).unwrap().get_ids(), [5, 7]);
+    }
 
     #[test]
     fn a_chat_template_that_loops_for_ever_ends_with_an_error() {
