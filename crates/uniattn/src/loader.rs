@@ -218,6 +218,72 @@ mod tests {
     use crate::plan::ReuseKind;
     use crate::testing::{tiny_config, tiny_model};
 
+    /// A Python that has torch and transformers: `UNIATTN_TRANSFORMERS_PYTHON`, else `python3`
+    /// if it has them.
+    fn transformers_python() -> Option<String> {
+        let py = std::env::var("UNIATTN_TRANSFORMERS_PYTHON").unwrap_or_else(|_| "python3".into());
+        let ok = std::process::Command::new(&py)
+            .args(["-c", "import torch, transformers"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then_some(py)
+    }
+
+    /// A planned folder of every reuse kind and family, loaded by transformers through the
+    /// modeling code it carries: its logits over a sequence (longer than Gemma's sliding
+    /// window, so windows and the lead's window for reuse layers count) equal ours within 1e-4
+    /// in f32, over the whole sequence and step by step through its KV cache. Runs where
+    /// Python has transformers (`UNIATTN_TRANSFORMERS_PYTHON=/path/to/python`); skipped with a
+    /// message elsewhere.
+    #[test]
+    fn planned_folders_run_in_transformers() {
+        let Some(py) = transformers_python() else {
+            eprintln!("skipped: no Python with torch and transformers (set UNIATTN_TRANSFORMERS_PYTHON)");
+            return;
+        };
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/reference/hf_folder_logits.py");
+        let tok = crate::testing::tiny_tokenizer();
+        let ids: Vec<i64> = (0..12).map(|i| (i * 7 + 3) % 31).collect();
+        let steps = 4;
+        for family in [Family::Llama, Family::Qwen2, Family::Gemma2, Family::Gemma3] {
+            for kind in ReuseKind::ALL {
+                let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(kind);
+                let m = tiny_model(&tiny_config(family), plan, Kind::Float, 5);
+                let dir = tempfile::tempdir().unwrap();
+                save_folder(&m, &tok, dir.path(), Kind::Float, None, &[]).unwrap();
+                let out = std::process::Command::new(&py)
+                    .arg(&script)
+                    .arg(dir.path())
+                    .arg(serde_json::to_string(&ids).unwrap())
+                    .arg(steps.to_string())
+                    .output()
+                    .unwrap();
+                let case = format!("{family:?} {kind:?}");
+                assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+                let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                let want = m.forward(&tch::Tensor::from_slice(&ids).unsqueeze(0)).squeeze_dim(0);
+                let rows =
+                    |v: &serde_json::Value| -> Vec<Vec<f64>> { serde_json::from_value(v.clone()).unwrap() };
+                let max_diff = |got: &[Vec<f64>], from: usize| {
+                    let mut d = 0f64;
+                    for (r, row) in got.iter().enumerate() {
+                        for (c, x) in row.iter().enumerate() {
+                            d = d.max((x - want.double_value(&[(from + r) as i64, c as i64])).abs());
+                        }
+                    }
+                    d
+                };
+                let full = max_diff(&rows(&got["full"]), 0);
+                let cached = max_diff(&rows(&got["cached"]), ids.len() - steps);
+                assert!(
+                    full < 1e-4 && cached < 1e-4,
+                    "{case}: logits differ by {full} (whole) and {cached} (cached)"
+                );
+            }
+        }
+    }
+
     /// `info` on a saved folder of each reuse kind reports that kind and its own savings.
     #[test]
     fn info_reports_each_kind_and_its_savings() {
