@@ -4,7 +4,7 @@
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
 use crate::cuda::kernels::{self, HeadLayout};
-use crate::model::attention::{attention_probs, fused_attention, Attention, Heads, LeadAttention};
+use crate::model::attention::{attend, attention_probs, fused_attention, Attention, Heads, LeadAttention};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::model::rope::RopeAngles;
 use crate::model::transformer::{DecoderLayer, Mlp};
@@ -337,8 +337,9 @@ impl InferenceLayer {
                 }
                 let keys = cache.keys(*lead, step.slot0, n, step.k_len);
                 let values = cache.values(*lead, step.slot0, n, step.k_len);
-                let p = attention_probs(h, &step.rope.apply(&q), &keys, step.mask, *scale, *softcap);
-                Some(AttnOut { heads: h.merge(&h.apply_probs(&p, &values)), o_proj, extra: None })
+                let q = step.rope.apply(&q);
+                let out = attend(h, &q, &keys, &values, step.mask, step.causal_from_zero, *scale, *softcap);
+                Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
             }
             InferenceAttention::Dropped => None,
         }

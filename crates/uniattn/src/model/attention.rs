@@ -236,11 +236,13 @@ pub struct ClaAttention {
 }
 
 impl ClaAttention {
+    /// `mask`: additive, this layer's own (its window); exactly the causal one when `causal`.
     pub fn forward(
         &self,
         x: &Tensor,
         rope: &RopeAngles,
         mask: &Tensor,
+        causal: bool,
         lead_kv: &(Tensor, Tensor),
     ) -> Tensor {
         let h = &self.heads;
@@ -249,8 +251,28 @@ impl ClaAttention {
             q = qn.forward(&q);
         }
         let (k, v) = lead_kv;
-        let p = attention_probs(h, &rope.apply(&q), k, mask, self.scale, self.softcap);
-        self.o_proj.forward(&h.merge(&h.apply_probs(&p, v)))
+        let out = attend(h, &rope.apply(&q), k, v, mask, causal, self.scale, self.softcap);
+        self.o_proj.forward(&h.merge(&out))
+    }
+}
+
+/// `softmax(Q K^T * scale [soft-capped] + mask) V`: the fused kernel where it applies (no
+/// soft-capping), else through the explicit map. `causal`: `mask` is exactly the causal mask,
+/// so the fused kernel's flag stands in for it.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    h: &Heads,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    causal: bool,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor {
+    match softcap {
+        Some(_) => h.apply_probs(&attention_probs(h, q, k, mask, scale, softcap), v),
+        None => fused_attention(q, k, v, (!causal).then_some(mask), causal, scale),
     }
 }
 

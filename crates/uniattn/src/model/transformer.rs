@@ -161,7 +161,7 @@ impl DecoderLayer {
             }
             Attention::Cla(c) => {
                 let kv = lead_state().kv.as_ref().expect("CLA leads hand over their keys and values");
-                (c.forward(x_normed, ctx.rope, ctx.mask, kv), None)
+                (c.forward(x_normed, ctx.rope, ctx.mask, ctx.causal, kv), None)
             }
             Attention::Dropped => return (x_normed.zeros_like(), None),
         };
