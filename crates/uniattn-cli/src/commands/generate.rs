@@ -129,7 +129,7 @@ pub fn chat(
     eprintln!(
         "chatting with {} ({}); /reset clears the conversation, /exit quits",
         model.display(),
-        sched.engine.model.plan.describe()
+        sched.engine.plan().describe()
     );
     let stdin = std::io::stdin();
     loop {

@@ -97,7 +97,7 @@ pub fn run_case(
     bandwidth: Option<f64>,
     warm_up: Duration,
 ) -> BenchRow {
-    let plan = engine.model.plan.describe();
+    let plan = engine.plan().describe();
     let mut row = BenchRow {
         model: label.to_string(),
         plan,
@@ -106,7 +106,7 @@ pub fn run_case(
         new_tokens,
         decode: match (
             engine.cuda_graphs().is_some(),
-            engine.model.device.is_cuda() && kernels::available().is_ok(),
+            engine.device().is_cuda() && kernels::available().is_ok(),
         ) {
             (true, true) => "graphs+fused",
             (true, false) => "graphs",
@@ -141,8 +141,8 @@ fn measure(
     warm_up: Duration,
 ) -> crate::Result<()> {
     let (batch, context, new_tokens) = (row.batch, row.context, row.new_tokens);
-    let device = engine.model.device;
-    let vocab = engine.model.cfg.vocab_size;
+    let device = engine.device();
+    let vocab = engine.config().vocab_size;
     engine.resize_cache(batch, context + new_tokens + 1)?;
     row.kv_bytes = engine.cache.bytes();
     row.kv_bytes_per_token = engine.cache.bytes_per_token();

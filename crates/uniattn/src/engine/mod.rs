@@ -45,8 +45,10 @@ fn cache_for(layers: &[InferenceLayer], model: &Transformer, slots: usize, len: 
 }
 
 pub struct Engine {
-    /// Embedding, final norm, head and the position helpers; its layers live in `layers`.
-    pub model: Transformer,
+    /// Embedding, final norm, head and the position helpers. Its decoder layers were moved
+    /// into `layers` (so its own forward would skip them): private, reached through
+    /// [`Engine::config`], [`Engine::plan`] and [`Engine::device`].
+    model: Transformer,
     layers: Vec<InferenceLayer>,
     pub cache: KvCache,
     /// Each layer's role under the plan, looked up once rather than on every step.
@@ -90,6 +92,21 @@ impl Engine {
             engine.use_cuda_graphs(true)?;
         }
         Ok(engine)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &crate::config::ModelConfig {
+        &self.model.cfg
+    }
+
+    /// The model's SuperBlock plan.
+    pub fn plan(&self) -> &crate::plan::SuperBlockPlan {
+        &self.model.plan
+    }
+
+    /// Where the model's weights and the KV cache live.
+    pub fn device(&self) -> tch::Device {
+        self.model.device
     }
 
     /// Decodes through CUDA graphs (`true`) or launches every kernel eagerly (`false`).

@@ -154,10 +154,10 @@ impl Scheduler {
                 req.params.max_new_tokens
             )));
         }
-        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.engine.model.cfg.vocab_size) {
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.engine.config().vocab_size) {
             return Err(Error::invalid(format!(
                 "prompt: token id {bad} is outside the vocabulary ({} tokens)",
-                self.engine.model.cfg.vocab_size
+                self.engine.config().vocab_size
             )));
         }
         let id = self.next_id;

@@ -137,7 +137,7 @@ fn kv_bytes_follow_the_plan_exactly() {
     assert_eq!(dense.cache.bytes_per_token(), 4 * 2 * 8 * 8);
     for kind in ReuseKind::ALL {
         let planned = Engine::new(model(Family::Llama, Some(kind), 1), opts).unwrap();
-        let s = plan_savings(&planned.model.cfg, &planned.model.plan, 8);
+        let s = plan_savings(planned.config(), planned.plan(), 8);
         assert_eq!(dense.cache.bytes(), 4 * dense.cache.capacity() * s.kv_bytes_per_token_dense);
         assert_eq!(
             planned.cache.bytes(),

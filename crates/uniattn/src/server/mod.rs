@@ -141,7 +141,7 @@ pub fn start(sched: Scheduler, opts: ServerOptions) -> Result<ServerHandle> {
         .map_err(|e| Error::invalid(format!("cannot listen on {}: {e}", opts.addr)))?;
     let addr = listener.local_addr().map_err(|e| Error::invalid(format!("{}: {e}", opts.addr)))?;
     let limits = Limits { max_tokens: opts.max_tokens, context: sched.engine.cache.max_len() };
-    let vocab = sched.engine.model.cfg.vocab_size;
+    let vocab = sched.engine.config().vocab_size;
     let (tx, rx) = channel();
     let shared = Arc::new(Shared {
         tokenizer: Arc::clone(&sched.tokenizer),
