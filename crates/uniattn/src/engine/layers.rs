@@ -4,7 +4,7 @@
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
 use crate::cuda::kernels::{self, HeadLayout};
-use crate::model::attention::{attend, attention_probs, fused_attention, Attention, Heads, LeadAttention};
+use crate::model::attention::{attend, attend_handing, Attention, Heads, LeadAttention, Want};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::model::rope::RopeAngles;
 use crate::model::transformer::{DecoderLayer, Mlp};
@@ -295,21 +295,26 @@ impl InferenceLayer {
                 let keys = cache.keys(l, step.slot0, n, step.k_len);
                 let values = cache.values(l, step.slot0, n, step.k_len);
                 let decode = q.size()[2] == 1;
-                let out = if softcap.is_some() || (hands_probs && decode) {
-                    let p = attention_probs(h, &q, &keys, step.mask, *scale, *softcap);
-                    let out = h.apply_probs(&p, &values);
-                    if hands_probs {
-                        *lead = Some(LeadAttention::Probs(p));
-                    }
-                    out
-                } else {
-                    let mask = (!step.causal_from_zero).then(|| step.mask.shallow_clone());
-                    let out = fused_attention(&q, &keys, &values, mask.as_ref(), mask.is_none(), *scale);
-                    if hands_probs {
-                        *lead = Some(LeadAttention::QueryKeys { queries: q, keys, scale: *scale, mask });
-                    }
-                    out
+                // A decode step hands the (small) map over; a prefill chunk its queries and keys.
+                let want = match (hands_probs, decode) {
+                    (false, _) => Want::Output,
+                    (true, true) => Want::Probs,
+                    (true, false) => Want::Attention,
                 };
+                let (out, attn) = attend_handing(
+                    h,
+                    &q,
+                    &keys,
+                    &values,
+                    step.mask,
+                    step.causal_from_zero,
+                    *scale,
+                    *softcap,
+                    want,
+                );
+                if hands_probs {
+                    *lead = attn;
+                }
                 Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
             }
             InferenceAttention::Reuse { vc, o_proj, heads: h, compensated } => {

@@ -132,22 +132,7 @@ impl FullAttention {
         let h = &self.heads;
         let (q, k) = self.queries_keys(x, rope);
         let v = h.split(&self.v_proj.forward(x), h.num_kv_heads);
-        // Soft-capped scores (Gemma 2) have no fused kernel.
-        let (out, attn) = if want == Want::Probs || self.softcap.is_some() {
-            let p = attention_probs(h, &q, &k, mask, self.scale, self.softcap);
-            let out = h.apply_probs(&p, &v);
-            (out, matches!(want, Want::Probs | Want::Attention).then_some(LeadAttention::Probs(p)))
-        } else {
-            let mask = (!causal).then(|| mask.shallow_clone());
-            let out = fused_attention(&q, &k, &v, mask.as_ref(), causal, self.scale);
-            let attn = (want == Want::Attention).then(|| LeadAttention::QueryKeys {
-                queries: q.shallow_clone(),
-                keys: k.shallow_clone(),
-                scale: self.scale,
-                mask,
-            });
-            (out, attn)
-        };
+        let (out, attn) = attend_handing(h, &q, &k, &v, mask, causal, self.scale, self.softcap, want);
         let kv = (want == Want::KeysValues).then(|| (k.shallow_clone(), v.shallow_clone()));
         (self.o_proj.forward(&h.merge(&out)), LeadState { attn, kv })
     }
@@ -254,6 +239,36 @@ impl ClaAttention {
         let out = attend(h, &rope.apply(&q), k, v, mask, causal, self.scale, self.softcap);
         self.o_proj.forward(&h.merge(&out))
     }
+}
+
+/// [`attend`] for a layer that may lead a SuperBlock, plus its attention in the form `want`
+/// asks for: the map itself ([`Want::Probs`]), or for [`Want::Attention`] the cheapest form
+/// (the queries and keys, unless the scores are soft-capped and the map is computed anyway).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_handing(
+    h: &Heads,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    causal: bool,
+    scale: f64,
+    softcap: Option<f64>,
+    want: Want,
+) -> (Tensor, Option<LeadAttention>) {
+    // Soft-capped scores (Gemma 2) have no fused kernel.
+    if want == Want::Probs || (want == Want::Attention && softcap.is_some()) {
+        let p = attention_probs(h, q, k, mask, scale, softcap);
+        return (h.apply_probs(&p, v), Some(LeadAttention::Probs(p)));
+    }
+    let out = attend(h, q, k, v, mask, causal, scale, softcap);
+    let attn = (want == Want::Attention).then(|| LeadAttention::QueryKeys {
+        queries: q.shallow_clone(),
+        keys: k.shallow_clone(),
+        scale,
+        mask: (!causal).then(|| mask.shallow_clone()),
+    });
+    (out, attn)
 }
 
 /// `softmax(Q K^T * scale [soft-capped] + mask) V`: the fused kernel where it applies (no
