@@ -434,12 +434,16 @@ mod tests {
         v["model_type"] = json!("gemma3_text");
         v["num_hidden_layers"] = json!(18);
         v["sliding_window"] = json!(512);
+        v["query_pre_attn_scalar"] = json!(256);
         let c = ModelConfig::from_hf_file(&write("g3", &v)).unwrap();
         let global: Vec<usize> = (0..18).filter(|&l| c.layer_window(l).is_none()).collect();
         assert_eq!(global, vec![5, 11, 17]);
         assert_eq!(c.layer_rope_theta(0), 10_000.0);
         assert_eq!(c.layer_rope_theta(5), 100_000.0);
-        let again = ModelConfig::from_hf_file(&write("g3b", &c.to_hf_json())).unwrap();
+        let written = c.to_hf_json();
+        // An integer, as transformers 5 validates it (256.0 makes it refuse the config).
+        assert!(written["query_pre_attn_scalar"].is_i64(), "{}", written["query_pre_attn_scalar"]);
+        let again = ModelConfig::from_hf_file(&write("g3b", &written)).unwrap();
         assert_eq!(c, again);
     }
 
