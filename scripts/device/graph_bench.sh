@@ -3,7 +3,8 @@
 # timed against the eager engine and transformers (eager, static-cache generate, and the
 # gpt-fast-style compiled step), all in one run on one card. Random weights in
 # Qwen2.5-Coder-0.5B's shapes (SHAPES=1.5b for 1.5B's); UniAttn is the paper's 4:12:24 plan
-# (PLAN=...) with W_c fitted on 16 rows.
+# (PLAN=...) with W_c fitted on 16 rows. VARIANTS="cla layerdrop" also benches those baselines on
+# the same plan (each made by one `train --variant V --max-steps 1` step).
 #   TESTBIN=target/release/deps/uniattn-HASH scripts/device/graph_bench.sh
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -21,12 +22,19 @@ SHAPES=${SHAPES:-0.5b}
 "$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-$SHAPES.config.json "$W/q05" 2>&1 | tail -1
 $U convert "$W/q05" --plan ${PLAN:-4:12:24} --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
   --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|KV|error" | head -3
+models=(--model "$W/q05" --model "$W/q05-uni")
+for v in ${VARIANTS:-}; do
+  $U train --model "$W/q05" --variant "$v" --plan ${PLAN:-4:12:24} --data data/pmc_llama_instructions_1000.json \
+    --max-len 256 --micro-batch 2 --max-steps 1 --val-fraction 0 --device cuda --overwrite --out "$W/$v" \
+    > "$OUT/train_$v.log" 2>&1 || tail -3 "$OUT/train_$v.log"
+  models+=(--model "$W/$v/final")
+done
 common=(--batch "$BATCH" --context "$CONTEXT" --new-tokens "$NEW" --dtype bf16 --device cuda)
 for r in $(seq 1 "$REPEATS"); do
   echo "== uniattn bench, repeat $r (eager; graphs without fused kernels if UNFUSED=1; graphs + fused kernels)"
   [[ ${EAGER:-1} == 1 ]] && UNIATTN_CUDA_GRAPHS=0 $U bench --model "$W/q05" "${common[@]}" --json-out "$OUT/bench_eager_$r.json" 2>&1 | grep "^|" | tail -n +3
   [[ ${UNFUSED:-0} == 1 ]] && UNIATTN_FUSED_KERNELS=0 $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json-out "$OUT/bench_unfused_$r.json" 2>&1 | grep "^|" | tail -n +3
-  $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json-out "$OUT/bench_graphs_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
+  $U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_graphs_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
 done
 for mode in $MODES; do
   echo "== transformers $mode"

@@ -1,8 +1,9 @@
 """Baseline for `uniattn train` throughput: a plain PyTorch + transformers training loop on the
 same model folder, data, batch, precision (bf16 autocast, f32 master weights, AdamW, clipping at
-1.0) and attention implementation (sdpa), in three modes: `eager` (torch.optim.AdamW's default
+1.0) and attention implementation (sdpa), in four modes: `eager` (torch.optim.AdamW's default
 foreach update), `fused` (AdamW(fused=True)), `compiled` (fused AdamW and torch.compile(model):
-what a PyTorch user gets in one line, the baseline issue 18 measures against). Not part of the
+what a PyTorch user gets in one line, the baseline issue 18 measures against), `reduce-overhead`
+(the same compiled with mode="reduce-overhead": CUDA graphs of the forward and backward). Not part of the
 product; runs on the GPU machine:
     python3 scripts/reference/hf_train_bench.py MODEL_DIR TEXT_FILE --batch 8 --len 1024 --steps 20 --mode compiled
 Prints one JSON line: tokens/s over steps 4 onwards (7 with --profile; compilation happens in the first), and peak
@@ -24,7 +25,7 @@ ap.add_argument("text")
 ap.add_argument("--batch", type=int, default=4)
 ap.add_argument("--len", type=int, default=1024)
 ap.add_argument("--steps", type=int, default=20)
-ap.add_argument("--mode", choices=["eager", "fused", "compiled"], default="compiled")
+ap.add_argument("--mode", choices=["eager", "fused", "compiled", "reduce-overhead"], default="compiled")
 ap.add_argument("--profile", help="write a Chrome trace of steps 4-6 (torch.profiler) here")
 a = ap.parse_args()
 
@@ -36,7 +37,8 @@ tok = Tokenizer.from_file(os.path.join(a.model, "tokenizer.json"))
 ids = tok.encode(open(a.text).read(), add_special_tokens=False).ids
 chunks = [ids[i:i + a.len] for i in range(0, len(ids) - a.len, a.len)]
 opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=a.mode != "eager")
-step_model = torch.compile(model) if a.mode == "compiled" else model
+step_model = {"compiled": lambda: torch.compile(model),
+              "reduce-overhead": lambda: torch.compile(model, mode="reduce-overhead")}.get(a.mode, lambda: model)()
 torch.cuda.reset_peak_memory_stats()
 times = []
 prof = None

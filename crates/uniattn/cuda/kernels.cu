@@ -380,30 +380,6 @@ __device__ void rope_backward(const T* dy, const float* cos, const float* sin_si
 }
 
 // ---------------------------------------------------------------------------------------------
-// acc += g over n elements (f32 += T): the gradient of a weight cast to T for the matrix
-// products, added into the weight's f32 gradient (the trainer's WeightCast, train.cpp) in one
-// pass, 16 bytes of g at a time (the caller checks that both are 16-byte aligned).
-template <typename T>
-__device__ void accumulate_f32(const T* g, float* acc, i64 n) {
-  constexpr int N = 16 / sizeof(T);
-  const i64 pieces = n % N == 0 ? n / N : 0;
-  for (i64 i = global_index(); i < pieces; i += global_stride()) {
-    float v[N];
-    load16<T>(g + i * N, v);
-#pragma unroll
-    for (int k = 0; k < N; k += 4) {
-      float4 a = *reinterpret_cast<const float4*>(acc + i * N + k);
-      a.x += v[k];
-      a.y += v[k + 1];
-      a.z += v[k + 2];
-      a.w += v[k + 3];
-      *reinterpret_cast<float4*>(acc + i * N + k) = a;
-    }
-  }
-  for (i64 i = pieces * N + global_index(); i < n; i += global_stride()) acc[i] += to_float(g[i]);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Entry points, one per element type: <name>_<f32|bf16|f16>.
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
@@ -438,9 +414,6 @@ __device__ void accumulate_f32(const T* g, float* acc, i64 n) {
   extern "C" __global__ void rope_backward_##SUFFIX(const T* dy, const float* cos, const float* sin_signed, \
                                                     T* dx, i64 b, i64 t, int h, int d, i64 angle_stride) { \
     rope_backward<T>(dy, cos, sin_signed, dx, b, t, h, d, angle_stride);                                   \
-  }                                                                                                        \
-  extern "C" __global__ void accumulate_f32_##SUFFIX(const T* g, float* acc, i64 n) {                      \
-    accumulate_f32<T>(g, acc, n);                                                                          \
   }
 
 UA_ENTRY_POINTS(float, f32)

@@ -121,30 +121,36 @@ struct Rope : public torch::autograd::Function<Rope> {
   }
 };
 
-// A trained f32 weight cast to bf16 for the matrix products under autocast, whose backward
-// adds the bf16 gradient straight into the weight's f32 gradient (a view of the optimizer's
-// flat buffer) in one kernel and hands autograd nothing to accumulate. Autocast's own cast
-// costs a cast back to f32 and an accumulating add, two kernels over every weight every step.
-// `accumulate` is the bf16 accumulate_f32 kernel (0: libtorch's add_, a slower mixed-type pass).
-struct WeightCast : public torch::autograd::Function<WeightCast> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, int64_t accumulate) {
+// `x W^T + b` in bf16 for a trained f32 weight whose gradient is a view of the optimizer's flat
+// f32 buffer. The forward multiplies by `weight_bf16`, the optimizer's bf16 copy refreshed after
+// each update (or a cast made here when there is none); the backward adds `dy^T x` straight into
+// the f32 gradient inside the weight-gradient GEMM (cuBLAS with an f32 output and beta 1), so no
+// bf16 weight gradient is written, read back and accumulated, and autograd accumulates nothing.
+// The bias gradient is summed in f32. Autocast's own path costs a cast of every weight per step,
+// a bf16 gradient, its cast to f32 and an accumulating add.
+struct TrainedLinear : public torch::autograd::Function<TrainedLinear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& weight_bf16, const at::Tensor& bias) {
+    auto w = weight_bf16.defined() ? weight_bf16 : weight.to(at::kBFloat16);
+    auto xb = x.to(at::kBFloat16);
+    ctx->save_for_backward({xb, w});
     ctx->saved_data["grad"] = weight.grad();
-    ctx->saved_data["accumulate"] = accumulate;
-    return weight.to(at::kBFloat16);
+    ctx->saved_data["bias"] = bias.defined();
+    return at::linear(xb, w, bias.defined() ? std::optional<at::Tensor>(bias.to(at::kBFloat16)) : std::nullopt);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto &xb = saved[0], &w = saved[1];
     auto acc = ctx->saved_data["grad"].toTensor();
-    const auto kernel = ctx->saved_data["accumulate"].toInt();
-    auto g = aligned(grads[0].to(at::kBFloat16));
-    const bool fits = kernel != 0 && acc.is_contiguous() && acc.numel() == g.numel() &&
-                      reinterpret_cast<uintptr_t>(acc.data_ptr()) % 16 == 0;
-    if (fits) {
-      launch(kernel, g, pieces(g), {ptr(g), ptr(acc), i64(g.numel())});
-    } else {
-      acc.add_(grads[0]);
-    }
-    return {at::Tensor(), at::Tensor()};
+    auto dy = grads[0].to(at::kBFloat16);
+    auto dy2 = dy.reshape({-1, w.size(0)});
+    auto x2 = xb.reshape({-1, w.size(1)});
+    at::addmm_out(acc, acc, dy2.t(), x2, at::kFloat);
+    at::Tensor dx, dbias;
+    if (ctx->needs_input_grad(0)) dx = at::mm(dy2, w).view(xb.sizes());
+    if (ctx->saved_data["bias"].toBool()) dbias = dy2.sum(0, false, at::kFloat);
+    return {dx, at::Tensor(), at::Tensor(), dbias};
   }
 };
 
@@ -152,13 +158,16 @@ struct WeightCast : public torch::autograd::Function<WeightCast> {
 
 extern "C" {
 
-// `weight` (f32, whose gradient is a view of the flat buffer) through WeightCast; writes a new
-// tensor handle to `out`.
-int ua_weight_cast(void* weight, int64_t accumulate, void** out, char* err, size_t len) {
+// `x W^T + b` through TrainedLinear for an f32 `weight` whose gradient is a view of the flat
+// buffer; `weight_bf16` and `bias` are nullable. Writes a new tensor handle to `out`.
+int ua_trained_linear(void* x, void* weight, void* weight_bf16, void* bias, void** out, char* err, size_t len) {
   return guarded(err, len, [&] {
     const auto& w = tensor(weight);
     if (!w.grad().defined()) throw std::runtime_error("the weight has no gradient buffer");
-    *out = new at::Tensor(WeightCast::apply(w, accumulate));
+    if (!w.grad().is_contiguous()) throw std::runtime_error("the weight's gradient buffer is not contiguous");
+    const at::Tensor none;
+    *out = new at::Tensor(TrainedLinear::apply(tensor(x), w, weight_bf16 ? tensor(weight_bf16) : none,
+                                               bias ? tensor(bias) : none));
   });
 }
 

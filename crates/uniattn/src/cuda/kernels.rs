@@ -27,7 +27,6 @@ const KERNELS: &[&str] = &[
     "swiglu_backward",
     "rope_forward",
     "rope_backward",
-    "accumulate_f32",
 ];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
@@ -200,12 +199,6 @@ pub fn rope_heads(x: &Tensor, heads: i64, cos: &Tensor, sin_signed: &Tensor) -> 
         )
     });
     returned("RoPE", r)
-}
-
-/// The kernel adding a bf16 gradient into an f32 one (for the shim's WeightCast), if the
-/// kernels are loaded on `device`.
-pub fn accumulate_kernel(device: usize) -> Option<usize> {
-    loaded(device).map(|l| l.kernels[&("accumulate_f32", "bf16")])
 }
 
 /// One launch's arguments, each stored as the 8 bytes its pointer points at (4-byte values

@@ -73,7 +73,15 @@ type Rope = unsafe extern "C" fn(
     ErrOut,
     usize,
 ) -> c_int;
-type WeightCast = unsafe extern "C" fn(*const c_void, i64, *mut *mut c_void, ErrOut, usize) -> c_int;
+type TrainedLinear = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *mut *mut c_void,
+    ErrOut,
+    usize,
+) -> c_int;
 type ErrOnly = unsafe extern "C" fn(ErrOut, usize) -> c_int;
 type MemoryPeaks = unsafe extern "C" fn(c_int, *mut i64, *mut i64, ErrOut, usize) -> c_int;
 
@@ -102,7 +110,7 @@ struct Shim {
     autocast_leave: AutocastLeave,
     swiglu: Swiglu,
     rope: Rope,
-    weight_cast: WeightCast,
+    trained_linear: TrainedLinear,
 }
 
 /// Calls a shim function with an error buffer, turning its message into an error.
@@ -195,7 +203,7 @@ fn load() -> std::result::Result<Shim, String> {
             autocast_leave: t::<*mut c_void, AutocastLeave>(sym("ua_autocast_leave")?),
             swiglu: t::<*mut c_void, Swiglu>(sym("ua_swiglu")?),
             rope: t::<*mut c_void, Rope>(sym("ua_rope")?),
-            weight_cast: t::<*mut c_void, WeightCast>(sym("ua_weight_cast")?),
+            trained_linear: t::<*mut c_void, TrainedLinear>(sym("ua_trained_linear")?),
         })
     }
 }

@@ -1,12 +1,13 @@
 //! What the trainer needs from libtorch beyond tch's bindings (cuda/train.cpp): PyTorch's
-//! one-launch AdamW, gradients that accumulate into a caller's flat buffer, a backward pass
-//! from a given output gradient, and libtorch's profiler. Only where the shim loads (a CUDA
+//! one-launch AdamW, gradients that accumulate into a caller's flat buffer (the weight-gradient
+//! GEMM adds into it), a backward pass from a given output gradient, and libtorch's profiler. Only where the shim loads (a CUDA
 //! machine); callers keep a libtorch composition for everywhere else.
 use super::{call, call_for_tensor, shim};
 use crate::error::Result;
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CString};
 use std::path::Path;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 fn handle(t: &Tensor) -> *const c_void {
     t.as_ptr() as *const c_void
@@ -95,26 +96,66 @@ pub fn autocast_bf16<T>(on: bool, f: impl FnOnce() -> T) -> Result<T> {
     let _leave = Leave(s, enabled, dtype);
     let nested = AUTOCAST_BF16.with(|a| a.replace(true));
     let out = f();
-    if !nested {
-        AUTOCAST_BF16.with(|a| a.set(false));
-        // The casts live as long as the outermost region, as autocast's own cache does.
-        WEIGHT_CASTS.with(|c| c.borrow_mut().clear());
-    }
+    AUTOCAST_BF16.with(|a| a.set(nested));
     Ok(out)
 }
 
 thread_local! {
     /// Set inside [`autocast_bf16`] on this thread.
     static AUTOCAST_BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// [`matmul_weight`]'s casts in the current autocast region, by the weight's data address.
-    static WEIGHT_CASTS: std::cell::RefCell<Vec<(usize, Tensor)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Trained weights' bf16 copies while their [`Bf16Copies`] lives, by the f32 weight's data
+    /// address.
+    static TRAINED_COPIES: std::cell::RefCell<HashMap<usize, Tensor>> = std::cell::RefCell::new(HashMap::new());
     /// Frozen weights' bf16 copies while a [`FrozenCasts`] lives, by the weight's data address.
-    static FROZEN_CASTS: std::cell::RefCell<Option<std::collections::HashMap<usize, Tensor>>> =
+    static FROZEN_CASTS: std::cell::RefCell<Option<HashMap<usize, Tensor>>> =
         const { std::cell::RefCell::new(None) };
 }
 
+/// bf16 copies of an optimizer's f32 parameters (one flat buffer beside the f32 one), which
+/// the matrix products under autocast read while this lives, refreshed by one cast after each
+/// update: autocast would cast every weight again in every step (one kernel per weight).
+pub struct Bf16Copies {
+    master: Tensor,
+    copy: Tensor,
+    keys: Vec<usize>,
+}
+
+impl Bf16Copies {
+    /// Copies of `params`, which are views of `master` at `offsets` (elements).
+    pub fn new(master: &Tensor, params: &[(String, Tensor)], offsets: &[i64]) -> Self {
+        let copy = tch::no_grad(|| master.to_kind(Kind::BFloat16));
+        let keys = params
+            .iter()
+            .zip(offsets)
+            .map(|((_, p), &off)| {
+                let key = p.data_ptr() as usize;
+                let view = copy.narrow(0, off, p.numel() as i64).view(p.size().as_slice());
+                TRAINED_COPIES.with(|c| c.borrow_mut().insert(key, view));
+                key
+            })
+            .collect();
+        Bf16Copies { master: master.shallow_clone(), copy, keys }
+    }
+
+    /// Casts the f32 parameters into their copies again (after an update).
+    pub fn refresh(&mut self) {
+        tch::no_grad(|| self.copy.copy_(&self.master));
+    }
+}
+
+impl Drop for Bf16Copies {
+    fn drop(&mut self) {
+        TRAINED_COPIES.with(|c| {
+            let mut c = c.borrow_mut();
+            for k in &self.keys {
+                c.remove(k);
+            }
+        });
+    }
+}
+
 /// While this lives (a training stage whose frozen weights do not change, such as UniAttn's
-/// stage 1, where only W_c trains), [`matmul_weight`] casts each frozen f32 weight to bf16
+/// stage 1, where only W_c trains), [`autocast_linear`] casts each frozen f32 weight to bf16
 /// once and reuses the copy in every step, where autocast would cast every weight again in
 /// every step. Dropping it frees the copies.
 pub struct FrozenCasts(());
@@ -132,42 +173,37 @@ impl Drop for FrozenCasts {
     }
 }
 
-/// The weight a matrix product uses: under [`autocast_bf16`], a trained f32 weight whose
-/// gradient lives in the optimizer's flat buffer is cast to bf16 once per autocast region by
-/// the shim's WeightCast, whose backward pass adds the bf16 gradient into that buffer in one
-/// kernel (autocast would cast the gradient to f32 and then accumulate it: two kernels over
-/// every weight). None for anything else: the weight is used as it is, for autocast to handle
-/// (also with the fused paths off: [`super::kernels::without`], `UNIATTN_FUSED_KERNELS=0`).
-/// A frozen f32 weight gets its stage-long bf16 copy while a [`FrozenCasts`] lives.
-pub fn matmul_weight(w: &Tensor) -> Option<Tensor> {
-    if !autocast_active() || w.kind() != tch::Kind::Float || !super::kernels::enabled() {
+/// `x W^T + b` under [`autocast_bf16`] for an f32 weight `w`, or None where autocast should
+/// handle it (outside autocast, other types, fused paths off: [`super::kernels::without`],
+/// `UNIATTN_FUSED_KERNELS=0`). A trained weight whose gradient lives in the optimizer's flat
+/// buffer goes through the shim's TrainedLinear: the product reads its [`Bf16Copies`] copy
+/// (or a cast), and the backward adds the weight gradient into the flat f32 buffer inside the
+/// GEMM. A frozen weight uses its stage-long bf16 copy while a [`FrozenCasts`] lives.
+pub fn autocast_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
+    if !autocast_active() || w.kind() != Kind::Float || !super::kernels::enabled() {
         return None;
     }
     let key = w.data_ptr() as usize;
     if !w.requires_grad() {
-        return FROZEN_CASTS.with(|f| {
+        let copy = FROZEN_CASTS.with(|f| {
             let mut f = f.borrow_mut();
             let copies = f.as_mut()?;
-            Some(copies.entry(key).or_insert_with(|| w.to_kind(tch::Kind::BFloat16)).shallow_clone())
-        });
+            Some(copies.entry(key).or_insert_with(|| w.to_kind(Kind::BFloat16)).shallow_clone())
+        })?;
+        return Some(x.linear(&copy, bias));
     }
-    if !w.grad().defined() {
+    if !w.device().is_cuda() || !w.grad().defined() {
         return None;
     }
-    let cached =
-        WEIGHT_CASTS.with(|c| c.borrow().iter().find(|(k, _)| *k == key).map(|(_, t)| t.shallow_clone()));
-    if cached.is_some() {
-        return cached;
-    }
-    let (Ok(s), tch::Device::Cuda(device)) = (shim(), w.device()) else { return None };
-    let accumulate = super::kernels::accumulate_kernel(device).unwrap_or(0) as i64;
-    // SAFETY: a live tensor handle, a kernel handle (or 0) and a valid out-pointer.
-    let t = call_for_tensor("weight cast", |out, e, n| unsafe {
-        (s.weight_cast)(handle(w), accumulate, out, e, n)
+    let s = shim().ok()?;
+    let copy = TRAINED_COPIES.with(|c| c.borrow().get(&key).map(Tensor::shallow_clone));
+    let nullable = |t: Option<&Tensor>| t.map_or(std::ptr::null(), handle);
+    // SAFETY: live tensor handles (or null where the shim allows it) and a valid out-pointer.
+    call_for_tensor("trained linear", |out, e, n| unsafe {
+        (s.trained_linear)(handle(x), handle(w), nullable(copy.as_ref()), nullable(bias), out, e, n)
     })
-    .ok()?;
-    WEIGHT_CASTS.with(|c| c.borrow_mut().push((key, t.shallow_clone())));
-    Some(t)
+    .map_err(|e| eprintln!("note: {e}; autocast's product instead"))
+    .ok()
 }
 
 /// Whether this thread runs inside [`autocast_bf16`].
@@ -227,38 +263,74 @@ mod tests {
     use super::*;
     use tch::Kind;
 
-    /// On a GPU (skipped elsewhere): a weight's gradient through [`matmul_weight`] (added in one
-    /// kernel into a flat buffer) equals autocast's (cast to f32, then accumulated), bit for bit,
-    /// over two backward passes, for a weight of whole 16-byte pieces and a ragged one at an
-    /// unaligned offset.
+    /// On a GPU (skipped elsewhere): a product through [`autocast_linear`] (the shim's
+    /// TrainedLinear, with and without the optimizer's bf16 copy, with and without a bias)
+    /// against autocast's `linear`, over two backward passes into a flat gradient buffer, for a
+    /// weight at an aligned and at a ragged offset: the output and the input's gradient equal
+    /// autocast's; the weight's and the bias's gradients are at least as close to the exact ones
+    /// (f64 from the same bf16 operands) as autocast's, which round them to bf16 first.
     #[test]
-    fn weight_cast_gradients_equal_autocast() {
+    fn trained_linear_matches_autocast() {
         let Some(dev) = crate::testing::cuda() else { return };
-        let x = Tensor::randn([6, 40], (Kind::Float, dev));
-        // Two weights in one flat buffer: [64, 40], then [7, 40] at an offset of 2,563 floats.
+        let x0 = Tensor::randn([3, 4, 40], (Kind::Float, dev));
+        let r = Tensor::randn([3, 4, 64], (Kind::Float, dev));
         let weights = Tensor::randn([64 * 40 + 3 + 7 * 40], (Kind::Float, dev));
-        let grads = |fused: bool| {
-            let flat = weights.copy();
-            let gflat = flat.zeros_like();
-            let mut out = vec![];
-            for (off, rows) in [(0, 64), (64 * 40 + 3, 7)] {
-                let w = flat.narrow(0, off, rows * 40).view([rows, 40]).detach().set_requires_grad(true);
-                set_grad(&w, &gflat.narrow(0, off, rows * 40).view([rows, 40])).unwrap();
-                for _ in 0..2 {
-                    let y = autocast_bf16(true, || {
-                        let cast = if fused { matmul_weight(&w) } else { None };
-                        x.linear::<Tensor>(cast.as_ref().unwrap_or(&w), None)
-                    })
-                    .unwrap();
-                    (y.to_kind(Kind::Float) * 0.37).sum(Kind::Float).backward();
+        let bias0 = Tensor::randn([64], (Kind::Float, dev));
+        for (with_bias, with_copy) in [(false, false), (true, false), (false, true), (true, true)] {
+            let run = |fused: bool| {
+                let flat = weights.copy();
+                let gflat = flat.zeros_like();
+                let mut out = vec![];
+                for (off, rows) in [(0, 64), (64 * 40 + 3, 7)] {
+                    let w = flat.narrow(0, off, rows * 40).view([rows, 40]).detach().set_requires_grad(true);
+                    set_grad(&w, &gflat.narrow(0, off, rows * 40).view([rows, 40])).unwrap();
+                    let b = with_bias.then(|| bias0.narrow(0, 0, rows).copy().set_requires_grad(true));
+                    let params = [("w".to_string(), w.shallow_clone())];
+                    let _copies = (fused && with_copy).then(|| Bf16Copies::new(&flat, &params, &[off]));
+                    let x = x0.copy().set_requires_grad(true);
+                    let mut ys = vec![];
+                    for _ in 0..2 {
+                        let y = autocast_bf16(true, || {
+                            let fast = if fused { autocast_linear(&x, &w, b.as_ref()) } else { None };
+                            assert_eq!(fast.is_some(), fused, "the fused product runs where asked for");
+                            fast.unwrap_or_else(|| x.linear(&w, b.as_ref()))
+                        })
+                        .unwrap();
+                        (y.to_kind(Kind::Float) * r.narrow(2, 0, rows)).sum(Kind::Float).backward();
+                        ys.push(y);
+                    }
+                    out.push((ys, x.grad(), w.grad().copy(), b.map(|b| b.grad())));
                 }
-                out.push(w.grad().copy());
+                out
+            };
+            let (fused, plain) = (run(true), run(false));
+            for ((ys, dx, dw, db), (ys2, dx2, dw2, db2)) in fused.iter().zip(&plain) {
+                for (y, y2) in ys.iter().zip(ys2) {
+                    assert!(y.equal(y2), "the output differs from autocast's");
+                }
+                let d = (dx - dx2).abs().max().double_value(&[]);
+                assert!(d <= 1e-2 * dx2.abs().max().double_value(&[]), "input gradients differ by {d}");
+                // The exact gradient from the bf16 operands: 2 x sum over rows of dy^T x.
+                let rows = dw.size()[0];
+                let dy =
+                    r.narrow(2, 0, rows).to_kind(Kind::BFloat16).to_kind(Kind::Double).reshape([-1, rows]);
+                let xb = x0.to_kind(Kind::BFloat16).to_kind(Kind::Double).reshape([-1, 40]);
+                let exact = dy.tr().mm(&xb) * 2.0;
+                let err = |g: &Tensor| (g.to_kind(Kind::Double) - &exact).abs().max().double_value(&[]);
+                let scale = exact.abs().max().double_value(&[]);
+                assert!(
+                    err(dw) <= err(dw2) + 1e-6 * scale,
+                    "weight gradient: {} vs autocast's {}",
+                    err(dw),
+                    err(dw2)
+                );
+                assert!(err(dw) <= 1e-5 * scale, "weight gradient off by {} (scale {scale})", err(dw));
+                if let (Some(db), Some(db2)) = (db, db2) {
+                    let exact = dy.sum_dim_intlist(0, false, Kind::Double) * 2.0;
+                    let e = |g: &Tensor| (g.to_kind(Kind::Double) - &exact).abs().max().double_value(&[]);
+                    assert!(e(db) <= e(db2) + 1e-6, "bias gradient: {} vs autocast's {}", e(db), e(db2));
+                }
             }
-            out
-        };
-        let (fused, plain) = (grads(true), grads(false));
-        for (a, b) in fused.iter().zip(&plain) {
-            assert!(a.equal(b), "the weight's gradient differs from autocast's");
         }
     }
 }

@@ -14,8 +14,8 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let cast = crate::cuda::training::matmul_weight(&self.weight);
-        x.linear(cast.as_ref().unwrap_or(&self.weight), self.bias.as_ref())
+        crate::cuda::training::autocast_linear(x, &self.weight, self.bias.as_ref())
+            .unwrap_or_else(|| x.linear(&self.weight, self.bias.as_ref()))
     }
 
     pub fn out_features(&self) -> i64 {

@@ -385,8 +385,8 @@ impl Transformer {
     /// before its cast and soft-capping, which the trainer's fused cross-entropy applies itself.
     pub fn head_logits(&self, h: &Tensor) -> Tensor {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let cast = crate::cuda::training::matmul_weight(w);
-        self.norm.forward(h).linear::<Tensor>(cast.as_ref().unwrap_or(w), None)
+        let h = self.norm.forward(h);
+        crate::cuda::training::autocast_linear(&h, w, None).unwrap_or_else(|| h.linear::<Tensor>(w, None))
     }
 
     /// [`Self::head_logits`]'s output cast to f32 (f64 for f64 models) and soft-capped (Gemma 2).

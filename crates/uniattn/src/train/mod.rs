@@ -243,8 +243,7 @@ fn chunked_backward(
     autocast: bool,
     chunk: i64,
 ) -> Result<Tensor> {
-    // One autocast region for the whole micro-batch: each weight is cast once (the head's
-    // once for all its chunks).
+    // One autocast region for the whole micro-batch.
     autocast_bf16(autocast, || {
         let h = b.hidden(model);
         let last = h.detach().set_requires_grad(true);
@@ -410,6 +409,9 @@ impl Trainer<'_> {
             let mut opt = AdamW::new(self.cfg.optim, self.parameters(stage));
             if let Some(state) = pending_opt.take() {
                 checkpoint::restore_optimizer(&mut opt, state)?;
+            }
+            if self.cfg.autocast {
+                opt.keep_bf16_copies();
             }
             // After the optimizer: its flat gradient buffer is what a captured graph writes.
             let mut runner = step_graph::MicroBatchRunner::new(self.model, self.cfg.recompute_layers)?;

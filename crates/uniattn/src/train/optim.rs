@@ -1,6 +1,6 @@
 //! AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW` update) and the cosine
 //! schedule with linear warm-up that transformers' `get_cosine_schedule_with_warmup` computes.
-use crate::cuda::training::{fused_adamw, AdamwStep};
+use crate::cuda::training::{fused_adamw, AdamwStep, Bf16Copies};
 use crate::error::Result;
 use tch::{Kind, Tensor};
 
@@ -42,18 +42,27 @@ pub struct AdamW {
     flat_grad: Option<Tensor>,
     /// The update number as the fused kernel reads it (a 0-d f32 device tensor).
     fused_step: Option<Tensor>,
+    /// bf16 copies of the parameters for bf16 autocast, refreshed after each update.
+    bf16: Option<Bf16Copies>,
+}
+
+/// Where each parameter starts in the flat buffers (elements).
+fn offsets(params: &[(String, Tensor)]) -> Vec<i64> {
+    params
+        .iter()
+        .scan(0, |off, (_, p)| {
+            let start = *off;
+            *off += p.numel() as i64;
+            Some(start)
+        })
+        .collect()
 }
 
 fn views(flat: &Tensor, params: &[(String, Tensor)]) -> Vec<Tensor> {
-    let mut off = 0;
     params
         .iter()
-        .map(|(_, p)| {
-            let n = p.numel() as i64;
-            let v = flat.narrow(0, off, n).view(p.size().as_slice());
-            off += n;
-            v
-        })
+        .zip(offsets(params))
+        .map(|((_, p), off)| flat.narrow(0, off, p.numel() as i64).view(p.size().as_slice()))
         .collect()
 }
 
@@ -103,12 +112,21 @@ impl AdamW {
         // The fused kernel needs the moments in the parameters' type (f32 here).
         let fused_step = (flat_grad.is_some() && kind == Kind::Float && crate::cuda::kernels::enabled())
             .then(|| Tensor::zeros([], (Kind::Float, device)));
-        AdamW { cfg, params, flat, m_flat, v_flat, m, v, step: 0, flat_grad, fused_step }
+        AdamW { cfg, params, flat, m_flat, v_flat, m, v, step: 0, flat_grad, fused_step, bf16: None }
     }
 
     /// Whether updates run PyTorch's fused AdamW kernel.
     pub fn is_fused(&self) -> bool {
         self.fused_step.is_some()
+    }
+
+    /// For training under bf16 autocast: keeps a bf16 copy of the parameters, refreshed after
+    /// each update, for the matrix products to read (see [`Bf16Copies`]). Only with the fused
+    /// update (a CUDA machine, f32 parameters); a no-op elsewhere.
+    pub fn keep_bf16_copies(&mut self) {
+        if self.is_fused() && self.bf16.is_none() {
+            self.bf16 = Some(Bf16Copies::new(&self.flat, &self.params, &offsets(&self.params)));
+        }
     }
 
     /// All gradients as one f32 vector (zeros where a parameter got none): the flat buffer
@@ -153,6 +171,9 @@ impl AdamW {
             let hp =
                 AdamwStep { lr, beta1: c.beta1, beta2: c.beta2, weight_decay: c.weight_decay, eps: c.eps };
             fused_adamw(&self.flat, &g, &self.m_flat, &self.v_flat, step, hp, scale.as_ref())?;
+            if let Some(copies) = &mut self.bf16 {
+                copies.refresh();
+            }
             return Ok(norm.double_value(&[]));
         }
         let norm = norm.double_value(&[]);
