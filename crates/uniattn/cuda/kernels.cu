@@ -380,6 +380,61 @@ __device__ void rope_backward(const T* dy, const float* cos, const float* sin_si
 }
 
 // ---------------------------------------------------------------------------------------------
+// AdamW over the trainer's flat f32 buffers with torch.optim.AdamW(fused=True)'s arithmetic (its
+// FusedAdamMathFunctor: the hyper-parameters are doubles, so most of it runs in double), also
+// writing each updated parameter's copy of type T (the bf16 operand of the matrix products under
+// autocast; null: none) in the same pass instead of a cast over every weight after it.
+// `grad_scale` (nullable, on the device) divides the gradient: clipping without a host
+// synchronisation. Four elements a thread (16-byte loads); the caller passes 16-byte aligned
+// buffers.
+__device__ __forceinline__ void adamw_update(float& param, float grad, float& exp_avg, float& exp_avg_sq,
+                                             double lr, double beta1, double beta2, double weight_decay,
+                                             double eps, float bias_correction1, float bias_correction2_sqrt,
+                                             const float* grad_scale) {
+  if (grad_scale != nullptr) grad /= static_cast<double>(*grad_scale);
+  if (weight_decay != 0) param -= lr * weight_decay * param;
+  exp_avg = beta1 * exp_avg + (1 - beta1) * grad;
+  exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad;
+  const float step_size = lr / bias_correction1;
+  const float denom = (sqrtf(exp_avg_sq) / bias_correction2_sqrt) + eps;
+  param -= step_size * exp_avg / denom;
+}
+
+template <typename T>
+__device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64 n, double lr, double beta1,
+                      double beta2, double weight_decay, double eps, float bias_correction1,
+                      float bias_correction2_sqrt, const float* grad_scale) {
+  for (i64 i = global_index() * 4; i < n; i += global_stride() * 4) {
+    if (i + 4 <= n) {
+      float4 pp = *reinterpret_cast<const float4*>(p + i), gg = *reinterpret_cast<const float4*>(g + i);
+      float4 mm = *reinterpret_cast<const float4*>(m + i), vv = *reinterpret_cast<const float4*>(v + i);
+      float* ps[4] = {&pp.x, &pp.y, &pp.z, &pp.w};
+      float* ms[4] = {&mm.x, &mm.y, &mm.z, &mm.w};
+      float* vs[4] = {&vv.x, &vv.y, &vv.z, &vv.w};
+      const float gs[4] = {gg.x, gg.y, gg.z, gg.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        adamw_update(*ps[k], gs[k], *ms[k], *vs[k], lr, beta1, beta2, weight_decay, eps, bias_correction1,
+                     bias_correction2_sqrt, grad_scale);
+      }
+      *reinterpret_cast<float4*>(p + i) = pp;
+      *reinterpret_cast<float4*>(m + i) = mm;
+      *reinterpret_cast<float4*>(v + i) = vv;
+      if (copy != nullptr) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) copy[i + k] = from_float<T>(*ps[k]);
+      }
+    } else {
+      for (i64 j = i; j < n; ++j) {
+        adamw_update(p[j], g[j], m[j], v[j], lr, beta1, beta2, weight_decay, eps, bias_correction1,
+                     bias_correction2_sqrt, grad_scale);
+        if (copy != nullptr) copy[j] = from_float<T>(p[j]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entry points, one per element type: <name>_<f32|bf16|f16>.
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
@@ -414,6 +469,13 @@ __device__ void rope_backward(const T* dy, const float* cos, const float* sin_si
   extern "C" __global__ void rope_backward_##SUFFIX(const T* dy, const float* cos, const float* sin_signed, \
                                                     T* dx, i64 b, i64 t, int h, int d, i64 angle_stride) { \
     rope_backward<T>(dy, cos, sin_signed, dx, b, t, h, d, angle_stride);                                   \
+  }                                                                                                        \
+  extern "C" __global__ void adamw_##SUFFIX(float* p, const float* g, float* m, float* v, T* copy, i64 n,   \
+                                            double lr, double beta1, double beta2, double weight_decay,    \
+                                            double eps, float bias_correction1, float bias_correction2_sqrt, \
+                                            const float* grad_scale) {                                     \
+    adamw<T>(p, g, m, v, copy, n, lr, beta1, beta2, weight_decay, eps, bias_correction1,                    \
+             bias_correction2_sqrt, grad_scale);                                                           \
   }
 
 UA_ENTRY_POINTS(float, f32)

@@ -1,5 +1,5 @@
-// The training-side parts of libtorch that tch 0.24 does not bind: the one-launch AdamW
-// (`at::_fused_adamw_`), gradients that live in a caller's buffer, a backward pass from a given
+// The training-side parts of libtorch that tch 0.24 does not bind: gradients that live in a
+// caller's buffer (TrainedLinear's GEMM adds into it), a backward pass from a given
 // output gradient, and libtorch's (Kineto) profiler. Built with graphs.cpp and nvrtc.cpp.
 // Tensors arrive as tch's handles, which point at `at::Tensor`s.
 #include <ATen/ATen.h>
@@ -129,14 +129,15 @@ struct Rope : public torch::autograd::Function<Rope> {
 // The bias gradient is summed in f32. Autocast's own path costs a cast of every weight per step,
 // a bf16 gradient, its cast to f32 and an accumulating add.
 struct TrainedLinear : public torch::autograd::Function<TrainedLinear> {
+  // Optional tensors as std::optional: autograd refuses undefined tensors as inputs.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& weight_bf16, const at::Tensor& bias) {
-    auto w = weight_bf16.defined() ? weight_bf16 : weight.to(at::kBFloat16);
+                            const std::optional<at::Tensor>& weight_bf16, const std::optional<at::Tensor>& bias) {
+    auto w = weight_bf16 ? *weight_bf16 : weight.to(at::kBFloat16);
     auto xb = x.to(at::kBFloat16);
     ctx->save_for_backward({xb, w});
     ctx->saved_data["grad"] = weight.grad();
-    ctx->saved_data["bias"] = bias.defined();
-    return at::linear(xb, w, bias.defined() ? std::optional<at::Tensor>(bias.to(at::kBFloat16)) : std::nullopt);
+    ctx->saved_data["bias"] = bias.has_value();
+    return at::linear(xb, w, bias ? std::optional<at::Tensor>(bias->to(at::kBFloat16)) : std::nullopt);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -165,24 +166,8 @@ int ua_trained_linear(void* x, void* weight, void* weight_bf16, void* bias, void
     const auto& w = tensor(weight);
     if (!w.grad().defined()) throw std::runtime_error("the weight has no gradient buffer");
     if (!w.grad().is_contiguous()) throw std::runtime_error("the weight's gradient buffer is not contiguous");
-    const at::Tensor none;
-    *out = new at::Tensor(TrainedLinear::apply(tensor(x), w, weight_bf16 ? tensor(weight_bf16) : none,
-                                               bias ? tensor(bias) : none));
-  });
-}
-
-// AdamW over one tensor (the flat parameter buffer) in one kernel: PyTorch's
-// `torch.optim.AdamW(fused=True)` update. `step` is a 0-d f32 tensor on the device holding the
-// step number (1 on the first update); `grad_scale` (nullable) divides the gradient first,
-// which is how clipping reaches the kernel without a host synchronisation.
-int ua_fused_adamw(void* param, void* grad, void* exp_avg, void* exp_avg_sq, void* step, double lr, double beta1,
-                   double beta2, double weight_decay, double eps, void* grad_scale, char* err, size_t len) {
-  return guarded(err, len, [&] {
-    std::optional<at::Tensor> scale;
-    if (grad_scale != nullptr) scale = tensor(grad_scale);
-    at::_fused_adamw_({tensor(param)}, {tensor(grad)}, {tensor(exp_avg)}, {tensor(exp_avg_sq)}, {},
-                      {tensor(step)}, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
-                      /*maximize=*/false, scale, std::nullopt);
+    auto nullable = [](void* t) { return t ? std::optional<at::Tensor>(tensor(t)) : std::nullopt; };
+    *out = new at::Tensor(TrainedLinear::apply(tensor(x), w, nullable(weight_bf16), nullable(bias)));
   });
 }
 

@@ -27,6 +27,7 @@ const KERNELS: &[&str] = &[
     "swiglu_backward",
     "rope_forward",
     "rope_backward",
+    "adamw",
 ];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
@@ -201,6 +202,59 @@ pub fn rope_heads(x: &Tensor, heads: i64, cos: &Tensor, sin_signed: &Tensor) -> 
     returned("RoPE", r)
 }
 
+/// One AdamW update (torch.optim.AdamW(fused=True)'s arithmetic) over the trainer's flat f32
+/// buffers in one kernel: parameters `p`, gradients `g`, moments `m` and `v`, at update number
+/// `step` (1 first). It also writes the updated parameters into `copy` (their bf16 or f16 copy
+/// for autocast's matrix products) in the same pass. `grad_scale` (a 0-d f32 device tensor)
+/// divides the gradient first. False where the kernel does not apply (then the caller runs the
+/// composition).
+pub fn adamw(
+    [p, g, m, v]: [&Tensor; 4],
+    copy: Option<&Tensor>,
+    hp: super::training::AdamwStep,
+    step: i64,
+    grad_scale: Option<&Tensor>,
+) -> bool {
+    let Some((device, loaded, _)) = usable_with_grad(p) else { return false };
+    let n = p.numel();
+    let flat_f32 = |t: &Tensor| {
+        t.kind() == Kind::Float && t.device() == p.device() && t.is_contiguous() && t.numel() == n
+    };
+    let aligned = |t: &Tensor| (t.data_ptr() as usize).is_multiple_of(16);
+    let copy_ok = copy.is_none_or(|c| c.device() == p.device() && c.is_contiguous() && c.numel() == n);
+    let scale_ok =
+        grad_scale.is_none_or(|s| s.kind() == Kind::Float && s.device() == p.device() && s.numel() == 1);
+    let suffix = match copy.map(Tensor::kind) {
+        None => "bf16",
+        Some(kind) => match SUFFIXES.iter().find(|(k, _)| *k == kind) {
+            Some((_, suffix)) => suffix,
+            None => return false,
+        },
+    };
+    if ![p, g, m, v].iter().all(|t| flat_f32(t) && aligned(t)) || !copy_ok || !scale_ok {
+        return false;
+    }
+    let bias_correction1 = 1.0 - hp.beta1.powi(step as i32);
+    let bias_correction2_sqrt = (1.0 - hp.beta2.powi(step as i32)).sqrt();
+    let args = Args::default()
+        .ptr(p)
+        .ptr(g)
+        .ptr(m)
+        .ptr(v)
+        .nullable(copy)
+        .i64(n as i64)
+        .f64(hp.lr)
+        .f64(hp.beta1)
+        .f64(hp.beta2)
+        .f64(hp.weight_decay)
+        .f64(hp.eps)
+        .f32(bias_correction1)
+        .f32(bias_correction2_sqrt)
+        .nullable(grad_scale);
+    let blocks = ((n as i64 / 4 + 1) / THREADS as i64 + 1).min(MAX_BLOCKS);
+    args.launch(loaded, "adamw", suffix, device, blocks, THREADS)
+}
+
 /// One launch's arguments, each stored as the 8 bytes its pointer points at (4-byte values
 /// occupy the first four, as a little-endian device reads them).
 #[derive(Default)]
@@ -221,6 +275,14 @@ impl Args {
     }
     fn f32(mut self, v: f64) -> Self {
         self.0.push((v as f32).to_bits() as u64);
+        self
+    }
+    fn f64(mut self, v: f64) -> Self {
+        self.0.push(v.to_bits());
+        self
+    }
+    fn nullable(mut self, t: Option<&Tensor>) -> Self {
+        self.0.push(t.map_or(0, |t| t.data_ptr() as u64));
         self
     }
 

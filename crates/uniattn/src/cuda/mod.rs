@@ -40,21 +40,6 @@ type KernelLaunch = unsafe extern "C" fn(
     ErrOut,
     usize,
 ) -> c_int;
-type FusedAdamw = unsafe extern "C" fn(
-    *const c_void,
-    *const c_void,
-    *const c_void,
-    *const c_void,
-    *const c_void,
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
-    *const c_void,
-    ErrOut,
-    usize,
-) -> c_int;
 /// set_grad(param, grad), backward(output, grad): two tensors in, 0 or a message out.
 type TensorPair = unsafe extern "C" fn(*const c_void, *const c_void, ErrOut, usize) -> c_int;
 type ProfilerStop = unsafe extern "C" fn(*const c_char, ErrOut, usize) -> c_int;
@@ -100,7 +85,6 @@ struct Shim {
     kernels_load: KernelsLoad,
     kernel_get: KernelGet,
     kernel_launch: KernelLaunch,
-    fused_adamw: FusedAdamw,
     set_grad: TensorPair,
     backward: TensorPair,
     profiler_start: ErrOnly,
@@ -193,7 +177,6 @@ fn load() -> std::result::Result<Shim, String> {
             kernels_load: t::<*mut c_void, KernelsLoad>(sym("ua_kernels_load")?),
             kernel_get: t::<*mut c_void, KernelGet>(sym("ua_kernel_get")?),
             kernel_launch: t::<*mut c_void, KernelLaunch>(sym("ua_kernel_launch")?),
-            fused_adamw: t::<*mut c_void, FusedAdamw>(sym("ua_fused_adamw")?),
             set_grad: t::<*mut c_void, TensorPair>(sym("ua_set_grad")?),
             backward: t::<*mut c_void, TensorPair>(sym("ua_backward")?),
             profiler_start: t::<*mut c_void, ErrOnly>(sym("ua_profiler_start")?),

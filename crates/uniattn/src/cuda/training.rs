@@ -1,5 +1,4 @@
-//! What the trainer needs from libtorch beyond tch's bindings (cuda/train.cpp): PyTorch's
-//! one-launch AdamW, gradients that accumulate into a caller's flat buffer (the weight-gradient
+//! What the trainer needs from libtorch beyond tch's bindings (cuda/train.cpp): gradients that accumulate into a caller's flat buffer (the weight-gradient
 //! GEMM adds into it), a backward pass from a given output gradient, and libtorch's profiler. Only where the shim loads (a CUDA
 //! machine); callers keep a libtorch composition for everywhere else.
 use super::{call, call_for_tensor, shim};
@@ -21,41 +20,6 @@ pub struct AdamwStep {
     pub beta2: f64,
     pub weight_decay: f64,
     pub eps: f64,
-}
-
-/// `torch.optim.AdamW(fused=True)`'s update of `param` (one kernel over the whole buffer).
-/// `step` is a 0-d f32 device tensor holding the update's number (1 first); the gradient is
-/// divided by `grad_scale` (a 0-d f32 device tensor) when given. All tensors share a device
-/// and a floating type.
-pub fn fused_adamw(
-    param: &Tensor,
-    grad: &Tensor,
-    exp_avg: &Tensor,
-    exp_avg_sq: &Tensor,
-    step: &Tensor,
-    hp: AdamwStep,
-    grad_scale: Option<&Tensor>,
-) -> Result<()> {
-    let s = shim()?;
-    let scale = grad_scale.map_or(std::ptr::null(), handle);
-    // SAFETY: each handle is a live tch tensor (an `at::Tensor*`) for the whole call.
-    call("fused AdamW", |e, n| unsafe {
-        (s.fused_adamw)(
-            handle(param),
-            handle(grad),
-            handle(exp_avg),
-            handle(exp_avg_sq),
-            handle(step),
-            hp.lr,
-            hp.beta1,
-            hp.beta2,
-            hp.weight_decay,
-            hp.eps,
-            scale,
-            e,
-            n,
-        )
-    })
 }
 
 /// Makes `grad` (same shape, type and device) the gradient of `param`: backward passes then
@@ -137,6 +101,11 @@ impl Bf16Copies {
         Bf16Copies { master: master.shallow_clone(), copy, keys }
     }
 
+    /// The copies' flat buffer.
+    pub fn flat(&self) -> &Tensor {
+        &self.copy
+    }
+
     /// Casts the f32 parameters into their copies again (after an update).
     pub fn refresh(&mut self) {
         tch::no_grad(|| self.copy.copy_(&self.master));
@@ -192,7 +161,9 @@ pub fn autocast_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Option<
         })?;
         return Some(x.linear(&copy, bias));
     }
-    if !w.device().is_cuda() || !w.grad().defined() {
+    /// Set after the shim's product failed once (said once): autocast's from then on.
+    static BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !w.device().is_cuda() || !w.grad().defined() || BROKEN.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
     let s = shim().ok()?;
@@ -202,7 +173,11 @@ pub fn autocast_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Option<
     call_for_tensor("trained linear", |out, e, n| unsafe {
         (s.trained_linear)(handle(x), handle(w), nullable(copy.as_ref()), nullable(bias), out, e, n)
     })
-    .map_err(|e| eprintln!("note: {e}; autocast's product instead"))
+    .map_err(|e| {
+        if !BROKEN.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("note: {e}; autocast's matrix products from here on");
+        }
+    })
     .ok()
 }
 

@@ -1,6 +1,6 @@
 //! AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW` update) and the cosine
 //! schedule with linear warm-up that transformers' `get_cosine_schedule_with_warmup` computes.
-use crate::cuda::training::{fused_adamw, AdamwStep, Bf16Copies};
+use crate::cuda::training::{AdamwStep, Bf16Copies};
 use crate::error::Result;
 use tch::{Kind, Tensor};
 
@@ -24,10 +24,11 @@ const UPDATE_SLICE: i64 = 1 << 24;
 
 /// Optimizer state for a list of parameters. The parameters are re-homed as views of one flat
 /// buffer, and the moments live in flat buffers too. On a CUDA machine the gradients are views
-/// of one flat buffer as well (backward passes add into it in place) and the update is
-/// PyTorch's fused AdamW kernel: one launch over all weights, clipping included, with no
-/// copies. Elsewhere (CPU, f64, bf16 weights) the update is the libtorch composition below,
-/// a handful of kernels over the flat buffers.
+/// of one flat buffer as well (backward passes add into it in place) and the update is one
+/// kernel over all weights ([`crate::cuda::kernels::adamw`]: PyTorch's fused AdamW arithmetic,
+/// clipping included, writing the bf16 copies too). Elsewhere (CPU, f64, bf16 weights, no
+/// kernels) the update is the libtorch composition below, a handful of kernels over the flat
+/// buffers.
 pub struct AdamW {
     pub cfg: AdamWConfig,
     pub params: Vec<(String, Tensor)>,
@@ -40,8 +41,8 @@ pub struct AdamW {
     pub step: i64,
     /// The gradients' flat buffer, where the parameters' gradients are views of it.
     flat_grad: Option<Tensor>,
-    /// The update number as the fused kernel reads it (a 0-d f32 device tensor).
-    fused_step: Option<Tensor>,
+    /// Whether updates may run the fused kernel (f32 parameters with a flat gradient buffer).
+    fused: bool,
     /// bf16 copies of the parameters for bf16 autocast, refreshed after each update.
     bf16: Option<Bf16Copies>,
 }
@@ -109,15 +110,13 @@ impl AdamW {
         let v_flat = Tensor::zeros([total], (Kind::Float, device));
         let (m, v) = (views(&m_flat, &params), views(&v_flat, &params));
         let flat_grad = bind_flat_grad(&flat, &params);
-        // The fused kernel needs the moments in the parameters' type (f32 here).
-        let fused_step = (flat_grad.is_some() && kind == Kind::Float && crate::cuda::kernels::enabled())
-            .then(|| Tensor::zeros([], (Kind::Float, device)));
-        AdamW { cfg, params, flat, m_flat, v_flat, m, v, step: 0, flat_grad, fused_step, bf16: None }
+        let fused = flat_grad.is_some() && kind == Kind::Float && crate::cuda::kernels::enabled();
+        AdamW { cfg, params, flat, m_flat, v_flat, m, v, step: 0, flat_grad, fused, bf16: None }
     }
 
-    /// Whether updates run PyTorch's fused AdamW kernel.
+    /// Whether updates run the fused AdamW kernel (where it loads).
     pub fn is_fused(&self) -> bool {
-        self.fused_step.is_some()
+        self.fused
     }
 
     /// For training under bf16 autocast: keeps a bf16 copy of the parameters, refreshed after
@@ -161,8 +160,7 @@ impl AdamW {
         let _guard = tch::no_grad_guard();
         let mut g = self.flat_grad();
         let norm = g.norm();
-        if let Some(step) = &mut self.fused_step {
-            let _ = step.fill_(self.step as f64);
+        if self.fused {
             // Clipping as a divisor the kernel applies: (norm + 1e-6) / max_norm past the limit.
             let scale = (max_norm > 0.0).then(|| {
                 let over = norm.gt(max_norm);
@@ -170,11 +168,11 @@ impl AdamW {
             });
             let hp =
                 AdamwStep { lr, beta1: c.beta1, beta2: c.beta2, weight_decay: c.weight_decay, eps: c.eps };
-            fused_adamw(&self.flat, &g, &self.m_flat, &self.v_flat, step, hp, scale.as_ref())?;
-            if let Some(copies) = &mut self.bf16 {
-                copies.refresh();
+            let buffers = [&self.flat, &g, &self.m_flat, &self.v_flat];
+            let copy = self.bf16.as_ref().map(Bf16Copies::flat);
+            if crate::cuda::kernels::adamw(buffers, copy, hp, self.step, scale.as_ref()) {
+                return Ok(norm.double_value(&[]));
             }
-            return Ok(norm.double_value(&[]));
         }
         let norm = norm.double_value(&[]);
         let (bc1, bc2) = (1.0 - c.beta1.powi(self.step as i32), 1.0 - c.beta2.powi(self.step as i32));
@@ -203,6 +201,9 @@ impl AdamW {
                 p.copy_(&pf.to_kind(p.kind()));
             }
             off += n;
+        }
+        if let Some(copies) = &mut self.bf16 {
+            copies.refresh();
         }
         Ok(norm)
     }
@@ -260,8 +261,9 @@ mod tests {
         );
     }
 
-    /// On a GPU (skipped elsewhere): PyTorch's fused AdamW over the flat buffers makes the
-    /// composition's updates, with and without clipping and weight decay.
+    /// On a GPU (skipped elsewhere): the fused AdamW kernel over the flat buffers makes the
+    /// composition's updates, with and without clipping and weight decay, and leaves the bf16
+    /// copies equal to the updated parameters' casts.
     #[test]
     fn fused_update_equals_composition() {
         let Some(dev) = crate::testing::cuda() else { return };
@@ -280,6 +282,7 @@ mod tests {
                         vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())],
                     );
                     assert_eq!(opt.is_fused(), fused, "the fused kernel runs where asked for");
+                    opt.keep_bf16_copies();
                     let mut norms = vec![];
                     for step in 0..4 {
                         // Gradients that change from step to step (and accumulate over two passes).
@@ -290,7 +293,12 @@ mod tests {
                         }
                         norms.push(opt.step(1e-2, max_norm).unwrap());
                         opt.zero_grad();
+                        if let Some(copies) = &opt.bf16 {
+                            let cast = opt.flat.to_kind(Kind::BFloat16);
+                            assert!(copies.flat().equal(&cast), "step {step}: the bf16 copies are stale");
+                        }
                     }
+                    assert_eq!(opt.bf16.is_some(), fused, "copies are kept with the fused update");
                     (a.detach().copy(), b.detach().copy(), norms)
                 };
                 if fused {
