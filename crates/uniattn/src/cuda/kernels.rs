@@ -352,7 +352,8 @@ pub struct HeadLayout {
 /// and the cache write of keys and values at `positions` (`[n, t]`), in one kernel. `cos`
 /// and `sin_signed` are [`crate::model::rope::RopeAngles`]'s (`[n, 1, t, dim]`); `keys` and
 /// `values` are cache tensors `[slots, kv_heads, capacity, dim]` narrowed to the batch's
-/// first slot. Returns the rotated queries `[n, q, t, dim]`.
+/// first slot; with neither (a layout of queries alone, as a CLA layer's) it is RoPE alone.
+/// Returns the rotated queries `[n, q, t, dim]`.
 pub fn rope_kv_write(
     x: &Tensor,
     positions: &Tensor,
@@ -360,12 +361,13 @@ pub fn rope_kv_write(
     sin_signed: &Tensor,
     heads: HeadLayout,
     keys: Option<&Tensor>,
-    values: &Tensor,
+    values: Option<&Tensor>,
 ) -> Option<Tensor> {
     let (device, loaded, suffix) = usable(x)?;
     let HeadLayout { q, k, v, dim } = heads;
     let &[n, t, width] = x.size().as_slice() else { return None };
-    let cache = values.size();
+    // No cache: a stand-in shape that every cache check below passes.
+    let cache = values.map_or(vec![n, v, 0, dim], Tensor::size);
     let &[slots, kv_heads, capacity, cache_dim] = cache.as_slice() else { return None };
     let cache_strides = [kv_heads * capacity * dim, capacity * dim, dim, 1];
     let cache_ok = |c: &Tensor| {
@@ -391,7 +393,8 @@ pub fn rope_kv_write(
         && positions.size() == [n, t]
         && angles_ok(cos)
         && angles_ok(sin_signed)
-        && cache_ok(values)
+        && values.is_none_or(cache_ok)
+        && (values.is_some() || k == 0 && v == 0)
         && keys.is_none_or(cache_ok);
     if !fits {
         return None;
@@ -410,8 +413,8 @@ pub fn rope_kv_write(
         .i32(v)
         .i32(dim)
         .ptr(&q_out)
-        .ptr(keys.unwrap_or(values))
-        .ptr(values)
+        .nullable(keys)
+        .nullable(values)
         .i64(cache_strides[0])
         .i64(cache_strides[1])
         .i64(capacity);
@@ -576,7 +579,7 @@ mod tests {
                     &rope.sin_signed,
                     layout,
                     keys.as_ref(),
-                    &values.unwrap(),
+                    values.as_ref(),
                 )
                 .expect("the kernel applies");
                 let (_, values) = got.slabs(1, slot0);
@@ -589,12 +592,19 @@ mod tests {
                     &rope.sin_signed,
                     v_only,
                     None,
-                    &values.unwrap(),
+                    values.as_ref(),
                 )
                 .expect("the kernel applies");
                 assert_eq!(none.size(), [n, 0, t, 16], "no query heads");
+                // Queries alone, with no cache (a CLA layer's).
+                let x_q = x.narrow(-1, 0, qd).contiguous();
+                let q_only = HeadLayout { q: 4, k: 0, v: 0, dim: 16 };
+                let q_alone =
+                    rope_kv_write(&x_q, &positions, &rope.cos, &rope.sin_signed, q_only, None, None)
+                        .expect("the kernel applies");
                 let case = format!("{kind:?} n={n} t={t} slot0={slot0}");
                 assert_eq!(ulps(&q_got, &q.contiguous()), 0.0, "{case}: queries");
+                assert_eq!(ulps(&q_alone, &q.contiguous()), 0.0, "{case}: queries without a cache");
                 let all = |c: &KvCache, l: usize| {
                     let (k, v) = c.slabs(l, 0);
                     [k, v].into_iter().flatten().collect::<Vec<_>>()

@@ -24,7 +24,15 @@ fn qkv_prefix(first: &Tensor, width: i64) -> Tensor {
 fn write_fused(cache: &KvCache, l: usize, step: &Step, y: &Tensor, layout: HeadLayout) -> Option<Tensor> {
     let (keys, values) = cache.slabs(l, step.slot0);
     let rope = step.rope;
-    kernels::rope_kv_write(y, step.positions, &rope.cos, &rope.sin_signed, layout, keys.as_ref(), &values?)
+    kernels::rope_kv_write(
+        y,
+        step.positions,
+        &rope.cos,
+        &rope.sin_signed,
+        layout,
+        keys.as_ref(),
+        Some(&values?),
+    )
 }
 
 /// Concatenates projections along their outputs; a missing bias becomes zeros.
@@ -336,13 +344,29 @@ impl InferenceLayer {
                 Some(AttnOut { heads: h.merge(&lead.apply(h, &values)), o_proj, extra })
             }
             InferenceAttention::Cla { q_proj, o_proj, q_norm, heads: h, scale, softcap, lead } => {
-                let mut q = h.split(&q_proj.forward(x), h.num_heads);
-                if let Some(qn) = q_norm {
-                    q = qn.forward(&q);
-                }
+                let y = q_proj.forward(x);
+                let layout = HeadLayout { q: h.num_heads, k: 0, v: 0, dim: h.head_dim };
+                let rope = step.rope;
+                let fused = q_norm
+                    .is_none()
+                    .then(|| {
+                        kernels::rope_kv_write(
+                            &y,
+                            step.positions,
+                            &rope.cos,
+                            &rope.sin_signed,
+                            layout,
+                            None,
+                            None,
+                        )
+                    })
+                    .flatten();
+                let q = fused.unwrap_or_else(|| {
+                    let q = h.split(&y, h.num_heads);
+                    rope.apply(&q_norm.as_ref().map_or(q.shallow_clone(), |qn| qn.forward(&q)))
+                });
                 let keys = cache.keys(*lead, step.slot0, n, step.k_len);
                 let values = cache.values(*lead, step.slot0, n, step.k_len);
-                let q = step.rope.apply(&q);
                 let out = attend(h, &q, &keys, &values, step.mask, step.causal_from_zero, *scale, *softcap);
                 Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
             }
