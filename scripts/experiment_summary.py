@@ -2,8 +2,8 @@
 errors on each task, the medical and general averages, perplexity on the held-out validation
 rows and on wiki text, KV bytes and throughput from bench), the spread over seeds, and SVGs of
 medical accuracy, general-task accuracy, held-out perplexity and loss against the KV-cache
-saving (one point per variant: the mean over seeds, with a bar over their range; a plot with no
-data is not drawn).
+saving (one point per variant: the mean over seeds, with whiskers over their range; a plot with
+no data is not drawn), drawn by `uniattn plot` (scripts/plots/chart.py).
 
     python3 scripts/experiment_summary.py runs/medical/NAME > summary.md
 """
@@ -12,6 +12,9 @@ import json
 import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "plots"))
+from chart import draw  # noqa: E402
 
 out = sys.argv[1]
 MED = ("medmcqa", "medqa_en", "mmlu_")
@@ -141,59 +144,27 @@ if spread:
         print(f"| {v} | {len(rs)} | " + " | ".join(cells) + " |")
 
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"]
-
-
-def scatter(key, title, path):
-    """One point per variant (the mean over its seeds, a bar from the lowest to the highest):
-    `key` against the KV-cache saving; a method's points on several plans are joined."""
-    pts = []
-    methods = list(dict.fromkeys(method(v) for v in by_variant))
+def scatter(key, y_label, title, path):
+    """One series per method, one point per variant (the mean over its seeds, whiskers from the
+    lowest to the highest): `key` against the KV-cache saving. Drawn by `uniattn plot`."""
+    series = {}
     for v, rs in by_variant.items():
         ys = [r[key] for r in rs if r[key] is not None]
         if ys and rs[0]["saved"] is not None:
-            label = v if len(ys) == 1 else f"{v} ({len(ys)} seeds)"
-            color = COLORS[methods.index(method(v)) % len(COLORS)]
-            pts.append((rs[0]["saved"], statistics.mean(ys), min(ys), max(ys), label, method(v), color))
-    if not pts:
+            s = series.setdefault(method(v), {"name": method(v), "points": [], "y_ranges": []})
+            s["points"].append([rs[0]["saved"], statistics.mean(ys)])
+            s["y_ranges"].append([min(ys), max(ys)])
+    if not series:
         return
-    W, H, L, T = 560, 320, 70, 30
-    x1 = max(max(p[0] for p in pts), 0.01) * 1.1
-    lo, hi = min(p[2] for p in pts), max(p[3] for p in pts)
-    pad = max((hi - lo) * 0.05, 1e-3)
-    y0, y1 = lo - pad, hi + pad
-    px = lambda x: L + x / x1 * W
-    py = lambda y: T + (1 - (y - y0) / (y1 - y0)) * H
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W + L + 200}" height="{H + T + 50}" font-family="sans-serif" font-size="12">',
-           '<rect width="100%" height="100%" fill="white"/>',
-           f'<text x="{L}" y="18" font-size="14">{title}</text>',
-           f'<line x1="{L}" y1="{T}" x2="{L}" y2="{T + H}" stroke="black"/><line x1="{L}" y1="{T + H}" x2="{L + W}" y2="{T + H}" stroke="black"/>',
-           f'<text x="{L + W / 2}" y="{T + H + 35}" text-anchor="middle">KV bytes saved (fraction)</text>',
-           f'<text x="{L - 5}" y="{T + 5}" text-anchor="end">{y1:.3f}</text><text x="{L - 5}" y="{T + H}" text-anchor="end">{y0:.3f}</text>',
-           f'<text x="{L + W}" y="{T + H + 16}" text-anchor="end">{x1:.2f}</text><text x="{L}" y="{T + H + 16}">0</text>']
-    for m in methods:
-        line = sorted((p[0], p[1], p[6]) for p in pts if p[5] == m)
-        if len(line) > 1:
-            xy = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in line)
-            svg.append(f'<polyline points="{xy}" fill="none" stroke="{line[0][2]}" stroke-opacity="0.5"/>')
-    placed = []  # label positions so far: a label that would overlap one moves down
-    for x, y, ymin, ymax, label, _, color in sorted(pts, key=lambda p: (p[0], -p[1])):
-        if ymax > ymin:
-            svg.append(f'<line x1="{px(x):.1f}" y1="{py(ymin):.1f}" x2="{px(x):.1f}" y2="{py(ymax):.1f}" stroke="{color}" stroke-width="2"/>')
-        ty = py(y) + 4
-        while any(abs(px(x) - lx) < 120 and abs(ty - ly) < 13 for lx, ly in placed):
-            ty += 13
-        placed.append((px(x), ty))
-        svg.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{color}"/><text x="{px(x) + 6:.1f}" y="{ty:.1f}" fill="{color}">{label}</text>')
-    svg.append("</svg>")
-    open(path, "w").write("\n".join(svg))
+    draw({"kind": "scatter", "title": title, "x_label": "KV-cache bytes saved (fraction)", "y_label": y_label,
+          "series": list(series.values())}, path)
     print(f"plot: {path}")
 
 
 print()
-scatter("medical_avg", "medical accuracy vs KV-cache saving", os.path.join(out, "accuracy_vs_saving.svg"))
-scatter("general_avg", "general-task accuracy vs KV-cache saving", os.path.join(out, "general_vs_saving.svg"))
-scatter("val_ppl", "held-out perplexity of the validation rows (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
-scatter("val_loss", "held-out validation loss after post-training (lower is better) vs KV-cache saving",
+scatter("medical_avg", "medical accuracy (mean of tasks)", "medical accuracy vs KV-cache saving", os.path.join(out, "accuracy_vs_saving.svg"))
+scatter("general_avg", "general-task accuracy (mean of tasks)", "general-task accuracy vs KV-cache saving", os.path.join(out, "general_vs_saving.svg"))
+scatter("val_ppl", "perplexity of the validation rows", "held-out perplexity of the validation rows (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
+scatter("val_loss", "validation loss (nats per token)", "held-out validation loss after post-training (lower is better) vs KV-cache saving",
         os.path.join(out, "val_loss_vs_saving.svg"))
 print(f"learning-rate grid: {os.path.join(out, 'lr_grid.jsonl')}")

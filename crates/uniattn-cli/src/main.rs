@@ -6,7 +6,7 @@ mod progress;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use commands::{bench, convert, eval, generate, medmcqa, model, search_plan, serve, train};
+use commands::{bench, convert, eval, generate, medmcqa, model, plot, search_plan, serve, train};
 use std::ffi::OsString;
 
 #[derive(Parser)]
@@ -44,6 +44,8 @@ enum Command {
     SearchPlan(Box<search_plan::SearchPlanArgs>),
     /// Post-train: dense, UniAttn (two stages), or a baseline at the same plan.
     Train(Box<train::TrainArgs>),
+    /// Draw a chart (lines, scatter, grouped bars, heatmap) described as JSON, as PNG or SVG.
+    Plot(plot::PlotArgs),
     /// Evaluate a model.
     Eval {
         #[command(subcommand)]
@@ -106,6 +108,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
             let used = matches.subcommand_matches("train").expect("train was parsed");
             train::train(*a, config_file::resolved(sub, used))
         }
+        Command::Plot(a) => plot::plot(a),
         Command::Eval { what: eval::EvalCommand::Mc(a) } => eval::mc(a),
         Command::Eval { what: eval::EvalCommand::Ppl(a) } => eval::ppl(a),
     }

@@ -13,6 +13,21 @@ use crate::model::Transformer;
 use crate::plan::SuperBlockPlan;
 use tch::{Kind, Tensor};
 
+/// [`attention_similarity`]'s matrix as a heatmap (`similarity.png`), its colour scale from the
+/// lowest off-diagonal value to 1.
+pub fn similarity_chart(sim: &[Vec<f64>]) -> crate::plot::Chart {
+    let off_diagonal =
+        sim.iter().enumerate().flat_map(|(i, r)| r.iter().enumerate().filter(move |(j, _)| *j != i));
+    let lo = off_diagonal.map(|(_, v)| *v).fold(f64::MAX, f64::min);
+    let labels = [
+        "similarity of attention maps between layers (head-matched cosine)",
+        "layer",
+        "layer",
+        "mean cosine similarity",
+    ];
+    crate::plot::Heatmap::of(labels, sim, 0, [lo.min(1.0), 1.0])
+}
+
 /// `L x L` mean head-matched cosine similarity of attention rows over `seqs`.
 pub fn attention_similarity(
     model: &Transformer,

@@ -104,8 +104,7 @@ pub struct SearchReport {
 
 impl SearchReport {
     /// Each scored block's loss increase at (lead, last), NaN elsewhere, over layers
-    /// `first..num_layers` where `first` is the lowest lead (returned with the grid), for
-    /// [`crate::plot::heatmap`].
+    /// `first..num_layers` where `first` is the lowest lead (returned with the grid).
     pub fn block_grid(&self, num_layers: usize) -> (usize, Vec<Vec<f64>>) {
         let first = self.blocks.iter().map(|b| b.lead).min().unwrap_or(0);
         let n = num_layers - first;
@@ -114,6 +113,16 @@ impl SearchReport {
             g[b.lead - first][b.last - first] = b.delta;
         }
         (first, g)
+    }
+
+    /// [`Self::block_grid`] as a heatmap (`block_cost.png`).
+    pub fn block_cost_chart(&self, num_layers: usize) -> crate::plot::Chart {
+        let (first, grid) = self.block_grid(num_layers);
+        let (lo, hi) =
+            self.blocks.iter().fold((f64::MAX, f64::MIN), |(lo, hi), b| (lo.min(b.delta), hi.max(b.delta)));
+        let title = format!("held-out loss of each block converted alone ({})", self.scored_on);
+        let labels = [title.as_str(), "last layer of the block", "lead layer", "loss increase over dense"];
+        crate::plot::Heatmap::of(labels, &grid, first, [lo, hi])
     }
 }
 

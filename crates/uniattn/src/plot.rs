@@ -1,90 +1,452 @@
-//! Small plots without a plotting stack: PNG heatmaps and line charts labelled with a built-in
-//! 3x5 pixel font (digits, '.', '-', and a few letters), and SVG line charts with legends.
+//! Charts people read: line, scatter and grouped-bar charts and heatmaps, each with a title,
+//! labelled axes, ticks and a legend, drawn with plotters as PNG or SVG (by the file's
+//! extension). Text is set in DejaVu Sans, carried in the binary (`assets/`), so no system font
+//! is needed. A [`Chart`] is plain data: the library's own plots build one, and `uniattn plot`
+//! draws one read from JSON, so the scripts' figures come from the same code.
 use crate::error::{Error, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// An RGB canvas.
-pub struct Canvas {
-    pub width: usize,
-    pub height: usize,
-    pixels: Vec<[u8; 3]>,
-}
-
-const GLYPHS: &[(char, [u8; 5])] = &[
-    ('0', [0b111, 0b101, 0b101, 0b101, 0b111]),
-    ('1', [0b010, 0b110, 0b010, 0b010, 0b111]),
-    ('2', [0b111, 0b001, 0b111, 0b100, 0b111]),
-    ('3', [0b111, 0b001, 0b111, 0b001, 0b111]),
-    ('4', [0b101, 0b101, 0b111, 0b001, 0b001]),
-    ('5', [0b111, 0b100, 0b111, 0b001, 0b111]),
-    ('6', [0b111, 0b100, 0b111, 0b101, 0b111]),
-    ('7', [0b111, 0b001, 0b010, 0b010, 0b010]),
-    ('8', [0b111, 0b101, 0b111, 0b101, 0b111]),
-    ('9', [0b111, 0b101, 0b111, 0b001, 0b111]),
-    ('.', [0b000, 0b000, 0b000, 0b000, 0b010]),
-    ('-', [0b000, 0b000, 0b111, 0b000, 0b000]),
-    ('e', [0b000, 0b111, 0b111, 0b100, 0b111]),
-    ('L', [0b100, 0b100, 0b100, 0b100, 0b111]),
-    (' ', [0; 5]),
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FAMILY: &str = "sans-serif";
+/// matplotlib's tab10, the colours most readers know.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
-impl Canvas {
-    pub fn new(width: usize, height: usize) -> Self {
-        Canvas { width, height, pixels: vec![[255, 255, 255]; width * height] }
+/// A chart as data (`kind` names the variant in JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Chart {
+    /// Series of points joined by lines.
+    Lines(XyChart),
+    /// Series of points, unjoined (with their ranges as whiskers where given).
+    Scatter(XyChart),
+    /// Grouped bars: one group per category, one bar per series.
+    Bars(BarChart),
+    /// A square matrix of values (layer x layer), with a colour bar.
+    Heatmap(Heatmap),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XyChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// A log2 x axis (batch sizes, context lengths), ticks at the points' x values.
+    #[serde(default)]
+    pub log2_x: bool,
+    pub series: Vec<Series>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Series {
+    pub name: String,
+    /// `[x, y]` pairs.
+    pub points: Vec<[f64; 2]>,
+    /// Per point, the `[low, high]` of y (seeds' spread, min-max of repeats), drawn as whiskers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y_ranges: Option<Vec<[f64; 2]>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BarChart {
+    pub title: String,
+    pub y_label: String,
+    pub categories: Vec<String>,
+    pub series: Vec<BarSeries>,
+    /// Scale each category to its tallest bar (for categories that differ by orders of
+    /// magnitude); the values stay printed on the bars.
+    #[serde(default)]
+    pub per_category_scale: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BarSeries {
+    pub name: String,
+    /// One value per category; null for none.
+    pub values: Vec<Option<f64>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heatmap {
+    pub title: String,
+    /// What columns count (e.g. "layer").
+    pub x_label: String,
+    /// What rows count.
+    pub y_label: String,
+    /// What the colour means.
+    pub value_label: String,
+    /// `values[i][j]`: row i, column j; NaN (null in JSON) is left blank.
+    pub values: Vec<Vec<Option<f64>>>,
+    /// The number of row and column 0.
+    #[serde(default)]
+    pub first: usize,
+    /// The colour scale's ends.
+    pub range: [f64; 2],
+}
+
+impl Heatmap {
+    /// A heatmap of `values` (NaN: blank), rows and columns numbered from `first`, its colour
+    /// scale over `range`.
+    pub fn of(
+        [title, x_label, y_label, value_label]: [&str; 4],
+        values: &[Vec<f64>],
+        first: usize,
+        range: [f64; 2],
+    ) -> Chart {
+        let values = values.iter().map(|r| r.iter().map(|v| (!v.is_nan()).then_some(*v)).collect()).collect();
+        Chart::Heatmap(Heatmap {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            value_label: value_label.into(),
+            values,
+            first,
+            range,
+        })
+    }
+}
+
+impl Chart {
+    /// A chart from a JSON file (`-`: standard input), with the file, line and field named
+    /// where it does not parse.
+    pub fn read(path: &Path) -> Result<Chart> {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).map_err(|e| Error::io(path, e))?
+        } else {
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            Error::format(
+                path,
+                format!("not a chart ({e}); expected {{\"kind\": \"lines\" | \"scatter\" | \"bars\" | \"heatmap\", ...}}"),
+            )
+        })
     }
 
-    pub fn fill_rect(&mut self, x: usize, y: usize, w: usize, h: usize, c: [u8; 3]) {
-        for yy in y..(y + h).min(self.height) {
-            for xx in x..(x + w).min(self.width) {
-                self.pixels[yy * self.width + xx] = c;
+    /// Draws the chart to `path`: SVG for `.svg`, PNG otherwise.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.check().map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        let (width, height) = match self {
+            Chart::Heatmap(_) => (760, 680),
+            Chart::Bars(b) => {
+                let (category, legend) = bar_layout(b);
+                (110 + category * b.categories.len() as u32 + legend, 500)
             }
+            Chart::Lines(c) | Chart::Scatter(c) => {
+                (760 + legend_width(c.series.iter().map(|s| s.name.as_str())), 500)
+            }
+        };
+        // Wide enough for the title on one line.
+        let size = (width.max(text_width(self.title(), 20) + 40), height);
+        register_font();
+        let failed = |e: String| Error::format(path, format!("drawing the chart: {e}"));
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
+            let mut svg = String::new();
+            {
+                let area = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+                self.draw(&area).map_err(failed)?;
+            }
+            crate::fs::write_atomic(path, svg.as_bytes())
+        } else {
+            let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
+            {
+                let area = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+                self.draw(&area).map_err(failed)?;
+            }
+            write_png(path, size, &rgb)
         }
     }
 
-    /// Text at (x, y), each font pixel drawn as `scale` x `scale`.
-    pub fn text(&mut self, x: usize, y: usize, s: &str, scale: usize) {
-        for (i, ch) in s.chars().enumerate() {
-            let Some((_, rows)) = GLYPHS.iter().find(|(c, _)| *c == ch) else { continue };
-            for (r, bits) in rows.iter().enumerate() {
-                for col in 0..3 {
-                    if bits & (0b100 >> col) != 0 {
-                        self.fill_rect(x + (i * 4 + col) * scale, y + r * scale, scale, scale, [0, 0, 0]);
+    /// What makes a chart undrawable, said before drawing.
+    fn check(&self) -> std::result::Result<(), String> {
+        match self {
+            Chart::Lines(c) | Chart::Scatter(c) => {
+                for s in &c.series {
+                    if let Some(r) = &s.y_ranges {
+                        if r.len() != s.points.len() {
+                            return Err(format!(
+                                "series {:?}: {} y_ranges for {} points",
+                                s.name,
+                                r.len(),
+                                s.points.len()
+                            ));
+                        }
+                    }
+                    if c.log2_x && s.points.iter().any(|p| p[0] <= 0.0) {
+                        return Err(format!("series {:?}: log2_x needs x > 0", s.name));
                     }
                 }
+                Ok(())
+            }
+            Chart::Bars(b) => match b.series.iter().find(|s| s.values.len() != b.categories.len()) {
+                Some(s) => Err(format!(
+                    "series {:?}: {} values for {} categories",
+                    s.name,
+                    s.values.len(),
+                    b.categories.len()
+                )),
+                None => Ok(()),
+            },
+            Chart::Heatmap(h) => {
+                let n = h.values.len();
+                if let Some((i, _)) = h.values.iter().enumerate().find(|(_, r)| r.len() != n) {
+                    return Err(format!(
+                        "heatmap row {i} has {} values; the matrix is {n} x {n}",
+                        h.values[i].len()
+                    ));
+                }
+                Ok(())
             }
         }
     }
 
-    pub fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
-        let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
-        for s in 0..=steps {
-            let t = s as f64 / steps as f64;
-            let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
-            if x >= 0.0 && y >= 0.0 {
-                self.fill_rect(x as usize, y as usize, 2, 2, c);
-            }
+    fn title(&self) -> &str {
+        match self {
+            Chart::Lines(c) | Chart::Scatter(c) => &c.title,
+            Chart::Bars(b) => &b.title,
+            Chart::Heatmap(h) => &h.title,
         }
     }
 
-    pub fn save_png(&self, path: &Path) -> Result<()> {
-        let mut data = Vec::with_capacity(self.pixels.len() * 3);
-        for p in &self.pixels {
-            data.extend_from_slice(p);
-        }
-        let mut buf = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut buf, self.width as u32, self.height as u32);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut w = enc.write_header().map_err(|e| Error::format(path, e.to_string()))?;
-            w.write_image_data(&data).map_err(|e| Error::format(path, e.to_string()))?;
-        }
-        crate::fs::write_atomic(path, &buf)
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
+        root.fill(&WHITE).map_err(msg)?;
+        // The title over the whole width; the chart below it.
+        let below = root.titled(self.title(), (FAMILY, 20)).map_err(msg)?;
+        match self {
+            Chart::Lines(c) => draw_xy(&below, c, true),
+            Chart::Scatter(c) => draw_xy(&below, c, false),
+            Chart::Bars(b) => draw_bars(&below, b),
+            Chart::Heatmap(h) => draw_heatmap(&below, h),
+        }?;
+        root.present().map_err(msg)
     }
+}
+
+type Drawn = std::result::Result<(), String>;
+
+/// About how many pixels `text` takes at `size` points of DejaVu Sans (0.6 em a character).
+fn text_width(text: &str, size: u32) -> u32 {
+    (text.chars().count() as f64 * size as f64 * 0.6).ceil() as u32
+}
+
+/// A bar chart's width per category (its bars or its label, whichever is wider) and its
+/// legend's width.
+fn bar_layout(b: &BarChart) -> (u32, u32) {
+    let label = b.categories.iter().map(|c| text_width(c, 13)).max().unwrap_or(0);
+    let category = (44 * b.series.len() as u32 + 30).max(label + 24);
+    (category, legend_width(b.series.iter().map(|s| s.name.as_str())))
+}
+
+fn msg(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn register_font() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let parsed = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT);
+        assert!(parsed.is_ok(), "the carried font parses");
+    });
+}
+
+fn write_png(path: &Path, (w, h): (u32, u32), rgb: &[u8]) -> Result<()> {
+    let mut buf = Vec::new();
+    let mut enc = png::Encoder::new(&mut buf, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(|e| Error::format(path, e.to_string()))?;
+    writer.write_image_data(rgb).map_err(|e| Error::format(path, e.to_string()))?;
+    writer.finish().map_err(|e| Error::format(path, e.to_string()))?;
+    crate::fs::write_atomic(path, &buf)
+}
+
+/// A value as a bar's or an axis' label: no more digits than it needs.
+fn short(v: f64) -> String {
+    // A tick computed as 0 plus rounding error reads as 0.
+    let v = if v.abs() < 1e-12 { 0.0 } else { v };
+    let a = v.abs();
+    if a >= 100.0 || (v.fract() == 0.0 && a < 1e15) {
+        return format!("{v:.0}");
+    }
+    if a != 0.0 && a < 0.01 {
+        return format!("{v:.1e}");
+    }
+    let fixed = if a >= 10.0 { format!("{v:.1}") } else { format!("{v:.3}") };
+    fixed.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// `lo..hi` widened by `pad` of its span on each side (a unit span if empty).
+fn padded(lo: f64, hi: f64, pad: f64) -> (f64, f64) {
+    if !(lo.is_finite() && hi.is_finite()) {
+        return (0.0, 1.0);
+    }
+    let span = if hi > lo { hi - lo } else { lo.abs().max(1.0) };
+    (lo - pad * span, hi + pad * span)
+}
+
+/// A legend's width for these series names.
+fn legend_width<'a>(names: impl Iterator<Item = &'a str>) -> u32 {
+    names.map(|n| text_width(n, 13)).max().unwrap_or(0) + 50
+}
+
+/// One legend entry per (name, colour), top down, in `area` (beside the plot, so it never
+/// covers data): a swatch (a line with a point, or a box for bars) and the name.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(&str, RGBColor)],
+    bars: bool,
+) -> Drawn {
+    for (j, (name, color)) in entries.iter().enumerate() {
+        let (x, y) = (10, 20 + 22 * j as i32);
+        if bars {
+            area.draw(&Rectangle::new([(x, y), (x + 16, y + 12)], color.filled())).map_err(msg)?;
+        } else {
+            area.draw(&PathElement::new(vec![(x, y + 6), (x + 18, y + 6)], color.stroke_width(2)))
+                .map_err(msg)?;
+            area.draw(&Circle::new((x + 9, y + 6), 4, color.filled())).map_err(msg)?;
+        }
+        area.draw(&Text::new(name.to_string(), (x + 24, y), (FAMILY, 13))).map_err(msg)?;
+    }
+    Ok(())
+}
+
+fn draw_xy<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &XyChart, joined: bool) -> Drawn {
+    let (width, _) = root.dim_in_pixel();
+    let (root, legend) =
+        root.split_horizontally(width.saturating_sub(legend_width(c.series.iter().map(|s| s.name.as_str()))));
+    let root = &root;
+    let fx = |x: f64| if c.log2_x { x.log2() } else { x };
+    let pts = || c.series.iter().flat_map(|s| s.points.iter());
+    let highs = c.series.iter().flat_map(|s| s.y_ranges.iter().flatten()).flat_map(|r| [r[0], r[1]]);
+    let ys: Vec<f64> = pts().map(|p| p[1]).chain(highs).filter(|y| y.is_finite()).collect();
+    let xs: Vec<f64> = pts().map(|p| fx(p[0])).filter(|x| x.is_finite()).collect();
+    let min_max = |v: &[f64]| v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let (x0, x1) = padded(min_max(&xs).0, min_max(&xs).1, 0.03);
+    let (y0, y1) = padded(min_max(&ys).0, min_max(&ys).1, 0.06);
+    let mut chart = ChartBuilder::on(root)
+        .margin(14)
+        .x_label_area_size(50)
+        .y_label_area_size(76)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(msg)?;
+    let mut ticks: Vec<f64> = pts().map(|p| p[0]).collect();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    let x_fmt = |v: &f64| if c.log2_x { short(v.exp2()) } else { short(*v) };
+    chart
+        .configure_mesh()
+        .x_desc(&c.x_label)
+        .y_desc(&c.y_label)
+        .x_labels(if c.log2_x { ticks.len().clamp(2, 12) } else { 10 })
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&|v| short(*v))
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .light_line_style(RGBColor(244, 244, 244))
+        .draw()
+        .map_err(msg)?;
+    for (i, s) in c.series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let points: Vec<(f64, f64)> = s.points.iter().map(|p| (fx(p[0]), p[1])).collect();
+        if joined {
+            chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2))).map_err(msg)?;
+        } else {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled()))).map_err(msg)?;
+        }
+        if joined && points.len() <= 40 {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(msg)?;
+        }
+        if let Some(ranges) = &s.y_ranges {
+            let bars = points.iter().zip(ranges).map(|(&(x, y), r)| {
+                ErrorBar::new_vertical(x, r[0].min(y), y, r[1].max(y), color.stroke_width(2), 10)
+            });
+            chart.draw_series(bars).map_err(msg)?;
+        }
+    }
+    let entries: Vec<(&str, RGBColor)> =
+        c.series.iter().enumerate().map(|(i, s)| (s.name.as_str(), PALETTE[i % PALETTE.len()])).collect();
+    draw_legend(&legend, &entries, false)
+}
+
+fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, b: &BarChart) -> Drawn {
+    let (n, k) = (b.categories.len(), b.series.len().max(1));
+    let tallest: Vec<f64> =
+        (0..n).map(|c| b.series.iter().filter_map(|s| s.values[c]).fold(0.0f64, |a, v| a.max(v))).collect();
+    let height = |c: usize, v: f64| if b.per_category_scale && tallest[c] > 0.0 { v / tallest[c] } else { v };
+    let top = if b.per_category_scale { 1.0 } else { tallest.iter().fold(0.0f64, |a, &v| a.max(v)) };
+    let (width, _) = root.dim_in_pixel();
+    let (plot, legend) = root.split_horizontally(width.saturating_sub(bar_layout(b).1));
+    let y_label = if b.per_category_scale {
+        format!("{} (each group scaled to its tallest bar)", b.y_label)
+    } else {
+        b.y_label.clone()
+    };
+    let mut chart = ChartBuilder::on(&plot)
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(76)
+        .build_cartesian_2d(0f64..n.max(1) as f64, 0f64..(if top > 0.0 { top * 1.15 } else { 1.0 }))
+        .map_err(msg)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(y_label)
+        .y_label_formatter(&|v| short(*v))
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .light_line_style(RGBColor(244, 244, 244))
+        .draw()
+        .map_err(msg)?;
+    let width = 0.8 / k as f64;
+    let value_style = TextStyle::from((FAMILY, 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+    for (j, s) in b.series.iter().enumerate() {
+        let color = PALETTE[j % PALETTE.len()];
+        for (c, v) in s.values.iter().enumerate() {
+            let Some(v) = *v else { continue };
+            let x = c as f64 + 0.1 + j as f64 * width;
+            let h = height(c, v);
+            chart
+                .draw_series([Rectangle::new([(x, 0.0), (x + width * 0.92, h)], color.filled())])
+                .map_err(msg)?;
+            chart
+                .draw_series([Text::new(short(v), (x + width * 0.46, h), value_style.clone())])
+                .map_err(msg)?;
+        }
+    }
+    let entries: Vec<(&str, RGBColor)> =
+        b.series.iter().enumerate().map(|(j, s)| (s.name.as_str(), PALETTE[j % PALETTE.len()])).collect();
+    draw_legend(&legend, &entries, true)?;
+    let label_style = TextStyle::from((FAMILY, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    for (c, name) in b.categories.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(c as f64 + 0.5, 0.0));
+        let (ox, oy) = plot.get_base_pixel();
+        plot.draw(&Text::new(name.clone(), (px - ox, py - oy + 8), label_style.clone())).map_err(msg)?;
+    }
+    Ok(())
 }
 
 /// Viridis, by linear interpolation between five stops.
-pub fn viridis(t: f64) -> [u8; 3] {
+fn viridis(t: f64) -> RGBColor {
     const STOPS: [[f64; 3]; 5] = [
         [68.0, 1.0, 84.0],
         [59.0, 82.0, 139.0],
@@ -92,149 +454,197 @@ pub fn viridis(t: f64) -> [u8; 3] {
         [94.0, 201.0, 98.0],
         [253.0, 231.0, 37.0],
     ];
-    let t = t.clamp(0.0, 1.0) * 4.0;
+    let t = if t.is_finite() { t.clamp(0.0, 1.0) * 4.0 } else { 0.0 };
     let i = (t.floor() as usize).min(3);
     let f = t - i as f64;
     let c = |k: usize| (STOPS[i][k] + (STOPS[i + 1][k] - STOPS[i][k]) * f).round() as u8;
-    [c(0), c(1), c(2)]
+    RGBColor(c(0), c(1), c(2))
 }
 
-/// An `n x n` heatmap (row i, column j = `values[i][j]`, NaN left blank), axes labelled every
-/// `tick` cells from `first` (the layer of row and column 0), with a colour bar from `lo` to `hi`.
-pub fn heatmap(values: &[Vec<f64>], first: usize, lo: f64, hi: f64, tick: usize, path: &Path) -> Result<()> {
-    let n = values.len();
-    let cell = (600 / n.max(1)).clamp(4, 24);
-    let (left, top) = (40, 20);
-    let mut c = Canvas::new(left + n * cell + 110, top + n * cell + 40);
-    for (i, row) in values.iter().enumerate() {
-        for (j, v) in row.iter().enumerate().filter(|(_, v)| !v.is_nan()) {
-            let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
-            c.fill_rect(left + j * cell, top + i * cell, cell, cell, viridis(t));
+fn draw_heatmap<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, h: &Heatmap) -> Drawn {
+    let n = h.values.len().max(1);
+    let [lo, hi] = h.range;
+    let t = |v: f64| if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+    let (w, _) = root.dim_in_pixel();
+    let (main, bar) = root.split_horizontally(w.saturating_sub(120));
+    // Row 0 on top: row i is drawn at height n - 1 - i.
+    let label = |v: &f64| {
+        let k = v.round() as i64;
+        if v.fract().abs() < 1e-9 && (0..n as i64).contains(&k) {
+            (h.first as i64 + k).to_string()
+        } else {
+            String::new()
         }
-    }
-    for k in (0..n).step_by(tick.max(1)) {
-        let label = (first + k).to_string();
-        c.text(left + k * cell, top + n * cell + 6, &label, 2);
-        c.text(4, top + k * cell, &label, 2);
-    }
-    let bx = left + n * cell + 20;
-    for y in 0..n * cell {
-        let t = 1.0 - y as f64 / (n * cell) as f64;
-        c.fill_rect(bx, top + y, 20, 1, viridis(t));
-    }
-    c.text(bx + 26, top, &format!("{hi:.2}"), 2);
-    c.text(bx + 26, top + n * cell - 10, &format!("{lo:.2}"), 2);
-    c.save_png(path)
+    };
+    let label_y = |v: &f64| label(&(n as f64 - 1.0 - v));
+    let mut chart = ChartBuilder::on(&main)
+        .margin(14)
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..n as f64 - 0.5, -0.5f64..n as f64 - 0.5)
+        .map_err(msg)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(&h.x_label)
+        .y_desc(&h.y_label)
+        .x_labels(n.min(16))
+        .y_labels(n.min(16))
+        .x_label_formatter(&label)
+        .y_label_formatter(&label_y)
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .draw()
+        .map_err(msg)?;
+    let cells = h.values.iter().enumerate().flat_map(|(i, row)| {
+        row.iter().enumerate().filter_map(move |(j, v)| {
+            let v = (*v)?;
+            let (x, y) = (j as f64, (n - 1 - i) as f64);
+            v.is_finite()
+                .then(|| Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], viridis(t(v)).filled()))
+        })
+    });
+    chart.draw_series(cells).map_err(msg)?;
+    let mut scale = ChartBuilder::on(&bar)
+        .margin_top(14)
+        .margin_bottom(64)
+        .margin_right(8)
+        .set_label_area_size(LabelAreaPosition::Right, 60)
+        .build_cartesian_2d(0f64..1f64, lo..(if hi > lo { hi } else { lo + 1.0 }))
+        .map_err(msg)?;
+    scale
+        .configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_desc(&h.value_label)
+        .y_label_formatter(&|v| short(*v))
+        .label_style((FAMILY, 12))
+        .axis_desc_style((FAMILY, 13))
+        .draw()
+        .map_err(msg)?;
+    let steps = 100;
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let strips = (0..steps).map(|s| {
+        let (a, b) = (lo + span * s as f64 / steps as f64, lo + span * (s + 1) as f64 / steps as f64);
+        Rectangle::new([(0.0, a), (1.0, b)], viridis((a - lo) / span).filled())
+    });
+    scale.draw_series(strips).map_err(msg)?;
+    Ok(())
 }
 
-/// Points of one line and its colour.
-pub type Series<'a> = (&'a [(f64, f64)], [u8; 3]);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Line chart of one or more series over a shared x axis.
-pub fn lines(series: &[Series], path: &Path) -> Result<()> {
-    let (w, h, left, top) = (640usize, 360usize, 60usize, 20usize);
-    let pts = series.iter().flat_map(|(s, _)| s.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
+    fn png_size(path: &Path) -> (u32, u32) {
+        let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+        let reader = decoder.read_info().unwrap();
+        let info = reader.info();
+        (info.width, info.height)
     }
-    if x0 >= x1 {
-        x1 = x0 + 1.0;
-    }
-    if y0 >= y1 {
-        y1 = y0 + 1.0;
-    }
-    let mut c = Canvas::new(w + left + 20, h + top + 40);
-    c.fill_rect(left, top, 1, h, [0, 0, 0]);
-    c.fill_rect(left, top + h, w, 1, [0, 0, 0]);
-    let px = |x: f64| left as f64 + (x - x0) / (x1 - x0) * w as f64;
-    let py = |y: f64| top as f64 + (1.0 - (y - y0) / (y1 - y0)) * h as f64;
-    for (s, color) in series {
-        for pair in s.windows(2) {
-            c.line((px(pair[0].0), py(pair[0].1)), (px(pair[1].0), py(pair[1].1)), *color);
+
+    /// Every kind draws to PNG and SVG; the SVG carries the title, the axis names, the legend
+    /// and the tick labels as text, and the PNG is not blank.
+    #[test]
+    fn charts_carry_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let series = |name: &str, k: f64| Series {
+            name: name.into(),
+            points: (1..=4).map(|i| [(1 << i) as f64, k * i as f64]).collect(),
+            y_ranges: Some((1..=4).map(|i| [k * i as f64 - 0.3, k * i as f64 + 0.3]).collect()),
+        };
+        let xy = XyChart {
+            title: "decode throughput".into(),
+            x_label: "batch".into(),
+            y_label: "tokens/s".into(),
+            log2_x: true,
+            series: vec![series("dense", 1.0), series("UniAttn", 1.5)],
+        };
+        let charts = [
+            (
+                "lines",
+                Chart::Lines(xy.clone()),
+                vec!["decode throughput", "batch", "tokens/s", "dense", "UniAttn", "16"],
+            ),
+            ("scatter", Chart::Scatter(xy), vec!["decode throughput", "UniAttn"]),
+            (
+                "bars",
+                Chart::Bars(BarChart {
+                    title: "speed".into(),
+                    y_label: "tok/s".into(),
+                    categories: vec!["b1 2k".into(), "b32 8k".into()],
+                    series: vec![
+                        BarSeries { name: "ours".into(), values: vec![Some(829.0), Some(15712.0)] },
+                        BarSeries { name: "compiled".into(), values: vec![Some(608.0), None] },
+                    ],
+                    per_category_scale: true,
+                }),
+                vec!["speed", "b32 8k", "compiled", "15712", "608"],
+            ),
+            (
+                "heatmap",
+                Chart::Heatmap(Heatmap {
+                    title: "similarity".into(),
+                    x_label: "layer".into(),
+                    y_label: "lead layer".into(),
+                    value_label: "cosine".into(),
+                    values: (0..6)
+                        .map(|i| (0..6).map(|j| (i != j || i == 0).then_some(0.1 * (i + j) as f64)).collect())
+                        .collect(),
+                    first: 10,
+                    range: [0.0, 1.0],
+                }),
+                vec!["similarity", "layer", "lead layer", "cosine", "15"],
+            ),
+        ];
+        for (name, chart, texts) in charts {
+            let svg = dir.path().join(format!("{name}.svg"));
+            chart.save(&svg).unwrap();
+            if let Ok(keep) = std::env::var("UNIATTN_KEEP_PLOTS") {
+                std::fs::create_dir_all(&keep).unwrap();
+                chart.save(&Path::new(&keep).join(format!("{name}.svg"))).unwrap();
+                chart.save(&Path::new(&keep).join(format!("{name}.png"))).unwrap();
+            }
+            let svg_text = std::fs::read_to_string(&svg).unwrap();
+            let shown: Vec<&str> = svg_text
+                .split("<text")
+                .skip(1)
+                .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim()))
+                .collect();
+            for t in texts {
+                assert!(shown.contains(&t), "{name}: the SVG lacks the text {t:?}; it has {shown:?}");
+            }
+            let png = dir.path().join(format!("{name}.png"));
+            chart.save(&png).unwrap();
+            let (w, h) = png_size(&png);
+            assert!(w >= 400 && h >= 400, "{name}: {w}x{h}");
+            let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
+            let mut reader = decoder.read_info().unwrap();
+            let mut buf = vec![0; reader.output_buffer_size()];
+            reader.next_frame(&mut buf).unwrap();
+            let dark = buf.chunks(3).filter(|p| p.iter().all(|&c| c < 80)).count();
+            assert!(dark > 500, "{name}: the PNG has almost no text or lines ({dark} dark pixels)");
         }
     }
-    c.text(4, top, &format!("{y1:.3}"), 2);
-    c.text(4, top + h - 10, &format!("{y0:.3}"), 2);
-    c.text(left, top + h + 8, &format!("{x0:.0}"), 2);
-    c.text(left + w - 40, top + h + 8, &format!("{x1:.0}"), 2);
-    c.save_png(path)
-}
 
-/// A labelled line chart as SVG (text needs no font of ours): one series per label, a legend,
-/// the axes' ranges and names. A log2 x axis suits batch sizes and context lengths.
-pub fn svg_lines(
-    title: &str,
-    x_name: &str,
-    y_name: &str,
-    log2_x: bool,
-    series: &[(String, Vec<(f64, f64)>)],
-    path: &Path,
-) -> Result<()> {
-    const PALETTE: [&str; 8] =
-        ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
-    let (w, h, left, top, right) = (640.0, 360.0, 70.0, 40.0, 220.0);
-    let fx = |x: f64| if log2_x { x.max(1e-12).log2() } else { x };
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter().map(|&(x, y)| (fx(x), y))).collect();
-    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let y1 = pts.iter().fold(0.0f64, |a, p| a.max(p.1)) * 1.05;
-    let (x1, y1) = (if x1 > x0 { x1 } else { x0 + 1.0 }, if y1 > 0.0 { y1 } else { 1.0 });
-    let px = |x: f64| left + (fx(x) - x0) / (x1 - x0) * w;
-    let py = |y: f64| top + (1.0 - y / y1) * h;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"20\" font-size=\"14\">{title}</text>\n\
-         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_name}</text>\n\
-         <text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{y_name}</text>\n\
-         <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y1:.0}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>\n",
-        w + left + right,
-        h + top + 50.0,
-        top + h,
-        top + h,
-        left + w,
-        top + h,
-        left + w / 2.0,
-        top + h + 40.0,
-        top + h / 2.0,
-        top + h / 2.0,
-        left - 4.0,
-        top + 4.0,
-        left - 4.0,
-        top + h,
-    );
-    let mut ticks: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).collect();
-    ticks.sort_by(f64::total_cmp);
-    ticks.dedup();
-    for t in ticks {
-        s +=
-            &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{t}</text>\n", px(t), top + h + 16.0);
+    /// Inconsistent data is refused, naming the file and what does not fit.
+    #[test]
+    fn a_malformed_chart_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.png");
+        let bad = Chart::Bars(BarChart {
+            title: "t".into(),
+            y_label: "y".into(),
+            categories: vec!["a".into(), "b".into()],
+            series: vec![BarSeries { name: "s".into(), values: vec![Some(1.0)] }],
+            per_category_scale: false,
+        });
+        let e = bad.save(&path).unwrap_err().to_string();
+        assert!(e.contains("bad.png") && e.contains("1 values for 2 categories"), "{e}");
+        assert!(!path.exists(), "nothing is written for a refused chart");
+        let json = r#"{"kind": "heatmap", "title": "t", "x_label": "l", "y_label": "l", "value_label": "v", "values": [[1.0, 2.0], [3.0]], "range": [0, 1]}"#;
+        let h: Chart = serde_json::from_str(json).unwrap();
+        let e = h.save(&path).unwrap_err().to_string();
+        assert!(e.contains("row 1 has 1 values"), "{e}");
     }
-    for (i, (label, p)) in series.iter().enumerate() {
-        let c = PALETTE[i % PALETTE.len()];
-        let d: Vec<String> = p.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
-        s += &format!(
-            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>\n",
-            d.join(" ")
-        );
-        for &(x, y) in p {
-            s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>\n", px(x), py(y));
-        }
-        let ly = top + 16.0 * i as f64;
-        s += &format!(
-            "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
-            left + w + 12.0,
-            ly + 4.0,
-            left + w + 28.0,
-            ly + 9.0,
-            label.replace('&', "&amp;").replace('<', "&lt;")
-        );
-    }
-    s += "</svg>\n";
-    std::fs::write(path, s).map_err(|e| Error::io(path, e))
 }

@@ -164,7 +164,7 @@ fn analysis_matrix_and_plan() {
     assert!(plan.blocks.iter().all(|&(s, e)| s >= 15 && e - s <= 4));
     let scratch = tmpdir("analyze");
     let png = scratch.path().join("sim.png");
-    uniattn::plot::heatmap(&sim, 0, 0.0, 1.0, 5, &png).unwrap();
+    uniattn::analyze::similarity_chart(&sim).save(&png).unwrap();
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
 }
 

@@ -181,12 +181,7 @@ pub fn analyze(AnalyzeArgs { model, data, rows, max_len, shape, out, dev }: Anal
     let (reuse_layers, min_layer, max_group) = (shape.reuse_layers, shape.min_layer(n), shape.max_group);
     let plan = uniattn::analyze::propose_plan(&sim, reuse_layers, min_layer, max_group)?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let off_diag = sim
-        .iter()
-        .enumerate()
-        .flat_map(|(i, r)| r.iter().enumerate().filter(move |(j, _)| *j != i).map(|(_, v)| *v));
-    let lo = off_diag.fold(f64::MAX, f64::min);
-    uniattn::plot::heatmap(&sim, 0, lo, 1.0, 5, &out.join("similarity.png"))?;
+    uniattn::analyze::similarity_chart(&sim).save(&out.join("similarity.png"))?;
     let report = serde_json::json!({
         "metric": "head-matched cosine similarity of attention rows, mean over heads and query positions",
         "samples": seqs.len(),

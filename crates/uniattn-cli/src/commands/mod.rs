@@ -5,6 +5,7 @@ pub mod eval;
 pub mod generate;
 pub mod medmcqa;
 pub mod model;
+pub mod plot;
 pub mod search_plan;
 pub mod serve;
 pub mod train;

@@ -127,10 +127,7 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
     let json = a.out.join("plan_search.json");
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)
         .with_context(|| format!("writing {}", json.display()))?;
-    let (first, grid) = r.block_grid(n);
-    let (lo, hi) =
-        r.blocks.iter().fold((f64::MAX, f64::MIN), |(lo, hi), b| (lo.min(b.delta), hi.max(b.delta)));
-    uniattn::plot::heatmap(&grid, first, lo, hi, 5, &a.out.join("block_cost.png"))?;
+    r.block_cost_chart(n).save(&a.out.join("block_cost.png"))?;
     println!("scored on    {}; dense {:.4}", r.scored_on, r.dense_nll);
     let mut cheap = r.blocks.clone();
     cheap.sort_by(|x, y| x.delta.total_cmp(&y.delta));

@@ -244,16 +244,25 @@ pub fn table(card: &str, rows: &[BenchRow]) -> String {
 
 /// Decode tokens/s against batch size, one line per model and context.
 pub fn plot(card: &str, rows: &[BenchRow], path: &std::path::Path) -> crate::Result<()> {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    use crate::plot::{Chart, Series, XyChart};
+    let mut series: Vec<Series> = Vec::new();
     for r in rows.iter().filter(|r| r.error.is_none()) {
-        let label = format!("{} ctx {}", r.model, r.context);
-        match series.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, p)) => p.push((r.batch as f64, r.decode_tokens_per_s)),
-            None => series.push((label, vec![(r.batch as f64, r.decode_tokens_per_s)])),
+        let name = format!("{} ctx {}", r.model, r.context);
+        let point = [r.batch as f64, r.decode_tokens_per_s];
+        match series.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series { name, points: vec![point], y_ranges: None }),
         }
     }
-    for (_, p) in &mut series {
-        p.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for s in &mut series {
+        s.points.sort_by(|a, b| a[0].total_cmp(&b[0]));
     }
-    crate::plot::svg_lines(&format!("decode throughput, {card}"), "batch", "tokens/s", true, &series, path)
+    let chart = XyChart {
+        title: format!("decode throughput, {card}"),
+        x_label: "batch (sequences decoded together)".into(),
+        y_label: "decode tokens/s".into(),
+        log2_x: true,
+        series,
+    };
+    Chart::Lines(chart).save(path)
 }

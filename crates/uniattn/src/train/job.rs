@@ -249,15 +249,28 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
     })
 }
 
-/// Training loss (blue) and validation loss (orange) against the global step.
+/// Training and validation loss against the optimizer step (over all stages).
 fn plot_losses(history: &[StepMetrics], path: &Path) -> Result<()> {
-    let train: Vec<(f64, f64)> = history.iter().map(|m| (m.global_step as f64, m.loss)).collect();
-    let val: Vec<(f64, f64)> =
-        history.iter().filter_map(|m| m.val_loss.map(|v| (m.global_step as f64, v))).collect();
+    use crate::plot::{Chart, Series, XyChart};
+    let train: Vec<[f64; 2]> = history.iter().map(|m| [m.global_step as f64, m.loss]).collect();
+    let val: Vec<[f64; 2]> =
+        history.iter().filter_map(|m| m.val_loss.map(|v| [m.global_step as f64, v])).collect();
     if train.len() < 2 {
         return Ok(());
     }
-    crate::plot::lines(&[(&train, [31, 119, 180]), (&val, [255, 127, 14])], path)
+    let mut series = vec![Series { name: "training loss (per step)".into(), points: train, y_ranges: None }];
+    if !val.is_empty() {
+        series.push(Series { name: "validation loss".into(), points: val, y_ranges: None });
+    }
+    let stages = history.iter().map(|m| m.stage).max().unwrap_or(0) + 1;
+    let chart = XyChart {
+        title: format!("loss, {stages} stage{}", if stages > 1 { "s" } else { "" }),
+        x_label: "optimizer step".into(),
+        y_label: "cross-entropy (nats per target token)".into(),
+        log2_x: false,
+        series,
+    };
+    Chart::Lines(chart).save(path)
 }
 
 #[cfg(test)]
