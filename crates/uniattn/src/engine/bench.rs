@@ -25,7 +25,9 @@ pub struct BenchRow {
     /// Cache bytes allocated for the whole batch at full length.
     pub kv_bytes: usize,
     pub kv_bytes_per_token: usize,
-    /// Weights plus live cache read by one decode step (mean over the timed steps).
+    /// Weights plus live cache read (each layer's reads: a CLA layer reads its lead's keys and
+    /// values again) and the new tokens' cache writes of one decode step (mean over the timed
+    /// steps).
     pub bytes_per_step: f64,
     pub achieved_gb_per_s: f64,
     /// Decode tokens/s if every step only had to read `bytes_per_step` at the card's bandwidth.
@@ -182,10 +184,12 @@ fn measure(
     row.prefill_tokens_per_s = (batch * context) as f64 / t0.elapsed().as_secs_f64();
 
     let weights = engine.weight_bytes_per_step() as f64;
+    let cache_read = engine.cache_read_bytes_per_token() as f64;
     let mut read = 0.0;
     let t1 = Instant::now();
     for _ in 0..new_tokens {
-        read += weights + engine.cache.bytes_in_use(batch) as f64 + (batch * row.kv_bytes_per_token) as f64;
+        let past = engine.cache.tokens_in_use(batch) as f64;
+        read += weights + past * cache_read + (batch * row.kv_bytes_per_token) as f64;
         next = greedy(&engine.decode(&next)?);
     }
     let secs = t1.elapsed().as_secs_f64();

@@ -36,6 +36,8 @@ pub struct KvCache {
     /// Positions allocated per sequence: `max_len` rounded up to whole key buckets.
     capacity: i64,
     bytes_per_token: usize,
+    /// Bytes one token's keys (or values) take in one layer.
+    bytes_per_tensor_token: usize,
 }
 
 impl KvCache {
@@ -79,7 +81,14 @@ impl KvCache {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { layers, lens: vec![0; slots], max_len: max_len as i64, capacity, bytes_per_token })
+        Ok(KvCache {
+            layers,
+            lens: vec![0; slots],
+            max_len: max_len as i64,
+            capacity,
+            bytes_per_token,
+            bytes_per_tensor_token: per_tensor,
+        })
     }
 
     pub fn slots(&self) -> usize {
@@ -123,9 +132,18 @@ impl KvCache {
         self.bytes_per_token
     }
 
-    /// Bytes holding live tokens of the first `n` slots (what a decode step reads).
-    pub fn bytes_in_use(&self, n: usize) -> usize {
-        self.lens[..n].iter().map(|&l| l as usize).sum::<usize>() * self.bytes_per_token
+    /// Live tokens of the first `n` slots.
+    pub fn tokens_in_use(&self, n: usize) -> usize {
+        self.lens[..n].iter().map(|&l| l as usize).sum()
+    }
+
+    /// Bytes of one token's cache entry of `kind` in one layer (keys and values, values, none).
+    pub fn entry_bytes(&self, kind: CacheKind) -> usize {
+        match kind {
+            CacheKind::KeysValues => 2 * self.bytes_per_tensor_token,
+            CacheKind::ValuesOnly => self.bytes_per_tensor_token,
+            CacheKind::Nothing => 0,
+        }
     }
 
     /// Writes K (when the layer keeps keys) and V for rows `slot0..slot0 + n` at `positions`

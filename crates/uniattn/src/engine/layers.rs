@@ -201,6 +201,16 @@ impl InferenceLayer {
         }
     }
 
+    /// The cache entries this layer reads for each past token in a decode step: its own, or
+    /// (CLA) its lead's keys and values, which it reads again after the lead.
+    pub fn cache_read(&self) -> CacheKind {
+        match self.attn {
+            InferenceAttention::Full { .. } | InferenceAttention::Cla { .. } => CacheKind::KeysValues,
+            InferenceAttention::Reuse { .. } => CacheKind::ValuesOnly,
+            InferenceAttention::Dropped => CacheKind::Nothing,
+        }
+    }
+
     /// Bytes of the weights a forward call reads.
     pub fn weight_bytes(&self) -> usize {
         let t = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();

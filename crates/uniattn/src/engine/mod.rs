@@ -150,6 +150,12 @@ impl Engine {
         self.layers.iter().map(InferenceLayer::weight_bytes).sum::<usize>() + head
     }
 
+    /// Cache bytes a decode step reads per past token over all layers: more than the cache's
+    /// own bytes per token where CLA layers read their lead's keys and values again.
+    pub fn cache_read_bytes_per_token(&self) -> usize {
+        self.layers.iter().map(|l| self.cache.entry_bytes(l.cache_read())).sum()
+    }
+
     /// Runs the stack on `ids` (`[n, q]`) for cache rows `slot0..slot0 + n`.
     fn run(
         &mut self,

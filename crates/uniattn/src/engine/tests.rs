@@ -147,7 +147,14 @@ fn kv_bytes_follow_the_plan_exactly() {
         assert_eq!(planned.cache.bytes_per_token(), s.kv_bytes_per_token_unified, "{kind:?}");
         let ratio = planned.cache.bytes() as f64 / dense.cache.bytes() as f64;
         assert_eq!(ratio, 1.0 - s.kv_fraction_saved, "{kind:?}");
+        // What a decode step reads per past token: the cache itself, except that CLA layers
+        // read their lead's keys and values again (as much as dense reads).
+        let read = planned.cache_read_bytes_per_token();
+        let want =
+            if kind == ReuseKind::Cla { dense.cache.bytes_per_token() } else { s.kv_bytes_per_token_unified };
+        assert_eq!(read, want, "{kind:?}: cache bytes read per token");
     }
+    assert_eq!(dense.cache_read_bytes_per_token(), dense.cache.bytes_per_token());
 }
 
 /// Greedy generation through the scheduler (continuous batching, requests of different
