@@ -52,14 +52,16 @@ def encode_pair(tok, add_bos, context, continuation):
 
 def main(model_path, spec, limit, out):
     torch.set_num_threads(os.cpu_count())
+    # HF_DTYPE=float64 for a check in double precision (then `uniattn eval mc --dtype f64`).
+    dtype = getattr(torch, os.environ.get("HF_DTYPE", "float32"))
     if os.path.isdir(model_path):
         # A model folder; planned (UniAttn, ...) folders carry their own modeling code.
         tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, trust_remote_code=True).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=True).eval()
     else:
         d, f = os.path.dirname(model_path), os.path.basename(model_path)
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=dtype).eval()
     family = getattr(model.config, "uniattn_base_model_type", model.config.model_type)
     add_bos = "gemma" in family
     with open(out, "w") as fo, torch.no_grad():

@@ -47,6 +47,9 @@ pub enum Dtype {
     Bf16,
     #[value(alias = "float16")]
     F16,
+    /// Double precision: for reference checks against other implementations (slow)
+    #[value(alias = "float64")]
+    F64,
 }
 
 impl Dtype {
@@ -55,6 +58,7 @@ impl Dtype {
             Dtype::F32 => tch::Kind::Float,
             Dtype::Bf16 => tch::Kind::BFloat16,
             Dtype::F16 => tch::Kind::Half,
+            Dtype::F64 => tch::Kind::Double,
         }
     }
 }
