@@ -4,6 +4,8 @@
 //! is needed. A [`Chart`] is plain data: the library's own plots build one, and `uniattn plot`
 //! draws one read from JSON, so the scripts' figures come from the same code.
 use crate::error::{Error, Result};
+use plotters::chart::MeshStyle;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -303,6 +305,16 @@ fn padded(lo: f64, hi: f64, pad: f64) -> (f64, f64) {
     (lo - pad * span, hi + pad * span)
 }
 
+/// The axes' common look: fonts, a faint minor grid, y values as [`short`] prints them.
+fn house_style<'m, 'a, 'b, DB: DrawingBackend>(
+    mesh: &'m mut MeshStyle<'a, 'b, RangedCoordf64, RangedCoordf64, DB>,
+) -> &'m mut MeshStyle<'a, 'b, RangedCoordf64, RangedCoordf64, DB> {
+    mesh.y_label_formatter(&|v| short(*v))
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .light_line_style(RGBColor(244, 244, 244))
+}
+
 /// A legend's width for these series names.
 fn legend_width<'a>(names: impl Iterator<Item = &'a str>) -> u32 {
     names.map(|n| text_width(n, 13)).max().unwrap_or(0) + 50
@@ -352,16 +364,11 @@ fn draw_xy<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &XyChart, joine
     ticks.sort_by(f64::total_cmp);
     ticks.dedup();
     let x_fmt = |v: &f64| if c.log2_x { short(v.exp2()) } else { short(*v) };
-    chart
-        .configure_mesh()
+    house_style(&mut chart.configure_mesh())
         .x_desc(&c.x_label)
         .y_desc(&c.y_label)
         .x_labels(if c.log2_x { ticks.len().clamp(2, 12) } else { 10 })
         .x_label_formatter(&x_fmt)
-        .y_label_formatter(&|v| short(*v))
-        .label_style((FAMILY, 13))
-        .axis_desc_style((FAMILY, 15))
-        .light_line_style(RGBColor(244, 244, 244))
         .draw()
         .map_err(msg)?;
     for (i, s) in c.series.iter().enumerate() {
@@ -406,15 +413,10 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, b: &BarChart) ->
         .y_label_area_size(76)
         .build_cartesian_2d(0f64..n.max(1) as f64, 0f64..(if top > 0.0 { top * 1.15 } else { 1.0 }))
         .map_err(msg)?;
-    chart
-        .configure_mesh()
+    house_style(&mut chart.configure_mesh())
         .disable_x_mesh()
         .x_labels(0)
         .y_desc(y_label)
-        .y_label_formatter(&|v| short(*v))
-        .label_style((FAMILY, 13))
-        .axis_desc_style((FAMILY, 15))
-        .light_line_style(RGBColor(244, 244, 244))
         .draw()
         .map_err(msg)?;
     let width = 0.8 / k as f64;
