@@ -34,11 +34,11 @@ pub fn attention_similarity(
     seqs: &[Vec<u32>],
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
-    if !model.plan.is_dense() {
+    if !model.stem.plan.is_dense() {
         return Err(Error::invalid("analyze the dense model (this one has a plan already)"));
     }
     let _guard = tch::no_grad_guard();
-    let n = model.cfg.num_layers;
+    let n = model.stem.cfg.num_layers;
     let mut sum = vec![vec![0f64; n]; n];
     let mut rows = 0f64;
     for (s, seq) in seqs.iter().enumerate() {
@@ -47,13 +47,13 @@ pub fn attention_similarity(
             continue;
         }
         let ids = Tensor::from_slice(&seq.iter().map(|&i| i as i64).collect::<Vec<_>>())
-            .to_device(model.device)
+            .to_device(model.stem.device)
             .unsqueeze(0);
-        let pc = PositionContext::full(model, t);
-        let mut h = model.embed(&ids);
+        let pc = PositionContext::full(&model.stem, t);
+        let mut h = model.stem.embed(&ids);
         let mut maps = Vec::with_capacity(n);
         for (l, layer) in model.layers.iter().enumerate() {
-            let o = layer.forward(&h, &pc.layer(model, l), None, Want::Probs);
+            let o = layer.forward(&h, &pc.layer(&model.stem, l), None, Want::Probs);
             let Some(LeadState { attn: Some(LeadAttention::Probs(p)), .. }) = o.lead else {
                 unreachable!("dense layers return their map when asked")
             };

@@ -146,8 +146,8 @@ fn reuse_step(
     let lead_layer = &model.layers[lead];
     let p = full_attention(lead_layer).lead_probs(
         &lead_layer.attn_norm.forward(lead_in),
-        sc.layer(model, lead).rope,
-        sc.layer(model, lead).mask,
+        sc.layer(&model.stem, lead).rope,
+        sc.layer(&model.stem, lead).mask,
     );
     let layer = &model.layers[l];
     let f = full_attention(layer);
@@ -256,10 +256,10 @@ pub fn calibrate(
     opts: &CalibOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(BTreeMap<usize, Tensor>, CalibReport)> {
-    if !model.plan.is_dense() {
+    if !model.stem.plan.is_dense() {
         return Err(Error::invalid("calibration needs the dense model (it has a plan already)"));
     }
-    plan.check_layers(model.cfg.num_layers, std::path::Path::new("--plan"))?;
+    plan.check_layers(model.stem.cfg.num_layers, std::path::Path::new("--plan"))?;
     if fit.is_empty() {
         return Err(Error::invalid("no calibration rows"));
     }
@@ -302,17 +302,17 @@ fn streaming(
     ridge: Option<f64>,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<Fitted> {
-    let dev = model.device;
+    let dev = model.stem.device;
     let sd = opts.state_device;
     let mut chunks = make_chunks(fit, false, opts.chunk_tokens, opts.pad_id, None);
     chunks.extend(make_chunks(heldout, true, opts.chunk_tokens, opts.pad_id, None));
     let contexts: Vec<PositionContext> =
-        chunks.iter().map(|c| PositionContext::full(model, c.ids.size()[1])).collect();
+        chunks.iter().map(|c| PositionContext::full(&model.stem, c.ids.size()[1])).collect();
     let mut hd: Vec<Tensor> =
-        chunks.iter().map(|c| model.embed(&c.ids.to_device(dev)).to_device(sd)).collect();
+        chunks.iter().map(|c| model.stem.embed(&c.ids.to_device(dev)).to_device(sd)).collect();
     let mut hu: Vec<Tensor> = hd.iter().map(Tensor::shallow_clone).collect();
     let mut lead_in: Vec<Option<Tensor>> = chunks.iter().map(|_| None).collect();
-    let hid = model.cfg.hidden_size as i64;
+    let hid = model.stem.cfg.hidden_size as i64;
     // Up to the first lead (inclusive) both stacks are the same computation, so the unified
     // stream is the dense one; after the last reuse layer nothing is left to fit.
     let shared_until = plan.blocks.first().map_or(0, |b| b.0);
@@ -326,7 +326,7 @@ fn streaming(
         let mut held_eq = Normal::new(hid, dev);
         let mut z0s: Vec<Option<Tensor>> = chunks.iter().map(|_| None).collect();
         for (c, chunk) in chunks.iter().enumerate() {
-            let ctx = contexts[c].layer(model, l);
+            let ctx = contexts[c].layer(&model.stem, l);
             let d = hd[c].to_device(dev);
             let (d_mid, d_out) = ordinary_layer(layer, &ctx, &d);
             let d_out = d_out.to_device(sd);
@@ -377,7 +377,7 @@ fn streaming(
                 heldout_rel_err: held_err,
                 fit_rel_err: fit_eq.rel_err(&w),
             });
-            let w_dev = w.to_kind(model.kind).to_device(dev);
+            let w_dev = w.to_kind(model.stem.kind).to_device(dev);
             for c in 0..chunks.len() {
                 let u = hu[c].to_device(dev);
                 let step = ReuseStep {
@@ -400,12 +400,12 @@ fn reference(
     len: usize,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<Fitted> {
-    let dev = model.device;
+    let dev = model.stem.device;
     let chunks = make_chunks(fit, false, opts.chunk_tokens.max(len), opts.pad_id, Some(len));
-    let sc = PositionContext::full(model, len as i64);
+    let sc = PositionContext::full(&model.stem, len as i64);
     let reuse = plan.reuse_layers();
     let total = reuse.len() * chunks.len();
-    let hid = model.cfg.hidden_size as i64;
+    let hid = model.stem.cfg.hidden_size as i64;
     let mut wc: BTreeMap<usize, Tensor> = BTreeMap::new();
     let mut fits = Vec::new();
     for (i, &r) in reuse.iter().enumerate() {
@@ -415,17 +415,17 @@ fn reference(
         let mut n = 0i64;
         for (c, chunk) in chunks.iter().enumerate() {
             // A fresh forward of both models up to layer r, as the reference code does.
-            let mut d = model.embed(&chunk.ids.to_device(dev));
+            let mut d = model.stem.embed(&chunk.ids.to_device(dev));
             let mut u = d.shallow_clone();
             let mut li = u.shallow_clone();
             for l in 0..r {
                 let layer = &model.layers[l];
-                let ctx = sc.layer(model, l);
+                let ctx = sc.layer(&model.stem, l);
                 d = ordinary_layer(layer, &ctx, &d).1;
                 u = match plan.role(l) {
                     LayerRole::Reuse { lead } => {
                         let step = reuse_step(model, &sc, l, lead, &u, &li);
-                        finish_reuse(layer, &u, &step, &wc[&l].tr().to_kind(model.kind).to_device(dev))
+                        finish_reuse(layer, &u, &step, &wc[&l].tr().to_kind(model.stem.kind).to_device(dev))
                     }
                     role => {
                         if role == LayerRole::Lead {
@@ -436,7 +436,7 @@ fn reference(
                 };
             }
             let layer = &model.layers[r];
-            let (d_mid, _) = ordinary_layer(layer, &sc.layer(model, r), &d);
+            let (d_mid, _) = ordinary_layer(layer, &sc.layer(&model.stem, r), &d);
             let step = reuse_step(model, &sc, r, lead, &u, &li);
             let y = target(layer, &d_mid, &u, &step.z0);
             sum_x += step.x.to_kind(Kind::Double).sum_dim_intlist(0, false, Kind::Double);

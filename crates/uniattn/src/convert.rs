@@ -101,7 +101,7 @@ pub fn convert(
     let reuse = plan.reuse_layers();
     // The dense weights the reuse layers drop (the reference code's checkpoints keep them).
     let drops = plan.reuse.spec().drops;
-    let gemma = dense.cfg.family.is_gemma();
+    let gemma = dense.stem.cfg.family.is_gemma();
     let dropped: std::collections::BTreeSet<String> = reuse
         .iter()
         .flat_map(|&l| {

@@ -97,13 +97,13 @@ pub fn save_folder(
         .map(|(n, t)| (n, t.to_kind(kind)))
         .collect();
     safetensors::write_file(&dir.join("model.safetensors"), &tensors, None)?;
-    let mut cfg = model.cfg.to_hf_json();
-    if !model.plan.is_dense() {
-        crate::config::ModelConfig::mark_planned(&mut cfg, &model.plan);
+    let mut cfg = model.stem.cfg.to_hf_json();
+    if !model.stem.plan.is_dense() {
+        crate::config::ModelConfig::mark_planned(&mut cfg, &model.stem.plan);
     }
     for (name, text) in crate::config::REMOTE_CODE {
         let path = dir.join(name);
-        if model.plan.is_dense() {
+        if model.stem.plan.is_dense() {
             if path.exists() {
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             }
@@ -122,12 +122,12 @@ pub fn save_folder(
     )?;
     tokenizer.save(dir)?;
     let plan_path = dir.join(PLAN_FILE);
-    if model.plan.is_dense() && extra.is_none() {
+    if model.stem.plan.is_dense() && extra.is_none() {
         if plan_path.exists() {
             std::fs::remove_file(&plan_path).map_err(|e| Error::io(&plan_path, e))?;
         }
     } else {
-        let v = serde_json::json!({"plan": model.plan, "describe": model.plan.describe(), "info": extra});
+        let v = serde_json::json!({"plan": model.stem.plan, "describe": model.stem.plan.describe(), "info": extra});
         crate::fs::write_atomic(&plan_path, serde_json::to_string_pretty(&v).expect("json").as_bytes())?;
     }
     Ok(())

@@ -212,9 +212,9 @@ impl HeldOut {
             .filter(|d| d.len() >= 2)
             .map(|d| {
                 let ids: Vec<i64> = d.iter().map(|&i| i as i64).collect();
-                let ids = Tensor::from_slice(&ids).to_device(dense.device).unsqueeze(0);
-                let pc = PositionContext::full(dense, ids.size()[1]);
-                let h = dense.run_layers(dense.embed(&ids), 0..from, &pc);
+                let ids = Tensor::from_slice(&ids).to_device(dense.stem.device).unsqueeze(0);
+                let pc = PositionContext::full(&dense.stem, ids.size()[1]);
+                let h = dense.run_layers(dense.stem.embed(&ids), 0..from, &pc);
                 (ids, h)
             })
             .collect();
@@ -226,9 +226,9 @@ impl HeldOut {
         let _guard = tch::no_grad_guard();
         let (mut nll, mut count) = (0.0, 0usize);
         for (ids, h) in &self.docs {
-            let pc = PositionContext::full(model, ids.size()[1]);
-            let h = model.run_layers(h.shallow_clone(), self.from..model.cfg.num_layers, &pc);
-            let lp = next_token_logprobs(&model.head(&h), ids);
+            let pc = PositionContext::full(&model.stem, ids.size()[1]);
+            let h = model.run_layers(h.shallow_clone(), self.from..model.stem.cfg.num_layers, &pc);
+            let lp = next_token_logprobs(&model.stem.head(&h), ids);
             nll -= lp.iter().sum::<f64>();
             count += lp.len();
         }
@@ -296,10 +296,10 @@ pub fn search(
     opts: &SearchOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<SearchReport> {
-    if !dense.plan.is_dense() {
+    if !dense.stem.plan.is_dense() {
         return Err(Error::invalid(format!(
             "search a plan on the dense model (this one has {})",
-            dense.plan.describe()
+            dense.stem.plan.describe()
         )));
     }
     if opts.lowest_lead() < score.first_layer() {
@@ -314,7 +314,7 @@ pub fn search(
     if opts.verify == 0 && opts.candidates.is_empty() {
         return Err(Error::invalid("--verify 0 and no --candidate: no plan would be measured"));
     }
-    let n = dense.cfg.num_layers;
+    let n = dense.stem.cfg.num_layers;
     for c in &opts.candidates {
         c.check_layers(n, std::path::Path::new("--candidate"))?;
         let r = c.reuse_layers().len();

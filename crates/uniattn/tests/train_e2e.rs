@@ -100,7 +100,7 @@ fn uniattn_two_stage_run_stops_resumes_and_loads() {
     let header = std::str::from_utf8(&file[8..8 + header_len]).unwrap();
     assert!(header.contains("\"BF16\"") && !header.contains("\"F32\""), "final model in bf16: {header:.200}");
     let m = loader::load(&rest.final_dir, Kind::Float, Device::Cpu).unwrap();
-    assert_eq!(m.model.plan.reuse_layers(), vec![27, 29]);
+    assert_eq!(m.model.stem.plan.reuse_layers(), vec![27, 29]);
     assert!(out.join("loss.png").exists() && out.join("metrics.jsonl").exists());
     assert!(config().contains("max-steps = None"), "the resumed run's options: {}", config());
     let event_files = std::fs::read_dir(&out)

@@ -102,9 +102,9 @@ pub fn convert(
     uniattn::convert::save(&conv, staged.path(), save_kind, keep_qk.then_some(kept.as_slice()))?;
     staged.commit()?;
     let r = &conv.report;
-    let savings = uniattn::savings::plan_savings(&conv.model.cfg, &conv.model.plan, 2);
+    let savings = uniattn::savings::plan_savings(&conv.model.stem.cfg, &conv.model.stem.plan, 2);
     let report = serde_json::json!({
-        "plan": conv.model.plan.describe(),
+        "plan": conv.model.stem.plan.describe(),
         "device": runtime::device_name(device),
         "calibration": r,
         "savings": savings,
@@ -114,7 +114,7 @@ pub fn convert(
         let mut t = format!(
             "plan         {}\nfit          {}\ntokens       {} fit, {} held out\ntime         {:.1} s on {}\n\
              layer  lead  ridge      held-out rel. err  fit rel. err\n",
-            conv.model.plan.describe(),
+            conv.model.stem.plan.describe(),
             r.method,
             r.fit_tokens,
             r.heldout_tokens,

@@ -127,7 +127,7 @@ pub fn mc(
         format!(
             "model: {} ({}), device: {}\n{}",
             model.display(),
-            m.model.plan.describe(),
+            m.model.stem.plan.describe(),
             runtime::device_name(device),
             uniattn::eval::multiple_choice::table(&reports)
         )

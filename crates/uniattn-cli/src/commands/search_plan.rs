@@ -69,7 +69,7 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
     }
     let (device, kind) = setup(&a.dev)?;
     let m = loader::load(&a.model, kind, device)?;
-    let n = m.model.cfg.num_layers;
+    let n = m.model.stem.cfg.num_layers;
     let (fit, fit_heldout) = uniattn::convert::calibration_sequences(&m.tokenizer, &a.calib.data(true)?)?;
     let candidates = a
         .candidate

@@ -11,7 +11,7 @@ pub mod scheduler;
 pub mod stop;
 
 use crate::error::{Error, Result};
-use crate::model::transformer::PositionContext;
+use crate::model::transformer::{PositionContext, Stem};
 use crate::model::Transformer;
 use crate::plan::{LayerRole, LeadHandover};
 use kv_cache::{KvCache, KEY_BUCKET};
@@ -38,17 +38,16 @@ impl Default for EngineOptions {
     }
 }
 
-fn cache_for(layers: &[InferenceLayer], model: &Transformer, slots: usize, len: usize) -> Result<KvCache> {
+fn cache_for(layers: &[InferenceLayer], stem: &Stem, slots: usize, len: usize) -> Result<KvCache> {
     let kinds: Vec<_> = layers.iter().map(InferenceLayer::cache_kind).collect();
-    let (heads, dim) = (model.cfg.num_kv_heads as i64, model.cfg.head_dim as i64);
-    KvCache::new(&kinds, slots, len, heads, dim, model.kind, model.device)
+    let (heads, dim) = (stem.cfg.num_kv_heads as i64, stem.cfg.head_dim as i64);
+    KvCache::new(&kinds, slots, len, heads, dim, stem.kind, stem.device)
 }
 
 pub struct Engine {
-    /// Embedding, final norm, head and the position helpers. Its decoder layers were moved
-    /// into `layers` (so its own forward would skip them): private, reached through
-    /// [`Engine::config`], [`Engine::plan`] and [`Engine::device`].
-    model: Transformer,
+    /// Embedding, final norm, head, configuration and plan: the model outside its layers
+    /// (read through [`Engine::config`], [`Engine::plan`] and [`Engine::device`]).
+    stem: Stem,
     layers: Vec<InferenceLayer>,
     pub cache: KvCache,
     /// Each layer's role under the plan, looked up once rather than on every step.
@@ -59,21 +58,22 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(mut model: Transformer, options: EngineOptions) -> Result<Self> {
+    pub fn new(model: Transformer, options: EngineOptions) -> Result<Self> {
+        let Transformer { stem, layers } = model;
         if options.max_batch == 0 || options.max_len == 0 || options.prefill_chunk == 0 {
             return Err(Error::invalid(format!(
                 "engine options: max batch, max length and prefill chunk must be at least 1, got {options:?}"
             )));
         }
-        if options.max_len > model.cfg.max_position_embeddings {
+        if options.max_len > stem.cfg.max_position_embeddings {
             return Err(Error::invalid(format!(
                 "max length {} exceeds the model's context of {} positions (max_position_embeddings); \
                  give --max-len {} or less",
-                options.max_len, model.cfg.max_position_embeddings, model.cfg.max_position_embeddings
+                options.max_len, stem.cfg.max_position_embeddings, stem.cfg.max_position_embeddings
             )));
         }
-        let roles = model.plan.roles();
-        let layers: Vec<InferenceLayer> = std::mem::take(&mut model.layers)
+        let roles = stem.plan.roles();
+        let layers: Vec<InferenceLayer> = layers
             .into_iter()
             .zip(&roles)
             .map(|(layer, role)| {
@@ -84,11 +84,11 @@ impl Engine {
                 InferenceLayer::new(layer, lead)
             })
             .collect();
-        let cache = cache_for(&layers, &model, options.max_batch, options.max_len)?;
-        let mut engine = Engine { model, layers, cache, roles, options, graphs: None };
+        let cache = cache_for(&layers, &stem, options.max_batch, options.max_len)?;
+        let mut engine = Engine { stem, layers, cache, roles, options, graphs: None };
         // On a GPU, decode through CUDA graphs unless UNIATTN_CUDA_GRAPHS=0 (or the shim is
         // missing, in which case the eager path runs as before).
-        if crate::cuda::graph::wanted() && engine.model.device.is_cuda() && crate::cuda::available() {
+        if crate::cuda::graph::wanted() && engine.stem.device.is_cuda() && crate::cuda::available() {
             engine.use_cuda_graphs(true)?;
         }
         Ok(engine)
@@ -96,26 +96,26 @@ impl Engine {
 
     /// The model's configuration.
     pub fn config(&self) -> &crate::config::ModelConfig {
-        &self.model.cfg
+        &self.stem.cfg
     }
 
     /// The model's SuperBlock plan.
     pub fn plan(&self) -> &crate::plan::SuperBlockPlan {
-        &self.model.plan
+        &self.stem.plan
     }
 
     /// Where the model's weights and the KV cache live.
     pub fn device(&self) -> tch::Device {
-        self.model.device
+        self.stem.device
     }
 
     /// Decodes through CUDA graphs (`true`) or launches every kernel eagerly (`false`).
     pub fn use_cuda_graphs(&mut self, on: bool) -> Result<()> {
         self.graphs = match on {
-            true if !self.model.device.is_cuda() => {
+            true if !self.stem.device.is_cuda() => {
                 return Err(Error::invalid("CUDA graphs need a CUDA device"));
             }
-            true => Some(graphs::DecodeGraphs::new(self.cache.slots(), self.model.device)?),
+            true => Some(graphs::DecodeGraphs::new(self.cache.slots(), self.stem.device)?),
             false => None,
         };
         Ok(())
@@ -136,8 +136,8 @@ impl Engine {
     pub fn resize_cache(&mut self, max_batch: usize, max_len: usize) -> Result<()> {
         // Captured steps point into the old cache: drop them first.
         let graphs = self.graphs.take().is_some();
-        self.cache = cache_for(&self.layers, &self.model, 1, 1)?;
-        self.cache = cache_for(&self.layers, &self.model, max_batch, max_len)?;
+        self.cache = cache_for(&self.layers, &self.stem, 1, 1)?;
+        self.cache = cache_for(&self.layers, &self.stem, max_batch, max_len)?;
         self.options = EngineOptions { max_batch, max_len, ..self.options };
         self.use_cuda_graphs(graphs)
     }
@@ -146,7 +146,7 @@ impl Engine {
     /// embedding lookup itself reads only the rows it needs).
     pub fn weight_bytes_per_step(&self) -> usize {
         let t = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
-        let head = t(self.model.lm_head.as_ref().unwrap_or(&self.model.embed)) + t(&self.model.norm.weight);
+        let head = t(self.stem.lm_head.as_ref().unwrap_or(&self.stem.embed)) + t(&self.stem.norm.weight);
         self.layers.iter().map(InferenceLayer::weight_bytes).sum::<usize>() + head
     }
 
@@ -168,11 +168,11 @@ impl Engine {
         // A chunk from position 0 keeps its exact length: it reads no key past its own, and the
         // fused kernel's causal flag stands in for the mask.
         let k_len = if causal_from_zero { k_len } else { self.key_bucket(k_len) };
-        let pc = PositionContext::new(&self.model, positions, k_len);
-        let mut h = self.model.embed(ids);
+        let pc = PositionContext::new(&self.stem, positions, k_len);
+        let mut h = self.stem.embed(ids);
         let mut lead = None;
         for (l, layer) in self.layers.iter().enumerate() {
-            let ctx = pc.layer(&self.model, l);
+            let ctx = pc.layer(&self.stem, l);
             let step = Step {
                 slot0,
                 positions,
@@ -180,10 +180,10 @@ impl Engine {
                 rope: ctx.rope,
                 mask: ctx.mask,
                 causal_from_zero: causal_from_zero
-                    && self.model.cfg.layer_window(l).is_none_or(|w| w as i64 >= k_len),
+                    && self.stem.cfg.layer_window(l).is_none_or(|w| w as i64 >= k_len),
             };
             let hands_probs = self.roles[l] == LayerRole::Lead
-                && self.model.plan.reuse.spec().lead_hands == LeadHandover::Probs;
+                && self.stem.plan.reuse.spec().lead_hands == LeadHandover::Probs;
             layer.forward(l, &mut h, &step, &mut self.cache, hands_probs, &mut lead);
             // The lead's attention lives only while its block runs.
             if !matches!(self.roles.get(l + 1), Some(LayerRole::Reuse { .. })) {
@@ -220,7 +220,7 @@ impl Engine {
             )));
         }
         let _guard = tch::no_grad_guard();
-        let device = self.model.device;
+        let device = self.stem.device;
         let mut out = Vec::new();
         for chunk in ids.chunks(self.options.prefill_chunk) {
             let p = self.cache.len(slot);
@@ -233,7 +233,7 @@ impl Engine {
             out.push(if all_logits { h } else { h.narrow(1, c - 1, 1) });
         }
         let h = if all_logits { Tensor::cat(&out, 1) } else { out.pop().expect("one chunk at least") };
-        let logits = self.model.head(&h).squeeze_dim(0);
+        let logits = self.stem.head(&h).squeeze_dim(0);
         Ok(if all_logits { logits } else { logits.squeeze_dim(0) })
     }
 
@@ -248,7 +248,7 @@ impl Engine {
             return Err(Error::invalid(format!("sequence {s} is full ({} tokens)", self.cache.max_len())));
         }
         let _guard = tch::no_grad_guard();
-        let device = self.model.device;
+        let device = self.stem.device;
         let k_len = lens.iter().max().copied().unwrap_or(0) + 1;
         let logits = match self.graphs.take() {
             Some(mut g) => {
@@ -261,7 +261,7 @@ impl Engine {
                 let ids = Tensor::from_slice(&t).to_device(device).unsqueeze(1);
                 let positions = Tensor::from_slice(&lens).to_device(device).unsqueeze(1);
                 let h = self.run(&ids, 0, &positions, k_len, false);
-                self.model.head(&h).squeeze_dim(1)
+                self.stem.head(&h).squeeze_dim(1)
             }
         };
         for (s, l) in lens.iter().enumerate() {
@@ -289,7 +289,7 @@ impl Engine {
             t.push(0);
             p.push(self.cache.len(s).min(last));
         }
-        let device = self.model.device;
+        let device = self.stem.device;
         let view = |v: &[i64]| Tensor::from_slice(v).view([v.len() as i64, 1]).to_device(device);
         g.ids.narrow(0, 0, batch as i64).copy_(&view(&t));
         g.positions.narrow(0, 0, batch as i64).copy_(&view(&p));
@@ -297,7 +297,7 @@ impl Engine {
         let k_len = self.key_bucket(k_len);
         let out = g.run(batch, k_len, || {
             let h = self.run(&ids, 0, &positions, k_len, false);
-            self.model.head(&h).squeeze_dim(1)
+            self.stem.head(&h).squeeze_dim(1)
         })?;
         Ok(out.narrow(0, 0, n as i64).copy())
     }

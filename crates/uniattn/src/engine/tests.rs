@@ -320,7 +320,7 @@ fn graphs_against_eager(dtype: Kind) -> Option<Vec<GraphsAgainstEager>> {
             source: "tiny".into(),
             tensors: m.named_tensors().into_iter().collect(),
         };
-        Transformer::from_weights(w, m.cfg.clone(), m.plan.clone(), dtype, device, false).unwrap()
+        Transformer::from_weights(w, m.stem.cfg.clone(), m.stem.plan.clone(), dtype, device, false).unwrap()
     };
     let opts = EngineOptions { max_batch: 4, max_len: 600, prefill_chunk: 64 };
     let greedy =

@@ -91,11 +91,11 @@ fn score_batch(model: &Transformer, batch: &[&Row], out: &mut [Option<LlResult>]
             target.extend(cont.iter().map(|&c| c as i64));
         }
     }
-    let dev = model.device;
+    let dev = model.stem.device;
     let ids = Tensor::from_slice(&flat).view([batch.len() as i64, t as i64]).to_device(dev);
     let h = model.hidden_states(&ids);
     let h = h.view([-1, h.size()[2]]).index_select(0, &Tensor::from_slice(&at).to_device(dev));
-    let logits = model.head(&h);
+    let logits = model.stem.head(&h);
     let logp = logits.log_softmax(-1, logits.kind());
     let target = Tensor::from_slice(&target).to_device(dev);
     let picked = logp.gather(-1, &target.unsqueeze(-1), false).squeeze_dim(-1).to_kind(Kind::Double);

@@ -56,7 +56,7 @@ pub fn documents(tok: &Tokenizer, path: &Path, rows: Option<&Range<usize>>) -> R
 pub fn token_logprobs(model: &Transformer, ids: &[u32]) -> Vec<f64> {
     let _guard = tch::no_grad_guard();
     let input: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let t = Tensor::from_slice(&input).to_device(model.device).unsqueeze(0);
+    let t = Tensor::from_slice(&input).to_device(model.stem.device).unsqueeze(0);
     next_token_logprobs(&model.forward(&t), &t)
 }
 
@@ -178,7 +178,7 @@ mod tests {
         let ids: Vec<u32> = (0..12).collect();
         assert!(perplexity(&m, &ids, 0, 12, 12, |_, _| {}).unwrap().perplexity.is_finite());
         tch::no_grad(|| {
-            let _ = m.norm.weight.shallow_clone().fill_(f64::NAN);
+            let _ = m.stem.norm.weight.shallow_clone().fill_(f64::NAN);
         });
         let e = perplexity(&m, &ids, 0, 12, 12, |_, _| {}).unwrap_err().to_string();
         assert!(e.contains("not finite"), "{e}");

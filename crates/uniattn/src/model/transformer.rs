@@ -66,7 +66,7 @@ pub struct PositionContext {
 
 impl PositionContext {
     /// Queries at `positions` (`[b, q]`) over keys `0..k_len`.
-    pub fn new(model: &Transformer, positions: &Tensor, k_len: i64) -> Self {
+    pub fn new(model: &Stem, positions: &Tensor, k_len: i64) -> Self {
         let mut ropes = BTreeMap::new();
         let mut masks = BTreeMap::new();
         for l in 0..model.cfg.num_layers {
@@ -82,7 +82,7 @@ impl PositionContext {
 
     /// Packed sequences: `docs` (`[b, t]`) numbers the document of each token, `positions`
     /// restart at 0 in each document, and no token attends across documents.
-    pub fn packed(model: &Transformer, positions: &Tensor, docs: &Tensor) -> Self {
+    pub fn packed(model: &Stem, positions: &Tensor, docs: &Tensor) -> Self {
         let mut pc = Self::new(model, positions, positions.size()[1]);
         for (w, m) in pc.masks.iter_mut() {
             *m = model.packed_mask(positions, docs, *w);
@@ -92,13 +92,13 @@ impl PositionContext {
 
     /// Whole sequences of length `t` from position 0 (any batch size: the angles and masks
     /// broadcast over it).
-    pub fn full(model: &Transformer, t: i64) -> Self {
+    pub fn full(model: &Stem, t: i64) -> Self {
         let mut pc = Self::new(model, &Tensor::arange(t, (Kind::Int64, model.device)).unsqueeze(0), t);
         pc.causal_len = Some(t);
         pc
     }
 
-    pub fn layer(&self, model: &Transformer, l: usize) -> LayerContext<'_> {
+    pub fn layer(&self, model: &Stem, l: usize) -> LayerContext<'_> {
         let window = model.cfg.layer_window(l);
         LayerContext {
             rope: &self.ropes[&model.cfg.layer_rope_theta(l).to_bits()],
@@ -181,16 +181,94 @@ impl DecoderLayer {
     }
 }
 
-pub struct Transformer {
+/// Everything of a model outside its decoder layers: the configuration and plan, the token
+/// embedding, the final norm and the LM head, the compute type and device. The training graph
+/// ([`Transformer`]) owns one beside its layers; the engine owns one beside its own.
+pub struct Stem {
     pub cfg: ModelConfig,
     pub plan: SuperBlockPlan,
     pub embed: Tensor,
-    pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     /// `None` when tied to the embedding.
     pub lm_head: Option<Tensor>,
     pub kind: Kind,
     pub device: Device,
+}
+
+pub struct Transformer {
+    pub stem: Stem,
+    pub layers: Vec<DecoderLayer>,
+}
+
+impl Stem {
+    /// Token embeddings, scaled by sqrt(hidden) in Gemma (in the compute dtype, as HF does).
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        let h = Tensor::embedding(&self.embed, ids, -1, false, false);
+        if self.cfg.family.is_gemma() {
+            // Filled on the device (no host-to-device copy, so a CUDA graph can capture this).
+            let scale =
+                Tensor::full([] as [i64; 0], (self.cfg.hidden_size as f64).sqrt(), (self.kind, self.device));
+            h * scale
+        } else {
+            h
+        }
+    }
+
+    /// Final norm and LM head, in the compute type (bf16 under autocast): [`Self::head`]
+    /// before its cast and soft-capping, which the trainer's fused cross-entropy applies itself.
+    pub fn head_logits(&self, h: &Tensor) -> Tensor {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let h = self.norm.forward(h);
+        crate::cuda::training::autocast_linear(&h, w, None).unwrap_or_else(|| h.linear::<Tensor>(w, None))
+    }
+
+    /// [`Self::head_logits`]'s output cast to f32 (f64 for f64 models) and soft-capped (Gemma 2).
+    pub fn finish_logits(&self, logits: Tensor) -> Tensor {
+        let logits = logits.to_kind(accumulate_kind(self.kind));
+        match self.cfg.final_logit_softcapping {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+
+    /// Final norm, LM head and (Gemma 2) soft-capping. Returns f32 logits (f64 for f64 models).
+    pub fn head(&self, h: &Tensor) -> Tensor {
+        self.finish_logits(self.head_logits(h))
+    }
+
+    /// Additive causal mask `[b, 1, q, k]` for queries at `positions` over keys `0..k_len`,
+    /// restricted to a sliding `window` when given.
+    pub fn causal_mask(&self, positions: &Tensor, k_len: i64, window: Option<usize>) -> Tensor {
+        let kp = Tensor::arange(k_len, (Kind::Int64, self.device)).view([1, 1, k_len]);
+        let qp = positions.unsqueeze(-1);
+        let mut allowed = kp.le_tensor(&qp);
+        if let Some(w) = window {
+            allowed = allowed.logical_and(&(&qp - &kp).lt(w as i64));
+        }
+        self.additive_mask(&allowed)
+    }
+
+    /// 0 where `allowed`, -inf elsewhere, with a head axis: `[b, q, k]` -> `[b, 1, q, k]`.
+    fn additive_mask(&self, allowed: &Tensor) -> Tensor {
+        let zero = Tensor::zeros([1], (self.kind, self.device));
+        let neg = Tensor::full([1], f64::NEG_INFINITY, (self.kind, self.device));
+        zero.where_self(allowed, &neg).unsqueeze(1)
+    }
+
+    /// Additive mask `[b, 1, t, t]` for packed documents: causal by index, within a document,
+    /// and within `window` positions when given.
+    pub fn packed_mask(&self, positions: &Tensor, docs: &Tensor, window: Option<usize>) -> Tensor {
+        let t = positions.size()[1];
+        let idx = Tensor::arange(t, (Kind::Int64, self.device));
+        let mut allowed = idx
+            .view([1, 1, t])
+            .le_tensor(&idx.view([1, t, 1]))
+            .logical_and(&docs.unsqueeze(2).eq_tensor(&docs.unsqueeze(1)));
+        if let Some(w) = window {
+            allowed = allowed.logical_and(&(positions.unsqueeze(2) - positions.unsqueeze(1)).lt(w as i64));
+        }
+        self.additive_mask(&allowed)
+    }
 }
 
 impl Transformer {
@@ -317,18 +395,22 @@ impl Transformer {
                 format!("unexpected tensor {extra}: the weights do not match config.json and the plan"),
             ));
         }
-        Ok(Transformer { cfg, plan, embed, layers, norm: final_norm, lm_head, kind, device })
+        let stem = Stem { cfg, plan, embed, norm: final_norm, lm_head, kind, device };
+        Ok(Transformer { stem, layers })
     }
 
     /// Turns a dense model into the planned one: each reuse layer of `plan` becomes the
     /// plan's reuse kind, dropping the weights it no longer uses; UniAttn layers take their
     /// `W_c` from `w_c` (by layer; zero where absent).
     pub fn apply_plan(mut self, plan: SuperBlockPlan, mut w_c: BTreeMap<usize, Tensor>) -> Result<Self> {
-        if !self.plan.is_dense() {
-            return Err(Error::invalid(format!("the model already has a plan ({})", self.plan.describe())));
+        if !self.stem.plan.is_dense() {
+            return Err(Error::invalid(format!(
+                "the model already has a plan ({})",
+                self.stem.plan.describe()
+            )));
         }
-        plan.check_layers(self.cfg.num_layers, std::path::Path::new("plan"))?;
-        let (hid, kind, device) = (self.cfg.hidden_size as i64, self.kind, self.device);
+        plan.check_layers(self.stem.cfg.num_layers, std::path::Path::new("plan"))?;
+        let (hid, kind, device) = (self.stem.cfg.hidden_size as i64, self.stem.kind, self.stem.device);
         let reuse = plan.reuse_layers();
         let layers = std::mem::take(&mut self.layers);
         self.layers = layers
@@ -364,115 +446,46 @@ impl Transformer {
                 layer
             })
             .collect();
-        self.plan = plan;
+        self.stem.plan = plan;
         Ok(self)
     }
 
-    /// Token embeddings, scaled by sqrt(hidden) in Gemma (in the compute dtype, as HF does).
-    pub fn embed(&self, ids: &Tensor) -> Tensor {
-        let h = Tensor::embedding(&self.embed, ids, -1, false, false);
-        if self.cfg.family.is_gemma() {
-            // Filled on the device (no host-to-device copy, so a CUDA graph can capture this).
-            let scale =
-                Tensor::full([] as [i64; 0], (self.cfg.hidden_size as f64).sqrt(), (self.kind, self.device));
-            h * scale
-        } else {
-            h
-        }
-    }
-
-    /// Final norm and LM head, in the compute type (bf16 under autocast): [`Self::head`]
-    /// before its cast and soft-capping, which the trainer's fused cross-entropy applies itself.
-    pub fn head_logits(&self, h: &Tensor) -> Tensor {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let h = self.norm.forward(h);
-        crate::cuda::training::autocast_linear(&h, w, None).unwrap_or_else(|| h.linear::<Tensor>(w, None))
-    }
-
-    /// [`Self::head_logits`]'s output cast to f32 (f64 for f64 models) and soft-capped (Gemma 2).
-    pub fn finish_logits(&self, logits: Tensor) -> Tensor {
-        let logits = logits.to_kind(accumulate_kind(self.kind));
-        match self.cfg.final_logit_softcapping {
-            Some(cap) => (logits / cap).tanh() * cap,
-            None => logits,
-        }
-    }
-
-    /// Final norm, LM head and (Gemma 2) soft-capping. Returns f32 logits (f64 for f64 models).
-    pub fn head(&self, h: &Tensor) -> Tensor {
-        self.finish_logits(self.head_logits(h))
-    }
-
-    /// Additive causal mask `[b, 1, q, k]` for queries at `positions` over keys `0..k_len`,
-    /// restricted to a sliding `window` when given.
-    pub fn causal_mask(&self, positions: &Tensor, k_len: i64, window: Option<usize>) -> Tensor {
-        let kp = Tensor::arange(k_len, (Kind::Int64, self.device)).view([1, 1, k_len]);
-        let qp = positions.unsqueeze(-1);
-        let mut allowed = kp.le_tensor(&qp);
-        if let Some(w) = window {
-            allowed = allowed.logical_and(&(&qp - &kp).lt(w as i64));
-        }
-        self.additive_mask(&allowed)
-    }
-
-    /// 0 where `allowed`, -inf elsewhere, with a head axis: `[b, q, k]` -> `[b, 1, q, k]`.
-    fn additive_mask(&self, allowed: &Tensor) -> Tensor {
-        let zero = Tensor::zeros([1], (self.kind, self.device));
-        let neg = Tensor::full([1], f64::NEG_INFINITY, (self.kind, self.device));
-        zero.where_self(allowed, &neg).unsqueeze(1)
-    }
-
-    /// Additive mask `[b, 1, t, t]` for packed documents: causal by index, within a document,
-    /// and within `window` positions when given.
-    pub fn packed_mask(&self, positions: &Tensor, docs: &Tensor, window: Option<usize>) -> Tensor {
-        let t = positions.size()[1];
-        let idx = Tensor::arange(t, (Kind::Int64, self.device));
-        let mut allowed = idx
-            .view([1, 1, t])
-            .le_tensor(&idx.view([1, t, 1]))
-            .logical_and(&docs.unsqueeze(2).eq_tensor(&docs.unsqueeze(1)));
-        if let Some(w) = window {
-            allowed = allowed.logical_and(&(positions.unsqueeze(2) - positions.unsqueeze(1)).lt(w as i64));
-        }
-        self.additive_mask(&allowed)
-    }
-
     /// The layer stack over packed documents (see [`PositionContext::packed`]), before the
-    /// final norm and head (callers run [`Self::head`] in chunks: a whole micro-batch's
+    /// final norm and head (callers run [`Stem::head`] in chunks: a whole micro-batch's
     /// logits of a large vocabulary are gigabytes).
     pub fn hidden_packed(&self, ids: &Tensor, positions: &Tensor, docs: &Tensor) -> Tensor {
-        let pc = PositionContext::packed(self, positions, docs);
-        self.run_layers(self.embed(ids), 0..self.layers.len(), &pc)
+        let pc = PositionContext::packed(&self.stem, positions, docs);
+        self.run_layers(self.stem.embed(ids), 0..self.layers.len(), &pc)
     }
 
     /// The training graph's full-sequence forward of `ids` (`[b, t]`) from position 0: f32
     /// logits `[b, t, vocab]` (f64 for f64 models). Incremental decoding lives in
     /// [`crate::engine`], which is tested against this.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
-        self.head(&self.hidden_states(ids))
+        self.stem.head(&self.hidden_states(ids))
     }
 
     /// The residual stream after the last layer (before the final norm) for `ids` (`[b, t]`)
-    /// from position 0: callers that need the logits of a few positions run [`Self::head`] on
+    /// from position 0: callers that need the logits of a few positions run [`Stem::head`] on
     /// those alone.
     pub fn hidden_states(&self, ids: &Tensor) -> Tensor {
-        let pc = PositionContext::full(self, ids.size()[1]);
-        self.run_layers(self.embed(ids), 0..self.layers.len(), &pc)
+        let pc = PositionContext::full(&self.stem, ids.size()[1]);
+        self.run_layers(self.stem.embed(ids), 0..self.layers.len(), &pc)
     }
 
     /// Runs layers `range` on the residual stream `h`. A range must not start inside a
     /// SuperBlock (its reuse layers need the lead's state), see [`Self::recompute_units`].
     pub fn run_layers(&self, mut h: Tensor, range: std::ops::Range<usize>, pc: &PositionContext) -> Tensor {
         let mut lead: Option<LeadState> = None;
-        let want = match self.plan.reuse.spec().lead_hands {
+        let want = match self.stem.plan.reuse.spec().lead_hands {
             LeadHandover::Probs => Want::Attention,
             LeadHandover::KeysValues => Want::KeysValues,
             LeadHandover::Nothing => Want::Output,
         };
         for l in range {
-            let is_lead = self.plan.role(l) == LayerRole::Lead;
+            let is_lead = self.stem.plan.role(l) == LayerRole::Lead;
             let want = if is_lead { want } else { Want::Output };
-            let o = self.layers[l].forward(&h, &pc.layer(self, l), lead.as_ref(), want);
+            let o = self.layers[l].forward(&h, &pc.layer(&self.stem, l), lead.as_ref(), want);
             if is_lead {
                 lead = o.lead;
             }
@@ -487,7 +500,7 @@ impl Transformer {
         let mut units = Vec::new();
         let mut l = 0;
         while l < self.layers.len() {
-            let end = self.plan.blocks.iter().find(|&&(s, _)| s == l).map_or(l + 1, |&(_, e)| e);
+            let end = self.stem.plan.blocks.iter().find(|&&(s, _)| s == l).map_or(l + 1, |&(_, e)| e);
             units.push(l..end);
             l = end;
         }
@@ -499,7 +512,14 @@ impl Transformer {
     pub fn share(&self) -> Result<Self> {
         let tensors = self.named_tensors().into_iter().collect();
         let w = WeightMap { source: "(model in memory)".into(), tensors };
-        Transformer::from_weights(w, self.cfg.clone(), self.plan.clone(), self.kind, self.device, false)
+        Transformer::from_weights(
+            w,
+            self.stem.cfg.clone(),
+            self.stem.plan.clone(),
+            self.stem.kind,
+            self.stem.device,
+            false,
+        )
     }
 
     /// Every tensor under its Hugging Face name (W_c as `v2_proj`), for saving.
@@ -522,8 +542,8 @@ impl Transformer {
         fn lin(m: Module, l: &Linear) -> (Module, &Tensor, Option<&Tensor>) {
             (m, &l.weight, l.bias.as_ref())
         }
-        let gemma = self.cfg.family.is_gemma();
-        let mut out = vec![(names::EMBED.to_string(), None, self.embed.shallow_clone())];
+        let gemma = self.stem.cfg.family.is_gemma();
+        let mut out = vec![(names::EMBED.to_string(), None, self.stem.embed.shallow_clone())];
         for (l, layer) in self.layers.iter().enumerate() {
             let mut tensors: Vec<(Module, &Tensor, Option<&Tensor>)> = vec![
                 (Module::AttnNorm, &layer.attn_norm.weight, None),
@@ -563,8 +583,8 @@ impl Transformer {
                 }
             }
         }
-        out.push((names::FINAL_NORM.to_string(), None, self.norm.weight.shallow_clone()));
-        if let Some(head) = &self.lm_head {
+        out.push((names::FINAL_NORM.to_string(), None, self.stem.norm.weight.shallow_clone()));
+        if let Some(head) = &self.stem.lm_head {
             out.push((names::LM_HEAD.to_string(), None, head.shallow_clone()));
         }
         out
@@ -704,7 +724,7 @@ mod tests {
                 ("reuse v_proj", r2.v_proj.weight.shallow_clone()),
                 ("reuse W_c", r2.w_c.as_ref().unwrap().weight.shallow_clone()),
                 ("last W_c", r3.w_c.as_ref().unwrap().weight.shallow_clone()),
-                ("embedding", model.embed.shallow_clone()),
+                ("embedding", model.stem.embed.shallow_clone()),
             ]
         };
         for (_, p) in &params {

@@ -39,7 +39,7 @@ pub(super) fn save(t: &Trainer, opt: &AdamW, next: Position, stage_done: bool) -
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let kind = t.model.kind;
+    let kind = t.model.stem.kind;
     loader::save_folder(t.model, t.tokenizer, &tmp, kind, None, &[])?;
     // A finished stage's moments are not carried into the next stage (fresh optimizer).
     if !stage_done {

@@ -135,15 +135,15 @@ struct Batch {
 impl Batch {
     fn position_context(&self, model: &Transformer) -> PositionContext {
         if self.causal {
-            PositionContext::full(model, self.ids.size()[1])
+            PositionContext::full(&model.stem, self.ids.size()[1])
         } else {
-            PositionContext::packed(model, &self.positions, &self.docs)
+            PositionContext::packed(&model.stem, &self.positions, &self.docs)
         }
     }
 
     /// The residual stream after the last layer (before the head).
     fn hidden(&self, model: &Transformer) -> Tensor {
-        model.run_layers(model.embed(&self.ids), 0..model.layers.len(), &self.position_context(model))
+        model.run_layers(model.stem.embed(&self.ids), 0..model.layers.len(), &self.position_context(model))
     }
 }
 
@@ -204,12 +204,12 @@ fn head_loss(
 ) -> Result<Tensor> {
     let (d, n) = (h.size()[2], targets.numel() as i64);
     let targets = targets.view([-1]);
-    let softcap = model.cfg.final_logit_softcapping;
+    let softcap = model.stem.cfg.final_logit_softcapping;
     let mut loss = Tensor::zeros([], (Kind::Double, h.device()));
     for start in (0..n).step_by(chunk.max(1) as usize) {
         let len = chunk.min(n - start);
         let x = h.view([-1, d]).narrow(0, start, len);
-        let logits = autocast_bf16(autocast, || model.head_logits(&x))?;
+        let logits = autocast_bf16(autocast, || model.stem.head_logits(&x))?;
         let targets = targets.narrow(0, start, len);
         if let Some((rows, grad)) =
             crate::cuda::kernels::cross_entropy(&logits.detach(), &targets, scale, softcap, backward)
@@ -220,7 +220,7 @@ fn head_loss(
             loss += rows.sum(Kind::Double);
             continue;
         }
-        let l = cross_entropy_sum(&model.finish_logits(logits), &targets) * scale;
+        let l = cross_entropy_sum(&model.stem.finish_logits(logits), &targets) * scale;
         if backward {
             l.backward();
         }
@@ -231,7 +231,7 @@ fn head_loss(
 
 /// `value` as the one-element tensor [`head_loss`] scales by, in the model's reduction type.
 fn loss_scale(model: &Transformer, value: f64) -> Tensor {
-    Tensor::full([] as [i64; 0], value, (accumulate_kind(model.kind), model.device))
+    Tensor::full([] as [i64; 0], value, (accumulate_kind(model.stem.kind), model.stem.device))
 }
 
 /// The ordinary backward of the summed loss x `scale`, with the head run in chunks (see
@@ -282,7 +282,7 @@ fn checkpointed_backward(
     let ac = |f: &dyn Fn() -> Tensor| autocast_bf16(autocast, f);
     let units = model.recompute_units();
     let mut inputs = Vec::with_capacity(units.len());
-    let mut h = tch::no_grad(|| ac(&|| model.embed(ids)))?;
+    let mut h = tch::no_grad(|| ac(&|| model.stem.embed(ids)))?;
     for u in &units {
         inputs.push(h.shallow_clone());
         h = tch::no_grad(|| ac(&|| model.run_layers(h.shallow_clone(), u.clone(), &pc)))?;
@@ -296,7 +296,7 @@ fn checkpointed_backward(
         (out * &grad).sum(accumulate_kind(grad.kind())).backward();
         grad = x.grad();
     }
-    let h0 = ac(&|| model.embed(ids))?;
+    let h0 = ac(&|| model.stem.embed(ids))?;
     if h0.requires_grad() {
         (h0 * &grad).sum(accumulate_kind(grad.kind())).backward();
     }
@@ -311,11 +311,11 @@ pub fn evaluate(
     autocast: bool,
 ) -> Result<f64> {
     let _guard = tch::no_grad_guard();
-    let (mut sum, mut n) = (Tensor::zeros([], (Kind::Double, model.device)), 0usize);
+    let (mut sum, mut n) = (Tensor::zeros([], (Kind::Double, model.stem.device)), 0usize);
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
     let one = loss_scale(model, 1.0);
     for chunk in refs.chunks(micro_batch.max(1)) {
-        let b = collate(chunk, model.device);
+        let b = collate(chunk, model.stem.device);
         let h = autocast_bf16(autocast, || b.hidden(model))?;
         sum += head_loss(model, &h, &b.targets, &one, autocast, HEAD_CHUNK_TOKENS, false)?;
         n += chunk.iter().map(|e| e.targets()).sum::<usize>();
@@ -375,10 +375,10 @@ impl Trainer<'_> {
         if self.train.is_empty() {
             return Err(Error::invalid("no training examples"));
         }
-        if self.cfg.autocast && !self.model.device.is_cuda() {
+        if self.cfg.autocast && !self.model.stem.device.is_cuda() {
             return Err(Error::invalid(format!(
                 "bf16 autocast runs on a CUDA device; this model is on {:?} (train in f32 there)",
-                self.model.device
+                self.model.stem.device
             )));
         }
         std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
@@ -435,9 +435,9 @@ impl Trainer<'_> {
                 let n_targets: usize = batch.iter().map(|e| e.targets()).sum();
                 let scale = 1.0 / n_targets.max(1) as f64;
                 // Summed on the device: one synchronisation per step.
-                let mut loss = Tensor::zeros([], (Kind::Double, self.model.device));
+                let mut loss = Tensor::zeros([], (Kind::Double, self.model.stem.device));
                 for micro in batch.chunks(self.cfg.micro_batch) {
-                    let b = collate_padded(micro, self.model.device, min_len);
+                    let b = collate_padded(micro, self.model.stem.device, min_len);
                     loss += runner.run(self.model, &b, scale, self.cfg.autocast)?;
                 }
                 let loss = loss.double_value(&[]);
@@ -471,7 +471,7 @@ impl Trainer<'_> {
                     tokens,
                     tokens_per_second: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                     val_loss,
-                    peak_gpu_gib: match self.model.device {
+                    peak_gpu_gib: match self.model.stem.device {
                         Device::Cuda(d) => crate::cuda::training::peak_memory_allocated(d)
                             .map(|b| b as f64 / (1u64 << 30) as f64),
                         _ => None,
@@ -526,7 +526,7 @@ mod tests {
     /// chunked paths are checked against.
     fn loss_sum(model: &Transformer, b: &Batch, autocast: bool) -> Tensor {
         let logits =
-            autocast_bf16(autocast, || model.head(&model.hidden_packed(&b.ids, &b.positions, &b.docs)))
+            autocast_bf16(autocast, || model.stem.head(&model.hidden_packed(&b.ids, &b.positions, &b.docs)))
                 .unwrap();
         cross_entropy_sum(&logits, &b.targets)
     }

@@ -39,7 +39,7 @@ pub(super) struct MicroBatchRunner {
 
 impl MicroBatchRunner {
     pub fn new(model: &Transformer, recompute_layers: bool) -> Result<Self> {
-        let usable = model.device.is_cuda()
+        let usable = model.stem.device.is_cuda()
             && !recompute_layers
             && crate::cuda::graph::wanted()
             && crate::cuda::kernels::enabled()
@@ -51,7 +51,7 @@ impl MicroBatchRunner {
     /// Backpropagates `scale` x the summed loss of `b` into the parameters' gradients and
     /// returns that scaled loss (0-d f64, on the device).
     pub fn run(&mut self, model: &Transformer, b: &Batch, scale: f64, autocast: bool) -> Result<Tensor> {
-        if let (Some(pool), Device::Cuda(device)) = (self.graphs, model.device) {
+        if let (Some(pool), Device::Cuda(device)) = (self.graphs, model.stem.device) {
             if !self.captured.iter().any(|c| c.fits(b)) && self.captured.len() < MAX_GRAPHS {
                 match capture(model, b, autocast, pool, device) {
                     Ok(c) => self.captured.push(c),
