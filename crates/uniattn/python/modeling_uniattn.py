@@ -120,7 +120,8 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
                 past_key_values=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs):
         h = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t, _ = h.shape
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        # As the families' configurations default it (uniattn's config.json need not say).
+        use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
         cache = cache if cache is not None else past_key_values
         if use_cache and cache is None:
             cache = DynamicCache()
