@@ -13,8 +13,10 @@ post-norms, soft-capping, sliding windows and per-layer RoPE bases are applied a
 modules do, and a reuse layer takes its lead's map under the lead's window. With `use_cache` (as
 `generate` runs) a KV cache keeps what each layer's kind needs, as uniattn's engine does: full
 layers their keys and values, UniAttn and softmax-only reuse layers their values only (a
-zero-width key), CLA and dropped layers nothing (CLA reads its lead's). Written into each planned
-folder by uniattn; the reference code's names (`v2_proj`) are kept.
+zero-width key), CLA and dropped layers nothing (CLA reads its lead's). As transformers' own
+models, `UniAttnForCausalLM` is a backbone (`UniAttnModel`, its `base_model`, which tools such as
+TRL call for hidden states) plus the LM head, and supports activation checkpointing. Written into
+each planned folder by uniattn; the reference code's names (`v2_proj`) are kept.
 """
 import dataclasses
 import importlib
@@ -22,9 +24,9 @@ import inspect
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 try:
     from .configuration_uniattn import UniAttnConfig
@@ -48,11 +50,21 @@ DROPS = {
 class UniAttnPreTrainedModel(PreTrainedModel):
     config_class = UniAttnConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False
+    # Activation checkpointing runs each layer of UniAttnModel's loop under the function
+    # transformers sets (`gradient_checkpointing_enable()`, TRL's default).
+    supports_gradient_checkpointing = True
+
+    def _init_weights(self, module):
+        # The family's own initialisation: it also sets the buffers loading does not fill
+        # (Gemma's embedding scale).
+        backbone = self if isinstance(self, UniAttnModel) else self.model
+        backbone.family_model._init_weights(module)
 
 
-class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+class UniAttnModel(UniAttnPreTrainedModel):
+    """The backbone (the model's `base_model`, which TRL and other tools call for hidden
+    states): the family's embedding, decoder layers, final norm and rotary embedding, under their
+    Hugging Face names, run in uniattn's layer order. Returns the final-normed hidden states."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -61,9 +73,12 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
             raise NotImplementedError(f"modeling_uniattn: family '{family}' is not supported here ({', '.join(SUPPORTED)})")
         base_cfg = config.base_config()
         base_cfg._attn_implementation = "eager"
-        base = AutoModelForCausalLM.from_config(base_cfg)
+        base = AutoModel.from_config(base_cfg)
+        # Kept outside the module tree (its modules are ours, under their own names).
+        self.__dict__["family_model"] = base
         self.family = importlib.import_module(type(base).__module__)
-        self.model, self.lm_head = base.model, base.lm_head
+        self.embed_tokens, self.layers, self.norm = base.embed_tokens, base.layers, base.norm
+        self.rotary_emb = base.rotary_emb
         plan = config.uniattn_plan
         self.kind = plan.get("reuse", "uniattn")
         if self.kind not in DROPS:
@@ -72,7 +87,7 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
         for lead, end in plan.get("blocks", []):
             for layer in range(lead + 1, end):
                 self.lead_of[layer] = lead
-                attn = self.model.layers[layer].self_attn
+                attn = self.layers[layer].self_attn
                 for name in DROPS[self.kind]:
                     if hasattr(attn, name):
                         delattr(attn, name)
@@ -80,16 +95,16 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
                     attn.v2_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.leads = set(self.lead_of.values())
         # Gemma 3's rotary embedding takes the layer's type (local and global RoPE bases).
-        self.rope_by_type = "layer_type" in inspect.signature(self.model.rotary_emb.forward).parameters
+        self.rope_by_type = "layer_type" in inspect.signature(self.rotary_emb.forward).parameters
         self.layer_types = getattr(base_cfg, "layer_types", None) or ["full_attention"] * base_cfg.num_hidden_layers
-        self.final_softcap = getattr(base_cfg, "final_logit_softcapping", None)
+        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self):
-        return self.model.embed_tokens
+        return self.embed_tokens
 
     def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
+        self.embed_tokens = value
 
     def _heads(self, attn, x, proj, n):
         b, t, _ = x.shape
@@ -116,9 +131,55 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
         b, _, t, _ = out.shape
         return attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
-                past_key_values=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs):
-        h = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    def _layer(self, i, h, lead_state, cache, cos, sin, mask):
+        """Layer `i` on the residual stream `h`; returns the new stream and what a lead hands its
+        block (its map, or for CLA its keys and values), else None."""
+        cfg = self.config
+        n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        layer = self.layers[i]
+        handed = None
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        if i in self.lead_of:
+            if self.kind in ("uniattn", "softmax-only"):
+                v = self._heads(attn, x, attn.v_proj, n_kv)
+                if cache is not None:
+                    _, v = cache.update(v[..., :0], v, i)
+                out = self._attend(attn, lead_state, v)
+                if self.kind == "uniattn":
+                    out = out + attn.v2_proj(x)
+            elif self.kind == "cla":
+                k, v = lead_state
+                q = self._queries(attn, x, n_q, cos, sin)
+                out = self._attend(attn, self._probs(attn, q, k, mask), v)
+            else:
+                out = None
+        else:
+            q = self._queries(attn, x, n_q, cos, sin)
+            k = self._heads(attn, x, attn.k_proj, n_kv)
+            if hasattr(attn, "k_norm"):
+                k = attn.k_norm(k)
+            _, k = self.family.apply_rotary_pos_emb(k, k, cos, sin)
+            v = self._heads(attn, x, attn.v_proj, n_kv)
+            if cache is not None:
+                k, v = cache.update(k, v, i)
+            probs = self._probs(attn, q, k, mask)
+            out = self._attend(attn, probs, v)
+            if i in self.leads:
+                handed = (k, v) if self.kind == "cla" else probs
+        if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: norms inside both branches
+            if out is not None:
+                h = h + layer.post_attention_layernorm(out)
+            h = h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+        else:
+            if out is not None:
+                h = h + out
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return h, handed
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                past_key_values=None, cache=None, use_cache=None, **kwargs):
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t, _ = h.shape
         # As the families' configurations default it (uniattn's config.json need not say).
         use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
@@ -137,7 +198,7 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
             key = self.layer_types[i] if self.rope_by_type else None
             if key not in ropes:
                 args = (key,) if self.rope_by_type else ()
-                ropes[key] = self.model.rotary_emb(h, position_ids, *args)
+                ropes[key] = self.rotary_emb(h, position_ids, *args)
             return ropes[key]
 
         # Queries at past..past+t against keys 0..past+t: causal, padding masked, and within a
@@ -156,56 +217,52 @@ class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
                 masks[window] = torch.zeros(a.shape, dtype=h.dtype, device=h.device).masked_fill(~a, float("-inf"))
             return masks[window]
 
-        cfg = self.config
-        n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         lead_state = None
-        for i, layer in enumerate(self.model.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            if i in self.lead_of:
-                if self.kind in ("uniattn", "softmax-only"):
-                    v = self._heads(attn, x, attn.v_proj, n_kv)
-                    if cache is not None:
-                        _, v = cache.update(v[..., :0], v, i)
-                    out = self._attend(attn, lead_state, v)
-                    if self.kind == "uniattn":
-                        out = out + attn.v2_proj(x)
-                elif self.kind == "cla":
-                    k, v = lead_state
-                    q = self._queries(attn, x, n_q, *rope(i))
-                    out = self._attend(attn, self._probs(attn, q, k, mask(attn)), v)
-                else:
-                    out = None
-            else:
-                q = self._queries(attn, x, n_q, *rope(i))
-                k = self._heads(attn, x, attn.k_proj, n_kv)
-                if hasattr(attn, "k_norm"):
-                    k = attn.k_norm(k)
-                _, k = self.family.apply_rotary_pos_emb(k, k, *rope(i))
-                v = self._heads(attn, x, attn.v_proj, n_kv)
-                if cache is not None:
-                    k, v = cache.update(k, v, i)
-                probs = self._probs(attn, q, k, mask(attn))
-                out = self._attend(attn, probs, v)
-                if i in self.leads:
-                    lead_state = (k, v) if self.kind == "cla" else probs
-            if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: norms inside both branches
-                if out is not None:
-                    h = h + layer.post_attention_layernorm(out)
-                h = h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
-            else:
-                if out is not None:
-                    h = h + out
-                h = h + layer.mlp(layer.post_attention_layernorm(h))
-        h = self.model.norm(h)
+        checkpointing = self.gradient_checkpointing and self.training
+        for i, layer in enumerate(self.layers):
+            args = (i, h, lead_state, cache, *rope(i), mask(layer.self_attn))
+            h, handed = self._gradient_checkpointing_func(self._layer, *args) if checkpointing else self._layer(*args)
+            if handed is not None:
+                lead_state = handed
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), **{CACHE: cache if use_cache else None})
+
+
+class UniAttnForCausalLM(UniAttnPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = UniAttnModel(config)
+        base_cfg = config.base_config()
+        self.lm_head = nn.Linear(base_cfg.hidden_size, base_cfg.vocab_size, bias=False)
+        if base_cfg.tie_word_embeddings:  # as the family's own model (Gemma's default)
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.final_softcap = getattr(base_cfg, "final_logit_softcapping", None)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
+                past_key_values=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         inputs_embeds=inputs_embeds, cache=cache if cache is not None else past_key_values,
+                         use_cache=use_cache)
+        h = out.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
         logits = self.lm_head(h[:, keep, :])
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=cfg.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE: cache if use_cache else None})
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE: getattr(out, CACHE)})
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cache=None, past_key_values=None,
                                       use_cache=None, **kwargs):
