@@ -1,6 +1,7 @@
-//! What the trainer needs from libtorch beyond tch's bindings (cuda/train.cpp): gradients that accumulate into a caller's flat buffer (the weight-gradient
-//! GEMM adds into it), a backward pass from a given output gradient, and libtorch's profiler. Only where the shim loads (a CUDA
-//! machine); callers keep a libtorch composition for everywhere else.
+//! What the trainer needs from libtorch beyond tch's bindings (cuda/train.cpp): gradients that
+//! accumulate into a caller's flat buffer (the weight-gradient GEMM adds into it), a backward
+//! pass from a given output gradient, and libtorch's profiler. Only where the shim loads (a
+//! CUDA machine); callers keep a libtorch composition for everywhere else.
 use super::{call, call_for_tensor, shim};
 use crate::error::Result;
 use std::collections::HashMap;
@@ -10,16 +11,6 @@ use tch::{Kind, Tensor};
 
 fn handle(t: &Tensor) -> *const c_void {
     t.as_ptr() as *const c_void
-}
-
-/// The hyper-parameters of one AdamW update.
-#[derive(Debug, Clone, Copy)]
-pub struct AdamwStep {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub weight_decay: f64,
-    pub eps: f64,
 }
 
 /// Makes `grad` (same shape, type and device) the gradient of `param`: backward passes then

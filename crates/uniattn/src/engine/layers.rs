@@ -4,7 +4,7 @@
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
 use crate::cuda::kernels::{self, HeadLayout};
-use crate::model::attention::{attend, attend_handing, Attention, Heads, LeadAttention, Want};
+use crate::model::attention::{attend, Attention, Heads, LeadAttention, Want};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::model::rope::RopeAngles;
 use crate::model::transformer::{DecoderLayer, Mlp};
@@ -19,20 +19,24 @@ fn qkv_prefix(first: &Tensor, width: i64) -> Tensor {
 }
 
 /// RoPE on the query and key heads of `y` (a fused projection's output, heads as `layout`
-/// says) and the cache write of its keys and values, in one fused kernel. Returns the rotated
-/// queries, or `None` where the kernel does not apply (the caller runs the composition).
+/// says) and the cache write of its keys and values where given, in one fused kernel. Returns
+/// the rotated queries, or `None` where the kernel does not apply (the caller runs the
+/// composition).
+fn rope_fused(
+    step: &Step,
+    y: &Tensor,
+    layout: HeadLayout,
+    keys: Option<&Tensor>,
+    values: Option<&Tensor>,
+) -> Option<Tensor> {
+    let rope = step.rope;
+    kernels::rope_kv_write(y, step.positions, &rope.cos, &rope.sin_signed, layout, keys, values)
+}
+
+/// [`rope_fused`] writing into layer `l`'s cache.
 fn write_fused(cache: &KvCache, l: usize, step: &Step, y: &Tensor, layout: HeadLayout) -> Option<Tensor> {
     let (keys, values) = cache.slabs(l, step.slot0);
-    let rope = step.rope;
-    kernels::rope_kv_write(
-        y,
-        step.positions,
-        &rope.cos,
-        &rope.sin_signed,
-        layout,
-        keys.as_ref(),
-        Some(&values?),
-    )
+    rope_fused(step, y, layout, keys.as_ref(), Some(&values?))
 }
 
 /// Concatenates projections along their outputs; a missing bias becomes zeros.
@@ -319,17 +323,8 @@ impl InferenceLayer {
                     (true, true) => Want::Probs,
                     (true, false) => Want::Attention,
                 };
-                let (out, attn) = attend_handing(
-                    h,
-                    &q,
-                    &keys,
-                    &values,
-                    step.mask,
-                    step.causal_from_zero,
-                    *scale,
-                    *softcap,
-                    want,
-                );
+                let (out, attn) =
+                    attend(h, &q, &keys, &values, step.mask, step.causal_from_zero, *scale, *softcap, want);
                 if hands_probs {
                     *lead = attn;
                 }
@@ -356,28 +351,24 @@ impl InferenceLayer {
             InferenceAttention::Cla { q_proj, o_proj, q_norm, heads: h, scale, softcap, lead } => {
                 let y = q_proj.forward(x);
                 let layout = HeadLayout { q: h.num_heads, k: 0, v: 0, dim: h.head_dim };
-                let rope = step.rope;
-                let fused = q_norm
-                    .is_none()
-                    .then(|| {
-                        kernels::rope_kv_write(
-                            &y,
-                            step.positions,
-                            &rope.cos,
-                            &rope.sin_signed,
-                            layout,
-                            None,
-                            None,
-                        )
-                    })
-                    .flatten();
+                let fused = q_norm.is_none().then(|| rope_fused(step, &y, layout, None, None)).flatten();
                 let q = fused.unwrap_or_else(|| {
                     let q = h.split(&y, h.num_heads);
-                    rope.apply(&q_norm.as_ref().map_or(q.shallow_clone(), |qn| qn.forward(&q)))
+                    step.rope.apply(&q_norm.as_ref().map_or(q.shallow_clone(), |qn| qn.forward(&q)))
                 });
                 let keys = cache.keys(*lead, step.slot0, n, step.k_len);
                 let values = cache.values(*lead, step.slot0, n, step.k_len);
-                let out = attend(h, &q, &keys, &values, step.mask, step.causal_from_zero, *scale, *softcap);
+                let (out, _) = attend(
+                    h,
+                    &q,
+                    &keys,
+                    &values,
+                    step.mask,
+                    step.causal_from_zero,
+                    *scale,
+                    *softcap,
+                    Want::Output,
+                );
                 Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
             }
             InferenceAttention::Dropped => None,

@@ -132,7 +132,7 @@ impl FullAttention {
         let h = &self.heads;
         let (q, k) = self.queries_keys(x, rope);
         let v = h.split(&self.v_proj.forward(x), h.num_kv_heads);
-        let (out, attn) = attend_handing(h, &q, &k, &v, mask, causal, self.scale, self.softcap, want);
+        let (out, attn) = attend(h, &q, &k, &v, mask, causal, self.scale, self.softcap, want);
         let kv = (want == Want::KeysValues).then(|| (k.shallow_clone(), v.shallow_clone()));
         (self.o_proj.forward(&h.merge(&out)), LeadState { attn, kv })
     }
@@ -236,16 +236,19 @@ impl ClaAttention {
             q = qn.forward(&q);
         }
         let (k, v) = lead_kv;
-        let out = attend(h, &rope.apply(&q), k, v, mask, causal, self.scale, self.softcap);
+        let (out, _) = attend(h, &rope.apply(&q), k, v, mask, causal, self.scale, self.softcap, Want::Output);
         self.o_proj.forward(&h.merge(&out))
     }
 }
 
-/// [`attend`] for a layer that may lead a SuperBlock, plus its attention in the form `want`
-/// asks for: the map itself ([`Want::Probs`]), or for [`Want::Attention`] the cheapest form
-/// (the queries and keys, unless the scores are soft-capped and the map is computed anyway).
+/// `softmax(Q K^T * scale [soft-capped] + mask) V`, plus what a SuperBlock lead hands its block
+/// in the form `want` asks for: the map itself ([`Want::Probs`]), or for [`Want::Attention`] the
+/// cheapest form (the queries and keys, unless the scores are soft-capped and the map is computed
+/// anyway); nothing for [`Want::Output`] and [`Want::KeysValues`] (callers keep those). The fused
+/// kernel runs where it applies (no soft-capping, no map wanted). `causal`: `mask` is exactly the
+/// causal mask, so the fused kernel's flag stands in for it.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_handing(
+pub fn attend(
     h: &Heads,
     q: &Tensor,
     k: &Tensor,
@@ -257,11 +260,12 @@ pub fn attend_handing(
     want: Want,
 ) -> (Tensor, Option<LeadAttention>) {
     // Soft-capped scores (Gemma 2) have no fused kernel.
-    if want == Want::Probs || (want == Want::Attention && softcap.is_some()) {
+    if want == Want::Probs || softcap.is_some() {
         let p = attention_probs(h, q, k, mask, scale, softcap);
-        return (h.apply_probs(&p, v), Some(LeadAttention::Probs(p)));
+        let out = h.apply_probs(&p, v);
+        return (out, matches!(want, Want::Probs | Want::Attention).then_some(LeadAttention::Probs(p)));
     }
-    let out = attend(h, q, k, v, mask, causal, scale, softcap);
+    let out = fused_attention(q, k, v, (!causal).then_some(mask), causal, scale);
     let attn = (want == Want::Attention).then(|| LeadAttention::QueryKeys {
         queries: q.shallow_clone(),
         keys: k.shallow_clone(),
@@ -269,26 +273,6 @@ pub fn attend_handing(
         mask: (!causal).then(|| mask.shallow_clone()),
     });
     (out, attn)
-}
-
-/// `softmax(Q K^T * scale [soft-capped] + mask) V`: the fused kernel where it applies (no
-/// soft-capping), else through the explicit map. `causal`: `mask` is exactly the causal mask,
-/// so the fused kernel's flag stands in for it.
-#[allow(clippy::too_many_arguments)]
-pub fn attend(
-    h: &Heads,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Tensor,
-    causal: bool,
-    scale: f64,
-    softcap: Option<f64>,
-) -> Tensor {
-    match softcap {
-        Some(_) => h.apply_probs(&attention_probs(h, q, k, mask, scale, softcap), v),
-        None => fused_attention(q, k, v, (!causal).then_some(mask), causal, scale),
-    }
 }
 
 /// `o_proj(P V)` with this layer's own V and someone else's P: the part of a reuse layer that

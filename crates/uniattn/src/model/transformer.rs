@@ -66,42 +66,42 @@ pub struct PositionContext {
 
 impl PositionContext {
     /// Queries at `positions` (`[b, q]`) over keys `0..k_len`.
-    pub fn new(model: &Stem, positions: &Tensor, k_len: i64) -> Self {
+    pub fn new(stem: &Stem, positions: &Tensor, k_len: i64) -> Self {
         let mut ropes = BTreeMap::new();
         let mut masks = BTreeMap::new();
-        for l in 0..model.cfg.num_layers {
-            let theta = model.cfg.layer_rope_theta(l);
+        for l in 0..stem.cfg.num_layers {
+            let theta = stem.cfg.layer_rope_theta(l);
             ropes
                 .entry(theta.to_bits())
-                .or_insert_with(|| RopeAngles::new(positions, model.cfg.head_dim, theta, model.kind));
-            let w = model.cfg.layer_window(l);
-            masks.entry(w).or_insert_with(|| model.causal_mask(positions, k_len, w));
+                .or_insert_with(|| RopeAngles::new(positions, stem.cfg.head_dim, theta, stem.kind));
+            let w = stem.cfg.layer_window(l);
+            masks.entry(w).or_insert_with(|| stem.causal_mask(positions, k_len, w));
         }
         PositionContext { ropes, masks, causal_len: None }
     }
 
     /// Packed sequences: `docs` (`[b, t]`) numbers the document of each token, `positions`
     /// restart at 0 in each document, and no token attends across documents.
-    pub fn packed(model: &Stem, positions: &Tensor, docs: &Tensor) -> Self {
-        let mut pc = Self::new(model, positions, positions.size()[1]);
+    pub fn packed(stem: &Stem, positions: &Tensor, docs: &Tensor) -> Self {
+        let mut pc = Self::new(stem, positions, positions.size()[1]);
         for (w, m) in pc.masks.iter_mut() {
-            *m = model.packed_mask(positions, docs, *w);
+            *m = stem.packed_mask(positions, docs, *w);
         }
         pc
     }
 
     /// Whole sequences of length `t` from position 0 (any batch size: the angles and masks
     /// broadcast over it).
-    pub fn full(model: &Stem, t: i64) -> Self {
-        let mut pc = Self::new(model, &Tensor::arange(t, (Kind::Int64, model.device)).unsqueeze(0), t);
+    pub fn full(stem: &Stem, t: i64) -> Self {
+        let mut pc = Self::new(stem, &Tensor::arange(t, (Kind::Int64, stem.device)).unsqueeze(0), t);
         pc.causal_len = Some(t);
         pc
     }
 
-    pub fn layer(&self, model: &Stem, l: usize) -> LayerContext<'_> {
-        let window = model.cfg.layer_window(l);
+    pub fn layer(&self, stem: &Stem, l: usize) -> LayerContext<'_> {
+        let window = stem.cfg.layer_window(l);
         LayerContext {
-            rope: &self.ropes[&model.cfg.layer_rope_theta(l).to_bits()],
+            rope: &self.ropes[&stem.cfg.layer_rope_theta(l).to_bits()],
             mask: &self.masks[&window],
             causal: self.causal_len.is_some_and(|t| window.is_none_or(|w| w as i64 >= t)),
         }

@@ -1,6 +1,6 @@
 //! AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW` update) and the cosine
 //! schedule with linear warm-up that transformers' `get_cosine_schedule_with_warmup` computes.
-use crate::cuda::training::{AdamwStep, Bf16Copies};
+use crate::cuda::training::Bf16Copies;
 use crate::error::Result;
 use tch::{Kind, Tensor};
 
@@ -166,11 +166,10 @@ impl AdamW {
                 let over = norm.gt(max_norm);
                 ((&norm + 1e-6) / max_norm).where_self(&over, &norm.ones_like())
             });
-            let hp =
-                AdamwStep { lr, beta1: c.beta1, beta2: c.beta2, weight_decay: c.weight_decay, eps: c.eps };
+            let hp = AdamWConfig { lr, ..c };
             let buffers = [&self.flat, &g, &self.m_flat, &self.v_flat];
             let copy = self.bf16.as_ref().map(Bf16Copies::flat);
-            if crate::cuda::kernels::adamw(buffers, copy, hp, self.step, scale.as_ref()) {
+            if crate::cuda::kernels::adamw(buffers, copy, &hp, self.step, scale.as_ref()) {
                 return Ok(norm.double_value(&[]));
             }
         }
