@@ -435,114 +435,6 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
 }
 
 // ---------------------------------------------------------------------------------------------
-// A decode step's `P V` where SuperBlock leads hand their map over: `p` holds `entries` (sequences
-// x kv heads) maps of `g` query rows over `k` keys ([entries, g, k], contiguous); `v` the cache's
-// values, row `key` of entry (sequence s, head h) at v + s * slot_stride + h * head_stride +
-// key * d. cuBLAS runs this shape as one block per entry, so at batch 1 two blocks stream a
-// layer's values (0.17 TB/s). Here block (split, entry) takes `chunk` (<= PV_CHUNK) keys: it
-// stages its slice of the map in shared memory as f32, then each lane reads 16 bytes of a value
-// row, PV_UNROLL rows in flight, and accumulates the g rows in f32. The block's sums go to
-// `partial` ([splits, entries, g, d]) for `probs_values_combine`, or, with one split, straight
-// to `out` ([entries, g, d]). Needs lanes = d / (16 / sizeof(T)) in 4..32 dividing 32.
-#define PV_THREADS 128
-#define PV_GMAX 8
-#define PV_UNROLL 8
-#define PV_CHUNK 512
-template <typename T>
-__device__ void probs_values(const T* p, const T* v, float* partial, T* out, int kv_heads, int g, i64 k,
-                             int d, i64 slot_stride, i64 head_stride, i64 chunk, i64 entries) {
-  constexpr int N = 16 / sizeof(T);
-  // The map's slice ([PV_CHUNK][PV_GMAX]) while summing, then the warps' sums ([4][g][d]).
-  __shared__ __align__(16) float smem[(PV_THREADS / 32) * PV_GMAX * 256];
-  const int lanes = d / N, rows = PV_THREADS / lanes;
-  const i64 entry = blockIdx.x % entries, split = blockIdx.x / entries;
-  const int piece = threadIdx.x % lanes, row = threadIdx.x / lanes;
-  const T* vb = v + (entry / kv_heads) * slot_stride + (entry % kv_heads) * head_stride + piece * N;
-  const i64 k0 = split * chunk;
-  const int len = (int)min(chunk, k - k0);
-  const T* pb = p + entry * g * k + k0;
-  for (int i = threadIdx.x; i < PV_GMAX * len; i += PV_THREADS) {
-    const int r = i / len, c = i - r * len;
-    smem[c * PV_GMAX + r] = r < g ? to_float(pb[r * k + c]) : 0.0f;
-  }
-  __syncthreads();
-  float acc[PV_GMAX][N];
-#pragma unroll
-  for (int r = 0; r < PV_GMAX; ++r) {
-#pragma unroll
-    for (int j = 0; j < N; ++j) acc[r][j] = 0.0f;
-  }
-  for (int c0 = row; c0 < len; c0 += rows * PV_UNROLL) {
-    uint4 raw[PV_UNROLL];
-#pragma unroll
-    for (int u = 0; u < PV_UNROLL; ++u) {
-      const int c = c0 + u * rows;
-      raw[u] = c < len ? *reinterpret_cast<const uint4*>(vb + (k0 + c) * d) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < PV_UNROLL; ++u) {
-      const int c = min(c0 + u * rows, len - 1);  // past the end: zero values, any probabilities
-      const float4 pa = *reinterpret_cast<const float4*>(&smem[c * PV_GMAX]);
-      const float4 pc = *reinterpret_cast<const float4*>(&smem[c * PV_GMAX + 4]);
-      const float pr[PV_GMAX] = {pa.x, pa.y, pa.z, pa.w, pc.x, pc.y, pc.z, pc.w};
-      const T* e = reinterpret_cast<const T*>(&raw[u]);
-#pragma unroll
-      for (int j = 0; j < N; ++j) {
-        const float x = to_float(e[j]);
-#pragma unroll
-        for (int r = 0; r < PV_GMAX; ++r) acc[r][j] = fmaf(pr[r], x, acc[r][j]);
-      }
-    }
-  }
-  // Lanes of a warp that hold the same columns, then the block's warps.
-  for (int off = lanes; off < 32; off <<= 1) {
-#pragma unroll
-    for (int r = 0; r < PV_GMAX; ++r) {
-#pragma unroll
-      for (int j = 0; j < N; ++j) acc[r][j] += __shfl_xor_sync(0xffffffffu, acc[r][j], off);
-    }
-  }
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane < lanes) {
-#pragma unroll
-    for (int r = 0; r < PV_GMAX; ++r) {
-      if (r < g) {
-#pragma unroll
-        for (int j = 0; j < N; ++j) smem[(warp * PV_GMAX + r) * d + lane * N + j] = acc[r][j];
-      }
-    }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < g * d; i += PV_THREADS) {
-    const int r = i / d, c = i - r * d;
-    float s = 0.0f;
-    for (int w = 0; w < PV_THREADS / 32; ++w) s += smem[(w * PV_GMAX + r) * d + c];
-    if (partial != nullptr) {
-      partial[(split * entries + entry) * g * d + i] = s;
-    } else {
-      out[entry * g * d + i] = from_float<T>(s);
-    }
-  }
-}
-
-// The sum of `probs_values`' `splits` partial results ([splits, n] f32), rounded once to T.
-template <typename T>
-__device__ void probs_values_combine(const float* partial, T* out, i64 splits, i64 n) {
-  for (i64 i = global_index(); i < n; i += global_stride()) {
-    // Four sums in flight: the partials are read once, so latency, not bandwidth, sets the pace.
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    i64 q = 0;
-    for (; q + 4 <= splits; q += 4) {
-#pragma unroll
-      for (int u = 0; u < 4; ++u) s[u] += partial[(q + u) * n + i];
-    }
-    for (; q < splits; ++q) s[0] += partial[q * n + i];
-    out[i] = from_float<T>((s[0] + s[1]) + (s[2] + s[3]));
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Entry points, one per element type: <name>_<f32|bf16|f16>.
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
@@ -577,14 +469,6 @@ __device__ void probs_values_combine(const float* partial, T* out, i64 splits, i
   extern "C" __global__ void rope_backward_##SUFFIX(const T* dy, const float* cos, const float* sin_signed, \
                                                     T* dx, i64 b, i64 t, int h, int d, i64 angle_stride) { \
     rope_backward<T>(dy, cos, sin_signed, dx, b, t, h, d, angle_stride);                                   \
-  }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(PV_THREADS) probs_values_##SUFFIX(                            \
-      const T* p, const T* v, float* partial, T* out, int kv_heads, int g, i64 k, int d, i64 slot_stride,   \
-      i64 head_stride, i64 chunk, i64 entries) {                                                           \
-    probs_values<T>(p, v, partial, out, kv_heads, g, k, d, slot_stride, head_stride, chunk, entries);      \
-  }                                                                                                        \
-  extern "C" __global__ void probs_values_combine_##SUFFIX(const float* partial, T* out, i64 splits, i64 n) { \
-    probs_values_combine<T>(partial, out, splits, n);                                                      \
   }                                                                                                        \
   extern "C" __global__ void adamw_##SUFFIX(float* p, const float* g, float* m, float* v, T* copy, i64 n,   \
                                             double lr, double beta1, double beta2, double weight_decay,    \

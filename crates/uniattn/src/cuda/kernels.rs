@@ -22,8 +22,6 @@ const KERNELS: &[&str] = &[
     "gated_act",
     "rope_kv_write",
     "masked_softmax",
-    "probs_values",
-    "probs_values_combine",
     "cross_entropy",
     "swiglu_forward",
     "swiglu_backward",
@@ -452,79 +450,6 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64, softcap: Optio
     args.launch(loaded, "masked_softmax", suffix, device, b * heads * q, block).then_some(out)
 }
 
-/// Blocks `probs_values` aims for: a few per SM on current GPUs (more splits only cost a
-/// larger partial sum).
-const PV_TARGET_BLOCKS: i64 = 512;
-/// Above this many (sequence, kv head) maps cuBLAS's one block per map fills the GPU and streams
-/// the values faster than `probs_values` (H200, 64-wide heads: 3.3 TB/s at 64 maps of 8k keys,
-/// where the kernel reached 1.4).
-const PV_MAX_ENTRIES: i64 = 16;
-
-/// `P V` for a decode step's maps at small batch, split over keys (see `probs_values` in
-/// cuda/kernels.cu): `p` `[b, kv_heads, g, k]` (each kv head's query rows, contiguous, `g` <=
-/// 8), `v` the cache's values `[b, kv_heads, k, d]` (rows contiguous). Returns
-/// `[b, kv_heads, g, d]`, what `p.matmul(v)` gives, with its f32 accumulation and one rounding.
-pub fn probs_values(p: &Tensor, v: &Tensor) -> Option<Tensor> {
-    let (device, loaded, suffix) = usable(p)?;
-    let &[b, kv_heads, g, k] = p.size().as_slice() else { return None };
-    let &[vb, vh, vk, d] = v.size().as_slice() else { return None };
-    let piece = 16 / p.kind().elt_size_in_bytes() as i64;
-    let lanes = d / piece;
-    let st = v.stride();
-    let fits = p.is_contiguous()
-        && v.kind() == p.kind()
-        && v.device() == p.device()
-        && !v.requires_grad()
-        && [vb, vh, vk] == [b, kv_heads, k]
-        && b * kv_heads <= PV_MAX_ENTRIES
-        && (1..=8).contains(&g)
-        && k > 0
-        && d % piece == 0
-        && (4..=32).contains(&lanes)
-        && 32 % lanes == 0
-        && st[3] == 1
-        && st[2] == d
-        && st[0] % piece == 0
-        && st[1] % piece == 0
-        && (v.data_ptr() as usize).is_multiple_of(16);
-    if !fits {
-        return None;
-    }
-    let entries = b * kv_heads;
-    // Keys one pass of a block covers (`PV_THREADS / lanes` rows, `PV_UNROLL` deep); a block
-    // takes at most `PV_CHUNK` (512, a multiple of every pass).
-    let pass = 128 / lanes * 8;
-    let wanted = (PV_TARGET_BLOCKS + entries - 1) / entries;
-    let chunk = (((k + wanted - 1) / wanted + pass - 1) / pass * pass).min(512);
-    let splits = (k + chunk - 1) / chunk;
-    let out = Tensor::empty([b, kv_heads, g, d], (p.kind(), p.device()));
-    let partial = (splits > 1).then(|| Tensor::empty([splits, entries, g, d], (Kind::Float, p.device())));
-    let args = Args::default()
-        .ptr(p)
-        .ptr(v)
-        .nullable(partial.as_ref())
-        .ptr(&out)
-        .i32(kv_heads)
-        .i32(g)
-        .i64(k)
-        .i32(d)
-        .i64(st[0])
-        .i64(st[1])
-        .i64(chunk)
-        .i64(entries);
-    if !args.launch(loaded, "probs_values", suffix, device, splits * entries, 128) {
-        return None;
-    }
-    if let Some(partial) = partial {
-        let n = entries * g * d;
-        let args = Args::default().ptr(&partial).ptr(&out).i64(splits).i64(n);
-        if !args.launch(loaded, "probs_values_combine", suffix, device, grid_for(n), THREADS) {
-            return None;
-        }
-    }
-    Some(out)
-}
-
 /// The cross-entropy of `logits` (`[n, vocab]`, a chunk of the LM head's output before any
 /// soft-capping, which `softcap` applies) against `targets` (`[n]`, -100 where there is none),
 /// times `scale` (a one-element f32 tensor on the same device, read when the kernel runs), per
@@ -688,38 +613,6 @@ mod tests {
                     for (a, b) in all(&got, l).iter().zip(all(&want, l)) {
                         assert!(a.equal(&b), "{case}: the cache ({what}) differs");
                     }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn probs_values_equals_composition() {
-        let Some(dev) = gpu() else { return };
-        for kind in KINDS {
-            for d in [64, 128, 256] {
-                for (b, g, k) in [(1, 7, 8192), (8, 7, 8192), (3, 1, 5), (2, 8, 300), (1, 3, 2049)] {
-                    // Values as the cache holds them: a bigger buffer narrowed to rows and keys.
-                    let cache = Tensor::randn([b + 1, 2, k + 40, d], (Kind::Float, dev)).to_kind(kind);
-                    let v = cache.narrow(0, 1, b).narrow(2, 0, k);
-                    let p =
-                        Tensor::rand([b, 2, g, k], (Kind::Float, dev)).softmax(-1, Kind::Float).to_kind(kind);
-                    let Some(got) = probs_values(&p, &v) else {
-                        // f32 rows of 256 need 64 lanes of 16 bytes: the composition runs.
-                        assert!(kind == Kind::Float && d == 256, "{kind:?} d={d}: the kernel should apply");
-                        continue;
-                    };
-                    let want = without(|| p.matmul(&v));
-                    let diff = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs();
-                    // Both accumulate in f32 and round once; they differ in the order of the sum,
-                    // so by one rounding step (2 x the relative rounding error) at most.
-                    let scale = want.abs().max().double_value(&[]);
-                    let d_max = diff.max().double_value(&[]) / scale;
-                    let tol = match kind {
-                        Kind::Float => 1e-5,
-                        _ => 2.0 * ulps_of(kind),
-                    };
-                    assert!(d_max <= tol, "{kind:?} d={d} b={b} g={g} k={k}: differs by {d_max} of {scale}");
                 }
             }
         }

@@ -41,13 +41,15 @@ impl Heads {
     }
 
     /// `P V` without materialising repeated V: `P [b, H, q, k]` viewed as `[b, Hkv, g*q, k]`.
-    /// A decode step's maps (few rows, many keys) take a kernel split over keys on CUDA.
     pub fn apply_probs(&self, p: &Tensor, v: &Tensor) -> Tensor {
         let s = p.size();
         let (b, q, k) = (s[0], s[2], s[3]);
-        let p = p.reshape([b, self.num_kv_heads, self.groups() * q, k]);
-        let out = crate::cuda::kernels::probs_values(&p, v).unwrap_or_else(|| p.matmul(v));
-        out.view([b, self.num_heads, q, self.head_dim])
+        p.reshape([b, self.num_kv_heads, self.groups() * q, k]).matmul(v).view([
+            b,
+            self.num_heads,
+            q,
+            self.head_dim,
+        ])
     }
 }
 
