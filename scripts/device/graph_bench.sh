@@ -15,7 +15,7 @@ mkdir -p "$W" "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 if [[ -n ${TESTBIN:-} ]]; then
   echo "== fused kernels vs their compositions; CUDA graphs + fused kernels vs eager (tiny models, f32)"
-  "$TESTBIN" cuda:: cuda_graph --nocapture 2>&1 | grep -E "^test |max|result|panicked|differ" | tee "$OUT/graph_test.log"
+  "$TESTBIN" --test-threads 1 cuda:: cuda_graph --nocapture 2>&1 | grep -E "^test |max|result|panicked|differ" | tee "$OUT/graph_test.log"
 fi
 echo "== models"
 SHAPES=${SHAPES:-0.5b}
