@@ -1,82 +1,38 @@
 #!/usr/bin/env bash
-# Issue 7's experiment for one model: medical post-training (PMC rows + the training part of a
-# MedMCQA split) of dense, UniAttn, softmax-only, CLA and layer-drop variants on the plans from
-# `analyze` (8 and 4 reuse layers on the GPU), a learning-rate grid for dense, seeds, optional
-# ablations, evaluation with standard errors, inference cost from `bench`, and a summary table
-# + plots (docs/results.md has the commands of the reported runs).
+# Issue 7's experiment for one model: medical (or general) post-training of dense, UniAttn,
+# softmax-only, CLA and layer-drop variants on the plans from `analyze` or `search-plan`, a
+# learning-rate grid for dense, seeds, optional ablations, evaluation with standard errors,
+# inference cost from `bench`, and a summary table + plots (docs/results.md has the commands of
+# the reported runs). Its settings come from an experiment file through the driver:
 #
-#   scripts/experiment_medical.sh MODEL.gguf NAME                 # full run (GPU)
-#   PROFILE=cpu scripts/experiment_medical.sh MODEL.gguf NAME     # SmolLM2-sized run on a CPU
-#   PROFILE=smoke DEV=cpu scripts/experiment_medical.sh MODEL NAME # a few steps: plumbing only
-#   SET=general scripts/experiment_medical.sh MODEL.gguf NAME     # the general set instead
-#   PLAN_BY=loss scripts/experiment_medical.sh MODEL.gguf NAME    # plans from search-plan
-#   PLAN_BY=choices ...                                            # ... scored on MedMCQA questions
+#   python3 scripts/experiment.py experiments/medical/gpu.toml MODEL.gguf NAME
 #
-# SET=general trains on the Tulu rows of data/ plus ShareGPT conversations (fetched by
-# scripts/fetch-models.sh chat), calibrates on Tulu rows, and evaluates general tasks.
+# which checks them, saves them as OUT/experiment.json and passes them here as EXP_* variables
+# (experiments/*/*.toml and `python3 scripts/experiment.py --help` say what each key means).
 #
 # Every run trains on the same rows and is validated on the same held-out file (PMC rows from
-# 900 and MedMCQA training-split rows from 0, 100 of each, 50 with PROFILE=cpu; never trained on),
-# whatever its seed.
-# Everything lands in runs/medical/NAME (override with OUT=).
+# 900 and MedMCQA training-split rows from 0, `val_rows` of each; never trained on), whatever
+# its seed. Each trained or converted model gets OUT/eval/LABEL.run.json: its variant, plan,
+# seed, learning rate and extra options, which scripts/experiment_summary.py reads.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+: "${EXP_OUT:?run this through scripts/experiment.py EXPERIMENT.toml MODEL NAME}"
 MODEL=$1 NAME=$2
-U=${U:-./target/release/uniattn}
-PROFILE=${PROFILE:-gpu}
-DEV=${DEV:-$([[ $PROFILE == gpu ]] && echo cuda || echo cpu)}
-OUT=${OUT:-runs/medical/$NAME}
-SET=${SET:-medical}
-PMC=${PMC:-data/pmc_llama_instructions_1000.json}
-TULU=${TULU:-${PMC%/*}/tulu3_sft_filtered_1000.json}
+U=$EXP_UNIATTN OUT=$EXP_OUT SET=$EXP_SET DEV=$EXP_DEVICE
+PMC=$EXP_PMC TULU=$EXP_TULU
 case $SET in
   medical) CALIB=$PMC ;;
-  general) CALIB=$TULU SHAREGPT=${SHAREGPT:-$(scripts/fetch-models.sh chat)} ;;
-  *) echo "SET must be medical or general, not '$SET'" >&2; exit 2 ;;
+  general) CALIB=$TULU SHAREGPT=${EXP_SHAREGPT:-$(scripts/fetch-models.sh chat)} ;;
 esac
-WIKI=${WIKI:-$(scripts/fetch-models.sh texts)/wiki.utf8}
-# Reuse layers in the plan; several ("8 4") give every plan-dependent variant a point per plan
-# (the first plan gets the untrained models; the others, seed 1 only unless named in SEEDED).
-REUSE=${REUSE:-$([[ $PROFILE == gpu ]] && echo "8 4" || echo 8)}
-# Plans whose runs of SEEDED_VARIANTS get every seed (dense, plan-free, gets them once); the
-# other variants run on the first seed.
-SEEDED=${SEEDED:-${REUSE%% *}}
-SEEDED_VARIANTS=${SEEDED_VARIANTS:-uniattn}
-VARIANTS=${VARIANTS:-"dense uniattn softmax-only cla layerdrop"}
-# What closes UniAttn's gap? Extra runs on the first plan and seed, trained after the rest with
-# more train options: ABLATIONS="uniattn+2ep=uniattn:--epochs 2;dense+2ep=dense:--epochs 2"
-# (LABEL=VARIANT:OPTIONS; a rerun on the same OUT skips whatever is done).
-ABLATIONS=${ABLATIONS:-}
-case $PROFILE in
-  gpu)
-    SEEDS=${SEEDS:-"1 2"}               # dense and UniAttn; baselines use the first
-    LRS=${LRS:-"3e-6 1e-5 3e-5 1e-4"}   # dense learning-rate grid (first seed)
-    # Every question: medical tasks as lettered choices (mc_5shot: rc_5shot leaves Qwen2.5-Coder
-    # at chance), ARC as OLMES's default cloze (rc_5shot, where these models score above chance).
-    GENERAL=arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,csqa,openbookqa
-    [[ $SET == medical ]] && TASK_SET=medmcqa:mc_5shot,medqa_en:mc_5shot,mmlu_medical:mc_5shot,arc_easy,arc_challenge
-    TASKS=${TASKS:-${TASK_SET:-$GENERAL}}
-    LIMIT_Q=${LIMIT_Q-} EVAL_BATCH=16384
-    # Training options in configs/train/medical_gpu.toml (why they are what they are there);
-    # MICRO=4 gives micro-batches of 4, twice accumulated (two trainers on one card).
-    MAX_LEN=1024 TRAIN=(--config configs/train/medical_gpu.toml ${MICRO:+--micro-batch $MICRO --grad-accum $((16 / MICRO))})
-    LIMIT=(${LIMIT_Q:+--limit $LIMIT_Q}) BENCH=(--batch 32 --context 2048,8192 --new-tokens 64) CALIB_ROWS=0..256
-    WIKI_TOKENS=20480 TRAIN_ROWS=${TRAIN_ROWS:-all} VAL_ROWS=100 JOBS=${JOBS:-6} ;;
-  cpu)
-    SEEDS=${SEEDS:-"1 2"}
-    LRS=${LRS:-"5e-5 2e-4"}
-    TASKS=${TASKS:-$([[ $SET == medical ]] && echo arc_easy || echo arc_easy,arc_challenge,piqa)}
-    MAX_LEN=320 TRAIN=(--config configs/train/medical_cpu.toml)
-    LIMIT=(--limit ${LIMIT_Q:-150}) BENCH=(--batch 8 --context 512 --new-tokens 32) CALIB_ROWS=0..64 WIKI_TOKENS=8192
-    EVAL_BATCH=4096
-    TRAIN_ROWS=${TRAIN_ROWS:-256} VAL_ROWS=50 JOBS=${JOBS:-1} ;;
-  smoke)
-    SEEDS=${SEEDS:-1} LRS=${LRS:-2e-5} TASKS=$([[ $SET == medical ]] && echo medmcqa,mmlu_anatomy || echo arc_easy,piqa)
-    MAX_LEN=256 TRAIN=(--config configs/train/medical_smoke.toml)
-    LIMIT=(--limit 3) BENCH=(--batch 1 --context 128 --new-tokens 4) CALIB_ROWS=0..8 WIKI_TOKENS=1024 EVAL_BATCH=2048
-    TRAIN_ROWS=16 VAL_ROWS=4 JOBS=${JOBS:-2} ;;
-  *) echo "PROFILE must be gpu, cpu or smoke, not '$PROFILE'" >&2; exit 2 ;;
-esac
+WIKI=${EXP_WIKI:-$(scripts/fetch-models.sh texts)/wiki.utf8}
+REUSE=$EXP_REUSE SEEDED=$EXP_SEEDED SEEDED_VARIANTS=$EXP_SEEDED_VARIANTS VARIANTS=$EXP_VARIANTS
+ABLATIONS=$EXP_ABLATIONS SEEDS=$EXP_SEEDS LRS=$EXP_LRS LR=$EXP_LR TASKS=$EXP_TASKS
+EVAL_BATCH=$EXP_EVAL_BATCH MAX_LEN=$EXP_MAX_LEN CALIB_ROWS=$EXP_CALIB_ROWS WIKI_TOKENS=$EXP_WIKI_TOKENS
+TRAIN_ROWS=$EXP_TRAIN_ROWS VAL_ROWS=$EXP_VAL_ROWS JOBS=$EXP_JOBS PLAN_BY=$EXP_PLAN_BY
+read -ra BENCH <<< "$EXP_BENCH"
+LIMIT=(${EXP_LIMIT:+--limit $EXP_LIMIT})
+MICRO=$EXP_MICRO_BATCH
+TRAIN=(--config "$EXP_TRAIN_CONFIG" ${MICRO:+--micro-batch $MICRO --grad-accum $((16 / MICRO))})
 TRAIN+=(--max-len "$MAX_LEN" --device "$DEV")
 DT=(--device "$DEV")
 if [[ $DEV == cuda ]]; then TRAIN+=(--bf16); DT+=(--dtype bf16); fi
@@ -94,19 +50,16 @@ fi
 python3 scripts/experiment_data.py "$SET" "$OUT/data" "$TRAIN_ROWS" "$VAL_ROWS" "$((4 * MAX_LEN))" "$PMC" "$TULU" ${SHAREGPT:+"$SHAREGPT"}
 DATA="$OUT/data/${SET}_train.json" VAL="$OUT/data/${SET}_val.json"
 
-# Plans: the first is the main one (labels without a suffix), others add -rN. PLAN_BY=similarity
-# takes analyze's plan; PLAN_BY=loss the plan of lowest held-out loss after the closed-form
+# Plans: the first is the main one (labels without a suffix), others add -rN. plan_by =
+# similarity takes analyze's plan; loss the plan of lowest held-out loss after the closed-form
 # conversion (search-plan, analyze's plan among the candidates), scored on the validation file;
-# PLAN_BY=choices scores it on 5-shot lettered MedMCQA questions of the split's training part
-# (CHOICES of them, 300 by default); SEARCH_ARGS adds search-plan options (e.g. "--min-layer 21").
-PLAN_BY=${PLAN_BY:-similarity}
+# choices scores it on 5-shot lettered MedMCQA questions of the split's training part (`choices`
+# of them); `search_args` adds search-plan options (e.g. ["--min-layer", "21"]).
 case $PLAN_BY in
   similarity) ;;
   loss) SCORE=(--val "$VAL") ;;
   choices)
-    [[ $SET == medical ]] || { echo "PLAN_BY=choices needs SET=medical (MedMCQA questions)" >&2; exit 2; }
-    SCORE=(--val-task medmcqa:mc_5shot --val-exclude-split "$OUT/data/medmcqa_split.json" --val-limit "${CHOICES:-300}") ;;
-  *) echo "PLAN_BY must be similarity, loss or choices, not '$PLAN_BY'" >&2; exit 2 ;;
+    SCORE=(--val-task medmcqa:mc_5shot --val-exclude-split "$OUT/data/medmcqa_split.json" --val-limit "$EXP_CHOICES") ;;
 esac
 FIRST_REUSE=${REUSE%% *}
 declare -A BLOCKS TAG
@@ -122,7 +75,7 @@ for r in $REUSE; do
     log "plan by search-plan, $PLAN_BY ($r reuse layers; analyze's is ${BLOCKS[$r]})"
     [[ -s $s.txt ]] ||
       $U search-plan "$MODEL" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" "${SCORE[@]}" \
-        --reuse-layers "$r" --candidate "${BLOCKS[$r]}" ${SEARCH_ARGS:-} --out "$s" "${DT[@]}" > "$s.tmp" 2> "$s.log"
+        --reuse-layers "$r" --candidate "${BLOCKS[$r]}" $EXP_SEARCH_ARGS --out "$s" "${DT[@]}" > "$s.tmp" 2> "$s.log"
     [[ -s $s.txt ]] || mv "$s.tmp" "$s.txt"
     BLOCKS[$r]=$(python3 scripts/json_field.py "$s/plan_search.json" best)
   fi
@@ -147,6 +100,22 @@ spawn_eval() {
   while (($(jobs -rp | wc -l) >= JOBS)); do wait -n || true; done
   evaluate "$@" &
 }
+# OUT/eval/LABEL.run.json: what a model is, for scripts/experiment_summary.py. GROUP: the runs
+# that differ only in seed; ARCH: the architecture whose bench rows apply (base for dense).
+describe() { # LABEL GROUP ARCH VARIANT REUSE SEED LR [OPTIONS...]
+  local reuse=$5
+  python3 - "$OUT/eval/$1.run.json" "$OUT/analyze${reuse:+${TAG[$reuse]}}/similarity.json" \
+    "${reuse:+${BLOCKS[$reuse]}}" "$@" <<'PY'
+import json, sys
+path, analysis, blocks, label, group, arch, variant, reuse, seed, lr, *options = sys.argv[1:]
+layers = len(json.load(open(analysis))["similarity"]) if reuse else None
+json.dump({"label": label, "group": group, "architecture": arch, "variant": variant,
+           "plan_blocks": blocks or None, "reuse_layers": int(reuse) if reuse else 0, "num_layers": layers,
+           "seed": int(seed) if seed else None, "lr": float(lr) if lr else None, "train_options": options},
+          open(path, "w"), indent=1)
+PY
+}
+describe base base base base "" "" ""
 spawn_eval base "$MODEL"
 
 best_val() { python3 -c "import json,sys; v=[json.loads(l).get('val_loss') for l in open(sys.argv[1])]; v=[x for x in v if x is not None]; print(min(v) if v else 1e9)" "$1/metrics.jsonl"; }
@@ -172,9 +141,9 @@ lr_grid() {
   log "learning rate of the grid: $best_lr (val loss $best)"
   echo "$best_lr"
 }
-# LR= fixes every run's learning rate whatever the grid says (e.g. to extend runs made at an
+# `lr` fixes every run's learning rate whatever the grid says (e.g. to extend runs made at an
 # earlier grid's choice); the grid then trains alongside the other runs and is still reported.
-if [[ -n ${LR:-} ]]; then
+if [[ -n $LR ]]; then
   # Without dense among the variants (e.g. new plans for a model whose dense runs exist), no
   # dense run at all.
   if [[ " $VARIANTS " == *" dense "* ]]; then
@@ -200,6 +169,8 @@ for r in $REUSE; do
       log "train $label (plan ${BLOCKS[$r]})"
       train "$variant" "$seed" "$BEST_LR" "$dir" "$r"
       MODELS+=("$label:$dir/final")
+      describe "$label" "$variant${TAG[$r]}" "$([[ $variant == dense ]] && echo base || echo "$variant${TAG[$r]}")" \
+        "$variant" "$([[ $variant == dense ]] || echo "$r")" "$seed" "$BEST_LR"
       spawn_eval "$label" "$dir/final"
     done
   done
@@ -213,6 +184,8 @@ for spec in "${specs[@]}"; do
   log "train $label ($variant ${extra[*]})"
   train "$variant" "${SEEDS%% *}" "$BEST_LR" "$OUT/runs/$label" "$FIRST_REUSE" "${extra[@]}"
   MODELS+=("$label:$OUT/runs/$label/final")
+  describe "$label" "${spec%%=*}" "$([[ $variant == dense ]] && echo base || echo "$variant")" "$variant" \
+    "$([[ $variant == dense ]] || echo "$FIRST_REUSE")" "${SEEDS%% *}" "$BEST_LR" "${extra[@]}"
   spawn_eval "$label" "$OUT/runs/$label/final"
 done
 
@@ -223,6 +196,7 @@ for fit in ours none; do
   [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "${BLOCKS[$FIRST_REUSE]}" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --fit $fit \
     --max-len "$MAX_LEN" --out "$dir" "${DT[@]}" > "$dir.log" 2>&1
   MODELS+=("$label:$dir")
+  describe "$label" "$label" "${label%-untrained}" "${label%-untrained}" "$FIRST_REUSE" "" ""
   spawn_eval "$label" "$dir"
 done
 wait
@@ -231,10 +205,10 @@ for entry in "${MODELS[@]}"; do
 done
 
 # Inference cost: one bench process over one model of each architecture (dense first), with
-# nothing else on the device; seeds and training do not change speed or cache size. COST=0
+# nothing else on the device; seeds and training do not change speed or cache size. cost = false
 # leaves it out (the architectures were timed in an earlier run: cost depends on block sizes).
 log "inference cost"
-if [[ ${COST:-1} != 0 && ! -s $OUT/eval/cost.bench.json ]]; then
+if [[ $EXP_COST != 0 && ! -s $OUT/eval/cost.bench.json ]]; then
   mkdir -p "$OUT/bench"
   base="$OUT/bench/base$([[ -f $MODEL ]] && echo ".${MODEL##*.}")"
   ln -sfn "$(realpath "$MODEL")" "$base"

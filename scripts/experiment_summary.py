@@ -30,14 +30,11 @@ for f in sorted(glob.glob(os.path.join(out, "eval", "cost*.bench.json")), key=la
         cost.setdefault(model, rows_)
 
 
-def bench_of(f, variant):
+def bench_of(f, arch):
     """The cost rows of a model's architecture, or None when it was not timed."""
     own = f.replace(".mc.json", ".bench.json")
     if os.path.exists(own):
         return json.load(open(own))
-    # An ablation (VARIANT+WHAT) has its variant's architecture.
-    arch = variant.split("+")[0].removesuffix("-untrained")
-    arch = "base" if arch in ("base", "dense") else arch
     return cost.get(arch)
 
 
@@ -59,30 +56,43 @@ def best_val_loss(label):
     return None
 
 
-def method(variant):
-    """A variant without its plan's -rN suffix: the points of one method on several plans."""
-    head, _, tail = variant.rpartition("-r")
-    return head if head and tail.isdigit() else variant
-
-
-def analytic_saved(variant):
-    """The KV fraction a plan saves, for an architecture that was not timed: the plan of
-    plan_search[-rN]/plan_search.json when the run searched it (PLAN_BY=loss|choices), else
-    analyze[-rN]/similarity.json's (whose similarity matrix also gives the layer count); reuse
-    layers keep V only (UniAttn, softmax-only) or nothing (CLA, layer drop)."""
-    arch = variant.split("+")[0].removesuffix("-untrained")
-    if arch in ("base", "dense"):
+def legacy_saved(arch):
+    """The KV fraction a plan saves, for a run without manifests: the plan of
+    plan_search[-rN]/plan_search.json when the run searched it, else analyze[-rN]/similarity.json's."""
+    if arch == "base":
         return 0.0
-    suffix = arch[len(method(arch)):]
+    head, _, tail = arch.rpartition("-r")
+    variant, suffix = (head, "-r" + tail) if head and tail.isdigit() else (arch, "")
     path = os.path.join(out, "analyze" + suffix, "similarity.json")
     if not os.path.exists(path):
         return None
     analysis = json.load(open(path))
-    layers = len(analysis["similarity"])
     searched = os.path.join(out, "plan_search" + suffix, "plan_search.json")
     blocks = json.load(open(searched))["best"] if os.path.exists(searched) else analysis["proposed_plan"]
     reuse = sum(int(b) - int(a) for a, b in (blk.split("-") for blk in blocks.split(",")))
-    return reuse / layers * (0.5 if method(arch) in ("uniattn", "softmax-only") else 1.0)
+    return kv_saved(variant, reuse, len(analysis["similarity"]))
+
+
+def kv_saved(variant, reuse_layers, num_layers):
+    """Reuse layers keep V only (UniAttn, softmax-only) or nothing (CLA, layer drop)."""
+    return reuse_layers / num_layers * (0.5 if variant in ("uniattn", "softmax-only") else 1.0)
+
+
+def described(label):
+    """What a model is: eval/LABEL.run.json, written by scripts/experiment_medical.sh. Runs made
+    before it wrote them (results/ keeps some) are read from their labels: VARIANT[-rN][+WHAT]
+    [-untrained]-sSEED."""
+    path = os.path.join(out, "eval", label + ".run.json")
+    if os.path.exists(path):
+        m = json.load(open(path))
+        saved = 0.0 if m["architecture"] == "base" else kv_saved(m["variant"], m["reuse_layers"], m["num_layers"])
+        return {"group": m["group"], "architecture": m["architecture"], "method": m["variant"], "saved": saved}
+    group = label.rsplit("-s", 1)[0]
+    arch = group.split("+")[0].removesuffix("-untrained")
+    arch = "base" if arch in ("base", "dense") else arch
+    head, _, tail = group.rpartition("-r")
+    method = head if head and tail.isdigit() else group
+    return {"group": group, "architecture": arch, "method": method.split("+")[0], "saved": legacy_saved(arch)}
 
 
 rows = []
@@ -92,11 +102,11 @@ for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
     def load(ext, key):
         path = f.replace(".mc.json", ext)
         return json.load(open(path))[key] if os.path.exists(path) else None
-    variant = label.rsplit("-s", 1)[0]
-    bench = bench_of(f, variant)
+    info = described(label)
+    bench = bench_of(f, info["architecture"])
     med = [t for t in mc if t["task"].startswith(MED)]
     general = [t for t in mc if not t["task"].startswith(MED)]
-    rows.append({"label": label, "variant": variant, "tasks": {t["task"]: t for t in mc},
+    rows.append({"label": label, "variant": info["group"], "method": info["method"], "plan_saved": info["saved"], "tasks": {t["task"]: t for t in mc},
                  "wiki_ppl": load(".wiki.json", "perplexity"), "val_ppl": load(".val.json", "perplexity"),
                  "val_loss": best_val_loss(label),
                  "medical_avg": sum(t["acc"]["value"] for t in med) / len(med) if med else None,
@@ -105,7 +115,7 @@ for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
 fmt = lambda v, spec: "-" if v is None else format(v, spec)
 base_kv = max((r["kv_per_token"] for r in rows if r["kv_per_token"]), default=None)
 for r in rows:
-    r["saved"] = 1 - r["kv_per_token"] / base_kv if r["kv_per_token"] and base_kv else analytic_saved(r["variant"])
+    r["saved"] = 1 - r["kv_per_token"] / base_kv if r["kv_per_token"] and base_kv else r["plan_saved"]
     r["saved_cell"] = fmt(r["saved"], ".1%") + ("" if r["kv_per_token"] else "*")
 grid = max((r["bench"] for r in rows), key=len)
 tasks = sorted({t for r in rows for t in r["tasks"]})
@@ -125,7 +135,7 @@ for r in rows:
     print(f"| {r['label']} | " + " | ".join(cells + (speeds if grid else [])) + " |")
 
 if any(not r["kv_per_token"] for r in rows):
-    print("\n\\* KV saving from the plan (plan_search*.txt or analyze*.txt): this architecture was not timed.")
+    print("\n\\* KV saving from the plan: this architecture was not timed.")
 
 by_variant = {}
 for r in rows:
@@ -151,7 +161,8 @@ def scatter(key, y_label, title, path):
     for v, rs in by_variant.items():
         ys = [r[key] for r in rs if r[key] is not None]
         if ys and rs[0]["saved"] is not None:
-            s = series.setdefault(method(v), {"name": method(v), "points": [], "y_ranges": []})
+            m = rs[0]["method"]
+            s = series.setdefault(m, {"name": m, "points": [], "y_ranges": []})
             s["points"].append([rs[0]["saved"], statistics.mean(ys)])
             s["y_ranges"].append([min(ys), max(ys)])
     if not series:
