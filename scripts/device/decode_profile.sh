@@ -5,7 +5,7 @@
 #   scripts/device/decode_profile.sh   (writes $OUT/profile_<model>.csv)
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-U=${U:-./target/release/uniattn} OUT=${OUT:-/tmp/out} W=${W:-/root/gb}
+U=${U:-./target/release/uniattn} OUT=${OUT:-/tmp/out} W=${W:-$WORK/gb}
 mkdir -p "$W" "$OUT"
 [[ -d $W/q05 ]] || "$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-${SHAPES:-0.5b}.config.json "$W/q05" | tail -1
 if [[ -n ${PLAN:-} && ! -d $W/q05-uni ]]; then
@@ -13,7 +13,7 @@ if [[ -n ${PLAN:-} && ! -d $W/q05-uni ]]; then
     --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|error"
 fi
 for m in q05 ${PLAN:+q05-uni}; do
-  /usr/local/cuda/bin/ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+  $NCU --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
     $U bench --model "$W/$m" --batch ${BATCH:-1} --context ${CONTEXT:-2048} --new-tokens 3 --dtype bf16 --device cuda \
     > "$OUT/profile_$m.csv" 2> "$OUT/profile_$m.err"
   echo "$m: $(grep -c gpu__time_duration "$OUT/profile_$m.csv") kernels profiled"; tail -2 "$OUT/profile_$m.err"

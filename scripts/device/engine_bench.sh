@@ -9,7 +9,7 @@ SMOL=$1 QWEN=$2
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn}
 OUT=${OUT:-/tmp/out}
-W=${W:-/root/eb}
+W=${W:-$WORK/eb}
 mkdir -p "$W" "$OUT"
 BATCH=${BATCH:-1,8,32,64} CONTEXT=${CONTEXT:-512,2048,8192} NEW=${NEW:-64}
 for pair in "smollm2 $SMOL 4:16:30" "qwen05 $QWEN 4:12:24"; do

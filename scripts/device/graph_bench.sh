@@ -9,7 +9,7 @@
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn}
-OUT=${OUT:-/tmp/out} W=${W:-/root/gb}
+OUT=${OUT:-/tmp/out} W=${W:-$WORK/gb}
 BATCH=${BATCH:-1,32} CONTEXT=${CONTEXT:-2048,8192} NEW=${NEW:-128} REPEATS=${REPEATS:-3} MODES=${MODES-compiled static}
 mkdir -p "$W" "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -9,7 +9,7 @@ GGUF=$1 NAME=$2 PMC=${PMC:-data/pmc_llama_instructions_1000.json}
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=./target/release/uniattn
 OUT=${OUT:-/tmp/out}
-W=/root/tb/$NAME
+W=$WORK/tb/$NAME
 mkdir -p "$W"
 $U import "$GGUF" "$W/hf" --dtype f32 > /dev/null 2>&1
 python3 - "$PMC" "$W/pmc.txt" <<'PY'

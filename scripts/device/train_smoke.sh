@@ -6,7 +6,7 @@
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn}
-OUT=${OUT:-/tmp/out} W=${W:-/root/ts}
+OUT=${OUT:-/tmp/out} W=${W:-$WORK/ts}
 mkdir -p "$W" "$OUT"
 [[ -f $W/q05/config.json ]] || "$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-0.5b.config.json "$W/q05" --dtype f32 | tail -1
 python3 - data/pmc_llama_instructions_1000.json "$W/pmc.txt" <<'PY'

@@ -13,7 +13,7 @@ set -uo pipefail
 CONFIG=$1 NAME=$2
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn}
-OUT=${OUT:-/tmp/out} W=/root/tvc/$NAME BATCH=${BATCH:-8}
+OUT=${OUT:-/tmp/out} W=$WORK/tvc/$NAME BATCH=${BATCH:-8}
 mkdir -p "$W" "$OUT"
 [[ -f $W/model/config.json ]] || "$PYTHON" scripts/device/random_model.py "$CONFIG" "$W/model" --dtype f32 | tail -1
 python3 - data/pmc_llama_instructions_1000.json "$W/pmc.txt" <<'PY'
