@@ -7,4 +7,4 @@ TORCH_LIB=$("$PYTHON" -c 'import os, torch; print(os.path.join(os.path.dirname(t
 export LD_LIBRARY_PATH=$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # Scratch space for the models the scripts make or unpack there, and Nsight Compute.
 WORK=${WORK:-/root}
-NCU=${NCU:-$NCU}
+NCU=${NCU:-/usr/local/cuda/bin/ncu}

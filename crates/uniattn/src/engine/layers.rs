@@ -205,12 +205,14 @@ impl InferenceLayer {
         }
     }
 
-    /// The cache entries this layer reads for each past token in a decode step: its own, or
-    /// (CLA) its lead's keys and values, which it reads again after the lead.
-    pub fn cache_read(&self) -> CacheKind {
+    /// The cache entries this layer reads for each past token in a decode step: its own, its
+    /// lead's keys as well (a reuse layer whose lead hands over queries and keys, not its map),
+    /// or (CLA) its lead's keys and values, which it reads again after the lead.
+    pub fn cache_read(&self, lead_hands_map: bool) -> CacheKind {
         match self.attn {
             InferenceAttention::Full { .. } | InferenceAttention::Cla { .. } => CacheKind::KeysValues,
-            InferenceAttention::Reuse { .. } => CacheKind::ValuesOnly,
+            InferenceAttention::Reuse { .. } if lead_hands_map => CacheKind::ValuesOnly,
+            InferenceAttention::Reuse { .. } => CacheKind::KeysValues,
             InferenceAttention::Dropped => CacheKind::Nothing,
         }
     }
@@ -238,20 +240,19 @@ impl InferenceLayer {
     }
 
     /// One layer on the residual stream `h` (`[n, q, hidden]`), in place. A lead whose reuse
-    /// layers take its probabilities (`hands_probs`) leaves its attention in `lead` for its
-    /// block; reuse layers read it.
+    /// layers take its attention (`hands`: in the form [`Want::Probs`] or
+    /// [`Want::Attention`] names) leaves it in `lead` for its block; reuse layers read it.
     pub fn forward(
         &self,
         l: usize,
         h: &mut Tensor,
         step: &Step,
         cache: &mut KvCache,
-        hands_probs: bool,
+        hands: Option<Want>,
         lead: &mut Option<LeadAttention>,
     ) {
         let x = self.attn_norm.forward(h);
-        if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, hands_probs, lead)
-        {
+        if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, hands, lead) {
             match &self.attn_post_norm {
                 // The residual add rides in the output GEMM (one kernel instead of two).
                 None => {
@@ -282,7 +283,7 @@ impl InferenceLayer {
         x: &Tensor,
         step: &Step,
         cache: &mut KvCache,
-        hands_probs: bool,
+        hands: Option<Want>,
         lead: &mut Option<LeadAttention>,
     ) -> Option<AttnOut<'_>> {
         let n = x.size()[0];
@@ -316,16 +317,10 @@ impl InferenceLayer {
                 };
                 let keys = cache.keys(l, step.slot0, n, step.k_len);
                 let values = cache.values(l, step.slot0, n, step.k_len);
-                let decode = q.size()[2] == 1;
-                // A decode step hands the (small) map over; a prefill chunk its queries and keys.
-                let want = match (hands_probs, decode) {
-                    (false, _) => Want::Output,
-                    (true, true) => Want::Probs,
-                    (true, false) => Want::Attention,
-                };
+                let want = hands.unwrap_or(Want::Output);
                 let (out, attn) =
                     attend(h, &q, &keys, &values, step.mask, step.causal_from_zero, *scale, *softcap, want);
-                if hands_probs {
+                if hands.is_some() {
                     *lead = attn;
                 }
                 Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })

@@ -11,6 +11,7 @@ pub mod scheduler;
 pub mod stop;
 
 use crate::error::{Error, Result};
+use crate::model::attention::Want;
 use crate::model::transformer::{PositionContext, Stem};
 use crate::model::Transformer;
 use crate::plan::{LayerRole, LeadHandover};
@@ -55,7 +56,19 @@ pub struct Engine {
     pub options: EngineOptions,
     /// Captured decode steps, when decoding through CUDA graphs (see [`Engine::use_cuda_graphs`]).
     graphs: Option<graphs::DecodeGraphs>,
+    /// [`MAPS_FOR_PROBS`], except in tests.
+    maps_for_probs: i64,
 }
+
+/// (Sequence, kv head) maps from which a decode step's SuperBlock leads hand their
+/// probabilities to their reuse layers. Below it the lead hands over its queries and keys and
+/// each reuse layer reruns fused attention on them and its own values: cuBLAS runs `P V` (a few
+/// query rows over thousands of keys) as one block per map, so at batch 1 it takes longer than
+/// fused attention over keys and values (12.3 against 7.6 us at 8k keys on the H200), and the
+/// lead then runs fused attention too, instead of score GEMM, softmax and `P V`. From 32 maps
+/// `P V` streams the values at 3.1-3.3 TB/s and reading no keys pays
+/// (`scripts/device/pv_probe.py`; docs/benchmarks.md).
+pub const MAPS_FOR_PROBS: i64 = 32;
 
 impl Engine {
     pub fn new(model: Transformer, options: EngineOptions) -> Result<Self> {
@@ -85,7 +98,8 @@ impl Engine {
             })
             .collect();
         let cache = cache_for(&layers, &stem, options.max_batch, options.max_len)?;
-        let mut engine = Engine { stem, layers, cache, roles, options, graphs: None };
+        let mut engine =
+            Engine { stem, layers, cache, roles, options, graphs: None, maps_for_probs: MAPS_FOR_PROBS };
         // On a GPU, decode through CUDA graphs unless UNIATTN_CUDA_GRAPHS=0 (or the shim is
         // missing, in which case the eager path runs as before).
         if crate::cuda::graph::wanted() && engine.stem.device.is_cuda() && crate::cuda::available() {
@@ -150,10 +164,24 @@ impl Engine {
         self.layers.iter().map(InferenceLayer::weight_bytes).sum::<usize>() + head
     }
 
-    /// Cache bytes a decode step reads per past token over all layers: more than the cache's
-    /// own bytes per token where CLA layers read their lead's keys and values again.
-    pub fn cache_read_bytes_per_token(&self) -> usize {
-        self.layers.iter().map(|l| self.cache.entry_bytes(l.cache_read())).sum()
+    /// Cache bytes a decode step of `batch` sequences reads per past token over all layers:
+    /// more than the cache's own bytes per token where CLA layers read their lead's keys and
+    /// values again, and where reuse layers read their lead's keys (small batches).
+    pub fn cache_read_bytes_per_token(&self, batch: usize) -> usize {
+        let hands_map = self.hands_map(batch as i64);
+        self.layers.iter().map(|l| self.cache.entry_bytes(l.cache_read(hands_map))).sum()
+    }
+
+    /// Whether a decode step of `batch` sequences has its SuperBlock leads hand their map
+    /// over (see [`MAPS_FOR_PROBS`]).
+    fn hands_map(&self, batch: i64) -> bool {
+        batch * self.stem.cfg.num_kv_heads as i64 >= self.maps_for_probs
+    }
+
+    /// Sets the map count from which leads hand their map over in decode (tests run both forms).
+    #[cfg(test)]
+    pub(crate) fn set_maps_for_probs(&mut self, maps: i64) {
+        self.maps_for_probs = maps;
     }
 
     /// Runs the stack on `ids` (`[n, q]`) for cache rows `slot0..slot0 + n`.
@@ -171,6 +199,16 @@ impl Engine {
         let pc = PositionContext::new(&self.stem, positions, k_len);
         let mut h = self.stem.embed(ids);
         let mut lead = None;
+        // What a lead whose reuse layers take its attention hands over: a decode step of many
+        // sequences the (small) map; a prefill chunk, or a decode step of few, its queries and keys.
+        let (n, q) = (ids.size()[0], ids.size()[1]);
+        let lead_hands = (self.stem.plan.reuse.spec().lead_hands == LeadHandover::Probs).then(|| {
+            if q == 1 && self.hands_map(n) {
+                Want::Probs
+            } else {
+                Want::Attention
+            }
+        });
         for (l, layer) in self.layers.iter().enumerate() {
             let ctx = pc.layer(&self.stem, l);
             let step = Step {
@@ -182,9 +220,8 @@ impl Engine {
                 causal_from_zero: causal_from_zero
                     && self.stem.cfg.layer_window(l).is_none_or(|w| w as i64 >= k_len),
             };
-            let hands_probs = self.roles[l] == LayerRole::Lead
-                && self.stem.plan.reuse.spec().lead_hands == LeadHandover::Probs;
-            layer.forward(l, &mut h, &step, &mut self.cache, hands_probs, &mut lead);
+            let hands = if self.roles[l] == LayerRole::Lead { lead_hands } else { None };
+            layer.forward(l, &mut h, &step, &mut self.cache, hands, &mut lead);
             // The lead's attention lives only while its block runs.
             if !matches!(self.roles.get(l + 1), Some(LayerRole::Reuse { .. })) {
                 lead = None;

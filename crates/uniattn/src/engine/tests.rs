@@ -43,18 +43,31 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
+/// The map counts from which leads hand their map over in decode that exercise both forms:
+/// the default (the tests' small batches hand queries and keys) and always the map.
+fn handover_forms(kind: Option<ReuseKind>) -> Vec<i64> {
+    match kind {
+        Some(ReuseKind::Uniattn | ReuseKind::SoftmaxOnly) => vec![MAPS_FOR_PROBS, 0],
+        _ => vec![MAPS_FOR_PROBS],
+    }
+}
+
 /// Three prompts of different lengths (one longer than the prefill chunk) prefilled into one
-/// batch, then decoded together: every logit matches the full forward of its own sequence.
+/// batch, then decoded together: every logit matches the full forward of its own sequence,
+/// whichever form a lead hands its attention over in.
 #[test]
 fn batched_prefill_and_decode_match_the_full_forward() {
     for fam in [Family::Llama, Family::Qwen2, Family::Gemma2, Family::Gemma3] {
-        for kind in variants() {
+        for (kind, maps) in
+            variants().into_iter().flat_map(|k| handover_forms(k).into_iter().map(move |m| (k, m)))
+        {
             let reference = model(fam, kind, 11);
             let mut engine = Engine::new(
                 model(fam, kind, 11),
                 EngineOptions { max_batch: 3, max_len: 24, prefill_chunk: 4 },
             )
             .unwrap();
+            engine.set_maps_for_probs(maps);
             let mut seqs = [seq(1, 6), seq(2, 3), seq(3, 9)];
             for (slot, s) in seqs.iter().enumerate() {
                 let got = engine.prefill(slot, s, true).unwrap();
@@ -147,14 +160,21 @@ fn kv_bytes_follow_the_plan_exactly() {
         assert_eq!(planned.cache.bytes_per_token(), s.kv_bytes_per_token_unified, "{kind:?}");
         let ratio = planned.cache.bytes() as f64 / dense.cache.bytes() as f64;
         assert_eq!(ratio, 1.0 - s.kv_fraction_saved, "{kind:?}");
-        // What a decode step reads per past token: the cache itself, except that CLA layers
-        // read their lead's keys and values again (as much as dense reads).
-        let read = planned.cache_read_bytes_per_token();
+        // What a decode step of many sequences reads per past token: the cache itself, except
+        // that CLA layers read their lead's keys and values again (as much as dense reads).
+        let many = MAPS_FOR_PROBS as usize;
+        let read = planned.cache_read_bytes_per_token(many);
         let want =
             if kind == ReuseKind::Cla { dense.cache.bytes_per_token() } else { s.kv_bytes_per_token_unified };
         assert_eq!(read, want, "{kind:?}: cache bytes read per token");
+        // One sequence: UniAttn's and softmax-only's reuse layers read their lead's keys too.
+        let want_one = match kind {
+            ReuseKind::Uniattn | ReuseKind::SoftmaxOnly => dense.cache.bytes_per_token(),
+            _ => want,
+        };
+        assert_eq!(planned.cache_read_bytes_per_token(1), want_one, "{kind:?}: read at batch 1");
     }
-    assert_eq!(dense.cache_read_bytes_per_token(), dense.cache.bytes_per_token());
+    assert_eq!(dense.cache_read_bytes_per_token(1), dense.cache.bytes_per_token());
 }
 
 /// Greedy generation through the scheduler (continuous batching, requests of different
@@ -327,13 +347,18 @@ fn graphs_against_eager(dtype: Kind) -> Option<Vec<GraphsAgainstEager>> {
         |l: &Tensor| -> Vec<i64> { Vec::try_from(l.argmax(-1, false).to_device(tch::Device::Cpu)).unwrap() };
     let mut out = Vec::new();
     for fam in [Family::Llama, Family::Qwen2, Family::Gemma2, Family::Gemma3] {
-        for kind in variants() {
+        for (kind, maps) in
+            variants().into_iter().flat_map(|k| handover_forms(k).into_iter().map(move |m| (k, m)))
+        {
             let mut eager = Engine::new(on_gpu(model(fam, kind, 21)), opts).unwrap();
             eager.use_cuda_graphs(false).unwrap();
+            eager.set_maps_for_probs(maps);
             let mut graphed = Engine::new(on_gpu(model(fam, kind, 21)), opts).unwrap();
             graphed.use_cuda_graphs(true).unwrap();
+            graphed.set_maps_for_probs(maps);
+            let form = if maps == 0 { ", map handed over" } else { "" };
             let mut r = GraphsAgainstEager {
-                case: format!("{fam:?} {kind:?}"),
+                case: format!("{fam:?} {kind:?}{form}"),
                 first_divergence: None,
                 max_logit_diff: 0.0,
                 max_logit: 0.0,
@@ -382,7 +407,11 @@ fn cuda_graph_decode_equals_eager() {
         assert_eq!(r.first_divergence, None, "{}: greedy tokens differ", r.case);
         worst = worst.max(r.max_logit_diff);
     }
-    eprintln!("CUDA graphs + fused kernels vs eager libtorch kernels: max |logit diff| {worst:.3e} over 4 families x 5 plans x 256 steps");
+    eprintln!(
+        "CUDA graphs + fused kernels vs eager libtorch kernels: max |logit diff| {worst:.3e} over {} cases \
+         (4 families x 5 plans, UniAttn and softmax-only in both handover forms) x 256 steps",
+        results.len()
+    );
 }
 
 /// On a GPU (skipped elsewhere): the same in bf16, where the fused kernels round differently
