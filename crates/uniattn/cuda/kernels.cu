@@ -435,6 +435,89 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
 }
 
 // ---------------------------------------------------------------------------------------------
+// Training's residual add and the RMSNorm after it (the trainer's autograd function in
+// train.cpp): mid = h + a, with h the f32 residual stream and a a branch's output in T, and
+// x = T(mid * rstd * w) with rstd = 1 / sqrt(mean(mid^2) + eps) and w the f32 norm weight (plus
+// one for Gemma): what the add, libtorch's fused RMSNorm in f32 and autocast's cast to T compute,
+// in one pass instead of three. One block per row, grid-stride over rows; rstd ([rows]) is kept
+// for the backward pass.
+template <typename T>
+__device__ void add_rms_norm_forward(const float* h, const T* a, const float* w, float* mid, T* x, float* rstd,
+                                     i64 rows, i64 dim, float eps, int plus_one) {
+  __shared__ float shared[32];
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* hr = h + r * dim;
+    const T* ar = a + r * dim;
+    float* mr = mid + r * dim;
+    float ss = 0.0f;
+    for (i64 c = threadIdx.x; c < dim; c += blockDim.x) {
+      const float m = __fadd_rn(hr[c], to_float(ar[c]));
+      mr[c] = m;
+      ss += m * m;
+    }
+    ss = block_reduce<T>(ss, false, shared);
+    const float rs = rsqrtf(ss / (float)dim + eps);
+    if (threadIdx.x == 0) rstd[r] = rs;
+    for (i64 c = threadIdx.x; c < dim; c += blockDim.x) {
+      const float wc = plus_one ? __fadd_rn(w[c], 1.0f) : w[c];
+      x[r * dim + c] = from_float<T>(__fmul_rn(__fmul_rn(mr[c], rs), wc));
+    }
+  }
+}
+
+// Its backward pass, from the gradients of x (gx, in T) and of mid (gmid, f32), either null
+// where it has none: d_mid = gmid + rstd * (gx w - xhat * mean(gx w xhat)), xhat = mid * rstd,
+// written as dh (f32) and da (T); and, unless dw_partial is null, each block's sum over its rows
+// of gx * xhat ([gridDim.x, dim] f32, which the caller sums into w's gradient). A thread keeps
+// the sums of its columns in registers: dim <= NORM_COLS x blockDim.x.
+#define NORM_COLS 16
+template <typename T>
+__device__ void add_rms_norm_backward(const float* mid, const float* rstd, const float* w, const T* gx,
+                                      const float* gmid, float* dh, T* da, float* dw_partial, i64 rows, i64 dim,
+                                      int plus_one) {
+  __shared__ float shared[32];
+  float dw[NORM_COLS];
+#pragma unroll
+  for (int k = 0; k < NORM_COLS; ++k) dw[k] = 0.0f;
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float rs = rstd[r];
+    const float* mr = mid + r * dim;
+    float dot = 0.0f;
+    if (gx != nullptr) {
+#pragma unroll
+      for (int k = 0; k < NORM_COLS; ++k) {
+        const i64 c = threadIdx.x + (i64)k * blockDim.x;
+        if (c < dim) {
+          const float g = to_float(gx[r * dim + c]), xh = mr[c] * rs;
+          dot += g * (plus_one ? w[c] + 1.0f : w[c]) * xh;
+          dw[k] += g * xh;
+        }
+      }
+    }
+    dot = block_reduce<T>(dot, false, shared) / (float)dim;
+#pragma unroll
+    for (int k = 0; k < NORM_COLS; ++k) {
+      const i64 c = threadIdx.x + (i64)k * blockDim.x;
+      if (c < dim) {
+        float d = gmid != nullptr ? gmid[r * dim + c] : 0.0f;
+        if (gx != nullptr) {
+          const float g = to_float(gx[r * dim + c]), xh = mr[c] * rs;
+          d += rs * (g * (plus_one ? w[c] + 1.0f : w[c]) - xh * dot);
+        }
+        dh[r * dim + c] = d;
+        da[r * dim + c] = from_float<T>(d);
+      }
+    }
+  }
+  if (dw_partial == nullptr) return;
+#pragma unroll
+  for (int k = 0; k < NORM_COLS; ++k) {
+    const i64 c = threadIdx.x + (i64)k * blockDim.x;
+    if (c < dim) dw_partial[blockIdx.x * dim + c] = dw[k];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entry points, one per element type: <name>_<f32|bf16|f16>.
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
@@ -469,6 +552,16 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
   extern "C" __global__ void rope_backward_##SUFFIX(const T* dy, const float* cos, const float* sin_signed, \
                                                     T* dx, i64 b, i64 t, int h, int d, i64 angle_stride) { \
     rope_backward<T>(dy, cos, sin_signed, dx, b, t, h, d, angle_stride);                                   \
+  }                                                                                                        \
+  extern "C" __global__ void add_rms_norm_forward_##SUFFIX(const float* h, const T* a, const float* w,       \
+                                                          float* mid, T* x, float* rstd, i64 rows, i64 dim,   \
+                                                          float eps, int plus_one) {                          \
+    add_rms_norm_forward<T>(h, a, w, mid, x, rstd, rows, dim, eps, plus_one);                                \
+  }                                                                                                        \
+  extern "C" __global__ void add_rms_norm_backward_##SUFFIX(                                                \
+      const float* mid, const float* rstd, const float* w, const T* gx, const float* gmid, float* dh, T* da, \
+      float* dw_partial, i64 rows, i64 dim, int plus_one) {                                                \
+    add_rms_norm_backward<T>(mid, rstd, w, gx, gmid, dh, da, dw_partial, rows, dim, plus_one);              \
   }                                                                                                        \
   extern "C" __global__ void adamw_##SUFFIX(float* p, const float* g, float* m, float* v, T* copy, i64 n,   \
                                             double lr, double beta1, double beta2, double weight_decay,    \

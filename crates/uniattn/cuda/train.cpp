@@ -38,6 +38,7 @@ union Arg {
   void* ptr;
   int64_t i64;
   int32_t i32;
+  float f32;
 };
 
 // Launches `kernel` (a handle from ua_kernel_get) over `elements` with a grid-stride grid on
@@ -55,7 +56,19 @@ void launch(int64_t kernel, const at::Tensor& like, int64_t elements, std::vecto
   }
 }
 
+// Launches `kernel` on `grid` blocks of 256 threads (kernels that take a block per row).
+void launch_blocks(int64_t kernel, const at::Tensor& like, int64_t grid, std::vector<Arg> args) {
+  std::vector<void*> ptrs;
+  for (auto& a : args) ptrs.push_back(&a);
+  char err[1024];
+  if (ua_kernel_launch(reinterpret_cast<void*>(kernel), like.get_device(), static_cast<unsigned>(grid), 256, 0,
+                       ptrs.data(), err, sizeof err) != 0) {
+    throw std::runtime_error(err);
+  }
+}
+
 Arg ptr(const at::Tensor& t) { return Arg{.ptr = t.data_ptr()}; }
+Arg nullable(const at::Tensor& t) { return Arg{.ptr = t.defined() ? t.data_ptr() : nullptr}; }
 
 // `t` contiguous and 16-byte aligned, as the kernels' wide loads need (copied if not).
 at::Tensor aligned(const at::Tensor& t) {
@@ -67,6 +80,7 @@ at::Tensor aligned(const at::Tensor& t) {
 int64_t pieces(const at::Tensor& t) { return t.numel() / (16 / t.element_size()); }
 Arg i64(int64_t v) { return Arg{.i64 = v}; }
 Arg i32(int64_t v) { return Arg{.i32 = static_cast<int32_t>(v)}; }
+Arg f32(double v) { return Arg{.f32 = static_cast<float>(v)}; }
 
 // silu(gate) * up with the fused kernels forward and backward (kernels.cu, swiglu_*).
 struct Swiglu : public torch::autograd::Function<Swiglu> {
@@ -87,6 +101,50 @@ struct Swiglu : public torch::autograd::Function<Swiglu> {
     auto dg = at::empty_like(g), du = at::empty_like(u);
     launch(ctx->saved_data["bwd"].toInt(), g, pieces(g), {ptr(g), ptr(u), ptr(go), ptr(dg), ptr(du), i64(g.numel())});
     return {dg, du, at::Tensor(), at::Tensor()};
+  }
+};
+
+// The residual add and the RMSNorm after it: from the f32 residual `h`, a branch's output `a`
+// and the f32 norm weight `w`, {mid = h + a (f32), x = RMSNorm(mid) in a's type}, with the
+// fused kernels forward and backward (kernels.cu, add_rms_norm_*). Blocks of the backward
+// pass, each summing its rows' share of w's gradient.
+constexpr int64_t kNormGradBlocks = 256;
+struct AddRmsNorm : public torch::autograd::Function<AddRmsNorm> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& a, const at::Tensor& w,
+                               double eps, int64_t plus_one, int64_t fwd, int64_t bwd) {
+    auto hc = h.contiguous(), ac = a.contiguous(), wc = w.contiguous();
+    const auto dim = h.size(-1), rows = h.numel() / dim;
+    if (dim > 16 * 256) throw std::runtime_error("add_rms_norm: rows wider than 4096 (NORM_COLS x 256)");
+    auto mid = at::empty_like(hc);
+    auto x = at::empty_like(ac);
+    auto rstd = at::empty({rows}, hc.options());
+    launch_blocks(fwd, hc, std::clamp<int64_t>(rows, 1, 65535),
+                  {ptr(hc), ptr(ac), ptr(wc), ptr(mid), ptr(x), ptr(rstd), i64(rows), i64(dim), f32(eps),
+                   i32(plus_one)});
+    ctx->save_for_backward({mid, rstd, wc});
+    ctx->saved_data["bwd"] = bwd;
+    ctx->saved_data["plus_one"] = plus_one;
+    ctx->saved_data["type"] = static_cast<int64_t>(a.scalar_type());
+    return {mid, x};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto &mid = saved[0], &rstd = saved[1], &w = saved[2];
+    const auto type = static_cast<at::ScalarType>(ctx->saved_data["type"].toInt());
+    const auto dim = mid.size(-1), rows = mid.numel() / dim;
+    auto gmid = grads[0].defined() ? grads[0].to(at::kFloat).contiguous() : at::Tensor();
+    auto gx = grads[1].defined() ? grads[1].to(type).contiguous() : at::Tensor();
+    auto dh = at::empty_like(mid);
+    auto da = at::empty(mid.sizes(), mid.options().dtype(type));
+    const auto blocks = std::clamp<int64_t>(rows, 1, kNormGradBlocks);
+    const bool want_dw = ctx->needs_input_grad(2) && gx.defined();
+    auto partial = want_dw ? at::empty({blocks, dim}, mid.options()) : at::Tensor();
+    launch_blocks(ctx->saved_data["bwd"].toInt(), mid, blocks,
+                  {ptr(mid), ptr(rstd), ptr(w), nullable(gx), nullable(gmid), ptr(dh), ptr(da), nullable(partial),
+                   i64(rows), i64(dim), i32(ctx->saved_data["plus_one"].toInt())});
+    auto dw = want_dw ? partial.sum(0) : at::Tensor();
+    return {dh, da, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -181,6 +239,17 @@ int ua_rope(void* x, void* cos, void* sin_signed, int64_t heads, int64_t fwd, in
             size_t len) {
   return guarded(err, len, [&] {
     *out = new at::Tensor(Rope::apply(tensor(x), tensor(cos), tensor(sin_signed), heads, fwd, bwd));
+  });
+}
+
+// h + a and its RMSNorm through the AddRmsNorm autograd function; writes new tensor handles
+// for the sum and the normed tensor.
+int ua_add_rms_norm(void* h, void* a, void* w, double eps, int64_t plus_one, int64_t fwd, int64_t bwd, void** mid,
+                    void** x, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    auto out = AddRmsNorm::apply(tensor(h), tensor(a), tensor(w), eps, plus_one, fwd, bwd);
+    *mid = new at::Tensor(out[0]);
+    *x = new at::Tensor(out[1]);
   });
 }
 

@@ -181,7 +181,7 @@ fn finish_reuse(layer: &DecoderLayer, hu: &Tensor, step: &ReuseStep, w: &Tensor)
         Some(n) => n.forward(&a),
         None => a,
     };
-    layer.finish(&(hu + a))
+    layer.add_and_finish(hu, &a).1
 }
 
 fn ordinary_layer(layer: &DecoderLayer, ctx: &LayerContext, h: &Tensor) -> (Tensor, Tensor) {

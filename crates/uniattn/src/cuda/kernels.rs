@@ -27,6 +27,8 @@ const KERNELS: &[&str] = &[
     "swiglu_backward",
     "rope_forward",
     "rope_backward",
+    "add_rms_norm_forward",
+    "add_rms_norm_backward",
     "adamw",
 ];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
@@ -133,7 +135,7 @@ fn usable_with_grad(t: &Tensor) -> Option<(usize, &'static Loaded, &'static str)
 
 /// A tensor the shim returned, or None after noting why (then the composition runs, from now
 /// on).
-fn returned(what: &str, r: Result<Tensor>) -> Option<Tensor> {
+fn returned<T>(what: &str, r: Result<T>) -> Option<T> {
     r.map_err(|e| {
         eprintln!("warning: {what} failed, running libtorch's kernels from now on: {e}");
         BROKEN.store(true, Ordering::Relaxed);
@@ -157,6 +159,59 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Option<Tensor> {
         (s.swiglu)(gate.as_ptr() as _, up.as_ptr() as _, fwd as i64, bwd as i64, out, e, n)
     });
     returned("SwiGLU", r)
+}
+
+/// The residual add and the RMSNorm after it, for training, forward and backward one kernel
+/// each (an autograd function): `(mid, x)` with `mid = h + a` (f32, `h` the f32 residual
+/// stream, `a` a branch's output) and `x = RMSNorm(mid)` scaled by `weight` (f32; `plus_one`:
+/// by `1 + weight`, Gemma) in `a`'s type: the add, libtorch's fused RMSNorm in f32 and
+/// autocast's cast, in one pass. Rows up to 4,096 wide.
+pub fn add_rms_norm(
+    h: &Tensor,
+    a: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    plus_one: bool,
+) -> Option<(Tensor, Tensor)> {
+    let (_, loaded, suffix) = usable_with_grad(a)?;
+    let dim = *h.size().last()?;
+    let fits = h.kind() == Kind::Float
+        && weight.kind() == Kind::Float
+        && h.device() == a.device()
+        && weight.device() == a.device()
+        && h.size() == a.size()
+        && weight.size() == [dim]
+        && (1..=4096).contains(&dim);
+    if !fits {
+        return None;
+    }
+    let s = shim().ok()?;
+    let (fwd, bwd) = (
+        loaded.kernels[&("add_rms_norm_forward", suffix)],
+        loaded.kernels[&("add_rms_norm_backward", suffix)],
+    );
+    let (mut mid, mut x) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: live tensor handles, kernel handles of `a`'s type, valid out-pointers.
+    let r = call("add + RMSNorm", |e, n| unsafe {
+        (s.add_rms_norm)(
+            h.as_ptr() as _,
+            a.as_ptr() as _,
+            weight.as_ptr() as _,
+            eps,
+            plus_one as i64,
+            fwd as i64,
+            bwd as i64,
+            &mut mid,
+            &mut x,
+            e,
+            n,
+        )
+    });
+    // SAFETY: on success the shim wrote two heap-allocated `at::Tensor*`s, which tch owns now.
+    returned(
+        "add + RMSNorm",
+        r.map(|()| unsafe { (Tensor::from_ptr(mid.cast()), Tensor::from_ptr(x.cast())) }),
+    )
 }
 
 /// RoPE for training straight from a projection's output `x` (`[b, t, heads * dim]`) to
@@ -772,6 +827,59 @@ mod tests {
                     .max()
                     .double_value(&[]);
                 assert!(d <= scale, "{case}: dx differs by {d} (bound {scale})");
+            }
+        }
+    }
+
+    #[test]
+    fn add_rms_norm_and_its_gradients_equal_composition() {
+        let Some(dev) = gpu() else { return };
+        for kind in [Kind::Float, Kind::BFloat16] {
+            for (rows, dim) in [(37, 896), (5, 100), (9, 1536), (300, 4096), (1, 64)] {
+                for plus_one in [false, true] {
+                    let h = Tensor::randn([rows, dim], (Kind::Float, dev)) * 2.0;
+                    let a = Tensor::randn([rows, dim], (Kind::Float, dev)).to_kind(kind);
+                    let w = Tensor::randn([dim], (Kind::Float, dev)) * 0.5 + 1.0;
+                    let seed = Tensor::randn([2 * rows * dim], (Kind::Float, dev));
+                    // Both outputs flattened into one, so that one seed reaches both gradients.
+                    let both = |mid: Tensor, x: Tensor| {
+                        Tensor::cat(&[mid.flatten(0, -1), x.to_kind(Kind::Float).flatten(0, -1)], 0)
+                    };
+                    let inputs = [h.shallow_clone(), a.shallow_clone(), w.shallow_clone()];
+                    let (got, got_g) = with_grads(&inputs, &seed, |x| {
+                        let (mid, normed) =
+                            add_rms_norm(&x[0], &x[1], &x[2], 1e-6, plus_one).expect("the kernel applies");
+                        both(mid, normed)
+                    });
+                    // The composition: the add in f32, libtorch's fused RMSNorm, the cast.
+                    let (want, want_g) = with_grads(&inputs, &seed, |x| {
+                        let mid = &x[1] + &x[0];
+                        let scale = if plus_one { &x[2] + 1.0 } else { x[2].shallow_clone() };
+                        let normed = mid.rms_norm([dim], Some(&scale), 1e-6).to_kind(kind);
+                        both(mid, normed)
+                    });
+                    let case = format!("{kind:?} rows={rows} dim={dim} plus_one={plus_one}");
+                    let n = rows * dim;
+                    assert_eq!(
+                        ulps(&got.narrow(0, 0, n), &want.narrow(0, 0, n)),
+                        0.0,
+                        "{case}: h + a differs"
+                    );
+                    let rel = |g: &Tensor, w: &Tensor| {
+                        let d =
+                            (g.to_kind(Kind::Double) - w.to_kind(Kind::Double)).abs().max().double_value(&[]);
+                        d / w.abs().max().double_value(&[])
+                    };
+                    // The norm: the same f32 arithmetic up to the order of the sum of squares.
+                    let tol = if kind == Kind::Float { 1e-5 } else { 2.0 * ulps_of(kind) };
+                    let d = rel(&got.narrow(0, n, n), &want.narrow(0, n, n));
+                    assert!(d <= tol, "{case}: normed differs by {d} (of the largest)");
+                    for (i, name) in ["h", "a", "w"].iter().enumerate() {
+                        let tol = if got_g[i].kind() == Kind::Float { 1e-5 } else { 2.0 * ulps_of(kind) };
+                        let d = rel(&got_g[i], &want_g[i]);
+                        assert!(d <= tol, "{case}: gradient of {name} differs by {d} (of the largest)");
+                    }
+                }
             }
         }
     }

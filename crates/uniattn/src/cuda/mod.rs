@@ -67,6 +67,19 @@ type TrainedLinear = unsafe extern "C" fn(
     ErrOut,
     usize,
 ) -> c_int;
+type AddRmsNorm = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    f64,
+    i64,
+    i64,
+    i64,
+    *mut *mut c_void,
+    *mut *mut c_void,
+    ErrOut,
+    usize,
+) -> c_int;
 type ErrOnly = unsafe extern "C" fn(ErrOut, usize) -> c_int;
 type MemoryPeaks = unsafe extern "C" fn(c_int, *mut i64, *mut i64, ErrOut, usize) -> c_int;
 
@@ -94,6 +107,7 @@ struct Shim {
     autocast_leave: AutocastLeave,
     swiglu: Swiglu,
     rope: Rope,
+    add_rms_norm: AddRmsNorm,
     trained_linear: TrainedLinear,
 }
 
@@ -186,6 +200,7 @@ fn load() -> std::result::Result<Shim, String> {
             autocast_leave: t::<*mut c_void, AutocastLeave>(sym("ua_autocast_leave")?),
             swiglu: t::<*mut c_void, Swiglu>(sym("ua_swiglu")?),
             rope: t::<*mut c_void, Rope>(sym("ua_rope")?),
+            add_rms_norm: t::<*mut c_void, AddRmsNorm>(sym("ua_add_rms_norm")?),
             trained_linear: t::<*mut c_void, TrainedLinear>(sym("ua_trained_linear")?),
         })
     }

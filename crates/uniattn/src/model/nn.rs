@@ -53,6 +53,22 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// `(h + a, norm(h + a))` on the residual stream `h`: the sum, and its norm in the type the
+    /// projections take ([`autocast_input`]). On CUDA one fused kernel forward and one backward
+    /// (f32 residual, `a` already in that type); elsewhere the add, [`RmsNorm::forward`] and
+    /// the cast.
+    pub fn add_then_norm(&self, h: &Tensor, a: &Tensor) -> (Tensor, Tensor) {
+        let wanted = if crate::cuda::training::autocast_active() { Kind::BFloat16 } else { Kind::Float };
+        if a.kind() == wanted {
+            if let Some(r) = crate::cuda::kernels::add_rms_norm(h, a, &self.weight, self.eps, self.plus_one) {
+                return r;
+            }
+        }
+        let mid = a + h;
+        let x = autocast_input(self.forward(&mid));
+        (mid, x)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         if x.device().is_cuda() && kind != Kind::Double && self.weight.kind() == kind {

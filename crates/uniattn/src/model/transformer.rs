@@ -130,14 +130,22 @@ impl DecoderLayer {
     ) -> LayerOutput {
         let x = autocast_input(self.attn_norm.forward(h));
         let (a, st) = self.attention_branch(&x, ctx, lead, want);
-        // Out of place: autograd needs the residual that the norms saved.
-        let mid = a + h;
-        LayerOutput { out: self.finish(&mid), mid, lead: st }
+        let (mid, out) = self.add_and_finish(h, &a);
+        LayerOutput { out, mid, lead: st }
     }
 
-    /// The layer's MLP half on the residual after attention: `mid + mlp(norm(mid))`.
-    pub fn finish(&self, mid: &Tensor) -> Tensor {
-        self.mlp_branch(mid) + mid
+    /// The layer's MLP half, from the residual `h` before attention and the attention block's
+    /// contribution `a`: `(mid, mid + mlp(norm(mid)))` with `mid = h + a`. Out of place:
+    /// autograd needs the residual that the norms saved.
+    pub fn add_and_finish(&self, h: &Tensor, a: &Tensor) -> (Tensor, Tensor) {
+        let (mid, x) = self.mlp_norm.add_then_norm(h, a);
+        let m = self.mlp.forward(&x);
+        let m = match &self.mlp_post_norm {
+            Some(n) => n.forward(&m),
+            None => m,
+        };
+        let out = m + &mid;
+        (mid, out)
     }
 
     /// The attention block's contribution before it is added to the residual (`attn` in the
@@ -170,14 +178,6 @@ impl DecoderLayer {
             None => a,
         };
         (a, state)
-    }
-
-    fn mlp_branch(&self, h: &Tensor) -> Tensor {
-        let m = self.mlp.forward(&autocast_input(self.mlp_norm.forward(h)));
-        match &self.mlp_post_norm {
-            Some(n) => n.forward(&m),
-            None => m,
-        }
     }
 }
 
