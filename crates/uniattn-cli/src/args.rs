@@ -226,9 +226,10 @@ impl PlanShapeArgs {
 /// The rows the closed-form W_c is fitted on (convert, search-plan).
 #[derive(Args, Clone)]
 pub struct CalibArgs {
-    /// Calibration data: JSON/JSONL instruction rows (Alpaca template) or a plain text file
+    /// Calibration data for W_c's closed-form fit: JSON/JSONL instruction rows (Alpaca
+    /// template) or a plain text file (needed wherever W_c is fitted)
     #[arg(long)]
-    pub calib: PathBuf,
+    pub calib: Option<PathBuf>,
     /// Rows of the calibration file to use, e.g. 0..256 (default: all)
     #[arg(long)]
     pub calib_rows: Option<String>,
@@ -246,8 +247,13 @@ pub struct CalibArgs {
 impl CalibArgs {
     /// The rows to read; `heldout` says whether the fit uses held-out rows (only ours does).
     pub fn data(&self, heldout: bool) -> uniattn::Result<CalibData> {
+        let path = self.calib.clone().ok_or_else(|| {
+            uniattn::Error::invalid(
+                "--calib FILE is needed: W_c is fitted in closed form on calibration rows",
+            )
+        })?;
         Ok(CalibData {
-            path: self.calib.clone(),
+            path,
             rows: self.calib_rows.as_deref().map(uniattn::data::parse_range).transpose()?,
             heldout_fraction: if heldout { self.heldout_fraction } else { 0.0 },
             max_len: self.max_len,

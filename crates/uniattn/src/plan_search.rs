@@ -22,7 +22,7 @@ use crate::eval::multiple_choice::{evaluate, gold_cross_entropy, ScoringOptions}
 use crate::eval::perplexity::next_token_logprobs;
 use crate::model::transformer::PositionContext;
 use crate::model::Transformer;
-use crate::plan::SuperBlockPlan;
+use crate::plan::{ReuseKind, SuperBlockPlan};
 use crate::tokenizer::Tokenizer;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -33,6 +33,8 @@ pub type Block = (usize, usize);
 
 #[derive(Debug, Clone)]
 pub struct SearchOptions {
+    /// What every plan's reuse layers become (each method gets plans chosen for it).
+    pub reuse: ReuseKind,
     /// Reuse layers every proposed plan has.
     pub reuse_layers: usize,
     /// Lowest layer a block may start at.
@@ -91,6 +93,8 @@ pub struct PlanCost {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SearchReport {
+    /// The reuse kind the plans were scored as ([`ReuseKind::name`]).
+    pub variant: String,
     pub reuse_layers: usize,
     /// What `dense_nll` and every `mean_nll` are ([`PlanScore::describe`]).
     pub scored_on: String,
@@ -273,8 +277,9 @@ impl PlanScore for ChoiceLoss<'_> {
     }
 }
 
-/// `score` of `plan` applied to `dense` with `W_c` fitted in closed form; `dense` is left as it
-/// was (the converted model shares its tensors).
+/// `score` of `plan` applied to `dense` as its reuse kind converts a model: with `W_c` fitted
+/// in closed form (UniAttn), else as the plan leaves it (softmax-only, CLA and layer drop have
+/// nothing to fit). `dense` is left as it was (the converted model shares its tensors).
 pub fn converted_score(
     dense: &Transformer,
     plan: &SuperBlockPlan,
@@ -282,7 +287,11 @@ pub fn converted_score(
     calib: &CalibOptions,
     score: &dyn PlanScore,
 ) -> Result<f64> {
-    let (wc, _) = calibrate(dense, plan, data.fit, data.fit_heldout, calib, |_, _| {})?;
+    let wc = if plan.reuse.spec().compensation {
+        calibrate(dense, plan, data.fit, data.fit_heldout, calib, |_, _| {})?.0
+    } else {
+        BTreeMap::new()
+    };
     let model = dense.share()?.apply_plan(plan.clone(), wc)?;
     score.score(&model)
 }
@@ -336,7 +345,8 @@ pub fn search(
     let mut costs = BTreeMap::new();
     let mut block_costs = Vec::with_capacity(blocks.len());
     for &(s, e) in &blocks {
-        let nll = converted_score(dense, &SuperBlockPlan::from_blocks(vec![(s, e)], n)?, data, calib, score)?;
+        let block = SuperBlockPlan::from_blocks(vec![(s, e)], n)?.with_reuse(opts.reuse);
+        let nll = converted_score(dense, &block, data, calib, score)?;
         costs.insert((s, e), nll - dense_nll);
         block_costs.push(BlockCost {
             block: format!("{s}-{}", e - 1),
@@ -359,11 +369,11 @@ pub fn search(
     let mut plans = Vec::new();
     let mut todo: Vec<(SuperBlockPlan, bool)> = Vec::new();
     for (_, b) in &proposed {
-        todo.push((SuperBlockPlan::from_blocks(b.clone(), n)?, false));
+        todo.push((SuperBlockPlan::from_blocks(b.clone(), n)?.with_reuse(opts.reuse), false));
     }
     for c in &opts.candidates {
         if !todo.iter().any(|(p, _)| p.blocks == c.blocks) {
-            todo.push((c.clone(), true));
+            todo.push((c.clone().with_reuse(opts.reuse), true));
         } else {
             total -= 1;
         }
@@ -382,6 +392,7 @@ pub fn search(
     }
     plans.sort_by(|a, b| a.mean_nll.total_cmp(&b.mean_nll));
     Ok(SearchReport {
+        variant: opts.reuse.name().into(),
         reuse_layers: opts.reuse_layers,
         scored_on: score.describe(),
         dense_nll,
@@ -476,8 +487,14 @@ mod tests {
         };
         // A given 3-layer block, larger than the search's own (--max-group 2), so never scored alone.
         let given = SuperBlockPlan::from_blocks(vec![(2, 5)], n).unwrap();
-        let opts =
-            SearchOptions { reuse_layers: 2, min_layer: 2, max_group: 2, verify: 3, candidates: vec![given] };
+        let opts = SearchOptions {
+            reuse: ReuseKind::Uniattn,
+            reuse_layers: 2,
+            min_layer: 2,
+            max_group: 2,
+            verify: 3,
+            candidates: vec![given],
+        };
         assert_eq!(opts.lowest_lead(), 2);
         // Held-out streams cached below layer 2: the scores must still be those of whole models.
         let heldout = HeldOut::new(&dense, &val, 16, 2).unwrap();
@@ -522,6 +539,47 @@ mod tests {
         assert_eq!(grid.iter().flatten().filter(|v| !v.is_nan()).count(), r.blocks.len());
     }
 
+    /// Softmax-only, CLA and layer drop are scored after their own conversion (nothing to fit,
+    /// no calibration data): every block's score is that of the plan of that kind applied alone.
+    #[test]
+    fn each_reuse_kind_is_scored_as_it_converts() {
+        let mut cfg = tiny_config(Family::Llama);
+        cfg.num_layers = 6;
+        let n = cfg.num_layers;
+        let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Double, 9);
+        let val = docs(4, 3, 14, cfg.vocab_size);
+        let data = SearchData { fit: &[], fit_heldout: &[] };
+        let calib =
+            CalibOptions { method: FitMethod::Zero, chunk_tokens: 256, state_device: Device::Cpu, pad_id: 0 };
+        let heldout = HeldOut::new(&dense, &val, 16, 1).unwrap();
+        let mut first_block = Vec::new();
+        for kind in [ReuseKind::SoftmaxOnly, ReuseKind::Cla, ReuseKind::Layerdrop] {
+            let opts = SearchOptions {
+                reuse: kind,
+                reuse_layers: 2,
+                min_layer: 1,
+                max_group: 3,
+                verify: 2,
+                candidates: vec![SuperBlockPlan::from_blocks(vec![(1, 4)], n).unwrap()],
+            };
+            let r = search(&dense, &data, &heldout, &calib, &opts, |_, _| {}).unwrap();
+            assert_eq!(r.variant, kind.name());
+            for b in &r.blocks {
+                let plan =
+                    SuperBlockPlan::from_blocks(vec![(b.lead, b.last + 1)], n).unwrap().with_reuse(kind);
+                let conv = dense.share().unwrap().apply_plan(plan, BTreeMap::new()).unwrap();
+                let want = perplexity_docs(&conv, &val, 0, 16, 16, |_, _| {}).unwrap().mean_nll;
+                assert!((b.mean_nll - want).abs() < 1e-9, "{kind:?} {}: {} vs {want}", b.block, b.mean_nll);
+            }
+            for p in &r.plans {
+                assert_eq!(SuperBlockPlan::parse_blocks(&p.plan, n).unwrap().reuse_layers().len(), 2);
+            }
+            first_block.push(r.blocks[0].mean_nll);
+        }
+        // The kinds change the model differently.
+        assert!(first_block[0] != first_block[1] && first_block[1] != first_block[2], "{first_block:?}");
+    }
+
     #[test]
     fn search_refuses_what_it_cannot_do() {
         let cfg = tiny_config(Family::Llama);
@@ -530,8 +588,14 @@ mod tests {
         let data = SearchData { fit: &val, fit_heldout: &[] };
         let calib =
             CalibOptions { method: FitMethod::Zero, chunk_tokens: 256, state_device: Device::Cpu, pad_id: 0 };
-        let opts =
-            SearchOptions { reuse_layers: 1, min_layer: 0, max_group: 2, verify: 2, candidates: vec![] };
+        let opts = SearchOptions {
+            reuse: ReuseKind::Uniattn,
+            reuse_layers: 1,
+            min_layer: 0,
+            max_group: 2,
+            verify: 2,
+            candidates: vec![],
+        };
         let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Float, 1);
         let heldout = HeldOut::new(&dense, &val, 16, 0).unwrap();
         let planned = tiny_model(&cfg, SuperBlockPlan::from_blocks(vec![(0, 2)], n).unwrap(), Kind::Float, 1);

@@ -177,6 +177,7 @@ fn plan_search_scores_match_an_independent_conversion() {
     let (fit, held) = convert::calibration_sequences(&m.tokenizer, &data).unwrap();
     let val = uniattn::eval::perplexity::documents(&m.tokenizer, &pmc(), Some(&(900..904))).unwrap();
     let search_opts = uniattn::plan_search::SearchOptions {
+        reuse: uniattn::plan::ReuseKind::Uniattn,
         reuse_layers: 2,
         min_layer: 26,
         max_group: 3,
@@ -217,6 +218,7 @@ fn plan_search_on_choices_matches_eval_mc() {
     let mc = uniattn::eval::multiple_choice::ScoringOptions { max_len: 2048, batch_tokens: 4096 };
     let score = uniattn::plan_search::ChoiceLoss { tok: &m.tokenizer, task: task.clone(), opts: mc };
     let search_opts = uniattn::plan_search::SearchOptions {
+        reuse: uniattn::plan::ReuseKind::Uniattn,
         reuse_layers: 1,
         min_layer: 27,
         max_group: 2,

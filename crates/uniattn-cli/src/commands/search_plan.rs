@@ -7,14 +7,20 @@ use std::path::PathBuf;
 use uniattn::calibrate::{CalibOptions, FitMethod};
 use uniattn::loader;
 use uniattn::runtime;
+use uniattn::train::job::Variant;
 
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  uniattn search-plan smollm2 --calib data/pmc_llama_instructions_1000.json --val data/pmc_llama_instructions_1000.json --val-rows 900..1000 --reuse-layers 4 --out runs/plan-search"
+    after_help = "Example:\n  uniattn search-plan smollm2 --calib data/pmc_llama_instructions_1000.json --val data/pmc_llama_instructions_1000.json --val-rows 900..1000 --reuse-layers 4 --out runs/plan-search\n  uniattn search-plan smollm2 --variant layerdrop --val data/pmc_llama_instructions_1000.json --val-rows 900..1000 --reuse-layers 2 --out runs/plan-search-layerdrop"
 )]
 pub struct SearchPlanArgs {
     /// The dense model (GGUF or folder)
     pub model: PathBuf,
+    /// What the plans' reuse layers become: each method is scored after its own conversion
+    /// (W_c fitted for uniattn; softmax-only, cla and layerdrop have nothing to fit and need no
+    /// --calib)
+    #[arg(long, value_enum, default_value_t = VariantArg::Uniattn)]
+    pub variant: VariantArg,
     #[command(flatten)]
     pub calib: CalibArgs,
     /// Held-out documents every plan is scored on (next-token NLL): JSON/JSONL rows or a plain
@@ -67,16 +73,24 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
     if a.val_max_len < 2 || a.choice_max_len < 2 || a.batch_tokens == 0 {
         bail!("--val-max-len and --choice-max-len must be at least 2, --batch-tokens at least 1");
     }
+    let Variant::Reuse(reuse) = a.variant.variant() else {
+        bail!("--variant dense: a dense model has no plan to search; give uniattn, softmax-only, cla or layerdrop");
+    };
     let (device, kind) = setup(&a.dev)?;
     let m = loader::load(&a.model, kind, device)?;
     let n = m.model.stem.cfg.num_layers;
-    let (fit, fit_heldout) = uniattn::convert::calibration_sequences(&m.tokenizer, &a.calib.data(true)?)?;
+    let (fit, fit_heldout) = if reuse.spec().compensation {
+        uniattn::convert::calibration_sequences(&m.tokenizer, &a.calib.data(true)?)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let candidates = a
         .candidate
         .iter()
         .map(|c| uniattn::plan::SuperBlockPlan::parse_blocks(c, n))
         .collect::<uniattn::Result<Vec<_>>>()?;
     let opts = SearchOptions {
+        reuse,
         reuse_layers: a.shape.reuse_layers,
         min_layer: a.shape.min_layer(n),
         max_group: a.shape.max_group,
@@ -128,6 +142,7 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)
         .with_context(|| format!("writing {}", json.display()))?;
     r.block_cost_chart(n).save(&a.out.join("block_cost.png"))?;
+    println!("variant      {}", r.variant);
     println!("scored on    {}; dense {:.4}", r.scored_on, r.dense_nll);
     let mut cheap = r.blocks.clone();
     cheap.sort_by(|x, y| x.delta.total_cmp(&y.delta));
