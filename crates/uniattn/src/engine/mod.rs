@@ -56,7 +56,8 @@ pub struct Engine {
     pub options: EngineOptions,
     /// Captured decode steps, when decoding through CUDA graphs (see [`Engine::use_cuda_graphs`]).
     graphs: Option<graphs::DecodeGraphs>,
-    /// [`MAPS_FOR_PROBS`], except in tests.
+    /// [`MAPS_FOR_PROBS`] on CUDA; 0 on the CPU, where `P V` has no such shape problem and
+    /// reading no keys is what pays. Tests set it to run both forms.
     maps_for_probs: i64,
 }
 
@@ -98,8 +99,10 @@ impl Engine {
             })
             .collect();
         let cache = cache_for(&layers, &stem, options.max_batch, options.max_len)?;
-        let mut engine =
-            Engine { stem, layers, cache, roles, options, graphs: None, maps_for_probs: MAPS_FOR_PROBS };
+        let mut engine = Engine { stem, layers, cache, roles, options, graphs: None, maps_for_probs: 0 };
+        if engine.stem.device.is_cuda() {
+            engine.maps_for_probs = MAPS_FOR_PROBS;
+        }
         // On a GPU, decode through CUDA graphs unless UNIATTN_CUDA_GRAPHS=0 (or the shim is
         // missing, in which case the eager path runs as before).
         if crate::cuda::graph::wanted() && engine.stem.device.is_cuda() && crate::cuda::available() {
