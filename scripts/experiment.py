@@ -42,6 +42,10 @@ SCHEMA = {
     "plan_by": (("similarity", "loss", "choices"), "similarity",
                 "analyze's plan, or search-plan's by held-out loss or by MedMCQA questions"),
     "choices": (int, 300, "MedMCQA questions that score plans with plan_by = choices"),
+    "plans": (("shared", "per-variant"), "shared",
+              "one plan (UniAttn's) for every variant, or each variant's own from search-plan --variant"),
+    "matched_saving": (bool, False,
+                       "CLA and layer drop take half of each reuse count: the same KV saving as UniAttn's"),
     "search_args": ([str], [], "extra search-plan options, e.g. [\"--min-layer\", \"21\"]"),
     "tasks": (str, REQUIRED, "eval mc tasks, comma-separated"),
     "limit": (int, None, "questions per task (none: all)"),
@@ -157,6 +161,9 @@ def resolve(file, overrides):
             sys.exit(f"experiment: {file}: {key} is empty")
     if settings["plan_by"] == "choices" and settings["set"] != "medical":
         sys.exit(f"experiment: {file}: plan_by = \"choices\" scores MedMCQA questions and needs set = \"medical\"")
+    if settings["matched_saving"] and any(r % 2 for r in settings["reuse"]):
+        sys.exit(f"experiment: {file}: matched_saving halves each reuse count for CLA and layer drop; "
+                 f"reuse = {settings['reuse']} has an odd one")
     if not settings["seeded"]:
         settings["seeded"] = settings["reuse"][:1]
     return settings, chain
@@ -182,7 +189,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="keys:\n" + "\n".join(f"  {k}: {type_name(t)}. {h}" for k, (t, _, h) in SCHEMA.items()))
     ap.add_argument("experiment", help="experiment file, e.g. experiments/medical/gpu.toml")
-    ap.add_argument("model", help="the model (GGUF file or folder)")
+    ap.add_argument("model", help="the model: a GGUF file or folder, or a short name scripts/fetch-models.sh fetches")
     ap.add_argument("name", help="run name; results go to runs/SET/NAME unless --out")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key (VALUE in TOML syntax; a bare word is a string)")
@@ -191,10 +198,18 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="print the resolved settings and stop")
     args = ap.parse_args()
     settings, chain = resolve(args.experiment, [parse_override(o) for o in args.overrides])
-    out = args.out or os.path.join("runs", settings["set"], args.name)
+    model = args.model
+    if not os.path.exists(model):  # a short name (smollm2, ...): fetched into the user cache
+        r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "fetch-models.sh"), model],
+                           capture_output=True, text=True)
+        if r.returncode != 0 or not r.stdout.strip():
+            sys.exit(f"experiment: model {model}: no such file or folder, and {r.stderr.strip() or 'not fetched'}")
+        model = r.stdout.strip().splitlines()[-1]
+    model = os.path.abspath(model)
+    out = os.path.abspath(args.out or os.path.join(ROOT, "runs", settings["set"], args.name))
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     manifest = {"experiment": [os.path.relpath(p, ROOT) for p in chain], "overrides": args.overrides,
-                "model": args.model, "name": args.name, "out": out, "commit": commit or None,
+                "model": model, "name": args.name, "out": out, "commit": commit or None,
                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "settings": settings}
     print(json.dumps(manifest, indent=2), file=sys.stderr)
@@ -204,7 +219,7 @@ def main():
     with open(os.path.join(out, "experiment.json"), "w") as f:
         json.dump(manifest, f, indent=2)
     env = {**os.environ, **shell_env(settings), "EXP_OUT": out, "EXP_UNIATTN": args.uniattn}
-    sys.exit(subprocess.run(["bash", os.path.join(ROOT, "scripts", "experiment_medical.sh"), args.model, args.name],
+    sys.exit(subprocess.run(["bash", os.path.join(ROOT, "scripts", "experiment_medical.sh"), model, args.name],
                             env=env).returncode)
 
 

@@ -62,24 +62,48 @@ case $PLAN_BY in
     SCORE=(--val-task medmcqa:mc_5shot --val-exclude-split "$OUT/data/medmcqa_split.json" --val-limit "$EXP_CHOICES") ;;
 esac
 FIRST_REUSE=${REUSE%% *}
+# Plan R (an entry of `reuse`) gives UniAttn and softmax-only R reuse layers; with
+# matched_saving CLA and layer drop get R/2, the same KV saving (they drop K and V, not K alone).
+layers_of() { # VARIANT R
+  if [[ $EXP_MATCHED_SAVING == 1 && ($1 == cla || $1 == layerdrop) ]]; then echo $(($2 / 2)); else echo "$2"; fi
+}
+# The key of BLOCKS that VARIANT trains on for plan R: its reuse-layer count, and with
+# plans = "per-variant" its own name (each method's plan searched after its own conversion).
+plan_key() { # VARIANT R
+  local n
+  n=$(layers_of "$1" "$2")
+  if [[ $EXP_PLANS == per-variant && $1 != dense ]]; then echo "$1:$n"; else echo "$n"; fi
+}
+tag_of() { [[ $1 == "$FIRST_REUSE" ]] || echo "-r$1"; } # folder suffix of a reuse-layer count
 declare -A BLOCKS TAG
 for r in $REUSE; do
-  TAG[$r]=$([[ $r == "$FIRST_REUSE" ]] || echo "-r$r")
-  a="$OUT/analyze${TAG[$r]}"
-  log "plan from analyze ($r reuse layers)"
-  [[ -s $a.txt ]] ||
-    $U analyze "$MODEL" --data "$CALIB" --rows 500..516 --reuse-layers "$r" --out "$a" "${DT[@]}" > "$a.txt"
-  BLOCKS[$r]=$(python3 scripts/json_field.py "$a/similarity.json" proposed_plan)
-  if [[ $PLAN_BY != similarity ]]; then
-    s="$OUT/plan_search${TAG[$r]}"
-    log "plan by search-plan, $PLAN_BY ($r reuse layers; analyze's is ${BLOCKS[$r]})"
-    [[ -s $s.txt ]] ||
-      $U search-plan "$MODEL" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" "${SCORE[@]}" \
-        --reuse-layers "$r" --candidate "${BLOCKS[$r]}" $EXP_SEARCH_ARGS --out "$s" "${DT[@]}" > "$s.tmp" 2> "$s.log"
-    [[ -s $s.txt ]] || mv "$s.tmp" "$s.txt"
-    BLOCKS[$r]=$(python3 scripts/json_field.py "$s/plan_search.json" best)
-  fi
-  log "plan ${BLOCKS[$r]}"
+  TAG[$r]=$(tag_of "$r")
+  # Every plan-based variant's plan, and on the first plan UniAttn's and softmax-only's (their
+  # untrained conversions are evaluated whatever `variants` says).
+  for v in $VARIANTS $([[ $r == "$FIRST_REUSE" ]] && echo uniattn softmax-only); do
+    [[ $v == dense ]] && continue
+    key=$(plan_key "$v" "$r") n=$(layers_of "$v" "$r")
+    [[ -n ${BLOCKS[$key]:-} ]] && continue
+    a="$OUT/analyze$(tag_of "$n")"
+    if [[ ! -s $a.txt ]]; then
+      log "plan from analyze ($n reuse layers)"
+      $U analyze "$MODEL" --data "$CALIB" --rows 500..516 --reuse-layers "$n" --out "$a" "${DT[@]}" > "$a.txt"
+    fi
+    BLOCKS[$key]=$(python3 scripts/json_field.py "$a/similarity.json" proposed_plan)
+    if [[ $PLAN_BY != similarity ]]; then
+      # Shared plans are UniAttn's (W_c fitted); per-variant plans each method's own.
+      sv=$([[ $EXP_PLANS == per-variant ]] && echo "$v" || echo uniattn)
+      s="$OUT/plan_search$([[ $EXP_PLANS == per-variant ]] && echo "-$sv")$(tag_of "$n")"
+      log "plan by search-plan, $PLAN_BY, as $sv ($n reuse layers; analyze's is ${BLOCKS[$key]})"
+      [[ -s $s.txt ]] ||
+        $U search-plan "$MODEL" --variant "$sv" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" \
+          "${SCORE[@]}" --reuse-layers "$n" --candidate "${BLOCKS[$key]}" $EXP_SEARCH_ARGS --out "$s" "${DT[@]}" \
+          > "$s.tmp" 2> "$s.log"
+      [[ -s $s.txt ]] || mv "$s.tmp" "$s.txt"
+      BLOCKS[$key]=$(python3 scripts/json_field.py "$s/plan_search.json" best)
+    fi
+    log "plan $key: ${BLOCKS[$key]}"
+  done
 done
 
 # Evaluations run in the background, JOBS at a time, while training goes on (perplexity runs one
@@ -102,15 +126,14 @@ spawn_eval() {
 }
 # OUT/eval/LABEL.run.json: what a model is, for scripts/experiment_summary.py. GROUP: the runs
 # that differ only in seed; ARCH: the architecture whose bench rows apply (base for dense).
-describe() { # LABEL GROUP ARCH VARIANT REUSE SEED LR [OPTIONS...]
-  local reuse=$5
-  python3 - "$OUT/eval/$1.run.json" "$OUT/analyze${reuse:+${TAG[$reuse]}}/similarity.json" \
-    "${reuse:+${BLOCKS[$reuse]}}" "$@" <<'PY'
+describe() { # LABEL GROUP ARCH VARIANT PLAN_BLOCKS SEED LR [OPTIONS...]
+  python3 - "$OUT/eval/$1.run.json" "$OUT/analyze/similarity.json" "$@" <<'PY'
 import json, sys
-path, analysis, blocks, label, group, arch, variant, reuse, seed, lr, *options = sys.argv[1:]
-layers = len(json.load(open(analysis))["similarity"]) if reuse else None
+path, analysis, label, group, arch, variant, blocks, seed, lr, *options = sys.argv[1:]
+reuse = sum(int(e) - int(s) for s, e in (b.split("-") for b in blocks.split(","))) if blocks else 0
 json.dump({"label": label, "group": group, "architecture": arch, "variant": variant,
-           "plan_blocks": blocks or None, "reuse_layers": int(reuse) if reuse else 0, "num_layers": layers,
+           "plan_blocks": blocks or None, "reuse_layers": reuse,
+           "num_layers": len(json.load(open(analysis))["similarity"]),
            "seed": int(seed) if seed else None, "lr": float(lr) if lr else None, "train_options": options},
           open(path, "w"), indent=1)
 PY
@@ -123,7 +146,9 @@ train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
   local variant=$1 seed=$2 lr=$3 dir=$4 reuse=${5:-$FIRST_REUSE}
   shift $(($# < 5 ? $# : 5))
   [[ -d $dir/final ]] && return
-  $U train --model "$MODEL" --variant "$variant" --plan-blocks "${BLOCKS[$reuse]}" --data "$DATA" --val-data "$VAL" \
+  local plan=()
+  [[ $variant == dense ]] || plan=(--plan-blocks "${BLOCKS[$(plan_key "$variant" "$reuse")]}")
+  $U train --model "$MODEL" --variant "$variant" "${plan[@]}" --data "$DATA" --val-data "$VAL" \
     --calib "$CALIB" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@" --out "$dir" > "$dir.log" 2>&1
 }
 
@@ -166,11 +191,12 @@ for r in $REUSE; do
       fi
       label="$variant${TAG[$r]}-s$seed" dir="$OUT/runs/$variant${TAG[$r]}-s$seed"
       if [[ $variant == dense && $seed == "${SEEDS%% *}" ]]; then dir="$OUT/runs/lr-$BEST_LR"; fi
-      log "train $label (plan ${BLOCKS[$r]})"
+      plan=$([[ $variant == dense ]] || echo "${BLOCKS[$(plan_key "$variant" "$r")]}")
+      log "train $label${plan:+ (plan $plan)}"
       train "$variant" "$seed" "$BEST_LR" "$dir" "$r"
       MODELS+=("$label:$dir/final")
       describe "$label" "$variant${TAG[$r]}" "$([[ $variant == dense ]] && echo base || echo "$variant${TAG[$r]}")" \
-        "$variant" "$([[ $variant == dense ]] || echo "$r")" "$seed" "$BEST_LR"
+        "$variant" "$plan" "$seed" "$BEST_LR"
       spawn_eval "$label" "$dir/final"
     done
   done
@@ -185,7 +211,8 @@ for spec in "${specs[@]}"; do
   train "$variant" "${SEEDS%% *}" "$BEST_LR" "$OUT/runs/$label" "$FIRST_REUSE" "${extra[@]}"
   MODELS+=("$label:$OUT/runs/$label/final")
   describe "$label" "${spec%%=*}" "$([[ $variant == dense ]] && echo base || echo "$variant")" "$variant" \
-    "$([[ $variant == dense ]] || echo "$FIRST_REUSE")" "${SEEDS%% *}" "$BEST_LR" "${extra[@]}"
+    "$([[ $variant == dense ]] || echo "${BLOCKS[$(plan_key "$variant" "$FIRST_REUSE")]}")" "${SEEDS%% *}" \
+    "$BEST_LR" "${extra[@]}"
   spawn_eval "$label" "$OUT/runs/$label/final"
 done
 
@@ -193,10 +220,11 @@ log "the unified models before post-training (W_c from the closed-form fit, and 
 for fit in ours none; do
   label=$([[ $fit == ours ]] && echo uniattn-untrained || echo softmax-only-untrained)
   dir="$OUT/runs/$label"
-  [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "${BLOCKS[$FIRST_REUSE]}" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --fit $fit \
+  plan=${BLOCKS[$(plan_key "${label%-untrained}" "$FIRST_REUSE")]}
+  [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "$plan" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --fit $fit \
     --max-len "$MAX_LEN" --out "$dir" "${DT[@]}" > "$dir.log" 2>&1
   MODELS+=("$label:$dir")
-  describe "$label" "$label" "${label%-untrained}" "${label%-untrained}" "$FIRST_REUSE" "" ""
+  describe "$label" "$label" "${label%-untrained}" "${label%-untrained}" "$plan" "" ""
   spawn_eval "$label" "$dir"
 done
 wait
@@ -229,7 +257,8 @@ if [[ $EXP_COST != 0 && ! -s $OUT/eval/cost.bench.json ]]; then
         python3 -c "import json,sys; json.dump(json.load(open(sys.argv[1]))[:16], open(sys.argv[2],'w'))" \
           "$DATA" "$OUT/bench/rows16.json"
         m="$OUT/bench/$arch.stand-in"
-        $U train --model "$MODEL" --variant "$variant" --plan-blocks "${BLOCKS[$r]}" --data "$OUT/bench/rows16.json" \
+        $U train --model "$MODEL" --variant "$variant" --plan-blocks "${BLOCKS[$(plan_key "$variant" "$r")]}" \
+          --data "$OUT/bench/rows16.json" \
           --val-data "$OUT/bench/rows16.json" --calib "$OUT/bench/rows16.json" --max-len "$MAX_LEN" --micro-batch 16 \
           --save-every 100000 --save-dtype bf16 --device "$DEV" $([[ $DEV == cuda ]] && echo --bf16) --out "$m" > "$m.log" 2>&1
         rm -rf "$m/checkpoints"

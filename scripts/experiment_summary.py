@@ -154,20 +154,28 @@ if spread:
         print(f"| {v} | {len(rs)} | " + " | ".join(cells) + " |")
 
 
-def scatter(key, y_label, title, path):
+def decode_speed(r):
+    """Decode tokens/s at the bench grid's last point (the largest batch and context), or None."""
+    b = r["bench"][-1] if r["bench"] else None
+    return None if b is None or b.get("error") else b["decode_tokens_per_s"]
+
+
+def scatter(key, y_label, title, path, x_of=lambda r: r["saved"], x_label="KV-cache bytes saved (fraction)"):
     """One series per method, one point per variant (the mean over its seeds, whiskers from the
-    lowest to the highest): `key` against the KV-cache saving. Drawn by `uniattn plot`."""
+    lowest to the highest): `key` against `x_of` (the KV-cache saving, or decode speed). Drawn by
+    `uniattn plot`."""
     series = {}
     for v, rs in by_variant.items():
         ys = [r[key] for r in rs if r[key] is not None]
-        if ys and rs[0]["saved"] is not None:
+        x = x_of(rs[0])
+        if ys and x is not None:
             m = rs[0]["method"]
             s = series.setdefault(m, {"name": m, "points": [], "y_ranges": []})
-            s["points"].append([rs[0]["saved"], statistics.mean(ys)])
+            s["points"].append([x, statistics.mean(ys)])
             s["y_ranges"].append([min(ys), max(ys)])
     if not series:
         return
-    draw({"kind": "scatter", "title": title, "x_label": "KV-cache bytes saved (fraction)", "y_label": y_label,
+    draw({"kind": "scatter", "title": title, "x_label": x_label, "y_label": y_label,
           "series": list(series.values())}, path)
     print(f"plot: {path}")
 
@@ -178,4 +186,10 @@ scatter("general_avg", "general-task accuracy (mean of tasks)", "general-task ac
 scatter("val_ppl", "perplexity of the validation rows", "held-out perplexity of the validation rows (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
 scatter("val_loss", "validation loss (nats per token)", "held-out validation loss after post-training (lower is better) vs KV-cache saving",
         os.path.join(out, "val_loss_vs_saving.svg"))
+if grid:
+    last = grid[-1]
+    speed = f"decode tokens/s (batch {last['batch']}, context {last['context']})"
+    for key, name in (("medical_avg", "medical accuracy"), ("general_avg", "general-task accuracy")):
+        scatter(key, f"{name} (mean of tasks)", f"{name} vs measured decode speed",
+                os.path.join(out, f"{key.split('_')[0]}_vs_decode_speed.svg"), decode_speed, speed)
 print(f"learning-rate grid: {os.path.join(out, 'lr_grid.jsonl')}")
