@@ -158,8 +158,8 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
         println!("  {:<24} {:>9} {:>9.4} {:>+8.4}{tag}", p.plan, pred, p.mean_nll, p.mean_nll - r.dense_nll);
     }
     println!("time         {:.1} s on {}", r.seconds, runtime::device_name(device));
-    println!("best plan:");
-    println!("  --plan-blocks {}", r.best);
+    println!("best plan (as train takes it):");
+    println!("  --variant {} --plan-blocks {}", r.variant, r.best);
     println!("wrote {} and block_cost.png", json.display());
     Ok(())
 }
