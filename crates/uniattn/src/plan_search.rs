@@ -124,7 +124,8 @@ impl SearchReport {
         let (first, grid) = self.block_grid(num_layers);
         let (lo, hi) =
             self.blocks.iter().fold((f64::MAX, f64::MIN), |(lo, hi), b| (lo.min(b.delta), hi.max(b.delta)));
-        let title = format!("held-out loss of each block converted alone ({})", self.scored_on);
+        let title =
+            format!("held-out loss of each block converted alone to {} ({})", self.variant, self.scored_on);
         let labels = [title.as_str(), "last layer of the block", "lead layer", "loss increase over dense"];
         crate::plot::Heatmap::of(labels, &grid, first, [lo, hi])
     }
