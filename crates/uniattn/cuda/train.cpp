@@ -41,22 +41,9 @@ union Arg {
   float f32;
 };
 
-// Launches `kernel` (a handle from ua_kernel_get) over `elements` with a grid-stride grid on
-// the current stream of `like`'s device: inside autograd's backward that is the stream the
-// forward ran on, so a captured graph takes both.
-void launch(int64_t kernel, const at::Tensor& like, int64_t elements, std::vector<Arg> args) {
-  std::vector<void*> ptrs;
-  for (auto& a : args) ptrs.push_back(&a);
-  const unsigned block = 256;
-  const auto grid = static_cast<unsigned>(std::clamp<int64_t>((elements + block - 1) / block, 1, 4096));
-  char err[1024];
-  if (ua_kernel_launch(reinterpret_cast<void*>(kernel), like.get_device(), grid, block, 0, ptrs.data(), err,
-                       sizeof err) != 0) {
-    throw std::runtime_error(err);
-  }
-}
-
-// Launches `kernel` on `grid` blocks of 256 threads (kernels that take a block per row).
+// Launches `kernel` (a handle from ua_kernel_get) on `grid` blocks of 256 threads on the current
+// stream of `like`'s device: inside autograd's backward that is the stream the forward ran on,
+// so a captured graph takes both.
 void launch_blocks(int64_t kernel, const at::Tensor& like, int64_t grid, std::vector<Arg> args) {
   std::vector<void*> ptrs;
   for (auto& a : args) ptrs.push_back(&a);
@@ -65,6 +52,11 @@ void launch_blocks(int64_t kernel, const at::Tensor& like, int64_t grid, std::ve
                        ptrs.data(), err, sizeof err) != 0) {
     throw std::runtime_error(err);
   }
+}
+
+// [`launch_blocks`] with a grid-stride grid over `elements` (at most 4096 blocks).
+void launch(int64_t kernel, const at::Tensor& like, int64_t elements, std::vector<Arg> args) {
+  launch_blocks(kernel, like, std::clamp<int64_t>((elements + 255) / 256, 1, 4096), std::move(args));
 }
 
 Arg ptr(const at::Tensor& t) { return Arg{.ptr = t.data_ptr()}; }

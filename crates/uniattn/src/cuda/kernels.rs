@@ -259,8 +259,9 @@ pub fn rope_heads(x: &Tensor, heads: i64, cos: &Tensor, sin_signed: &Tensor) -> 
 
 /// One AdamW update (torch.optim.AdamW(fused=True)'s arithmetic) over the trainer's flat f32
 /// buffers in one kernel: parameters `p`, gradients `g`, moments `m` and `v`, at update number
-/// `step` (1 first), with `hp`'s hyper-parameters (its `lr` the scheduled one). It also writes the updated parameters into `copy` (their bf16 or f16 copy
-/// for autocast's matrix products) in the same pass. `grad_scale` (a 0-d f32 device tensor)
+/// `step` (1 first), with `hp`'s hyper-parameters (its `lr` the scheduled one). It also writes
+/// the updated parameters into `copy` (their bf16 or f16 copy for autocast's matrix products)
+/// in the same pass. `grad_scale` (a 0-d f32 device tensor)
 /// divides the gradient first. False where the kernel does not apply (then the caller runs the
 /// composition).
 pub fn adamw(

@@ -99,10 +99,8 @@ impl Engine {
             })
             .collect();
         let cache = cache_for(&layers, &stem, options.max_batch, options.max_len)?;
-        let mut engine = Engine { stem, layers, cache, roles, options, graphs: None, maps_for_probs: 0 };
-        if engine.stem.device.is_cuda() {
-            engine.maps_for_probs = MAPS_FOR_PROBS;
-        }
+        let maps_for_probs = if stem.device.is_cuda() { MAPS_FOR_PROBS } else { 0 };
+        let mut engine = Engine { stem, layers, cache, roles, options, graphs: None, maps_for_probs };
         // On a GPU, decode through CUDA graphs unless UNIATTN_CUDA_GRAPHS=0 (or the shim is
         // missing, in which case the eager path runs as before).
         if crate::cuda::graph::wanted() && engine.stem.device.is_cuda() && crate::cuda::available() {

@@ -43,13 +43,15 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
-/// The map counts from which leads hand their map over in decode that exercise both forms:
-/// CUDA's threshold (the tests' small batches hand queries and keys) and always the map.
-fn handover_forms(kind: Option<ReuseKind>) -> Vec<i64> {
-    match kind {
+/// Every plan of [`variants`] with the map counts from which its leads hand their map over in
+/// decode, so that both forms run where there is a map: CUDA's threshold (the tests' small
+/// batches hand queries and keys) and 0 (always the map).
+fn variants_and_handovers() -> Vec<(Option<ReuseKind>, i64)> {
+    let forms = |kind| match kind {
         Some(ReuseKind::Uniattn | ReuseKind::SoftmaxOnly) => vec![MAPS_FOR_PROBS, 0],
         _ => vec![MAPS_FOR_PROBS],
-    }
+    };
+    variants().into_iter().flat_map(|k| forms(k).into_iter().map(move |m| (k, m))).collect()
 }
 
 /// Three prompts of different lengths (one longer than the prefill chunk) prefilled into one
@@ -58,9 +60,7 @@ fn handover_forms(kind: Option<ReuseKind>) -> Vec<i64> {
 #[test]
 fn batched_prefill_and_decode_match_the_full_forward() {
     for fam in [Family::Llama, Family::Qwen2, Family::Gemma2, Family::Gemma3] {
-        for (kind, maps) in
-            variants().into_iter().flat_map(|k| handover_forms(k).into_iter().map(move |m| (k, m)))
-        {
+        for (kind, maps) in variants_and_handovers() {
             let reference = model(fam, kind, 11);
             let mut engine = Engine::new(
                 model(fam, kind, 11),
@@ -350,9 +350,7 @@ fn graphs_against_eager(dtype: Kind) -> Option<Vec<GraphsAgainstEager>> {
         |l: &Tensor| -> Vec<i64> { Vec::try_from(l.argmax(-1, false).to_device(tch::Device::Cpu)).unwrap() };
     let mut out = Vec::new();
     for fam in [Family::Llama, Family::Qwen2, Family::Gemma2, Family::Gemma3] {
-        for (kind, maps) in
-            variants().into_iter().flat_map(|k| handover_forms(k).into_iter().map(move |m| (k, m)))
-        {
+        for (kind, maps) in variants_and_handovers() {
             let mut eager = Engine::new(on_gpu(model(fam, kind, 21)), opts).unwrap();
             eager.use_cuda_graphs(false).unwrap();
             eager.set_maps_for_probs(maps);
