@@ -17,4 +17,7 @@ for m in q05 ${PLAN:+q05-uni}; do
     $U bench --model "$W/$m" --batch ${BATCH:-1} --context ${CONTEXT:-2048} --new-tokens 3 --dtype bf16 --device cuda \
     > "$OUT/profile_$m.csv" 2> "$OUT/profile_$m.err"
   echo "$m: $(grep -c gpu__time_duration "$OUT/profile_$m.csv") kernels profiled"; tail -2 "$OUT/profile_$m.err"
+  # The kernels a step, from bench's table in the same output: the per-kernel summary.
+  k=$(grep "^| $m " "$OUT/profile_$m.csv" | awk -F'|' '{print $5}' | head -1)
+  [[ -n $k ]] && "$PYTHON" scripts/device/ncu_step.py "$OUT/profile_$m.csv" $k | tee "$OUT/step_$m.txt" | head -20
 done

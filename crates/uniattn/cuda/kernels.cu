@@ -53,6 +53,15 @@ __device__ __forceinline__ i64 global_stride() { return (i64)gridDim.x * blockDi
 // Gated MLP activation: out[r, i] = act(gu[r, i]) * gu[r, inter + i], where `gu` is the fused
 // gate|up projection ([rows, 2 * inter]). Replaces act (one kernel) and the product (another).
 // act: SiLU (`gelu` = 0) as torch computes it, x / (1 + exp(-x)), or GELU's tanh form.
+__device__ __forceinline__ float gate_act(float g, int gelu) {
+  if (gelu) {
+    const float beta = 0.7978845608028654f;  // sqrt(2 / pi)
+    const float inner = beta * (g + 0.044715f * g * g * g);
+    return 0.5f * g * (1.0f + tanhf(inner));
+  }
+  return g / (1.0f + expf(-g));
+}
+
 template <typename T>
 __device__ void gated_act(const T* gu, T* out, i64 rows, i64 inter, int gelu) {
   const i64 n = rows * inter;
@@ -60,15 +69,7 @@ __device__ void gated_act(const T* gu, T* out, i64 rows, i64 inter, int gelu) {
     const i64 r = i / inter, c = i - r * inter;
     const float g = to_float(gu[r * 2 * inter + c]);
     const float u = to_float(gu[r * 2 * inter + inter + c]);
-    float a;
-    if (gelu) {
-      const float beta = 0.7978845608028654f;  // sqrt(2 / pi)
-      const float inner = beta * (g + 0.044715f * g * g * g);
-      a = 0.5f * g * (1.0f + tanhf(inner));
-    } else {
-      a = g / (1.0f + expf(-g));
-    }
-    out[i] = from_float<T>(__fmul_rn(round_to<T>(a), u));
+    out[i] = from_float<T>(__fmul_rn(round_to<T>(gate_act(g, gelu)), u));
   }
 }
 
@@ -435,6 +436,93 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
 }
 
 // ---------------------------------------------------------------------------------------------
+// A decode step's projections at batch 1: y[o] = sum_i a[i] W[o, i] (+ bias[o]), W [rows, in]
+// as PyTorch stores it. At one row a projection is a matrix-vector product whose speed is the
+// bytes of W in flight: one warp per output, each lane streaming 16 bytes at a time with
+// GEMV_UNROLL loads issued before any arithmetic, no shared memory, no synchronisation (cuBLAS's
+// kernels for these shapes reach 0.3-2.2 TB/s on the H200 and add a split-K reduction kernel
+// for long rows). Sums are f32, rounded once, as cuBLAS rounds alpha x W^T + beta C. Around it,
+// what would otherwise be kernels of their own:
+//   - `add` non-null: y = T(acc + add[o]) (the residual stream, cuBLAS's beta = 1; `add` may be
+//     `y`), then, with `extra`, y = T(y + extra[o]) (a reuse layer's compensation X W_c);
+//   - R = 2 (`gated`): W is the fused gate|up weight [2 rows, in]; the warp takes rows o and
+//     rows + o and writes T(T(act(T(gate))) * T(up)), what the projection and `gated_act` store.
+// x, W are 16-byte aligned and `in` a multiple of 16 bytes' elements (the caller checks).
+#define GEMV_UNROLL 8
+
+// Weights are read once: past L1.
+__device__ __forceinline__ uint4 load_streaming(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& raw, float* out) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int k = 0; k < (int)(16 / sizeof(T)); ++k) out[k] = to_float(e[k]);
+}
+
+template <typename T, int R>
+__device__ void decode_gemv(const T* x, const T* w, const T* bias, const T* add, const T* extra, T* y, i64 rows,
+                            i64 in, int gelu) {
+  constexpr int V = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31;
+  const i64 o = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (o >= rows) return;
+  const i64 pieces = in / V;
+  const uint4* xs = reinterpret_cast<const uint4*>(x);
+  const uint4* wr[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) wr[r] = reinterpret_cast<const uint4*>(w + (o + r * rows) * in);
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+  for (i64 base = lane; base < pieces; base += 32 * GEMV_UNROLL) {
+    uint4 wv[R][GEMV_UNROLL];
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; ++u) {
+      const i64 i = base + u * 32;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (i < pieces) wv[r][u] = load_streaming(wr[r] + i);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; ++u) {
+      const i64 i = base + u * 32;
+      if (i >= pieces) continue;
+      float a[V], wf[V];
+      unpack16<T>(xs[i], a);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        unpack16<T>(wv[r][u], wf);
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc[r] = fmaf(wf[k], a[k], acc[r]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    for (int s = 16; s > 0; s >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], s);
+    if (bias != nullptr) acc[r] += to_float(bias[o + r * rows]);
+  }
+  if (lane != 0) return;
+  if (R == 2) {
+    const float gate = round_to<T>(acc[0]), up = round_to<T>(acc[R - 1]);
+    y[o] = from_float<T>(__fmul_rn(round_to<T>(gate_act(gate, gelu)), up));
+    return;
+  }
+  float v = acc[0];
+  if (add != nullptr) v += to_float(add[o]);
+  if (extra != nullptr) v = __fadd_rn(round_to<T>(v), to_float(extra[o]));
+  y[o] = from_float<T>(v);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Training's residual add and the RMSNorm after it (the trainer's autograd function in
 // train.cpp): mid = h + a, with h the f32 residual stream and a a branch's output in T, and
 // x = T(mid * rstd * w) with rstd = 1 / sqrt(mean(mid^2) + eps) and w the f32 norm weight (plus
@@ -469,9 +557,9 @@ __device__ void add_rms_norm_forward(const float* h, const T* a, const float* w,
 // where it has none: d_mid = gmid + rstd * (gx w - xhat * mean(gx w xhat)), xhat = mid * rstd,
 // written as dh (f32) and da (T); and, unless dw_partial is null, each block's sum over its rows
 // of gx * xhat ([gridDim.x, dim] f32, which the caller sums into w's gradient). A thread keeps
-// the sums of its columns in registers: dim <= NORM_COLS x blockDim.x.
-#define NORM_COLS 16
-template <typename T>
+// the sums of its columns in registers: dim <= COLS x blockDim.x; entry points for 4, 8 and 16
+// columns, so that narrow rows keep few registers and many blocks fit an SM.
+template <typename T, int NORM_COLS>
 __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const float* w, const T* gx,
                                       const float* gmid, float* dh, T* da, float* dw_partial, i64 rows, i64 dim,
                                       int plus_one) {
@@ -534,6 +622,14 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
                                                      i64 q, i64 k, float scale, float softcap) {          \
     masked_softmax<T>(scores, mask, out, heads, q, k, scale, softcap);                                     \
   }                                                                                                        \
+  extern "C" __global__ void decode_gemv_##SUFFIX(const T* x, const T* w, const T* bias, const T* add,         \
+                                                  const T* extra, T* y, i64 rows, i64 in) {                 \
+    decode_gemv<T, 1>(x, w, bias, add, extra, y, rows, in, 0);                                             \
+  }                                                                                                        \
+  extern "C" __global__ void decode_gemv_gated_##SUFFIX(const T* x, const T* w, const T* bias, T* y, i64 rows, \
+                                                        i64 in, int gelu) {                                 \
+    decode_gemv<T, 2>(x, w, bias, nullptr, nullptr, y, rows, in, gelu);                                     \
+  }                                                                                                        \
   extern "C" __global__ void cross_entropy_##SUFFIX(const T* logits, const i64* targets, float* loss,     \
                                                     T* grad, i64 v, const float* scale, float softcap) {  \
     cross_entropy<T>(logits, targets, loss, grad, v, scale, softcap);                                      \
@@ -558,10 +654,20 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
                                                           float eps, int plus_one) {                          \
     add_rms_norm_forward<T>(h, a, w, mid, x, rstd, rows, dim, eps, plus_one);                                \
   }                                                                                                        \
-  extern "C" __global__ void add_rms_norm_backward_##SUFFIX(                                                \
+  extern "C" __global__ void add_rms_norm_backward4_##SUFFIX(                                                \
       const float* mid, const float* rstd, const float* w, const T* gx, const float* gmid, float* dh, T* da, \
       float* dw_partial, i64 rows, i64 dim, int plus_one) {                                                \
-    add_rms_norm_backward<T>(mid, rstd, w, gx, gmid, dh, da, dw_partial, rows, dim, plus_one);              \
+    add_rms_norm_backward<T, 4>(mid, rstd, w, gx, gmid, dh, da, dw_partial, rows, dim, plus_one);              \
+  }                                                                                                        \
+  extern "C" __global__ void add_rms_norm_backward8_##SUFFIX(                                                \
+      const float* mid, const float* rstd, const float* w, const T* gx, const float* gmid, float* dh, T* da, \
+      float* dw_partial, i64 rows, i64 dim, int plus_one) {                                                \
+    add_rms_norm_backward<T, 8>(mid, rstd, w, gx, gmid, dh, da, dw_partial, rows, dim, plus_one);              \
+  }                                                                                                        \
+  extern "C" __global__ void add_rms_norm_backward16_##SUFFIX(                                                \
+      const float* mid, const float* rstd, const float* w, const T* gx, const float* gmid, float* dh, T* da, \
+      float* dw_partial, i64 rows, i64 dim, int plus_one) {                                                \
+    add_rms_norm_backward<T, 16>(mid, rstd, w, gx, gmid, dh, da, dw_partial, rows, dim, plus_one);              \
   }                                                                                                        \
   extern "C" __global__ void adamw_##SUFFIX(float* p, const float* g, float* m, float* v, T* copy, i64 n,   \
                                             double lr, double beta1, double beta2, double weight_decay,    \

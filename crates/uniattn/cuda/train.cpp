@@ -98,15 +98,13 @@ struct Swiglu : public torch::autograd::Function<Swiglu> {
 
 // The residual add and the RMSNorm after it: from the f32 residual `h`, a branch's output `a`
 // and the f32 norm weight `w`, {mid = h + a (f32), x = RMSNorm(mid) in a's type}, with the
-// fused kernels forward and backward (kernels.cu, add_rms_norm_*). Blocks of the backward
-// pass, each summing its rows' share of w's gradient.
-constexpr int64_t kNormGradBlocks = 256;
+// fused kernels forward and backward (kernels.cu, add_rms_norm_*). The backward kernel `bwd`
+// runs `grad_blocks` blocks, each summing its rows' share of w's gradient.
 struct AddRmsNorm : public torch::autograd::Function<AddRmsNorm> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& a, const at::Tensor& w,
-                               double eps, int64_t plus_one, int64_t fwd, int64_t bwd) {
+                               double eps, int64_t plus_one, int64_t fwd, int64_t bwd, int64_t grad_blocks) {
     auto hc = h.contiguous(), ac = a.contiguous(), wc = w.contiguous();
     const auto dim = h.size(-1), rows = h.numel() / dim;
-    if (dim > 16 * 256) throw std::runtime_error("add_rms_norm: rows wider than 4096 (NORM_COLS x 256)");
     auto mid = at::empty_like(hc);
     auto x = at::empty_like(ac);
     auto rstd = at::empty({rows}, hc.options());
@@ -115,6 +113,7 @@ struct AddRmsNorm : public torch::autograd::Function<AddRmsNorm> {
                    i32(plus_one)});
     ctx->save_for_backward({mid, rstd, wc});
     ctx->saved_data["bwd"] = bwd;
+    ctx->saved_data["grad_blocks"] = grad_blocks;
     ctx->saved_data["plus_one"] = plus_one;
     ctx->saved_data["type"] = static_cast<int64_t>(a.scalar_type());
     return {mid, x};
@@ -129,14 +128,14 @@ struct AddRmsNorm : public torch::autograd::Function<AddRmsNorm> {
     auto gx = grads[1].defined() ? grads[1].to(type).contiguous() : at::Tensor();
     auto dh = at::empty_like(mid);
     auto da = at::empty(mid.sizes(), mid.options().dtype(type));
-    const auto blocks = std::clamp<int64_t>(rows, 1, kNormGradBlocks);
+    const auto blocks = std::clamp<int64_t>(rows, 1, ctx->saved_data["grad_blocks"].toInt());
     const bool want_dw = ctx->needs_input_grad(2) && gx.defined();
     auto partial = want_dw ? at::empty({blocks, dim}, mid.options()) : at::Tensor();
     launch_blocks(ctx->saved_data["bwd"].toInt(), mid, blocks,
                   {ptr(mid), ptr(rstd), ptr(w), nullable(gx), nullable(gmid), ptr(dh), ptr(da), nullable(partial),
                    i64(rows), i64(dim), i32(ctx->saved_data["plus_one"].toInt())});
     auto dw = want_dw ? partial.sum(0) : at::Tensor();
-    return {dh, da, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dh, da, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -236,10 +235,10 @@ int ua_rope(void* x, void* cos, void* sin_signed, int64_t heads, int64_t fwd, in
 
 // h + a and its RMSNorm through the AddRmsNorm autograd function; writes new tensor handles
 // for the sum and the normed tensor.
-int ua_add_rms_norm(void* h, void* a, void* w, double eps, int64_t plus_one, int64_t fwd, int64_t bwd, void** mid,
-                    void** x, char* err, size_t len) {
+int ua_add_rms_norm(void* h, void* a, void* w, double eps, int64_t plus_one, int64_t fwd, int64_t bwd,
+                    int64_t grad_blocks, void** mid, void** x, char* err, size_t len) {
   return guarded(err, len, [&] {
-    auto out = AddRmsNorm::apply(tensor(h), tensor(a), tensor(w), eps, plus_one, fwd, bwd);
+    auto out = AddRmsNorm::apply(tensor(h), tensor(a), tensor(w), eps, plus_one, fwd, bwd, grad_blocks);
     *mid = new at::Tensor(out[0]);
     *x = new at::Tensor(out[1]);
   });

@@ -28,8 +28,12 @@ const KERNELS: &[&str] = &[
     "rope_forward",
     "rope_backward",
     "add_rms_norm_forward",
-    "add_rms_norm_backward",
+    "add_rms_norm_backward4",
+    "add_rms_norm_backward8",
+    "add_rms_norm_backward16",
     "adamw",
+    "decode_gemv",
+    "decode_gemv_gated",
 ];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
@@ -186,10 +190,14 @@ pub fn add_rms_norm(
         return None;
     }
     let s = shim().ok()?;
-    let (fwd, bwd) = (
-        loaded.kernels[&("add_rms_norm_forward", suffix)],
-        loaded.kernels[&("add_rms_norm_backward", suffix)],
-    );
+    // The backward kernel keeping the fewest columns a thread (256 threads a row), and its
+    // blocks: 1,024 for rows up to 2,048 wide (32-56 registers), so that the GPU holds them all.
+    let (backward, grad_blocks) = match dim {
+        ..=1024 => ("add_rms_norm_backward4", 1024),
+        1025..=2048 => ("add_rms_norm_backward8", 1024),
+        _ => ("add_rms_norm_backward16", 256),
+    };
+    let (fwd, bwd) = (loaded.kernels[&("add_rms_norm_forward", suffix)], loaded.kernels[&(backward, suffix)]);
     let (mut mid, mut x) = (std::ptr::null_mut(), std::ptr::null_mut());
     // SAFETY: live tensor handles, kernel handles of `a`'s type, valid out-pointers.
     let r = call("add + RMSNorm", |e, n| unsafe {
@@ -201,6 +209,7 @@ pub fn add_rms_norm(
             plus_one as i64,
             fwd as i64,
             bwd as i64,
+            grad_blocks,
             &mut mid,
             &mut x,
             e,
@@ -392,6 +401,78 @@ pub fn gated_act(gu: &Tensor, gelu_tanh: bool) -> Option<Tensor> {
     let rows = gu.numel() as i64 / width;
     let args = Args::default().ptr(gu).ptr(&out).i64(rows).i64(inter).i32(gelu_tanh as i64);
     args.launch(loaded, "gated_act", suffix, device, grid_for(rows * inter), THREADS).then_some(out)
+}
+
+/// What [`decode_gemv`] does with the product `x W^T (+ bias)`.
+#[derive(Clone, Copy)]
+pub enum GemvOut<'a> {
+    /// Returns it as a new tensor.
+    New,
+    /// Adds it to `h` in place (the residual stream), then `extra` (a reuse layer's
+    /// compensation) where given, each add rounded as the separate adds would be; returns `h`.
+    AddInto { h: &'a Tensor, extra: Option<&'a Tensor> },
+    /// `W` is the fused gate|up weight `[2I, in]`: returns `act(gate) * up` (`[.., I]`), SiLU
+    /// or GELU's tanh form, what the projection and [`gated_act`] give.
+    Gated { gelu_tanh: bool },
+}
+
+/// A decode step's projection at batch 1 in one matrix-vector kernel that streams `W`
+/// (`[out, in]`) at close to the memory's bandwidth, where cuBLAS's kernels for one row reach a
+/// fraction of it; `out` says where the product goes. `None` where it does not apply (more
+/// than one row, gradients, layout, alignment, `UNIATTN_DECODE_GEMV=0`), and the caller runs
+/// `linear`/`addmm` and the kernels this one stands in for.
+pub fn decode_gemv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out: GemvOut) -> Option<Tensor> {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var("UNIATTN_DECODE_GEMV").is_ok_and(|v| v == "0")) {
+        return None;
+    }
+    let (device, loaded, suffix) = usable(x)?;
+    let (outs, inp) = match weight.size()[..] {
+        [o, i] => (o, i),
+        _ => return None,
+    };
+    let aligned = |t: &Tensor| t.is_contiguous() && (t.data_ptr() as usize).is_multiple_of(16);
+    let same = |t: &Tensor| t.kind() == x.kind() && t.device() == x.device() && !t.requires_grad();
+    let fits = x.numel() as i64 == inp
+        && (inp as usize).is_multiple_of(16 / x.kind().elt_size_in_bytes())
+        && aligned(x)
+        && aligned(weight)
+        && same(weight)
+        && bias.is_none_or(|b| same(b) && b.is_contiguous() && b.size() == [outs])
+        && match &out {
+            GemvOut::New => true,
+            GemvOut::AddInto { h, extra } => {
+                same(h)
+                    && h.is_contiguous()
+                    && h.numel() as i64 == outs
+                    && extra.is_none_or(|e| same(e) && e.is_contiguous() && e.numel() as i64 == outs)
+            }
+            GemvOut::Gated { .. } => outs.rem_euclid(2) == 0,
+        };
+    if !fits {
+        return None;
+    }
+    let rows = if matches!(out, GemvOut::Gated { .. }) { outs / 2 } else { outs };
+    let y = match out {
+        GemvOut::AddInto { h, .. } => h.shallow_clone(),
+        _ => {
+            let mut shape = x.size();
+            *shape.last_mut()? = rows;
+            Tensor::empty(shape.as_slice(), (x.kind(), x.device()))
+        }
+    };
+    let args = Args::default().ptr(x).ptr(weight).nullable(bias);
+    let (name, args) = match out {
+        GemvOut::New => ("decode_gemv", args.nullable(None).nullable(None).ptr(&y).i64(rows).i64(inp)),
+        GemvOut::AddInto { h, extra } => {
+            ("decode_gemv", args.ptr(h).nullable(extra).ptr(&y).i64(rows).i64(inp))
+        }
+        GemvOut::Gated { gelu_tanh } => {
+            ("decode_gemv_gated", args.ptr(&y).i64(rows).i64(inp).i32(gelu_tanh as i64))
+        }
+    };
+    const WARPS: i64 = 4;
+    args.launch(loaded, name, suffix, device, (rows + WARPS - 1) / WARPS, 32 * WARPS as u32).then_some(y)
 }
 
 /// Heads of one row of a fused projection's output: `q` query heads, then `k` key heads, then
@@ -836,7 +917,7 @@ mod tests {
     fn add_rms_norm_and_its_gradients_equal_composition() {
         let Some(dev) = gpu() else { return };
         for kind in [Kind::Float, Kind::BFloat16] {
-            for (rows, dim) in [(37, 896), (5, 100), (9, 1536), (300, 4096), (1, 64)] {
+            for (rows, dim) in [(37, 896), (5, 100), (9, 1536), (300, 4096), (1, 64), (2100, 640)] {
                 for plus_one in [false, true] {
                     let h = Tensor::randn([rows, dim], (Kind::Float, dev)) * 2.0;
                     let a = Tensor::randn([rows, dim], (Kind::Float, dev)).to_kind(kind);
@@ -882,6 +963,68 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn decode_gemv_equals_the_composition() {
+        let Some(dev) = gpu() else { return };
+        let f64_of = |t: &Tensor| t.to_kind(Kind::Double);
+        for kind in KINDS {
+            // Decode's shapes (Q|K|V, the down projection, gate|up), a row narrower than a warp's
+            // loads and a weight with fewer rows than a block has warps.
+            for (outs, inp) in [(1152, 896), (896, 4864), (9728, 896), (6, 64), (40, 520)] {
+                let case = format!("{kind:?} {inp} -> {outs}");
+                let x = Tensor::randn([1, 1, inp], (Kind::Float, dev)).to_kind(kind);
+                let w = (Tensor::randn([outs, inp], (Kind::Float, dev)) * 0.05).to_kind(kind);
+                let b = Tensor::randn([outs], (Kind::Float, dev)).to_kind(kind);
+                let h = Tensor::randn([1, 1, outs], (Kind::Float, dev)).to_kind(kind);
+                let extra = Tensor::randn([1, 1, outs], (Kind::Float, dev)).to_kind(kind);
+                // Against the product in f64 of the inputs the kernel multiplies: f32 sums of
+                // `inp` products, then one rounding to the type after the product or after each
+                // add (`adds`, in order), at the magnitude of the partial result there.
+                let check = |got: &Tensor, a: &Tensor, adds: &[Tensor], what: &str| {
+                    let mut want = f64_of(a).linear::<Tensor>(&f64_of(&w), None);
+                    let abs_sum = f64_of(a).abs().linear::<Tensor>(&f64_of(&w).abs(), None);
+                    let mut bound = abs_sum * 1e-5;
+                    if adds.is_empty() {
+                        bound += want.abs() * ulps_of(kind);
+                    }
+                    for t in adds {
+                        want += t;
+                        bound += want.abs() * ulps_of(kind);
+                    }
+                    let worst = ((f64_of(got) - &want).abs() - bound).max().double_value(&[]);
+                    assert!(worst <= 0.0, "{case} {what}: {worst} past the bound");
+                };
+                let plain = decode_gemv(&x, &w, None, GemvOut::New).expect("the kernel applies");
+                check(&plain, &x, &[], "x W^T");
+                let got = decode_gemv(&x, &w, Some(&b), GemvOut::New).expect("the kernel applies");
+                check(&got, &x, &[f64_of(&b)], "x W^T + b");
+                // In place: the result is `h` itself.
+                let sum = h.copy();
+                let into = GemvOut::AddInto { h: &sum, extra: None };
+                let got = decode_gemv(&x, &w, None, into).expect("the kernel applies");
+                assert_eq!(got.data_ptr(), sum.data_ptr(), "{case}: h += x W^T in place");
+                check(&sum, &x, &[f64_of(&h)], "h += x W^T");
+                let sum = h.copy();
+                let into = GemvOut::AddInto { h: &sum, extra: Some(&extra) };
+                let _ = decode_gemv(&x, &w, None, into).expect("the kernel applies");
+                check(&sum, &x, &[f64_of(&h), f64_of(&extra)], "h += x W^T + extra");
+                // Gated: what the plain product and the gated-activation kernel give, bit for
+                // bit (the same sums, then the same roundings).
+                if outs % 2 == 0 {
+                    for gelu_tanh in [false, true] {
+                        let gated = GemvOut::Gated { gelu_tanh };
+                        let got = decode_gemv(&x, &w, None, gated).expect("the kernel applies");
+                        let want = gated_act(&plain, gelu_tanh).expect("the kernel applies");
+                        assert_eq!(ulps(&got, &want), 0.0, "{case} gated (gelu {gelu_tanh})");
+                    }
+                }
+            }
+            // Two rows and more go to cuBLAS.
+            let x = Tensor::randn([2, 64], (kind, dev));
+            assert!(decode_gemv(&x, &Tensor::randn([8, 64], (kind, dev)), None, GemvOut::New).is_none());
         }
     }
 }

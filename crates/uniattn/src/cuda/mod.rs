@@ -75,6 +75,7 @@ type AddRmsNorm = unsafe extern "C" fn(
     i64,
     i64,
     i64,
+    i64,
     *mut *mut c_void,
     *mut *mut c_void,
     ErrOut,

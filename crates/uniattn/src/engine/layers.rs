@@ -3,7 +3,7 @@
 //! in reuse layers, gate|up in the MLP), so a decode step launches fewer, larger kernels.
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
-use crate::cuda::kernels::{self, HeadLayout};
+use crate::cuda::kernels::{self, GemvOut, HeadLayout};
 use crate::model::attention::{attend, Attention, Heads, LeadAttention, Want};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::model::rope::RopeAngles;
@@ -92,9 +92,16 @@ struct AttnOut<'a> {
     extra: Option<Tensor>,
 }
 
-/// `h += x W^T` as one GEMM that accumulates into `h` (cuBLAS's beta = 1), where a separate
-/// projection and add would be two kernels and a temporary.
-fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear) {
+/// `h += x W^T`, then `h += extra` where given, in place: at one row the decode matrix-vector
+/// kernel with both adds in its epilogue; else one GEMM that accumulates into `h` (cuBLAS's
+/// beta = 1), where a separate projection and add would be two kernels and a temporary.
+fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear, extra: Option<&Tensor>) {
+    if lin.bias.is_none() {
+        let into = GemvOut::AddInto { h, extra };
+        if kernels::decode_gemv(x, &lin.weight, None, into).is_some() {
+            return;
+        }
+    }
     match &lin.bias {
         None => {
             let (out, inp) = (lin.out_features(), x.size()[x.dim() - 1]);
@@ -102,6 +109,9 @@ fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear) {
             let _ = flat.addmm_(&x.reshape([-1, inp]), &lin.weight.tr());
         }
         Some(_) => *h += lin.forward(x),
+    }
+    if let Some(e) = extra {
+        *h += e;
     }
 }
 
@@ -116,8 +126,13 @@ impl InferenceMlp {
         InferenceMlp { gate_up: fuse(&[&m.gate_proj, &m.up_proj]), down: m.down_proj, gelu_tanh: m.gelu_tanh }
     }
 
-    /// The activations the down projection reads: `act(x W_gate) * (x W_up)`.
+    /// The activations the down projection reads: `act(x W_gate) * (x W_up)`; at one row one
+    /// matrix-vector kernel does both products and the activation.
     fn hidden(&self, x: &Tensor) -> Tensor {
+        let gated = GemvOut::Gated { gelu_tanh: self.gelu_tanh };
+        if let Some(out) = kernels::decode_gemv(x, &self.gate_up.weight, self.gate_up.bias.as_ref(), gated) {
+            return out;
+        }
         let gu = self.gate_up.forward(x);
         if let Some(out) = kernels::gated_act(&gu, self.gelu_tanh) {
             return out;
@@ -255,12 +270,7 @@ impl InferenceLayer {
         if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, hands, lead) {
             match &self.attn_post_norm {
                 // The residual add rides in the output GEMM (one kernel instead of two).
-                None => {
-                    add_projection(h, &heads, o_proj);
-                    if let Some(e) = extra {
-                        *h += e;
-                    }
-                }
+                None => add_projection(h, &heads, o_proj, extra.as_ref()),
                 Some(n) => {
                     let mut a = o_proj.forward(&heads);
                     if let Some(e) = extra {
@@ -272,7 +282,7 @@ impl InferenceLayer {
         }
         let x = self.mlp_norm.forward(h);
         match &self.mlp_post_norm {
-            None => add_projection(h, &self.mlp.hidden(&x), &self.mlp.down),
+            None => add_projection(h, &self.mlp.hidden(&x), &self.mlp.down, None),
             Some(n) => *h += n.forward(&self.mlp.forward(&x)),
         }
     }

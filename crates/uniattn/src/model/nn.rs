@@ -1,4 +1,5 @@
 //! The two building blocks every family shares.
+use crate::cuda::kernels::{self, GemvOut};
 use tch::{Kind, Tensor};
 
 /// `y = x W^T + b`. Weights are `[out, in]` as in PyTorch.
@@ -15,6 +16,7 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         crate::cuda::training::autocast_linear(x, &self.weight, self.bias.as_ref())
+            .or_else(|| kernels::decode_gemv(x, &self.weight, self.bias.as_ref(), GemvOut::New))
             .unwrap_or_else(|| x.linear(&self.weight, self.bias.as_ref()))
     }
 

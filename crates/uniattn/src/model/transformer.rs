@@ -6,6 +6,7 @@ use super::names::{self, Module};
 use super::nn::{accumulate_kind, autocast_input, Linear, RmsNorm};
 use super::rope::RopeAngles;
 use crate::config::ModelConfig;
+use crate::cuda::kernels::GemvOut;
 use crate::error::{Error, Result};
 use crate::plan::{LayerRole, LeadHandover, ReuseKind, SuperBlockPlan};
 use crate::weights::{to_device, WeightMap};
@@ -219,7 +220,9 @@ impl Stem {
     pub fn head_logits(&self, h: &Tensor) -> Tensor {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
         let h = self.norm.forward(h);
-        crate::cuda::training::autocast_linear(&h, w, None).unwrap_or_else(|| h.linear::<Tensor>(w, None))
+        crate::cuda::training::autocast_linear(&h, w, None)
+            .or_else(|| crate::cuda::kernels::decode_gemv(&h, w, None, GemvOut::New))
+            .unwrap_or_else(|| h.linear::<Tensor>(w, None))
     }
 
     /// [`Self::head_logits`]'s output cast to f32 (f64 for f64 models) and soft-capped (Gemma 2).
