@@ -45,7 +45,8 @@ SCHEMA = {
     "plans": (("shared", "per-variant"), "shared",
               "one plan (UniAttn's) for every variant, or each variant's own from search-plan --variant"),
     "matched_saving": (bool, False,
-                       "CLA and layer drop take half of each reuse count: the same KV saving as UniAttn's"),
+                       "CLA and layer drop take half of each reuse count: the same KV saving as UniAttn's "
+                       "(kv-heads keeps it: merging 2 KV heads into 1 saves what dropping K does)"),
     "search_args": ([str], [], "extra search-plan options, e.g. [\"--min-layer\", \"21\"]"),
     "tasks": (str, REQUIRED, "eval mc tasks, comma-separated"),
     "limit": (int, None, "questions per task (none: all)"),
@@ -67,7 +68,7 @@ SCHEMA = {
     "wiki": (str, "", "wiki text file (empty: fetched by scripts/fetch-models.sh texts)"),
 }
 ABLATION_KEYS = {"label": str, "variant": str, "options": list}
-VARIANTS = {"dense", "uniattn", "softmax-only", "cla", "layerdrop"}
+VARIANTS = {"dense", "uniattn", "softmax-only", "cla", "layerdrop", "kv-heads"}
 
 
 def type_name(t):

@@ -73,8 +73,24 @@ def legacy_saved(arch):
     return kv_saved(variant, reuse, len(analysis["similarity"]))
 
 
+def base_kv_heads():
+    """The experiment's model's KV heads per layer (`uniattn info --json` on OUT/experiment.json's
+    model), for the KV-head-merging variant's saving."""
+    import subprocess
+    from chart import binary
+    model = json.load(open(os.path.join(out, "experiment.json")))["model"]
+    info = subprocess.run([binary(), "info", model, "--json"], check=True, capture_output=True, text=True)
+    return json.loads(info.stdout)["kv_heads"]
+
+
 def kv_saved(variant, reuse_layers, num_layers):
-    """Reuse layers keep V only (UniAttn, softmax-only) or nothing (CLA, layer drop)."""
+    """Reuse layers keep V only (UniAttn, softmax-only), nothing (CLA, layer drop), or K and V
+    of fewer heads (kv-heads: the largest divisor of the model's count up to half, as plan.rs's
+    merged_kv_heads)."""
+    if variant == "kv-heads":
+        kv = base_kv_heads()
+        merged = next((d for d in range(kv // 2, 0, -1) if kv % d == 0), kv)
+        return reuse_layers / num_layers * (1 - merged / kv)
     return reuse_layers / num_layers * (0.5 if variant in ("uniattn", "softmax-only") else 1.0)
 
 

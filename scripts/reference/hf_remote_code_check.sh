@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A planned folder of each reuse kind (UniAttn from `convert`; softmax-only, CLA and layer drop
+# A planned folder of each reuse kind (UniAttn from `convert`; softmax-only, CLA, layer drop, KV-head merging
 # after one `train` step, which converts on the fly) loaded by transformers with
 # `trust_remote_code=True` (the modeling_uniattn.py the folder carries), f32, CPU: its ARC-Easy
 # 0-shot log-likelihoods (each context run once, continuations continuing its KV cache) against
@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 printf '%s\n' "The capital of France is" "def fibonacci(n):" "A patient with a fever and a cough" \
   "Once upon a time" > "$W/prompts.txt"
 NEW=${NEW:-24}
-for kind in uniattn softmax-only cla layerdrop; do
+for kind in uniattn softmax-only cla layerdrop kv-heads; do
   if [[ $kind == uniattn ]]; then
     $U convert "$MODEL" --plan-blocks "$PLAN" --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
       --out "$W/$kind" > "$W/$kind.log" 2>&1 || { tail -5 "$W/$kind.log"; exit 1; }

@@ -88,6 +88,8 @@ pub enum VariantArg {
     SoftmaxOnly,
     Cla,
     Layerdrop,
+    /// Each reuse layer's K/V heads mean-pooled to half (intra-layer KV sharing, GQA-style)
+    KvHeads,
 }
 
 impl VariantArg {
@@ -99,6 +101,7 @@ impl VariantArg {
             VariantArg::SoftmaxOnly => Variant::Reuse(ReuseKind::SoftmaxOnly),
             VariantArg::Cla => Variant::Reuse(ReuseKind::Cla),
             VariantArg::Layerdrop => Variant::Reuse(ReuseKind::Layerdrop),
+            VariantArg::KvHeads => Variant::Reuse(ReuseKind::KvHeads),
         }
     }
 }

@@ -6,7 +6,9 @@ the family's own modules (norms, projections, MLP, rotary embedding) in uniattn'
   softmax(Q K^T * scale + mask) in f32, as transformers' eager attention does;
 - its reuse layers, by the plan's kind: `uniattn` multiplies the lead's map by their own V and
   adds the compensation `v2_proj(x)` (W_c); `softmax-only` the same without W_c; `cla` runs its
-  own queries against the lead's keys and values; `layerdrop` adds nothing (the MLP still runs).
+  own queries against the lead's keys and values; `layerdrop` adds nothing (the MLP still runs);
+  `kv-heads` runs its own attention with fewer K/V heads (each the mean of a group of the dense
+  model's; the lead is an ordinary layer).
 
 Families: llama, mistral, qwen2, gemma2, gemma3 (text): the family's per-head Q/K norms,
 post-norms, soft-capping, sliding windows and per-layer RoPE bases are applied as its own
@@ -44,7 +46,14 @@ DROPS = {
     "softmax-only": ("q_proj", "k_proj", "q_norm", "k_norm"),
     "cla": ("k_proj", "v_proj", "k_norm"),
     "layerdrop": ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"),
+    "kv-heads": (),
 }
+
+
+def merged_kv_heads(kv_heads):
+    """The K/V heads a `kv-heads` reuse layer keeps (uniattn's plan.rs, merged_kv_heads): the
+    largest divisor of the model's count no more than half; one head stays one."""
+    return next((d for d in range(kv_heads // 2, 0, -1) if kv_heads % d == 0), kv_heads)
 
 
 class UniAttnPreTrainedModel(PreTrainedModel):
@@ -93,6 +102,12 @@ class UniAttnModel(UniAttnPreTrainedModel):
                         delattr(attn, name)
                 if self.kind == "uniattn":
                     attn.v2_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+                if self.kind == "kv-heads":
+                    merged = merged_kv_heads(config.num_key_value_heads)
+                    for name in ("k_proj", "v_proj"):
+                        old = getattr(attn, name)
+                        setattr(attn, name, nn.Linear(config.hidden_size, merged * attn.head_dim, bias=old.bias is not None))
+                    attn.num_key_value_groups = config.num_attention_heads // merged
         self.leads = set(self.lead_of.values())
         # Gemma 3's rotary embedding takes the layer's type (local and global RoPE bases).
         self.rope_by_type = "layer_type" in inspect.signature(self.rotary_emb.forward).parameters
@@ -135,12 +150,14 @@ class UniAttnModel(UniAttnPreTrainedModel):
         """Layer `i` on the residual stream `h`; returns the new stream and what a lead hands its
         block (its map, or for CLA its keys and values), else None."""
         cfg = self.config
-        n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        n_q = cfg.num_attention_heads
         layer = self.layers[i]
         handed = None
         attn = layer.self_attn
+        # The layer's own K/V heads (fewer in a kv-heads reuse layer).
+        n_kv = n_q // attn.num_key_value_groups
         x = layer.input_layernorm(h)
-        if i in self.lead_of:
+        if i in self.lead_of and self.kind != "kv-heads":
             if self.kind in ("uniattn", "softmax-only"):
                 v = self._heads(attn, x, attn.v_proj, n_kv)
                 if cache is not None:
@@ -165,7 +182,7 @@ class UniAttnModel(UniAttnPreTrainedModel):
                 k, v = cache.update(k, v, i)
             probs = self._probs(attn, q, k, mask)
             out = self._attend(attn, probs, v)
-            if i in self.leads:
+            if i in self.leads and self.kind != "kv-heads":
                 handed = (k, v) if self.kind == "cla" else probs
         if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: norms inside both branches
             if out is not None:

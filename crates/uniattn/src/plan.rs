@@ -31,6 +31,16 @@ pub enum ReuseKind {
     Cla,
     /// No attention block at all (LLMDrop-style).
     Layerdrop,
+    /// Intra-layer KV sharing: its own attention with its K/V heads mean-pooled in groups
+    /// ([`merged_kv_heads`]), as the GQA paper converts MHA; no lead.
+    KvHeads,
+}
+
+/// The KV heads a [`ReuseKind::KvHeads`] layer keeps out of `kv_heads`: the largest divisor
+/// of it no more than half (2 -> 1, 3 -> 1, 8 -> 4), so each group mean-pools whole heads and
+/// the layer caches at most half; one head stays one.
+pub fn merged_kv_heads(kv_heads: usize) -> usize {
+    (1..=kv_heads / 2).rev().find(|d| kv_heads.is_multiple_of(*d)).unwrap_or(kv_heads)
 }
 
 /// What a reuse layer keeps in the KV cache.
@@ -38,6 +48,8 @@ pub enum ReuseKind {
 pub enum ReuseCache {
     ValuesOnly,
     Nothing,
+    /// Keys and values of [`merged_kv_heads`] heads.
+    MergedHeads,
 }
 
 /// What a SuperBlock lead hands to the reuse layers of its block.
@@ -71,8 +83,13 @@ pub struct ReuseSpec {
 }
 
 impl ReuseKind {
-    pub const ALL: [ReuseKind; 4] =
-        [ReuseKind::Uniattn, ReuseKind::SoftmaxOnly, ReuseKind::Cla, ReuseKind::Layerdrop];
+    pub const ALL: [ReuseKind; 5] = [
+        ReuseKind::Uniattn,
+        ReuseKind::SoftmaxOnly,
+        ReuseKind::Cla,
+        ReuseKind::Layerdrop,
+        ReuseKind::KvHeads,
+    ];
 
     pub fn spec(self) -> ReuseSpec {
         match self {
@@ -120,6 +137,15 @@ impl ReuseKind {
                 two_stage: false,
                 lead_hands: LeadHandover::Nothing,
             },
+            ReuseKind::KvHeads => ReuseSpec {
+                drops: &[],
+                cache: ReuseCache::MergedHeads,
+                own_queries: true,
+                own_scores: true,
+                compensation: false,
+                two_stage: false,
+                lead_hands: LeadHandover::Nothing,
+            },
         }
     }
 
@@ -130,6 +156,7 @@ impl ReuseKind {
             ReuseKind::SoftmaxOnly => "softmax-only",
             ReuseKind::Cla => "cla",
             ReuseKind::Layerdrop => "layerdrop",
+            ReuseKind::KvHeads => "kv-heads",
         }
     }
 
@@ -264,6 +291,15 @@ impl SuperBlockPlan {
         (0..self.num_layers).filter(|&l| matches!(self.role(l), LayerRole::Reuse { .. })).collect()
     }
 
+    /// The KV heads layer `layer` has, out of the model's `kv_heads`: fewer in the reuse
+    /// layers of a [`ReuseKind::KvHeads`] plan.
+    pub fn kv_heads(&self, layer: usize, kv_heads: usize) -> usize {
+        match self.role(layer) {
+            LayerRole::Reuse { .. } if self.reuse == ReuseKind::KvHeads => merged_kv_heads(kv_heads),
+            _ => kv_heads,
+        }
+    }
+
     pub fn is_dense(&self) -> bool {
         self.blocks.is_empty()
     }
@@ -317,6 +353,16 @@ mod tests {
         let p = SuperBlockPlan::parse_grouped("3:20:30", 30).unwrap();
         assert_eq!(p.blocks, vec![(20, 23), (23, 26), (26, 29)]);
         assert_eq!(p.role(29), LayerRole::Ordinary);
+    }
+
+    #[test]
+    fn kv_head_merging_keeps_the_largest_divisor_up_to_half() {
+        let merged: Vec<usize> = [1, 2, 3, 4, 5, 6, 8, 12].map(merged_kv_heads).to_vec();
+        assert_eq!(merged, [1, 1, 1, 2, 1, 3, 4, 6]);
+        let p = SuperBlockPlan::parse_grouped("4:0:8", 8).unwrap().with_reuse(ReuseKind::KvHeads);
+        let heads: Vec<usize> = (0..8).map(|l| p.kv_heads(l, 2)).collect();
+        assert_eq!(heads, [2, 1, 1, 1, 2, 1, 1, 1]);
+        assert!((0..8).all(|l| p.clone().with_reuse(ReuseKind::Cla).kv_heads(l, 2) == 2));
     }
 
     #[test]

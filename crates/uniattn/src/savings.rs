@@ -2,7 +2,7 @@
 //! (the brief, "What it saves"): the same numbers `info`, `convert` and `bench` report.
 use crate::config::ModelConfig;
 use crate::model::names::Module;
-use crate::plan::{ReuseCache, SuperBlockPlan};
+use crate::plan::{merged_kv_heads, ReuseCache, SuperBlockPlan};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PlanSavings {
@@ -10,8 +10,8 @@ pub struct PlanSavings {
     /// KV-cache bytes per token, dense and under the plan, at `bytes_per_value`.
     pub kv_bytes_per_token_dense: usize,
     pub kv_bytes_per_token_unified: usize,
-    /// Fraction of KV-cache bytes saved: K only (UniAttn, softmax-only) or K and V (CLA,
-    /// layer drop) in each reuse layer.
+    /// Fraction of KV-cache bytes saved: K only (UniAttn, softmax-only), K and V (CLA, layer
+    /// drop), or the merged-away heads' K and V (KV-head merging) in each reuse layer.
     pub kv_fraction_saved: f64,
     /// Fraction of attention-score work (Q K^T and softmax) saved (none for CLA, whose layers
     /// score their own queries).
@@ -64,11 +64,19 @@ pub fn plan_savings(cfg: &ModelConfig, plan: &SuperBlockPlan, bytes_per_value: u
             _ => (0, 0), // W_c: not in the dense model
         }
     };
-    let (macs, extra) = spec.drops.iter().map(|&m| module(m)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (mut macs, mut extra) =
+        spec.drops.iter().map(|&m| module(m)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let kv_per_layer = 2 * kv_out * bytes_per_value;
+    // KV-head merging keeps K and V but fewer heads: the rows of both projections go.
+    let removed_kv_out = (cfg.num_kv_heads - merged_kv_heads(cfg.num_kv_heads)) * d;
     let dropped_per_layer = match spec.cache {
         ReuseCache::ValuesOnly => kv_out * bytes_per_value,
         ReuseCache::Nothing => kv_per_layer,
+        ReuseCache::MergedHeads => {
+            macs += 2 * removed_kv_out * hid;
+            extra += 2 * bias(removed_kv_out);
+            2 * removed_kv_out * bytes_per_value
+        }
     };
     let wc = if spec.compensation { hid * hid } else { 0 };
     PlanSavings {
@@ -81,7 +89,10 @@ pub fn plan_savings(cfg: &ModelConfig, plan: &SuperBlockPlan, bytes_per_value: u
         wc_macs_added_per_token: r * wc,
         params_removed: r * (macs + extra),
         params_added: r * wc,
-        dropped_projections: spec.drops.iter().filter(|&&m| module(m).0 > 0).map(|m| m.short()).collect(),
+        dropped_projections: match spec.cache {
+            ReuseCache::MergedHeads => vec!["k_proj and v_proj heads (merged)"],
+            _ => spec.drops.iter().filter(|&&m| module(m).0 > 0).map(|m| m.short()).collect(),
+        },
     }
 }
 
@@ -108,6 +119,9 @@ mod tests {
                 ReuseKind::Cla => (64, 0.5, 0.0, 2 * (kv + kv) * hid, 0),
                 // The whole attention block: Q, K, V and O.
                 ReuseKind::Layerdrop => (64, 0.5, 0.5, 2 * (q + kv + kv + q) * hid, 0),
+                // 2 KV heads merged to 1: half of each layer's K and V (2 x 16 bytes), half
+                // of the K and V projections' rows; own scores.
+                ReuseKind::KvHeads => (96, 0.25, 0.0, 2 * (kv / 2 + kv / 2) * hid, 0),
             };
             assert_eq!(s.kv_bytes_per_token_unified, kv_unified, "{kind:?}");
             assert_eq!(s.kv_fraction_saved, kv_frac, "{kind:?}");

@@ -80,7 +80,7 @@ pub fn tiny_model_on(
             add("self_attn.q_norm.weight", vec![hd]);
             add("self_attn.k_norm.weight", vec![hd]);
         }
-        if matches!(plan.role(l), LayerRole::Reuse { .. }) {
+        if matches!(plan.role(l), LayerRole::Reuse { .. }) && plan.reuse.spec().compensation {
             add("self_attn.v2_proj.weight", vec![hid, hid]);
         }
         add("input_layernorm.weight", vec![hid]);

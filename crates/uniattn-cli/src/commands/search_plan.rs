@@ -17,8 +17,8 @@ pub struct SearchPlanArgs {
     /// The dense model (GGUF or folder)
     pub model: PathBuf,
     /// What the plans' reuse layers become: each method is scored after its own conversion
-    /// (W_c fitted for uniattn; softmax-only, cla and layerdrop have nothing to fit and need no
-    /// --calib)
+    /// (W_c fitted for uniattn; softmax-only, cla, layerdrop and kv-heads have nothing to fit and
+    /// need no --calib)
     #[arg(long, value_enum, default_value_t = VariantArg::Uniattn)]
     pub variant: VariantArg,
     #[command(flatten)]
@@ -74,7 +74,7 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
         bail!("--val-max-len and --choice-max-len must be at least 2, --batch-tokens at least 1");
     }
     let Variant::Reuse(reuse) = a.variant.variant() else {
-        bail!("--variant dense: a dense model has no plan to search; give uniattn, softmax-only, cla or layerdrop");
+        bail!("--variant dense: a dense model has no plan to search; give uniattn, softmax-only, cla, layerdrop or kv-heads");
     };
     let (device, kind) = setup(&a.dev)?;
     let m = loader::load(&a.model, kind, device)?;

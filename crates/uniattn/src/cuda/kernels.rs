@@ -697,7 +697,7 @@ mod tests {
                 let positions = (Tensor::randperm(40, (Kind::Int64, dev)).narrow(0, 0, n * t)).view([n, t]);
                 let rope = RopeAngles::new(&positions, 16, 10_000.0, kind);
                 let kinds = [CacheKind::KeysValues, CacheKind::ValuesOnly];
-                let new_cache = || KvCache::new(&kinds, 4, 48, 2, 16, kind, dev).unwrap();
+                let new_cache = || KvCache::new(&kinds, &[2; 2], 4, 48, 16, kind, dev).unwrap();
                 let (mut want, got) = (new_cache(), new_cache());
                 // The composition, as the engine runs it without the kernel.
                 let qk = heads.split(&x.narrow(-1, 0, qd + kvd), 6);

@@ -1,6 +1,7 @@
 //! The KV cache of the inference engine: allocated once for `slots` sequences of up to
 //! `max_len` tokens. Ordinary and lead layers keep K and V; UniAttn and softmax-only reuse
-//! layers keep V only; CLA and dropped layers keep nothing. That is where UniAttn's memory
+//! layers keep V only; CLA and dropped layers keep nothing; KV-head-merged layers keep K and V
+//! of fewer heads. That is where UniAttn's memory
 //! saving comes from, and [`KvCache::bytes`] counts it exactly.
 use crate::error::{Error, Result};
 use tch::{Device, Kind, Tensor};
@@ -36,35 +37,34 @@ pub struct KvCache {
     /// Positions allocated per sequence: `max_len` rounded up to whole key buckets.
     capacity: i64,
     bytes_per_token: usize,
-    /// Bytes one token's keys (or values) take in one layer.
-    bytes_per_tensor_token: usize,
+    /// Bytes one token's keys (or values) take in each layer.
+    bytes_per_tensor_token: Vec<usize>,
 }
 
 impl KvCache {
     /// Allocates the whole cache up front, so an oversized request fails here with a clear
-    /// error rather than mid-generation.
+    /// error rather than mid-generation. `kinds` and `kv_heads` are per layer (KV-head-merged
+    /// layers have fewer heads).
     pub fn new(
         kinds: &[CacheKind],
+        kv_heads: &[i64],
         slots: usize,
         max_len: usize,
-        kv_heads: i64,
         head_dim: i64,
         kind: Kind,
         device: Device,
     ) -> Result<Self> {
         let capacity = (max_len as i64 + KEY_BUCKET - 1) / KEY_BUCKET * KEY_BUCKET;
-        let shape = [slots as i64, kv_heads, capacity, head_dim];
-        let per_tensor = (kv_heads * head_dim) as usize * kind.elt_size_in_bytes();
-        let bytes_per_token = kinds
-            .iter()
-            .map(|k| match k {
-                CacheKind::KeysValues => 2 * per_tensor,
-                CacheKind::ValuesOnly => per_tensor,
-                CacheKind::Nothing => 0,
-            })
-            .sum();
-        let alloc = || {
-            Tensor::f_zeros(shape, (kind, device)).map_err(|e| {
+        let per_tensor: Vec<usize> =
+            kv_heads.iter().map(|&h| (h * head_dim) as usize * kind.elt_size_in_bytes()).collect();
+        let entry = |k: CacheKind, per_tensor: usize| match k {
+            CacheKind::KeysValues => 2 * per_tensor,
+            CacheKind::ValuesOnly => per_tensor,
+            CacheKind::Nothing => 0,
+        };
+        let bytes_per_token = kinds.iter().zip(&per_tensor).map(|(&k, &p)| entry(k, p)).sum::<usize>();
+        let alloc = |heads: i64| {
+            Tensor::f_zeros([slots as i64, heads, capacity, head_dim], (kind, device)).map_err(|e| {
                 Error::invalid(format!(
                     "cannot allocate the KV cache for {slots} sequences x {max_len} tokens ({:.2} GiB): {e}",
                     (bytes_per_token * slots * capacity as usize) as f64 / (1u64 << 30) as f64
@@ -73,10 +73,11 @@ impl KvCache {
         };
         let layers = kinds
             .iter()
-            .map(|k| {
+            .zip(kv_heads)
+            .map(|(k, &h)| {
                 Ok(match k {
-                    CacheKind::KeysValues => LayerCache::KeysValues { k: alloc()?, v: alloc()? },
-                    CacheKind::ValuesOnly => LayerCache::ValuesOnly { v: alloc()? },
+                    CacheKind::KeysValues => LayerCache::KeysValues { k: alloc(h)?, v: alloc(h)? },
+                    CacheKind::ValuesOnly => LayerCache::ValuesOnly { v: alloc(h)? },
                     CacheKind::Nothing => LayerCache::Nothing,
                 })
             })
@@ -137,11 +138,13 @@ impl KvCache {
         self.lens[..n].iter().map(|&l| l as usize).sum()
     }
 
-    /// Bytes of one token's cache entry of `kind` in one layer (keys and values, values, none).
-    pub fn entry_bytes(&self, kind: CacheKind) -> usize {
+    /// Bytes of one token's cache entry of `kind` (keys and values, values, none) at layer
+    /// `layer`'s head count.
+    pub fn entry_bytes(&self, layer: usize, kind: CacheKind) -> usize {
+        let per_tensor = self.bytes_per_tensor_token[layer];
         match kind {
-            CacheKind::KeysValues => 2 * self.bytes_per_tensor_token,
-            CacheKind::ValuesOnly => self.bytes_per_tensor_token,
+            CacheKind::KeysValues => 2 * per_tensor,
+            CacheKind::ValuesOnly => per_tensor,
             CacheKind::Nothing => 0,
         }
     }

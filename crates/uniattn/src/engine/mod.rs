@@ -41,8 +41,9 @@ impl Default for EngineOptions {
 
 fn cache_for(layers: &[InferenceLayer], stem: &Stem, slots: usize, len: usize) -> Result<KvCache> {
     let kinds: Vec<_> = layers.iter().map(InferenceLayer::cache_kind).collect();
-    let (heads, dim) = (stem.cfg.num_kv_heads as i64, stem.cfg.head_dim as i64);
-    KvCache::new(&kinds, slots, len, heads, dim, stem.kind, stem.device)
+    let heads: Vec<i64> =
+        (0..layers.len()).map(|l| stem.plan.kv_heads(l, stem.cfg.num_kv_heads) as i64).collect();
+    KvCache::new(&kinds, &heads, slots, len, stem.cfg.head_dim as i64, stem.kind, stem.device)
 }
 
 pub struct Engine {
@@ -170,7 +171,7 @@ impl Engine {
     /// values again, and where reuse layers read their lead's keys (small batches).
     pub fn cache_read_bytes_per_token(&self, batch: usize) -> usize {
         let hands_map = self.hands_map(batch as i64);
-        self.layers.iter().map(|l| self.cache.entry_bytes(l.cache_read(hands_map))).sum()
+        self.layers.iter().enumerate().map(|(i, l)| self.cache.entry_bytes(i, l.cache_read(hands_map))).sum()
     }
 
     /// Whether a decode step of `batch` sequences has its SuperBlock leads hand their map

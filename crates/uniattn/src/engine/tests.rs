@@ -8,13 +8,7 @@ use crate::savings::plan_savings;
 use crate::testing::{tiny_config, tiny_model};
 
 fn variants() -> Vec<Option<ReuseKind>> {
-    vec![
-        None,
-        Some(ReuseKind::Uniattn),
-        Some(ReuseKind::SoftmaxOnly),
-        Some(ReuseKind::Cla),
-        Some(ReuseKind::Layerdrop),
-    ]
+    std::iter::once(None).chain(ReuseKind::ALL.map(Some)).collect()
 }
 
 /// A tiny f64 model: dense, or the plan `{1..4}` of `kind` with random W_c.

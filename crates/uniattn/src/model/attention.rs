@@ -118,6 +118,27 @@ pub struct LeadState {
 }
 
 impl FullAttention {
+    /// Intra-layer KV sharing, as the GQA paper converts multi-head attention: the K and V
+    /// projections' heads mean-pooled in consecutive groups down to `kv_heads`. Query head `j`
+    /// read KV head `j / g`; the merged head it now reads is the mean of that head's group.
+    pub fn merge_kv_heads(self, kv_heads: i64) -> Self {
+        let h = self.heads;
+        let (group, d) = (h.num_kv_heads / kv_heads, h.head_dim);
+        let pool = |t: Tensor| -> Tensor {
+            let rest: Vec<i64> = t.size()[1..].to_vec();
+            let grouped: Vec<i64> = [kv_heads, group, d].into_iter().chain(rest.iter().copied()).collect();
+            let merged: Vec<i64> = [kv_heads * d].into_iter().chain(rest).collect();
+            t.reshape(grouped.as_slice()).mean_dim(1, false, t.kind()).reshape(merged.as_slice())
+        };
+        let merge = |lin: Linear| Linear::new(pool(lin.weight), lin.bias.map(pool));
+        FullAttention {
+            k_proj: merge(self.k_proj),
+            v_proj: merge(self.v_proj),
+            heads: Heads { num_kv_heads: kv_heads, ..h },
+            ..self
+        }
+    }
+
     /// `x`: normed input `[b, q, hidden]`; `mask`: additive `[b, 1, q, k]`, exactly the
     /// causal one when `causal` (then fused attention runs without it). Returns the block's
     /// output and what `want` asks a lead to hand over.

@@ -355,17 +355,26 @@ impl Transformer {
                     softcap: cfg.attn_logit_softcapping,
                 }),
                 (LayerRole::Reuse { .. }, ReuseKind::Layerdrop) => Attention::Dropped,
-                (LayerRole::Lead | LayerRole::Ordinary, _) => Attention::Full(FullAttention {
-                    q_proj: linear(&mut w, l, Module::Q, h * hd, hid, bias)?,
-                    k_proj: linear(&mut w, l, Module::K, hkv * hd, hid, bias)?,
-                    v_proj: linear(&mut w, l, Module::V, hkv * hd, hid, bias)?,
-                    o_proj: linear(&mut w, l, Module::O, hid, h * hd, false)?,
-                    q_norm: if qk { Some(layer_norm(&mut w, l, Module::QNorm, hd)?) } else { None },
-                    k_norm: if qk { Some(layer_norm(&mut w, l, Module::KNorm, hd)?) } else { None },
-                    heads,
-                    scale: cfg.attn_scale(),
-                    softcap: cfg.attn_logit_softcapping,
-                }),
+                (LayerRole::Reuse { .. }, ReuseKind::KvHeads)
+                | (LayerRole::Lead | LayerRole::Ordinary, _) => {
+                    // A KV-head-merged layer's K/V come merged (a planned folder) or as the
+                    // dense model has them (then merged here: the conversion is this mean).
+                    let merged = plan.kv_heads(l, hkv);
+                    let k_rows = w.tensors.get(&names::weight(l, Module::K, gemma)).map(|t| t.size()[0]);
+                    let kv = if k_rows == Some((merged * hd) as i64) { merged } else { hkv };
+                    let full = FullAttention {
+                        q_proj: linear(&mut w, l, Module::Q, h * hd, hid, bias)?,
+                        k_proj: linear(&mut w, l, Module::K, kv * hd, hid, bias)?,
+                        v_proj: linear(&mut w, l, Module::V, kv * hd, hid, bias)?,
+                        o_proj: linear(&mut w, l, Module::O, hid, h * hd, false)?,
+                        q_norm: if qk { Some(layer_norm(&mut w, l, Module::QNorm, hd)?) } else { None },
+                        k_norm: if qk { Some(layer_norm(&mut w, l, Module::KNorm, hd)?) } else { None },
+                        heads: Heads { num_kv_heads: kv as i64, ..heads },
+                        scale: cfg.attn_scale(),
+                        softcap: cfg.attn_logit_softcapping,
+                    };
+                    Attention::Full(if kv == merged { full } else { full.merge_kv_heads(merged as i64) })
+                }
             };
             let post_norm = |w: &mut WeightMap, m: Module| -> Result<Option<RmsNorm>> {
                 gemma.then(|| layer_norm(w, l, m, hid)).transpose()
@@ -443,6 +452,10 @@ impl Transformer {
                             softcap: f.softcap,
                         }),
                         (Attention::Full(_), ReuseKind::Layerdrop) => Attention::Dropped,
+                        (Attention::Full(f), ReuseKind::KvHeads) => {
+                            let merged = plan.kv_heads(l, f.heads.num_kv_heads as usize);
+                            Attention::Full(f.merge_kv_heads(merged as i64))
+                        }
                         (other, _) => other,
                     };
                 }
@@ -658,7 +671,7 @@ mod tests {
     #[test]
     fn baseline_variants_hold_only_their_weights() {
         let cfg = tiny_config(Family::Llama);
-        for kind in [ReuseKind::Uniattn, ReuseKind::SoftmaxOnly, ReuseKind::Cla, ReuseKind::Layerdrop] {
+        for kind in ReuseKind::ALL {
             let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(kind);
             let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, 4);
             let m = dense.apply_plan(plan.clone(), BTreeMap::new()).unwrap();
@@ -693,6 +706,13 @@ mod tests {
                     ("o_proj", false),
                     ("v2_proj", false),
                 ],
+                ReuseKind::KvHeads => &[
+                    ("q_proj", true),
+                    ("k_proj", true),
+                    ("v_proj", true),
+                    ("o_proj", true),
+                    ("v2_proj", false),
+                ],
             };
             for &(t, present) in want {
                 assert_eq!(has(2, t), present, "{kind:?} layer 2 {t}");
@@ -705,6 +725,54 @@ mod tests {
             let again =
                 Transformer::from_weights(w, cfg.clone(), plan, Kind::Double, Device::Cpu, false).unwrap();
             assert!(again.forward(&ids()).equal(&out), "{kind:?}");
+        }
+    }
+
+    /// KV-head merging against its definition, computed another way: a dense model whose K/V
+    /// heads in each group are replaced by the group's mean (so the merged heads are repeated,
+    /// not shared) gives the same logits, in every family; and a merged model rebuilt from the
+    /// dense file under the plan (the conversion at load) equals the one `apply_plan` made.
+    #[test]
+    fn kv_head_merging_is_the_mean_of_each_group() {
+        for fam in [Family::Llama, Family::Qwen2, Family::Gemma3, Family::Gemma2] {
+            let cfg = tiny_config(fam);
+            let plan =
+                SuperBlockPlan::from_blocks(vec![(0, 2), (2, 4)], 4).unwrap().with_reuse(ReuseKind::KvHeads);
+            let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Double, 5);
+            let tensors: BTreeMap<String, Tensor> = dense.named_tensors().into_iter().collect();
+            // The reference: in layers 1 and 3, both KV heads (4 rows each) become their mean.
+            let mut repeated = tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect::<BTreeMap<_, _>>();
+            for l in [1, 3] {
+                for m in ["k_proj", "v_proj"] {
+                    for part in ["weight", "bias"] {
+                        if let Some(t) = repeated.get_mut(&format!("model.layers.{l}.self_attn.{m}.{part}")) {
+                            let mean = (t.narrow(0, 0, 4) + t.narrow(0, 4, 4)) / 2.0;
+                            *t = Tensor::cat(&[&mean, &mean], 0);
+                        }
+                    }
+                }
+            }
+            let w = |tensors: BTreeMap<String, Tensor>| WeightMap { source: "tiny".into(), tensors };
+            let reference = Transformer::from_weights(
+                w(repeated),
+                cfg.clone(),
+                SuperBlockPlan::dense(4),
+                Kind::Double,
+                Device::Cpu,
+                false,
+            )
+            .unwrap()
+            .forward(&ids());
+            let before = dense.forward(&ids());
+            let got = dense.apply_plan(plan.clone(), BTreeMap::new()).unwrap().forward(&ids());
+            let diff = (&got - &reference).abs().max().double_value(&[]);
+            assert!(diff < 1e-10, "{fam:?}: merged heads differ from repeated means by {diff}");
+            assert!((&got - before).abs().max().double_value(&[]) > 1e-6, "{fam:?}: merging changed nothing");
+            let loaded =
+                Transformer::from_weights(w(tensors), cfg.clone(), plan, Kind::Double, Device::Cpu, false)
+                    .unwrap()
+                    .forward(&ids());
+            assert!(loaded.equal(&got), "{fam:?}: merging at load differs from apply_plan");
         }
     }
 
