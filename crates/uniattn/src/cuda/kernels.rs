@@ -1,5 +1,6 @@
 //! Fused kernels for chains of small libtorch kernels: in a decode step RoPE with the KV-cache
-//! write, the gated MLP activation, and the attention softmax with its scale and mask; in
+//! write, the gated MLP activation, the attention softmax with its scale and mask, and at batch
+//! 1 the projections as matrix-vector products with their adds or activation; in
 //! training the LM head's cross-entropy with its gradient, and SwiGLU and RoPE with their
 //! backward passes (autograd functions in cuda/train.cpp). The CUDA C source (`cuda/kernels.cu`) is compiled at first use through NVRTC
 //! (`cuda/nvrtc.cpp`), so building needs no CUDA compiler and the kernels run wherever
