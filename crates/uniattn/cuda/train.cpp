@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
@@ -241,6 +242,15 @@ int ua_add_rms_norm(void* h, void* a, void* w, double eps, int64_t plus_one, int
     auto out = AddRmsNorm::apply(tensor(h), tensor(a), tensor(w), eps, plus_one, fwd, bwd, grad_blocks);
     *mid = new at::Tensor(out[0]);
     *x = new at::Tensor(out[1]);
+  });
+}
+
+// Makes `device` the current CUDA device and gives torch's current stream on it: NCCL's
+// collectives run there, ordered with the trainer's kernels.
+int ua_current_stream(int device, void** stream, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    uniattn_shim::check(cudaSetDevice(device));
+    *stream = c10::cuda::getCurrentCUDAStream(device).stream();
   });
 }
 

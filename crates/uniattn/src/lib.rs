@@ -2,7 +2,7 @@
 //! (arXiv 2502.00439), with the model loading, inference and evaluation around it.
 //!
 //! The modules follow the data's path: [`config`] and [`plan`], [`weights`] (GGUF,
-//! safetensors), [`tokenizer`], [`model`], [`calibrate`], [`train`], [`engine`] (KV cache, sampling,
+//! safetensors), [`tokenizer`], [`model`], [`calibrate`], [`train`] (on several GPUs: [`distributed`]), [`engine`] (KV cache, sampling,
 //! batching), [`eval`], [`server`].
 pub mod analyze;
 pub mod cache;
@@ -11,6 +11,7 @@ pub mod config;
 pub mod convert;
 pub mod cuda;
 pub mod data;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod eval;

@@ -66,6 +66,7 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
         kind: Kind::Float,
         save_kind: Kind::Float,
         device: Device::Cpu,
+        world: uniattn::distributed::World::single(),
     }
 }
 

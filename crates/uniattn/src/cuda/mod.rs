@@ -83,6 +83,7 @@ type AddRmsNorm = unsafe extern "C" fn(
 ) -> c_int;
 type ErrOnly = unsafe extern "C" fn(ErrOut, usize) -> c_int;
 type MemoryPeaks = unsafe extern "C" fn(c_int, *mut i64, *mut i64, ErrOut, usize) -> c_int;
+type CurrentStream = unsafe extern "C" fn(c_int, *mut *mut c_void, ErrOut, usize) -> c_int;
 
 /// The shim's entry points (see cuda/graphs.cpp and cuda/nvrtc.cpp); each returns 0 or
 /// writes a message.
@@ -102,6 +103,7 @@ struct Shim {
     set_grad: TensorPair,
     backward: TensorPair,
     profiler_start: ErrOnly,
+    current_stream: CurrentStream,
     profiler_stop: ProfilerStop,
     memory_peaks: MemoryPeaks,
     autocast_enter: AutocastEnter,
@@ -195,6 +197,7 @@ fn load() -> std::result::Result<Shim, String> {
             set_grad: t::<*mut c_void, TensorPair>(sym("ua_set_grad")?),
             backward: t::<*mut c_void, TensorPair>(sym("ua_backward")?),
             profiler_start: t::<*mut c_void, ErrOnly>(sym("ua_profiler_start")?),
+            current_stream: t::<*mut c_void, CurrentStream>(sym("ua_current_stream")?),
             profiler_stop: t::<*mut c_void, ProfilerStop>(sym("ua_profiler_stop")?),
             memory_peaks: t::<*mut c_void, MemoryPeaks>(sym("ua_memory_peaks")?),
             autocast_enter: t::<*mut c_void, AutocastEnter>(sym("ua_autocast_enter")?),
@@ -210,6 +213,16 @@ fn load() -> std::result::Result<Shim, String> {
 fn shim() -> Result<&'static Shim> {
     static SHIM: OnceLock<std::result::Result<Shim, String>> = OnceLock::new();
     SHIM.get_or_init(load).as_ref().map_err(|e| Error::invalid(format!("the CUDA shim is unavailable: {e}")))
+}
+
+/// Makes `device` the current CUDA device and returns torch's current stream on it (a
+/// `cudaStream_t`), where NCCL's collectives run in order with libtorch's kernels.
+pub fn current_stream(device: usize) -> Result<*mut c_void> {
+    let s = shim()?;
+    let mut stream = std::ptr::null_mut();
+    // SAFETY: valid out-pointer and error buffer.
+    call("current CUDA stream", |e, n| unsafe { (s.current_stream)(device as c_int, &mut stream, e, n) })?;
+    Ok(stream)
 }
 
 /// Whether the shim loads here (a CUDA device and a build that carries it).

@@ -7,6 +7,8 @@ use super::{StageKind, StepMetrics, TrainConfig, Trainer};
 use crate::calibrate::{calibrate, CalibOptions, FitMethod};
 use crate::convert::{calibration_sequences, CalibData, PlanSpec};
 use crate::data::{self, Record};
+use crate::distributed::nccl::{self, Communicator};
+use crate::distributed::{rendezvous, World};
 use crate::error::{Error, Result};
 use crate::loader::{self, read_parts};
 use crate::model::Transformer;
@@ -59,6 +61,8 @@ pub struct TrainJob {
     /// bf16 halves what a run leaves on disk and is what inference loads anyway.
     pub save_kind: Kind,
     pub device: Device,
+    /// This process's rank (one GPU each, `device` being its GPU); [`World::single`] alone.
+    pub world: World,
 }
 
 pub struct TrainSummary {
@@ -196,9 +200,38 @@ fn claim_run_folder(out: &Path, resuming: bool, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
+/// The communicator of a job of several ranks: they meet on rank 0, which checks that each
+/// runs the same job (`config_file`, the resolved options, without the machine's own place)
+/// before any of them loads the model.
+fn communicator(job: &TrainJob) -> Result<Option<Communicator>> {
+    if job.world.size == 1 {
+        return Ok(None);
+    }
+    if job.device != Device::Cuda(job.world.local_rank) {
+        return Err(Error::invalid(format!(
+            "rank {} runs on {:?}: multi-GPU training runs each rank on its own GPU (--device cuda)",
+            job.world.rank, job.device
+        )));
+    }
+    let same: String = job
+        .config_file
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with("node-rank"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let id = rendezvous::join_default(&job.world, &same, nccl::unique_id)?;
+    Communicator::new(&job.world, &id).map(Some)
+}
+
 pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<TrainSummary> {
-    claim_run_folder(&job.out, job.resume.is_some(), job.overwrite)?;
-    if let Some(text) = &job.config_file {
+    let leader = job.world.is_leader();
+    if leader {
+        claim_run_folder(&job.out, job.resume.is_some(), job.overwrite)?;
+    }
+    let comm = communicator(&job)?;
+    if let (true, Some(text)) = (leader, &job.config_file) {
         std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
         crate::fs::write_atomic(&job.out.join(CONFIG_FILE), text.as_bytes())?;
     }
@@ -234,12 +267,22 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
         val,
         out: job.out.clone(),
         profile: job.profile.clone(),
+        world: job.world.clone(),
+        comm,
     };
-    let history = trainer.run(resume, on_step)?;
-    let staged = crate::fs::OutputDir::prepare(&job.out.join("final"), true, &[])?;
-    loader::save_folder(&model, &tokenizer, staged.path(), job.save_kind, None, &[])?;
-    let final_dir = staged.commit()?;
-    plot_losses(&history, &job.out.join("loss.png"))?;
+    let history = trainer.run(resume, on_step);
+    if let (Err(_), Some(comm)) = (&history, trainer.comm.take()) {
+        // Leave at once: the other ranks then fail in NCCL instead of waiting for this one.
+        comm.abort();
+    }
+    let history = history?;
+    let final_dir = job.out.join("final");
+    if leader {
+        let staged = crate::fs::OutputDir::prepare(&final_dir, true, &[])?;
+        loader::save_folder(&model, &tokenizer, staged.path(), job.save_kind, None, &[])?;
+        staged.commit()?;
+        plot_losses(&history, &job.out.join("loss.png"))?;
+    }
     Ok(TrainSummary {
         history,
         final_dir,

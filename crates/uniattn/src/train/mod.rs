@@ -9,6 +9,8 @@ pub mod optim;
 mod step_graph;
 
 use crate::cuda::training::autocast_bf16;
+use crate::distributed::nccl::Communicator;
+use crate::distributed::World;
 use crate::error::{Error, Result};
 use crate::model::names::Module;
 use crate::model::nn::accumulate_kind;
@@ -346,6 +348,10 @@ pub struct Trainer<'a> {
     /// Record [`PROFILED_STEPS`] with libtorch's profiler and write them here as a Chrome
     /// trace (CUDA kernels and operators, for finding where a step's time goes).
     pub profile: Option<PathBuf>,
+    /// This process's rank among the job's (one GPU each; [`World::single`] alone) and, with
+    /// more than one, the communicator its gradients are summed over.
+    pub world: World,
+    pub comm: Option<Communicator>,
 }
 
 /// The optimizer steps (0-based, over the whole run) a profile records: after the first
@@ -381,18 +387,31 @@ impl Trainer<'_> {
                 self.model.stem.device
             )));
         }
-        std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
+        if self.world.size > 1 && self.comm.is_none() {
+            return Err(Error::invalid(format!(
+                "rank {} of {} has no communicator",
+                self.world.rank, self.world.size
+            )));
+        }
+        // Rank 0 writes the run's files and reports; the other ranks only train.
+        let leader = self.world.is_leader();
         let metrics_path = self.out.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| Error::io(&metrics_path, e))?;
-        let mut events = events::EventWriter::create(&self.out)?;
+        let (mut metrics, mut events) = if leader {
+            std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| Error::io(&metrics_path, e))?;
+            (Some(file), Some(events::EventWriter::create(&self.out)?))
+        } else {
+            (None, None)
+        };
         let mut history = Vec::new();
         let mut pos = resume.as_ref().map_or(Position { stage: 0, step: 0, global_step: 0 }, |r| r.position);
         let mut pending_opt = resume.and_then(|r| r.optimizer);
-        let window = self.cfg.micro_batch * self.cfg.grad_accum;
+        // An optimizer step's examples over every rank: each runs `grad_accum` micro-batches.
+        let window = self.cfg.micro_batch * self.cfg.grad_accum * self.world.size;
         // Packed rows are padded to the longest one, so that micro-batches share one shape.
         let min_len =
             if self.cfg.pack { self.train.iter().map(|e| e.ids.len() - 1).max().unwrap_or(0) } else { 0 };
@@ -422,7 +441,7 @@ impl Trainer<'_> {
                 if self.cfg.stop_after.is_some_and(|s| pos.global_step >= s) {
                     return Ok(history);
                 }
-                if self.profile.is_some() && pos.global_step == PROFILED_STEPS.start {
+                if leader && self.profile.is_some() && pos.global_step == PROFILED_STEPS.start {
                     profiler = Some(crate::cuda::training::Profiler::start()?);
                 }
                 let t0 = std::time::Instant::now();
@@ -436,9 +455,19 @@ impl Trainer<'_> {
                 let scale = 1.0 / n_targets.max(1) as f64;
                 // Summed on the device: one synchronisation per step.
                 let mut loss = Tensor::zeros([], (Kind::Double, self.model.stem.device));
-                for micro in batch.chunks(self.cfg.micro_batch) {
-                    let b = collate_padded(micro, self.model.stem.device, min_len);
-                    loss += runner.run(self.model, &b, scale, self.cfg.autocast)?;
+                for (i, micro) in batch.chunks(self.cfg.micro_batch).enumerate() {
+                    if self.world.owns_micro_batch(i) {
+                        let b = collate_padded(micro, self.model.stem.device, min_len);
+                        loss += runner.run(self.model, &b, scale, self.cfg.autocast)?;
+                    }
+                }
+                if let Some(comm) = &self.comm {
+                    // The window's gradient and loss: the sums over the ranks' micro-batches.
+                    let grad = opt.gradient_buffer().ok_or_else(|| {
+                        Error::invalid("data-parallel training needs the flat gradient buffer (CUDA)")
+                    })?;
+                    comm.all_reduce_sum(grad)?;
+                    comm.all_reduce_sum(&loss)?;
                 }
                 let loss = loss.double_value(&[]);
                 if !loss.is_finite() {
@@ -456,7 +485,8 @@ impl Trainer<'_> {
                 pos.step += 1;
                 pos.global_step += 1;
                 let tokens: usize = batch.iter().map(|e| e.ids.len()).sum();
-                let val_loss = (self.cfg.eval_every > 0
+                let val_loss = (leader
+                    && self.cfg.eval_every > 0
                     && !self.val.is_empty()
                     && (pos.step.is_multiple_of(self.cfg.eval_every) || pos.step == total))
                     .then(|| evaluate(self.model, &self.val, self.cfg.micro_batch, self.cfg.autocast))
@@ -477,19 +507,21 @@ impl Trainer<'_> {
                         _ => None,
                     },
                 };
-                writeln!(metrics, "{}", serde_json::to_string(&m).expect("metrics serialise"))
-                    .map_err(|e| Error::io(&metrics_path, e))?;
-                let mut scalars = vec![
-                    ("train/loss", m.loss),
-                    ("train/lr", m.lr),
-                    ("train/grad_norm", m.grad_norm),
-                    ("train/tokens_per_second", m.tokens_per_second),
-                    ("train/stage", (m.stage + 1) as f64),
-                ];
-                scalars.extend(m.val_loss.map(|v| ("val/loss", v)));
-                scalars.extend(m.peak_gpu_gib.map(|v| ("train/peak_gpu_gib", v)));
-                events.scalars(m.global_step, &scalars)?;
-                on_step(&m, total);
+                if let (Some(metrics), Some(events)) = (&mut metrics, &mut events) {
+                    writeln!(metrics, "{}", serde_json::to_string(&m).expect("metrics serialise"))
+                        .map_err(|e| Error::io(&metrics_path, e))?;
+                    let mut scalars = vec![
+                        ("train/loss", m.loss),
+                        ("train/lr", m.lr),
+                        ("train/grad_norm", m.grad_norm),
+                        ("train/tokens_per_second", m.tokens_per_second),
+                        ("train/stage", (m.stage + 1) as f64),
+                    ];
+                    scalars.extend(m.val_loss.map(|v| ("val/loss", v)));
+                    scalars.extend(m.peak_gpu_gib.map(|v| ("train/peak_gpu_gib", v)));
+                    events.scalars(m.global_step, &scalars)?;
+                    on_step(&m, total);
+                }
                 history.push(m);
                 if let (Some(path), true) = (&self.profile, pos.global_step == PROFILED_STEPS.end) {
                     if let Some(p) = profiler.take() {
@@ -497,8 +529,10 @@ impl Trainer<'_> {
                     }
                 }
                 let stage_done = pos.step == total;
-                if (self.cfg.save_every > 0 && pos.global_step.is_multiple_of(self.cfg.save_every))
-                    || stage_done
+                // Every rank holds the same weights and optimizer state: rank 0 saves them.
+                if leader
+                    && ((self.cfg.save_every > 0 && pos.global_step.is_multiple_of(self.cfg.save_every))
+                        || stage_done)
                 {
                     let next = if stage_done {
                         Position { stage: pos.stage + 1, step: 0, global_step: pos.global_step }
@@ -574,7 +608,17 @@ mod tests {
         train: Vec<TokenizedExample>,
         out: PathBuf,
     ) -> Trainer<'a> {
-        Trainer { model, tokenizer, cfg, train, val: vec![], out, profile: None }
+        Trainer {
+            model,
+            tokenizer,
+            cfg,
+            train,
+            val: vec![],
+            out,
+            profile: None,
+            world: World::single(),
+            comm: None,
+        }
     }
 
     #[test]

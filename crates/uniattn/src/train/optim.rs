@@ -88,6 +88,11 @@ fn bind_flat_grad(flat: &Tensor, params: &[(String, Tensor)]) -> Option<Tensor> 
 }
 
 impl AdamW {
+    /// The gradients' flat buffer (on CUDA), which data-parallel training sums over the ranks.
+    pub fn gradient_buffer(&self) -> Option<&Tensor> {
+        self.flat_grad.as_ref()
+    }
+
     pub fn new(cfg: AdamWConfig, mut params: Vec<(String, Tensor)>) -> Self {
         let (kind, device) =
             params.first().map_or((Kind::Float, tch::Device::Cpu), |(_, p)| (p.kind(), p.device()));
