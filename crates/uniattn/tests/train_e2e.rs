@@ -90,6 +90,17 @@ fn uniattn_two_stage_run_stops_resumes_and_loads() {
         "the refused run left the first run's options: {}",
         config()
     );
+    // A checkpoint resumes on as many GPUs as wrote it (each step is that many times the
+    // examples): one written by two ranks is refused here, with the count to use.
+    let state = ckpts.last().unwrap().join(uniattn::train::checkpoint::STATE_FILE);
+    let original = std::fs::read_to_string(&state).unwrap();
+    let mut two: serde_json::Value = serde_json::from_str(&original).unwrap();
+    assert_eq!(two["world_size"], 1);
+    two["world_size"] = 2.into();
+    std::fs::write(&state, two.to_string()).unwrap();
+    let err = run(job(&out, Some(out.clone()), None), |_, _| {}).err().expect("refused").to_string();
+    assert!(err.contains("written by a run on 2 GPU(s)") && err.contains("--nproc-per-node 2"), "{err}");
+    std::fs::write(&state, original).unwrap();
     // The resumed run writes its final model in bf16; checkpoints stay f32.
     let rest =
         run(TrainJob { save_kind: Kind::BFloat16, ..job(&out, Some(out.clone()), None) }, |_, _| {}).unwrap();

@@ -25,6 +25,9 @@ pub struct Resume {
     pub config: TrainConfig,
     pub optimizer: Option<OptimizerState>,
     pub dir: PathBuf,
+    /// The ranks of the run that wrote it: its steps were that many times micro-batch x
+    /// accumulation examples, so it resumes on as many.
+    pub world_size: usize,
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -51,7 +54,7 @@ pub(super) fn save(t: &Trainer, opt: &AdamW, next: Position, stage_done: bool) -
         let meta = HashMap::from([("step".to_string(), opt.step.to_string())]);
         safetensors::write_file(&tmp.join(OPTIMIZER_FILE), &tensors, Some(meta))?;
     }
-    let state = serde_json::json!({ "position": next, "config": t.cfg });
+    let state = serde_json::json!({ "position": next, "config": t.cfg, "world_size": t.world.size });
     crate::fs::write_atomic(
         &tmp.join(STATE_FILE),
         serde_json::to_string_pretty(&state).expect("json").as_bytes(),
@@ -102,6 +105,9 @@ pub fn load(path: &Path) -> Result<Resume> {
         .map_err(|e| Error::format(&state_path, format!("position: {e}")))?;
     let config: TrainConfig = serde_json::from_value(v["config"].clone())
         .map_err(|e| Error::format(&state_path, format!("config: {e}")))?;
+    // Checkpoints from before data parallelism were written by one process.
+    let world_size = v.get("world_size").map_or(Some(1), |w| w.as_u64().map(|w| w as usize));
+    let world_size = world_size.ok_or_else(|| Error::format(&state_path, "world_size: expected a count"))?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let optimizer = if opt_path.exists() {
         let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
@@ -119,7 +125,7 @@ pub fn load(path: &Path) -> Result<Resume> {
     } else {
         None
     };
-    Ok(Resume { position, config, optimizer, dir })
+    Ok(Resume { position, config, optimizer, dir, world_size })
 }
 
 pub(super) fn restore_optimizer(opt: &mut AdamW, state: OptimizerState) -> Result<()> {

@@ -230,12 +230,21 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
     if leader {
         claim_run_folder(&job.out, job.resume.is_some(), job.overwrite)?;
     }
+    let resume: Option<Resume> = job.resume.as_deref().map(checkpoint::load).transpose()?;
+    if let Some(r) = resume.as_ref().filter(|r| r.world_size != job.world.size) {
+        return Err(Error::format(
+            &r.dir,
+            format!(
+                "written by a run on {} GPU(s) (each step {} x micro-batch x accumulation examples);                  resume it with --nproc-per-node {} (x --nnodes), not {}",
+                r.world_size, r.world_size, r.world_size, job.world.size
+            ),
+        ));
+    }
     let comm = communicator(&job)?;
     if let (true, Some(text)) = (leader, &job.config_file) {
         std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
         crate::fs::write_atomic(&job.out.join(CONFIG_FILE), text.as_bytes())?;
     }
-    let resume: Option<Resume> = job.resume.as_deref().map(checkpoint::load).transpose()?;
     let (model, tokenizer, stages, cfg) = match &resume {
         Some(r) => {
             let m = loader::load(&r.dir, job.kind, job.device)?;
