@@ -171,15 +171,8 @@ fn load() -> std::result::Result<Shim, String> {
                 if e.is_null() { "unknown".into() } else { CStr::from_ptr(e).to_string_lossy().into_owned() };
             return Err(format!("loading {}: {msg}", path.display()));
         }
-        let sym = |name: &str| -> std::result::Result<*mut c_void, String> {
-            let n = CString::new(name).expect("symbol name");
-            let p = libc::dlsym(handle, n.as_ptr());
-            if p.is_null() {
-                Err(format!("{} lacks {name}", path.display()))
-            } else {
-                Ok(p)
-            }
-        };
+        let library = path.display().to_string();
+        let sym = |name: &str| symbol(handle, name, &library);
         use std::mem::transmute as t;
         Ok(Shim {
             pool_new: t::<*mut c_void, PoolNew>(sym("ua_pool_new")?),
@@ -207,6 +200,22 @@ fn load() -> std::result::Result<Shim, String> {
             add_rms_norm: t::<*mut c_void, AddRmsNorm>(sym("ua_add_rms_norm")?),
             trained_linear: t::<*mut c_void, TrainedLinear>(sym("ua_trained_linear")?),
         })
+    }
+}
+
+/// Symbol `name` of the library `handle` (from dlopen; `library` names it in the error).
+pub(crate) fn symbol(
+    handle: *mut c_void,
+    name: &str,
+    library: &str,
+) -> std::result::Result<*mut c_void, String> {
+    let n = CString::new(name).expect("symbol name");
+    // SAFETY: a handle dlopen returned and a valid C string.
+    let p = unsafe { libc::dlsym(handle, n.as_ptr()) };
+    if p.is_null() {
+        Err(format!("{library} lacks {name}"))
+    } else {
+        Ok(p)
     }
 }
 

@@ -74,16 +74,7 @@ fn open() -> std::result::Result<Library, String> {
     let Some(handle) = handle else {
         return Err(format!("NCCL not found (tried {}); set UNIATTN_NCCL to libnccl.so.2", names.join(", ")));
     };
-    let sym = |name: &str| -> std::result::Result<*mut c_void, String> {
-        let n = CString::new(name).expect("symbol name");
-        // SAFETY: an open handle and a valid C string.
-        let p = unsafe { libc::dlsym(handle, n.as_ptr()) };
-        if p.is_null() {
-            Err(format!("the NCCL library lacks {name}"))
-        } else {
-            Ok(p)
-        }
-    };
+    let sym = |name: &str| crate::cuda::symbol(handle, name, "the NCCL library");
     // SAFETY: each symbol gets the signature nccl.h declares for it.
     unsafe {
         use std::mem::transmute as t;
