@@ -1,0 +1,41 @@
+//! `train --nproc-per-node` as a user starts it, on a machine without GPUs: the launcher starts
+//! the ranks (this same binary, told their place), each says why it cannot train here, and the
+//! launcher names the failing rank and stops, within seconds and without writing a run.
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn multi_gpu_training_where_there_are_no_gpus_says_why() {
+    if tch::Cuda::is_available() {
+        return; // here the ranks would train: the GPU machine's dp_check.sh covers that
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let out = dir.path().join("run");
+    let t = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_uniattn"))
+        .args([
+            "train",
+            "--model",
+            "smollm2",
+            "--data",
+            "rows.json",
+            "--device",
+            "cpu",
+            "--nproc-per-node",
+            "2",
+        ])
+        .args(["--master-port", &port, "--out"])
+        .arg(&out)
+        .env_remove("WORLD_SIZE")
+        .env_remove("RANK")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("starting ranks 0-1 of 2"), "{stdout}");
+    assert!(stderr.contains("multi-GPU training runs each rank on its own GPU"), "{stderr}");
+    assert!(stderr.contains("exited with status 1"), "{stderr}");
+    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+    assert!(!out.join("metrics.jsonl").exists());
+}
