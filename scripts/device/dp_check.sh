@@ -3,7 +3,9 @@
 # 1. Equivalence, f32: `train --nproc-per-node 2 --micro-batch M` against one GPU at
 #    `--micro-batch 2M` (the same examples per optimizer step), 20 steps, random weights in
 #    SmolLM2-135M's shapes: per-step loss and final weights compared (scripts/device/dp_compare.py).
-# 2. Scaling, bf16: Qwen2.5-Coder-1.5B shapes, 8 x 1,024 tokens a GPU a step, 1 GPU against 2.
+# 2. Two machines simulated on one (two 1-GPU nodes, different --node-rank, over 127.0.0.1):
+#    the same weights as the 2-GPU run.
+# 3. Scaling, bf16: Qwen2.5-Coder-1.5B shapes, 8 x 1,024 tokens a GPU a step, 1 GPU against 2.
 #   scripts/device/dp_check.sh
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -20,6 +22,13 @@ $U train --model "$W/s135" "${common[@]}" --micro-batch 4 --out "$W/one" > "$OUT
 $U train --model "$W/s135" "${common[@]}" --micro-batch 2 --nproc-per-node 2 --out "$W/two" > "$OUT/two.log" 2>&1 \
   || tail -5 "$OUT/two.log"
 "$PYTHON" scripts/device/dp_compare.py "$W/one" "$W/two" | tee "$OUT/equivalence.json"
+echo "== two machines simulated on one: two 1-GPU nodes meeting over 127.0.0.1 (same job as the 2-GPU run)"
+node() { # NODE_RANK GPU
+  CUDA_VISIBLE_DEVICES=$2 $U train --model "$W/s135" "${common[@]}" --micro-batch 2 --nnodes 2 --node-rank "$1" \
+    --nproc-per-node 1 --master-addr 127.0.0.1 --master-port 29611 --out "$W/nodes" > "$OUT/node$1.log" 2>&1
+}
+node 0 0 & node 1 1; wait
+"$PYTHON" scripts/device/dp_compare.py "$W/two" "$W/nodes" | tee "$OUT/two_nodes.json"
 echo "== scaling (bf16): Qwen2.5-Coder-1.5B shapes, 8 x 1,024 tokens per GPU a step"
 "$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-1.5b.config.json "$W/q15" --dtype f32 | tail -1
 python3 - data/pmc_llama_instructions_1000.json "$W/pmc.txt" <<'PY'
