@@ -142,11 +142,13 @@ pub struct ModelReport {
     pub hidden: usize,
     pub heads: usize,
     pub kv_heads: usize,
+    /// KV heads of the reuse layers where they have fewer (KV-head merging).
+    pub reuse_kv_heads: Option<usize>,
     pub head_dim: usize,
     pub vocab: usize,
     pub parameters: usize,
     pub plan: String,
-    /// `uniattn`, `softmax-only`, `cla` or `layerdrop`; `None` for a dense model.
+    /// A [`crate::plan::ReuseKind::name`]; `None` for a dense model.
     pub reuse_kind: Option<&'static str>,
     pub reuse_layers: Vec<usize>,
     /// At inference, in bf16; `None` for a dense model.
@@ -166,6 +168,12 @@ impl ModelReport {
             hidden: c.hidden_size,
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
+            reuse_kv_heads: parts
+                .plan
+                .reuse_layers()
+                .first()
+                .map(|&l| parts.plan.kv_heads(l, c.num_kv_heads))
+                .filter(|&h| h != c.num_kv_heads),
             head_dim: c.head_dim,
             vocab: c.vocab_size,
             parameters: parts.weights.tensors.values().map(|t| t.numel()).sum(),
@@ -178,9 +186,10 @@ impl ModelReport {
 
     /// The report as aligned lines.
     pub fn table(&self) -> String {
+        let reuse_kv = self.reuse_kv_heads.map_or(String::new(), |h| format!(" ({h} in the reuse layers)"));
         let mut out = format!(
             "model        {}\nfamily       {}\nlayers       {}\nhidden       {}\n\
-             heads        {} query, {} KV, head dim {}\nvocab        {}\nparameters   {}\nplan         {}",
+             heads        {} query, {} KV{reuse_kv}, head dim {}\nvocab        {}\nparameters   {}\nplan         {}",
             self.model,
             self.family,
             self.layers,
@@ -323,6 +332,8 @@ mod tests {
                 "{kind:?}"
             );
             assert_eq!(r.parameters, m.num_parameters(), "{kind:?}");
+            // Only KV-head merging changes a reuse layer's KV heads (2 -> 1 here).
+            assert_eq!(r.reuse_kv_heads, (kind == ReuseKind::KvHeads).then_some(1), "{kind:?}");
             assert!(r.table().contains(&format!("reuse kind   {}", kind.name())), "{}", r.table());
         }
         let dense = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Float, 2);
