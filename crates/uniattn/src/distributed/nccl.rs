@@ -157,12 +157,31 @@ impl Communicator {
         })
     }
 
+    /// A handle that aborts this communicator from another thread (a watchdog's): the
+    /// collective this rank waits in then returns.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle { lib: self.lib, comm: self.comm as usize }
+    }
+
     /// Leaves the communicator at once, without waiting for the other ranks (after an error,
     /// so that no rank waits for one that has stopped).
     pub fn abort(mut self) {
         // SAFETY: a live communicator, not used after this.
         unsafe { (self.lib.comm_abort)(self.comm) };
         self.comm = std::ptr::null_mut();
+    }
+}
+
+/// See [`Communicator::abort_handle`].
+pub struct AbortHandle {
+    lib: &'static Library,
+    comm: usize,
+}
+
+impl AbortHandle {
+    pub fn abort(&self) {
+        // SAFETY: the communicator lives until the process exits, which follows the abort.
+        unsafe { (self.lib.comm_abort)(self.comm as Comm) };
     }
 }
 

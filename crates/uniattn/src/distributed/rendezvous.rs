@@ -3,12 +3,16 @@
 //! every rank the same id (the NCCL communicator's), or the same error. So a bad address, a
 //! port in use, a mismatched world size or a different model or plan on some rank stops every
 //! rank before the first step, with a message naming the rank, instead of a hang in NCCL.
-//! One JSON line each way.
+//! One JSON line each way. The connections then stay open ([`Links`]): a rank whose process
+//! stops (crashes, is killed, loses its machine) closes them, and [`Links::watch`] tells every
+//! other rank, by name, instead of leaving them waiting in NCCL for it.
 use super::{World, JOIN_TIMEOUT};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Serialize, Deserialize)]
@@ -27,13 +31,13 @@ struct Reply {
 /// Meets the other ranks: rank 0 (`leader_id` gives the id it hands out, made only once every
 /// rank has joined and agreed) waits up to `timeout` for the others; the others connect to it
 /// (retrying until `timeout`, as rank 0 may start later). `job` describes what must match on
-/// every rank (model, plan, variant, training options). Returns the id.
+/// every rank (model, plan, variant, training options). Returns the id and the open links.
 pub fn join(
     world: &World,
     job: &str,
     timeout: Duration,
     leader_id: impl FnOnce() -> Result<Vec<u8>>,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, Links)> {
     let at = format!("{}:{}", world.master_addr, world.master_port);
     if world.is_leader() {
         lead(world, job, &at, timeout, leader_id)
@@ -47,7 +51,7 @@ pub fn join_default(
     world: &World,
     job: &str,
     leader_id: impl FnOnce() -> Result<Vec<u8>>,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, Links)> {
     join(world, job, JOIN_TIMEOUT, leader_id)
 }
 
@@ -57,7 +61,7 @@ fn lead(
     at: &str,
     timeout: Duration,
     leader_id: impl FnOnce() -> Result<Vec<u8>>,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, Links)> {
     let listener = TcpListener::bind(at).map_err(|e| {
         Error::invalid(format!(
             "rank 0 cannot listen on MASTER_ADDR:MASTER_PORT {at} ({e}): the port is in use or the address is not this machine's"
@@ -107,10 +111,14 @@ fn lead(
         Err(e) => Reply { id: None, error: Some(e.clone()) },
     };
     let line = serde_json::to_string(&reply).expect("a reply serialises") + "\n";
-    for (_, mut stream) in joined {
+    let mut peers = Vec::with_capacity(joined.len());
+    for (hello, mut stream) in joined {
         let _ = stream.write_all(line.as_bytes());
+        let _ = stream.set_read_timeout(None);
+        peers.push((hello.rank, BufReader::new(stream)));
     }
-    result.map_err(Error::invalid)
+    let id = result.map_err(Error::invalid)?;
+    Ok((id, Links { rank: 0, peers }))
 }
 
 /// What is wrong with `hello` beside the ranks already `joined`, if anything.
@@ -133,7 +141,7 @@ fn check(world: &World, job: &str, hello: &Hello, joined: &[(Hello, TcpStream)])
     })
 }
 
-fn follow(world: &World, job: &str, at: &str, timeout: Duration) -> Result<Vec<u8>> {
+fn follow(world: &World, job: &str, at: &str, timeout: Duration) -> Result<(Vec<u8>, Links)> {
     let deadline = Instant::now() + timeout;
     let addrs: Vec<_> = at
         .to_socket_addrs()
@@ -167,16 +175,84 @@ fn follow(world: &World, job: &str, at: &str, timeout: Duration) -> Result<Vec<u
     // Rank 0 answers once every rank has joined (or its wait ran out): a little longer.
     stream.set_read_timeout(Some(timeout + Duration::from_secs(10))).map_err(fail)?;
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).map_err(fail)?;
+    let mut reader = BufReader::new(stream);
+    reader.read_line(&mut line).map_err(fail)?;
     let reply: Reply = serde_json::from_str(&line).map_err(|_| {
         Error::invalid(format!("rank {}: rank 0 at {at} closed the rendezvous without an answer", world.rank))
     })?;
+    reader.get_ref().set_read_timeout(None).map_err(fail)?;
     match (reply.id, reply.error) {
-        (Some(id), _) => Ok(id),
+        (Some(id), _) => Ok((id, Links { rank: world.rank, peers: vec![(0, reader)] })),
         (None, e) => Err(Error::invalid(format!(
             "rank 0 stopped the job: {}",
             e.unwrap_or_else(|| "no reason given".into())
         ))),
+    }
+}
+
+/// The job's connections after the meeting: rank 0's to every other rank, each rank's to
+/// rank 0.
+pub struct Links {
+    rank: usize,
+    peers: Vec<(usize, BufReader<TcpStream>)>,
+}
+
+/// What [`Links::watch`] returns; [`Watch::finish`] says this rank ended normally.
+pub struct Watch {
+    finished: Arc<AtomicBool>,
+    writers: Vec<TcpStream>,
+}
+
+impl Links {
+    /// Watches the other ranks on threads of its own: when one stops before saying it finished
+    /// ([`Watch::finish`]), `on_stop` gets a message naming it (rank 0 sees its connection close
+    /// and tells the others; rank 0 stopping closes every rank's).
+    pub fn watch(self, on_stop: impl Fn(String) + Send + Sync + 'static) -> Watch {
+        let finished = Arc::new(AtomicBool::new(false));
+        let on_stop = Arc::new(on_stop);
+        let writer = |r: &BufReader<TcpStream>| r.get_ref().try_clone().ok();
+        let writers: Vec<TcpStream> = self.peers.iter().filter_map(|(_, r)| writer(r)).collect();
+        for (peer, mut reader) in
+            self.peers.iter().filter_map(|(p, r)| Some((*p, BufReader::new(writer(r)?))))
+        {
+            let (finished, on_stop) = (finished.clone(), on_stop.clone());
+            // Rank 0 passes a rank's stop on to the others.
+            let others: Vec<TcpStream> = if self.rank == 0 {
+                self.peers.iter().filter(|(p, _)| *p != peer).filter_map(|(_, r)| writer(r)).collect()
+            } else {
+                vec![]
+            };
+            std::thread::spawn(move || {
+                let (mut line, mut done) = (String::new(), false);
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    match line.trim().strip_prefix("stopped ") {
+                        _ if line.trim() == "done" => done = true,
+                        Some(r) if !finished.load(Ordering::SeqCst) => {
+                            on_stop(format!("rank {r} stopped before the job finished"))
+                        }
+                        _ => {}
+                    }
+                    line.clear();
+                }
+                if !done && !finished.load(Ordering::SeqCst) {
+                    for mut o in others {
+                        let _ = o.write_all(format!("stopped {peer}\n").as_bytes());
+                    }
+                    on_stop(format!("rank {peer} stopped before the job finished (its connection closed)"));
+                }
+            });
+        }
+        Watch { finished, writers }
+    }
+}
+
+impl Watch {
+    /// This rank ended normally: the others no longer report it when its process exits.
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+        for mut w in &self.writers {
+            let _ = w.write_all(b"done\n");
+        }
     }
 }
 
@@ -201,10 +277,60 @@ mod tests {
             .enumerate()
             .map(|(rank, (&size, &job))| {
                 let (w, job) = (world(rank, size, port), job.to_string());
-                std::thread::spawn(move || join(&w, &job, timeout, || Ok(vec![7u8; 128])))
+                std::thread::spawn(move || join(&w, &job, timeout, || Ok(vec![7u8; 128])).map(|(id, _)| id))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    /// Three ranks that met, each watching with its reports going to `tx` as (rank, message).
+    fn watched(
+        tx: std::sync::mpsc::Sender<(usize, String)>,
+        watch_rank_2: bool,
+    ) -> Vec<(Option<Watch>, Option<Links>)> {
+        let port = free_port();
+        let handles: Vec<_> = (0..3)
+            .map(|rank| {
+                let w = world(rank, 3, port);
+                std::thread::spawn(move || join(&w, "j", Duration::from_secs(20), || Ok(vec![1])).unwrap().1)
+            })
+            .collect();
+        let links: Vec<Links> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        links
+            .into_iter()
+            .enumerate()
+            .map(|(rank, l)| {
+                if rank == 2 && !watch_rank_2 {
+                    return (None, Some(l));
+                }
+                let tx = tx.clone();
+                (Some(l.watch(move |m| tx.send((rank, m)).unwrap())), None)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rank_that_stops_is_named_to_every_other() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ranks = watched(tx, false);
+        // Rank 2's process goes away: its connection closes.
+        ranks.pop();
+        let mut told: Vec<(usize, String)> =
+            (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("a report")).collect();
+        told.sort();
+        assert_eq!(told.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [0, 1]);
+        assert!(told.iter().all(|(_, m)| m.contains("rank 2 stopped before the job finished")), "{told:?}");
+    }
+
+    #[test]
+    fn ranks_that_finish_are_not_reported() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ranks = watched(tx, true);
+        for (w, _) in &ranks {
+            w.as_ref().unwrap().finish();
+        }
+        drop(ranks);
+        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "a finished rank was reported");
     }
 
     #[test]
@@ -236,15 +362,15 @@ mod tests {
         // A port another process holds.
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let w = world(0, 2, taken.local_addr().unwrap().port());
-        let e = join(&w, "j", Duration::from_millis(300), || Ok(vec![])).unwrap_err().to_string();
+        let e = join(&w, "j", Duration::from_millis(300), || Ok(vec![])).err().unwrap().to_string();
         assert!(e.contains("cannot listen on MASTER_ADDR:MASTER_PORT"), "{e}");
         // A rank whose rank 0 never starts.
         let w = world(1, 2, free_port());
-        let e = join(&w, "j", Duration::from_millis(300), || Ok(vec![])).unwrap_err().to_string();
+        let e = join(&w, "j", Duration::from_millis(300), || Ok(vec![])).err().unwrap().to_string();
         assert!(e.contains("rank 1 could not reach rank 0"), "{e}");
         // An address that is not one.
         let w = World { master_addr: "no such host.invalid".into(), ..world(1, 2, 1) };
-        let e = join(&w, "j", Duration::from_millis(300), || Ok(vec![])).unwrap_err().to_string();
+        let e = join(&w, "j", Duration::from_millis(300), || Ok(vec![])).err().unwrap().to_string();
         assert!(e.contains("not an address"), "{e}");
     }
 }

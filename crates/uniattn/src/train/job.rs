@@ -8,7 +8,8 @@ use crate::calibrate::{calibrate, CalibOptions, FitMethod};
 use crate::convert::{calibration_sequences, CalibData, PlanSpec};
 use crate::data::{self, Record};
 use crate::distributed::nccl::{self, Communicator};
-use crate::distributed::{rendezvous, World};
+use crate::distributed::rendezvous::{self, Watch};
+use crate::distributed::World;
 use crate::error::{Error, Result};
 use crate::loader::{self, read_parts};
 use crate::model::Transformer;
@@ -203,7 +204,7 @@ fn claim_run_folder(out: &Path, resuming: bool, overwrite: bool) -> Result<()> {
 /// The communicator of a job of several ranks: they meet on rank 0, which checks that each
 /// runs the same job (`config_file`, the resolved options, without the machine's own place)
 /// before any of them loads the model.
-fn communicator(job: &TrainJob) -> Result<Option<Communicator>> {
+fn communicator(job: &TrainJob) -> Result<Option<(Communicator, Watch)>> {
     if job.world.size == 1 {
         return Ok(None);
     }
@@ -221,8 +222,16 @@ fn communicator(job: &TrainJob) -> Result<Option<Communicator>> {
         .filter(|l| !l.starts_with("node-rank"))
         .collect::<Vec<_>>()
         .join("\n");
-    let id = rendezvous::join_default(&job.world, &same, nccl::unique_id)?;
-    Communicator::new(&job.world, &id).map(Some)
+    let (id, links) = rendezvous::join_default(&job.world, &same, nccl::unique_id)?;
+    let comm = Communicator::new(&job.world, &id)?;
+    // A rank that stops stops the others, with its name, instead of leaving them in NCCL.
+    let (abort, rank) = (comm.abort_handle(), job.world.rank);
+    let watch = links.watch(move |why| {
+        eprintln!("error: {why}; stopping rank {rank}");
+        abort.abort();
+        std::process::exit(1);
+    });
+    Ok(Some((comm, watch)))
 }
 
 pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<TrainSummary> {
@@ -240,7 +249,7 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
             ),
         ));
     }
-    let comm = communicator(&job)?;
+    let (comm, watch) = communicator(&job)?.unzip();
     if let (true, Some(text)) = (leader, &job.config_file) {
         std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
         crate::fs::write_atomic(&job.out.join(CONFIG_FILE), text.as_bytes())?;
@@ -291,6 +300,9 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
         loader::save_folder(&model, &tokenizer, staged.path(), job.save_kind, None, &[])?;
         staged.commit()?;
         plot_losses(&history, &job.out.join("loss.png"))?;
+    }
+    if let Some(w) = &watch {
+        w.finish();
     }
     Ok(TrainSummary {
         history,
