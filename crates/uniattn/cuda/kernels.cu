@@ -189,11 +189,15 @@ __device__ __forceinline__ float capped(float x, float softcap) {
 // reads the logits three times and writes them once, so it runs at memory speed only with
 // wide accesses.
 template <typename T>
-__device__ __forceinline__ void load16(const T* p, float* out) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+__device__ __forceinline__ void unpack16(const uint4& raw, float* out) {
   const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int k = 0; k < (int)(16 / sizeof(T)); ++k) out[k] = to_float(e[k]);
+}
+
+template <typename T>
+__device__ __forceinline__ void load16(const T* p, float* out) {
+  unpack16<T>(*reinterpret_cast<const uint4*>(p), out);
 }
 
 template <typename T>
@@ -457,13 +461,6 @@ __device__ __forceinline__ uint4 load_streaming(const void* p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
-}
-
-template <typename T>
-__device__ __forceinline__ void unpack16(const uint4& raw, float* out) {
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int k = 0; k < (int)(16 / sizeof(T)); ++k) out[k] = to_float(e[k]);
 }
 
 template <typename T, int R>

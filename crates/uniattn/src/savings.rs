@@ -64,19 +64,21 @@ pub fn plan_savings(cfg: &ModelConfig, plan: &SuperBlockPlan, bytes_per_value: u
             _ => (0, 0), // W_c: not in the dense model
         }
     };
-    let (mut macs, mut extra) =
-        spec.drops.iter().map(|&m| module(m)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    // KV-head merging keeps K and V but fewer heads: those rows of both projections go.
+    let merged_away = match spec.cache {
+        ReuseCache::MergedHeads => (cfg.num_kv_heads - merged_kv_heads(cfg.num_kv_heads)) * d,
+        _ => 0,
+    };
+    let (macs, extra) = spec
+        .drops
+        .iter()
+        .map(|&m| module(m))
+        .fold((2 * merged_away * hid, 2 * bias(merged_away)), |a, b| (a.0 + b.0, a.1 + b.1));
     let kv_per_layer = 2 * kv_out * bytes_per_value;
-    // KV-head merging keeps K and V but fewer heads: the rows of both projections go.
-    let removed_kv_out = (cfg.num_kv_heads - merged_kv_heads(cfg.num_kv_heads)) * d;
     let dropped_per_layer = match spec.cache {
         ReuseCache::ValuesOnly => kv_out * bytes_per_value,
         ReuseCache::Nothing => kv_per_layer,
-        ReuseCache::MergedHeads => {
-            macs += 2 * removed_kv_out * hid;
-            extra += 2 * bias(removed_kv_out);
-            2 * removed_kv_out * bytes_per_value
-        }
+        ReuseCache::MergedHeads => 2 * merged_away * bytes_per_value,
     };
     let wc = if spec.compensation { hid * hid } else { 0 };
     PlanSavings {

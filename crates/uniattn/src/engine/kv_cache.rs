@@ -28,6 +28,15 @@ enum LayerCache {
     Nothing,
 }
 
+/// Bytes of one token's entry of `kind` in a layer whose keys (or values) take `per_tensor`.
+fn entry_bytes(kind: CacheKind, per_tensor: usize) -> usize {
+    match kind {
+        CacheKind::KeysValues => 2 * per_tensor,
+        CacheKind::ValuesOnly => per_tensor,
+        CacheKind::Nothing => 0,
+    }
+}
+
 /// Per-layer tensors `[slots, kv_heads, max_len, head_dim]` and each slot's length.
 #[derive(Debug)]
 pub struct KvCache {
@@ -57,12 +66,7 @@ impl KvCache {
         let capacity = (max_len as i64 + KEY_BUCKET - 1) / KEY_BUCKET * KEY_BUCKET;
         let per_tensor: Vec<usize> =
             kv_heads.iter().map(|&h| (h * head_dim) as usize * kind.elt_size_in_bytes()).collect();
-        let entry = |k: CacheKind, per_tensor: usize| match k {
-            CacheKind::KeysValues => 2 * per_tensor,
-            CacheKind::ValuesOnly => per_tensor,
-            CacheKind::Nothing => 0,
-        };
-        let bytes_per_token = kinds.iter().zip(&per_tensor).map(|(&k, &p)| entry(k, p)).sum::<usize>();
+        let bytes_per_token = kinds.iter().zip(&per_tensor).map(|(&k, &p)| entry_bytes(k, p)).sum::<usize>();
         let alloc = |heads: i64| {
             Tensor::f_zeros([slots as i64, heads, capacity, head_dim], (kind, device)).map_err(|e| {
                 Error::invalid(format!(
@@ -141,12 +145,7 @@ impl KvCache {
     /// Bytes of one token's cache entry of `kind` (keys and values, values, none) at layer
     /// `layer`'s head count.
     pub fn entry_bytes(&self, layer: usize, kind: CacheKind) -> usize {
-        let per_tensor = self.bytes_per_tensor_token[layer];
-        match kind {
-            CacheKind::KeysValues => 2 * per_tensor,
-            CacheKind::ValuesOnly => per_tensor,
-            CacheKind::Nothing => 0,
-        }
+        entry_bytes(kind, self.bytes_per_tensor_token[layer])
     }
 
     /// Writes K (when the layer keeps keys) and V for rows `slot0..slot0 + n` at `positions`

@@ -244,7 +244,8 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
         return Err(Error::format(
             &r.dir,
             format!(
-                "written by a run on {} GPU(s) (each step {} x micro-batch x accumulation examples);                  resume it with --nproc-per-node {} (x --nnodes), not {}",
+                "written by a run on {} GPU(s) (each step {} x micro-batch x accumulation examples); \
+                 resume it with --nproc-per-node {} (x --nnodes), not {}",
                 r.world_size, r.world_size, r.world_size, job.world.size
             ),
         ));
