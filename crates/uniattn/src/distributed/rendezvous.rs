@@ -67,6 +67,18 @@ fn lead(
             "rank 0 cannot listen on MASTER_ADDR:MASTER_PORT {at} ({e}): the port is in use or the address is not this machine's"
         ))
     })?;
+    lead_on(listener, world, job, at, timeout, leader_id)
+}
+
+/// Rank 0's side of [`join`] on its bound `listener`.
+fn lead_on(
+    listener: TcpListener,
+    world: &World,
+    job: &str,
+    at: &str,
+    timeout: Duration,
+    leader_id: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<(Vec<u8>, Links)> {
     listener.set_nonblocking(true).map_err(|e| Error::invalid(format!("rendezvous at {at}: {e}")))?;
     let deadline = Instant::now() + timeout;
     let mut joined: Vec<(Hello, TcpStream)> = Vec::new();
@@ -268,19 +280,47 @@ mod tests {
         World { rank, size, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port }
     }
 
-    /// Runs ranks `0..size` (rank r says world size `sizes[r]` and job `jobs[r]`) on threads.
-    fn meet(sizes: &[usize], jobs: &[&str], timeout: Duration) -> Vec<Result<Vec<u8>>> {
-        let port = free_port();
+    /// One rank's way into the job: given the job, its id and links.
+    type Joining = Box<dyn FnOnce(&str) -> Result<(Vec<u8>, Links)> + Send>;
+
+    /// Starts ranks `0..n` on threads, each running `rank(world, join)` where `join` joins the
+    /// job (id `[7; 128]`); rank 0 listens on a port bound before any rank starts, so that no
+    /// other socket (another test's connection) can take it in between.
+    fn start<T: Send + 'static>(
+        sizes: &[usize],
+        timeout: Duration,
+        rank: impl Fn(usize, Box<dyn FnOnce(&str) -> Result<(Vec<u8>, Links)> + Send>) -> T
+            + Send
+            + Sync
+            + 'static,
+    ) -> Vec<T> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut leader = Some(listener);
+        let rank = std::sync::Arc::new(rank);
         let handles: Vec<_> = sizes
             .iter()
-            .zip(jobs)
             .enumerate()
-            .map(|(rank, (&size, &job))| {
-                let (w, job) = (world(rank, size, port), job.to_string());
-                std::thread::spawn(move || join(&w, &job, timeout, || Ok(vec![7u8; 128])).map(|(id, _)| id))
+            .map(|(r, &size)| {
+                let (w, listener, rank) =
+                    (world(r, size, port), leader.take().filter(|_| r == 0), rank.clone());
+                let join: Joining = Box::new(move |job: &str| {
+                    let id = || Ok(vec![7u8; 128]);
+                    match listener {
+                        Some(l) => lead_on(l, &w, job, &format!("127.0.0.1:{port}"), timeout, id),
+                        None => join(&w, job, timeout, id),
+                    }
+                });
+                std::thread::spawn(move || rank(r, join))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    /// Runs ranks `0..size` (rank r says world size `sizes[r]` and job `jobs[r]`).
+    fn meet(sizes: &[usize], jobs: &[&str], timeout: Duration) -> Vec<Result<Vec<u8>>> {
+        let jobs: Vec<String> = jobs.iter().map(|j| j.to_string()).collect();
+        start(sizes, timeout, move |r, join| join(&jobs[r]).map(|(id, _)| id))
     }
 
     /// Three ranks that met, each watching with its reports going to `tx` as (rank, message).
@@ -288,14 +328,7 @@ mod tests {
         tx: std::sync::mpsc::Sender<(usize, String)>,
         watch_rank_2: bool,
     ) -> Vec<(Option<Watch>, Option<Links>)> {
-        let port = free_port();
-        let handles: Vec<_> = (0..3)
-            .map(|rank| {
-                let w = world(rank, 3, port);
-                std::thread::spawn(move || join(&w, "j", Duration::from_secs(20), || Ok(vec![1])).unwrap().1)
-            })
-            .collect();
-        let links: Vec<Links> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let links = start(&[3, 3, 3], Duration::from_secs(20), |_, join| join("j").unwrap().1);
         links
             .into_iter()
             .enumerate()
