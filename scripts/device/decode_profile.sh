@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine (issue 17): per-kernel times of one captured decode step, from Nsight
 # Compute (gpu__time_duration of every kernel; the last STEP_KERNELS launches are the last
-# replayed step). Random weights in Qwen2.5-Coder-0.5B's shapes, batch 1, 2k context.
+# replayed step). Random weights in Qwen2.5-Coder-0.5B's shapes, batch 1, 2k context. Caches
+# are flushed before each kernel unless CACHE=none (then each kernel finds what the one before
+# left in L2, as in a replayed step).
 #   scripts/device/decode_profile.sh   (writes $OUT/profile_<model>.csv)
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -13,7 +15,7 @@ if [[ -n ${PLAN:-} && ! -d $W/q05-uni ]]; then
     --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|error"
 fi
 for m in q05 ${PLAN:+q05-uni}; do
-  $NCU --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+  $NCU --clock-control none --cache-control ${CACHE:-all} --metrics gpu__time_duration.sum --csv --print-units base \
     $U bench --model "$W/$m" --batch ${BATCH:-1} --context ${CONTEXT:-2048} --new-tokens 3 --dtype bf16 --device cuda \
     > "$OUT/profile_$m.csv" 2> "$OUT/profile_$m.err"
   echo "$m: $(grep -c gpu__time_duration "$OUT/profile_$m.csv") kernels profiled"; tail -2 "$OUT/profile_$m.err"

@@ -4,8 +4,9 @@
 # gpt-fast-style compiled step), all in one run on one card. Random weights in
 # Qwen2.5-Coder-0.5B's shapes (SHAPES=1.5b for 1.5B's); UniAttn is the paper's 4:12:24 plan
 # (PLAN=...) with W_c fitted on 16 rows. VARIANTS="cla layerdrop" also benches those baselines on
-# the same plan (each made by one `train --variant V --max-steps 1` step). CUBLAS=1 also runs
-# ours with cuBLAS for every projection instead of the batch-1 decode matrix-vector kernel.
+# the same plan (each made by one `train --variant V --max-steps 1` step). COMPARE="VAR=VALUE ..."
+# also runs ours under each setting, in the same repeat (e.g. UNIATTN_DECODE_GEMV=0: cuBLAS for
+# every projection; UNIATTN_OVERLAP_LAUNCHES=0: plain launches).
 #   TESTBIN=target/release/deps/uniattn-HASH scripts/device/graph_bench.sh
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -36,10 +37,10 @@ for r in $(seq 1 "$REPEATS"); do
   [[ ${EAGER:-1} == 1 ]] && UNIATTN_CUDA_GRAPHS=0 $U bench --model "$W/q05" "${common[@]}" --json-out "$OUT/bench_eager_$r.json" 2>&1 | grep "^|" | tail -n +3
   [[ ${UNFUSED:-0} == 1 ]] && UNIATTN_FUSED_KERNELS=0 $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json-out "$OUT/bench_unfused_$r.json" 2>&1 | grep "^|" | tail -n +3
   $U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_graphs_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
-  if [[ ${CUBLAS:-0} == 1 ]]; then
-    echo "== the same with cuBLAS for every projection (UNIATTN_DECODE_GEMV=0)"
-    UNIATTN_DECODE_GEMV=0 $U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_cublas_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
-  fi
+  for setting in ${COMPARE:-}; do
+    echo "== the same with $setting"
+    env "$setting" $U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_${setting%%=*}_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
+  done
 done
 for mode in $MODES; do
   echo "== transformers $mode"

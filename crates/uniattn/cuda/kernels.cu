@@ -442,17 +442,46 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
 // ---------------------------------------------------------------------------------------------
 // A decode step's projections at batch 1: y[o] = sum_i a[i] W[o, i] (+ bias[o]), W [rows, in]
 // as PyTorch stores it. At one row a projection is a matrix-vector product whose speed is the
-// bytes of W in flight: one warp per output, each lane streaming 16 bytes at a time with
-// GEMV_UNROLL loads issued before any arithmetic, no shared memory, no synchronisation (cuBLAS's
-// kernels for these shapes reach 0.3-2.2 TB/s on the H200 and add a split-K reduction kernel
-// for long rows). Sums are f32, rounded once, as cuBLAS rounds alpha x W^T + beta C. Around it,
-// what would otherwise be kernels of their own:
-//   - `add` non-null: y = T(acc + add[o]) (the residual stream, cuBLAS's beta = 1; `add` may be
-//     `y`), then, with `extra`, y = T(y + extra[o]) (a reuse layer's compensation X W_c);
-//   - R = 2 (`gated`): W is the fused gate|up weight [2 rows, in]; the warp takes rows o and
-//     rows + o and writes T(T(act(T(gate))) * T(up)), what the projection and `gated_act` store.
+// bytes of W in flight: each lane streams 16 bytes at a time with GEMV_UNROLL loads issued
+// before any arithmetic (cuBLAS's kernels for these shapes reach 0.3-2.2 TB/s on the H200 and
+// add a split-K reduction kernel for long rows). A warp takes an output (four warps one long
+// row); the grid is what fits on the GPU at once, and each warp loads its next output's weights
+// before it works on this one (gemv_outputs). Sums are f32, rounded once, as cuBLAS rounds
+// alpha x W^T + beta C.
+//
+// The RMSNorm before a block (`g` non-null) is applied as the row is read: a = x * g (g + 1
+// rounded to T for Gemma) and rstd = 1 / sqrt(mean(x^2) + eps) multiplies the sums at the end:
+// y = rstd * sum_i x_i g_i W[o, i]. No norm kernel; it differs from the normed tensor's
+// product by that tensor's rounding.
+//
+// Around the product, what would otherwise be kernels of their own (the entry points below):
+//   - decode_gemv, `add` non-null: y = T(acc + add[o]) (the residual stream, cuBLAS's beta = 1;
+//     `add` may be `y`), then, with `extra`, y = T(y + extra[o]) (a reuse layer's
+//     compensation X W_c);
+//   - decode_gemv_gated: W is the fused gate|up weight [2 rows, in]; output o is rows o and
+//     rows + o, and writes T(T(act(T(gate))) * T(up)), what the projection and `gated_act` store;
+//   - decode_gemv_rope: W is a fused projection whose rows are nq query, nk key and nv value
+//     heads of d rows, then a tail (a reuse layer's W_c); an output is a head's rows j and
+//     j + d/2, query and key heads rotated and keys and values written into the cache, what the
+//     projection and `rope_kv_write` store; tail rows go out in pairs as they are.
+// Launched as programmatic dependent launches (src/cuda/kernels.rs), each lets the next kernel
+// start at once and streams its first weights before it waits for the previous kernel.
 // x, W are 16-byte aligned and `in` a multiple of 16 bytes' elements (the caller checks).
-#define GEMV_UNROLL 8
+#define GEMV_UNROLL 4
+
+// Programmatic dependent launch (sm_90 on; no-ops before, and after a plain launch): let the
+// stream's next kernel start early, and wait until the kernels before this one have finished
+// and their writes are visible. Before the wait a kernel reads only what no kernel writes.
+__device__ __forceinline__ void allow_next_kernel() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous_kernels() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 // Weights are read once: past L1.
 __device__ __forceinline__ uint4 load_streaming(const void* p) {
@@ -463,60 +492,210 @@ __device__ __forceinline__ uint4 load_streaming(const void* p) {
   return v;
 }
 
-template <typename T, int R>
-__device__ void decode_gemv(const T* x, const T* w, const T* bias, const T* add, const T* extra, T* y, i64 rows,
-                            i64 in, int gelu) {
+// Runs the outputs 0..outputs of a decode_gemv kernel: output o is the sums of rows
+// `rows_of(o)` (R of them) of W with the input row x (normed by g where non-null), plus bias,
+// handed to `finish(o, acc)` on one thread. A block holds `blockDim.x / 32` warps; `split` is 1
+// (a warp an output) or all of them (the block's warps take slices of one long row, and their
+// sums add in order), so that a long row has more loads in flight than one warp issues. The
+// grid is at most what fits on the GPU at once and strides over the outputs; a warp issues the
+// loads of its next output before it works on this one, so its weights stream without a gap.
+// With g, the block first stages x * g in shared memory (f32, `in` floats) and the row's sum of
+// squares, once for all its outputs.
+template <typename T, int R, typename RowsOf, typename Finish>
+__device__ void gemv_outputs(const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, i64 in,
+                             i64 outputs, int split, RowsOf rows_of, Finish finish) {
   constexpr int V = 16 / sizeof(T);
-  const int lane = threadIdx.x & 31;
-  const i64 o = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (o >= rows) return;
-  const i64 pieces = in / V;
+  extern __shared__ float shared[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int per_block = warps / split, part = warp % split;
+  const i64 pieces = in / V, per_part = (pieces + split - 1) / split;
+  const i64 begin = part * per_part, end = min(pieces, begin + per_part);
+  const i64 stride = (i64)gridDim.x * per_block;
+  float* staged = shared;
+  float* partial = shared + (g != nullptr ? in : 0);  // [warps][R + 1]
   const uint4* xs = reinterpret_cast<const uint4*>(x);
-  const uint4* wr[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) wr[r] = reinterpret_cast<const uint4*>(w + (o + r * rows) * in);
-  float acc[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-  for (i64 base = lane; base < pieces; base += 32 * GEMV_UNROLL) {
-    uint4 wv[R][GEMV_UNROLL];
+  const auto load = [&](i64 out, i64 base, uint4 (&dst)[R][GEMV_UNROLL]) {
+    i64 row[R];
+    rows_of(out, row);
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; ++u) {
       const i64 i = base + u * 32;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        if (i < pieces) wv[r][u] = load_streaming(wr[r] + i);
+        if (i < end) dst[r][u] = load_streaming(reinterpret_cast<const uint4*>(w + row[r] * in) + i);
+      }
+    }
+  };
+  i64 o = (i64)blockIdx.x * per_block + warp / split;
+  // The first loads of W go out before the wait: under a programmatic launch they overlap the
+  // kernel before this one.
+  uint4 wv[R][GEMV_UNROLL];
+  if (o < outputs) load(o, begin + lane, wv);
+  wait_for_previous_kernels();
+  float rstd = 1.0f;
+  if (g != nullptr) {
+    float squares = 0.0f;
+    for (i64 i = threadIdx.x; i < in; i += blockDim.x) {
+      const float xv = to_float(x[i]), gv = to_float(g[i]);
+      staged[i] = xv * (plus_one ? round_to<T>(gv + 1.0f) : gv);
+      squares = fmaf(xv, xv, squares);
+    }
+    for (int s = 16; s > 0; s >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, s);
+    if (lane == 0) partial[warp * (R + 1) + R] = squares;
+    __syncthreads();
+    float total = 0.0f;
+    for (int k = 0; k < warps; ++k) total += partial[k * (R + 1) + R];
+    rstd = rsqrtf(total / (float)in + eps);
+  }
+  // With split > 1 the block's warps share each output, so they take the same turns (the
+  // barriers below); with split = 1 there are none in the loop.
+  for (; o < outputs; o += stride) {
+    uint4 wn[R][GEMV_UNROLL];
+    if (o + stride < outputs) load(o + stride, begin + lane, wn);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    for (i64 base = begin + lane; base < end; base += 32 * GEMV_UNROLL) {
+      if (base != begin + lane) load(o, base, wv);
+#pragma unroll
+      for (int u = 0; u < GEMV_UNROLL; ++u) {
+        const i64 i = base + u * 32;
+        if (i >= end) continue;
+        float a[V], wf[V];
+        if (g != nullptr) {
+#pragma unroll
+          for (int q = 0; q < V / 4; ++q) {
+            const float4 f = reinterpret_cast<const float4*>(staged)[i * (V / 4) + q];
+            a[4 * q] = f.x;
+            a[4 * q + 1] = f.y;
+            a[4 * q + 2] = f.z;
+            a[4 * q + 3] = f.w;
+          }
+        } else {
+          unpack16<T>(xs[i], a);
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          unpack16<T>(wv[r][u], wf);
+#pragma unroll
+          for (int k = 0; k < V; ++k) acc[r] = fmaf(wf[k], a[k], acc[r]);
+        }
       }
     }
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; ++u) {
-      const i64 i = base + u * 32;
-      if (i >= pieces) continue;
-      float a[V], wf[V];
-      unpack16<T>(xs[i], a);
+    for (int r = 0; r < R; ++r) {
+      for (int s = 16; s > 0; s >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], s);
+    }
+    if (split > 1) {
+      if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) partial[warp * (R + 1) + r] = acc[r];
+      }
+      __syncthreads();
+      if (part == 0) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          acc[r] = 0.0f;
+          for (int p = 0; p < split; ++p) acc[r] += partial[(warp + p) * (R + 1) + r];
+        }
+      }
+      __syncthreads();
+    }
+    if (lane == 0 && part == 0) {
+      i64 row[R];
+      rows_of(o, row);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        unpack16<T>(wv[r][u], wf);
-#pragma unroll
-        for (int k = 0; k < V; ++k) acc[r] = fmaf(wf[k], a[k], acc[r]);
+        // _rn: the same roundings in every entry point (no contraction into one fma).
+        acc[r] = __fmul_rn(acc[r], rstd);
+        if (bias != nullptr) acc[r] = __fadd_rn(acc[r], to_float(bias[row[r]]));
       }
+      finish(o, acc);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int u = 0; u < GEMV_UNROLL; ++u) wv[r][u] = wn[r][u];
     }
   }
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    for (int s = 16; s > 0; s >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], s);
-    if (bias != nullptr) acc[r] += to_float(bias[o + r * rows]);
-  }
-  if (lane != 0) return;
-  if (R == 2) {
-    const float gate = round_to<T>(acc[0]), up = round_to<T>(acc[R - 1]);
+}
+
+// (x W^T + bias), then the adds.
+template <typename T>
+__device__ void decode_gemv(const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias,
+                            const T* add, const T* extra, T* y, i64 rows, i64 in, int split) {
+  allow_next_kernel();
+  const auto rows_of = [](i64 o, i64 (&row)[1]) { row[0] = o; };
+  const auto finish = [&](i64 o, const float (&acc)[1]) {
+    float v = acc[0];
+    if (add != nullptr) v += to_float(add[o]);
+    if (extra != nullptr) v = __fadd_rn(round_to<T>(v), to_float(extra[o]));
+    y[o] = from_float<T>(v);
+  };
+  gemv_outputs<T, 1>(x, g, eps, plus_one, w, bias, in, rows, split, rows_of, finish);
+}
+
+// Outputs o and rows + o of the fused gate|up weight: the gated activation.
+template <typename T>
+__device__ void decode_gemv_gated(const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias,
+                                  T* y, i64 rows, i64 in, int split, int gelu) {
+  allow_next_kernel();
+  const auto rows_of = [&](i64 o, i64 (&row)[2]) {
+    row[0] = o;
+    row[1] = rows + o;
+  };
+  const auto finish = [&](i64 o, const float (&acc)[2]) {
+    const float gate = round_to<T>(acc[0]), up = round_to<T>(acc[1]);
     y[o] = from_float<T>(__fmul_rn(round_to<T>(gate_act(gate, gelu)), up));
-    return;
-  }
-  float v = acc[0];
-  if (add != nullptr) v += to_float(add[o]);
-  if (extra != nullptr) v = __fadd_rn(round_to<T>(v), to_float(extra[o]));
-  y[o] = from_float<T>(v);
+  };
+  gemv_outputs<T, 2>(x, g, eps, plus_one, w, bias, in, rows, split, rows_of, finish);
+}
+
+// Pairs of outputs: rows j and j + d/2 of a head (query and key heads rotated as
+// `rope_kv_write` does, with `cos`/`sin_signed` the position's [d] angles), or two consecutive
+// tail rows. All of y ([outs]) is written; keys and values also go to the caches' row pos[0]
+// (`k_cache`/`v_cache`: [heads, capacity, d] at `head_stride`, null where the layout has none).
+template <typename T>
+__device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias,
+                                 T* y, i64 outs, i64 in, int split, const i64* pos, const T* cos,
+                                 const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache, T* v_cache,
+                                 i64 head_stride, i64 capacity) {
+  allow_next_kernel();
+  const int half = d / 2;
+  const i64 head_pairs = (i64)(nq + nk + nv) * half;
+  const auto rows_of = [&](i64 o, i64 (&row)[2]) {
+    if (o < head_pairs) {
+      row[0] = (o / half) * d + o % half;
+      row[1] = row[0] + half;
+    } else {
+      row[0] = (i64)(nq + nk + nv) * d + 2 * (o - head_pairs);
+      row[1] = row[0] + 1;
+    }
+  };
+  const auto finish = [&](i64 o, const float (&acc)[2]) {
+    i64 row[2];
+    rows_of(o, row);
+    const float va = round_to<T>(acc[0]), vb = round_to<T>(acc[1]);
+    const bool in_head = o < head_pairs;
+    const int head = in_head ? (int)(o / half) : 0, j = in_head ? (int)(o % half) : 0;
+    float oa = va, ob = vb;
+    if (in_head && head < nq + nk) {
+      oa = __fadd_rn(round_to<T>(__fmul_rn(va, to_float(cos[j]))),
+                     round_to<T>(__fmul_rn(vb, to_float(sin_signed[j]))));
+      ob = __fadd_rn(round_to<T>(__fmul_rn(vb, to_float(cos[j + half]))),
+                     round_to<T>(__fmul_rn(va, to_float(sin_signed[j + half]))));
+    }
+    y[row[0]] = from_float<T>(oa);
+    y[row[1]] = from_float<T>(ob);
+    if (!in_head || head < nq) return;
+    const i64 p = pos[0];
+    if (p < 0 || p >= capacity) return;
+    T* cache =
+        head < nq + nk ? k_cache + (i64)(head - nq) * head_stride : v_cache + (i64)(head - nq - nk) * head_stride;
+    cache[p * d + j] = from_float<T>(oa);
+    cache[p * d + j + half] = from_float<T>(ob);
+  };
+  gemv_outputs<T, 2>(x, g, eps, plus_one, w, bias, in, outs / 2, split, rows_of, finish);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,13 +798,22 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
                                                      i64 q, i64 k, float scale, float softcap) {          \
     masked_softmax<T>(scores, mask, out, heads, q, k, scale, softcap);                                     \
   }                                                                                                        \
-  extern "C" __global__ void decode_gemv_##SUFFIX(const T* x, const T* w, const T* bias, const T* add,         \
-                                                  const T* extra, T* y, i64 rows, i64 in) {                 \
-    decode_gemv<T, 1>(x, w, bias, add, extra, y, rows, in, 0);                                             \
+  extern "C" __global__ void decode_gemv_##SUFFIX(const T* x, const T* g, float eps, int plus_one,            \
+                                                  const T* w, const T* bias, const T* add, const T* extra,  \
+                                                  T* y, i64 rows, i64 in, int split) {                      \
+    decode_gemv<T>(x, g, eps, plus_one, w, bias, add, extra, y, rows, in, split);                                  \
   }                                                                                                        \
-  extern "C" __global__ void decode_gemv_gated_##SUFFIX(const T* x, const T* w, const T* bias, T* y, i64 rows, \
-                                                        i64 in, int gelu) {                                 \
-    decode_gemv<T, 2>(x, w, bias, nullptr, nullptr, y, rows, in, gelu);                                     \
+  extern "C" __global__ void decode_gemv_gated_##SUFFIX(const T* x, const T* g, float eps, int plus_one,      \
+                                                        const T* w, const T* bias, T* y, i64 rows, i64 in,  \
+                                                        int split, int gelu) {                              \
+    decode_gemv_gated<T>(x, g, eps, plus_one, w, bias, y, rows, in, split, gelu);                                  \
+  }                                                                                                        \
+  extern "C" __global__ void decode_gemv_rope_##SUFFIX(                                                    \
+      const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, T* y, i64 outs, i64 in,   \
+      int split, const i64* pos, const T* cos, const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache,         \
+      T* v_cache, i64 head_stride, i64 capacity) {                                                          \
+    decode_gemv_rope<T>(x, g, eps, plus_one, w, bias, y, outs, in, split, pos, cos, sin_signed, nq, nk, nv, d,    \
+                        k_cache, v_cache, head_stride, capacity);                                          \
   }                                                                                                        \
   extern "C" __global__ void cross_entropy_##SUFFIX(const T* logits, const i64* targets, float* loss,     \
                                                     T* grad, i64 v, const float* scale, float softcap) {  \

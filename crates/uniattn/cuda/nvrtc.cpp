@@ -135,13 +135,47 @@ int ua_kernel_get(void* library, const char* name, void** kernel, char* err, siz
   });
 }
 
+// Blocks of `kernel` (`block` threads, `shared_bytes` of dynamic shared memory) that fit on
+// `device` at once, over all its SMs.
+int ua_kernel_resident_blocks(void* kernel, int device, unsigned block, unsigned shared_bytes, int* blocks,
+                              char* err, size_t len) {
+  return guarded(err, len, [&] {
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    int per_sm = 0, sms = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(kernel),
+                                                         static_cast<int>(block), shared_bytes));
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    *blocks = per_sm * sms;
+  });
+}
+
 // Launches `kernel` on `device`'s current torch stream; `args` points at each argument's value.
+// `programmatic`: the launch may begin while the stream's previous kernel finishes (programmatic
+// dependent launch, kept as such in a captured graph; on Hopper and later, a plain launch
+// before): the kernel must read nothing the previous kernels write before its
+// `griddepcontrol.wait`.
 int ua_kernel_launch(void* kernel, int device, unsigned grid, unsigned block, unsigned shared_bytes,
-                     void** args, char* err, size_t len) {
+                     int programmatic, void** args, char* err, size_t len) {
   return guarded(err, len, [&] {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
-    check(cudaLaunchKernel(kernel, dim3(grid), dim3(block), args, shared_bytes, stream));
+    int major = 0;
+    if (programmatic) check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major < 9) {
+      check(cudaLaunchKernel(kernel, dim3(grid), dim3(block), args, shared_bytes, stream));
+      return;
+    }
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(grid);
+    config.blockDim = dim3(block);
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    check(cudaLaunchKernelExC(&config, kernel, args));
   });
 }
 

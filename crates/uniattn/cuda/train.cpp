@@ -27,7 +27,7 @@ at::Tensor& tensor(void* handle) { return *static_cast<at::Tensor*>(handle); }
 
 // The launcher of NVRTC-compiled kernels (nvrtc.cpp).
 extern "C" int ua_kernel_launch(void* kernel, int device, unsigned grid, unsigned block, unsigned shared_bytes,
-                                void** args, char* err, size_t len);
+                                int programmatic, void** args, char* err, size_t len);
 
 namespace {
 
@@ -49,7 +49,7 @@ void launch_blocks(int64_t kernel, const at::Tensor& like, int64_t grid, std::ve
   std::vector<void*> ptrs;
   for (auto& a : args) ptrs.push_back(&a);
   char err[1024];
-  if (ua_kernel_launch(reinterpret_cast<void*>(kernel), like.get_device(), static_cast<unsigned>(grid), 256, 0,
+  if (ua_kernel_launch(reinterpret_cast<void*>(kernel), like.get_device(), static_cast<unsigned>(grid), 256, 0, 0,
                        ptrs.data(), err, sizeof err) != 0) {
     throw std::runtime_error(err);
   }

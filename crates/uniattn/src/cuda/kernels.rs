@@ -11,7 +11,7 @@ use super::{call, call_for_tensor, shim};
 use crate::error::{Error, Result};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::{c_int, c_uint, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
@@ -35,6 +35,7 @@ const KERNELS: &[&str] = &[
     "adamw",
     "decode_gemv",
     "decode_gemv_gated",
+    "decode_gemv_rope",
 ];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
@@ -363,6 +364,19 @@ impl Args {
         grid: i64,
         block: u32,
     ) -> bool {
+        self.launch_with(loaded, (name, suffix), device, (grid, block, 0), false)
+    }
+
+    /// [`Args::launch`] with a shape of (grid, block, bytes of dynamic shared memory), and with
+    /// `programmatic` a programmatic dependent launch (see [`overlapped_launches`]).
+    fn launch_with(
+        self,
+        loaded: &Loaded,
+        (name, suffix): (&'static str, &'static str),
+        device: usize,
+        (grid, block, shared_bytes): (i64, u32, i64),
+        programmatic: bool,
+    ) -> bool {
         let Ok(s) = shim() else { return false };
         let kernel = loaded.kernels[&(name, suffix)] as *mut c_void;
         let mut values = self.0;
@@ -372,7 +386,17 @@ impl Args {
         // built in its declaration order by the op below), and every pointer argument is the
         // data of a live tensor that the op checked for device, type, shape and layout.
         let r = call("kernel launch", |e, n| unsafe {
-            (s.kernel_launch)(kernel, device as c_int, grid, block, 0, ptrs.as_mut_ptr(), e, n)
+            (s.kernel_launch)(
+                kernel,
+                device as c_int,
+                grid,
+                block,
+                shared_bytes as c_uint,
+                programmatic as c_int,
+                ptrs.as_mut_ptr(),
+                e,
+                n,
+            )
         });
         if let Err(e) = r {
             eprintln!("warning: {name} failed, running libtorch's kernels from now on: {e}");
@@ -381,6 +405,16 @@ impl Args {
         }
         true
     }
+}
+
+/// Whether the decode matrix-vector kernels launch as programmatic dependent launches (on
+/// Hopper and later; the shim launches plainly before; `UNIATTN_OVERLAP_LAUNCHES=0` turns it
+/// off): each may start while the kernel before it finishes and stream its first weights (which
+/// no kernel writes) before it waits for that kernel's results, so a step's chain of small
+/// kernels overlaps load latency instead of paying it once per kernel.
+fn overlapped_launches() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !std::env::var("UNIATTN_OVERLAP_LAUNCHES").is_ok_and(|v| v == "0"))
 }
 
 fn grid_for(elements: i64) -> i64 {
@@ -415,14 +449,42 @@ pub enum GemvOut<'a> {
     /// `W` is the fused gate|up weight `[2I, in]`: returns `act(gate) * up` (`[.., I]`), SiLU
     /// or GELU's tanh form, what the projection and [`gated_act`] give.
     Gated { gelu_tanh: bool },
+    /// `W` is a fused projection whose rows are `layout`'s heads, then any further rows (a
+    /// reuse layer's `W_c`): returns the product with its query and key heads rotated by the
+    /// angles of `positions` (`[1, 1]`) and writes its keys and values into the cache slabs, what
+    /// the projection and [`rope_kv_write`] give (same arguments as there).
+    Rope {
+        positions: &'a Tensor,
+        cos: &'a Tensor,
+        sin_signed: &'a Tensor,
+        layout: HeadLayout,
+        keys: Option<&'a Tensor>,
+        values: Option<&'a Tensor>,
+    },
+}
+
+/// The RMSNorm that [`decode_gemv`] applies to its input row as it reads it (see
+/// [`crate::model::nn::RmsNorm`]): `weight` in the row's type, Gemma's `1 + w` with `plus_one`.
+#[derive(Clone, Copy)]
+pub struct GemvNorm<'a> {
+    pub weight: &'a Tensor,
+    pub eps: f64,
+    pub plus_one: bool,
 }
 
 /// A decode step's projection at batch 1 in one matrix-vector kernel that streams `W`
 /// (`[out, in]`) at close to the memory's bandwidth, where cuBLAS's kernels for one row reach a
-/// fraction of it; `out` says where the product goes. `None` where it does not apply (more
-/// than one row, gradients, layout, alignment, `UNIATTN_DECODE_GEMV=0`), and the caller runs
+/// fraction of it; with `norm`, of the RMSNorm of `x` (applied as the kernel reads `x`, no norm
+/// kernel); `out` says where the product goes. `None` where it does not apply (more than one
+/// row, gradients, layout, alignment, `UNIATTN_DECODE_GEMV=0`), and the caller runs the norm,
 /// `linear`/`addmm` and the kernels this one stands in for.
-pub fn decode_gemv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out: GemvOut) -> Option<Tensor> {
+pub fn decode_gemv(
+    x: &Tensor,
+    norm: Option<GemvNorm>,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    out: GemvOut,
+) -> Option<Tensor> {
     static OFF: OnceLock<bool> = OnceLock::new();
     if *OFF.get_or_init(|| std::env::var("UNIATTN_DECODE_GEMV").is_ok_and(|v| v == "0")) {
         return None;
@@ -440,6 +502,7 @@ pub fn decode_gemv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out: Gemv
         && aligned(weight)
         && same(weight)
         && bias.is_none_or(|b| same(b) && b.is_contiguous() && b.size() == [outs])
+        && norm.is_none_or(|n| same(n.weight) && aligned(n.weight) && n.weight.numel() as i64 == inp)
         && match &out {
             GemvOut::New => true,
             GemvOut::AddInto { h, extra } => {
@@ -449,11 +512,25 @@ pub fn decode_gemv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out: Gemv
                     && extra.is_none_or(|e| same(e) && e.is_contiguous() && e.numel() as i64 == outs)
             }
             GemvOut::Gated { .. } => outs.rem_euclid(2) == 0,
+            GemvOut::Rope { positions, cos, sin_signed, layout, keys, values } => {
+                let HeadLayout { q, k, v, dim } = *layout;
+                outs.rem_euclid(2) == 0
+                    && dim % 2 == 0
+                    && (q + k + v) * dim <= outs
+                    && rope_inputs_fit(x, positions, cos, sin_signed, 1, 1, dim)
+                    && cache_slabs(x, 1, *layout, *keys, *values).is_some()
+            }
         };
-    if !fits {
+    // Shared memory: the staged normed row, and each warp's sum of squares and partial sums.
+    const WARPS: i64 = 4;
+    let shared = norm.map_or(0, |_| inp * 4) + WARPS * 3 * 4;
+    if !fits || shared > 48 * 1024 {
         return None;
     }
-    let rows = if matches!(out, GemvOut::Gated { .. }) { outs / 2 } else { outs };
+    let rows = match out {
+        GemvOut::Gated { .. } => outs / 2,
+        _ => outs,
+    };
     let y = match out {
         GemvOut::AddInto { h, .. } => h.shallow_clone(),
         _ => {
@@ -462,18 +539,81 @@ pub fn decode_gemv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out: Gemv
             Tensor::empty(shape.as_slice(), (x.kind(), x.device()))
         }
     };
-    let args = Args::default().ptr(x).ptr(weight).nullable(bias);
-    let (name, args) = match out {
-        GemvOut::New => ("decode_gemv", args.nullable(None).nullable(None).ptr(&y).i64(rows).i64(inp)),
+    // Rows longer than one pass of a warp's loads take four warps each (see kernels.cu).
+    let pieces = inp / (16 / x.kind().elt_size_in_bytes()) as i64;
+    let split = if pieces > 32 * 8 { WARPS } else { 1 };
+    let args = Args::default()
+        .ptr(x)
+        .nullable(norm.map(|n| n.weight))
+        .f32(norm.map_or(0.0, |n| n.eps))
+        .i32(norm.is_some_and(|n| n.plus_one) as i64)
+        .ptr(weight)
+        .nullable(bias);
+    let (name, args, outputs) = match out {
+        GemvOut::New => {
+            ("decode_gemv", args.nullable(None).nullable(None).ptr(&y).i64(rows).i64(inp).i32(split), rows)
+        }
         GemvOut::AddInto { h, extra } => {
-            ("decode_gemv", args.ptr(h).nullable(extra).ptr(&y).i64(rows).i64(inp))
+            ("decode_gemv", args.ptr(h).nullable(extra).ptr(&y).i64(rows).i64(inp).i32(split), rows)
         }
         GemvOut::Gated { gelu_tanh } => {
-            ("decode_gemv_gated", args.ptr(&y).i64(rows).i64(inp).i32(gelu_tanh as i64))
+            ("decode_gemv_gated", args.ptr(&y).i64(rows).i64(inp).i32(split).i32(gelu_tanh as i64), rows)
+        }
+        GemvOut::Rope { positions, cos, sin_signed, layout, keys, values } => {
+            let slabs = cache_slabs(x, 1, layout, keys, values)?;
+            let args = args
+                .ptr(&y)
+                .i64(outs)
+                .i64(inp)
+                .i32(split)
+                .ptr(positions)
+                .ptr(cos)
+                .ptr(sin_signed)
+                .i32(layout.q)
+                .i32(layout.k)
+                .i32(layout.v)
+                .i32(layout.dim)
+                .nullable(keys)
+                .nullable(values)
+                .i64(slabs.strides[1])
+                .i64(slabs.capacity);
+            ("decode_gemv_rope", args, outs / 2)
         }
     };
-    const WARPS: i64 = 4;
-    args.launch(loaded, name, suffix, device, (rows + WARPS - 1) / WARPS, 32 * WARPS as u32).then_some(y)
+    let block = 32 * WARPS as u32;
+    let needed = (outputs * split + WARPS - 1) / WARPS;
+    let grid =
+        resident_blocks(loaded, (name, suffix), device, block, shared).map_or(needed, |r| needed.min(r));
+    args.launch_with(loaded, (name, suffix), device, (grid, block, shared), overlapped_launches())
+        .then_some(y)
+}
+
+/// Blocks of a kernel (`block` threads, `shared` bytes) that fit on `device` at once, from the
+/// occupancy calculator, once per shape; `None` if it failed (then a grid covers every output).
+fn resident_blocks(
+    loaded: &Loaded,
+    (name, suffix): (&'static str, &'static str),
+    device: usize,
+    block: u32,
+    shared: i64,
+) -> Option<i64> {
+    type Key = (&'static str, &'static str, usize, u32, i64);
+    static KNOWN: OnceLock<std::sync::Mutex<HashMap<Key, Option<i64>>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    let key = (name, suffix, device, block, shared);
+    if let Some(&blocks) = known.lock().ok()?.get(&key) {
+        return blocks;
+    }
+    let s = shim().ok()?;
+    let kernel = loaded.kernels[&(name, suffix)] as *mut c_void;
+    let mut blocks: c_int = 0;
+    // SAFETY: `kernel` is a loaded kernel; valid out-pointer and error buffer.
+    let r = call("occupancy", |e, n| unsafe {
+        (s.kernel_resident_blocks)(kernel, device as c_int, block, shared as c_uint, &mut blocks, e, n)
+    });
+    let blocks = r.ok().filter(|_| blocks > 0).map(|_| blocks as i64);
+    known.lock().ok()?.insert(key, blocks);
+    blocks
 }
 
 /// Heads of one row of a fused projection's output: `q` query heads, then `k` key heads, then
@@ -484,6 +624,66 @@ pub struct HeadLayout {
     pub k: i64,
     pub v: i64,
     pub dim: i64,
+}
+
+/// Whether `positions` (`[n, t]` int64) and RoPE's angles (`[n, 1, t, dim]` in `x`'s type) are
+/// laid out as the RoPE kernels read them.
+fn rope_inputs_fit(
+    x: &Tensor,
+    positions: &Tensor,
+    cos: &Tensor,
+    sin_signed: &Tensor,
+    n: i64,
+    t: i64,
+    dim: i64,
+) -> bool {
+    let angles_ok = |a: &Tensor| {
+        a.kind() == x.kind()
+            && a.device() == x.device()
+            && a.is_contiguous()
+            && a.numel() as i64 == n * t * dim
+    };
+    positions.kind() == Kind::Int64
+        && positions.device() == x.device()
+        && positions.is_contiguous()
+        && positions.size() == [n, t]
+        && angles_ok(cos)
+        && angles_ok(sin_signed)
+}
+
+/// Where a RoPE kernel writes `layout`'s keys and values: cache slabs `[slots, kv_heads,
+/// capacity, dim]` (from the batch's first slot, contiguous) with `strides`.
+struct CacheSlabs {
+    strides: [i64; 4],
+    capacity: i64,
+}
+
+/// The slabs `keys` and `values` when they fit `layout` and `n` sequences of `x` (with neither,
+/// a layout of queries alone: nothing is written).
+fn cache_slabs(
+    x: &Tensor,
+    n: i64,
+    layout: HeadLayout,
+    keys: Option<&Tensor>,
+    values: Option<&Tensor>,
+) -> Option<CacheSlabs> {
+    let HeadLayout { k, v, dim, .. } = layout;
+    // No cache: a stand-in shape that every check below passes.
+    let cache = values.map_or(vec![n, v, 0, dim], Tensor::size);
+    let &[slots, kv_heads, capacity, cache_dim] = cache.as_slice() else { return None };
+    let strides = [kv_heads * capacity * dim, capacity * dim, dim, 1];
+    let cache_ok = |c: &Tensor| {
+        c.kind() == x.kind() && c.device() == x.device() && c.size() == cache && c.stride() == strides
+    };
+    let fits = cache_dim == dim
+        && slots >= n
+        && v == kv_heads
+        && (k == 0 || k == kv_heads)
+        && (k == 0) == keys.is_none()
+        && values.is_none_or(cache_ok)
+        && (values.is_some() || k == 0 && v == 0)
+        && keys.is_none_or(cache_ok);
+    fits.then_some(CacheSlabs { strides, capacity })
 }
 
 /// RoPE on the query and key heads of `x` (`[n, t, width]`, the fused projection's output)
@@ -504,39 +704,11 @@ pub fn rope_kv_write(
     let (device, loaded, suffix) = usable(x)?;
     let HeadLayout { q, k, v, dim } = heads;
     let &[n, t, width] = x.size().as_slice() else { return None };
-    // No cache: a stand-in shape that every cache check below passes.
-    let cache = values.map_or(vec![n, v, 0, dim], Tensor::size);
-    let &[slots, kv_heads, capacity, cache_dim] = cache.as_slice() else { return None };
-    let cache_strides = [kv_heads * capacity * dim, capacity * dim, dim, 1];
-    let cache_ok = |c: &Tensor| {
-        c.kind() == x.kind() && c.device() == x.device() && c.size() == cache && c.stride() == cache_strides
-    };
-    let angles_ok = |a: &Tensor| {
-        a.kind() == x.kind()
-            && a.device() == x.device()
-            && a.is_contiguous()
-            && a.numel() as i64 == n * t * dim
-    };
     let fits = x.is_contiguous()
         && width >= (q + k + v) * dim
         && dim % 2 == 0
-        && cache_dim == dim
-        && slots >= n
-        && v == kv_heads
-        && (k == 0 || k == kv_heads)
-        && (k == 0) == keys.is_none()
-        && positions.kind() == Kind::Int64
-        && positions.device() == x.device()
-        && positions.is_contiguous()
-        && positions.size() == [n, t]
-        && angles_ok(cos)
-        && angles_ok(sin_signed)
-        && values.is_none_or(cache_ok)
-        && (values.is_some() || k == 0 && v == 0)
-        && keys.is_none_or(cache_ok);
-    if !fits {
-        return None;
-    }
+        && rope_inputs_fit(x, positions, cos, sin_signed, n, t, dim);
+    let slabs = if fits { cache_slabs(x, n, heads, keys, values)? } else { return None };
     let q_out = Tensor::empty([n, q, t, dim], (x.kind(), x.device()));
     let args = Args::default()
         .ptr(x)
@@ -553,9 +725,9 @@ pub fn rope_kv_write(
         .ptr(&q_out)
         .nullable(keys)
         .nullable(values)
-        .i64(cache_strides[0])
-        .i64(cache_strides[1])
-        .i64(capacity);
+        .i64(slabs.strides[0])
+        .i64(slabs.strides[1])
+        .i64(slabs.capacity);
     let grid = grid_for(n * t * (q + k + v) * dim);
     args.launch(loaded, "rope_kv_write", suffix, device, grid, THREADS).then_some(q_out)
 }
@@ -981,9 +1153,11 @@ mod tests {
                 let b = Tensor::randn([outs], (Kind::Float, dev)).to_kind(kind);
                 let h = Tensor::randn([1, 1, outs], (Kind::Float, dev)).to_kind(kind);
                 let extra = Tensor::randn([1, 1, outs], (Kind::Float, dev)).to_kind(kind);
-                // Against the product in f64 of the inputs the kernel multiplies: f32 sums of
-                // `inp` products, then one rounding to the type after the product or after each
-                // add (`adds`, in order), at the magnitude of the partial result there.
+                let g = (Tensor::rand([inp], (Kind::Float, dev)) + 0.5).to_kind(kind);
+                // Against the product in f64 of the inputs the kernel multiplies (`a`, in f64
+                // where it is the normed row): f32 sums of `inp` products, then one rounding to
+                // the type after the product or after each add (`adds`, in order), at the
+                // magnitude of the partial result there.
                 let check = |got: &Tensor, a: &Tensor, adds: &[Tensor], what: &str| {
                     let mut want = f64_of(a).linear::<Tensor>(&f64_of(&w), None);
                     let abs_sum = f64_of(a).abs().linear::<Tensor>(&f64_of(&w).abs(), None);
@@ -998,34 +1172,130 @@ mod tests {
                     let worst = ((f64_of(got) - &want).abs() - bound).max().double_value(&[]);
                     assert!(worst <= 0.0, "{case} {what}: {worst} past the bound");
                 };
-                let plain = decode_gemv(&x, &w, None, GemvOut::New).expect("the kernel applies");
+                let plain = decode_gemv(&x, None, &w, None, GemvOut::New).expect("the kernel applies");
                 check(&plain, &x, &[], "x W^T");
-                let got = decode_gemv(&x, &w, Some(&b), GemvOut::New).expect("the kernel applies");
+                let got = decode_gemv(&x, None, &w, Some(&b), GemvOut::New).expect("the kernel applies");
                 check(&got, &x, &[f64_of(&b)], "x W^T + b");
+                // With the RMSNorm of x (Gemma's 1 + w too): the normed row in f64.
+                for plus_one in [false, true] {
+                    let norm = GemvNorm { weight: &g, eps: 1e-6, plus_one };
+                    let xf = f64_of(&x);
+                    let scale = if plus_one {
+                        f64_of(&(g.to_kind(Kind::Float) + 1.0).to_kind(kind))
+                    } else {
+                        f64_of(&g)
+                    };
+                    let normed = &xf * (xf.square().mean_dim(-1, true, Kind::Double) + 1e-6).rsqrt() * scale;
+                    let got =
+                        decode_gemv(&x, Some(norm), &w, Some(&b), GemvOut::New).expect("the kernel applies");
+                    check(&got, &normed, &[f64_of(&b)], &format!("norm(x) W^T + b (1 + w: {plus_one})"));
+                }
                 // In place: the result is `h` itself.
                 let sum = h.copy();
                 let into = GemvOut::AddInto { h: &sum, extra: None };
-                let got = decode_gemv(&x, &w, None, into).expect("the kernel applies");
+                let got = decode_gemv(&x, None, &w, None, into).expect("the kernel applies");
                 assert_eq!(got.data_ptr(), sum.data_ptr(), "{case}: h += x W^T in place");
                 check(&sum, &x, &[f64_of(&h)], "h += x W^T");
                 let sum = h.copy();
                 let into = GemvOut::AddInto { h: &sum, extra: Some(&extra) };
-                let _ = decode_gemv(&x, &w, None, into).expect("the kernel applies");
+                let _ = decode_gemv(&x, None, &w, None, into).expect("the kernel applies");
                 check(&sum, &x, &[f64_of(&h), f64_of(&extra)], "h += x W^T + extra");
                 // Gated: what the plain product and the gated-activation kernel give, bit for
-                // bit (the same sums, then the same roundings).
+                // bit (the same sums, then the same roundings), with or without the norm.
                 if outs % 2 == 0 {
+                    let norm = GemvNorm { weight: &g, eps: 1e-6, plus_one: false };
+                    let normed =
+                        decode_gemv(&x, Some(norm), &w, None, GemvOut::New).expect("the kernel applies");
                     for gelu_tanh in [false, true] {
                         let gated = GemvOut::Gated { gelu_tanh };
-                        let got = decode_gemv(&x, &w, None, gated).expect("the kernel applies");
+                        let got = decode_gemv(&x, None, &w, None, gated).expect("the kernel applies");
                         let want = gated_act(&plain, gelu_tanh).expect("the kernel applies");
                         assert_eq!(ulps(&got, &want), 0.0, "{case} gated (gelu {gelu_tanh})");
+                        let got = decode_gemv(&x, Some(norm), &w, None, gated).expect("the kernel applies");
+                        let want = gated_act(&normed, gelu_tanh).expect("the kernel applies");
+                        assert_eq!(ulps(&got, &want), 0.0, "{case} normed, gated (gelu {gelu_tanh})");
                     }
                 }
             }
             // Two rows and more go to cuBLAS.
             let x = Tensor::randn([2, 64], (kind, dev));
-            assert!(decode_gemv(&x, &Tensor::randn([8, 64], (kind, dev)), None, GemvOut::New).is_none());
+            assert!(decode_gemv(&x, None, &Tensor::randn([8, 64], (kind, dev)), None, GemvOut::New).is_none());
+        }
+    }
+
+    /// The projection with RoPE and the cache write in its epilogue equals the projection and
+    /// [`rope_kv_write`] bit for bit: the same sums, then the same roundings.
+    #[test]
+    fn decode_gemv_rope_equals_projection_then_rope_kv_write() {
+        let Some(dev) = gpu() else { return };
+        for kind in KINDS {
+            // Qwen2.5-0.5B's Q|K|V; a reuse layer's V|W_c; a CLA layer's queries; 128-wide heads
+            // with a bias and rows long enough for four warps each; a small odd-headed case with a
+            // tail.
+            let cases = [
+                (HeadLayout { q: 14, k: 2, v: 2, dim: 64 }, 0, 896, false),
+                (HeadLayout { q: 0, k: 0, v: 2, dim: 64 }, 896, 896, false),
+                (HeadLayout { q: 14, k: 0, v: 0, dim: 64 }, 0, 896, false),
+                (HeadLayout { q: 8, k: 2, v: 2, dim: 128 }, 0, 4096, true),
+                (HeadLayout { q: 3, k: 1, v: 1, dim: 16 }, 6, 40, true),
+            ];
+            for (layout, tail, inp, with_bias) in cases {
+                let HeadLayout { q, k, v, dim } = layout;
+                let outs = (q + k + v) * dim + tail;
+                let case = format!("{kind:?} {layout:?} tail {tail}");
+                let x = Tensor::randn([1, 1, inp], (Kind::Float, dev)).to_kind(kind);
+                let w = (Tensor::randn([outs, inp], (Kind::Float, dev)) * 0.05).to_kind(kind);
+                let b = with_bias.then(|| Tensor::randn([outs], (Kind::Float, dev)).to_kind(kind));
+                let g = (Tensor::rand([inp], (Kind::Float, dev)) + 0.5).to_kind(kind);
+                let norm = GemvNorm { weight: &g, eps: 1e-6, plus_one: false };
+                let positions = Tensor::from_slice(&[37i64]).to_device(dev).view([1, 1]);
+                let rope = RopeAngles::new(&positions, dim as usize, 10_000.0, kind);
+                // Caches with two slots, written from the second.
+                let new_cache = || Tensor::zeros([2, v.max(1), 48, dim], (kind, dev));
+                let (want_k, want_v, got_k, got_v) = (new_cache(), new_cache(), new_cache(), new_cache());
+                let slab = |c: &Tensor| (v > 0).then(|| c.narrow(0, 1, 1));
+                let keys = |c: &Tensor| (k > 0).then(|| c.narrow(0, 1, 1));
+                let y =
+                    decode_gemv(&x, Some(norm), &w, b.as_ref(), GemvOut::New).expect("the kernel applies");
+                let (cos, sin_signed) = (&rope.cos, &rope.sin_signed);
+                let q_want = rope_kv_write(
+                    &y,
+                    &positions,
+                    cos,
+                    sin_signed,
+                    layout,
+                    keys(&want_k).as_ref(),
+                    slab(&want_v).as_ref(),
+                )
+                .expect("the kernel applies");
+                let (kk, vv) = (keys(&got_k), slab(&got_v));
+                let out = GemvOut::Rope {
+                    positions: &positions,
+                    cos,
+                    sin_signed,
+                    layout,
+                    keys: kk.as_ref(),
+                    values: vv.as_ref(),
+                };
+                let got = decode_gemv(&x, Some(norm), &w, b.as_ref(), out).expect("the kernel applies");
+                assert_eq!(got.size(), [1, 1, outs], "{case}: the whole projection");
+                let q_got = got.narrow(-1, 0, q * dim).reshape([1, q, 1, dim]);
+                assert!(q_got.equal(&q_want), "{case}: rotated queries");
+                let rest = (q + k) * dim;
+                assert!(
+                    got.narrow(-1, rest, outs - rest).equal(&y.narrow(-1, rest, outs - rest)),
+                    "{case}: values and tail"
+                );
+                assert!(got_k.equal(&want_k), "{case}: key cache");
+                assert!(got_v.equal(&want_v), "{case}: value cache");
+                if k > 0 {
+                    let cached = got_k.narrow(0, 1, 1).select(2, 37).reshape([1, 1, k * dim]);
+                    assert!(
+                        cached.equal(&got.narrow(-1, q * dim, k * dim)),
+                        "{case}: rotated keys in the output"
+                    );
+                }
+            }
         }
     }
 }

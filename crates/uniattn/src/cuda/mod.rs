@@ -30,12 +30,15 @@ type CaptureBegin = unsafe extern "C" fn(*mut c_void, u64, u64, ErrOut, usize) -
 type GraphNodes = unsafe extern "C" fn(*mut c_void, *mut usize, ErrOut, usize) -> c_int;
 type KernelsLoad = unsafe extern "C" fn(*const c_char, c_int, *mut *mut c_void, ErrOut, usize) -> c_int;
 type KernelGet = unsafe extern "C" fn(*mut c_void, *const c_char, *mut *mut c_void, ErrOut, usize) -> c_int;
+type ResidentBlocks =
+    unsafe extern "C" fn(*mut c_void, c_int, c_uint, c_uint, *mut c_int, ErrOut, usize) -> c_int;
 type KernelLaunch = unsafe extern "C" fn(
     *mut c_void,
     c_int,
     c_uint,
     c_uint,
     c_uint,
+    c_int,
     *mut *mut c_void,
     ErrOut,
     usize,
@@ -99,6 +102,7 @@ struct Shim {
     nodes: GraphNodes,
     kernels_load: KernelsLoad,
     kernel_get: KernelGet,
+    kernel_resident_blocks: ResidentBlocks,
     kernel_launch: KernelLaunch,
     set_grad: TensorPair,
     backward: TensorPair,
@@ -186,6 +190,7 @@ fn load() -> std::result::Result<Shim, String> {
             nodes: t::<*mut c_void, GraphNodes>(sym("ua_graph_nodes")?),
             kernels_load: t::<*mut c_void, KernelsLoad>(sym("ua_kernels_load")?),
             kernel_get: t::<*mut c_void, KernelGet>(sym("ua_kernel_get")?),
+            kernel_resident_blocks: t::<*mut c_void, ResidentBlocks>(sym("ua_kernel_resident_blocks")?),
             kernel_launch: t::<*mut c_void, KernelLaunch>(sym("ua_kernel_launch")?),
             set_grad: t::<*mut c_void, TensorPair>(sym("ua_set_grad")?),
             backward: t::<*mut c_void, TensorPair>(sym("ua_backward")?),

@@ -22,6 +22,9 @@ pub struct BenchRow {
     pub ttft_ms: f64,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
+    /// GPU time of one decode step (its CUDA graph replayed back to back, no host work between
+    /// steps), milliseconds; the rest of a step's time is the host's part (`None` when eager).
+    pub gpu_ms_per_step: Option<f64>,
     /// Cache bytes allocated for the whole batch at full length.
     pub kv_bytes: usize,
     pub kv_bytes_per_token: usize,
@@ -120,6 +123,7 @@ pub fn run_case(
         ttft_ms: 0.0,
         prefill_tokens_per_s: 0.0,
         decode_tokens_per_s: 0.0,
+        gpu_ms_per_step: None,
         kv_bytes: 0,
         kv_bytes_per_token: 0,
         bytes_per_step: 0.0,
@@ -195,6 +199,7 @@ fn measure(
     let secs = t1.elapsed().as_secs_f64();
     row.sm_clock_mhz = sm_clock_mhz(device);
     row.kernels_per_step = engine.decode_kernels();
+    row.gpu_ms_per_step = engine.decode_gpu_seconds(new_tokens)?.map(|s| s * 1e3);
     row.decode_tokens_per_s = (batch * new_tokens) as f64 / secs;
     row.bytes_per_step = read / new_tokens.max(1) as f64;
     row.achieved_gb_per_s = read / secs / 1e9;
@@ -207,13 +212,13 @@ fn measure(
 pub fn table(card: &str, rows: &[BenchRow]) -> String {
     let mut out = format!(
         "card: {card}\n\n| model | plan | decode | kernels/step | batch | context | TTFT ms | prefill tok/s | decode tok/s | \
-         KV MiB | GB/s achieved | bound tok/s | decode vs first | bytes saved/step | SM MHz |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+         GPU ms/step | KV MiB | GB/s achieved | bound tok/s | decode vs first | bytes saved/step | SM MHz |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         if let Some(e) = &r.error {
             out += &format!(
-                "| {} | {} | {} | - | {} | {} | {e} ||||||||\n",
+                "| {} | {} | {} | - | {} | {} | {e} |||||||||\n",
                 r.model, r.plan, r.decode, r.batch, r.context
             );
             continue;
@@ -227,7 +232,7 @@ pub fn table(card: &str, rows: &[BenchRow]) -> String {
             _ => ("-".into(), "-".into()),
         };
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {ratio} | {saved} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {} | {:.1} | {:.1} | {} | {ratio} | {saved} | {} |\n",
             r.model,
             r.plan,
             r.decode,
@@ -237,6 +242,7 @@ pub fn table(card: &str, rows: &[BenchRow]) -> String {
             r.ttft_ms,
             r.prefill_tokens_per_s,
             r.decode_tokens_per_s,
+            r.gpu_ms_per_step.map_or("-".into(), |m| format!("{m:.3}")),
             r.kv_bytes as f64 / (1u64 << 20) as f64,
             r.achieved_gb_per_s,
             r.bound_tokens_per_s.map_or("-".into(), |b| format!("{b:.0}")),

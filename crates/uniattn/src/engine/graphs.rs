@@ -11,23 +11,25 @@ use tch::{Device, Kind, Tensor};
 
 pub struct DecodeGraphs {
     pub pool: GraphPool,
-    /// Input buffers `[slots, 1]` (int64) that a replay reads.
-    pub ids: Tensor,
-    pub positions: Tensor,
+    /// The buffer `[2, slots, 1]` (int64) of token ids, then positions, that a replay reads:
+    /// one host-to-device copy a step fills both.
+    pub inputs: Tensor,
     /// By (padded batch, key length): the graph and the logits `[batch, vocab]` it writes.
     steps: HashMap<(usize, i64), (CudaGraph, Tensor)>,
     /// Kernels (graph nodes) the last replayed step launched.
     pub last_nodes: Option<usize>,
+    /// The shape of the last replayed step.
+    last: Option<(usize, i64)>,
 }
 
 impl DecodeGraphs {
     pub fn new(slots: usize, device: Device) -> Result<Self> {
         Ok(DecodeGraphs {
             pool: GraphPool::new()?,
-            ids: Tensor::zeros([slots as i64, 1], (Kind::Int64, device)),
-            positions: Tensor::zeros([slots as i64, 1], (Kind::Int64, device)),
+            inputs: Tensor::zeros([2, slots as i64, 1], (Kind::Int64, device)),
             steps: HashMap::new(),
             last_nodes: None,
+            last: None,
         })
     }
 
@@ -45,7 +47,7 @@ impl DecodeGraphs {
     /// input buffers and return the logits) if it is new. Returns the graph's output buffer,
     /// which the next replay overwrites.
     pub fn run(&mut self, batch: usize, k_len: i64, step: impl FnMut() -> Tensor) -> Result<&Tensor> {
-        let device = match self.ids.device() {
+        let device = match self.inputs.device() {
             Device::Cuda(i) => i,
             _ => 0,
         };
@@ -57,7 +59,26 @@ impl DecodeGraphs {
         }
         let (graph, out) = &self.steps[&(batch, k_len)];
         graph.replay()?;
-        self.last_nodes = graph.nodes().ok();
+        if self.last != Some((batch, k_len)) {
+            self.last_nodes = graph.nodes().ok();
+            self.last = Some((batch, k_len));
+        }
         Ok(out)
+    }
+
+    /// Seconds one step of the last replayed shape keeps the GPU busy: `n` replays back to
+    /// back, no host work between them (what a step costs without the host's part). A replay
+    /// writes the same keys and values at the same positions again, so the cache is unchanged.
+    pub fn replay_seconds(&self, n: usize) -> Result<Option<f64>> {
+        let Some(key) = self.last else { return Ok(None) };
+        let Device::Cuda(device) = self.inputs.device() else { return Ok(None) };
+        let (graph, _) = &self.steps[&key];
+        tch::Cuda::synchronize(device as i64);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            graph.replay()?;
+        }
+        tch::Cuda::synchronize(device as i64);
+        Ok(Some(t.elapsed().as_secs_f64() / n.max(1) as f64))
     }
 }

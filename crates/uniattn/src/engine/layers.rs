@@ -5,7 +5,7 @@
 use super::kv_cache::{CacheKind, KvCache};
 use crate::cuda::kernels::{self, GemvOut, HeadLayout};
 use crate::model::attention::{attend, Attention, Heads, LeadAttention, Want};
-use crate::model::nn::{Linear, RmsNorm};
+use crate::model::nn::{Linear, NormedInput, RmsNorm};
 use crate::model::rope::RopeAngles;
 use crate::model::transformer::{DecoderLayer, Mlp};
 use tch::Tensor;
@@ -18,25 +18,30 @@ fn qkv_prefix(first: &Tensor, width: i64) -> Tensor {
     first.as_strided([s[0], s[1], width], stride, None)
 }
 
-/// RoPE on the query and key heads of `y` (a fused projection's output, heads as `layout`
-/// says) and the cache write of its keys and values where given, in one fused kernel. Returns
-/// the rotated queries, or `None` where the kernel does not apply (the caller runs the
-/// composition).
-fn rope_fused(
+/// `lin(norm(h))`, a fused projection whose rows are `layout`'s heads (then any others), with
+/// RoPE on its query and key heads and its keys and values written into the cache `slabs`
+/// (`(keys, values)` from the batch's first slot; none for a CLA layer's queries): at one row
+/// all in the matrix-vector kernel, else the projection and one fused RoPE kernel. Returns the
+/// projection and the rotated queries (`[n, q, t, dim]`), or no queries where neither kernel
+/// applies and the caller composes.
+fn project_rotated(
+    x: &NormedInput,
+    lin: &Linear,
     step: &Step,
-    y: &Tensor,
     layout: HeadLayout,
-    keys: Option<&Tensor>,
-    values: Option<&Tensor>,
-) -> Option<Tensor> {
-    let rope = step.rope;
-    kernels::rope_kv_write(y, step.positions, &rope.cos, &rope.sin_signed, layout, keys, values)
-}
-
-/// [`rope_fused`] writing into layer `l`'s cache.
-fn write_fused(cache: &KvCache, l: usize, step: &Step, y: &Tensor, layout: HeadLayout) -> Option<Tensor> {
-    let (keys, values) = cache.slabs(l, step.slot0);
-    rope_fused(step, y, layout, keys.as_ref(), Some(&values?))
+    slabs: (Option<Tensor>, Option<Tensor>),
+) -> (Tensor, Option<Tensor>) {
+    let (keys, values) = (slabs.0.as_ref(), slabs.1.as_ref());
+    let (positions, cos, sin_signed) = (step.positions, &step.rope.cos, &step.rope.sin_signed);
+    let out = GemvOut::Rope { positions, cos, sin_signed, layout, keys, values };
+    if let Some(y) = x.gemv(&lin.weight, lin.bias.as_ref(), out) {
+        // One row: the rotated queries lead the output, in the order `[1, q, 1, dim]` reads.
+        let q = y.narrow(-1, 0, layout.q * layout.dim).reshape([1, layout.q, 1, layout.dim]);
+        return (y, Some(q));
+    }
+    let y = x.linear(lin);
+    let q = kernels::rope_kv_write(&y, positions, cos, sin_signed, layout, keys, values);
+    (y, q)
 }
 
 /// Concatenates projections along their outputs; a missing bias becomes zeros.
@@ -98,7 +103,7 @@ struct AttnOut<'a> {
 fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear, extra: Option<&Tensor>) {
     if lin.bias.is_none() {
         let into = GemvOut::AddInto { h, extra };
-        if kernels::decode_gemv(x, &lin.weight, None, into).is_some() {
+        if kernels::decode_gemv(x, None, &lin.weight, None, into).is_some() {
             return;
         }
     }
@@ -127,13 +132,13 @@ impl InferenceMlp {
     }
 
     /// The activations the down projection reads: `act(x W_gate) * (x W_up)`; at one row one
-    /// matrix-vector kernel does both products and the activation.
-    fn hidden(&self, x: &Tensor) -> Tensor {
+    /// matrix-vector kernel does the norm, both products and the activation.
+    fn hidden(&self, x: &NormedInput) -> Tensor {
         let gated = GemvOut::Gated { gelu_tanh: self.gelu_tanh };
-        if let Some(out) = kernels::decode_gemv(x, &self.gate_up.weight, self.gate_up.bias.as_ref(), gated) {
+        if let Some(out) = x.gemv(&self.gate_up.weight, self.gate_up.bias.as_ref(), gated) {
             return out;
         }
-        let gu = self.gate_up.forward(x);
+        let gu = x.linear(&self.gate_up);
         if let Some(out) = kernels::gated_act(&gu, self.gelu_tanh) {
             return out;
         }
@@ -143,7 +148,7 @@ impl InferenceMlp {
         g * gu.narrow(-1, half, half)
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    fn forward(&self, x: &NormedInput) -> Tensor {
         self.down.forward(&self.hidden(x))
     }
 }
@@ -266,7 +271,7 @@ impl InferenceLayer {
         hands: Option<Want>,
         lead: &mut Option<LeadAttention>,
     ) {
-        let x = self.attn_norm.forward(h);
+        let x = NormedInput::new(h, &self.attn_norm);
         if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, hands, lead) {
             match &self.attn_post_norm {
                 // The residual add rides in the output GEMM (one kernel instead of two).
@@ -280,7 +285,7 @@ impl InferenceLayer {
                 }
             }
         }
-        let x = self.mlp_norm.forward(h);
+        let x = NormedInput::new(h, &self.mlp_norm);
         match &self.mlp_post_norm {
             None => add_projection(h, &self.mlp.hidden(&x), &self.mlp.down, None),
             Some(n) => *h += n.forward(&self.mlp.forward(&x)),
@@ -290,21 +295,22 @@ impl InferenceLayer {
     fn attention(
         &self,
         l: usize,
-        x: &Tensor,
+        x: &NormedInput,
         step: &Step,
         cache: &mut KvCache,
         hands: Option<Want>,
         lead: &mut Option<LeadAttention>,
     ) -> Option<AttnOut<'_>> {
-        let n = x.size()[0];
+        let n = step.positions.size()[0];
         match &self.attn {
             InferenceAttention::Full { qkv, o_proj, q_norm, k_norm, heads: h, scale, softcap } => {
-                let y = qkv.forward(x);
                 let layout =
                     HeadLayout { q: h.num_heads, k: h.num_kv_heads, v: h.num_kv_heads, dim: h.head_dim };
-                let fused = (q_norm.is_none() && k_norm.is_none())
-                    .then(|| write_fused(cache, l, step, &y, layout))
-                    .flatten();
+                let (y, fused) = if q_norm.is_none() && k_norm.is_none() {
+                    project_rotated(x, qkv, step, layout, cache.slabs(l, step.slot0))
+                } else {
+                    (x.linear(qkv), None)
+                };
                 let q = match fused {
                     Some(q) => q,
                     None => {
@@ -336,10 +342,10 @@ impl InferenceLayer {
                 Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
             }
             InferenceAttention::Reuse { vc, o_proj, heads: h, compensated } => {
-                let y = vc.forward(x);
                 let kvd = h.num_kv_heads * h.head_dim;
                 let layout = HeadLayout { q: 0, k: 0, v: h.num_kv_heads, dim: h.head_dim };
-                if write_fused(cache, l, step, &y, layout).is_none() {
+                let (y, written) = project_rotated(x, vc, step, layout, cache.slabs(l, step.slot0));
+                if written.is_none() {
                     cache.write(
                         l,
                         step.slot0,
@@ -354,9 +360,11 @@ impl InferenceLayer {
                 Some(AttnOut { heads: h.merge(&lead.apply(h, &values)), o_proj, extra })
             }
             InferenceAttention::Cla { q_proj, o_proj, q_norm, heads: h, scale, softcap, lead } => {
-                let y = q_proj.forward(x);
                 let layout = HeadLayout { q: h.num_heads, k: 0, v: 0, dim: h.head_dim };
-                let fused = q_norm.is_none().then(|| rope_fused(step, &y, layout, None, None)).flatten();
+                let (y, fused) = match q_norm {
+                    None => project_rotated(x, q_proj, step, layout, (None, None)),
+                    Some(_) => (x.linear(q_proj), None),
+                };
                 let q = fused.unwrap_or_else(|| {
                     let q = h.split(&y, h.num_heads);
                     step.rope.apply(&q_norm.as_ref().map_or(q.shallow_clone(), |qn| qn.forward(&q)))

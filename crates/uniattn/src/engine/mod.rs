@@ -147,6 +147,12 @@ impl Engine {
         self.graphs.as_ref().and_then(|g| g.last_nodes)
     }
 
+    /// GPU seconds of the last decode step's shape, replayed `n` times back to back (`None`
+    /// when steps run eagerly).
+    pub fn decode_gpu_seconds(&self, n: usize) -> Result<Option<f64>> {
+        self.graphs.as_ref().map_or(Ok(None), |g| g.replay_seconds(n))
+    }
+
     /// Replaces the cache with one for `max_batch` sequences of `max_len` tokens (the old one
     /// is freed first, so the new one may use its memory).
     pub fn resize_cache(&mut self, max_batch: usize, max_len: usize) -> Result<()> {
@@ -320,19 +326,21 @@ impl Engine {
         k_len: i64,
     ) -> Result<Tensor> {
         let n = tokens.len();
-        let batch = graphs::DecodeGraphs::batch_bucket(n, self.cache.slots());
+        let slots = self.cache.slots();
+        let batch = graphs::DecodeGraphs::batch_bucket(n, slots);
         let last = self.cache.max_len() as i64 - 1;
-        let mut t: Vec<i64> = tokens.iter().map(|&i| i as i64).collect();
-        let mut p = lens.to_vec();
-        for s in n..batch {
-            t.push(0);
-            p.push(self.cache.len(s).min(last));
+        // Ids then positions, each padded to the slots: rows past the batch write K/V at their
+        // own sequence's next position, and the rest are not read.
+        let mut inputs = vec![0i64; 2 * slots];
+        for (s, &t) in tokens.iter().enumerate() {
+            inputs[s] = t as i64;
         }
-        let device = self.stem.device;
-        let view = |v: &[i64]| Tensor::from_slice(v).view([v.len() as i64, 1]).to_device(device);
-        g.ids.narrow(0, 0, batch as i64).copy_(&view(&t));
-        g.positions.narrow(0, 0, batch as i64).copy_(&view(&p));
-        let (ids, positions) = (g.ids.narrow(0, 0, batch as i64), g.positions.narrow(0, 0, batch as i64));
+        for s in 0..batch {
+            inputs[slots + s] = if s < n { lens[s] } else { self.cache.len(s).min(last) };
+        }
+        g.inputs.copy_(&Tensor::from_slice(&inputs).view([2, slots as i64, 1]));
+        let (ids, positions) =
+            (g.inputs.get(0).narrow(0, 0, batch as i64), g.inputs.get(1).narrow(0, 0, batch as i64));
         let k_len = self.key_bucket(k_len);
         let out = g.run(batch, k_len, || {
             let h = self.run(&ids, 0, &positions, k_len, false);

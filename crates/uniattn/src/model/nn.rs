@@ -1,5 +1,7 @@
 //! The two building blocks every family shares.
-use crate::cuda::kernels::{self, GemvOut};
+use crate::cuda::kernels::{self, GemvNorm, GemvOut};
+use std::cell::OnceCell;
+use std::sync::OnceLock;
 use tch::{Kind, Tensor};
 
 /// `y = x W^T + b`. Weights are `[out, in]` as in PyTorch.
@@ -16,7 +18,7 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         crate::cuda::training::autocast_linear(x, &self.weight, self.bias.as_ref())
-            .or_else(|| kernels::decode_gemv(x, &self.weight, self.bias.as_ref(), GemvOut::New))
+            .or_else(|| kernels::decode_gemv(x, None, &self.weight, self.bias.as_ref(), GemvOut::New))
             .unwrap_or_else(|| x.linear(&self.weight, self.bias.as_ref()))
     }
 
@@ -71,6 +73,11 @@ impl RmsNorm {
         (mid, x)
     }
 
+    /// This norm as the decode matrix-vector kernel applies it.
+    pub fn for_gemv(&self) -> GemvNorm<'_> {
+        GemvNorm { weight: &self.weight, eps: self.eps, plus_one: self.plus_one }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         if x.device().is_cuda() && kind != Kind::Double && self.weight.kind() == kind {
@@ -94,5 +101,42 @@ impl RmsNorm {
             // Llama casts back first, then scales.
             normed.to_kind(kind) * &self.weight
         }
+    }
+}
+
+/// A block's input: the residual stream `h` and the RMSNorm in front of the block's first
+/// projection. At one row (a decode step at batch 1) the matrix-vector kernel applies the norm
+/// as it reads `h`, so no norm kernel runs; otherwise the normed tensor is computed once, on
+/// first use.
+pub struct NormedInput<'a> {
+    h: Tensor,
+    norm: &'a RmsNorm,
+    normed: OnceCell<Tensor>,
+}
+
+impl<'a> NormedInput<'a> {
+    pub fn new(h: &Tensor, norm: &'a RmsNorm) -> Self {
+        NormedInput { h: h.shallow_clone(), norm, normed: OnceCell::new() }
+    }
+
+    /// `norm(h)`.
+    pub fn normed(&self) -> &Tensor {
+        self.normed.get_or_init(|| self.norm.forward(&self.h))
+    }
+
+    /// The product of `norm(h)` with `weight` through [`kernels::decode_gemv`], `out` saying
+    /// where it goes, the norm applied inside that kernel (`UNIATTN_GEMV_NORM=0`: computed
+    /// first, as [`Self::normed`]); `None` where that kernel does not apply.
+    pub fn gemv(&self, weight: &Tensor, bias: Option<&Tensor>, out: GemvOut) -> Option<Tensor> {
+        static APART: OnceLock<bool> = OnceLock::new();
+        if *APART.get_or_init(|| std::env::var("UNIATTN_GEMV_NORM").is_ok_and(|v| v == "0")) {
+            return kernels::decode_gemv(self.normed(), None, weight, bias, out);
+        }
+        kernels::decode_gemv(&self.h, Some(self.norm.for_gemv()), weight, bias, out)
+    }
+
+    /// `lin(norm(h))`.
+    pub fn linear(&self, lin: &Linear) -> Tensor {
+        self.gemv(&lin.weight, lin.bias.as_ref(), GemvOut::New).unwrap_or_else(|| lin.forward(self.normed()))
     }
 }
