@@ -5,7 +5,10 @@
 #    SmolLM2-135M's shapes: per-step loss and final weights compared (scripts/device/dp_compare.py).
 # 2. Two machines simulated on one (two 1-GPU nodes, different --node-rank, over 127.0.0.1):
 #    the same weights as the 2-GPU run.
-# 3. Scaling, bf16: Qwen2.5-Coder-1.5B shapes, 8 x 1,024 tokens a GPU a step, 1 GPU against 2.
+# 3. ZeRO-1 (f32): `--zero 1` on 2 GPUs against plain data parallelism, with a checkpoint every
+#    5 steps and a resume from step 10 (the shares consolidated) that must end on the same weights.
+# 4. Scaling, bf16: Qwen2.5-Coder-1.5B shapes, 8 x 1,024 tokens a GPU a step, 1 GPU against 2,
+#    and 2 with ZeRO-1 (optimizer-state GiB per GPU from metrics.jsonl).
 #   scripts/device/dp_check.sh
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -29,6 +32,17 @@ node() { # NODE_RANK GPU
 }
 node 0 0 & node 1 1; wait
 "$PYTHON" scripts/device/dp_compare.py "$W/two" "$W/nodes" | tee "$OUT/two_nodes.json"
+echo "== ZeRO-1 (f32): 2 GPUs with --zero 1 against plain data parallelism; checkpoints and a resume"
+$U train --model "$W/s135" "${common[@]}" --save-every 5 --micro-batch 2 --nproc-per-node 2 --zero 1 --out "$W/zero" \
+  > "$OUT/zero.log" 2>&1 || tail -5 "$OUT/zero.log"
+"$PYTHON" scripts/device/dp_compare.py "$W/two" "$W/zero" | tee "$OUT/zero_vs_dp.json"
+ls "$W/zero/checkpoints/step-000010" | tee "$OUT/zero_checkpoint.txt"
+rm -rf "$W/zero_resumed" && mkdir -p "$W/zero_resumed" && cp -r "$W/zero/checkpoints" "$W/zero_resumed/"
+rm -rf "$W/zero_resumed/checkpoints/step-000015" "$W/zero_resumed/checkpoints/step-000020"
+resume_args=(); for a in "${common[@]}"; do [[ $a == --overwrite ]] || resume_args+=("$a"); done
+$U train --model "$W/s135" "${resume_args[@]}" --micro-batch 2 --nproc-per-node 2 --zero 1 \
+  --resume "$W/zero_resumed" --out "$W/zero_resumed" > "$OUT/zero_resumed.log" 2>&1 || tail -5 "$OUT/zero_resumed.log"
+"$PYTHON" scripts/device/dp_compare.py "$W/zero" "$W/zero_resumed" --weights-only | tee "$OUT/zero_resumed.json"
 echo "== scaling (bf16): Qwen2.5-Coder-1.5B shapes, 8 x 1,024 tokens per GPU a step"
 "$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-1.5b.config.json "$W/q15" --dtype f32 | tail -1
 python3 - data/pmc_llama_instructions_1000.json "$W/pmc.txt" <<'PY'
@@ -40,13 +54,19 @@ scale=(--model "$W/q15" --data "$W/pmc.txt" --max-len 1024 --micro-batch 8 --val
        --bf16 --device cuda --lr 1e-5 --max-steps 20 --overwrite)
 $U train "${scale[@]}" --out "$W/q15_one" > "$OUT/q15_one.log" 2>&1 || tail -5 "$OUT/q15_one.log"
 $U train "${scale[@]}" --nproc-per-node 2 --out "$W/q15_two" > "$OUT/q15_two.log" 2>&1 || tail -5 "$OUT/q15_two.log"
-cp "$W/q15_one/metrics.jsonl" "$OUT/q15_one_metrics.jsonl"; cp "$W/q15_two/metrics.jsonl" "$OUT/q15_two_metrics.jsonl"
-python3 - "$W/q15_one/metrics.jsonl" "$W/q15_two/metrics.jsonl" <<'PY' | tee "$OUT/scaling.json"
+$U train "${scale[@]}" --nproc-per-node 2 --zero 1 --out "$W/q15_zero" > "$OUT/q15_zero.log" 2>&1 \
+  || tail -5 "$OUT/q15_zero.log"
+for r in one two zero; do cp "$W/q15_$r/metrics.jsonl" "$OUT/q15_${r}_metrics.jsonl"; done
+python3 - "$W/q15_one/metrics.jsonl" "$W/q15_two/metrics.jsonl" "$W/q15_zero/metrics.jsonl" <<'PY' | tee "$OUT/scaling.json"
 import json, statistics, sys
-def tok_s(path):
+def run(path):
     r = [json.loads(l) for l in open(path)][3:]
-    return statistics.median(x["tokens_per_second"] for x in r), max(x.get("peak_gpu_gib") or 0 for x in r)
-(one, m1), (two, m2) = tok_s(sys.argv[1]), tok_s(sys.argv[2])
+    return (statistics.median(x["tokens_per_second"] for x in r), max(x.get("peak_gpu_gib") or 0 for x in r),
+            r[-1].get("optimizer_state_gib"))
+(one, m1, o1), (two, m2, o2), (zero, m3, o3) = (run(p) for p in sys.argv[1:4])
 print(json.dumps({"one_gpu_tok_s": round(one), "two_gpu_tok_s": round(two), "speedup": round(two / one, 3),
-                  "peak_gib_one": m1, "peak_gib_two_rank0": m2}))
+                  "zero1_tok_s": round(zero), "zero1_speedup": round(zero / one, 3),
+                  "peak_gib_one": m1, "peak_gib_two_rank0": m2, "peak_gib_zero1_rank0": m3,
+                  "optimizer_state_gib": {"one": o1, "two": o2, "zero1": o3},
+                  "zero1_state_ratio": round(o3 / o1, 3) if o1 and o3 else None}))
 PY

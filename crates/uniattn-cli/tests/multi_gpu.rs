@@ -39,3 +39,17 @@ fn multi_gpu_training_where_there_are_no_gpus_says_why() {
     assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
     assert!(!out.join("metrics.jsonl").exists());
 }
+
+/// `--zero` takes stage 0 or 1; anything else is refused before anything starts.
+#[test]
+fn an_unknown_zero_stage_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_uniattn"))
+        .args(["train", "--model", "smollm2", "--data", "rows.json", "--zero", "2", "--out"])
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("--zero") && stderr.contains("0..=1"), "{stderr}");
+}

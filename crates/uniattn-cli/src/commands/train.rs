@@ -143,6 +143,10 @@ pub struct TrainArgs {
     /// Rank 0's TCP port for that meeting
     #[arg(long, default_value_t = 29500)]
     pub master_port: u16,
+    /// ZeRO stage over the ranks: 1 keeps each rank's share of the optimizer's moments only
+    /// (reduce-scatter, update, all-gather: the same updates, 1/N of the moments' memory)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -235,6 +239,7 @@ pub fn train(a: TrainArgs, config: String) -> Result<()> {
             autocast: a.bf16,
             recompute_layers: a.recompute_layers,
             pack: a.pack,
+            zero: a.zero,
         },
         resume: a.resume,
         out: a.out.clone(),

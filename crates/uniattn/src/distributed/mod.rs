@@ -8,6 +8,7 @@
 pub mod launcher;
 pub mod nccl;
 pub mod rendezvous;
+pub mod zero;
 
 use crate::error::{Error, Result};
 use std::time::Duration;

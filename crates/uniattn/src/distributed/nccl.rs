@@ -22,6 +22,9 @@ type GetUniqueId = unsafe extern "C" fn(*mut UniqueId) -> c_int;
 type CommInitRank = unsafe extern "C" fn(*mut Comm, c_int, UniqueId, c_int) -> c_int;
 type AllReduce =
     unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, *mut c_void) -> c_int;
+type ReduceScatter =
+    unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, *mut c_void) -> c_int;
+type AllGather = unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, Comm, *mut c_void) -> c_int;
 type CommCall = unsafe extern "C" fn(Comm) -> c_int;
 type ErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
 
@@ -30,6 +33,8 @@ struct Library {
     get_unique_id: GetUniqueId,
     comm_init_rank: CommInitRank,
     all_reduce: AllReduce,
+    reduce_scatter: ReduceScatter,
+    all_gather: AllGather,
     comm_destroy: CommCall,
     comm_abort: CommCall,
     error_string: ErrorString,
@@ -82,6 +87,8 @@ fn open() -> std::result::Result<Library, String> {
             get_unique_id: t::<*mut c_void, GetUniqueId>(sym("ncclGetUniqueId")?),
             comm_init_rank: t::<*mut c_void, CommInitRank>(sym("ncclCommInitRank")?),
             all_reduce: t::<*mut c_void, AllReduce>(sym("ncclAllReduce")?),
+            reduce_scatter: t::<*mut c_void, ReduceScatter>(sym("ncclReduceScatter")?),
+            all_gather: t::<*mut c_void, AllGather>(sym("ncclAllGather")?),
             comm_destroy: t::<*mut c_void, CommCall>(sym("ncclCommDestroy")?),
             comm_abort: t::<*mut c_void, CommCall>(sym("ncclCommAbort")?),
             error_string: t::<*mut c_void, ErrorString>(sym("ncclGetErrorString")?),
@@ -117,6 +124,8 @@ pub struct Communicator {
     lib: &'static Library,
     comm: Comm,
     stream: *mut c_void,
+    rank: usize,
+    size: usize,
 }
 
 impl Communicator {
@@ -134,26 +143,15 @@ impl Communicator {
         checked(lib, "ncclCommInitRank", unsafe {
             (lib.comm_init_rank)(&mut comm, world.size as c_int, id, world.rank as c_int)
         })?;
-        Ok(Communicator { lib, comm, stream })
+        Ok(Communicator { lib, comm, stream, rank: world.rank, size: world.size })
     }
 
     /// Sums `t` over the ranks, in place (every rank ends with the sum).
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
-        let dtype = match t.kind() {
-            Kind::Float => 7,
-            Kind::Double => 8,
-            Kind::BFloat16 => 9,
-            Kind::Half => 6,
-            Kind::Int64 => 4,
-            k => return Err(Error::invalid(format!("NCCL all-reduce of a {k:?} tensor"))),
-        };
-        if !t.is_contiguous() || !t.device().is_cuda() {
-            return Err(Error::invalid("NCCL all-reduce needs a contiguous CUDA tensor"));
-        }
-        let p = t.data_ptr();
-        // SAFETY: `p` holds `numel` elements of `dtype` on this rank's GPU; the stream is torch's.
+        let (p, n, dtype) = buffer(t, "all-reduce")?;
+        // SAFETY: `p` holds `n` elements of `dtype` on this rank's GPU; the stream is torch's.
         checked(self.lib, "ncclAllReduce", unsafe {
-            (self.lib.all_reduce)(p, p, t.numel(), dtype, 0, self.comm, self.stream)
+            (self.lib.all_reduce)(p, p, n, dtype, 0, self.comm, self.stream)
         })
     }
 
@@ -169,6 +167,58 @@ impl Communicator {
         // SAFETY: a live communicator, not used after this.
         unsafe { (self.lib.comm_abort)(self.comm) };
         self.comm = std::ptr::null_mut();
+    }
+}
+
+/// `t`'s data, element count and NCCL type, where NCCL can take it (contiguous, on the GPU).
+fn buffer(t: &Tensor, what: &str) -> Result<(*mut c_void, usize, c_int)> {
+    let dtype = match t.kind() {
+        Kind::Float => 7,
+        Kind::Double => 8,
+        Kind::BFloat16 => 9,
+        Kind::Half => 6,
+        Kind::Int64 => 4,
+        k => return Err(Error::invalid(format!("NCCL {what} of a {k:?} tensor"))),
+    };
+    if !t.is_contiguous() || !t.device().is_cuda() {
+        return Err(Error::invalid(format!("NCCL {what} needs a contiguous CUDA tensor")));
+    }
+    Ok((t.data_ptr(), t.numel(), dtype))
+}
+
+impl super::zero::Collective for Communicator {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
+        Communicator::all_reduce_sum(self, t)
+    }
+    fn reduce_scatter_sum(&self, t: &Tensor) -> Result<()> {
+        let (p, n, dtype) = buffer(t, "reduce-scatter")?;
+        let chunk = n / self.size;
+        // In place: rank r's result lands in chunk r of the buffer it sends from.
+        let own = (p as usize + self.rank * chunk * t.kind().elt_size_in_bytes()) as *mut c_void;
+        // SAFETY: `p` holds `n` = size x chunk elements of `dtype` on this rank's GPU, `own`
+        // is chunk `rank` of it; the stream is torch's.
+        checked(self.lib, "ncclReduceScatter", unsafe {
+            (self.lib.reduce_scatter)(p, own, chunk, dtype, 0, self.comm, self.stream)
+        })
+    }
+    fn all_gather(&self, t: &Tensor) -> Result<()> {
+        let (p, n, dtype) = buffer(t, "all-gather")?;
+        let chunk = n / self.size;
+        // In place: this rank sends chunk `rank` of the buffer it receives into.
+        let own = (p as usize + self.rank * chunk * t.kind().elt_size_in_bytes()) as *mut c_void;
+        // SAFETY: as in reduce_scatter_sum.
+        checked(self.lib, "ncclAllGather", unsafe {
+            (self.lib.all_gather)(own, p, chunk, dtype, self.comm, self.stream)
+        })
+    }
+    fn abort(self: Box<Self>) {
+        Communicator::abort(*self)
     }
 }
 

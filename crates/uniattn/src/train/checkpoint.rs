@@ -2,8 +2,12 @@
 //! into `step-N.tmp/` and renamed to `step-N/` only once every file is on disk, so a kill at
 //! any moment leaves the previous checkpoint intact. Data order is a function of the seed and
 //! the stage (see `stage_order`), so position + weights + moments resume a run exactly.
+//! Under ZeRO-1 every rank writes its share of the moments (`optimizer-rank<r>.safetensors`)
+//! into the same folder (shared by every machine of a multi-machine job) before rank 0 finishes
+//! it; reading one consolidates the shares, so it resumes with or without ZeRO.
 use super::optim::AdamW;
 use super::{Position, TrainConfig, Trainer};
+use crate::distributed::zero::{self, Collective, MomentShard};
 use crate::error::{Error, Result};
 use crate::formats::safetensors;
 use crate::loader;
@@ -13,6 +17,11 @@ use tch::Tensor;
 
 pub const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Rank `r`'s share of the moments under ZeRO-1.
+fn shard_file(rank: usize) -> String {
+    format!("optimizer-rank{rank:05}.safetensors")
+}
 
 pub struct OptimizerState {
     pub step: i64,
@@ -34,18 +43,51 @@ fn fsync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
 }
 
-pub(super) fn save(t: &Trainer, opt: &AdamW, next: Position, stage_done: bool) -> Result<()> {
+/// Waits until every rank got here (a collective on one element, then its value read).
+fn barrier(group: &dyn Collective, device: tch::Device) -> Result<()> {
+    let t = Tensor::zeros([1], (tch::Kind::Float, device));
+    group.all_reduce_sum(&t)?;
+    let _ = t.double_value(&[0]);
+    Ok(())
+}
+
+/// Called on every rank: rank 0 writes the model and the run position, and the optimizer
+/// state unless `stage_done`; under ZeRO-1 every rank writes its share of the moments first.
+pub(super) fn save(
+    t: &Trainer,
+    opt: &AdamW,
+    next: Position,
+    stage_done: bool,
+    group: Option<&dyn Collective>,
+) -> Result<()> {
+    let leader = t.world.is_leader();
+    let shard = opt.moment_shard().filter(|_| !stage_done);
+    if !leader && shard.is_none() {
+        return Ok(());
+    }
     let root = t.out.join("checkpoints");
     let dir = root.join(format!("step-{:06}", next.global_step));
     let tmp = root.join(format!("step-{:06}.tmp", next.global_step));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    if leader {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    if let Some(shard) = &shard {
+        let group = group.ok_or_else(|| Error::invalid("a ZeRO-1 checkpoint is written by every rank"))?;
+        let device = shard.m.device();
+        barrier(group, device)?;
+        write_shard(&tmp, opt, shard)?;
+        barrier(group, device)?;
+        if !leader {
+            return Ok(());
+        }
+    }
     let kind = t.model.stem.kind;
     loader::save_folder(t.model, t.tokenizer, &tmp, kind, None, &[])?;
     // A finished stage's moments are not carried into the next stage (fresh optimizer).
-    if !stage_done {
+    if !stage_done && shard.is_none() {
         let mut tensors = Vec::with_capacity(opt.params.len() * 2);
         for (i, (name, _)) in opt.params.iter().enumerate() {
             tensors.push((format!("m.{name}"), opt.m[i].shallow_clone()));
@@ -123,25 +165,172 @@ pub fn load(path: &Path) -> Result<Resume> {
         safetensors::read_file(&opt_path, &mut moments)?;
         Some(OptimizerState { step, moments })
     } else {
-        None
+        read_shards(&dir)?
     };
     Ok(Resume { position, config, optimizer, dir, world_size })
 }
 
+/// This rank's share of the moments, with what consolidation needs: its place in the flat
+/// buffer, the step, and every parameter's name and size in the buffer's order.
+fn write_shard(dir: &Path, opt: &AdamW, shard: &MomentShard) -> Result<()> {
+    let params: Vec<(&str, i64)> = opt.params.iter().map(|(n, p)| (n.as_str(), p.numel() as i64)).collect();
+    let meta = HashMap::from([
+        ("step".to_string(), opt.step.to_string()),
+        ("rank".to_string(), shard.rank.to_string()),
+        ("start".to_string(), shard.owned.start.to_string()),
+        ("end".to_string(), shard.owned.end.to_string()),
+        ("params".to_string(), serde_json::to_string(&params).expect("json")),
+    ]);
+    let tensors = [("m".to_string(), shard.m.shallow_clone()), ("v".to_string(), shard.v.shallow_clone())];
+    safetensors::write_file(&dir.join(shard_file(shard.rank)), &tensors, Some(meta))
+}
+
+/// The moments of a ZeRO-1 checkpoint's shares, consolidated per parameter (`None` if it has
+/// none).
+fn read_shards(dir: &Path) -> Result<Option<OptimizerState>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("optimizer-rank")))
+        .collect();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    files.sort();
+    let (mut shards, mut layout, mut step) = (Vec::new(), None, None);
+    for path in &files {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, header) = ::safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let field = |k: &str| -> Result<i64> {
+            meta.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::format(path, format!("metadata {k}: expected an integer")))
+        };
+        let params: Vec<(String, i64)> = meta
+            .get("params")
+            .and_then(|p| serde_json::from_str(p).ok())
+            .ok_or_else(|| Error::format(path, "metadata params: expected [[name, size], ...]"))?;
+        let this_step = field("step")?;
+        if layout.as_ref().is_some_and(|l| *l != params) || step.is_some_and(|s| s != this_step) {
+            return Err(Error::format(path, "a share of another run or step than the other shares"));
+        }
+        step = Some(this_step);
+        layout = Some(params);
+        let mut tensors = BTreeMap::new();
+        safetensors::read_file(path, &mut tensors)?;
+        let mut take =
+            |k: &str| tensors.remove(k).ok_or_else(|| Error::format(path, format!("tensor {k}: missing")));
+        let (m, v) = (take("m")?, take("v")?);
+        shards.push(MomentShard {
+            rank: field("rank")? as usize,
+            owned: field("start")?..field("end")?,
+            m,
+            v,
+        });
+    }
+    let layout = layout.expect("at least one file");
+    let total = layout.iter().map(|(_, n)| n).sum();
+    let (m, v) = zero::consolidate(total, shards).map_err(|e| Error::format(dir, e.to_string()))?;
+    let mut moments = BTreeMap::new();
+    let mut at = 0;
+    for (name, n) in &layout {
+        moments.insert(format!("m.{name}"), m.narrow(0, at, *n));
+        moments.insert(format!("v.{name}"), v.narrow(0, at, *n));
+        at += n;
+    }
+    Ok(Some(OptimizerState { step: step.expect("at least one file"), moments }))
+}
+
 pub(super) fn restore_optimizer(opt: &mut AdamW, state: OptimizerState) -> Result<()> {
     let mut moments = state.moments;
-    for (i, (name, p)) in opt.params.iter().enumerate() {
+    let (mut m, mut v) = (Vec::new(), Vec::new());
+    for (name, p) in &opt.params {
         let mut take = |k: &str| {
-            moments
+            let t = moments
                 .remove(&format!("{k}.{name}"))
-                .map(|t| t.to_device(p.device()))
-                .ok_or_else(|| Error::invalid(format!("checkpoint optimizer state lacks {k}.{name}")))
+                .ok_or_else(|| Error::invalid(format!("checkpoint optimizer state lacks {k}.{name}")))?;
+            if t.numel() != p.numel() {
+                return Err(Error::invalid(format!(
+                    "checkpoint optimizer state {k}.{name}: {} values for a parameter of {}",
+                    t.numel(),
+                    p.numel()
+                )));
+            }
+            Ok(t.view(p.size().as_slice()).to_device(p.device()))
         };
-        // Into the views, so that the flat moment buffers see the restored values.
-        let (m, v) = (take("m")?, take("v")?);
-        opt.m[i].copy_(&m);
-        opt.v[i].copy_(&v);
+        m.push(take("m")?);
+        v.push(take("v")?);
     }
-    opt.step = state.step;
+    opt.set_moments(&m, &v, state.step);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::optim::AdamWConfig;
+    use tch::{Device, Kind};
+
+    fn params() -> Vec<(String, Tensor)> {
+        [vec![7i64, 5], vec![130], vec![3, 3, 3]]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("p{i}"), Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu))))
+            .collect()
+    }
+
+    /// Per-parameter moments with distinct values everywhere.
+    fn moments(offset: f64) -> Vec<Tensor> {
+        params()
+            .iter()
+            .scan(0i64, |at, (_, p)| {
+                let n = p.numel() as i64;
+                let t = (Tensor::arange(n, (Kind::Float, Device::Cpu)) + (*at as f64 + offset))
+                    .view(p.size().as_slice());
+                *at += n;
+                Some(t)
+            })
+            .collect()
+    }
+
+    /// ZeRO-1 shares written by two ranks read back as every parameter's moments, restore into
+    /// an unsharded optimizer and into three ranks' chunks; a missing share is named.
+    #[test]
+    fn zero_shares_consolidate_for_any_number_of_ranks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, v) = (moments(0.0), moments(0.5));
+        for rank in 0..2 {
+            let mut opt = AdamW::sharded(AdamWConfig::default(), params(), rank, 2);
+            opt.set_moments(&m, &v, 7);
+            write_shard(dir.path(), &opt, &opt.moment_shard().unwrap()).unwrap();
+        }
+        let state = read_shards(dir.path()).unwrap().expect("shares found");
+        assert_eq!(state.step, 7);
+        for (i, (name, _)) in params().iter().enumerate() {
+            assert!(
+                state.moments[&format!("m.{name}")].view(m[i].size().as_slice()).equal(&m[i]),
+                "m.{name}"
+            );
+            assert!(
+                state.moments[&format!("v.{name}")].view(v[i].size().as_slice()).equal(&v[i]),
+                "v.{name}"
+            );
+        }
+        let mut one = AdamW::new(AdamWConfig::default(), params());
+        restore_optimizer(&mut one, read_shards(dir.path()).unwrap().unwrap()).unwrap();
+        assert!(one.m.iter().zip(&m).all(|(a, b)| a.equal(b)) && one.step == 7);
+        let flat_v = Tensor::cat(&v.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0);
+        for rank in 0..3 {
+            let mut opt = AdamW::sharded(AdamWConfig::default(), params(), rank, 3);
+            restore_optimizer(&mut opt, read_shards(dir.path()).unwrap().unwrap()).unwrap();
+            let s = opt.moment_shard().unwrap();
+            let want = flat_v.narrow(0, s.owned.start, s.owned.end - s.owned.start);
+            assert!(s.v.equal(&want), "rank {rank} of 3: its chunk of v");
+        }
+        std::fs::remove_file(dir.path().join(shard_file(1))).unwrap();
+        let e = read_shards(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
 }

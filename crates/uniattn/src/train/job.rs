@@ -287,7 +287,7 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
         out: job.out.clone(),
         profile: job.profile.clone(),
         world: job.world.clone(),
-        comm,
+        comm: comm.map(|c| Box::new(c) as Box<dyn crate::distributed::zero::Collective>),
     };
     let history = trainer.run(resume, on_step);
     if let (Err(_), Some(comm)) = (&history, trainer.comm.take()) {

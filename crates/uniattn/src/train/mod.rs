@@ -9,7 +9,7 @@ pub mod optim;
 mod step_graph;
 
 use crate::cuda::training::autocast_bf16;
-use crate::distributed::nccl::Communicator;
+use crate::distributed::zero::Collective;
 use crate::distributed::World;
 use crate::error::{Error, Result};
 use crate::model::names::Module;
@@ -69,6 +69,9 @@ pub struct TrainConfig {
     /// their own positions and never attend to each other).
     #[serde(default)]
     pub pack: bool,
+    /// ZeRO stage over the ranks (0 or 1; see [`crate::distributed::zero`]).
+    #[serde(default)]
+    pub zero: u8,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +95,7 @@ impl Default for TrainConfig {
             autocast: false,
             recompute_layers: false,
             pack: false,
+            zero: 0,
         }
     }
 }
@@ -120,6 +124,9 @@ pub struct StepMetrics {
     /// The most GPU memory libtorch's allocator had handed out so far, GiB (CUDA only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_gpu_gib: Option<f64>,
+    /// The optimizer's moments this process holds, GiB (1/N of them under ZeRO-1).
+    #[serde(default)]
+    pub optimizer_state_gib: f64,
 }
 
 /// A padded micro-batch: inputs and targets `[b, t]` (-100 where there is no loss), and for
@@ -349,9 +356,9 @@ pub struct Trainer<'a> {
     /// trace (CUDA kernels and operators, for finding where a step's time goes).
     pub profile: Option<PathBuf>,
     /// This process's rank among the job's (one GPU each; [`World::single`] alone) and, with
-    /// more than one, the communicator its gradients are summed over.
+    /// more than one, the collective its gradients are summed over (NCCL's communicator).
     pub world: World,
-    pub comm: Option<Communicator>,
+    pub comm: Option<Box<dyn Collective>>,
 }
 
 /// The optimizer steps (0-based, over the whole run) a profile records: after the first
@@ -425,7 +432,12 @@ impl Trainer<'_> {
                 (StageKind::CompensationOnly, Some(lr)) => lr,
                 _ => self.cfg.optim.lr,
             };
-            let mut opt = AdamW::new(self.cfg.optim, self.parameters(stage));
+            let zero = self.cfg.zero >= 1 && self.world.size > 1;
+            let mut opt = if zero {
+                AdamW::sharded(self.cfg.optim, self.parameters(stage), self.world.rank, self.world.size)
+            } else {
+                AdamW::new(self.cfg.optim, self.parameters(stage))
+            };
             if let Some(state) = pending_opt.take() {
                 checkpoint::restore_optimizer(&mut opt, state)?;
             }
@@ -461,13 +473,11 @@ impl Trainer<'_> {
                         loss += runner.run(self.model, &b, scale, self.cfg.autocast)?;
                     }
                 }
-                if let Some(comm) = &self.comm {
-                    // The window's gradient and loss: the sums over the ranks' micro-batches.
-                    let grad = opt.gradient_buffer().ok_or_else(|| {
-                        Error::invalid("data-parallel training needs the flat gradient buffer (CUDA)")
-                    })?;
-                    comm.all_reduce_sum(grad)?;
-                    comm.all_reduce_sum(&loss)?;
+                // The window's loss is the sum over the ranks' micro-batches (the optimizer sums
+                // their gradients).
+                let group = self.comm.as_deref();
+                if let Some(group) = group {
+                    group.all_reduce_sum(&loss)?;
                 }
                 let loss = loss.double_value(&[]);
                 if !loss.is_finite() {
@@ -480,7 +490,7 @@ impl Trainer<'_> {
                     )));
                 }
                 let lr = cosine_lr(base_lr, pos.step, total, warmup);
-                let grad_norm = opt.step(lr, self.cfg.max_grad_norm)?;
+                let grad_norm = opt.step(lr, self.cfg.max_grad_norm, group)?;
                 opt.zero_grad();
                 pos.step += 1;
                 pos.global_step += 1;
@@ -501,6 +511,7 @@ impl Trainer<'_> {
                     tokens,
                     tokens_per_second: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                     val_loss,
+                    optimizer_state_gib: opt.state_bytes() as f64 / (1u64 << 30) as f64,
                     peak_gpu_gib: match self.model.stem.device {
                         Device::Cuda(d) => crate::cuda::training::peak_memory_allocated(d)
                             .map(|b| b as f64 / (1u64 << 30) as f64),
@@ -529,17 +540,17 @@ impl Trainer<'_> {
                     }
                 }
                 let stage_done = pos.step == total;
-                // Every rank holds the same weights and optimizer state: rank 0 saves them.
-                if leader
-                    && ((self.cfg.save_every > 0 && pos.global_step.is_multiple_of(self.cfg.save_every))
-                        || stage_done)
+                // Every rank holds the same weights: rank 0 saves them and the optimizer state,
+                // or under ZeRO-1 every rank its share of the moments.
+                if (self.cfg.save_every > 0 && pos.global_step.is_multiple_of(self.cfg.save_every))
+                    || stage_done
                 {
                     let next = if stage_done {
                         Position { stage: pos.stage + 1, step: 0, global_step: pos.global_step }
                     } else {
                         pos
                     };
-                    checkpoint::save(self, &opt, next, stage_done)?;
+                    checkpoint::save(self, &opt, next, stage_done, group)?;
                 }
             }
             pos = Position { stage: pos.stage + 1, step: 0, global_step: pos.global_step };
@@ -699,6 +710,92 @@ mod tests {
         t.run(Some(resume), |_, _| {}).unwrap();
         for ((n, x), (_, y)) in weights(&model).iter().zip(&straight) {
             assert!(x.equal(y), "{n} differs after resume");
+        }
+    }
+
+    /// Data parallelism over two ranks (threads on the CPU, each with its own model) at
+    /// micro-batch 2, plain and with ZeRO-1, trains as one process at micro-batch 4 does; a
+    /// ZeRO-1 run stopped after 5 steps (its checkpoint holding each rank's share of the
+    /// moments) and resumed ends on the uninterrupted run's weights.
+    #[test]
+    fn two_ranks_with_and_without_zero_train_as_one_process() {
+        use crate::distributed::zero::threads::ThreadGroup;
+        let cfg = tiny_config(Family::Llama);
+        let data = examples(24, 5);
+        let plan = SuperBlockPlan::from_blocks(vec![(1, 3)], 4).unwrap();
+        let stages = vec![StageKind::CompensationOnly, StageKind::All];
+        let one = {
+            let model = tiny_model(&cfg, plan.clone(), Kind::Float, 15);
+            let tok = crate::testing::tiny_tokenizer();
+            let dir = scratch();
+            let mut t =
+                trainer(&model, &tok, config(stages.clone(), 4, 1), data.clone(), dir.path().join("run"));
+            t.run(None, |_, _| {}).unwrap();
+            weights(&model)
+        };
+        // Both ranks in one folder, as a shared one on several machines.
+        let ranks =
+            |zero: u8, stop: Option<usize>, out: &std::path::Path, resume: bool| -> Vec<(String, Tensor)> {
+                let handles: Vec<_> = ThreadGroup::new(2)
+                    .into_iter()
+                    .map(|group| {
+                        let (cfg, plan, stages, data, out) =
+                            (cfg.clone(), plan.clone(), stages.clone(), data.clone(), out.to_path_buf());
+                        std::thread::spawn(move || {
+                            let rank = group.rank();
+                            let tok = crate::testing::tiny_tokenizer();
+                            let (model, resume) = if resume {
+                                let r = checkpoint::load(&out).unwrap();
+                                let parts = crate::loader::read_parts(&r.dir).unwrap();
+                                let m = Transformer::from_weights(
+                                    parts.weights,
+                                    parts.cfg,
+                                    parts.plan,
+                                    Kind::Float,
+                                    Device::Cpu,
+                                    false,
+                                )
+                                .unwrap();
+                                (m, Some(r))
+                            } else {
+                                (tiny_model(&cfg, plan, Kind::Float, 15), None)
+                            };
+                            let mut c = config(stages, 2, 1);
+                            (c.zero, c.save_every, c.stop_after) = (zero, 5, stop);
+                            let mut t = trainer(&model, &tok, c, data, out);
+                            t.world = World { rank, size: 2, ..World::single() };
+                            t.comm = Some(Box::new(group));
+                            t.run(resume, |_, _| {}).unwrap();
+                            weights(&model)
+                        })
+                    })
+                    .collect();
+                let mut all: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+                for ((n, a), (_, b)) in all[0].iter().zip(&all[1]) {
+                    assert!(a.equal(b), "zero {zero}: {n} differs between the ranks");
+                }
+                all.remove(0)
+            };
+        for zero in [0, 1] {
+            let dir = scratch();
+            let got = ranks(zero, None, &dir.path().join("run"), false);
+            for ((n, x), (_, y)) in got.iter().zip(&one) {
+                let d = (x - y).abs().max().double_value(&[]);
+                assert!(d < 1e-5, "zero {zero}: {n} differs from one process by {d}");
+            }
+        }
+        let dir = scratch();
+        let out = dir.path().join("run");
+        let straight = ranks(1, None, &out, false);
+        let dir = scratch();
+        let out = dir.path().join("run");
+        ranks(1, Some(5), &out, false);
+        let step5 = out.join("checkpoints/step-000005");
+        assert!(step5.join("optimizer-rank00001.safetensors").exists(), "rank 1 wrote its share");
+        assert!(!step5.join("optimizer.safetensors").exists(), "no whole-moment file under ZeRO-1");
+        let resumed = ranks(1, None, &out, true);
+        for ((n, x), (_, y)) in resumed.iter().zip(&straight) {
+            assert!(x.equal(y), "{n} differs after the ZeRO-1 resume");
         }
     }
 

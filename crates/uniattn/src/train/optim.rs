@@ -1,7 +1,8 @@
 //! AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW` update) and the cosine
 //! schedule with linear warm-up that transformers' `get_cosine_schedule_with_warmup` computes.
 use crate::cuda::training::Bf16Copies;
-use crate::error::Result;
+use crate::distributed::zero::{Collective, MomentShard, Sharding};
+use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -28,14 +29,16 @@ const UPDATE_SLICE: i64 = 1 << 24;
 /// kernel over all weights ([`crate::cuda::kernels::adamw`]: PyTorch's fused AdamW arithmetic,
 /// clipping included, writing the bf16 copies too). Elsewhere (CPU, f64, bf16 weights, no
 /// kernels) the update is the libtorch composition below, a handful of kernels over the flat
-/// buffers.
+/// buffers. Over several ranks ([`AdamW::step`]'s `group`) the gradient is summed over them
+/// first; with ZeRO-1 ([`AdamW::sharded`]) each rank keeps the moments of its chunk only.
 pub struct AdamW {
     pub cfg: AdamWConfig,
     pub params: Vec<(String, Tensor)>,
     flat: Tensor,
     m_flat: Tensor,
     v_flat: Tensor,
-    /// Per-parameter views of the moments (f32), for checkpoints.
+    /// Per-parameter views of the moments (f32), for checkpoints (empty under ZeRO-1, whose
+    /// moments are one chunk: [`AdamW::moment_shard`]).
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
     pub step: i64,
@@ -45,6 +48,8 @@ pub struct AdamW {
     fused: bool,
     /// bf16 copies of the parameters for bf16 autocast, refreshed after each update.
     bf16: Option<Bf16Copies>,
+    /// ZeRO-1: how the flat buffers split over the ranks, and this rank.
+    shard: Option<(Sharding, usize)>,
 }
 
 /// Where each parameter starts in the flat buffers (elements).
@@ -93,30 +98,83 @@ impl AdamW {
         self.flat_grad.as_ref()
     }
 
-    pub fn new(cfg: AdamWConfig, mut params: Vec<(String, Tensor)>) -> Self {
+    pub fn new(cfg: AdamWConfig, params: Vec<(String, Tensor)>) -> Self {
+        Self::build(cfg, params, None)
+    }
+
+    /// ZeRO-1 on rank `rank` of `ranks`: the flat buffers are padded to `ranks` chunks
+    /// ([`Sharding`]) and the moments hold chunk `rank` only; [`AdamW::step`] then needs the
+    /// ranks' [`Collective`].
+    pub fn sharded(cfg: AdamWConfig, params: Vec<(String, Tensor)>, rank: usize, ranks: usize) -> Self {
+        let total = params.iter().map(|(_, p)| p.numel() as i64).sum();
+        Self::build(cfg, params, Some((Sharding::new(total, ranks), rank)))
+    }
+
+    fn build(cfg: AdamWConfig, mut params: Vec<(String, Tensor)>, shard: Option<(Sharding, usize)>) -> Self {
         let (kind, device) =
             params.first().map_or((Kind::Float, tch::Device::Cpu), |(_, p)| (p.kind(), p.device()));
-        let flat = if params.is_empty() {
-            Tensor::zeros([0], (kind, device))
-        } else {
-            Tensor::cat(
-                &params.iter().map(|(_, p)| p.detach().to_kind(kind).reshape([-1])).collect::<Vec<_>>(),
-                0,
-            )
-        };
+        let total: i64 = params.iter().map(|(_, p)| p.numel() as i64).sum();
+        let padding = shard.map_or(0, |(s, _)| s.padded() - total);
+        let mut parts: Vec<Tensor> =
+            params.iter().map(|(_, p)| p.detach().to_kind(kind).reshape([-1])).collect();
+        parts.push(Tensor::zeros([padding], (kind, device)));
+        let flat = Tensor::cat(&parts, 0);
         let homes = views(&flat, &params);
         tch::no_grad(|| {
             for ((_, p), home) in params.iter_mut().zip(&homes) {
                 p.set_data(home);
             }
         });
-        let total = flat.numel() as i64;
-        let m_flat = Tensor::zeros([total], (Kind::Float, device));
-        let v_flat = Tensor::zeros([total], (Kind::Float, device));
-        let (m, v) = (views(&m_flat, &params), views(&v_flat, &params));
+        let moments = shard.map_or(total, |(s, _)| s.chunk());
+        let m_flat = Tensor::zeros([moments], (Kind::Float, device));
+        let v_flat = Tensor::zeros([moments], (Kind::Float, device));
+        let (m, v) = match shard {
+            None => (views(&m_flat, &params), views(&v_flat, &params)),
+            Some(_) => (Vec::new(), Vec::new()),
+        };
         let flat_grad = bind_flat_grad(&flat, &params);
         let fused = flat_grad.is_some() && kind == Kind::Float && crate::cuda::kernels::enabled();
-        AdamW { cfg, params, flat, m_flat, v_flat, m, v, step: 0, flat_grad, fused, bf16: None }
+        AdamW { cfg, params, flat, m_flat, v_flat, m, v, step: 0, flat_grad, fused, bf16: None, shard }
+    }
+
+    /// Under ZeRO-1, this rank's chunk of the moments (for a checkpoint).
+    pub fn moment_shard(&self) -> Option<MomentShard> {
+        let (s, rank) = self.shard?;
+        let owned = s.owned(rank);
+        let len = owned.end - owned.start;
+        let (m, v) = (self.m_flat.narrow(0, 0, len), self.v_flat.narrow(0, 0, len));
+        Some(MomentShard { rank, owned, m, v })
+    }
+
+    /// Bytes of optimizer state (the two moments) this process holds.
+    pub fn state_bytes(&self) -> usize {
+        2 * self.m_flat.numel() * 4
+    }
+
+    /// Sets the moments from full per-parameter moments (in `params` order, each shaped like
+    /// its parameter); under ZeRO-1 this rank takes its chunk of them.
+    pub fn set_moments(&mut self, m: &[Tensor], v: &[Tensor], step: i64) {
+        let _guard = tch::no_grad_guard();
+        match self.shard {
+            None => {
+                for i in 0..self.params.len() {
+                    self.m[i].copy_(&m[i]);
+                    self.v[i].copy_(&v[i]);
+                }
+            }
+            Some((s, rank)) => {
+                let owned = s.owned(rank);
+                let len = owned.end - owned.start;
+                let flat = |parts: &[Tensor]| {
+                    let all: Vec<Tensor> =
+                        parts.iter().map(|t| t.reshape([-1]).to_kind(Kind::Float)).collect();
+                    Tensor::cat(&all, 0).narrow(0, owned.start, len).to_device(self.m_flat.device())
+                };
+                self.m_flat.narrow(0, 0, len).copy_(&flat(m));
+                self.v_flat.narrow(0, 0, len).copy_(&flat(v));
+            }
+        }
+        self.step = step;
     }
 
     /// Whether updates run the fused AdamW kernel (where it loads).
@@ -158,43 +216,100 @@ impl AdamW {
     }
 
     /// One update at learning rate `lr`, clipping the gradient norm to `max_norm` (if > 0).
-    /// Returns the norm before clipping.
-    pub fn step(&mut self, lr: f64, max_norm: f64) -> Result<f64> {
-        let c = self.cfg;
+    /// With `group` (data parallelism over its ranks) the gradient is first summed over them:
+    /// all-reduced, or under ZeRO-1 reduce-scattered, this rank's chunk updated and the weights
+    /// all-gathered. Returns the norm before clipping.
+    pub fn step(&mut self, lr: f64, max_norm: f64, group: Option<&dyn Collective>) -> Result<f64> {
         self.step += 1;
         let _guard = tch::no_grad_guard();
-        let mut g = self.flat_grad();
-        let norm = g.norm();
+        let g = self.flat_grad();
+        let total = self.params.iter().map(|(_, p)| p.numel() as i64).sum::<i64>();
+        let Some((sharding, rank)) = self.shard else {
+            if let Some(group) = group {
+                group.all_reduce_sum(&g)?;
+            }
+            let norm = g.norm();
+            return self.update(&g, 0..total, &norm, lr, max_norm);
+        };
+        let group =
+            group.ok_or_else(|| Error::invalid("a ZeRO-1 optimizer steps with its ranks' collective"))?;
+        let g = if g.numel() as i64 == sharding.padded() {
+            g
+        } else {
+            Tensor::cat(
+                &[&g, &g.new_zeros([sharding.padded() - g.numel() as i64], (Kind::Float, g.device()))],
+                0,
+            )
+        };
+        group.reduce_scatter_sum(&g)?;
+        let owned = sharding.owned(rank);
+        // The norm over all ranks' chunks: each rank's sum of squares, summed.
+        let squares =
+            g.narrow(0, owned.start, owned.end - owned.start).to_kind(Kind::Float).square().sum(Kind::Float);
+        let squares = squares.reshape([1]);
+        group.all_reduce_sum(&squares)?;
+        let norm = squares.sqrt().reshape([]);
+        let norm = self.update(&g, owned, &norm, lr, max_norm)?;
+        group.all_gather(&self.flat)?;
+        if let Some(copies) = &mut self.bf16 {
+            copies.refresh();
+        }
+        Ok(norm)
+    }
+
+    /// AdamW on elements `range` of the flat buffers with gradient `g` (flat) whose norm is
+    /// `norm`; the moments of `range` start at element 0 of theirs under ZeRO-1, at
+    /// `range.start` otherwise.
+    fn update(
+        &mut self,
+        g: &Tensor,
+        range: std::ops::Range<i64>,
+        norm: &Tensor,
+        lr: f64,
+        max_norm: f64,
+    ) -> Result<f64> {
+        let c = self.cfg;
+        let len = range.end - range.start;
+        let base = if self.shard.is_some() { 0 } else { range.start };
         if self.fused {
             // Clipping as a divisor the kernel applies: (norm + 1e-6) / max_norm past the limit.
             let scale = (max_norm > 0.0).then(|| {
                 let over = norm.gt(max_norm);
-                ((&norm + 1e-6) / max_norm).where_self(&over, &norm.ones_like())
+                ((norm + 1e-6) / max_norm).where_self(&over, &norm.ones_like())
             });
             let hp = AdamWConfig { lr, ..c };
-            let buffers = [&self.flat, &g, &self.m_flat, &self.v_flat];
-            let copy = self.bf16.as_ref().map(Bf16Copies::flat);
-            if crate::cuda::kernels::adamw(buffers, copy, &hp, self.step, scale.as_ref()) {
+            let part = |t: &Tensor, at: i64| t.narrow(0, at, len);
+            let buffers = [
+                &part(&self.flat, range.start),
+                &part(g, range.start),
+                &part(&self.m_flat, base),
+                &part(&self.v_flat, base),
+            ];
+            let copy = self.bf16.as_ref().map(|b| part(b.flat(), range.start));
+            if crate::cuda::kernels::adamw(buffers, copy.as_ref(), &hp, self.step, scale.as_ref()) {
                 return Ok(norm.double_value(&[]));
             }
         }
         let norm = norm.double_value(&[]);
         let (bc1, bc2) = (1.0 - c.beta1.powi(self.step as i32), 1.0 - c.beta2.powi(self.step as i32));
-        if max_norm > 0.0 && norm > max_norm {
-            g *= max_norm / (norm + 1e-6);
-        }
+        let clip = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
         // In slices, so that the temporaries stay small next to the weights.
-        let total = self.flat.numel() as i64;
         let mut off = 0;
-        while off < total {
-            let n = (total - off).min(UPDATE_SLICE);
-            let (g, mut m, mut v) =
-                (g.narrow(0, off, n), self.m_flat.narrow(0, off, n), self.v_flat.narrow(0, off, n));
-            let g = g.to_kind(Kind::Float);
+        while off < len {
+            let n = (len - off).min(UPDATE_SLICE);
+            let (g, mut m, mut v) = (
+                g.narrow(0, range.start + off, n),
+                self.m_flat.narrow(0, base + off, n),
+                self.v_flat.narrow(0, base + off, n),
+            );
+            let mut g = g.to_kind(Kind::Float);
+            if clip != 1.0 {
+                g *= clip;
+            }
             let _ = m.g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
             let _ = v.g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
             let update = (&m / bc1) / ((&v / bc2).sqrt() + c.eps) * lr;
-            let mut p = self.flat.narrow(0, off, n);
+            let mut p = self.flat.narrow(0, range.start + off, n);
             if p.kind() == Kind::Float {
                 if c.weight_decay > 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
@@ -206,8 +321,10 @@ impl AdamW {
             }
             off += n;
         }
-        if let Some(copies) = &mut self.bf16 {
-            copies.refresh();
+        if self.shard.is_none() {
+            if let Some(copies) = &mut self.bf16 {
+                copies.refresh();
+            }
         }
         Ok(norm)
     }
@@ -257,7 +374,7 @@ mod tests {
             AdamWConfig { lr: 0.1, eps: 1e-12, ..Default::default() },
             vec![("p".into(), p.shallow_clone())],
         );
-        opt.step(0.1, 0.0).unwrap();
+        opt.step(0.1, 0.0, None).unwrap();
         let got = Vec::<f32>::try_from(&p.detach()).unwrap();
         assert!(
             (got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6 && (got[2] - 3.0).abs() < 1e-6,
@@ -295,7 +412,7 @@ mod tests {
                                 + (&b * &b * t(&wb)).sum(Kind::Float);
                             loss.backward();
                         }
-                        norms.push(opt.step(1e-2, max_norm).unwrap());
+                        norms.push(opt.step(1e-2, max_norm, None).unwrap());
                         opt.zero_grad();
                         if let Some(copies) = &opt.bf16 {
                             let cast = opt.flat.to_kind(Kind::BFloat16);
@@ -318,6 +435,98 @@ mod tests {
             for (x, y, what) in [(&a1, &a2, "a"), (&b1, &b2, "b")] {
                 let d = (x - y).abs().max().double_value(&[]);
                 assert!(d < 1e-6, "max_norm {max_norm} weight_decay {weight_decay}: {what} differs by {d}");
+            }
+        }
+    }
+
+    /// Parameters of sizes that leave the last ranks' chunks short or empty, and the gradient
+    /// rank `rank` computes at `step` (scaled so that clipping acts on the larger steps).
+    fn zero_case(rank: usize, step: usize) -> (Vec<(String, Tensor)>, Vec<Tensor>) {
+        let shapes: [&[i64]; 3] = [&[7, 5], &[130], &[3, 3, 3]];
+        let params = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let n: i64 = s.iter().product();
+                let p = (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.01 - i as f64).view(*s);
+                (format!("p{i}"), p.set_requires_grad(true))
+            })
+            .collect();
+        let mut rng = crate::rng::SplitMix64(1 + rank as u64 * 1000 + step as u64);
+        let coefs = shapes
+            .iter()
+            .map(|s| {
+                let n: i64 = s.iter().product();
+                let v: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * (1 + step) as f32).collect();
+                Tensor::from_slice(&v).view(*s)
+            })
+            .collect();
+        (params, coefs)
+    }
+
+    /// ZeRO-1 over 1-3 ranks (threads, on the CPU) makes the same updates as one optimizer
+    /// given the sum of the ranks' gradients: every rank ends with the same weights, those of
+    /// the unsharded run, with clipping and weight decay acting.
+    #[test]
+    fn zero_one_over_threads_equals_one_optimizer() {
+        use crate::distributed::zero::threads::ThreadGroup;
+        let cfg = AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() };
+        const STEPS: usize = 5;
+        for ranks in 1..=3usize {
+            // The reference: one optimizer, the gradient summed over the ranks.
+            let (params, _) = zero_case(0, 0);
+            let mut one =
+                AdamW::new(cfg, params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect());
+            let mut want_norms = vec![];
+            for step in 0..STEPS {
+                for rank in 0..ranks {
+                    let (_, coefs) = zero_case(rank, step);
+                    let loss: Tensor =
+                        params.iter().zip(&coefs).map(|((_, p), c)| (p * c).sum(Kind::Float)).sum();
+                    loss.backward();
+                }
+                want_norms.push(one.step(cfg.lr, 2.0, None).unwrap());
+                one.zero_grad();
+            }
+            let want: Vec<Tensor> = params.iter().map(|(_, p)| p.detach().copy()).collect();
+            let handles: Vec<_> = ThreadGroup::new(ranks)
+                .into_iter()
+                .map(|group| {
+                    std::thread::spawn(move || {
+                        let rank = group.rank();
+                        let (params, _) = zero_case(0, 0);
+                        let list = params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect();
+                        let mut opt = AdamW::sharded(cfg, list, rank, ranks);
+                        let total = params.iter().map(|(_, p)| p.numel() as i64).sum();
+                        let chunk = Sharding::new(total, ranks).chunk();
+                        assert_eq!(opt.state_bytes(), 2 * 4 * chunk as usize, "one chunk of moments");
+                        let mut norms = vec![];
+                        for step in 0..STEPS {
+                            let (_, coefs) = zero_case(rank, step);
+                            let loss: Tensor =
+                                params.iter().zip(&coefs).map(|((_, p), c)| (p * c).sum(Kind::Float)).sum();
+                            loss.backward();
+                            norms.push(opt.step(cfg.lr, 2.0, Some(&group)).unwrap());
+                            opt.zero_grad();
+                        }
+                        let got: Vec<Tensor> = params.iter().map(|(_, p)| p.detach().copy()).collect();
+                        (got, norms)
+                    })
+                })
+                .collect();
+            for (rank, h) in handles.into_iter().enumerate() {
+                let (got, norms) = h.join().unwrap();
+                for (a, b) in norms.iter().zip(&want_norms) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b,
+                        "{ranks} ranks, rank {rank}: norms {norms:?} vs {want_norms:?}"
+                    );
+                }
+                assert!(want_norms.iter().any(|&n| n > 2.0), "clipping acts in some step");
+                for ((name, _), (g, w)) in params.iter().zip(got.iter().zip(&want)) {
+                    let d = (g - w).abs().max().double_value(&[]);
+                    assert!(d < 1e-6, "{ranks} ranks, rank {rank}: {name} differs by {d}");
+                }
             }
         }
     }
