@@ -70,6 +70,18 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
     }
 }
 
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 #[test]
 fn uniattn_two_stage_run_stops_resumes_and_loads() {
     init();
@@ -90,17 +102,21 @@ fn uniattn_two_stage_run_stops_resumes_and_loads() {
         "the refused run left the first run's options: {}",
         config()
     );
-    // A checkpoint resumes on as many GPUs as wrote it (each step is that many times the
-    // examples): one written by two ranks is refused here, with the count to use.
+    // A checkpoint written by two ranks resumes here on one with twice the accumulation, so
+    // that a step takes as many examples as it did there: stage 2's 10 rows in windows of 8
+    // leave one more step after the checkpoint's (stage 2, step 1), not two.
     let state = ckpts.last().unwrap().join(uniattn::train::checkpoint::STATE_FILE);
     let original = std::fs::read_to_string(&state).unwrap();
     let mut two: serde_json::Value = serde_json::from_str(&original).unwrap();
     assert_eq!(two["world_size"], 1);
     two["world_size"] = 2.into();
-    std::fs::write(&state, two.to_string()).unwrap();
-    let err = run(job(&out, Some(out.clone()), None), |_, _| {}).err().expect("refused").to_string();
-    assert!(err.contains("written by a run on 2 GPU(s)") && err.contains("--nproc-per-node 2"), "{err}");
-    std::fs::write(&state, original).unwrap();
+    let elsewhere = scratch.path().join("from_two");
+    copy_tree(&out, &elsewhere);
+    let copied = elsewhere.join(ckpts.last().unwrap().strip_prefix(&out).unwrap());
+    std::fs::write(copied.join(uniattn::train::checkpoint::STATE_FILE), two.to_string()).unwrap();
+    let from_two = run(job(&elsewhere, Some(elsewhere.clone()), None), |_, _| {}).unwrap();
+    assert_eq!(from_two.history.len(), 1, "one step of 8 examples left in stage 2");
+    assert_eq!(from_two.history[0].global_step, 5);
     // The resumed run writes its final model in bf16; checkpoints stay f32.
     let rest =
         run(TrainJob { save_kind: Kind::BFloat16, ..job(&out, Some(out.clone()), None) }, |_, _| {}).unwrap();

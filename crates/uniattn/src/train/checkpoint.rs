@@ -35,7 +35,7 @@ pub struct Resume {
     pub optimizer: Option<OptimizerState>,
     pub dir: PathBuf,
     /// The ranks of the run that wrote it: its steps were that many times micro-batch x
-    /// accumulation examples, so it resumes on as many.
+    /// accumulation examples (see [`super::accumulation_to_resume`]).
     pub world_size: usize,
 }
 

@@ -240,16 +240,6 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
         claim_run_folder(&job.out, job.resume.is_some(), job.overwrite)?;
     }
     let resume: Option<Resume> = job.resume.as_deref().map(checkpoint::load).transpose()?;
-    if let Some(r) = resume.as_ref().filter(|r| r.world_size != job.world.size) {
-        return Err(Error::format(
-            &r.dir,
-            format!(
-                "written by a run on {} GPU(s) (each step {} x micro-batch x accumulation examples); \
-                 resume it with --nproc-per-node {} (x --nnodes), not {}",
-                r.world_size, r.world_size, r.world_size, job.world.size
-            ),
-        ));
-    }
     let (comm, watch) = communicator(&job)?.unzip();
     if let (true, Some(text)) = (leader, &job.config_file) {
         std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
@@ -266,7 +256,22 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
             (m, t, s, job.cfg.clone())
         }
     };
-    let cfg = TrainConfig { stages, stop_after: job.cfg.stop_after, ..cfg };
+    let mut cfg = TrainConfig { stages, stop_after: job.cfg.stop_after, ..cfg };
+    if let Some(r) = resume.as_ref().filter(|r| r.world_size != job.world.size) {
+        let accum = super::accumulation_to_resume(&cfg, r.world_size, job.world.size)
+            .map_err(|e| Error::format(&r.dir, e))?;
+        if leader {
+            eprintln!(
+                "note: written on {} GPU(s), resumed on {}: --grad-accum {} -> {accum}, so that each step still \
+                 takes {} examples",
+                r.world_size,
+                job.world.size,
+                cfg.grad_accum,
+                cfg.micro_batch * cfg.grad_accum * r.world_size
+            );
+        }
+        cfg.grad_accum = accum;
+    }
     let (mut train, skipped) = tokenize_file(&job.data, &tokenizer, job.max_len, job.skip_bad_rows)?;
     let val = match &job.val_data {
         Some(p) => tokenize_file(p, &tokenizer, job.max_len, job.skip_bad_rows)?.0,

@@ -361,6 +361,31 @@ pub struct Trainer<'a> {
     pub comm: Option<Box<dyn Collective>>,
 }
 
+/// The gradient accumulation that resumes on `now` ranks a run of `cfg` written on
+/// `written_by`: an optimizer step takes micro-batch x accumulation x ranks examples, and a
+/// checkpoint's position counts steps, so the resumed steps must take as many (the moments
+/// consolidate for any number of ranks). Errors with what would fit where none does.
+pub fn accumulation_to_resume(
+    cfg: &TrainConfig,
+    written_by: usize,
+    now: usize,
+) -> std::result::Result<usize, String> {
+    let window = cfg.micro_batch * cfg.grad_accum * written_by;
+    let per_rank = cfg.micro_batch * now;
+    if window.is_multiple_of(per_rank) {
+        return Ok(window / per_rank);
+    }
+    Err(format!(
+        "written on {written_by} GPU(s), each step {window} examples ({written_by} x micro-batch {} x accumulation {}); \
+         on {now} GPU(s) at micro-batch {} no accumulation makes {window}: resume on a number of GPUs that divides \
+         {}",
+        cfg.micro_batch,
+        cfg.grad_accum,
+        cfg.micro_batch,
+        window / cfg.micro_batch
+    ))
+}
+
 /// The optimizer steps (0-based, over the whole run) a profile records: after the first
 /// steps' one-time costs (allocator growth, cuBLAS set-up, kernel compilation).
 pub const PROFILED_STEPS: std::ops::Range<usize> = 3..6;
@@ -793,10 +818,30 @@ mod tests {
         let step5 = out.join("checkpoints/step-000005");
         assert!(step5.join("optimizer-rank00001.safetensors").exists(), "rank 1 wrote its share");
         assert!(!step5.join("optimizer.safetensors").exists(), "no whole-moment file under ZeRO-1");
+        // On one process, the shares consolidated and the accumulation doubled: the same
+        // examples a step, so the same weights up to summation order.
         let resumed = ranks(1, None, &out, true);
         for ((n, x), (_, y)) in resumed.iter().zip(&straight) {
             assert!(x.equal(y), "{n} differs after the ZeRO-1 resume");
         }
+        let r = checkpoint::load(&step5).unwrap();
+        assert_eq!(r.world_size, 2);
+        let mut c = config(stages.clone(), 2, 1);
+        c.grad_accum = accumulation_to_resume(&c, 2, 1).unwrap();
+        assert_eq!(c.grad_accum, 2);
+        let parts = crate::loader::read_parts(&r.dir).unwrap();
+        let model =
+            Transformer::from_weights(parts.weights, parts.cfg, parts.plan, Kind::Float, Device::Cpu, false)
+                .unwrap();
+        let tok = crate::testing::tiny_tokenizer();
+        let mut t = trainer(&model, &tok, c, data.clone(), dir.path().join("one"));
+        t.run(Some(r), |_, _| {}).unwrap();
+        for ((n, x), (_, y)) in weights(&model).iter().zip(&straight) {
+            let d = (x - y).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{n} differs by {d} after resuming two ranks' run on one");
+        }
+        let e = accumulation_to_resume(&config(stages, 2, 1), 2, 3).unwrap_err();
+        assert!(e.contains("each step 4 examples") && e.contains("divides 2"), "{e}");
     }
 
     #[test]
