@@ -512,15 +512,18 @@ pub fn decode_gemv(
                     && extra.is_none_or(|e| same(e) && e.is_contiguous() && e.numel() as i64 == outs)
             }
             GemvOut::Gated { .. } => outs.rem_euclid(2) == 0,
-            GemvOut::Rope { positions, cos, sin_signed, layout, keys, values } => {
+            GemvOut::Rope { positions, cos, sin_signed, layout, .. } => {
                 let HeadLayout { q, k, v, dim } = *layout;
                 outs.rem_euclid(2) == 0
                     && dim % 2 == 0
                     && (q + k + v) * dim <= outs
                     && rope_inputs_fit(x, positions, cos, sin_signed, 1, 1, dim)
-                    && cache_slabs(x, 1, *layout, *keys, *values).is_some()
             }
         };
+    let slabs = match out {
+        GemvOut::Rope { layout, keys, values, .. } => Some(cache_slabs(x, 1, layout, keys, values)?),
+        _ => None,
+    };
     // Shared memory: the staged normed row, and each warp's sum of squares and partial sums.
     const WARPS: i64 = 4;
     let shared = norm.map_or(0, |_| inp * 4) + WARPS * 3 * 4;
@@ -560,7 +563,7 @@ pub fn decode_gemv(
             ("decode_gemv_gated", args.ptr(&y).i64(rows).i64(inp).i32(split).i32(gelu_tanh as i64), rows)
         }
         GemvOut::Rope { positions, cos, sin_signed, layout, keys, values } => {
-            let slabs = cache_slabs(x, 1, layout, keys, values)?;
+            let slabs = slabs?;
             let args = args
                 .ptr(&y)
                 .i64(outs)

@@ -16,8 +16,6 @@ pub struct DecodeGraphs {
     pub inputs: Tensor,
     /// By (padded batch, key length): the graph and the logits `[batch, vocab]` it writes.
     steps: HashMap<(usize, i64), (CudaGraph, Tensor)>,
-    /// Kernels (graph nodes) the last replayed step launched.
-    pub last_nodes: Option<usize>,
     /// The shape of the last replayed step.
     last: Option<(usize, i64)>,
 }
@@ -28,7 +26,6 @@ impl DecodeGraphs {
             pool: GraphPool::new()?,
             inputs: Tensor::zeros([2, slots as i64, 1], (Kind::Int64, device)),
             steps: HashMap::new(),
-            last_nodes: None,
             last: None,
         })
     }
@@ -59,11 +56,13 @@ impl DecodeGraphs {
         }
         let (graph, out) = &self.steps[&(batch, k_len)];
         graph.replay()?;
-        if self.last != Some((batch, k_len)) {
-            self.last_nodes = graph.nodes().ok();
-            self.last = Some((batch, k_len));
-        }
+        self.last = Some((batch, k_len));
         Ok(out)
+    }
+
+    /// Kernels (graph nodes) the last replayed step launched.
+    pub fn last_nodes(&self) -> Option<usize> {
+        self.steps.get(&self.last?)?.0.nodes().ok()
     }
 
     /// Seconds one step of the last replayed shape keeps the GPU busy: `n` replays back to

@@ -144,7 +144,7 @@ impl Engine {
 
     /// Kernels (CUDA graph nodes) the last decode step launched, when it replayed a graph.
     pub fn decode_kernels(&self) -> Option<usize> {
-        self.graphs.as_ref().and_then(|g| g.last_nodes)
+        self.graphs.as_ref().and_then(|g| g.last_nodes())
     }
 
     /// GPU seconds of the last decode step's shape, replayed `n` times back to back (`None`

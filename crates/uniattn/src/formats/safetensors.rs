@@ -36,11 +36,20 @@ fn dtype_of(kind: Kind) -> Result<Dtype> {
 
 /// Reads every tensor of one safetensors file onto the CPU.
 pub fn read_file(path: &Path, into: &mut BTreeMap<String, Tensor>) -> Result<()> {
+    read_file_with_metadata(path, into).map(|_| ())
+}
+
+/// [`read_file`], returning the file's metadata (empty where it has none) from the same read.
+pub fn read_file_with_metadata(
+    path: &Path,
+    into: &mut BTreeMap<String, Tensor>,
+) -> Result<std::collections::HashMap<String, String>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: read-only map of a file we do not modify.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&mmap)
-        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let invalid = |e| Error::format(path, format!("not a valid safetensors file: {e}"));
+    let (_, header) = SafeTensors::read_metadata(&mmap).map_err(invalid)?;
+    let st = SafeTensors::deserialize(&mmap).map_err(invalid)?;
     for (name, view) in st.tensors() {
         let kind = kind_of(view.dtype()).ok_or_else(|| {
             Error::format(path, format!("tensor {name}: dtype {:?} is not supported", view.dtype()))
@@ -49,7 +58,7 @@ pub fn read_file(path: &Path, into: &mut BTreeMap<String, Tensor>) -> Result<()>
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
         into.insert(name, t);
     }
-    Ok(())
+    Ok(header.metadata().clone().unwrap_or_default())
 }
 
 /// Loads the weights of a Hugging Face model folder (single or sharded safetensors).

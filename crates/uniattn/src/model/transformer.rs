@@ -220,8 +220,8 @@ impl Stem {
     pub fn head_logits(&self, h: &Tensor) -> Tensor {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
         // The norm runs on its own here: inside the matrix-vector kernel every block of the
-        // head's vocabulary-wide output would stage it again (124 us a step against ~65 for the
-        // plain product on an H200, docs/benchmarks.md).
+        // head's vocabulary-wide output would stage it again (the head took 124 us a step that
+        // way on an H200, docs/benchmarks.md).
         let h = self.norm.forward(h);
         crate::cuda::training::autocast_linear(&h, w, None)
             .or_else(|| crate::cuda::kernels::decode_gemv(&h, None, w, None, GemvOut::New))

@@ -4,7 +4,7 @@
 //! the stage (see `stage_order`), so position + weights + moments resume a run exactly.
 //! Under ZeRO-1 every rank writes its share of the moments (`optimizer-rank<r>.safetensors`)
 //! into the same folder (shared by every machine of a multi-machine job) before rank 0 finishes
-//! it; reading one consolidates the shares, so it resumes with or without ZeRO.
+//! it; reading one consolidates the shares, so it resumes on any number of ranks.
 use super::optim::AdamW;
 use super::{Position, TrainConfig, Trainer};
 use crate::distributed::zero::{self, Collective, MomentShard};
@@ -152,17 +152,12 @@ pub fn load(path: &Path) -> Result<Resume> {
     let world_size = world_size.ok_or_else(|| Error::format(&state_path, "world_size: expected a count"))?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let optimizer = if opt_path.exists() {
-        let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
-        let (_, meta) = ::safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::format(&opt_path, format!("not a valid safetensors file: {e}")))?;
+        let mut moments = BTreeMap::new();
+        let meta = safetensors::read_file_with_metadata(&opt_path, &mut moments)?;
         let step = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("step"))
+            .get("step")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::format(&opt_path, "metadata step: missing"))?;
-        let mut moments = BTreeMap::new();
-        safetensors::read_file(&opt_path, &mut moments)?;
         Some(OptimizerState { step, moments })
     } else {
         read_shards(&dir)?
@@ -199,10 +194,8 @@ fn read_shards(dir: &Path) -> Result<Option<OptimizerState>> {
     files.sort();
     let (mut shards, mut layout, mut step) = (Vec::new(), None, None);
     for path in &files {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, header) = ::safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
-        let meta = header.metadata().clone().unwrap_or_default();
+        let mut tensors = BTreeMap::new();
+        let meta = safetensors::read_file_with_metadata(path, &mut tensors)?;
         let field = |k: &str| -> Result<i64> {
             meta.get(k)
                 .and_then(|v| v.parse().ok())
@@ -218,8 +211,6 @@ fn read_shards(dir: &Path) -> Result<Option<OptimizerState>> {
         }
         step = Some(this_step);
         layout = Some(params);
-        let mut tensors = BTreeMap::new();
-        safetensors::read_file(path, &mut tensors)?;
         let mut take =
             |k: &str| tensors.remove(k).ok_or_else(|| Error::format(path, format!("tensor {k}: missing")));
         let (m, v) = (take("m")?, take("v")?);

@@ -93,11 +93,6 @@ fn bind_flat_grad(flat: &Tensor, params: &[(String, Tensor)]) -> Option<Tensor> 
 }
 
 impl AdamW {
-    /// The gradients' flat buffer (on CUDA), which data-parallel training sums over the ranks.
-    pub fn gradient_buffer(&self) -> Option<&Tensor> {
-        self.flat_grad.as_ref()
-    }
-
     pub fn new(cfg: AdamWConfig, params: Vec<(String, Tensor)>) -> Self {
         Self::build(cfg, params, None)
     }
@@ -106,14 +101,15 @@ impl AdamW {
     /// ([`Sharding`]) and the moments hold chunk `rank` only; [`AdamW::step`] then needs the
     /// ranks' [`Collective`].
     pub fn sharded(cfg: AdamWConfig, params: Vec<(String, Tensor)>, rank: usize, ranks: usize) -> Self {
-        let total = params.iter().map(|(_, p)| p.numel() as i64).sum();
-        Self::build(cfg, params, Some((Sharding::new(total, ranks), rank)))
+        Self::build(cfg, params, Some((rank, ranks)))
     }
 
-    fn build(cfg: AdamWConfig, mut params: Vec<(String, Tensor)>, shard: Option<(Sharding, usize)>) -> Self {
+    /// `ranks`: this rank and how many there are, under ZeRO-1.
+    fn build(cfg: AdamWConfig, mut params: Vec<(String, Tensor)>, ranks: Option<(usize, usize)>) -> Self {
         let (kind, device) =
             params.first().map_or((Kind::Float, tch::Device::Cpu), |(_, p)| (p.kind(), p.device()));
         let total: i64 = params.iter().map(|(_, p)| p.numel() as i64).sum();
+        let shard = ranks.map(|(rank, ranks)| (Sharding::new(total, ranks), rank));
         let padding = shard.map_or(0, |(s, _)| s.padded() - total);
         let mut parts: Vec<Tensor> =
             params.iter().map(|(_, p)| p.detach().to_kind(kind).reshape([-1])).collect();
@@ -223,13 +219,13 @@ impl AdamW {
         self.step += 1;
         let _guard = tch::no_grad_guard();
         let g = self.flat_grad();
-        let total = self.params.iter().map(|(_, p)| p.numel() as i64).sum::<i64>();
         let Some((sharding, rank)) = self.shard else {
             if let Some(group) = group {
                 group.all_reduce_sum(&g)?;
             }
             let norm = g.norm();
-            return self.update(&g, 0..total, &norm, lr, max_norm);
+            // Unsharded, the flat buffer holds the parameters and nothing else.
+            return self.update(&g, 0..self.flat.numel() as i64, &norm, lr, max_norm);
         };
         let group =
             group.ok_or_else(|| Error::invalid("a ZeRO-1 optimizer steps with its ranks' collective"))?;
