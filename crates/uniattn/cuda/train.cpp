@@ -11,6 +11,7 @@
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -205,6 +206,73 @@ struct TrainedLinear : public torch::autograd::Function<TrainedLinear> {
   }
 };
 
+// Data parallelism: each decoder layer's gradients summed over the ranks while the backward
+// pass goes on. The trainer marks each layer's input with a ReduceMarker; autograd runs the
+// marker's backward once the gradient of that input is complete, which is after every node of
+// the layer (each lies between the input and the loss) and after their gradients' accumulation
+// into the flat buffer (autograd runs accumulations as soon as they are ready). The layer's
+// slice of the flat gradient is then final, and NCCL sums it over the ranks on a stream of its
+// own while the backward pass goes on through the layers below (what PyTorch's DDP does with
+// its buckets). In a captured graph the collectives are captured with the rest.
+using NcclAllReduce = int (*)(const void*, void*, size_t, int, int, void*, cudaStream_t);
+constexpr int kNcclFloat32 = 7, kNcclSum = 0;
+
+struct LayerReducer {
+  std::mutex mu;
+  NcclAllReduce all_reduce = nullptr;
+  void* comm = nullptr;
+  // The flat gradient's slice of each layer (count 0: nothing of the layer is trained).
+  std::vector<std::pair<float*, size_t>> layers;
+  std::optional<c10::cuda::CUDAStream> stream;
+  // Off, the markers pass gradients through and sum nothing (warm-up runs, accumulation).
+  bool live = false;
+  // Collectives queued since the last join, and the first NCCL error or CUDA error.
+  bool pending = false;
+  int failed = 0;
+  std::string cuda_error;
+};
+
+LayerReducer& reducer() {
+  static LayerReducer r;
+  return r;
+}
+
+// Makes `waiter` wait for the work queued on `first` so far (an event between them; in a
+// capture, an edge of the graph).
+void order_after(cudaStream_t first, cudaStream_t waiter) {
+  cudaEvent_t e;
+  uniattn_shim::check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  uniattn_shim::check(cudaEventRecord(e, first));
+  const auto waited = cudaStreamWaitEvent(waiter, e, 0);
+  uniattn_shim::check(cudaEventDestroy(e));
+  uniattn_shim::check(waited);
+}
+
+struct ReduceMarker : public torch::autograd::Function<ReduceMarker> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t layer) {
+    ctx->saved_data["layer"] = layer;
+    return x.view_as(x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto& r = reducer();
+    std::lock_guard<std::mutex> lock(r.mu);
+    const auto layer = ctx->saved_data["layer"].toInt();
+    if (r.live && r.failed == 0 && r.cuda_error.empty() && layer < static_cast<int64_t>(r.layers.size()) && r.layers[layer].second > 0) {
+      // Errors wait for the join: one thrown here would end the backward pass half done.
+      try {
+        order_after(c10::cuda::getCurrentCUDAStream().stream(), r.stream->stream());
+        const auto [p, n] = r.layers[layer];
+        r.failed = r.all_reduce(p, p, n, kNcclFloat32, kNcclSum, r.comm, r.stream->stream());
+        r.pending = true;
+      } catch (const std::exception& e) {
+        r.cuda_error = e.what();
+      }
+    }
+    return {grads[0], at::Tensor()};
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -315,6 +383,53 @@ int ua_memory_peaks(int device, int64_t* allocated, int64_t* reserved, char* err
     const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     *allocated = stats.allocated_bytes[all].peak;
     *reserved = stats.reserved_bytes[all].peak;
+  });
+}
+
+// Sets up the layer reducer for one flat gradient buffer: NCCL's `ncclAllReduce` and a
+// communicator, the f32 slice (`slices[l]`, `counts[l]` elements; 0 for none) of each of
+// `layers` layers, and a stream of its own on `device`. `layers` 0 clears it.
+int ua_reducer_set(void* all_reduce, void* comm, int device, void** slices, int64_t* counts, int64_t layers,
+                   char* err, size_t len) {
+  return guarded(err, len, [&] {
+    auto& r = reducer();
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.all_reduce = reinterpret_cast<NcclAllReduce>(all_reduce);
+    r.comm = comm;
+    r.layers.clear();
+    for (int64_t l = 0; l < layers; ++l) r.layers.emplace_back(static_cast<float*>(slices[l]), counts[l]);
+    if (layers > 0 && !r.stream) r.stream = c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device));
+    r.live = r.pending = false;
+    r.failed = 0;
+    r.cuda_error.clear();
+  });
+}
+
+// Whether the markers' backward passes sum their layers (1) or pass through (0).
+int ua_reducer_live(int live, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    auto& r = reducer();
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.live = live != 0;
+  });
+}
+
+// `x` through a ReduceMarker for layer `layer`; writes a new tensor handle to `out`.
+int ua_reducer_mark(void* x, int64_t layer, void** out, char* err, size_t len) {
+  return guarded(err, len, [&] { *out = new at::Tensor(ReduceMarker::apply(tensor(x), layer)); });
+}
+
+// Makes the current stream wait for the collectives queued since the last join, and writes
+// the first NCCL error since the reducer was set (0: none) to `nccl_error`.
+int ua_reducer_join(int* nccl_error, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    auto& r = reducer();
+    std::lock_guard<std::mutex> lock(r.mu);
+    *nccl_error = r.failed;
+    if (!r.cuda_error.empty()) throw std::runtime_error(r.cuda_error);
+    if (!r.pending) return;
+    order_after(r.stream->stream(), c10::cuda::getCurrentCUDAStream().stream());
+    r.pending = false;
   });
 }
 

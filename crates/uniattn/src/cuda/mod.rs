@@ -1,10 +1,12 @@
 //! The parts of CUDA and libtorch that tch 0.24 does not bind: graphs ([`graph`]), custom
-//! kernels ([`kernels`]) and the trainer's fused optimizer, gradient buffers and profiler
-//! ([`training`]). Both go through a small C++ shim (`cuda/*.cpp`, compiled by build.rs against
-//! libtorch's headers) that the binary carries and loads only when CUDA is available:
+//! kernels ([`kernels`]), the trainer's fused optimizer, gradient buffers and profiler
+//! ([`training`]) and the data-parallel all-reduce inside the backward pass ([`layer_reduce`]).
+//! All go through a small C++ shim (`cuda/*.cpp`, compiled by build.rs against libtorch's
+//! headers) that the binary carries and loads only when CUDA is available:
 //! libtorch_cuda, which it links, cannot be loaded on a machine without a GPU driver.
 pub mod graph;
 pub mod kernels;
+pub mod layer_reduce;
 pub mod training;
 
 use crate::error::{Error, Result};
@@ -87,6 +89,19 @@ type AddRmsNorm = unsafe extern "C" fn(
 type ErrOnly = unsafe extern "C" fn(ErrOut, usize) -> c_int;
 type MemoryPeaks = unsafe extern "C" fn(c_int, *mut i64, *mut i64, ErrOut, usize) -> c_int;
 type CurrentStream = unsafe extern "C" fn(c_int, *mut *mut c_void, ErrOut, usize) -> c_int;
+type ReducerSet = unsafe extern "C" fn(
+    *const c_void,
+    *mut c_void,
+    c_int,
+    *const *mut c_void,
+    *const i64,
+    i64,
+    ErrOut,
+    usize,
+) -> c_int;
+type ReducerLive = unsafe extern "C" fn(c_int, ErrOut, usize) -> c_int;
+type ReducerMark = unsafe extern "C" fn(*const c_void, i64, *mut *mut c_void, ErrOut, usize) -> c_int;
+type ReducerJoin = unsafe extern "C" fn(*mut c_int, ErrOut, usize) -> c_int;
 
 /// The shim's entry points (see cuda/graphs.cpp and cuda/nvrtc.cpp); each returns 0 or
 /// writes a message.
@@ -116,6 +131,10 @@ struct Shim {
     rope: Rope,
     add_rms_norm: AddRmsNorm,
     trained_linear: TrainedLinear,
+    reducer_set: ReducerSet,
+    reducer_live: ReducerLive,
+    reducer_mark: ReducerMark,
+    reducer_join: ReducerJoin,
 }
 
 /// Calls a shim function with an error buffer, turning its message into an error.
@@ -204,6 +223,10 @@ fn load() -> std::result::Result<Shim, String> {
             rope: t::<*mut c_void, Rope>(sym("ua_rope")?),
             add_rms_norm: t::<*mut c_void, AddRmsNorm>(sym("ua_add_rms_norm")?),
             trained_linear: t::<*mut c_void, TrainedLinear>(sym("ua_trained_linear")?),
+            reducer_set: t::<*mut c_void, ReducerSet>(sym("ua_reducer_set")?),
+            reducer_live: t::<*mut c_void, ReducerLive>(sym("ua_reducer_live")?),
+            reducer_mark: t::<*mut c_void, ReducerMark>(sym("ua_reducer_mark")?),
+            reducer_join: t::<*mut c_void, ReducerJoin>(sym("ua_reducer_join")?),
         })
     }
 }

@@ -24,6 +24,8 @@ pub struct World {
     pub size: usize,
     /// Its GPU on its machine (`cuda:local_rank`).
     pub local_rank: usize,
+    /// Processes on its machine (torchrun's LOCAL_WORLD_SIZE; 1 where unset).
+    pub local_size: usize,
     /// Rank 0's address and port, where the others join.
     pub master_addr: String,
     pub master_port: u16,
@@ -32,7 +34,14 @@ pub struct World {
 impl World {
     /// One process: nothing to share.
     pub fn single() -> Self {
-        World { rank: 0, size: 1, local_rank: 0, master_addr: "127.0.0.1".into(), master_port: 0 }
+        World {
+            rank: 0,
+            size: 1,
+            local_rank: 0,
+            local_size: 1,
+            master_addr: "127.0.0.1".into(),
+            master_port: 0,
+        }
     }
 
     /// The process's place from torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
@@ -60,15 +69,21 @@ impl World {
             return Err(Error::invalid(format!("RANK={rank} is not below WORLD_SIZE={size}")));
         }
         let local_rank = number("LOCAL_RANK", Some(rank))?;
+        let local_size = number("LOCAL_WORLD_SIZE", Some(1))?.max(1);
         let master_port = number("MASTER_PORT", if size == 1 { Some(0) } else { None })?;
         let master_port = u16::try_from(master_port)
             .map_err(|_| Error::invalid(format!("MASTER_PORT={master_port}: expected a port, 0-65535")))?;
         let master_addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
-        Ok(Some(World { rank, size, local_rank, master_addr, master_port }))
+        Ok(Some(World { rank, size, local_rank, local_size, master_addr, master_port }))
     }
 
     pub fn is_leader(&self) -> bool {
         self.rank == 0
+    }
+
+    /// Whether every process of the job runs on this machine.
+    pub fn on_one_machine(&self) -> bool {
+        self.local_size == self.size
     }
 
     /// Whether this rank runs micro-batch `i` of an optimizer step's window: micro-batches
@@ -97,6 +112,7 @@ mod tests {
             ("WORLD_SIZE", "4"),
             ("RANK", "3"),
             ("LOCAL_RANK", "1"),
+            ("LOCAL_WORLD_SIZE", "2"),
             ("MASTER_ADDR", "10.0.0.2"),
             ("MASTER_PORT", "29500"),
         ])
@@ -104,9 +120,16 @@ mod tests {
         .unwrap();
         assert_eq!(
             w,
-            World { rank: 3, size: 4, local_rank: 1, master_addr: "10.0.0.2".into(), master_port: 29500 }
+            World {
+                rank: 3,
+                size: 4,
+                local_rank: 1,
+                local_size: 2,
+                master_addr: "10.0.0.2".into(),
+                master_port: 29500
+            }
         );
-        assert!(!w.is_leader());
+        assert!(!w.is_leader() && !w.on_one_machine());
         for (vars, want) in [
             (vec![("WORLD_SIZE", "2"), ("MASTER_PORT", "1")], "RANK is not"),
             (

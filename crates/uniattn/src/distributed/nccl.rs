@@ -220,6 +220,15 @@ impl super::zero::Collective for Communicator {
     fn abort(self: Box<Self>) {
         Communicator::abort(*self)
     }
+    fn nccl(&self) -> Option<super::zero::NcclAllReduce> {
+        Some(super::zero::NcclAllReduce { function: self.lib.all_reduce as *const c_void, comm: self.comm })
+    }
+}
+
+/// Ok for NCCL result `code` (an `ncclResult_t` of a call made elsewhere: the shim's), else
+/// NCCL's message for it.
+pub fn check(what: &str, code: c_int) -> Result<()> {
+    checked(library()?, what, code)
 }
 
 /// See [`Communicator::abort_handle`].

@@ -277,7 +277,14 @@ mod tests {
     }
 
     fn world(rank: usize, size: usize, port: u16) -> World {
-        World { rank, size, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port }
+        World {
+            rank,
+            size,
+            local_rank: rank,
+            local_size: size,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+        }
     }
 
     /// One rank's way into the job: given the job, its id and links.

@@ -22,6 +22,18 @@ pub trait Collective {
     fn all_gather(&self, t: &Tensor) -> Result<()>;
     /// Leaves the group at once after an error, so that no rank waits for this one.
     fn abort(self: Box<Self>) {}
+    /// NCCL's all-reduce and communicator, for collectives that the CUDA shim issues itself
+    /// during the backward pass ([`crate::cuda::layer_reduce`]); None: not an NCCL group.
+    fn nccl(&self) -> Option<NcclAllReduce> {
+        None
+    }
+}
+
+/// `ncclAllReduce` and a communicator to call it on (raw, for the shim).
+#[derive(Debug, Clone, Copy)]
+pub struct NcclAllReduce {
+    pub function: *const std::ffi::c_void,
+    pub comm: *mut std::ffi::c_void,
 }
 
 /// Elements a chunk is a multiple of, so that every chunk starts 16-byte aligned in f32 and

@@ -88,6 +88,12 @@ pub fn bias(layer: usize, m: Module, gemma: bool) -> String {
     format!("{}.bias", module(layer, m, gemma))
 }
 
+/// The decoder layer a tensor name belongs to (`model.layers.{layer}.…`), if any.
+pub fn layer_of(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("model.layers.")?;
+    rest.split_once('.')?.0.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +106,8 @@ mod tests {
         assert_eq!(weight(3, Module::AttnPostNorm, true), "model.layers.3.post_attention_layernorm.weight");
         assert_eq!(bias(0, Module::Q, false), "model.layers.0.self_attn.q_proj.bias");
         assert_eq!(weight(7, Module::Wc, false), "model.layers.7.self_attn.v2_proj.weight");
+        assert_eq!(layer_of(&weight(12, Module::Down, true)), Some(12));
+        assert_eq!((layer_of(EMBED), layer_of(FINAL_NORM), layer_of("model.layers.x.q")), (None, None, None));
         assert_eq!(
             (Module::Q.short(), Module::Wc.short(), Module::AttnNorm.short()),
             ("q_proj", "v2_proj", "input_layernorm")

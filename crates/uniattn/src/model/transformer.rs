@@ -502,6 +502,8 @@ impl Transformer {
             LeadHandover::Nothing => Want::Output,
         };
         for l in range {
+            // Data-parallel training sums the layer's gradients as soon as they are complete.
+            h = crate::cuda::layer_reduce::mark_layer_input(h, l);
             let is_lead = self.stem.plan.role(l) == LayerRole::Lead;
             let want = if is_lead { want } else { Want::Output };
             let o = self.layers[l].forward(&h, &pc.layer(&self.stem, l), lead.as_ref(), want);

@@ -474,6 +474,21 @@ impl Trainer<'_> {
             // Weights this stage does not train keep one bf16 copy for the stage.
             let _frozen = (self.cfg.autocast && stage.modules().is_some())
                 .then(crate::cuda::training::FrozenCasts::keep);
+            // Over NCCL, the layers' gradients are summed during the backward pass, where every
+            // rank is on this machine: across two 1-GPU nodes (H200s, NCCL 2.28) the second
+            // node's rank did not exit after the last step with it on, and did with it off.
+            let reducer = match (self.comm.as_deref().and_then(|c| c.nccl()), opt.flat_grad_buffer()) {
+                (Some(nccl), Some(flat))
+                    if crate::cuda::layer_reduce::wanted() && self.world.on_one_machine() =>
+                {
+                    let Device::Cuda(device) = self.model.stem.device else {
+                        unreachable!("NCCL runs on GPUs")
+                    };
+                    let layers = opt.layer_ranges(self.model.layers.len());
+                    Some(crate::cuda::layer_reduce::LayerReducer::new(nccl, device, flat, layers)?)
+                }
+                _ => None,
+            };
             while pos.step < total {
                 if self.cfg.stop_after.is_some_and(|s| pos.global_step >= s) {
                     return Ok(history);
@@ -492,10 +507,19 @@ impl Trainer<'_> {
                 let scale = 1.0 / n_targets.max(1) as f64;
                 // Summed on the device: one synchronisation per step.
                 let mut loss = Tensor::zeros([], (Kind::Double, self.model.stem.device));
+                // A rank's last micro-batch sums the gradients during its backward pass, where
+                // every rank has one (the ranks must issue the same collectives).
+                let micro_batches = batch.len().div_ceil(self.cfg.micro_batch);
+                let last = (0..micro_batches).rev().find(|&i| self.world.owns_micro_batch(i));
+                let reducing = reducer.as_ref().filter(|_| micro_batches >= self.world.size);
+                let mut summed = vec![];
                 for (i, micro) in batch.chunks(self.cfg.micro_batch).enumerate() {
                     if self.world.owns_micro_batch(i) {
                         let b = collate_padded(micro, self.model.stem.device, min_len);
-                        loss += runner.run(self.model, &b, scale, self.cfg.autocast)?;
+                        let reducer = reducing.filter(|_| Some(i) == last);
+                        let (l, s) = runner.run(self.model, &b, scale, self.cfg.autocast, reducer)?;
+                        loss += l;
+                        summed = s;
                     }
                 }
                 // The window's loss is the sum over the ranks' micro-batches (the optimizer sums
@@ -515,7 +539,7 @@ impl Trainer<'_> {
                     )));
                 }
                 let lr = cosine_lr(base_lr, pos.step, total, warmup);
-                let grad_norm = opt.step(lr, self.cfg.max_grad_norm, group)?;
+                let grad_norm = opt.step(lr, self.cfg.max_grad_norm, group, &summed)?;
                 opt.zero_grad();
                 pos.step += 1;
                 pos.global_step += 1;

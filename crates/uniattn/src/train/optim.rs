@@ -3,6 +3,8 @@
 use crate::cuda::training::Bf16Copies;
 use crate::distributed::zero::{Collective, MomentShard, Sharding};
 use crate::error::{Error, Result};
+use crate::model::names;
+use std::ops::Range;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -50,6 +52,24 @@ pub struct AdamW {
     bf16: Option<Bf16Copies>,
     /// ZeRO-1: how the flat buffers split over the ranks, and this rank.
     shard: Option<(Sharding, usize)>,
+}
+
+/// The parts of `0..total` outside the (disjoint) `summed` ranges, in order.
+fn unsummed(total: i64, summed: &[Range<i64>]) -> Vec<Range<i64>> {
+    let mut ranges: Vec<&Range<i64>> = summed.iter().collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut out = Vec::new();
+    let mut at = 0;
+    for r in ranges {
+        if r.start > at {
+            out.push(at..r.start);
+        }
+        at = at.max(r.end);
+    }
+    if at < total {
+        out.push(at..total);
+    }
+    out
 }
 
 /// Where each parameter starts in the flat buffers (elements).
@@ -187,6 +207,26 @@ impl AdamW {
         }
     }
 
+    /// The flat gradient buffer that the parameters' gradients are views of (CUDA), if any.
+    pub fn flat_grad_buffer(&self) -> Option<&Tensor> {
+        self.flat_grad.as_ref()
+    }
+
+    /// Each of the `layers` decoder layers' elements of the flat buffers: None where nothing of
+    /// the layer trains (or, never in practice, its parameters are not next to each other).
+    pub fn layer_ranges(&self, layers: usize) -> Vec<Option<Range<i64>>> {
+        let mut spans: Vec<Option<(Range<i64>, bool)>> = vec![None; layers];
+        for ((name, p), start) in self.params.iter().zip(offsets(&self.params)) {
+            let Some(span) = names::layer_of(name).and_then(|l| spans.get_mut(l)) else { continue };
+            let end = start + p.numel() as i64;
+            *span = Some(match span.take() {
+                None => (start..end, true),
+                Some((r, next_to)) => (r.start..end, next_to && r.end == start),
+            });
+        }
+        spans.into_iter().map(|s| s.filter(|(_, next_to)| *next_to).map(|(r, _)| r)).collect()
+    }
+
     /// All gradients as one f32 vector (zeros where a parameter got none): the flat buffer
     /// itself where there is one.
     fn flat_grad(&self) -> Tensor {
@@ -214,13 +254,26 @@ impl AdamW {
     /// One update at learning rate `lr`, clipping the gradient norm to `max_norm` (if > 0).
     /// With `group` (data parallelism over its ranks) the gradient is first summed over them:
     /// all-reduced, or under ZeRO-1 reduce-scattered, this rank's chunk updated and the weights
-    /// all-gathered. Returns the norm before clipping.
-    pub fn step(&mut self, lr: f64, max_norm: f64, group: Option<&dyn Collective>) -> Result<f64> {
+    /// all-gathered. `summed`: ranges of the flat gradient already summed over the ranks during
+    /// the backward pass ([`crate::cuda::layer_reduce`]); the rest is all-reduced here (then
+    /// ZeRO-1 takes its chunk of the whole sum). Returns the norm before clipping.
+    pub fn step(
+        &mut self,
+        lr: f64,
+        max_norm: f64,
+        group: Option<&dyn Collective>,
+        summed: &[Range<i64>],
+    ) -> Result<f64> {
         self.step += 1;
         let _guard = tch::no_grad_guard();
         let g = self.flat_grad();
+        if let (Some(group), false) = (group, summed.is_empty()) {
+            for r in unsummed(g.numel() as i64, summed) {
+                group.all_reduce_sum(&g.narrow(0, r.start, r.end - r.start))?;
+            }
+        }
         let Some((sharding, rank)) = self.shard else {
-            if let Some(group) = group {
+            if let (Some(group), true) = (group, summed.is_empty()) {
                 group.all_reduce_sum(&g)?;
             }
             let norm = g.norm();
@@ -229,6 +282,12 @@ impl AdamW {
         };
         let group =
             group.ok_or_else(|| Error::invalid("a ZeRO-1 optimizer steps with its ranks' collective"))?;
+        if !summed.is_empty() {
+            // Every rank holds the whole sum: the norm is the plain one.
+            let norm = g.norm();
+            let norm = self.update(&g, sharding.owned(rank), &norm, lr, max_norm)?;
+            return self.gather_weights(group).map(|()| norm);
+        }
         let g = if g.numel() as i64 == sharding.padded() {
             g
         } else {
@@ -246,11 +305,18 @@ impl AdamW {
         group.all_reduce_sum(&squares)?;
         let norm = squares.sqrt().reshape([]);
         let norm = self.update(&g, owned, &norm, lr, max_norm)?;
+        self.gather_weights(group)?;
+        Ok(norm)
+    }
+
+    /// ZeRO-1: every rank's updated chunk of the f32 weights to every rank, and the bf16
+    /// copies refreshed.
+    fn gather_weights(&mut self, group: &dyn Collective) -> Result<()> {
         group.all_gather(&self.flat)?;
         if let Some(copies) = &mut self.bf16 {
             copies.refresh();
         }
-        Ok(norm)
+        Ok(())
     }
 
     /// AdamW on elements `range` of the flat buffers with gradient `g` (flat) whose norm is
@@ -370,7 +436,7 @@ mod tests {
             AdamWConfig { lr: 0.1, eps: 1e-12, ..Default::default() },
             vec![("p".into(), p.shallow_clone())],
         );
-        opt.step(0.1, 0.0, None).unwrap();
+        opt.step(0.1, 0.0, None, &[]).unwrap();
         let got = Vec::<f32>::try_from(&p.detach()).unwrap();
         assert!(
             (got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6 && (got[2] - 3.0).abs() < 1e-6,
@@ -408,7 +474,7 @@ mod tests {
                                 + (&b * &b * t(&wb)).sum(Kind::Float);
                             loss.backward();
                         }
-                        norms.push(opt.step(1e-2, max_norm, None).unwrap());
+                        norms.push(opt.step(1e-2, max_norm, None, &[]).unwrap());
                         opt.zero_grad();
                         if let Some(copies) = &opt.bf16 {
                             let cast = opt.flat.to_kind(Kind::BFloat16);
@@ -433,6 +499,29 @@ mod tests {
                 assert!(d < 1e-6, "max_norm {max_norm} weight_decay {weight_decay}: {what} differs by {d}");
             }
         }
+    }
+
+    /// Each layer's span of the flat buffers, which the layer reducer sums on its own: none for
+    /// a layer with nothing trained or whose parameters lie apart; and what the step sums.
+    #[test]
+    fn layers_span_their_parameters_and_the_step_sums_the_rest() {
+        let p = |name: &str, n: i64| (name.to_string(), Tensor::zeros([n], (Kind::Float, tch::Device::Cpu)));
+        let opt = AdamW::new(
+            AdamWConfig::default(),
+            vec![
+                p("model.embed_tokens.weight", 10),
+                p("model.layers.0.input_layernorm.weight", 4),
+                p("model.layers.0.mlp.up_proj.weight", 6),
+                p("model.layers.2.mlp.up_proj.weight", 5),
+                p("model.layers.3.mlp.up_proj.weight", 1),
+                p("model.layers.2.mlp.down_proj.weight", 2),
+                p("model.norm.weight", 3),
+            ],
+        );
+        assert_eq!(opt.layer_ranges(4), vec![Some(10..20), None, None, Some(25..26)]);
+        assert_eq!(unsummed(31, &[25..26, 10..20]), vec![0..10, 20..25, 26..31]);
+        assert_eq!(unsummed(31, &[10..31, 0..10]), vec![]);
+        assert_eq!(unsummed(31, &[]).first(), Some(&(0..31)));
     }
 
     /// Parameters of sizes that leave the last ranks' chunks short or empty, and the gradient
@@ -462,13 +551,19 @@ mod tests {
 
     /// ZeRO-1 over 1-3 ranks (threads, on the CPU) makes the same updates as one optimizer
     /// given the sum of the ranks' gradients: every rank ends with the same weights, those of
-    /// the unsharded run, with clipping and weight decay acting.
+    /// the unsharded run, with clipping and weight decay acting. So do ZeRO-1 and plain data
+    /// parallelism where a parameter's gradient was already summed during the backward pass
+    /// (as the layer reducer does on GPUs) and the step sums the rest.
     #[test]
     fn zero_one_over_threads_equals_one_optimizer() {
         use crate::distributed::zero::threads::ThreadGroup;
         let cfg = AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() };
         const STEPS: usize = 5;
-        for ranks in 1..=3usize {
+        // (ZeRO-1, p1's gradient summed during the backward pass: elements 35..165.)
+        for (ranks, zero, presummed) in
+            (1..=3usize).flat_map(|r| [(r, true, false), (r, true, true), (r, false, true)])
+        {
+            let summed: Vec<Range<i64>> = presummed.then_some(35..165).into_iter().collect();
             // The reference: one optimizer, the gradient summed over the ranks.
             let (params, _) = zero_case(0, 0);
             let mut one =
@@ -481,20 +576,22 @@ mod tests {
                         params.iter().zip(&coefs).map(|((_, p), c)| (p * c).sum(Kind::Float)).sum();
                     loss.backward();
                 }
-                want_norms.push(one.step(cfg.lr, 2.0, None).unwrap());
+                want_norms.push(one.step(cfg.lr, 2.0, None, &[]).unwrap());
                 one.zero_grad();
             }
             let want: Vec<Tensor> = params.iter().map(|(_, p)| p.detach().copy()).collect();
             let handles: Vec<_> = ThreadGroup::new(ranks)
                 .into_iter()
                 .map(|group| {
+                    let summed = summed.clone();
                     std::thread::spawn(move || {
                         let rank = group.rank();
                         let (params, _) = zero_case(0, 0);
                         let list = params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect();
-                        let mut opt = AdamW::sharded(cfg, list, rank, ranks);
+                        let mut opt =
+                            if zero { AdamW::sharded(cfg, list, rank, ranks) } else { AdamW::new(cfg, list) };
                         let total = params.iter().map(|(_, p)| p.numel() as i64).sum();
-                        let chunk = Sharding::new(total, ranks).chunk();
+                        let chunk = if zero { Sharding::new(total, ranks).chunk() } else { total };
                         assert_eq!(opt.state_bytes(), 2 * 4 * chunk as usize, "one chunk of moments");
                         let mut norms = vec![];
                         for step in 0..STEPS {
@@ -502,7 +599,10 @@ mod tests {
                             let loss: Tensor =
                                 params.iter().zip(&coefs).map(|((_, p), c)| (p * c).sum(Kind::Float)).sum();
                             loss.backward();
-                            norms.push(opt.step(cfg.lr, 2.0, Some(&group)).unwrap());
+                            if presummed {
+                                group.all_reduce_sum(&params[1].1.grad()).unwrap();
+                            }
+                            norms.push(opt.step(cfg.lr, 2.0, Some(&group), &summed).unwrap());
                             opt.zero_grad();
                         }
                         let got: Vec<Tensor> = params.iter().map(|(_, p)| p.detach().copy()).collect();
@@ -515,13 +615,14 @@ mod tests {
                 for (a, b) in norms.iter().zip(&want_norms) {
                     assert!(
                         (a - b).abs() <= 1e-5 * b,
-                        "{ranks} ranks, rank {rank}: norms {norms:?} vs {want_norms:?}"
+                        "{ranks} ranks (ZeRO-1 {zero}, p1 summed before {presummed}), rank {rank}: \
+                         norms {norms:?} vs {want_norms:?}"
                     );
                 }
                 assert!(want_norms.iter().any(|&n| n > 2.0), "clipping acts in some step");
                 for ((name, _), (g, w)) in params.iter().zip(got.iter().zip(&want)) {
                     let d = (g - w).abs().max().double_value(&[]);
-                    assert!(d < 1e-6, "{ranks} ranks, rank {rank}: {name} differs by {d}");
+                    assert!(d < 1e-6, "{ranks} ranks (ZeRO-1 {zero}, p1 summed before {presummed}), rank {rank}: {name} differs by {d}");
                 }
             }
         }
