@@ -9,6 +9,7 @@
 #    the same weights as the 2-GPU run (run last, each node under a 150 s timeout).
 # 3. ZeRO-1 (f32): `--zero 1` on 2 GPUs against plain data parallelism, with a checkpoint every
 #    5 steps and a resume from step 10 (the shares consolidated) that must end on the same weights.
+# 3b. convert and search-plan over 2 GPUs against 1 (f32): W_c and every score compared.
 # 4. Scaling, bf16: Qwen2.5-Coder-1.5B shapes, 8 x 1,024 tokens a GPU a step, 1 GPU against 2
 #    (all-reduce inside the backward pass, and after it), and 2 with ZeRO-1 (optimizer-state GiB
 #    per GPU from metrics.jsonl).
@@ -56,13 +57,36 @@ resume_args=(); for a in "${common[@]}"; do [[ $a == --overwrite ]] || resume_ar
 $U train --model "$W/s135" "${resume_args[@]}" --micro-batch 2 --nproc-per-node 2 --zero 1 \
   --resume "$W/zero_resumed" --out "$W/zero_resumed" > "$L/zero_resumed.log" 2>&1 || tail -5 "$L/zero_resumed.log"
 "$PYTHON" scripts/device/dp_compare.py "$W/zero" "$W/zero_resumed" --weights-only | tee "$L/zero_resumed.json"
-echo "== scaling (bf16): Qwen2.5-Coder-1.5B shapes, 8 x 1,024 tokens per GPU a step"
-"$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-1.5b.config.json "$W/q15" --dtype f32 | tail -1
+echo "== convert and search-plan (f32) over 2 GPUs against 1: the fit and the scores to the order of the sums"
+conv=(--plan-blocks 20-23,24-27 --calib data/pmc_llama_instructions_1000.json --calib-rows 0..200 --chunk-tokens 2048
+      --device cuda --overwrite)
+$U convert "$W/s135" "${conv[@]}" --out "$W/conv_one" > "$L/conv_one.log" 2>&1 || tail -5 "$L/conv_one.log"
+$U convert "$W/s135" "${conv[@]}" --nproc-per-node 2 --out "$W/conv_two" > "$L/conv_two.log" 2>&1 \
+  || tail -5 "$L/conv_two.log"
 python3 - data/pmc_llama_instructions_1000.json "$W/pmc.txt" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))
 open(sys.argv[2], "w").write("\n\n".join(r["instruction"] + "\n" + r["input"] + "\n" + r["output"] for r in rows))
 PY
+search=(--reuse-layers 4 --verify 2 --calib data/pmc_llama_instructions_1000.json --calib-rows 0..100 --chunk-tokens 2048
+        --val "$W/pmc.txt" --val-rows 200..260 --val-max-len 512 --device cuda)
+$U search-plan "$W/s135" "${search[@]}" --out "$W/search_one" > "$L/search_one.log" 2>&1 || tail -5 "$L/search_one.log"
+$U search-plan "$W/s135" "${search[@]}" --nproc-per-node 2 --out "$W/search_two" > "$L/search_two.log" 2>&1 \
+  || tail -5 "$L/search_two.log"
+"$PYTHON" - "$W" <<'PY' | tee "$L/convert_search.json"
+import json, sys
+from safetensors.torch import load_file
+w = sys.argv[1]
+a, b = load_file(f"{w}/conv_one/model.safetensors"), load_file(f"{w}/conv_two/model.safetensors")
+wc = [k for k in a if "v2_proj" in k]
+rel = max(((a[k].double() - b[k].double()).abs().max() / a[k].double().abs().max()).item() for k in wc)
+s1, s2 = (json.load(open(f"{w}/search_{r}/plan_search.json")) for r in ("one", "two"))
+nll = lambda r: [b["mean_nll"] for b in r["blocks"]] + [p["mean_nll"] for p in r["plans"]] + [r["dense_nll"]]
+print(json.dumps({"wc_tensors": len(wc), "wc_max_rel_diff": rel, "best": [s1["best"], s2["best"]],
+                  "scores_max_abs_diff": max(abs(x - y) for x, y in zip(nll(s1), nll(s2)))}))
+PY
+echo "== scaling (bf16): Qwen2.5-Coder-1.5B shapes, 8 x 1,024 tokens per GPU a step"
+"$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-1.5b.config.json "$W/q15" --dtype f32 | tail -1
 scale=(--model "$W/q15" --data "$W/pmc.txt" --max-len 1024 --micro-batch 8 --val-fraction 0 --eval-every 0 --save-every 0
        --bf16 --device cuda --lr 1e-5 --max-steps 20 --overwrite)
 $U train "${scale[@]}" --out "$W/q15_one" > "$L/q15_one.log" 2>&1 || tail -5 "$L/q15_one.log"

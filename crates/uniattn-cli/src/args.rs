@@ -295,3 +295,68 @@ mod tests {
         quiet.emit(&report, || panic!("with --json no table is built")).unwrap();
     }
 }
+
+/// Spreading a job over GPUs, one process each (torchrun's options and environment).
+#[derive(Args, Clone)]
+pub struct RankArgs {
+    /// GPUs on this machine to use, one process each, data-parallel over NCCL (train: each
+    /// optimizer step's micro-batches go round the ranks, N x --micro-batch x --grad-accum
+    /// examples a step; convert: the calibration rows do; eval mc: the questions' choices;
+    /// search-plan: both, and the held-out pieces).
+    /// Under torchrun (RANK, WORLD_SIZE, ... set) each process is one rank
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    pub nproc_per_node: usize,
+    /// Machines in the job (as torchrun's --nnodes); start the same command on each
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    pub nnodes: usize,
+    /// This machine's place among them, 0-based (as torchrun's --node-rank)
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// Rank 0's machine, where the ranks meet before the job (as torchrun's --master-addr)
+    #[arg(long, default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// Rank 0's TCP port for that meeting
+    #[arg(long, default_value_t = 29500)]
+    pub master_port: u16,
+    /// Seconds a rank may hold the others up without progress (stuck before its step's
+    /// collectives) before every rank stops, naming it; evaluation and checkpoints get 10x,
+    /// every rank waiting 5x the longest step. 0: never
+    #[arg(long, default_value_t = 60)]
+    pub hang_timeout: u64,
+}
+
+impl RankArgs {
+    /// This process's place in the job; None when this process started the machine's ranks
+    /// (this same command, told their place, one process per GPU) and they have finished.
+    pub fn world(&self) -> anyhow::Result<Option<uniattn::distributed::World>> {
+        use uniattn::distributed::{launcher, World};
+        if let Some(w) = World::from_env()? {
+            return Ok(Some(w));
+        }
+        if self.nproc_per_node * self.nnodes == 1 {
+            return Ok(Some(World::single()));
+        }
+        let node = launcher::Node {
+            nproc: self.nproc_per_node,
+            nnodes: self.nnodes,
+            node_rank: self.node_rank,
+            master_addr: self.master_addr.clone(),
+            master_port: self.master_port,
+        };
+        let first = self.node_rank * self.nproc_per_node;
+        println!(
+            "starting ranks {first}-{} of {} on this machine (rank 0 meets the others at {}:{})",
+            first + self.nproc_per_node - 1,
+            self.nproc_per_node * self.nnodes,
+            self.master_addr,
+            self.master_port
+        );
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        launcher::run(&node, &std::env::current_exe()?, &args)?;
+        Ok(None)
+    }
+
+    pub fn hang_timeout(&self) -> Option<std::time::Duration> {
+        (self.hang_timeout > 0).then(|| std::time::Duration::from_secs(self.hang_timeout))
+    }
+}

@@ -17,6 +17,7 @@
 //! regressor and target averaged over samples position by position (padding included), then a
 //! minimum-norm pseudo-inverse solve; one reuse layer at a time, each with a fresh forward pass of
 //! both models up to that layer.
+use crate::distributed::zero::Collective;
 use crate::error::{Error, Result};
 use crate::model::attention::{reused_output, LeadAttention, Want};
 use crate::model::transformer::{DecoderLayer, LayerContext, PositionContext};
@@ -220,6 +221,14 @@ impl Normal {
         self.yty += y.square().sum(Kind::Double);
     }
 
+    /// The sums over every rank of `group`, in place.
+    fn sum_over(&mut self, group: &dyn Collective) -> Result<()> {
+        for t in [&self.xtx, &self.xty, &self.yty, &self.n] {
+            group.all_reduce_sum(t)?;
+        }
+        Ok(())
+    }
+
     fn count(&self) -> i64 {
         self.n.int64_value(&[])
     }
@@ -247,13 +256,17 @@ impl Normal {
 }
 
 /// Fits `W_c` for every reuse layer of `plan` on `fit` (and picks the ridge on `heldout`).
-/// Returns `W_c` in Linear layout (`[out, in]`) by layer, and a report.
+/// Returns `W_c` in Linear layout (`[out, in]`) by layer, and a report. Over a `group` of
+/// ranks (data parallelism, one GPU each) the streaming fit runs each rank on its share of the
+/// chunks and sums the normal equations over the ranks before each solve, so every rank gets
+/// the one-process fit up to the order of the sums; `progress` counts this rank's chunks.
 pub fn calibrate(
     model: &Transformer,
     plan: &SuperBlockPlan,
     fit: &[Vec<u32>],
     heldout: &[Vec<u32>],
     opts: &CalibOptions,
+    group: Option<&dyn Collective>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(BTreeMap<usize, Tensor>, CalibReport)> {
     if !model.stem.plan.is_dense() {
@@ -266,7 +279,9 @@ pub fn calibrate(
     let _guard = tch::no_grad_guard();
     let start = Instant::now();
     let (wc, layers) = match opts.method {
-        FitMethod::Streaming { ridge } => streaming(model, plan, fit, heldout, opts, ridge, &mut progress)?,
+        FitMethod::Streaming { ridge } => {
+            streaming(model, plan, fit, heldout, opts, ridge, group, &mut progress)?
+        }
         FitMethod::Reference { len } => reference(model, plan, fit, opts, len, &mut progress)?,
         FitMethod::Zero => (BTreeMap::new(), vec![]),
     };
@@ -293,6 +308,7 @@ pub fn calibrate(
 
 type Fitted = (BTreeMap<usize, Tensor>, Vec<LayerFit>);
 
+#[allow(clippy::too_many_arguments)]
 fn streaming(
     model: &Transformer,
     plan: &SuperBlockPlan,
@@ -300,12 +316,22 @@ fn streaming(
     heldout: &[Vec<u32>],
     opts: &CalibOptions,
     ridge: Option<f64>,
+    group: Option<&dyn Collective>,
     progress: &mut impl FnMut(usize, usize),
 ) -> Result<Fitted> {
     let dev = model.stem.device;
     let sd = opts.state_device;
     let mut chunks = make_chunks(fit, false, opts.chunk_tokens, opts.pad_id, None);
     chunks.extend(make_chunks(heldout, true, opts.chunk_tokens, opts.pad_id, None));
+    // Over several ranks, the chunks go round them.
+    if let Some(g) = group {
+        chunks = chunks
+            .into_iter()
+            .enumerate()
+            .filter(|(c, _)| c % g.size() == g.rank())
+            .map(|(_, c)| c)
+            .collect();
+    }
     let contexts: Vec<PositionContext> =
         chunks.iter().map(|c| PositionContext::full(&model.stem, c.ids.size()[1])).collect();
     let mut hd: Vec<Tensor> =
@@ -355,6 +381,10 @@ fn streaming(
             progress(l * chunks.len() + c + 1, total);
         }
         if let LayerRole::Reuse { lead } = role {
+            if let Some(g) = group {
+                fit_eq.sum_over(g)?;
+                held_eq.sum_over(g)?;
+            }
             let (fit_eq, held_eq) = (fit_eq.to_cpu(), held_eq.to_cpu());
             let has_held = held_eq.count() > 0;
             let (alpha, held_err) = match ridge {
@@ -479,7 +509,7 @@ mod tests {
             state_device: Device::Cpu,
             pad_id: 0,
         };
-        let (wc, report) = calibrate(&model, &plan, &seqs, &[], &opts, |_, _| {}).unwrap();
+        let (wc, report) = calibrate(&model, &plan, &seqs, &[], &opts, None, |_, _| {}).unwrap();
         assert_eq!(wc.keys().copied().collect::<Vec<_>>(), vec![3, 6]);
         let fitted: Vec<(usize, usize)> = report.layers.iter().map(|f| (f.layer, f.lead)).collect();
         assert_eq!(fitted, vec![(3, 2), (6, 5)]);
@@ -488,6 +518,56 @@ mod tests {
             assert!(w.norm().double_value(&[]) > 1e-3, "W_c of layer {l} is zero");
         }
         assert!(report.layers.iter().all(|f| f.fit_rel_err < 1.0), "{:?}", report.layers);
+    }
+
+    /// Over 2 and 3 ranks (threads, each with its share of the chunks, the sums reduced over
+    /// them) the fit is the one process's, to the order of the sums.
+    #[test]
+    fn ranks_share_the_chunks_and_fit_what_one_process_fits() {
+        use crate::distributed::zero::threads::ThreadGroup;
+        use crate::testing::{tiny_config, tiny_model};
+        let mut cfg = tiny_config(crate::config::Family::Llama);
+        cfg.num_layers = 6;
+        let plan = SuperBlockPlan::from_blocks(vec![(1, 4)], 6).unwrap();
+        let seqs = |n: u32, salt: u32| -> Vec<Vec<u32>> {
+            (0..n).map(|i| (0..8 + i % 5).map(|t| (i * 11 + t * 5 + salt) % 32).collect()).collect()
+        };
+        let (fit, held) = (seqs(9, 0), seqs(4, 3));
+        let opts = CalibOptions {
+            method: FitMethod::Streaming { ridge: None },
+            chunk_tokens: 20,
+            state_device: Device::Cpu,
+            pad_id: 0,
+        };
+        let model = tiny_model(&cfg, SuperBlockPlan::dense(6), Kind::Double, 5);
+        let (want, want_report) = calibrate(&model, &plan, &fit, &held, &opts, None, |_, _| {}).unwrap();
+        assert!(make_chunks(&fit, false, 20, 0, None).len() >= 3, "every rank gets a chunk");
+        for ranks in [2, 3] {
+            let handles: Vec<_> = ThreadGroup::new(ranks)
+                .into_iter()
+                .map(|group| {
+                    let (cfg, plan, fit, held, opts) =
+                        (cfg.clone(), plan.clone(), fit.clone(), held.clone(), opts.clone());
+                    std::thread::spawn(move || {
+                        let model = tiny_model(&cfg, SuperBlockPlan::dense(6), Kind::Double, 5);
+                        let (wc, report) =
+                            calibrate(&model, &plan, &fit, &held, &opts, Some(&group), |_, _| {}).unwrap();
+                        let alphas: Vec<Option<f64>> = report.layers.iter().map(|f| f.alpha).collect();
+                        (wc, alphas)
+                    })
+                })
+                .collect();
+            for (rank, h) in handles.into_iter().enumerate() {
+                let (got, alphas) = h.join().unwrap();
+                assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+                let want_alphas: Vec<Option<f64>> = want_report.layers.iter().map(|f| f.alpha).collect();
+                assert_eq!(alphas, want_alphas, "{ranks} ranks, rank {rank}: the same ridge chosen");
+                for (l, w) in &want {
+                    let d = (&got[l] - w).abs().max().double_value(&[]) / w.abs().max().double_value(&[]);
+                    assert!(d < 1e-9, "{ranks} ranks, rank {rank}: W_c of layer {l} differs by {d}");
+                }
+            }
+        }
     }
 
     /// The solver recovers a known map from `Y = X W` (+ noise), through the same sums the

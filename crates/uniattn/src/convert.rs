@@ -80,6 +80,9 @@ pub struct ConvertOutput {
 
 /// Loads `model_path` on `device` in `kind`, fits `W_c` for `plan`, and returns the unified
 /// model. Q/K weights of reuse layers are returned separately in `kept_qk` when asked for.
+/// Over a `group` of ranks the calibration's chunks are split over them (see [`calibrate`]);
+/// every rank returns the same model.
+#[allow(clippy::too_many_arguments)]
 pub fn convert(
     model_path: &Path,
     plan: &PlanSpec,
@@ -87,6 +90,7 @@ pub fn convert(
     opts: &CalibOptions,
     kind: Kind,
     device: Device,
+    group: Option<&dyn crate::distributed::zero::Collective>,
     progress: impl FnMut(usize, usize),
 ) -> Result<(ConvertOutput, Vec<(String, tch::Tensor)>)> {
     let parts = read_parts(model_path)?;
@@ -97,7 +101,7 @@ pub fn convert(
     let tokenizer = parts.tokenizer;
     let dense = Transformer::from_weights(parts.weights, parts.cfg, parts.plan, kind, device, false)?;
     let (fit, held) = calibration_sequences(&tokenizer, data)?;
-    let (wc, report) = calibrate(&dense, &plan, &fit, &held, opts, progress)?;
+    let (wc, report) = calibrate(&dense, &plan, &fit, &held, opts, group, progress)?;
     let reuse = plan.reuse_layers();
     // The dense weights the reuse layers drop (the reference code's checkpoints keep them).
     let drops = plan.reuse.spec().drops;

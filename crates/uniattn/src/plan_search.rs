@@ -16,6 +16,7 @@
 //! cross-entropy on multiple-choice questions in the format the model will be judged on
 //! ([`ChoiceLoss`]): free-text NLL does not see what 5-shot lettered answering needs.
 use crate::calibrate::{calibrate, CalibOptions};
+use crate::distributed::zero::Collective;
 use crate::error::{Error, Result};
 use crate::eval::mc_task::McTask;
 use crate::eval::multiple_choice::{evaluate, gold_cross_entropy, ScoringOptions};
@@ -54,10 +55,12 @@ impl SearchOptions {
     }
 }
 
-/// The calibration rows of the closed-form fit (and of its ridge choice).
+/// The calibration rows of the closed-form fit (and of its ridge choice), and over several
+/// ranks (one GPU each) the group the fits split their rows over (see [`calibrate`]).
 pub struct SearchData<'a> {
     pub fit: &'a [Vec<u32>],
     pub fit_heldout: &'a [Vec<u32>],
+    pub group: Option<&'a dyn Collective>,
 }
 
 /// What plans are compared on, the dense model included; lower is better.
@@ -199,22 +202,33 @@ pub fn cheapest_plans(
 
 /// The held-out documents, in pieces of at most `max_len` tokens each scored from its own start
 /// (no sliding window: every plan sees the same pieces), as ids and as the dense residual stream
-/// entering layer `from`, where every candidate still agrees with the dense model.
-pub struct HeldOut {
+/// entering layer `from`, where every candidate still agrees with the dense model. Over a
+/// `group` of ranks each keeps its share of the pieces and the losses are summed over them.
+pub struct HeldOut<'a> {
     from: usize,
     docs: Vec<(Tensor, Tensor)>,
+    group: Option<&'a dyn Collective>,
 }
 
-impl HeldOut {
-    pub fn new(dense: &Transformer, docs: &[Vec<u32>], max_len: usize, from: usize) -> Result<Self> {
+impl<'a> HeldOut<'a> {
+    pub fn new(
+        dense: &Transformer,
+        docs: &[Vec<u32>],
+        max_len: usize,
+        from: usize,
+        group: Option<&'a dyn Collective>,
+    ) -> Result<Self> {
         if docs.iter().all(|d| d.len() < 2) {
             return Err(Error::invalid("no held-out document of at least 2 tokens to score plans on"));
         }
         let _guard = tch::no_grad_guard();
+        let (rank, ranks) = group.map_or((0, 1), |g| (g.rank(), g.size()));
         let docs = docs
             .iter()
             .flat_map(|d| d.chunks(max_len.max(2)))
             .filter(|d| d.len() >= 2)
+            .skip(rank)
+            .step_by(ranks)
             .map(|d| {
                 let ids: Vec<i64> = d.iter().map(|&i| i as i64).collect();
                 let ids = Tensor::from_slice(&ids).to_device(dense.stem.device).unsqueeze(0);
@@ -223,11 +237,11 @@ impl HeldOut {
                 (ids, h)
             })
             .collect();
-        Ok(HeldOut { from, docs })
+        Ok(HeldOut { from, docs, group })
     }
 
     /// Mean next-token NLL of `model` (dense below `from`) over every predicted token.
-    pub fn mean_nll(&self, model: &Transformer) -> f64 {
+    pub fn mean_nll(&self, model: &Transformer) -> Result<f64> {
         let _guard = tch::no_grad_guard();
         let (mut nll, mut count) = (0.0, 0usize);
         for (ids, h) in &self.docs {
@@ -237,20 +251,27 @@ impl HeldOut {
             nll -= lp.iter().sum::<f64>();
             count += lp.len();
         }
-        nll / count.max(1) as f64
+        if let Some(g) = self.group {
+            let sums = Tensor::from_slice(&[nll, count as f64]).to_device(model.stem.device);
+            g.all_reduce_sum(&sums)?;
+            let sums = Vec::<f64>::try_from(sums.to_device(tch::Device::Cpu)).expect("two f64 sums");
+            (nll, count) = (sums[0], sums[1] as usize);
+        }
+        Ok(nll / count.max(1) as f64)
     }
 
+    /// Tokens in the pieces (this rank's share over several).
     pub fn tokens(&self) -> usize {
         self.docs.iter().map(|(ids, _)| ids.size()[1] as usize).sum()
     }
 }
 
-impl PlanScore for HeldOut {
+impl PlanScore for HeldOut<'_> {
     fn first_layer(&self) -> usize {
         self.from
     }
     fn score(&self, model: &Transformer) -> Result<f64> {
-        Ok(self.mean_nll(model))
+        self.mean_nll(model)
     }
     fn describe(&self) -> String {
         format!("mean next-token NLL of {} held-out pieces, {} tokens", self.docs.len(), self.tokens())
@@ -263,6 +284,8 @@ pub struct ChoiceLoss<'a> {
     pub tok: &'a Tokenizer,
     pub task: McTask,
     pub opts: ScoringOptions,
+    /// Over several ranks: the questions' choices go round them (see [`evaluate`]).
+    pub group: Option<&'a dyn Collective>,
 }
 
 impl PlanScore for ChoiceLoss<'_> {
@@ -270,7 +293,7 @@ impl PlanScore for ChoiceLoss<'_> {
         0
     }
     fn score(&self, model: &Transformer) -> Result<f64> {
-        let (_, items) = evaluate(model, self.tok, &self.task, None, self.opts, |_, _| {})?;
+        let (_, items) = evaluate(model, self.tok, &self.task, None, self.opts, self.group, |_, _| {})?;
         Ok(gold_cross_entropy(&items))
     }
     fn describe(&self) -> String {
@@ -289,7 +312,7 @@ pub fn converted_score(
     score: &dyn PlanScore,
 ) -> Result<f64> {
     let wc = if plan.reuse.spec().compensation {
-        calibrate(dense, plan, data.fit, data.fit_heldout, calib, |_, _| {})?.0
+        calibrate(dense, plan, data.fit, data.fit_heldout, calib, data.group, |_, _| {})?.0
     } else {
         BTreeMap::new()
     };
@@ -408,7 +431,7 @@ pub fn search(
 mod tests {
     use super::*;
     use crate::calibrate::FitMethod;
-    use crate::config::Family;
+    use crate::config::{Family, ModelConfig};
     use crate::eval::perplexity::perplexity_docs;
     use crate::testing::{tiny_config, tiny_model};
     use tch::{Device, Kind};
@@ -471,6 +494,60 @@ mod tests {
         (0..count).map(|_| (0..len).map(|_| (rng.next_f64() * vocab as f64) as u32).collect()).collect()
     }
 
+    /// Over 2 ranks (threads: the calibration chunks and the held-out pieces split between
+    /// them, the sums reduced) the search scores every block and plan as one process does.
+    #[test]
+    fn ranks_share_the_search_and_score_what_one_process_scores() {
+        use crate::distributed::zero::threads::ThreadGroup;
+        let mut cfg = tiny_config(Family::Llama);
+        cfg.num_layers = 6;
+        let run = |cfg: ModelConfig, group: Option<&dyn Collective>| {
+            let n = cfg.num_layers;
+            let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Double, 4);
+            let (fit, held, val) = (
+                docs(1, 6, 24, cfg.vocab_size),
+                docs(2, 2, 24, cfg.vocab_size),
+                docs(3, 3, 14, cfg.vocab_size),
+            );
+            let data = SearchData { fit: &fit, fit_heldout: &held, group };
+            let calib = CalibOptions {
+                method: FitMethod::Streaming { ridge: None },
+                chunk_tokens: 48,
+                state_device: Device::Cpu,
+                pad_id: 0,
+            };
+            let opts = SearchOptions {
+                reuse: ReuseKind::Uniattn,
+                reuse_layers: 2,
+                min_layer: 2,
+                max_group: 2,
+                verify: 2,
+                candidates: vec![],
+            };
+            let heldout = HeldOut::new(&dense, &val, 16, 2, group).unwrap();
+            search(&dense, &data, &heldout, &calib, &opts, |_, _| {}).unwrap()
+        };
+        let want = run(cfg.clone(), None);
+        let handles: Vec<_> = ThreadGroup::new(2)
+            .into_iter()
+            .map(|g| {
+                let cfg = cfg.clone();
+                std::thread::spawn(move || run(cfg, Some(&g)))
+            })
+            .collect();
+        for h in handles {
+            let got = h.join().unwrap();
+            assert_eq!(got.best, want.best);
+            assert!((got.dense_nll - want.dense_nll).abs() < 1e-9);
+            let costs = |r: &SearchReport| -> Vec<f64> {
+                r.blocks.iter().map(|b| b.mean_nll).chain(r.plans.iter().map(|p| p.mean_nll)).collect()
+            };
+            for (a, b) in costs(&got).iter().zip(costs(&want)) {
+                assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+            }
+        }
+    }
+
     #[test]
     fn search_measures_every_block_and_the_best_plan_on_a_tiny_model() {
         let mut cfg = tiny_config(Family::Qwen2);
@@ -479,7 +556,7 @@ mod tests {
         let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Double, 7);
         let (fit, held, val) =
             (docs(1, 6, 24, cfg.vocab_size), docs(2, 2, 24, cfg.vocab_size), docs(3, 3, 14, cfg.vocab_size));
-        let data = SearchData { fit: &fit, fit_heldout: &held };
+        let data = SearchData { fit: &fit, fit_heldout: &held, group: None };
         let calib = CalibOptions {
             method: FitMethod::Streaming { ridge: None },
             chunk_tokens: 256,
@@ -498,7 +575,7 @@ mod tests {
         };
         assert_eq!(opts.lowest_lead(), 2);
         // Held-out streams cached below layer 2: the scores must still be those of whole models.
-        let heldout = HeldOut::new(&dense, &val, 16, 2).unwrap();
+        let heldout = HeldOut::new(&dense, &val, 16, 2, None).unwrap();
         let ids = tch::Tensor::from_slice(&[3i64, 1, 4, 1, 5]).unsqueeze(0);
         let before = dense.forward(&ids);
         let mut calls = Vec::new();
@@ -512,7 +589,7 @@ mod tests {
         for (b, &(s, e)) in r.blocks.iter().zip(&blocks) {
             let fresh = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Double, 7);
             let plan = SuperBlockPlan::from_blocks(vec![(s, e)], n).unwrap();
-            let (wc, _) = calibrate(&fresh, &plan, &fit, &held, &calib, |_, _| {}).unwrap();
+            let (wc, _) = calibrate(&fresh, &plan, &fit, &held, &calib, None, |_, _| {}).unwrap();
             let conv = fresh.apply_plan(plan, wc).unwrap();
             let want = perplexity_docs(&conv, &val, 0, 16, 16, |_, _| {}).unwrap().mean_nll;
             assert!((b.mean_nll - want).abs() < 1e-9, "{}: {} vs {want}", b.block, b.mean_nll);
@@ -528,7 +605,7 @@ mod tests {
         for p in r.plans.iter().filter(|p| !p.given) {
             let plan = SuperBlockPlan::parse_blocks(&p.plan, n).unwrap();
             assert_eq!(plan.reuse_layers().len(), 2);
-            let whole = HeldOut::new(&dense, &val, 16, 0).unwrap();
+            let whole = HeldOut::new(&dense, &val, 16, 0, None).unwrap();
             let want = converted_score(&dense, &plan, &data, &calib, &whole).unwrap();
             assert!((p.mean_nll - want).abs() < 1e-9, "{}", p.plan);
         }
@@ -550,10 +627,10 @@ mod tests {
         let n = cfg.num_layers;
         let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Double, 9);
         let val = docs(4, 3, 14, cfg.vocab_size);
-        let data = SearchData { fit: &[], fit_heldout: &[] };
+        let data = SearchData { fit: &[], fit_heldout: &[], group: None };
         let calib =
             CalibOptions { method: FitMethod::Zero, chunk_tokens: 256, state_device: Device::Cpu, pad_id: 0 };
-        let heldout = HeldOut::new(&dense, &val, 16, 1).unwrap();
+        let heldout = HeldOut::new(&dense, &val, 16, 1, None).unwrap();
         let mut first_block = Vec::new();
         for kind in [ReuseKind::SoftmaxOnly, ReuseKind::Cla, ReuseKind::Layerdrop, ReuseKind::KvHeads] {
             let opts = SearchOptions {
@@ -589,7 +666,7 @@ mod tests {
         let cfg = tiny_config(Family::Llama);
         let n = cfg.num_layers;
         let val = docs(3, 2, 10, cfg.vocab_size);
-        let data = SearchData { fit: &val, fit_heldout: &[] };
+        let data = SearchData { fit: &val, fit_heldout: &[], group: None };
         let calib =
             CalibOptions { method: FitMethod::Zero, chunk_tokens: 256, state_device: Device::Cpu, pad_id: 0 };
         let opts = SearchOptions {
@@ -601,14 +678,14 @@ mod tests {
             candidates: vec![],
         };
         let dense = tiny_model(&cfg, SuperBlockPlan::dense(n), Kind::Float, 1);
-        let heldout = HeldOut::new(&dense, &val, 16, 0).unwrap();
+        let heldout = HeldOut::new(&dense, &val, 16, 0, None).unwrap();
         let planned = tiny_model(&cfg, SuperBlockPlan::from_blocks(vec![(0, 2)], n).unwrap(), Kind::Float, 1);
         let err = search(&planned, &data, &heldout, &calib, &opts, |_, _| {}).unwrap_err().to_string();
         assert!(err.contains("dense model"), "{err}");
-        let err = HeldOut::new(&dense, &[vec![1u32]], 16, 0).err().unwrap().to_string();
+        let err = HeldOut::new(&dense, &[vec![1u32]], 16, 0, None).err().unwrap().to_string();
         assert!(err.contains("held-out document"), "{err}");
         // Streams cached through layer 0 cannot score a plan that changes layer 0.
-        let cached = HeldOut::new(&dense, &val, 16, 1).unwrap();
+        let cached = HeldOut::new(&dense, &val, 16, 1, None).unwrap();
         let err = search(&dense, &data, &cached, &calib, &opts, |_, _| {}).unwrap_err().to_string();
         assert!(err.contains("start at layer 0") && err.contains("layers 0-0"), "{err}");
         let too_many = SearchOptions { reuse_layers: n, ..opts.clone() };

@@ -18,7 +18,8 @@ fn arc_easy_loglikelihoods_match_transformers() {
     // Small batches: several padded rows a batch, several batches.
     let opts = multiple_choice::ScoringOptions { max_len: 2048, batch_tokens: 1024 };
     let (report, items) =
-        multiple_choice::evaluate(&m.model, &m.tokenizer, &task, Some(want.len()), opts, |_, _| {}).unwrap();
+        multiple_choice::evaluate(&m.model, &m.tokenizer, &task, Some(want.len()), opts, None, |_, _| {})
+            .unwrap();
     assert_eq!(report.items, want.len());
     let mut worst = 0.0f64;
     for (item, w) in items.iter().zip(&want) {

@@ -291,7 +291,7 @@ fn lm_eval_local_completions_scores_equal_eval_mc() {
     let n = 25;
     let opts = multiple_choice::ScoringOptions { max_len: 2048, batch_tokens: 4096 };
     let (_, items) =
-        multiple_choice::evaluate(&m.model, &m.tokenizer, &task, Some(n), opts, |_, _| {}).unwrap();
+        multiple_choice::evaluate(&m.model, &m.tokenizer, &task, Some(n), opts, None, |_, _| {}).unwrap();
     let (mut worst, mut eos_next) = (0.0f64, 0);
     for (item, scored) in task.items.iter().take(n).zip(&items) {
         let pairs: Vec<(Vec<u32>, Vec<u32>)> = item

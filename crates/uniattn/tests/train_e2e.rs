@@ -67,6 +67,7 @@ fn job(out: &std::path::Path, resume: Option<std::path::PathBuf>, stop: Option<u
         save_kind: Kind::Float,
         device: Device::Cpu,
         world: uniattn::distributed::World::single(),
+        hang_timeout: None,
     }
 }
 

@@ -25,7 +25,7 @@ fn opts(method: FitMethod) -> CalibOptions {
 fn converted(gguf: &Path, blocks: &str, data: &CalibData) -> convert::ConvertOutput {
     let method = opts(FitMethod::Streaming { ridge: None });
     let spec = PlanSpec::Blocks(blocks.to_string());
-    convert::convert(gguf, &spec, data, &method, Kind::Float, Device::Cpu, |_, _| {}).unwrap().0
+    convert::convert(gguf, &spec, data, &method, Kind::Float, Device::Cpu, None, |_, _| {}).unwrap().0
 }
 
 fn nll_on(model: &Path, rows: std::ops::Range<usize>) -> f64 {
@@ -58,6 +58,7 @@ fn convert_fits_and_writes_a_loadable_unified_model() {
             &opts(method),
             Kind::Float,
             Device::Cpu,
+            None,
             |_, _| {},
         )
         .unwrap();
@@ -104,6 +105,7 @@ fn reference_fit_runs() {
         &opts(FitMethod::Reference { len: 64 }),
         Kind::Float,
         Device::Cpu,
+        None,
         |_, _| {},
     )
     .unwrap();
@@ -116,10 +118,19 @@ fn bad_plans_and_calibration_files_are_rejected() {
     init();
     let gguf = model(SMOLLM2).unwrap();
     let run = |plan: PlanSpec, data: CalibData| {
-        convert::convert(&gguf, &plan, &data, &opts(FitMethod::Zero), Kind::Float, Device::Cpu, |_, _| {})
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
+        convert::convert(
+            &gguf,
+            &plan,
+            &data,
+            &opts(FitMethod::Zero),
+            Kind::Float,
+            Device::Cpu,
+            None,
+            |_, _| {},
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
     };
     let err = run(PlanSpec::Blocks("28-31".into()), calib(0..4, 0.0));
     assert!(err.contains("out of range"), "{err}");
@@ -184,9 +195,9 @@ fn plan_search_scores_match_an_independent_conversion() {
         verify: 2,
         candidates: vec![],
     };
-    let sd = uniattn::plan_search::SearchData { fit: &fit, fit_heldout: &held };
+    let sd = uniattn::plan_search::SearchData { fit: &fit, fit_heldout: &held, group: None };
     let calib_opts = opts(FitMethod::Streaming { ridge: None });
-    let heldout = uniattn::plan_search::HeldOut::new(&m.model, &val, 4096, 26).unwrap();
+    let heldout = uniattn::plan_search::HeldOut::new(&m.model, &val, 4096, 26, None).unwrap();
     let r =
         uniattn::plan_search::search(&m.model, &sd, &heldout, &calib_opts, &search_opts, |_, _| {}).unwrap();
     // Blocks 26-27, 26-28, 27-28, 27-29, 28-29; plans of 2 reuse layers: 26-28, 27-29, 26-27,28-29.
@@ -216,7 +227,8 @@ fn plan_search_on_choices_matches_eval_mc() {
     let mut task = uniattn::eval::tasks::load(&dir, "arc_easy").unwrap().remove(0);
     task.items.truncate(6);
     let mc = uniattn::eval::multiple_choice::ScoringOptions { max_len: 2048, batch_tokens: 4096 };
-    let score = uniattn::plan_search::ChoiceLoss { tok: &m.tokenizer, task: task.clone(), opts: mc };
+    let score =
+        uniattn::plan_search::ChoiceLoss { tok: &m.tokenizer, task: task.clone(), opts: mc, group: None };
     let search_opts = uniattn::plan_search::SearchOptions {
         reuse: uniattn::plan::ReuseKind::Uniattn,
         reuse_layers: 1,
@@ -225,7 +237,7 @@ fn plan_search_on_choices_matches_eval_mc() {
         verify: 2,
         candidates: vec![],
     };
-    let sd = uniattn::plan_search::SearchData { fit: &fit, fit_heldout: &held };
+    let sd = uniattn::plan_search::SearchData { fit: &fit, fit_heldout: &held, group: None };
     let calib_opts = opts(FitMethod::Streaming { ridge: None });
     let r =
         uniattn::plan_search::search(&m.model, &sd, &score, &calib_opts, &search_opts, |_, _| {}).unwrap();
@@ -233,9 +245,16 @@ fn plan_search_on_choices_matches_eval_mc() {
     assert_eq!((r.blocks.len(), r.plans.len()), (2, 2));
     for p in &r.plans {
         let out = converted(&gguf, &p.plan, &data);
-        let (_, items) =
-            uniattn::eval::multiple_choice::evaluate(&out.model, &out.tokenizer, &task, None, mc, |_, _| {})
-                .unwrap();
+        let (_, items) = uniattn::eval::multiple_choice::evaluate(
+            &out.model,
+            &out.tokenizer,
+            &task,
+            None,
+            mc,
+            None,
+            |_, _| {},
+        )
+        .unwrap();
         let want = uniattn::eval::multiple_choice::gold_cross_entropy(&items);
         assert!((p.mean_nll - want).abs() < 1e-6, "{}: {} vs {want}", p.plan, p.mean_nll);
     }

@@ -52,6 +52,8 @@ pub struct ConvertArgs {
     pub json: JsonArgs,
     #[command(flatten)]
     pub dev: DeviceArgs,
+    #[command(flatten)]
+    pub ranks: RankArgs,
 }
 
 pub fn convert(
@@ -70,11 +72,17 @@ pub fn convert(
         save_dtype,
         json,
         dev,
+        ranks,
     }: ConvertArgs,
 ) -> Result<()> {
+    let Some(world) = ranks.world()? else { return Ok(()) };
+    let leader = world.is_leader();
     let source = uniattn::cache::resolve_model(&model)?;
-    let staged = uniattn::fs::OutputDir::prepare(&out, overwrite, &[&source])?;
+    let staged = leader.then(|| uniattn::fs::OutputDir::prepare(&out, overwrite, &[&source])).transpose()?;
     let (device, kind) = setup(&dev)?;
+    // Each rank calibrates on its machine's GPU `LOCAL_RANK`.
+    let device =
+        if world.size > 1 && device.is_cuda() { tch::Device::Cuda(world.local_rank) } else { device };
     let save_kind = save_dtype.kind();
     let spec = match (plan, plan_blocks) {
         (Some(p), _) => PlanSpec::Grouped(p),
@@ -93,12 +101,21 @@ pub fn convert(
         state_device: if states_on_cpu { tch::Device::Cpu } else { device },
         pad_id: 0,
     };
-    let pb = progress::bar(1, "calibrating");
-    let (conv, kept) = uniattn::convert::convert(&model, &spec, &data, &opts, kind, device, |d, t| {
-        pb.set_length(t as u64);
-        pb.set_position(d as u64);
-    })?;
+    // What must match on every rank.
+    let job = format!("{:?} {spec:?} {data:?} {:?} {kind:?} {states_on_cpu}", source, opts.method);
+    let (comm, watch) = uniattn::distributed::join_ranks(&world, device, &job, ranks.hang_timeout())?.unzip();
+    let group = comm.as_ref().map(|c| c as &dyn uniattn::distributed::zero::Collective);
+    let pb = if leader { progress::bar(1, "calibrating") } else { indicatif::ProgressBar::hidden() };
+    let (conv, kept) =
+        uniattn::convert::convert(&model, &spec, &data, &opts, kind, device, group, |d, t| {
+            pb.set_length(t as u64);
+            pb.set_position(d as u64);
+        })?;
     pb.finish_and_clear();
+    if let Some(w) = &watch {
+        w.finish();
+    }
+    let Some(staged) = staged else { return Ok(()) };
     uniattn::convert::save(&conv, staged.path(), save_kind, keep_qk.then_some(kept.as_slice()))?;
     staged.commit()?;
     let r = &conv.report;

@@ -50,6 +50,8 @@ pub struct McArgs {
     medmcqa_split: Option<PathBuf>,
     #[command(flatten)]
     dev: DeviceArgs,
+    #[command(flatten)]
+    ranks: RankArgs,
 }
 
 #[derive(Args)]
@@ -83,12 +85,29 @@ pub struct PplArgs {
 }
 
 pub fn mc(
-    McArgs { model, tasks, limit, tasks_dir, max_len, batch_tokens, json, per_item, medmcqa_split, dev, }: McArgs,
+    McArgs {
+        model,
+        tasks,
+        limit,
+        tasks_dir,
+        max_len,
+        batch_tokens,
+        json,
+        per_item,
+        medmcqa_split,
+        dev,
+        ranks,
+    }: McArgs,
 ) -> Result<()> {
     if max_len < 2 || batch_tokens == 0 {
         bail!("--max-len must be at least 2 and --batch-tokens at least 1");
     }
+    let Some(world) = ranks.world()? else { return Ok(()) };
+    let leader = world.is_leader();
     let (device, kind) = setup(&dev)?;
+    // Each rank scores on its machine's GPU `LOCAL_RANK`.
+    let device =
+        if world.size > 1 && device.is_cuda() { tch::Device::Cuda(world.local_rank) } else { device };
     let mut loaded: Vec<_> = tasks
         .iter()
         .map(|t| uniattn::eval::tasks::load(&tasks_dir, t))
@@ -101,24 +120,44 @@ pub fn mc(
             uniattn::eval::medmcqa::restrict(t, f)?;
         }
     }
+    // What must match on every rank.
+    let job = format!("{model:?} {tasks:?} {limit:?} {max_len} {batch_tokens} {medmcqa_split:?} {kind:?}");
+    let (comm, watch) = uniattn::distributed::join_ranks(&world, device, &job, ranks.hang_timeout())?.unzip();
+    let group = comm.as_ref().map(|c| c as &dyn uniattn::distributed::zero::Collective);
     let m = loader::load(&model, kind, device)?;
     let opts = uniattn::eval::multiple_choice::ScoringOptions { max_len, batch_tokens };
     let mut reports = Vec::new();
     let mut items_out = String::new();
     for task in &loaded {
-        let pb = progress::bar(0, &task.name);
-        let (r, items) =
-            uniattn::eval::multiple_choice::evaluate(&m.model, &m.tokenizer, task, limit, opts, |d, n| {
+        let pb = if leader { progress::bar(0, &task.name) } else { indicatif::ProgressBar::hidden() };
+        let (r, items) = uniattn::eval::multiple_choice::evaluate(
+            &m.model,
+            &m.tokenizer,
+            task,
+            limit,
+            opts,
+            group,
+            |d, n| {
                 pb.set_length(n as u64);
                 pb.set_position(d as u64)
-            })?;
+            },
+        )?;
         pb.finish_and_clear();
+        if !leader {
+            continue;
+        }
         for it in &items {
             items_out += &serde_json::to_string(&serde_json::json!({"task": task.name, "item": it}))?;
             items_out.push('\n');
         }
         eprintln!("{}: acc {:.4} ± {:.4} over {} questions", r.task, r.acc.value, r.acc.stderr, r.items);
         reports.push(r);
+    }
+    if let Some(w) = &watch {
+        w.finish();
+    }
+    if !leader {
+        return Ok(());
     }
     if let Some(p) = per_item {
         std::fs::write(&p, items_out).with_context(|| format!("writing {}", p.display()))?;

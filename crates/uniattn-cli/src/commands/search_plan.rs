@@ -66,6 +66,8 @@ pub struct SearchPlanArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub dev: DeviceArgs,
+    #[command(flatten)]
+    pub ranks: RankArgs,
 }
 
 pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
@@ -76,7 +78,19 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
     let Variant::Reuse(reuse) = a.variant.variant() else {
         bail!("--variant dense: a dense model has no plan to search; give uniattn, softmax-only, cla, layerdrop or kv-heads");
     };
+    let Some(world) = a.ranks.world()? else { return Ok(()) };
     let (device, kind) = setup(&a.dev)?;
+    // Each rank scores on its machine's GPU `LOCAL_RANK`.
+    let device =
+        if world.size > 1 && device.is_cuda() { tch::Device::Cuda(world.local_rank) } else { device };
+    // What must match on every rank.
+    let job = format!(
+        "{:?} {reuse:?} {} {:?} {:?} {:?} {} {:?} {kind:?}",
+        a.model, a.shape.reuse_layers, a.val, a.val_task, a.val_rows, a.verify, a.candidate
+    );
+    let (comm, watch) =
+        uniattn::distributed::join_ranks(&world, device, &job, a.ranks.hang_timeout())?.unzip();
+    let group = comm.as_ref().map(|c| c as &dyn uniattn::distributed::zero::Collective);
     let m = loader::load(&a.model, kind, device)?;
     let n = m.model.stem.cfg.num_layers;
     let (fit, fit_heldout) = if reuse.spec().compensation {
@@ -101,7 +115,7 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
         (Some(path), _) => {
             let rows = a.val_rows.as_deref().map(uniattn::data::parse_range).transpose()?;
             let docs = uniattn::eval::perplexity::documents(&m.tokenizer, path, rows.as_ref())?;
-            Box::new(HeldOut::new(&m.model, &docs, a.val_max_len, opts.lowest_lead())?)
+            Box::new(HeldOut::new(&m.model, &docs, a.val_max_len, opts.lowest_lead(), group)?)
         }
         (None, Some(spec)) => {
             let mut tasks = uniattn::eval::tasks::load(&a.tasks_dir, spec)?;
@@ -120,7 +134,7 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
                 max_len: a.choice_max_len,
                 batch_tokens: a.batch_tokens,
             };
-            Box::new(ChoiceLoss { tok: &m.tokenizer, task, opts })
+            Box::new(ChoiceLoss { tok: &m.tokenizer, task, opts, group })
         }
         (None, None) => bail!("give --val FILE or --val-task TASK"),
     };
@@ -130,13 +144,20 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
         state_device: device,
         pad_id: 0,
     };
-    let data = SearchData { fit: &fit, fit_heldout: &fit_heldout };
-    let pb = progress::bar(1, "scoring plans");
+    let data = SearchData { fit: &fit, fit_heldout: &fit_heldout, group };
+    let pb =
+        if world.is_leader() { progress::bar(1, "scoring plans") } else { indicatif::ProgressBar::hidden() };
     let r = search(&m.model, &data, score.as_ref(), &calib_opts, &opts, |d, t| {
         pb.set_length(t as u64);
         pb.set_position(d as u64);
     })?;
     pb.finish_and_clear();
+    if let Some(w) = &watch {
+        w.finish();
+    }
+    if !world.is_leader() {
+        return Ok(());
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let json = a.out.join("plan_search.json");
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)

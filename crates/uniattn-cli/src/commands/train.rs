@@ -126,23 +126,8 @@ pub struct TrainArgs {
     /// write them to FILE as a Chrome trace (open in https://ui.perfetto.dev); CUDA only
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
-    /// GPUs on this machine to train on, one process each, data-parallel over NCCL: each
-    /// optimizer step's micro-batches go round the ranks (N x --micro-batch x --grad-accum
-    /// examples a step). Under torchrun (RANK, WORLD_SIZE, ... set) each process is one rank
-    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
-    pub nproc_per_node: usize,
-    /// Machines in the job (as torchrun's --nnodes); start the same command on each
-    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
-    pub nnodes: usize,
-    /// This machine's place among them, 0-based (as torchrun's --node-rank)
-    #[arg(long, default_value_t = 0)]
-    pub node_rank: usize,
-    /// Rank 0's machine, where the ranks meet before training (as torchrun's --master-addr)
-    #[arg(long, default_value = "127.0.0.1")]
-    pub master_addr: String,
-    /// Rank 0's TCP port for that meeting
-    #[arg(long, default_value_t = 29500)]
-    pub master_port: u16,
+    #[command(flatten)]
+    pub ranks: RankArgs,
     /// ZeRO stage over the ranks: 1 keeps each rank's share of the optimizer's moments only
     /// (reduce-scatter, update, all-gather: the same updates, 1/N of the moments' memory)
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
@@ -153,33 +138,7 @@ pub struct TrainArgs {
 
 /// `config`: every option's final value, as a config file (saved in the run folder).
 pub fn train(a: TrainArgs, config: String) -> Result<()> {
-    use uniattn::distributed::{launcher, World};
-    let world = match World::from_env()? {
-        Some(w) => w,
-        None if a.nproc_per_node * a.nnodes > 1 => {
-            // This process starts the machine's ranks (this same command, told their place)
-            // and waits for them.
-            let node = launcher::Node {
-                nproc: a.nproc_per_node,
-                nnodes: a.nnodes,
-                node_rank: a.node_rank,
-                master_addr: a.master_addr.clone(),
-                master_port: a.master_port,
-            };
-            let first = a.node_rank * a.nproc_per_node;
-            println!(
-                "starting ranks {first}-{} of {} on this machine (rank 0 meets the others at {}:{})",
-                first + a.nproc_per_node - 1,
-                a.nproc_per_node * a.nnodes,
-                a.master_addr,
-                a.master_port
-            );
-            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-            launcher::run(&node, &std::env::current_exe()?, &args)?;
-            return Ok(());
-        }
-        None => World::single(),
-    };
+    let Some(world) = a.ranks.world()? else { return Ok(()) };
     if world.is_leader() {
         println!("configuration (saved as train_config.toml in {}):\n{config}", a.out.display());
     }
@@ -247,6 +206,7 @@ pub fn train(a: TrainArgs, config: String) -> Result<()> {
         save_kind: a.save_dtype.kind(),
         device,
         world: world.clone(),
+        hang_timeout: a.ranks.hang_timeout(),
     };
     let pb = progress::with_template(1, "stage {prefix} {bar:30} {pos}/{len} {msg} ETA {eta}");
     let mut last_stage = usize::MAX;

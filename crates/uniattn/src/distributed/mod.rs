@@ -7,6 +7,7 @@
 //! gradient over them before the update, so every rank applies the same update.
 pub mod launcher;
 pub mod nccl;
+pub mod progress;
 pub mod rendezvous;
 pub mod zero;
 
@@ -16,6 +17,37 @@ use std::time::Duration;
 /// How long ranks wait for each other to join (and a joined rank for the others) before
 /// every one of them stops with an error naming the missing ranks.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Joins the job's other ranks when there are any (None alone): they meet on rank 0, which
+/// checks that each runs the same `job` (what must match: model, plan, options) before any of
+/// them loads a model, then share an NCCL communicator on this rank's GPU (`device` must be
+/// `cuda:LOCAL_RANK`). A rank that stops, or with `hang_timeout` holds the others up, stops
+/// every rank with its name ([`rendezvous::Links::watch`]) instead of leaving them in NCCL.
+pub fn join_ranks(
+    world: &World,
+    device: tch::Device,
+    job: &str,
+    hang_timeout: Option<Duration>,
+) -> Result<Option<(nccl::Communicator, rendezvous::Watch)>> {
+    if world.size == 1 {
+        return Ok(None);
+    }
+    if device != tch::Device::Cuda(world.local_rank) {
+        return Err(Error::invalid(format!(
+            "rank {} runs on {device:?}: a job over several GPUs runs each rank on its own GPU (--device cuda)",
+            world.rank
+        )));
+    }
+    let (id, links) = rendezvous::join_default(world, job, nccl::unique_id)?;
+    let comm = nccl::Communicator::new(world, &id)?;
+    let (abort, rank) = (comm.abort_handle(), world.rank);
+    let watch = links.watch(hang_timeout, move |why| {
+        eprintln!("error: {why}; stopping rank {rank}");
+        abort.abort();
+        std::process::exit(1);
+    });
+    Ok(Some((comm, watch)))
+}
 
 /// Where a process stands among the job's processes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,14 +5,17 @@
 //! rank before the first step, with a message naming the rank, instead of a hang in NCCL.
 //! One JSON line each way. The connections then stay open ([`Links`]): a rank whose process
 //! stops (crashes, is killed, loses its machine) closes them, and [`Links::watch`] tells every
-//! other rank, by name, instead of leaving them waiting in NCCL for it.
+//! other rank, by name, instead of leaving them waiting in NCCL for it; every rank reports its
+//! progress over them too, so that rank 0 can name a rank that hangs alive
+//! ([`super::progress`]).
+use super::progress::{Phase, Progress, Ranks};
 use super::{World, JOIN_TIMEOUT};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Serialize, Deserialize)]
@@ -209,25 +212,40 @@ pub struct Links {
     peers: Vec<(usize, BufReader<TcpStream>)>,
 }
 
-/// What [`Links::watch`] returns; [`Watch::finish`] says this rank ended normally.
+/// What [`Links::watch`] returns: [`Watch::report`] says where this rank is, [`Watch::finish`]
+/// that it ended normally.
 pub struct Watch {
+    rank: usize,
     finished: Arc<AtomicBool>,
     writers: Vec<TcpStream>,
+    /// Rank 0: every rank's last report.
+    ranks: Option<Arc<Mutex<Ranks>>>,
 }
+
+/// How often rank 0 looks for a rank that hangs.
+const HANG_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 impl Links {
     /// Watches the other ranks on threads of its own: when one stops before saying it finished
     /// ([`Watch::finish`]), `on_stop` gets a message naming it (rank 0 sees its connection close
-    /// and tells the others; rank 0 stopping closes every rank's).
-    pub fn watch(self, on_stop: impl Fn(String) + Send + Sync + 'static) -> Watch {
+    /// and tells the others; rank 0 stopping closes every rank's). With `hang_timeout`, rank 0
+    /// also names ranks that hang alive ([`super::progress::Ranks::hung`], from what every rank
+    /// [`Watch::report`]s) to every rank.
+    pub fn watch(
+        self,
+        hang_timeout: Option<Duration>,
+        on_stop: impl Fn(String) + Send + Sync + 'static,
+    ) -> Watch {
         let finished = Arc::new(AtomicBool::new(false));
         let on_stop = Arc::new(on_stop);
         let writer = |r: &BufReader<TcpStream>| r.get_ref().try_clone().ok();
         let writers: Vec<TcpStream> = self.peers.iter().filter_map(|(_, r)| writer(r)).collect();
+        let size = self.peers.len() + 1;
+        let ranks = (self.rank == 0).then(|| Arc::new(Mutex::new(Ranks::new(size, Instant::now()))));
         for (peer, mut reader) in
             self.peers.iter().filter_map(|(p, r)| Some((*p, BufReader::new(writer(r)?))))
         {
-            let (finished, on_stop) = (finished.clone(), on_stop.clone());
+            let (finished, on_stop, ranks) = (finished.clone(), on_stop.clone(), ranks.clone());
             // Rank 0 passes a rank's stop on to the others.
             let others: Vec<TcpStream> = if self.rank == 0 {
                 self.peers.iter().filter(|(p, _)| *p != peer).filter_map(|(_, r)| writer(r)).collect()
@@ -237,12 +255,18 @@ impl Links {
             std::thread::spawn(move || {
                 let (mut line, mut done) = (String::new(), false);
                 while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    match line.trim().strip_prefix("stopped ") {
-                        _ if line.trim() == "done" => done = true,
-                        Some(r) if !finished.load(Ordering::SeqCst) => {
-                            on_stop(format!("rank {r} stopped before the job finished"))
+                    let stopping = !finished.load(Ordering::SeqCst);
+                    if line.trim() == "done" {
+                        done = true;
+                        if let Some(ranks) = &ranks {
+                            ranks.lock().expect("progress lock").finish(peer);
                         }
-                        _ => {}
+                    } else if let (Some(p), Some(ranks)) = (Progress::parse(&line), &ranks) {
+                        ranks.lock().expect("progress lock").report(peer, p, Instant::now());
+                    } else if let (Some(r), true) = (line.trim().strip_prefix("stopped "), stopping) {
+                        on_stop(format!("rank {r} stopped before the job finished"));
+                    } else if let (Some(why), true) = (line.trim().strip_prefix("hung "), stopping) {
+                        on_stop(why.to_string());
                     }
                     line.clear();
                 }
@@ -254,11 +278,41 @@ impl Links {
                 }
             });
         }
-        Watch { finished, writers }
+        if let (Some(ranks), Some(timeout)) = (&ranks, hang_timeout) {
+            let (ranks, finished, on_stop) = (ranks.clone(), finished.clone(), on_stop.clone());
+            let followers: Vec<TcpStream> = self.peers.iter().filter_map(|(_, r)| writer(r)).collect();
+            std::thread::spawn(move || {
+                while !finished.load(Ordering::SeqCst) {
+                    std::thread::sleep(HANG_CHECK_EVERY);
+                    let hung = ranks.lock().expect("progress lock").hung(Instant::now(), timeout);
+                    if let (Some(why), false) = (hung, finished.load(Ordering::SeqCst)) {
+                        for mut f in &followers {
+                            let _ = f.write_all(format!("hung {why}\n").as_bytes());
+                        }
+                        on_stop(why);
+                        return;
+                    }
+                }
+            });
+        }
+        Watch { rank: self.rank, finished, writers, ranks }
     }
 }
 
 impl Watch {
+    /// Where this rank is (see [`super::progress`]): rank 0 notes it, the others tell rank 0.
+    pub fn report(&self, step: usize, phase: Phase) {
+        let p = Progress { step, phase };
+        match &self.ranks {
+            Some(ranks) => ranks.lock().expect("progress lock").report(self.rank, p, Instant::now()),
+            None => {
+                for mut w in &self.writers {
+                    let _ = w.write_all(p.line().as_bytes());
+                }
+            }
+        }
+    }
+
     /// This rank ended normally: the others no longer report it when its process exits.
     pub fn finish(&self) {
         self.finished.store(true, Ordering::SeqCst);
@@ -344,7 +398,7 @@ mod tests {
                     return (None, Some(l));
                 }
                 let tx = tx.clone();
-                (Some(l.watch(move |m| tx.send((rank, m)).unwrap())), None)
+                (Some(l.watch(None, move |m| tx.send((rank, m)).unwrap())), None)
             })
             .collect()
     }
@@ -360,6 +414,47 @@ mod tests {
         told.sort();
         assert_eq!(told.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [0, 1]);
         assert!(told.iter().all(|(_, m)| m.contains("rank 2 stopped before the job finished")), "{told:?}");
+    }
+
+    /// Rank 2 stops short of step 3's collectives (alive, its connection open) while ranks 0
+    /// and 1 wait in them: within the hang timeout every rank, rank 2 too, is told, by name.
+    #[test]
+    fn a_rank_that_hangs_alive_is_named_to_every_rank() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let links = start(&[3, 3, 3], Duration::from_secs(20), |_, join| join("j").unwrap().1);
+        let timeout = Duration::from_millis(600);
+        let watches: Vec<Watch> = links
+            .into_iter()
+            .enumerate()
+            .map(|(rank, l)| {
+                let tx = tx.clone();
+                l.watch(Some(timeout), move |m| tx.send((rank, m)).unwrap())
+            })
+            .collect();
+        let started = Instant::now();
+        for step in 1..=2 {
+            for w in &watches {
+                w.report(step, Phase::Computing);
+                w.report(step, Phase::Waiting);
+            }
+        }
+        watches[2].report(3, Phase::Computing);
+        for w in &watches[..2] {
+            w.report(3, Phase::Computing);
+            w.report(3, Phase::Waiting);
+        }
+        // Moving ranks are not reported while the silence is shorter than the timeout.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "reported too soon");
+        let mut told: Vec<(usize, String)> =
+            (0..3).map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("a report")).collect();
+        told.sort();
+        assert_eq!(told.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(
+            told.iter().all(|(_, m)| m.contains("rank 2 at step 3, computing made no progress")
+                && m.contains("rank(s) [0, 1] wait")),
+            "{told:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "named within the timeout and a check");
     }
 
     #[test]

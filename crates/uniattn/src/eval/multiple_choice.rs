@@ -3,10 +3,12 @@
 //! characters), plus OLMES's `acc_per_token` and the gold continuation's bits per byte.
 use super::loglikelihood::{score, LlResult};
 use super::mc_task::McTask;
+use crate::distributed::zero::Collective;
 use crate::error::Result;
 use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
 use std::time::Instant;
+use tch::{Device, Tensor};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ItemScore {
@@ -58,20 +60,29 @@ pub struct ScoringOptions {
     pub batch_tokens: usize,
 }
 
-/// Scores the first `limit` items of `task`.
+/// Scores the first `limit` items of `task`. Over a `group` of ranks (one GPU each) the
+/// requests go round the ranks and the results are summed over them, so every rank returns
+/// the one-process scores; `progress` counts this rank's requests.
 pub fn evaluate(
     model: &Transformer,
     tok: &Tokenizer,
     task: &McTask,
     limit: Option<usize>,
     opts: ScoringOptions,
+    group: Option<&dyn Collective>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(TaskReport, Vec<ItemScore>)> {
     let start = Instant::now();
     let items = &task.items[..limit.unwrap_or(usize::MAX).min(task.items.len())];
     let requests: Vec<_> = items.iter().flat_map(|i| i.requests.iter().cloned()).collect();
-    let results =
-        score(model, tok, &requests, opts.max_len, opts.batch_tokens, |done| progress(done, requests.len()))?;
+    let (rank, ranks) = group.map_or((0, 1), |g| (g.rank(), g.size()));
+    let mine: Vec<_> = requests.iter().skip(rank).step_by(ranks).cloned().collect();
+    let scored =
+        score(model, tok, &mine, opts.max_len, opts.batch_tokens, |done| progress(done, mine.len()))?;
+    let results = match group {
+        None => scored,
+        Some(g) => gather(g, &scored, requests.len(), model.stem.device)?,
+    };
     let mut at = 0;
     let mut scores = Vec::with_capacity(items.len());
     for item in items {
@@ -104,6 +115,24 @@ pub fn evaluate(
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((report, scores))
+}
+
+/// Every rank's `mine` (requests `rank`, `rank + ranks`, ... of `total`) in request order, on
+/// every rank: a `[total, 3]` f64 table (log-probability, greedy, tokens) summed over the ranks.
+fn gather(group: &dyn Collective, mine: &[LlResult], total: usize, device: Device) -> Result<Vec<LlResult>> {
+    let (rank, ranks) = (group.rank(), group.size());
+    let mut table = vec![0f64; total * 3];
+    for (k, r) in mine.iter().enumerate() {
+        let at = (rank + k * ranks) * 3;
+        table[at..at + 3].copy_from_slice(&[r.logprob, f64::from(u8::from(r.is_greedy)), r.tokens as f64]);
+    }
+    let t = Tensor::from_slice(&table).to_device(device);
+    group.all_reduce_sum(&t)?;
+    let table = Vec::<f64>::try_from(t.to_device(Device::Cpu)).expect("an f64 table");
+    Ok(table
+        .chunks(3)
+        .map(|r| LlResult { logprob: r[0], is_greedy: r[1] > 0.5, tokens: r[2] as usize })
+        .collect())
 }
 
 /// Mean cross-entropy of the gold choice over each question's choices (softmax of their summed
@@ -150,6 +179,74 @@ mod tests {
         // Squared deviations sum to 0.75; sample variance 0.25; over n = 4: 0.0625.
         assert!((m.stderr - 0.25).abs() < 1e-12);
         assert_eq!(argmax([1.0, 3.0, 3.0].into_iter()), 1);
+    }
+
+    /// Over 2 and 3 ranks (threads), each scoring its share of the requests, every rank
+    /// returns the one process's scores and report.
+    #[test]
+    fn ranks_share_the_requests_and_score_what_one_process_scores() {
+        use super::super::loglikelihood::LlRequest;
+        use super::super::mc_task::McItem;
+        use crate::distributed::zero::threads::ThreadGroup;
+        use crate::testing::{tiny_config, tiny_model, tiny_tokenizer};
+        let words = |seed: usize, n: usize| -> String {
+            (0..n).map(|k| format!("t{}", (seed * 7 + k * 3) % 32)).collect::<Vec<_>>().join(" ")
+        };
+        let items: Vec<McItem> = (0..7)
+            .map(|q| McItem {
+                doc_id: q as u64,
+                native_id: None,
+                gold: q % 3,
+                requests: (0..3)
+                    .map(|c| LlRequest {
+                        context: words(q, 3 + q % 4),
+                        continuation: format!(" {}", words(q + c, 1 + c)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let task = McTask { name: "t".into(), source: "t".into(), items, skipped_unconditional: 0 };
+        let cfg = tiny_config(crate::config::Family::Llama);
+        let opts = ScoringOptions { max_len: 64, batch_tokens: 40 };
+        let model =
+            tiny_model(&cfg, crate::plan::SuperBlockPlan::dense(cfg.num_layers), tch::Kind::Double, 9);
+        let (want, want_items) =
+            evaluate(&model, &tiny_tokenizer(), &task, None, opts, None, |_, _| {}).unwrap();
+        for ranks in [2, 3] {
+            let handles: Vec<_> = ThreadGroup::new(ranks)
+                .into_iter()
+                .map(|group| {
+                    let (task, cfg) = (task.clone(), cfg.clone());
+                    std::thread::spawn(move || {
+                        let model = tiny_model(
+                            &cfg,
+                            crate::plan::SuperBlockPlan::dense(cfg.num_layers),
+                            tch::Kind::Double,
+                            9,
+                        );
+                        evaluate(&model, &tiny_tokenizer(), &task, None, opts, Some(&group), |_, _| {})
+                            .unwrap()
+                    })
+                })
+                .collect();
+            for (rank, h) in handles.into_iter().enumerate() {
+                let (got, items) = h.join().unwrap();
+                assert_eq!(
+                    (got.items, got.requests, got.acc.value),
+                    (want.items, want.requests, want.acc.value)
+                );
+                for (a, b) in items.iter().zip(&want_items) {
+                    assert_eq!((a.pred, a.pred_norm), (b.pred, b.pred_norm), "{ranks} ranks, rank {rank}");
+                    for (x, y) in a.results.iter().zip(&b.results) {
+                        assert_eq!((x.is_greedy, x.tokens), (y.is_greedy, y.tokens));
+                        assert!(
+                            (x.logprob - y.logprob).abs() < 1e-9,
+                            "{ranks} ranks, rank {rank}: {x:?} vs {y:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

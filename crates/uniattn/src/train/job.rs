@@ -7,8 +7,8 @@ use super::{StageKind, StepMetrics, TrainConfig, Trainer};
 use crate::calibrate::{calibrate, CalibOptions, FitMethod};
 use crate::convert::{calibration_sequences, CalibData, PlanSpec};
 use crate::data::{self, Record};
-use crate::distributed::nccl::{self, Communicator};
-use crate::distributed::rendezvous::{self, Watch};
+use crate::distributed::nccl::Communicator;
+use crate::distributed::rendezvous::Watch;
 use crate::distributed::World;
 use crate::error::{Error, Result};
 use crate::loader::{self, read_parts};
@@ -64,6 +64,9 @@ pub struct TrainJob {
     pub device: Device,
     /// This process's rank (one GPU each, `device` being its GPU); [`World::single`] alone.
     pub world: World,
+    /// Over several ranks: how long a rank may hold the others up, silent, before every rank
+    /// stops naming it (see [`crate::distributed::progress`]); None: never.
+    pub hang_timeout: Option<std::time::Duration>,
 }
 
 pub struct TrainSummary {
@@ -96,8 +99,12 @@ fn tokenize_file(
     }
 }
 
-/// The model with the variant's architecture, and the stages that train it.
-fn build(job: &TrainJob) -> Result<(Transformer, crate::tokenizer::Tokenizer, Vec<StageKind>)> {
+/// The model with the variant's architecture, and the stages that train it. Over several
+/// ranks (`group`) an on-the-fly conversion's calibration splits its chunks over them.
+fn build(
+    job: &TrainJob,
+    group: Option<&dyn crate::distributed::zero::Collective>,
+) -> Result<(Transformer, crate::tokenizer::Tokenizer, Vec<StageKind>)> {
     let parts = read_parts(&job.model)?;
     let has_plan = !parts.plan.is_dense();
     let tokenizer = parts.tokenizer;
@@ -147,7 +154,7 @@ fn build(job: &TrainJob) -> Result<(Transformer, crate::tokenizer::Tokenizer, Ve
                     state_device: job.device,
                     pad_id: 0,
                 };
-                calibrate(&dense, &plan, &fit, &held, &opts, |_, _| {})?.0
+                calibrate(&dense, &plan, &fit, &held, &opts, group, |_, _| {})?.0
             } else {
                 Default::default()
             };
@@ -201,19 +208,10 @@ fn claim_run_folder(out: &Path, resuming: bool, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// The communicator of a job of several ranks: they meet on rank 0, which checks that each
-/// runs the same job (`config_file`, the resolved options, without the machine's own place)
-/// before any of them loads the model.
+/// The communicator of a job of several ranks (see [`crate::distributed::join_ranks`]); the
+/// job that must match on every rank is `config_file`, the resolved options, without the
+/// machine's own place.
 fn communicator(job: &TrainJob) -> Result<Option<(Communicator, Watch)>> {
-    if job.world.size == 1 {
-        return Ok(None);
-    }
-    if job.device != Device::Cuda(job.world.local_rank) {
-        return Err(Error::invalid(format!(
-            "rank {} runs on {:?}: multi-GPU training runs each rank on its own GPU (--device cuda)",
-            job.world.rank, job.device
-        )));
-    }
     let same: String = job
         .config_file
         .as_deref()
@@ -222,16 +220,7 @@ fn communicator(job: &TrainJob) -> Result<Option<(Communicator, Watch)>> {
         .filter(|l| !l.starts_with("node-rank"))
         .collect::<Vec<_>>()
         .join("\n");
-    let (id, links) = rendezvous::join_default(&job.world, &same, nccl::unique_id)?;
-    let comm = Communicator::new(&job.world, &id)?;
-    // A rank that stops stops the others, with its name, instead of leaving them in NCCL.
-    let (abort, rank) = (comm.abort_handle(), job.world.rank);
-    let watch = links.watch(move |why| {
-        eprintln!("error: {why}; stopping rank {rank}");
-        abort.abort();
-        std::process::exit(1);
-    });
-    Ok(Some((comm, watch)))
+    crate::distributed::join_ranks(&job.world, job.device, &same, job.hang_timeout)
 }
 
 pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<TrainSummary> {
@@ -252,7 +241,8 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
             (m.model, m.tokenizer, stages, r.config.clone())
         }
         None => {
-            let (m, t, s) = build(&job)?;
+            let group = comm.as_ref().map(|c| c as &dyn crate::distributed::zero::Collective);
+            let (m, t, s) = build(&job, group)?;
             (m, t, s, job.cfg.clone())
         }
     };
@@ -293,6 +283,7 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
         profile: job.profile.clone(),
         world: job.world.clone(),
         comm: comm.map(|c| Box::new(c) as Box<dyn crate::distributed::zero::Collective>),
+        watch: watch.as_ref(),
     };
     let history = trainer.run(resume, on_step);
     if let (Err(_), Some(comm)) = (&history, trainer.comm.take()) {

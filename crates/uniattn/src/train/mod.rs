@@ -9,6 +9,7 @@ pub mod optim;
 mod step_graph;
 
 use crate::cuda::training::autocast_bf16;
+use crate::distributed::progress::Phase;
 use crate::distributed::zero::Collective;
 use crate::distributed::World;
 use crate::error::{Error, Result};
@@ -359,6 +360,9 @@ pub struct Trainer<'a> {
     /// more than one, the collective its gradients are summed over (NCCL's communicator).
     pub world: World,
     pub comm: Option<Box<dyn Collective>>,
+    /// Over several ranks: where this rank reports its progress, so that rank 0 can name a
+    /// rank that hangs ([`crate::distributed::progress`]).
+    pub watch: Option<&'a crate::distributed::rendezvous::Watch>,
 }
 
 /// The gradient accumulation that resumes on `now` ranks a run of `cfg` written on
@@ -391,6 +395,13 @@ pub fn accumulation_to_resume(
 pub const PROFILED_STEPS: std::ops::Range<usize> = 3..6;
 
 impl Trainer<'_> {
+    /// Tells the other ranks' watch where this rank is (nothing alone).
+    fn report(&self, step: usize, phase: Phase) {
+        if let Some(w) = self.watch {
+            w.report(step, phase);
+        }
+    }
+
     fn parameters(&self, stage: StageKind) -> Vec<(String, Tensor)> {
         let trained = stage.modules().map(|modules| self.model.names_of(modules));
         let mut ps = Vec::new();
@@ -497,6 +508,7 @@ impl Trainer<'_> {
                     profiler = Some(crate::cuda::training::Profiler::start()?);
                 }
                 let t0 = std::time::Instant::now();
+                self.report(pos.global_step + 1, Phase::Computing);
                 let batch: Vec<&TokenizedExample> = order
                     [pos.step * window..((pos.step + 1) * window).min(order.len())]
                     .iter()
@@ -528,6 +540,7 @@ impl Trainer<'_> {
                 if let Some(group) = group {
                     group.all_reduce_sum(&loss)?;
                 }
+                self.report(pos.global_step + 1, Phase::Waiting);
                 let loss = loss.double_value(&[]);
                 if !loss.is_finite() {
                     // Stop before the optimizer spreads it into the weights; checkpoints stay intact.
@@ -548,7 +561,10 @@ impl Trainer<'_> {
                     && self.cfg.eval_every > 0
                     && !self.val.is_empty()
                     && (pos.step.is_multiple_of(self.cfg.eval_every) || pos.step == total))
-                    .then(|| evaluate(self.model, &self.val, self.cfg.micro_batch, self.cfg.autocast))
+                    .then(|| {
+                        self.report(pos.global_step, Phase::Evaluating);
+                        evaluate(self.model, &self.val, self.cfg.micro_batch, self.cfg.autocast)
+                    })
                     .transpose()?;
                 let m = StepMetrics {
                     stage: pos.stage,
@@ -599,6 +615,7 @@ impl Trainer<'_> {
                     } else {
                         pos
                     };
+                    self.report(pos.global_step, Phase::Saving);
                     checkpoint::save(self, &opt, next, stage_done, group)?;
                 }
             }
@@ -678,6 +695,7 @@ mod tests {
             profile: None,
             world: World::single(),
             comm: None,
+            watch: None,
         }
     }
 
