@@ -319,8 +319,8 @@ pub struct RankArgs {
     #[arg(long, default_value_t = 29500)]
     pub master_port: u16,
     /// Seconds a rank may hold the others up without progress (stuck before its step's
-    /// collectives) before every rank stops, naming it; evaluation and checkpoints get 10x,
-    /// every rank waiting 5x the longest step. 0: never
+    /// collectives) before every rank stops, naming it; evaluation, checkpoints and the first
+    /// step get 10x, every rank waiting 5x the longest step. 0: never
     #[arg(long, default_value_t = 60)]
     pub hang_timeout: u64,
 }

@@ -68,8 +68,9 @@ impl Progress {
     }
 }
 
-/// Before its first report a rank may be loading the model: this many timeouts.
-const FIRST_REPORT_ALLOWANCE: u32 = 10;
+/// Before its first report a rank may be loading the model, and its first step compiles
+/// kernels and captures graphs: this many timeouts.
+const FIRST_STEP_ALLOWANCE: u32 = 10;
 /// Every rank waiting: a hang once they have waited this many times the longest step so far.
 const LONGEST_STEP_ALLOWANCE: u32 = 5;
 
@@ -77,6 +78,8 @@ const LONGEST_STEP_ALLOWANCE: u32 = 5;
 pub struct Ranks {
     started: Instant,
     last: Vec<Option<(Progress, Instant)>>,
+    /// The step of each rank's first report (its first step: the run's, or a resumed one's).
+    first_step: Vec<Option<usize>>,
     done: Vec<bool>,
     /// When rank 0 started its current step, and the longest of its steps so far.
     step_started: Option<Instant>,
@@ -88,6 +91,7 @@ impl Ranks {
         Ranks {
             started: now,
             last: vec![None; size],
+            first_step: vec![None; size],
             done: vec![false; size],
             step_started: None,
             longest_step: Duration::ZERO,
@@ -101,6 +105,7 @@ impl Ranks {
                 self.longest_step = self.longest_step.max(now - t);
             }
         }
+        self.first_step[rank].get_or_insert(p.step);
         // Only moves forward: a late line never makes a rank look further behind.
         if slot.is_none_or(|(q, _)| p > q) {
             *slot = Some((p, now));
@@ -121,8 +126,8 @@ impl Ranks {
         let progress = |r: usize| self.last[r].map(|(p, _)| p);
         let silent_for = |r: usize| now - self.last[r].map_or(self.started, |(_, t)| t);
         let too_long = |r: usize| match progress(r) {
-            Some(p) => timeout * p.phase.allowance(),
-            None => timeout * FIRST_REPORT_ALLOWANCE,
+            Some(p) if Some(p.step) != self.first_step[r] => timeout * p.phase.allowance(),
+            _ => timeout * FIRST_STEP_ALLOWANCE,
         };
         let ahead = active.iter().map(|&r| progress(r)).max()?;
         let behind: Vec<usize> =
@@ -209,11 +214,18 @@ mod tests {
         assert_eq!(ranks.hung(s(111), timeout), None);
     }
 
-    /// Rank 0 evaluating or saving may take ten timeouts; a rank never heard from may too.
+    /// Rank 0 evaluating or saving may take ten timeouts; a rank never heard from, or in its
+    /// first step, may too.
     #[test]
     fn evaluating_saving_and_loading_get_longer() {
         let s = clock();
         let timeout = Duration::from_secs(10);
+        let mut ranks = Ranks::new(2, s(0));
+        // A first step (kernels compiled, graphs captured) may take ten timeouts too.
+        ranks.report(0, at(7, Phase::Computing), s(0));
+        ranks.report(1, at(7, Phase::Waiting), s(1));
+        assert_eq!(ranks.hung(s(90), timeout), None);
+        assert!(ranks.hung(s(101), timeout).unwrap().contains("rank 0 at step 7, computing"));
         let mut ranks = Ranks::new(2, s(0));
         ranks.report(1, at(1, Phase::Waiting), s(1));
         assert_eq!(ranks.hung(s(90), timeout), None, "rank 0 may still be loading");
