@@ -13,6 +13,7 @@ namespace {
 
 using uniattn_shim::check;
 using uniattn_shim::guarded;
+using uniattn_shim::order;
 
 // A captured graph and the side stream it is captured and replayed on. Work enters the side
 // stream after everything queued on the caller's stream, and the caller's stream waits for it
@@ -24,15 +25,6 @@ struct Graph {
   explicit Graph(c10::DeviceIndex device)
       : graph(/*keep_graph=*/true), side(c10::cuda::getStreamFromPool(false, device)) {}
 };
-
-// `waiter` waits for everything queued on `first` so far (no host synchronisation).
-void order(cudaStream_t first, cudaStream_t waiter) {
-  cudaEvent_t ev;
-  check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-  check(cudaEventRecord(ev, first));
-  check(cudaStreamWaitEvent(waiter, ev, 0));
-  check(cudaEventDestroy(ev));
-}
 
 void enter(Graph* g) {
   auto caller = c10::cuda::getCurrentCUDAStream(g->side.device_index());
@@ -104,6 +96,40 @@ int ua_graph_replay(void* g, char* err, size_t len) {
 int ua_graph_nodes(void* g, size_t* out, char* err, size_t len) {
   return guarded(err, len, [&] {
     check(cudaGraphGetNodes(static_cast<Graph*>(g)->graph.raw_cuda_graph(), nullptr, out));
+  });
+}
+
+// Pinned host memory of `bytes` bytes: copies from the GPU into it need not block the host.
+int ua_host_alloc(size_t bytes, void** out, char* err, size_t len) {
+  return guarded(err, len, [&] { check(cudaHostAlloc(out, bytes, cudaHostAllocDefault)); });
+}
+
+void ua_host_free(void* p) { cudaFreeHost(p); }
+
+// Copies `bytes` from GPU memory `src` into pinned `dst` on `device`'s current stream, after the
+// work queued there, and writes an event recorded after the copy to `event` (ua_event_wait).
+int ua_copy_to_host_async(int device, const void* src, void* dst, size_t bytes, void** event, char* err,
+                          size_t len) {
+  return guarded(err, len, [&] {
+    check(cudaSetDevice(device));
+    const auto stream = c10::cuda::getCurrentCUDAStream(device).stream();
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
+    cudaEvent_t e;
+    check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    const auto recorded = cudaEventRecord(e, stream);
+    if (recorded != cudaSuccess) cudaEventDestroy(e);
+    check(recorded);
+    *event = e;
+  });
+}
+
+// Blocks until `event` (from ua_copy_to_host_async) has happened, then destroys it.
+int ua_event_wait(void* event, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    const auto e = static_cast<cudaEvent_t>(event);
+    const auto waited = cudaEventSynchronize(e);
+    cudaEventDestroy(e);
+    check(waited);
   });
 }
 

@@ -32,4 +32,15 @@ inline void check(cudaError_t e) {
   if (e != cudaSuccess) throw std::runtime_error(cudaGetErrorString(e));
 }
 
+// `waiter` waits for everything queued on `first` so far: an event between them, no host
+// synchronisation (in a capture, an edge of the graph).
+inline void order(cudaStream_t first, cudaStream_t waiter) {
+  cudaEvent_t ev;
+  check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  const auto recorded = cudaEventRecord(ev, first);
+  const auto waited = recorded == cudaSuccess ? cudaStreamWaitEvent(waiter, ev, 0) : recorded;
+  cudaEventDestroy(ev);
+  check(waited);
+}
+
 }  // namespace uniattn_shim

@@ -237,17 +237,6 @@ LayerReducer& reducer() {
   return r;
 }
 
-// Makes `waiter` wait for the work queued on `first` so far (an event between them; in a
-// capture, an edge of the graph).
-void order_after(cudaStream_t first, cudaStream_t waiter) {
-  cudaEvent_t e;
-  uniattn_shim::check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  uniattn_shim::check(cudaEventRecord(e, first));
-  const auto waited = cudaStreamWaitEvent(waiter, e, 0);
-  uniattn_shim::check(cudaEventDestroy(e));
-  uniattn_shim::check(waited);
-}
-
 struct ReduceMarker : public torch::autograd::Function<ReduceMarker> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t layer) {
     ctx->saved_data["layer"] = layer;
@@ -261,7 +250,7 @@ struct ReduceMarker : public torch::autograd::Function<ReduceMarker> {
     if (r.live && r.failed == 0 && r.cuda_error.empty() && layer < static_cast<int64_t>(r.layers.size()) && r.layers[layer].second > 0) {
       // Errors wait for the join: one thrown here would end the backward pass half done.
       try {
-        order_after(c10::cuda::getCurrentCUDAStream().stream(), r.stream->stream());
+        uniattn_shim::order(c10::cuda::getCurrentCUDAStream().stream(), r.stream->stream());
         const auto [p, n] = r.layers[layer];
         r.failed = r.all_reduce(p, p, n, kNcclFloat32, kNcclSum, r.comm, r.stream->stream());
         r.pending = true;
@@ -428,7 +417,7 @@ int ua_reducer_join(int* nccl_error, char* err, size_t len) {
     *nccl_error = r.failed;
     if (!r.cuda_error.empty()) throw std::runtime_error(r.cuda_error);
     if (!r.pending) return;
-    order_after(r.stream->stream(), c10::cuda::getCurrentCUDAStream().stream());
+    uniattn_shim::order(r.stream->stream(), c10::cuda::getCurrentCUDAStream().stream());
     r.pending = false;
   });
 }

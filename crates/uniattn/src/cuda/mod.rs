@@ -1,10 +1,11 @@
-//! The parts of CUDA and libtorch that tch 0.24 does not bind: graphs ([`graph`]), custom
-//! kernels ([`kernels`]), the trainer's fused optimizer, gradient buffers and profiler
+//! The parts of CUDA and libtorch that tch 0.24 does not bind: graphs ([`graph`]), copies to
+//! the host that do not block it ([`host_copy`]), custom kernels ([`kernels`]), the trainer's fused optimizer, gradient buffers and profiler
 //! ([`training`]) and the data-parallel all-reduce inside the backward pass ([`layer_reduce`]).
 //! All go through a small C++ shim (`cuda/*.cpp`, compiled by build.rs against libtorch's
 //! headers) that the binary carries and loads only when CUDA is available:
 //! libtorch_cuda, which it links, cannot be loaded on a machine without a GPU driver.
 pub mod graph;
+pub mod host_copy;
 pub mod kernels;
 pub mod layer_reduce;
 pub mod training;
@@ -102,6 +103,11 @@ type ReducerSet = unsafe extern "C" fn(
 type ReducerLive = unsafe extern "C" fn(c_int, ErrOut, usize) -> c_int;
 type ReducerMark = unsafe extern "C" fn(*const c_void, i64, *mut *mut c_void, ErrOut, usize) -> c_int;
 type ReducerJoin = unsafe extern "C" fn(*mut c_int, ErrOut, usize) -> c_int;
+type HostAlloc = unsafe extern "C" fn(usize, *mut *mut c_void, ErrOut, usize) -> c_int;
+type HostFree = unsafe extern "C" fn(*mut c_void);
+type CopyToHostAsync =
+    unsafe extern "C" fn(c_int, *const c_void, *mut c_void, usize, *mut *mut c_void, ErrOut, usize) -> c_int;
+type EventWait = unsafe extern "C" fn(*mut c_void, ErrOut, usize) -> c_int;
 
 /// The shim's entry points (see cuda/graphs.cpp and cuda/nvrtc.cpp); each returns 0 or
 /// writes a message.
@@ -135,6 +141,10 @@ struct Shim {
     reducer_live: ReducerLive,
     reducer_mark: ReducerMark,
     reducer_join: ReducerJoin,
+    host_alloc: HostAlloc,
+    host_free: HostFree,
+    copy_to_host_async: CopyToHostAsync,
+    event_wait: EventWait,
 }
 
 /// Calls a shim function with an error buffer, turning its message into an error.
@@ -227,6 +237,10 @@ fn load() -> std::result::Result<Shim, String> {
             reducer_live: t::<*mut c_void, ReducerLive>(sym("ua_reducer_live")?),
             reducer_mark: t::<*mut c_void, ReducerMark>(sym("ua_reducer_mark")?),
             reducer_join: t::<*mut c_void, ReducerJoin>(sym("ua_reducer_join")?),
+            host_alloc: t::<*mut c_void, HostAlloc>(sym("ua_host_alloc")?),
+            host_free: t::<*mut c_void, HostFree>(sym("ua_host_free")?),
+            copy_to_host_async: t::<*mut c_void, CopyToHostAsync>(sym("ua_copy_to_host_async")?),
+            event_wait: t::<*mut c_void, EventWait>(sym("ua_event_wait")?),
         })
     }
 }

@@ -72,6 +72,44 @@ fn prompt(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
     (0..len).map(|_| (r.next_u64() % vocab as u64) as u32).collect()
 }
 
+/// `steps` greedy decode steps of the batch fed `first`, as the scheduler runs a greedy batch:
+/// each step after the first queued before the last one's picks are read (one at a time with
+/// `UNIATTN_DECODE_AHEAD=0`). `before_step` sees the engine before each step. Returns the
+/// last picks.
+fn decode_greedy(
+    engine: &mut Engine,
+    first: Vec<u32>,
+    steps: usize,
+    mut before_step: impl FnMut(&Engine),
+) -> crate::error::Result<Vec<u32>> {
+    let batch = first.len();
+    let mut next = first;
+    if std::env::var("UNIATTN_DECODE_AHEAD").is_ok_and(|v| v == "0") {
+        for _ in 0..steps {
+            before_step(engine);
+            next = greedy(&engine.decode(&next)?);
+        }
+        return Ok(next);
+    }
+    if steps == 0 {
+        return Ok(next);
+    }
+    before_step(engine);
+    let _logits = engine.decode(&next)?;
+    let mut picks = engine.picks(batch)?;
+    for _ in 1..steps {
+        before_step(engine);
+        engine.decode_ahead(batch)?;
+        let after = engine.picks(batch)?;
+        let (_, buffer) = picks.wait()?;
+        engine.recycle(buffer);
+        picks = after;
+    }
+    let (last, buffer) = picks.wait()?;
+    engine.recycle(buffer);
+    Ok(last)
+}
+
 fn greedy(logits: &Tensor) -> Vec<u32> {
     Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))
         .expect("int64 argmax")
@@ -165,9 +203,7 @@ fn measure(
             engine.reset(slot);
             next.push(greedy(&engine.prefill(slot, p, false)?.unsqueeze(0))[0]);
         }
-        for _ in 0..new_tokens {
-            next = greedy(&engine.decode(&next)?);
-        }
+        next = decode_greedy(engine, next, new_tokens, |_| {})?;
         if t.elapsed() >= warm_up {
             break;
         }
@@ -191,11 +227,10 @@ fn measure(
     let cache_read = engine.cache_read_bytes_per_token(batch) as f64;
     let mut read = 0.0;
     let t1 = Instant::now();
-    for _ in 0..new_tokens {
+    decode_greedy(engine, next, new_tokens, |engine| {
         let past = engine.cache.tokens_in_use(batch) as f64;
         read += weights + past * cache_read + (batch * row.kv_bytes_per_token) as f64;
-        next = greedy(&engine.decode(&next)?);
-    }
+    })?;
     let secs = t1.elapsed().as_secs_f64();
     row.sm_clock_mhz = sm_clock_mhz(device);
     row.kernels_per_step = engine.decode_kernels();

@@ -17,7 +17,7 @@ use crate::model::Transformer;
 use crate::plan::{LayerRole, LeadHandover};
 use kv_cache::{KvCache, KEY_BUCKET};
 use layers::{InferenceLayer, Step};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 pub use sampling::SamplingParams;
 pub use scheduler::{Event, FinishReason, Request, Scheduler, TokenLogprob};
@@ -39,11 +39,34 @@ impl Default for EngineOptions {
     }
 }
 
+/// A zeroed `step_inputs` buffer for `cache`'s slots.
+fn step_inputs(cache: &KvCache, device: Device) -> Tensor {
+    Tensor::zeros([2, cache.slots() as i64, 1], (Kind::Int64, device))
+}
+
 fn cache_for(layers: &[InferenceLayer], stem: &Stem, slots: usize, len: usize) -> Result<KvCache> {
     let kinds: Vec<_> = layers.iter().map(InferenceLayer::cache_kind).collect();
     let heads: Vec<i64> =
         (0..layers.len()).map(|l| stem.plan.kv_heads(l, stem.cfg.num_kv_heads) as i64).collect();
     KvCache::new(&kinds, &heads, slots, len, stem.cfg.head_dim as i64, stem.kind, stem.device)
+}
+
+/// A decode step's greedy picks on their way to the host ([`Engine::picks`]).
+pub enum Picks {
+    Ready(Vec<i64>),
+    Copying(crate::cuda::host_copy::Copying),
+}
+
+impl Picks {
+    /// Waits for the picks; returns them and the pinned buffer to give back
+    /// ([`Engine::recycle`]).
+    pub fn wait(self) -> Result<(Vec<u32>, Option<crate::cuda::host_copy::PinnedI64>)> {
+        let (ids, buffer) = match self {
+            Picks::Ready(ids) => (ids, None),
+            Picks::Copying(c) => c.wait().map(|(ids, b)| (ids, Some(b)))?,
+        };
+        Ok((ids.into_iter().map(|t| t as u32).collect(), buffer))
+    }
 }
 
 pub struct Engine {
@@ -57,6 +80,12 @@ pub struct Engine {
     pub options: EngineOptions,
     /// Captured decode steps, when decoding through CUDA graphs (see [`Engine::use_cuda_graphs`]).
     graphs: Option<graphs::DecodeGraphs>,
+    /// `[2, slots, 1]` int64 on the device: the token ids, then the positions, a decode step
+    /// reads; the step writes its greedy picks and the next positions back (see
+    /// [`Engine::decode_ahead`]). At a fixed address, which captured steps read.
+    step_inputs: Tensor,
+    /// Pinned buffers for [`Engine::picks`], given back after use.
+    pinned: Vec<crate::cuda::host_copy::PinnedI64>,
     /// [`MAPS_FOR_PROBS`] on CUDA; 0 on the CPU, where `P V` has no such shape problem and
     /// reading no keys is what pays. Tests set it to run both forms.
     maps_for_probs: i64,
@@ -101,7 +130,18 @@ impl Engine {
             .collect();
         let cache = cache_for(&layers, &stem, options.max_batch, options.max_len)?;
         let maps_for_probs = if stem.device.is_cuda() { MAPS_FOR_PROBS } else { 0 };
-        let mut engine = Engine { stem, layers, cache, roles, options, graphs: None, maps_for_probs };
+        let step_inputs = step_inputs(&cache, stem.device);
+        let mut engine = Engine {
+            stem,
+            layers,
+            cache,
+            roles,
+            options,
+            graphs: None,
+            step_inputs,
+            pinned: vec![],
+            maps_for_probs,
+        };
         // On a GPU, decode through CUDA graphs unless UNIATTN_CUDA_GRAPHS=0 (or the shim is
         // missing, in which case the eager path runs as before).
         if crate::cuda::graph::wanted() && engine.stem.device.is_cuda() && crate::cuda::available() {
@@ -131,7 +171,10 @@ impl Engine {
             true if !self.stem.device.is_cuda() => {
                 return Err(Error::invalid("CUDA graphs need a CUDA device"));
             }
-            true => Some(graphs::DecodeGraphs::new(self.cache.slots(), self.stem.device)?),
+            true => {
+                let Device::Cuda(device) = self.stem.device else { unreachable!("checked above") };
+                Some(graphs::DecodeGraphs::new(device)?)
+            }
             false => None,
         };
         Ok(())
@@ -150,7 +193,7 @@ impl Engine {
     /// GPU seconds of the last decode step's shape, replayed `n` times back to back (`None`
     /// when steps run eagerly).
     pub fn decode_gpu_seconds(&self, n: usize) -> Result<Option<f64>> {
-        self.graphs.as_ref().map_or(Ok(None), |g| g.replay_seconds(n))
+        self.graphs.as_ref().map_or(Ok(None), |g| g.replay_seconds(n, &self.step_inputs))
     }
 
     /// Replaces the cache with one for `max_batch` sequences of `max_len` tokens (the old one
@@ -160,6 +203,8 @@ impl Engine {
         let graphs = self.graphs.take().is_some();
         self.cache = cache_for(&self.layers, &self.stem, 1, 1)?;
         self.cache = cache_for(&self.layers, &self.stem, max_batch, max_len)?;
+        self.step_inputs = step_inputs(&self.cache, self.stem.device);
+        self.pinned.clear();
         self.options = EngineOptions { max_batch, max_len, ..self.options };
         self.use_cuda_graphs(graphs)
     }
@@ -283,8 +328,57 @@ impl Engine {
     }
 
     /// One decode step: `tokens[i]` is appended to slot `i`. Returns f32 logits `[n, vocab]`.
+    /// The step also leaves its greedy picks where [`Engine::decode_ahead`] reads them.
     pub fn decode(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let n = tokens.len();
+        let lens = self.next_lens(n)?;
+        // Ids then positions, each padded to the slots: in a graph's padded batch, rows past
+        // `n` write K/V at their own sequence's next position, and the rest are not read.
+        let slots = self.cache.slots();
+        let last = self.cache.max_len() as i64 - 1;
+        let mut inputs = vec![0i64; 2 * slots];
+        for (s, &t) in tokens.iter().enumerate() {
+            inputs[s] = t as i64;
+        }
+        for s in 0..slots {
+            inputs[slots + s] = if s < n { lens[s] } else { self.cache.len(s).min(last) };
+        }
+        self.step_inputs.copy_(&Tensor::from_slice(&inputs).view([2, slots as i64, 1]));
+        self.step(n, &lens, true).map(|logits| logits.expect("asked for"))
+    }
+
+    /// The next decode step of the same `n` sequences fed the last step's greedy picks, which
+    /// never leave the device: the host queues it without waiting for the last step. Read the
+    /// picks with [`Engine::picks`] (queued before this step, they are the last step's).
+    pub fn decode_ahead(&mut self, n: usize) -> Result<()> {
+        let lens = self.next_lens(n)?;
+        self.step(n, &lens, false).map(drop)
+    }
+
+    /// The greedy picks of the last decode step for slots `0..n`, copied behind it: on a GPU
+    /// without waiting for it (the host waits in [`Picks::wait`], and may queue more work
+    /// first), elsewhere at once.
+    pub fn picks(&mut self, n: usize) -> Result<Picks> {
+        let ids = self.step_inputs.get(0).narrow(0, 0, n as i64).view([-1]);
+        match self.stem.device {
+            Device::Cuda(d) => {
+                let buffer = match self.pinned.pop() {
+                    Some(b) => b,
+                    None => crate::cuda::host_copy::PinnedI64::new(self.cache.slots())?,
+                };
+                Ok(Picks::Copying(buffer.copy_from(&ids, d)?))
+            }
+            _ => Ok(Picks::Ready(Vec::<i64>::try_from(ids).expect("int64 picks"))),
+        }
+    }
+
+    /// Gives a waited-for pick buffer back for the next [`Engine::picks`].
+    pub fn recycle(&mut self, buffer: Option<crate::cuda::host_copy::PinnedI64>) {
+        self.pinned.extend(buffer);
+    }
+
+    /// The lengths of slots `0..n` before a decode step, checked to have room for one more.
+    fn next_lens(&self, n: usize) -> Result<Vec<i64>> {
         if n == 0 || n > self.cache.slots() {
             return Err(Error::invalid(format!("decode takes 1 to {} tokens, got {n}", self.cache.slots())));
         }
@@ -292,21 +386,24 @@ impl Engine {
         if let Some(s) = lens.iter().position(|&l| l as usize >= self.cache.max_len()) {
             return Err(Error::invalid(format!("sequence {s} is full ({} tokens)", self.cache.max_len())));
         }
+        Ok(lens)
+    }
+
+    /// A decode step of slots `0..n` (at `lens`) over the ids and positions in `step_inputs`;
+    /// its logits when `logits` (a graph's are copied out of its buffer, which the next replay
+    /// overwrites).
+    fn step(&mut self, n: usize, lens: &[i64], logits: bool) -> Result<Option<Tensor>> {
         let _guard = tch::no_grad_guard();
-        let device = self.stem.device;
         let k_len = lens.iter().max().copied().unwrap_or(0) + 1;
         let logits = match self.graphs.take() {
             Some(mut g) => {
-                let r = self.decode_graphed(&mut g, tokens, &lens, k_len);
+                let r = self.decode_graphed(&mut g, n, k_len);
                 self.graphs = Some(g);
-                r?
+                logits.then(|| r.map(|out| out.copy())).transpose()?
             }
             None => {
-                let t: Vec<i64> = tokens.iter().map(|&i| i as i64).collect();
-                let ids = Tensor::from_slice(&t).to_device(device).unsqueeze(1);
-                let positions = Tensor::from_slice(&lens).to_device(device).unsqueeze(1);
-                let h = self.run(&ids, 0, &positions, k_len, false);
-                self.stem.head(&h).squeeze_dim(1)
+                let (ids, positions) = self.step_rows(n);
+                Some(self.step_body(&ids, &positions, k_len))
             }
         };
         for (s, l) in lens.iter().enumerate() {
@@ -315,38 +412,35 @@ impl Engine {
         Ok(logits)
     }
 
+    /// Views of rows `0..rows` of the step's ids and positions.
+    fn step_rows(&self, rows: usize) -> (Tensor, Tensor) {
+        let rows = rows as i64;
+        (self.step_inputs.get(0).narrow(0, 0, rows), self.step_inputs.get(1).narrow(0, 0, rows))
+    }
+
+    /// What a decode step runs, eagerly or captured: the layers and the head over `ids` and
+    /// `positions` (views of `step_inputs`), then the greedy picks and the next positions
+    /// written back over them, so that a following step can run without the host.
+    fn step_body(&mut self, ids: &Tensor, positions: &Tensor, k_len: i64) -> Tensor {
+        let h = self.run(ids, 0, positions, k_len, false);
+        let logits = self.stem.head(&h).squeeze_dim(1);
+        let last = self.cache.max_len() as i64 - 1;
+        let next_positions = (positions + 1).clamp_max(last);
+        ids.shallow_clone().copy_(&logits.argmax(-1, true));
+        positions.shallow_clone().copy_(&next_positions);
+        logits
+    }
+
     /// One decode step replayed from a CUDA graph: the batch is padded to its bucket with rows
     /// for the next slots (each writes K/V at its own sequence's next position, which its
     /// prefill or its next decode step overwrites), and attention reads whole key buckets.
-    fn decode_graphed(
-        &mut self,
-        g: &mut graphs::DecodeGraphs,
-        tokens: &[u32],
-        lens: &[i64],
-        k_len: i64,
-    ) -> Result<Tensor> {
-        let n = tokens.len();
-        let slots = self.cache.slots();
-        let batch = graphs::DecodeGraphs::batch_bucket(n, slots);
-        let last = self.cache.max_len() as i64 - 1;
-        // Ids then positions, each padded to the slots: rows past the batch write K/V at their
-        // own sequence's next position, and the rest are not read.
-        let mut inputs = vec![0i64; 2 * slots];
-        for (s, &t) in tokens.iter().enumerate() {
-            inputs[s] = t as i64;
-        }
-        for s in 0..batch {
-            inputs[slots + s] = if s < n { lens[s] } else { self.cache.len(s).min(last) };
-        }
-        g.inputs.copy_(&Tensor::from_slice(&inputs).view([2, slots as i64, 1]));
-        let (ids, positions) =
-            (g.inputs.get(0).narrow(0, 0, batch as i64), g.inputs.get(1).narrow(0, 0, batch as i64));
+    fn decode_graphed(&mut self, g: &mut graphs::DecodeGraphs, n: usize, k_len: i64) -> Result<Tensor> {
+        let batch = graphs::DecodeGraphs::batch_bucket(n, self.cache.slots());
+        let (ids, positions) = self.step_rows(batch);
         let k_len = self.key_bucket(k_len);
-        let out = g.run(batch, k_len, || {
-            let h = self.run(&ids, 0, &positions, k_len, false);
-            self.stem.head(&h).squeeze_dim(1)
-        })?;
-        Ok(out.narrow(0, 0, n as i64).copy())
+        let inputs = self.step_inputs.shallow_clone();
+        let out = g.run(batch, k_len, &inputs, || self.step_body(&ids, &positions, k_len))?;
+        Ok(out.narrow(0, 0, n as i64))
     }
 
     /// Forgets `slot`'s sequence.

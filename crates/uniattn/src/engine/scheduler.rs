@@ -6,7 +6,7 @@
 //! needs; the prompt being prefilled sits in slot `n`.
 use super::sampling::{pick_batch, Sampler, SamplingParams};
 use super::stop::TextStream;
-use super::Engine;
+use super::{Engine, Picks};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
@@ -110,6 +110,12 @@ pub struct Scheduler {
     /// Prompt tokens prefilled since the last decode step: at most `prefill_chunk` of them
     /// run between two decodes, however the steps are cut.
     prefilled_since_decode: usize,
+    /// A decode step queued on the device with its picks not read yet (see [`Scheduler::step`]).
+    in_flight: Option<Picks>,
+    /// Whether steps may be queued ahead: not with `UNIATTN_DECODE_AHEAD=0`.
+    ahead: bool,
+    /// Decode steps queued ahead so far.
+    steps_ahead: usize,
 }
 
 /// Log-probability of `token` and the `k` best alternatives from one row of log-probs.
@@ -136,7 +142,21 @@ impl Scheduler {
             active: Vec::new(),
             next_id: 0,
             prefilled_since_decode: 0,
+            in_flight: None,
+            ahead: std::env::var("UNIATTN_DECODE_AHEAD").map_or(true, |v| v != "0"),
+            steps_ahead: 0,
         }
+    }
+
+    /// Whether decode steps may be queued before the last one's picks are read (default: yes,
+    /// unless `UNIATTN_DECODE_AHEAD=0`).
+    pub fn set_decode_ahead(&mut self, on: bool) {
+        self.ahead = on;
+    }
+
+    /// Decode steps queued ahead of the host so far (for reports and tests).
+    pub fn steps_ahead(&self) -> usize {
+        self.steps_ahead
     }
 
     /// Queues a request after checking it can run at all; returns its id.
@@ -189,13 +209,22 @@ impl Scheduler {
         if let Some(s) = self.active.iter_mut().find(|s| s.id == id) {
             s.finished = Some(FinishReason::Stop);
         }
-        self.compact();
+        // A step in flight still has the sequence's row: the next step reads it, then compacts.
+        if self.in_flight.is_none() {
+            self.compact();
+        }
     }
 
     /// Prefills up to `prefill_chunk` prompt tokens (finishing prompts join the batch), then
     /// advances every running sequence by one token. Returns what happened, in order.
     pub fn step(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
+        // A prompt joining changes the batch: the step in flight is read first.
+        if self.in_flight.is_some() && self.joining() {
+            let drained = self.drain(&mut events);
+            self.on_decode_result(drained, &mut events);
+            self.compact();
+        }
         let mut budget = self.engine.options.prefill_chunk.saturating_sub(self.prefilled_since_decode);
         while budget > 0 {
             if self.prefilling.is_none() {
@@ -240,39 +269,123 @@ impl Scheduler {
         // The decode (or, with nothing to decode, the end of this step) opens the next budget.
         self.prefilled_since_decode = 0;
         if !self.active.is_empty() {
-            let tokens: Vec<u32> = self.active.iter().map(|s| s.pending).collect();
-            match self.engine.decode(&tokens) {
-                Ok(logits) => {
-                    for s in &mut self.active {
-                        s.history.push(s.pending);
-                    }
-                    let mut rows: Vec<(&mut Sampler, &[u32])> =
-                        self.active.iter_mut().map(|s| (&mut s.sampler, s.history.as_slice())).collect();
-                    let next = pick_batch(&mut rows, &logits);
-                    let want_logp = self.active.iter().any(|s| s.logprobs.is_some());
-                    let logp = want_logp.then(|| logits.log_softmax(-1, Kind::Float));
-                    for (i, &t) in next.iter().enumerate() {
-                        let lp = self.active[i]
-                            .logprobs
-                            .map(|k| token_logprob(&logp.as_ref().expect("computed").get(i as i64), t, k));
-                        self.accept(i, t, lp, &mut events);
-                    }
-                }
-                Err(e) => {
-                    for s in self.active.drain(..) {
-                        events.push(Event::Failed { id: s.id, error: e.to_string() });
-                    }
-                    if let Some(p) = self.prefilling.take() {
-                        events.push(Event::Failed { id: p.id, error: e.to_string() });
-                    }
-                    for slot in 0..self.engine.cache.slots() {
-                        self.engine.reset(slot);
-                    }
-                }
-            }
+            let decoded = match self.in_flight.take() {
+                Some(picks) => self.decode_in_flight(picks, &mut events),
+                None => self.decode_from_host(&mut events),
+            };
+            self.on_decode_result(decoded, &mut events);
         }
         self.compact();
         events
+    }
+
+    /// A decode step fed the pending tokens from the host. When every sequence picks greedily,
+    /// the device already holds the picks: the next step is queued behind this one before
+    /// the host waits for them, so that the GPU runs it while the host handles these tokens.
+    fn decode_from_host(&mut self, events: &mut Vec<Event>) -> Result<()> {
+        let tokens: Vec<u32> = self.active.iter().map(|s| s.pending).collect();
+        let logits = self.engine.decode(&tokens)?;
+        for s in &mut self.active {
+            s.history.push(s.pending);
+        }
+        if self.can_run_ahead() {
+            let picks = self.engine.picks(tokens.len())?;
+            return self.take_picks(picks, events);
+        }
+        let mut rows: Vec<(&mut Sampler, &[u32])> =
+            self.active.iter_mut().map(|s| (&mut s.sampler, s.history.as_slice())).collect();
+        let next = pick_batch(&mut rows, &logits);
+        let want_logp = self.active.iter().any(|s| s.logprobs.is_some());
+        let logp = want_logp.then(|| logits.log_softmax(-1, Kind::Float));
+        for (i, &t) in next.iter().enumerate() {
+            let lp = self.active[i]
+                .logprobs
+                .map(|k| token_logprob(&logp.as_ref().expect("computed").get(i as i64), t, k));
+            self.accept(i, t, lp, events);
+        }
+        Ok(())
+    }
+
+    /// The step queued ahead by the last call: the next one is queued behind it where it may
+    /// be, then its picks are taken.
+    fn decode_in_flight(&mut self, picks: Picks, events: &mut Vec<Event>) -> Result<()> {
+        for s in self.active.iter_mut().filter(|s| s.finished.is_none()) {
+            s.history.push(s.pending);
+        }
+        self.take_picks(picks, events)
+    }
+
+    /// Queues the next step ahead when it may run (every sequence greedy and unfinished, no
+    /// prompt about to join, room in the cache), then waits for `picks` (the step before it) and
+    /// takes them. A sequence that finishes on them leaves the step ahead with a row that is
+    /// not wanted: that step is read at once (its other rows' tokens are kept).
+    fn take_picks(&mut self, picks: Picks, events: &mut Vec<Event>) -> Result<()> {
+        let n = self.active.len();
+        if self.can_run_ahead() {
+            self.engine.decode_ahead(n)?;
+            self.in_flight = Some(self.engine.picks(n)?);
+            self.steps_ahead += 1;
+        }
+        self.accept_picks(picks, events)?;
+        if self.in_flight.is_some() && self.active.iter().any(|s| s.finished.is_some()) {
+            self.drain(events)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the step in flight, if any, and takes its picks for the unfinished sequences.
+    fn drain(&mut self, events: &mut Vec<Event>) -> Result<()> {
+        let Some(picks) = self.in_flight.take() else { return Ok(()) };
+        for s in self.active.iter_mut().filter(|s| s.finished.is_none()) {
+            s.history.push(s.pending);
+        }
+        self.accept_picks(picks, events)
+    }
+
+    /// Waits for `picks` and takes each unfinished sequence's.
+    fn accept_picks(&mut self, picks: Picks, events: &mut Vec<Event>) -> Result<()> {
+        let (tokens, buffer) = picks.wait()?;
+        self.engine.recycle(buffer);
+        for (i, t) in tokens.into_iter().enumerate() {
+            if self.active.get(i).is_some_and(|s| s.finished.is_none()) {
+                self.accept(i, t, None, events);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the next decode step may be queued before this one's picks are read.
+    fn can_run_ahead(&self) -> bool {
+        let max_len = self.engine.cache.max_len() as i64;
+        self.ahead
+            && !self.joining()
+            && self.active.iter().enumerate().all(|(i, s)| {
+                s.finished.is_none()
+                    && s.sampler.params.is_greedy()
+                    && s.logprobs.is_none()
+                    && self.engine.cache.len(i) < max_len
+            })
+    }
+
+    /// Whether a prompt is being prefilled or can start (a slot is free for it).
+    fn joining(&self) -> bool {
+        self.prefilling.is_some()
+            || (!self.waiting.is_empty() && self.active.len() < self.engine.cache.slots())
+    }
+
+    /// A failed decode fails every running sequence and the prompt being prefilled.
+    fn on_decode_result(&mut self, r: Result<()>, events: &mut Vec<Event>) {
+        let Err(e) = r else { return };
+        self.in_flight = None;
+        for s in self.active.drain(..) {
+            events.push(Event::Failed { id: s.id, error: e.to_string() });
+        }
+        if let Some(p) = self.prefilling.take() {
+            events.push(Event::Failed { id: p.id, error: e.to_string() });
+        }
+        for slot in 0..self.engine.cache.slots() {
+            self.engine.reset(slot);
+        }
     }
 
     /// A fully prefilled prompt joins the batch with its first token.

@@ -225,6 +225,80 @@ fn greedy_generation_equals_repeated_full_forwards() {
     }
 }
 
+/// Events by request of the scenario below, the decode steps queued ahead of the host and the
+/// cancelled request's id.
+type AheadRun = (std::collections::BTreeMap<u64, Vec<String>>, usize, u64);
+
+/// Requests joining mid-run, one sampled (no step runs ahead while it is in the batch), one
+/// stopped by a stop string, one cancelled, all finishing at different steps, on `engine`.
+fn queued_ahead_scenario(engine: Engine, ahead: bool) -> AheadRun {
+    let mut tok = crate::testing::tiny_tokenizer();
+    tok.eos_ids.clear();
+    let mut sched = Scheduler::new(engine, std::sync::Arc::new(tok));
+    sched.set_decode_ahead(ahead);
+    let greedy = |n: usize| SamplingParams { max_new_tokens: n, ..Default::default() };
+    let submit = |sched: &mut Scheduler, prompt: Vec<u32>, params: SamplingParams| {
+        sched.submit(Request { prompt, params, ..Default::default() }).unwrap()
+    };
+    submit(&mut sched, seq(31, 6), greedy(30));
+    let cancelled = submit(&mut sched, seq(32, 3), greedy(40));
+    submit(&mut sched, seq(33, 9), greedy(12));
+    let mut events: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    for step in 0..200 {
+        if !sched.has_work() {
+            break;
+        }
+        match step {
+            6 => {
+                let sampled = SamplingParams { temperature: 0.9, seed: 5, ..greedy(5) };
+                submit(&mut sched, seq(34, 4), sampled);
+            }
+            20 => sched.cancel(cancelled),
+            22 => {
+                submit(&mut sched, seq(35, 5), SamplingParams { stop: vec!["t3".into()], ..greedy(20) });
+            }
+            _ => {}
+        }
+        for e in sched.step() {
+            let (id, what) = match e {
+                Event::Token { id, token, text, .. } => (id, format!("token {token} {text:?}")),
+                Event::Finished { id, reason, text, completion_tokens, .. } => {
+                    (id, format!("finished {reason:?} {completion_tokens} {text:?}"))
+                }
+                Event::Failed { id, error } => panic!("{id}: {error}"),
+            };
+            events.entry(id).or_default().push(what);
+        }
+    }
+    assert!(!sched.has_work());
+    (events, sched.steps_ahead(), cancelled)
+}
+
+/// The scenario with steps queued ahead against one step at a time: every request gets the
+/// same events. (Across requests the order may differ: a step already queued when a sequence
+/// finishes is read before the next prompt joins; and a cancel, which comes between calls, may
+/// find a token more or less done, so the cancelled request is checked up to the shorter.)
+fn assert_same_events((mut with, ahead, cancelled): AheadRun, (mut without, none, _): AheadRun) {
+    assert!(ahead >= 20 && none == 0, "{ahead} steps ran ahead with it on, {none} off");
+    let finished = with.values().filter(|es| es.last().is_some_and(|e| e.starts_with("finished"))).count();
+    assert_eq!((with.len(), finished), (5, 4), "{with:#?}");
+    let (a, b) = (with.remove(&cancelled).unwrap(), without.remove(&cancelled).unwrap());
+    let common = a.len().min(b.len());
+    assert!(common >= 10 && a[..common] == b[..common], "the cancelled request: {a:?} vs {b:?}");
+    assert_eq!(with, without);
+}
+
+/// Decode steps queued ahead of the host (greedy batches) give every request the events of
+/// steps taken one at a time (eager, on the CPU).
+#[test]
+fn steps_queued_ahead_give_the_same_events() {
+    let engine = || {
+        let opts = EngineOptions { max_batch: 3, max_len: 64, prefill_chunk: 5 };
+        Engine::new(model(Family::Llama, Some(ReuseKind::Uniattn), 8), opts).unwrap()
+    };
+    assert_same_events(queued_ahead_scenario(engine(), true), queued_ahead_scenario(engine(), false));
+}
+
 #[test]
 fn requests_that_cannot_run_are_refused_with_the_reason() {
     let engine = Engine::new(
@@ -413,6 +487,33 @@ fn cuda_graph_decode_equals_eager() {
          (4 families x 5 plans, UniAttn and softmax-only in both handover forms) x 256 steps",
         results.len()
     );
+}
+
+/// On a GPU (skipped elsewhere): through CUDA graphs, steps queued ahead (their ids and
+/// positions handed over on the device, their picks copied to pinned memory behind them) give
+/// every request the events of steps taken one at a time, f32.
+#[test]
+fn cuda_graph_steps_queued_ahead_give_the_same_events() {
+    crate::runtime::init().unwrap();
+    if !tch::Cuda::is_available() || !crate::cuda::available() {
+        eprintln!("skipped: no CUDA device or no CUDA-graph shim");
+        return;
+    }
+    let engine = || {
+        let m = model(Family::Llama, Some(ReuseKind::Uniattn), 8);
+        let w = crate::weights::WeightMap {
+            source: "tiny".into(),
+            tensors: m.named_tensors().into_iter().collect(),
+        };
+        let device = tch::Device::Cuda(0);
+        let m =
+            Transformer::from_weights(w, m.stem.cfg.clone(), m.stem.plan.clone(), Kind::Float, device, false);
+        let opts = EngineOptions { max_batch: 3, max_len: 64, prefill_chunk: 5 };
+        let engine = Engine::new(m.unwrap(), opts).unwrap();
+        assert!(engine.cuda_graphs().is_some(), "decoding through CUDA graphs");
+        engine
+    };
+    assert_same_events(queued_ahead_scenario(engine(), true), queued_ahead_scenario(engine(), false));
 }
 
 /// On a GPU (skipped elsewhere): the same in bf16, where the fused kernels round differently
