@@ -9,13 +9,27 @@
 # LIBTORCH for building (the built binary finds libtorch through its rpath).
 #   scripts/setup.sh            set up (downloads only what the wheel folder lacks)
 #   scripts/setup.sh --download only download the wheels (CI runs this into an empty folder)
+#   --with-nvrtc                also NVRTC (nvidia-cuda-nvrtc==13.0.88, libnvrtc.so.13), which a
+#                               test compiles the custom kernels with on a machine without a GPU;
+#                               env.sh then exports UNIATTN_NVRTC
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/cache.sh"
 WANT=("torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 nvidia-cuda-crt==13.0.88)
+NVRTC_VERSION=13.0.88
+NVRTC_DIR="$UNIATTN_CACHE/nvrtc-$NVRTC_VERSION"
+download_only=0 with_nvrtc=0
+for arg in "$@"; do
+  case $arg in
+    --download) download_only=1 ;;
+    --with-nvrtc) with_nvrtc=1 ;;
+    *) echo "setup: unknown option $arg (expected --download, --with-nvrtc)" >&2; exit 2 ;;
+  esac
+done
+((with_nvrtc)) && WANT+=(nvidia-cuda-nvrtc==$NVRTC_VERSION)
 
 pip_fetch "${WANT[@]}"
-[[ "${1:-}" == --download ]] && exit 0
+((download_only)) && exit 0
 
 if [[ ! -f "$LIBTORCH_DIR/build-version" ]]; then
   # libtorch unpacks to about 1 GiB and a release build with its tests takes about 3 GiB more.
@@ -71,7 +85,27 @@ os.replace(tmp, out)
 PY
 fi
 
+if ((with_nvrtc)) && [[ ! -f "$NVRTC_DIR/libnvrtc.so.13" ]]; then
+  echo "setup: unpacking NVRTC into $NVRTC_DIR" >&2
+  python3 - "$NVRTC_DIR" "$(wheel_of nvidia-cuda-nvrtc "$NVRTC_VERSION")" <<'PY'
+import os, shutil, sys, zipfile
+out, wheel = sys.argv[1:]
+tmp = out + ".part"
+os.makedirs(tmp, exist_ok=True)
+with zipfile.ZipFile(wheel) as z:
+    for lib in ["libnvrtc.so.13", "libnvrtc-builtins.so.13.0"]:
+        with z.open(f"nvidia/cu13/lib/{lib}") as s, open(os.path.join(tmp, lib), "wb") as d:
+            shutil.copyfileobj(s, d, 1 << 20)
+        os.chmod(os.path.join(tmp, lib), 0o755)
+shutil.rmtree(out, ignore_errors=True)
+os.replace(tmp, out)
+PY
+fi
+
 cat > "$UNIATTN_CACHE/env.sh" <<ENV
 export LIBTORCH="$LIBTORCH_DIR"
 ENV
+if ((with_nvrtc)); then
+  echo "export UNIATTN_NVRTC=\"$NVRTC_DIR/libnvrtc.so.13\"" >> "$UNIATTN_CACHE/env.sh"
+fi
 echo "setup: libtorch $(cat "$LIBTORCH_DIR/build-version") in $LIBTORCH_DIR" >&2

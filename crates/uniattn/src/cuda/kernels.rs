@@ -803,12 +803,127 @@ pub fn cross_entropy(
 #[cfg(test)]
 mod tests {
     //! On a GPU (skipped elsewhere): each kernel against the libtorch composition it replaces.
+    //! On any machine with NVRTC: the source compiles.
     use super::*;
     use crate::engine::kv_cache::{CacheKind, KvCache};
     use crate::model::attention::{attention_probs, Heads};
     use crate::model::rope::RopeAngles;
+    use std::ffi::c_char;
 
     const KINDS: [Kind; 3] = [Kind::Float, Kind::BFloat16, Kind::Half];
+
+    /// `SOURCE` compiled by NVRTC for `arch` with the options `cuda/nvrtc.cpp` passes, plus
+    /// ptxas's report: the cubin and the log. `nvrtc` is libnvrtc.so.13's path.
+    fn nvrtc_compile(nvrtc: &str, arch: &str) -> std::result::Result<(Vec<u8>, String), String> {
+        type Create = unsafe extern "C" fn(
+            *mut *mut c_void,
+            *const c_char,
+            *const c_char,
+            c_int,
+            *const *const c_char,
+            *const *const c_char,
+        ) -> c_int;
+        type Compile = unsafe extern "C" fn(*mut c_void, c_int, *const *const c_char) -> c_int;
+        type Size = unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int;
+        type Get = unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int;
+        type Destroy = unsafe extern "C" fn(*mut *mut c_void) -> c_int;
+        let path = std::path::Path::new(nvrtc);
+        // NVRTC opens its builtins library by name: loaded first from beside it.
+        let builtins = path.with_file_name("libnvrtc-builtins.so.13.0");
+        let open = |p: &std::path::Path, flags| {
+            let c = CString::new(p.as_os_str().as_encoded_bytes()).expect("a path without NUL");
+            // SAFETY: dlopen with a valid C string; the handle stays open for the process.
+            unsafe { libc::dlopen(c.as_ptr(), flags) }
+        };
+        if builtins.exists() {
+            open(&builtins, libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        }
+        let handle = open(path, libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            return Err(format!("{nvrtc} does not load"));
+        }
+        let sym = |name: &str| crate::cuda::symbol(handle, name, nvrtc);
+        // SAFETY: each symbol has the signature nvrtc.h declares for it.
+        let (create, compile, log_size, log, cubin_size, cubin, destroy) = unsafe {
+            use std::mem::transmute as t;
+            (
+                t::<*mut c_void, Create>(sym("nvrtcCreateProgram")?),
+                t::<*mut c_void, Compile>(sym("nvrtcCompileProgram")?),
+                t::<*mut c_void, Size>(sym("nvrtcGetProgramLogSize")?),
+                t::<*mut c_void, Get>(sym("nvrtcGetProgramLog")?),
+                t::<*mut c_void, Size>(sym("nvrtcGetCUBINSize")?),
+                t::<*mut c_void, Get>(sym("nvrtcGetCUBIN")?),
+                t::<*mut c_void, Destroy>(sym("nvrtcDestroyProgram")?),
+            )
+        };
+        let src = CString::new(SOURCE).expect("kernel source has no NUL");
+        let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "--ptxas-options=-v".into()]
+            .map(|o| CString::new(o).expect("an option"));
+        let opt_ptrs = opts.each_ref().map(|o| o.as_ptr());
+        let mut prog = std::ptr::null_mut();
+        // SAFETY: NVRTC's API with valid C strings and out-pointers; buffers sized as it says.
+        unsafe {
+            if create(
+                &mut prog,
+                src.as_ptr(),
+                c"uniattn_kernels.cu".as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err("nvrtcCreateProgram failed".into());
+            }
+            let compiled = compile(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr());
+            let mut n = 0usize;
+            log_size(prog, &mut n);
+            let mut text = vec![0u8; n];
+            log(prog, text.as_mut_ptr().cast());
+            let text = String::from_utf8_lossy(&text).trim_end_matches('\0').to_string();
+            let mut bytes = Vec::new();
+            if compiled == 0 && cubin_size(prog, &mut n) == 0 {
+                bytes = vec![0u8; n];
+                cubin(prog, bytes.as_mut_ptr().cast());
+            }
+            destroy(&mut prog);
+            if compiled != 0 {
+                return Err(format!("compiling for {arch} failed: {text}"));
+            }
+            Ok((bytes, text))
+        }
+    }
+
+    /// kernels.cu compiles under NVRTC as `load` compiles it on a GPU machine, for Turing and
+    /// Hopper (each side of the source's architecture switches), spills no registers, and
+    /// defines every kernel `KERNELS` names in every type: a broken kernel source fails here,
+    /// not on the GPU (where it would turn every fused kernel off). Needs no GPU:
+    /// scripts/test.sh points `UNIATTN_NVRTC` at the NVRTC it fetches; without it the test
+    /// tries libnvrtc.so.13 and is skipped, saying so, where there is none.
+    #[test]
+    fn kernels_compile_under_nvrtc() {
+        let given = std::env::var("UNIATTN_NVRTC").ok();
+        let nvrtc = given.clone().unwrap_or_else(|| "libnvrtc.so.13".into());
+        for arch in ["sm_75", "sm_90"] {
+            let (cubin, log) = match nvrtc_compile(&nvrtc, arch) {
+                Err(e) if given.is_none() && e.ends_with("does not load") => {
+                    eprintln!("skipped: {e} (scripts/setup.sh --with-nvrtc fetches it; set UNIATTN_NVRTC)");
+                    return;
+                }
+                r => r.unwrap_or_else(|e| panic!("{e}")),
+            };
+            let spills: Vec<_> =
+                log.lines().filter(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores")).collect();
+            assert!(spills.is_empty(), "{arch}: registers spill:\n{}", spills.join("\n"));
+            for name in KERNELS {
+                for (_, suffix) in SUFFIXES {
+                    let symbol = format!("{name}_{suffix}");
+                    let defined =
+                        cubin.windows(symbol.len() + 1).any(|w| w == format!("{symbol}\0").as_bytes());
+                    assert!(defined, "{arch}: {symbol} is not in the compiled kernels");
+                }
+            }
+        }
+    }
 
     fn gpu() -> Option<Device> {
         let dev = crate::testing::cuda()?;
