@@ -1,12 +1,19 @@
 //! Fused kernels for chains of small libtorch kernels: in a decode step RoPE with the KV-cache
 //! write, the gated MLP activation, the attention softmax with its scale and mask, and at batch
-//! 1 the projections as matrix-vector products with their adds or activation; in
-//! training the LM head's cross-entropy with its gradient, and SwiGLU and RoPE with their
+//! 1 the projections as matrix-vector products with their adds or activation, and at small
+//! batches the attention itself; in training the LM head's cross-entropy with its gradient, and SwiGLU and RoPE with their
 //! backward passes (autograd functions in cuda/train.cpp). The CUDA C source (`cuda/kernels.cu`) is compiled at first use through NVRTC
 //! (`cuda/nvrtc.cpp`), so building needs no CUDA compiler and the kernels run wherever
 //! libtorch's CUDA does. Each op returns `None` where it does not apply (not on CUDA, an
 //! unsupported type or layout, NVRTC missing, `UNIATTN_FUSED_KERNELS=0`); the caller then runs
 //! the libtorch composition the kernel replaces, which stays the reference (CPU, f64, tests).
+mod decode_attention;
+
+pub use decode_attention::{
+    decode_attention, decode_attention_lead, decode_attention_pairs, decode_attention_reuse, lead_maps_apply,
+    with_decode_attention, LeadMaps,
+};
+
 use super::{call, call_for_tensor, shim};
 use crate::error::{Error, Result};
 use std::cell::Cell;
@@ -36,6 +43,9 @@ const KERNELS: &[&str] = &[
     "decode_gemv",
     "decode_gemv_gated",
     "decode_gemv_rope",
+    "decode_attention",
+    "decode_attention_lead",
+    "decode_attention_reuse",
 ];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
@@ -810,7 +820,7 @@ mod tests {
     use crate::model::rope::RopeAngles;
     use std::ffi::c_char;
 
-    const KINDS: [Kind; 3] = [Kind::Float, Kind::BFloat16, Kind::Half];
+    pub(super) const KINDS: [Kind; 3] = [Kind::Float, Kind::BFloat16, Kind::Half];
 
     /// `SOURCE` compiled by NVRTC for `arch` with the options `cuda/nvrtc.cpp` passes, plus
     /// ptxas's report: the cubin and the log. `nvrtc` is libnvrtc.so.13's path.
@@ -925,7 +935,7 @@ mod tests {
         }
     }
 
-    fn gpu() -> Option<Device> {
+    pub(super) fn gpu() -> Option<Device> {
         let dev = crate::testing::cuda()?;
         available().expect("a CUDA machine compiles and loads the fused kernels");
         Some(dev)
@@ -933,7 +943,7 @@ mod tests {
 
     /// Largest difference in units of the type's rounding step at the reference's magnitude
     /// (0 = bit for bit).
-    fn ulps_of(kind: Kind) -> f64 {
+    pub(super) fn ulps_of(kind: Kind) -> f64 {
         match kind {
             Kind::BFloat16 => 2f64.powi(-8),
             Kind::Half => 2f64.powi(-11),

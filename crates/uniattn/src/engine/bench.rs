@@ -224,7 +224,7 @@ fn measure(
     row.prefill_tokens_per_s = (batch * context) as f64 / t0.elapsed().as_secs_f64();
 
     let weights = engine.weight_bytes_per_step() as f64;
-    let cache_read = engine.cache_read_bytes_per_token(batch) as f64;
+    let cache_read = engine.cache_read_bytes_per_token(batch, context) as f64;
     let mut read = 0.0;
     let t1 = Instant::now();
     decode_greedy(engine, next, new_tokens, |engine| {

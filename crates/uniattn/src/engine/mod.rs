@@ -10,6 +10,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod stop;
 
+use crate::cuda::kernels;
 use crate::error::{Error, Result};
 use crate::model::attention::Want;
 use crate::model::transformer::{PositionContext, Stem};
@@ -217,11 +218,16 @@ impl Engine {
         self.layers.iter().map(InferenceLayer::weight_bytes).sum::<usize>() + head
     }
 
-    /// Cache bytes a decode step of `batch` sequences reads per past token over all layers:
-    /// more than the cache's own bytes per token where CLA layers read their lead's keys and
-    /// values again, and where reuse layers read their lead's keys (small batches).
-    pub fn cache_read_bytes_per_token(&self, batch: usize) -> usize {
-        let hands_map = self.hands_map(batch as i64);
+    /// Cache bytes a decode step of `batch` sequences over `keys` keys reads per past token
+    /// over all layers: more than the cache's own bytes per token where CLA layers read their
+    /// lead's keys and values again, and where reuse layers read their lead's keys (small
+    /// batches, unless the decode attention kernel hands the map over in pieces).
+    pub fn cache_read_bytes_per_token(&self, batch: usize, keys: usize) -> usize {
+        let c = &self.stem.cfg;
+        let (n, keys) = (batch as i64, self.key_bucket(keys as i64));
+        let shape = [n, c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64, keys];
+        let hands_map =
+            self.hands_map(n) || kernels::lead_maps_apply(self.stem.kind, self.stem.device, shape);
         self.layers.iter().enumerate().map(|(i, l)| self.cache.entry_bytes(i, l.cache_read(hands_map))).sum()
     }
 

@@ -1,8 +1,8 @@
 //! The engine against the training graph: same logits at every position, whatever the
 //! batch, chunking and plan.
 use super::*;
-use crate::config::Family;
-use crate::cuda::kernels::without;
+use crate::config::{Family, ModelConfig};
+use crate::cuda::kernels::{with_decode_attention, without};
 use crate::plan::{ReuseKind, SuperBlockPlan};
 use crate::savings::plan_savings;
 use crate::testing::{tiny_config, tiny_model};
@@ -21,6 +21,16 @@ fn model(fam: Family, kind: Option<ReuseKind>, seed: i64) -> Transformer {
             tiny_model(&cfg, plan, Kind::Double, seed)
         }
     }
+}
+
+/// The GPU the CUDA-graph tests run on; `None` (the test is skipped, saying so) without one.
+fn graph_device() -> Option<tch::Device> {
+    crate::runtime::init().unwrap();
+    if !tch::Cuda::is_available() || !crate::cuda::available() {
+        eprintln!("skipped: no CUDA device or no CUDA-graph shim");
+        return None;
+    }
+    Some(tch::Device::Cuda(0))
 }
 
 fn seq(seed: u64, len: usize) -> Vec<u32> {
@@ -145,7 +155,7 @@ fn kv_bytes_follow_the_plan_exactly() {
     for kind in ReuseKind::ALL {
         let mut planned = Engine::new(model(Family::Llama, Some(kind), 1), opts).unwrap();
         // On the CPU leads always hand their map over: one sequence reads what many do.
-        assert_eq!(planned.cache_read_bytes_per_token(1), planned.cache_read_bytes_per_token(64));
+        assert_eq!(planned.cache_read_bytes_per_token(1, 1), planned.cache_read_bytes_per_token(64, 1));
         planned.set_maps_for_probs(MAPS_FOR_PROBS); // CUDA's threshold, for the rest
         let s = plan_savings(planned.config(), planned.plan(), 8);
         assert_eq!(dense.cache.bytes(), 4 * dense.cache.capacity() * s.kv_bytes_per_token_dense);
@@ -160,7 +170,7 @@ fn kv_bytes_follow_the_plan_exactly() {
         // What a decode step of many sequences reads per past token: the cache itself, except
         // that CLA layers read their lead's keys and values again (as much as dense reads).
         let many = MAPS_FOR_PROBS as usize;
-        let read = planned.cache_read_bytes_per_token(many);
+        let read = planned.cache_read_bytes_per_token(many, 1);
         let want =
             if kind == ReuseKind::Cla { dense.cache.bytes_per_token() } else { s.kv_bytes_per_token_unified };
         assert_eq!(read, want, "{kind:?}: cache bytes read per token");
@@ -169,9 +179,9 @@ fn kv_bytes_follow_the_plan_exactly() {
             ReuseKind::Uniattn | ReuseKind::SoftmaxOnly => dense.cache.bytes_per_token(),
             _ => want,
         };
-        assert_eq!(planned.cache_read_bytes_per_token(1), want_one, "{kind:?}: read at batch 1");
+        assert_eq!(planned.cache_read_bytes_per_token(1, 1), want_one, "{kind:?}: read at batch 1");
     }
-    assert_eq!(dense.cache_read_bytes_per_token(1), dense.cache.bytes_per_token());
+    assert_eq!(dense.cache_read_bytes_per_token(1, 1), dense.cache.bytes_per_token());
 }
 
 /// Greedy generation through the scheduler (continuous batching, requests of different
@@ -399,13 +409,8 @@ struct GraphsAgainstEager {
 /// [`GraphsAgainstEager`] for every family and reuse kind: 256 greedy steps across key buckets
 /// and batch buckets (3 sequences padded to 4, then 2). None without a CUDA device.
 fn graphs_against_eager(dtype: Kind) -> Option<Vec<GraphsAgainstEager>> {
-    crate::runtime::init().unwrap();
-    if !tch::Cuda::is_available() || !crate::cuda::available() {
-        eprintln!("skipped: no CUDA device or no CUDA-graph shim");
-        return None;
-    }
+    let device = graph_device()?;
     crate::cuda::kernels::available().expect("a CUDA machine compiles and loads the fused kernels");
-    let device = tch::Device::Cuda(0);
     let on_gpu = |m: Transformer| {
         let w = crate::weights::WeightMap {
             source: "tiny".into(),
@@ -494,18 +499,13 @@ fn cuda_graph_decode_equals_eager() {
 /// every request the events of steps taken one at a time, f32.
 #[test]
 fn cuda_graph_steps_queued_ahead_give_the_same_events() {
-    crate::runtime::init().unwrap();
-    if !tch::Cuda::is_available() || !crate::cuda::available() {
-        eprintln!("skipped: no CUDA device or no CUDA-graph shim");
-        return;
-    }
+    let Some(device) = graph_device() else { return };
     let engine = || {
         let m = model(Family::Llama, Some(ReuseKind::Uniattn), 8);
         let w = crate::weights::WeightMap {
             source: "tiny".into(),
             tensors: m.named_tensors().into_iter().collect(),
         };
-        let device = tch::Device::Cuda(0);
         let m =
             Transformer::from_weights(w, m.stem.cfg.clone(), m.stem.plan.clone(), Kind::Float, device, false);
         let opts = EngineOptions { max_batch: 3, max_len: 64, prefill_chunk: 5 };
@@ -514,6 +514,53 @@ fn cuda_graph_steps_queued_ahead_give_the_same_events() {
         engine
     };
     assert_same_events(queued_ahead_scenario(engine(), true), queued_ahead_scenario(engine(), false));
+}
+
+/// On a GPU (skipped elsewhere): with the decode attention kernel on (32-wide heads, so that
+/// its rows are 128 bytes in f32 and it applies), decoding through CUDA graphs equals
+/// libtorch's eager composition for every variant: dense and CLA layers run its plain form,
+/// UniAttn and softmax-only leads its lead form and their reuse layers the reuse form. One
+/// sequence, then three, over 300 keys (two key buckets); tokens equal, logits within 1e-4.
+#[test]
+fn cuda_graph_decode_attention_kernel_equals_eager() {
+    let Some(device) = graph_device() else { return };
+    let cfg = ModelConfig { head_dim: 32, ..crate::testing::tiny_config(Family::Llama) };
+    let on_gpu = |kind: Option<ReuseKind>| {
+        let plan = match kind {
+            None => SuperBlockPlan::dense(4),
+            Some(k) => SuperBlockPlan::from_blocks(vec![(1, 4)], 4).unwrap().with_reuse(k),
+        };
+        crate::testing::tiny_model_on(&cfg, plan, Kind::Float, 5, device)
+    };
+    let opts = EngineOptions { max_batch: 4, max_len: 400, prefill_chunk: 64 };
+    for kind in variants() {
+        let mut eager = Engine::new(on_gpu(kind), opts).unwrap();
+        eager.use_cuda_graphs(false).unwrap();
+        let mut graphed = Engine::new(on_gpu(kind), opts).unwrap();
+        graphed.use_cuda_graphs(true).unwrap();
+        for prompts in [vec![seq(7, 200)], vec![seq(8, 150), seq(9, 9), seq(10, 230)]] {
+            let mut next = Vec::new();
+            for (slot, p) in prompts.iter().enumerate() {
+                eager.reset(slot);
+                graphed.reset(slot);
+                let a = without(|| eager.prefill(slot, p, false)).unwrap();
+                let _ = graphed.prefill(slot, p, false).unwrap();
+                next.push(a.argmax(-1, false).int64_value(&[]) as u32);
+            }
+            let mut worst = 0.0f64;
+            for step in 0..100 {
+                let a = without(|| eager.decode(&next)).unwrap();
+                let b = with_decode_attention(16, || graphed.decode(&next)).unwrap();
+                worst = worst.max(max_diff(&a, &b));
+                let picks: Vec<i64> = Vec::try_from(a.argmax(-1, false).to_device(tch::Device::Cpu)).unwrap();
+                let other: Vec<i64> = Vec::try_from(b.argmax(-1, false).to_device(tch::Device::Cpu)).unwrap();
+                assert_eq!(picks, other, "{kind:?}, {} sequences: step {step}", prompts.len());
+                next = picks.into_iter().map(|t| t as u32).collect();
+            }
+            assert!(worst <= 1e-4, "{kind:?}, {} sequences: logits differ by {worst:.3e}", prompts.len());
+            eprintln!("{kind:?}, {} sequences: max |logit diff| {worst:.3e}", prompts.len());
+        }
+    }
 }
 
 /// On a GPU (skipped elsewhere): the same in bf16, where the fused kernels round differently

@@ -3,6 +3,7 @@
 //! no Q/K weights: it takes its lead's attention and adds the linear compensation `X W_c`.
 use super::nn::{accumulate_kind, Linear, RmsNorm};
 use super::rope::RopeAngles;
+use crate::cuda::kernels;
 use tch::Tensor;
 
 /// Head layout shared by both variants.
@@ -72,7 +73,9 @@ pub struct FullAttention {
 /// sequence (training, prefill) the map is `q x k` per head: materialising it and multiplying
 /// by it costs more memory traffic than the fused kernel spends recomputing it, so the lead
 /// keeps its queries and keys and each reuse layer runs fused attention on its own values.
-/// Both give `softmax(Q_lead K_lead^T) V`.
+/// Both give `softmax(Q_lead K_lead^T) V`. A decode step of few sequences on CUDA keeps the
+/// map in the pieces the decode attention kernel leaves ([`kernels::LeadMaps`]), so that there
+/// too reuse layers read neither keys nor queries.
 pub enum LeadAttention {
     Probs(Tensor),
     /// `mask`: the lead's own additive mask, or `None` where it is plain causal (a reuse
@@ -83,6 +86,12 @@ pub enum LeadAttention {
         scale: f64,
         mask: Option<Tensor>,
     },
+    /// `queries_keys`: the same as [`LeadAttention::QueryKeys`], for where the kernel cannot
+    /// run (the fused kernels turned off on this thread since the lead ran).
+    DecodeMaps {
+        maps: kernels::LeadMaps,
+        queries_keys: Box<LeadAttention>,
+    },
 }
 
 impl LeadAttention {
@@ -92,6 +101,9 @@ impl LeadAttention {
             LeadAttention::Probs(p) => h.apply_probs(p, values),
             LeadAttention::QueryKeys { queries, keys, scale, mask } => {
                 fused_attention(queries, keys, values, mask.as_ref(), mask.is_none(), *scale)
+            }
+            LeadAttention::DecodeMaps { maps, queries_keys } => {
+                kernels::decode_attention_reuse(maps, values).unwrap_or_else(|| queries_keys.apply(h, values))
             }
         }
     }
@@ -186,7 +198,8 @@ impl FullAttention {
 }
 
 /// libtorch's fused scaled-dot-product attention (flash / memory-efficient kernels on the GPU),
-/// with grouped KV heads read in place.
+/// with grouped KV heads read in place; a decode step of few sequences runs
+/// [`crate::cuda::kernels::decode_attention`] instead.
 pub fn fused_attention(
     q: &Tensor,
     k: &Tensor,
@@ -195,6 +208,12 @@ pub fn fused_attention(
     causal: bool,
     scale: f64,
 ) -> Tensor {
+    // A decode step at small batches: one kernel where cuDNN's cost is fixed, not the bytes.
+    if let (1, false, Some(m)) = (q.size()[2], causal, mask) {
+        if let Some(out) = kernels::decode_attention(q, k, v, m, scale) {
+            return out;
+        }
+    }
     Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, scale, true)
 }
 
@@ -286,14 +305,20 @@ pub fn attend(
         let out = h.apply_probs(&p, v);
         return (out, matches!(want, Want::Probs | Want::Attention).then_some(LeadAttention::Probs(p)));
     }
-    let out = fused_attention(q, k, v, (!causal).then_some(mask), causal, scale);
-    let attn = (want == Want::Attention).then(|| LeadAttention::QueryKeys {
+    let queries_keys = || LeadAttention::QueryKeys {
         queries: q.shallow_clone(),
         keys: k.shallow_clone(),
         scale,
         mask: (!causal).then(|| mask.shallow_clone()),
-    });
-    (out, attn)
+    };
+    // A decode step's lead (one query row, masked): its map in pieces, where the kernel runs.
+    if want == Want::Attention && !causal && q.size()[2] == 1 {
+        if let Some((out, maps)) = kernels::decode_attention_lead(q, k, v, mask, scale) {
+            return (out, Some(LeadAttention::DecodeMaps { maps, queries_keys: Box::new(queries_keys()) }));
+        }
+    }
+    let out = fused_attention(q, k, v, (!causal).then_some(mask), causal, scale);
+    (out, (want == Want::Attention).then(queries_keys))
 }
 
 /// `o_proj(P V)` with this layer's own V and someone else's P: the part of a reuse layer that

@@ -1,0 +1,396 @@
+//! A decode step's attention at small batches in one kernel (`decode_attention` in
+//! kernels.cu): flash-decoding over blocks that split each (sequence, kv head) pair's keys, for
+//! dense and CLA layers, and in two more forms for UniAttn's SuperBlocks: a lead that also
+//! leaves its map in pieces ([`LeadMaps`]), and a reuse layer that multiplies those pieces by
+//! its own values, reading no queries and no keys. At batch 1 cuDNN spends two kernels and
+//! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB.
+use super::{usable, Args};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use tch::{Device, Kind, Tensor};
+
+/// What kernels.cu's DA_* constants say: bytes of keys a tile, query heads a kv head, threads
+/// a block.
+const TILE_BYTES: i64 = 8192;
+const MAX_GROUP: i64 = 8;
+const THREADS: i64 = 128;
+/// Blocks a plain launch aims at: about one per SM of an H100/H200.
+const GRID_BLOCKS: i64 = 132;
+/// Blocks a (sequence, kv head) pair of a lead and its reuse layers, which take one tile each:
+/// the last block reads every block's partial sums (16k keys of 64-wide bf16 heads).
+const MAX_SPLITS: i64 = 256;
+
+thread_local! {
+    /// Set while [`with_decode_attention`] runs on this thread.
+    static PAIRS_HERE: Cell<Option<i64>> = const { Cell::new(None) };
+}
+
+/// The (sequence, kv head) pairs up to which the kernel runs: `UNIATTN_DECODE_ATTENTION`
+/// (e.g. 16: batch 8 of two kv heads). Off (0) by default until it has run against cuDNN's
+/// kernels on a GPU: it was written in a session without device time (docs/benchmarks.md).
+pub fn decode_attention_pairs() -> i64 {
+    static PAIRS: OnceLock<i64> = OnceLock::new();
+    PAIRS_HERE.with(Cell::get).unwrap_or_else(|| {
+        *PAIRS.get_or_init(|| {
+            std::env::var("UNIATTN_DECODE_ATTENTION").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+        })
+    })
+}
+
+/// Runs `f` with the kernel on up to `pairs` pairs on this thread, whatever the environment
+/// says (tests, comparisons).
+pub fn with_decode_attention<T>(pairs: i64, f: impl FnOnce() -> T) -> T {
+    let before = PAIRS_HERE.with(|p| p.replace(Some(pairs)));
+    let out = f();
+    PAIRS_HERE.with(|p| p.set(before));
+    out
+}
+
+/// Whether a decode step's leads hand their map over in pieces at this shape (`[sequences,
+/// query heads, kv heads, head width, keys]`): what [`decode_attention_lead`] does, for counting
+/// the bytes a step reads.
+pub fn lead_maps_apply(kind: Kind, device: Device, shape: [i64; 5]) -> bool {
+    device.is_cuda()
+        && super::enabled()
+        && Cut::new(kind, shape, true).is_some_and(|c| c.pairs() <= decode_attention_pairs())
+}
+
+/// How one launch is cut: `n` sequences of `heads` query heads over `kv_heads` kv heads, `d`
+/// wide, `keys` keys in tiles of `tile`, `splits` blocks a pair of `per_block` tiles each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cut {
+    kind: Kind,
+    n: i64,
+    heads: i64,
+    kv_heads: i64,
+    d: i64,
+    keys: i64,
+    tile: i64,
+    splits: i64,
+    per_block: i64,
+}
+
+impl Cut {
+    /// `None` where the kernel does not apply: a row of 128, 256 or 512 bytes, at most
+    /// `MAX_GROUP` query heads a kv head, its shared memory at most 48 KiB; with
+    /// `one_tile_each` (a lead and its reuse layers) at most `MAX_SPLITS` tiles.
+    fn new(kind: Kind, [n, heads, kv_heads, d, keys]: [i64; 5], one_tile_each: bool) -> Option<Cut> {
+        let row_bytes = d * kind.elt_size_in_bytes() as i64;
+        let fits = n > 0
+            && keys > 0
+            && kv_heads > 0
+            && heads % kv_heads == 0
+            && heads / kv_heads <= MAX_GROUP
+            && [128, 256, 512].contains(&row_bytes);
+        if !fits {
+            return None;
+        }
+        let pairs = n * kv_heads;
+        let tile = TILE_BYTES / row_bytes;
+        let tiles = (keys + tile - 1) / tile;
+        // Spread so that the grid about fills the GPU once: a block's tiles stream one behind
+        // the other, and fewer blocks a pair leave less for the last one to combine.
+        let splits = match one_tile_each {
+            true if tiles > MAX_SPLITS => return None,
+            true => tiles,
+            false => tiles.min((GRID_BLOCKS / pairs).max(1)),
+        };
+        let per_block = (tiles + splits - 1) / splits;
+        let splits = (tiles + per_block - 1) / per_block;
+        let cut = Cut { kind, n, heads, kv_heads, d, keys, tile, splits, per_block };
+        (cut.shared_bytes() <= 48 * 1024).then_some(cut)
+    }
+
+    fn group(&self) -> i64 {
+        self.heads / self.kv_heads
+    }
+
+    fn pairs(&self) -> i64 {
+        self.n * self.kv_heads
+    }
+
+    /// Two stages of key and value tiles, then the f32 scratch kernels.cu lays out.
+    fn shared_bytes(&self) -> i64 {
+        let g = self.group();
+        let weights = (THREADS.max(self.splits) * g + 3) / 4 * 4;
+        4 * TILE_BYTES + 4 * (g * self.d * 2 + weights + g * self.tile + 3 * g)
+    }
+}
+
+/// What a lead's decode attention leaves its reuse layers: each block's probabilities
+/// `exp(s - m_b)` (f32 `[pairs, splits, g, tile]`) and its share of the whole softmax,
+/// `exp(m_b - M) / L` (f32 `[pairs, splits, g]`).
+#[derive(Debug)]
+pub struct LeadMaps {
+    maps: Tensor,
+    shares: Tensor,
+    cut: Cut,
+}
+
+/// `softmax(q k^T * scale + mask) v` for one query row per head (`q` `[n, heads, 1, d]`, `k`
+/// and `v` `[n, kv_heads, keys, d]` with contiguous rows, `mask` additive `[n or 1, 1, 1,
+/// keys]`), query head `i` reading kv head `i / (heads / kv_heads)`, as
+/// `scaled_dot_product_attention(.., enable_gqa=true)`. Runs up to [`decode_attention_pairs`]
+/// (sequence, kv head) pairs, where cuDNN's kernels are bound by their fixed cost rather than
+/// by the bytes; `None` past it and where the shapes do not fit.
+pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Option<Tensor> {
+    let cut = cut_of(q, k, false).filter(|c| c.pairs() <= decode_attention_pairs())?;
+    launch("decode_attention", cut, Some((q, k, mask, scale)), v, None)
+}
+
+/// [`decode_attention`] for a SuperBlock lead: also its map, in the pieces its reuse layers
+/// take ([`decode_attention_reuse`]).
+pub fn decode_attention_lead(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+) -> Option<(Tensor, LeadMaps)> {
+    let cut = cut_of(q, k, true).filter(|c| c.pairs() <= decode_attention_pairs())?;
+    let maps = lead_maps(cut, q.device());
+    let out = launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Some(&maps))?;
+    Some((out, maps))
+}
+
+/// A reuse layer's attention: the lead's map times its own values `v` (`[n, kv_heads, keys,
+/// d]`, the lead's shape); `None` where they do not fit it.
+pub fn decode_attention_reuse(lead: &LeadMaps, v: &Tensor) -> Option<Tensor> {
+    let c = lead.cut;
+    let fits =
+        v.kind() == c.kind && v.size() == [c.n, c.kv_heads, c.keys, c.d] && v.device() == lead.maps.device();
+    fits.then_some(())?;
+    launch("decode_attention_reuse", c, None, v, Some(lead))
+}
+
+/// The cut for queries `q` against keys `k`, `None` where the kernel does not apply.
+fn cut_of(q: &Tensor, k: &Tensor, one_tile_each: bool) -> Option<Cut> {
+    let (&[n, heads, 1, d], &[kn, kv_heads, keys, kd]) = (q.size().as_slice(), k.size().as_slice()) else {
+        return None;
+    };
+    (kn == n && kd == d).then_some(())?;
+    Cut::new(q.kind(), [n, heads, kv_heads, d, keys], one_tile_each)
+}
+
+fn lead_maps(cut: Cut, device: Device) -> LeadMaps {
+    let blocks = cut.pairs() * cut.splits * cut.group();
+    LeadMaps {
+        maps: Tensor::empty([blocks * cut.tile], (Kind::Float, device)),
+        shares: Tensor::empty([blocks], (Kind::Float, device)),
+        cut,
+    }
+}
+
+/// Launches kernel `name` (the plain, lead or reuse form) after checking every tensor's type,
+/// device and layout against `cut`: `attend` is the queries, keys, mask and scale (none for a
+/// reuse layer), `maps` the lead's pieces (written by a lead, read by a reuse layer).
+fn launch(
+    name: &'static str,
+    cut: Cut,
+    attend: Option<(&Tensor, &Tensor, &Tensor, f64)>,
+    v: &Tensor,
+    maps: Option<&LeadMaps>,
+) -> Option<Tensor> {
+    let (device, loaded, suffix) = usable(v)?;
+    let Cut { kind, n, heads, kv_heads, d, keys, .. } = cut;
+    let elt = kind.elt_size_in_bytes() as i64;
+    let same = |t: &Tensor| t.kind() == kind && t.device() == v.device() && !t.requires_grad();
+    // Keys and values: whole rows of 16-byte chunks, each row and head 16-byte aligned.
+    let rows_fit = |t: &Tensor| {
+        let s = t.stride();
+        same(t)
+            && t.size() == [n, kv_heads, keys, d]
+            && s[3] == 1
+            && s[2] == d
+            && [s[0], s[1]].iter().all(|&x| (x * elt) % 16 == 0)
+            && (t.data_ptr() as usize).is_multiple_of(16)
+    };
+    let attend_fits = attend.is_none_or(|(q, k, mask, _)| {
+        let (ms, mst) = (mask.size(), mask.stride());
+        same(q)
+            && q.stride()[3] == 1
+            && rows_fit(k)
+            && same(mask)
+            && ms.len() == 4
+            && (ms[0] == n || ms[0] == 1)
+            && ms[1..] == [1, 1, keys]
+            && mst[3] == 1
+    });
+    if !rows_fit(v) || !attend_fits {
+        return None;
+    }
+    let tickets = tickets(device, cut.pairs())?;
+    let out = Tensor::empty([n, heads, 1, d], (kind, v.device()));
+    let g = cut.group();
+    let partial = Tensor::empty([cut.pairs() * cut.splits * g * (d + 2)], (Kind::Float, v.device()));
+    let mut args = Args::default();
+    args = match attend {
+        Some((q, k, mask, _)) => args.ptr(q).ptr(k).ptr(v).ptr(mask),
+        None => args.i64(0).i64(0).ptr(v).i64(0),
+    };
+    args = args.ptr(&out).ptr(&partial).ptr(&tickets).i32(kv_heads).i32(g).i32(d).i64(keys);
+    args = args.i32(cut.splits).i32(cut.per_block);
+    args = match attend {
+        Some((q, k, mask, _)) => {
+            let (qs, ks, ms) = (q.stride(), k.stride(), mask.stride());
+            args.i64(qs[0])
+                .i64(qs[1])
+                .i64(ks[0])
+                .i64(ks[1])
+                .i64(v.stride()[0])
+                .i64(v.stride()[1])
+                .i64(if mask.size()[0] == 1 { 0 } else { ms[0] })
+        }
+        None => args.i64(0).i64(0).i64(0).i64(0).i64(v.stride()[0]).i64(v.stride()[1]).i64(0),
+    };
+    args = args
+        .f32(attend.map_or(0.0, |a| a.3))
+        .nullable(maps.map(|m| &m.maps))
+        .nullable(maps.map(|m| &m.shares));
+    let shape = (cut.pairs() * cut.splits, THREADS as u32, cut.shared_bytes());
+    args.launch_with(loaded, (name, suffix), device, shape, false).then_some(out)
+}
+
+/// The ticket counters the kernel counts finished blocks with, one per pair, zero between
+/// launches (the last block's increment wraps its counter back). One set per thread and
+/// device, so that engines decoding on two threads never share one; never freed, because a
+/// captured CUDA graph keeps their address.
+fn tickets(device: usize, pairs: i64) -> Option<Tensor> {
+    thread_local! {
+        static TICKETS: RefCell<HashMap<usize, Tensor>> = Default::default();
+    }
+    const MAX_PAIRS: i64 = 4096;
+    if pairs > MAX_PAIRS {
+        return None;
+    }
+    TICKETS.with(|t| {
+        let mut t = t.borrow_mut();
+        let tickets = t.entry(device).or_insert_with(|| {
+            let tickets = Tensor::zeros([MAX_PAIRS], (Kind::Int, Device::Cuda(device)));
+            // Kept alive past the thread: graphs captured here may replay elsewhere.
+            std::mem::forget(tickets.shallow_clone());
+            tickets
+        });
+        Some(tickets.shallow_clone())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! On a GPU (skipped elsewhere): each form against the composition it replaces, in f64.
+    use super::super::tests::{gpu, ulps_of, KINDS};
+    use super::*;
+
+    /// The plain form at any number of pairs (the gate aside).
+    fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Option<Tensor> {
+        launch("decode_attention", cut_of(q, k, false)?, Some((q, k, mask, scale)), v, None)
+    }
+
+    /// The lead form at any number of pairs.
+    fn lead(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Option<(Tensor, LeadMaps)> {
+        let cut = cut_of(q, k, true)?;
+        let maps = lead_maps(cut, q.device());
+        Some((launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Some(&maps))?, maps))
+    }
+
+    /// `got` against `softmax(q k^T * scale + mask) v` in f64 from the same inputs: within the
+    /// output's rounding, plus 1e-5 of the sum of the terms' sizes (f32 sums).
+    fn check(got: &Tensor, (q, k, v, mask, scale): (&Tensor, &Tensor, &Tensor, &Tensor, f64), what: &str) {
+        let f64_of = |t: &Tensor| t.to_kind(Kind::Double);
+        let g = q.size()[1] / k.size()[1];
+        let repeated = |t: &Tensor| f64_of(t).repeat_interleave_self_int(g, 1, None);
+        let (kf, vf) = (repeated(k), repeated(v));
+        let p = (f64_of(q).matmul(&kf.transpose(-1, -2)) * scale + f64_of(mask)).softmax(-1, Kind::Double);
+        let want = p.matmul(&vf);
+        let bound = want.abs() * ulps_of(v.kind()) + p.matmul(&vf.abs()) * 1e-5;
+        let worst = ((f64_of(got) - &want).abs() - bound).max().double_value(&[]);
+        assert!(worst <= 0.0, "{what}: {worst} past the bound");
+    }
+
+    /// Every form against the composition. Keys and values are views of a larger cache as the
+    /// engine's are; masks hide a sequence's padding and a window's start and add finite
+    /// values, one row a sequence or one for the batch; the lengths cover fewer keys than a
+    /// tile, tiles cut short, several tiles a block and many blocks a (sequence, kv head) pair,
+    /// so that every block count's ticket counters are used one launch after another. A lead's
+    /// map serves two reuse layers, each with its own values.
+    #[test]
+    fn decode_attention_equals_the_composition() {
+        let Some(dev) = gpu() else { return };
+        // (sequences, query heads, kv heads, head width, keys)
+        let shapes = [
+            (1, 14, 2, 64, 2048),
+            (1, 14, 2, 64, 8300),
+            (1, 14, 2, 64, 40),
+            (8, 14, 2, 64, 1000),
+            (3, 12, 2, 128, 768),
+            (2, 4, 1, 256, 300),
+            (1, 4, 4, 64, 513),
+            (2, 16, 2, 64, 131),
+        ];
+        for kind in KINDS {
+            for (n, heads, kv, d, keys) in shapes {
+                let case = format!("{kind:?} n={n} heads={heads}/{kv} d={d} keys={keys}");
+                let q = Tensor::randn([n, heads, 1, d], (Kind::Float, dev)).to_kind(kind);
+                // The cache: two more slots and room past the keys, narrowed as the engine does.
+                let cache = || {
+                    let c = Tensor::randn([n + 2, kv, keys + 70, d], (Kind::Float, dev)).to_kind(kind);
+                    c.narrow(0, 1, n).narrow(2, 0, keys)
+                };
+                let (k, v, v2, v3) = (cache(), cache(), cache(), cache());
+                // Sequence i ends i * 7 keys early and (for odd i) starts at key 3; key 1 of
+                // every row gets a finite bias.
+                let mask = Tensor::zeros([n, 1, 1, keys], (Kind::Float, dev));
+                for i in 0..n {
+                    let row = mask.get(i);
+                    let end = (keys - i * 7).max(1);
+                    let _ = row.narrow(-1, end, keys - end).fill_(f64::NEG_INFINITY);
+                    if i % 2 == 1 && end > 4 {
+                        let _ = row.narrow(-1, 0, 3).fill_(f64::NEG_INFINITY);
+                    }
+                }
+                if keys > 1 {
+                    let _ = mask.narrow(-1, 1, 1).fill_(-1.5);
+                }
+                let mask = mask.to_kind(kind);
+                let scale = 1.0 / (d as f64).sqrt();
+                if d * kind.elt_size_in_bytes() as i64 > 512 {
+                    assert!(
+                        plain(&q, &k, &v, &mask, scale).is_none(),
+                        "{case}: rows past 512 bytes go to cuDNN"
+                    );
+                    continue;
+                }
+                for (mask, rows) in [(&mask, "a mask row each"), (&mask.narrow(0, 0, 1), "one mask row")] {
+                    let inputs = (&q, &k, &v, mask, scale);
+                    let got = plain(&q, &k, &v, mask, scale).unwrap_or_else(|| panic!("{case}: applies"));
+                    check(&got, inputs, &format!("{case}, {rows}"));
+                    // A lead's blocks take one tile each: up to MAX_SPLITS of them.
+                    let tile = TILE_BYTES / (d * kind.elt_size_in_bytes() as i64);
+                    let Some((got, maps)) = lead(&q, &k, &v, mask, scale) else {
+                        assert!((keys + tile - 1) / tile > MAX_SPLITS, "{case}: the lead form applies");
+                        continue;
+                    };
+                    check(&got, inputs, &format!("{case}, {rows}: lead"));
+                    for (i, vr) in [&v2, &v3].into_iter().enumerate() {
+                        let got = decode_attention_reuse(&maps, vr).expect("the reuse form applies");
+                        check(&got, (&q, &k, vr, mask, scale), &format!("{case}, {rows}: reuse layer {i}"));
+                    }
+                    let other = Tensor::randn([n, kv, keys + 1, d], (kind, dev));
+                    assert!(
+                        decode_attention_reuse(&maps, &other).is_none(),
+                        "{case}: values of another length"
+                    );
+                }
+            }
+            // Past the pairs it runs for, cuDNN's kernels run.
+            let n = decode_attention_pairs() + 1;
+            let q = Tensor::randn([n, 8, 1, 64], (kind, dev));
+            let k = Tensor::randn([n, 1, 256, 64], (kind, dev));
+            let mask = Tensor::zeros([n, 1, 1, 256], (kind, dev));
+            assert!(decode_attention(&q, &k, &k, &mask, 0.125).is_none());
+            assert!(decode_attention_lead(&q, &k, &k, &mask, 0.125).is_none());
+            assert!(plain(&q, &k, &k, &mask, 0.125).is_some());
+        }
+    }
+}
