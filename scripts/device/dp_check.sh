@@ -144,11 +144,12 @@ grep -E "no progress|waited|error" "$L/hang.log" | head -5
 fi
 if want nodes; then
 echo "== two machines simulated on one: two 1-GPU nodes meeting over 127.0.0.1 (same job as the 2-GPU run)"
-node() { # NODE_RANK GPU
+node() { # NODE_RANK GPU OUT: each "machine" its own output folder, as separate disks would be
   CUDA_VISIBLE_DEVICES=$2 timeout 150 $U train --model "$W/s135" "${common[@]}" --micro-batch 2 --nnodes 2 --node-rank "$1" \
-    --nproc-per-node 1 --master-addr 127.0.0.1 --master-port 29611 --out "$W/nodes" > "$L/node$1.log" 2>&1
+    --nproc-per-node 1 --master-addr 127.0.0.1 --master-port 29611 --out "$3" > "$L/node$1.log" 2>&1
+  echo "node $1 exited with $?"
 }
-node 0 0 & node 1 1; wait
+node 0 0 "$W/nodes" & node 1 1 "$W/nodes-node1"; wait
 "$PYTHON" scripts/device/dp_compare.py "$W/two" "$W/nodes" | tee "$L/two_nodes.json"
 fi
 echo "== notes the runs printed"
