@@ -51,6 +51,31 @@ fn barrier(group: &dyn Collective, device: tch::Device) -> Result<()> {
     Ok(())
 }
 
+/// After every rank tried to write its share of a checkpoint into `dir` (`written`): every rank
+/// learns which ranks could not (a collective on one flag a rank), so that all of them stop
+/// with the same error, naming them, rather than some waiting for the others.
+fn all_wrote(group: &dyn Collective, device: tch::Device, dir: &Path, written: Result<()>) -> Result<()> {
+    let failed = Tensor::zeros([group.size() as i64], (tch::Kind::Float, device));
+    if written.is_err() {
+        let _ = failed.get(group.rank() as i64).fill_(1.0);
+    }
+    group.all_reduce_sum(&failed)?;
+    let failed: Vec<f32> = Vec::try_from(failed.to_device(tch::Device::Cpu)).map_err(Error::from)?;
+    let ranks: Vec<String> =
+        failed.iter().enumerate().filter(|(_, &f)| f > 0.0).map(|(r, _)| r.to_string()).collect();
+    if ranks.is_empty() {
+        return Ok(());
+    }
+    let here = written.err().map_or(String::new(), |e| format!(" (here: {e})"));
+    Err(Error::invalid(format!(
+        "rank(s) {} could not write their share of the optimizer state into {}{here}: under --zero 1 \
+         every rank writes its share into the checkpoint folder rank 0 makes, so on several machines \
+         --out must be on a filesystem they all share",
+        ranks.join(", "),
+        dir.display()
+    )))
+}
+
 /// Called on every rank: rank 0 writes the model and the run position, and the optimizer
 /// state unless `stage_done`; under ZeRO-1 every rank writes its share of the moments first.
 pub(super) fn save(
@@ -78,8 +103,13 @@ pub(super) fn save(
         let group = group.ok_or_else(|| Error::invalid("a ZeRO-1 checkpoint is written by every rank"))?;
         let device = shard.m.device();
         barrier(group, device)?;
-        write_shard(&tmp, opt, shard)?;
-        barrier(group, device)?;
+        // Rank 0 made the folder; a rank on a machine that does not see it cannot write there.
+        let written = if tmp.is_dir() {
+            write_shard(&tmp, opt, shard)
+        } else {
+            Err(Error::invalid(format!("{} does not exist on this machine", tmp.display())))
+        };
+        all_wrote(group, device, &tmp, written)?;
         if !leader {
             return Ok(());
         }

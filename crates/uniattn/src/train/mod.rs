@@ -780,6 +780,45 @@ mod tests {
         }
     }
 
+    /// ZeRO-1 with each rank's `--out` in a folder of its own (machines that share no
+    /// filesystem): at the first checkpoint every rank stops with the same error, naming the
+    /// rank that could not write its share and why, and none waits for the others.
+    #[test]
+    fn zero_checkpoints_without_a_shared_folder_stop_every_rank() {
+        use crate::distributed::zero::threads::ThreadGroup;
+        let cfg = tiny_config(Family::Llama);
+        let data = examples(24, 5);
+        let dirs = [scratch(), scratch()];
+        let handles: Vec<_> = ThreadGroup::new(2)
+            .into_iter()
+            .map(|group| {
+                let (cfg, data) = (cfg.clone(), data.clone());
+                let out = dirs[group.rank()].path().join("run");
+                std::thread::spawn(move || {
+                    let rank = group.rank();
+                    let tok = crate::testing::tiny_tokenizer();
+                    let model = tiny_model(&cfg, SuperBlockPlan::dense(4), Kind::Float, 15);
+                    let mut c = config(vec![StageKind::All], 2, 1);
+                    (c.zero, c.save_every) = (1, 2);
+                    let mut t = trainer(&model, &tok, c, data, out);
+                    t.world = World { rank, size: 2, ..World::single() };
+                    t.comm = Some(Box::new(group));
+                    t.run(None, |_, _| {}).map(|_| ()).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for (rank, h) in handles.into_iter().enumerate() {
+            let e = h.join().unwrap().expect_err("no shared checkpoint folder");
+            assert!(
+                e.contains("rank(s) 1 could not write") && e.contains("filesystem they all share"),
+                "{rank}: {e}"
+            );
+            assert!(e.contains("step-000002.tmp"), "{rank}: {e}");
+        }
+        let step2 = dirs[0].path().join("run/checkpoints/step-000002");
+        assert!(!step2.exists(), "no checkpoint is finished without every share");
+    }
+
     /// Data parallelism over two ranks (threads on the CPU, each with its own model) at
     /// micro-batch 2, plain and with ZeRO-1, trains as one process at micro-batch 4 does; a
     /// ZeRO-1 run stopped after 5 steps (its checkpoint holding each rank's share of the
