@@ -27,6 +27,23 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     with_style(len, style)
 }
 
+/// [`bar`] on rank 0 of a data-parallel job, hidden on the others: one bar a job.
+pub fn leader_bar(leader: bool, what: &str) -> ProgressBar {
+    if leader {
+        bar(0, what)
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+/// A `(done, total)` callback that moves `pb`.
+pub fn counter(pb: &ProgressBar) -> impl Fn(usize, usize) + '_ {
+    move |done, total| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    }
+}
+
 /// Items per second, or seconds per item when items are slow.
 fn rate_text(pos: u64, elapsed: Duration) -> String {
     if pos == 0 {

@@ -105,12 +105,9 @@ pub fn convert(
     let job = format!("{:?} {spec:?} {data:?} {:?} {kind:?} {states_on_cpu}", source, opts.method);
     let (comm, watch) = uniattn::distributed::join_ranks(&world, device, &job, ranks.hang_timeout())?.unzip();
     let group = comm.as_ref().map(|c| c as &dyn uniattn::distributed::zero::Collective);
-    let pb = if leader { progress::bar(1, "calibrating") } else { indicatif::ProgressBar::hidden() };
+    let pb = progress::leader_bar(leader, "calibrating");
     let (conv, kept) =
-        uniattn::convert::convert(&model, &spec, &data, &opts, kind, device, group, |d, t| {
-            pb.set_length(t as u64);
-            pb.set_position(d as u64);
-        })?;
+        uniattn::convert::convert(&model, &spec, &data, &opts, kind, device, group, progress::counter(&pb))?;
     pb.finish_and_clear();
     if let Some(w) = &watch {
         w.finish();

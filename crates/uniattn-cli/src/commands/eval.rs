@@ -129,7 +129,7 @@ pub fn mc(
     let mut reports = Vec::new();
     let mut items_out = String::new();
     for task in &loaded {
-        let pb = if leader { progress::bar(0, &task.name) } else { indicatif::ProgressBar::hidden() };
+        let pb = progress::leader_bar(leader, &task.name);
         let (r, items) = uniattn::eval::multiple_choice::evaluate(
             &m.model,
             &m.tokenizer,
@@ -137,10 +137,7 @@ pub fn mc(
             limit,
             opts,
             group,
-            |d, n| {
-                pb.set_length(n as u64);
-                pb.set_position(d as u64)
-            },
+            progress::counter(&pb),
         )?;
         pb.finish_and_clear();
         if !leader {

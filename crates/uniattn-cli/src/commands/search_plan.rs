@@ -145,12 +145,8 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
         pad_id: 0,
     };
     let data = SearchData { fit: &fit, fit_heldout: &fit_heldout, group };
-    let pb =
-        if world.is_leader() { progress::bar(1, "scoring plans") } else { indicatif::ProgressBar::hidden() };
-    let r = search(&m.model, &data, score.as_ref(), &calib_opts, &opts, |d, t| {
-        pb.set_length(t as u64);
-        pb.set_position(d as u64);
-    })?;
+    let pb = progress::leader_bar(world.is_leader(), "scoring plans");
+    let r = search(&m.model, &data, score.as_ref(), &calib_opts, &opts, progress::counter(&pb))?;
     pb.finish_and_clear();
     if let Some(w) = &watch {
         w.finish();
