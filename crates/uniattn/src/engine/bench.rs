@@ -84,7 +84,7 @@ fn decode_greedy(
 ) -> crate::error::Result<Vec<u32>> {
     let batch = first.len();
     let mut next = first;
-    if std::env::var("UNIATTN_DECODE_AHEAD").is_ok_and(|v| v == "0") {
+    if !super::scheduler::decode_ahead_wanted() {
         for _ in 0..steps {
             before_step(engine);
             next = greedy(&engine.decode(&next)?);

@@ -365,7 +365,7 @@ impl Engine {
     /// without waiting for it (the host waits in [`Picks::wait`], and may queue more work
     /// first), elsewhere at once.
     pub fn picks(&mut self, n: usize) -> Result<Picks> {
-        let ids = self.step_inputs.get(0).narrow(0, 0, n as i64).view([-1]);
+        let ids = self.step_rows(n).0.view([-1]);
         match self.stem.device {
             Device::Cuda(d) => {
                 let buffer = match self.pinned.pop() {

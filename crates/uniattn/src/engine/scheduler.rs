@@ -118,6 +118,12 @@ pub struct Scheduler {
     steps_ahead: usize,
 }
 
+/// Whether greedy decode steps are queued ahead of the host: yes unless
+/// `UNIATTN_DECODE_AHEAD=0` (the scheduler's default, and `bench`'s).
+pub(crate) fn decode_ahead_wanted() -> bool {
+    std::env::var("UNIATTN_DECODE_AHEAD").map_or(true, |v| v != "0")
+}
+
 /// Log-probability of `token` and the `k` best alternatives from one row of log-probs.
 fn token_logprob(logp: &Tensor, token: u32, k: usize) -> TokenLogprob {
     let logprob = logp.double_value(&[token as i64]);
@@ -143,7 +149,7 @@ impl Scheduler {
             next_id: 0,
             prefilled_since_decode: 0,
             in_flight: None,
-            ahead: std::env::var("UNIATTN_DECODE_AHEAD").map_or(true, |v| v != "0"),
+            ahead: decode_ahead_wanted(),
             steps_ahead: 0,
         }
     }

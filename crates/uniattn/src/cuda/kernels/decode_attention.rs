@@ -135,8 +135,7 @@ pub struct LeadMaps {
 /// (sequence, kv head) pairs, where cuDNN's kernels are bound by their fixed cost rather than
 /// by the bytes; `None` past it and where the shapes do not fit.
 pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Option<Tensor> {
-    let cut = cut_of(q, k, false).filter(|c| c.pairs() <= decode_attention_pairs())?;
-    launch("decode_attention", cut, Some((q, k, mask, scale)), v, None)
+    plain(q, k, v, mask, scale, decode_attention_pairs())
 }
 
 /// [`decode_attention`] for a SuperBlock lead: also its map, in the pieces its reuse layers
@@ -148,20 +147,35 @@ pub fn decode_attention_lead(
     mask: &Tensor,
     scale: f64,
 ) -> Option<(Tensor, LeadMaps)> {
-    let cut = cut_of(q, k, true).filter(|c| c.pairs() <= decode_attention_pairs())?;
-    let maps = lead_maps(cut, q.device());
-    let out = launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Some(&maps))?;
-    Some((out, maps))
+    lead(q, k, v, mask, scale, decode_attention_pairs())
 }
 
 /// A reuse layer's attention: the lead's map times its own values `v` (`[n, kv_heads, keys,
-/// d]`, the lead's shape); `None` where they do not fit it.
+/// d]`, the lead's shape, checked when launching); `None` where they do not fit it.
 pub fn decode_attention_reuse(lead: &LeadMaps, v: &Tensor) -> Option<Tensor> {
-    let c = lead.cut;
-    let fits =
-        v.kind() == c.kind && v.size() == [c.n, c.kv_heads, c.keys, c.d] && v.device() == lead.maps.device();
-    fits.then_some(())?;
-    launch("decode_attention_reuse", c, None, v, Some(lead))
+    (v.device() == lead.maps.device()).then_some(())?;
+    launch("decode_attention_reuse", lead.cut, None, v, Some(lead))
+}
+
+/// The plain form up to `max_pairs` (sequence, kv head) pairs.
+fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, max_pairs: i64) -> Option<Tensor> {
+    let cut = cut_of(q, k, false).filter(|c| c.pairs() <= max_pairs)?;
+    launch("decode_attention", cut, Some((q, k, mask, scale)), v, None)
+}
+
+/// The lead form up to `max_pairs` (sequence, kv head) pairs.
+fn lead(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    max_pairs: i64,
+) -> Option<(Tensor, LeadMaps)> {
+    let cut = cut_of(q, k, true).filter(|c| c.pairs() <= max_pairs)?;
+    let maps = lead_maps(cut, q.device());
+    let out = launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Some(&maps))?;
+    Some((out, maps))
 }
 
 /// The cut for queries `q` against keys `k`, `None` where the kernel does not apply.
@@ -224,27 +238,31 @@ fn launch(
     let out = Tensor::empty([n, heads, 1, d], (kind, v.device()));
     let g = cut.group();
     let partial = Tensor::empty([cut.pairs() * cut.splits * g * (d + 2)], (Kind::Float, v.device()));
-    let mut args = Args::default();
-    args = match attend {
-        Some((q, k, mask, _)) => args.ptr(q).ptr(k).ptr(v).ptr(mask),
-        None => args.i64(0).i64(0).ptr(v).i64(0),
-    };
-    args = args.ptr(&out).ptr(&partial).ptr(&tickets).i32(kv_heads).i32(g).i32(d).i64(keys);
-    args = args.i32(cut.splits).i32(cut.per_block);
-    args = match attend {
-        Some((q, k, mask, _)) => {
-            let (qs, ks, ms) = (q.stride(), k.stride(), mask.stride());
-            args.i64(qs[0])
-                .i64(qs[1])
-                .i64(ks[0])
-                .i64(ks[1])
-                .i64(v.stride()[0])
-                .i64(v.stride()[1])
-                .i64(if mask.size()[0] == 1 { 0 } else { ms[0] })
-        }
-        None => args.i64(0).i64(0).i64(0).i64(0).i64(v.stride()[0]).i64(v.stride()[1]).i64(0),
-    };
-    args = args
+    // A reuse layer has no queries, keys or mask: null pointers and zero strides.
+    let (q, k, mask) = (attend.map(|a| a.0), attend.map(|a| a.1), attend.map(|a| a.2));
+    let stride = |t: Option<&Tensor>, dim: usize| t.map_or(0, |t| t.stride()[dim]);
+    let mask_seq = mask.filter(|m| m.size()[0] > 1).map_or(0, |m| m.stride()[0]);
+    let args = Args::default()
+        .nullable(q)
+        .nullable(k)
+        .ptr(v)
+        .nullable(mask)
+        .ptr(&out)
+        .ptr(&partial)
+        .ptr(&tickets)
+        .i32(kv_heads)
+        .i32(g)
+        .i32(d)
+        .i64(keys)
+        .i32(cut.splits)
+        .i32(cut.per_block)
+        .i64(stride(q, 0))
+        .i64(stride(q, 1))
+        .i64(stride(k, 0))
+        .i64(stride(k, 1))
+        .i64(stride(Some(v), 0))
+        .i64(stride(Some(v), 1))
+        .i64(mask_seq)
         .f32(attend.map_or(0.0, |a| a.3))
         .nullable(maps.map(|m| &m.maps))
         .nullable(maps.map(|m| &m.shares));
@@ -281,18 +299,6 @@ mod tests {
     //! On a GPU (skipped elsewhere): each form against the composition it replaces, in f64.
     use super::super::tests::{gpu, ulps_of, KINDS};
     use super::*;
-
-    /// The plain form at any number of pairs (the gate aside).
-    fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Option<Tensor> {
-        launch("decode_attention", cut_of(q, k, false)?, Some((q, k, mask, scale)), v, None)
-    }
-
-    /// The lead form at any number of pairs.
-    fn lead(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Option<(Tensor, LeadMaps)> {
-        let cut = cut_of(q, k, true)?;
-        let maps = lead_maps(cut, q.device());
-        Some((launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Some(&maps))?, maps))
-    }
 
     /// `got` against `softmax(q k^T * scale + mask) v` in f64 from the same inputs: within the
     /// output's rounding, plus 1e-5 of the sum of the terms' sizes (f32 sums).
@@ -356,18 +362,19 @@ mod tests {
                 let scale = 1.0 / (d as f64).sqrt();
                 if d * kind.elt_size_in_bytes() as i64 > 512 {
                     assert!(
-                        plain(&q, &k, &v, &mask, scale).is_none(),
+                        plain(&q, &k, &v, &mask, scale, i64::MAX).is_none(),
                         "{case}: rows past 512 bytes go to cuDNN"
                     );
                     continue;
                 }
                 for (mask, rows) in [(&mask, "a mask row each"), (&mask.narrow(0, 0, 1), "one mask row")] {
                     let inputs = (&q, &k, &v, mask, scale);
-                    let got = plain(&q, &k, &v, mask, scale).unwrap_or_else(|| panic!("{case}: applies"));
+                    let got =
+                        plain(&q, &k, &v, mask, scale, i64::MAX).unwrap_or_else(|| panic!("{case}: applies"));
                     check(&got, inputs, &format!("{case}, {rows}"));
                     // A lead's blocks take one tile each: up to MAX_SPLITS of them.
                     let tile = TILE_BYTES / (d * kind.elt_size_in_bytes() as i64);
-                    let Some((got, maps)) = lead(&q, &k, &v, mask, scale) else {
+                    let Some((got, maps)) = lead(&q, &k, &v, mask, scale, i64::MAX) else {
                         assert!((keys + tile - 1) / tile > MAX_SPLITS, "{case}: the lead form applies");
                         continue;
                     };
@@ -390,7 +397,7 @@ mod tests {
             let mask = Tensor::zeros([n, 1, 1, 256], (kind, dev));
             assert!(decode_attention(&q, &k, &k, &mask, 0.125).is_none());
             assert!(decode_attention_lead(&q, &k, &k, &mask, 0.125).is_none());
-            assert!(plain(&q, &k, &k, &mask, 0.125).is_some());
+            assert!(plain(&q, &k, &k, &mask, 0.125, i64::MAX).is_some());
         }
     }
 }
