@@ -784,24 +784,34 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 // ---------------------------------------------------------------------------------------------
 // A decode step's attention at small batches (flash-decoding): out = softmax(q K^T * scale +
 // mask) V with one query row per head, query head kv * g + h reading kv head kv (torch's
-// enable_gqa). At batch 1 cuDNN spends two kernels and ~9 us a layer on it whatever the length,
-// although the keys and values of 2k positions are ~1 MB; here one kernel does it in one pass:
-// blocks split the keys of each (sequence, kv head) pair into ranges of tiles, each tile (8 KiB of
-// keys and of values) is staged in shared memory by cp.async while the tile before it is
-// worked on, each block keeps a running softmax over its tiles, and the last block of a pair to
-// finish (a ticket counter that wraps back to zero by itself) combines the blocks' partial sums.
-// Sums and the softmax in f32; the output is rounded once, as the fused kernels round it.
-// Modes, for UniAttn's SuperBlocks (one tile a block in both):
+// enable_gqa). At batch 1 cuDNN spends two kernels and ~9 us a layer whatever the length,
+// although the keys and values of 2k positions are ~1 MB. Here one kernel does it, built for a
+// short critical path: each block takes one tile of a (sequence, kv head) pair's keys, whose
+// keys and values stream into shared memory by cp.async (the values while the scores are
+// worked out); `chunks` lanes a key (one 16-byte chunk each, the dot product finished by
+// shuffles); one warp a head takes the tile's softmax; P V runs over the same (key, chunk)
+// layout, summed across lanes by shuffles and across warps in shared memory; the last block of
+// a pair to finish (a ticket counter that wraps back to zero by itself) combines the blocks'
+// partial sums, loading them 16 at a time. Sums and the softmax in f32; the output is rounded
+// once, as the fused kernels round it. The code is kept small (loops, not unrolled passes): a
+// block runs for a few microseconds and each instruction about once, so instruction fetches
+// are its cost; two earlier, fully unrolled forms (110 KB of code) took 20-28 us at batch 1, 2k
+// (2026-12-01).
+// Modes, for UniAttn's SuperBlocks:
 //   DA_LEAD: a lead also leaves its map for its reuse layers, in pieces: each block's
 //     probabilities exp(s - m_b) (`maps`, f32 [pair][split][g][tile]) and the share of each
 //     block in the whole softmax, exp(m_b - M) / L (`shares`, f32 [pair][split][g]);
 //   DA_REUSE: a reuse layer multiplies those by its own values: no queries, no keys read.
-// Threads: DA_THREADS. The caller checks: d * sizeof(T) in {128, 256, 512} (a tile row is
-// 8 to 32 16-byte chunks), g <= DA_MAX_GROUP, 16-byte aligned rows, and sizes the shared
-// memory (src/cuda/kernels/decode_attention.rs).
-#define DA_THREADS 128
-#define DA_TILE_BYTES 8192
+// Threads: DA_THREADS. The caller checks: d * sizeof(T) in {128, 256, 512} (a row is 8 to 32
+// 16-byte chunks), g <= DA_MAX_GROUP, g * d <= DA_MAX_OUTPUTS, tile = passes * DA_THREADS /
+// chunks with passes <= DA_MAX_PASSES, 16-byte aligned rows and queries, and sizes the shared
+// memory as da_tile_bytes + the probabilities, statistics and mask row
+// (src/cuda/kernels/decode_attention.rs).
+#define DA_THREADS 256
+#define DA_WARPS (DA_THREADS / 32)
+#define DA_MAX_PASSES 4
 #define DA_MAX_GROUP 8
+#define DA_MAX_OUTPUTS 1024
 #define DA_PLAIN 0
 #define DA_LEAD 1
 #define DA_REUSE 2
@@ -837,235 +847,202 @@ __device__ __forceinline__ float load_from_l2(const float* p) {
   return v;
 }
 
-// Byte offset of 16-byte chunk `col` of row `r` of a staged tile. Rows are swizzled (the chunk
-// index xor the row's low bits) so that the eight lanes of a 16-byte shared-memory access,
-// which read the same chunk of consecutive rows (scores) or consecutive chunks of one row
-// (P V), hit eight different bank groups.
-__device__ __forceinline__ int tile_offset(int r, int col, int row_bytes) {
-  return r * row_bytes + ((col ^ (r & 7)) << 4);
+// Bytes of shared memory before a block's probabilities: its keys and values (tile rows
+// each), whose space the warps' sums and then the combine's weights take over.
+__device__ __forceinline__ int da_tile_bytes(int tile, int row_bytes, int g, int d, int splits) {
+  const int bytes = max(2 * tile * row_bytes, max(DA_WARPS * g * d, splits * g) * 4);
+  return (bytes + 15) / 16 * 16;
 }
 
 template <typename T, int MODE>
 __device__ void decode_attention(const T* q, const T* k, const T* v, const T* mask, T* out, float* partial,
-                                 u32* tickets, int nk, int g, int d, i64 keys, int splits, int tiles_per_block,
-                                 i64 q_seq, i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
+                                 u32* tickets, int nk, int g, int d, i64 keys, int splits, int tile, i64 q_seq,
+                                 i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
                                  float scale, float* maps, float* shares) {
   // The next kernel (the output projection) may start streaming its weights.
   allow_next_kernel();
   constexpr int V = 16 / sizeof(T);
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
   extern __shared__ uint4 da_shared_chunks[];  // uint4: 16-byte aligned
-  unsigned char* da_shared = reinterpret_cast<unsigned char*>(da_shared_chunks);
+  unsigned char* keys_s = reinterpret_cast<unsigned char*>(da_shared_chunks);
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
   const int pair = blockIdx.x / splits, split = blockIdx.x % splits;
   const int seq = pair / nk, kv = pair % nk;
   const int row_bytes = d * (int)sizeof(T), chunks = row_bytes / 16;
-  const int tile = DA_TILE_BYTES / row_bytes;  // keys a tile: 16 to 64
-  const int parts = DA_THREADS / tile;         // threads sharing one key's scores
-  const int groups = DA_THREADS / chunks;      // threads sharing one chunk of the values
-  // Shared memory: two stages of (keys, values) tiles, then f32 scratch.
-  unsigned char* stages = da_shared;
-  float* qs = reinterpret_cast<float*>(da_shared + 4 * DA_TILE_BYTES);  // [g][d]
-  // [parts][g][tile] partial scores, then [splits][g] the combine's weights
-  float* part_scores = qs + g * d;
-  float* probs = part_scores + (max(DA_THREADS, splits) * g + 3) / 4 * 4;  // [g][tile], 16-byte aligned
-  float* stat = probs + g * tile;                                      // [g][3]: max, sum, rescale
-  float* sums = stat + 3 * g;                                          // [g][d]
+  // Thread t holds 16-byte chunk `col` of the tile's rows group, group + groups, ...: `passes`
+  // rows, for the scores and for P V alike.
+  const int col = t % chunks, group = t / chunks, groups = DA_THREADS / chunks, passes = tile / groups;
+  const i64 block = (i64)pair * splits + split;  // this block's piece of a lead's map
+  const i64 key0 = (i64)split * tile;
+  const int n = (int)min((i64)tile, keys - key0);  // the block's keys
+  unsigned char* values = keys_s + tile * row_bytes;
+  float* probs = reinterpret_cast<float*>(keys_s + da_tile_bytes(tile, row_bytes, g, d, splits));  // [g][tile]
+  float* stat = probs + g * tile;                       // [g][2]: the block's max and sum
+  float* bias = stat + 2 * g;                           // [tile]: the mask's row (tile <= DA_THREADS)
+  float* sums = reinterpret_cast<float*>(keys_s);       // after P V: [warp][g][d]
   __shared__ int last_block;
 
-  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
-  const i64 block = (i64)pair * splits + split;  // this block's pieces of a lead's map
-  const T* kp = reuse ? nullptr : k + seq * k_seq + kv * k_head;
-  const T* vp = v + seq * v_seq + kv * v_head;
-  const i64 all_tiles = (keys + tile - 1) / tile;
-  const i64 first = (i64)split * tiles_per_block;
-  const i64 end = min(all_tiles, first + tiles_per_block);
-  const auto stage = [&](i64 ti, int s) {
-    unsigned char* ks = stages + s * 2 * DA_TILE_BYTES;
-    unsigned char* vs = ks + DA_TILE_BYTES;
-    for (int c = t; c < tile * chunks; c += DA_THREADS) {
-      const int r = c / chunks, col = c % chunks;
-      const i64 key = ti * tile + r;
-      if (key < keys) {
-        if (!reuse) {
-          copy_async16(ks + tile_offset(r, col, row_bytes), reinterpret_cast<const char*>(kp + key * d) + col * 16);
+  // The keys, then the values (and a reuse layer's probabilities), which arrive while the
+  // scores are worked out.
+  if (!reuse) {
+    const unsigned char* kp = reinterpret_cast<const unsigned char*>(k + seq * k_seq + kv * k_head + key0 * d);
+    for (int c = t; c < n * chunks; c += DA_THREADS) copy_async16(keys_s + c * 16, kp + (i64)c * 16);
+  }
+  copy_async_commit();
+  const unsigned char* vp = reinterpret_cast<const unsigned char*>(v + seq * v_seq + kv * v_head + key0 * d);
+  for (int c = t; c < n * chunks; c += DA_THREADS) copy_async16(values + c * 16, vp + (i64)c * 16);
+  if (reuse) {
+    const float* piece = maps + block * g * tile;
+    for (int c = t; c < g * tile / 4; c += DA_THREADS) copy_async16(probs + 4 * c, piece + 4 * c);
+  }
+  copy_async_commit();
+
+  if (!reuse) {
+    if (t < n) bias[t] = to_float(mask[seq * mask_seq + key0 + t]);
+    float qf[DA_MAX_GROUP][V];
+#pragma unroll
+    for (int h = 0; h < DA_MAX_GROUP; ++h) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) qf[h][e] = 0.0f;
+      if (h < g) unpack16<T>(*reinterpret_cast<const uint4*>(q + seq * q_seq + (i64)(kv * g + h) * q_head + col * V), qf[h]);
+    }
+    copy_async_wait<1>();  // the keys
+    __syncthreads();
+#pragma unroll 1
+    for (int i = 0; i < passes; ++i) {
+      // Rows past the keys hold whatever was there: scored, never stored.
+      const int r = group + i * groups;
+      float kf[V];
+      unpack16<T>(*reinterpret_cast<const uint4*>(keys_s + r * row_bytes + col * 16), kf);
+      float dot[DA_MAX_GROUP];
+#pragma unroll
+      for (int h = 0; h < DA_MAX_GROUP; ++h) {
+        dot[h] = 0.0f;
+        if (h < g) {
+#pragma unroll
+          for (int e = 0; e < V; ++e) dot[h] = fmaf(kf[e], qf[h][e], dot[h]);
         }
-        copy_async16(vs + tile_offset(r, col, row_bytes), reinterpret_cast<const char*>(vp + key * d) + col * 16);
+      }
+      // The key's lanes are `chunks` neighbours: a butterfly leaves the sum in each of them.
+#pragma unroll 1
+      for (int o = 1; o < chunks; o <<= 1) {
+#pragma unroll
+        for (int h = 0; h < DA_MAX_GROUP; ++h) {
+          if (h < g) dot[h] += __shfl_xor_sync(0xffffffffu, dot[h], o);
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < DA_MAX_GROUP; ++h) {
+        if (h < g && col == h && r < n) probs[h * tile + r] = dot[h] * scale;
       }
     }
-    // A reuse layer's probabilities: the lead's piece for this block (its one tile).
-    if (reuse) {
-      for (int c = t; c < g * tile / 4; c += DA_THREADS) copy_async16(probs + 4 * c, maps + block * g * tile + 4 * c);
-    }
-    copy_async_commit();
-  };
-  if (first < end) stage(first, 0);
-  if (!reuse) {
-    for (int i = t; i < g * d; i += DA_THREADS) {
-      const int h = i / d, j = i % d;
-      qs[i] = to_float(q[seq * q_seq + (i64)(kv * g + h) * q_head + j]);
+    __syncthreads();
+    // The tile's softmax, a warp a head (g <= DA_WARPS).
+    if (warp < g) {
+      float* s = probs + warp * tile;
+      float mx = neg_inf();
+      for (int r = lane; r < n; r += 32) {
+        s[r] += bias[r];
+        mx = fmaxf(mx, s[r]);
+      }
+      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      // Nothing unmasked: the probabilities are zero, whatever the base.
+      const float base = mx == neg_inf() ? 0.0f : mx;
+      float sum = 0.0f;
+      for (int r = lane; r < tile; r += 32) {
+        const float p = r < n ? expf(s[r] - base) : 0.0f;
+        s[r] = p;
+        if (lead) maps[(block * g + warp) * tile + r] = p;
+        sum += p;
+      }
+      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      if (lane == 0) {
+        stat[2 * warp] = mx;
+        stat[2 * warp + 1] = sum;
+      }
     }
   }
-  if (t < g) {
-    stat[3 * t] = neg_inf();
-    stat[3 * t + 1] = 0.0f;
-    stat[3 * t + 2] = 1.0f;  // a reuse layer's one tile: nothing to rescale
-  }
-  // Each thread's share of P V: chunk `col` of the value rows `group`, `group + groups`, ...
-  const int col = t % chunks, group = t / chunks;
+  copy_async_wait<0>();
+  __syncthreads();
+  // P V over this thread's rows, then summed over the lanes of the same chunk.
   float acc[DA_MAX_GROUP][V];
 #pragma unroll
   for (int h = 0; h < DA_MAX_GROUP; ++h) {
 #pragma unroll
     for (int e = 0; e < V; ++e) acc[h][e] = 0.0f;
   }
-  for (i64 ti = first; ti < end; ++ti) {
-    const int s = (int)((ti - first) & 1);
-    if (ti + 1 < end) {
-      stage(ti + 1, s ^ 1);
-      copy_async_wait<1>();
-    } else {
-      copy_async_wait<0>();
-    }
-    __syncthreads();
-    const unsigned char* ks = stages + s * 2 * DA_TILE_BYTES;
-    const unsigned char* vs = ks + DA_TILE_BYTES;
-    const i64 key0 = ti * tile;
-    // Scores: thread (key r, part p) takes chunks p * 4 .. p * 4 + 3 of key r (a tile is
-    // DA_TILE_BYTES, so each thread has four chunks) for every head of the group.
-    if (!reuse) {
-      const int r = t % tile, p = t / tile;
-      float dot[DA_MAX_GROUP];
-#pragma unroll
-      for (int h = 0; h < DA_MAX_GROUP; ++h) dot[h] = 0.0f;
-      if (key0 + r < keys) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int c = p * 4 + i;
-          float kf[V];
-          unpack16<T>(*reinterpret_cast<const uint4*>(ks + tile_offset(r, c, row_bytes)), kf);
-#pragma unroll
-          for (int h = 0; h < DA_MAX_GROUP; ++h) {
-            if (h < g) {
-              const float* qh = qs + h * d + c * V;
-#pragma unroll
-              for (int e = 0; e < V; ++e) dot[h] = fmaf(kf[e], qh[e], dot[h]);
-            }
-          }
-        }
-      }
+#pragma unroll 1
+  for (int i = 0; i < passes; ++i) {
+    const int r = group + i * groups;
+    if (r < n) {
+      float vf[V];
+      unpack16<T>(*reinterpret_cast<const uint4*>(values + r * row_bytes + col * 16), vf);
 #pragma unroll
       for (int h = 0; h < DA_MAX_GROUP; ++h) {
-        if (h < g) part_scores[(p * g + h) * tile + r] = dot[h];
-      }
-      __syncthreads();
-    }
-    // The tile's softmax, a warp a head: the running max and sum, and the factor that rescales
-    // the sums so far.
-    for (int h = warp; h < g && !reuse; h += DA_THREADS / 32) {
-      float x[2], mx = neg_inf();
+        if (h < g) {
+          const float p = probs[h * tile + r];
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int r = lane + 32 * j;
-        x[j] = neg_inf();
-        if (r < tile && key0 + r < keys) {
-          float sc = 0.0f;
-          for (int p = 0; p < parts; ++p) sc += part_scores[(p * g + h) * tile + r];
-          x[j] = sc * scale + to_float(mask[seq * mask_seq + key0 + r]);
+          for (int e = 0; e < V; ++e) acc[h][e] = fmaf(p, vf[e], acc[h][e]);
         }
-        mx = fmaxf(mx, x[j]);
-      }
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float before = stat[3 * h], now = fmaxf(before, mx);
-      // Nothing unmasked yet: the probabilities so far are zero, whatever the base.
-      const float base = now == neg_inf() ? 0.0f : now;
-      float sum = 0.0f;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int r = lane + 32 * j;
-        const float pr = expf(x[j] - base);
-        if (r < tile) {
-          probs[h * tile + r] = pr;
-          if (lead) maps[(block * g + h) * tile + r] = pr;
-        }
-        sum += pr;
-      }
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane == 0) {
-        const float rescale = expf(before - base);
-        stat[3 * h] = now;
-        stat[3 * h + 1] = stat[3 * h + 1] * rescale + sum;
-        stat[3 * h + 2] = rescale;
       }
     }
-    __syncthreads();
-    // P V: this thread's value rows (four of them) times the tile's probabilities.
+  }
+#pragma unroll 1
+  for (int o = chunks; o < 32; o <<= 1) {
 #pragma unroll
     for (int h = 0; h < DA_MAX_GROUP; ++h) {
       if (h < g) {
-        const float rescale = stat[3 * h + 2];
 #pragma unroll
-        for (int e = 0; e < V; ++e) acc[h][e] *= rescale;
+        for (int e = 0; e < V; ++e) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
       }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int r = group + i * groups;
-      if (key0 + r >= keys) continue;
-      float vf[V];
-      unpack16<T>(*reinterpret_cast<const uint4*>(vs + tile_offset(r, col, row_bytes)), vf);
-#pragma unroll
-      for (int h = 0; h < DA_MAX_GROUP; ++h) {
-        if (h < g) {
-          const float pr = probs[h * tile + r];
-#pragma unroll
-          for (int e = 0; e < V; ++e) acc[h][e] = fmaf(pr, vf[e], acc[h][e]);
-        }
-      }
-    }
-    // The next iteration stages into the buffers this one read.
-    __syncthreads();
-  }
-  // The block's sums: lanes holding the same chunk add by shuffles, then the warps in turn.
-#pragma unroll
-  for (int h = 0; h < DA_MAX_GROUP; ++h) {
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      for (int o = chunks; o < 32; o <<= 1) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
     }
   }
-  for (int w = 0; w < DA_THREADS / 32; ++w) {
-    if (warp == w && lane < chunks) {
+  __syncthreads();  // the keys and values are read: their space takes the warps' sums
+  if (lane < chunks) {
 #pragma unroll
-      for (int h = 0; h < DA_MAX_GROUP; ++h) {
-        if (h < g) {
+    for (int h = 0; h < DA_MAX_GROUP; ++h) {
+      if (h < g) {
 #pragma unroll
-          for (int e = 0; e < V; ++e) {
-            float* at = sums + h * d + col * V + e;
-            *at = w == 0 ? acc[h][e] : *at + acc[h][e];
-          }
-        }
+        for (int e = 0; e < V; ++e) sums[(warp * g + h) * d + col * V + e] = acc[h][e];
       }
     }
-    __syncthreads();
+  }
+  __syncthreads();
+  // The block's sums: output i = t, t + DA_THREADS, ... (g * d <= DA_MAX_OUTPUTS).
+  constexpr int OUTS = DA_MAX_OUTPUTS / DA_THREADS;
+  float y[OUTS];
+#pragma unroll
+  for (int j = 0; j < OUTS; ++j) {
+    const int i = t + j * DA_THREADS;
+    y[j] = 0.0f;
+    if (i < g * d) {
+#pragma unroll
+      for (int w = 0; w < DA_WARPS; ++w) y[j] += sums[w * g * d + i];
+    }
   }
   T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d;
   // A reuse layer's block sums are its share of the whole: scaled by the lead's share.
   const auto share = [&](int h) { return reuse ? shares[block * g + h] : 1.0f; };
   if (splits == 1) {
-    for (int i = t; i < g * d; i += DA_THREADS) {
-      const int h = i / d;
-      o[i] = from_float<T>(reuse ? sums[i] * share(h) : sums[i] / stat[3 * h + 1]);
+#pragma unroll
+    for (int j = 0; j < OUTS; ++j) {
+      const int i = t + j * DA_THREADS, h = i / d;
+      if (i < g * d) o[i] = from_float<T>(reuse ? y[j] * share(h) : y[j] / stat[2 * h + 1]);
     }
-    if (lead && t < g) shares[block * g + t] = 1.0f / stat[3 * t + 1];
+    if (lead && t < g) shares[block * g + t] = 1.0f / stat[2 * t + 1];
     return;
   }
   // Hand the partial sums over; the last block of the pair combines them.
   const i64 stride = (i64)g * (d + 2);
   float* mine = partial + block * stride;
-  for (int i = t; i < g * d; i += DA_THREADS) mine[i] = sums[i] * share(i / d);
-  if (t < g) {
-    mine[g * d + t] = stat[3 * t];
-    mine[g * d + g + t] = stat[3 * t + 1];
+#pragma unroll
+  for (int j = 0; j < OUTS; ++j) {
+    const int i = t + j * DA_THREADS;
+    if (i < g * d) mine[i] = y[j] * share(i / d);
+  }
+  if (!reuse && t < g) {
+    mine[g * d + t] = stat[2 * t];
+    mine[g * d + g + t] = stat[2 * t + 1];
   }
   __threadfence();
   __syncthreads();
@@ -1074,15 +1051,20 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   if (!last_block) return;
   __threadfence();
   const float* all = partial + (i64)pair * splits * stride;
-  float* weight = part_scores;  // [splits][g]: each block's share, exp(m_s - M) / sum
+  float* weight = sums;  // [splits][g]: each block's share, exp(m_s - M) / sum (sums read above)
   for (int i = t; i < splits * g && reuse; i += DA_THREADS) weight[i] = 1.0f;  // shares taken above
-  for (int h = warp; h < g && !reuse; h += DA_THREADS / 32) {
+  if (!reuse && warp < g) {
+    const int h = warp;
     float mx = neg_inf();
-    for (int sp = lane; sp < splits; sp += 32) mx = fmaxf(mx, load_from_l2(all + sp * stride + g * d + h));
+    for (int sp = lane; sp < splits; sp += 32) {
+      const float m = load_from_l2(all + sp * stride + g * d + h);
+      weight[sp * g + h] = m;
+      mx = fmaxf(mx, m);
+    }
     for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
     float den = 0.0f;
     for (int sp = lane; sp < splits; sp += 32) {
-      const float m = load_from_l2(all + sp * stride + g * d + h);
+      const float m = weight[sp * g + h];
       const float w = m == neg_inf() ? 0.0f : expf(m - mx);
       weight[sp * g + h] = w;
       den += w * load_from_l2(all + sp * stride + g * d + g + h);
@@ -1094,23 +1076,35 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
     }
   }
   __syncthreads();
-  for (int i = t; i < g * d; i += DA_THREADS) {
-    const int h = i / d;
-    float y = 0.0f;
-#pragma unroll 8
-    for (int sp = 0; sp < splits; ++sp) y = fmaf(weight[sp * g + h], load_from_l2(all + sp * stride + i), y);
-    o[i] = from_float<T>(y);
+  // Each output's partials 16 at a time: the loads in flight together, then the sums.
+  constexpr int BATCH = 16;
+#pragma unroll 1
+  for (int j = 0; j < OUTS; ++j) {
+    const int i = t + j * DA_THREADS, h = i / d;
+    if (i >= g * d) break;
+    float acc_out = 0.0f;
+#pragma unroll 1
+    for (int sp0 = 0; sp0 < splits; sp0 += BATCH) {
+      float x[BATCH];
+#pragma unroll
+      for (int u = 0; u < BATCH; ++u) x[u] = sp0 + u < splits ? load_from_l2(all + (sp0 + u) * stride + i) : 0.0f;
+#pragma unroll
+      for (int u = 0; u < BATCH; ++u) {
+        if (sp0 + u < splits) acc_out = fmaf(weight[(sp0 + u) * g + h], x[u], acc_out);
+      }
+    }
+    o[i] = from_float<T>(acc_out);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Entry points, one per element type: <name>_<f32|bf16|f16>.
 #define DECODE_ATTENTION_ENTRY(T, SUFFIX, NAME, MODE)                                                      \
-  extern "C" __global__ void __launch_bounds__(DA_THREADS, 1) NAME##_##SUFFIX(                             \
+  extern "C" __global__ void __launch_bounds__(DA_THREADS, 2) NAME##_##SUFFIX(                             \
       const T* q, const T* k, const T* v, const T* mask, T* out, float* partial, u32* tickets, int nk, int g, \
-      int d, i64 keys, int splits, int tiles_per_block, i64 q_seq, i64 q_head, i64 k_seq, i64 k_head,       \
+      int d, i64 keys, int splits, int tile, i64 q_seq, i64 q_head, i64 k_seq, i64 k_head,                  \
       i64 v_seq, i64 v_head, i64 mask_seq, float scale, float* maps, float* shares) {                      \
-    decode_attention<T, MODE>(q, k, v, mask, out, partial, tickets, nk, g, d, keys, splits, tiles_per_block, \
+    decode_attention<T, MODE>(q, k, v, mask, out, partial, tickets, nk, g, d, keys, splits, tile,          \
                               q_seq, q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, shares); \
   }
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \

@@ -3,22 +3,25 @@
 //! dense and CLA layers, and in two more forms for UniAttn's SuperBlocks: a lead that also
 //! leaves its map in pieces ([`LeadMaps`]), and a reuse layer that multiplies those pieces by
 //! its own values, reading no queries and no keys. At batch 1 cuDNN spends two kernels and
-//! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB.
+//! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB; this
+//! kernel is not yet faster (see [`decode_attention_pairs`]).
 use super::{usable, Args};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
-/// What kernels.cu's DA_* constants say: bytes of keys a tile, query heads a kv head, threads
-/// a block.
-const TILE_BYTES: i64 = 8192;
+/// What kernels.cu's DA_* constants say: threads a block, rows a thread scores (and sums), query
+/// heads a kv head, and query heads times head width (one `[g][d]` of sums a warp).
+const THREADS: i64 = 256;
+const MAX_PASSES: i64 = 4;
 const MAX_GROUP: i64 = 8;
-const THREADS: i64 = 128;
-/// Blocks a plain launch aims at: about one per SM of an H100/H200.
-const GRID_BLOCKS: i64 = 132;
-/// Blocks a (sequence, kv head) pair of a lead and its reuse layers, which take one tile each:
-/// the last block reads every block's partial sums (16k keys of 64-wide bf16 heads).
+const MAX_OUTPUTS: i64 = 1024;
+/// Blocks a launch aims at: about two per SM of an H100/H200.
+const GRID_BLOCKS: i64 = 264;
+/// Blocks a (sequence, kv head) pair aims at: its last block reads all their partial sums.
+const SPLITS_AIM: i64 = 64;
+/// Blocks a pair at most (the combine's weights share the values' shared memory).
 const MAX_SPLITS: i64 = 256;
 
 thread_local! {
@@ -27,8 +30,8 @@ thread_local! {
 }
 
 /// The (sequence, kv head) pairs up to which the kernel runs: `UNIATTN_DECODE_ATTENTION`
-/// (e.g. 16: batch 8 of two kv heads). Off (0) by default until it has run against cuDNN's
-/// kernels on a GPU: it was written in a session without device time (docs/benchmarks.md).
+/// (e.g. 16: batch 8 of two kv heads). Off (0) by default: on an H200 it is correct but slower
+/// than cuDNN's two kernels (18 vs 8.9 us a layer at batch 1, 2k; docs/benchmarks.md).
 pub fn decode_attention_pairs() -> i64 {
     static PAIRS: OnceLock<i64> = OnceLock::new();
     PAIRS_HERE.with(Cell::get).unwrap_or_else(|| {
@@ -53,11 +56,11 @@ pub fn with_decode_attention<T>(pairs: i64, f: impl FnOnce() -> T) -> T {
 pub fn lead_maps_apply(kind: Kind, device: Device, shape: [i64; 5]) -> bool {
     device.is_cuda()
         && super::enabled()
-        && Cut::new(kind, shape, true).is_some_and(|c| c.pairs() <= decode_attention_pairs())
+        && Cut::new(kind, shape).is_some_and(|c| c.pairs() <= decode_attention_pairs())
 }
 
 /// How one launch is cut: `n` sequences of `heads` query heads over `kv_heads` kv heads, `d`
-/// wide, `keys` keys in tiles of `tile`, `splits` blocks a pair of `per_block` tiles each.
+/// wide, `keys` keys in `splits` tiles of `tile` keys a pair, a block each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cut {
     kind: Kind,
@@ -68,38 +71,38 @@ struct Cut {
     keys: i64,
     tile: i64,
     splits: i64,
-    per_block: i64,
 }
 
 impl Cut {
     /// `None` where the kernel does not apply: a row of 128, 256 or 512 bytes, at most
-    /// `MAX_GROUP` query heads a kv head, its shared memory at most 48 KiB; with
-    /// `one_tile_each` (a lead and its reuse layers) at most `MAX_SPLITS` tiles.
-    fn new(kind: Kind, [n, heads, kv_heads, d, keys]: [i64; 5], one_tile_each: bool) -> Option<Cut> {
+    /// `MAX_GROUP` query heads a kv head and `MAX_OUTPUTS` query heads x head width, at most
+    /// `MAX_SPLITS` tiles a pair.
+    fn new(kind: Kind, [n, heads, kv_heads, d, keys]: [i64; 5]) -> Option<Cut> {
         let row_bytes = d * kind.elt_size_in_bytes() as i64;
         let fits = n > 0
             && keys > 0
             && kv_heads > 0
             && heads % kv_heads == 0
             && heads / kv_heads <= MAX_GROUP
+            && heads / kv_heads * d <= MAX_OUTPUTS
             && [128, 256, 512].contains(&row_bytes);
         if !fits {
             return None;
         }
         let pairs = n * kv_heads;
-        let tile = TILE_BYTES / row_bytes;
-        let tiles = (keys + tile - 1) / tile;
-        // Spread so that the grid about fills the GPU once: a block's tiles stream one behind
-        // the other, and fewer blocks a pair leave less for the last one to combine.
-        let splits = match one_tile_each {
-            true if tiles > MAX_SPLITS => return None,
-            true => tiles,
-            false => tiles.min((GRID_BLOCKS / pairs).max(1)),
-        };
-        let per_block = (tiles + splits - 1) / splits;
-        let splits = (tiles + per_block - 1) / per_block;
-        let cut = Cut { kind, n, heads, kv_heads, d, keys, tile, splits, per_block };
-        (cut.shared_bytes() <= 48 * 1024).then_some(cut)
+        // A pass is a row for each thread: `chunks` threads a row of 16-byte chunks.
+        let rows_a_pass = THREADS / (row_bytes / 16);
+        let ceil = |a: i64, b: i64| (a + b - 1) / b;
+        // Passes (the tile's length, and the length of each thread's serial work): few, so that
+        // blocks finish early, but enough to keep to about GRID_BLOCKS blocks and SPLITS_AIM
+        // blocks a pair, whose partial sums the last block reads.
+        let passes = ceil(pairs * keys, rows_a_pass * GRID_BLOCKS)
+            .max(ceil(keys, rows_a_pass * SPLITS_AIM))
+            .clamp(2, MAX_PASSES);
+        let tile = passes * rows_a_pass;
+        let splits = ceil(keys, tile);
+        let cut = Cut { kind, n, heads, kv_heads, d, keys, tile, splits };
+        (splits <= MAX_SPLITS && cut.shared_bytes() <= 48 * 1024).then_some(cut)
     }
 
     fn group(&self) -> i64 {
@@ -110,11 +113,14 @@ impl Cut {
         self.n * self.kv_heads
     }
 
-    /// Two stages of key and value tiles, then the f32 scratch kernels.cu lays out.
+    /// kernels.cu's `da_tile_bytes` (the tile's keys and values, whose space the warps' sums
+    /// and the combine's weights take over), then in f32 the probabilities `[g][tile]`, `[g][2]`
+    /// statistics and the mask's row `[tile]`.
     fn shared_bytes(&self) -> i64 {
         let g = self.group();
-        let weights = (THREADS.max(self.splits) * g + 3) / 4 * 4;
-        4 * TILE_BYTES + 4 * (g * self.d * 2 + weights + g * self.tile + 3 * g)
+        let row_bytes = self.d * self.kind.elt_size_in_bytes() as i64;
+        let tiles = (2 * self.tile * row_bytes).max(4 * (THREADS / 32 * g * self.d).max(self.splits * g));
+        (tiles + 15) / 16 * 16 + 4 * (g * self.tile + 2 * g + self.tile)
     }
 }
 
@@ -159,7 +165,7 @@ pub fn decode_attention_reuse(lead: &LeadMaps, v: &Tensor) -> Option<Tensor> {
 
 /// The plain form up to `max_pairs` (sequence, kv head) pairs.
 fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, max_pairs: i64) -> Option<Tensor> {
-    let cut = cut_of(q, k, false).filter(|c| c.pairs() <= max_pairs)?;
+    let cut = cut_of(q, k).filter(|c| c.pairs() <= max_pairs)?;
     launch("decode_attention", cut, Some((q, k, mask, scale)), v, None)
 }
 
@@ -172,19 +178,19 @@ fn lead(
     scale: f64,
     max_pairs: i64,
 ) -> Option<(Tensor, LeadMaps)> {
-    let cut = cut_of(q, k, true).filter(|c| c.pairs() <= max_pairs)?;
+    let cut = cut_of(q, k).filter(|c| c.pairs() <= max_pairs)?;
     let maps = lead_maps(cut, q.device());
     let out = launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Some(&maps))?;
     Some((out, maps))
 }
 
 /// The cut for queries `q` against keys `k`, `None` where the kernel does not apply.
-fn cut_of(q: &Tensor, k: &Tensor, one_tile_each: bool) -> Option<Cut> {
+fn cut_of(q: &Tensor, k: &Tensor) -> Option<Cut> {
     let (&[n, heads, 1, d], &[kn, kv_heads, keys, kd]) = (q.size().as_slice(), k.size().as_slice()) else {
         return None;
     };
     (kn == n && kd == d).then_some(())?;
-    Cut::new(q.kind(), [n, heads, kv_heads, d, keys], one_tile_each)
+    Cut::new(q.kind(), [n, heads, kv_heads, d, keys])
 }
 
 fn lead_maps(cut: Cut, device: Device) -> LeadMaps {
@@ -210,20 +216,19 @@ fn launch(
     let Cut { kind, n, heads, kv_heads, d, keys, .. } = cut;
     let elt = kind.elt_size_in_bytes() as i64;
     let same = |t: &Tensor| t.kind() == kind && t.device() == v.device() && !t.requires_grad();
-    // Keys and values: whole rows of 16-byte chunks, each row and head 16-byte aligned.
-    let rows_fit = |t: &Tensor| {
+    // Each sequence and head 16-byte aligned, its rows whole 16-byte chunks.
+    let aligned = |t: &Tensor| {
         let s = t.stride();
         same(t)
-            && t.size() == [n, kv_heads, keys, d]
             && s[3] == 1
-            && s[2] == d
             && [s[0], s[1]].iter().all(|&x| (x * elt) % 16 == 0)
             && (t.data_ptr() as usize).is_multiple_of(16)
     };
+    // Keys and values: contiguous rows besides.
+    let rows_fit = |t: &Tensor| aligned(t) && t.size() == [n, kv_heads, keys, d] && t.stride()[2] == d;
     let attend_fits = attend.is_none_or(|(q, k, mask, _)| {
         let (ms, mst) = (mask.size(), mask.stride());
-        same(q)
-            && q.stride()[3] == 1
+        aligned(q)
             && rows_fit(k)
             && same(mask)
             && ms.len() == 4
@@ -255,7 +260,7 @@ fn launch(
         .i32(d)
         .i64(keys)
         .i32(cut.splits)
-        .i32(cut.per_block)
+        .i32(cut.tile)
         .i64(stride(q, 0))
         .i64(stride(q, 1))
         .i64(stride(k, 0))
@@ -316,8 +321,8 @@ mod tests {
 
     /// Every form against the composition. Keys and values are views of a larger cache as the
     /// engine's are; masks hide a sequence's padding and a window's start and add finite
-    /// values, one row a sequence or one for the batch; the lengths cover fewer keys than a
-    /// tile, tiles cut short, several tiles a block and many blocks a (sequence, kv head) pair,
+    /// values, one row a sequence or one for the batch; the lengths cover one block a pair,
+    /// tiles cut short, two to four passes a tile and many blocks a (sequence, kv head) pair,
     /// so that every block count's ticket counters are used one launch after another. A lead's
     /// map serves two reuse layers, each with its own values.
     #[test]
@@ -333,6 +338,8 @@ mod tests {
             (2, 4, 1, 256, 300),
             (1, 4, 4, 64, 513),
             (2, 16, 2, 64, 131),
+            (8, 14, 2, 64, 9000),
+            (1, 16, 2, 256, 100),
         ];
         for kind in KINDS {
             for (n, heads, kv, d, keys) in shapes {
@@ -360,10 +367,10 @@ mod tests {
                 }
                 let mask = mask.to_kind(kind);
                 let scale = 1.0 / (d as f64).sqrt();
-                if d * kind.elt_size_in_bytes() as i64 > 512 {
+                if d * kind.elt_size_in_bytes() as i64 > 512 || heads / kv * d > MAX_OUTPUTS {
                     assert!(
                         plain(&q, &k, &v, &mask, scale, i64::MAX).is_none(),
-                        "{case}: rows past 512 bytes go to cuDNN"
+                        "{case}: rows past 512 bytes and groups past {MAX_OUTPUTS} outputs go to cuDNN"
                     );
                     continue;
                 }
@@ -372,12 +379,8 @@ mod tests {
                     let got =
                         plain(&q, &k, &v, mask, scale, i64::MAX).unwrap_or_else(|| panic!("{case}: applies"));
                     check(&got, inputs, &format!("{case}, {rows}"));
-                    // A lead's blocks take one tile each: up to MAX_SPLITS of them.
-                    let tile = TILE_BYTES / (d * kind.elt_size_in_bytes() as i64);
-                    let Some((got, maps)) = lead(&q, &k, &v, mask, scale, i64::MAX) else {
-                        assert!((keys + tile - 1) / tile > MAX_SPLITS, "{case}: the lead form applies");
-                        continue;
-                    };
+                    let (got, maps) = lead(&q, &k, &v, mask, scale, i64::MAX)
+                        .unwrap_or_else(|| panic!("{case}: lead applies"));
                     check(&got, inputs, &format!("{case}, {rows}: lead"));
                     for (i, vr) in [&v2, &v3].into_iter().enumerate() {
                         let got = decode_attention_reuse(&maps, vr).expect("the reuse form applies");
