@@ -14,6 +14,9 @@ U=${U:-./target/release/uniattn}
 OUT=${OUT:-/tmp/out} W=${W:-$WORK/gb}
 BATCH=${BATCH:-1,32} CONTEXT=${CONTEXT:-2048,8192} NEW=${NEW:-128} REPEATS=${REPEATS:-3} MODES=${MODES-compiled static}
 mkdir -p "$W" "$OUT"
+# A device call returns at most 8 files: everything also goes back as one archive, which sorts
+# first.
+trap 'tar czf "$OUT/all.tgz" -C "$OUT" --exclude=all.tgz .' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 if [[ -n ${TESTBIN:-} ]]; then
   echo "== fused kernels vs their compositions; CUDA graphs + fused kernels vs eager (tiny models, f32)"

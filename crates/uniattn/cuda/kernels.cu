@@ -785,33 +785,33 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 // A decode step's attention at small batches (flash-decoding): out = softmax(q K^T * scale +
 // mask) V with one query row per head, query head kv * g + h reading kv head kv (torch's
 // enable_gqa). At batch 1 cuDNN spends two kernels and ~9 us a layer whatever the length,
-// although the keys and values of 2k positions are ~1 MB. Here one kernel does it, built for a
-// short critical path: each block takes one tile of a (sequence, kv head) pair's keys, whose
-// keys and values stream into shared memory by cp.async (the values while the scores are
-// worked out); `chunks` lanes a key (one 16-byte chunk each, the dot product finished by
-// shuffles); one warp a head takes the tile's softmax; P V runs over the same (key, chunk)
-// layout, summed across lanes by shuffles and across warps in shared memory; the last block of
-// a pair to finish (a ticket counter that wraps back to zero by itself) combines the blocks'
-// partial sums, loading them 16 at a time. Sums and the softmax in f32; the output is rounded
-// once, as the fused kernels round it. The code is kept small (loops, not unrolled passes): a
-// block runs for a few microseconds and each instruction about once, so instruction fetches
-// are its cost; two earlier, fully unrolled forms (110 KB of code) took 20-28 us at batch 1, 2k
-// (2026-12-01).
+// although the keys and values of 2k positions are ~1 MB. Here one kernel: the blocks of a
+// (sequence, kv head) pair take `per_block` sub-tiles of its keys each, staged (keys and values)
+// in shared memory by cp.async one sub-tile ahead; warp h is query head h of the group, so a
+// head's softmax and sums never leave its warp: lane j scores keys j and j + 32 of a sub-tile
+// (whole rows, against the query in shared memory), keeps the running max and sum, and sums
+// P V over all the sub-tile's rows for its d / 32 output elements. The last block of a pair to
+// finish (a ticket counter that wraps back to zero by itself) combines the blocks' sums, its
+// warps a head each, 16 loads in flight. Sums and the softmax in f32; the output is rounded
+// once, as the fused kernels round it. Loops stay loops: a block runs each instruction a few
+// times at most, so instruction fetches and the instructions a warp issues are its cost (three
+// earlier forms, which split each head's work over the block's warps, issued ~2,000
+// instructions a warp and took 18-26 us at batch 1, 2k; 2026-12-01).
 // Modes, for UniAttn's SuperBlocks:
-//   DA_LEAD: a lead also leaves its map for its reuse layers, in pieces: each block's
-//     probabilities exp(s - m_b) (`maps`, f32 [pair][split][g][tile]) and the share of each
-//     block in the whole softmax, exp(m_b - M) / L (`shares`, f32 [pair][split][g]);
-//   DA_REUSE: a reuse layer multiplies those by its own values: no queries, no keys read.
-// Threads: DA_THREADS. The caller checks: d * sizeof(T) in {128, 256, 512} (a row is 8 to 32
-// 16-byte chunks), g <= DA_MAX_GROUP, g * d <= DA_MAX_OUTPUTS, tile = passes * DA_THREADS /
-// chunks with passes <= DA_MAX_PASSES, 16-byte aligned rows and queries, and sizes the shared
-// memory as da_tile_bytes + the probabilities, statistics and mask row
-// (src/cuda/kernels/decode_attention.rs).
+//   DA_LEAD: a lead also leaves its map for its reuse layers: its scores (scaled, masked; f32
+//     `maps` [pair][g][splits * per_block * tile]) and each head's whole-softmax max and sum
+//     (`stats` [pair][g][2]);
+//   DA_REUSE: a reuse layer takes exp(s - max) / sum of those as its probabilities and
+//     multiplies them by its own values: no queries, no keys read.
+// Threads: DA_THREADS. The caller checks: d * sizeof(T) in {128, 256, 512}, tile =
+// DA_STAGE_BYTES / (d * sizeof(T)) (<= 64 keys), g <= DA_MAX_GROUP, g * d <= 1024, splits * g <=
+// 4096, 16-byte aligned rows, and sizes the shared memory as two stages (da_stage_bytes) and the
+// query (src/cuda/kernels/decode_attention.rs).
 #define DA_THREADS 256
-#define DA_WARPS (DA_THREADS / 32)
-#define DA_MAX_PASSES 4
 #define DA_MAX_GROUP 8
-#define DA_MAX_OUTPUTS 1024
+#define DA_STAGE_BYTES 8192
+#define DA_MAX_LANE_DIMS 8
+#define DA_BATCH 16
 #define DA_PLAIN 0
 #define DA_LEAD 1
 #define DA_REUSE 2
@@ -847,253 +847,236 @@ __device__ __forceinline__ float load_from_l2(const float* p) {
   return v;
 }
 
-// Bytes of shared memory before a block's probabilities: its keys and values (tile rows
-// each), whose space the warps' sums and then the combine's weights take over.
-__device__ __forceinline__ int da_tile_bytes(int tile, int row_bytes, int g, int d, int splits) {
-  const int bytes = max(2 * tile * row_bytes, max(DA_WARPS * g * d, splits * g) * 4);
-  return (bytes + 15) / 16 * 16;
+// Byte offset of 16-byte chunk `col` of key row `r` of a staged sub-tile. Rows are swizzled
+// (the chunk index xor the row's low bits) so that the eight lanes of a 16-byte shared-memory
+// access, which read the same chunk of eight consecutive rows, hit eight different bank groups.
+__device__ __forceinline__ int tile_offset(int r, int col, int row_bytes) {
+  return r * row_bytes + ((col ^ (r & 7)) << 4);
+}
+
+// Bytes of one stage: a sub-tile's keys, its values, and (reuse) its rows of the lead's map.
+__device__ __forceinline__ int da_stage_bytes(int g, int tile) {
+  return 2 * DA_STAGE_BYTES + g * tile * 4;
 }
 
 template <typename T, int MODE>
 __device__ void decode_attention(const T* q, const T* k, const T* v, const T* mask, T* out, float* partial,
-                                 u32* tickets, int nk, int g, int d, i64 keys, int splits, int tile, i64 q_seq,
-                                 i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
-                                 float scale, float* maps, float* shares) {
+                                 u32* tickets, int nk, int g, int d, i64 keys, int splits, int tile, int per_block,
+                                 i64 q_seq, i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head,
+                                 i64 mask_seq, float scale, float* maps, float* stats) {
   // The next kernel (the output projection) may start streaming its weights.
   allow_next_kernel();
-  constexpr int V = 16 / sizeof(T);
   constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
   extern __shared__ uint4 da_shared_chunks[];  // uint4: 16-byte aligned
-  unsigned char* keys_s = reinterpret_cast<unsigned char*>(da_shared_chunks);
-  const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+  unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
+  const int t = threadIdx.x, lane = t & 31, h = t >> 5;  // warp h: query head kv * g + h
   const int pair = blockIdx.x / splits, split = blockIdx.x % splits;
   const int seq = pair / nk, kv = pair % nk;
-  const int row_bytes = d * (int)sizeof(T), chunks = row_bytes / 16;
-  // Thread t holds 16-byte chunk `col` of the tile's rows group, group + groups, ...: `passes`
-  // rows, for the scores and for P V alike.
-  const int col = t % chunks, group = t / chunks, groups = DA_THREADS / chunks, passes = tile / groups;
-  const i64 block = (i64)pair * splits + split;  // this block's piece of a lead's map
-  const i64 key0 = (i64)split * tile;
-  const int n = (int)min((i64)tile, keys - key0);  // the block's keys
-  unsigned char* values = keys_s + tile * row_bytes;
-  float* probs = reinterpret_cast<float*>(keys_s + da_tile_bytes(tile, row_bytes, g, d, splits));  // [g][tile]
-  float* stat = probs + g * tile;                       // [g][2]: the block's max and sum
-  float* bias = stat + 2 * g;                           // [tile]: the mask's row (tile <= DA_THREADS)
-  float* sums = reinterpret_cast<float*>(keys_s);       // after P V: [warp][g][d]
-  __shared__ int last_block;
+  const int row_bytes = d * (int)sizeof(T), chunks = row_bytes / 16, lane_dims = d / 32;
+  const int stage_bytes = da_stage_bytes(g, tile);
+  float* qs = reinterpret_cast<float*>(smem + 2 * stage_bytes);  // [g][d]
+  const i64 row = (i64)splits * per_block * tile;                 // a head's row of a lead's map
+  const i64 first = (i64)split * per_block * tile;
+  const int subs = (int)min((i64)per_block, (keys - first + tile - 1) / tile);
+  const T* kp = reuse ? nullptr : k + seq * k_seq + kv * k_head;
+  const T* vp = v + seq * v_seq + kv * v_head;
+  float* map = maps == nullptr ? nullptr : maps + (i64)pair * g * row;  // this pair's [g][row]
 
-  // The keys, then the values (and a reuse layer's probabilities), which arrive while the
-  // scores are worked out.
-  if (!reuse) {
-    const unsigned char* kp = reinterpret_cast<const unsigned char*>(k + seq * k_seq + kv * k_head + key0 * d);
-    for (int c = t; c < n * chunks; c += DA_THREADS) copy_async16(keys_s + c * 16, kp + (i64)c * 16);
-  }
-  copy_async_commit();
-  const unsigned char* vp = reinterpret_cast<const unsigned char*>(v + seq * v_seq + kv * v_head + key0 * d);
-  for (int c = t; c < n * chunks; c += DA_THREADS) copy_async16(values + c * 16, vp + (i64)c * 16);
-  if (reuse) {
-    const float* piece = maps + block * g * tile;
-    for (int c = t; c < g * tile / 4; c += DA_THREADS) copy_async16(probs + 4 * c, piece + 4 * c);
-  }
-  copy_async_commit();
-
-  if (!reuse) {
-    if (t < n) bias[t] = to_float(mask[seq * mask_seq + key0 + t]);
-    float qf[DA_MAX_GROUP][V];
-#pragma unroll
-    for (int h = 0; h < DA_MAX_GROUP; ++h) {
-#pragma unroll
-      for (int e = 0; e < V; ++e) qf[h][e] = 0.0f;
-      if (h < g) unpack16<T>(*reinterpret_cast<const uint4*>(q + seq * q_seq + (i64)(kv * g + h) * q_head + col * V), qf[h]);
+  const auto stage = [&](int sub, int s) {
+    unsigned char* ks = smem + s * stage_bytes;
+    unsigned char* vs = ks + DA_STAGE_BYTES;
+    float* ms = reinterpret_cast<float*>(vs + DA_STAGE_BYTES);
+    const i64 key0 = first + (i64)sub * tile;
+    const int n = (int)min((i64)tile, keys - key0);
+    for (int c = t; c < n * chunks; c += DA_THREADS) {
+      const int r = c / chunks, col = c % chunks;
+      if (!reuse) {
+        copy_async16(ks + tile_offset(r, col, row_bytes), reinterpret_cast<const unsigned char*>(kp + (key0 + r) * d) + col * 16);
+      }
+      copy_async16(vs + c * 16, reinterpret_cast<const unsigned char*>(vp + key0 * d) + (i64)c * 16);
     }
-    copy_async_wait<1>();  // the keys
-    __syncthreads();
+    if (reuse) {
+      const int per_head = tile / 4;  // 16-byte chunks of a head's scores
+      for (int c = t; c < g * per_head; c += DA_THREADS) {
+        const int hh = c / per_head, j = c % per_head;
+        copy_async16(ms + hh * tile + 4 * j, map + hh * row + key0 + 4 * j);
+      }
+    }
+    copy_async_commit();
+  };
+  stage(0, 0);
+  if (!reuse) {
+    for (int i = t; i < g * d; i += DA_THREADS) {
+      qs[i] = to_float(q[seq * q_seq + (i64)(kv * g + i / d) * q_head + i % d]);
+    }
+  }
+  // The warp's running max (`m`, or a reuse layer's lead's), this lane's share of the sum, and
+  // its output elements lane * lane_dims ...
+  float m = neg_inf(), l = 0.0f, inv_sum = 1.0f, acc[DA_MAX_LANE_DIMS];
+#pragma unroll
+  for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) acc[e] = 0.0f;
+  if (reuse && h < g) {
+    m = stats[((i64)pair * g + h) * 2];
+    inv_sum = 1.0f / stats[((i64)pair * g + h) * 2 + 1];
+  }
 #pragma unroll 1
-    for (int i = 0; i < passes; ++i) {
-      // Rows past the keys hold whatever was there: scored, never stored.
-      const int r = group + i * groups;
-      float kf[V];
-      unpack16<T>(*reinterpret_cast<const uint4*>(keys_s + r * row_bytes + col * 16), kf);
-      float dot[DA_MAX_GROUP];
-#pragma unroll
-      for (int h = 0; h < DA_MAX_GROUP; ++h) {
-        dot[h] = 0.0f;
-        if (h < g) {
-#pragma unroll
-          for (int e = 0; e < V; ++e) dot[h] = fmaf(kf[e], qf[h][e], dot[h]);
-        }
-      }
-      // The key's lanes are `chunks` neighbours: a butterfly leaves the sum in each of them.
-#pragma unroll 1
-      for (int o = 1; o < chunks; o <<= 1) {
-#pragma unroll
-        for (int h = 0; h < DA_MAX_GROUP; ++h) {
-          if (h < g) dot[h] += __shfl_xor_sync(0xffffffffu, dot[h], o);
-        }
-      }
-#pragma unroll
-      for (int h = 0; h < DA_MAX_GROUP; ++h) {
-        if (h < g && col == h && r < n) probs[h * tile + r] = dot[h] * scale;
-      }
+  for (int sub = 0; sub < subs; ++sub) {
+    const int s = sub & 1;
+    if (sub + 1 < subs) {
+      stage(sub + 1, s ^ 1);
+      copy_async_wait<1>();
+    } else {
+      copy_async_wait<0>();
     }
     __syncthreads();
-    // The tile's softmax, a warp a head (g <= DA_WARPS).
-    if (warp < g) {
-      float* s = probs + warp * tile;
-      float mx = neg_inf();
-      for (int r = lane; r < n; r += 32) {
-        s[r] += bias[r];
-        mx = fmaxf(mx, s[r]);
+    const unsigned char* ks = smem + s * stage_bytes;
+    const unsigned char* vs = ks + DA_STAGE_BYTES;
+    const float* ms = reinterpret_cast<const float*>(vs + DA_STAGE_BYTES);
+    const i64 key0 = first + (i64)sub * tile;
+    const int n = (int)min((i64)tile, keys - key0);
+    if (h < g) {
+      // This lane's keys: lane and lane + 32 (a sub-tile has at most 64).
+      float p[2];
+      if (reuse) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int r = lane + 32 * j;
+          p[j] = r < n ? expf(ms[h * tile + r] - m) * inv_sum : 0.0f;
+        }
+      } else {
+        float sc[2], bias[2], dot[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int r = lane + 32 * j;
+          bias[j] = r < n ? to_float(mask[seq * mask_seq + key0 + r]) : 0.0f;
+        }
+        const float* qh = qs + h * d;
+#pragma unroll 2
+        for (int c = 0; c < chunks; ++c) {
+          constexpr int V = 16 / sizeof(T);
+          float qf[V];
+#pragma unroll
+          for (int e = 0; e < V; ++e) qf[e] = qh[c * V + e];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int r = lane + 32 * j;
+            if (r < tile) {
+              float kf[V];
+              unpack16<T>(*reinterpret_cast<const uint4*>(ks + tile_offset(r, c, row_bytes)), kf);
+#pragma unroll
+              for (int e = 0; e < V; ++e) dot[j] = fmaf(kf[e], qf[e], dot[j]);
+            }
+          }
+        }
+        float mx = neg_inf();
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int r = lane + 32 * j;
+          sc[j] = r < n ? dot[j] * scale + bias[j] : neg_inf();
+          if (lead && r < tile) map[h * row + key0 + r] = sc[j];
+          mx = fmaxf(mx, sc[j]);
+        }
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        const float now = fmaxf(m, mx);
+        // Nothing unmasked yet: the probabilities so far are zero, whatever the base.
+        const float base = now == neg_inf() ? 0.0f : now;
+        const float rescale = expf(m - base);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) p[j] = expf(sc[j] - base);
+        l = l * rescale + p[0] + p[1];
+#pragma unroll
+        for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) acc[e] *= rescale;
+        m = now;
       }
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      // Nothing unmasked: the probabilities are zero, whatever the base.
-      const float base = mx == neg_inf() ? 0.0f : mx;
-      float sum = 0.0f;
-      for (int r = lane; r < tile; r += 32) {
-        const float p = r < n ? expf(s[r] - base) : 0.0f;
-        s[r] = p;
-        if (lead) maps[(block * g + warp) * tile + r] = p;
-        sum += p;
-      }
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane == 0) {
-        stat[2 * warp] = mx;
-        stat[2 * warp + 1] = sum;
-      }
-    }
-  }
-  copy_async_wait<0>();
-  __syncthreads();
-  // P V over this thread's rows, then summed over the lanes of the same chunk.
-  float acc[DA_MAX_GROUP][V];
+      // P V: row r's probability from the lane that holds it, times this lane's elements.
+#pragma unroll 4
+      for (int r = 0; r < n; ++r) {
+        const float pr = __shfl_sync(0xffffffffu, r < 32 ? p[0] : p[1], r & 31);
+        const T* vr = reinterpret_cast<const T*>(vs + r * row_bytes) + lane * lane_dims;
 #pragma unroll
-  for (int h = 0; h < DA_MAX_GROUP; ++h) {
-#pragma unroll
-    for (int e = 0; e < V; ++e) acc[h][e] = 0.0f;
-  }
-#pragma unroll 1
-  for (int i = 0; i < passes; ++i) {
-    const int r = group + i * groups;
-    if (r < n) {
-      float vf[V];
-      unpack16<T>(*reinterpret_cast<const uint4*>(values + r * row_bytes + col * 16), vf);
-#pragma unroll
-      for (int h = 0; h < DA_MAX_GROUP; ++h) {
-        if (h < g) {
-          const float p = probs[h * tile + r];
-#pragma unroll
-          for (int e = 0; e < V; ++e) acc[h][e] = fmaf(p, vf[e], acc[h][e]);
+        for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) {
+          if (e < lane_dims) acc[e] = fmaf(pr, to_float(vr[e]), acc[e]);
         }
       }
     }
+    // The next stage's copies go into the buffers this one read.
+    __syncthreads();
   }
-#pragma unroll 1
-  for (int o = chunks; o < 32; o <<= 1) {
-#pragma unroll
-    for (int h = 0; h < DA_MAX_GROUP; ++h) {
-      if (h < g) {
-#pragma unroll
-        for (int e = 0; e < V; ++e) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
-      }
-    }
-  }
-  __syncthreads();  // the keys and values are read: their space takes the warps' sums
-  if (lane < chunks) {
-#pragma unroll
-    for (int h = 0; h < DA_MAX_GROUP; ++h) {
-      if (h < g) {
-#pragma unroll
-        for (int e = 0; e < V; ++e) sums[(warp * g + h) * d + col * V + e] = acc[h][e];
-      }
-    }
-  }
-  __syncthreads();
-  // The block's sums: output i = t, t + DA_THREADS, ... (g * d <= DA_MAX_OUTPUTS).
-  constexpr int OUTS = DA_MAX_OUTPUTS / DA_THREADS;
-  float y[OUTS];
-#pragma unroll
-  for (int j = 0; j < OUTS; ++j) {
-    const int i = t + j * DA_THREADS;
-    y[j] = 0.0f;
-    if (i < g * d) {
-#pragma unroll
-      for (int w = 0; w < DA_WARPS; ++w) y[j] += sums[w * g * d + i];
-    }
-  }
-  T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d;
-  // A reuse layer's block sums are its share of the whole: scaled by the lead's share.
-  const auto share = [&](int h) { return reuse ? shares[block * g + h] : 1.0f; };
+  for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+  T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d + (i64)h * d + lane * lane_dims;
   if (splits == 1) {
+    if (h < g) {
 #pragma unroll
-    for (int j = 0; j < OUTS; ++j) {
-      const int i = t + j * DA_THREADS, h = i / d;
-      if (i < g * d) o[i] = from_float<T>(reuse ? y[j] * share(h) : y[j] / stat[2 * h + 1]);
+      for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) {
+        if (e < lane_dims) o[e] = from_float<T>(reuse ? acc[e] : acc[e] / l);
+      }
+      if (lead && lane == 0) {
+        stats[((i64)pair * g + h) * 2] = m;
+        stats[((i64)pair * g + h) * 2 + 1] = l;
+      }
     }
-    if (lead && t < g) shares[block * g + t] = 1.0f / stat[2 * t + 1];
     return;
   }
-  // Hand the partial sums over; the last block of the pair combines them.
-  const i64 stride = (i64)g * (d + 2);
-  float* mine = partial + block * stride;
+  // Hand the sums over ([block][g][d + 2]: sums, max, sum); the last block of the pair
+  // combines them.
+  const i64 stride = d + 2;
+  if (h < g) {
+    float* mine = partial + ((i64)blockIdx.x * g + h) * stride;
 #pragma unroll
-  for (int j = 0; j < OUTS; ++j) {
-    const int i = t + j * DA_THREADS;
-    if (i < g * d) mine[i] = y[j] * share(i / d);
-  }
-  if (!reuse && t < g) {
-    mine[g * d + t] = stat[2 * t];
-    mine[g * d + g + t] = stat[2 * t + 1];
+    for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) {
+      if (e < lane_dims) mine[lane * lane_dims + e] = acc[e];
+    }
+    if (lane == 0) {
+      mine[d] = m;
+      mine[d + 1] = l;
+    }
   }
   __threadfence();
   __syncthreads();
+  __shared__ int last_block;
   if (t == 0) last_block = atomicInc(tickets + pair, (u32)(splits - 1)) == (u32)(splits - 1);
   __syncthreads();
-  if (!last_block) return;
+  if (!last_block || h >= g) return;
   __threadfence();
-  const float* all = partial + (i64)pair * splits * stride;
-  float* weight = sums;  // [splits][g]: each block's share, exp(m_s - M) / sum (sums read above)
-  for (int i = t; i < splits * g && reuse; i += DA_THREADS) weight[i] = 1.0f;  // shares taken above
-  if (!reuse && warp < g) {
-    const int h = warp;
-    float mx = neg_inf();
+  const float* all = partial + ((i64)pair * splits * g + h) * stride;  // split sp at sp * g * stride
+  float* weight = reinterpret_cast<float*>(smem) + h * splits;       // the stages are read
+  float max_all = neg_inf(), sum_all = 0.0f;
+  if (reuse) {
+    for (int sp = lane; sp < splits; sp += 32) weight[sp] = 1.0f;  // each block's share is in its sums
+  } else {
+    for (int sp = lane; sp < splits; sp += 32) max_all = fmaxf(max_all, load_from_l2(all + sp * g * stride + d));
+    for (int off = 16; off > 0; off >>= 1) max_all = fmaxf(max_all, __shfl_xor_sync(0xffffffffu, max_all, off));
     for (int sp = lane; sp < splits; sp += 32) {
-      const float m = load_from_l2(all + sp * stride + g * d + h);
-      weight[sp * g + h] = m;
-      mx = fmaxf(mx, m);
+      const float ms = load_from_l2(all + sp * g * stride + d);
+      const float w = ms == neg_inf() ? 0.0f : expf(ms - max_all);
+      weight[sp] = w;
+      sum_all += w * load_from_l2(all + sp * g * stride + d + 1);
     }
-    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    float den = 0.0f;
-    for (int sp = lane; sp < splits; sp += 32) {
-      const float m = weight[sp * g + h];
-      const float w = m == neg_inf() ? 0.0f : expf(m - mx);
-      weight[sp * g + h] = w;
-      den += w * load_from_l2(all + sp * stride + g * d + g + h);
-    }
-    for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
-    for (int sp = lane; sp < splits; sp += 32) {
-      weight[sp * g + h] /= den;
-      if (lead) shares[((i64)pair * splits + sp) * g + h] = weight[sp * g + h];
-    }
+    for (int off = 16; off > 0; off >>= 1) sum_all += __shfl_xor_sync(0xffffffffu, sum_all, off);
   }
-  __syncthreads();
-  // Each output's partials 16 at a time: the loads in flight together, then the sums.
-  constexpr int BATCH = 16;
-#pragma unroll 1
-  for (int j = 0; j < OUTS; ++j) {
-    const int i = t + j * DA_THREADS, h = i / d;
-    if (i >= g * d) break;
-    float acc_out = 0.0f;
-#pragma unroll 1
-    for (int sp0 = 0; sp0 < splits; sp0 += BATCH) {
-      float x[BATCH];
+  __syncwarp();
+  const float scale_all = reuse ? 1.0f : 1.0f / sum_all;
 #pragma unroll
-      for (int u = 0; u < BATCH; ++u) x[u] = sp0 + u < splits ? load_from_l2(all + (sp0 + u) * stride + i) : 0.0f;
+  for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) {
+    if (e >= lane_dims) break;
+    float y = 0.0f;
+#pragma unroll 1
+    for (int sp0 = 0; sp0 < splits; sp0 += DA_BATCH) {
+      float x[DA_BATCH];
 #pragma unroll
-      for (int u = 0; u < BATCH; ++u) {
-        if (sp0 + u < splits) acc_out = fmaf(weight[(sp0 + u) * g + h], x[u], acc_out);
+      for (int u = 0; u < DA_BATCH; ++u) {
+        x[u] = sp0 + u < splits ? load_from_l2(all + (sp0 + u) * g * stride + lane * lane_dims + e) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < DA_BATCH; ++u) {
+        if (sp0 + u < splits) y = fmaf(weight[sp0 + u], x[u], y);
       }
     }
-    o[i] = from_float<T>(acc_out);
+    o[e] = from_float<T>(y * scale_all);
+  }
+  if (lead && lane == 0) {
+    stats[((i64)pair * g + h) * 2] = max_all;
+    stats[((i64)pair * g + h) * 2 + 1] = sum_all;
   }
 }
 
@@ -1102,10 +1085,11 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
 #define DECODE_ATTENTION_ENTRY(T, SUFFIX, NAME, MODE)                                                      \
   extern "C" __global__ void __launch_bounds__(DA_THREADS, 2) NAME##_##SUFFIX(                             \
       const T* q, const T* k, const T* v, const T* mask, T* out, float* partial, u32* tickets, int nk, int g, \
-      int d, i64 keys, int splits, int tile, i64 q_seq, i64 q_head, i64 k_seq, i64 k_head,                  \
-      i64 v_seq, i64 v_head, i64 mask_seq, float scale, float* maps, float* shares) {                      \
+      int d, i64 keys, int splits, int tile, int per_block, i64 q_seq, i64 q_head, i64 k_seq, i64 k_head,   \
+      i64 v_seq, i64 v_head, i64 mask_seq, float scale, float* maps, float* stats) {                       \
     decode_attention<T, MODE>(q, k, v, mask, out, partial, tickets, nk, g, d, keys, splits, tile,          \
-                              q_seq, q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, shares); \
+                              per_block, q_seq, q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale,     \
+                              maps, stats);                                                                \
   }
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \

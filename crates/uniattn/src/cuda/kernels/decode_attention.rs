@@ -4,25 +4,23 @@
 //! leaves its map in pieces ([`LeadMaps`]), and a reuse layer that multiplies those pieces by
 //! its own values, reading no queries and no keys. At batch 1 cuDNN spends two kernels and
 //! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB; this
-//! kernel is not yet faster (see [`decode_attention_pairs`]).
+//! kernel is not yet shown faster (see [`decode_attention_pairs`]).
 use super::{usable, Args};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
-/// What kernels.cu's DA_* constants say: threads a block, rows a thread scores (and sums), query
-/// heads a kv head, and query heads times head width (one `[g][d]` of sums a warp).
+/// What kernels.cu's DA_* constants say: threads a block, query heads a kv head (a warp each),
+/// bytes of keys a sub-tile, and query heads times head width (the query in shared memory).
 const THREADS: i64 = 256;
-const MAX_PASSES: i64 = 4;
 const MAX_GROUP: i64 = 8;
+const STAGE_BYTES: i64 = 8192;
 const MAX_OUTPUTS: i64 = 1024;
 /// Blocks a launch aims at: about two per SM of an H100/H200.
 const GRID_BLOCKS: i64 = 264;
-/// Blocks a (sequence, kv head) pair aims at: its last block reads all their partial sums.
-const SPLITS_AIM: i64 = 64;
-/// Blocks a pair at most (the combine's weights share the values' shared memory).
-const MAX_SPLITS: i64 = 256;
+/// Blocks a (sequence, kv head) pair at most: its last block reads all their partial sums.
+const MAX_SPLITS: i64 = 48;
 
 thread_local! {
     /// Set while [`with_decode_attention`] runs on this thread.
@@ -30,8 +28,9 @@ thread_local! {
 }
 
 /// The (sequence, kv head) pairs up to which the kernel runs: `UNIATTN_DECODE_ATTENTION`
-/// (e.g. 16: batch 8 of two kv heads). Off (0) by default: on an H200 it is correct but slower
-/// than cuDNN's two kernels (18 vs 8.9 us a layer at batch 1, 2k; docs/benchmarks.md).
+/// (e.g. 16: batch 8 of two kv heads). Off (0) by default: on an H200 the three forms before
+/// this one were correct but slower than cuDNN's two kernels (18-26 vs 8.9 us a layer at batch
+/// 1, 2k), and this one (a warp a query head) has not run on a GPU yet (docs/benchmarks.md).
 pub fn decode_attention_pairs() -> i64 {
     static PAIRS: OnceLock<i64> = OnceLock::new();
     PAIRS_HERE.with(Cell::get).unwrap_or_else(|| {
@@ -60,7 +59,8 @@ pub fn lead_maps_apply(kind: Kind, device: Device, shape: [i64; 5]) -> bool {
 }
 
 /// How one launch is cut: `n` sequences of `heads` query heads over `kv_heads` kv heads, `d`
-/// wide, `keys` keys in `splits` tiles of `tile` keys a pair, a block each.
+/// wide, `keys` keys a pair in sub-tiles of `tile` keys, `per_block` of them to each of
+/// `splits` blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cut {
     kind: Kind,
@@ -71,12 +71,12 @@ struct Cut {
     keys: i64,
     tile: i64,
     splits: i64,
+    per_block: i64,
 }
 
 impl Cut {
     /// `None` where the kernel does not apply: a row of 128, 256 or 512 bytes, at most
-    /// `MAX_GROUP` query heads a kv head and `MAX_OUTPUTS` query heads x head width, at most
-    /// `MAX_SPLITS` tiles a pair.
+    /// `MAX_GROUP` query heads a kv head and `MAX_OUTPUTS` query heads x head width.
     fn new(kind: Kind, [n, heads, kv_heads, d, keys]: [i64; 5]) -> Option<Cut> {
         let row_bytes = d * kind.elt_size_in_bytes() as i64;
         let fits = n > 0
@@ -90,19 +90,14 @@ impl Cut {
             return None;
         }
         let pairs = n * kv_heads;
-        // A pass is a row for each thread: `chunks` threads a row of 16-byte chunks.
-        let rows_a_pass = THREADS / (row_bytes / 16);
         let ceil = |a: i64, b: i64| (a + b - 1) / b;
-        // Passes (the tile's length, and the length of each thread's serial work): few, so that
-        // blocks finish early, but enough to keep to about GRID_BLOCKS blocks and SPLITS_AIM
-        // blocks a pair, whose partial sums the last block reads.
-        let passes = ceil(pairs * keys, rows_a_pass * GRID_BLOCKS)
-            .max(ceil(keys, rows_a_pass * SPLITS_AIM))
-            .clamp(2, MAX_PASSES);
-        let tile = passes * rows_a_pass;
-        let splits = ceil(keys, tile);
-        let cut = Cut { kind, n, heads, kv_heads, d, keys, tile, splits };
-        (splits <= MAX_SPLITS && cut.shared_bytes() <= 48 * 1024).then_some(cut)
+        let tile = STAGE_BYTES / row_bytes;
+        let tiles = ceil(keys, tile);
+        // As many blocks as fill the GPU about twice, but at most MAX_SPLITS a pair.
+        let per_block = ceil(tiles, tiles.min(MAX_SPLITS).min((GRID_BLOCKS / pairs).max(1)));
+        let splits = ceil(tiles, per_block);
+        let cut = Cut { kind, n, heads, kv_heads, d, keys, tile, splits, per_block };
+        (cut.shared_bytes() <= 48 * 1024).then_some(cut)
     }
 
     fn group(&self) -> i64 {
@@ -113,24 +108,21 @@ impl Cut {
         self.n * self.kv_heads
     }
 
-    /// kernels.cu's `da_tile_bytes` (the tile's keys and values, whose space the warps' sums
-    /// and the combine's weights take over), then in f32 the probabilities `[g][tile]`, `[g][2]`
-    /// statistics and the mask's row `[tile]`.
+    /// Two of kernels.cu's stages (`da_stage_bytes`: a sub-tile's keys, values and f32 `[g][tile]`
+    /// scores; the combine's `[g][splits]` weights reuse them), then the f32 query `[g][d]`.
     fn shared_bytes(&self) -> i64 {
         let g = self.group();
-        let row_bytes = self.d * self.kind.elt_size_in_bytes() as i64;
-        let tiles = (2 * self.tile * row_bytes).max(4 * (THREADS / 32 * g * self.d).max(self.splits * g));
-        (tiles + 15) / 16 * 16 + 4 * (g * self.tile + 2 * g + self.tile)
+        2 * (2 * STAGE_BYTES + 4 * g * self.tile) + 4 * g * self.d
     }
 }
 
-/// What a lead's decode attention leaves its reuse layers: each block's probabilities
-/// `exp(s - m_b)` (f32 `[pairs, splits, g, tile]`) and its share of the whole softmax,
-/// `exp(m_b - M) / L` (f32 `[pairs, splits, g]`).
+/// What a lead's decode attention leaves its reuse layers: its scores `s` (scaled and masked,
+/// f32 `[pairs, g, splits * per_block * tile]`) and each head's whole-softmax max `M` and sum
+/// `L` (f32 `[pairs, g, 2]`), from which a reuse layer's probabilities are `exp(s - M) / L`.
 #[derive(Debug)]
 pub struct LeadMaps {
     maps: Tensor,
-    shares: Tensor,
+    stats: Tensor,
     cut: Cut,
 }
 
@@ -194,10 +186,10 @@ fn cut_of(q: &Tensor, k: &Tensor) -> Option<Cut> {
 }
 
 fn lead_maps(cut: Cut, device: Device) -> LeadMaps {
-    let blocks = cut.pairs() * cut.splits * cut.group();
+    let heads = cut.pairs() * cut.group();
     LeadMaps {
-        maps: Tensor::empty([blocks * cut.tile], (Kind::Float, device)),
-        shares: Tensor::empty([blocks], (Kind::Float, device)),
+        maps: Tensor::empty([heads * cut.splits * cut.per_block * cut.tile], (Kind::Float, device)),
+        stats: Tensor::empty([heads * 2], (Kind::Float, device)),
         cut,
     }
 }
@@ -261,6 +253,7 @@ fn launch(
         .i64(keys)
         .i32(cut.splits)
         .i32(cut.tile)
+        .i32(cut.per_block)
         .i64(stride(q, 0))
         .i64(stride(q, 1))
         .i64(stride(k, 0))
@@ -270,7 +263,7 @@ fn launch(
         .i64(mask_seq)
         .f32(attend.map_or(0.0, |a| a.3))
         .nullable(maps.map(|m| &m.maps))
-        .nullable(maps.map(|m| &m.shares));
+        .nullable(maps.map(|m| &m.stats));
     let shape = (cut.pairs() * cut.splits, THREADS as u32, cut.shared_bytes());
     args.launch_with(loaded, (name, suffix), device, shape, false).then_some(out)
 }
@@ -322,8 +315,8 @@ mod tests {
     /// Every form against the composition. Keys and values are views of a larger cache as the
     /// engine's are; masks hide a sequence's padding and a window's start and add finite
     /// values, one row a sequence or one for the batch; the lengths cover one block a pair,
-    /// tiles cut short, two to four passes a tile and many blocks a (sequence, kv head) pair,
-    /// so that every block count's ticket counters are used one launch after another. A lead's
+    /// sub-tiles cut short, one to many sub-tiles a block and many blocks a (sequence, kv head)
+    /// pair, so that every block count's ticket counters are used one launch after another. A lead's
     /// map serves two reuse layers, each with its own values.
     #[test]
     fn decode_attention_equals_the_composition() {
