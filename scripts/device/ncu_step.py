@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Per-kernel times of a decode step from an Nsight Compute CSV (decode_profile.sh's
-profile_<model>.csv): the last KERNELS launches (`bench` prints kernels per step), which hold
-the last replayed step but also what `bench` runs after it (the argmax, copies, and fills,
-likely the cache's reset), so read the averages a launch, not the totals, as the step's.
+profile_<model>.csv): the KERNELS launches (`bench` prints kernels per step) that end with the
+last greedy pick (torch's ArgMax reduction, a step's last kernel), so that the fills `bench`
+runs after the last step (the cache's reset) stay out; without an ArgMax, the last KERNELS.
 Prints each kernel name's launches and microseconds, longest first.
     python3 scripts/device/ncu_step.py profile_q05.csv 264"""
 import collections
@@ -17,7 +17,9 @@ def main(path, kernels):
     for r in csv.DictReader(lines):
         if r.get("Metric Name") == "gpu__time_duration.sum":
             rows.append((r["Kernel Name"], float(r["Metric Value"].replace(",", "")) / 1e3, r["Grid Size"], r["Block Size"]))
-    step = rows[-kernels:]
+    picks = [i for i, row in enumerate(rows) if "ArgMax" in row[0]]
+    end = picks[-1] + 1 if picks else len(rows)
+    step = rows[max(0, end - kernels):end]
     by = collections.defaultdict(lambda: [0, 0.0, ""])
     for name, us, grid, block in step:
         short = name.split("(")[0][:70]
