@@ -805,8 +805,8 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 //     multiplies them by its own values: no queries, no keys read.
 // Threads: DA_THREADS. The caller checks: d * sizeof(T) in {128, 256, 512}, tile =
 // DA_STAGE_BYTES / (d * sizeof(T)) (<= 64 keys), g <= DA_MAX_GROUP, g * d <= 1024, splits * g <=
-// 4096, 16-byte aligned rows, and sizes the shared memory as two stages (da_stage_bytes) and the
-// query (src/cuda/kernels/decode_attention.rs).
+// 4096, 16-byte aligned key and value rows, and sizes the shared memory as two stages
+// (da_stage_bytes) and the query (src/cuda/kernels/decode_attention.rs).
 #define DA_THREADS 256
 #define DA_MAX_GROUP 8
 #define DA_STAGE_BYTES 8192

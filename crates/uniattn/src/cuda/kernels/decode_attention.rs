@@ -208,19 +208,21 @@ fn launch(
     let Cut { kind, n, heads, kv_heads, d, keys, .. } = cut;
     let elt = kind.elt_size_in_bytes() as i64;
     let same = |t: &Tensor| t.kind() == kind && t.device() == v.device() && !t.requires_grad();
-    // Each sequence and head 16-byte aligned, its rows whole 16-byte chunks.
-    let aligned = |t: &Tensor| {
+    // Keys and values: contiguous rows of 16-byte chunks, each sequence and head 16-byte
+    // aligned (the queries are read an element at a time).
+    let rows_fit = |t: &Tensor| {
         let s = t.stride();
         same(t)
+            && t.size() == [n, kv_heads, keys, d]
             && s[3] == 1
+            && s[2] == d
             && [s[0], s[1]].iter().all(|&x| (x * elt) % 16 == 0)
             && (t.data_ptr() as usize).is_multiple_of(16)
     };
-    // Keys and values: contiguous rows besides.
-    let rows_fit = |t: &Tensor| aligned(t) && t.size() == [n, kv_heads, keys, d] && t.stride()[2] == d;
     let attend_fits = attend.is_none_or(|(q, k, mask, _)| {
         let (ms, mst) = (mask.size(), mask.stride());
-        aligned(q)
+        same(q)
+            && q.stride()[3] == 1
             && rows_fit(k)
             && same(mask)
             && ms.len() == 4
