@@ -808,7 +808,7 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 // 4096, 16-byte aligned key and value rows, and sizes the shared memory as two stages
 // (da_stage_bytes) and the query (src/cuda/kernels/decode_attention.rs).
 #define DA_THREADS 256
-#define DA_MAX_GROUP 8
+#define DA_MAX_GROUP (DA_THREADS / 32)  // a warp a query head
 #define DA_STAGE_BYTES 8192
 #define DA_MAX_LANE_DIMS 8
 #define DA_BATCH 16

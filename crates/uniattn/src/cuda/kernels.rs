@@ -836,6 +836,10 @@ mod tests {
     //! On a GPU (skipped elsewhere): each kernel against the libtorch composition it replaces.
     //! On any machine with NVRTC: the source compiles. Anywhere: the launch arithmetic.
     use super::*;
+    use crate::engine::kv_cache::{CacheKind, KvCache};
+    use crate::model::attention::{attention_probs, Heads};
+    use crate::model::rope::RopeAngles;
+    use std::ffi::c_char;
 
     /// Even rounds: the down projection of Qwen2.5-0.5B (896 blocks' work, 792 resident) in two
     /// rounds of 448, gate|up (1,216 for 528) in three of 406; work that fits stays one round.
@@ -852,10 +856,6 @@ mod tests {
             assert!(grid <= resident && rounds == (needed + resident - 1) / resident, "{needed}/{resident}");
         }
     }
-    use crate::engine::kv_cache::{CacheKind, KvCache};
-    use crate::model::attention::{attention_probs, Heads};
-    use crate::model::rope::RopeAngles;
-    use std::ffi::c_char;
 
     pub(super) const KINDS: [Kind; 3] = [Kind::Float, Kind::BFloat16, Kind::Half];
 

@@ -1,8 +1,9 @@
 //! A decode step's attention at small batches in one kernel (`decode_attention` in
 //! kernels.cu): flash-decoding over blocks that split each (sequence, kv head) pair's keys, for
 //! dense and CLA layers, and in two more forms for UniAttn's SuperBlocks: a lead that also
-//! leaves its map in pieces ([`LeadMaps`]), and a reuse layer that multiplies those pieces by
-//! its own values, reading no queries and no keys. At batch 1 cuDNN spends two kernels and
+//! leaves its map ([`LeadMaps`]: its scores and each head's softmax max and sum), and a reuse
+//! layer that makes its probabilities from those and multiplies them by its own values, reading
+//! no queries and no keys. At batch 1 cuDNN spends two kernels and
 //! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB; this
 //! kernel is not yet shown faster (see [`decode_attention_pairs`]).
 use super::{usable, Args};
