@@ -6,7 +6,8 @@
 # (PLAN=...) with W_c fitted on 16 rows. VARIANTS="cla layerdrop" also benches those baselines on
 # the same plan (each made by one `train --variant V --max-steps 1` step). COMPARE="VAR=VALUE ..."
 # also runs ours under each setting, in the same repeat (e.g. UNIATTN_DECODE_GEMV=0: cuBLAS for
-# every projection; UNIATTN_OVERLAP_LAUNCHES=0: plain launches).
+# every projection; UNIATTN_OVERLAP_LAUNCHES=0: plain launches); OLD_U=path/to/uniattn also runs
+# another build of ours (the commit before a kernel change) in each repeat.
 #   TESTBIN=target/release/deps/uniattn-HASH scripts/device/graph_bench.sh
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -40,6 +41,10 @@ for r in $(seq 1 "$REPEATS"); do
   [[ ${EAGER:-1} == 1 ]] && UNIATTN_CUDA_GRAPHS=0 $U bench --model "$W/q05" "${common[@]}" --json-out "$OUT/bench_eager_$r.json" 2>&1 | grep "^|" | tail -n +3
   [[ ${UNFUSED:-0} == 1 ]] && UNIATTN_FUSED_KERNELS=0 $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json-out "$OUT/bench_unfused_$r.json" 2>&1 | grep "^|" | tail -n +3
   $U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_graphs_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
+  if [[ -n ${OLD_U:-} ]]; then
+    echo "== the same with $OLD_U (another build, e.g. the commit before a kernel change)"
+    $OLD_U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_old_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
+  fi
   for setting in ${COMPARE:-}; do
     echo "== the same with $setting"
     env "$setting" $U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_${setting%%=*}_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3

@@ -442,8 +442,8 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
 // ---------------------------------------------------------------------------------------------
 // A decode step's projections at batch 1: y[o] = sum_i a[i] W[o, i] (+ bias[o]), W [rows, in]
 // as PyTorch stores it. At one row a projection is a matrix-vector product whose speed is the
-// bytes of W in flight: each lane streams 16 bytes at a time with GEMV_UNROLL loads issued
-// before any arithmetic (cuBLAS's kernels for these shapes reach 0.3-2.2 TB/s on the H200 and
+// bytes of W in flight: each lane streams 16 bytes at a time with GEMV_UNROLL loads
+// (GEMV_UNROLL_ONE_ROW where a warp sums one row) issued before any arithmetic (cuBLAS's kernels for these shapes reach 0.3-2.2 TB/s on the H200 and
 // add a split-K reduction kernel for long rows). A warp takes an output (four warps one long
 // row); the grid is what fits on the GPU at once, and each warp loads its next output's weights
 // before it works on this one (gemv_outputs). Sums are f32, rounded once, as cuBLAS rounds
@@ -468,6 +468,12 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
 // start at once and streams its first weights before it waits for the previous kernel.
 // x, W are 16-byte aligned and `in` a multiple of 16 bytes' elements (the caller checks).
 #define GEMV_UNROLL 4
+// Loads a lane issues at once where a warp sums one row (R = 1): the down projection's slice of
+// a 4,864-wide row (4.75 loads a lane over four warps) in one round trip, where GEMV_UNROLL took
+// two, at 80 registers on sm_90 (six blocks an SM, as at GEMV_UNROLL; six loads take 96: five).
+#define GEMV_UNROLL_ONE_ROW 5
+// Loads of x (and of g) a thread issues at once when staging the normed row.
+#define GEMV_STAGE_LOADS 2
 
 // Programmatic dependent launch (sm_90 on; no-ops before, and after a plain launch): let the
 // stream's next kernel start early, and wait until the kernels before this one have finished
@@ -505,6 +511,7 @@ template <typename T, int R, typename RowsOf, typename Finish>
 __device__ void gemv_outputs(const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, i64 in,
                              i64 outputs, int split, RowsOf rows_of, Finish finish) {
   constexpr int V = 16 / sizeof(T);
+  constexpr int U = R == 1 ? GEMV_UNROLL_ONE_ROW : GEMV_UNROLL;  // loads a lane issues at once
   extern __shared__ float shared[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int per_block = warps / split, part = warp % split;
@@ -514,11 +521,11 @@ __device__ void gemv_outputs(const T* x, const T* g, float eps, int plus_one, co
   float* staged = shared;
   float* partial = shared + (g != nullptr ? in : 0);  // [warps][R + 1]
   const uint4* xs = reinterpret_cast<const uint4*>(x);
-  const auto load = [&](i64 out, i64 base, uint4 (&dst)[R][GEMV_UNROLL]) {
+  const auto load = [&](i64 out, i64 base, uint4 (&dst)[R][U]) {
     i64 row[R];
     rows_of(out, row);
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; ++u) {
+    for (int u = 0; u < U; ++u) {
       const i64 i = base + u * 32;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -529,16 +536,38 @@ __device__ void gemv_outputs(const T* x, const T* g, float eps, int plus_one, co
   i64 o = (i64)blockIdx.x * per_block + warp / split;
   // The first loads of W go out before the wait: under a programmatic launch they overlap the
   // kernel before this one.
-  uint4 wv[R][GEMV_UNROLL];
+  uint4 wv[R][U];
   if (o < outputs) load(o, begin + lane, wv);
   wait_for_previous_kernels();
   float rstd = 1.0f;
   if (g != nullptr) {
+    // 16 bytes of x and of g a thread, GEMV_STAGE_LOADS of each issued before any is used: the
+    // row of a model up to 2k wide arrives in one round trip.
     float squares = 0.0f;
-    for (i64 i = threadIdx.x; i < in; i += blockDim.x) {
-      const float xv = to_float(x[i]), gv = to_float(g[i]);
-      staged[i] = xv * (plus_one ? round_to<T>(gv + 1.0f) : gv);
-      squares = fmaf(xv, xv, squares);
+    const uint4* gs = reinterpret_cast<const uint4*>(g);
+    for (i64 c0 = threadIdx.x; c0 < pieces; c0 += GEMV_STAGE_LOADS * blockDim.x) {
+      uint4 xv[GEMV_STAGE_LOADS], gv[GEMV_STAGE_LOADS];
+#pragma unroll
+      for (int u = 0; u < GEMV_STAGE_LOADS; ++u) {
+        const i64 c = c0 + (i64)u * blockDim.x;
+        if (c < pieces) {
+          xv[u] = xs[c];
+          gv[u] = gs[c];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < GEMV_STAGE_LOADS; ++u) {
+        const i64 c = c0 + (i64)u * blockDim.x;
+        if (c >= pieces) break;
+        float xf[V], gf[V];
+        unpack16<T>(xv[u], xf);
+        unpack16<T>(gv[u], gf);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          staged[c * V + e] = xf[e] * (plus_one ? round_to<T>(gf[e] + 1.0f) : gf[e]);
+          squares = fmaf(xf[e], xf[e], squares);
+        }
+      }
     }
     for (int s = 16; s > 0; s >>= 1) squares += __shfl_xor_sync(0xffffffffu, squares, s);
     if (lane == 0) partial[warp * (R + 1) + R] = squares;
@@ -550,15 +579,15 @@ __device__ void gemv_outputs(const T* x, const T* g, float eps, int plus_one, co
   // With split > 1 the block's warps share each output, so they take the same turns (the
   // barriers below); with split = 1 there are none in the loop.
   for (; o < outputs; o += stride) {
-    uint4 wn[R][GEMV_UNROLL];
+    uint4 wn[R][U];
     if (o + stride < outputs) load(o + stride, begin + lane, wn);
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    for (i64 base = begin + lane; base < end; base += 32 * GEMV_UNROLL) {
+    for (i64 base = begin + lane; base < end; base += 32 * U) {
       if (base != begin + lane) load(o, base, wv);
 #pragma unroll
-      for (int u = 0; u < GEMV_UNROLL; ++u) {
+      for (int u = 0; u < U; ++u) {
         const i64 i = base + u * 32;
         if (i >= end) continue;
         float a[V], wf[V];
@@ -615,7 +644,7 @@ __device__ void gemv_outputs(const T* x, const T* g, float eps, int plus_one, co
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int u = 0; u < GEMV_UNROLL; ++u) wv[r][u] = wn[r][u];
+      for (int u = 0; u < U; ++u) wv[r][u] = wn[r][u];
     }
   }
 }
