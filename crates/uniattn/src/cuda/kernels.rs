@@ -427,27 +427,6 @@ fn overlapped_launches() -> bool {
     *ON.get_or_init(|| !std::env::var("UNIATTN_OVERLAP_LAUNCHES").is_ok_and(|v| v == "0"))
 }
 
-/// Whether a batch-1 projection's grid takes its outputs in rounds of equal size
-/// (`UNIATTN_GEMV_EVEN_ROUNDS=1`) instead of filling the GPU and leaving the rest to a last,
-/// partly empty round. Off until timed: the H200 profile of 2026-12-01 shows the down
-/// projection (896 outputs for 792 resident blocks) at 0.97 TB/s, the gate|up one (1,216 blocks'
-/// work for 528) at 1.55 (docs/benchmarks.md).
-fn even_gemv_rounds() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("UNIATTN_GEMV_EVEN_ROUNDS").is_ok_and(|v| v == "1"))
-}
-
-/// Blocks for `needed` blocks' work (a grid-stride loop) on a GPU that holds `resident` at once:
-/// as many as fit, or with `even` the fewest that take the same number of rounds.
-fn gemv_grid(needed: i64, resident: i64, even: bool) -> i64 {
-    let resident = resident.max(1);
-    if !even {
-        return needed.min(resident);
-    }
-    let rounds = (needed + resident - 1) / resident;
-    (needed + rounds - 1) / rounds
-}
-
 fn grid_for(elements: i64) -> i64 {
     ((elements + THREADS as i64 - 1) / THREADS as i64).min(MAX_BLOCKS)
 }
@@ -616,8 +595,10 @@ pub fn decode_gemv(
     };
     let block = 32 * WARPS as u32;
     let needed = (outputs * split + WARPS - 1) / WARPS;
+    // As many blocks as fit at once, striding over the rest: grids cut to rounds of equal size
+    // were 4% slower a step on the H200 (docs/benchmarks.md, 2026-12-01).
     let grid = resident_blocks(loaded, (name, suffix), device, block, shared)
-        .map_or(needed, |r| gemv_grid(needed, r, even_gemv_rounds()));
+        .map_or(needed, |r| needed.min(r.max(1)));
     args.launch_with(loaded, (name, suffix), device, (grid, block, shared), overlapped_launches())
         .then_some(y)
 }
@@ -840,22 +821,6 @@ mod tests {
     use crate::model::attention::{attention_probs, Heads};
     use crate::model::rope::RopeAngles;
     use std::ffi::c_char;
-
-    /// Even rounds: the down projection of Qwen2.5-0.5B (896 blocks' work, 792 resident) in two
-    /// rounds of 448, gate|up (1,216 for 528) in three of 406; work that fits stays one round.
-    #[test]
-    fn gemv_grids_take_even_rounds() {
-        assert_eq!(gemv_grid(896, 792, false), 792);
-        assert_eq!(gemv_grid(896, 792, true), 448);
-        assert_eq!(gemv_grid(1216, 528, true), 406);
-        assert_eq!(gemv_grid(100, 792, true), 100);
-        assert_eq!(gemv_grid(1584, 792, true), 792);
-        for (needed, resident) in [(896, 792), (1216, 528), (7, 3), (5000, 264)] {
-            let grid = gemv_grid(needed, resident, true);
-            let rounds = (needed + grid - 1) / grid;
-            assert!(grid <= resident && rounds == (needed + resident - 1) / resident, "{needed}/{resident}");
-        }
-    }
 
     pub(super) const KINDS: [Kind; 3] = [Kind::Float, Kind::BFloat16, Kind::Half];
 
