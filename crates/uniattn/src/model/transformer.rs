@@ -4,7 +4,7 @@
 use super::attention::{Attention, ClaAttention, FullAttention, Heads, LeadState, ReuseAttention, Want};
 use super::names::{self, Module};
 use super::nn::{accumulate_kind, autocast_input, Linear, RmsNorm};
-use super::rope::RopeAngles;
+use super::rope::{RopeAngles, RopeTable};
 use crate::config::ModelConfig;
 use crate::cuda::kernels::GemvOut;
 use crate::error::{Error, Result};
@@ -55,6 +55,23 @@ pub struct LayerContext<'a> {
     pub causal: bool,
 }
 
+/// A [`RopeTable`] for each RoPE base the model's layers use, keyed by its bits.
+pub struct RopeTables(BTreeMap<u64, RopeTable>);
+
+impl RopeTables {
+    /// Tables of positions `0..len` for `stem`'s layers.
+    pub fn new(stem: &Stem, len: i64) -> Self {
+        let mut tables = BTreeMap::new();
+        for l in 0..stem.cfg.num_layers {
+            let theta = stem.cfg.layer_rope_theta(l);
+            tables
+                .entry(theta.to_bits())
+                .or_insert_with(|| RopeTable::new(len, stem.cfg.head_dim, theta, stem.kind, stem.device));
+        }
+        RopeTables(tables)
+    }
+}
+
 /// RoPE angles and masks for one set of query positions, shared by every layer that has the
 /// same RoPE base and window.
 pub struct PositionContext {
@@ -68,13 +85,23 @@ pub struct PositionContext {
 impl PositionContext {
     /// Queries at `positions` (`[b, q]`) over keys `0..k_len`.
     pub fn new(stem: &Stem, positions: &Tensor, k_len: i64) -> Self {
+        Self::with_angles(stem, positions, k_len, |theta| {
+            RopeAngles::new(positions, stem.cfg.head_dim, theta, stem.kind)
+        })
+    }
+
+    /// [`PositionContext::new`] with the angles gathered from `tables` (positions below their
+    /// length).
+    pub fn from_tables(stem: &Stem, tables: &RopeTables, positions: &Tensor, k_len: i64) -> Self {
+        Self::with_angles(stem, positions, k_len, |theta| tables.0[&theta.to_bits()].angles(positions))
+    }
+
+    fn with_angles(stem: &Stem, positions: &Tensor, k_len: i64, angles: impl Fn(f64) -> RopeAngles) -> Self {
         let mut ropes = BTreeMap::new();
         let mut masks = BTreeMap::new();
         for l in 0..stem.cfg.num_layers {
             let theta = stem.cfg.layer_rope_theta(l);
-            ropes
-                .entry(theta.to_bits())
-                .or_insert_with(|| RopeAngles::new(positions, stem.cfg.head_dim, theta, stem.kind));
+            ropes.entry(theta.to_bits()).or_insert_with(|| angles(theta));
             let w = stem.cfg.layer_window(l);
             masks.entry(w).or_insert_with(|| stem.causal_mask(positions, k_len, w));
         }
