@@ -832,15 +832,13 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 //     (`stats` [pair][g][2]);
 //   DA_REUSE: a reuse layer takes exp(s - max) / sum of those as its probabilities and
 //     multiplies them by its own values: no queries, no keys read.
-// Threads: DA_THREADS. The caller checks: d * sizeof(T) in {128, 256, 512}, tile =
-// DA_STAGE_BYTES / (d * sizeof(T)) (<= 64 keys), g <= DA_MAX_GROUP, g * d <= 1024, splits * g <=
-// 4096, 16-byte aligned key and value rows, and sizes the shared memory as two stages
-// (da_stage_bytes) and the query (src/cuda/kernels/decode_attention.rs).
+// Threads: DA_THREADS. Sub-tiles of DA_STAGE_BYTES / (d * sizeof(T)) keys (16-64). The caller
+// checks: d * sizeof(T) in {128, 256, 512}, g <= DA_MAX_GROUP, g * d <= 1024, splits * g <= 4096,
+// 16-byte aligned key and value rows, and sizes the shared memory as two stages (da_stage_bytes)
+// and the query (src/cuda/kernels/decode_attention.rs).
 #define DA_THREADS 256
 #define DA_MAX_GROUP (DA_THREADS / 32)  // a warp a query head
 #define DA_STAGE_BYTES 8192
-#define DA_MAX_LANE_DIMS 8
-#define DA_BATCH 16
 #define DA_PLAIN 0
 #define DA_LEAD 1
 #define DA_REUSE 2
@@ -888,20 +886,40 @@ __device__ __forceinline__ int da_stage_bytes(int g, int tile) {
   return 2 * DA_STAGE_BYTES + g * tile * 4;
 }
 
-template <typename T, int MODE>
-__device__ void decode_attention(const T* q, const T* k, const T* v, const T* mask, T* out, float* partial,
-                                 u32* tickets, int nk, int g, int d, i64 keys, int splits, int tile, int per_block,
-                                 i64 q_seq, i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head,
-                                 i64 mask_seq, float scale, float* maps, float* stats) {
-  // The next kernel (the output projection) may start streaming its weights.
-  allow_next_kernel();
+// `LANE` elements of T from `p` (4, 8 or 16 bytes, as aligned) as floats: one load.
+template <typename T, int LANE>
+__device__ __forceinline__ void load_lane(const T* p, float (&out)[LANE]) {
+  constexpr int bytes = LANE * (int)sizeof(T);
+  static_assert(bytes == 4 || bytes == 8 || bytes == 16, "a lane's elements are 4, 8 or 16 bytes");
+  alignas(16) T e[LANE];
+  if constexpr (bytes == 16) {
+    *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(p);
+  } else if constexpr (bytes == 8) {
+    *reinterpret_cast<uint2*>(e) = *reinterpret_cast<const uint2*>(p);
+  } else {
+    *reinterpret_cast<unsigned*>(e) = *reinterpret_cast<const unsigned*>(p);
+  }
+#pragma unroll
+  for (int k = 0; k < LANE; ++k) out[k] = to_float(e[k]);
+}
+
+// The kernel for rows of ROW_BYTES bytes (head width D = ROW_BYTES / sizeof(T)): the sub-tile's
+// keys, the lane's D / 32 output elements and the loops over them are compile-time constants
+// (at run time, form 4 issued ~4,000 instructions a warp at batch 1, 2k, most of them a P V
+// loop over 8 predicated element loads a row; 2026-12-01).
+template <typename T, int MODE, int ROW_BYTES>
+__device__ void decode_attention_rows(const T* q, const T* k, const T* v, const T* mask, T* out, float* partial,
+                                      u32* tickets, int nk, int g, i64 keys, int splits, int per_block, i64 q_seq,
+                                      i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
+                                      float scale, float* maps, float* stats) {
   constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
+  constexpr int d = ROW_BYTES / (int)sizeof(T), row_bytes = ROW_BYTES, chunks = ROW_BYTES / 16;
+  constexpr int lane_dims = d / 32, tile = DA_STAGE_BYTES / ROW_BYTES;
   extern __shared__ uint4 da_shared_chunks[];  // uint4: 16-byte aligned
   unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
   const int t = threadIdx.x, lane = t & 31, h = t >> 5;  // warp h: query head kv * g + h
   const int pair = blockIdx.x / splits, split = blockIdx.x % splits;
   const int seq = pair / nk, kv = pair % nk;
-  const int row_bytes = d * (int)sizeof(T), chunks = row_bytes / 16, lane_dims = d / 32;
   const int stage_bytes = da_stage_bytes(g, tile);
   float* qs = reinterpret_cast<float*>(smem + 2 * stage_bytes);  // [g][d]
   const i64 row = (i64)splits * per_block * tile;                 // a head's row of a lead's map
@@ -941,9 +959,9 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   }
   // The warp's running max (`m`, or a reuse layer's lead's), this lane's share of the sum, and
   // its output elements lane * lane_dims ...
-  float m = neg_inf(), l = 0.0f, inv_sum = 1.0f, acc[DA_MAX_LANE_DIMS];
+  float m = neg_inf(), l = 0.0f, inv_sum = 1.0f, acc[lane_dims];
 #pragma unroll
-  for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) acc[e] = 0.0f;
+  for (int e = 0; e < lane_dims; ++e) acc[e] = 0.0f;
   if (reuse && h < g) {
     m = stats[((i64)pair * g + h) * 2];
     inv_sum = 1.0f / stats[((i64)pair * g + h) * 2 + 1];
@@ -980,7 +998,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
           bias[j] = r < n ? to_float(mask[seq * mask_seq + key0 + r]) : 0.0f;
         }
         const float* qh = qs + h * d;
-#pragma unroll 2
+#pragma unroll 4
         for (int c = 0; c < chunks; ++c) {
           constexpr int V = 16 / sizeof(T);
           float qf[V];
@@ -1014,17 +1032,20 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
         for (int j = 0; j < 2; ++j) p[j] = expf(sc[j] - base);
         l = l * rescale + p[0] + p[1];
 #pragma unroll
-        for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) acc[e] *= rescale;
+        for (int e = 0; e < lane_dims; ++e) acc[e] *= rescale;
         m = now;
       }
-      // P V: row r's probability from the lane that holds it, times this lane's elements.
-#pragma unroll 4
-      for (int r = 0; r < n; ++r) {
-        const float pr = __shfl_sync(0xffffffffu, r < 32 ? p[0] : p[1], r & 31);
-        const T* vr = reinterpret_cast<const T*>(vs + r * row_bytes) + lane * lane_dims;
+      // P V: row r's probability from the lane that holds it (rows 0-31 from p[0], 32-63 from
+      // p[1]), times this lane's elements, one load a row.
 #pragma unroll
-        for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) {
-          if (e < lane_dims) acc[e] = fmaf(pr, to_float(vr[e]), acc[e]);
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll 4
+        for (int r = 32 * j; r < min(n, 32 * (j + 1)); ++r) {
+          const float pr = __shfl_sync(0xffffffffu, p[j], r & 31);
+          float vf[lane_dims];
+          load_lane<T, lane_dims>(reinterpret_cast<const T*>(vs + r * row_bytes) + lane * lane_dims, vf);
+#pragma unroll
+          for (int e = 0; e < lane_dims; ++e) acc[e] = fmaf(pr, vf[e], acc[e]);
         }
       }
     }
@@ -1036,9 +1057,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   if (splits == 1) {
     if (h < g) {
 #pragma unroll
-      for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) {
-        if (e < lane_dims) o[e] = from_float<T>(reuse ? acc[e] : acc[e] / l);
-      }
+      for (int e = 0; e < lane_dims; ++e) o[e] = from_float<T>(reuse ? acc[e] : acc[e] / l);
       if (lead && lane == 0) {
         stats[((i64)pair * g + h) * 2] = m;
         stats[((i64)pair * g + h) * 2 + 1] = l;
@@ -1052,9 +1071,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   if (h < g) {
     float* mine = partial + ((i64)blockIdx.x * g + h) * stride;
 #pragma unroll
-    for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) {
-      if (e < lane_dims) mine[lane * lane_dims + e] = acc[e];
-    }
+    for (int e = 0; e < lane_dims; ++e) mine[lane * lane_dims + e] = acc[e];
     if (lane == 0) {
       mine[d] = m;
       mine[d + 1] = l;
@@ -1085,28 +1102,55 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   }
   __syncwarp();
   const float scale_all = reuse ? 1.0f : 1.0f / sum_all;
+  // A batch of splits' elements in flight at once: 32 floats a lane.
+  constexpr int batch = 32 / lane_dims;
+  float y[lane_dims];
 #pragma unroll
-  for (int e = 0; e < DA_MAX_LANE_DIMS; ++e) {
-    if (e >= lane_dims) break;
-    float y = 0.0f;
+  for (int e = 0; e < lane_dims; ++e) y[e] = 0.0f;
 #pragma unroll 1
-    for (int sp0 = 0; sp0 < splits; sp0 += DA_BATCH) {
-      float x[DA_BATCH];
+  for (int sp0 = 0; sp0 < splits; sp0 += batch) {
+    float x[batch][lane_dims];
 #pragma unroll
-      for (int u = 0; u < DA_BATCH; ++u) {
-        x[u] = sp0 + u < splits ? load_from_l2(all + (sp0 + u) * g * stride + lane * lane_dims + e) : 0.0f;
-      }
+    for (int u = 0; u < batch; ++u) {
 #pragma unroll
-      for (int u = 0; u < DA_BATCH; ++u) {
-        if (sp0 + u < splits) y = fmaf(weight[sp0 + u], x[u], y);
+      for (int e = 0; e < lane_dims; ++e) {
+        x[u][e] = sp0 + u < splits ? load_from_l2(all + (sp0 + u) * g * stride + lane * lane_dims + e) : 0.0f;
       }
     }
-    o[e] = from_float<T>(y * scale_all);
+#pragma unroll
+    for (int u = 0; u < batch; ++u) {
+#pragma unroll
+      for (int e = 0; e < lane_dims; ++e) {
+        if (sp0 + u < splits) y[e] = fmaf(weight[sp0 + u], x[u][e], y[e]);
+      }
+    }
   }
+#pragma unroll
+  for (int e = 0; e < lane_dims; ++e) o[e] = from_float<T>(y[e] * scale_all);
   if (lead && lane == 0) {
     stats[((i64)pair * g + h) * 2] = max_all;
     stats[((i64)pair * g + h) * 2 + 1] = sum_all;
   }
+}
+
+// Dispatches on the row's bytes (the caller checks they are 128, 256 or 512).
+template <typename T, int MODE>
+__device__ void decode_attention(const T* q, const T* k, const T* v, const T* mask, T* out, float* partial,
+                                 u32* tickets, int nk, int g, int d, i64 keys, int splits, int per_block,
+                                 i64 q_seq, i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head,
+                                 i64 mask_seq, float scale, float* maps, float* stats) {
+  // The next kernel (the output projection) may start streaming its weights.
+  allow_next_kernel();
+#define DA_ROWS(BYTES)                                                                                     \
+  decode_attention_rows<T, MODE, BYTES>(q, k, v, mask, out, partial, tickets, nk, g, keys, splits, per_block, \
+                                        q_seq, q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps,   \
+                                        stats)
+  switch (d * (int)sizeof(T)) {
+    case 128: DA_ROWS(128); break;
+    case 256: DA_ROWS(256); break;
+    default: DA_ROWS(512); break;
+  }
+#undef DA_ROWS
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1114,11 +1158,10 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
 #define DECODE_ATTENTION_ENTRY(T, SUFFIX, NAME, MODE)                                                      \
   extern "C" __global__ void __launch_bounds__(DA_THREADS, 2) NAME##_##SUFFIX(                             \
       const T* q, const T* k, const T* v, const T* mask, T* out, float* partial, u32* tickets, int nk, int g, \
-      int d, i64 keys, int splits, int tile, int per_block, i64 q_seq, i64 q_head, i64 k_seq, i64 k_head,   \
+      int d, i64 keys, int splits, int per_block, i64 q_seq, i64 q_head, i64 k_seq, i64 k_head,             \
       i64 v_seq, i64 v_head, i64 mask_seq, float scale, float* maps, float* stats) {                       \
-    decode_attention<T, MODE>(q, k, v, mask, out, partial, tickets, nk, g, d, keys, splits, tile,          \
-                              per_block, q_seq, q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale,     \
-                              maps, stats);                                                                \
+    decode_attention<T, MODE>(q, k, v, mask, out, partial, tickets, nk, g, d, keys, splits, per_block, q_seq, \
+                              q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, stats);         \
   }
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \

@@ -29,9 +29,9 @@ thread_local! {
 }
 
 /// The (sequence, kv head) pairs up to which the kernel runs: `UNIATTN_DECODE_ATTENTION`
-/// (e.g. 16: batch 8 of two kv heads). Off (0) by default: on an H200 the three forms before
-/// this one were correct but slower than cuDNN's two kernels (18-26 vs 8.9 us a layer at batch
-/// 1, 2k), and this one (a warp a query head) has not run on a GPU yet (docs/benchmarks.md).
+/// (e.g. 16: batch 8 of two kv heads). Off (0) by default: on an H200 every form so far was
+/// correct but slower than cuDNN's two kernels (8.9 us a layer at batch 1, 2k); this one costs a
+/// step ~4 us a layer more there and ~9 at 8k (docs/benchmarks.md, 2026-12-01).
 pub fn decode_attention_pairs() -> i64 {
     static PAIRS: OnceLock<i64> = OnceLock::new();
     PAIRS_HERE.with(Cell::get).unwrap_or_else(|| {
@@ -255,7 +255,6 @@ fn launch(
         .i32(d)
         .i64(keys)
         .i32(cut.splits)
-        .i32(cut.tile)
         .i32(cut.per_block)
         .i64(stride(q, 0))
         .i64(stride(q, 1))
