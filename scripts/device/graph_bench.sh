@@ -25,9 +25,11 @@ if [[ -n ${TESTBIN:-} ]]; then
 fi
 echo "== models"
 SHAPES=${SHAPES:-0.5b}
+# Both models are made again on every run: a warm machine may hold another shape's from the
+# call before (with SHAPES=1.5b a stale 0.5B q05-uni once stood beside the 1.5B q05).
 "$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-$SHAPES.config.json "$W/q05" 2>&1 | tail -1
 $U convert "$W/q05" --plan ${PLAN:-4:12:24} --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
-  --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|KV|error" | head -3
+  --device cuda --overwrite --out "$W/q05-uni" 2>&1 | grep -E "plan|KV|error" | head -3
 models=(--model "$W/q05" --model "$W/q05-uni")
 for v in ${VARIANTS:-}; do
   $U train --model "$W/q05" --variant "$v" --plan ${PLAN:-4:12:24} --data data/pmc_llama_instructions_1000.json \
