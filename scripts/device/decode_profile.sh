@@ -9,10 +9,11 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn} OUT=${OUT:-/tmp/out} W=${W:-$WORK/gb}
 mkdir -p "$W" "$OUT"
-[[ -d $W/q05 ]] || "$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-${SHAPES:-0.5b}.config.json "$W/q05" | tail -1
-if [[ -n ${PLAN:-} && ! -d $W/q05-uni ]]; then
+# Made again on every run, as in graph_bench.sh: a warm machine may hold another shape's models.
+"$PYTHON" scripts/device/random_model.py scripts/device/qwen2.5-coder-${SHAPES:-0.5b}.config.json "$W/q05" | tail -1
+if [[ -n ${PLAN:-} ]]; then
   $U convert "$W/q05" --plan "$PLAN" --calib data/pmc_llama_instructions_1000.json --calib-rows 0..16 \
-    --device cuda --out "$W/q05-uni" 2>&1 | grep -E "plan|error"
+    --device cuda --overwrite --out "$W/q05-uni" 2>&1 | grep -E "plan|error"
 fi
 for m in q05 ${PLAN:+q05-uni}; do
   $NCU --clock-control none --cache-control ${CACHE:-all} --metrics gpu__time_duration.sum --csv --print-units base \
