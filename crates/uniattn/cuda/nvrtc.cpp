@@ -7,7 +7,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <dlfcn.h>
 #include <link.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -82,18 +86,23 @@ Nvrtc load_nvrtc() {
   return n;
 }
 
-// Compiles `source` to a cubin for `device`'s architecture.
-std::vector<char> compile(const char* source, int device) {
-  static const Nvrtc nvrtc = load_nvrtc();
+// `device`'s architecture: "sm_90".
+std::string architecture(int device) {
   int major = 0, minor = 0;
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return "sm_" + std::to_string(major) + std::to_string(minor);
+}
+
+// Compiles `source` to a cubin for `sm` (an architecture, "sm_90").
+std::vector<char> compile(const char* source, const std::string& sm) {
+  static const Nvrtc nvrtc = load_nvrtc();
   nvrtcProgram prog = nullptr;
   auto ok = [&](int r, const char* what) {
     if (r != 0) throw std::runtime_error(std::string(what) + ": " + nvrtc.error(r));
   };
   ok(nvrtc.create(&prog, source, "uniattn_kernels.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
-  std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
+  std::string arch = "--gpu-architecture=" + sm;
   const char* opts[] = {arch.c_str(), "--std=c++17"};
   int r = nvrtc.compile(prog, 2, opts);
   if (r != 0) {
@@ -112,17 +121,52 @@ std::vector<char> compile(const char* source, int device) {
   return cubin;
 }
 
+// A cached cubin loaded, or false (no file, unreadable, or one the driver refuses).
+bool load_cached(const std::string& path, cudaLibrary_t* lib) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (data.empty() || cudaLibraryLoadData(lib, data.data(), nullptr, nullptr, 0, nullptr, nullptr, 0) != cudaSuccess) {
+    cudaGetLastError();  // the failed load is not this thread's error from here on
+    return false;
+  }
+  return true;
+}
+
+// Writes `cubin` to `path` through a file of this process renamed into place, so that another
+// process reads the whole cubin or none; a cache that cannot be written is left as it is.
+void store_cached(const std::string& path, const std::vector<char>& cubin) {
+  const std::string tmp = path + ".tmp" + std::to_string(getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out || !out.write(cubin.data(), static_cast<std::streamsize>(cubin.size()))) {
+      std::remove(tmp.c_str());
+      return;
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) std::remove(tmp.c_str());
+}
+
 }  // namespace
 
 extern "C" {
 
 // Compiles and loads `source`; the library serves every device of the same architecture.
-int ua_kernels_load(const char* source, int device, void** library, char* err, size_t len) {
+// `cache` (null: none) is a path prefix: the cubin is `<cache>-<sm_XY>.cubin`, loaded from there
+// when it loads (no compile: NVRTC takes seconds for these kernels), else compiled and stored.
+int ua_kernels_load(const char* source, const char* cache, int device, void** library, char* err, size_t len) {
   return guarded(err, len, [&] {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
-    auto cubin = compile(source, device);
+    const std::string sm = architecture(device);
+    const std::string path = cache != nullptr ? std::string(cache) + "-" + sm + ".cubin" : "";
     cudaLibrary_t lib = nullptr;
+    if (!path.empty() && load_cached(path, &lib)) {
+      *library = lib;
+      return;
+    }
+    auto cubin = compile(source, sm);
     check(cudaLibraryLoadData(&lib, cubin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0));
+    if (!path.empty()) store_cached(path, cubin);
     *library = lib;
   });
 }

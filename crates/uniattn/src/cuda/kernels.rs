@@ -3,8 +3,8 @@
 //! 1 the projections as matrix-vector products with their adds or activation, and at small
 //! batches the attention itself; in training the LM head's cross-entropy with its gradient, and SwiGLU and RoPE with their
 //! backward passes (autograd functions in cuda/train.cpp). The CUDA C source (`cuda/kernels.cu`) is compiled at first use through NVRTC
-//! (`cuda/nvrtc.cpp`), so building needs no CUDA compiler and the kernels run wherever
-//! libtorch's CUDA does. Each op returns `None` where it does not apply (not on CUDA, an
+//! (`cuda/nvrtc.cpp`) and kept in the cache for later runs, so building needs no CUDA compiler
+//! and the kernels run wherever libtorch's CUDA does. Each op returns `None` where it does not apply (not on CUDA, an
 //! unsupported type or layout, NVRTC missing, `UNIATTN_FUSED_KERNELS=0`); the caller then runs
 //! the libtorch composition the kernel replaces, which stays the reference (CPU, f64, tests).
 mod decode_attention;
@@ -24,6 +24,8 @@ use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
 const SOURCE: &str = include_str!("../../cuda/kernels.cu");
+/// How `SOURCE` is compiled (NVRTC's options): part of what names a compiled cubin.
+const COMPILER: &str = include_str!("../../cuda/nvrtc.cpp");
 
 /// Every kernel `SOURCE` defines, each in f32, bf16 and f16 versions (`<name>_<suffix>`).
 const KERNELS: &[&str] = &[
@@ -81,13 +83,44 @@ pub fn enabled() -> bool {
     !OFF_HERE.with(Cell::get) && !std::env::var("UNIATTN_FUSED_KERNELS").is_ok_and(|v| v == "0")
 }
 
+/// Where the compiled kernels are kept between runs, as a path prefix to which the shim adds the
+/// architecture (`<prefix>-sm_90.cubin`): `<cache>/kernels/<hash of the source and of how it is
+/// compiled>`, so that only the first run of a build pays NVRTC's seconds. `None` where the
+/// folder cannot be made (then every run compiles).
+fn compiled_prefix(cache: &std::path::Path) -> Option<std::path::PathBuf> {
+    let dir = cache.join("kernels");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir.join(format!("{:016x}", fnv1a([SOURCE, COMPILER]))))
+}
+
+/// FNV-1a (64-bit) over `parts`, each ended by a 0 byte: stable across builds and platforms,
+/// which std's hasher does not promise.
+fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain([0]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 fn load(device: usize) -> Result<Loaded> {
     let s = shim()?;
     let src = CString::new(SOURCE).expect("kernel source has no NUL");
+    let prefix = compiled_prefix(&crate::cache::dir())
+        .and_then(|p| CString::new(p.into_os_string().into_encoded_bytes()).ok());
     let mut lib = std::ptr::null_mut();
-    // SAFETY: valid C string, out-pointer and error buffer.
+    // SAFETY: valid C strings (or null), out-pointer and error buffer.
     call("kernel compile", |e, n| unsafe {
-        (s.kernels_load)(src.as_ptr(), device as c_int, &mut lib, e, n)
+        (s.kernels_load)(
+            src.as_ptr(),
+            prefix.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
+            device as c_int,
+            &mut lib,
+            e,
+            n,
+        )
     })?;
     let mut kernels = HashMap::new();
     for base in KERNELS {
@@ -935,6 +968,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Compiled kernels are named by what they were compiled from: the same source and compiler
+    /// name one file in the cache's `kernels` folder, a change to either another; where the
+    /// folder cannot be made there is no cache. The hash is FNV-1a's (known answers from an
+    /// independent implementation: Python over the same bytes).
+    #[test]
+    fn compiled_kernels_are_named_by_their_source() {
+        assert_eq!(fnv1a(["a"]), 0x089b_e207_b544_f1e4);
+        assert_eq!(fnv1a(["uniattn", "kernels"]), 0xc1fb_1eb0_d958_1bd4);
+        assert_ne!(fnv1a(["ab", "c"]), fnv1a(["a", "bc"]));
+        assert_ne!(fnv1a([SOURCE, COMPILER]), fnv1a([&SOURCE[1..], COMPILER]));
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let prefix = compiled_prefix(dir.path()).expect("the folder is made");
+        assert_eq!(prefix, dir.path().join("kernels").join(format!("{:016x}", fnv1a([SOURCE, COMPILER]))));
+        assert_eq!(compiled_prefix(dir.path()), Some(prefix));
+        let file = dir.path().join("not-a-folder");
+        std::fs::write(&file, b"").expect("a file");
+        assert_eq!(compiled_prefix(&file), None);
     }
 
     pub(super) fn gpu() -> Option<Device> {
