@@ -821,11 +821,11 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 // (whole rows, against the query in shared memory), keeps the running max and sum, and sums
 // P V over all the sub-tile's rows for its d / 32 output elements. The last block of a pair to
 // finish (a ticket counter that wraps back to zero by itself) combines the blocks' sums, its
-// warps a head each, 16 loads in flight. Sums and the softmax in f32; the output is rounded
-// once, as the fused kernels round it. Loops stay loops: a block runs each instruction a few
-// times at most, so instruction fetches and the instructions a warp issues are its cost (three
-// earlier forms, which split each head's work over the block's warps, issued ~2,000
-// instructions a warp and took 18-26 us at batch 1, 2k; 2026-12-01).
+// warps a head each, 32 floats a lane in flight. Sums and the softmax in f32; the output is
+// rounded once, as the fused kernels round it. The instructions a warp issues are the cost (a
+// block runs each a few times at most), so the head width is a compile-time constant
+// (decode_attention_rows). Still slower than cuDNN on an H200: ~4 us a layer more at batch 1,
+// 2k (docs/benchmarks.md, 2026-12-01), so the caller leaves it off by default.
 // Modes, for UniAttn's SuperBlocks:
 //   DA_LEAD: a lead also leaves its map for its reuse layers: its scores (scaled, masked; f32
 //     `maps` [pair][g][splits * per_block * tile]) and each head's whole-softmax max and sum
