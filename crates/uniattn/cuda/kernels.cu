@@ -443,8 +443,9 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
 // A decode step's projections at batch 1: y[o] = sum_i a[i] W[o, i] (+ bias[o]), W [rows, in]
 // as PyTorch stores it. At one row a projection is a matrix-vector product whose speed is the
 // bytes of W in flight: each lane streams 16 bytes at a time with GEMV_UNROLL loads
-// (GEMV_UNROLL_ONE_ROW where a warp sums one row) issued before any arithmetic (cuBLAS's kernels for these shapes reach 0.3-2.2 TB/s on the H200 and
-// add a split-K reduction kernel for long rows). A warp takes an output (four warps one long
+// (GEMV_UNROLL_ONE_ROW where a warp sums one row) issued before any arithmetic (cuBLAS's
+// kernels for these shapes reach 0.3-2.2 TB/s on the H200 and add a split-K reduction kernel
+// for long rows). A warp takes an output (four warps one long
 // row); the grid is what fits on the GPU at once, and each warp loads its next output's weights
 // before it works on this one (gemv_outputs). Sums are f32, rounded once, as cuBLAS rounds
 // alpha x W^T + beta C.

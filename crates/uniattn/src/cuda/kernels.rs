@@ -1,10 +1,11 @@
 //! Fused kernels for chains of small libtorch kernels: in a decode step RoPE with the KV-cache
 //! write, the gated MLP activation, the attention softmax with its scale and mask, and at batch
 //! 1 the projections as matrix-vector products with their adds or activation, and at small
-//! batches the attention itself; in training the LM head's cross-entropy with its gradient, and SwiGLU and RoPE with their
-//! backward passes (autograd functions in cuda/train.cpp). The CUDA C source (`cuda/kernels.cu`) is compiled at first use through NVRTC
-//! (`cuda/nvrtc.cpp`) and kept in the cache for later runs, so building needs no CUDA compiler
-//! and the kernels run wherever libtorch's CUDA does. Each op returns `None` where it does not apply (not on CUDA, an
+//! batches the attention itself; in training the LM head's cross-entropy with its gradient, and
+//! SwiGLU and RoPE with their backward passes (autograd functions in cuda/train.cpp). The CUDA C
+//! source (`cuda/kernels.cu`) is compiled at first use through NVRTC (`cuda/nvrtc.cpp`) and kept
+//! in the cache for later runs, so building needs no CUDA compiler and the kernels run wherever
+//! libtorch's CUDA does. Each op returns `None` where it does not apply (not on CUDA, an
 //! unsupported type or layout, NVRTC missing, `UNIATTN_FUSED_KERNELS=0`); the caller then runs
 //! the libtorch composition the kernel replaces, which stays the reference (CPU, f64, tests).
 mod decode_attention;

@@ -42,8 +42,8 @@ impl RopeAngles {
 /// The angles of positions `0..len`, computed once by [`RopeAngles::new`], from which
 /// [`RopeTable::angles`] gathers any positions' rows: the same values (each element's
 /// arithmetic does not depend on the others), in two gathers instead of the thirteen small
-/// kernels `new` launches, which a decode step would otherwise run every step (~25 us of a
-/// 0.83 ms step at batch 1 on an H200, docs/benchmarks.md).
+/// kernels `new` launches, which a decode step would otherwise run every step (on an H200 at
+/// batch 1 the step fell from 0.828 to 0.815 ms; docs/benchmarks.md, 2026-12-01).
 pub struct RopeTable {
     /// `[len, head_dim]` each.
     cos: Tensor,
