@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# On the GPU machine (issue 17): per-kernel times of one captured decode step, from Nsight
-# Compute (gpu__time_duration of every kernel; the last STEP_KERNELS launches are the last
-# replayed step). Random weights in Qwen2.5-Coder-0.5B's shapes, batch 1, 2k context. Caches
-# are flushed before each kernel unless CACHE=none (then each kernel finds what the one before
-# left in L2, as in a replayed step).
-#   scripts/device/decode_profile.sh   (writes $OUT/profile_<model>.csv)
+# On the GPU machine (issue 17): per-kernel times of one captured decode step. Random weights
+# in Qwen2.5-Coder-0.5B's shapes (SHAPES=1.5b), batch 1, 2k context (BATCH, CONTEXT), and with
+# PLAN=... a UniAttn model beside the dense one.
+# - PROFILER=ncu (default): Nsight Compute, gpu__time_duration of every kernel the process runs
+#   (prefill too: slow past batch 1 / 2k). Caches are flushed before each kernel unless
+#   CACHE=none (then each kernel finds what the one before left in L2, as in a replayed step).
+# - PROFILER=trace: `bench --trace`, libtorch's profiler over three replayed steps alone, at
+#   full speed, kernels overlapping as they do in a step; any batch and context.
+#   scripts/device/decode_profile.sh   (writes $OUT/profile_<model>.csv or $OUT/traces/)
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 U=${U:-./target/release/uniattn} OUT=${OUT:-/tmp/out} W=${W:-$WORK/gb}
@@ -16,6 +19,14 @@ if [[ -n ${PLAN:-} ]]; then
     --device cuda --overwrite --out "$W/q05-uni" 2>&1 | grep -E "plan|error"
 fi
 for m in q05 ${PLAN:+q05-uni}; do
+  if [[ ${PROFILER:-ncu} == trace ]]; then
+    $U bench --model "$W/$m" --batch ${BATCH:-1} --context ${CONTEXT:-2048} --new-tokens 16 --dtype bf16 --device cuda \
+      --trace "$OUT/traces" 2>&1 | grep -E "^\| $m|rror"
+    for t in "$OUT"/traces/$m-batch*.json; do
+      "$PYTHON" scripts/device/trace_summary.py "$t" --steps 3 --timeline > "${t%.json}.txt"; head -25 "${t%.json}.txt"
+    done
+    continue
+  fi
   $NCU --clock-control none --cache-control ${CACHE:-all} --metrics gpu__time_duration.sum --csv --print-units base \
     $U bench --model "$W/$m" --batch ${BATCH:-1} --context ${CONTEXT:-2048} --new-tokens 3 --dtype bf16 --device cuda \
     > "$OUT/profile_$m.csv" 2> "$OUT/profile_$m.err"

@@ -1,10 +1,12 @@
-"""Where a profiled training step's GPU time goes, from a Chrome trace written by
-`uniattn train --profile` or `hf_train_bench.py --profile` (both cover 3 optimizer steps):
+"""Where a profiled step's GPU time goes, from a Chrome trace written by `uniattn train
+--profile` or `hf_train_bench.py --profile` (3 optimizer steps each) or `uniattn bench --trace`
+(3 decode steps):
 
-    python3 scripts/device/trace_summary.py TRACE.json [--steps 3] [--top 25] [--json OUT]
+    python3 scripts/device/trace_summary.py TRACE.json [--steps 3] [--top 25] [--json OUT] [--timeline]
 
 Prints kernels per step, GPU busy time per step, the span of the profiled steps, and the
-kernels that take the most time (by name, summed), as a table and optionally as JSON.
+kernels that take the most time (by name, summed), as a table and optionally as JSON; with
+--timeline also the last step's kernels in the order they ran (which layer spends what).
 """
 import argparse
 import collections
@@ -15,6 +17,7 @@ ap.add_argument("trace")
 ap.add_argument("--steps", type=int, default=3)
 ap.add_argument("--top", type=int, default=25)
 ap.add_argument("--json")
+ap.add_argument("--timeline", action="store_true")
 a = ap.parse_args()
 
 events = json.load(open(a.trace))["traceEvents"]
@@ -45,3 +48,10 @@ for t in summary["top"]:
     print(f"{t['ms_per_step']:8.2f} {100 * t['share']:5.1f}% {t['count_per_step']:7.1f}  {t['name'][:110]}")
 if a.json:
     json.dump(summary, open(a.json, "w"), indent=1)
+if a.timeline:
+    ordered = sorted(gpu, key=lambda e: e["ts"])
+    per_step = len(ordered) // a.steps
+    print(f"\nthe last step's {per_step} GPU ops in order:\n{'#':>4} {'us':>8} {'grid':>14} {'block':>12}  kernel")
+    for i, e in enumerate(ordered[len(ordered) - per_step:]):
+        args = e.get("args", {})
+        print(f"{i:4d} {e['dur']:8.1f} {str(args.get('grid', '')):>14} {str(args.get('block', '')):>12}  {e['name'][:100]}")

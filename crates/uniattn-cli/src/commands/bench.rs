@@ -40,18 +40,41 @@ pub struct BenchArgs {
     /// Also draw decode tokens/s against batch size (SVG)
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Write a Chrome trace of three decode steps of each case into this folder (every
+    /// kernel's time on a timeline; open in Perfetto, or summarise with
+    /// scripts/device/trace_summary.py)
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
 
 pub fn bench(
-    BenchArgs { model, batch, context, new_tokens, prefill_chunk, warm_up, bandwidth_gbs, json, plot, dev, }: BenchArgs,
+    BenchArgs {
+        model,
+        batch,
+        context,
+        new_tokens,
+        prefill_chunk,
+        warm_up,
+        bandwidth_gbs,
+        json,
+        plot,
+        trace,
+        dev,
+    }: BenchArgs,
 ) -> Result<()> {
     let warm_up = std::time::Duration::try_from_secs_f64(warm_up)
         .map_err(|e| anyhow::anyhow!("--warm-up {warm_up}: expected seconds >= 0 ({e})"))?;
     let (device, kind) = setup(&dev)?;
+    if trace.is_some() && !device.is_cuda() {
+        anyhow::bail!(
+            "--trace records CUDA kernels (libtorch's profiler through the CUDA shim): give --device cuda"
+        );
+    }
     let card = runtime::device_name(device);
     let bandwidth = bandwidth_gbs.map(|g| g * 1e9).or_else(|| bench::card_bandwidth(&card));
+    let settings = bench::BenchSettings { new_tokens, bandwidth, warm_up, trace_dir: trace };
     let mut rows = Vec::new();
     let cases: Vec<(usize, usize)> =
         context.iter().flat_map(|&c| batch.iter().map(move |&b| (b, c))).collect();
@@ -70,7 +93,7 @@ pub fn bench(
         let pb = progress::bar(cases.len() as u64, &label);
         for &(b, c) in &cases {
             pb.set_message(format!("{label} batch {b} context {c}"));
-            rows.push(bench::run_case(&mut engine, &label, b, c, new_tokens, bandwidth, warm_up));
+            rows.push(bench::run_case(&mut engine, &label, b, c, &settings));
             pb.inc(1);
         }
         pb.finish_and_clear();

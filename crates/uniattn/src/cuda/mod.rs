@@ -1,6 +1,7 @@
 //! The parts of CUDA and libtorch that tch 0.24 does not bind: graphs ([`graph`]), copies to
-//! the host that do not block it ([`host_copy`]), custom kernels ([`kernels`]), the trainer's fused optimizer, gradient buffers and profiler
-//! ([`training`]) and the data-parallel all-reduce inside the backward pass ([`layer_reduce`]).
+//! the host that do not block it ([`host_copy`]), custom kernels ([`kernels`]), the trainer's
+//! gradient buffers and fused layers ([`training`]), libtorch's profiler ([`profiler`]) and
+//! the data-parallel all-reduce inside the backward pass ([`layer_reduce`]).
 //! All go through a small C++ shim (`cuda/*.cpp`, compiled by build.rs against libtorch's
 //! headers) that the binary carries and loads only when CUDA is available:
 //! libtorch_cuda, which it links, cannot be loaded on a machine without a GPU driver.
@@ -8,6 +9,7 @@ pub mod graph;
 pub mod host_copy;
 pub mod kernels;
 pub mod layer_reduce;
+pub mod profiler;
 pub mod training;
 
 use crate::error::{Error, Result};

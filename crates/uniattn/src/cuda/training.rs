@@ -1,12 +1,11 @@
 //! What the trainer needs from libtorch beyond tch's bindings (cuda/train.cpp): gradients that
-//! accumulate into a caller's flat buffer (the weight-gradient GEMM adds into it), a backward
-//! pass from a given output gradient, and libtorch's profiler. Only where the shim loads (a
-//! CUDA machine); callers keep a libtorch composition for everywhere else.
+//! accumulate into a caller's flat buffer (the weight-gradient GEMM adds into it) and a backward
+//! pass from a given output gradient. Only where the shim loads (a CUDA machine); callers keep a
+//! libtorch composition for everywhere else.
 use super::{call, call_for_tensor, shim};
 use crate::error::Result;
 use std::collections::HashMap;
-use std::ffi::{c_int, c_void, CString};
-use std::path::Path;
+use std::ffi::{c_int, c_void};
 use tch::{Kind, Tensor};
 
 fn handle(t: &Tensor) -> *const c_void {
@@ -188,40 +187,6 @@ pub fn peak_memory_allocated(device: usize) -> Option<i64> {
     })
     .ok()?;
     Some(allocated)
-}
-
-/// libtorch's profiler (CPU operators and CUDA kernels) while it lives; [`Profiler::save`]
-/// writes what it recorded as a Chrome trace (open it in Perfetto or chrome://tracing).
-pub struct Profiler {
-    running: bool,
-}
-
-impl Profiler {
-    pub fn start() -> Result<Self> {
-        let s = shim()?;
-        // SAFETY: only the error buffer is passed.
-        call("profiler start", |e, n| unsafe { (s.profiler_start)(e, n) })?;
-        Ok(Profiler { running: true })
-    }
-
-    pub fn save(mut self, path: &Path) -> Result<()> {
-        self.running = false;
-        let s = shim()?;
-        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-            crate::error::Error::invalid(format!("{}: a path with a NUL byte", path.display()))
-        })?;
-        // SAFETY: a valid C string and error buffer.
-        call("profiler stop", |e, n| unsafe { (s.profiler_stop)(c.as_ptr(), e, n) })
-    }
-}
-
-impl Drop for Profiler {
-    fn drop(&mut self) {
-        if let (true, Ok(s)) = (self.running, shim()) {
-            // SAFETY: a null path (drop the recording) and a valid error buffer.
-            let _ = call("profiler stop", |e, n| unsafe { (s.profiler_stop)(std::ptr::null(), e, n) });
-        }
-    }
 }
 
 #[cfg(test)]

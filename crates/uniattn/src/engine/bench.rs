@@ -4,6 +4,7 @@
 use super::Engine;
 use crate::cuda::kernels;
 use crate::rng::SplitMix64;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
@@ -37,8 +38,28 @@ pub struct BenchRow {
     pub bound_tokens_per_s: Option<f64>,
     /// The GPU's SM clock right after the timed decode (MHz; `None` on the CPU).
     pub sm_clock_mhz: Option<u32>,
+    /// The Chrome trace of [`TRACED_STEPS`] decode steps (`bench --trace`).
+    pub trace: Option<PathBuf>,
     /// Set when the case could not run (for example out of memory).
     pub error: Option<String>,
+}
+
+/// Decode steps a case's trace records: the replayed graph of the last timed step's shape
+/// (its GPU work alone, as [`BenchRow::gpu_ms_per_step`] times it), or eager steps.
+pub const TRACED_STEPS: usize = 3;
+
+/// How every case of a run is measured.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    /// Timed decode steps a case.
+    pub new_tokens: usize,
+    /// Peak memory bandwidth in bytes/s, for the bound (`None`: no bound).
+    pub bandwidth: Option<f64>,
+    /// Each case first runs untimed, repeated until this has passed.
+    pub warm_up: Duration,
+    /// A folder for each case's trace of [`TRACED_STEPS`] decode steps (libtorch's profiler:
+    /// every kernel's time on a timeline), written after the timed steps.
+    pub trace_dir: Option<PathBuf>,
 }
 
 /// Peak memory bandwidth of known cards, bytes/s (vendor figures).
@@ -130,15 +151,13 @@ fn sm_clock_mhz(device: Device) -> Option<u32> {
 
 /// Runs one (batch, context) case: prefill `batch` random prompts of `context` tokens, then
 /// `new_tokens` greedy decode steps for the whole batch; the whole case runs untimed first,
-/// repeated until `warm_up` has passed.
+/// repeated until the warm-up has passed.
 pub fn run_case(
     engine: &mut Engine,
     label: &str,
     batch: usize,
     context: usize,
-    new_tokens: usize,
-    bandwidth: Option<f64>,
-    warm_up: Duration,
+    settings: &BenchSettings,
 ) -> BenchRow {
     let plan = engine.plan().describe();
     let mut row = BenchRow {
@@ -146,7 +165,7 @@ pub fn run_case(
         plan,
         batch,
         context,
-        new_tokens,
+        new_tokens: settings.new_tokens,
         decode: match (
             engine.cuda_graphs().is_some(),
             engine.device().is_cuda() && kernels::available().is_ok(),
@@ -168,9 +187,10 @@ pub fn run_case(
         achieved_gb_per_s: 0.0,
         bound_tokens_per_s: None,
         sm_clock_mhz: None,
+        trace: None,
         error: None,
     };
-    if let Err(e) = measure(engine, &mut row, bandwidth, warm_up) {
+    if let Err(e) = measure(engine, &mut row, settings) {
         row.error = Some(e.to_string());
     }
     // Give the memory back before the next case.
@@ -178,16 +198,13 @@ pub fn run_case(
     row
 }
 
-fn measure(
-    engine: &mut Engine,
-    row: &mut BenchRow,
-    bandwidth: Option<f64>,
-    warm_up: Duration,
-) -> crate::Result<()> {
+fn measure(engine: &mut Engine, row: &mut BenchRow, settings: &BenchSettings) -> crate::Result<()> {
     let (batch, context, new_tokens) = (row.batch, row.context, row.new_tokens);
     let device = engine.device();
     let vocab = engine.config().vocab_size;
-    engine.resize_cache(batch, context + new_tokens + 1)?;
+    // Room for the eager steps a trace records after the timed ones.
+    let traced = if settings.trace_dir.is_some() { TRACED_STEPS } else { 0 };
+    engine.resize_cache(batch, context + new_tokens + 1 + traced)?;
     row.kv_bytes = engine.cache.bytes();
     row.kv_bytes_per_token = engine.cache.bytes_per_token();
     let prompts: Vec<Vec<u32>> = (0..batch).map(|i| prompt(i as u64 + 1, context, vocab)).collect();
@@ -204,7 +221,7 @@ fn measure(
             next.push(greedy(&engine.prefill(slot, p, false)?.unsqueeze(0))[0]);
         }
         next = decode_greedy(engine, next, new_tokens, |_| {})?;
-        if t.elapsed() >= warm_up {
+        if t.elapsed() >= settings.warm_up {
             break;
         }
     }
@@ -227,7 +244,7 @@ fn measure(
     let cache_read = engine.cache_read_bytes_per_token(batch, context) as f64;
     let mut read = 0.0;
     let t1 = Instant::now();
-    decode_greedy(engine, next, new_tokens, |engine| {
+    let last = decode_greedy(engine, next, new_tokens, |engine| {
         let past = engine.cache.tokens_in_use(batch) as f64;
         read += weights + past * cache_read + (batch * row.kv_bytes_per_token) as f64;
     })?;
@@ -238,8 +255,32 @@ fn measure(
     row.decode_tokens_per_s = (batch * new_tokens) as f64 / secs;
     row.bytes_per_step = read / new_tokens.max(1) as f64;
     row.achieved_gb_per_s = read / secs / 1e9;
-    row.bound_tokens_per_s = bandwidth.map(|bw| batch as f64 * bw / row.bytes_per_step);
+    row.bound_tokens_per_s = settings.bandwidth.map(|bw| batch as f64 * bw / row.bytes_per_step);
+    if let Some(dir) = &settings.trace_dir {
+        let path = dir.join(format!("{}-batch{batch}-context{context}.json", file_stem(&row.model)));
+        trace(engine, last, &path)?;
+        row.trace = Some(path);
+    }
     Ok(())
+}
+
+/// Records [`TRACED_STEPS`] decode steps after the timed ones with libtorch's profiler and
+/// writes them to `path`: the last step's graph replayed, or eager steps fed `next`.
+fn trace(engine: &mut Engine, next: Vec<u32>, path: &Path) -> crate::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    }
+    let profiler = crate::cuda::profiler::Profiler::start()?;
+    if engine.decode_gpu_seconds(TRACED_STEPS)?.is_none() {
+        decode_greedy(engine, next, TRACED_STEPS, |_| {})?;
+    }
+    sync(engine.device());
+    profiler.save(path)
+}
+
+/// A model's label as a file name: anything but letters, digits, `.`, `-` and `_` becomes `_`.
+fn file_stem(label: &str) -> String {
+    label.chars().map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' }).collect()
 }
 
 /// The rows as a Markdown table. Rows of the same batch and context are compared with the
@@ -283,6 +324,11 @@ pub fn table(card: &str, rows: &[BenchRow]) -> String {
             r.bound_tokens_per_s.map_or("-".into(), |b| format!("{b:.0}")),
             r.sm_clock_mhz.map_or("-".into(), |m| m.to_string()),
         );
+    }
+    for r in rows {
+        if let Some(t) = &r.trace {
+            out += &format!("\ntrace of {} decode steps: {}", TRACED_STEPS, t.display());
+        }
     }
     out
 }

@@ -505,7 +505,7 @@ impl Trainer<'_> {
                     return Ok(history);
                 }
                 if leader && self.profile.is_some() && pos.global_step == PROFILED_STEPS.start {
-                    profiler = Some(crate::cuda::training::Profiler::start()?);
+                    profiler = Some(crate::cuda::profiler::Profiler::start()?);
                 }
                 let t0 = std::time::Instant::now();
                 self.report(pos.global_step + 1, Phase::Computing);
