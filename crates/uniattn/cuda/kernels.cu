@@ -118,17 +118,52 @@ __device__ void rope_kv_write(const T* x, i64 row_stride, const i64* pos, const 
   }
 }
 
+// 16-byte loads and stores of a row's elements (8 bf16/f16 or 4 f32 at a time): the softmax
+// and cross-entropy kernels below run at memory speed only with wide accesses.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& raw, float* out) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int k = 0; k < (int)(16 / sizeof(T)); ++k) out[k] = to_float(e[k]);
+}
+
+template <typename T>
+__device__ __forceinline__ void load16(const T* p, float* out) {
+  unpack16<T>(*reinterpret_cast<const uint4*>(p), out);
+}
+
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const float* in) {
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int k = 0; k < (int)(16 / sizeof(T)); ++k) e[k] = from_float<T>(in[k]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
 // ---------------------------------------------------------------------------------------------
 // softmax(scores * scale [softcapped] + mask) over the last axis, in f32, stored as T: what
 // `attention_probs` computes in four to seven kernels. `scores`: [b, heads, q, k] contiguous;
-// `mask`: additive, [b, 1, q, k] contiguous. One block per row.
+// `mask`: additive, [b, 1, q, k] contiguous. One block per row. A row of up to
+// SOFTMAX_PIECES 16-byte pieces a thread is read once, 16 bytes at a time, and kept in
+// registers (the launcher sizes blocks so: a decode step's lead map of 8k bf16 keys is 256
+// threads of four pieces); longer or unaligned rows are read three times, an element at a
+// time. Reading scalars three times made the lead map of batch 32 / 8k keys (7 MB) take 32 us
+// on an H200, ~6x its bytes' time.
+#define SOFTMAX_PIECES 4
+
 template <typename T>
-__device__ __forceinline__ float masked_score(const T* s, const T* m, i64 c, float scale, float softcap) {
-  float x = round_to<T>(__fmul_rn(to_float(s[c]), scale));
+__device__ __forceinline__ float masked_value(float s, float m, float scale, float softcap) {
+  float x = round_to<T>(__fmul_rn(s, scale));
   if (softcap > 0.0f) {
     x = round_to<T>(__fmul_rn(round_to<T>(tanhf(round_to<T>(__fdiv_rn(x, softcap)))), softcap));
   }
-  return round_to<T>(__fadd_rn(x, to_float(m[c])));
+  return round_to<T>(__fadd_rn(x, m));
+}
+
+template <typename T>
+__device__ __forceinline__ float masked_score(const T* s, const T* m, i64 c, float scale, float softcap) {
+  return masked_value<T>(to_float(s[c]), to_float(m[c]), scale, softcap);
 }
 
 template <typename T>
@@ -153,14 +188,79 @@ __device__ float block_reduce(float v, bool is_max, float* shared) {
   return shared[0];
 }
 
+// The row in registers, as its masked values (rounded to T, so they pack back exactly): all
+// loads issued before the first is used, and the exponentials computed twice rather than held
+// in f32, so that a block of 256 threads needs few enough registers for every row of a decode
+// step's map to be resident at once (448 rows at batch 32 on an H200's 132 SMs).
+template <typename T>
+__device__ void masked_softmax_held(const T* s, const T* m, T* o, i64 pieces, float scale, float softcap,
+                                    float* shared) {
+  constexpr int N = 16 / sizeof(T);
+  uint4 held[SOFTMAX_PIECES], raw_m[SOFTMAX_PIECES];
+#pragma unroll
+  for (int p = 0; p < SOFTMAX_PIECES; ++p) {
+    const i64 i = threadIdx.x + (i64)p * blockDim.x;
+    if (i < pieces) {
+      held[p] = *reinterpret_cast<const uint4*>(s + i * N);
+      raw_m[p] = *reinterpret_cast<const uint4*>(m + i * N);
+    }
+  }
+  float mx = neg_inf();
+#pragma unroll
+  for (int p = 0; p < SOFTMAX_PIECES; ++p) {
+    if (threadIdx.x + (i64)p * blockDim.x < pieces) {
+      float x[N], mv[N];
+      unpack16<T>(held[p], x);
+      unpack16<T>(raw_m[p], mv);
+      T* e = reinterpret_cast<T*>(&held[p]);
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        x[k] = masked_value<T>(x[k], mv[k], scale, softcap);
+        mx = fmaxf(mx, x[k]);
+        e[k] = from_float<T>(x[k]);
+      }
+    }
+  }
+  mx = block_reduce<T>(mx, true, shared);
+  float sum = 0.0f;
+#pragma unroll
+  for (int p = 0; p < SOFTMAX_PIECES; ++p) {
+    if (threadIdx.x + (i64)p * blockDim.x < pieces) {
+      float x[N];
+      unpack16<T>(held[p], x);
+#pragma unroll
+      for (int k = 0; k < N; ++k) sum += expf(x[k] - mx);
+    }
+  }
+  sum = block_reduce<T>(sum, false, shared);
+#pragma unroll
+  for (int p = 0; p < SOFTMAX_PIECES; ++p) {
+    const i64 i = threadIdx.x + (i64)p * blockDim.x;
+    if (i < pieces) {
+      float x[N];
+      unpack16<T>(held[p], x);
+#pragma unroll
+      for (int k = 0; k < N; ++k) x[k] = __fdiv_rn(expf(x[k] - mx), sum);
+      store16<T>(o + i * N, x);
+    }
+  }
+}
+
 template <typename T>
 __device__ void masked_softmax(const T* scores, const T* mask, T* out, i64 heads, i64 q, i64 k, float scale,
                                float softcap) {
+  constexpr int N = 16 / sizeof(T);
   __shared__ float shared[32];
   const i64 row = blockIdx.x;
   const i64 b = row / (heads * q), tok = row % q;
   const T* s = scores + row * k;
   const T* m = mask + (b * q + tok) * k;
+  const bool aligned = k % N == 0 && (((unsigned long long)scores | (unsigned long long)mask |
+                                       (unsigned long long)out) & 15) == 0;
+  if (aligned && k / N <= (i64)blockDim.x * SOFTMAX_PIECES) {
+    masked_softmax_held<T>(s, m, out + row * k, k / N, scale, softcap, shared);
+    return;
+  }
   float mx = neg_inf();
   for (i64 c = threadIdx.x; c < k; c += blockDim.x) mx = fmaxf(mx, masked_score(s, m, c, scale, softcap));
   mx = block_reduce<T>(mx, true, shared);
@@ -183,30 +283,6 @@ __device__ void masked_softmax(const T* scores, const T* mask, T* out, i64 heads
 // step takes each step's value. One block per row.
 __device__ __forceinline__ float capped(float x, float softcap) {
   return softcap > 0.0f ? __fmul_rn(tanhf(__fdiv_rn(x, softcap)), softcap) : x;
-}
-
-// 16-byte loads and stores of a row's elements (8 bf16/f16 or 4 f32 at a time): the kernel
-// reads the logits three times and writes them once, so it runs at memory speed only with
-// wide accesses.
-template <typename T>
-__device__ __forceinline__ void unpack16(const uint4& raw, float* out) {
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int k = 0; k < (int)(16 / sizeof(T)); ++k) out[k] = to_float(e[k]);
-}
-
-template <typename T>
-__device__ __forceinline__ void load16(const T* p, float* out) {
-  unpack16<T>(*reinterpret_cast<const uint4*>(p), out);
-}
-
-template <typename T>
-__device__ __forceinline__ void store16(T* p, const float* in) {
-  uint4 raw;
-  T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-  for (int k = 0; k < (int)(16 / sizeof(T)); ++k) e[k] = from_float<T>(in[k]);
-  *reinterpret_cast<uint4*>(p) = raw;
 }
 
 // Calls f(column, value) for every element of a row `x` of `v` elements, this thread's share,

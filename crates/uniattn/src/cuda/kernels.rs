@@ -805,8 +805,28 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64, softcap: Optio
         .i64(k)
         .f32(scale)
         .f32(softcap.unwrap_or(0.0));
-    let block = if k >= 2048 { 512 } else { THREADS };
-    args.launch(loaded, "masked_softmax", suffix, device, b * heads * q, block).then_some(out)
+    args.launch(loaded, "masked_softmax", suffix, device, b * heads * q, softmax_block(scores, mask))
+        .then_some(out)
+}
+
+/// Threads a row of [`masked_softmax`]: where kernels.cu holds the row in registers
+/// (`SOFTMAX_PIECES` 16-byte pieces a thread, 16-byte aligned rows), just enough whole warps
+/// for that, so that every row of a decode step's map is resident at once (a power of two
+/// made 8,448 keys 512 threads, two blocks an SM: two waves); else 512 for long rows.
+fn softmax_block(scores: &Tensor, mask: &Tensor) -> u32 {
+    const SOFTMAX_PIECES: i64 = 4;
+    let k = scores.size()[3];
+    let per_piece = 16 / scores.kind().elt_size_in_bytes() as i64;
+    let aligned =
+        k % per_piece == 0 && (scores.data_ptr() as usize | mask.data_ptr() as usize).is_multiple_of(16);
+    match k / per_piece {
+        pieces if aligned && pieces <= 1024 * SOFTMAX_PIECES => {
+            let threads = (pieces + SOFTMAX_PIECES - 1) / SOFTMAX_PIECES;
+            ((threads + 31) / 32 * 32).clamp(64, 1024) as u32
+        }
+        _ if k >= 2048 => 512,
+        _ => THREADS,
+    }
 }
 
 /// The cross-entropy of `logits` (`[n, vocab]`, a chunk of the LM head's output before any
@@ -975,6 +995,26 @@ mod tests {
     /// name one file in the cache's `kernels` folder, a change to either another; where the
     /// folder cannot be made there is no cache. The hash is FNV-1a's (known answers from an
     /// independent implementation: Python over the same bytes).
+    /// The softmax's block holds its row in registers where kernels.cu can (four 16-byte pieces
+    /// a thread) with as few whole warps as that takes: a decode step's lead map of 8k bf16
+    /// keys is 256 threads; rows it cannot hold get 512 (long) or 256 threads.
+    #[test]
+    fn softmax_blocks_hold_their_rows() {
+        let rows = |k: i64, kind: Kind| Tensor::zeros([2, 3, 1, k], (kind, Device::Cpu));
+        let mask = |k: i64, kind: Kind| Tensor::zeros([2, 1, 1, k], (kind, Device::Cpu));
+        let block = |k: i64, kind: Kind| softmax_block(&rows(k, kind), &mask(k, kind));
+        assert_eq!(block(8192, Kind::BFloat16), 256);
+        assert_eq!(block(2048, Kind::BFloat16), 64);
+        assert_eq!(block(8448, Kind::BFloat16), 288, "whole warps, not a power of two");
+        assert_eq!(block(8192, Kind::Float), 512);
+        assert_eq!(block(32768, Kind::BFloat16), 1024);
+        assert_eq!(block(32776, Kind::BFloat16), 512, "past what 1024 threads hold");
+        assert_eq!(block(4100, Kind::BFloat16), 512, "not whole pieces");
+        assert_eq!(block(37, Kind::Float), THREADS);
+        let offset = rows(8200, Kind::BFloat16).view([-1]).narrow(0, 1, 2 * 3 * 8192).view([2, 3, 1, 8192]);
+        assert_eq!(softmax_block(&offset, &mask(8192, Kind::BFloat16)), 512, "an unaligned row");
+    }
+
     #[test]
     fn compiled_kernels_are_named_by_their_source() {
         assert_eq!(fnv1a(["a"]), 0x089b_e207_b544_f1e4);
@@ -1116,7 +1156,9 @@ mod tests {
         let Some(dev) = gpu() else { return };
         let heads = Heads { num_heads: 4, num_kv_heads: 2, head_dim: 16 };
         for kind in KINDS {
-            for (q_len, k_len) in [(1, 600), (3, 37), (1, 4100)] {
+            // Rows held in registers (600; 8192: several pieces a thread), read element by element
+            // (37, unaligned; 20000, longer than the registers hold) and both by type (4100).
+            for (q_len, k_len) in [(1, 600), (3, 37), (1, 4100), (1, 8192), (2, 20000)] {
                 for softcap in [None, Some(5.0)] {
                     let q = Tensor::randn([2, 4, q_len, 16], (Kind::Float, dev)).to_kind(kind);
                     let k = Tensor::randn([2, 2, k_len, 16], (Kind::Float, dev)).to_kind(kind);
