@@ -13,7 +13,7 @@ pub mod stop;
 use crate::cuda::kernels;
 use crate::error::{Error, Result};
 use crate::model::attention::Want;
-use crate::model::transformer::{PositionContext, RopeTables, Stem};
+use crate::model::transformer::{PositionContext, PositionTables, Stem};
 use crate::model::Transformer;
 use crate::plan::{LayerRole, LeadHandover};
 use kv_cache::{KvCache, KEY_BUCKET};
@@ -90,8 +90,9 @@ pub struct Engine {
     /// [`MAPS_FOR_PROBS`] on CUDA; 0 on the CPU, where `P V` has no such shape problem and
     /// reading no keys is what pays. Tests set it to run both forms.
     maps_for_probs: i64,
-    /// RoPE angles of every position the cache holds, gathered each step rather than computed.
-    rope_tables: RopeTables,
+    /// RoPE angles and key positions of every position the cache holds, looked up each step
+    /// rather than computed.
+    position_tables: PositionTables,
 }
 
 /// (Sequence, kv head) maps from which a decode step's SuperBlock leads hand their
@@ -134,7 +135,7 @@ impl Engine {
         let cache = cache_for(&layers, &stem, options.max_batch, options.max_len)?;
         let maps_for_probs = if stem.device.is_cuda() { MAPS_FOR_PROBS } else { 0 };
         let step_inputs = step_inputs(&cache, stem.device);
-        let rope_tables = RopeTables::new(&stem, cache.max_len() as i64);
+        let position_tables = PositionTables::new(&stem, cache.capacity() as i64);
         let mut engine = Engine {
             stem,
             layers,
@@ -145,7 +146,7 @@ impl Engine {
             step_inputs,
             pinned: vec![],
             maps_for_probs,
-            rope_tables,
+            position_tables,
         };
         // On a GPU, decode through CUDA graphs unless UNIATTN_CUDA_GRAPHS=0 (or the shim is
         // missing, in which case the eager path runs as before).
@@ -209,7 +210,7 @@ impl Engine {
         self.cache = cache_for(&self.layers, &self.stem, 1, 1)?;
         self.cache = cache_for(&self.layers, &self.stem, max_batch, max_len)?;
         self.step_inputs = step_inputs(&self.cache, self.stem.device);
-        self.rope_tables = RopeTables::new(&self.stem, self.cache.max_len() as i64);
+        self.position_tables = PositionTables::new(&self.stem, self.cache.capacity() as i64);
         self.pinned.clear();
         self.options = EngineOptions { max_batch, max_len, ..self.options };
         self.use_cuda_graphs(graphs)
@@ -260,7 +261,7 @@ impl Engine {
         // A chunk from position 0 keeps its exact length: it reads no key past its own, and the
         // fused kernel's causal flag stands in for the mask.
         let k_len = if causal_from_zero { k_len } else { self.key_bucket(k_len) };
-        let pc = PositionContext::from_tables(&self.stem, &self.rope_tables, positions, k_len);
+        let pc = PositionContext::from_tables(&self.stem, &self.position_tables, positions, k_len);
         let mut h = self.stem.embed(ids);
         let mut lead = None;
         // What a lead whose reuse layers take its attention hands over: a decode step of many

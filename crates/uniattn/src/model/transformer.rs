@@ -55,20 +55,30 @@ pub struct LayerContext<'a> {
     pub causal: bool,
 }
 
-/// A [`RopeTable`] for each RoPE base the model's layers use, keyed by its bits.
-pub struct RopeTables(BTreeMap<u64, RopeTable>);
+/// What a decode step's positions are looked up in rather than computed from, for positions
+/// `0..len` (an engine's cache, whole key buckets): a [`RopeTable`] for each RoPE base the
+/// model's layers use (keyed by its bits), and the key positions and a zero of the compute type
+/// its masks are made from (two kernels a mask, where computing them took five).
+pub struct PositionTables {
+    ropes: BTreeMap<u64, RopeTable>,
+    /// `0..len`, int64.
+    keys: Tensor,
+    /// A 0-dim zero in the compute type.
+    zero: Tensor,
+}
 
-impl RopeTables {
+impl PositionTables {
     /// Tables of positions `0..len` for `stem`'s layers.
     pub fn new(stem: &Stem, len: i64) -> Self {
-        let mut tables = BTreeMap::new();
+        let mut ropes = BTreeMap::new();
         for l in 0..stem.cfg.num_layers {
             let theta = stem.cfg.layer_rope_theta(l);
-            tables
+            ropes
                 .entry(theta.to_bits())
                 .or_insert_with(|| RopeTable::new(len, stem.cfg.head_dim, theta, stem.kind, stem.device));
         }
-        RopeTables(tables)
+        let keys = Tensor::arange(len, (Kind::Int64, stem.device));
+        PositionTables { ropes, keys, zero: stem.mask_zero() }
     }
 }
 
@@ -85,25 +95,34 @@ pub struct PositionContext {
 impl PositionContext {
     /// Queries at `positions` (`[b, q]`) over keys `0..k_len`.
     pub fn new(stem: &Stem, positions: &Tensor, k_len: i64) -> Self {
-        Self::with_angles(stem, positions, k_len, |theta| {
-            RopeAngles::new(positions, stem.cfg.head_dim, theta, stem.kind)
-        })
+        let (keys, zero) = (Tensor::arange(k_len, (Kind::Int64, stem.device)), stem.mask_zero());
+        Self::with(
+            stem,
+            |theta| RopeAngles::new(positions, stem.cfg.head_dim, theta, stem.kind),
+            |w| causal_mask(&keys, &zero, positions, w),
+        )
     }
 
-    /// [`PositionContext::new`] with the angles gathered from `tables` (positions below their
-    /// length).
-    pub fn from_tables(stem: &Stem, tables: &RopeTables, positions: &Tensor, k_len: i64) -> Self {
-        Self::with_angles(stem, positions, k_len, |theta| tables.0[&theta.to_bits()].angles(positions))
+    /// [`PositionContext::new`] with the angles gathered from `tables` and the masks made from
+    /// them (positions and `k_len` below their length).
+    pub fn from_tables(stem: &Stem, tables: &PositionTables, positions: &Tensor, k_len: i64) -> Self {
+        let keys = tables.keys.narrow(0, 0, k_len);
+        Self::with(
+            stem,
+            |theta| tables.ropes[&theta.to_bits()].angles(positions),
+            |w| causal_mask(&keys, &tables.zero, positions, w),
+        )
     }
 
-    fn with_angles(stem: &Stem, positions: &Tensor, k_len: i64, angles: impl Fn(f64) -> RopeAngles) -> Self {
+    /// The angles of each RoPE base and the mask of each window the layers use.
+    fn with(stem: &Stem, angles: impl Fn(f64) -> RopeAngles, mask: impl Fn(Option<usize>) -> Tensor) -> Self {
         let mut ropes = BTreeMap::new();
         let mut masks = BTreeMap::new();
         for l in 0..stem.cfg.num_layers {
             let theta = stem.cfg.layer_rope_theta(l);
             ropes.entry(theta.to_bits()).or_insert_with(|| angles(theta));
             let w = stem.cfg.layer_window(l);
-            masks.entry(w).or_insert_with(|| stem.causal_mask(positions, k_len, w));
+            masks.entry(w).or_insert_with(|| mask(w));
         }
         PositionContext { ropes, masks, causal_len: None }
     }
@@ -269,23 +288,9 @@ impl Stem {
         self.finish_logits(self.head_logits(h))
     }
 
-    /// Additive causal mask `[b, 1, q, k]` for queries at `positions` over keys `0..k_len`,
-    /// restricted to a sliding `window` when given.
-    pub fn causal_mask(&self, positions: &Tensor, k_len: i64, window: Option<usize>) -> Tensor {
-        let kp = Tensor::arange(k_len, (Kind::Int64, self.device)).view([1, 1, k_len]);
-        let qp = positions.unsqueeze(-1);
-        let mut allowed = kp.le_tensor(&qp);
-        if let Some(w) = window {
-            allowed = allowed.logical_and(&(&qp - &kp).lt(w as i64));
-        }
-        self.additive_mask(&allowed)
-    }
-
-    /// 0 where `allowed`, -inf elsewhere, with a head axis: `[b, q, k]` -> `[b, 1, q, k]`.
-    fn additive_mask(&self, allowed: &Tensor) -> Tensor {
-        let zero = Tensor::zeros([1], (self.kind, self.device));
-        let neg = Tensor::full([1], f64::NEG_INFINITY, (self.kind, self.device));
-        zero.where_self(allowed, &neg).unsqueeze(1)
+    /// A 0-dim zero in the compute type, which additive masks are made from.
+    fn mask_zero(&self) -> Tensor {
+        Tensor::zeros([], (self.kind, self.device))
     }
 
     /// Additive mask `[b, 1, t, t]` for packed documents: causal by index, within a document,
@@ -300,8 +305,27 @@ impl Stem {
         if let Some(w) = window {
             allowed = allowed.logical_and(&(positions.unsqueeze(2) - positions.unsqueeze(1)).lt(w as i64));
         }
-        self.additive_mask(&allowed)
+        additive_mask(&allowed, &self.mask_zero())
     }
+}
+
+/// Additive causal mask `[b, 1, q, k]` for queries at `positions` (`[b, q]`) over key
+/// positions `keys` (`[k]`), restricted to a sliding `window` when given; `zero` is a 0-dim
+/// zero of the compute type.
+fn causal_mask(keys: &Tensor, zero: &Tensor, positions: &Tensor, window: Option<usize>) -> Tensor {
+    let kp = keys.view([1, 1, -1]);
+    let qp = positions.unsqueeze(-1);
+    let mut allowed = kp.le_tensor(&qp);
+    if let Some(w) = window {
+        allowed = allowed.logical_and(&(&qp - &kp).lt(w as i64));
+    }
+    additive_mask(&allowed, zero)
+}
+
+/// 0 where `allowed`, -inf elsewhere, in `zero`'s type (0-dim), with a head axis: `[b, q, k]`
+/// -> `[b, 1, q, k]`. One kernel: `where` over the zero and a scalar.
+fn additive_mask(allowed: &Tensor, zero: &Tensor) -> Tensor {
+    zero.where_scalarother(allowed, f64::NEG_INFINITY).unsqueeze(1)
 }
 
 impl Transformer {
@@ -651,6 +675,54 @@ mod tests {
 
     fn ids() -> Tensor {
         Tensor::from_slice(&[3i64, 7, 1, 30, 12, 5, 9, 9, 2, 17, 4, 22, 8, 0, 11]).view([1, 15])
+    }
+
+    /// A step's masks, computed and looked up in an engine's tables, against the rule written
+    /// out element by element: 0 where key j <= the query's position (and within the layer's
+    /// window), -inf elsewhere, in the compute type; sliding-window layers (Gemma 3) included.
+    #[test]
+    fn masks_from_tables_follow_the_causal_rule() {
+        for fam in [Family::Llama, Family::Gemma3] {
+            for kind in [Kind::Float, Kind::BFloat16] {
+                let cfg = tiny_config(fam);
+                let model = tiny_model(&cfg, SuperBlockPlan::dense(4), kind, 1);
+                let stem = &model.stem;
+                let tables = PositionTables::new(stem, 64);
+                let decode = Tensor::from_slice(&[0i64, 5, 17, 31]).view([4, 1]);
+                let chunk = Tensor::arange_start(9, 14, (Kind::Int64, Device::Cpu)).view([1, 5]);
+                for (positions, k_len) in [(decode, 32), (chunk, 16)] {
+                    let computed = PositionContext::new(stem, &positions, k_len);
+                    let looked_up = PositionContext::from_tables(stem, &tables, &positions, k_len);
+                    let pos = Vec::<i64>::try_from(positions.reshape([-1])).unwrap();
+                    let (b, q) = (positions.size()[0], positions.size()[1]);
+                    for l in 0..cfg.num_layers {
+                        let w = cfg.layer_window(l);
+                        let want: Vec<f64> = pos
+                            .iter()
+                            .flat_map(|&p| {
+                                (0..k_len).map(move |j| {
+                                    let seen = j <= p && w.is_none_or(|w| p - j < w as i64);
+                                    if seen {
+                                        0.0
+                                    } else {
+                                        f64::NEG_INFINITY
+                                    }
+                                })
+                            })
+                            .collect();
+                        let want = Tensor::from_slice(&want).view([b, 1, q, k_len]);
+                        for (how, pc) in [("computed", &computed), ("from tables", &looked_up)] {
+                            let got = pc.layer(stem, l).mask;
+                            assert_eq!(got.kind(), kind, "{fam:?} layer {l} {how}");
+                            assert!(
+                                got.to_kind(Kind::Double).equal(&want),
+                                "{fam:?} {kind:?} layer {l} {how}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
