@@ -40,6 +40,8 @@ pub struct BenchRow {
     pub sm_clock_mhz: Option<u32>,
     /// The Chrome trace of [`TRACED_STEPS`] decode steps (`bench --trace`).
     pub trace: Option<PathBuf>,
+    /// Why the trace could not be written (the case's timing stands).
+    pub trace_error: Option<String>,
     /// Set when the case could not run (for example out of memory).
     pub error: Option<String>,
 }
@@ -188,6 +190,7 @@ pub fn run_case(
         bound_tokens_per_s: None,
         sm_clock_mhz: None,
         trace: None,
+        trace_error: None,
         error: None,
     };
     if let Err(e) = measure(engine, &mut row, settings) {
@@ -258,8 +261,10 @@ fn measure(engine: &mut Engine, row: &mut BenchRow, settings: &BenchSettings) ->
     row.bound_tokens_per_s = settings.bandwidth.map(|bw| batch as f64 * bw / row.bytes_per_step);
     if let Some(dir) = &settings.trace_dir {
         let path = dir.join(format!("{}-batch{batch}-context{context}.json", file_stem(&row.model)));
-        trace(engine, last, &path)?;
-        row.trace = Some(path);
+        match trace(engine, last, &path) {
+            Ok(()) => row.trace = Some(path),
+            Err(e) => row.trace_error = Some(e.to_string()),
+        }
     }
     Ok(())
 }
@@ -329,6 +334,9 @@ pub fn table(card: &str, rows: &[BenchRow]) -> String {
         if let Some(t) = &r.trace {
             out += &format!("\ntrace of {} decode steps: {}", TRACED_STEPS, t.display());
         }
+        if let Some(e) = &r.trace_error {
+            out += &format!("\nno trace of {} at batch {}, context {}: {e}", r.model, r.batch, r.context);
+        }
     }
     out
 }
@@ -356,4 +364,48 @@ pub fn plot(card: &str, rows: &[BenchRow], path: &std::path::Path) -> crate::Res
         series,
     };
     Chart::Lines(chart).save(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineOptions;
+    use crate::plan::SuperBlockPlan;
+    use crate::testing::{tiny_config, tiny_model};
+
+    /// `bench --trace` on a tiny model: where libtorch's profiler runs (the CUDA shim loads)
+    /// the trace is a Chrome trace with events; where it cannot (a CPU-only machine) the case
+    /// keeps its timing and says why there is no trace. Either way nothing measured is lost.
+    #[test]
+    fn a_trace_is_written_or_says_why_and_keeps_the_timing() {
+        crate::runtime::init().unwrap();
+        let cfg = tiny_config(crate::config::Family::Llama);
+        let model = tiny_model(&cfg, SuperBlockPlan::dense(4), tch::Kind::Float, 3);
+        let mut engine =
+            Engine::new(model, EngineOptions { max_batch: 1, max_len: 1, prefill_chunk: 8 }).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = BenchSettings {
+            new_tokens: 4,
+            bandwidth: None,
+            warm_up: Duration::ZERO,
+            trace_dir: Some(dir.path().join("traces")),
+        };
+        let row = run_case(&mut engine, "tiny#2", 2, 10, &settings);
+        assert_eq!(row.error, None);
+        assert!(row.decode_tokens_per_s > 0.0 && row.prefill_tokens_per_s > 0.0);
+        let note = table("cpu", std::slice::from_ref(&row));
+        match (&row.trace, &row.trace_error) {
+            (Some(path), None) => {
+                assert_eq!(path, &dir.path().join("traces/tiny_2-batch2-context10.json"));
+                let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+                assert!(trace["traceEvents"].as_array().is_some_and(|e| !e.is_empty()));
+                assert!(note.contains("trace of 3 decode steps"), "{note}");
+            }
+            (None, Some(why)) => {
+                assert!(why.contains("CUDA shim"), "{why}");
+                assert!(note.contains("no trace of tiny#2 at batch 2, context 10"), "{note}");
+            }
+            other => panic!("a trace or its error, not {other:?}"),
+        }
+    }
 }
