@@ -94,16 +94,10 @@ fn compiled_prefix(cache: &std::path::Path) -> Option<std::path::PathBuf> {
     Some(dir.join(format!("{:016x}", fnv1a([SOURCE, COMPILER]))))
 }
 
-/// FNV-1a (64-bit) over `parts`, each ended by a 0 byte: stable across builds and platforms,
-/// which std's hasher does not promise.
+/// [`super::fnv1a`] over `parts`, each ended by a 0 byte (so that no two splits of the same
+/// bytes collide).
 fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain([0]) {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
+    super::fnv1a(parts.into_iter().flat_map(|p| p.bytes().chain([0])))
 }
 
 fn load(device: usize) -> Result<Loaded> {
@@ -991,10 +985,6 @@ mod tests {
         }
     }
 
-    /// Compiled kernels are named by what they were compiled from: the same source and compiler
-    /// name one file in the cache's `kernels` folder, a change to either another; where the
-    /// folder cannot be made there is no cache. The hash is FNV-1a's (known answers from an
-    /// independent implementation: Python over the same bytes).
     /// The softmax's block holds its row in registers where kernels.cu can (four 16-byte pieces
     /// a thread) with as few whole warps as that takes: a decode step's lead map of 8k bf16
     /// keys is 256 threads; rows it cannot hold get 512 (long) or 256 threads.
@@ -1015,6 +1005,10 @@ mod tests {
         assert_eq!(softmax_block(&offset, &mask(8192, Kind::BFloat16)), 512, "an unaligned row");
     }
 
+    /// Compiled kernels are named by what they were compiled from: the same source and compiler
+    /// name one file in the cache's `kernels` folder, a change to either another; where the
+    /// folder cannot be made there is no cache. The hash is FNV-1a's (known answers from an
+    /// independent implementation: Python over the same bytes).
     #[test]
     fn compiled_kernels_are_named_by_their_source() {
         assert_eq!(fnv1a(["a"]), 0x089b_e207_b544_f1e4);

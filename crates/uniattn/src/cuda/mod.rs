@@ -173,11 +173,15 @@ fn call_for_tensor(
     Ok(unsafe { tch::Tensor::from_ptr(out.cast()) })
 }
 
+/// FNV-1a (64-bit) over `bytes`: names files by their content, stable across builds and
+/// platforms, which std's hasher does not promise.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// The shim library written into the user cache (named by its content, so builds never mix).
 fn shim_path() -> Result<PathBuf> {
-    let hash = SHIM_LIBRARY
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x1000_0000_01b3));
+    let hash = fnv1a(SHIM_LIBRARY.iter().copied());
     let dir = crate::cache::dir().join("lib");
     let path = dir.join(format!("libuniattn_cuda-{hash:016x}.so"));
     if !path.exists() {
