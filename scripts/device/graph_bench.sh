@@ -6,7 +6,7 @@
 # (PLAN=...) with W_c fitted on 16 rows. VARIANTS="cla layerdrop" also benches those baselines on
 # the same plan (each made by one `train --variant V --max-steps 1` step). COMPARE="VAR=VALUE ..."
 # also runs ours under each setting, in the same repeat (e.g. UNIATTN_DECODE_GEMV=0: cuBLAS for
-# every projection; UNIATTN_OVERLAP_LAUNCHES=0: plain launches); OLD_U=path/to/uniattn also runs
+# every projection; UNIATTN_OVERLAP_LAUNCHES=0: plain launches; A=1,B=2 sets both); OLD_U=path/to/uniattn also runs
 # another build of ours (the commit before a kernel change) in each repeat.
 #   TESTBIN=target/release/deps/uniattn-HASH scripts/device/graph_bench.sh
 set -uo pipefail
@@ -49,7 +49,9 @@ for r in $(seq 1 "$REPEATS"); do
   fi
   for setting in ${COMPARE:-}; do
     echo "== the same with $setting"
-    env "$setting" $U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_${setting%%=*}_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
+    # Several variables joined by commas; the files are named by the last (A=1,B=6: bench_B6).
+    last=${setting##*,}
+    env ${setting//,/ } $U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_${last//=/}_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
   done
 done
 for mode in $MODES; do
