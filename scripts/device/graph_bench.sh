@@ -15,9 +15,18 @@ U=${U:-./target/release/uniattn}
 OUT=${OUT:-/tmp/out} W=${W:-$WORK/gb}
 BATCH=${BATCH:-1,32} CONTEXT=${CONTEXT:-2048,8192} NEW=${NEW:-128} REPEATS=${REPEATS:-3} MODES=${MODES-compiled static}
 mkdir -p "$W" "$OUT"
+# What an earlier call left in $OUT (a reused machine's output folder held that morning's files
+# on 2026-12-01) would be summed with this call's by bench_summary.py: anything not touched in
+# the last 30 minutes (a call runs 10 at most) moves aside, out of the archive below.
+earlier=(-mindepth 1 -maxdepth 1 -mmin +30 ! -name all.tgz ! -name 'earlier-*')
+if [[ -n $(find "$OUT" "${earlier[@]}") ]]; then
+  aside="$OUT/earlier-$(date +%Y%m%d-%H%M%S)"
+  mkdir -p "$aside" && find "$OUT" "${earlier[@]}" -exec mv {} "$aside"/ \;
+  echo "graph_bench: what an earlier call left in $OUT moved to $aside"
+fi
 # A device call returns at most 8 files: everything also goes back as one archive, which sorts
 # first.
-trap 'tar czf "$OUT/all.tgz" -C "$OUT" --exclude=all.tgz .' EXIT
+trap 'tar czf "$OUT/all.tgz" -C "$OUT" --exclude=all.tgz --exclude="./earlier-*" .' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 if [[ -n ${TESTBIN:-} ]]; then
   echo "== fused kernels vs their compositions; CUDA graphs + fused kernels vs eager (tiny models, f32)"
