@@ -6,8 +6,9 @@
 # (PLAN=...) with W_c fitted on 16 rows. VARIANTS="cla layerdrop" also benches those baselines on
 # the same plan (each made by one `train --variant V --max-steps 1` step). COMPARE="VAR=VALUE ..."
 # also runs ours under each setting, in the same repeat (e.g. UNIATTN_DECODE_GEMV=0: cuBLAS for
-# every projection; UNIATTN_OVERLAP_LAUNCHES=0: plain launches; A=1,B=2 sets both); OLD_U=path/to/uniattn also runs
-# another build of ours (the commit before a kernel change) in each repeat.
+# every projection; UNIATTN_OVERLAP_LAUNCHES=0: plain launches; A=1,B=2 sets both);
+# OLD_U=path/to/uniattn also runs another build of ours (the commit before a kernel change) in
+# each repeat.
 #   TESTBIN=target/release/deps/uniattn-HASH scripts/device/graph_bench.sh
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
