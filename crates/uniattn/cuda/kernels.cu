@@ -980,6 +980,101 @@ __device__ __forceinline__ void load_lane(const T* p, float (&out)[LANE]) {
   for (int k = 0; k < LANE; ++k) out[k] = to_float(e[k]);
 }
 
+// The end of a block's work: warp h holds query head h's output elements lane * LANE_DIMS ...
+// (`acc`, not yet divided by the softmax sum, or a reuse layer's, already weighted), the running
+// max `m` and the whole sum `l` over the block's keys. One block a pair writes the output;
+// else the blocks hand their sums over ([block][g][d + 2]: sums, max, sum) and the last block of
+// the pair to finish (a ticket counter that wraps back to zero by itself) combines them. A lead
+// also leaves each head's whole-softmax max and sum in `stats`. `smem` is free (the stages are
+// read).
+template <typename T, int MODE, int LANE_DIMS>
+__device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, float* partial, u32* tickets, int nk,
+                          int g, int splits, unsigned char* smem, float* stats) {
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
+  constexpr int lane_dims = LANE_DIMS, d = 32 * LANE_DIMS;
+  const int t = threadIdx.x, lane = t & 31, h = t >> 5;
+  const int pair = blockIdx.x / splits;
+  const int seq = pair / nk, kv = pair % nk;
+  T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d + (i64)h * d + lane * lane_dims;
+  if (splits == 1) {
+    if (h < g) {
+#pragma unroll
+      for (int e = 0; e < lane_dims; ++e) o[e] = from_float<T>(reuse ? acc[e] : acc[e] / l);
+      if (lead && lane == 0) {
+        stats[((i64)pair * g + h) * 2] = m;
+        stats[((i64)pair * g + h) * 2 + 1] = l;
+      }
+    }
+    return;
+  }
+  // Hand the sums over ([block][g][d + 2]: sums, max, sum); the last block of the pair
+  // combines them.
+  const i64 stride = d + 2;
+  if (h < g) {
+    float* mine = partial + ((i64)blockIdx.x * g + h) * stride;
+#pragma unroll
+    for (int e = 0; e < lane_dims; ++e) mine[lane * lane_dims + e] = acc[e];
+    if (lane == 0) {
+      mine[d] = m;
+      mine[d + 1] = l;
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  __shared__ int last_block;
+  if (t == 0) last_block = atomicInc(tickets + pair, (u32)(splits - 1)) == (u32)(splits - 1);
+  __syncthreads();
+  if (!last_block || h >= g) return;
+  __threadfence();
+  const float* all = partial + ((i64)pair * splits * g + h) * stride;  // split sp at sp * g * stride
+  float* weight = reinterpret_cast<float*>(smem) + h * splits;       // the stages are read
+  float max_all = neg_inf(), sum_all = 0.0f;
+  if (reuse) {
+    for (int sp = lane; sp < splits; sp += 32) weight[sp] = 1.0f;  // each block's share is in its sums
+  } else {
+    for (int sp = lane; sp < splits; sp += 32) max_all = fmaxf(max_all, load_from_l2(all + sp * g * stride + d));
+    for (int off = 16; off > 0; off >>= 1) max_all = fmaxf(max_all, __shfl_xor_sync(0xffffffffu, max_all, off));
+    for (int sp = lane; sp < splits; sp += 32) {
+      const float ms = load_from_l2(all + sp * g * stride + d);
+      const float w = ms == neg_inf() ? 0.0f : expf(ms - max_all);
+      weight[sp] = w;
+      sum_all += w * load_from_l2(all + sp * g * stride + d + 1);
+    }
+    for (int off = 16; off > 0; off >>= 1) sum_all += __shfl_xor_sync(0xffffffffu, sum_all, off);
+  }
+  __syncwarp();
+  const float scale_all = reuse ? 1.0f : 1.0f / sum_all;
+  // A batch of splits' elements in flight at once: 32 floats a lane.
+  constexpr int batch = 32 / lane_dims;
+  float y[lane_dims];
+#pragma unroll
+  for (int e = 0; e < lane_dims; ++e) y[e] = 0.0f;
+#pragma unroll 1
+  for (int sp0 = 0; sp0 < splits; sp0 += batch) {
+    float x[batch][lane_dims];
+#pragma unroll
+    for (int u = 0; u < batch; ++u) {
+#pragma unroll
+      for (int e = 0; e < lane_dims; ++e) {
+        x[u][e] = sp0 + u < splits ? load_from_l2(all + (sp0 + u) * g * stride + lane * lane_dims + e) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < batch; ++u) {
+#pragma unroll
+      for (int e = 0; e < lane_dims; ++e) {
+        if (sp0 + u < splits) y[e] = fmaf(weight[sp0 + u], x[u][e], y[e]);
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < lane_dims; ++e) o[e] = from_float<T>(y[e] * scale_all);
+  if (lead && lane == 0) {
+    stats[((i64)pair * g + h) * 2] = max_all;
+    stats[((i64)pair * g + h) * 2 + 1] = sum_all;
+  }
+}
+
 // The kernel for rows of ROW_BYTES bytes (head width D = ROW_BYTES / sizeof(T)): the sub-tile's
 // keys, the lane's D / 32 output elements and the loops over them are compile-time constants
 // (at run time, form 4 issued ~4,000 instructions a warp at batch 1, 2k, most of them a P V
@@ -1130,85 +1225,284 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
     __syncthreads();
   }
   for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
-  T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d + (i64)h * d + lane * lane_dims;
-  if (splits == 1) {
-    if (h < g) {
-#pragma unroll
-      for (int e = 0; e < lane_dims; ++e) o[e] = from_float<T>(reuse ? acc[e] : acc[e] / l);
-      if (lead && lane == 0) {
-        stats[((i64)pair * g + h) * 2] = m;
-        stats[((i64)pair * g + h) * 2 + 1] = l;
-      }
-    }
-    return;
-  }
-  // Hand the sums over ([block][g][d + 2]: sums, max, sum); the last block of the pair
-  // combines them.
-  const i64 stride = d + 2;
-  if (h < g) {
-    float* mine = partial + ((i64)blockIdx.x * g + h) * stride;
-#pragma unroll
-    for (int e = 0; e < lane_dims; ++e) mine[lane * lane_dims + e] = acc[e];
-    if (lane == 0) {
-      mine[d] = m;
-      mine[d + 1] = l;
-    }
-  }
-  __threadfence();
-  __syncthreads();
-  __shared__ int last_block;
-  if (t == 0) last_block = atomicInc(tickets + pair, (u32)(splits - 1)) == (u32)(splits - 1);
-  __syncthreads();
-  if (!last_block || h >= g) return;
-  __threadfence();
-  const float* all = partial + ((i64)pair * splits * g + h) * stride;  // split sp at sp * g * stride
-  float* weight = reinterpret_cast<float*>(smem) + h * splits;       // the stages are read
-  float max_all = neg_inf(), sum_all = 0.0f;
-  if (reuse) {
-    for (int sp = lane; sp < splits; sp += 32) weight[sp] = 1.0f;  // each block's share is in its sums
-  } else {
-    for (int sp = lane; sp < splits; sp += 32) max_all = fmaxf(max_all, load_from_l2(all + sp * g * stride + d));
-    for (int off = 16; off > 0; off >>= 1) max_all = fmaxf(max_all, __shfl_xor_sync(0xffffffffu, max_all, off));
-    for (int sp = lane; sp < splits; sp += 32) {
-      const float ms = load_from_l2(all + sp * g * stride + d);
-      const float w = ms == neg_inf() ? 0.0f : expf(ms - max_all);
-      weight[sp] = w;
-      sum_all += w * load_from_l2(all + sp * g * stride + d + 1);
-    }
-    for (int off = 16; off > 0; off >>= 1) sum_all += __shfl_xor_sync(0xffffffffu, sum_all, off);
-  }
-  __syncwarp();
-  const float scale_all = reuse ? 1.0f : 1.0f / sum_all;
-  // A batch of splits' elements in flight at once: 32 floats a lane.
-  constexpr int batch = 32 / lane_dims;
-  float y[lane_dims];
-#pragma unroll
-  for (int e = 0; e < lane_dims; ++e) y[e] = 0.0f;
-#pragma unroll 1
-  for (int sp0 = 0; sp0 < splits; sp0 += batch) {
-    float x[batch][lane_dims];
-#pragma unroll
-    for (int u = 0; u < batch; ++u) {
-#pragma unroll
-      for (int e = 0; e < lane_dims; ++e) {
-        x[u][e] = sp0 + u < splits ? load_from_l2(all + (sp0 + u) * g * stride + lane * lane_dims + e) : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < batch; ++u) {
-#pragma unroll
-      for (int e = 0; e < lane_dims; ++e) {
-        if (sp0 + u < splits) y[e] = fmaf(weight[sp0 + u], x[u][e], y[e]);
-      }
-    }
-  }
-#pragma unroll
-  for (int e = 0; e < lane_dims; ++e) o[e] = from_float<T>(y[e] * scale_all);
-  if (lead && lane == 0) {
-    stats[((i64)pair * g + h) * 2] = max_all;
-    stats[((i64)pair * g + h) * 2 + 1] = sum_all;
-  }
+  da_finish<T, MODE, lane_dims>(acc, m, l, out, partial, tickets, nk, g, splits, smem, stats);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same attention on tensor cores, for 16-bit types and head widths 64 and 128 (sm_80 on).
+// On CUDA cores the kernel is bound by its arithmetic, not its bytes, wherever a kv head serves
+// several query heads: Qwen2.5's 7 make a key 896 multiply-adds for 256 bytes, and at batch 32 /
+// 8k it took 225 us a layer where cuDNN takes ~39 (ncu, 2026-12-01). Here the group's query
+// heads are the rows of `mma`'s A operand (rows g..15 zero: g <= 8, so rows 8-15 never hold a
+// head and their halves of each fragment are constant zeros), and each warp takes its own 8 keys
+// of every staged sub-tile: scores S = Q K^T by m16n8k16 (K read from shared memory as the B
+// operand), an online softmax over the warp's keys, and O += P V by m16n8k8, whose A fragment is
+// the score accumulator's layout (a lane holds its row's probabilities for the keys it scored)
+// and whose B fragments are V read transposed by `ldmatrix`. P goes in as two 16-bit parts
+// (its rounding and the rest), so P V keeps ~16 bits of each probability as the f32 form does
+// (within 1e-5 of the sum of the terms). The warps' sums are combined in shared memory, then
+// across blocks as above (da_finish).
+#if __CUDA_ARCH__ >= 800
+// Two floats as one register of 16-bit T (the first in the low half).
+__device__ __forceinline__ u32 pack_pair(bf16, float a, float b) {
+  return (u32)from_float<bf16>(a).bits | ((u32)from_float<bf16>(b).bits << 16);
+}
+__device__ __forceinline__ u32 pack_pair(f16, float a, float b) {
+  return (u32)from_float<f16>(a).bits | ((u32)from_float<f16>(b).bits << 16);
+}
+// The part of (a, b) that pack_pair drops.
+template <typename T>
+__device__ __forceinline__ u32 pack_rest(float a, float b) {
+  const u32 hi = pack_pair(T{}, a, b);
+  T ha, hb;
+  ha.bits = (u16)(hi & 0xffffu);
+  hb.bits = (u16)(hi >> 16);
+  return pack_pair(T{}, a - to_float(ha), b - to_float(hb));
+}
+
+#define DA_MMA_K16(TYPE)                                                                                   \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE                                      \
+               ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%10,%11};"                                \
+               : "+f"(d[0]), "+f"(d[1]), "=f"(unused[0]), "=f"(unused[1])                                  \
+               : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f), "f"(0.0f))
+#define DA_MMA_K8(TYPE)                                                                                    \
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32." TYPE "." TYPE                                       \
+               ".f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%7,%8};"                                          \
+               : "+f"(d[0]), "+f"(d[1]), "=f"(unused[0]), "=f"(unused[1])                                  \
+               : "r"(a0), "r"(0u), "r"(b0), "f"(0.0f), "f"(0.0f))
+// d (row `lane / 4` of a 16 x 8 tile, columns 2 (lane % 4) and + 1) += a b over 16 (k16) or 8
+// (k8) of k, A's rows 8-15 zero: a0 / a2 hold A's row `lane / 4` at k 2 (lane % 4) + {0, 1}
+// and + 8; b0 / b1 B's column `lane / 4` at the same k.
+__device__ __forceinline__ void mma_k16(bf16, float (&d)[2], u32 a0, u32 a2, u32 b0, u32 b1) {
+  float unused[2];
+  DA_MMA_K16("bf16");
+}
+__device__ __forceinline__ void mma_k16(f16, float (&d)[2], u32 a0, u32 a2, u32 b0, u32 b1) {
+  float unused[2];
+  DA_MMA_K16("f16");
+}
+__device__ __forceinline__ void mma_k8(bf16, float (&d)[2], u32 a0, u32 b0) {
+  float unused[2];
+  DA_MMA_K8("bf16");
+}
+__device__ __forceinline__ void mma_k8(f16, float (&d)[2], u32 a0, u32 b0) {
+  float unused[2];
+  DA_MMA_K8("f16");
+}
+#undef DA_MMA_K16
+#undef DA_MMA_K8
+
+// Four 8 x 8 tiles of 16-bit elements from shared memory, transposed: lanes 8j .. 8j + 7 give
+// the addresses of tile j's rows; this lane gets tile j's column `lane / 4` at rows 2 (lane % 4)
+// and + 1.
+__device__ __forceinline__ void load_tiles_transposed(const void* row, u32 (&out)[4]) {
+  unsigned s;
+  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
+               : "r"(s));
+}
+
+// copy_async16, or 16 zero bytes where `valid` is false (`gmem` is then not read).
+__device__ __forceinline__ void copy_async16_or_zero(void* smem, const void* gmem, bool valid) {
+  unsigned s;
+  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0)
+               : "memory");
+}
+
+template <typename T, int MODE, int D>
+__device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T* mask, T* out, float* partial,
+                                     u32* tickets, int nk, int g, i64 keys, int splits, int per_block, i64 q_seq,
+                                     i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
+                                     float scale, float* maps, float* stats) {
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
+  constexpr int row_bytes = D * 2, chunks = row_bytes / 16, tile = DA_STAGE_BYTES / row_bytes;
+  // A warp takes 8 keys of a sub-tile (a slice) and 8 columns-of-8 of the output: D = 64 has 8
+  // slices a sub-tile, D = 128 4, each shared by two warps that score them alike (the mma's are
+  // cheap; registers for all 16 columns-of-8 spilled) and take one half of the columns each.
+  constexpr int slices = tile / 8, halves = (DA_THREADS / 32) / slices;
+  constexpr int steps = D / 16, dim_tiles = D / 8 / halves;
+  static_assert(slices * halves == DA_THREADS / 32 && dim_tiles % 4 == 0, "a warp a slice and half");
+  extern __shared__ uint4 da_shared_chunks[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
+  const int t = threadIdx.x, lane = t & 31, w = t >> 5;
+  const int row = lane >> 2, quad = lane & 3;  // this lane's query head in the group; its key pair
+  const int slice = w % slices, half = w / slices;
+  const int pair = blockIdx.x / splits, split = blockIdx.x % splits;
+  const int seq = pair / nk, kv = pair % nk;
+  const int stage_bytes = da_stage_bytes(g, tile);
+  const i64 map_row = (i64)splits * per_block * tile;  // a head's row of a lead's map
+  const i64 first = (i64)split * per_block * tile;
+  const int subs = (int)min((i64)per_block, (keys - first + tile - 1) / tile);
+  const T* kp = reuse ? nullptr : k + seq * k_seq + kv * k_head;
+  const T* vp = v + seq * v_seq + kv * v_head;
+  float* map = maps == nullptr ? nullptr : maps + (i64)pair * g * map_row;  // this pair's [g][map_row]
+  const bool head = row < g;
+
+  // Keys and values swizzled alike (tile_offset), rows past the keys zero.
+  const auto stage = [&](int sub, int s) {
+    unsigned char* ks = smem + s * stage_bytes;
+    unsigned char* vs = ks + DA_STAGE_BYTES;
+    float* ms = reinterpret_cast<float*>(vs + DA_STAGE_BYTES);
+    const i64 key0 = first + (i64)sub * tile;
+    const int n = (int)min((i64)tile, keys - key0);
+    for (int c = t; c < tile * chunks; c += DA_THREADS) {
+      const int r = c / chunks, col = c % chunks;
+      const i64 at = (key0 + min(r, n - 1)) * D;
+      if (!reuse) copy_async16_or_zero(ks + tile_offset(r, col, row_bytes), kp + at + col * 8, r < n);
+      copy_async16_or_zero(vs + tile_offset(r, col, row_bytes), vp + at + col * 8, r < n);
+    }
+    if (reuse) {
+      constexpr int per_head = tile / 4;  // 16-byte chunks of a head's scores
+      for (int c = t; c < g * per_head; c += DA_THREADS) {
+        const int hh = c / per_head, j = c % per_head;
+        copy_async16(ms + hh * tile + 4 * j, map + hh * map_row + key0 + 4 * j);
+      }
+    }
+    copy_async_commit();
+  };
+  stage(0, 0);
+  // The group's queries, 16-bit pairs [g][D / 2] past the two stages: read as A fragments
+  // (k step s: this lane's row at 16 s + 2 quad + {0, 1} and + 8) at each sub-tile, where
+  // holding them would take D / 8 registers.
+  u32* qs = reinterpret_cast<u32*>(smem + 2 * stage_bytes);
+  if (!reuse) {
+    for (int i = t; i < g * D / 2; i += DA_THREADS) {
+      const int hh = i / (D / 2), c = 2 * (i % (D / 2));
+      const T* qr = q + seq * q_seq + (i64)(kv * g + hh) * q_head;
+      qs[i] = (u32)qr[c].bits | ((u32)qr[c + 1].bits << 16);
+    }
+  }
+  // This lane's row: the running max (a reuse layer's: its lead's), its share of the sum, and
+  // the output at columns 8 j + 2 quad + {0, 1}.
+  float m = neg_inf(), l = 0.0f, inv_sum = 1.0f, acc[dim_tiles][2];
+#pragma unroll
+  for (int j = 0; j < dim_tiles; ++j) acc[j][0] = acc[j][1] = 0.0f;
+  if (reuse && head) {
+    m = stats[((i64)pair * g + row) * 2];
+    inv_sum = 1.0f / stats[((i64)pair * g + row) * 2 + 1];
+  }
+  const int kk = 8 * slice + 2 * quad;  // this lane's two keys of a sub-tile (scores and P)
+#pragma unroll 1
+  for (int sub = 0; sub < subs; ++sub) {
+    const int s = sub & 1;
+    const i64 key0 = first + (i64)sub * tile;
+    const int n = (int)min((i64)tile, keys - key0);
+    float bias[2] = {0.0f, 0.0f};
+    if (!reuse) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        if (kk + j < n) bias[j] = to_float(mask[seq * mask_seq + key0 + kk + j]);
+      }
+    }
+    if (sub + 1 < subs) {
+      stage(sub + 1, s ^ 1);
+      copy_async_wait<1>();
+    } else {
+      copy_async_wait<0>();
+    }
+    __syncthreads();
+    const unsigned char* ks = smem + s * stage_bytes;
+    const unsigned char* vs = ks + DA_STAGE_BYTES;
+    const float* ms = reinterpret_cast<const float*>(vs + DA_STAGE_BYTES);
+    {
+      float p[2];
+      if (reuse) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) p[j] = head && kk + j < n ? expf(ms[row * tile + kk + j] - m) * inv_sum : 0.0f;
+      } else {
+        float sc[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int st = 0; st < steps; ++st) {
+          const int r = 8 * slice + row;
+          const u32 b0 = *reinterpret_cast<const u32*>(ks + tile_offset(r, 2 * st, row_bytes) + 4 * quad);
+          const u32 b1 = *reinterpret_cast<const u32*>(ks + tile_offset(r, 2 * st + 1, row_bytes) + 4 * quad);
+          const u32 a0 = head ? qs[row * (D / 2) + 8 * st + quad] : 0u;
+          const u32 a2 = head ? qs[row * (D / 2) + 8 * st + 4 + quad] : 0u;
+          mma_k16(T{}, sc, a0, a2, b0, b1);
+        }
+        float mx = neg_inf();
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          sc[j] = kk + j < n ? sc[j] * scale + bias[j] : neg_inf();
+          mx = fmaxf(mx, sc[j]);
+        }
+        if (lead && head && half == 0) {
+          *reinterpret_cast<float2*>(map + row * map_row + key0 + kk) = make_float2(sc[0], sc[1]);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float now = fmaxf(m, mx);
+        // Nothing unmasked yet: the probabilities so far are zero, whatever the base.
+        const float base = now == neg_inf() ? 0.0f : now;
+        const float rescale = expf(m - base);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) p[j] = expf(sc[j] - base);
+        l = l * rescale + p[0] + p[1];
+#pragma unroll
+        for (int j = 0; j < dim_tiles; ++j) {
+          acc[j][0] *= rescale;
+          acc[j][1] *= rescale;
+        }
+        m = now;
+      }
+      // P V over this warp's 8 keys and columns: V's tiles of 8 keys x 8 columns, four a load.
+      const u32 p_hi = pack_pair(T{}, p[0], p[1]), p_lo = pack_rest<T>(p[0], p[1]);
+#pragma unroll
+      for (int c4 = 0; c4 < dim_tiles / 4; ++c4) {
+        u32 vb[4];
+        const int col = half * dim_tiles + 4 * c4 + (lane >> 3);
+        load_tiles_transposed(vs + tile_offset(8 * slice + (lane & 7), col, row_bytes), vb);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          mma_k8(T{}, acc[4 * c4 + j], p_hi, vb[j]);
+          mma_k8(T{}, acc[4 * c4 + j], p_lo, vb[j]);
+        }
+      }
+    }
+    // The next stage's copies go into the buffers this one read.
+    __syncthreads();
+  }
+  // The warps' sums, [slice][g][D + 2] (sums, max, sum) in the stages' memory, combined by warp
+  // h for head h into the form da_finish takes.
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  constexpr int stride = D + 2;
+  float* sums = reinterpret_cast<float*>(smem);
+  if (head) {
+    float* mine = sums + (slice * g + row) * stride;
+#pragma unroll
+    for (int j = 0; j < dim_tiles; ++j) {
+      mine[8 * (half * dim_tiles + j) + 2 * quad] = acc[j][0];
+      mine[8 * (half * dim_tiles + j) + 2 * quad + 1] = acc[j][1];
+    }
+    if (half == 0 && quad == 0) {
+      mine[D] = m;
+      mine[D + 1] = l;
+    }
+  }
+  __syncthreads();
+  constexpr int lane_dims = D / 32;
+  float o[lane_dims], m_all = neg_inf(), l_all = 0.0f;
+#pragma unroll
+  for (int e = 0; e < lane_dims; ++e) o[e] = 0.0f;
+  if (w < g) {
+    for (int x = 0; x < slices; ++x) m_all = fmaxf(m_all, sums[(x * g + w) * stride + D]);
+    for (int x = 0; x < slices; ++x) {
+      const float* theirs = sums + (x * g + w) * stride;
+      const float mx = theirs[D];
+      const float weight = reuse ? 1.0f : (mx == neg_inf() ? 0.0f : expf(mx - m_all));
+      l_all += weight * theirs[D + 1];
+#pragma unroll
+      for (int e = 0; e < lane_dims; ++e) o[e] = fmaf(weight, theirs[lane * lane_dims + e], o[e]);
+    }
+  }
+  // da_finish may reuse the memory just read.
+  __syncthreads();
+  da_finish<T, MODE, lane_dims>(o, m_all, l_all, out, partial, tickets, nk, g, splits, smem, stats);
+}
+#endif
 
 // Dispatches on the row's bytes (the caller checks they are 128, 256 or 512).
 template <typename T, int MODE>
@@ -1222,6 +1516,21 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   decode_attention_rows<T, MODE, BYTES>(q, k, v, mask, out, partial, tickets, nk, g, keys, splits, per_block, \
                                         q_seq, q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps,   \
                                         stats)
+#if __CUDA_ARCH__ >= 800
+  // 16-bit rows of 64 and 128 on tensor cores; only 512-byte rows (D = 256) on CUDA cores.
+  if constexpr (sizeof(T) == 2) {
+#define DA_MMA(D)                                                                                            \
+  decode_attention_mma<T, MODE, D>(q, k, v, mask, out, partial, tickets, nk, g, keys, splits, per_block, q_seq,  \
+                                   q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, stats)
+    switch (d) {
+      case 64: DA_MMA(64); break;
+      case 128: DA_MMA(128); break;
+      default: DA_ROWS(512); break;
+    }
+#undef DA_MMA
+    return;
+  }
+#endif
   switch (d * (int)sizeof(T)) {
     case 128: DA_ROWS(128); break;
     case 256: DA_ROWS(256); break;

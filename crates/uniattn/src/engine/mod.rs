@@ -265,10 +265,14 @@ impl Engine {
         let mut h = self.stem.embed(ids);
         let mut lead = None;
         // What a lead whose reuse layers take its attention hands over: a decode step of many
-        // sequences the (small) map; a prefill chunk, or a decode step of few, its queries and keys.
+        // sequences the (small) map; a prefill chunk, or a decode step of few, its queries and
+        // keys; a decode step the decode attention kernel runs, the map in its pieces.
         let (n, q) = (ids.size()[0], ids.size()[1]);
+        let c = &self.stem.cfg;
+        let shape = [n, c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64, k_len];
+        let kernel_maps = kernels::lead_maps_apply(self.stem.kind, self.stem.device, shape);
         let lead_hands = (self.stem.plan.reuse.spec().lead_hands == LeadHandover::Probs).then(|| {
-            if q == 1 && self.hands_map(n) {
+            if q == 1 && self.hands_map(n) && !kernel_maps {
                 Want::Probs
             } else {
                 Want::Attention
