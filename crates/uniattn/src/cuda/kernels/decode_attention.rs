@@ -30,8 +30,9 @@ thread_local! {
 
 /// The (sequence, kv head) pairs up to which the kernel runs: `UNIATTN_DECODE_ATTENTION`
 /// (e.g. 16: batch 8 of two kv heads). Off (0) by default: on an H200 every form so far was
-/// correct but slower than cuDNN's two kernels (8.9 us a layer at batch 1, 2k); this one costs a
-/// step ~4 us a layer more there and ~9 at 8k (docs/benchmarks.md, 2026-12-01).
+/// correct but slower than cuDNN's kernels: ~4 us a layer more at batch 1, 2k and ~9 at 8k; at
+/// batch 32, 8k the tensor-core form (16-bit rows) 65 us a layer against 39
+/// (docs/benchmarks.md, 2026-12-01).
 pub fn decode_attention_pairs() -> i64 {
     static PAIRS: OnceLock<i64> = OnceLock::new();
     PAIRS_HERE.with(Cell::get).unwrap_or_else(|| {
