@@ -965,6 +965,83 @@ __device__ __forceinline__ int da_stage_bytes(int g, int tile) {
   return 2 * DA_STAGE_BYTES + g * tile * 4;
 }
 
+// What one block of the decode attention kernel works on, the same for both forms: its
+// (sequence, kv head) pair, its run of `subs` sub-tiles of `tile` keys from key `first`, that
+// pair's keys (none for a reuse layer), values and [g][map_row] rows of a lead's map, and where
+// stage `s` of the block's shared memory keeps a sub-tile's keys, values and map rows.
+template <typename T>
+struct DaBlock {
+  int pair, seq, kv, subs, stage_bytes, tile;
+  i64 first, map_row, keys;
+  const T* k;
+  const T* v;
+  float* map;
+  __device__ DaBlock(const T* keys_all, const T* values_all, float* maps, int nk, int g, i64 all_keys, int splits,
+                     int per_block, int tile_keys, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head) {
+    tile = tile_keys;
+    keys = all_keys;
+    pair = blockIdx.x / splits;
+    seq = pair / nk;
+    kv = pair % nk;
+    stage_bytes = da_stage_bytes(g, tile);
+    map_row = (i64)splits * per_block * tile;
+    first = (i64)(blockIdx.x % splits) * per_block * tile;
+    subs = (int)min((i64)per_block, (all_keys - first + tile - 1) / tile);
+    k = keys_all == nullptr ? nullptr : keys_all + seq * k_seq + kv * k_head;
+    v = values_all + seq * v_seq + kv * v_head;
+    map = maps == nullptr ? nullptr : maps + (i64)pair * g * map_row;
+  }
+  // Sub-tile `sub`'s first key, and its keys (`tile`, or fewer at the end).
+  __device__ i64 key0(int sub) const { return first + (i64)sub * tile; }
+  __device__ int rows(int sub) const { return (int)min((i64)tile, keys - key0(sub)); }
+  __device__ unsigned char* keys_of(unsigned char* smem, int s) const { return smem + s * stage_bytes; }
+  __device__ unsigned char* values_of(unsigned char* smem, int s) const {
+    return keys_of(smem, s) + DA_STAGE_BYTES;
+  }
+  __device__ float* map_of(unsigned char* smem, int s) const {
+    return reinterpret_cast<float*>(values_of(smem, s) + DA_STAGE_BYTES);
+  }
+};
+
+// Starts staging sub-tile `sub + 1` (`stage(sub, buffer)`, into the buffer the last sub-tile
+// read) and waits until sub-tile `sub` is in shared memory for every thread of the block.
+template <typename Stage>
+__device__ __forceinline__ void next_stage(const Stage& stage, int sub, int subs) {
+  if (sub + 1 < subs) {
+    stage(sub + 1, (sub + 1) & 1);
+    copy_async_wait<1>();
+  } else {
+    copy_async_wait<0>();
+  }
+  __syncthreads();
+}
+
+// A reuse layer's share of a sub-tile's map: each of the g heads' `tile` scores from its row of
+// the lead's map (`map_row` floats a head) into `ms` ([g][tile]), by cp.async.
+__device__ __forceinline__ void stage_lead_map(float* ms, const float* map, i64 map_row, i64 key0, int g,
+                                               int tile) {
+  const int per_head = tile / 4;  // 16-byte chunks of a head's scores
+  for (int c = threadIdx.x; c < g * per_head; c += DA_THREADS) {
+    const int hh = c / per_head, j = c % per_head;
+    copy_async16(ms + hh * tile + 4 * j, map + hh * map_row + key0 + 4 * j);
+  }
+}
+
+// One step of an online softmax over a lane's two scores `sc`, `mx` their row's max over the
+// step: sets their probabilities `p` against the new running max `m`, adds them to this lane's
+// share of the sum `l`, and returns the factor for the sums so far.
+__device__ __forceinline__ float online_softmax(float& m, float& l, float mx, const float (&sc)[2], float (&p)[2]) {
+  const float now = fmaxf(m, mx);
+  // Nothing unmasked yet: the probabilities so far are zero, whatever the base.
+  const float base = now == neg_inf() ? 0.0f : now;
+  const float rescale = expf(m - base);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) p[j] = expf(sc[j] - base);
+  l = l * rescale + p[0] + p[1];
+  m = now;
+  return rescale;
+}
+
 // `LANE` elements of T from `p` (4, 8 or 16 bytes, as aligned) as floats: one load.
 template <typename T, int LANE>
 __device__ __forceinline__ void load_lane(const T* p, float (&out)[LANE]) {
@@ -1092,37 +1169,26 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
   extern __shared__ uint4 da_shared_chunks[];  // uint4: 16-byte aligned
   unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
   const int t = threadIdx.x, lane = t & 31, h = t >> 5;  // warp h: query head kv * g + h
-  const int pair = blockIdx.x / splits, split = blockIdx.x % splits;
-  const int seq = pair / nk, kv = pair % nk;
-  const int stage_bytes = da_stage_bytes(g, tile);
-  float* qs = reinterpret_cast<float*>(smem + 2 * stage_bytes);  // [g][d]
-  const i64 row = (i64)splits * per_block * tile;                 // a head's row of a lead's map
-  const i64 first = (i64)split * per_block * tile;
-  const int subs = (int)min((i64)per_block, (keys - first + tile - 1) / tile);
-  const T* kp = reuse ? nullptr : k + seq * k_seq + kv * k_head;
-  const T* vp = v + seq * v_seq + kv * v_head;
-  float* map = maps == nullptr ? nullptr : maps + (i64)pair * g * row;  // this pair's [g][row]
+  const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, k_seq, k_head, v_seq, v_head);
+  const int pair = b.pair, seq = b.seq, kv = b.kv, subs = b.subs;
+  const i64 row = b.map_row;  // a head's row of a lead's map
+  float* map = b.map;
+  float* qs = reinterpret_cast<float*>(smem + 2 * b.stage_bytes);  // [g][d]
 
   const auto stage = [&](int sub, int s) {
-    unsigned char* ks = smem + s * stage_bytes;
-    unsigned char* vs = ks + DA_STAGE_BYTES;
-    float* ms = reinterpret_cast<float*>(vs + DA_STAGE_BYTES);
-    const i64 key0 = first + (i64)sub * tile;
-    const int n = (int)min((i64)tile, keys - key0);
+    unsigned char* ks = b.keys_of(smem, s);
+    unsigned char* vs = b.values_of(smem, s);
+    float* ms = b.map_of(smem, s);
+    const i64 key0 = b.key0(sub);
+    const int n = b.rows(sub);
     for (int c = t; c < n * chunks; c += DA_THREADS) {
       const int r = c / chunks, col = c % chunks;
       if (!reuse) {
-        copy_async16(ks + tile_offset(r, col, row_bytes), reinterpret_cast<const unsigned char*>(kp + (key0 + r) * d) + col * 16);
+        copy_async16(ks + tile_offset(r, col, row_bytes), reinterpret_cast<const unsigned char*>(b.k + (key0 + r) * d) + col * 16);
       }
-      copy_async16(vs + c * 16, reinterpret_cast<const unsigned char*>(vp + key0 * d) + (i64)c * 16);
+      copy_async16(vs + c * 16, reinterpret_cast<const unsigned char*>(b.v + key0 * d) + (i64)c * 16);
     }
-    if (reuse) {
-      const int per_head = tile / 4;  // 16-byte chunks of a head's scores
-      for (int c = t; c < g * per_head; c += DA_THREADS) {
-        const int hh = c / per_head, j = c % per_head;
-        copy_async16(ms + hh * tile + 4 * j, map + hh * row + key0 + 4 * j);
-      }
-    }
+    if (reuse) stage_lead_map(ms, map, row, key0, g, tile);
     copy_async_commit();
   };
   stage(0, 0);
@@ -1143,18 +1209,12 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
 #pragma unroll 1
   for (int sub = 0; sub < subs; ++sub) {
     const int s = sub & 1;
-    if (sub + 1 < subs) {
-      stage(sub + 1, s ^ 1);
-      copy_async_wait<1>();
-    } else {
-      copy_async_wait<0>();
-    }
-    __syncthreads();
-    const unsigned char* ks = smem + s * stage_bytes;
-    const unsigned char* vs = ks + DA_STAGE_BYTES;
-    const float* ms = reinterpret_cast<const float*>(vs + DA_STAGE_BYTES);
-    const i64 key0 = first + (i64)sub * tile;
-    const int n = (int)min((i64)tile, keys - key0);
+    next_stage(stage, sub, subs);
+    const unsigned char* ks = b.keys_of(smem, s);
+    const unsigned char* vs = b.values_of(smem, s);
+    const float* ms = b.map_of(smem, s);
+    const i64 key0 = b.key0(sub);
+    const int n = b.rows(sub);
     if (h < g) {
       // This lane's keys: lane and lane + 32 (a sub-tile has at most 64).
       float p[2];
@@ -1198,16 +1258,9 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
           mx = fmaxf(mx, sc[j]);
         }
         for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        const float now = fmaxf(m, mx);
-        // Nothing unmasked yet: the probabilities so far are zero, whatever the base.
-        const float base = now == neg_inf() ? 0.0f : now;
-        const float rescale = expf(m - base);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) p[j] = expf(sc[j] - base);
-        l = l * rescale + p[0] + p[1];
+        const float rescale = online_softmax(m, l, mx, sc, p);
 #pragma unroll
         for (int e = 0; e < lane_dims; ++e) acc[e] *= rescale;
-        m = now;
       }
       // P V: row r's probability from the lane that holds it (rows 0-31 from p[0], 32-63 from
       // p[1]), times this lane's elements, one load a row.
@@ -1331,44 +1384,33 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
   const int t = threadIdx.x, lane = t & 31, w = t >> 5;
   const int row = lane >> 2, quad = lane & 3;  // this lane's query head in the group; its key pair
   const int slice = w % slices, half = w / slices;
-  const int pair = blockIdx.x / splits, split = blockIdx.x % splits;
-  const int seq = pair / nk, kv = pair % nk;
-  const int stage_bytes = da_stage_bytes(g, tile);
-  const i64 map_row = (i64)splits * per_block * tile;  // a head's row of a lead's map
-  const i64 first = (i64)split * per_block * tile;
-  const int subs = (int)min((i64)per_block, (keys - first + tile - 1) / tile);
-  const T* kp = reuse ? nullptr : k + seq * k_seq + kv * k_head;
-  const T* vp = v + seq * v_seq + kv * v_head;
-  float* map = maps == nullptr ? nullptr : maps + (i64)pair * g * map_row;  // this pair's [g][map_row]
+  const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, k_seq, k_head, v_seq, v_head);
+  const int pair = b.pair, seq = b.seq, kv = b.kv, subs = b.subs;
+  const i64 map_row = b.map_row;  // a head's row of a lead's map
+  float* map = b.map;
   const bool head = row < g;
 
   // Keys and values swizzled alike (tile_offset), rows past the keys zero.
   const auto stage = [&](int sub, int s) {
-    unsigned char* ks = smem + s * stage_bytes;
-    unsigned char* vs = ks + DA_STAGE_BYTES;
-    float* ms = reinterpret_cast<float*>(vs + DA_STAGE_BYTES);
-    const i64 key0 = first + (i64)sub * tile;
-    const int n = (int)min((i64)tile, keys - key0);
+    unsigned char* ks = b.keys_of(smem, s);
+    unsigned char* vs = b.values_of(smem, s);
+    float* ms = b.map_of(smem, s);
+    const i64 key0 = b.key0(sub);
+    const int n = b.rows(sub);
     for (int c = t; c < tile * chunks; c += DA_THREADS) {
       const int r = c / chunks, col = c % chunks;
       const i64 at = (key0 + min(r, n - 1)) * D;
-      if (!reuse) copy_async16_or_zero(ks + tile_offset(r, col, row_bytes), kp + at + col * 8, r < n);
-      copy_async16_or_zero(vs + tile_offset(r, col, row_bytes), vp + at + col * 8, r < n);
+      if (!reuse) copy_async16_or_zero(ks + tile_offset(r, col, row_bytes), b.k + at + col * 8, r < n);
+      copy_async16_or_zero(vs + tile_offset(r, col, row_bytes), b.v + at + col * 8, r < n);
     }
-    if (reuse) {
-      constexpr int per_head = tile / 4;  // 16-byte chunks of a head's scores
-      for (int c = t; c < g * per_head; c += DA_THREADS) {
-        const int hh = c / per_head, j = c % per_head;
-        copy_async16(ms + hh * tile + 4 * j, map + hh * map_row + key0 + 4 * j);
-      }
-    }
+    if (reuse) stage_lead_map(ms, map, map_row, key0, g, tile);
     copy_async_commit();
   };
   stage(0, 0);
   // The group's queries, 16-bit pairs [g][D / 2] past the two stages: read as A fragments
   // (k step s: this lane's row at 16 s + 2 quad + {0, 1} and + 8) at each sub-tile, where
   // holding them would take D / 8 registers.
-  u32* qs = reinterpret_cast<u32*>(smem + 2 * stage_bytes);
+  u32* qs = reinterpret_cast<u32*>(smem + 2 * b.stage_bytes);
   if (!reuse) {
     for (int i = t; i < g * D / 2; i += DA_THREADS) {
       const int hh = i / (D / 2), c = 2 * (i % (D / 2));
@@ -1389,8 +1431,8 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
 #pragma unroll 1
   for (int sub = 0; sub < subs; ++sub) {
     const int s = sub & 1;
-    const i64 key0 = first + (i64)sub * tile;
-    const int n = (int)min((i64)tile, keys - key0);
+    const i64 key0 = b.key0(sub);
+    const int n = b.rows(sub);
     float bias[2] = {0.0f, 0.0f};
     if (!reuse) {
 #pragma unroll
@@ -1398,16 +1440,10 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
         if (kk + j < n) bias[j] = to_float(mask[seq * mask_seq + key0 + kk + j]);
       }
     }
-    if (sub + 1 < subs) {
-      stage(sub + 1, s ^ 1);
-      copy_async_wait<1>();
-    } else {
-      copy_async_wait<0>();
-    }
-    __syncthreads();
-    const unsigned char* ks = smem + s * stage_bytes;
-    const unsigned char* vs = ks + DA_STAGE_BYTES;
-    const float* ms = reinterpret_cast<const float*>(vs + DA_STAGE_BYTES);
+    next_stage(stage, sub, subs);
+    const unsigned char* ks = b.keys_of(smem, s);
+    const unsigned char* vs = b.values_of(smem, s);
+    const float* ms = b.map_of(smem, s);
     {
       float p[2];
       if (reuse) {
@@ -1435,19 +1471,12 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float now = fmaxf(m, mx);
-        // Nothing unmasked yet: the probabilities so far are zero, whatever the base.
-        const float base = now == neg_inf() ? 0.0f : now;
-        const float rescale = expf(m - base);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) p[j] = expf(sc[j] - base);
-        l = l * rescale + p[0] + p[1];
+        const float rescale = online_softmax(m, l, mx, sc, p);
 #pragma unroll
         for (int j = 0; j < dim_tiles; ++j) {
           acc[j][0] *= rescale;
           acc[j][1] *= rescale;
         }
-        m = now;
       }
       // P V over this warp's 8 keys and columns: V's tiles of 8 keys x 8 columns, four a load.
       const u32 p_hi = pack_pair(T{}, p[0], p[1]), p_lo = pack_rest<T>(p[0], p[1]);
