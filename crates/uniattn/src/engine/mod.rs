@@ -229,11 +229,8 @@ impl Engine {
     /// lead's keys and values again, and where reuse layers read their lead's keys (small
     /// batches, unless the decode attention kernel hands the map over in pieces).
     pub fn cache_read_bytes_per_token(&self, batch: usize, keys: usize) -> usize {
-        let c = &self.stem.cfg;
         let (n, keys) = (batch as i64, self.key_bucket(keys as i64));
-        let shape = [n, c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64, keys];
-        let hands_map =
-            self.hands_map(n) || kernels::lead_maps_apply(self.stem.kind, self.stem.device, shape);
+        let hands_map = self.hands_map(n) || self.kernel_hands_map(n, keys);
         self.layers.iter().enumerate().map(|(i, l)| self.cache.entry_bytes(i, l.cache_read(hands_map))).sum()
     }
 
@@ -241,6 +238,14 @@ impl Engine {
     /// over (see [`MAPS_FOR_PROBS`]).
     fn hands_map(&self, batch: i64) -> bool {
         batch * self.stem.cfg.num_kv_heads as i64 >= self.maps_for_probs
+    }
+
+    /// Whether a decode step of `batch` sequences over `keys` keys runs the decode attention
+    /// kernel, whose leads hand their map over in the kernel's pieces.
+    fn kernel_hands_map(&self, batch: i64, keys: i64) -> bool {
+        let c = &self.stem.cfg;
+        let shape = [batch, c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64, keys];
+        kernels::lead_maps_apply(self.stem.kind, self.stem.device, shape)
     }
 
     /// Sets the map count from which leads hand their map over in decode (tests run both forms).
@@ -268,11 +273,8 @@ impl Engine {
         // sequences the (small) map; a prefill chunk, or a decode step of few, its queries and
         // keys; a decode step the decode attention kernel runs, the map in its pieces.
         let (n, q) = (ids.size()[0], ids.size()[1]);
-        let c = &self.stem.cfg;
-        let shape = [n, c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64, k_len];
-        let kernel_maps = kernels::lead_maps_apply(self.stem.kind, self.stem.device, shape);
         let lead_hands = (self.stem.plan.reuse.spec().lead_hands == LeadHandover::Probs).then(|| {
-            if q == 1 && self.hands_map(n) && !kernel_maps {
+            if q == 1 && self.hands_map(n) && !self.kernel_hands_map(n, k_len) {
                 Want::Probs
             } else {
                 Want::Attention
