@@ -960,46 +960,50 @@ __device__ __forceinline__ int tile_offset(int r, int col, int row_bytes) {
   return r * row_bytes + ((col ^ (r & 7)) << 4);
 }
 
-// Bytes of one stage: a sub-tile's keys, its values, and (reuse) its rows of the lead's map.
-__device__ __forceinline__ int da_stage_bytes(int g, int tile) {
-  return 2 * DA_STAGE_BYTES + g * tile * 4;
+// Bytes of one stage: a sub-tile's keys (`tile_bytes`), its values, and (reuse) its g rows of the
+// lead's map, `map_stride` floats apart.
+__device__ __forceinline__ int da_stage_bytes(int g, int tile_bytes, int map_stride) {
+  return 2 * tile_bytes + g * map_stride * 4;
 }
 
 // What one block of the decode attention kernel works on, the same for both forms: its
 // (sequence, kv head) pair, its run of `subs` sub-tiles of `tile` keys from key `first`, that
 // pair's keys (none for a reuse layer), values and [g][map_row] rows of a lead's map, and where
-// stage `s` of the block's shared memory keeps a sub-tile's keys, values and map rows.
+// stage `s` of the block's shared memory keeps a sub-tile's keys and values (`tile_bytes` each)
+// and map rows.
 template <typename T>
 struct DaBlock {
-  int pair, seq, kv, subs, stage_bytes, tile;
-  i64 first, map_row, keys;
+  // Unsigned, as in da_finish: the compiler keeps what both compute alive between them, and an
+  // unsigned index widens to 64 bits with no register for its sign.
+  unsigned pair, seq, kv;
+  int subs, stage_bytes, tile, tile_bytes, block_keys;
+  i64 first, map_row;
   const T* k;
   const T* v;
   float* map;
   __device__ DaBlock(const T* keys_all, const T* values_all, float* maps, int nk, int g, i64 all_keys, int splits,
-                     int per_block, int tile_keys, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head) {
+                     int per_block, int tile_keys, int row_bytes, int map_stride, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head) {
     tile = tile_keys;
-    keys = all_keys;
-    pair = blockIdx.x / splits;
-    seq = pair / nk;
-    kv = pair % nk;
-    stage_bytes = da_stage_bytes(g, tile);
+    pair = blockIdx.x / (unsigned)splits;
+    seq = pair / (unsigned)nk;
+    kv = pair % (unsigned)nk;
+    tile_bytes = tile * row_bytes;
+    stage_bytes = da_stage_bytes(g, tile_bytes, map_stride);
     map_row = (i64)splits * per_block * tile;
     first = (i64)(blockIdx.x % splits) * per_block * tile;
-    subs = (int)min((i64)per_block, (all_keys - first + tile - 1) / tile);
+    block_keys = (int)min((i64)per_block * tile, all_keys - first);
+    subs = (block_keys + tile - 1) / tile;
     k = keys_all == nullptr ? nullptr : keys_all + seq * k_seq + kv * k_head;
     v = values_all + seq * v_seq + kv * v_head;
     map = maps == nullptr ? nullptr : maps + (i64)pair * g * map_row;
   }
   // Sub-tile `sub`'s first key, and its keys (`tile`, or fewer at the end).
   __device__ i64 key0(int sub) const { return first + (i64)sub * tile; }
-  __device__ int rows(int sub) const { return (int)min((i64)tile, keys - key0(sub)); }
+  __device__ int rows(int sub) const { return min(tile, block_keys - sub * tile); }
   __device__ unsigned char* keys_of(unsigned char* smem, int s) const { return smem + s * stage_bytes; }
-  __device__ unsigned char* values_of(unsigned char* smem, int s) const {
-    return keys_of(smem, s) + DA_STAGE_BYTES;
-  }
+  __device__ unsigned char* values_of(unsigned char* smem, int s) const { return keys_of(smem, s) + tile_bytes; }
   __device__ float* map_of(unsigned char* smem, int s) const {
-    return reinterpret_cast<float*>(values_of(smem, s) + DA_STAGE_BYTES);
+    return reinterpret_cast<float*>(values_of(smem, s) + tile_bytes);
   }
 };
 
@@ -1017,27 +1021,31 @@ __device__ __forceinline__ void next_stage(const Stage& stage, int sub, int subs
 }
 
 // A reuse layer's share of a sub-tile's map: each of the g heads' `tile` scores from its row of
-// the lead's map (`map_row` floats a head) into `ms` ([g][tile]), by cp.async.
+// the lead's map (`map_row` floats a head) into `ms` ([g][stride]), by cp.async.
 __device__ __forceinline__ void stage_lead_map(float* ms, const float* map, i64 map_row, i64 key0, int g,
-                                               int tile) {
+                                               int tile, int stride) {
   const int per_head = tile / 4;  // 16-byte chunks of a head's scores
   for (int c = threadIdx.x; c < g * per_head; c += DA_THREADS) {
     const int hh = c / per_head, j = c % per_head;
-    copy_async16(ms + hh * tile + 4 * j, map + hh * map_row + key0 + 4 * j);
+    copy_async16(ms + hh * stride + 4 * j, map + hh * map_row + key0 + 4 * j);
   }
 }
 
-// One step of an online softmax over a lane's two scores `sc`, `mx` their row's max over the
+// One step of an online softmax over a lane's N scores `sc`, `mx` their row's max over the
 // step: sets their probabilities `p` against the new running max `m`, adds them to this lane's
 // share of the sum `l`, and returns the factor for the sums so far.
-__device__ __forceinline__ float online_softmax(float& m, float& l, float mx, const float (&sc)[2], float (&p)[2]) {
+template <int N>
+__device__ __forceinline__ float online_softmax(float& m, float& l, float mx, const float (&sc)[N], float (&p)[N]) {
   const float now = fmaxf(m, mx);
   // Nothing unmasked yet: the probabilities so far are zero, whatever the base.
   const float base = now == neg_inf() ? 0.0f : now;
   const float rescale = expf(m - base);
+  l *= rescale;
 #pragma unroll
-  for (int j = 0; j < 2; ++j) p[j] = expf(sc[j] - base);
-  l = l * rescale + p[0] + p[1];
+  for (int j = 0; j < N; ++j) {
+    p[j] = expf(sc[j] - base);
+    l += p[j];
+  }
   m = now;
   return rescale;
 }
@@ -1072,8 +1080,8 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
   constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
   constexpr int lane_dims = LANE_DIMS, d = 32 * LANE_DIMS;
   const int t = threadIdx.x, lane = t & 31, h = t >> 5;
-  const int pair = blockIdx.x / splits;
-  const int seq = pair / nk, kv = pair % nk;
+  const unsigned pair = blockIdx.x / (unsigned)splits;
+  const unsigned seq = pair / (unsigned)nk, kv = pair % (unsigned)nk;
   T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d + (i64)h * d + lane * lane_dims;
   if (splits == 1) {
     if (h < g) {
@@ -1169,8 +1177,10 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
   extern __shared__ uint4 da_shared_chunks[];  // uint4: 16-byte aligned
   unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
   const int t = threadIdx.x, lane = t & 31, h = t >> 5;  // warp h: query head kv * g + h
-  const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, k_seq, k_head, v_seq, v_head);
-  const int pair = b.pair, seq = b.seq, kv = b.kv, subs = b.subs;
+  const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, row_bytes, tile, k_seq,
+                     k_head, v_seq, v_head);
+  const unsigned pair = b.pair, seq = b.seq, kv = b.kv;
+  const int subs = b.subs;
   const i64 row = b.map_row;  // a head's row of a lead's map
   float* map = b.map;
   float* qs = reinterpret_cast<float*>(smem + 2 * b.stage_bytes);  // [g][d]
@@ -1188,7 +1198,7 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
       }
       copy_async16(vs + c * 16, reinterpret_cast<const unsigned char*>(b.v + key0 * d) + (i64)c * 16);
     }
-    if (reuse) stage_lead_map(ms, map, row, key0, g, tile);
+    if (reuse) stage_lead_map(ms, map, row, key0, g, tile, tile);
     copy_async_commit();
   };
   stage(0, 0);
@@ -1289,21 +1299,29 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
 // several query heads: Qwen2.5's 7 make a key 896 multiply-adds for 256 bytes, and at batch 32 /
 // 8k it took 225 us a layer where cuDNN takes ~39 (ncu, 2026-12-01). Here the group's query
 // heads are the rows of `mma`'s A operand (rows g..15 zero: g <= 8, so rows 8-15 never hold a
-// head and their halves of each fragment are constant zeros), and each warp takes its own 8 keys
-// of every staged sub-tile: scores S = Q K^T by m16n8k16 (K read from shared memory as the B
-// operand), an online softmax over the warp's keys, and O += P V by m16n8k8, whose A fragment is
-// the score accumulator's layout (a lane holds its row's probabilities for the keys it scored)
-// and whose B fragments are V read transposed by `ldmatrix`. P goes in as two 16-bit parts
-// (its rounding and the rest), so P V keeps ~16 bits of each probability as the f32 form does
-// (within 1e-5 of the sum of the terms). The warps' sums are combined in shared memory, then
-// across blocks as above (da_finish).
+// head and their halves of each fragment are constant zeros), and each warp takes its own 16
+// keys of every staged sub-tile (DA_MMA_TILE_BYTES of keys): scores S = Q K^T by m16n8k16 for
+// its two 8-key halves (K read from shared memory as the B operand), an online softmax over the
+// warp's keys, and O += P V by m16n8k16 again, whose A fragment is the two score accumulators'
+// layout (a lane holds its row's probabilities for the keys it scored) and whose B fragments are
+// V read transposed by `ldmatrix`. P goes in as two 16-bit parts (its rounding and the rest), so
+// P V keeps ~16 bits of each probability as the f32 form does (within 1e-5 of the sum of the
+// terms). The warps' sums are combined in shared memory, then across blocks as above
+// (da_finish). 16 keys a warp, not 8: at 8 the softmax's bookkeeping, the conversions and the
+// barriers were paid every 8 keys, and the kernel issued ~420 instructions a warp a sub-tile at
+// ~8 cycles each with 16 KB in flight a block: 2.1 TB/s (ncu, batch 32 / 8k, 2026-12-01).
 #if __CUDA_ARCH__ >= 800
-// Two floats as one register of 16-bit T (the first in the low half).
+#define DA_MMA_TILE_BYTES 16384
+// Two floats as one register of 16-bit T (the first in the low half), rounded to nearest even.
 __device__ __forceinline__ u32 pack_pair(bf16, float a, float b) {
-  return (u32)from_float<bf16>(a).bits | ((u32)from_float<bf16>(b).bits << 16);
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+  return r;
 }
 __device__ __forceinline__ u32 pack_pair(f16, float a, float b) {
-  return (u32)from_float<f16>(a).bits | ((u32)from_float<f16>(b).bits << 16);
+  u32 r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+  return r;
 }
 // The part of (a, b) that pack_pair drops.
 template <typename T>
@@ -1320,14 +1338,9 @@ __device__ __forceinline__ u32 pack_rest(float a, float b) {
                ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%10,%11};"                                \
                : "+f"(d[0]), "+f"(d[1]), "=f"(unused[0]), "=f"(unused[1])                                  \
                : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f), "f"(0.0f))
-#define DA_MMA_K8(TYPE)                                                                                    \
-  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32." TYPE "." TYPE                                       \
-               ".f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%7,%8};"                                          \
-               : "+f"(d[0]), "+f"(d[1]), "=f"(unused[0]), "=f"(unused[1])                                  \
-               : "r"(a0), "r"(0u), "r"(b0), "f"(0.0f), "f"(0.0f))
-// d (row `lane / 4` of a 16 x 8 tile, columns 2 (lane % 4) and + 1) += a b over 16 (k16) or 8
-// (k8) of k, A's rows 8-15 zero: a0 / a2 hold A's row `lane / 4` at k 2 (lane % 4) + {0, 1}
-// and + 8; b0 / b1 B's column `lane / 4` at the same k.
+// d (row `lane / 4` of a 16 x 8 tile, columns 2 (lane % 4) and + 1) += a b over 16 of k, A's
+// rows 8-15 zero: a0 / a2 hold A's row `lane / 4` at k 2 (lane % 4) + {0, 1} and + 8; b0 / b1
+// B's column `lane / 4` at the same k.
 __device__ __forceinline__ void mma_k16(bf16, float (&d)[2], u32 a0, u32 a2, u32 b0, u32 b1) {
   float unused[2];
   DA_MMA_K16("bf16");
@@ -1336,32 +1349,37 @@ __device__ __forceinline__ void mma_k16(f16, float (&d)[2], u32 a0, u32 a2, u32 
   float unused[2];
   DA_MMA_K16("f16");
 }
-__device__ __forceinline__ void mma_k8(bf16, float (&d)[2], u32 a0, u32 b0) {
-  float unused[2];
-  DA_MMA_K8("bf16");
-}
-__device__ __forceinline__ void mma_k8(f16, float (&d)[2], u32 a0, u32 b0) {
-  float unused[2];
-  DA_MMA_K8("f16");
-}
 #undef DA_MMA_K16
-#undef DA_MMA_K8
 
-// Four 8 x 8 tiles of 16-bit elements from shared memory, transposed: lanes 8j .. 8j + 7 give
-// the addresses of tile j's rows; this lane gets tile j's column `lane / 4` at rows 2 (lane % 4)
-// and + 1.
-__device__ __forceinline__ void load_tiles_transposed(const void* row, u32 (&out)[4]) {
-  unsigned s;
-  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
-               : "r"(s));
+// Four 8 x 8 tiles of 16-bit elements from shared memory: lanes 8j .. 8j + 7 give the
+// addresses of tile j's rows (16 bytes each); this lane gets tile j's row `lane / 4` at columns
+// 2 (lane % 4) and + 1, or `transposed`, its column `lane / 4` at rows 2 (lane % 4) and + 1.
+// `row` is a shared-memory address (shared_address).
+template <bool transposed>
+__device__ __forceinline__ void load_tiles(unsigned row, u32 (&out)[4]) {
+  const unsigned s = row;
+  if constexpr (transposed) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
+                 : "r"(s));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
+                 : "r"(s));
+  }
 }
 
-// copy_async16, or 16 zero bytes where `valid` is false (`gmem` is then not read).
-__device__ __forceinline__ void copy_async16_or_zero(void* smem, const void* gmem, bool valid) {
+// The 32-bit shared-memory address of `p`: offsets from it are 32-bit arithmetic where a
+// generic pointer's are 64-bit (the tensor-core form's registers are counted).
+__device__ __forceinline__ unsigned shared_address(const void* p) {
   unsigned s;
-  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(smem));
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(p));
+  return s;
+}
+
+// copy_async16 to shared-memory address `s`, or 16 zero bytes where `valid` is false (`gmem` is
+// then not read).
+__device__ __forceinline__ void copy_async16_or_zero(unsigned s, const void* gmem, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0)
                : "memory");
 }
@@ -1372,50 +1390,60 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
                                      i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
                                      float scale, float* maps, float* stats) {
   constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
-  constexpr int row_bytes = D * 2, chunks = row_bytes / 16, tile = DA_STAGE_BYTES / row_bytes;
-  // A warp takes 8 keys of a sub-tile (a slice) and 8 columns-of-8 of the output: D = 64 has 8
+  constexpr int row_bytes = D * 2, chunks = row_bytes / 16, tile = DA_MMA_TILE_BYTES / row_bytes;
+  // A warp takes 16 keys of a sub-tile (a slice) and 8 columns-of-8 of the output: D = 64 has 8
   // slices a sub-tile, D = 128 4, each shared by two warps that score them alike (the mma's are
   // cheap; registers for all 16 columns-of-8 spilled) and take one half of the columns each.
-  constexpr int slices = tile / 8, halves = (DA_THREADS / 32) / slices;
+  constexpr int slices = tile / 16, halves = (DA_THREADS / 32) / slices;
   constexpr int steps = D / 16, dim_tiles = D / 8 / halves;
-  static_assert(slices * halves == DA_THREADS / 32 && dim_tiles % 4 == 0, "a warp a slice and half");
+  // A reuse layer's staged map rows and the queries, padded so that the 8 rows of a fragment
+  // load fall in different banks.
+  constexpr int map_stride = tile + 8, q_stride = D / 2 + 4;
+  static_assert(slices * halves == DA_THREADS / 32 && dim_tiles % 2 == 0, "a warp a slice and half");
+  static_assert(tile * chunks % DA_THREADS == 0, "whole rounds of 16-byte copies");
   extern __shared__ uint4 da_shared_chunks[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
+  const unsigned smem_at = shared_address(smem);
   const int t = threadIdx.x, lane = t & 31, w = t >> 5;
   const int row = lane >> 2, quad = lane & 3;  // this lane's query head in the group; its key pair
   const int slice = w % slices, half = w / slices;
-  const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, k_seq, k_head, v_seq, v_head);
-  const int pair = b.pair, seq = b.seq, kv = b.kv, subs = b.subs;
+  const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, row_bytes, map_stride, k_seq,
+                     k_head, v_seq, v_head);
+  const unsigned pair = b.pair, seq = b.seq, kv = b.kv;
+  const int subs = b.subs;
   const i64 map_row = b.map_row;  // a head's row of a lead's map
-  float* map = b.map;
+  // The block's keys, values and map from its first key on: a sub-tile's offsets fit in 32 bits.
+  const T* k_block = reuse ? nullptr : b.k + b.first * D;
+  const T* v_block = b.v + b.first * D;
+  float* map = b.map == nullptr ? nullptr : b.map + b.first;
   const bool head = row < g;
 
   // Keys and values swizzled alike (tile_offset), rows past the keys zero.
   const auto stage = [&](int sub, int s) {
-    unsigned char* ks = b.keys_of(smem, s);
-    unsigned char* vs = b.values_of(smem, s);
+    const unsigned ks = smem_at + s * b.stage_bytes, vs = ks + b.tile_bytes;
     float* ms = b.map_of(smem, s);
-    const i64 key0 = b.key0(sub);
-    const int n = b.rows(sub);
-    for (int c = t; c < tile * chunks; c += DA_THREADS) {
-      const int r = c / chunks, col = c % chunks;
-      const i64 at = (key0 + min(r, n - 1)) * D;
-      if (!reuse) copy_async16_or_zero(ks + tile_offset(r, col, row_bytes), b.k + at + col * 8, r < n);
-      copy_async16_or_zero(vs + tile_offset(r, col, row_bytes), b.v + at + col * 8, r < n);
+    const int key0 = sub * tile, n = b.rows(sub);
+#pragma unroll 1
+    for (int i = 0; i < tile * chunks / DA_THREADS; ++i) {
+      const int c = t + i * DA_THREADS, r = c / chunks, col = c % chunks;
+      const int at = (key0 + min(r, n - 1)) * D + col * 8;
+      if (!reuse) copy_async16_or_zero(ks + tile_offset(r, col, row_bytes), k_block + at, r < n);
+      copy_async16_or_zero(vs + tile_offset(r, col, row_bytes), v_block + at, r < n);
     }
-    if (reuse) stage_lead_map(ms, map, map_row, key0, g, tile);
+    if (reuse) stage_lead_map(ms, map, map_row, key0, g, tile, map_stride);
     copy_async_commit();
   };
   stage(0, 0);
-  // The group's queries, 16-bit pairs [g][D / 2] past the two stages: read as A fragments
-  // (k step s: this lane's row at 16 s + 2 quad + {0, 1} and + 8) at each sub-tile, where
-  // holding them would take D / 8 registers.
+  // The group's queries, 16-bit pairs [8][q_stride] past the stages (rows g..7 zero): read as
+  // A fragments (k step s: this lane's row at 16 s + 2 quad + {0, 1} and + 8) at each
+  // sub-tile, where holding them would take D / 8 registers.
   u32* qs = reinterpret_cast<u32*>(smem + 2 * b.stage_bytes);
+  const unsigned qs_at = smem_at + 2 * b.stage_bytes;
   if (!reuse) {
-    for (int i = t; i < g * D / 2; i += DA_THREADS) {
+    for (int i = t; i < DA_MAX_GROUP * D / 2; i += DA_THREADS) {
       const int hh = i / (D / 2), c = 2 * (i % (D / 2));
       const T* qr = q + seq * q_seq + (i64)(kv * g + hh) * q_head;
-      qs[i] = (u32)qr[c].bits | ((u32)qr[c + 1].bits << 16);
+      qs[hh * q_stride + c / 2] = hh < g ? (u32)qr[c].bits | ((u32)qr[c + 1].bits << 16) : 0u;
     }
   }
   // This lane's row: the running max (a reuse layer's: its lead's), its share of the sum, and
@@ -1427,69 +1455,93 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
     m = stats[((i64)pair * g + row) * 2];
     inv_sum = 1.0f / stats[((i64)pair * g + row) * 2 + 1];
   }
-  const int kk = 8 * slice + 2 * quad;  // this lane's two keys of a sub-tile (scores and P)
+  // This lane's four keys of a sub-tile (scores and P): e = 2 h + j is key 16 slice + 8 h +
+  // 2 quad + j, h the warp's half of its 16 keys.
+  const int kk = 16 * slice + 2 * quad;
+  const auto key_of = [&](int e) { return kk + 8 * (e >> 1) + (e & 1); };
+  float* map_lane = lead ? map + row * map_row + kk : nullptr;  // where a lead leaves them
+  // This lane's mask values, read a sub-tile ahead: read where they are used, each sub-tile
+  // waited a round trip to memory on them after its staged keys had arrived.
+  const T* mask_row = reuse ? nullptr : mask + seq * mask_seq + b.first;
+  const auto mask_of = [&](int sub, T (&raw)[4]) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (!reuse && sub < subs && key_of(e) < b.rows(sub)) raw[e] = mask_row[sub * tile + key_of(e)];
+    }
+  };
+  T bias_next[4];
+  mask_of(0, bias_next);
 #pragma unroll 1
   for (int sub = 0; sub < subs; ++sub) {
     const int s = sub & 1;
-    const i64 key0 = b.key0(sub);
-    const int n = b.rows(sub);
-    float bias[2] = {0.0f, 0.0f};
-    if (!reuse) {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        if (kk + j < n) bias[j] = to_float(mask[seq * mask_seq + key0 + kk + j]);
-      }
-    }
     next_stage(stage, sub, subs);
-    const unsigned char* ks = b.keys_of(smem, s);
-    const unsigned char* vs = b.values_of(smem, s);
+    const int key0 = sub * tile, n = b.rows(sub);
+    float bias[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) bias[e] = key_of(e) < n ? to_float(bias_next[e]) : 0.0f;
+    mask_of(sub + 1, bias_next);
+    const unsigned ks = smem_at + s * b.stage_bytes, vs = ks + b.tile_bytes;
     const float* ms = b.map_of(smem, s);
-    {
-      float p[2];
-      if (reuse) {
+    float p[4];
+    if (reuse) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) p[j] = head && kk + j < n ? expf(ms[row * tile + kk + j] - m) * inv_sum : 0.0f;
-      } else {
-        float sc[2] = {0.0f, 0.0f};
+      for (int h = 0; h < 2; ++h) {
+        const float2 sc = *reinterpret_cast<const float2*>(ms + row * map_stride + kk + 8 * h);
+        p[2 * h] = head && key_of(2 * h) < n ? expf(sc.x - m) * inv_sum : 0.0f;
+        p[2 * h + 1] = head && key_of(2 * h + 1) < n ? expf(sc.y - m) * inv_sum : 0.0f;
+      }
+    } else {
+      // Two k steps a round: the queries' A fragments (chunks 4 p .. 4 p + 3 of rows 0-7), and
+      // for each step the keys' B fragments (chunks 2 st and + 1 of keys 0-7 and 8-15).
+      float dots[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
 #pragma unroll
-        for (int st = 0; st < steps; ++st) {
-          const int r = 8 * slice + row;
-          const u32 b0 = *reinterpret_cast<const u32*>(ks + tile_offset(r, 2 * st, row_bytes) + 4 * quad);
-          const u32 b1 = *reinterpret_cast<const u32*>(ks + tile_offset(r, 2 * st + 1, row_bytes) + 4 * quad);
-          const u32 a0 = head ? qs[row * (D / 2) + 8 * st + quad] : 0u;
-          const u32 a2 = head ? qs[row * (D / 2) + 8 * st + 4 + quad] : 0u;
-          mma_k16(T{}, sc, a0, a2, b0, b1);
-        }
-        float mx = neg_inf();
+      for (int p2 = 0; p2 < steps / 2; ++p2) {
+        u32 qa[4];
+        load_tiles<false>(qs_at + 4 * ((lane & 7) * q_stride + 4 * (4 * p2 + (lane >> 3))), qa);
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          sc[j] = kk + j < n ? sc[j] * scale + bias[j] : neg_inf();
-          mx = fmaxf(mx, sc[j]);
-        }
-        if (lead && head && half == 0) {
-          *reinterpret_cast<float2*>(map + row * map_row + key0 + kk) = make_float2(sc[0], sc[1]);
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float rescale = online_softmax(m, l, mx, sc, p);
-#pragma unroll
-        for (int j = 0; j < dim_tiles; ++j) {
-          acc[j][0] *= rescale;
-          acc[j][1] *= rescale;
+          const int st = 2 * p2 + j;
+          u32 kb[4];
+          const int r = 16 * slice + (lane & 7) + 8 * (lane >> 4);
+          load_tiles<false>(ks + tile_offset(r, 2 * st + ((lane >> 3) & 1), row_bytes), kb);
+          mma_k16(T{}, dots[0], qa[2 * j], qa[2 * j + 1], kb[0], kb[1]);
+          mma_k16(T{}, dots[1], qa[2 * j], qa[2 * j + 1], kb[2], kb[3]);
         }
       }
-      // P V over this warp's 8 keys and columns: V's tiles of 8 keys x 8 columns, four a load.
-      const u32 p_hi = pack_pair(T{}, p[0], p[1]), p_lo = pack_rest<T>(p[0], p[1]);
+      float sc[4] = {dots[0][0], dots[0][1], dots[1][0], dots[1][1]}, mx = neg_inf();
 #pragma unroll
-      for (int c4 = 0; c4 < dim_tiles / 4; ++c4) {
-        u32 vb[4];
-        const int col = half * dim_tiles + 4 * c4 + (lane >> 3);
-        load_tiles_transposed(vs + tile_offset(8 * slice + (lane & 7), col, row_bytes), vb);
+      for (int e = 0; e < 4; ++e) {
+        sc[e] = key_of(e) < n ? sc[e] * scale + bias[e] : neg_inf();
+        mx = fmaxf(mx, sc[e]);
+      }
+      if (lead && head && half == 0) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          mma_k8(T{}, acc[4 * c4 + j], p_hi, vb[j]);
-          mma_k8(T{}, acc[4 * c4 + j], p_lo, vb[j]);
+        for (int h = 0; h < 2; ++h) {
+          *reinterpret_cast<float2*>(map_lane + key0 + 8 * h) = make_float2(sc[2 * h], sc[2 * h + 1]);
         }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float rescale = online_softmax(m, l, mx, sc, p);
+#pragma unroll
+      for (int j = 0; j < dim_tiles; ++j) {
+        acc[j][0] *= rescale;
+        acc[j][1] *= rescale;
+      }
+    }
+    // P V over this warp's 16 keys and columns: V's tiles of 8 keys x 8 columns, four a load
+    // (keys 0-7 and 8-15 of two columns-of-8).
+    const u32 p_hi0 = pack_pair(T{}, p[0], p[1]), p_lo0 = pack_rest<T>(p[0], p[1]);
+    const u32 p_hi2 = pack_pair(T{}, p[2], p[3]), p_lo2 = pack_rest<T>(p[2], p[3]);
+#pragma unroll
+    for (int c2 = 0; c2 < dim_tiles / 2; ++c2) {
+      u32 vb[4];
+      const int col = half * dim_tiles + 2 * c2 + (lane >> 4);
+      load_tiles<true>(vs + tile_offset(16 * slice + (lane & 15), col, row_bytes), vb);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        mma_k16(T{}, acc[2 * c2 + j], p_hi0, p_hi2, vb[2 * j], vb[2 * j + 1]);
+        mma_k16(T{}, acc[2 * c2 + j], p_lo0, p_lo2, vb[2 * j], vb[2 * j + 1]);
       }
     }
     // The next stage's copies go into the buffers this one read.

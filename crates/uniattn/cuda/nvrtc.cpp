@@ -151,13 +151,16 @@ void store_cached(const std::string& path, const std::vector<char>& cubin) {
 
 extern "C" {
 
-// Compiles and loads `source`; the library serves every device of the same architecture.
+// Compiles and loads `source`; the library serves every device of the same architecture, whose
+// compute capability (90 for sm_90) goes to `capability`: which of a kernel's forms runs.
 // `cache` (null: none) is a path prefix: the cubin is `<cache>-<sm_XY>.cubin`, loaded from there
 // when it loads (no compile: NVRTC takes seconds for these kernels), else compiled and stored.
-int ua_kernels_load(const char* source, const char* cache, int device, void** library, char* err, size_t len) {
+int ua_kernels_load(const char* source, const char* cache, int device, void** library, int* capability, char* err,
+                    size_t len) {
   return guarded(err, len, [&] {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
     const std::string sm = architecture(device);
+    *capability = std::stoi(sm.substr(3));
     const std::string path = cache != nullptr ? std::string(cache) + "-" + sm + ".cubin" : "";
     cudaLibrary_t lib = nullptr;
     if (!path.empty() && load_cached(path, &lib)) {
@@ -203,6 +206,10 @@ int ua_kernel_launch(void* kernel, int device, unsigned grid, unsigned block, un
   return guarded(err, len, [&] {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+    // Past 48 KiB of dynamic shared memory a kernel must opt in.
+    if (shared_bytes > 48 * 1024) {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
+    }
     int major = 0;
     if (programmatic) check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     if (major < 9) {

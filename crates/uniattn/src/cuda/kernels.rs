@@ -59,6 +59,9 @@ const MAX_BLOCKS: i64 = 4096;
 struct Loaded {
     /// By (name, type suffix): looked up on every launch without building a string.
     kernels: HashMap<(&'static str, &'static str), usize>,
+    /// The device's compute capability (90 for sm_90): some kernels have a form for sm_80 on,
+    /// whose launch is cut differently.
+    capability: i32,
 }
 
 /// Set after a launch failed: everything runs the libtorch composition from then on.
@@ -105,14 +108,15 @@ fn load(device: usize) -> Result<Loaded> {
     let src = CString::new(SOURCE).expect("kernel source has no NUL");
     let prefix = compiled_prefix(&crate::cache::dir())
         .and_then(|p| CString::new(p.into_os_string().into_encoded_bytes()).ok());
-    let mut lib = std::ptr::null_mut();
-    // SAFETY: valid C strings (or null), out-pointer and error buffer.
+    let (mut lib, mut capability) = (std::ptr::null_mut(), 0);
+    // SAFETY: valid C strings (or null), out-pointers and error buffer.
     call("kernel compile", |e, n| unsafe {
         (s.kernels_load)(
             src.as_ptr(),
             prefix.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
             device as c_int,
             &mut lib,
+            &mut capability,
             e,
             n,
         )
@@ -127,7 +131,7 @@ fn load(device: usize) -> Result<Loaded> {
             kernels.insert((*base, *suffix), k as usize);
         }
     }
-    Ok(Loaded { kernels })
+    Ok(Loaded { kernels, capability })
 }
 
 /// The compiled kernels, or why there are none (reported once, on first use).

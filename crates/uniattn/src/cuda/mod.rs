@@ -33,8 +33,15 @@ type GraphFree = unsafe extern "C" fn(*mut c_void);
 type GraphCall = unsafe extern "C" fn(*mut c_void, ErrOut, usize) -> c_int;
 type CaptureBegin = unsafe extern "C" fn(*mut c_void, u64, u64, ErrOut, usize) -> c_int;
 type GraphNodes = unsafe extern "C" fn(*mut c_void, *mut usize, ErrOut, usize) -> c_int;
-type KernelsLoad =
-    unsafe extern "C" fn(*const c_char, *const c_char, c_int, *mut *mut c_void, ErrOut, usize) -> c_int;
+type KernelsLoad = unsafe extern "C" fn(
+    *const c_char,
+    *const c_char,
+    c_int,
+    *mut *mut c_void,
+    *mut c_int,
+    ErrOut,
+    usize,
+) -> c_int;
 type KernelGet = unsafe extern "C" fn(*mut c_void, *const c_char, *mut *mut c_void, ErrOut, usize) -> c_int;
 type ResidentBlocks =
     unsafe extern "C" fn(*mut c_void, c_int, c_uint, c_uint, *mut c_int, ErrOut, usize) -> c_int;

@@ -13,11 +13,17 @@ use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
 /// What kernels.cu's DA_* constants say: threads a block, query heads a kv head (a warp each),
-/// bytes of keys a sub-tile, and query heads times head width (the query in shared memory).
+/// bytes of keys a sub-tile (the CUDA-core form's and the tensor-core form's), and query heads
+/// times head width (the query in shared memory).
 const THREADS: i64 = 256;
 const MAX_GROUP: i64 = 8;
 const STAGE_BYTES: i64 = 8192;
+const MMA_TILE_BYTES: i64 = 16384;
 const MAX_OUTPUTS: i64 = 1024;
+/// Dynamic shared memory a block at most (the launcher opts in past 48 KiB): the CUDA-core
+/// form's, and the tensor-core form's (sm_80 on), which an sm_86/sm_89 block may still take.
+const MAX_SHARED_BYTES: i64 = 48 * 1024;
+const MMA_MAX_SHARED_BYTES: i64 = 96 * 1024;
 /// Blocks a launch aims at: about two per SM of an H100/H200.
 const GRID_BLOCKS: i64 = 264;
 /// Blocks a (sequence, kv head) pair at most: its last block reads all their partial sums.
@@ -55,14 +61,21 @@ pub fn with_decode_attention<T>(pairs: i64, f: impl FnOnce() -> T) -> T {
 /// query heads, kv heads, head width, keys]`): what [`decode_attention_lead`] does, for counting
 /// the bytes a step reads.
 pub fn lead_maps_apply(kind: Kind, device: Device, shape: [i64; 5]) -> bool {
-    device.is_cuda()
-        && super::enabled()
-        && Cut::new(kind, shape).is_some_and(|c| c.pairs() <= decode_attention_pairs())
+    super::enabled()
+        && capability(device)
+            .and_then(|cap| Cut::new(kind, shape, cap))
+            .is_some_and(|c| c.pairs() <= decode_attention_pairs())
+}
+
+/// The compute capability of `device` (90 for sm_90) where the kernels are loaded.
+fn capability(device: Device) -> Option<i32> {
+    let Device::Cuda(i) = device else { return None };
+    super::loaded(i).map(|l| l.capability)
 }
 
 /// How one launch is cut: `n` sequences of `heads` query heads over `kv_heads` kv heads, `d`
 /// wide, `keys` keys a pair in sub-tiles of `tile` keys, `per_block` of them to each of
-/// `splits` blocks.
+/// `splits` blocks; `mma`: the tensor-core form runs (16-bit rows of 64 or 128, sm_80 on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cut {
     kind: Kind,
@@ -71,6 +84,7 @@ struct Cut {
     kv_heads: i64,
     d: i64,
     keys: i64,
+    mma: bool,
     tile: i64,
     splits: i64,
     per_block: i64,
@@ -78,8 +92,9 @@ struct Cut {
 
 impl Cut {
     /// `None` where the kernel does not apply: a row of 128, 256 or 512 bytes, at most
-    /// `MAX_GROUP` query heads a kv head and `MAX_OUTPUTS` query heads x head width.
-    fn new(kind: Kind, [n, heads, kv_heads, d, keys]: [i64; 5]) -> Option<Cut> {
+    /// `MAX_GROUP` query heads a kv head and `MAX_OUTPUTS` query heads x head width, on a
+    /// device of compute `capability` (75 for sm_75).
+    fn new(kind: Kind, [n, heads, kv_heads, d, keys]: [i64; 5], capability: i32) -> Option<Cut> {
         let row_bytes = d * kind.elt_size_in_bytes() as i64;
         let fits = n > 0
             && keys > 0
@@ -91,15 +106,17 @@ impl Cut {
         if !fits {
             return None;
         }
+        let mma = capability >= 80 && kind.elt_size_in_bytes() == 2 && [64, 128].contains(&d);
         let pairs = n * kv_heads;
         let ceil = |a: i64, b: i64| (a + b - 1) / b;
-        let tile = STAGE_BYTES / row_bytes;
+        let tile = if mma { MMA_TILE_BYTES } else { STAGE_BYTES } / row_bytes;
         let tiles = ceil(keys, tile);
         // As many blocks as fill the GPU about twice, but at most MAX_SPLITS a pair.
         let per_block = ceil(tiles, tiles.min(MAX_SPLITS).min((GRID_BLOCKS / pairs).max(1)));
         let splits = ceil(tiles, per_block);
-        let cut = Cut { kind, n, heads, kv_heads, d, keys, tile, splits, per_block };
-        (cut.shared_bytes() <= 48 * 1024).then_some(cut)
+        let cut = Cut { kind, n, heads, kv_heads, d, keys, mma, tile, splits, per_block };
+        let max_shared = if mma { MMA_MAX_SHARED_BYTES } else { MAX_SHARED_BYTES };
+        (cut.shared_bytes() <= max_shared).then_some(cut)
     }
 
     fn group(&self) -> i64 {
@@ -110,11 +127,19 @@ impl Cut {
         self.n * self.kv_heads
     }
 
-    /// Two of kernels.cu's stages (`da_stage_bytes`: a sub-tile's keys, values and f32 `[g][tile]`
-    /// scores; the combine's `[g][splits]` weights reuse them), then the f32 query `[g][d]`.
+    /// Two of kernels.cu's stages (`da_stage_bytes`: a sub-tile's keys, its values and a reuse
+    /// layer's f32 `[g][map_stride]` rows of the lead's map; the combine's `[g][splits]` weights
+    /// and the tensor-core form's `[slices][g][d + 2]` sums reuse them), then the query (f32
+    /// `[g][d]`, or the tensor-core form's 16-bit pairs `[MAX_GROUP][d / 2 + 4]`).
     fn shared_bytes(&self) -> i64 {
         let g = self.group();
-        2 * (2 * STAGE_BYTES + 4 * g * self.tile) + 4 * g * self.d
+        let row_bytes = self.d * self.kind.elt_size_in_bytes() as i64;
+        let (map_stride, query_bytes) = if self.mma {
+            (self.tile + 8, 4 * MAX_GROUP * (self.d / 2 + 4))
+        } else {
+            (self.tile, 4 * g * self.d)
+        };
+        2 * (2 * self.tile * row_bytes + 4 * g * map_stride) + query_bytes
     }
 }
 
@@ -184,7 +209,7 @@ fn cut_of(q: &Tensor, k: &Tensor) -> Option<Cut> {
         return None;
     };
     (kn == n && kd == d).then_some(())?;
-    Cut::new(q.kind(), [n, heads, kv_heads, d, keys])
+    Cut::new(q.kind(), [n, heads, kv_heads, d, keys], capability(q.device())?)
 }
 
 fn lead_maps(cut: Cut, device: Device) -> LeadMaps {
