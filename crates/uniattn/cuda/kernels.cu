@@ -902,9 +902,10 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 // rounded once, as the fused kernels round it. The instructions a warp issues are the cost (a
 // block runs each a few times at most), so the head width is a compile-time constant
 // (decode_attention_rows). 16-bit rows of 64 and 128 run on tensor cores instead
-// (decode_attention_mma, sm_80 on). Still slower than cuDNN on an H200 (~4 us a layer more at
-// batch 1, 2k; the tensor-core form 65 us against 39 at batch 32, 8k: docs/benchmarks.md,
-// 2026-12-01), so the caller leaves it off by default.
+// (decode_attention_mma, sm_80 on). On an H200 the tensor-core form on heads of 64 makes a
+// batch-1 step faster than cuDNN's kernels (most for UniAttn, whose reuse layers then read no
+// keys) and is slower from batch 8 (49 us a layer against 39 at batch 32, 8k); the CUDA-core
+// form is slower everywhere. The caller runs it where it wins (docs/benchmarks.md, 2026-12-01).
 // Modes, for UniAttn's SuperBlocks:
 //   DA_LEAD: a lead also leaves its map for its reuse layers: its scores (scaled, masked; f32
 //     `maps` [pair][g][splits * per_block * tile]) and each head's whole-softmax max and sum

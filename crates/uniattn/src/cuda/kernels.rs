@@ -11,8 +11,8 @@
 mod decode_attention;
 
 pub use decode_attention::{
-    decode_attention, decode_attention_lead, decode_attention_pairs, decode_attention_reuse, lead_maps_apply,
-    with_decode_attention, LeadMaps,
+    decode_attention, decode_attention_lead, decode_attention_reuse, lead_maps_apply, with_decode_attention,
+    LeadMaps,
 };
 
 use super::{call, call_for_tensor, shim};

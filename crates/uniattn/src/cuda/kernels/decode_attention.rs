@@ -4,8 +4,8 @@
 //! leaves its map ([`LeadMaps`]: its scores and each head's softmax max and sum), and a reuse
 //! layer that makes its probabilities from those and multiplies them by its own values, reading
 //! no queries and no keys. At batch 1 cuDNN spends two kernels and
-//! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB; this
-//! kernel is not yet shown faster (see [`decode_attention_pairs`]).
+//! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB; there
+//! the kernel runs by default (see [`Cut::runs`]).
 use super::{usable, Args};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -34,17 +34,13 @@ thread_local! {
     static PAIRS_HERE: Cell<Option<i64>> = const { Cell::new(None) };
 }
 
-/// The (sequence, kv head) pairs up to which the kernel runs: `UNIATTN_DECODE_ATTENTION`
-/// (e.g. 16: batch 8 of two kv heads). Off (0) by default: on an H200 every form so far was
-/// correct but slower than cuDNN's kernels: ~4 us a layer more at batch 1, 2k and ~9 at 8k; at
-/// batch 32, 8k the tensor-core form (16-bit rows) 65 us a layer against 39
-/// (docs/benchmarks.md, 2026-12-01).
-pub fn decode_attention_pairs() -> i64 {
-    static PAIRS: OnceLock<i64> = OnceLock::new();
-    PAIRS_HERE.with(Cell::get).unwrap_or_else(|| {
-        *PAIRS.get_or_init(|| {
-            std::env::var("UNIATTN_DECODE_ATTENTION").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
-        })
+/// The (sequence, kv head) pairs up to which the kernel runs where `UNIATTN_DECODE_ATTENTION`
+/// says (0: never; 16: up to batch 8 of two kv heads), else `None`: the default of
+/// [`Cut::runs`].
+fn pairs_set() -> Option<i64> {
+    static PAIRS: OnceLock<Option<i64>> = OnceLock::new();
+    PAIRS_HERE.with(Cell::get).or_else(|| {
+        *PAIRS.get_or_init(|| std::env::var("UNIATTN_DECODE_ATTENTION").ok().and_then(|v| v.parse().ok()))
     })
 }
 
@@ -62,9 +58,7 @@ pub fn with_decode_attention<T>(pairs: i64, f: impl FnOnce() -> T) -> T {
 /// the bytes a step reads.
 pub fn lead_maps_apply(kind: Kind, device: Device, shape: [i64; 5]) -> bool {
     super::enabled()
-        && capability(device)
-            .and_then(|cap| Cut::new(kind, shape, cap))
-            .is_some_and(|c| c.pairs() <= decode_attention_pairs())
+        && capability(device).and_then(|cap| Cut::new(kind, shape, cap)).is_some_and(|c| c.runs())
 }
 
 /// The compute capability of `device` (90 for sm_90) where the kernels are loaded.
@@ -119,6 +113,23 @@ impl Cut {
         (cut.shared_bytes() <= max_shared).then_some(cut)
     }
 
+    /// Whether the kernel runs at this cut rather than cuDNN's: up to the pairs
+    /// `UNIATTN_DECODE_ATTENTION` sets, else [`Cut::runs_by_default`].
+    fn runs(&self) -> bool {
+        pairs_set().map_or_else(|| self.runs_by_default(), |pairs| self.pairs() <= pairs)
+    }
+
+    /// One sequence's step where the tensor-core form runs on heads of 64. On an H200
+    /// (bf16; docs/benchmarks.md, 2026-12-01) a step at batch 1 in Qwen2.5-Coder-0.5B's shapes
+    /// (heads of 64, 3 repeats) took, against cuDNN's kernels, UniAttn 0.794 ms (0.808) at 2k
+    /// and 0.855 (0.887) at 8k, dense 0.820 (0.815) and 0.869 (0.891); in 1.5B's (heads of 128,
+    /// whose two warps a slice score the same keys) it was slower: UniAttn 1.574 (1.568) and
+    /// 1.684 (1.652). From batch 8 cuDNN is faster (at batch 32 / 8k 39 us a layer against the
+    /// kernel's 49), and the CUDA-core form (f32, heads of 256) everywhere.
+    fn runs_by_default(&self) -> bool {
+        self.mma && self.n == 1 && self.d == 64
+    }
+
     fn group(&self) -> i64 {
         self.heads / self.kv_heads
     }
@@ -156,11 +167,11 @@ pub struct LeadMaps {
 /// `softmax(q k^T * scale + mask) v` for one query row per head (`q` `[n, heads, 1, d]`, `k`
 /// and `v` `[n, kv_heads, keys, d]` with contiguous rows, `mask` additive `[n or 1, 1, 1,
 /// keys]`), query head `i` reading kv head `i / (heads / kv_heads)`, as
-/// `scaled_dot_product_attention(.., enable_gqa=true)`. Runs up to [`decode_attention_pairs`]
-/// (sequence, kv head) pairs, where cuDNN's kernels are bound by their fixed cost rather than
-/// by the bytes; `None` past it and where the shapes do not fit.
+/// `scaled_dot_product_attention(.., enable_gqa=true)`. Runs where [`Cut::runs`] says (where
+/// cuDNN's kernels are bound by their fixed cost rather than by the bytes); `None` elsewhere and
+/// where the shapes do not fit.
 pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Option<Tensor> {
-    plain(q, k, v, mask, scale, decode_attention_pairs())
+    plain(q, k, v, mask, scale, false)
 }
 
 /// [`decode_attention`] for a SuperBlock lead: also its map, in the pieces its reuse layers
@@ -172,7 +183,7 @@ pub fn decode_attention_lead(
     mask: &Tensor,
     scale: f64,
 ) -> Option<(Tensor, LeadMaps)> {
-    lead(q, k, v, mask, scale, decode_attention_pairs())
+    lead(q, k, v, mask, scale, false)
 }
 
 /// A reuse layer's attention: the lead's map times its own values `v` (`[n, kv_heads, keys,
@@ -182,22 +193,22 @@ pub fn decode_attention_reuse(lead: &LeadMaps, v: &Tensor) -> Option<Tensor> {
     launch("decode_attention_reuse", lead.cut, None, v, Some(lead))
 }
 
-/// The plain form up to `max_pairs` (sequence, kv head) pairs.
-fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, max_pairs: i64) -> Option<Tensor> {
-    let cut = cut_of(q, k).filter(|c| c.pairs() <= max_pairs)?;
+/// The plain form where [`Cut::runs`] says, or wherever the shapes fit (`always`).
+fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, always: bool) -> Option<Tensor> {
+    let cut = cut_of(q, k).filter(|c| always || c.runs())?;
     launch("decode_attention", cut, Some((q, k, mask, scale)), v, None)
 }
 
-/// The lead form up to `max_pairs` (sequence, kv head) pairs.
+/// The lead form where [`Cut::runs`] says, or wherever the shapes fit (`always`).
 fn lead(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
     scale: f64,
-    max_pairs: i64,
+    always: bool,
 ) -> Option<(Tensor, LeadMaps)> {
-    let cut = cut_of(q, k).filter(|c| c.pairs() <= max_pairs)?;
+    let cut = cut_of(q, k).filter(|c| always || c.runs())?;
     let maps = lead_maps(cut, q.device());
     let out = launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Some(&maps))?;
     Some((out, maps))
@@ -326,6 +337,22 @@ mod tests {
     use super::super::tests::{gpu, ulps_of, KINDS};
     use super::*;
 
+    /// By default the kernel runs for one sequence where the tensor-core form does on heads
+    /// of 64: bf16/f16 on sm_80 and later.
+    #[test]
+    fn runs_by_default_for_one_sequence_on_tensor_cores() {
+        let runs =
+            |kind, shape, capability| Cut::new(kind, shape, capability).is_some_and(|c| c.runs_by_default());
+        let qwen = |n, d| [n, 14, 2, d, 8192];
+        assert!(runs(Kind::BFloat16, qwen(1, 64), 90));
+        assert!(runs(Kind::Half, qwen(1, 64), 80));
+        assert!(!runs(Kind::BFloat16, qwen(1, 128), 90), "heads of 128 were slower than cuDNN");
+        assert!(!runs(Kind::BFloat16, qwen(2, 64), 90), "two sequences");
+        assert!(!runs(Kind::Float, qwen(1, 64), 90), "f32 takes the CUDA-core form");
+        assert!(!runs(Kind::BFloat16, [1, 8, 4, 256, 8192], 90), "heads of 256 take the CUDA-core form");
+        assert!(!runs(Kind::BFloat16, qwen(1, 64), 75), "sm_75 has no tensor-core form");
+    }
+
     /// `got` against `softmax(q k^T * scale + mask) v` in f64 from the same inputs: within the
     /// output's rounding, plus 1e-5 of the sum of the terms' sizes (f32 sums).
     fn check(got: &Tensor, (q, k, v, mask, scale): (&Tensor, &Tensor, &Tensor, &Tensor, f64), what: &str) {
@@ -390,7 +417,7 @@ mod tests {
                 let scale = 1.0 / (d as f64).sqrt();
                 if d * kind.elt_size_in_bytes() as i64 > 512 || heads / kv * d > MAX_OUTPUTS {
                     assert!(
-                        plain(&q, &k, &v, &mask, scale, i64::MAX).is_none(),
+                        plain(&q, &k, &v, &mask, scale, true).is_none(),
                         "{case}: rows past 512 bytes and groups past {MAX_OUTPUTS} outputs go to cuDNN"
                     );
                     continue;
@@ -398,10 +425,10 @@ mod tests {
                 for (mask, rows) in [(&mask, "a mask row each"), (&mask.narrow(0, 0, 1), "one mask row")] {
                     let inputs = (&q, &k, &v, mask, scale);
                     let got =
-                        plain(&q, &k, &v, mask, scale, i64::MAX).unwrap_or_else(|| panic!("{case}: applies"));
+                        plain(&q, &k, &v, mask, scale, true).unwrap_or_else(|| panic!("{case}: applies"));
                     check(&got, inputs, &format!("{case}, {rows}"));
-                    let (got, maps) = lead(&q, &k, &v, mask, scale, i64::MAX)
-                        .unwrap_or_else(|| panic!("{case}: lead applies"));
+                    let (got, maps) =
+                        lead(&q, &k, &v, mask, scale, true).unwrap_or_else(|| panic!("{case}: lead applies"));
                     check(&got, inputs, &format!("{case}, {rows}: lead"));
                     for (i, vr) in [&v2, &v3].into_iter().enumerate() {
                         let got = decode_attention_reuse(&maps, vr).expect("the reuse form applies");
@@ -414,14 +441,17 @@ mod tests {
                     );
                 }
             }
-            // Past the pairs it runs for, cuDNN's kernels run.
-            let n = decode_attention_pairs() + 1;
+            // Past the pairs it is set to run for, cuDNN's kernels run.
+            let n = 5;
             let q = Tensor::randn([n, 8, 1, 64], (kind, dev));
             let k = Tensor::randn([n, 1, 256, 64], (kind, dev));
             let mask = Tensor::zeros([n, 1, 1, 256], (kind, dev));
-            assert!(decode_attention(&q, &k, &k, &mask, 0.125).is_none());
-            assert!(decode_attention_lead(&q, &k, &k, &mask, 0.125).is_none());
-            assert!(plain(&q, &k, &k, &mask, 0.125, i64::MAX).is_some());
+            with_decode_attention(n - 1, || {
+                assert!(decode_attention(&q, &k, &k, &mask, 0.125).is_none());
+                assert!(decode_attention_lead(&q, &k, &k, &mask, 0.125).is_none());
+            });
+            assert!(with_decode_attention(n, || decode_attention(&q, &k, &k, &mask, 0.125)).is_some());
+            assert!(plain(&q, &k, &k, &mask, 0.125, true).is_some());
         }
     }
 }
