@@ -1006,6 +1006,9 @@ struct DaBlock {
   __device__ float* map_of(unsigned char* smem, int s) const {
     return reinterpret_cast<float*>(values_of(smem, s) + tile_bytes);
   }
+  // The same places as 32-bit shared-memory addresses from the block's `smem_at`.
+  __device__ unsigned keys_at(unsigned smem_at, int s) const { return smem_at + s * stage_bytes; }
+  __device__ unsigned values_at(unsigned smem_at, int s) const { return keys_at(smem_at, s) + tile_bytes; }
 };
 
 // Starts staging sub-tile `sub + 1` (`stage(sub, buffer)`, into the buffer the last sub-tile
@@ -1358,15 +1361,14 @@ __device__ __forceinline__ void mma_k16(f16, float (&d)[2], u32 a0, u32 a2, u32 
 // `row` is a shared-memory address (shared_address).
 template <bool transposed>
 __device__ __forceinline__ void load_tiles(unsigned row, u32 (&out)[4]) {
-  const unsigned s = row;
   if constexpr (transposed) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
-                 : "r"(s));
+                 : "r"(row));
   } else {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
-                 : "r"(s));
+                 : "r"(row));
   }
 }
 
@@ -1421,7 +1423,7 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
 
   // Keys and values swizzled alike (tile_offset), rows past the keys zero.
   const auto stage = [&](int sub, int s) {
-    const unsigned ks = smem_at + s * b.stage_bytes, vs = ks + b.tile_bytes;
+    const unsigned ks = b.keys_at(smem_at, s), vs = b.values_at(smem_at, s);
     float* ms = b.map_of(smem, s);
     const int key0 = sub * tile, n = b.rows(sub);
 #pragma unroll 1
@@ -1481,7 +1483,7 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
 #pragma unroll
     for (int e = 0; e < 4; ++e) bias[e] = key_of(e) < n ? to_float(bias_next[e]) : 0.0f;
     mask_of(sub + 1, bias_next);
-    const unsigned ks = smem_at + s * b.stage_bytes, vs = ks + b.tile_bytes;
+    const unsigned ks = b.keys_at(smem_at, s), vs = b.values_at(smem_at, s);
     const float* ms = b.map_of(smem, s);
     float p[4];
     if (reuse) {
