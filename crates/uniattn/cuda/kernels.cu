@@ -1178,7 +1178,7 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
   constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
   constexpr int d = ROW_BYTES / (int)sizeof(T), row_bytes = ROW_BYTES, chunks = ROW_BYTES / 16;
   constexpr int lane_dims = d / 32, tile = DA_STAGE_BYTES / ROW_BYTES;
-  extern __shared__ uint4 da_shared_chunks[];  // uint4: 16-byte aligned
+  extern __shared__ __align__(128) uint4 da_shared_chunks[];  // see decode_attention_mma
   unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
   const int t = threadIdx.x, lane = t & 31, h = t >> 5;  // warp h: query head kv * g + h
   const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, row_bytes, tile, k_seq,
@@ -1404,7 +1404,11 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
   constexpr int map_stride = tile + 8, q_stride = D / 2 + 4;
   static_assert(slices * halves == DA_THREADS / 32 && dim_tiles % 2 == 0, "a warp a slice and half");
   static_assert(tile * chunks % DA_THREADS == 0, "whole rounds of 16-byte copies");
-  extern __shared__ uint4 da_shared_chunks[];
+  // Aligned past da_finish's static flag (which left the stages 16 bytes off a 32-byte line): a
+  // 32-byte sector of keys whose two 16-byte copies landed in two 32-byte units of shared memory
+  // went to L2 as two requests, twice the sectors and half of them hits (ncu, batch 32 / 8k:
+  // 8.7 M sectors for 139 MB; scripts/device/load_probe.sh).
+  extern __shared__ __align__(128) uint4 da_shared_chunks[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
   const unsigned smem_at = shared_address(smem);
   const int t = threadIdx.x, lane = t & 31, w = t >> 5;

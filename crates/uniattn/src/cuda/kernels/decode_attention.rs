@@ -21,9 +21,11 @@ const STAGE_BYTES: i64 = 8192;
 const MMA_TILE_BYTES: i64 = 16384;
 const MAX_OUTPUTS: i64 = 1024;
 /// Dynamic shared memory a block at most (the launcher opts in past 48 KiB): the CUDA-core
-/// form's, and the tensor-core form's (sm_80 on), which an sm_86/sm_89 block may still take.
-const MAX_SHARED_BYTES: i64 = 48 * 1024;
-const MMA_MAX_SHARED_BYTES: i64 = 96 * 1024;
+/// form's, and the tensor-core form's (sm_80 on), which an sm_86/sm_89 block may still take;
+/// both less the static 128 bytes (da_finish's flag, the stages aligned past it).
+const STATIC_SHARED_BYTES: i64 = 128;
+const MAX_SHARED_BYTES: i64 = 48 * 1024 - STATIC_SHARED_BYTES;
+const MMA_MAX_SHARED_BYTES: i64 = 96 * 1024 - STATIC_SHARED_BYTES;
 /// Blocks a launch aims at: about two per SM of an H100/H200.
 const GRID_BLOCKS: i64 = 264;
 /// Blocks a (sequence, kv head) pair at most: its last block reads all their partial sums.
