@@ -127,7 +127,7 @@ impl Cut {
     /// and 0.855 (0.887) at 8k, dense 0.820 (0.815) and 0.869 (0.891); in 1.5B's (heads of 128,
     /// whose two warps a slice score the same keys) it was slower: UniAttn 1.574 (1.568) and
     /// 1.684 (1.652). From batch 8 cuDNN is faster (at batch 32 / 8k 39 us a layer against the
-    /// kernel's 49), and the CUDA-core form (f32, heads of 256) everywhere.
+    /// kernel's 44), and the CUDA-core form (f32, heads of 256) everywhere.
     fn runs_by_default(&self) -> bool {
         self.mma && self.n == 1 && self.d == 64
     }
