@@ -12,7 +12,9 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shim.h"
@@ -206,9 +208,13 @@ int ua_kernel_launch(void* kernel, int device, unsigned grid, unsigned block, un
   return guarded(err, len, [&] {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
-    // Past 48 KiB of dynamic shared memory a kernel must opt in.
-    if (shared_bytes > 48 * 1024) {
+    // Past 48 KiB of dynamic shared memory a kernel must opt in, once for each size it grows
+    // to on a device (the setting holds for the process; this thread remembers what it set).
+    thread_local std::map<std::pair<void*, int>, unsigned> opted_in;
+    unsigned& opted = opted_in[{kernel, device}];
+    if (shared_bytes > 48 * 1024 && shared_bytes > opted) {
       check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
+      opted = shared_bytes;
     }
     int major = 0;
     if (programmatic) check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
