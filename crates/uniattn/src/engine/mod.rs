@@ -240,8 +240,8 @@ impl Engine {
         batch * self.stem.cfg.num_kv_heads as i64 >= self.maps_for_probs
     }
 
-    /// Whether a decode step of `batch` sequences over `keys` keys runs the decode attention
-    /// kernel, whose leads hand their map over in the kernel's pieces.
+    /// Whether a decode step of `batch` sequences over `keys` keys runs its leads on the decode
+    /// attention kernel, which hands their map over in the kernel's pieces.
     fn kernel_hands_map(&self, batch: i64, keys: i64) -> bool {
         let c = &self.stem.cfg;
         let shape = [batch, c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64, keys];

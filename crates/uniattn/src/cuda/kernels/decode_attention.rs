@@ -36,14 +36,22 @@ thread_local! {
     static PAIRS_HERE: Cell<Option<i64>> = const { Cell::new(None) };
 }
 
-/// The (sequence, kv head) pairs up to which the kernel runs where `UNIATTN_DECODE_ATTENTION`
-/// says (0: never; 16: up to batch 8 of two kv heads), else `None`: the default of
+/// The (sequence, kv head) pairs up to which the kernel's `form` runs where
+/// `UNIATTN_DECODE_ATTENTION` says (0: never; 16: up to batch 8 of two kv heads), or for leads
+/// (and so their reuse layers) `UNIATTN_DECODE_ATTENTION_LEADS`, else `None`: the default of
 /// [`Cut::runs`].
-fn pairs_set() -> Option<i64> {
+fn pairs_set(form: Form) -> Option<i64> {
     static PAIRS: OnceLock<Option<i64>> = OnceLock::new();
-    PAIRS_HERE.with(Cell::get).or_else(|| {
-        *PAIRS.get_or_init(|| std::env::var("UNIATTN_DECODE_ATTENTION").ok().and_then(|v| v.parse().ok()))
-    })
+    static LEADS: OnceLock<Option<i64>> = OnceLock::new();
+    let read = |name| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    let leads = || match form {
+        Form::Lead => *LEADS.get_or_init(|| read("UNIATTN_DECODE_ATTENTION_LEADS")),
+        Form::Plain => None,
+    };
+    PAIRS_HERE
+        .with(Cell::get)
+        .or_else(leads)
+        .or_else(|| *PAIRS.get_or_init(|| read("UNIATTN_DECODE_ATTENTION")))
 }
 
 /// Runs `f` with the kernel on up to `pairs` pairs on this thread, whatever the environment
@@ -60,7 +68,7 @@ pub fn with_decode_attention<T>(pairs: i64, f: impl FnOnce() -> T) -> T {
 /// the bytes a step reads.
 pub fn lead_maps_apply(kind: Kind, device: Device, shape: [i64; 5]) -> bool {
     super::enabled()
-        && capability(device).and_then(|cap| Cut::new(kind, shape, cap)).is_some_and(|c| c.runs())
+        && capability(device).and_then(|cap| Cut::new(kind, shape, cap)).is_some_and(|c| c.runs(Form::Lead))
 }
 
 /// The compute capability of `device` (90 for sm_90) where the kernels are loaded.
@@ -68,6 +76,17 @@ fn capability(device: Device) -> Option<i32> {
     let Device::Cuda(i) = device else { return None };
     super::loaded(i).map(|l| l.capability)
 }
+
+/// What a launch computes: a layer's attention alone, or a SuperBlock lead's, which also leaves
+/// the map its reuse layers take (they run wherever their lead did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Plain,
+    Lead,
+}
+
+/// Keys from which the plain form runs by default at batch 1 (see [`Cut::runs_by_default`]).
+const PLAIN_MIN_KEYS: i64 = 4096;
 
 /// How one launch is cut: `n` sequences of `heads` query heads over `kv_heads` kv heads, `d`
 /// wide, `keys` keys a pair in sub-tiles of `tile` keys, `per_block` of them to each of
@@ -115,10 +134,10 @@ impl Cut {
         (cut.shared_bytes() <= max_shared).then_some(cut)
     }
 
-    /// Whether the kernel runs at this cut rather than cuDNN's: up to the pairs
-    /// `UNIATTN_DECODE_ATTENTION` sets, else [`Cut::runs_by_default`].
-    fn runs(&self) -> bool {
-        pairs_set().map_or_else(|| self.runs_by_default(), |pairs| self.pairs() <= pairs)
+    /// Whether the kernel's `form` runs at this cut rather than cuDNN's: up to the pairs the
+    /// environment sets ([`pairs_set`]), else [`Cut::runs_by_default`].
+    fn runs(&self, form: Form) -> bool {
+        pairs_set(form).map_or_else(|| self.runs_by_default(form), |pairs| self.pairs() <= pairs)
     }
 
     /// One sequence's step where the tensor-core form runs on heads of 64. On an H200
@@ -127,9 +146,12 @@ impl Cut {
     /// and 0.855 (0.887) at 8k, dense 0.820 (0.815) and 0.869 (0.891); in 1.5B's (heads of 128,
     /// whose two warps a slice score the same keys) it was slower: UniAttn 1.574 (1.568) and
     /// 1.684 (1.652). From batch 8 cuDNN is faster (at batch 32 / 8k 39 us a layer against the
-    /// kernel's 44), and the CUDA-core form (f32, heads of 256) everywhere.
-    fn runs_by_default(&self) -> bool {
-        self.mma && self.n == 1 && self.d == 64
+    /// kernel's 44), and the CUDA-core form (f32, heads of 256) everywhere. A dense step at 2k
+    /// took about the same GPU time either way (0.820 against 0.815 ms a step) but decoded 3%
+    /// fewer tokens a second with the kernel (1,202 against 1,240), so the plain form waits for
+    /// `PLAIN_MIN_KEYS` (measured at 2k and 8k only).
+    fn runs_by_default(&self, form: Form) -> bool {
+        self.mma && self.n == 1 && self.d == 64 && (form == Form::Lead || self.keys >= PLAIN_MIN_KEYS)
     }
 
     fn group(&self) -> i64 {
@@ -197,7 +219,7 @@ pub fn decode_attention_reuse(lead: &LeadMaps, v: &Tensor) -> Option<Tensor> {
 
 /// The plain form where [`Cut::runs`] says, or wherever the shapes fit (`always`).
 fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, always: bool) -> Option<Tensor> {
-    let cut = cut_of(q, k).filter(|c| always || c.runs())?;
+    let cut = cut_of(q, k).filter(|c| always || c.runs(Form::Plain))?;
     launch("decode_attention", cut, Some((q, k, mask, scale)), v, None)
 }
 
@@ -210,7 +232,7 @@ fn lead(
     scale: f64,
     always: bool,
 ) -> Option<(Tensor, LeadMaps)> {
-    let cut = cut_of(q, k).filter(|c| always || c.runs())?;
+    let cut = cut_of(q, k).filter(|c| always || c.runs(Form::Lead))?;
     let maps = lead_maps(cut, q.device());
     let out = launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Some(&maps))?;
     Some((out, maps))
@@ -343,11 +365,19 @@ mod tests {
     /// of 64: bf16/f16 on sm_80 and later.
     #[test]
     fn runs_by_default_for_one_sequence_on_tensor_cores() {
-        let runs =
-            |kind, shape, capability| Cut::new(kind, shape, capability).is_some_and(|c| c.runs_by_default());
+        let runs_as = |form, kind, shape, capability| {
+            Cut::new(kind, shape, capability).is_some_and(|c| c.runs_by_default(form))
+        };
+        let runs = |kind, shape, capability| runs_as(Form::Plain, kind, shape, capability);
         let qwen = |n, d| [n, 14, 2, d, 8192];
         assert!(runs(Kind::BFloat16, qwen(1, 64), 90));
         assert!(runs(Kind::Half, qwen(1, 64), 80));
+        let short = [1, 14, 2, 64, 2304];
+        assert!(!runs(Kind::BFloat16, short, 90), "a plain layer at 2k decoded faster on cuDNN");
+        assert!(
+            runs_as(Form::Lead, Kind::BFloat16, short, 90),
+            "a lead at 2k spares its reuse layers the keys"
+        );
         assert!(!runs(Kind::BFloat16, qwen(1, 128), 90), "heads of 128 were slower than cuDNN");
         assert!(!runs(Kind::BFloat16, qwen(2, 64), 90), "two sequences");
         assert!(!runs(Kind::Float, qwen(1, 64), 90), "f32 takes the CUDA-core form");
