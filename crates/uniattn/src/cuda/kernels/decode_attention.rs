@@ -88,6 +88,9 @@ enum Form {
 /// Keys from which the plain form runs by default at batch 1 (see [`Cut::runs_by_default`]).
 const PLAIN_MIN_KEYS: i64 = 4096;
 
+/// Sequences up to which the lead form runs by default (see [`Cut::runs_by_default`]).
+const LEAD_MAX_SEQUENCES: i64 = 8;
+
 /// How one launch is cut: `n` sequences of `heads` query heads over `kv_heads` kv heads, `d`
 /// wide, `keys` keys a pair in sub-tiles of `tile` keys, `per_block` of them to each of
 /// `splits` blocks; `mma`: the tensor-core form runs (16-bit rows of 64 or 128, sm_80 on).
@@ -140,18 +143,23 @@ impl Cut {
         pairs_set(form).map_or_else(|| self.runs_by_default(form), |pairs| self.pairs() <= pairs)
     }
 
-    /// One sequence's step where the tensor-core form runs on heads of 64. On an H200
-    /// (bf16; docs/benchmarks.md, 2026-12-01) a step at batch 1 in Qwen2.5-Coder-0.5B's shapes
-    /// (heads of 64, 3 repeats) took, against cuDNN's kernels, UniAttn 0.794 ms (0.808) at 2k
-    /// and 0.855 (0.887) at 8k, dense 0.820 (0.815) and 0.869 (0.891); in 1.5B's (heads of 128,
-    /// whose two warps a slice score the same keys) it was slower: UniAttn 1.574 (1.568) and
-    /// 1.684 (1.652). From batch 8 cuDNN is faster (at batch 32 / 8k 39 us a layer against the
-    /// kernel's 44), and the CUDA-core form (f32, heads of 256) everywhere. A dense step at 2k
-    /// took about the same GPU time either way (0.820 against 0.815 ms a step) but decoded 3%
-    /// fewer tokens a second with the kernel (1,202 against 1,240), so the plain form waits for
-    /// `PLAIN_MIN_KEYS` (measured at 2k and 8k only).
+    /// Where the tensor-core form runs on heads of 64: a plain layer's attention for one
+    /// sequence from `PLAIN_MIN_KEYS` keys, a lead's up to `LEAD_MAX_SEQUENCES`. On an H200
+    /// (bf16, Qwen2.5-Coder-0.5B's shapes; docs/benchmarks.md, 2026-12-01/02) a batch-1 step took
+    /// UniAttn 0.794 ms (0.808 with cuDNN) at 2k and 0.855 (0.887) at 8k, dense 0.869 (0.891) at
+    /// 8k; a dense step at 2k took the same GPU time either way but decoded 3% fewer tokens a
+    /// second on the kernel (1,193 against 1,238). From batch 8 cuDNN's plain attention is faster
+    /// (39 us a layer at batch 32 / 8k against the kernel's 44), but a lead on the kernel spares
+    /// its score GEMM and softmax and its reuse layers the keys: UniAttn at batch 8 took 1.208
+    /// (1.224) ms at 2k and 1.338 (1.363) at 8k, at batch 32 1.397 (1.386) and 1.875 (1.879). In
+    /// 1.5B's shapes (heads of 128, whose two warps a slice score the same keys) the kernel was
+    /// slower at batch 1, and the CUDA-core form (f32, heads of 256) everywhere.
     fn runs_by_default(&self, form: Form) -> bool {
-        self.mma && self.n == 1 && self.d == 64 && (form == Form::Lead || self.keys >= PLAIN_MIN_KEYS)
+        let fits = match form {
+            Form::Plain => self.n == 1 && self.keys >= PLAIN_MIN_KEYS,
+            Form::Lead => self.n <= LEAD_MAX_SEQUENCES,
+        };
+        self.mma && self.d == 64 && fits
     }
 
     fn group(&self) -> i64 {
@@ -380,6 +388,8 @@ mod tests {
         );
         assert!(!runs(Kind::BFloat16, qwen(1, 128), 90), "heads of 128 were slower than cuDNN");
         assert!(!runs(Kind::BFloat16, qwen(2, 64), 90), "two sequences");
+        assert!(runs_as(Form::Lead, Kind::BFloat16, qwen(8, 64), 90), "a lead at batch 8");
+        assert!(!runs_as(Form::Lead, Kind::BFloat16, qwen(32, 64), 90), "a lead at batch 32");
         assert!(!runs(Kind::Float, qwen(1, 64), 90), "f32 takes the CUDA-core form");
         assert!(!runs(Kind::BFloat16, [1, 8, 4, 256, 8192], 90), "heads of 256 take the CUDA-core form");
         assert!(!runs(Kind::BFloat16, qwen(1, 64), 75), "sm_75 has no tensor-core form");
