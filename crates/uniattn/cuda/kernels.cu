@@ -805,6 +805,35 @@ __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one
 }
 
 // ---------------------------------------------------------------------------------------------
+// Decode's add of a reuse layer's compensation e = X W_c to the residual stream h (its output
+// GEMM has already added the attention's product) and the RMSNorm in front of the MLP: h =
+// T(h + e) in place, then x = T(h * rstd * w) with w in T (Gemma's 1 + w rounded to T, as
+// RmsNorm::forward hands it to libtorch): what the add and libtorch's fused RMSNorm compute, in
+// one kernel instead of two. Rows of e are e_stride apart (a column slice of the V|W_c product).
+// One block per row, grid-stride over rows.
+template <typename T>
+__device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, T* x, i64 rows, i64 dim,
+                                    float eps, int plus_one) {
+  __shared__ float shared[32];
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    T* hr = h + r * dim;
+    const T* er = e + r * e_stride;
+    float ss = 0.0f;
+    for (i64 c = threadIdx.x; c < dim; c += blockDim.x) {
+      const float m = round_to<T>(__fadd_rn(to_float(hr[c]), to_float(er[c])));
+      hr[c] = from_float<T>(m);
+      ss += m * m;
+    }
+    ss = block_reduce<T>(ss, false, shared);
+    const float rs = rsqrtf(ss / (float)dim + eps);
+    for (i64 c = threadIdx.x; c < dim; c += blockDim.x) {
+      const float wc = plus_one ? round_to<T>(__fadd_rn(to_float(w[c]), 1.0f)) : to_float(w[c]);
+      x[r * dim + c] = from_float<T>(__fmul_rn(__fmul_rn(to_float(hr[c]), rs), wc));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Training's residual add and the RMSNorm after it (the trainer's autograd function in
 // train.cpp): mid = h + a, with h the f32 residual stream and a a branch's output in T, and
 // x = T(mid * rstd * w) with rstd = 1 / sqrt(mean(mid^2) + eps) and w the f32 norm weight (plus
@@ -1712,6 +1741,10 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
       const float* mid, const float* rstd, const float* w, const T* gx, const float* gmid, float* dh, T* da, \
       float* dw_partial, i64 rows, i64 dim, int plus_one) {                                                \
     add_rms_norm_backward<T, 16>(mid, rstd, w, gx, gmid, dh, da, dw_partial, rows, dim, plus_one);              \
+  }                                                                                                        \
+  extern "C" __global__ void add_rms_norm_decode_##SUFFIX(T* h, const T* e, i64 e_stride, const T* w, T* x,  \
+                                                          i64 rows, i64 dim, float eps, int plus_one) {    \
+    add_rms_norm_decode<T>(h, e, e_stride, w, x, rows, dim, eps, plus_one);                                  \
   }                                                                                                        \
   extern "C" __global__ void adamw_##SUFFIX(float* p, const float* g, float* m, float* v, T* copy, i64 n,   \
                                             double lr, double beta1, double beta2, double weight_decay,    \

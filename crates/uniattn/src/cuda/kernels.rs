@@ -42,6 +42,7 @@ const KERNELS: &[&str] = &[
     "add_rms_norm_backward4",
     "add_rms_norm_backward8",
     "add_rms_norm_backward16",
+    "add_rms_norm_decode",
     "adamw",
     "decode_gemv",
     "decode_gemv_gated",
@@ -478,6 +479,47 @@ pub fn gated_act(gu: &Tensor, gelu_tanh: bool) -> Option<Tensor> {
     let rows = gu.numel() as i64 / width;
     let args = Args::default().ptr(gu).ptr(&out).i64(rows).i64(inter).i32(gelu_tanh as i64);
     args.launch(loaded, "gated_act", suffix, device, grid_for(rows * inter), THREADS).then_some(out)
+}
+
+/// `h += e` in place, then `h`'s RMSNorm with `weight` (in `h`'s type; Gemma's `1 + w` with
+/// `plus_one`) as a new tensor: a decode step's reuse-layer compensation `e` and the norm in
+/// front of the MLP in one kernel, where the add and libtorch's fused RMSNorm were two; each
+/// value as those two compute it (the norm's sum in another order). `e` may be a column slice.
+pub fn add_rms_norm_decode(
+    h: &Tensor,
+    e: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    plus_one: bool,
+) -> Option<Tensor> {
+    let (device, loaded, suffix) = usable(h)?;
+    let dim = *h.size().last()?;
+    let rows = h.numel() as i64 / dim.max(1);
+    let e = e.reshape([-1, dim]);
+    let fits = h.is_contiguous()
+        && e.kind() == h.kind()
+        && weight.kind() == h.kind()
+        && e.device() == h.device()
+        && weight.device() == h.device()
+        && e.size()[0] == rows
+        && e.stride()[1] == 1
+        && weight.size() == [dim]
+        && weight.is_contiguous();
+    if !fits || rows == 0 {
+        return None;
+    }
+    let x = Tensor::empty(h.size().as_slice(), (h.kind(), h.device()));
+    let args = Args::default()
+        .ptr(h)
+        .ptr(&e)
+        .i64(e.stride()[0])
+        .ptr(weight)
+        .ptr(&x)
+        .i64(rows)
+        .i64(dim)
+        .f32(eps)
+        .i32(plus_one as i64);
+    args.launch(loaded, "add_rms_norm_decode", suffix, device, rows.min(MAX_BLOCKS), THREADS).then_some(x)
 }
 
 /// What [`decode_gemv`] does with the product `x W^T (+ bias)`.
@@ -1074,6 +1116,37 @@ mod tests {
                     // SiLU repeats torch's arithmetic: at most one rounding step apart.
                     let d = ulps(&got, &want);
                     assert!(d <= 1.0, "{kind:?} silu: {d} ulps");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn add_rms_norm_decode_equals_composition() {
+        let Some(dev) = gpu() else { return };
+        for kind in KINDS {
+            for (rows, dim) in [(2, 896), (32, 896), (5, 100), (3, 1536)] {
+                for plus_one in [false, true] {
+                    let h = (Tensor::randn([rows, 1, dim], (Kind::Float, dev)) * 2.0).to_kind(kind);
+                    // The compensation as the engine holds it: columns of the V|W_c product.
+                    let wide = Tensor::randn([rows, 1, 128 + dim], (Kind::Float, dev)).to_kind(kind);
+                    let e = wide.narrow(-1, 128, dim);
+                    let weight = (Tensor::randn([dim], (Kind::Float, dev)) * 0.5 + 1.0).to_kind(kind);
+                    let norm = crate::model::nn::RmsNorm { weight: weight.copy(), eps: 1e-6, plus_one };
+                    let (got_h, want_h) = (h.copy(), &h + &e);
+                    let got =
+                        add_rms_norm_decode(&got_h, &e, &weight, 1e-6, plus_one).expect("the kernel applies");
+                    let want = norm.forward(&want_h);
+                    let case = format!("{kind:?} rows={rows} dim={dim} plus_one={plus_one}");
+                    assert_eq!(ulps(&got_h, &want_h), 0.0, "{case}: h + e differs");
+                    // The same f32 arithmetic up to the order of the sum of squares.
+                    let d = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double))
+                        .abs()
+                        .max()
+                        .double_value(&[])
+                        / want.abs().max().double_value(&[]);
+                    let tol = if kind == Kind::Float { 1e-6 } else { 2.0 * ulps_of(kind) };
+                    assert!(d <= tol, "{case}: normed differs by {d} (of the largest)");
                 }
             }
         }

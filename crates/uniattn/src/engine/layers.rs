@@ -99,12 +99,19 @@ struct AttnOut<'a> {
 
 /// `h += x W^T`, then `h += extra` where given, in place: at one row the decode matrix-vector
 /// kernel with both adds in its epilogue; else one GEMM that accumulates into `h` (cuBLAS's
-/// beta = 1), where a separate projection and add would be two kernels and a temporary.
-fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear, extra: Option<&Tensor>) {
+/// beta = 1), where a separate projection and add would be two kernels and a temporary, and
+/// `extra`'s add and `next_norm` as one kernel where it applies, whose `next_norm(h)` comes back.
+fn add_projection(
+    h: &mut Tensor,
+    x: &Tensor,
+    lin: &Linear,
+    extra: Option<&Tensor>,
+    next_norm: Option<&RmsNorm>,
+) -> Option<Tensor> {
     if lin.bias.is_none() {
         let into = GemvOut::AddInto { h, extra };
         if kernels::decode_gemv(x, None, &lin.weight, None, into).is_some() {
-            return;
+            return None;
         }
     }
     match &lin.bias {
@@ -115,9 +122,12 @@ fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear, extra: Option<&Tenso
         }
         Some(_) => *h += lin.forward(x),
     }
-    if let Some(e) = extra {
+    let e = extra?;
+    let normed = next_norm.and_then(|n| n.add_into_then_norm(h, e));
+    if normed.is_none() {
         *h += e;
     }
+    normed
 }
 
 pub struct InferenceMlp {
@@ -272,10 +282,11 @@ impl InferenceLayer {
         lead: &mut Option<LeadAttention>,
     ) {
         let x = NormedInput::new(h, &self.attn_norm);
+        let mut mlp_input = None;
         if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, hands, lead) {
             match &self.attn_post_norm {
                 // The residual add rides in the output GEMM (one kernel instead of two).
-                None => add_projection(h, &heads, o_proj, extra.as_ref()),
+                None => mlp_input = add_projection(h, &heads, o_proj, extra.as_ref(), Some(&self.mlp_norm)),
                 Some(n) => {
                     let mut a = o_proj.forward(&heads);
                     if let Some(e) = extra {
@@ -285,9 +296,11 @@ impl InferenceLayer {
                 }
             }
         }
-        let x = NormedInput::new(h, &self.mlp_norm);
+        let x = NormedInput::new(h, &self.mlp_norm).with_normed(mlp_input);
         match &self.mlp_post_norm {
-            None => add_projection(h, &self.mlp.hidden(&x), &self.mlp.down, None),
+            None => {
+                add_projection(h, &self.mlp.hidden(&x), &self.mlp.down, None, None);
+            }
             Some(n) => *h += n.forward(&self.mlp.forward(&x)),
         }
     }

@@ -73,6 +73,12 @@ impl RmsNorm {
         (mid, x)
     }
 
+    /// `h += e` in place and `norm(h)` in one kernel (a decode step's reuse-layer compensation
+    /// and the norm after it), where that kernel applies; `None` (nothing done) elsewhere.
+    pub fn add_into_then_norm(&self, h: &Tensor, e: &Tensor) -> Option<Tensor> {
+        crate::cuda::kernels::add_rms_norm_decode(h, e, &self.weight, self.eps, self.plus_one)
+    }
+
     /// This norm as the decode matrix-vector kernel applies it.
     pub fn for_gemv(&self) -> GemvNorm<'_> {
         GemvNorm { weight: &self.weight, eps: self.eps, plus_one: self.plus_one }
@@ -117,6 +123,14 @@ pub struct NormedInput<'a> {
 impl<'a> NormedInput<'a> {
     pub fn new(h: &Tensor, norm: &'a RmsNorm) -> Self {
         NormedInput { h: h.shallow_clone(), norm, normed: OnceCell::new() }
+    }
+
+    /// The same, with `norm(h)` already computed where given (by the kernel that added to `h`).
+    pub fn with_normed(self, normed: Option<Tensor>) -> Self {
+        if let Some(x) = normed {
+            let _ = self.normed.set(x);
+        }
+        self
     }
 
     /// `norm(h)`.
