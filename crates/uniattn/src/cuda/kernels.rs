@@ -1132,7 +1132,7 @@ mod tests {
                     let wide = Tensor::randn([rows, 1, 128 + dim], (Kind::Float, dev)).to_kind(kind);
                     let e = wide.narrow(-1, 128, dim);
                     let weight = (Tensor::randn([dim], (Kind::Float, dev)) * 0.5 + 1.0).to_kind(kind);
-                    let norm = crate::model::nn::RmsNorm { weight: weight.copy(), eps: 1e-6, plus_one };
+                    let norm = crate::model::nn::RmsNorm::new(weight.copy(), 1e-6, plus_one);
                     let (got_h, want_h) = (h.copy(), &h + &e);
                     let got =
                         add_rms_norm_decode(&got_h, &e, &weight, 1e-6, plus_one).expect("the kernel applies");

@@ -187,7 +187,8 @@ pub struct Step<'a> {
 
 impl InferenceLayer {
     /// `lead` is the layer whose cache a CLA layer reads.
-    pub fn new(layer: DecoderLayer, lead: Option<usize>) -> Self {
+    pub fn new(mut layer: DecoderLayer, lead: Option<usize>) -> Self {
+        layer.freeze_norms();
         let attn = match layer.attn {
             Attention::Full(f) => InferenceAttention::Full {
                 qkv: fuse(&[&f.q_proj, &f.k_proj, &f.v_proj]),

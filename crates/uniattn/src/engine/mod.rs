@@ -107,7 +107,8 @@ pub const MAPS_FOR_PROBS: i64 = 32;
 
 impl Engine {
     pub fn new(model: Transformer, options: EngineOptions) -> Result<Self> {
-        let Transformer { stem, layers } = model;
+        let Transformer { mut stem, layers } = model;
+        stem.norm.freeze();
         if options.max_batch == 0 || options.max_len == 0 || options.prefill_chunk == 0 {
             return Err(Error::invalid(format!(
                 "engine options: max batch, max length and prefill chunk must be at least 1, got {options:?}"

@@ -54,9 +54,30 @@ pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
     pub plus_one: bool,
+    /// Gemma's `1 + w` in the weight's type, kept by [`RmsNorm::freeze`] where the weight no
+    /// longer changes (the engine's): libtorch's fused kernel takes it as its scale, which cost
+    /// three small kernels a call when computed each time.
+    frozen_scale: Option<Tensor>,
 }
 
 impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64, plus_one: bool) -> Self {
+        RmsNorm { weight, eps, plus_one, frozen_scale: None }
+    }
+
+    /// Keeps Gemma's `1 + w` from now on: for weights that no longer change (training updates
+    /// them in place, so it never calls this).
+    pub fn freeze(&mut self) {
+        if self.plus_one {
+            self.frozen_scale = Some(self.one_plus_weight());
+        }
+    }
+
+    /// `1 + w` computed in f32 and stored in the weight's type.
+    fn one_plus_weight(&self) -> Tensor {
+        (self.weight.to_kind(Kind::Float) + 1.0).to_kind(self.weight.kind())
+    }
+
     /// `(h + a, norm(h + a))` on the residual stream `h`: the sum, and its norm in the type the
     /// projections take ([`autocast_input`]). On CUDA one fused kernel forward and one backward
     /// (f32 residual, `a` already in that type); elsewhere the add, [`RmsNorm::forward`] and
@@ -91,7 +112,9 @@ impl RmsNorm {
             // f32 before the cast back, where Llama casts first; the two differ by bf16 rounding.
             let dim = [*x.size().last().expect("a normed tensor has a last dim")];
             return if self.plus_one {
-                x.rms_norm(dim, Some(&(self.weight.to_kind(Kind::Float) + 1.0).to_kind(kind)), self.eps)
+                let scale =
+                    self.frozen_scale.as_ref().map_or_else(|| self.one_plus_weight(), Tensor::shallow_clone);
+                x.rms_norm(dim, Some(&scale), self.eps)
             } else {
                 x.rms_norm(dim, Some(&self.weight), self.eps)
             };
@@ -152,5 +175,28 @@ impl<'a> NormedInput<'a> {
     /// `lin(norm(h))`.
     pub fn linear(&self, lin: &Linear) -> Tensor {
         self.gemv(&lin.weight, lin.bias.as_ref(), GemvOut::New).unwrap_or_else(|| lin.forward(self.normed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Freezing keeps Gemma's `1 + w` and changes no value: on CUDA, where libtorch's fused
+    /// kernel takes the kept scale (the engine's GPU tests run it too), and elsewhere.
+    #[test]
+    fn a_frozen_norm_gives_the_same_values() {
+        let device = tch::Device::cuda_if_available();
+        for kind in [Kind::Float, Kind::BFloat16] {
+            for plus_one in [false, true] {
+                let weight = (Tensor::randn([64], (Kind::Float, device)) * 0.3).to_kind(kind);
+                let x = Tensor::randn([3, 64], (Kind::Float, device)).to_kind(kind);
+                let mut norm = RmsNorm::new(weight, 1e-6, plus_one);
+                let before = norm.forward(&x);
+                norm.freeze();
+                assert_eq!(norm.frozen_scale.is_some(), plus_one, "{kind:?}: only Gemma's scale is kept");
+                assert!(before.equal(&norm.forward(&x)), "{kind:?} plus_one {plus_one}: values changed");
+            }
+        }
     }
 }

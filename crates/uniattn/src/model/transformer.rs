@@ -164,6 +164,22 @@ pub struct LayerOutput {
 }
 
 impl DecoderLayer {
+    /// Freezes every norm of the layer ([`RmsNorm::freeze`]): for the engine, whose weights
+    /// no longer change.
+    pub fn freeze_norms(&mut self) {
+        let (q_norm, k_norm) = match &mut self.attn {
+            Attention::Full(f) => (f.q_norm.as_mut(), f.k_norm.as_mut()),
+            Attention::Cla(c) => (c.q_norm.as_mut(), None),
+            Attention::Reuse(_) | Attention::Dropped => (None, None),
+        };
+        let optional = [q_norm, k_norm, self.attn_post_norm.as_mut(), self.mlp_post_norm.as_mut()];
+        for norm in
+            [Some(&mut self.attn_norm), Some(&mut self.mlp_norm)].into_iter().chain(optional).flatten()
+        {
+            norm.freeze();
+        }
+    }
+
     /// The layer on the residual stream `h`: `mid = h + attn(norm(h))`, then
     /// `out = mid + mlp(norm(mid))` (Gemma's post-norms inside the branches). The one layer
     /// body of the training graph, the similarity analysis and calibration; the engine runs
@@ -344,11 +360,7 @@ impl Transformer {
         let dev = |t: Tensor| to_device(t, kind, device);
         let (hd, h, hkv, hid) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.hidden_size);
         let norm = |w: &mut WeightMap, name: &str, dim: usize| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: dev(w.take(name, &[dim])?),
-                eps: cfg.rms_norm_eps,
-                plus_one: cfg.family.is_gemma(),
-            })
+            Ok(RmsNorm::new(dev(w.take(name, &[dim])?), cfg.rms_norm_eps, cfg.family.is_gemma()))
         };
         let gemma = cfg.family.is_gemma();
         let linear =
