@@ -210,11 +210,15 @@ int ua_kernel_launch(void* kernel, int device, unsigned grid, unsigned block, un
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
     // Past 48 KiB of dynamic shared memory a kernel must opt in, once for each size it grows
     // to on a device (the setting holds for the process; this thread remembers what it set).
-    thread_local std::map<std::pair<void*, int>, unsigned> opted_in;
-    unsigned& opted = opted_in[{kernel, device}];
-    if (shared_bytes > 48 * 1024 && shared_bytes > opted) {
-      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
-      opted = shared_bytes;
+    // Kernels under the limit (most launches) never look it up.
+    if (shared_bytes > 48 * 1024) {
+      thread_local std::map<std::pair<void*, int>, unsigned> opted_in;
+      unsigned& opted = opted_in[{kernel, device}];
+      if (shared_bytes > opted) {
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(shared_bytes)));
+        opted = shared_bytes;
+      }
     }
     int major = 0;
     if (programmatic) check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));

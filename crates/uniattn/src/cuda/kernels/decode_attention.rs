@@ -145,7 +145,7 @@ impl Cut {
 
     /// Where the tensor-core form runs on heads of 64: a plain layer's attention for one
     /// sequence from `PLAIN_MIN_KEYS` keys, a lead's up to `LEAD_MAX_SEQUENCES`. On an H200
-    /// (bf16, Qwen2.5-Coder-0.5B's shapes; docs/benchmarks.md, 2026-12-01/02) a batch-1 step took
+    /// (bf16, Qwen2.5-Coder-0.5B's shapes; docs/benchmarks.md, 2026-12-01) a batch-1 step took
     /// UniAttn 0.794 ms (0.808 with cuDNN) at 2k and 0.855 (0.887) at 8k, dense 0.869 (0.891) at
     /// 8k; a dense step at 2k took the same GPU time either way but decoded 3% fewer tokens a
     /// second on the kernel (1,193 against 1,238). From batch 8 cuDNN's plain attention is faster
