@@ -233,16 +233,14 @@ impl Normal {
         self.n.int64_value(&[])
     }
 
-    /// Moves the sums to the host for solving.
-    fn to_cpu(&self) -> Normal {
-        let c = |t: &Tensor| t.to_device(Device::Cpu);
-        Normal { xtx: c(&self.xtx), xty: c(&self.xty), yty: c(&self.yty), n: c(&self.n) }
-    }
-
+    /// Solved where the sums are. On the host, the ridge grid's ten f64 solves a reuse layer
+    /// kept `search-plan --variant uniattn` on Qwen2.5-Coder-1.5B at 16-20 s a plan, every core
+    /// of the H200 machine busy and its GPU idle; on the GPU 7-8 s with ten searches sharing it
+    /// (docs/results.md, 2026-12-02).
     fn solve(&self, alpha: f64) -> Tensor {
         let hid = self.xtx.size()[0];
         let lambda = alpha * self.xtx.diagonal(0, 0, 1).mean(Kind::Double).double_value(&[]).max(1e-30);
-        let a = &self.xtx + Tensor::eye(hid, (Kind::Double, Device::Cpu)) * lambda;
+        let a = &self.xtx + Tensor::eye(hid, (Kind::Double, self.xtx.device())) * lambda;
         Tensor::linalg_solve(&a, &self.xty, true)
     }
 
@@ -385,7 +383,6 @@ fn streaming(
                 fit_eq.sum_over(g)?;
                 held_eq.sum_over(g)?;
             }
-            let (fit_eq, held_eq) = (fit_eq.to_cpu(), held_eq.to_cpu());
             let has_held = held_eq.count() > 0;
             let (alpha, held_err) = match ridge {
                 Some(a) => (a, has_held.then(|| held_eq.rel_err(&fit_eq.solve(a)))),
@@ -416,7 +413,7 @@ fn streaming(
                 };
                 hu[c] = finish_reuse(layer, &u, &step, &w_dev).to_device(sd);
             }
-            wc.insert(l, w.tr().to_kind(Kind::Float).contiguous());
+            wc.insert(l, w.tr().to_kind(Kind::Float).to_device(Device::Cpu).contiguous());
         }
     }
     Ok((wc, fits))
