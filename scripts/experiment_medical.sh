@@ -75,14 +75,22 @@ plan_key() { # VARIANT R
   if [[ $EXP_PLANS == per-variant && $1 != dense ]]; then echo "$1:$n"; else echo "$n"; fi
 }
 tag_of() { [[ $1 == "$FIRST_REUSE" ]] || echo "-r$1"; } # folder suffix of a reuse-layer count
-declare -A BLOCKS TAG
+declare -A BLOCKS TAG SEARCH
+# Every plan-based variant's plan, and on the first plan UniAttn's and softmax-only's (their
+# untrained conversions are evaluated whatever `variants` says): analyze's first, then, unless
+# plan_by = similarity, search-plan's, JOBS searches at a time (each scores many conversions
+# with small batches, so several share one GPU well).
+plan_keys() { # R: "VARIANT KEY N" for each plan R needs
+  local v
+  for v in $VARIANTS $([[ $1 == "$FIRST_REUSE" ]] && echo uniattn softmax-only); do
+    [[ $v == dense ]] || echo "$v $(plan_key "$v" "$1") $(layers_of "$v" "$1")"
+  done
+}
 for r in $REUSE; do
   TAG[$r]=$(tag_of "$r")
-  # Every plan-based variant's plan, and on the first plan UniAttn's and softmax-only's (their
-  # untrained conversions are evaluated whatever `variants` says).
-  for v in $VARIANTS $([[ $r == "$FIRST_REUSE" ]] && echo uniattn softmax-only); do
-    [[ $v == dense ]] && continue
-    key=$(plan_key "$v" "$r") n=$(layers_of "$v" "$r")
+  mapfile -t wanted < <(plan_keys "$r")
+  for entry in "${wanted[@]}"; do
+    read -r v key n <<< "$entry"
     [[ -n ${BLOCKS[$key]:-} ]] && continue
     a="$OUT/analyze$(tag_of "$n")"
     if [[ ! -s $a.txt ]]; then
@@ -90,21 +98,25 @@ for r in $REUSE; do
       $U analyze "$MODEL" --data "$CALIB" --rows 500..516 --reuse-layers "$n" --out "$a" "${DT[@]}" > "$a.txt"
     fi
     BLOCKS[$key]=$(python3 scripts/json_field.py "$a/similarity.json" proposed_plan)
-    if [[ $PLAN_BY != similarity ]]; then
-      # Shared plans are UniAttn's (W_c fitted); per-variant plans each method's own.
-      sv=$([[ $EXP_PLANS == per-variant ]] && echo "$v" || echo uniattn)
-      s="$OUT/plan_search$([[ $EXP_PLANS == per-variant ]] && echo "-$sv")$(tag_of "$n")"
-      log "plan by search-plan, $PLAN_BY, as $sv ($n reuse layers; analyze's is ${BLOCKS[$key]})"
-      [[ -s $s.txt ]] ||
-        $U search-plan "$MODEL" --variant "$sv" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" \
-          "${SCORE[@]}" --reuse-layers "$n" --candidate "${BLOCKS[$key]}" $EXP_SEARCH_ARGS --out "$s" "${DT[@]}" \
-          > "$s.tmp" 2> "$s.log"
-      [[ -s $s.txt ]] || mv "$s.tmp" "$s.txt"
-      BLOCKS[$key]=$(python3 scripts/json_field.py "$s/plan_search.json" best)
-    fi
-    log "plan $key: ${BLOCKS[$key]}"
+    [[ $PLAN_BY == similarity ]] && { log "plan $key: ${BLOCKS[$key]}"; continue; }
+    # Shared plans are UniAttn's (W_c fitted); per-variant plans each method's own.
+    sv=$([[ $EXP_PLANS == per-variant ]] && echo "$v" || echo uniattn)
+    s="$OUT/plan_search$([[ $EXP_PLANS == per-variant ]] && echo "-$sv")$(tag_of "$n")"
+    SEARCH[$key]=$s
+    [[ -s $s.txt ]] && continue
+    while (($(jobs -rp | wc -l) >= JOBS)); do wait -n || true; done
+    log "plan by search-plan, $PLAN_BY, as $sv ($n reuse layers; analyze's is ${BLOCKS[$key]})"
+    { $U search-plan "$MODEL" --variant "$sv" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" \
+        "${SCORE[@]}" --reuse-layers "$n" --candidate "${BLOCKS[$key]}" $EXP_SEARCH_ARGS --out "$s" "${DT[@]}" \
+        > "$s.tmp" 2> "$s.log" && mv "$s.tmp" "$s.txt"; } || log "search-plan $key FAILED: $s.log" &
   done
 done
+wait
+for key in "${!SEARCH[@]}"; do
+  [[ -s ${SEARCH[$key]}.txt ]] || { log "no plan for $key: ${SEARCH[$key]}.log"; exit 1; }
+  BLOCKS[$key]=$(python3 scripts/json_field.py "${SEARCH[$key]}/plan_search.json" best)
+done
+for key in "${!BLOCKS[@]}"; do log "plan $key: ${BLOCKS[$key]}"; done
 
 # Evaluations run in the background, JOBS at a time, while training goes on (perplexity runs one
 # window at a time, which leaves the GPU mostly idle). A model whose .val.json (written last)

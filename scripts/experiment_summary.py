@@ -79,6 +79,11 @@ def base_kv_heads():
     import subprocess
     from chart import binary
     model = json.load(open(os.path.join(out, "experiment.json")))["model"]
+    if not os.path.exists(model):
+        # Summarised elsewhere than where it ran (results/ copied from the GPU machine): the same
+        # file in this machine's cache (scripts/fetch-models.sh), if fetched.
+        cache = os.environ.get("UNIATTN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "uniattn")
+        model = next(iter(glob.glob(os.path.join(cache, "models", "*", os.path.basename(model)))), model)
     info = subprocess.run([binary(), "info", model, "--json"], check=True, capture_output=True, text=True)
     return json.loads(info.stdout)["kv_heads"]
 
@@ -168,6 +173,26 @@ if spread:
             return "-" if not xs else f"{statistics.mean(xs):{spec}} ({min(xs):{spec}}..{max(xs):{spec}})"
         cells = [cell(key, ".3f") for _, key in avgs] + [cell("val_loss", ".4f"), cell("val_ppl", ".3f"), cell("wiki_ppl", ".3f")]
         print(f"| {v} | {len(rs)} | " + " | ".join(cells) + " |")
+
+
+# Each method's plan from search-plan (plans = "per-variant"; OUT/plan_search-VARIANT[-rN]): what
+# its conversion scored before post-training, against dense on the same questions.
+searches = sorted(glob.glob(os.path.join(out, "plan_search-*", "plan_search.json")))
+if searches:
+    layers = len(json.load(open(os.path.join(out, "analyze", "similarity.json")))["similarity"])
+    found = []
+    for f in searches:
+        s = json.load(open(f))
+        best = next(p for p in s["plans"] if p["plan"] == s["best"])
+        given = next((p for p in s["plans"] if p["given"]), None)
+        found.append((kv_saved(s["variant"], s["reuse_layers"], layers), s, best, given))
+    print(f"\nPlans each method chose (search-plan, before post-training; {found[0][1]['scored_on']}; lower is better):\n")
+    print("| method | reuse layers | KV saved | plan | score | vs dense | analyze's plan, vs dense | search s |")
+    print("|---" * 8 + "|")
+    for saved, s, best, given in sorted(found, key=lambda x: (x[0], x[1]["variant"])):
+        g = "-" if given is None else f"{given['plan']}: {given['mean_nll'] - s['dense_nll']:+.4f}"
+        print(f"| {s['variant']} | {s['reuse_layers']} | {saved:.1%} | {best['plan']} | {best['mean_nll']:.4f} | "
+              f"{best['mean_nll'] - s['dense_nll']:+.4f} | {g} | {s['seconds']:.0f} |")
 
 
 def decode_speed(r):
