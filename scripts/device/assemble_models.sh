@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# On the GPU machine. A call carries at most 64 MiB, so models travel as parts of one byte
-# stream (`cat A.gguf B.gguf | split`), one part a call, appended to STREAM; `cut` then takes
-# out every file of MANIFEST ("name bytes sha256" lines, in stream order) that the stream holds
-# in full and is not yet in DIR, and checks its sha256 (a bad file is removed, and it fails).
+# A call to the GPU machine carries at most 64 MiB, so models (and data) travel as parts of one
+# byte stream. Here, `split` writes DIR/manifest ("name bytes sha256" lines, in stream order)
+# and the parts DIR/part000, part001, ... (the first FIRST bytes long, to travel beside the
+# binaries; the others BYTES). There, each part is appended to STREAM, one a call; `cut` then
+# takes out every file of MANIFEST that the stream holds in full and is not yet in DIR, and
+# checks its sha256 (a bad file is removed, and it fails).
+#   scripts/device/assemble_models.sh split DIR FIRST BYTES FILE...
 #   scripts/device/assemble_models.sh append PART STREAM
 #   scripts/device/assemble_models.sh cut STREAM MANIFEST DIR
 set -euo pipefail
 case $1 in
+  split)
+    dir=$2 first=$3 bytes=$4
+    shift 4
+    mkdir -p "$dir"
+    for f in "$@"; do printf '%s %s %s\n' "$(basename "$f")" "$(stat -c %s "$f")" "$(sha256sum < "$f" | cut -d' ' -f1)"; done \
+      > "$dir/manifest"
+    cat "$@" | { head -c "$first" > "$dir/part000"; split -b "$bytes" -d -a 3 --numeric-suffixes=1 - "$dir/part"; }
+    ls "$dir"/part* | wc -l | xargs echo "$dir: manifest and parts:" ;;
   append) cat "$2" >> "$3"; echo "$3: $(stat -c %s "$3") bytes" ;;
   cut)
     stream=$2 manifest=$3 dir=$4 offset=0
@@ -25,5 +36,5 @@ case $1 in
       fi
       offset=$((offset + bytes))
     done < "$manifest" ;;
-  *) echo "usage: $0 append PART STREAM | cut STREAM MANIFEST DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 split DIR FIRST BYTES FILE... | append PART STREAM | cut STREAM MANIFEST DIR" >&2; exit 2 ;;
 esac
