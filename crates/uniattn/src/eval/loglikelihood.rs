@@ -24,14 +24,32 @@ pub struct LlResult {
 
 /// Token ids of context and continuation, split the way lm-evaluation-harness splits them.
 pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+    encode_pair_with(tok, context, continuation, &mut None)
+}
+
+/// [`encode_pair`], the context's own tokens taken from `last` when it holds the same (trimmed)
+/// context, and left there for the next request: a task's choices share one context.
+fn encode_pair_with(
+    tok: &Tokenizer,
+    context: &str,
+    continuation: &str,
+    last: &mut Option<(String, Vec<u32>)>,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let trimmed = context.trim_end_matches(' ');
     let (context, continuation) = if trimmed.len() < context.len() {
-        (trimmed.to_string(), format!("{}{continuation}", &context[trimmed.len()..]))
+        (trimmed, format!("{}{continuation}", &context[trimmed.len()..]))
     } else {
-        (context.to_string(), continuation.to_string())
+        (context, continuation.to_string())
     };
     let whole = tok.encode(&format!("{context}{continuation}"), true)?;
-    let mut ctx = tok.encode(&context, true)?;
+    let mut ctx = match last {
+        Some((text, ids)) if text == context => ids.clone(),
+        _ => {
+            let ids = tok.encode(context, true)?;
+            *last = Some((context.to_string(), ids.clone()));
+            ids
+        }
+    };
     let cont = whole[ctx.len().min(whole.len())..].to_vec();
     if cont.is_empty() {
         return Err(Error::invalid(format!("continuation {continuation:?} has no tokens of its own")));
@@ -153,9 +171,31 @@ pub fn score(
     batch_tokens: usize,
     progress: impl FnMut(usize),
 ) -> Result<Vec<LlResult>> {
-    let pairs =
-        requests.iter().map(|r| encode_pair(tok, &r.context, &r.continuation)).collect::<Result<Vec<_>>>()?;
+    let pairs = encode_pairs(tok, requests)?;
     Ok(score_tokens(model, &pairs, max_len, batch_tokens, progress))
+}
+
+/// [`encode_pair`] of every request, in request order, on every core, each run of requests
+/// with one context encoding it once. 5-shot MedQA's 6,365 requests (~7 kB each) took 33.6 s
+/// to encode one by one on this project's 2-core machine and take 10.2 s so (2026-12-02); the
+/// whole task scored in about a minute on an H200.
+fn encode_pairs(tok: &Tokenizer, requests: &[LlRequest]) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let part = requests.len().div_ceil(threads).max(1);
+    let encode = |part: &[LlRequest]| {
+        let mut last = None;
+        part.iter()
+            .map(|r| encode_pair_with(tok, &r.context, &r.continuation, &mut last))
+            .collect::<Result<Vec<_>>>()
+    };
+    let parts: Vec<Result<Vec<_>>> = std::thread::scope(|s| {
+        let running: Vec<_> = requests.chunks(part).map(|p| s.spawn(move || encode(p))).collect();
+        running
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err(Error::invalid("a tokenizer thread panicked"))))
+            .collect()
+    });
+    Ok(parts.into_iter().collect::<Result<Vec<_>>>()?.into_iter().flatten().collect())
 }
 
 #[cfg(test)]
@@ -163,6 +203,31 @@ mod tests {
     use super::*;
     use crate::plan::SuperBlockPlan;
     use crate::testing::{tiny_config, tiny_model};
+
+    /// Every request's tokens, encoded on several threads with shared contexts encoded once,
+    /// equal [`encode_pair`] of that request alone: trailing spaces moved to the continuation,
+    /// an empty context, runs of choices sharing a context across the threads' parts.
+    #[test]
+    fn encoding_on_every_core_equals_one_request_at_a_time() {
+        let tok = crate::testing::tiny_tokenizer();
+        let request = |context: &str, continuation: &str| LlRequest {
+            context: context.to_string(),
+            continuation: continuation.to_string(),
+        };
+        let mut requests = Vec::new();
+        for i in 0..40 {
+            let context = format!("t{} t{} t{}{}", i % 7, i % 5, i % 3, if i % 4 == 0 { " " } else { "" });
+            for choice in [" t1", " t2", " t3 t4"] {
+                requests.push(request(&context, choice));
+            }
+        }
+        requests.push(request("", "t9"));
+        let got = encode_pairs(&tok, &requests).unwrap();
+        assert_eq!(got.len(), requests.len());
+        for (r, g) in requests.iter().zip(&got) {
+            assert_eq!(*g, encode_pair(&tok, &r.context, &r.continuation).unwrap(), "{r:?}");
+        }
+    }
 
     /// Batched scores equal summing the full forward's log-probabilities of each context +
     /// continuation alone: shared rows of lettered choices, rows of their own, a context cut
