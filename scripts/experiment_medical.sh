@@ -98,7 +98,7 @@ for r in $REUSE; do
       $U analyze "$MODEL" --data "$CALIB" --rows 500..516 --reuse-layers "$n" --out "$a" "${DT[@]}" > "$a.txt"
     fi
     BLOCKS[$key]=$(python3 scripts/json_field.py "$a/similarity.json" proposed_plan)
-    [[ $PLAN_BY == similarity ]] && { log "plan $key: ${BLOCKS[$key]}"; continue; }
+    [[ $PLAN_BY == similarity ]] && continue
     # Shared plans are UniAttn's (W_c fitted); per-variant plans each method's own.
     sv=$([[ $EXP_PLANS == per-variant ]] && echo "$v" || echo uniattn)
     s="$OUT/plan_search$([[ $EXP_PLANS == per-variant ]] && echo "-$sv")$(tag_of "$n")"

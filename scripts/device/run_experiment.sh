@@ -20,13 +20,14 @@ RESULTS=$BASE/out LOG=$BASE/driver.log
 export UNIATTN_CACHE=$BASE/cache LD_LIBRARY_PATH
 # The driver's helpers run as `python3`: the machine's Python is the venv's.
 export PATH=$(dirname "$PYTHON"):$PATH
+driver_running() { pgrep -f "experiment.py .*--out $RESULTS" > /dev/null; }
 case ${1:-} in
   start)
     (($# >= 5)) || { echo "usage: $0 start FILES EXPERIMENT.toml MODEL NAME [driver options]" >&2; exit 2; }
     files=$2 experiment=$3 model=$4 name=$5
     shift 5
     [[ -f $files/$model ]] && model=$(realpath "$files/$model")
-    if pgrep -f "experiment.py .*--out $RESULTS" > /dev/null; then
+    if driver_running; then
       echo "a driver is already running on $RESULTS" >&2
       exit 1
     fi
@@ -51,7 +52,7 @@ case ${1:-} in
     for f in "$RESULTS"/plan_search-*.log "$RESULTS"/runs/*.log "$RESULTS"/eval/*.log; do
       [[ -f $f ]] && echo "${f#"$RESULTS"/}: $(tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -1 | cut -c1-120)"
     done
-    pgrep -f "experiment.py .*--out $RESULTS" > /dev/null && echo "driver: running" || echo "driver: finished"
+    driver_running && echo "driver: running" || echo "driver: finished"
     ! command -v nvidia-smi > /dev/null || nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     if [[ -n ${OUT:-} ]]; then
       bash "$ROOT/scripts/device/experiment_state.sh" pack "$RESULTS" "$OUT/state.tgz"

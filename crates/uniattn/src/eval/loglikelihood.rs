@@ -44,11 +44,7 @@ fn encode_pair_with(
     let whole = tok.encode(&format!("{context}{continuation}"), true)?;
     let mut ctx = match last {
         Some((text, ids)) if text == context => ids.clone(),
-        _ => {
-            let ids = tok.encode(context, true)?;
-            *last = Some((context.to_string(), ids.clone()));
-            ids
-        }
+        _ => last.insert((context.to_string(), tok.encode(context, true)?)).1.clone(),
     };
     let cont = whole[ctx.len().min(whole.len())..].to_vec();
     if cont.is_empty() {
