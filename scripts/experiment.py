@@ -61,6 +61,9 @@ SCHEMA = {
     "val_rows": (int, REQUIRED, "held-out rows of each source"),
     "jobs": (int, REQUIRED, "evaluations running at once beside training"),
     "cost": (bool, True, "time one model of each architecture with bench"),
+    "keep_weights": (("all", "bench"), "all",
+                     "trained models whose files stay once evaluated: all, or those the cost bench times "
+                     "(each compressed architecture's first seed; 64 GB holds ~18 bf16 1.5B models)"),
     "ablations": ([dict], [], "extra runs on the main plan and first seed: {label, variant, options}"),
     "pmc": (str, "data/pmc_llama_instructions_1000.json", "PMC instruction rows"),
     "tulu": (str, "data/tulu3_sft_filtered_1000.json", "Tulu 3 SFT rows"),

@@ -120,9 +120,10 @@ for key in "${!BLOCKS[@]}"; do log "plan $key: ${BLOCKS[$key]}"; done
 
 # Evaluations run in the background, JOBS at a time, while training goes on (perplexity runs one
 # window at a time, which leaves the GPU mostly idle). A model whose .val.json (written last)
-# exists is not evaluated again, so a cut-off run resumes.
-evaluate() { # LABEL PATH
-  local label=$1 path=$2 e="$OUT/eval/$1"
+# exists is not evaluated again, so a cut-off run resumes. With DROP = 1 (keep_weights = "bench"
+# and a model the cost bench does not time) the model's files go once it is evaluated.
+evaluate() { # LABEL PATH [DROP]
+  local label=$1 path=$2 drop=${3:-0} e="$OUT/eval/$1"
   [[ -s $e.val.json ]] && return
   log "evaluate $label"
   { $U eval mc --model "$path" --tasks "$TASKS" "${SPLIT[@]}" "${LIMIT[@]}" \
@@ -130,7 +131,11 @@ evaluate() { # LABEL PATH
     $U eval ppl --model "$path" --text "$WIKI" --max-tokens "$WIKI_TOKENS" --window 1024 --stride 512 --json "${DT[@]}" \
       > "$e.wiki.json" &&
     $U eval ppl --model "$path" --text "$VAL" --window 1024 --json "${DT[@]}" > "$e.val.tmp" &&
-    mv "$e.val.tmp" "$e.val.json"; } 2> "$e.log" || log "evaluation of $label FAILED: $e.log"
+    mv "$e.val.tmp" "$e.val.json"; } 2> "$e.log" || { log "evaluation of $label FAILED: $e.log"; return; }
+  if [[ $drop == 1 ]]; then
+    rm -rf "${path:?}"/*
+    echo "model files deleted once evaluated (keep_weights = \"bench\")" > "$path/WEIGHTS_NOT_KEPT"
+  fi
 }
 spawn_eval() {
   while (($(jobs -rp | wc -l) >= JOBS)); do wait -n || true; done
@@ -162,6 +167,14 @@ train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
   [[ $variant == dense ]] || plan=(--plan-blocks "${BLOCKS[$(plan_key "$variant" "$reuse")]}")
   $U train --model "$MODEL" --variant "$variant" "${plan[@]}" --data "$DATA" --val-data "$VAL" \
     --calib "$CALIB" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@" --out "$dir" > "$dir.log" 2>&1
+  # Checkpoints serve resuming an unfinished run; the driver never resumes a finished one, and a
+  # 1.5B run leaves 7-14 GB of them (2026-12-02: they filled the GPU machine's 64 GB disk).
+  rm -rf "$dir/checkpoints"
+}
+# 1 when a trained model's files go once it is evaluated: keep_weights = "bench" keeps only what
+# the cost bench times, each compressed architecture's first seed.
+drop_after_eval() { # VARIANT SEED
+  [[ $EXP_KEEP_WEIGHTS == bench && ($1 == dense || $2 != "${SEEDS%% *}") ]] && echo 1 || echo 0
 }
 
 lr_grid() {
@@ -209,7 +222,7 @@ for r in $REUSE; do
       MODELS+=("$label:$dir/final")
       describe "$label" "$variant${TAG[$r]}" "$([[ $variant == dense ]] && echo base || echo "$variant${TAG[$r]}")" \
         "$variant" "$plan" "$seed" "$BEST_LR"
-      spawn_eval "$label" "$dir/final"
+      spawn_eval "$label" "$dir/final" "$(drop_after_eval "$variant" "$seed")"
     done
   done
 done
@@ -225,7 +238,7 @@ for spec in "${specs[@]}"; do
   describe "$label" "${spec%%=*}" "$([[ $variant == dense ]] && echo base || echo "$variant")" "$variant" \
     "$([[ $variant == dense ]] || echo "${BLOCKS[$(plan_key "$variant" "$FIRST_REUSE")]}")" "${SEEDS%% *}" \
     "$BEST_LR" "${extra[@]}"
-  spawn_eval "$label" "$OUT/runs/$label/final"
+  spawn_eval "$label" "$OUT/runs/$label/final" "$([[ $EXP_KEEP_WEIGHTS == bench ]] && echo 1 || echo 0)"
 done
 
 log "the unified models before post-training (W_c from the closed-form fit, and none)"
