@@ -34,7 +34,9 @@ case ${1:-} in
     mkdir -p "$UNIATTN_CACHE" "$BASE/bin" "$BASE/repo"
     for archive in "$files"/*.tgz; do tar xzf "$archive" -C "$UNIATTN_CACHE"; done
     [[ -n ${STATE:-} ]] && bash "$ROOT/scripts/device/experiment_state.sh" restore "$STATE" "$RESULTS"
-    cp "${U:-$ROOT/target/release/uniattn}" "$BASE/bin/uniattn"
+    # (U may be the copy an earlier start made.)
+    u=${U:-$ROOT/target/release/uniattn}
+    [[ $u -ef $BASE/bin/uniattn ]] || cp "$u" "$BASE/bin/uniattn"
     # The summary draws its plots with `uniattn plot` (scripts/plots/chart.py).
     export UNIATTN=$BASE/bin/uniattn
     tar cf - -C "$ROOT" --exclude=./target --exclude='./.?*' . | tar xf - -C "$BASE/repo"
@@ -54,6 +56,7 @@ case ${1:-} in
     done
     driver_running && echo "driver: running" || echo "driver: finished"
     ! command -v nvidia-smi > /dev/null || nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    df -h "$BASE" | tail -1
     if [[ -n ${OUT:-} ]]; then
       bash "$ROOT/scripts/device/experiment_state.sh" pack "$RESULTS" "$OUT/state.tgz"
       cp "$LOG" "$OUT/"
