@@ -9,6 +9,7 @@ no data is not drawn), drawn by `uniattn plot` (scripts/plots/chart.py).
 """
 import glob
 import json
+import math
 import os
 import statistics
 import sys
@@ -116,6 +117,16 @@ def described(label):
     return {"group": group, "architecture": arch, "method": method.split("+")[0], "saved": legacy_saved(arch)}
 
 
+def mean_acc(tasks):
+    """The unweighted mean of the tasks' accuracies (None without tasks)."""
+    return sum(t["acc"]["value"] for t in tasks) / len(tasks) if tasks else None
+
+
+def mean_stderr(tasks):
+    """The standard error of mean_acc: the tasks' questions are independent samples."""
+    return math.sqrt(sum(t["acc"]["stderr"] ** 2 for t in tasks)) / len(tasks) if tasks else None
+
+
 rows = []
 for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
     label = os.path.basename(f)[: -len(".mc.json")]
@@ -127,11 +138,12 @@ for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
     bench = bench_of(f, info["architecture"])
     med = [t for t in mc if t["task"].startswith(MED)]
     general = [t for t in mc if not t["task"].startswith(MED)]
+    arc_c = next((t["acc"]["value"] for t in mc if t["task"].startswith("arc_challenge")), None)
     rows.append({"label": label, "variant": info["group"], "method": info["method"], "plan_saved": info["saved"], "tasks": {t["task"]: t for t in mc},
                  "wiki_ppl": load(".wiki.json", "perplexity"), "val_ppl": load(".val.json", "perplexity"),
-                 "val_loss": best_val_loss(label),
-                 "medical_avg": sum(t["acc"]["value"] for t in med) / len(med) if med else None,
-                 "general_avg": sum(t["acc"]["value"] for t in general) / len(general) if general else None,
+                 "val_loss": best_val_loss(label), "arc_c": arc_c,
+                 "medical_avg": mean_acc(med), "medical_se": mean_stderr(med),
+                 "general_avg": mean_acc(general), "general_se": mean_stderr(general),
                  "kv_per_token": bench[0]["kv_bytes_per_token"] if bench else None, "bench": bench or []})
 fmt = lambda v, spec: "-" if v is None else format(v, spec)
 base_kv = max((r["kv_per_token"] for r in rows if r["kv_per_token"]), default=None)
@@ -151,12 +163,18 @@ for r in rows:
     cells = [f"{r['tasks'][t]['acc']['value']:.3f} ± {r['tasks'][t]['acc']['stderr']:.3f}" if t in r["tasks"] else "-" for t in tasks]
     speeds = [f"{b[what + '_tokens_per_s']:.0f}" if not b.get("error") else "oom"
               for what in ("prefill", "decode") for b in r["bench"]] or ["-"] * (2 * len(grid))
-    cells += [fmt(r[key], ".3f") for _, key in avgs]
+    cells += ["-" if r[key] is None else f"{r[key]:.3f} ± {r[key.replace('avg', 'se')]:.3f}" for _, key in avgs]
     cells += [fmt(r["val_loss"], ".4f"), fmt(r["val_ppl"], ".3f"), fmt(r["wiki_ppl"], ".3f"), r["saved_cell"]]
     print(f"| {r['label']} | " + " | ".join(cells + (speeds if grid else [])) + " |")
 
 if any(not r["kv_per_token"] for r in rows):
     print("\n\\* KV saving from the plan: this architecture was not timed.")
+
+def decode_speed(r):
+    """Decode tokens/s at the bench grid's last point (the largest batch and context), or None."""
+    b = r["bench"][-1] if r["bench"] else None
+    return None if b is None or b.get("error") else b["decode_tokens_per_s"]
+
 
 by_variant = {}
 for r in rows:
@@ -173,6 +191,26 @@ if spread:
             return "-" if not xs else f"{statistics.mean(xs):{spec}} ({min(xs):{spec}}..{max(xs):{spec}})"
         cells = [cell(key, ".3f") for _, key in avgs] + [cell("val_loss", ".4f"), cell("val_ppl", ".3f"), cell("wiki_ppl", ".3f")]
         print(f"| {v} | {len(rs)} | " + " | ".join(cells) + " |")
+
+
+# The comparison at matched savings: each trained variant once, by KV saving, with the standard
+# error of one run's average beside the range over its seeds.
+print("\nBy KV saving (means over seeds; ± the standard error of one run's average; min..max over seeds):\n")
+print("| KV saved | variant | seeds | medical avg | ARC-C | held-out val loss | decode tok/s |")
+print("|---" * 7 + "|")
+for v, rs in sorted(by_variant.items(), key=lambda kv: (kv[1][0]["saved"] or 0, -statistics.mean(
+        [r["medical_avg"] or 0 for r in kv[1]]))):
+    def spread_cell(key, spec, se_key=None):
+        xs = [r[key] for r in rs if r[key] is not None]
+        if not xs:
+            return "-"
+        cell = f"{statistics.mean(xs):{spec}}"
+        if se_key:
+            cell += f" ± {statistics.mean(r[se_key] for r in rs if r[se_key] is not None):{spec}}"
+        return cell + (f" ({min(xs):{spec}}..{max(xs):{spec}})" if len(xs) > 1 else "")
+    speed = decode_speed(rs[0])
+    print(f"| {fmt(rs[0]['saved'], '.1%')} | {v} | {len(rs)} | {spread_cell('medical_avg', '.3f', 'medical_se')} | "
+          f"{spread_cell('arc_c', '.3f')} | {spread_cell('val_loss', '.4f')} | {fmt(speed, '.0f')} |")
 
 
 # Each method's plan from search-plan (plans = "per-variant"; OUT/plan_search-VARIANT[-rN]): what
@@ -193,12 +231,6 @@ if searches:
         g = "-" if given is None else f"{given['plan']}: {given['mean_nll'] - s['dense_nll']:+.4f}"
         print(f"| {s['variant']} | {s['reuse_layers']} | {saved:.1%} | {best['plan']} | {best['mean_nll']:.4f} | "
               f"{best['mean_nll'] - s['dense_nll']:+.4f} | {g} | {s['seconds']:.0f} |")
-
-
-def decode_speed(r):
-    """Decode tokens/s at the bench grid's last point (the largest batch and context), or None."""
-    b = r["bench"][-1] if r["bench"] else None
-    return None if b is None or b.get("error") else b["decode_tokens_per_s"]
 
 
 def scatter(key, y_label, title, path, x_of=lambda r: r["saved"], x_label="KV-cache bytes saved (fraction)"):
@@ -224,6 +256,7 @@ def scatter(key, y_label, title, path, x_of=lambda r: r["saved"], x_label="KV-ca
 print()
 scatter("medical_avg", "medical accuracy (mean of tasks)", "medical accuracy vs KV-cache saving", os.path.join(out, "accuracy_vs_saving.svg"))
 scatter("general_avg", "general-task accuracy (mean of tasks)", "general-task accuracy vs KV-cache saving", os.path.join(out, "general_vs_saving.svg"))
+scatter("arc_c", "ARC-Challenge accuracy", "ARC-Challenge accuracy vs KV-cache saving", os.path.join(out, "arc_challenge_vs_saving.svg"))
 scatter("val_ppl", "perplexity of the validation rows", "held-out perplexity of the validation rows (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
 scatter("val_loss", "validation loss (nats per token)", "held-out validation loss after post-training (lower is better) vs KV-cache saving",
         os.path.join(out, "val_loss_vs_saving.svg"))
