@@ -241,15 +241,16 @@ for spec in "${specs[@]}"; do
   spawn_eval "$label" "$OUT/runs/$label/final" "$([[ $EXP_KEEP_WEIGHTS == bench ]] && echo 1 || echo 0)"
 done
 
-log "the unified models before post-training (W_c from the closed-form fit, and none)"
-for fit in ours none; do
-  label=$([[ $fit == ours ]] && echo uniattn-untrained || echo softmax-only-untrained)
-  dir="$OUT/runs/$label"
-  plan=${BLOCKS[$(plan_key "${label%-untrained}" "$FIRST_REUSE")]}
-  [[ -d $dir ]] || $U convert "$MODEL" --plan-blocks "$plan" --calib "$CALIB" --calib-rows "$CALIB_ROWS" --fit $fit \
-    --max-len "$MAX_LEN" --out "$dir" "${DT[@]}" > "$dir.log" 2>&1
+# Models as `convert` leaves them (no training), in the precision evaluation reads them in.
+SAVE=(--save-dtype "$([[ $DEV == cuda ]] && echo bf16 || echo f32)")
+log "the unified models before post-training (UniAttn's W_c from the closed-form fit; softmax-only)"
+for variant in uniattn softmax-only; do
+  label=$variant-untrained dir="$OUT/runs/$variant-untrained"
+  plan=${BLOCKS[$(plan_key "$variant" "$FIRST_REUSE")]}
+  [[ -d $dir ]] || $U convert "$MODEL" --variant "$variant" --plan-blocks "$plan" --calib "$CALIB" \
+    --calib-rows "$CALIB_ROWS" --max-len "$MAX_LEN" "${SAVE[@]}" --out "$dir" "${DT[@]}" > "$dir.log" 2>&1
   MODELS+=("$label:$dir")
-  describe "$label" "$label" "${label%-untrained}" "${label%-untrained}" "$plan" "" ""
+  describe "$label" "$label" "$variant" "$variant" "$plan" "" ""
   spawn_eval "$label" "$dir"
 done
 wait
@@ -272,22 +273,17 @@ if [[ $EXP_COST != 0 && ! -s $OUT/eval/cost.bench.json ]]; then
       [[ $variant == dense ]] && continue
       # Speed and cache size do not depend on the weights: a model whose weights were deleted
       # (or stayed on another machine) is timed through another seed, its untrained conversion,
-      # or a stand-in trained for one step on 16 rows.
+      # or the architecture as `convert --variant` makes it (W_c fitted on 16 rows).
       m=
-      for c in "$OUT"/runs/"$arch"-s*/final "$OUT/runs/$arch-untrained" "$OUT/bench/$arch.stand-in/final"; do
+      for c in "$OUT"/runs/"$arch"-s*/final "$OUT/runs/$arch-untrained" "$OUT/bench/$arch.converted"; do
         [[ -f $c/model.safetensors ]] && { m=$c; break; }
       done
       if [[ -z $m ]]; then
-        log "stand-in for $arch (one step)"
-        python3 -c "import json,sys; json.dump(json.load(open(sys.argv[1]))[:16], open(sys.argv[2],'w'))" \
-          "$DATA" "$OUT/bench/rows16.json"
-        m="$OUT/bench/$arch.stand-in"
-        $U train --model "$MODEL" --variant "$variant" --plan-blocks "${BLOCKS[$(plan_key "$variant" "$r")]}" \
-          --data "$OUT/bench/rows16.json" \
-          --val-data "$OUT/bench/rows16.json" --calib "$OUT/bench/rows16.json" --max-len "$MAX_LEN" --micro-batch 16 \
-          --save-every 100000 --save-dtype bf16 --device "$DEV" $([[ $DEV == cuda ]] && echo --bf16) --out "$m" > "$m.log" 2>&1
-        rm -rf "$m/checkpoints"
-        m=$m/final
+        log "$arch converted, untrained, to time"
+        m="$OUT/bench/$arch.converted"
+        $U convert "$MODEL" --variant "$variant" --plan-blocks "${BLOCKS[$(plan_key "$variant" "$r")]}" \
+          --calib "$CALIB" --calib-rows 0..16 --max-len "$MAX_LEN" "${SAVE[@]}" --overwrite --out "$m" "${DT[@]}" \
+          > "$m.log" 2>&1
       fi
       ln -sfn "$(realpath "$m")" "$OUT/bench/$arch"
       cost+=(--model "$OUT/bench/$arch")

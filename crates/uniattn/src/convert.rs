@@ -1,12 +1,14 @@
-//! `convert`: apply a SuperBlock plan to a model and fit `W_c` in closed form, then write a
-//! UniAttn model folder (`v2_proj` weights, `uniattn.json` with the plan and the fit report).
+//! `convert`: apply a SuperBlock plan to a model as one reuse kind (UniAttn's `W_c` fitted in
+//! closed form; the baselines have nothing to fit), then write the model folder (UniAttn's
+//! `v2_proj` weights, `uniattn.json` with the plan and the fit report).
 use crate::calibrate::{calibrate, CalibOptions, CalibReport};
 use crate::data;
 use crate::error::{Error, Result};
 use crate::loader::{self, read_parts};
 use crate::model::names;
 use crate::model::Transformer;
-use crate::plan::SuperBlockPlan;
+use crate::plan::{ReuseKind, SuperBlockPlan};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -75,18 +77,21 @@ pub fn calibration_sequences(
 pub struct ConvertOutput {
     pub model: Transformer,
     pub tokenizer: crate::tokenizer::Tokenizer,
-    pub report: CalibReport,
+    /// The fit of `W_c` (UniAttn); `None` for the reuse kinds without one.
+    pub report: Option<CalibReport>,
 }
 
-/// Loads `model_path` on `device` in `kind`, fits `W_c` for `plan`, and returns the unified
-/// model. Q/K weights of reuse layers are returned separately in `kept_qk` when asked for.
-/// Over a `group` of ranks the calibration's chunks are split over them (see [`calibrate`]);
-/// every rank returns the same model.
+/// Loads `model_path` on `device` in `kind`, applies `plan` as `reuse` converts a model (for
+/// UniAttn with `W_c` fitted on `data`; softmax-only, CLA, layer drop and KV-head merging need
+/// no data) and returns it, untrained. Q/K weights of reuse layers are returned separately in
+/// `kept_qk` when asked for. Over a `group` of ranks the calibration's chunks are split over
+/// them (see [`calibrate`]); every rank returns the same model.
 #[allow(clippy::too_many_arguments)]
 pub fn convert(
     model_path: &Path,
     plan: &PlanSpec,
-    data: &CalibData,
+    reuse: ReuseKind,
+    data: Option<&CalibData>,
     opts: &CalibOptions,
     kind: Kind,
     device: Device,
@@ -94,14 +99,25 @@ pub fn convert(
     progress: impl FnMut(usize, usize),
 ) -> Result<(ConvertOutput, Vec<(String, tch::Tensor)>)> {
     let parts = read_parts(model_path)?;
-    let plan = plan.resolve(parts.cfg.num_layers)?;
+    let plan = plan.resolve(parts.cfg.num_layers)?.with_reuse(reuse);
     if plan.is_dense() {
         return Err(Error::invalid("the plan has no reuse layers; nothing to convert"));
     }
     let tokenizer = parts.tokenizer;
     let dense = Transformer::from_weights(parts.weights, parts.cfg, parts.plan, kind, device, false)?;
-    let (fit, held) = calibration_sequences(&tokenizer, data)?;
-    let (wc, report) = calibrate(&dense, &plan, &fit, &held, opts, group, progress)?;
+    let (wc, report) = if reuse.spec().compensation {
+        let data = data.ok_or_else(|| {
+            Error::invalid(format!(
+                "{}'s W_c is fitted on calibration rows: give calibration data",
+                reuse.name()
+            ))
+        })?;
+        let (fit, held) = calibration_sequences(&tokenizer, data)?;
+        let (wc, report) = calibrate(&dense, &plan, &fit, &held, opts, group, progress)?;
+        (wc, Some(report))
+    } else {
+        (BTreeMap::new(), None)
+    };
     let reuse = plan.reuse_layers();
     // The dense weights the reuse layers drop (the reference code's checkpoints keep them).
     let drops = plan.reuse.spec().drops;

@@ -8,6 +8,7 @@ use uniattn::calibrate::{CalibOptions, FitMethod};
 use uniattn::convert::{self, CalibData, PlanSpec};
 use uniattn::eval::perplexity::perplexity_docs;
 use uniattn::loader;
+use uniattn::plan::ReuseKind;
 
 fn pmc() -> std::path::PathBuf {
     sample_data("pmc_llama_instructions_1000.json")
@@ -25,21 +26,41 @@ fn opts(method: FitMethod) -> CalibOptions {
 fn converted(gguf: &Path, blocks: &str, data: &CalibData) -> convert::ConvertOutput {
     let method = opts(FitMethod::Streaming { ridge: None });
     let spec = PlanSpec::Blocks(blocks.to_string());
-    convert::convert(gguf, &spec, data, &method, Kind::Float, Device::Cpu, None, |_, _| {}).unwrap().0
+    convert::convert(
+        gguf,
+        &spec,
+        ReuseKind::Uniattn,
+        Some(data),
+        &method,
+        Kind::Float,
+        Device::Cpu,
+        None,
+        |_, _| {},
+    )
+    .unwrap()
+    .0
 }
 
 fn nll_on(model: &Path, rows: std::ops::Range<usize>) -> f64 {
     let m = loader::load(model, Kind::Float, Device::Cpu).unwrap();
+    nll_of(&m.model, &m.tokenizer, rows)
+}
+
+fn nll_of(
+    model: &uniattn::model::Transformer,
+    tok: &uniattn::tokenizer::Tokenizer,
+    rows: std::ops::Range<usize>,
+) -> f64 {
     let texts = uniattn::data::read_texts(&pmc()).unwrap();
     let docs: Vec<Vec<u32>> = texts[rows]
         .iter()
         .map(|t| {
-            let mut ids = m.tokenizer.encode(t, true).unwrap();
+            let mut ids = tok.encode(t, true).unwrap();
             ids.truncate(96);
             ids
         })
         .collect();
-    perplexity_docs(&m.model, &docs, 0, 96, 96, |_, _| {}).unwrap().mean_nll
+    perplexity_docs(model, &docs, 0, 96, 96, |_, _| {}).unwrap().mean_nll
 }
 
 #[test]
@@ -54,7 +75,8 @@ fn convert_fits_and_writes_a_loadable_unified_model() {
         let (out, kept) = convert::convert(
             &gguf,
             &plan,
-            &calib(0..16, 0.25),
+            ReuseKind::Uniattn,
+            Some(&calib(0..16, 0.25)),
             &opts(method),
             Kind::Float,
             Device::Cpu,
@@ -65,12 +87,9 @@ fn convert_fits_and_writes_a_loadable_unified_model() {
         let path = dir.join(name);
         convert::save(&out, &path, Kind::Float, None).unwrap();
         if name == "ours" {
-            assert_eq!(out.report.layers.len(), 4);
-            assert!(
-                out.report.layers.iter().all(|f| f.heldout_rel_err.unwrap() < 1.0),
-                "{:?}",
-                out.report.layers
-            );
+            let fits = &out.report.as_ref().expect("UniAttn's fit is reported").layers;
+            assert_eq!(fits.len(), 4);
+            assert!(fits.iter().all(|f| f.heldout_rel_err.unwrap() < 1.0), "{fits:?}");
             // The folder: W_c for reuse layers, no Q/K there, the plan beside it.
             let mut t = std::collections::BTreeMap::new();
             uniattn::formats::safetensors::read_file(&path.join("model.safetensors"), &mut t).unwrap();
@@ -93,6 +112,50 @@ fn convert_fits_and_writes_a_loadable_unified_model() {
     assert!(nll[1] < nll[0], "W_c fit {} vs no W_c {}", nll[1], nll[0]);
 }
 
+/// The baselines convert with nothing to fit and no calibration rows: each folder loads as its
+/// reuse kind and scores what the dense model with the plan applied in memory scores (the
+/// trainer's conversion). UniAttn without calibration rows is refused, naming them.
+#[test]
+fn baselines_convert_without_calibration_data() {
+    init();
+    let gguf = model(SMOLLM2).unwrap();
+    let scratch = tmpdir("convert-variants");
+    let plan = PlanSpec::Blocks("24-26,27-29".into());
+    let none = opts(FitMethod::Zero);
+    let dense = loader::load(&gguf, Kind::Float, Device::Cpu).unwrap();
+    for kind in [ReuseKind::SoftmaxOnly, ReuseKind::Cla, ReuseKind::Layerdrop, ReuseKind::KvHeads] {
+        let (out, _) =
+            convert::convert(&gguf, &plan, kind, None, &none, Kind::Float, Device::Cpu, None, |_, _| {})
+                .unwrap();
+        assert!(out.report.is_none(), "{kind:?}: nothing was fitted");
+        let path = scratch.path().join(kind.name());
+        convert::save(&out, &path, Kind::Float, None).unwrap();
+        let read = loader::read_plan(&path, 30).unwrap();
+        assert_eq!((read.reuse, read.reuse_layers()), (kind, vec![25, 26, 28, 29]));
+        let in_memory = dense
+            .model
+            .share()
+            .unwrap()
+            .apply_plan(plan.resolve(30).unwrap().with_reuse(kind), Default::default())
+            .unwrap();
+        let (saved, want) = (nll_on(&path, 0..4), nll_of(&in_memory, &dense.tokenizer, 0..4));
+        assert!((saved - want).abs() < 1e-9, "{kind:?}: {saved} from the folder, {want} in memory");
+    }
+    let refused = convert::convert(
+        &gguf,
+        &plan,
+        ReuseKind::Uniattn,
+        None,
+        &none,
+        Kind::Float,
+        Device::Cpu,
+        None,
+        |_, _| {},
+    );
+    let err = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("calibration rows"), "{err}");
+}
+
 #[test]
 fn reference_fit_runs() {
     init();
@@ -101,7 +164,8 @@ fn reference_fit_runs() {
     let (a, _) = convert::convert(
         &gguf,
         &plan,
-        &calib(0..6, 0.0),
+        ReuseKind::Uniattn,
+        Some(&calib(0..6, 0.0)),
         &opts(FitMethod::Reference { len: 64 }),
         Kind::Float,
         Device::Cpu,
@@ -109,8 +173,9 @@ fn reference_fit_runs() {
         |_, _| {},
     )
     .unwrap();
-    assert_eq!(a.report.layers.len(), 2);
-    assert!(a.report.layers.iter().all(|f| f.alpha.is_none() && f.fit_rel_err.is_finite()));
+    let fits = &a.report.as_ref().expect("UniAttn's fit is reported").layers;
+    assert_eq!(fits.len(), 2);
+    assert!(fits.iter().all(|f| f.alpha.is_none() && f.fit_rel_err.is_finite()));
 }
 
 #[test]
@@ -121,7 +186,8 @@ fn bad_plans_and_calibration_files_are_rejected() {
         convert::convert(
             &gguf,
             &plan,
-            &data,
+            ReuseKind::Uniattn,
+            Some(&data),
             &opts(FitMethod::Zero),
             Kind::Float,
             Device::Cpu,

@@ -8,14 +8,19 @@ use uniattn::calibrate::{CalibOptions, FitMethod};
 use uniattn::convert::PlanSpec;
 use uniattn::loader;
 use uniattn::runtime;
+use uniattn::train::job::Variant;
 
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  uniattn convert smollm2 --plan-blocks 15-18,20-22 --calib data/pmc_llama_instructions_1000.json --out runs/smol-uni"
+    after_help = "Examples:\n  uniattn convert smollm2 --plan-blocks 15-18,20-22 --calib data/pmc_llama_instructions_1000.json --out runs/smol-uni\n  uniattn convert smollm2 --variant cla --plan-blocks 24-26 --out runs/smol-cla"
 )]
 pub struct ConvertArgs {
     /// The dense model: a GGUF file, a folder or a fetched model's short name
     pub model: PathBuf,
+    /// How the plan's reuse layers change: uniattn fits W_c on --calib; the others (the
+    /// baselines `train` post-trains) have nothing to fit
+    #[arg(long, value_enum, default_value_t = VariantArg::Uniattn)]
+    pub variant: VariantArg,
     /// The paper's g:begin:end, e.g. 4:16:33 (end clipped to the layer count)
     #[arg(long, conflicts_with = "plan_blocks", required_unless_present = "plan_blocks")]
     pub plan: Option<String>,
@@ -24,7 +29,7 @@ pub struct ConvertArgs {
     pub plan_blocks: Option<String>,
     #[command(flatten)]
     pub calib: CalibArgs,
-    /// How W_c is fitted
+    /// How W_c is fitted (uniattn)
     #[arg(long, value_enum, default_value_t = Fit::Ours)]
     pub fit: Fit,
     /// Fixed relative ridge strength instead of choosing it on held-out rows
@@ -59,6 +64,7 @@ pub struct ConvertArgs {
 pub fn convert(
     ConvertArgs {
         model,
+        variant,
         plan,
         plan_blocks,
         calib,
@@ -75,6 +81,9 @@ pub fn convert(
         ranks,
     }: ConvertArgs,
 ) -> Result<()> {
+    let Variant::Reuse(reuse) = variant.variant() else {
+        bail!("--variant dense: a dense model is what convert starts from; give uniattn, softmax-only, cla, layerdrop or kv-heads");
+    };
     let Some(world) = ranks.world()? else { return Ok(()) };
     let leader = world.is_leader();
     let source = uniattn::cache::resolve_model(&model)?;
@@ -94,7 +103,8 @@ pub fn convert(
         Fit::Reference => FitMethod::Reference { len: ref_len },
         Fit::None => FitMethod::Zero,
     };
-    let data = calib.data(matches!(method, FitMethod::Streaming { .. }))?;
+    let fits = reuse.spec().compensation;
+    let data = fits.then(|| calib.data(matches!(method, FitMethod::Streaming { .. }))).transpose()?;
     let opts = CalibOptions {
         method,
         chunk_tokens: calib.chunk_tokens,
@@ -102,12 +112,21 @@ pub fn convert(
         pad_id: 0,
     };
     // What must match on every rank.
-    let job = format!("{:?} {spec:?} {data:?} {:?} {kind:?} {states_on_cpu}", source, opts.method);
+    let job = format!("{:?} {spec:?} {reuse:?} {data:?} {:?} {kind:?} {states_on_cpu}", source, opts.method);
     let (comm, watch) = uniattn::distributed::join_ranks(&world, device, &job, ranks.hang_timeout())?.unzip();
     let group = comm.as_ref().map(|c| c as &dyn uniattn::distributed::zero::Collective);
-    let pb = progress::leader_bar(leader, "calibrating");
-    let (conv, kept) =
-        uniattn::convert::convert(&model, &spec, &data, &opts, kind, device, group, progress::counter(&pb))?;
+    let pb = progress::leader_bar(leader && fits, "calibrating");
+    let (conv, kept) = uniattn::convert::convert(
+        &model,
+        &spec,
+        reuse,
+        data.as_ref(),
+        &opts,
+        kind,
+        device,
+        group,
+        progress::counter(&pb),
+    )?;
     pb.finish_and_clear();
     if let Some(w) = &watch {
         w.finish();
@@ -119,31 +138,34 @@ pub fn convert(
     let savings = uniattn::savings::plan_savings(&conv.model.stem.cfg, &conv.model.stem.plan, 2);
     let report = serde_json::json!({
         "plan": conv.model.stem.plan.describe(),
+        "variant": reuse.name(),
         "device": runtime::device_name(device),
         "calibration": r,
         "savings": savings,
         "out": out,
     });
     json.emit(&report, || {
-        let mut t = format!(
-            "plan         {}\nfit          {}\ntokens       {} fit, {} held out\ntime         {:.1} s on {}\n\
-             layer  lead  ridge      held-out rel. err  fit rel. err\n",
-            conv.model.stem.plan.describe(),
-            r.method,
-            r.fit_tokens,
-            r.heldout_tokens,
-            r.seconds,
-            runtime::device_name(device)
-        );
-        for f in &r.layers {
+        let mut t = format!("plan         {} ({})\n", conv.model.stem.plan.describe(), reuse.name());
+        if let Some(r) = r {
             t += &format!(
-                "{:>5}  {:>4}  {:>9}  {:>17}  {:>12.4}\n",
-                f.layer,
-                f.lead,
-                f.alpha.map_or("pinv".into(), |a| format!("{a:.0e}")),
-                f.heldout_rel_err.map_or("-".into(), |e| format!("{e:.4}")),
-                f.fit_rel_err
+                "fit          {}\ntokens       {} fit, {} held out\ntime         {:.1} s on {}\n\
+                 layer  lead  ridge      held-out rel. err  fit rel. err\n",
+                r.method,
+                r.fit_tokens,
+                r.heldout_tokens,
+                r.seconds,
+                runtime::device_name(device)
             );
+            for f in &r.layers {
+                t += &format!(
+                    "{:>5}  {:>4}  {:>9}  {:>17}  {:>12.4}\n",
+                    f.layer,
+                    f.lead,
+                    f.alpha.map_or("pinv".into(), |a| format!("{a:.0e}")),
+                    f.heldout_rel_err.map_or("-".into(), |e| format!("{e:.4}")),
+                    f.fit_rel_err
+                );
+            }
         }
         format!("{t}{}\nwrote        {}", savings.table(), out.display())
     })
