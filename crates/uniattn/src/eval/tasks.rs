@@ -13,18 +13,25 @@ const DEFAULT_VARIANTS: [&str; 3] = ["rc_5shot", "rc_0shot", "mc_5shot"];
 
 /// Loads `spec`: `task` (first of rc_5shot, rc_0shot, mc_5shot present) or `task:variant`;
 /// `mmlu_<subject>` and `mmlu_medical` (the six medical subjects) come from the Arrow data
-/// next to `tasks_dir`.
+/// next to `tasks_dir`, and take `task:variant:validation` for the questions of MMLU's
+/// validation split instead of its test split.
 pub fn load(tasks_dir: &Path, spec: &str) -> Result<Vec<McTask>> {
     crate::cache::require_tasks_dir(tasks_dir)?;
-    let (task, variant) = match spec.split_once(':') {
-        Some((t, v)) => (t, Some(v)),
-        None => (spec, None),
-    };
+    let mut parts = spec.splitn(3, ':');
+    let task = parts.next().unwrap_or(spec);
+    let (variant, split) = (parts.next(), parts.next());
     if let Some(subject) = task.strip_prefix("mmlu_") {
         let hf = tasks_dir.parent().unwrap_or(tasks_dir).join("hf_datasets");
         let subjects: Vec<&str> =
             if subject == "medical" { super::mmlu::MEDICAL.to_vec() } else { vec![subject] };
-        return subjects.iter().map(|s| super::mmlu::load(&hf, s, variant.unwrap_or("rc_5shot"))).collect();
+        let (variant, split) = (variant.unwrap_or("rc_5shot"), split.unwrap_or("test"));
+        return subjects.iter().map(|s| super::mmlu::load(&hf, s, variant, split)).collect();
+    }
+    if let Some(split) = split {
+        return Err(Error::invalid(format!(
+            "task {spec:?}: a split ({split:?}) can be chosen for MMLU tasks only (the package's \
+             requests of {task} are rendered from one split)"
+        )));
     }
     load_requests(tasks_dir, task, variant).map(|t| vec![t])
 }
