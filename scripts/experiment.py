@@ -41,7 +41,10 @@ SCHEMA = {
     "lr": (float, None, "fix every run's learning rate (the grid still trains and is reported)"),
     "plan_by": (("similarity", "loss", "choices"), "similarity",
                 "analyze's plan, or search-plan's by held-out loss or by MedMCQA questions"),
-    "choices": (int, 300, "MedMCQA questions that score plans with plan_by = choices"),
+    "choices": (int, 300, "questions of each task that score plans with plan_by = choices"),
+    "choice_tasks": (str, "medmcqa:mc_5shot",
+                     "tasks that score plans with plan_by = choices, comma-separated (MedMCQA's from the "
+                     "split's training part; e.g. mmlu_medical:mc_5shot:validation adds MMLU's validation questions)"),
     "plans": (("shared", "per-variant"), "shared",
               "one plan (UniAttn's) for every variant, or each variant's own from search-plan --variant"),
     "matched_saving": (bool, False,

@@ -53,13 +53,15 @@ DATA="$OUT/data/${SET}_train.json" VAL="$OUT/data/${SET}_val.json"
 # Plans: the first is the main one (labels without a suffix), others add -rN. plan_by =
 # similarity takes analyze's plan; loss the plan of lowest held-out loss after the closed-form
 # conversion (search-plan, analyze's plan among the candidates), scored on the validation file;
-# choices scores it on 5-shot lettered MedMCQA questions of the split's training part (`choices`
-# of them); `search_args` adds search-plan options (e.g. ["--min-layer", "21"]).
+# choices scores it on the `choice_tasks` (5-shot lettered MedMCQA questions of the split's
+# training part by default; `choices` of each); `search_args` adds search-plan options (e.g.
+# ["--min-layer", "21"]).
 case $PLAN_BY in
   similarity) ;;
   loss) SCORE=(--val "$VAL") ;;
   choices)
-    SCORE=(--val-task medmcqa:mc_5shot --val-exclude-split "$OUT/data/medmcqa_split.json" --val-limit "$EXP_CHOICES") ;;
+    SCORE=(--val-task "$EXP_CHOICE_TASKS" --val-limit "$EXP_CHOICES")
+    [[ $EXP_CHOICE_TASKS != *medmcqa* ]] || SCORE+=(--val-exclude-split "$OUT/data/medmcqa_split.json") ;;
 esac
 FIRST_REUSE=${REUSE%% *}
 # Plan R (an entry of `reuse`) gives UniAttn and softmax-only R reuse layers; with
