@@ -60,7 +60,13 @@ case ${1:-} in
       # Progress bars redraw with carriage returns: the log's own lines, then each job's last bar.
       tr '\r' '\n' < "$log" | grep -v '[░█]' | tail -12
       for f in "$results"/plan_search-*.log "$results"/runs/*.log "$results"/eval/*.log; do
-        [[ -f $f ]] && echo "${f#"$results"/}: $(tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -1 | cut -c1-120)"
+        [[ -f $f ]] || continue
+        # A finished evaluation's log ends with a progress bar; its .val.json is written last.
+        if [[ $f == */eval/*.log && -s ${f%.log}.val.json ]]; then
+          echo "${f#"$results"/}: evaluated"
+        else
+          echo "${f#"$results"/}: $(tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -1 | cut -c1-120)"
+        fi
       done
       driver_running "$base" && echo "driver: running" || echo "driver: finished"
       if [[ -n ${OUT:-} ]]; then
