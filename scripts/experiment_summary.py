@@ -170,6 +170,18 @@ for r in rows:
 if any(not r["kv_per_token"] for r in rows):
     print("\n\\* KV saving from the plan: this architecture was not timed.")
 
+def spread_cell(rs, key, spec, se_key=None):
+    """`key`'s mean over the seeds' runs `rs`, with the mean standard error `se_key` of one run
+    where given, and the range where there are several values ("-" without any)."""
+    xs = [r[key] for r in rs if r[key] is not None]
+    if not xs:
+        return "-"
+    cell = f"{statistics.mean(xs):{spec}}"
+    if se_key:
+        cell += f" ± {statistics.mean(r[se_key] for r in rs if r[se_key] is not None):{spec}}"
+    return cell + (f" ({min(xs):{spec}}..{max(xs):{spec}})" if len(xs) > 1 else "")
+
+
 def decode_speed(r):
     """Decode tokens/s at the bench grid's last point (the largest batch and context), or None."""
     b = r["bench"][-1] if r["bench"] else None
@@ -186,10 +198,8 @@ if spread:
     print("| variant | seeds | " + " | ".join(spread_heads) + " |")
     print("|---" * (len(spread_heads) + 2) + "|")
     for v, rs in spread.items():
-        def cell(key, spec):
-            xs = [r[key] for r in rs if r[key] is not None]
-            return "-" if not xs else f"{statistics.mean(xs):{spec}} ({min(xs):{spec}}..{max(xs):{spec}})"
-        cells = [cell(key, ".3f") for _, key in avgs] + [cell("val_loss", ".4f"), cell("val_ppl", ".3f"), cell("wiki_ppl", ".3f")]
+        cells = [spread_cell(rs, key, ".3f") for _, key in avgs]
+        cells += [spread_cell(rs, key, spec) for key, spec in (("val_loss", ".4f"), ("val_ppl", ".3f"), ("wiki_ppl", ".3f"))]
         print(f"| {v} | {len(rs)} | " + " | ".join(cells) + " |")
 
 
@@ -200,17 +210,8 @@ print("| KV saved | variant | seeds | medical avg | ARC-C | held-out val loss | 
 print("|---" * 7 + "|")
 for v, rs in sorted(by_variant.items(), key=lambda kv: (kv[1][0]["saved"] or 0, -statistics.mean(
         [r["medical_avg"] or 0 for r in kv[1]]))):
-    def spread_cell(key, spec, se_key=None):
-        xs = [r[key] for r in rs if r[key] is not None]
-        if not xs:
-            return "-"
-        cell = f"{statistics.mean(xs):{spec}}"
-        if se_key:
-            cell += f" ± {statistics.mean(r[se_key] for r in rs if r[se_key] is not None):{spec}}"
-        return cell + (f" ({min(xs):{spec}}..{max(xs):{spec}})" if len(xs) > 1 else "")
-    speed = decode_speed(rs[0])
-    print(f"| {fmt(rs[0]['saved'], '.1%')} | {v} | {len(rs)} | {spread_cell('medical_avg', '.3f', 'medical_se')} | "
-          f"{spread_cell('arc_c', '.3f')} | {spread_cell('val_loss', '.4f')} | {fmt(speed, '.0f')} |")
+    print(f"| {fmt(rs[0]['saved'], '.1%')} | {v} | {len(rs)} | {spread_cell(rs, 'medical_avg', '.3f', 'medical_se')} | "
+          f"{spread_cell(rs, 'arc_c', '.3f')} | {spread_cell(rs, 'val_loss', '.4f')} | {fmt(decode_speed(rs[0]), '.0f')} |")
 
 
 # Each method's plan from search-plan (plans = "per-variant"; OUT/plan_search-VARIANT[-rN]): what

@@ -118,11 +118,11 @@ pub fn convert(
     } else {
         (BTreeMap::new(), None)
     };
-    let reuse = plan.reuse_layers();
     // The dense weights the reuse layers drop (the reference code's checkpoints keep them).
-    let drops = plan.reuse.spec().drops;
+    let drops = reuse.spec().drops;
     let gemma = dense.stem.cfg.family.is_gemma();
-    let dropped: std::collections::BTreeSet<String> = reuse
+    let dropped: std::collections::BTreeSet<String> = plan
+        .reuse_layers()
         .iter()
         .flat_map(|&l| {
             drops.iter().flat_map(move |&m| [names::weight(l, m, gemma), names::bias(l, m, gemma)])

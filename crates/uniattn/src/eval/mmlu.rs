@@ -98,7 +98,7 @@ pub fn load(hf_datasets: &Path, subject: &str, variant: &str, split: &str) -> Re
         }
     };
     let dev = read_split(hf_datasets, subject, "dev")?;
-    let test = read_split(hf_datasets, subject, split)?;
+    let questions = read_split(hf_datasets, subject, split)?;
     let mut head = format!(
         "The following are multiple choice questions (with answers) about {}.\n\n",
         subject.replace('_', " ")
@@ -106,10 +106,10 @@ pub fn load(hf_datasets: &Path, subject: &str, variant: &str, split: &str) -> Re
     for q in dev.iter().take(shots) {
         head += &format!("{}{}\n\n", prompt(q, mc), answer(q, q.answer, mc));
     }
-    if mc && test.iter().any(|q| q.choices.len() > LETTERS.len()) {
+    if mc && questions.iter().any(|q| q.choices.len() > LETTERS.len()) {
         return Err(Error::invalid(format!("MMLU {subject}: more than four choices in the mc format")));
     }
-    let items = test
+    let items = questions
         .iter()
         .enumerate()
         .map(|(i, q)| McItem {
