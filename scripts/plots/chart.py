@@ -22,4 +22,5 @@ def draw(chart, out):
     spec = os.path.splitext(out)[0] + ".json"
     with open(spec, "w") as f:
         json.dump(chart, f, indent=1)
-    subprocess.run([binary(), "plot", spec, "--out", out], check=True)
+    # Its "wrote ..." goes to stderr: a caller's stdout is often a report (summary.md).
+    subprocess.run([binary(), "plot", spec, "--out", out], check=True, stdout=sys.stderr)
