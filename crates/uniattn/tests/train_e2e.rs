@@ -118,9 +118,15 @@ fn uniattn_two_stage_run_stops_resumes_and_loads() {
     let from_two = run(job(&elsewhere, Some(elsewhere.clone()), None), |_, _| {}).unwrap();
     assert_eq!(from_two.history.len(), 1, "one step of 8 examples left in stage 2");
     assert_eq!(from_two.history[0].global_step, 5);
+    // Cut off as if after step 4 was logged but before its checkpoint was written: the run goes
+    // on from step 3's, and step 4 is logged once, by the run that trains it again.
+    std::fs::remove_dir_all(ckpts.last().unwrap()).unwrap();
     // The resumed run writes its final model in bf16; checkpoints stay f32.
     let rest =
         run(TrainJob { save_kind: Kind::BFloat16, ..job(&out, Some(out.clone()), None) }, |_, _| {}).unwrap();
+    assert_eq!(rest.history.first().unwrap().global_step, 4, "resumed from step 3's checkpoint");
+    let logged: Vec<usize> = uniattn::train::run_steps(&out).unwrap().iter().map(|m| m.global_step).collect();
+    assert_eq!(logged, (1..=6).collect::<Vec<_>>(), "every step of the run logged once, for its loss plot");
     // 10 training rows in windows of 4: 3 steps per stage, 6 in all.
     assert_eq!(rest.history.last().unwrap().global_step, 6);
     assert!(rest.history.iter().any(|m| m.stage == 1));

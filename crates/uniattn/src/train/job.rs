@@ -177,7 +177,7 @@ pub const CONFIG_FILE: &str = "train_config.toml";
 
 /// What a run leaves in its folder (and TensorBoard event files); a folder holding any of them
 /// belongs to a run already.
-const RUN_FILES: [&str; 4] = ["metrics.jsonl", "checkpoints", "final", "loss.png"];
+const RUN_FILES: [&str; 4] = [super::METRICS_FILE, "checkpoints", "final", "loss.png"];
 
 /// A new run may not mix with an earlier one in the same folder (its checkpoints would be
 /// pruned and resumed, its metrics interleaved): refused unless resuming, or cleared with
@@ -296,7 +296,8 @@ pub fn run(job: TrainJob, on_step: impl FnMut(&StepMetrics, usize)) -> Result<Tr
         let staged = crate::fs::OutputDir::prepare(&final_dir, true, &[])?;
         loader::save_folder(&model, &tokenizer, staged.path(), job.save_kind, None, &[])?;
         staged.commit()?;
-        plot_losses(&history, &job.out.join("loss.png"))?;
+        // The whole run's curve, also where this invocation resumed it.
+        plot_losses(&super::run_steps(&job.out)?, &job.out.join("loss.png"))?;
     }
     if let Some(w) = &watch {
         w.finish();

@@ -21,7 +21,7 @@ use crate::rng::SplitMix64;
 use dataset::TokenizedExample;
 use optim::{cosine_lr, AdamW, AdamWConfig};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// Which parameters a stage trains.
@@ -111,7 +111,7 @@ pub struct Position {
     pub global_step: usize,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StepMetrics {
     pub stage: usize,
     pub step: usize,
@@ -128,6 +128,28 @@ pub struct StepMetrics {
     /// The optimizer's moments this process holds, GiB (1/N of them under ZeRO-1).
     #[serde(default)]
     pub optimizer_state_gib: f64,
+}
+
+/// A run folder's log of its steps, one JSON object a line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// The steps a run's metrics file records, each with its line; a line that does not parse (one
+/// cut off mid-write when the run was) is left out.
+fn logged_steps(path: &Path) -> Result<Vec<(String, StepMetrics)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok().map(|m| (line.to_string(), m)))
+        .collect())
+}
+
+/// Every step of the run in `out`, those of the invocations it was resumed from included.
+pub fn run_steps(out: &Path) -> Result<Vec<StepMetrics>> {
+    Ok(logged_steps(&out.join(METRICS_FILE))?.into_iter().map(|(_, m)| m).collect())
 }
 
 /// A padded micro-batch: inputs and targets `[b, t]` (-100 where there is no loss), and for
@@ -438,7 +460,17 @@ impl Trainer<'_> {
         }
         // Rank 0 writes the run's files and reports; the other ranks only train.
         let leader = self.world.is_leader();
-        let metrics_path = self.out.join("metrics.jsonl");
+        let metrics_path = self.out.join(METRICS_FILE);
+        if let (true, Some(r)) = (leader, &resume) {
+            // The steps logged after the checkpoint, before the run was cut off, are trained
+            // again: their lines go, so that each step appears once.
+            let kept: String = logged_steps(&metrics_path)?
+                .into_iter()
+                .filter(|(_, m)| m.global_step <= r.position.global_step)
+                .map(|(line, _)| line + "\n")
+                .collect();
+            crate::fs::write_atomic(&metrics_path, kept.as_bytes())?;
+        }
         let (mut metrics, mut events) = if leader {
             std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
             let file = std::fs::OpenOptions::new()
