@@ -165,10 +165,19 @@ train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
   local variant=$1 seed=$2 lr=$3 dir=$4 reuse=${5:-$FIRST_REUSE}
   shift $(($# < 5 ? $# : 5))
   [[ -d $dir/final ]] && return
-  local plan=()
+  local plan=() again=()
   [[ $variant == dense ]] || plan=(--plan-blocks "${BLOCKS[$(plan_key "$variant" "$reuse")]}")
+  # A run cut off before its final model (out of memory beside another job, a machine taken
+  # back) goes on from its newest checkpoint, or starts over where it wrote none: `train`
+  # refuses a used folder otherwise, and the restarted driver stopped on it (2026-12-02).
+  if [[ -n $(ls -A "$dir/checkpoints" 2> /dev/null) ]]; then
+    again=(--resume "$dir")
+  elif [[ -d $dir ]]; then
+    again=(--overwrite)
+  fi
   $U train --model "$MODEL" --variant "$variant" "${plan[@]}" --data "$DATA" --val-data "$VAL" \
-    --calib "$CALIB" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@" --out "$dir" > "$dir.log" 2>&1
+    --calib "$CALIB" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@" "${again[@]}" \
+    --out "$dir" > "$dir.log" 2>&1
   # Checkpoints serve resuming an unfinished run; the driver never resumes a finished one, and a
   # 1.5B run leaves 7-14 GB of them (2026-12-02: they filled the GPU machine's 64 GB disk).
   rm -rf "$dir/checkpoints"
