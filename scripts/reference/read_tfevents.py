@@ -17,9 +17,13 @@ fields = {"train/loss": "loss", "train/lr": "lr", "train/grad_norm": "grad_norm"
 worst = 0.0
 for tag in sorted(acc.Tags()["scalars"]):
     events = acc.Scalars(tag)
-    print(f"{tag}: {len(events)} points, steps {[e.step for e in events]}")
+    steps = [e.step for e in events]
+    print(f"{tag}: {len(events)} points, steps {steps}")
+    # A resumed run's steps logged past its checkpoint are purged (its session start), not shown twice.
+    assert len(steps) == len(set(steps)), f"{tag}: a step shown twice"
     if tag in fields:
         want = {r["global_step"]: r[fields[tag]] for r in rows if r.get(fields[tag]) is not None}
+        assert sorted(want) == sorted(steps), f"{tag}: steps {steps}, metrics.jsonl {sorted(want)}"
         for e in events:
             rel = abs(e.value - want[e.step]) / max(abs(want[e.step]), 1e-30)
             worst = max(worst, rel)

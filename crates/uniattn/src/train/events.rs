@@ -43,7 +43,8 @@ fn bytes_field(field: u64, data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(data);
 }
 
-/// `Event { wall_time = 1 (double), step = 2 (int64), file_version = 3 | summary = 5 }`.
+/// `Event { wall_time = 1 (double), step = 2 (int64), file_version = 3 | summary = 5 |
+/// session_log = 7 }`.
 fn event(wall_time: f64, step: i64, body: (u64, &[u8])) -> Vec<u8> {
     let mut e = vec![1 << 3 | 1];
     e.extend_from_slice(&wall_time.to_le_bytes());
@@ -88,8 +89,12 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// A new event file in `dir` (a resumed run adds a file; TensorBoard merges them).
-    pub fn create(dir: &Path) -> Result<Self> {
+    /// A new event file in `dir` (a resumed run adds a file; TensorBoard merges them). A run
+    /// resumed from the checkpoint of step `resumed_after` starts its file with a session start
+    /// at the next step: TensorBoard then drops what earlier files logged from that step on (the
+    /// steps the cut-off run logged past its checkpoint, trained again now), as it does for
+    /// TensorFlow's restarts.
+    pub fn create(dir: &Path, resumed_after: Option<usize>) -> Result<Self> {
         let t = now();
         let host = std::fs::read_to_string("/etc/hostname")
             .map_or_else(|_| "localhost".into(), |h| h.trim().to_string());
@@ -97,6 +102,10 @@ impl EventWriter {
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         let mut w = EventWriter { file, path };
         w.write(&event(t, 0, (3, b"brain.Event:2")))?;
+        if let Some(step) = resumed_after {
+            // `session_log = 7`: `SessionLog { status = 1: START }`.
+            w.write(&event(t, step as i64 + 1, (7, &[1 << 3, 1])))?;
+        }
         Ok(w)
     }
 
@@ -134,7 +143,7 @@ mod tests {
     #[test]
     fn a_written_file_reads_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = EventWriter::create(dir.path()).unwrap();
+        let mut w = EventWriter::create(dir.path(), None).unwrap();
         w.scalars(3, &[("train/loss", 2.5), ("train/lr", 1e-5)]).unwrap();
         w.scalars(4, &[("val/loss", 2.25)]).unwrap();
         let name = w.path().file_name().unwrap().to_string_lossy().into_owned();
@@ -166,5 +175,12 @@ mod tests {
         };
         assert_eq!(f32_after("train/loss"), 2.5);
         assert_eq!(f32_after("train/lr"), 1e-5f32);
+        // A run resumed after step 3: its file opens with a session start at step 4.
+        let resumed = EventWriter::create(dir.path(), Some(3)).unwrap();
+        let bytes = std::fs::read(resumed.path()).unwrap();
+        let first = 16 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let start = &bytes[first + 12..bytes.len() - 4];
+        assert_eq!((start[0], start[9], start[10]), (0x09, 0x10, 4), "wall time, then step 4");
+        assert_eq!(&start[11..], [7 << 3 | 2, 2, 0x08, 1], "session_log {{ status: START }}");
     }
 }

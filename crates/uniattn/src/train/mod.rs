@@ -478,7 +478,8 @@ impl Trainer<'_> {
                 .append(true)
                 .open(&metrics_path)
                 .map_err(|e| Error::io(&metrics_path, e))?;
-            (Some(file), Some(events::EventWriter::create(&self.out)?))
+            let resumed_after = resume.as_ref().map(|r| r.position.global_step);
+            (Some(file), Some(events::EventWriter::create(&self.out, resumed_after)?))
         } else {
             (None, None)
         };
