@@ -191,11 +191,14 @@ pub fn ppl(PplArgs { model, text, rows, max_tokens, window, stride, json, dev }:
     if total < 2 {
         bail!("{}: fewer than 2 tokens to score", text.display());
     }
+    // Counts the tokens that get a prediction (the bar learns their number at the first batch).
     let pb = progress::bar(total as u64, "ppl");
     let bytes = uniattn::eval::perplexity::predicted_bytes(&m.tokenizer, &docs)?;
-    let r = uniattn::eval::perplexity::perplexity_docs(&m.model, &docs, bytes, window, stride, |done, _| {
-        pb.set_position(done as u64)
-    })?;
+    let r =
+        uniattn::eval::perplexity::perplexity_docs(&m.model, &docs, bytes, window, stride, |done, of| {
+            pb.set_length(of as u64);
+            pb.set_position(done as u64)
+        })?;
     pb.finish_and_clear();
     json.emit(&r, || {
         format!(
