@@ -461,18 +461,19 @@ impl Trainer<'_> {
         // Rank 0 writes the run's files and reports; the other ranks only train.
         let leader = self.world.is_leader();
         let metrics_path = self.out.join(METRICS_FILE);
-        if let (true, Some(r)) = (leader, &resume) {
-            // The steps logged after the checkpoint, before the run was cut off, are trained
-            // again: their lines go, so that each step appears once.
-            let kept: String = logged_steps(&metrics_path)?
-                .into_iter()
-                .filter(|(_, m)| m.global_step <= r.position.global_step)
-                .map(|(line, _)| line + "\n")
-                .collect();
-            crate::fs::write_atomic(&metrics_path, kept.as_bytes())?;
-        }
         let (mut metrics, mut events) = if leader {
             std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
+            if let Some(r) = &resume {
+                // The steps logged after the checkpoint, before the run was cut off, are
+                // trained again: their lines go, so that each step appears once. (A run resumed
+                // into a new folder from another's checkpoint starts an empty log.)
+                let kept: String = logged_steps(&metrics_path)?
+                    .into_iter()
+                    .filter(|(_, m)| m.global_step <= r.position.global_step)
+                    .map(|(line, _)| line + "\n")
+                    .collect();
+                crate::fs::write_atomic(&metrics_path, kept.as_bytes())?;
+            }
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
