@@ -160,28 +160,42 @@ PY
 describe base base base base "" "" ""
 spawn_eval base "$MODEL"
 
-best_val() { python3 -c "import json,sys; v=[json.loads(l).get('val_loss') for l in open(sys.argv[1])]; v=[x for x in v if x is not None]; print(min(v) if v else 1e9)" "$1/metrics.jsonl"; }
-train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
-  local variant=$1 seed=$2 lr=$3 dir=$4 reuse=${5:-$FIRST_REUSE}
-  shift $(($# < 5 ? $# : 5))
-  [[ -d $dir/final ]] && return
-  local plan=() again=()
-  [[ $variant == dense ]] || plan=(--plan-blocks "${BLOCKS[$(plan_key "$variant" "$reuse")]}")
-  # A run cut off before its final model (out of memory beside another job, a machine taken
-  # back) goes on from its newest checkpoint, or starts over where it wrote none: `train`
-  # refuses a used folder otherwise, and the restarted driver stopped on it (2026-12-02).
+# One `uniattn train` into DIR. A run cut off before its final model (out of memory, a machine
+# taken back) goes on from its newest checkpoint, or starts over where it wrote none: `train`
+# refuses a used folder otherwise, and the restarted driver stopped on it (2026-12-02).
+train_once() { # DIR TRAIN_OPTIONS...
+  local dir=$1 again=()
+  shift
   if [[ -n $(ls -A "$dir/checkpoints" 2> /dev/null) ]]; then
     again=(--resume "$dir")
   elif [[ -d $dir ]]; then
     again=(--overwrite)
   fi
-  # A failed run is reported and left for a rerun of the driver (which goes on from it); the
-  # others go on: one run out of memory beside another experiment stopped them all (2026-12-02).
-  if ! $U train --model "$MODEL" --variant "$variant" "${plan[@]}" --data "$DATA" --val-data "$VAL" \
-    --calib "$CALIB" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@" "${again[@]}" \
-    --out "$dir" > "$dir.log" 2>&1; then
-    log "training of $(basename "$dir") FAILED: $dir.log"
-    return 1
+  $U train "$@" "${again[@]}" --out "$dir" > "$dir.log" 2>&1
+}
+best_val() { python3 -c "import json,sys; v=[json.loads(l).get('val_loss') for l in open(sys.argv[1])]; v=[x for x in v if x is not None]; print(min(v) if v else 1e9)" "$1/metrics.jsonl"; }
+train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
+  local variant=$1 seed=$2 lr=$3 dir=$4 reuse=${5:-$FIRST_REUSE}
+  shift $(($# < 5 ? $# : 5))
+  [[ -d $dir/final ]] && return
+  local plan=()
+  [[ $variant == dense ]] || plan=(--plan-blocks "${BLOCKS[$(plan_key "$variant" "$reuse")]}")
+  local attempt=(train_once "$dir" --model "$MODEL" --variant "$variant" "${plan[@]}" --data "$DATA" --val-data "$VAL" \
+    --calib "$CALIB" --calib-rows "$CALIB_ROWS" --seed "$seed" --lr "$lr" "${TRAIN[@]}" "$@")
+  # Out of GPU memory beside this driver's evaluations (or another experiment's runs), a run goes
+  # on from its newest checkpoint once the evaluations in flight have finished: two 3x runs and
+  # a seed were lost that way beside another experiment (2026-12-02). Any other failure, or a
+  # second one, is reported and left for a rerun of the driver (which goes on from it); the
+  # others go on: one run out of memory stopped them all (2026-12-02).
+  if ! "${attempt[@]}"; then
+    if ! grep -q "the device ran out of memory" "$dir.log" ||
+      ! { log "$(basename "$dir") ran out of GPU memory: going on from its newest checkpoint once the evaluations in flight finish"
+        wait
+        mv "$dir.log" "$dir.out-of-memory.log"
+        "${attempt[@]}"; }; then
+      log "training of $(basename "$dir") FAILED: $dir.log"
+      return 1
+    fi
   fi
   # Checkpoints serve resuming an unfinished run; the driver never resumes a finished one, and a
   # 1.5B run leaves 7-14 GB of them (2026-12-02: they filled the GPU machine's 64 GB disk).
