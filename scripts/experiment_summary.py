@@ -254,17 +254,25 @@ def scatter(key, y_label, title, path, x_of=lambda r: r["saved"], x_label="KV-ca
     print(f"plot: {path}")
 
 
+# What is plotted, against the KV saving and (where timed) the decode speed: key, y label, title's
+# subject, and the two plots' file names.
+PLOTS = [
+    ("medical_avg", "medical accuracy (mean of tasks)", "medical accuracy", "accuracy_vs_saving", "medical_vs_decode_speed"),
+    ("general_avg", "general-task accuracy (mean of tasks)", "general-task accuracy", "general_vs_saving",
+     "general_vs_decode_speed"),
+    ("arc_c", "ARC-Challenge accuracy", "ARC-Challenge accuracy", "arc_challenge_vs_saving", "arc_challenge_vs_decode_speed"),
+    ("val_ppl", "perplexity of the validation rows", "held-out perplexity of the validation rows (lower is better)",
+     "val_ppl_vs_saving", None),
+    ("val_loss", "validation loss (nats per token)", "held-out validation loss after post-training (lower is better)",
+     "val_loss_vs_saving", "val_loss_vs_decode_speed"),
+]
 print()
-scatter("medical_avg", "medical accuracy (mean of tasks)", "medical accuracy vs KV-cache saving", os.path.join(out, "accuracy_vs_saving.svg"))
-scatter("general_avg", "general-task accuracy (mean of tasks)", "general-task accuracy vs KV-cache saving", os.path.join(out, "general_vs_saving.svg"))
-scatter("arc_c", "ARC-Challenge accuracy", "ARC-Challenge accuracy vs KV-cache saving", os.path.join(out, "arc_challenge_vs_saving.svg"))
-scatter("val_ppl", "perplexity of the validation rows", "held-out perplexity of the validation rows (lower is better) vs KV-cache saving", os.path.join(out, "val_ppl_vs_saving.svg"))
-scatter("val_loss", "validation loss (nats per token)", "held-out validation loss after post-training (lower is better) vs KV-cache saving",
-        os.path.join(out, "val_loss_vs_saving.svg"))
+for key, y_label, what, saving_file, _ in PLOTS:
+    scatter(key, y_label, f"{what} vs KV-cache saving", os.path.join(out, f"{saving_file}.svg"))
 if grid:
     last = grid[-1]
     speed = f"decode tokens/s (batch {last['batch']}, context {last['context']})"
-    for key, name in (("medical_avg", "medical accuracy"), ("general_avg", "general-task accuracy")):
-        scatter(key, f"{name} (mean of tasks)", f"{name} vs measured decode speed",
-                os.path.join(out, f"{key.split('_')[0]}_vs_decode_speed.svg"), decode_speed, speed)
+    for key, y_label, what, _, speed_file in PLOTS:
+        if speed_file:
+            scatter(key, y_label, f"{what} vs measured decode speed", os.path.join(out, f"{speed_file}.svg"), decode_speed, speed)
 print(f"learning-rate grid: {os.path.join(out, 'lr_grid.jsonl')}")
