@@ -206,12 +206,17 @@ if spread:
 # The comparison at matched savings: each trained variant once, by KV saving, with the standard
 # error of one run's average beside the range over its seeds.
 print("\nBy KV saving (means over seeds; ± the standard error of one run's average; min..max over seeds):\n")
-print("| KV saved | variant | seeds | medical avg | ARC-C | held-out val loss | decode tok/s |")
-print("|---" * 7 + "|")
+# Decode speed against the base model's, timed in the same bench process.
+base_speed = next((decode_speed(r) for r in rows if r["variant"] == "base"), None)
+print("| KV saved | variant | seeds | medical avg | ARC-C | held-out val loss | decode tok/s | decode vs base |")
+print("|---" * 8 + "|")
 for v, rs in sorted(by_variant.items(), key=lambda kv: (kv[1][0]["saved"] or 0, -statistics.mean(
         [r["medical_avg"] or 0 for r in kv[1]]))):
+    speed = decode_speed(rs[0])
+    ratio = speed / base_speed if speed and base_speed else None
     print(f"| {fmt(rs[0]['saved'], '.1%')} | {v} | {len(rs)} | {spread_cell(rs, 'medical_avg', '.3f', 'medical_se')} | "
-          f"{spread_cell(rs, 'arc_c', '.3f')} | {spread_cell(rs, 'val_loss', '.4f')} | {fmt(decode_speed(rs[0]), '.0f')} |")
+          f"{spread_cell(rs, 'arc_c', '.3f')} | {spread_cell(rs, 'val_loss', '.4f')} | {fmt(speed, '.0f')} | "
+          f"{'-' if ratio is None else f'{ratio:.2f}x'} |")
 
 
 # Each method's plan from search-plan (plans = "per-variant"; OUT/plan_search-VARIANT[-rN]): what
