@@ -3,7 +3,8 @@
 // its arithmetic step for step: every intermediate the chain would store is rounded to the
 // tensor's type here too, and products and sums use the _rn intrinsics so that the compiler
 // cannot contract them into fused multiply-adds the chain does not do. In f32 the results
-// equal the chain's up to the order of reductions; in bf16/f16 up to that and `expf`.
+// equal the chain's up to the order of reductions; in bf16/f16 up to that, `expf`, and the
+// held softmax's approximate exponential (below the type's rounding step; see softmax_exp).
 //
 // No headers: bf16 and f16 are handled as raw 16-bit values.
 
@@ -24,15 +25,17 @@ __device__ __forceinline__ float to_float(f16 x) {
 
 template <typename T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-// Round to nearest even, NaN kept quiet: c10's round_to_nearest_even.
+// Round to nearest even, NaN kept quiet: c10's round_to_nearest_even. From sm_80 one
+// conversion instruction does it (the same bits but for a NaN's payload), where the integer
+// form takes five: a softmax rounds every element three times.
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) {
-  u32 u = __float_as_uint(x);
   bf16 r;
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    r.bits = 0x7fc0;
-  } else {
-    r.bits = (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  }
+#if __CUDA_ARCH__ >= 800
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
+#else
+  const u32 u = __float_as_uint(x);
+  r.bits = (u & 0x7fffffffu) > 0x7f800000u ? (u16)0x7fc0 : (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+#endif
   return r;
 }
 template <> __device__ __forceinline__ f16 from_float<f16>(float x) {
@@ -188,6 +191,25 @@ __device__ float block_reduce(float v, bool is_max, float* shared) {
   return shared[0];
 }
 
+// exp(x - mx) and its share of `sum`, the two steps of the held softmax that run for every
+// element twice. In f32 as the composition computes them (`expf`, a correctly rounded
+// division). In bf16/f16, whose rounding step (2^-8 / 2^-11 relative) is far coarser than
+// either form's error, one `ex2.approx` (2 ulp of f32) and a product with the sum's inverse:
+// the accurate forms took ~25 instructions an element, which made the lead map's softmax at
+// batch 32 / 8k keys issue-bound (17.7 us for 15 MB on an H200, 2026-12-02).
+template <typename T>
+__device__ __forceinline__ float softmax_exp(float x, float mx) {
+  if (sizeof(T) == 4) return expf(x - mx);
+  float e;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(__fmul_rn(x - mx, 1.4426950408889634f)));
+  return e;
+}
+
+template <typename T>
+__device__ __forceinline__ float softmax_share(float e, float sum, float inverse) {
+  return sizeof(T) == 4 ? __fdiv_rn(e, sum) : __fmul_rn(e, inverse);
+}
+
 // The row in registers, as its masked values (rounded to T, so they pack back exactly): all
 // loads issued before the first is used, and the exponentials computed twice rather than held
 // in f32, so that a block of 256 threads needs few enough registers for every row of a decode
@@ -229,10 +251,11 @@ __device__ void masked_softmax_held(const T* s, const T* m, T* o, i64 pieces, fl
       float x[N];
       unpack16<T>(held[p], x);
 #pragma unroll
-      for (int k = 0; k < N; ++k) sum += expf(x[k] - mx);
+      for (int k = 0; k < N; ++k) sum += softmax_exp<T>(x[k], mx);
     }
   }
   sum = block_reduce<T>(sum, false, shared);
+  const float inverse = 1.0f / sum;
 #pragma unroll
   for (int p = 0; p < SOFTMAX_PIECES; ++p) {
     const i64 i = threadIdx.x + (i64)p * blockDim.x;
@@ -240,7 +263,7 @@ __device__ void masked_softmax_held(const T* s, const T* m, T* o, i64 pieces, fl
       float x[N];
       unpack16<T>(held[p], x);
 #pragma unroll
-      for (int k = 0; k < N; ++k) x[k] = __fdiv_rn(expf(x[k] - mx), sum);
+      for (int k = 0; k < N; ++k) x[k] = softmax_share<T>(softmax_exp<T>(x[k], mx), sum, inverse);
       store16<T>(o + i * N, x);
     }
   }
