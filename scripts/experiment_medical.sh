@@ -187,8 +187,11 @@ train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
   # a seed were lost that way beside another experiment (2026-12-02). Any other failure, or a
   # second one, is reported and left for a rerun of the driver (which goes on from it); the
   # others go on: one run out of memory stopped them all (2026-12-02).
-  if ! "${attempt[@]}"; then
-    if ! grep -q "the device ran out of memory" "$dir.log" ||
+  local status=0
+  "${attempt[@]}" || status=$?
+  if ((status != 0)); then
+    # 3: the CLI's exit status for a device out of memory (`uniattn --help`).
+    if ((status != 3)) ||
       ! { log "$(basename "$dir") ran out of GPU memory: going on from its newest checkpoint once the evaluations in flight finish"
         wait
         mv "$dir.log" "$dir.out-of-memory.log"

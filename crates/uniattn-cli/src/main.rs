@@ -10,7 +10,13 @@ use commands::{bench, convert, eval, generate, medmcqa, model, plot, search_plan
 use std::ffi::OsString;
 
 #[derive(Parser)]
-#[command(name = "uniattn", version, about = "UniAttn: softmax unification for post-trained LLMs")]
+#[command(
+    name = "uniattn",
+    version,
+    about = "UniAttn: softmax unification for post-trained LLMs",
+    after_help = "Exit status: 0 done; 1 an error (the message on stderr names what and where); 2 a usage \
+                  error; 3 the device ran out of memory (the same message, with what to lower)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -78,13 +84,29 @@ fn main() {
         }
     };
     eprintln!("error: {message}");
-    if message.contains("out of memory") {
+    let status = exit_status(&message);
+    if status == EXIT_OUT_OF_MEMORY {
         eprintln!(
             "hint: the device ran out of memory; lower --micro-batch or add --recompute-layers (train), \
              lower --batch-tokens (eval mc) or --batch/--context (bench), or stop other jobs on the device"
         );
     }
-    std::process::exit(1);
+    std::process::exit(status);
+}
+
+/// The exit status of a failed command whose memory ran out: what a driver retrying with less
+/// (or after other jobs finish) tests (`scripts/experiment_medical.sh`), not the message's text.
+const EXIT_OUT_OF_MEMORY: i32 = 3;
+
+/// 3 when `message` is an allocation failure (CUDA's "out of memory"; libtorch's CPU allocator
+/// says "can't allocate memory", older releases "not enough memory"), else 1.
+fn exit_status(message: &str) -> i32 {
+    let allocation = ["out of memory", "can't allocate memory", "not enough memory"];
+    if allocation.iter().any(|a| message.contains(a)) {
+        EXIT_OUT_OF_MEMORY
+    } else {
+        1
+    }
 }
 
 fn run(args: Vec<OsString>) -> Result<()> {
@@ -116,8 +138,21 @@ fn run(args: Vec<OsString>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Cli;
+    use super::{exit_status, Cli, EXIT_OUT_OF_MEMORY};
     use clap::CommandFactory;
+
+    /// Running out of memory exits 3 whichever allocator says so: libtorch's CPU allocator's own
+    /// message (asked for more than any machine has) and CUDA's (its format, as libtorch words
+    /// it); any other failure 1.
+    #[test]
+    fn out_of_memory_has_its_own_exit_status() {
+        let cpu = tch::Tensor::f_empty([1i64 << 60], (tch::Kind::Float, tch::Device::Cpu))
+            .expect_err("no machine holds 4 EiB");
+        assert_eq!(exit_status(&format!("{cpu:#}")), EXIT_OUT_OF_MEMORY, "{cpu:#}");
+        let cuda = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139.81 GiB";
+        assert_eq!(exit_status(cuda), EXIT_OUT_OF_MEMORY);
+        assert_eq!(exit_status("model/config.json: missing field `hidden_size`"), 1);
+    }
 
     /// Every option says what it is, and every command's help ends with an example.
     #[test]

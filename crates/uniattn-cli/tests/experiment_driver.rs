@@ -7,8 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Fails the first `train` into runs/uniattn-s1 with the CLI's out-of-memory hint and the
-/// first into runs/cla-s1 with another error; logs every call's arguments to $WRAP_DIR/calls.
+/// Fails the first `train` into runs/uniattn-s1 as the CLI does when the device runs out of
+/// memory (exit status 3) and the first into runs/cla-s1 with another error (1); logs every call's arguments to $WRAP_DIR/calls.
 const WRAPPER: &str = r#"#!/usr/bin/env bash
 echo "$*" >> "$WRAP_DIR/calls"
 if [[ $1 == train ]]; then
@@ -16,10 +16,10 @@ if [[ $1 == train ]]; then
     if [[ " $* " == *"/runs/$run "* && ! -f $WRAP_DIR/$run.failed ]]; then
       touch "$WRAP_DIR/$run.failed"
       if [[ $run == uniattn-s1 ]]; then
-        echo "hint: the device ran out of memory; lower --micro-batch or add --recompute-layers (train)" >&2
-      else
-        echo "error: a failure injected by the test" >&2
+        echo "error: CUDA out of memory (injected by the test)" >&2
+        exit 3
       fi
+      echo "error: a failure injected by the test" >&2
       exit 1
     fi
   done
@@ -76,7 +76,7 @@ fn the_driver_goes_on_after_failed_runs() {
     }
     assert!(!evaluated("cla-s1"));
     let first_attempt = std::fs::read_to_string(out.join("runs/uniattn-s1.out-of-memory.log")).unwrap();
-    assert!(first_attempt.contains("ran out of memory"), "{first_attempt}");
+    assert!(first_attempt.contains("CUDA out of memory"), "{first_attempt}");
     assert!(std::fs::read_to_string(out.join("summary.md")).unwrap().contains("| uniattn-s1 |"));
 
     // The rerun trains cla-s1 only, evaluates it and succeeds.
