@@ -14,7 +14,7 @@ DOCS = ["README.md", "docs/benchmarks.md", "docs/results.md", "docs/guide.md"]
 
 
 def added_in(path):
-    out = subprocess.run(["git", "log", "--diff-filter=A", "--follow", "--format=%h %ad", "--date=short", "--", path],
+    out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%h %ad", "--date=short", "--", path],
                          capture_output=True, text=True, check=True).stdout.split("\n")
     return [line for line in out if line][-1] if any(out) else "not committed"
 
