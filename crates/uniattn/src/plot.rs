@@ -28,6 +28,13 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// The marker of series `i` as (colour, shape: 0 filled circle, 1 triangle, 2 cross): colours
+/// cycle through [`PALETTE`], then the shape changes, so that past ten series no two share a
+/// look (an experiment's summary plots eleven: every method and its ablations).
+fn marker(i: usize) -> (RGBColor, usize) {
+    (PALETTE[i % PALETTE.len()], (i / PALETTE.len()) % 3)
+}
+
 /// A chart as data (`kind` names the variant in JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -334,7 +341,14 @@ fn draw_legend<DB: DrawingBackend>(
         } else {
             area.draw(&PathElement::new(vec![(x, y + 6), (x + 18, y + 6)], color.stroke_width(2)))
                 .map_err(msg)?;
-            area.draw(&Circle::new((x + 9, y + 6), 4, color.filled())).map_err(msg)?;
+            let (_, shape) = marker(j);
+            let at = (x + 9, y + 6);
+            match shape {
+                0 => area.draw(&Circle::new(at, 4, color.filled())),
+                1 => area.draw(&TriangleMarker::new(at, 6, color.filled())),
+                _ => area.draw(&Cross::new(at, 4, color.stroke_width(2))),
+            }
+            .map_err(msg)?;
         }
         area.draw(&Text::new(name.to_string(), (x + 24, y), (FAMILY, 13))).map_err(msg)?;
     }
@@ -372,15 +386,21 @@ fn draw_xy<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &XyChart, joine
         .draw()
         .map_err(msg)?;
     for (i, s) in c.series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+        let (color, shape) = marker(i);
         let points: Vec<(f64, f64)> = s.points.iter().map(|p| (fx(p[0]), p[1])).collect();
         if joined {
             chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2))).map_err(msg)?;
-        } else {
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled()))).map_err(msg)?;
         }
-        if joined && points.len() <= 40 {
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(msg)?;
+        // Every point of a scatter; a line's points while few enough to tell apart.
+        if !joined || points.len() <= 40 {
+            let size = if joined { 3 } else { 5 };
+            let at = points.iter().copied();
+            match shape {
+                0 => chart.draw_series(at.map(|p| Circle::new(p, size, color.filled()))),
+                1 => chart.draw_series(at.map(|p| TriangleMarker::new(p, size + 2, color.filled()))),
+                _ => chart.draw_series(at.map(|p| Cross::new(p, size, color.stroke_width(2)))),
+            }
+            .map_err(msg)?;
         }
         if let Some(ranges) = &s.y_ranges {
             let bars = points.iter().zip(ranges).map(|(&(x, y), r)| {
@@ -390,7 +410,7 @@ fn draw_xy<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &XyChart, joine
         }
     }
     let entries: Vec<(&str, RGBColor)> =
-        c.series.iter().enumerate().map(|(i, s)| (s.name.as_str(), PALETTE[i % PALETTE.len()])).collect();
+        c.series.iter().enumerate().map(|(i, s)| (s.name.as_str(), marker(i).0)).collect();
     draw_legend(&legend, &entries, false)
 }
 
@@ -627,6 +647,23 @@ mod tests {
             let dark = buf.chunks(3).filter(|p| p.iter().all(|&c| c < 80)).count();
             assert!(dark > 500, "{name}: the PNG has almost no text or lines ({dark} dark pixels)");
         }
+    }
+
+    /// Up to thirty series, no two look alike: the colours repeat past ten, the shapes then
+    /// change.
+    #[test]
+    fn series_markers_stay_apart() {
+        let looks: Vec<_> = (0..30)
+            .map(|i| {
+                let (c, shape) = marker(i);
+                (c.0, c.1, c.2, shape)
+            })
+            .collect();
+        let mut distinct = looks.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), looks.len(), "{looks:?}");
+        assert_eq!(marker(0), (PALETTE[0], 0), "the first series keeps tab10's first colour, filled");
     }
 
     /// Inconsistent data is refused, naming the file and what does not fit.
