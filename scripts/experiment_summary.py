@@ -139,7 +139,11 @@ for f in sorted(glob.glob(os.path.join(out, "eval", "*.mc.json"))):
     med = [t for t in mc if t["task"].startswith(MED)]
     general = [t for t in mc if not t["task"].startswith(MED)]
     arc_c = next((t["acc"]["value"] for t in mc if t["task"].startswith("arc_challenge")), None)
-    rows.append({"label": label, "variant": info["group"], "method": info["method"], "plan_saved": info["saved"], "tasks": {t["task"]: t for t in mc},
+    # A plot's series: the method, across its plans; an ablation of it (a group named other than
+    # its architecture: `uniattn-3x`, `uniattn-untrained`) apart, so the legend tells them apart.
+    series = info["method"] if info["group"] == info["architecture"] else info["group"]
+    rows.append({"label": label, "variant": info["group"], "method": info["method"], "series": series,
+                 "plan_saved": info["saved"], "tasks": {t["task"]: t for t in mc},
                  "wiki_ppl": load(".wiki.json", "perplexity"), "val_ppl": load(".val.json", "perplexity"),
                  "val_loss": best_val_loss(label), "arc_c": arc_c,
                  "medical_avg": mean_acc(med), "medical_se": mean_stderr(med),
@@ -240,15 +244,15 @@ if searches:
 
 
 def scatter(key, y_label, title, path, x_of=lambda r: r["saved"], x_label="KV-cache bytes saved (fraction)"):
-    """One series per method, one point per variant (the mean over its seeds, whiskers from the
-    lowest to the highest): `key` against `x_of` (the KV-cache saving, or decode speed). Drawn by
-    `uniattn plot`."""
+    """One series per method (and per ablation), one point per variant (the mean over its seeds,
+    whiskers from the lowest to the highest): `key` against `x_of` (the KV-cache saving, or decode
+    speed). Drawn by `uniattn plot`."""
     series = {}
     for v, rs in by_variant.items():
         ys = [r[key] for r in rs if r[key] is not None]
         x = x_of(rs[0])
         if ys and x is not None:
-            m = rs[0]["method"]
+            m = rs[0]["series"]
             s = series.setdefault(m, {"name": m, "points": [], "y_ranges": []})
             s["points"].append([x, statistics.mean(ys)])
             s["y_ranges"].append([min(ys), max(ys)])
