@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Fails the first `train` into runs/uniattn-s1 as the CLI does when the device runs out of
-/// memory (exit status 3) and the first into runs/cla-s1 with another error (1); logs every call's arguments to $WRAP_DIR/calls.
+/// memory (exit status 3) and the first into runs/cla-s1 with another error (1); logs every
+/// call's arguments to $WRAP_DIR/calls.
 const WRAPPER: &str = r#"#!/usr/bin/env bash
 echo "$*" >> "$WRAP_DIR/calls"
 if [[ $1 == train ]]; then
