@@ -189,16 +189,17 @@ train() { # train VARIANT SEED LR DIR [REUSE [OPTIONS...]]
   # others go on: one run out of memory stopped them all (2026-12-02).
   local status=0
   "${attempt[@]}" || status=$?
+  # 3: the CLI's exit status for a device out of memory (`uniattn --help`).
+  if ((status == 3)); then
+    log "$(basename "$dir") ran out of GPU memory: going on from its newest checkpoint once the evaluations in flight finish"
+    wait
+    mv "$dir.log" "$dir.out-of-memory.log"
+    status=0
+    "${attempt[@]}" || status=$?
+  fi
   if ((status != 0)); then
-    # 3: the CLI's exit status for a device out of memory (`uniattn --help`).
-    if ((status != 3)) ||
-      ! { log "$(basename "$dir") ran out of GPU memory: going on from its newest checkpoint once the evaluations in flight finish"
-        wait
-        mv "$dir.log" "$dir.out-of-memory.log"
-        "${attempt[@]}"; }; then
-      log "training of $(basename "$dir") FAILED: $dir.log"
-      return 1
-    fi
+    log "training of $(basename "$dir") FAILED: $dir.log"
+    return 1
   fi
   # Checkpoints serve resuming an unfinished run; the driver never resumes a finished one, and a
   # 1.5B run leaves 7-14 GB of them (2026-12-02: they filled the GPU machine's 64 GB disk).
