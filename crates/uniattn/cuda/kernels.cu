@@ -837,11 +837,49 @@ __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one
 template <typename T>
 __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, T* x, i64 rows, i64 dim,
                                     float eps, int plus_one) {
+  // A row of up to ADD_NORM_HELD elements a thread (8 x 256: every hidden size to 2,048) is read
+  // once, all of its loads issued before the first is used, and kept in registers for the
+  // second pass, where the loop below read the stream back after writing it and the weights
+  // only after the reduction: at batch 32 its 32 blocks took 4.4 us, libtorch's plain RMSNorm
+  // 2.5 (H200 trace, 2026-12-02). The same values in the same order either way.
+  constexpr int ADD_NORM_HELD = 8;
   __shared__ float shared[32];
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     T* hr = h + r * dim;
     const T* er = e + r * e_stride;
     float ss = 0.0f;
+    if (dim <= (i64)blockDim.x * ADD_NORM_HELD) {
+      float held[ADD_NORM_HELD], added[ADD_NORM_HELD], weight[ADD_NORM_HELD];
+#pragma unroll
+      for (int k = 0; k < ADD_NORM_HELD; ++k) {
+        const i64 c = threadIdx.x + (i64)k * blockDim.x;
+        if (c < dim) {
+          held[k] = to_float(hr[c]);
+          added[k] = to_float(er[c]);
+          weight[k] = to_float(w[c]);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < ADD_NORM_HELD; ++k) {
+        const i64 c = threadIdx.x + (i64)k * blockDim.x;
+        if (c < dim) {
+          held[k] = round_to<T>(__fadd_rn(held[k], added[k]));
+          hr[c] = from_float<T>(held[k]);
+          ss += held[k] * held[k];
+        }
+      }
+      ss = block_reduce<T>(ss, false, shared);
+      const float rs = rsqrtf(ss / (float)dim + eps);
+#pragma unroll
+      for (int k = 0; k < ADD_NORM_HELD; ++k) {
+        const i64 c = threadIdx.x + (i64)k * blockDim.x;
+        if (c < dim) {
+          const float wc = plus_one ? round_to<T>(__fadd_rn(weight[k], 1.0f)) : weight[k];
+          x[r * dim + c] = from_float<T>(__fmul_rn(__fmul_rn(held[k], rs), wc));
+        }
+      }
+      continue;
+    }
     for (i64 c = threadIdx.x; c < dim; c += blockDim.x) {
       const float m = round_to<T>(__fadd_rn(to_float(hr[c]), to_float(er[c])));
       hr[c] = from_float<T>(m);
