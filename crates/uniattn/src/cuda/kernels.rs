@@ -47,6 +47,7 @@ const KERNELS: &[&str] = &[
     "decode_gemv",
     "decode_gemv_gated",
     "decode_gemv_rope",
+    "decode_gemv_pairs",
     "decode_attention",
     "decode_attention_lead",
     "decode_attention_reuse",
@@ -637,6 +638,9 @@ pub fn decode_gemv(
         .ptr(weight)
         .nullable(bias);
     let (name, args, outputs) = match out {
+        GemvOut::New if norm.is_none() && bias.is_none() && in_pairs(rows, pieces) => {
+            ("decode_gemv_pairs", Args::default().ptr(x).ptr(weight).ptr(&y).i64(rows).i64(inp), rows / 2)
+        }
         GemvOut::New => {
             ("decode_gemv", args.nullable(None).nullable(None).ptr(&y).i64(rows).i64(inp).i32(split), rows)
         }
@@ -675,6 +679,15 @@ pub fn decode_gemv(
         .map_or(needed, |r| needed.min(r.max(1)));
     args.launch_with(loaded, (name, suffix), device, (grid, block, shared), overlapped_launches())
         .then_some(y)
+}
+
+/// Whether a product of `rows` rows of `pieces` 16-byte pieces runs two rows a warp
+/// (`decode_gemv_pairs` in kernels.cu): a long stream of rows that one pass of a warp's loads
+/// covers, the LM head's shape (`UNIATTN_GEMV_PAIRS=0`: never).
+fn in_pairs(rows: i64, pieces: i64) -> bool {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("UNIATTN_GEMV_PAIRS").is_ok_and(|v| v == "0"));
+    !off && rows >= 32_768 && rows % 2 == 0 && pieces <= 32 * 4
 }
 
 /// Blocks of a kernel (`block` threads, `shared` bytes) that fit on `device` at once, from the
@@ -1440,9 +1453,10 @@ mod tests {
         let Some(dev) = gpu() else { return };
         let f64_of = |t: &Tensor| t.to_kind(Kind::Double);
         for kind in KINDS {
-            // Decode's shapes (Q|K|V, the down projection, gate|up), a row narrower than a warp's
-            // loads and a weight with fewer rows than a block has warps.
-            for (outs, inp) in [(1152, 896), (896, 4864), (9728, 896), (6, 64), (40, 520)] {
+            // Decode's shapes (Q|K|V, the down projection, gate|up, a head's long stream of
+            // short rows), a row narrower than a warp's loads and a weight with fewer rows than
+            // a block has warps.
+            for (outs, inp) in [(1152, 896), (896, 4864), (9728, 896), (32768, 896), (6, 64), (40, 520)] {
                 let case = format!("{kind:?} {inp} -> {outs}");
                 let x = Tensor::randn([1, 1, inp], (Kind::Float, dev)).to_kind(kind);
                 let w = (Tensor::randn([outs, inp], (Kind::Float, dev)) * 0.05).to_kind(kind);
@@ -1470,6 +1484,16 @@ mod tests {
                 };
                 let plain = decode_gemv(&x, None, &w, None, GemvOut::New).expect("the kernel applies");
                 check(&plain, &x, &[], "x W^T");
+                // Two rows a warp (the head's shape in 16-bit types) gives the one-row form's
+                // values, which adding to zeros runs.
+                let zeros = h.zeros_like();
+                let one_row = decode_gemv(&x, None, &w, None, GemvOut::AddInto { h: &zeros, extra: None })
+                    .expect("the kernel applies");
+                assert!(
+                    one_row.equal(&plain),
+                    "{case}: two rows a warp against one: {} ulps",
+                    ulps(&one_row, &plain)
+                );
                 let got = decode_gemv(&x, None, &w, Some(&b), GemvOut::New).expect("the kernel applies");
                 check(&got, &x, &[f64_of(&b)], "x W^T + b");
                 // With the RMSNorm of x (Gemma's 1 + w too): the normed row in f64.
