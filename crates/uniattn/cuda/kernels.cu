@@ -766,7 +766,7 @@ __device__ void decode_gemv(const T* x, const T* g, float eps, int plus_one, con
 
 // Rows 2o and 2o + 1 to a warp, for a long stream of short rows (the LM head: 151,936 rows of
 // 896): a warp holds two rows' loads in flight where the one-row form holds one, and the
-// stream's speed is the bytes in flight (the head ran at 2.8 TB/s one row a warp, H200 trace).
+// stream's speed is the bytes in flight (the head ran at 2.8 TB/s one row a warp, H200, ncu).
 // Each row's sums are the one-row form's, in the same order: the same values.
 template <typename T>
 __device__ void decode_gemv_pairs(const T* x, const T* w, T* y, i64 rows, i64 in) {

@@ -687,6 +687,7 @@ pub fn decode_gemv(
 fn in_pairs(rows: i64, pieces: i64) -> bool {
     static OFF: OnceLock<bool> = OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("UNIATTN_GEMV_PAIRS").is_ok_and(|v| v == "0"));
+    // One pass: a lane's GEMV_UNROLL (4) loads of the two-row path cover the row.
     !off && rows >= 32_768 && rows % 2 == 0 && pieces <= 32 * 4
 }
 
