@@ -857,23 +857,30 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
                                     float eps, int plus_one) {
   // A row of up to ADD_NORM_HELD elements a thread (8 x 256: every hidden size to 2,048) is read
   // once, all of its loads issued before the first is used, and kept in registers for the
-  // second pass, where the loop below read the stream back after writing it and the weights
-  // only after the reduction: at batch 32 its 32 blocks took 4.4 us, libtorch's plain RMSNorm
-  // 2.5 (H200 trace, 2026-12-02). The same values in the same order either way.
+  // second pass, where the loop form (longer rows) reads the stream back after writing it and
+  // the weights only after the reduction: at batch 32 the loop's 32 blocks took 4.4 us,
+  // libtorch's plain RMSNorm 2.5 (H200 trace, 2026-12-02). The same values in the same order.
   constexpr int ADD_NORM_HELD = 8;
   __shared__ float shared[32];
+  // The two element formulas both forms share: the stream's add, and the normed output.
+  const auto added = [](float hv, float ev) { return round_to<T>(__fadd_rn(hv, ev)); };
+  const auto normed = [&](float m, float rs, float wv) {
+    const float wc = plus_one ? round_to<T>(__fadd_rn(wv, 1.0f)) : wv;
+    return from_float<T>(__fmul_rn(__fmul_rn(m, rs), wc));
+  };
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     T* hr = h + r * dim;
     const T* er = e + r * e_stride;
+    T* xr = x + r * dim;
     float ss = 0.0f;
     if (dim <= (i64)blockDim.x * ADD_NORM_HELD) {
-      float held[ADD_NORM_HELD], added[ADD_NORM_HELD], weight[ADD_NORM_HELD];
+      float mid[ADD_NORM_HELD], ev[ADD_NORM_HELD], weight[ADD_NORM_HELD];
 #pragma unroll
       for (int k = 0; k < ADD_NORM_HELD; ++k) {
         const i64 c = threadIdx.x + (i64)k * blockDim.x;
         if (c < dim) {
-          held[k] = to_float(hr[c]);
-          added[k] = to_float(er[c]);
+          mid[k] = to_float(hr[c]);
+          ev[k] = to_float(er[c]);
           weight[k] = to_float(w[c]);
         }
       }
@@ -881,9 +888,9 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
       for (int k = 0; k < ADD_NORM_HELD; ++k) {
         const i64 c = threadIdx.x + (i64)k * blockDim.x;
         if (c < dim) {
-          held[k] = round_to<T>(__fadd_rn(held[k], added[k]));
-          hr[c] = from_float<T>(held[k]);
-          ss += held[k] * held[k];
+          mid[k] = added(mid[k], ev[k]);
+          hr[c] = from_float<T>(mid[k]);
+          ss += mid[k] * mid[k];
         }
       }
       ss = block_reduce<T>(ss, false, shared);
@@ -891,24 +898,18 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
 #pragma unroll
       for (int k = 0; k < ADD_NORM_HELD; ++k) {
         const i64 c = threadIdx.x + (i64)k * blockDim.x;
-        if (c < dim) {
-          const float wc = plus_one ? round_to<T>(__fadd_rn(weight[k], 1.0f)) : weight[k];
-          x[r * dim + c] = from_float<T>(__fmul_rn(__fmul_rn(held[k], rs), wc));
-        }
+        if (c < dim) xr[c] = normed(mid[k], rs, weight[k]);
       }
       continue;
     }
     for (i64 c = threadIdx.x; c < dim; c += blockDim.x) {
-      const float m = round_to<T>(__fadd_rn(to_float(hr[c]), to_float(er[c])));
+      const float m = added(to_float(hr[c]), to_float(er[c]));
       hr[c] = from_float<T>(m);
       ss += m * m;
     }
     ss = block_reduce<T>(ss, false, shared);
     const float rs = rsqrtf(ss / (float)dim + eps);
-    for (i64 c = threadIdx.x; c < dim; c += blockDim.x) {
-      const float wc = plus_one ? round_to<T>(__fadd_rn(to_float(w[c]), 1.0f)) : to_float(w[c]);
-      x[r * dim + c] = from_float<T>(__fmul_rn(__fmul_rn(to_float(hr[c]), rs), wc));
-    }
+    for (i64 c = threadIdx.x; c < dim; c += blockDim.x) xr[c] = normed(to_float(hr[c]), rs, to_float(w[c]));
   }
 }
 
