@@ -682,13 +682,13 @@ pub fn decode_gemv(
 }
 
 /// Whether a product of `rows` rows of `pieces` 16-byte pieces runs two rows a warp
-/// (`decode_gemv_pairs` in kernels.cu): a long stream of rows that one pass of a warp's loads
-/// covers, the LM head's shape (`UNIATTN_GEMV_PAIRS=0`: never).
+/// (`decode_gemv_pairs` in kernels.cu): a long stream of rows that one warp sums alone (up to
+/// 256 pieces, where `decode_gemv` splits a row over a block's warps), the LM head's shape
+/// (`UNIATTN_GEMV_PAIRS=0`: never).
 fn in_pairs(rows: i64, pieces: i64) -> bool {
     static OFF: OnceLock<bool> = OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("UNIATTN_GEMV_PAIRS").is_ok_and(|v| v == "0"));
-    // One pass: a lane's GEMV_UNROLL (4) loads of the two-row path cover the row.
-    !off && rows >= 32_768 && rows % 2 == 0 && pieces <= 32 * 4
+    !off && rows >= 32_768 && rows % 2 == 0 && pieces <= 32 * 8
 }
 
 /// Blocks of a kernel (`block` threads, `shared` bytes) that fit on `device` at once, from the
@@ -1457,7 +1457,9 @@ mod tests {
             // Decode's shapes (Q|K|V, the down projection, gate|up, a head's long stream of
             // short rows), a row narrower than a warp's loads and a weight with fewer rows than
             // a block has warps.
-            for (outs, inp) in [(1152, 896), (896, 4864), (9728, 896), (32768, 896), (6, 64), (40, 520)] {
+            for (outs, inp) in
+                [(1152, 896), (896, 4864), (9728, 896), (32768, 896), (32768, 1536), (6, 64), (40, 520)]
+            {
                 let case = format!("{kind:?} {inp} -> {outs}");
                 let x = Tensor::randn([1, 1, inp], (Kind::Float, dev)).to_kind(kind);
                 let w = (Tensor::randn([outs, inp], (Kind::Float, dev)) * 0.05).to_kind(kind);
@@ -1485,7 +1487,7 @@ mod tests {
                 };
                 let plain = decode_gemv(&x, None, &w, None, GemvOut::New).expect("the kernel applies");
                 check(&plain, &x, &[], "x W^T");
-                // Two rows a warp (the head's shape in 16-bit types) gives the one-row form's
+                // Two rows a warp (the heads' shapes: 32,768 rows or more) gives the one-row form's
                 // values, which adding to zeros runs.
                 let zeros = h.zeros_like();
                 let one_row = decode_gemv(&x, None, &w, None, GemvOut::AddInto { h: &zeros, extra: None })
