@@ -184,12 +184,27 @@ int ua_kernel_get(void* library, const char* name, void** kernel, char* err, siz
   });
 }
 
+// Past 48 KiB of dynamic shared memory a kernel must opt in, before its launch and before the
+// occupancy calculator counts its blocks (which finds none otherwise), once for each size it
+// grows to on a device (the setting holds for the process; this thread remembers what it set).
+// Kernels under the limit (most launches) never look it up.
+static void opt_in_shared(void* kernel, int device, unsigned shared_bytes) {
+  if (shared_bytes <= 48 * 1024) return;
+  thread_local std::map<std::pair<void*, int>, unsigned> opted_in;
+  unsigned& opted = opted_in[{kernel, device}];
+  if (shared_bytes > opted) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
+    opted = shared_bytes;
+  }
+}
+
 // Blocks of `kernel` (`block` threads, `shared_bytes` of dynamic shared memory) that fit on
 // `device` at once, over all its SMs.
 int ua_kernel_resident_blocks(void* kernel, int device, unsigned block, unsigned shared_bytes, int* blocks,
                               char* err, size_t len) {
   return guarded(err, len, [&] {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    opt_in_shared(kernel, device, shared_bytes);
     int per_sm = 0, sms = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, reinterpret_cast<const void*>(kernel),
                                                          static_cast<int>(block), shared_bytes));
@@ -208,18 +223,7 @@ int ua_kernel_launch(void* kernel, int device, unsigned grid, unsigned block, un
   return guarded(err, len, [&] {
     c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
-    // Past 48 KiB of dynamic shared memory a kernel must opt in, once for each size it grows
-    // to on a device (the setting holds for the process; this thread remembers what it set).
-    // Kernels under the limit (most launches) never look it up.
-    if (shared_bytes > 48 * 1024) {
-      thread_local std::map<std::pair<void*, int>, unsigned> opted_in;
-      unsigned& opted = opted_in[{kernel, device}];
-      if (shared_bytes > opted) {
-        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(shared_bytes)));
-        opted = shared_bytes;
-      }
-    }
+    opt_in_shared(kernel, device, shared_bytes);
     int major = 0;
     if (programmatic) check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     if (major < 9) {
