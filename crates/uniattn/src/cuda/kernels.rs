@@ -638,7 +638,7 @@ pub fn decode_gemv(
         .ptr(weight)
         .nullable(bias);
     let (name, args, outputs) = match out {
-        GemvOut::New if norm.is_none() && bias.is_none() && in_pairs(rows, pieces) => {
+        GemvOut::New if norm.is_none() && bias.is_none() && split == 1 && in_pairs(rows) => {
             ("decode_gemv_pairs", Args::default().ptr(x).ptr(weight).ptr(&y).i64(rows).i64(inp), rows / 2)
         }
         GemvOut::New => {
@@ -681,14 +681,13 @@ pub fn decode_gemv(
         .then_some(y)
 }
 
-/// Whether a product of `rows` rows of `pieces` 16-byte pieces runs two rows a warp
-/// (`decode_gemv_pairs` in kernels.cu): a long stream of rows that one warp sums alone (up to
-/// 256 pieces, where `decode_gemv` splits a row over a block's warps), the LM head's shape
+/// Whether a product of `rows` rows, each summed by one warp alone (`split` 1), runs two rows a
+/// warp (`decode_gemv_pairs` in kernels.cu): a long stream of rows, the LM head's shape
 /// (`UNIATTN_GEMV_PAIRS=0`: never).
-fn in_pairs(rows: i64, pieces: i64) -> bool {
+fn in_pairs(rows: i64) -> bool {
     static OFF: OnceLock<bool> = OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("UNIATTN_GEMV_PAIRS").is_ok_and(|v| v == "0"));
-    !off && rows >= 32_768 && rows % 2 == 0 && pieces <= 32 * 8
+    !off && rows >= 32_768 && rows % 2 == 0
 }
 
 /// Blocks of a kernel (`block` threads, `shared` bytes) that fit on `device` at once, from the
