@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use plotters::chart::MeshStyle;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
+use plotters::element::{DynElement, IntoDynElement};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,21 @@ const PALETTE: [RGBColor; 10] = [
 /// look (an experiment's summary plots eleven: every method and its ablations).
 fn marker(i: usize) -> (RGBColor, usize) {
     (PALETTE[i % PALETTE.len()], (i / PALETTE.len()) % 3)
+}
+
+/// Marker `shape` of [`marker`] at `at`, `size` across (a triangle two more, so that it looks
+/// as large): the one drawing the chart's points and its legend's swatches share.
+fn point_marker<DB: DrawingBackend, C: Clone + 'static>(
+    shape: usize,
+    at: C,
+    size: i32,
+    color: RGBColor,
+) -> DynElement<'static, DB, C> {
+    match shape {
+        0 => Circle::new(at, size, color.filled()).into_dyn(),
+        1 => TriangleMarker::new(at, size + 2, color.filled()).into_dyn(),
+        _ => Cross::new(at, size, color.stroke_width(2)).into_dyn(),
+    }
 }
 
 /// A chart as data (`kind` names the variant in JSON).
@@ -341,14 +357,7 @@ fn draw_legend<DB: DrawingBackend>(
         } else {
             area.draw(&PathElement::new(vec![(x, y + 6), (x + 18, y + 6)], color.stroke_width(2)))
                 .map_err(msg)?;
-            let (_, shape) = marker(j);
-            let at = (x + 9, y + 6);
-            match shape {
-                0 => area.draw(&Circle::new(at, 4, color.filled())),
-                1 => area.draw(&TriangleMarker::new(at, 6, color.filled())),
-                _ => area.draw(&Cross::new(at, 4, color.stroke_width(2))),
-            }
-            .map_err(msg)?;
+            area.draw(&point_marker(marker(j).1, (x + 9, y + 6), 4, *color)).map_err(msg)?;
         }
         area.draw(&Text::new(name.to_string(), (x + 24, y), (FAMILY, 13))).map_err(msg)?;
     }
@@ -394,13 +403,7 @@ fn draw_xy<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &XyChart, joine
         // Every point of a scatter; a line's points while few enough to tell apart.
         if !joined || points.len() <= 40 {
             let size = if joined { 3 } else { 5 };
-            let at = points.iter().copied();
-            match shape {
-                0 => chart.draw_series(at.map(|p| Circle::new(p, size, color.filled()))),
-                1 => chart.draw_series(at.map(|p| TriangleMarker::new(p, size + 2, color.filled()))),
-                _ => chart.draw_series(at.map(|p| Cross::new(p, size, color.stroke_width(2)))),
-            }
-            .map_err(msg)?;
+            chart.draw_series(points.iter().map(|&p| point_marker(shape, p, size, color))).map_err(msg)?;
         }
         if let Some(ranges) = &s.y_ranges {
             let bars = points.iter().zip(ranges).map(|(&(x, y), r)| {
