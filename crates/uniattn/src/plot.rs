@@ -36,8 +36,8 @@ fn marker(i: usize) -> (RGBColor, usize) {
     (PALETTE[i % PALETTE.len()], (i / PALETTE.len()) % 3)
 }
 
-/// Marker `shape` of [`marker`] at `at`, `size` across (a triangle two more, so that it looks
-/// as large): the one drawing the chart's points and its legend's swatches share.
+/// Marker `shape` of [`marker`] at `at`, `size` across (a triangle two more, to look as large),
+/// as both the chart's points and the legend's swatches draw it.
 fn point_marker<DB: DrawingBackend, C: Clone + 'static>(
     shape: usize,
     at: C,
