@@ -802,11 +802,16 @@ __device__ void decode_gemv_gated(const T* x, const T* g, float eps, int plus_on
 // `rope_kv_write` does, with `cos`/`sin_signed` the position's [d] angles), or two consecutive
 // tail rows. All of y ([outs]) is written; keys and values also go to the caches' row pos[0]
 // (`k_cache`/`v_cache`: [heads, capacity, d] at `head_stride`, null where the layout has none).
+// With `attention` (a reuse layer whose lead attended for it, DA_AHEAD): the layer's attention
+// output, its lead's sums over the keys before this one (`ahead_out`, f32 [nv * group][d]) plus
+// this key's probability (`ahead_p`, [nv * group]) times the value just projected, for the
+// `group` query heads of each value head ([nv * group][d]).
 template <typename T>
 __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias,
                                  T* y, i64 outs, i64 in, int split, const i64* pos, const T* cos,
                                  const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache, T* v_cache,
-                                 i64 head_stride, i64 capacity) {
+                                 i64 head_stride, i64 capacity, const float* ahead_out, const float* ahead_p,
+                                 T* attention, int group) {
   allow_next_kernel();
   const int half = d / 2;
   const i64 head_pairs = (i64)(nq + nk + nv) * half;
@@ -835,6 +840,15 @@ __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one
     y[row[0]] = from_float<T>(oa);
     y[row[1]] = from_float<T>(ob);
     if (!in_head || head < nq) return;
+    if (attention != nullptr && head >= nq + nk) {
+      const i64 first = (i64)(head - nq - nk) * group;  // the value head's first query head
+#pragma unroll 4
+      for (i64 qh = first; qh < first + group; ++qh) {
+        const float p = ahead_p[qh];
+        attention[qh * d + j] = from_float<T>(fmaf(p, oa, ahead_out[qh * d + j]));
+        attention[qh * d + j + half] = from_float<T>(fmaf(p, ob, ahead_out[qh * d + j + half]));
+      }
+    }
     const i64 p = pos[0];
     if (p < 0 || p >= capacity) return;
     T* cache =
@@ -1020,7 +1034,16 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 //     `maps` [pair][g][splits * per_block * tile]) and each head's whole-softmax max and sum
 //     (`stats` [pair][g][2]);
 //   DA_REUSE: a reuse layer takes exp(s - max) / sum of those as its probabilities and
-//     multiplies them by its own values: no queries, no keys read.
+//     multiplies them by its own values: no queries, no keys read;
+//   DA_AHEAD: a lead also attends for its reuse layers (`ahead`: their value caches), which
+//     then run no attention kernel at all. A reuse layer's attention over the keys before the
+//     current one needs only the lead's probabilities and values it cached in earlier steps,
+//     so the lead's launch computes it too: (1 + ahead.count) units a pair, unit r scoring the
+//     lead's keys and summing P V over its own values (the lead's for r = 0, reuse layer r's
+//     without the current key, whose value that layer has not yet projected), f32 into
+//     `ahead.outputs` ([count][pairs][g][d], already divided by the softmax sum), and the
+//     current key's probability into `ahead.current` ([pairs][g]). The reuse layer adds
+//     p * v of its new value as it projects it (decode_gemv_rope's tail).
 // Threads: DA_THREADS. Sub-tiles of DA_STAGE_BYTES / (d * sizeof(T)) keys (16-64). The caller
 // checks: d * sizeof(T) in {128, 256, 512}, g <= DA_MAX_GROUP, g * d <= 1024, splits * g <= 4096,
 // 16-byte aligned key and value rows, and sizes the shared memory as two stages (da_stage_bytes)
@@ -1031,6 +1054,20 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 #define DA_PLAIN 0
 #define DA_LEAD 1
 #define DA_REUSE 2
+#define DA_AHEAD 3
+// Reuse layers a lead attends for at most (DA_AHEAD): SuperBlocks of up to eight layers.
+#define DA_MAX_AHEAD 7
+
+// DA_AHEAD's arguments, one struct so that every form's entry point takes the same list (the
+// others get zeros): the reuse layers' value caches (the lead's value strides), each
+// sequence's current key (its position, [n] contiguous), and where the outputs go.
+struct DaAhead {
+  const void* values[DA_MAX_AHEAD];
+  const i64* current_key;
+  float* outputs;
+  float* current;
+  i64 count;
+};
 
 // 16 bytes from global to shared memory without passing through registers (sm_80 on; a plain
 // copy before).
@@ -1084,19 +1121,28 @@ __device__ __forceinline__ int da_stage_bytes(int g, int tile_bytes, int map_str
 template <typename T>
 struct DaBlock {
   // Unsigned, as in da_finish: the compiler keeps what both compute alive between them, and an
-  // unsigned index widens to 64 bits with no register for its sign.
-  unsigned pair, seq, kv;
+  // unsigned index widens to 64 bits with no register for its sign. `unit`: the pair's (or,
+  // for DA_AHEAD, the pair and output's) blocks, `out` the output r (0: the layer's own).
+  unsigned unit, pair, seq, kv, out;
   int subs, stage_bytes, tile, tile_bytes, block_keys;
   i64 first, map_row;
   const T* k;
   const T* v;
   float* map;
   __device__ DaBlock(const T* keys_all, const T* values_all, float* maps, int nk, int g, i64 all_keys, int splits,
-                     int per_block, int tile_keys, int row_bytes, int map_stride, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head) {
+                     int per_block, int tile_keys, int row_bytes, int map_stride, i64 k_seq, i64 k_head, i64 v_seq,
+                     i64 v_head, unsigned units, const DaAhead& ahead) {
     tile = tile_keys;
-    pair = blockIdx.x / (unsigned)splits;
+    unit = blockIdx.x / (unsigned)splits;
+    pair = unit / units;
+    out = unit % units;
     seq = pair / (unsigned)nk;
     kv = pair % (unsigned)nk;
+    // Each by its constant offset: an index into the argument would copy it to local memory.
+#pragma unroll
+    for (unsigned i = 0; i < DA_MAX_AHEAD; ++i) {
+      if (out == i + 1) values_all = static_cast<const T*>(ahead.values[i]);
+    }
     tile_bytes = tile * row_bytes;
     stage_bytes = da_stage_bytes(g, tile_bytes, map_stride);
     map_row = (i64)splits * per_block * tile;
@@ -1182,32 +1228,59 @@ __device__ __forceinline__ void load_lane(const T* p, float (&out)[LANE]) {
 
 // The end of a block's work: warp h holds query head h's output elements lane * LANE_DIMS ...
 // (`acc`, not yet divided by the softmax sum, or a reuse layer's, already weighted), the running
-// max `m` and the whole sum `l` over the block's keys. One block a pair writes the output;
+// max `m` and the whole sum `l` over the block's keys. One block a unit writes the output;
 // else the blocks hand their sums over ([block][g][d + 2]: sums, max, sum) and the last block of
-// the pair to finish (a ticket counter that wraps back to zero by itself) combines them. A lead
-// also leaves each head's whole-softmax max and sum in `stats`. `smem` is free (the stages are
-// read).
+// the unit to finish (a ticket counter that wraps back to zero by itself) combines them. A lead
+// also leaves each head's whole-softmax max and sum in `stats`; a DA_AHEAD unit r > 0 writes
+// reuse layer r's output in f32, and unit 0 the current key's probability (its score was left
+// in `ahead.current` by the block that holds the key). `smem` is free (the stages are read).
 template <typename T, int MODE, int LANE_DIMS>
 __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, float* partial, u32* tickets, int nk,
-                          int g, int splits, unsigned char* smem, float* stats) {
-  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
+                          int g, int splits, i64 keys, unsigned char* smem, float* stats, const DaAhead& ahead) {
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, attends_ahead = MODE == DA_AHEAD;
   constexpr int lane_dims = LANE_DIMS, d = 32 * LANE_DIMS;
   const int t = threadIdx.x, lane = t & 31, h = t >> 5;
-  const unsigned pair = blockIdx.x / (unsigned)splits;
+  const unsigned units = attends_ahead ? 1 + (unsigned)ahead.count : 1;
+  const unsigned unit = blockIdx.x / (unsigned)splits, pair = unit / units, r = attends_ahead ? unit % units : 0;
   const unsigned seq = pair / (unsigned)nk, kv = pair % (unsigned)nk;
   T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d + (i64)h * d + lane * lane_dims;
-  if (splits == 1) {
-    if (h < g) {
+  const unsigned pairs = gridDim.x / ((unsigned)splits * units);
+  float* o_ahead = r == 0 ? nullptr : ahead.outputs + ((i64)(r - 1) * pairs + pair) * g * d + (i64)h * d + lane * lane_dims;
+  // The output (divided by the softmax sum `l` unless a reuse layer's), and what goes with it.
+  const auto write = [&](const float(&y)[lane_dims], float max_all, float sum_all) {
+    // One block's sums are divided, as the composition divides; the combined ones scaled.
+    const float scale_all = reuse ? 1.0f : 1.0f / sum_all;
 #pragma unroll
-      for (int e = 0; e < lane_dims; ++e) o[e] = from_float<T>(reuse ? acc[e] : acc[e] / l);
-      if (lead && lane == 0) {
-        stats[((i64)pair * g + h) * 2] = m;
-        stats[((i64)pair * g + h) * 2 + 1] = l;
+    for (int e = 0; e < lane_dims; ++e) {
+      const float v = reuse ? y[e] : splits == 1 ? y[e] / sum_all : y[e] * scale_all;
+      if (r == 0) {
+        o[e] = from_float<T>(v);
+      } else {
+        o_ahead[e] = v;
       }
     }
+    if (lane != 0) return;
+    if (lead) {
+      stats[((i64)pair * g + h) * 2] = max_all;
+      stats[((i64)pair * g + h) * 2 + 1] = sum_all;
+    }
+    if (attends_ahead && r == 0) {
+      const i64 key = ahead.current_key[seq];
+      float* p = ahead.current + (i64)pair * g + h;
+      const float s = key >= 0 && key < keys ? load_from_l2(p) : neg_inf();
+      *p = s == neg_inf() ? 0.0f : expf(s - max_all) * scale_all;
+    }
+  };
+  if (splits == 1) {
+    // The current key's score came from another warp of this block.
+    if (attends_ahead) {
+      __threadfence();
+      __syncthreads();
+    }
+    if (h < g) write(acc, m, l);
     return;
   }
-  // Hand the sums over ([block][g][d + 2]: sums, max, sum); the last block of the pair
+  // Hand the sums over ([block][g][d + 2]: sums, max, sum); the last block of the unit
   // combines them.
   const i64 stride = d + 2;
   if (h < g) {
@@ -1222,11 +1295,11 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
   __threadfence();
   __syncthreads();
   __shared__ int last_block;
-  if (t == 0) last_block = atomicInc(tickets + pair, (u32)(splits - 1)) == (u32)(splits - 1);
+  if (t == 0) last_block = atomicInc(tickets + unit, (u32)(splits - 1)) == (u32)(splits - 1);
   __syncthreads();
   if (!last_block || h >= g) return;
   __threadfence();
-  const float* all = partial + ((i64)pair * splits * g + h) * stride;  // split sp at sp * g * stride
+  const float* all = partial + ((i64)unit * splits * g + h) * stride;  // split sp at sp * g * stride
   float* weight = reinterpret_cast<float*>(smem) + h * splits;       // the stages are read
   float max_all = neg_inf(), sum_all = 0.0f;
   if (reuse) {
@@ -1243,7 +1316,6 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
     for (int off = 16; off > 0; off >>= 1) sum_all += __shfl_xor_sync(0xffffffffu, sum_all, off);
   }
   __syncwarp();
-  const float scale_all = reuse ? 1.0f : 1.0f / sum_all;
   // A batch of splits' elements in flight at once: 32 floats a lane.
   constexpr int batch = 32 / lane_dims;
   float y[lane_dims];
@@ -1267,12 +1339,7 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
       }
     }
   }
-#pragma unroll
-  for (int e = 0; e < lane_dims; ++e) o[e] = from_float<T>(y[e] * scale_all);
-  if (lead && lane == 0) {
-    stats[((i64)pair * g + h) * 2] = max_all;
-    stats[((i64)pair * g + h) * 2 + 1] = sum_all;
-  }
+  write(y, max_all, sum_all);
 }
 
 // The kernel for rows of ROW_BYTES bytes (head width D = ROW_BYTES / sizeof(T)): the sub-tile's
@@ -1283,20 +1350,22 @@ template <typename T, int MODE, int ROW_BYTES>
 __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const T* mask, T* out, float* partial,
                                       u32* tickets, int nk, int g, i64 keys, int splits, int per_block, i64 q_seq,
                                       i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
-                                      float scale, float* maps, float* stats) {
-  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
+                                      float scale, float* maps, float* stats, const DaAhead& ahead) {
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, attends_ahead = MODE == DA_AHEAD;
   constexpr int d = ROW_BYTES / (int)sizeof(T), row_bytes = ROW_BYTES, chunks = ROW_BYTES / 16;
   constexpr int lane_dims = d / 32, tile = DA_STAGE_BYTES / ROW_BYTES;
   extern __shared__ __align__(128) uint4 da_shared_chunks[];  // see decode_attention_mma
   unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
   const int t = threadIdx.x, lane = t & 31, h = t >> 5;  // warp h: query head kv * g + h
   const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, row_bytes, tile, k_seq,
-                     k_head, v_seq, v_head);
+                     k_head, v_seq, v_head, attends_ahead ? 1 + (unsigned)ahead.count : 1, ahead);
   const unsigned pair = b.pair, seq = b.seq, kv = b.kv;
   const int subs = b.subs;
   const i64 row = b.map_row;  // a head's row of a lead's map
   float* map = b.map;
   float* qs = reinterpret_cast<float*>(smem + 2 * b.stage_bytes);  // [g][d]
+  // DA_AHEAD: the current key, whose score unit 0 leaves and whose value unit r > 0 skips.
+  const i64 current_key = attends_ahead ? ahead.current_key[seq] : -1;
 
   const auto stage = [&](int sub, int s) {
     unsigned char* ks = b.keys_of(smem, s);
@@ -1378,10 +1447,16 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
           const int r = lane + 32 * j;
           sc[j] = r < n ? dot[j] * scale + bias[j] : neg_inf();
           if (lead && r < tile) map[h * row + key0 + r] = sc[j];
+          if (attends_ahead && b.out == 0 && r < n && key0 + r == current_key) ahead.current[(i64)pair * g + h] = sc[j];
           mx = fmaxf(mx, sc[j]);
         }
         for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
         const float rescale = online_softmax(m, l, mx, sc, p);
+        // A reuse layer's current value is not in its cache yet: its key counts in the sum only.
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          if (attends_ahead && b.out > 0 && key0 + lane + 32 * j == current_key) p[j] = 0.0f;
+        }
 #pragma unroll
         for (int e = 0; e < lane_dims; ++e) acc[e] *= rescale;
       }
@@ -1403,7 +1478,7 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
     __syncthreads();
   }
   for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
-  da_finish<T, MODE, lane_dims>(acc, m, l, out, partial, tickets, nk, g, splits, smem, stats);
+  da_finish<T, MODE, lane_dims>(acc, m, l, out, partial, tickets, nk, g, splits, keys, smem, stats, ahead);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1500,8 +1575,8 @@ template <typename T, int MODE, int D>
 __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T* mask, T* out, float* partial,
                                      u32* tickets, int nk, int g, i64 keys, int splits, int per_block, i64 q_seq,
                                      i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
-                                     float scale, float* maps, float* stats) {
-  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE;
+                                     float scale, float* maps, float* stats, const DaAhead& ahead) {
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, attends_ahead = MODE == DA_AHEAD;
   constexpr int row_bytes = D * 2, chunks = row_bytes / 16, tile = DA_MMA_TILE_BYTES / row_bytes;
   // A warp takes 16 keys of a sub-tile (a slice) and 8 columns-of-8 of the output: D = 64 has 8
   // slices a sub-tile, D = 128 4, each shared by two warps that score them alike (the mma's are
@@ -1524,7 +1599,7 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
   const int row = lane >> 2, quad = lane & 3;  // this lane's query head in the group; its key pair
   const int slice = w % slices, half = w / slices;
   const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, row_bytes, map_stride, k_seq,
-                     k_head, v_seq, v_head);
+                     k_head, v_seq, v_head, attends_ahead ? 1 + (unsigned)ahead.count : 1, ahead);
   const unsigned pair = b.pair, seq = b.seq, kv = b.kv;
   const int subs = b.subs;
   const i64 map_row = b.map_row;  // a head's row of a lead's map
@@ -1576,6 +1651,9 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
   const int kk = 16 * slice + 2 * quad;
   const auto key_of = [&](int e) { return kk + 8 * (e >> 1) + (e & 1); };
   float* map_lane = lead ? map + row * map_row + kk : nullptr;  // where a lead leaves them
+  // DA_AHEAD: the current key from the block's first, whose score unit 0 leaves and whose value
+  // unit r > 0 skips.
+  const i64 current_key = attends_ahead ? ahead.current_key[seq] - b.first : -1;
   // This lane's mask values, read a sub-tile ahead: read where they are used, each sub-tile
   // waited a round trip to memory on them after its staged keys had arrived.
   const T* mask_row = reuse ? nullptr : mask + seq * mask_seq + b.first;
@@ -1636,9 +1714,22 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
           *reinterpret_cast<float2*>(map_lane + key0 + 8 * h) = make_float2(sc[2 * h], sc[2 * h + 1]);
         }
       }
+      if (attends_ahead && head && half == 0 && b.out == 0) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (key_of(e) < n && key0 + key_of(e) == current_key) ahead.current[(i64)pair * g + row] = sc[e];
+        }
+      }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float rescale = online_softmax(m, l, mx, sc, p);
+      // A reuse layer's current value is not in its cache yet: its key counts in the sum only.
+      if (attends_ahead && b.out > 0) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (key0 + key_of(e) == current_key) p[e] = 0.0f;
+        }
+      }
 #pragma unroll
       for (int j = 0; j < dim_tiles; ++j) {
         acc[j][0] *= rescale;
@@ -1699,7 +1790,7 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
   }
   // da_finish may reuse the memory just read.
   __syncthreads();
-  da_finish<T, MODE, lane_dims>(o, m_all, l_all, out, partial, tickets, nk, g, splits, smem, stats);
+  da_finish<T, MODE, lane_dims>(o, m_all, l_all, out, partial, tickets, nk, g, splits, keys, smem, stats, ahead);
 }
 #endif
 
@@ -1708,19 +1799,19 @@ template <typename T, int MODE>
 __device__ void decode_attention(const T* q, const T* k, const T* v, const T* mask, T* out, float* partial,
                                  u32* tickets, int nk, int g, int d, i64 keys, int splits, int per_block,
                                  i64 q_seq, i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head,
-                                 i64 mask_seq, float scale, float* maps, float* stats) {
+                                 i64 mask_seq, float scale, float* maps, float* stats, const DaAhead& ahead) {
   // The next kernel (the output projection) may start streaming its weights.
   allow_next_kernel();
 #define DA_ROWS(BYTES)                                                                                     \
   decode_attention_rows<T, MODE, BYTES>(q, k, v, mask, out, partial, tickets, nk, g, keys, splits, per_block, \
                                         q_seq, q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps,   \
-                                        stats)
+                                        stats, ahead)
 #if __CUDA_ARCH__ >= 800
   // 16-bit rows of 64 and 128 on tensor cores; only 512-byte rows (D = 256) on CUDA cores.
   if constexpr (sizeof(T) == 2) {
 #define DA_MMA(D)                                                                                            \
   decode_attention_mma<T, MODE, D>(q, k, v, mask, out, partial, tickets, nk, g, keys, splits, per_block, q_seq,  \
-                                   q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, stats)
+                                   q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, stats, ahead)
     switch (d) {
       case 64: DA_MMA(64); break;
       case 128: DA_MMA(128); break;
@@ -1744,9 +1835,9 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   extern "C" __global__ void __launch_bounds__(DA_THREADS, 2) NAME##_##SUFFIX(                             \
       const T* q, const T* k, const T* v, const T* mask, T* out, float* partial, u32* tickets, int nk, int g, \
       int d, i64 keys, int splits, int per_block, i64 q_seq, i64 q_head, i64 k_seq, i64 k_head,             \
-      i64 v_seq, i64 v_head, i64 mask_seq, float scale, float* maps, float* stats) {                       \
+      i64 v_seq, i64 v_head, i64 mask_seq, float scale, float* maps, float* stats, DaAhead ahead) {        \
     decode_attention<T, MODE>(q, k, v, mask, out, partial, tickets, nk, g, d, keys, splits, per_block, q_seq, \
-                              q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, stats);         \
+                              q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, stats, ahead);  \
   }
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
@@ -1779,13 +1870,15 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   extern "C" __global__ void decode_gemv_rope_##SUFFIX(                                                    \
       const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, T* y, i64 outs, i64 in,   \
       int split, const i64* pos, const T* cos, const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache,         \
-      T* v_cache, i64 head_stride, i64 capacity) {                                                          \
+      T* v_cache, i64 head_stride, i64 capacity, const float* ahead_out, const float* ahead_p, T* attention,  \
+      int group) {                                                                                         \
     decode_gemv_rope<T>(x, g, eps, plus_one, w, bias, y, outs, in, split, pos, cos, sin_signed, nq, nk, nv, d,    \
-                        k_cache, v_cache, head_stride, capacity);                                          \
+                        k_cache, v_cache, head_stride, capacity, ahead_out, ahead_p, attention, group);    \
   }                                                                                                        \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention, DA_PLAIN)                                             \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_lead, DA_LEAD)                                        \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_reuse, DA_REUSE)                                      \
+  DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_ahead, DA_AHEAD)                                      \
   extern "C" __global__ void cross_entropy_##SUFFIX(const T* logits, const i64* targets, float* loss,     \
                                                     T* grad, i64 v, const float* scale, float softcap) {  \
     cross_entropy<T>(logits, targets, loss, grad, v, scale, softcap);                                      \

@@ -11,8 +11,8 @@
 mod decode_attention;
 
 pub use decode_attention::{
-    decode_attention, decode_attention_lead, decode_attention_reuse, lead_maps_apply, with_decode_attention,
-    LeadMaps,
+    decode_attention, decode_attention_ahead, decode_attention_lead, decode_attention_reuse, lead_maps_apply,
+    with_decode_attention, AheadSums, LeadMaps,
 };
 
 use super::{call, call_for_tensor, shim};
@@ -51,6 +51,7 @@ const KERNELS: &[&str] = &[
     "decode_attention",
     "decode_attention_lead",
     "decode_attention_reuse",
+    "decode_attention_ahead",
 ];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 
@@ -366,35 +367,42 @@ pub fn adamw(
     args.launch(loaded, "adamw", suffix, device, blocks, THREADS)
 }
 
-/// One launch's arguments, each stored as the 8 bytes its pointer points at (4-byte values
-/// occupy the first four, as a little-endian device reads them).
+/// One launch's arguments, each stored as the 8-byte words its pointer points at (4-byte values
+/// occupy the first four, as a little-endian device reads them; a struct its words in order).
+/// `starts`: where each argument's words begin.
 #[derive(Default)]
-struct Args(Vec<u64>);
+struct Args {
+    words: Vec<u64>,
+    starts: Vec<usize>,
+}
 
 impl Args {
-    fn ptr(mut self, t: &Tensor) -> Self {
-        self.0.push(t.data_ptr() as u64);
+    fn word(self, w: u64) -> Self {
+        self.words_of(&[w])
+    }
+    /// A struct argument of 8-byte fields, as the kernel declares them.
+    fn words_of(mut self, words: &[u64]) -> Self {
+        self.starts.push(self.words.len());
+        self.words.extend_from_slice(words);
         self
     }
-    fn i64(mut self, v: i64) -> Self {
-        self.0.push(v as u64);
-        self
+    fn ptr(self, t: &Tensor) -> Self {
+        self.word(t.data_ptr() as u64)
     }
-    fn i32(mut self, v: i64) -> Self {
-        self.0.push(i32::try_from(v).expect("a 32-bit kernel argument") as u32 as u64);
-        self
+    fn i64(self, v: i64) -> Self {
+        self.word(v as u64)
     }
-    fn f32(mut self, v: f64) -> Self {
-        self.0.push((v as f32).to_bits() as u64);
-        self
+    fn i32(self, v: i64) -> Self {
+        self.word(i32::try_from(v).expect("a 32-bit kernel argument") as u32 as u64)
     }
-    fn f64(mut self, v: f64) -> Self {
-        self.0.push(v.to_bits());
-        self
+    fn f32(self, v: f64) -> Self {
+        self.word((v as f32).to_bits() as u64)
     }
-    fn nullable(mut self, t: Option<&Tensor>) -> Self {
-        self.0.push(t.map_or(0, |t| t.data_ptr() as u64));
-        self
+    fn f64(self, v: f64) -> Self {
+        self.word(v.to_bits())
+    }
+    fn nullable(self, t: Option<&Tensor>) -> Self {
+        self.word(t.map_or(0, |t| t.data_ptr() as u64))
     }
 
     /// Launches `name` for `suffix` on `device`'s current torch stream; false if it failed
@@ -423,8 +431,11 @@ impl Args {
     ) -> bool {
         let Ok(s) = shim() else { return false };
         let kernel = loaded.kernels[&(name, suffix)] as *mut c_void;
-        let mut values = self.0;
-        let mut ptrs: Vec<*mut c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+        let mut words = self.words;
+        let base = words.as_mut_ptr();
+        // SAFETY: every start indexes into `words`, which outlives the launch below.
+        let mut ptrs: Vec<*mut c_void> =
+            self.starts.iter().map(|&i| unsafe { base.add(i) } as *mut c_void).collect();
         let grid = grid.clamp(1, u32::MAX as i64) as u32;
         // SAFETY: `kernel` is a loaded kernel whose parameters match `ptrs` (one per argument,
         // built in its declaration order by the op below), and every pointer argument is the
@@ -545,7 +556,19 @@ pub enum GemvOut<'a> {
         layout: HeadLayout,
         keys: Option<&'a Tensor>,
         values: Option<&'a Tensor>,
+        attention: Option<ReuseTail<'a>>,
     },
+}
+
+/// A reuse layer's attention whose lead attended for it ([`AheadSums`]): what the lead summed
+/// over the keys before this one (`sums`, f32 `[heads, d]`) plus the current key's probability
+/// (`current`, f32 `[heads]`) times the value the projection gives, written into `attention`
+/// (`[1, heads, 1, d]` of the row's type).
+#[derive(Clone, Copy)]
+pub struct ReuseTail<'a> {
+    pub sums: &'a Tensor,
+    pub current: &'a Tensor,
+    pub attention: &'a Tensor,
 }
 
 /// The RMSNorm that [`decode_gemv`] applies to its input row as it reads it (see
@@ -597,12 +620,29 @@ pub fn decode_gemv(
                     && extra.is_none_or(|e| same(e) && e.is_contiguous() && e.numel() as i64 == outs)
             }
             GemvOut::Gated { .. } => outs.rem_euclid(2) == 0,
-            GemvOut::Rope { positions, cos, sin_signed, layout, .. } => {
+            GemvOut::Rope { positions, cos, sin_signed, layout, attention, .. } => {
                 let HeadLayout { q, k, v, dim } = *layout;
+                let tail_fits = |t: &ReuseTail| {
+                    let heads = t.attention.size().get(1).copied().unwrap_or(0);
+                    let f32_of = |x: &Tensor, n: i64| {
+                        x.kind() == Kind::Float
+                            && x.device() == t.attention.device()
+                            && x.is_contiguous()
+                            && x.numel() as i64 == n
+                    };
+                    same(t.attention)
+                        && t.attention.is_contiguous()
+                        && t.attention.size() == [1, heads, 1, dim]
+                        && v > 0
+                        && heads % v == 0
+                        && f32_of(t.sums, heads * dim)
+                        && f32_of(t.current, heads)
+                };
                 outs.rem_euclid(2) == 0
                     && dim % 2 == 0
                     && (q + k + v) * dim <= outs
                     && rope_inputs_fit(x, positions, cos, sin_signed, 1, 1, dim)
+                    && attention.as_ref().is_none_or(tail_fits)
             }
         };
     let slabs = match out {
@@ -650,8 +690,9 @@ pub fn decode_gemv(
         GemvOut::Gated { gelu_tanh } => {
             ("decode_gemv_gated", args.ptr(&y).i64(rows).i64(inp).i32(split).i32(gelu_tanh as i64), rows)
         }
-        GemvOut::Rope { positions, cos, sin_signed, layout, keys, values } => {
+        GemvOut::Rope { positions, cos, sin_signed, layout, keys, values, attention } => {
             let slabs = slabs?;
+            let group = attention.map_or(0, |t| t.attention.size()[1] / layout.v);
             let args = args
                 .ptr(&y)
                 .i64(outs)
@@ -667,7 +708,11 @@ pub fn decode_gemv(
                 .nullable(keys)
                 .nullable(values)
                 .i64(slabs.strides[1])
-                .i64(slabs.capacity);
+                .i64(slabs.capacity)
+                .nullable(attention.map(|t| t.sums))
+                .nullable(attention.map(|t| t.current))
+                .nullable(attention.map(|t| t.attention))
+                .i32(group);
             ("decode_gemv_rope", args, outs / 2)
         }
     };
@@ -1593,6 +1638,14 @@ mod tests {
                 )
                 .expect("the kernel applies");
                 let (kk, vv) = (keys(&got_k), slab(&got_v));
+                // Where the layout has values, a reuse layer's attention from its lead's sums as
+                // well: three query heads a value head.
+                let heads = 3 * v;
+                let sums = Tensor::randn([heads * dim], (Kind::Float, dev));
+                let current = Tensor::rand([heads], (Kind::Float, dev));
+                let attention = Tensor::full([1, heads, 1, dim], f64::NAN, (kind, dev));
+                let tail =
+                    (v > 0).then_some(ReuseTail { sums: &sums, current: &current, attention: &attention });
                 let out = GemvOut::Rope {
                     positions: &positions,
                     cos,
@@ -1600,8 +1653,22 @@ mod tests {
                     layout,
                     keys: kk.as_ref(),
                     values: vv.as_ref(),
+                    attention: tail,
                 };
                 let got = decode_gemv(&x, Some(norm), &w, b.as_ref(), out).expect("the kernel applies");
+                if v > 0 {
+                    // sums + p v in f64, against one fused multiply-add in f32 rounded once:
+                    // within a rounding of the type plus f32's of the terms.
+                    let f64_of = |t: &Tensor| t.to_kind(Kind::Double);
+                    let values = f64_of(&y.narrow(-1, (q + k) * dim, v * dim).reshape([v, 1, dim]));
+                    let (sums, product) =
+                        (f64_of(&sums).reshape([v, 3, dim]), f64_of(&current).reshape([v, 3, 1]) * values);
+                    let want = &sums + &product;
+                    let bound = want.abs() * ulps_of(kind) + (sums.abs() + product.abs()) * 2f64.powi(-23);
+                    let off = (f64_of(&attention).reshape([v, 3, dim]) - &want).abs() - bound;
+                    let worst = off.max().double_value(&[]);
+                    assert!(worst <= 0.0, "{case}: the reuse layer's attention, {worst} past the bound");
+                }
                 assert_eq!(got.size(), [1, 1, outs], "{case}: the whole projection");
                 let q_got = got.narrow(-1, 0, q * dim).reshape([1, q, 1, dim]);
                 assert!(q_got.equal(&q_want), "{case}: rotated queries");

@@ -3,8 +3,8 @@
 //! in reuse layers, gate|up in the MLP), so a decode step launches fewer, larger kernels.
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
-use crate::cuda::kernels::{self, GemvOut, HeadLayout};
-use crate::model::attention::{attend, Attention, Heads, LeadAttention, Want};
+use crate::cuda::kernels::{self, GemvOut, HeadLayout, ReuseTail};
+use crate::model::attention::{attend, attend_ahead, Attention, Heads, LeadAttention, Want};
 use crate::model::nn::{Linear, NormedInput, RmsNorm};
 use crate::model::rope::RopeAngles;
 use crate::model::transformer::{DecoderLayer, Mlp};
@@ -21,27 +21,29 @@ fn qkv_prefix(first: &Tensor, width: i64) -> Tensor {
 /// `lin(norm(h))`, a fused projection whose rows are `layout`'s heads (then any others), with
 /// RoPE on its query and key heads and its keys and values written into the cache `slabs`
 /// (`(keys, values)` from the batch's first slot; none for a CLA layer's queries): at one row
-/// all in the matrix-vector kernel, else the projection and one fused RoPE kernel. Returns the
-/// projection and the rotated queries (`[n, q, t, dim]`), or no queries where neither kernel
-/// applies and the caller composes.
+/// all in the matrix-vector kernel (with `attention`, a reuse layer's attention from what its
+/// lead left, too), else the projection and one fused RoPE kernel. Returns the projection, the
+/// rotated queries (`[n, q, t, dim]`), or no queries where neither kernel applies and the
+/// caller composes, and whether the matrix-vector kernel ran (and so filled `attention`).
 fn project_rotated(
     x: &NormedInput,
     lin: &Linear,
     step: &Step,
     layout: HeadLayout,
     slabs: (Option<Tensor>, Option<Tensor>),
-) -> (Tensor, Option<Tensor>) {
+    attention: Option<ReuseTail>,
+) -> (Tensor, Option<Tensor>, bool) {
     let (keys, values) = (slabs.0.as_ref(), slabs.1.as_ref());
     let (positions, cos, sin_signed) = (step.positions, &step.rope.cos, &step.rope.sin_signed);
-    let out = GemvOut::Rope { positions, cos, sin_signed, layout, keys, values };
+    let out = GemvOut::Rope { positions, cos, sin_signed, layout, keys, values, attention };
     if let Some(y) = x.gemv(&lin.weight, lin.bias.as_ref(), out) {
         // One row: the rotated queries lead the output, in the order `[1, q, 1, dim]` reads.
         let q = y.narrow(-1, 0, layout.q * layout.dim).reshape([1, layout.q, 1, layout.dim]);
-        return (y, Some(q));
+        return (y, Some(q), true);
     }
     let y = x.linear(lin);
     let q = kernels::rope_kv_write(&y, positions, cos, sin_signed, layout, keys, values);
-    (y, q)
+    (y, q, false)
 }
 
 /// Concatenates projections along their outputs; a missing bias becomes zeros.
@@ -178,6 +180,9 @@ pub struct Step<'a> {
     pub slot0: usize,
     pub positions: &'a Tensor,
     pub k_len: i64,
+    /// A decode step's SuperBlock lead: its reuse layers, for which it may attend ahead
+    /// ([`attend_ahead`]); empty elsewhere.
+    pub reuse_layers: &'a [usize],
     pub rope: &'a RopeAngles,
     /// Additive mask `[n, 1, q, k_len]`.
     pub mask: &'a Tensor,
@@ -321,7 +326,8 @@ impl InferenceLayer {
                 let layout =
                     HeadLayout { q: h.num_heads, k: h.num_kv_heads, v: h.num_kv_heads, dim: h.head_dim };
                 let (y, fused) = if q_norm.is_none() && k_norm.is_none() {
-                    project_rotated(x, qkv, step, layout, cache.slabs(l, step.slot0))
+                    let (y, q, _) = project_rotated(x, qkv, step, layout, cache.slabs(l, step.slot0), None);
+                    (y, q)
                 } else {
                     (x.linear(qkv), None)
                 };
@@ -348,6 +354,21 @@ impl InferenceLayer {
                 let keys = cache.keys(l, step.slot0, n, step.k_len);
                 let values = cache.values(l, step.slot0, n, step.k_len);
                 let want = hands.unwrap_or(Want::Output);
+                let ahead_fits = softcap.is_none() && !step.causal_from_zero && !step.reuse_layers.is_empty();
+                if want == Want::Attention && ahead_fits {
+                    let reuse_values: Vec<Tensor> = step
+                        .reuse_layers
+                        .iter()
+                        .map(|&r| cache.values(r, step.slot0, n, step.k_len))
+                        .collect();
+                    let (layers, mask) = (step.reuse_layers, step.mask);
+                    if let Some((out, attn)) =
+                        attend_ahead(&q, &keys, &values, mask, *scale, step.positions, layers, &reuse_values)
+                    {
+                        *lead = Some(attn);
+                        return Some(AttnOut { heads: h.merge(&out), o_proj, extra: None });
+                    }
+                }
                 let (out, attn) =
                     attend(h, &q, &keys, &values, step.mask, step.causal_from_zero, *scale, *softcap, want);
                 if hands.is_some() {
@@ -358,25 +379,38 @@ impl InferenceLayer {
             InferenceAttention::Reuse { vc, o_proj, heads: h, compensated } => {
                 let kvd = h.num_kv_heads * h.head_dim;
                 let layout = HeadLayout { q: 0, k: 0, v: h.num_kv_heads, dim: h.head_dim };
-                let (y, written) = project_rotated(x, vc, step, layout, cache.slabs(l, step.slot0));
-                if written.is_none() {
-                    cache.write(
-                        l,
-                        step.slot0,
-                        step.positions,
-                        None,
-                        &h.split(&y.narrow(-1, 0, kvd), h.num_kv_heads),
-                    );
-                }
-                let values = cache.values(l, step.slot0, n, step.k_len);
                 let lead = lead.as_ref().expect("the plan runs a lead before its reuse layers");
+                // Where the lead attended for this layer, the projection's kernel adds the
+                // current key's term to the lead's sums (one row), or libtorch does below.
+                let ahead = lead.ahead_for(l);
+                let sums = ahead.map(|(a, r)| (a.sums.get(r as i64), &a.current));
+                let like = (vc.weight.kind(), vc.weight.device());
+                let attention = ahead.map(|_| Tensor::empty([n, h.num_heads, 1, h.head_dim], like));
+                let tail = sums
+                    .as_ref()
+                    .zip(attention.as_ref())
+                    .map(|((sums, current), attention)| ReuseTail { sums, current, attention });
+                let (y, written, by_gemv) =
+                    project_rotated(x, vc, step, layout, cache.slabs(l, step.slot0), tail);
+                let v_now = || h.split(&y.narrow(-1, 0, kvd), h.num_kv_heads);
+                if written.is_none() {
+                    cache.write(l, step.slot0, step.positions, None, &v_now());
+                }
                 let extra = compensated.then(|| y.narrow(-1, kvd, y.size()[2] - kvd));
-                Some(AttnOut { heads: h.merge(&lead.apply(h, &values)), o_proj, extra })
+                let out = match (ahead, attention) {
+                    (Some(_), Some(attention)) if by_gemv => attention,
+                    (Some((a, r)), _) => a.attention(r, &v_now()),
+                    (None, _) => lead.apply(h, &cache.values(l, step.slot0, n, step.k_len)),
+                };
+                Some(AttnOut { heads: h.merge(&out), o_proj, extra })
             }
             InferenceAttention::Cla { q_proj, o_proj, q_norm, heads: h, scale, softcap, lead } => {
                 let layout = HeadLayout { q: h.num_heads, k: 0, v: 0, dim: h.head_dim };
                 let (y, fused) = match q_norm {
-                    None => project_rotated(x, q_proj, step, layout, (None, None)),
+                    None => {
+                        let (y, q, _) = project_rotated(x, q_proj, step, layout, (None, None), None);
+                        (y, q)
+                    }
                     Some(_) => (x.linear(q_proj), None),
                 };
                 let q = fused.unwrap_or_else(|| {

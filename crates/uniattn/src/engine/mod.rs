@@ -283,10 +283,19 @@ impl Engine {
         });
         for (l, layer) in self.layers.iter().enumerate() {
             let ctx = pc.layer(&self.stem, l);
+            // A decode step's lead may attend for its reuse layers (see `attend_ahead`).
+            let reuse_layers: Vec<usize> = if q == 1 && lead_hands == Some(Want::Attention) {
+                (l + 1..self.roles.len())
+                    .take_while(|&r| self.roles[r] == LayerRole::Reuse { lead: l })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let step = Step {
                 slot0,
                 positions,
                 k_len,
+                reuse_layers: &reuse_layers,
                 rope: ctx.rope,
                 mask: ctx.mask,
                 causal_from_zero: causal_from_zero

@@ -92,6 +92,14 @@ pub enum LeadAttention {
         maps: kernels::LeadMaps,
         queries_keys: Box<LeadAttention>,
     },
+    /// A decode step's lead that attended for its reuse layers (`layers`, in the order of
+    /// `sums`), which add the current key's term as they project their values and run no
+    /// attention of their own; `queries_keys` as in [`LeadAttention::DecodeMaps`].
+    Ahead {
+        sums: kernels::AheadSums,
+        layers: Vec<usize>,
+        queries_keys: Box<LeadAttention>,
+    },
 }
 
 impl LeadAttention {
@@ -105,6 +113,18 @@ impl LeadAttention {
             LeadAttention::DecodeMaps { maps, queries_keys } => {
                 kernels::decode_attention_reuse(maps, values).unwrap_or_else(|| queries_keys.apply(h, values))
             }
+            LeadAttention::Ahead { queries_keys, .. } => queries_keys.apply(h, values),
+        }
+    }
+
+    /// Where the lead attended ahead for reuse layer `layer`: the sums it left and the layer's
+    /// place among them.
+    pub fn ahead_for(&self, layer: usize) -> Option<(&kernels::AheadSums, usize)> {
+        match self {
+            LeadAttention::Ahead { sums, layers, .. } => {
+                layers.iter().position(|&l| l == layer).map(|r| (sums, r))
+            }
+            _ => None,
         }
     }
 }
@@ -319,6 +339,32 @@ pub fn attend(
     }
     let out = fused_attention(q, k, v, (!causal).then_some(mask), causal, scale);
     (out, (want == Want::Attention).then(queries_keys))
+}
+
+/// A decode step's lead (one query row, `mask` additive) that also attends for its reuse
+/// layers `layers`, whose caches over the lead's keys are `values`: where the decode attention
+/// kernel's ahead form runs ([`kernels::decode_attention_ahead`]; `current_key`: each
+/// sequence's position, `[n, 1]`), the lead's output and what its reuse layers take; else
+/// `None`, and the caller runs [`attend`].
+#[allow(clippy::too_many_arguments)]
+pub fn attend_ahead(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    current_key: &Tensor,
+    layers: &[usize],
+    values: &[Tensor],
+) -> Option<(Tensor, LeadAttention)> {
+    let (out, sums) = kernels::decode_attention_ahead(q, k, v, mask, scale, current_key, values)?;
+    let queries_keys = LeadAttention::QueryKeys {
+        queries: q.shallow_clone(),
+        keys: k.shallow_clone(),
+        scale,
+        mask: Some(mask.shallow_clone()),
+    };
+    Some((out, LeadAttention::Ahead { sums, layers: layers.to_vec(), queries_keys: Box::new(queries_keys) }))
 }
 
 /// `o_proj(P V)` with this layer's own V and someone else's P: the part of a reuse layer that

@@ -30,6 +30,12 @@ const MMA_MAX_SHARED_BYTES: i64 = 96 * 1024 - STATIC_SHARED_BYTES;
 const GRID_BLOCKS: i64 = 264;
 /// Blocks a (sequence, kv head) pair at most: its last block reads all their partial sums.
 const MAX_SPLITS: i64 = 48;
+/// Reuse layers a lead attends for at most (kernels.cu's DA_MAX_AHEAD).
+const MAX_AHEAD: usize = 7;
+/// Sequences up to which a lead attends for its reuse layers by default
+/// ([`decode_attention_ahead`]): where the reuse layer's projection adds the current key's term
+/// in its epilogue (one row), so that the layer runs no attention kernel.
+const AHEAD_MAX_SEQUENCES: i64 = 1;
 
 thread_local! {
     /// Set while [`with_decode_attention`] runs on this thread.
@@ -106,6 +112,8 @@ struct Cut {
     tile: i64,
     splits: i64,
     per_block: i64,
+    /// Outputs a pair (units of `splits` blocks each): 1, or a lead's and its reuse layers'.
+    units: i64,
 }
 
 impl Cut {
@@ -125,16 +133,20 @@ impl Cut {
             return None;
         }
         let mma = capability >= 80 && kind.elt_size_in_bytes() == 2 && [64, 128].contains(&d);
-        let pairs = n * kv_heads;
-        let ceil = |a: i64, b: i64| (a + b - 1) / b;
         let tile = if mma { MMA_TILE_BYTES } else { STAGE_BYTES } / row_bytes;
-        let tiles = ceil(keys, tile);
-        // As many blocks as fill the GPU about twice, but at most MAX_SPLITS a pair.
-        let per_block = ceil(tiles, tiles.min(MAX_SPLITS).min((GRID_BLOCKS / pairs).max(1)));
-        let splits = ceil(tiles, per_block);
-        let cut = Cut { kind, n, heads, kv_heads, d, keys, mma, tile, splits, per_block };
+        let cut =
+            Cut { kind, n, heads, kv_heads, d, keys, mma, tile, splits: 0, per_block: 0, units: 1 }.split(1);
         let max_shared = if mma { MMA_MAX_SHARED_BYTES } else { MAX_SHARED_BYTES };
         (cut.shared_bytes() <= max_shared).then_some(cut)
+    }
+
+    /// The cut for `units` outputs a pair: as many blocks as fill the GPU about twice, but at
+    /// most MAX_SPLITS a unit.
+    fn split(self, units: i64) -> Cut {
+        let ceil = |a: i64, b: i64| (a + b - 1) / b;
+        let tiles = ceil(self.keys, self.tile);
+        let per_block = ceil(tiles, tiles.min(MAX_SPLITS).min((GRID_BLOCKS / (self.pairs() * units)).max(1)));
+        Cut { splits: ceil(tiles, per_block), per_block, units, ..self }
     }
 
     /// Whether the kernel's `form` runs at this cut rather than cuDNN's: up to the pairs the
@@ -222,13 +234,95 @@ pub fn decode_attention_lead(
 /// d]`, the lead's shape, checked when launching); `None` where they do not fit it.
 pub fn decode_attention_reuse(lead: &LeadMaps, v: &Tensor) -> Option<Tensor> {
     (v.device() == lead.maps.device()).then_some(())?;
-    launch("decode_attention_reuse", lead.cut, None, v, Some(lead))
+    launch("decode_attention_reuse", lead.cut, None, v, Leaves::Nothing, Some(lead))
+}
+
+/// What a lead that attended for its reuse layers leaves them ([`decode_attention_ahead`]):
+/// for reuse layer r, its attention over the keys before the current one (`sums.get(r)`, f32
+/// `[n, heads, 1, d]`, already divided by the softmax's sum), and the current key's
+/// probability (`current`, f32 `[n, heads, 1, 1]`), which multiplies the value the layer
+/// projects in this step.
+#[derive(Debug)]
+pub struct AheadSums {
+    pub sums: Tensor,
+    pub current: Tensor,
+}
+
+impl AheadSums {
+    /// Reuse layer `r`'s attention from the values it projects in this step (`v_now`, `[n,
+    /// kv_heads, 1, d]`), by libtorch's kernels: where its projection cannot add the term.
+    pub fn attention(&self, r: usize, v_now: &Tensor) -> Tensor {
+        let sums = self.sums.get(r as i64);
+        let group = sums.size()[1] / v_now.size()[1];
+        let v = v_now.to_kind(Kind::Float).repeat_interleave_self_int(group, 1, None);
+        (sums + &self.current * v).to_kind(v_now.kind())
+    }
+}
+
+/// [`decode_attention_lead`] that also attends for the lead's reuse layers (UniAttn,
+/// softmax-only), whose values over the lead's keys are `reuse_values` (each the lead's `v`'s
+/// shape and strides): their attention over the keys before each sequence's current one
+/// (`current_key`, `[n, 1]` positions) comes back in [`AheadSums`], so that a reuse layer runs
+/// no attention kernel. Runs where the lead form does, for up to `AHEAD_MAX_SEQUENCES`
+/// sequences (`UNIATTN_DECODE_ATTENTION_AHEAD`: another count; 0 never).
+pub fn decode_attention_ahead(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    current_key: &Tensor,
+    reuse_values: &[Tensor],
+) -> Option<(Tensor, AheadSums)> {
+    static SEQUENCES: OnceLock<i64> = OnceLock::new();
+    let limit = *SEQUENCES.get_or_init(|| {
+        std::env::var("UNIATTN_DECODE_ATTENTION_AHEAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(AHEAD_MAX_SEQUENCES)
+    });
+    let cut = cut_of(q, k).filter(|c| c.n <= limit && c.runs(Form::Lead))?;
+    ahead(cut, q, k, v, mask, scale, current_key, reuse_values)
+}
+
+/// The ahead form at `cut`, wherever the shapes fit.
+#[allow(clippy::too_many_arguments)]
+fn ahead(
+    cut: Cut,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    current_key: &Tensor,
+    reuse_values: &[Tensor],
+) -> Option<(Tensor, AheadSums)> {
+    let count = reuse_values.len();
+    let alike = |t: &Tensor| {
+        t.size() == v.size() && t.stride() == v.stride() && t.kind() == v.kind() && t.device() == v.device()
+    };
+    let keys_fit = current_key.kind() == Kind::Int64
+        && current_key.device() == v.device()
+        && current_key.is_contiguous()
+        && current_key.numel() as i64 == cut.n;
+    if !(1..=MAX_AHEAD).contains(&count) || !reuse_values.iter().all(alike) || !keys_fit {
+        return None;
+    }
+    let cut = cut.split(1 + count as i64);
+    let float = (Kind::Float, v.device());
+    let sums = AheadSums {
+        sums: Tensor::empty([count as i64, cut.n, cut.heads, 1, cut.d], float),
+        current: Tensor::empty([cut.n, cut.heads, 1, 1], float),
+    };
+    let leaves = Leaves::Ahead { current_key, reuse_values, sums: &sums };
+    let out = launch("decode_attention_ahead", cut, Some((q, k, mask, scale)), v, leaves, None)?;
+    Some((out, sums))
 }
 
 /// The plain form where [`Cut::runs`] says, or wherever the shapes fit (`always`).
 fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, always: bool) -> Option<Tensor> {
     let cut = cut_of(q, k).filter(|c| always || c.runs(Form::Plain))?;
-    launch("decode_attention", cut, Some((q, k, mask, scale)), v, None)
+    launch("decode_attention", cut, Some((q, k, mask, scale)), v, Leaves::Nothing, None)
 }
 
 /// The lead form where [`Cut::runs`] says, or wherever the shapes fit (`always`).
@@ -242,7 +336,8 @@ fn lead(
 ) -> Option<(Tensor, LeadMaps)> {
     let cut = cut_of(q, k).filter(|c| always || c.runs(Form::Lead))?;
     let maps = lead_maps(cut, q.device());
-    let out = launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Some(&maps))?;
+    let out =
+        launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Leaves::Nothing, Some(&maps))?;
     Some((out, maps))
 }
 
@@ -264,14 +359,40 @@ fn lead_maps(cut: Cut, device: Device) -> LeadMaps {
     }
 }
 
-/// Launches kernel `name` (the plain, lead or reuse form) after checking every tensor's type,
-/// device and layout against `cut`: `attend` is the queries, keys, mask and scale (none for a
-/// reuse layer), `maps` the lead's pieces (written by a lead, read by a reuse layer).
+/// What a launch leaves besides its output: nothing, or (the ahead form) its reuse layers'
+/// values in, their sums out (checked by [`ahead`]).
+enum Leaves<'a> {
+    Nothing,
+    Ahead { current_key: &'a Tensor, reuse_values: &'a [Tensor], sums: &'a AheadSums },
+}
+
+impl Leaves<'_> {
+    /// kernels.cu's `DaAhead`, word for word: the values' pointers (null past the count), the
+    /// current keys, the two outputs and the count.
+    fn words(&self) -> [u64; MAX_AHEAD + 4] {
+        let mut w = [0u64; MAX_AHEAD + 4];
+        if let Leaves::Ahead { current_key, reuse_values, sums } = self {
+            for (slot, v) in w.iter_mut().zip(reuse_values.iter()) {
+                *slot = v.data_ptr() as u64;
+            }
+            w[MAX_AHEAD] = current_key.data_ptr() as u64;
+            w[MAX_AHEAD + 1] = sums.sums.data_ptr() as u64;
+            w[MAX_AHEAD + 2] = sums.current.data_ptr() as u64;
+            w[MAX_AHEAD + 3] = reuse_values.len() as u64;
+        }
+        w
+    }
+}
+
+/// Launches kernel `name` (the plain, lead, reuse or ahead form) after checking every tensor's
+/// type, device and layout against `cut`: `attend` is the queries, keys, mask and scale (none
+/// for a reuse layer), `maps` the lead's pieces (written by a lead, read by a reuse layer).
 fn launch(
     name: &'static str,
     cut: Cut,
     attend: Option<(&Tensor, &Tensor, &Tensor, f64)>,
     v: &Tensor,
+    leaves: Leaves,
     maps: Option<&LeadMaps>,
 ) -> Option<Tensor> {
     let (device, loaded, suffix) = usable(v)?;
@@ -303,10 +424,11 @@ fn launch(
     if !rows_fit(v) || !attend_fits {
         return None;
     }
-    let tickets = tickets(device, cut.pairs())?;
+    let units = cut.pairs() * cut.units;
+    let tickets = tickets(device, units)?;
     let out = Tensor::empty([n, heads, 1, d], (kind, v.device()));
     let g = cut.group();
-    let partial = Tensor::empty([cut.pairs() * cut.splits * g * (d + 2)], (Kind::Float, v.device()));
+    let partial = Tensor::empty([units * cut.splits * g * (d + 2)], (Kind::Float, v.device()));
     // A reuse layer has no queries, keys or mask: null pointers and zero strides.
     let (q, k, mask) = (attend.map(|a| a.0), attend.map(|a| a.1), attend.map(|a| a.2));
     let stride = |t: Option<&Tensor>, dim: usize| t.map_or(0, |t| t.stride()[dim]);
@@ -334,27 +456,28 @@ fn launch(
         .i64(mask_seq)
         .f32(attend.map_or(0.0, |a| a.3))
         .nullable(maps.map(|m| &m.maps))
-        .nullable(maps.map(|m| &m.stats));
-    let shape = (cut.pairs() * cut.splits, THREADS as u32, cut.shared_bytes());
+        .nullable(maps.map(|m| &m.stats))
+        .words_of(&leaves.words());
+    let shape = (units * cut.splits, THREADS as u32, cut.shared_bytes());
     args.launch_with(loaded, (name, suffix), device, shape, false).then_some(out)
 }
 
-/// The ticket counters the kernel counts finished blocks with, one per pair, zero between
+/// The ticket counters the kernel counts finished blocks with, one per unit, zero between
 /// launches (the last block's increment wraps its counter back). One set per thread and
 /// device, so that engines decoding on two threads never share one; never freed, because a
 /// captured CUDA graph keeps their address.
-fn tickets(device: usize, pairs: i64) -> Option<Tensor> {
+fn tickets(device: usize, units: i64) -> Option<Tensor> {
     thread_local! {
         static TICKETS: RefCell<HashMap<usize, Tensor>> = Default::default();
     }
-    const MAX_PAIRS: i64 = 4096;
-    if pairs > MAX_PAIRS {
+    const MAX_UNITS: i64 = 4096;
+    if units > MAX_UNITS {
         return None;
     }
     TICKETS.with(|t| {
         let mut t = t.borrow_mut();
         let tickets = t.entry(device).or_insert_with(|| {
-            let tickets = Tensor::zeros([MAX_PAIRS], (Kind::Int, Device::Cuda(device)));
+            let tickets = Tensor::zeros([MAX_UNITS], (Kind::Int, Device::Cuda(device)));
             // Kept alive past the thread: graphs captured here may replay elsewhere.
             std::mem::forget(tickets.shallow_clone());
             tickets
@@ -480,6 +603,30 @@ mod tests {
                     assert!(
                         decode_attention_reuse(&maps, &other).is_none(),
                         "{case}: values of another length"
+                    );
+                    // The lead attending for both reuse layers: its own output, and theirs from
+                    // the sums over the keys before each sequence's last (the current key) plus
+                    // that key's term.
+                    let current: Vec<i64> = (0..n).map(|i| (keys - i * 7).max(1) - 1).collect();
+                    let current_key = Tensor::from_slice(&current).to_device(dev).view([n, 1]);
+                    let reuse = [v2.shallow_clone(), v3.shallow_clone()];
+                    let cut = cut_of(&q, &k).expect("the kernel applies");
+                    let (got, sums) = ahead(cut, &q, &k, &v, mask, scale, &current_key, &reuse)
+                        .unwrap_or_else(|| panic!("{case}: the ahead form applies"));
+                    check(&got, inputs, &format!("{case}, {rows}: lead attending ahead"));
+                    for (r, vr) in reuse.iter().enumerate() {
+                        let now = |i: usize| vr.get(i as i64).narrow(1, current[i], 1);
+                        let v_now = Tensor::stack(&(0..n as usize).map(now).collect::<Vec<_>>(), 0);
+                        let got = sums.attention(r, &v_now);
+                        check(
+                            &got,
+                            (&q, &k, vr, mask, scale),
+                            &format!("{case}, {rows}: reuse layer {r} ahead"),
+                        );
+                    }
+                    assert!(
+                        ahead(cut, &q, &k, &v, mask, scale, &current_key, &[other.shallow_clone()]).is_none(),
+                        "{case}: reuse values of another length"
                     );
                 }
             }
