@@ -575,6 +575,11 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
 // Loads of x (and of g) a thread issues at once when staging the normed row.
 #define GEMV_STAGE_LOADS 2
 
+// The decode attention kernel's threads a block (below), and the query heads a kv head it and
+// decode_gemv_rope's reuse-layer tail take: a warp a query head.
+#define DA_THREADS 256
+#define DA_MAX_GROUP (DA_THREADS / 32)
+
 // Programmatic dependent launch (sm_90 on; no-ops before, and after a plain launch): let the
 // stream's next kernel start early, and wait until the kernels before this one have finished
 // and their writes are visible. Before the wait a kernel reads only what no kernel writes.
@@ -802,11 +807,12 @@ __device__ void decode_gemv_gated(const T* x, const T* g, float eps, int plus_on
 // `rope_kv_write` does, with `cos`/`sin_signed` the position's [d] angles), or two consecutive
 // tail rows. All of y ([outs]) is written; keys and values also go to the caches' row pos[0]
 // (`k_cache`/`v_cache`: [heads, capacity, d] at `head_stride`, null where the layout has none).
-// With `attention` (a reuse layer whose lead attended for it, DA_AHEAD): the layer's attention
+// With ATTENTION (a reuse layer whose lead attended for it, DA_AHEAD; its own entry point, held
+// to 128 registers as the plain one's 118 fit four blocks an SM): the layer's attention
 // output, its lead's sums over the keys before this one (`ahead_out`, f32 [nv * group][d]) plus
 // this key's probability (`ahead_p`, [nv * group]) times the value just projected, for the
 // `group` query heads of each value head ([nv * group][d]).
-template <typename T>
+template <typename T, bool ATTENTION>
 __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias,
                                  T* y, i64 outs, i64 in, int split, const i64* pos, const T* cos,
                                  const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache, T* v_cache,
@@ -840,13 +846,29 @@ __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one
     y[row[0]] = from_float<T>(oa);
     y[row[1]] = from_float<T>(ob);
     if (!in_head || head < nq) return;
-    if (attention != nullptr && head >= nq + nk) {
+    if (ATTENTION && head >= nq + nk) {
+      // Half the group's loads issued before the first store (which might alias them for the
+      // compiler): two round trips, where all at once took 141 registers (4 blocks an SM: 128).
+      constexpr int batch = DA_MAX_GROUP / 2;
       const i64 first = (i64)(head - nq - nk) * group;  // the value head's first query head
-#pragma unroll 4
-      for (i64 qh = first; qh < first + group; ++qh) {
-        const float p = ahead_p[qh];
-        attention[qh * d + j] = from_float<T>(fmaf(p, oa, ahead_out[qh * d + j]));
-        attention[qh * d + j + half] = from_float<T>(fmaf(p, ob, ahead_out[qh * d + j + half]));
+#pragma unroll 1
+      for (int h0 = 0; h0 < group; h0 += batch) {
+        float sum_a[batch], sum_b[batch], prob[batch];
+#pragma unroll
+        for (int u = 0; u < batch; ++u) {
+          if (h0 + u < group) {
+            prob[u] = ahead_p[first + h0 + u];
+            sum_a[u] = ahead_out[(first + h0 + u) * d + j];
+            sum_b[u] = ahead_out[(first + h0 + u) * d + j + half];
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < batch; ++u) {
+          if (h0 + u < group) {
+            attention[(first + h0 + u) * d + j] = from_float<T>(fmaf(prob[u], oa, sum_a[u]));
+            attention[(first + h0 + u) * d + j + half] = from_float<T>(fmaf(prob[u], ob, sum_b[u]));
+          }
+        }
       }
     }
     const i64 p = pos[0];
@@ -1048,8 +1070,6 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 // checks: d * sizeof(T) in {128, 256, 512}, g <= DA_MAX_GROUP, g * d <= 1024, splits * g <= 4096,
 // 16-byte aligned key and value rows, and sizes the shared memory as two stages (da_stage_bytes)
 // and the query (src/cuda/kernels/decode_attention.rs).
-#define DA_THREADS 256
-#define DA_MAX_GROUP (DA_THREADS / 32)  // a warp a query head
 #define DA_STAGE_BYTES 8192
 #define DA_PLAIN 0
 #define DA_LEAD 1
@@ -1839,6 +1859,16 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
     decode_attention<T, MODE>(q, k, v, mask, out, partial, tickets, nk, g, d, keys, splits, per_block, q_seq, \
                               q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, stats, ahead);  \
   }
+#define DECODE_GEMV_ROPE_ENTRY(T, SUFFIX, NAME, ATTENTION)                                                 \
+  extern "C" __global__ void __launch_bounds__(128, 4) NAME##_##SUFFIX(                                  \
+      const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, T* y, i64 outs, i64 in,   \
+      int split, const i64* pos, const T* cos, const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache, \
+      T* v_cache, i64 head_stride, i64 capacity, const float* ahead_out, const float* ahead_p, T* attention,  \
+      int group) {                                                                                         \
+    decode_gemv_rope<T, ATTENTION>(x, g, eps, plus_one, w, bias, y, outs, in, split, pos, cos, sin_signed, nq, nk, \
+                                   nv, d, k_cache, v_cache, head_stride, capacity, ahead_out, ahead_p, attention, \
+                                   group);                                                                 \
+  }
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
     gated_act<T>(gu, out, rows, inter, gelu);                                                              \
@@ -1867,14 +1897,8 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
                                                         int split, int gelu) {                              \
     decode_gemv_gated<T>(x, g, eps, plus_one, w, bias, y, rows, in, split, gelu);                                  \
   }                                                                                                        \
-  extern "C" __global__ void decode_gemv_rope_##SUFFIX(                                                    \
-      const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, T* y, i64 outs, i64 in,   \
-      int split, const i64* pos, const T* cos, const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache,         \
-      T* v_cache, i64 head_stride, i64 capacity, const float* ahead_out, const float* ahead_p, T* attention,  \
-      int group) {                                                                                         \
-    decode_gemv_rope<T>(x, g, eps, plus_one, w, bias, y, outs, in, split, pos, cos, sin_signed, nq, nk, nv, d,    \
-                        k_cache, v_cache, head_stride, capacity, ahead_out, ahead_p, attention, group);    \
-  }                                                                                                        \
+  DECODE_GEMV_ROPE_ENTRY(T, SUFFIX, decode_gemv_rope, false)                                                \
+  DECODE_GEMV_ROPE_ENTRY(T, SUFFIX, decode_gemv_rope_attention, true)                                      \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention, DA_PLAIN)                                             \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_lead, DA_LEAD)                                        \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_reuse, DA_REUSE)                                      \

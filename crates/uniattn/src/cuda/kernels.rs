@@ -47,6 +47,7 @@ const KERNELS: &[&str] = &[
     "decode_gemv",
     "decode_gemv_gated",
     "decode_gemv_rope",
+    "decode_gemv_rope_attention",
     "decode_gemv_pairs",
     "decode_attention",
     "decode_attention_lead",
@@ -635,6 +636,7 @@ pub fn decode_gemv(
                         && t.attention.size() == [1, heads, 1, dim]
                         && v > 0
                         && heads % v == 0
+                        && heads / v <= decode_attention::MAX_GROUP
                         && f32_of(t.sums, heads * dim)
                         && f32_of(t.current, heads)
                 };
@@ -713,7 +715,8 @@ pub fn decode_gemv(
                 .nullable(attention.map(|t| t.current))
                 .nullable(attention.map(|t| t.attention))
                 .i32(group);
-            ("decode_gemv_rope", args, outs / 2)
+            let name = if attention.is_some() { "decode_gemv_rope_attention" } else { "decode_gemv_rope" };
+            (name, args, outs / 2)
         }
     };
     let block = 32 * WARPS as u32;

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 /// bytes of keys a sub-tile (the CUDA-core form's and the tensor-core form's), and query heads
 /// times head width (the query in shared memory).
 const THREADS: i64 = 256;
-const MAX_GROUP: i64 = 8;
+pub(super) const MAX_GROUP: i64 = 8;
 const STAGE_BYTES: i64 = 8192;
 const MMA_TILE_BYTES: i64 = 16384;
 const MAX_OUTPUTS: i64 = 1024;
