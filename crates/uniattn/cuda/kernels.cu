@@ -84,11 +84,16 @@ __device__ void gated_act(const T* gu, T* out, i64 rows, i64 inter, int gelu) {
 // `sin_signed` given per row, [rows, d]); queries go to `q_out` ([n, nq, t, d]), keys and values
 // to the caches at their row's position: element (b, head, pos, j) of a cache lives at
 // b * slot_stride + head * head_stride + pos * d + j. Rows whose position lies outside
-// 0..capacity write nothing (the engine never sends one; the guard keeps memory safe).
+// 0..capacity write nothing (the engine never sends one; the guard keeps memory safe). With
+// `attention` (one token a sequence: a reuse layer whose lead attended for it, DA_AHEAD), also
+// that layer's attention as decode_gemv_rope's tail computes it, for each sequence's `group`
+// query heads of a value head: `ahead_out` [rows][nv * group][d] + `ahead_p` [rows][nv * group]
+// times the value.
 template <typename T>
 __device__ void rope_kv_write(const T* x, i64 row_stride, const i64* pos, const T* cos, const T* sin_signed,
                               i64 rows, i64 t, int nq, int nk, int nv, int d, T* q_out, T* k_cache,
-                              T* v_cache, i64 slot_stride, i64 head_stride, i64 capacity) {
+                              T* v_cache, i64 slot_stride, i64 head_stride, i64 capacity, const float* ahead_out,
+                              const float* ahead_p, T* attention, int group) {
   const int heads = nq + nk + nv;
   const int half = d / 2;
   const i64 n = rows * heads * d;
@@ -109,6 +114,12 @@ __device__ void rope_kv_write(const T* x, i64 row_stride, const i64* pos, const 
     if (h < nq) {
       q_out[((seq * nq + h) * t + tok) * d + j] = out;
       continue;
+    }
+    if (attention != nullptr && h >= nq + nk) {
+      const i64 first = r * nv * group + (i64)(h - nq - nk) * group;  // the value head's first query head
+      for (i64 qh = first; qh < first + group; ++qh) {
+        attention[qh * d + j] = from_float<T>(fmaf(ahead_p[qh], to_float(out), ahead_out[qh * d + j]));
+      }
     }
     const i64 p = pos[r];
     if (p < 0 || p >= capacity) continue;
@@ -1876,9 +1887,9 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   extern "C" __global__ void rope_kv_write_##SUFFIX(                                                       \
       const T* x, i64 row_stride, const i64* pos, const T* cos, const T* sin_signed, i64 rows, i64 t,     \
       int nq, int nk, int nv, int d, T* q_out, T* k_cache, T* v_cache, i64 slot_stride, i64 head_stride, \
-      i64 capacity) {                                                                                      \
+      i64 capacity, const float* ahead_out, const float* ahead_p, T* attention, int group) {              \
     rope_kv_write<T>(x, row_stride, pos, cos, sin_signed, rows, t, nq, nk, nv, d, q_out, k_cache, v_cache, \
-                     slot_stride, head_stride, capacity);                                                  \
+                     slot_stride, head_stride, capacity, ahead_out, ahead_p, attention, group);            \
   }                                                                                                        \
   extern "C" __global__ void masked_softmax_##SUFFIX(const T* scores, const T* mask, T* out, i64 heads,   \
                                                      i64 q, i64 k, float scale, float softcap) {          \

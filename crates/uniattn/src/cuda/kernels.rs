@@ -561,15 +561,40 @@ pub enum GemvOut<'a> {
     },
 }
 
-/// A reuse layer's attention whose lead attended for it ([`AheadSums`]): what the lead summed
-/// over the keys before this one (`sums`, f32 `[heads, d]`) plus the current key's probability
-/// (`current`, f32 `[heads]`) times the value the projection gives, written into `attention`
-/// (`[1, heads, 1, d]` of the row's type).
+/// A reuse layer's attention whose lead attended for it ([`AheadSums`]), for `n` sequences of
+/// one token: what the lead summed over the keys before the current one (`sums`, f32 `[n,
+/// heads, 1, d]`) plus the current key's probability (`current`, f32 `[n, heads, 1, 1]`) times
+/// the value the projection gives, written into `attention` (`[n, heads, 1, d]` of the row's
+/// type).
 #[derive(Clone, Copy)]
 pub struct ReuseTail<'a> {
     pub sums: &'a Tensor,
     pub current: &'a Tensor,
     pub attention: &'a Tensor,
+}
+
+impl ReuseTail<'_> {
+    /// Whether the tail fits `n` rows of `x`'s type projected in `layout` (value heads, at most
+    /// the decode attention kernel's group a value head), and its query heads a value head.
+    fn group(&self, x: &Tensor, n: i64, layout: HeadLayout) -> Option<i64> {
+        let (heads, dim, v) = (self.attention.size().get(1).copied()?, layout.dim, layout.v);
+        let f32_of = |t: &Tensor, numel: i64| {
+            t.kind() == Kind::Float
+                && t.device() == x.device()
+                && t.is_contiguous()
+                && t.numel() as i64 == numel
+        };
+        let fits = self.attention.kind() == x.kind()
+            && self.attention.device() == x.device()
+            && self.attention.is_contiguous()
+            && self.attention.size() == [n, heads, 1, dim]
+            && v > 0
+            && heads % v == 0
+            && heads / v <= decode_attention::MAX_GROUP
+            && f32_of(self.sums, n * heads * dim)
+            && f32_of(self.current, n * heads);
+        fits.then_some(heads / v)
+    }
 }
 
 /// The RMSNorm that [`decode_gemv`] applies to its input row as it reads it (see
@@ -623,28 +648,11 @@ pub fn decode_gemv(
             GemvOut::Gated { .. } => outs.rem_euclid(2) == 0,
             GemvOut::Rope { positions, cos, sin_signed, layout, attention, .. } => {
                 let HeadLayout { q, k, v, dim } = *layout;
-                let tail_fits = |t: &ReuseTail| {
-                    let heads = t.attention.size().get(1).copied().unwrap_or(0);
-                    let f32_of = |x: &Tensor, n: i64| {
-                        x.kind() == Kind::Float
-                            && x.device() == t.attention.device()
-                            && x.is_contiguous()
-                            && x.numel() as i64 == n
-                    };
-                    same(t.attention)
-                        && t.attention.is_contiguous()
-                        && t.attention.size() == [1, heads, 1, dim]
-                        && v > 0
-                        && heads % v == 0
-                        && heads / v <= decode_attention::MAX_GROUP
-                        && f32_of(t.sums, heads * dim)
-                        && f32_of(t.current, heads)
-                };
                 outs.rem_euclid(2) == 0
                     && dim % 2 == 0
                     && (q + k + v) * dim <= outs
                     && rope_inputs_fit(x, positions, cos, sin_signed, 1, 1, dim)
-                    && attention.as_ref().is_none_or(tail_fits)
+                    && attention.is_none_or(|t| t.group(x, 1, *layout).is_some())
             }
         };
     let slabs = match out {
@@ -694,7 +702,7 @@ pub fn decode_gemv(
         }
         GemvOut::Rope { positions, cos, sin_signed, layout, keys, values, attention } => {
             let slabs = slabs?;
-            let group = attention.map_or(0, |t| t.attention.size()[1] / layout.v);
+            let group = attention.and_then(|t| t.group(x, 1, layout)).unwrap_or(0);
             let args = args
                 .ptr(&y)
                 .i64(outs)
@@ -841,7 +849,9 @@ fn cache_slabs(
 /// and `sin_signed` are [`crate::model::rope::RopeAngles`]'s (`[n, 1, t, dim]`); `keys` and
 /// `values` are cache tensors `[slots, kv_heads, capacity, dim]` narrowed to the batch's
 /// first slot; with neither (a layout of queries alone, as a CLA layer's) it is RoPE alone.
+/// With `attention` (one token a sequence), a reuse layer's attention too ([`ReuseTail`]).
 /// Returns the rotated queries `[n, q, t, dim]`.
+#[allow(clippy::too_many_arguments)]
 pub fn rope_kv_write(
     x: &Tensor,
     positions: &Tensor,
@@ -850,10 +860,16 @@ pub fn rope_kv_write(
     heads: HeadLayout,
     keys: Option<&Tensor>,
     values: Option<&Tensor>,
+    attention: Option<ReuseTail>,
 ) -> Option<Tensor> {
     let (device, loaded, suffix) = usable(x)?;
     let HeadLayout { q, k, v, dim } = heads;
     let &[n, t, width] = x.size().as_slice() else { return None };
+    let group = match attention {
+        Some(tail) if t == 1 => Some(tail.group(x, n, heads)?),
+        Some(_) => return None,
+        None => None,
+    };
     let fits = x.is_contiguous()
         && width >= (q + k + v) * dim
         && dim % 2 == 0
@@ -877,7 +893,11 @@ pub fn rope_kv_write(
         .nullable(values)
         .i64(slabs.strides[0])
         .i64(slabs.strides[1])
-        .i64(slabs.capacity);
+        .i64(slabs.capacity)
+        .nullable(attention.map(|a| a.sums))
+        .nullable(attention.map(|a| a.current))
+        .nullable(attention.map(|a| a.attention))
+        .i32(group.unwrap_or(0));
     let grid = grid_for(n * t * (q + k + v) * dim);
     args.launch(loaded, "rope_kv_write", suffix, device, grid, THREADS).then_some(q_out)
 }
@@ -1247,11 +1267,19 @@ mod tests {
                     layout,
                     keys.as_ref(),
                     values.as_ref(),
+                    None,
                 )
                 .expect("the kernel applies");
                 let (_, values) = got.slabs(1, slot0);
                 let x_v = x.narrow(-1, 0, kvd + 7).contiguous();
                 let v_only = HeadLayout { q: 0, k: 0, v: 2, dim: 16 };
+                // One token a sequence: a reuse layer's attention as well, three query heads a
+                // value head, against sums + p v in f64.
+                let sums = Tensor::randn([n, 6, 1, 16], (Kind::Float, dev));
+                let current = Tensor::rand([n, 6, 1, 1], (Kind::Float, dev));
+                let attention = Tensor::full([n, 6, 1, 16], f64::NAN, (kind, dev));
+                let tail =
+                    (t == 1).then_some(ReuseTail { sums: &sums, current: &current, attention: &attention });
                 let none = rope_kv_write(
                     &x_v,
                     &positions,
@@ -1260,14 +1288,28 @@ mod tests {
                     v_only,
                     None,
                     values.as_ref(),
+                    tail,
                 )
                 .expect("the kernel applies");
                 assert_eq!(none.size(), [n, 0, t, 16], "no query heads");
+                if t == 1 {
+                    let f64_of = |t: &Tensor| t.to_kind(Kind::Double);
+                    let v_now = f64_of(&heads.split(&x_v.narrow(-1, 0, kvd), 2))
+                        .repeat_interleave_self_int(3, 1, None);
+                    let (sums, product) = (f64_of(&sums), f64_of(&current) * v_now);
+                    let want = &sums + &product;
+                    let bound = want.abs() * ulps_of(kind) + (sums.abs() + product.abs()) * 2f64.powi(-23);
+                    let worst = ((f64_of(&attention) - &want).abs() - bound).max().double_value(&[]);
+                    assert!(
+                        worst <= 0.0,
+                        "{kind:?} n={n}: the reuse layer's attention, {worst} past the bound"
+                    );
+                }
                 // Queries alone, with no cache (a CLA layer's).
                 let x_q = x.narrow(-1, 0, qd).contiguous();
                 let q_only = HeadLayout { q: 4, k: 0, v: 0, dim: 16 };
                 let q_alone =
-                    rope_kv_write(&x_q, &positions, &rope.cos, &rope.sin_signed, q_only, None, None)
+                    rope_kv_write(&x_q, &positions, &rope.cos, &rope.sin_signed, q_only, None, None, None)
                         .expect("the kernel applies");
                 let case = format!("{kind:?} n={n} t={t} slot0={slot0}");
                 assert_eq!(ulps(&q_got, &q.contiguous()), 0.0, "{case}: queries");
@@ -1638,6 +1680,7 @@ mod tests {
                     layout,
                     keys(&want_k).as_ref(),
                     slab(&want_v).as_ref(),
+                    None,
                 )
                 .expect("the kernel applies");
                 let (kk, vv) = (keys(&got_k), slab(&got_v));

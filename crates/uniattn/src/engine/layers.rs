@@ -21,10 +21,10 @@ fn qkv_prefix(first: &Tensor, width: i64) -> Tensor {
 /// `lin(norm(h))`, a fused projection whose rows are `layout`'s heads (then any others), with
 /// RoPE on its query and key heads and its keys and values written into the cache `slabs`
 /// (`(keys, values)` from the batch's first slot; none for a CLA layer's queries): at one row
-/// all in the matrix-vector kernel (with `attention`, a reuse layer's attention from what its
-/// lead left, too), else the projection and one fused RoPE kernel. Returns the projection, the
-/// rotated queries (`[n, q, t, dim]`), or no queries where neither kernel applies and the
-/// caller composes, and whether the matrix-vector kernel ran (and so filled `attention`).
+/// all in the matrix-vector kernel, else the projection and one fused RoPE kernel; with
+/// `attention`, either also writes a reuse layer's attention from what its lead left. Returns
+/// the projection and the rotated queries (`[n, q, t, dim]`), or no queries where neither kernel
+/// applies (then `attention` is not written) and the caller composes.
 fn project_rotated(
     x: &NormedInput,
     lin: &Linear,
@@ -32,18 +32,18 @@ fn project_rotated(
     layout: HeadLayout,
     slabs: (Option<Tensor>, Option<Tensor>),
     attention: Option<ReuseTail>,
-) -> (Tensor, Option<Tensor>, bool) {
+) -> (Tensor, Option<Tensor>) {
     let (keys, values) = (slabs.0.as_ref(), slabs.1.as_ref());
     let (positions, cos, sin_signed) = (step.positions, &step.rope.cos, &step.rope.sin_signed);
     let out = GemvOut::Rope { positions, cos, sin_signed, layout, keys, values, attention };
     if let Some(y) = x.gemv(&lin.weight, lin.bias.as_ref(), out) {
         // One row: the rotated queries lead the output, in the order `[1, q, 1, dim]` reads.
         let q = y.narrow(-1, 0, layout.q * layout.dim).reshape([1, layout.q, 1, layout.dim]);
-        return (y, Some(q), true);
+        return (y, Some(q));
     }
     let y = x.linear(lin);
-    let q = kernels::rope_kv_write(&y, positions, cos, sin_signed, layout, keys, values);
-    (y, q, false)
+    let q = kernels::rope_kv_write(&y, positions, cos, sin_signed, layout, keys, values, attention);
+    (y, q)
 }
 
 /// Concatenates projections along their outputs; a missing bias becomes zeros.
@@ -326,8 +326,7 @@ impl InferenceLayer {
                 let layout =
                     HeadLayout { q: h.num_heads, k: h.num_kv_heads, v: h.num_kv_heads, dim: h.head_dim };
                 let (y, fused) = if q_norm.is_none() && k_norm.is_none() {
-                    let (y, q, _) = project_rotated(x, qkv, step, layout, cache.slabs(l, step.slot0), None);
-                    (y, q)
+                    project_rotated(x, qkv, step, layout, cache.slabs(l, step.slot0), None)
                 } else {
                     (x.linear(qkv), None)
                 };
@@ -390,15 +389,14 @@ impl InferenceLayer {
                     .as_ref()
                     .zip(attention.as_ref())
                     .map(|((sums, current), attention)| ReuseTail { sums, current, attention });
-                let (y, written, by_gemv) =
-                    project_rotated(x, vc, step, layout, cache.slabs(l, step.slot0), tail);
+                let (y, written) = project_rotated(x, vc, step, layout, cache.slabs(l, step.slot0), tail);
                 let v_now = || h.split(&y.narrow(-1, 0, kvd), h.num_kv_heads);
                 if written.is_none() {
                     cache.write(l, step.slot0, step.positions, None, &v_now());
                 }
                 let extra = compensated.then(|| y.narrow(-1, kvd, y.size()[2] - kvd));
                 let out = match (ahead, attention) {
-                    (Some(_), Some(attention)) if by_gemv => attention,
+                    (Some(_), Some(attention)) if written.is_some() => attention,
                     (Some((a, r)), _) => a.attention(r, &v_now()),
                     (None, _) => lead.apply(h, &cache.values(l, step.slot0, n, step.k_len)),
                 };
@@ -407,10 +405,7 @@ impl InferenceLayer {
             InferenceAttention::Cla { q_proj, o_proj, q_norm, heads: h, scale, softcap, lead } => {
                 let layout = HeadLayout { q: h.num_heads, k: 0, v: 0, dim: h.head_dim };
                 let (y, fused) = match q_norm {
-                    None => {
-                        let (y, q, _) = project_rotated(x, q_proj, step, layout, (None, None), None);
-                        (y, q)
-                    }
+                    None => project_rotated(x, q_proj, step, layout, (None, None), None),
                     Some(_) => (x.linear(q_proj), None),
                 };
                 let q = fused.unwrap_or_else(|| {

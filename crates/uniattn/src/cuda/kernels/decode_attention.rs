@@ -33,9 +33,8 @@ const MAX_SPLITS: i64 = 48;
 /// Reuse layers a lead attends for at most (kernels.cu's DA_MAX_AHEAD).
 const MAX_AHEAD: usize = 7;
 /// Sequences up to which a lead attends for its reuse layers by default
-/// ([`decode_attention_ahead`]): where the reuse layer's projection adds the current key's term
-/// in its epilogue (one row), so that the layer runs no attention kernel.
-const AHEAD_MAX_SEQUENCES: i64 = 1;
+/// ([`decode_attention_ahead`]): wherever its lead form runs.
+const AHEAD_MAX_SEQUENCES: i64 = LEAD_MAX_SEQUENCES;
 
 thread_local! {
     /// Set while [`with_decode_attention`] runs on this thread.
