@@ -12,7 +12,7 @@ mod decode_attention;
 
 pub use decode_attention::{
     decode_attention, decode_attention_ahead, decode_attention_lead, decode_attention_reuse, lead_maps_apply,
-    with_decode_attention, AheadSums, LeadMaps,
+    with_decode_attention, AheadInputs, AheadSums, LeadMaps,
 };
 
 use super::{call, call_for_tensor, shim};

@@ -3,7 +3,7 @@
 //! in reuse layers, gate|up in the MLP), so a decode step launches fewer, larger kernels.
 //! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
 use super::kv_cache::{CacheKind, KvCache};
-use crate::cuda::kernels::{self, GemvOut, HeadLayout, ReuseTail};
+use crate::cuda::kernels::{self, AheadInputs, GemvOut, HeadLayout, ReuseTail};
 use crate::model::attention::{attend, attend_ahead, Attention, Heads, LeadAttention, Want};
 use crate::model::nn::{Linear, NormedInput, RmsNorm};
 use crate::model::rope::RopeAngles;
@@ -360,10 +360,9 @@ impl InferenceLayer {
                         .iter()
                         .map(|&r| cache.values(r, step.slot0, n, step.k_len))
                         .collect();
-                    let (layers, mask) = (step.reuse_layers, step.mask);
-                    if let Some((out, attn)) =
-                        attend_ahead(&q, &keys, &values, mask, *scale, step.positions, layers, &reuse_values)
-                    {
+                    let inputs = AheadInputs { current_key: step.positions, reuse_values: &reuse_values };
+                    let attending = (&q, &keys, &values, step.mask);
+                    if let Some((out, attn)) = attend_ahead(attending, *scale, step.reuse_layers, inputs) {
                         *lead = Some(attn);
                         return Some(AttnOut { heads: h.merge(&out), o_proj, extra: None });
                     }

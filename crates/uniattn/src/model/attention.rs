@@ -342,22 +342,16 @@ pub fn attend(
 }
 
 /// A decode step's lead (one query row, `mask` additive) that also attends for its reuse
-/// layers `layers`, whose caches over the lead's keys are `values`: where the decode attention
-/// kernel's ahead form runs ([`kernels::decode_attention_ahead`]; `current_key`: each
-/// sequence's position, `[n, 1]`), the lead's output and what its reuse layers take; else
-/// `None`, and the caller runs [`attend`].
-#[allow(clippy::too_many_arguments)]
+/// layers `layers` (`inputs`: their caches over the lead's keys, in that order): where the
+/// decode attention kernel's ahead form runs ([`kernels::decode_attention_ahead`]), the lead's
+/// output and what its reuse layers take; else `None`, and the caller runs [`attend`].
 pub fn attend_ahead(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Tensor,
+    (q, k, v, mask): (&Tensor, &Tensor, &Tensor, &Tensor),
     scale: f64,
-    current_key: &Tensor,
     layers: &[usize],
-    values: &[Tensor],
+    inputs: kernels::AheadInputs,
 ) -> Option<(Tensor, LeadAttention)> {
-    let (out, sums) = kernels::decode_attention_ahead(q, k, v, mask, scale, current_key, values)?;
+    let (out, sums) = kernels::decode_attention_ahead(q, k, v, mask, scale, inputs)?;
     let queries_keys = LeadAttention::QueryKeys {
         queries: q.shallow_clone(),
         keys: k.shallow_clone(),

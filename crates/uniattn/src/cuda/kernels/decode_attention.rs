@@ -1,9 +1,11 @@
 //! A decode step's attention at small batches in one kernel (`decode_attention` in
 //! kernels.cu): flash-decoding over blocks that split each (sequence, kv head) pair's keys, for
-//! dense and CLA layers, and in two more forms for UniAttn's SuperBlocks: a lead that also
-//! leaves its map ([`LeadMaps`]: its scores and each head's softmax max and sum), and a reuse
+//! dense and CLA layers, and in three more forms for UniAttn's SuperBlocks: a lead that also
+//! leaves its map ([`LeadMaps`]: its scores and each head's softmax max and sum), a reuse
 //! layer that makes its probabilities from those and multiplies them by its own values, reading
-//! no queries and no keys. At batch 1 cuDNN spends two kernels and
+//! no queries and no keys, and a lead that attends for its reuse layers as well ([`AheadSums`]),
+//! which then run no attention kernel (the default wherever a lead runs here). At batch 1 cuDNN
+//! spends two kernels and
 //! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB; there
 //! the kernel runs by default (see [`Cut::runs`]).
 use super::{usable, Args};
@@ -258,20 +260,40 @@ impl AheadSums {
     }
 }
 
+/// What a lead attends ahead with ([`decode_attention_ahead`]): each sequence's current key
+/// (its position, `[n, 1]`) and its reuse layers' value caches over the lead's keys (each the
+/// lead's values' shape and strides).
+#[derive(Clone, Copy)]
+pub struct AheadInputs<'a> {
+    pub current_key: &'a Tensor,
+    pub reuse_values: &'a [Tensor],
+}
+
 /// [`decode_attention_lead`] that also attends for the lead's reuse layers (UniAttn,
-/// softmax-only), whose values over the lead's keys are `reuse_values` (each the lead's `v`'s
-/// shape and strides): their attention over the keys before each sequence's current one
-/// (`current_key`, `[n, 1]` positions) comes back in [`AheadSums`], so that a reuse layer runs
-/// no attention kernel. Runs where the lead form does, for up to `AHEAD_MAX_SEQUENCES`
-/// sequences (`UNIATTN_DECODE_ATTENTION_AHEAD`: another count; 0 never).
+/// softmax-only): their attention over the keys before each sequence's current one comes back
+/// in [`AheadSums`], so that a reuse layer runs no attention kernel. Runs where the lead form
+/// does, for up to `AHEAD_MAX_SEQUENCES` sequences (`UNIATTN_DECODE_ATTENTION_AHEAD`: another
+/// count; 0 never).
 pub fn decode_attention_ahead(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
     scale: f64,
-    current_key: &Tensor,
-    reuse_values: &[Tensor],
+    inputs: AheadInputs,
+) -> Option<(Tensor, AheadSums)> {
+    ahead(q, k, v, mask, scale, inputs, false)
+}
+
+/// The ahead form where [`decode_attention_ahead`] says, or wherever the shapes fit (`always`).
+fn ahead(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    AheadInputs { current_key, reuse_values }: AheadInputs,
+    always: bool,
 ) -> Option<(Tensor, AheadSums)> {
     static SEQUENCES: OnceLock<i64> = OnceLock::new();
     let limit = *SEQUENCES.get_or_init(|| {
@@ -280,22 +302,7 @@ pub fn decode_attention_ahead(
             .and_then(|v| v.parse().ok())
             .unwrap_or(AHEAD_MAX_SEQUENCES)
     });
-    let cut = cut_of(q, k).filter(|c| c.n <= limit && c.runs(Form::Lead))?;
-    ahead(cut, q, k, v, mask, scale, current_key, reuse_values)
-}
-
-/// The ahead form at `cut`, wherever the shapes fit.
-#[allow(clippy::too_many_arguments)]
-fn ahead(
-    cut: Cut,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Tensor,
-    scale: f64,
-    current_key: &Tensor,
-    reuse_values: &[Tensor],
-) -> Option<(Tensor, AheadSums)> {
+    let cut = cut_of(q, k).filter(|c| always || c.n <= limit && c.runs(Form::Lead))?;
     let count = reuse_values.len();
     let alike = |t: &Tensor| {
         t.size() == v.size() && t.stride() == v.stride() && t.kind() == v.kind() && t.device() == v.device()
@@ -609,8 +616,8 @@ mod tests {
                     let current: Vec<i64> = (0..n).map(|i| (keys - i * 7).max(1) - 1).collect();
                     let current_key = Tensor::from_slice(&current).to_device(dev).view([n, 1]);
                     let reuse = [v2.shallow_clone(), v3.shallow_clone()];
-                    let cut = cut_of(&q, &k).expect("the kernel applies");
-                    let (got, sums) = ahead(cut, &q, &k, &v, mask, scale, &current_key, &reuse)
+                    let ahead_inputs = AheadInputs { current_key: &current_key, reuse_values: &reuse };
+                    let (got, sums) = ahead(&q, &k, &v, mask, scale, ahead_inputs, true)
                         .unwrap_or_else(|| panic!("{case}: the ahead form applies"));
                     check(&got, inputs, &format!("{case}, {rows}: lead attending ahead"));
                     for (r, vr) in reuse.iter().enumerate() {
@@ -623,8 +630,10 @@ mod tests {
                             &format!("{case}, {rows}: reuse layer {r} ahead"),
                         );
                     }
+                    let other = [other.shallow_clone()];
+                    let ahead_inputs = AheadInputs { current_key: &current_key, reuse_values: &other };
                     assert!(
-                        ahead(cut, &q, &k, &v, mask, scale, &current_key, &[other.shallow_clone()]).is_none(),
+                        ahead(&q, &k, &v, mask, scale, ahead_inputs, true).is_none(),
                         "{case}: reuse values of another length"
                     );
                 }
