@@ -304,8 +304,13 @@ fn ahead(
     });
     let cut = cut_of(q, k).filter(|c| always || c.n <= limit && c.runs(Form::Lead))?;
     let count = reuse_values.len();
+    // Staged by 16-byte copies as the lead's values are.
     let alike = |t: &Tensor| {
-        t.size() == v.size() && t.stride() == v.stride() && t.kind() == v.kind() && t.device() == v.device()
+        t.size() == v.size()
+            && t.stride() == v.stride()
+            && t.kind() == v.kind()
+            && t.device() == v.device()
+            && (t.data_ptr() as usize).is_multiple_of(16)
     };
     let keys_fit = current_key.kind() == Kind::Int64
         && current_key.device() == v.device()
