@@ -1,7 +1,9 @@
 //! The decoder layers as the engine runs them. Built by taking the training graph's layers
 //! apart: projections that read the same input become one GEMM (Q|K|V in full layers, V|W_c
 //! in reuse layers, gate|up in the MLP), so a decode step launches fewer, larger kernels.
-//! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax.
+//! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax; in a
+//! decode step of up to 8 sequences on CUDA their lead attends for them ([`attend_ahead`]), and
+//! they only add the current key's term as they project their values.
 use super::kv_cache::{CacheKind, KvCache};
 use crate::cuda::kernels::{self, AheadInputs, GemvOut, HeadLayout, ReuseTail};
 use crate::model::attention::{attend, attend_ahead, Attention, Heads, LeadAttention, Want};
