@@ -78,6 +78,9 @@ pub struct Engine {
     pub cache: KvCache,
     /// Each layer's role under the plan, looked up once rather than on every step.
     roles: Vec<LayerRole>,
+    /// Each layer's reuse layers (a lead's; empty for the others), for which a lead may attend
+    /// in a decode step.
+    reuse_layers: Vec<Vec<usize>>,
     pub options: EngineOptions,
     /// Captured decode steps, when decoding through CUDA graphs (see [`Engine::use_cuda_graphs`]).
     graphs: Option<graphs::DecodeGraphs>,
@@ -122,6 +125,16 @@ impl Engine {
             )));
         }
         let roles = stem.plan.roles();
+        let reuse_layers = (0..roles.len())
+            .map(|l| {
+                roles
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| **r == LayerRole::Reuse { lead: l })
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
         let layers: Vec<InferenceLayer> = layers
             .into_iter()
             .zip(&roles)
@@ -142,6 +155,7 @@ impl Engine {
             layers,
             cache,
             roles,
+            reuse_layers,
             options,
             graphs: None,
             step_inputs,
@@ -284,18 +298,12 @@ impl Engine {
         for (l, layer) in self.layers.iter().enumerate() {
             let ctx = pc.layer(&self.stem, l);
             // A decode step's lead may attend for its reuse layers (see `attend_ahead`).
-            let reuse_layers: Vec<usize> = if q == 1 && lead_hands == Some(Want::Attention) {
-                (l + 1..self.roles.len())
-                    .take_while(|&r| self.roles[r] == LayerRole::Reuse { lead: l })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let ahead = q == 1 && lead_hands == Some(Want::Attention);
             let step = Step {
                 slot0,
                 positions,
                 k_len,
-                reuse_layers: &reuse_layers,
+                reuse_layers: if ahead { &self.reuse_layers[l] } else { &[] },
                 rope: ctx.rope,
                 mask: ctx.mask,
                 causal_from_zero: causal_from_zero

@@ -235,7 +235,7 @@ pub fn decode_attention_lead(
 /// d]`, the lead's shape, checked when launching); `None` where they do not fit it.
 pub fn decode_attention_reuse(lead: &LeadMaps, v: &Tensor) -> Option<Tensor> {
     (v.device() == lead.maps.device()).then_some(())?;
-    launch("decode_attention_reuse", lead.cut, None, v, Leaves::Nothing, Some(lead))
+    launch("decode_attention_reuse", lead.cut, None, v, Leaves::Maps(lead))
 }
 
 /// What a lead that attended for its reuse layers leaves them ([`decode_attention_ahead`]):
@@ -326,14 +326,14 @@ fn ahead(
         current: Tensor::empty([cut.n, cut.heads, 1, 1], float),
     };
     let leaves = Leaves::Ahead { current_key, reuse_values, sums: &sums };
-    let out = launch("decode_attention_ahead", cut, Some((q, k, mask, scale)), v, leaves, None)?;
+    let out = launch("decode_attention_ahead", cut, Some((q, k, mask, scale)), v, leaves)?;
     Some((out, sums))
 }
 
 /// The plain form where [`Cut::runs`] says, or wherever the shapes fit (`always`).
 fn plain(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, always: bool) -> Option<Tensor> {
     let cut = cut_of(q, k).filter(|c| always || c.runs(Form::Plain))?;
-    launch("decode_attention", cut, Some((q, k, mask, scale)), v, Leaves::Nothing, None)
+    launch("decode_attention", cut, Some((q, k, mask, scale)), v, Leaves::Nothing)
 }
 
 /// The lead form where [`Cut::runs`] says, or wherever the shapes fit (`always`).
@@ -347,8 +347,7 @@ fn lead(
 ) -> Option<(Tensor, LeadMaps)> {
     let cut = cut_of(q, k).filter(|c| always || c.runs(Form::Lead))?;
     let maps = lead_maps(cut, q.device());
-    let out =
-        launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Leaves::Nothing, Some(&maps))?;
+    let out = launch("decode_attention_lead", cut, Some((q, k, mask, scale)), v, Leaves::Maps(&maps))?;
     Some((out, maps))
 }
 
@@ -370,14 +369,23 @@ fn lead_maps(cut: Cut, device: Device) -> LeadMaps {
     }
 }
 
-/// What a launch leaves besides its output: nothing, or (the ahead form) its reuse layers'
-/// values in, their sums out (checked by [`ahead`]).
+/// What a launch hands over besides its output: nothing (plain), a lead's map (written by the
+/// lead form, read by the reuse form), or (the ahead form) its reuse layers' values in and their
+/// sums out (checked by [`ahead`]).
 enum Leaves<'a> {
     Nothing,
+    Maps(&'a LeadMaps),
     Ahead { current_key: &'a Tensor, reuse_values: &'a [Tensor], sums: &'a AheadSums },
 }
 
 impl Leaves<'_> {
+    fn maps(&self) -> Option<&LeadMaps> {
+        match self {
+            Leaves::Maps(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// kernels.cu's `DaAhead`, word for word: the values' pointers (null past the count), the
     /// current keys, the two outputs and the count.
     fn words(&self) -> [u64; MAX_AHEAD + 4] {
@@ -397,14 +405,13 @@ impl Leaves<'_> {
 
 /// Launches kernel `name` (the plain, lead, reuse or ahead form) after checking every tensor's
 /// type, device and layout against `cut`: `attend` is the queries, keys, mask and scale (none
-/// for a reuse layer), `maps` the lead's pieces (written by a lead, read by a reuse layer).
+/// for a reuse layer), `leaves` what else it reads and writes.
 fn launch(
     name: &'static str,
     cut: Cut,
     attend: Option<(&Tensor, &Tensor, &Tensor, f64)>,
     v: &Tensor,
     leaves: Leaves,
-    maps: Option<&LeadMaps>,
 ) -> Option<Tensor> {
     let (device, loaded, suffix) = usable(v)?;
     let Cut { kind, n, heads, kv_heads, d, keys, .. } = cut;
@@ -466,8 +473,8 @@ fn launch(
         .i64(stride(Some(v), 1))
         .i64(mask_seq)
         .f32(attend.map_or(0.0, |a| a.3))
-        .nullable(maps.map(|m| &m.maps))
-        .nullable(maps.map(|m| &m.stats))
+        .nullable(leaves.maps().map(|m| &m.maps))
+        .nullable(leaves.maps().map(|m| &m.stats))
         .words_of(&leaves.words());
     let shape = (units * cut.splits, THREADS as u32, cut.shared_bytes());
     args.launch_with(loaded, (name, suffix), device, shape, false).then_some(out)
