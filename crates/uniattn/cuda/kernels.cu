@@ -1078,7 +1078,7 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 //     current key's probability into `ahead.current` ([pairs][g]). The reuse layer adds
 //     p * v of its new value as it projects it (decode_gemv_rope's tail).
 // Threads: DA_THREADS. Sub-tiles of DA_STAGE_BYTES / (d * sizeof(T)) keys (16-64). The caller
-// checks: d * sizeof(T) in {128, 256, 512}, g <= DA_MAX_GROUP, g * d <= 1024, splits * g <= 4096,
+// checks: d * sizeof(T) in {128, 256, 512}, g <= DA_MAX_GROUP, g * d <= 1024, splits <= DA_MAX_SPLITS,
 // 16-byte aligned key and value rows, and sizes the shared memory as two stages (da_stage_bytes)
 // and the query (src/cuda/kernels/decode_attention.rs).
 #define DA_STAGE_BYTES 8192
@@ -1088,6 +1088,8 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 #define DA_AHEAD 3
 // Reuse layers a lead attends for at most (DA_AHEAD): SuperBlocks of up to eight layers.
 #define DA_MAX_AHEAD 7
+// Blocks a (sequence, kv head) pair at most (da_finish reads two splits' max and sum a lane).
+#define DA_MAX_SPLITS 64
 
 // DA_AHEAD's arguments, one struct so that every form's entry point takes the same list (the
 // others get zeros): the reuse layers' value caches (the lead's value strides), each
@@ -1332,29 +1334,13 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
   __threadfence();
   const float* all = partial + ((i64)unit * splits * g + h) * stride;  // split sp at sp * g * stride
   float* weight = reinterpret_cast<float*>(smem) + h * splits;       // the stages are read
-  float max_all = neg_inf(), sum_all = 0.0f;
-  if (reuse) {
-    for (int sp = lane; sp < splits; sp += 32) weight[sp] = 1.0f;  // each block's share is in its sums
-  } else {
-    for (int sp = lane; sp < splits; sp += 32) max_all = fmaxf(max_all, load_from_l2(all + sp * g * stride + d));
-    for (int off = 16; off > 0; off >>= 1) max_all = fmaxf(max_all, __shfl_xor_sync(0xffffffffu, max_all, off));
-    for (int sp = lane; sp < splits; sp += 32) {
-      const float ms = load_from_l2(all + sp * g * stride + d);
-      const float w = ms == neg_inf() ? 0.0f : expf(ms - max_all);
-      weight[sp] = w;
-      sum_all += w * load_from_l2(all + sp * g * stride + d + 1);
-    }
-    for (int off = 16; off > 0; off >>= 1) sum_all += __shfl_xor_sync(0xffffffffu, sum_all, off);
-  }
-  __syncwarp();
-  // A batch of splits' elements in flight at once: 32 floats a lane.
-  constexpr int batch = 32 / lane_dims;
-  float y[lane_dims];
-#pragma unroll
-  for (int e = 0; e < lane_dims; ++e) y[e] = 0.0f;
-#pragma unroll 1
-  for (int sp0 = 0; sp0 < splits; sp0 += batch) {
-    float x[batch][lane_dims];
+  // What the combine reads goes out at once, for one L2 round trip where there were three
+  // before the sums (a batch-1 / 8k launch's last block is the only one left running): the
+  // first batch of splits' sums, which the weights only scale, and each lane's splits' max and
+  // sum (two a lane: the caller keeps splits <= DA_MAX_SPLITS).
+  constexpr int batch = 32 / lane_dims;  // splits' elements a lane holds at once: 32 floats
+  float x[batch][lane_dims];
+  const auto load_batch = [&](int sp0) {
 #pragma unroll
     for (int u = 0; u < batch; ++u) {
 #pragma unroll
@@ -1362,6 +1348,36 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
         x[u][e] = sp0 + u < splits ? load_from_l2(all + (sp0 + u) * g * stride + lane * lane_dims + e) : 0.0f;
       }
     }
+  };
+  load_batch(0);
+  float max_all = neg_inf(), sum_all = 0.0f;
+  if (reuse) {
+    for (int sp = lane; sp < splits; sp += 32) weight[sp] = 1.0f;  // each block's share is in its sums
+  } else {
+    float ms[2], ls[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int sp = lane + 32 * i;
+      ms[i] = sp < splits ? load_from_l2(all + sp * g * stride + d) : neg_inf();
+      ls[i] = sp < splits ? load_from_l2(all + sp * g * stride + d + 1) : 0.0f;
+    }
+    max_all = fmaxf(ms[0], ms[1]);
+    for (int off = 16; off > 0; off >>= 1) max_all = fmaxf(max_all, __shfl_xor_sync(0xffffffffu, max_all, off));
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int sp = lane + 32 * i;
+      const float w = ms[i] == neg_inf() ? 0.0f : expf(ms[i] - max_all);
+      if (sp < splits) weight[sp] = w;
+      sum_all += w * ls[i];
+    }
+    for (int off = 16; off > 0; off >>= 1) sum_all += __shfl_xor_sync(0xffffffffu, sum_all, off);
+  }
+  __syncwarp();
+  float y[lane_dims];
+#pragma unroll
+  for (int e = 0; e < lane_dims; ++e) y[e] = 0.0f;
+#pragma unroll 1
+  for (int sp0 = 0;; sp0 += batch) {
 #pragma unroll
     for (int u = 0; u < batch; ++u) {
 #pragma unroll
@@ -1369,6 +1385,8 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
         if (sp0 + u < splits) y[e] = fmaf(weight[sp0 + u], x[u][e], y[e]);
       }
     }
+    if (sp0 + batch >= splits) break;
+    load_batch(sp0 + batch);
   }
   write(y, max_all, sum_all);
 }

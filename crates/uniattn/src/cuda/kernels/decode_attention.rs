@@ -30,8 +30,10 @@ const MAX_SHARED_BYTES: i64 = 48 * 1024 - STATIC_SHARED_BYTES;
 const MMA_MAX_SHARED_BYTES: i64 = 96 * 1024 - STATIC_SHARED_BYTES;
 /// Blocks a launch aims at: about two per SM of an H100/H200.
 const GRID_BLOCKS: i64 = 264;
-/// Blocks a (sequence, kv head) pair at most: its last block reads all their partial sums.
+/// Blocks a (sequence, kv head) pair at most: its last block reads all their partial sums, two
+/// a lane (at most kernels.cu's DA_MAX_SPLITS, 64).
 const MAX_SPLITS: i64 = 48;
+const _: () = assert!(MAX_SPLITS <= 64);
 /// Reuse layers a lead attends for at most (kernels.cu's DA_MAX_AHEAD).
 const MAX_AHEAD: usize = 7;
 /// Sequences up to which a lead attends for its reuse layers by default
