@@ -100,6 +100,9 @@ const PLAIN_MIN_KEYS: i64 = 4096;
 /// Sequences up to which the lead form runs by default (see [`Cut::runs_by_default`]).
 const LEAD_MAX_SEQUENCES: i64 = 8;
 
+/// The same on heads of 128, where only batch 1 was measured (see [`Cut::runs_by_default`]).
+const WIDE_LEAD_MAX_SEQUENCES: i64 = 1;
+
 /// How one launch is cut: `n` sequences of `heads` query heads over `kv_heads` kv heads, `d`
 /// wide, `keys` keys a pair in sub-tiles of `tile` keys, `per_block` of them to each of
 /// `splits` blocks; `mma`: the tensor-core form runs (16-bit rows of 64 or 128, sm_80 on).
@@ -167,14 +170,17 @@ impl Cut {
     /// (39 us a layer at batch 32 / 8k against the kernel's 44), but a lead on the kernel spares
     /// its score GEMM and softmax and its reuse layers the keys: UniAttn at batch 8 took 1.208
     /// (1.224) ms at 2k and 1.338 (1.363) at 8k, at batch 32 1.397 (1.386) and 1.875 (1.879). In
-    /// 1.5B's shapes (heads of 128, whose two warps a slice score the same keys) the kernel was
-    /// slower at batch 1, and the CUDA-core form (f32, heads of 256) everywhere.
+    /// 1.5B's shapes (heads of 128, whose two warps a slice score the same keys) a plain layer
+    /// on the kernel was slower at batch 1, and the CUDA-core form (f32, heads of 256)
+    /// everywhere; but a lead there, since it attends for its reuse layers (2026-12-03), made
+    /// UniAttn's batch-1 step 1.457 ms against 1.525 at 2k and 1.518 against 1.605 at 8k.
     fn runs_by_default(&self, form: Form) -> bool {
         let fits = match form {
-            Form::Plain => self.n == 1 && self.keys >= PLAIN_MIN_KEYS,
-            Form::Lead => self.n <= LEAD_MAX_SEQUENCES,
+            Form::Plain => self.d == 64 && self.n == 1 && self.keys >= PLAIN_MIN_KEYS,
+            Form::Lead if self.d == 64 => self.n <= LEAD_MAX_SEQUENCES,
+            Form::Lead => self.n <= WIDE_LEAD_MAX_SEQUENCES,
         };
-        self.mma && self.d == 64 && fits
+        self.mma && fits
     }
 
     fn group(&self) -> i64 {
@@ -530,6 +536,14 @@ mod tests {
             "a lead at 2k spares its reuse layers the keys"
         );
         assert!(!runs(Kind::BFloat16, qwen(1, 128), 90), "heads of 128 were slower than cuDNN");
+        assert!(
+            runs_as(Form::Lead, Kind::BFloat16, [1, 12, 2, 128, 8192], 90),
+            "a lead on heads of 128 attends for its reuse layers"
+        );
+        assert!(
+            !runs_as(Form::Lead, Kind::BFloat16, [2, 12, 2, 128, 8192], 90),
+            "leads on heads of 128 were measured at batch 1 only"
+        );
         assert!(!runs(Kind::BFloat16, qwen(2, 64), 90), "two sequences");
         assert!(runs_as(Form::Lead, Kind::BFloat16, qwen(8, 64), 90), "a lead at batch 8");
         assert!(!runs_as(Form::Lead, Kind::BFloat16, qwen(32, 64), 90), "a lead at batch 32");
