@@ -287,6 +287,11 @@ impl SuperBlockPlan {
         (0..self.num_layers).map(|l| self.role(l)).collect()
     }
 
+    /// The reuse layers that follow `lead` in its SuperBlock; none if `lead` leads none.
+    pub fn reuse_layers_of(&self, lead: usize) -> std::ops::Range<usize> {
+        self.blocks.iter().find(|&&(s, _)| s == lead).map_or(0..0, |&(s, e)| s + 1..e)
+    }
+
     pub fn reuse_layers(&self) -> Vec<usize> {
         (0..self.num_layers).filter(|&l| matches!(self.role(l), LayerRole::Reuse { .. })).collect()
     }
@@ -342,6 +347,8 @@ mod tests {
         assert_eq!(p.reuse_layers().len(), 12);
         assert_eq!(p.role(16), LayerRole::Lead);
         assert_eq!(p.role(19), LayerRole::Reuse { lead: 16 });
+        assert_eq!(p.reuse_layers_of(16), 17..20);
+        assert!(p.reuse_layers_of(17).is_empty() && p.reuse_layers_of(15).is_empty());
         assert_eq!(p.role(15), LayerRole::Ordinary);
         assert_eq!(p.describe(), "16-19,20-23,24-27,28-31");
     }

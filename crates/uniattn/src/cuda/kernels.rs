@@ -628,6 +628,12 @@ pub fn decode_gemv(
         [o, i] => (o, i),
         _ => return None,
     };
+    // A reuse layer's attention tail: its query heads a value head, or no launch where it does
+    // not fit.
+    let tail_group = match &out {
+        GemvOut::Rope { attention: Some(tail), layout, .. } => Some(tail.group(x, 1, *layout)?),
+        _ => None,
+    };
     let aligned = |t: &Tensor| t.is_contiguous() && (t.data_ptr() as usize).is_multiple_of(16);
     let same = |t: &Tensor| t.kind() == x.kind() && t.device() == x.device() && !t.requires_grad();
     let fits = x.numel() as i64 == inp
@@ -646,13 +652,12 @@ pub fn decode_gemv(
                     && extra.is_none_or(|e| same(e) && e.is_contiguous() && e.numel() as i64 == outs)
             }
             GemvOut::Gated { .. } => outs.rem_euclid(2) == 0,
-            GemvOut::Rope { positions, cos, sin_signed, layout, attention, .. } => {
+            GemvOut::Rope { positions, cos, sin_signed, layout, .. } => {
                 let HeadLayout { q, k, v, dim } = *layout;
                 outs.rem_euclid(2) == 0
                     && dim % 2 == 0
                     && (q + k + v) * dim <= outs
                     && rope_inputs_fit(x, positions, cos, sin_signed, 1, 1, dim)
-                    && attention.is_none_or(|t| t.group(x, 1, *layout).is_some())
             }
         };
     let slabs = match out {
@@ -702,7 +707,6 @@ pub fn decode_gemv(
         }
         GemvOut::Rope { positions, cos, sin_signed, layout, keys, values, attention } => {
             let slabs = slabs?;
-            let group = attention.and_then(|t| t.group(x, 1, layout)).unwrap_or(0);
             let args = args
                 .ptr(&y)
                 .i64(outs)
@@ -722,7 +726,7 @@ pub fn decode_gemv(
                 .nullable(attention.map(|t| t.sums))
                 .nullable(attention.map(|t| t.current))
                 .nullable(attention.map(|t| t.attention))
-                .i32(group);
+                .i32(tail_group.unwrap_or(0));
             let name = if attention.is_some() { "decode_gemv_rope_attention" } else { "decode_gemv_rope" };
             (name, args, outs / 2)
         }

@@ -125,16 +125,7 @@ impl Engine {
             )));
         }
         let roles = stem.plan.roles();
-        let reuse_layers = (0..roles.len())
-            .map(|l| {
-                roles
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| **r == LayerRole::Reuse { lead: l })
-                    .map(|(i, _)| i)
-                    .collect()
-            })
-            .collect();
+        let reuse_layers = (0..roles.len()).map(|l| stem.plan.reuse_layers_of(l).collect()).collect();
         let layers: Vec<InferenceLayer> = layers
             .into_iter()
             .zip(&roles)
