@@ -1077,6 +1077,12 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 //     `ahead.outputs` ([count][pairs][g][d], already divided by the softmax sum), and the
 //     current key's probability into `ahead.current` ([pairs][g]). The reuse layer adds
 //     p * v of its new value as it projects it (decode_gemv_rope's tail).
+//   DA_JOINT: the same outputs as DA_AHEAD from one block a run of keys (tensor cores only):
+//     it scores each sub-tile once and multiplies the probabilities by the lead's values and
+//     each reuse layer's (up to DA_JOINT_OUTPUTS in all, staged together; the current key's row
+//     of a reuse layer's values staged as zeros). DA_AHEAD's units each score the lead's keys
+//     again: at batch 32 / 8k they read 536 MB from L2 for 335 MB of keys and values, and its
+//     launch ran at 3.0 TB/s with L2 76% busy (ncu, 2026-12-03).
 // Threads: DA_THREADS. Sub-tiles of DA_STAGE_BYTES / (d * sizeof(T)) keys (16-64). The caller
 // checks: d * sizeof(T) in {128, 256, 512}, g <= DA_MAX_GROUP, g * d <= 1024, splits <= DA_MAX_SPLITS,
 // 16-byte aligned key and value rows, and sizes the shared memory as two stages (da_stage_bytes)
@@ -1086,6 +1092,10 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 #define DA_LEAD 1
 #define DA_REUSE 2
 #define DA_AHEAD 3
+#define DA_JOINT 4
+// Outputs a DA_JOINT block makes at most: a lead's and three reuse layers' (the paper's
+// SuperBlocks of four); their accumulators are a warp's registers.
+#define DA_JOINT_OUTPUTS 4
 // Reuse layers a lead attends for at most (DA_AHEAD): SuperBlocks of up to eight layers.
 #define DA_MAX_AHEAD 7
 // Blocks a (sequence, kv head) pair at most (da_finish reads two splits' max and sum a lane).
@@ -1140,32 +1150,34 @@ __device__ __forceinline__ int tile_offset(int r, int col, int row_bytes) {
   return r * row_bytes + ((col ^ (r & 7)) << 4);
 }
 
-// Bytes of one stage: a sub-tile's keys (`tile_bytes`), its values, and (reuse) its g rows of the
-// lead's map, `map_stride` floats apart.
-__device__ __forceinline__ int da_stage_bytes(int g, int tile_bytes, int map_stride) {
-  return 2 * tile_bytes + g * map_stride * 4;
+// Bytes of one stage: a sub-tile's keys (`tile_bytes`), its values (`values` layers' of them:
+// DA_JOINT stages each output's), and (reuse) its g rows of the lead's map, `map_stride` floats
+// apart.
+__device__ __forceinline__ int da_stage_bytes(int g, int tile_bytes, int map_stride, int values) {
+  return (1 + values) * tile_bytes + g * map_stride * 4;
 }
 
 // What one block of the decode attention kernel works on, the same for both forms: its
 // (sequence, kv head) pair, its run of `subs` sub-tiles of `tile` keys from key `first`, that
 // pair's keys (none for a reuse layer), values and [g][map_row] rows of a lead's map, and where
-// stage `s` of the block's shared memory keeps a sub-tile's keys and values (`tile_bytes` each)
-// and map rows.
+// stage `s` of the block's shared memory keeps a sub-tile's keys and values (`tile_bytes` each,
+// `values` layers' of values) and map rows.
 template <typename T>
 struct DaBlock {
   // Unsigned, as in da_finish: the compiler keeps what both compute alive between them, and an
   // unsigned index widens to 64 bits with no register for its sign. `unit`: the pair's (or,
   // for DA_AHEAD, the pair and output's) blocks, `out` the output r (0: the layer's own).
   unsigned unit, pair, seq, kv, out;
-  int subs, stage_bytes, tile, tile_bytes, block_keys;
+  int subs, stage_bytes, tile, tile_bytes, block_keys, values;
   i64 first, map_row;
   const T* k;
   const T* v;
   float* map;
   __device__ DaBlock(const T* keys_all, const T* values_all, float* maps, int nk, int g, i64 all_keys, int splits,
                      int per_block, int tile_keys, int row_bytes, int map_stride, i64 k_seq, i64 k_head, i64 v_seq,
-                     i64 v_head, unsigned units, const DaAhead& ahead) {
+                     i64 v_head, unsigned units, int values, const DaAhead& ahead) {
     tile = tile_keys;
+    this->values = values;
     unit = blockIdx.x / (unsigned)splits;
     pair = unit / units;
     out = unit % units;
@@ -1177,7 +1189,7 @@ struct DaBlock {
       if (out == i + 1) values_all = static_cast<const T*>(ahead.values[i]);
     }
     tile_bytes = tile * row_bytes;
-    stage_bytes = da_stage_bytes(g, tile_bytes, map_stride);
+    stage_bytes = da_stage_bytes(g, tile_bytes, map_stride, values);
     map_row = (i64)splits * per_block * tile;
     first = (i64)(blockIdx.x % splits) * per_block * tile;
     block_keys = (int)min((i64)per_block * tile, all_keys - first);
@@ -1192,7 +1204,7 @@ struct DaBlock {
   __device__ unsigned char* keys_of(unsigned char* smem, int s) const { return smem + s * stage_bytes; }
   __device__ unsigned char* values_of(unsigned char* smem, int s) const { return keys_of(smem, s) + tile_bytes; }
   __device__ float* map_of(unsigned char* smem, int s) const {
-    return reinterpret_cast<float*>(values_of(smem, s) + tile_bytes);
+    return reinterpret_cast<float*>(values_of(smem, s) + values * tile_bytes);
   }
   // The same places as 32-bit shared-memory addresses from the block's `smem_at`.
   __device__ unsigned keys_at(unsigned smem_at, int s) const { return smem_at + s * stage_bytes; }
@@ -1260,29 +1272,38 @@ __device__ __forceinline__ void load_lane(const T* p, float (&out)[LANE]) {
 }
 
 // The end of a block's work: warp h holds query head h's output elements lane * LANE_DIMS ...
-// (`acc`, not yet divided by the softmax sum, or a reuse layer's, already weighted), the running
-// max `m` and the whole sum `l` over the block's keys. One block a unit writes the output;
-// else the blocks hand their sums over ([block][g][d + 2]: sums, max, sum) and the last block of
-// the unit to finish (a ticket counter that wraps back to zero by itself) combines them. A lead
-// also leaves each head's whole-softmax max and sum in `stats`; a DA_AHEAD unit r > 0 writes
-// reuse layer r's output in f32, and unit 0 the current key's probability (its score was left
-// in `ahead.current` by the block that holds the key). `smem` is free (the stages are read).
-template <typename T, int MODE, int LANE_DIMS>
-__device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, float* partial, u32* tickets, int nk,
-                          int g, int splits, i64 keys, unsigned char* smem, float* stats, const DaAhead& ahead) {
-  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, attends_ahead = MODE == DA_AHEAD;
+// (`acc`, not yet divided by the softmax sum, or a reuse layer's, already weighted; OUTS of them
+// for DA_JOINT, one a layer, else one), the running max `m` and the whole sum `l` over the
+// block's keys. One block a unit writes the output; else the blocks hand their sums over
+// ([block][g][outputs * d + 2]: sums, max, sum) and the last block of the unit to finish (a
+// ticket counter that wraps back to zero by itself) combines them. A lead also leaves each
+// head's whole-softmax max and sum in `stats`; output r > 0 (a DA_AHEAD unit's, or a DA_JOINT
+// block's) is reuse layer r's, written in f32, and output 0 of a lead attending ahead writes
+// the current key's probability (its score was left in `ahead.current` by the block that holds
+// the key). `smem` is free (the stages are read).
+template <typename T, int MODE, int LANE_DIMS, int OUTS>
+__device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* out, float* partial, u32* tickets,
+                          int nk, int g, int splits, i64 keys, unsigned char* smem, float* stats,
+                          const DaAhead& ahead) {
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, joint = MODE == DA_JOINT;
+  constexpr bool attends_ahead = MODE == DA_AHEAD || joint;
   constexpr int lane_dims = LANE_DIMS, d = 32 * LANE_DIMS;
+  static_assert(joint || OUTS == 1, "one output a block but DA_JOINT's");
   const int t = threadIdx.x, lane = t & 31, h = t >> 5;
-  const unsigned units = attends_ahead ? 1 + (unsigned)ahead.count : 1;
-  const unsigned unit = blockIdx.x / (unsigned)splits, pair = unit / units, r = attends_ahead ? unit % units : 0;
+  const unsigned units = MODE == DA_AHEAD ? 1 + (unsigned)ahead.count : 1;
+  const int outputs = joint ? 1 + (int)ahead.count : 1;
+  const unsigned unit = blockIdx.x / (unsigned)splits, pair = unit / units;
+  // The layer output u is for: 0 the lead's (or the layer's own), r > 0 reuse layer r's.
+  const auto layer_of = [&](int u) { return MODE == DA_AHEAD ? unit % units : (unsigned)u; };
   const unsigned seq = pair / (unsigned)nk, kv = pair % (unsigned)nk;
   T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d + (i64)h * d + lane * lane_dims;
   const unsigned pairs = gridDim.x / ((unsigned)splits * units);
-  float* o_ahead = r == 0 ? nullptr : ahead.outputs + ((i64)(r - 1) * pairs + pair) * g * d + (i64)h * d + lane * lane_dims;
   // The output (divided by the softmax sum `l` unless a reuse layer's), and what goes with it.
-  const auto write = [&](const float(&y)[lane_dims], float max_all, float sum_all) {
+  const auto write = [&](const float(&y)[lane_dims], unsigned r, float max_all, float sum_all) {
     // One block's sums are divided, as the composition divides; the combined ones scaled.
     const float scale_all = reuse ? 1.0f : 1.0f / sum_all;
+    float* o_ahead = r == 0 ? nullptr
+                            : ahead.outputs + ((i64)(r - 1) * pairs + pair) * g * d + (i64)h * d + lane * lane_dims;
 #pragma unroll
     for (int e = 0; e < lane_dims; ++e) {
       const float v = reuse ? y[e] : splits == 1 ? y[e] / sum_all : y[e] * scale_all;
@@ -1310,19 +1331,28 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
       __threadfence();
       __syncthreads();
     }
-    if (h < g) write(acc, m, l);
+    if (h >= g) return;
+#pragma unroll
+    for (int u = 0; u < OUTS; ++u) {
+      if (u < outputs) write(acc[u], layer_of(u), m, l);
+    }
     return;
   }
-  // Hand the sums over ([block][g][d + 2]: sums, max, sum); the last block of the unit
-  // combines them.
-  const i64 stride = d + 2;
+  // Hand the sums over ([block][g][outputs * d + 2]: sums, max, sum); the last block of the
+  // unit combines them.
+  const i64 stride = (i64)outputs * d + 2, at_max = (i64)outputs * d;
   if (h < g) {
     float* mine = partial + ((i64)blockIdx.x * g + h) * stride;
 #pragma unroll
-    for (int e = 0; e < lane_dims; ++e) mine[lane * lane_dims + e] = acc[e];
+    for (int u = 0; u < OUTS; ++u) {
+#pragma unroll
+      for (int e = 0; e < lane_dims; ++e) {
+        if (u < outputs) mine[u * d + lane * lane_dims + e] = acc[u][e];
+      }
+    }
     if (lane == 0) {
-      mine[d] = m;
-      mine[d + 1] = l;
+      mine[at_max] = m;
+      mine[at_max + 1] = l;
     }
   }
   __threadfence();
@@ -1336,20 +1366,21 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
   float* weight = reinterpret_cast<float*>(smem) + h * splits;       // the stages are read
   // What the combine reads goes out at once, for one L2 round trip where there were three
   // before the sums (a batch-1 / 8k launch's last block is the only one left running): the
-  // first batch of splits' sums, which the weights only scale, and each lane's splits' max and
-  // sum (two a lane: the caller keeps splits <= DA_MAX_SPLITS).
+  // first batch of splits' sums of the first output, which the weights only scale, and each
+  // lane's splits' max and sum (two a lane: the caller keeps splits <= DA_MAX_SPLITS).
   constexpr int batch = 32 / lane_dims;  // splits' elements a lane holds at once: 32 floats
   float x[batch][lane_dims];
-  const auto load_batch = [&](int sp0) {
+  const auto load_batch = [&](int sp0, int u) {
 #pragma unroll
-    for (int u = 0; u < batch; ++u) {
+    for (int b = 0; b < batch; ++b) {
 #pragma unroll
       for (int e = 0; e < lane_dims; ++e) {
-        x[u][e] = sp0 + u < splits ? load_from_l2(all + (sp0 + u) * g * stride + lane * lane_dims + e) : 0.0f;
+        const float* at = all + (sp0 + b) * g * stride + u * d + lane * lane_dims + e;
+        x[b][e] = sp0 + b < splits ? load_from_l2(at) : 0.0f;
       }
     }
   };
-  load_batch(0);
+  load_batch(0, 0);
   float max_all = neg_inf(), sum_all = 0.0f;
   if (reuse) {
     for (int sp = lane; sp < splits; sp += 32) weight[sp] = 1.0f;  // each block's share is in its sums
@@ -1358,8 +1389,8 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int sp = lane + 32 * i;
-      ms[i] = sp < splits ? load_from_l2(all + sp * g * stride + d) : neg_inf();
-      ls[i] = sp < splits ? load_from_l2(all + sp * g * stride + d + 1) : 0.0f;
+      ms[i] = sp < splits ? load_from_l2(all + sp * g * stride + at_max) : neg_inf();
+      ls[i] = sp < splits ? load_from_l2(all + sp * g * stride + at_max + 1) : 0.0f;
     }
     max_all = fmaxf(ms[0], ms[1]);
     for (int off = 16; off > 0; off >>= 1) max_all = fmaxf(max_all, __shfl_xor_sync(0xffffffffu, max_all, off));
@@ -1373,22 +1404,26 @@ __device__ void da_finish(float (&acc)[LANE_DIMS], float m, float l, T* out, flo
     for (int off = 16; off > 0; off >>= 1) sum_all += __shfl_xor_sync(0xffffffffu, sum_all, off);
   }
   __syncwarp();
-  float y[lane_dims];
-#pragma unroll
-  for (int e = 0; e < lane_dims; ++e) y[e] = 0.0f;
 #pragma unroll 1
-  for (int sp0 = 0;; sp0 += batch) {
+  for (int u = 0; u < outputs; ++u) {
+    if (u > 0) load_batch(0, u);
+    float y[lane_dims];
 #pragma unroll
-    for (int u = 0; u < batch; ++u) {
+    for (int e = 0; e < lane_dims; ++e) y[e] = 0.0f;
+#pragma unroll 1
+    for (int sp0 = 0;; sp0 += batch) {
 #pragma unroll
-      for (int e = 0; e < lane_dims; ++e) {
-        if (sp0 + u < splits) y[e] = fmaf(weight[sp0 + u], x[u][e], y[e]);
+      for (int b = 0; b < batch; ++b) {
+#pragma unroll
+        for (int e = 0; e < lane_dims; ++e) {
+          if (sp0 + b < splits) y[e] = fmaf(weight[sp0 + b], x[b][e], y[e]);
+        }
       }
+      if (sp0 + batch >= splits) break;
+      load_batch(sp0 + batch, u);
     }
-    if (sp0 + batch >= splits) break;
-    load_batch(sp0 + batch);
+    write(y, layer_of(u), max_all, sum_all);
   }
-  write(y, max_all, sum_all);
 }
 
 // The kernel for rows of ROW_BYTES bytes (head width D = ROW_BYTES / sizeof(T)): the sub-tile's
@@ -1407,7 +1442,7 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
   unsigned char* smem = reinterpret_cast<unsigned char*>(da_shared_chunks);
   const int t = threadIdx.x, lane = t & 31, h = t >> 5;  // warp h: query head kv * g + h
   const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, row_bytes, tile, k_seq,
-                     k_head, v_seq, v_head, attends_ahead ? 1 + (unsigned)ahead.count : 1, ahead);
+                     k_head, v_seq, v_head, attends_ahead ? 1 + (unsigned)ahead.count : 1, 1, ahead);
   const unsigned pair = b.pair, seq = b.seq, kv = b.kv;
   const int subs = b.subs;
   const i64 row = b.map_row;  // a head's row of a lead's map
@@ -1527,7 +1562,10 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
     __syncthreads();
   }
   for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
-  da_finish<T, MODE, lane_dims>(acc, m, l, out, partial, tickets, nk, g, splits, keys, smem, stats, ahead);
+  float sums[1][lane_dims];  // da_finish's shape: one output
+#pragma unroll
+  for (int e = 0; e < lane_dims; ++e) sums[0][e] = acc[e];
+  da_finish<T, MODE, lane_dims, 1>(sums, m, l, out, partial, tickets, nk, g, splits, keys, smem, stats, ahead);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1625,13 +1663,20 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
                                      u32* tickets, int nk, int g, i64 keys, int splits, int per_block, i64 q_seq,
                                      i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
                                      float scale, float* maps, float* stats, const DaAhead& ahead) {
-  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, attends_ahead = MODE == DA_AHEAD;
-  constexpr int row_bytes = D * 2, chunks = row_bytes / 16, tile = DA_MMA_TILE_BYTES / row_bytes;
-  // A warp takes 16 keys of a sub-tile (a slice) and 8 columns-of-8 of the output: D = 64 has 8
-  // slices a sub-tile, D = 128 4, each shared by two warps that score them alike (the mma's are
-  // cheap; registers for all 16 columns-of-8 spilled) and take one half of the columns each.
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, joint = MODE == DA_JOINT;
+  constexpr bool attends_ahead = MODE == DA_AHEAD || joint;
+  // DA_JOINT stages a sub-tile's values for each of its outputs: sub-tiles of half the keys
+  // (DA_STAGE_BYTES of them), so that two blocks still fit an SM.
+  constexpr int outs = joint ? DA_JOINT_OUTPUTS : 1;
+  constexpr int row_bytes = D * 2, chunks = row_bytes / 16;
+  constexpr int tile = (joint ? DA_STAGE_BYTES : DA_MMA_TILE_BYTES) / row_bytes, tile_bytes = tile * row_bytes;
+  // A warp takes 16 keys of a sub-tile (a slice) and its share of the outputs' columns-of-8:
+  // D = 64 has 8 slices a sub-tile, D = 128 4 (DA_JOINT: 4 and 2), each shared by the warps
+  // that score them alike (the mma's are cheap; registers for all 16 columns-of-8 spilled) and
+  // take one part (`half`) of the columns each, `dim_tiles` of them; DA_JOINT's columns run on
+  // from one output's to the next.
   constexpr int slices = tile / 16, halves = (DA_THREADS / 32) / slices;
-  constexpr int steps = D / 16, dim_tiles = D / 8 / halves;
+  constexpr int steps = D / 16, dim_tiles = outs * D / 8 / halves;
   // A reuse layer's staged map rows and the queries, padded so that the 8 rows of a fragment
   // load fall in different banks.
   constexpr int map_stride = tile + 8, q_stride = D / 2 + 4;
@@ -1647,18 +1692,26 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
   const int t = threadIdx.x, lane = t & 31, w = t >> 5;
   const int row = lane >> 2, quad = lane & 3;  // this lane's query head in the group; its key pair
   const int slice = w % slices, half = w / slices;
+  // DA_JOINT's outputs: the lead's and its reuse layers'.
+  const int values = joint ? 1 + (int)ahead.count : 1;
   const DaBlock<T> b(reuse ? nullptr : k, v, maps, nk, g, keys, splits, per_block, tile, row_bytes, map_stride, k_seq,
-                     k_head, v_seq, v_head, attends_ahead ? 1 + (unsigned)ahead.count : 1, ahead);
+                     k_head, v_seq, v_head, MODE == DA_AHEAD ? 1 + (unsigned)ahead.count : 1, values, ahead);
   const unsigned pair = b.pair, seq = b.seq, kv = b.kv;
   const int subs = b.subs;
   const i64 map_row = b.map_row;  // a head's row of a lead's map
   // The block's keys, values and map from its first key on: a sub-tile's offsets fit in 32 bits.
   const T* k_block = reuse ? nullptr : b.k + b.first * D;
   const T* v_block = b.v + b.first * D;
+  // DA_JOINT: reuse layer r's values at the same offset from ahead.values[r - 1].
+  const i64 v_offset = seq * v_seq + kv * v_head + b.first * D;
   float* map = b.map == nullptr ? nullptr : b.map + b.first;
   const bool head = row < g;
+  // DA_AHEAD, DA_JOINT: the current key from the block's first, whose score output 0 leaves and
+  // whose value a reuse layer's output skips.
+  const i64 current_key = attends_ahead ? ahead.current_key[seq] - b.first : -1;
 
-  // Keys and values swizzled alike (tile_offset), rows past the keys zero.
+  // Keys and values swizzled alike (tile_offset), rows past the keys zero; DA_JOINT's reuse
+  // layers' values after the lead's, each with the current key's row zero.
   const auto stage = [&](int sub, int s) {
     const unsigned ks = b.keys_at(smem_at, s), vs = b.values_at(smem_at, s);
     float* ms = b.map_of(smem, s);
@@ -1667,8 +1720,16 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
     for (int i = 0; i < tile * chunks / DA_THREADS; ++i) {
       const int c = t + i * DA_THREADS, r = c / chunks, col = c % chunks;
       const int at = (key0 + min(r, n - 1)) * D + col * 8;
-      if (!reuse) copy_async16_or_zero(ks + tile_offset(r, col, row_bytes), k_block + at, r < n);
-      copy_async16_or_zero(vs + tile_offset(r, col, row_bytes), v_block + at, r < n);
+      const unsigned swizzled = tile_offset(r, col, row_bytes);
+      if (!reuse) copy_async16_or_zero(ks + swizzled, k_block + at, r < n);
+      copy_async16_or_zero(vs + swizzled, v_block + at, r < n);
+#pragma unroll
+      for (int u = 1; u < outs; ++u) {
+        if (u < values) {
+          const T* vu = static_cast<const T*>(ahead.values[u - 1]) + v_offset;
+          copy_async16_or_zero(vs + u * tile_bytes + swizzled, vu + at, r < n && key0 + r != current_key);
+        }
+      }
     }
     if (reuse) stage_lead_map(ms, map, map_row, key0, g, tile, map_stride);
     copy_async_commit();
@@ -1700,9 +1761,6 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
   const int kk = 16 * slice + 2 * quad;
   const auto key_of = [&](int e) { return kk + 8 * (e >> 1) + (e & 1); };
   float* map_lane = lead ? map + row * map_row + kk : nullptr;  // where a lead leaves them
-  // DA_AHEAD: the current key from the block's first, whose score unit 0 leaves and whose value
-  // unit r > 0 skips.
-  const i64 current_key = attends_ahead ? ahead.current_key[seq] - b.first : -1;
   // This lane's mask values, read a sub-tile ahead: read where they are used, each sub-tile
   // waited a round trip to memory on them after its staged keys had arrived.
   const T* mask_row = reuse ? nullptr : mask + seq * mask_seq + b.first;
@@ -1763,7 +1821,7 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
           *reinterpret_cast<float2*>(map_lane + key0 + 8 * h) = make_float2(sc[2 * h], sc[2 * h + 1]);
         }
       }
-      if (attends_ahead && head && half == 0 && b.out == 0) {
+      if (attends_ahead && head && half == 0 && b.out == 0) {  // DA_JOINT's b.out is 0
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           if (key_of(e) < n && key0 + key_of(e) == current_key) ahead.current[(i64)pair * g + row] = sc[e];
@@ -1772,8 +1830,9 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float rescale = online_softmax(m, l, mx, sc, p);
-      // A reuse layer's current value is not in its cache yet: its key counts in the sum only.
-      if (attends_ahead && b.out > 0) {
+      // A reuse layer's current value is not in its cache yet: its key counts in the sum only
+      // (DA_JOINT stages it as zeros).
+      if (MODE == DA_AHEAD && b.out > 0) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           if (key0 + key_of(e) == current_key) p[e] = 0.0f;
@@ -1791,9 +1850,17 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
     const u32 p_hi2 = pack_pair(T{}, p[2], p[3]), p_lo2 = pack_rest<T>(p[2], p[3]);
 #pragma unroll
     for (int c2 = 0; c2 < dim_tiles / 2; ++c2) {
+      // Columns-of-8 `col0` and + 1 of output u (DA_JOINT's past its outputs stay zero): a
+      // warp's columns are whole outputs or part of one, so col0 is a constant and only u
+      // varies with the warp (an index by `half` into all the outputs' columns kept each
+      // column's swizzled address in a register, and spilled them).
+      constexpr int out_tiles = D / 8;
+      const int u = dim_tiles >= out_tiles ? half * (dim_tiles / out_tiles) + 2 * c2 / out_tiles : 0;
+      const int col0 = dim_tiles >= out_tiles ? 2 * c2 % out_tiles : half * dim_tiles + 2 * c2;
+      if (joint && u >= values) continue;
       u32 vb[4];
-      const int col = half * dim_tiles + 2 * c2 + (lane >> 4);
-      load_tiles<true>(vs + tile_offset(16 * slice + (lane & 15), col, row_bytes), vb);
+      const int col = col0 + (lane >> 4);
+      load_tiles<true>(vs + u * tile_bytes + tile_offset(16 * slice + (lane & 15), col, row_bytes), vb);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         mma_k16(T{}, acc[2 * c2 + j], p_hi0, p_hi2, vb[2 * j], vb[2 * j + 1]);
@@ -1803,11 +1870,11 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
     // The next stage's copies go into the buffers this one read.
     __syncthreads();
   }
-  // The warps' sums, [slice][g][D + 2] (sums, max, sum) in the stages' memory, combined by warp
-  // h for head h into the form da_finish takes.
+  // The warps' sums, [slice][g][outs * D + 2] (sums, max, sum) in the stages' memory, combined
+  // by warp h for head h into the form da_finish takes.
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
-  constexpr int stride = D + 2;
+  constexpr int stride = outs * D + 2;
   float* sums = reinterpret_cast<float*>(smem);
   if (head) {
     float* mine = sums + (slice * g + row) * stride;
@@ -1817,29 +1884,36 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
       mine[8 * (half * dim_tiles + j) + 2 * quad + 1] = acc[j][1];
     }
     if (half == 0 && quad == 0) {
-      mine[D] = m;
-      mine[D + 1] = l;
+      mine[outs * D] = m;
+      mine[outs * D + 1] = l;
     }
   }
   __syncthreads();
   constexpr int lane_dims = D / 32;
-  float o[lane_dims], m_all = neg_inf(), l_all = 0.0f;
+  float o[outs][lane_dims], m_all = neg_inf(), l_all = 0.0f;
 #pragma unroll
-  for (int e = 0; e < lane_dims; ++e) o[e] = 0.0f;
+  for (int u = 0; u < outs; ++u) {
+#pragma unroll
+    for (int e = 0; e < lane_dims; ++e) o[u][e] = 0.0f;
+  }
   if (w < g) {
-    for (int x = 0; x < slices; ++x) m_all = fmaxf(m_all, sums[(x * g + w) * stride + D]);
+    for (int x = 0; x < slices; ++x) m_all = fmaxf(m_all, sums[(x * g + w) * stride + outs * D]);
     for (int x = 0; x < slices; ++x) {
       const float* theirs = sums + (x * g + w) * stride;
-      const float mx = theirs[D];
+      const float mx = theirs[outs * D];
       const float weight = reuse ? 1.0f : (mx == neg_inf() ? 0.0f : expf(mx - m_all));
-      l_all += weight * theirs[D + 1];
+      l_all += weight * theirs[outs * D + 1];
 #pragma unroll
-      for (int e = 0; e < lane_dims; ++e) o[e] = fmaf(weight, theirs[lane * lane_dims + e], o[e]);
+      for (int u = 0; u < outs; ++u) {
+#pragma unroll
+        for (int e = 0; e < lane_dims; ++e) o[u][e] = fmaf(weight, theirs[u * D + lane * lane_dims + e], o[u][e]);
+      }
     }
   }
   // da_finish may reuse the memory just read.
   __syncthreads();
-  da_finish<T, MODE, lane_dims>(o, m_all, l_all, out, partial, tickets, nk, g, splits, keys, smem, stats, ahead);
+  da_finish<T, MODE, lane_dims, outs>(o, m_all, l_all, out, partial, tickets, nk, g, splits, keys, smem, stats,
+                                      ahead);
 }
 #endif
 
@@ -1862,18 +1936,21 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   decode_attention_mma<T, MODE, D>(q, k, v, mask, out, partial, tickets, nk, g, keys, splits, per_block, q_seq,  \
                                    q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, stats, ahead)
     switch (d) {
-      case 64: DA_MMA(64); break;
-      case 128: DA_MMA(128); break;
-      default: DA_ROWS(512); break;
+      case 64: DA_MMA(64); return;
+      case 128: DA_MMA(128); return;
+      default: break;
     }
 #undef DA_MMA
-    return;
   }
 #endif
-  switch (d * (int)sizeof(T)) {
-    case 128: DA_ROWS(128); break;
-    case 256: DA_ROWS(256); break;
-    default: DA_ROWS(512); break;
+  if constexpr (MODE == DA_JOINT) {
+    __trap();  // tensor cores only: the caller never launches it elsewhere
+  } else {
+    switch (d * (int)sizeof(T)) {
+      case 128: DA_ROWS(128); break;
+      case 256: DA_ROWS(256); break;
+      default: DA_ROWS(512); break;
+    }
   }
 #undef DA_ROWS
 }
@@ -1932,6 +2009,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_lead, DA_LEAD)                                        \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_reuse, DA_REUSE)                                      \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_ahead, DA_AHEAD)                                      \
+  DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_joint, DA_JOINT)                                      \
   extern "C" __global__ void cross_entropy_##SUFFIX(const T* logits, const i64* targets, float* loss,     \
                                                     T* grad, i64 v, const float* scale, float softcap) {  \
     cross_entropy<T>(logits, targets, loss, grad, v, scale, softcap);                                      \

@@ -36,9 +36,12 @@ const MAX_SPLITS: i64 = 48;
 const _: () = assert!(MAX_SPLITS <= 64);
 /// Reuse layers a lead attends for at most (kernels.cu's DA_MAX_AHEAD).
 const MAX_AHEAD: usize = 7;
+/// Outputs a block of the joint ahead form makes at most (kernels.cu's DA_JOINT_OUTPUTS): a
+/// lead's and three reuse layers'.
+const JOINT_OUTPUTS: i64 = 4;
 /// Sequences up to which a lead attends for its reuse layers by default
 /// ([`decode_attention_ahead`]): wherever its lead form runs.
-const AHEAD_MAX_SEQUENCES: i64 = LEAD_MAX_SEQUENCES;
+const AHEAD_MAX_SEQUENCES: i64 = LONG_LEAD_MAX_SEQUENCES;
 
 thread_local! {
     /// Set while [`with_decode_attention`] runs on this thread.
@@ -97,11 +100,14 @@ enum Form {
 /// Keys from which the plain form runs by default at batch 1 (see [`Cut::runs_by_default`]).
 const PLAIN_MIN_KEYS: i64 = 4096;
 
-/// Sequences up to which the lead form runs by default (see [`Cut::runs_by_default`]).
+/// Sequences up to which the lead form runs by default (see [`Cut::runs_by_default`]), and
+/// from `PLAIN_MIN_KEYS` keys, where it attends ahead in the joint form.
 const LEAD_MAX_SEQUENCES: i64 = 8;
+const LONG_LEAD_MAX_SEQUENCES: i64 = 32;
 
-/// The same on heads of 128, where only batch 1 was measured (see [`Cut::runs_by_default`]).
+/// The same on heads of 128, below and from `PLAIN_MIN_KEYS` keys (see [`Cut::runs_by_default`]).
 const WIDE_LEAD_MAX_SEQUENCES: i64 = 1;
+const WIDE_LONG_LEAD_MAX_SEQUENCES: i64 = 8;
 
 /// How one launch is cut: `n` sequences of `heads` query heads over `kv_heads` kv heads, `d`
 /// wide, `keys` keys a pair in sub-tiles of `tile` keys, `per_block` of them to each of
@@ -120,6 +126,9 @@ struct Cut {
     per_block: i64,
     /// Outputs a pair (units of `splits` blocks each): 1, or a lead's and its reuse layers'.
     units: i64,
+    /// Outputs a block: 1, or (the joint ahead form) a lead's and its reuse layers', whose
+    /// values a stage holds side by side.
+    outputs: i64,
 }
 
 impl Cut {
@@ -140,8 +149,21 @@ impl Cut {
         }
         let mma = capability >= 80 && kind.elt_size_in_bytes() == 2 && [64, 128].contains(&d);
         let tile = if mma { MMA_TILE_BYTES } else { STAGE_BYTES } / row_bytes;
-        let cut =
-            Cut { kind, n, heads, kv_heads, d, keys, mma, tile, splits: 0, per_block: 0, units: 1 }.split(1);
+        let cut = Cut {
+            kind,
+            n,
+            heads,
+            kv_heads,
+            d,
+            keys,
+            mma,
+            tile,
+            splits: 0,
+            per_block: 0,
+            units: 1,
+            outputs: 1,
+        }
+        .split(1);
         let max_shared = if mma { MMA_MAX_SHARED_BYTES } else { MAX_SHARED_BYTES };
         (cut.shared_bytes() <= max_shared).then_some(cut)
     }
@@ -149,6 +171,7 @@ impl Cut {
     /// The cut for `units` outputs a pair: as many blocks as fill the GPU about twice, but at
     /// most MAX_SPLITS a unit.
     fn split(self, units: i64) -> Cut {
+        debug_assert!(units == 1 || self.outputs == 1, "a pair's outputs come from units or from each block");
         let ceil = |a: i64, b: i64| (a + b - 1) / b;
         let tiles = ceil(self.keys, self.tile);
         let per_block = ceil(tiles, tiles.min(MAX_SPLITS).min((GRID_BLOCKS / (self.pairs() * units)).max(1)));
@@ -173,14 +196,49 @@ impl Cut {
     /// 1.5B's shapes (heads of 128, whose two warps a slice score the same keys) a plain layer
     /// on the kernel was slower at batch 1, and the CUDA-core form (f32, heads of 256)
     /// everywhere; but a lead there, since it attends for its reuse layers (2026-12-03), made
-    /// UniAttn's batch-1 step 1.457 ms against 1.525 at 2k and 1.518 against 1.605 at 8k.
+    /// UniAttn's batch-1 step 1.457 ms against 1.525 at 2k and 1.518 against 1.605 at 8k, and
+    /// at batch 8 decoded 3,592 tok/s against 3,375 at 8k (3,842 against 3,843 at 2k; 2026-12-03,
+    /// twenty-ninth session). At batch 32 / 8k a lead on heads of 64 attending ahead in the
+    /// joint form made UniAttn's step 1.769 ms against cuDNN's 1.820 (18,023 tok/s against
+    /// 17,497); batch 32 / 2k was not measured with it.
     fn runs_by_default(&self, form: Form) -> bool {
+        let long = self.keys >= PLAIN_MIN_KEYS;
         let fits = match form {
-            Form::Plain => self.d == 64 && self.n == 1 && self.keys >= PLAIN_MIN_KEYS,
-            Form::Lead if self.d == 64 => self.n <= LEAD_MAX_SEQUENCES,
-            Form::Lead => self.n <= WIDE_LEAD_MAX_SEQUENCES,
+            Form::Plain => self.d == 64 && self.n == 1 && long,
+            Form::Lead if self.d == 64 => {
+                self.n <= if long { LONG_LEAD_MAX_SEQUENCES } else { LEAD_MAX_SEQUENCES }
+            }
+            Form::Lead => self.n <= if long { WIDE_LONG_LEAD_MAX_SEQUENCES } else { WIDE_LEAD_MAX_SEQUENCES },
         };
         self.mma && fits
+    }
+
+    /// Whether a lead attends ahead in the joint form by default: for two sequences or more
+    /// (`UNIATTN_DECODE_ATTENTION_JOINT`: from another count, at any shape), where it was
+    /// measured, on heads of 64 from `PLAIN_MIN_KEYS` keys. On an H200 (2026-12-03) UniAttn's
+    /// step took 1.769 ms against the units form's 1.825 at batch 32 / 8k, 1.264 against 1.267
+    /// at batch 8 / 8k, and 0.755 against 0.731 at batch 1 / 8k, where the units form's more
+    /// blocks a pair win.
+    fn joint_by_default(&self) -> bool {
+        static JOINT_FROM: OnceLock<Option<i64>> = OnceLock::new();
+        let set = *JOINT_FROM.get_or_init(|| {
+            std::env::var("UNIATTN_DECODE_ATTENTION_JOINT").ok().and_then(|v| v.parse().ok())
+        });
+        set.map_or(self.d == 64 && self.keys >= PLAIN_MIN_KEYS && self.n >= JOINT_MIN_SEQUENCES, |from| {
+            self.n >= from
+        })
+    }
+
+    /// The joint ahead form's cut for a lead and `reuse` reuse layers (`None` where it does
+    /// not apply): one unit a pair whose blocks make every output, on tensor cores, in
+    /// sub-tiles of half the keys (kernels.cu's DA_STAGE_BYTES) so that a stage holds each
+    /// output's values and two blocks still fit an SM.
+    fn joint(self, reuse: i64) -> Option<Cut> {
+        let outputs = 1 + reuse;
+        (self.mma && (2..=JOINT_OUTPUTS).contains(&outputs)).then_some(())?;
+        let tile = STAGE_BYTES / (self.d * self.kind.elt_size_in_bytes() as i64);
+        let cut = Cut { tile, outputs, ..self }.split(1);
+        (cut.shared_bytes() <= MMA_MAX_SHARED_BYTES).then_some(cut)
     }
 
     fn group(&self) -> i64 {
@@ -191,10 +249,11 @@ impl Cut {
         self.n * self.kv_heads
     }
 
-    /// Two of kernels.cu's stages (`da_stage_bytes`: a sub-tile's keys, its values and a reuse
-    /// layer's f32 `[g][map_stride]` rows of the lead's map; the combine's `[g][splits]` weights
-    /// and the tensor-core form's `[slices][g][d + 2]` sums reuse them), then the query (f32
-    /// `[g][d]`, or the tensor-core form's 16-bit pairs `[MAX_GROUP][d / 2 + 4]`).
+    /// Two of kernels.cu's stages (`da_stage_bytes`: a sub-tile's keys, its values (`outputs`
+    /// layers' of them) and a reuse layer's f32 `[g][map_stride]` rows of the lead's map; the
+    /// combine's `[g][splits]` weights and the tensor-core form's `[slices][g][outputs * d + 2]`
+    /// sums reuse them), then the query (f32 `[g][d]`, or the tensor-core form's 16-bit pairs
+    /// `[MAX_GROUP][d / 2 + 4]`).
     fn shared_bytes(&self) -> i64 {
         let g = self.group();
         let row_bytes = self.d * self.kind.elt_size_in_bytes() as i64;
@@ -203,7 +262,7 @@ impl Cut {
         } else {
             (self.tile, 4 * g * self.d)
         };
-        2 * (2 * self.tile * row_bytes + 4 * g * map_stride) + query_bytes
+        2 * ((1 + self.outputs) * self.tile * row_bytes + 4 * g * map_stride) + query_bytes
     }
 }
 
@@ -281,7 +340,7 @@ pub struct AheadInputs<'a> {
 /// softmax-only): their attention over the keys before each sequence's current one comes back
 /// in [`AheadSums`], so that a reuse layer runs no attention kernel. Runs where the lead form
 /// does, for up to `AHEAD_MAX_SEQUENCES` sequences (`UNIATTN_DECODE_ATTENTION_AHEAD`: another
-/// count; 0 never).
+/// count; 0 never); in the joint form ([`Cut::joint`]) where [`Cut::joint_by_default`] says.
 pub fn decode_attention_ahead(
     q: &Tensor,
     k: &Tensor,
@@ -290,10 +349,23 @@ pub fn decode_attention_ahead(
     scale: f64,
     inputs: AheadInputs,
 ) -> Option<(Tensor, AheadSums)> {
-    ahead(q, k, v, mask, scale, inputs, false)
+    ahead(q, k, v, mask, scale, inputs, None)
 }
 
-/// The ahead form where [`decode_attention_ahead`] says, or wherever the shapes fit (`always`).
+/// The ahead form's two kernels: a unit of blocks for each output (the lead's and each reuse
+/// layer's), or blocks that make them all ([`Cut::joint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AheadForm {
+    Units,
+    Joint,
+}
+
+/// Sequences from which a lead attends ahead in the joint form by default (see
+/// [`Cut::joint_by_default`]).
+const JOINT_MIN_SEQUENCES: i64 = 2;
+
+/// The ahead form in `form` wherever the shapes fit, or (`None`) where and as
+/// [`decode_attention_ahead`] says.
 fn ahead(
     q: &Tensor,
     k: &Tensor,
@@ -301,7 +373,7 @@ fn ahead(
     mask: &Tensor,
     scale: f64,
     AheadInputs { current_key, reuse_values }: AheadInputs,
-    always: bool,
+    form: Option<AheadForm>,
 ) -> Option<(Tensor, AheadSums)> {
     static SEQUENCES: OnceLock<i64> = OnceLock::new();
     let limit = *SEQUENCES.get_or_init(|| {
@@ -310,7 +382,7 @@ fn ahead(
             .and_then(|v| v.parse().ok())
             .unwrap_or(AHEAD_MAX_SEQUENCES)
     });
-    let cut = cut_of(q, k).filter(|c| always || c.n <= limit && c.runs(Form::Lead))?;
+    let cut = cut_of(q, k).filter(|c| form.is_some() || c.n <= limit && c.runs(Form::Lead))?;
     let count = reuse_values.len();
     // Staged by 16-byte copies as the lead's values are.
     let alike = |t: &Tensor| {
@@ -327,14 +399,26 @@ fn ahead(
     if !(1..=MAX_AHEAD).contains(&count) || !reuse_values.iter().all(alike) || !keys_fit {
         return None;
     }
-    let cut = cut.split(1 + count as i64);
+    let by_default = if cut.joint_by_default() { AheadForm::Joint } else { AheadForm::Units };
+    let joint = match form.unwrap_or(by_default) {
+        AheadForm::Joint => cut.joint(count as i64),
+        AheadForm::Units => None,
+    };
+    // Asked for, the joint form runs or nothing does; by default the units form stands in.
+    if joint.is_none() && form == Some(AheadForm::Joint) {
+        return None;
+    }
+    let (cut, name) = match joint {
+        Some(cut) => (cut, "decode_attention_joint"),
+        None => (cut.split(1 + count as i64), "decode_attention_ahead"),
+    };
     let float = (Kind::Float, v.device());
     let sums = AheadSums {
         sums: Tensor::empty([count as i64, cut.n, cut.heads, 1, cut.d], float),
         current: Tensor::empty([cut.n, cut.heads, 1, 1], float),
     };
     let leaves = Leaves::Ahead { current_key, reuse_values, sums: &sums };
-    let out = launch("decode_attention_ahead", cut, Some((q, k, mask, scale)), v, leaves)?;
+    let out = launch(name, cut, Some((q, k, mask, scale)), v, leaves)?;
     Some((out, sums))
 }
 
@@ -454,7 +538,7 @@ fn launch(
     let tickets = tickets(device, units)?;
     let out = Tensor::empty([n, heads, 1, d], (kind, v.device()));
     let g = cut.group();
-    let partial = Tensor::empty([units * cut.splits * g * (d + 2)], (Kind::Float, v.device()));
+    let partial = Tensor::empty([units * cut.splits * g * (cut.outputs * d + 2)], (Kind::Float, v.device()));
     // A reuse layer has no queries, keys or mask: null pointers and zero strides.
     let (q, k, mask) = (attend.map(|a| a.0), attend.map(|a| a.1), attend.map(|a| a.2));
     let stride = |t: Option<&Tensor>, dim: usize| t.map_or(0, |t| t.stride()[dim]);
@@ -519,7 +603,7 @@ mod tests {
     use super::*;
 
     /// By default the kernel runs for one sequence where the tensor-core form does on heads
-    /// of 64: bf16/f16 on sm_80 and later.
+    /// of 64 (bf16/f16 on sm_80 and later), and for leads where they were measured to win.
     #[test]
     fn runs_by_default_for_one_sequence_on_tensor_cores() {
         let runs_as = |form, kind, shape, capability| {
@@ -541,12 +625,27 @@ mod tests {
             "a lead on heads of 128 attends for its reuse layers"
         );
         assert!(
-            !runs_as(Form::Lead, Kind::BFloat16, [2, 12, 2, 128, 8192], 90),
-            "leads on heads of 128 were measured at batch 1 only"
+            !runs_as(Form::Lead, Kind::BFloat16, [2, 12, 2, 128, 2304], 90),
+            "leads on heads of 128 below 4k keys were measured at batch 1 only"
         );
+        assert!(runs_as(Form::Lead, Kind::BFloat16, [8, 12, 2, 128, 8192], 90), "1.5B at batch 8 / 8k");
+        assert!(!runs_as(Form::Lead, Kind::BFloat16, [9, 12, 2, 128, 8192], 90), "heads of 128 past batch 8");
         assert!(!runs(Kind::BFloat16, qwen(2, 64), 90), "two sequences");
         assert!(runs_as(Form::Lead, Kind::BFloat16, qwen(8, 64), 90), "a lead at batch 8");
-        assert!(!runs_as(Form::Lead, Kind::BFloat16, qwen(32, 64), 90), "a lead at batch 32");
+        assert!(runs_as(Form::Lead, Kind::BFloat16, qwen(32, 64), 90), "a lead at batch 32 / 8k");
+        assert!(!runs_as(Form::Lead, Kind::BFloat16, qwen(33, 64), 90), "past batch 32");
+        assert!(
+            !runs_as(Form::Lead, Kind::BFloat16, [32, 14, 2, 64, 2304], 90),
+            "a lead at batch 32 / 2k was slower"
+        );
+        // The joint ahead form where it was measured: heads of 64, two sequences or more, 8k.
+        let joint = |shape| Cut::new(Kind::BFloat16, shape, 90).is_some_and(|c| c.joint_by_default());
+        if std::env::var_os("UNIATTN_DECODE_ATTENTION_JOINT").is_none() {
+            assert!(joint(qwen(32, 64)) && joint(qwen(2, 64)));
+            assert!(!joint(qwen(1, 64)), "one sequence: the units form's blocks");
+            assert!(!joint([8, 14, 2, 64, 2304]), "not measured at 2k");
+            assert!(!joint([8, 12, 2, 128, 8192]), "not measured on heads of 128");
+        }
         assert!(!runs(Kind::Float, qwen(1, 64), 90), "f32 takes the CUDA-core form");
         assert!(!runs(Kind::BFloat16, [1, 8, 4, 256, 8192], 90), "heads of 256 take the CUDA-core form");
         assert!(!runs(Kind::BFloat16, qwen(1, 64), 75), "sm_75 has no tensor-core form");
@@ -597,7 +696,7 @@ mod tests {
                     let c = Tensor::randn([n + 2, kv, keys + 70, d], (Kind::Float, dev)).to_kind(kind);
                     c.narrow(0, 1, n).narrow(2, 0, keys)
                 };
-                let (k, v, v2, v3) = (cache(), cache(), cache(), cache());
+                let (k, v, v2, v3, v4) = (cache(), cache(), cache(), cache(), cache());
                 // Sequence i ends i * 7 keys early and (for odd i) starts at key 3; key 1 of
                 // every row gets a finite bias.
                 let mask = Tensor::zeros([n, 1, 1, keys], (Kind::Float, dev));
@@ -638,31 +737,46 @@ mod tests {
                         decode_attention_reuse(&maps, &other).is_none(),
                         "{case}: values of another length"
                     );
-                    // The lead attending for both reuse layers: its own output, and theirs from
-                    // the sums over the keys before each sequence's last (the current key) plus
-                    // that key's term.
+                    // The lead attending for its reuse layers: its own output, and theirs from the
+                    // sums over the keys before each sequence's last (the current key) plus that
+                    // key's term; in units (two reuse layers) and in the joint form (as many as
+                    // it takes, and one), which runs on tensor cores only.
                     let current: Vec<i64> = (0..n).map(|i| (keys - i * 7).max(1) - 1).collect();
                     let current_key = Tensor::from_slice(&current).to_device(dev).view([n, 1]);
-                    let reuse = [v2.shallow_clone(), v3.shallow_clone()];
-                    let ahead_inputs = AheadInputs { current_key: &current_key, reuse_values: &reuse };
-                    let (got, sums) = ahead(&q, &k, &v, mask, scale, ahead_inputs, true)
-                        .unwrap_or_else(|| panic!("{case}: the ahead form applies"));
-                    check(&got, inputs, &format!("{case}, {rows}: lead attending ahead"));
-                    for (r, vr) in reuse.iter().enumerate() {
-                        let now = |i: usize| vr.get(i as i64).narrow(1, current[i], 1);
-                        let v_now = Tensor::stack(&(0..n as usize).map(now).collect::<Vec<_>>(), 0);
-                        let got = sums.attention(r, &v_now);
-                        check(
-                            &got,
-                            (&q, &k, vr, mask, scale),
-                            &format!("{case}, {rows}: reuse layer {r} ahead"),
+                    let [v2, v3, v4] = [&v2, &v3, &v4].map(Tensor::shallow_clone);
+                    let mma = cut_of(&q, &k).is_some_and(|c| c.mma);
+                    let forms = [
+                        (AheadForm::Units, vec![v2.shallow_clone(), v3.shallow_clone()]),
+                        (AheadForm::Joint, vec![v2, v3.shallow_clone(), v4]),
+                        (AheadForm::Joint, vec![v3]),
+                    ];
+                    for (form, reuse) in forms {
+                        let what = format!("{case}, {rows}, {form:?} with {} reuse layers", reuse.len());
+                        let ahead_inputs = AheadInputs { current_key: &current_key, reuse_values: &reuse };
+                        let Some((got, sums)) = ahead(&q, &k, &v, mask, scale, ahead_inputs, Some(form))
+                        else {
+                            assert!(form == AheadForm::Joint && !mma, "{what}: the ahead form applies");
+                            continue;
+                        };
+                        check(&got, inputs, &format!("{what}: lead attending ahead"));
+                        for (r, vr) in reuse.iter().enumerate() {
+                            let now = |i: usize| vr.get(i as i64).narrow(1, current[i], 1);
+                            let v_now = Tensor::stack(&(0..n as usize).map(now).collect::<Vec<_>>(), 0);
+                            let got = sums.attention(r, &v_now);
+                            check(&got, (&q, &k, vr, mask, scale), &format!("{what}: reuse layer {r}"));
+                        }
+                        let other = [other.shallow_clone()];
+                        let ahead_inputs = AheadInputs { current_key: &current_key, reuse_values: &other };
+                        assert!(
+                            ahead(&q, &k, &v, mask, scale, ahead_inputs, Some(form)).is_none(),
+                            "{what}: reuse values of another length"
                         );
                     }
-                    let other = [other.shallow_clone()];
-                    let ahead_inputs = AheadInputs { current_key: &current_key, reuse_values: &other };
+                    let five = [&v, &v, &v, &v].map(Tensor::shallow_clone);
+                    let ahead_inputs = AheadInputs { current_key: &current_key, reuse_values: &five };
                     assert!(
-                        ahead(&q, &k, &v, mask, scale, ahead_inputs, true).is_none(),
-                        "{case}: reuse values of another length"
+                        ahead(&q, &k, &v, mask, scale, ahead_inputs, Some(AheadForm::Joint)).is_none(),
+                        "{case}: the joint form makes {JOINT_OUTPUTS} outputs at most"
                     );
                 }
             }
