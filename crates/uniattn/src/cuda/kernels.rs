@@ -1117,6 +1117,28 @@ mod tests {
         }
     }
 
+    /// Every entry point kernels.cu defines (`<name>_##SUFFIX(`, or a `*_ENTRY(T, SUFFIX,
+    /// <name>, ...)` line) is in `KERNELS`, which `load` looks kernels up by: one left out
+    /// compiled and then panicked at its first launch (decode_attention_joint, 2026-12-03).
+    #[test]
+    fn every_entry_point_is_loaded() {
+        let mut names = Vec::new();
+        // Past the macros' own definitions, whose names are parameters.
+        for line in SOURCE.lines().filter(|l| !l.starts_with("#define")) {
+            if let Some(at) = line.find("_##SUFFIX(").filter(|_| !line.contains("NAME##")) {
+                let start =
+                    line[..at].rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+                names.push(&line[start..at]);
+            } else if let Some(rest) = line.split("_ENTRY(T, SUFFIX, ").nth(1) {
+                names.push(rest.split(',').next().unwrap_or_default().trim());
+            }
+        }
+        assert!(names.contains(&"decode_attention_joint") && names.contains(&"gated_act"), "{names:?}");
+        for name in names {
+            assert!(KERNELS.contains(&name), "kernels.cu's {name} is not in KERNELS");
+        }
+    }
+
     /// The softmax's block holds its row in registers where kernels.cu can (four 16-byte pieces
     /// a thread) with as few whole warps as that takes: a decode step's lead map of 8k bf16
     /// keys is 256 threads; rows it cannot hold get 512 (long) or 256 threads.
