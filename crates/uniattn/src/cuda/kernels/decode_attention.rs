@@ -55,15 +55,16 @@ thread_local! {
 fn pairs_set(form: Form) -> Option<i64> {
     static PAIRS: OnceLock<Option<i64>> = OnceLock::new();
     static LEADS: OnceLock<Option<i64>> = OnceLock::new();
-    let read = |name| std::env::var(name).ok().and_then(|v| v.parse().ok());
     let leads = || match form {
-        Form::Lead => *LEADS.get_or_init(|| read("UNIATTN_DECODE_ATTENTION_LEADS")),
+        Form::Lead => count_set(&LEADS, "UNIATTN_DECODE_ATTENTION_LEADS"),
         Form::Plain => None,
     };
-    PAIRS_HERE
-        .with(Cell::get)
-        .or_else(leads)
-        .or_else(|| *PAIRS.get_or_init(|| read("UNIATTN_DECODE_ATTENTION")))
+    PAIRS_HERE.with(Cell::get).or_else(leads).or_else(|| count_set(&PAIRS, "UNIATTN_DECODE_ATTENTION"))
+}
+
+/// The count environment variable `name` sets, read once into `cell`.
+fn count_set(cell: &'static OnceLock<Option<i64>>, name: &str) -> Option<i64> {
+    *cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse().ok()))
 }
 
 /// Runs `f` with the kernel on up to `pairs` pairs on this thread, whatever the environment
@@ -202,7 +203,7 @@ impl Cut {
     /// joint form made UniAttn's step 1.769 ms against cuDNN's 1.820 (18,023 tok/s against
     /// 17,497); batch 32 / 2k was not measured with it.
     fn runs_by_default(&self, form: Form) -> bool {
-        let long = self.keys >= PLAIN_MIN_KEYS;
+        let long = self.long();
         let fits = match form {
             Form::Plain => self.d == 64 && self.n == 1 && long,
             Form::Lead if self.d == 64 => {
@@ -221,12 +222,13 @@ impl Cut {
     /// blocks a pair win.
     fn joint_by_default(&self) -> bool {
         static JOINT_FROM: OnceLock<Option<i64>> = OnceLock::new();
-        let set = *JOINT_FROM.get_or_init(|| {
-            std::env::var("UNIATTN_DECODE_ATTENTION_JOINT").ok().and_then(|v| v.parse().ok())
-        });
-        set.map_or(self.d == 64 && self.keys >= PLAIN_MIN_KEYS && self.n >= JOINT_MIN_SEQUENCES, |from| {
-            self.n >= from
-        })
+        count_set(&JOINT_FROM, "UNIATTN_DECODE_ATTENTION_JOINT")
+            .map_or(self.d == 64 && self.long() && self.n >= JOINT_MIN_SEQUENCES, |from| self.n >= from)
+    }
+
+    /// Whether a pair has `PLAIN_MIN_KEYS` keys or more, from which the forms run further.
+    fn long(&self) -> bool {
+        self.keys >= PLAIN_MIN_KEYS
     }
 
     /// The joint ahead form's cut for a lead and `reuse` reuse layers (`None` where it does
@@ -375,13 +377,8 @@ fn ahead(
     AheadInputs { current_key, reuse_values }: AheadInputs,
     form: Option<AheadForm>,
 ) -> Option<(Tensor, AheadSums)> {
-    static SEQUENCES: OnceLock<i64> = OnceLock::new();
-    let limit = *SEQUENCES.get_or_init(|| {
-        std::env::var("UNIATTN_DECODE_ATTENTION_AHEAD")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(AHEAD_MAX_SEQUENCES)
-    });
+    static SEQUENCES: OnceLock<Option<i64>> = OnceLock::new();
+    let limit = count_set(&SEQUENCES, "UNIATTN_DECODE_ATTENTION_AHEAD").unwrap_or(AHEAD_MAX_SEQUENCES);
     let cut = cut_of(q, k).filter(|c| form.is_some() || c.n <= limit && c.runs(Form::Lead))?;
     let count = reuse_values.len();
     // Staged by 16-byte copies as the lead's values are.
