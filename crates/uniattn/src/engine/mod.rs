@@ -426,11 +426,12 @@ impl Engine {
             Some(mut g) => {
                 let r = self.decode_graphed(&mut g, n, k_len);
                 self.graphs = Some(g);
-                logits.then(|| r.map(|out| out.copy())).transpose()?
+                logits.then(|| r.map(|out| self.stem.finished_copy(&out))).transpose()?
             }
             None => {
                 let (ids, positions) = self.step_rows(n);
-                Some(self.step_body(&ids, &positions, k_len))
+                let picked = self.step_body(&ids, &positions, k_len);
+                Some(self.stem.finished_copy(&picked))
             }
         };
         for (s, l) in lens.iter().enumerate() {
@@ -447,10 +448,13 @@ impl Engine {
 
     /// What a decode step runs, eagerly or captured: the layers and the head over `ids` and
     /// `positions` (views of `step_inputs`), then the greedy picks and the next positions
-    /// written back over them, so that a following step can run without the host.
+    /// written back over them, so that a following step can run without the host. Returns
+    /// the logits the picks were taken from ([`Stem::pick_logits`]): a step that only feeds
+    /// the next one casts none of them to f32 (at batch 32 the cast and an argmax over f32
+    /// took 29 us of a 1.77 ms step on an H200, 2026-12-03).
     fn step_body(&mut self, ids: &Tensor, positions: &Tensor, k_len: i64) -> Tensor {
         let h = self.run(ids, 0, positions, k_len, false);
-        let logits = self.stem.head(&h).squeeze_dim(1);
+        let logits = self.stem.pick_logits(&h).squeeze_dim(1);
         let last = self.cache.max_len() as i64 - 1;
         let next_positions = (positions + 1).clamp_max(last);
         ids.shallow_clone().copy_(&logits.argmax(-1, true));

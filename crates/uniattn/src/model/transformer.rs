@@ -304,6 +304,29 @@ impl Stem {
         self.finish_logits(self.head_logits(h))
     }
 
+    /// The logits a greedy pick is taken from: the head's output as it is, whose cast to f32
+    /// changes no value (so neither the argmax), or the finished logits where soft-capping
+    /// can merge nearby values. Finish them with [`Self::finished_copy`].
+    pub fn pick_logits(&self, h: &Tensor) -> Tensor {
+        let logits = self.head_logits(h);
+        if self.cfg.final_logit_softcapping.is_some() {
+            self.finish_logits(logits)
+        } else {
+            logits
+        }
+    }
+
+    /// [`Self::pick_logits`]'s output as [`Self::head`] returns it, in a tensor of its own
+    /// (a CUDA graph's output buffer is overwritten by the next replay).
+    pub fn finished_copy(&self, picked: &Tensor) -> Tensor {
+        let kind = accumulate_kind(self.kind);
+        if picked.kind() == kind {
+            picked.copy()
+        } else {
+            picked.to_kind(kind)
+        }
+    }
+
     /// A 0-dim zero in the compute type, which additive masks are made from.
     fn mask_zero(&self) -> Tensor {
         Tensor::zeros([], (self.kind, self.device))
