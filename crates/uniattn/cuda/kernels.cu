@@ -1250,17 +1250,19 @@ __device__ __forceinline__ void stage_lead_map(float* ms, const float* map, i64 
 
 // One step of an online softmax over a lane's N scores `sc`, `mx` their row's max over the
 // step: sets their probabilities `p` against the new running max `m`, adds them to this lane's
-// share of the sum `l`, and returns the factor for the sums so far.
-template <int N>
+// share of the sum `l`, and returns the factor for the sums so far. Exponentials as softmax_exp
+// takes them for T (in bf16/f16 one `ex2.approx`: `expf`'s range reduction was ~50 of the
+// ~680 instructions a warp issued a sub-tile in DA_JOINT at batch 32 / 8k).
+template <typename T, int N>
 __device__ __forceinline__ float online_softmax(float& m, float& l, float mx, const float (&sc)[N], float (&p)[N]) {
   const float now = fmaxf(m, mx);
   // Nothing unmasked yet: the probabilities so far are zero, whatever the base.
   const float base = now == neg_inf() ? 0.0f : now;
-  const float rescale = expf(m - base);
+  const float rescale = softmax_exp<T>(m, base);
   l *= rescale;
 #pragma unroll
   for (int j = 0; j < N; ++j) {
-    p[j] = expf(sc[j] - base);
+    p[j] = softmax_exp<T>(sc[j], base);
     l += p[j];
   }
   m = now;
@@ -1511,7 +1513,7 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int r = lane + 32 * j;
-          p[j] = r < n ? expf(ms[h * tile + r] - m) * inv_sum : 0.0f;
+          p[j] = r < n ? softmax_exp<T>(ms[h * tile + r], m) * inv_sum : 0.0f;
         }
       } else {
         float sc[2], bias[2], dot[2] = {0.0f, 0.0f};
@@ -1548,7 +1550,7 @@ __device__ void decode_attention_rows(const T* q, const T* k, const T* v, const 
           mx = fmaxf(mx, sc[j]);
         }
         for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        const float rescale = online_softmax(m, l, mx, sc, p);
+        const float rescale = online_softmax<T>(m, l, mx, sc, p);
         // A reuse layer's current value is not in its cache yet: its key counts in the sum only.
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -1801,8 +1803,8 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const float2 sc = *reinterpret_cast<const float2*>(ms + row * map_stride + kk + 8 * h);
-        p[2 * h] = head && key_of(2 * h) < n ? expf(sc.x - m) * inv_sum : 0.0f;
-        p[2 * h + 1] = head && key_of(2 * h + 1) < n ? expf(sc.y - m) * inv_sum : 0.0f;
+        p[2 * h] = head && key_of(2 * h) < n ? softmax_exp<T>(sc.x, m) * inv_sum : 0.0f;
+        p[2 * h + 1] = head && key_of(2 * h + 1) < n ? softmax_exp<T>(sc.y, m) * inv_sum : 0.0f;
       }
     } else {
       // Two k steps a round: the queries' A fragments (chunks 4 p .. 4 p + 3 of rows 0-7), and
@@ -1842,7 +1844,7 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
       }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float rescale = online_softmax(m, l, mx, sc, p);
+      const float rescale = online_softmax<T>(m, l, mx, sc, p);
       // A reuse layer's current value is not in its cache yet: its key counts in the sum only
       // (DA_JOINT stages it as zeros).
       if (MODE == DA_AHEAD && b.out > 0) {
