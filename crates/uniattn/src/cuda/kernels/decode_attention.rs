@@ -106,6 +106,10 @@ const PLAIN_MIN_KEYS: i64 = 4096;
 const LEAD_MAX_SEQUENCES: i64 = 8;
 const LONG_LEAD_MAX_SEQUENCES: i64 = 32;
 
+/// Sequences from which, below `PLAIN_MIN_KEYS` keys, a lead on heads of 64 runs on the kernel
+/// too, attending ahead in the joint form (see [`Cut::joint_by_default`]).
+const SHORT_JOINT_MIN_SEQUENCES: i64 = 32;
+
 /// The same on heads of 128, below and from `PLAIN_MIN_KEYS` keys (see [`Cut::runs_by_default`]).
 const WIDE_LEAD_MAX_SEQUENCES: i64 = 1;
 const WIDE_LONG_LEAD_MAX_SEQUENCES: i64 = 8;
@@ -201,29 +205,38 @@ impl Cut {
     /// at batch 8 decoded 3,592 tok/s against 3,375 at 8k (3,842 against 3,843 at 2k; 2026-12-03,
     /// twenty-ninth session). At batch 32 / 8k a lead on heads of 64 attending ahead in the
     /// joint form made UniAttn's step 1.769 ms against cuDNN's 1.820 (18,023 tok/s against
-    /// 17,497); batch 32 / 2k was not measured with it.
+    /// 17,497), and at batch 32 / 2k 1.317 against 1.336 (24,137 against 23,790, three repeats
+    /// each; 2026-12-03, thirtieth session).
     fn runs_by_default(&self, form: Form) -> bool {
         let long = self.long();
         let fits = match form {
             Form::Plain => self.d == 64 && self.n == 1 && long,
             Form::Lead if self.d == 64 => {
                 self.n <= if long { LONG_LEAD_MAX_SEQUENCES } else { LEAD_MAX_SEQUENCES }
+                    || self.short_joint() && self.n <= LONG_LEAD_MAX_SEQUENCES
             }
             Form::Lead => self.n <= if long { WIDE_LONG_LEAD_MAX_SEQUENCES } else { WIDE_LEAD_MAX_SEQUENCES },
         };
         self.mma && fits
     }
 
-    /// Whether a lead attends ahead in the joint form by default: for two sequences or more
-    /// (`UNIATTN_DECODE_ATTENTION_JOINT`: from another count, at any shape), where it was
-    /// measured, on heads of 64 from `PLAIN_MIN_KEYS` keys. On an H200 (2026-12-03) UniAttn's
-    /// step took 1.769 ms against the units form's 1.825 at batch 32 / 8k, 1.264 against 1.267
-    /// at batch 8 / 8k, and 0.755 against 0.731 at batch 1 / 8k, where the units form's more
-    /// blocks a pair win.
+    /// Whether a lead attends ahead in the joint form by default (`UNIATTN_DECODE_ATTENTION_JOINT`:
+    /// from another count, at any shape), where it was measured, on heads of 64: for two
+    /// sequences or more from `PLAIN_MIN_KEYS` keys, and below them from
+    /// `SHORT_JOINT_MIN_SEQUENCES`. On an H200 (2026-12-03) UniAttn's step took 1.769 ms against
+    /// the units form's 1.825 at batch 32 / 8k, 1.264 against 1.267 at batch 8 / 8k, and 0.755
+    /// against 0.731 at batch 1 / 8k, where the units form's more blocks a pair win; at batch 8 /
+    /// 2k the joint form decoded 6,912-6,918 tok/s against the units form's 6,960-6,968.
     fn joint_by_default(&self) -> bool {
         static JOINT_FROM: OnceLock<Option<i64>> = OnceLock::new();
-        count_set(&JOINT_FROM, "UNIATTN_DECODE_ATTENTION_JOINT")
-            .map_or(self.d == 64 && self.long() && self.n >= JOINT_MIN_SEQUENCES, |from| self.n >= from)
+        let measured = self.d == 64 && self.long() && self.n >= JOINT_MIN_SEQUENCES || self.short_joint();
+        count_set(&JOINT_FROM, "UNIATTN_DECODE_ATTENTION_JOINT").map_or(measured, |from| self.n >= from)
+    }
+
+    /// Whether a pair below `PLAIN_MIN_KEYS` keys, on heads of 64, is one of enough sequences
+    /// that its lead attends ahead jointly ([`SHORT_JOINT_MIN_SEQUENCES`]).
+    fn short_joint(&self) -> bool {
+        self.d == 64 && !self.long() && self.n >= SHORT_JOINT_MIN_SEQUENCES
     }
 
     /// Whether a pair has `PLAIN_MIN_KEYS` keys or more, from which the forms run further.
@@ -632,15 +645,21 @@ mod tests {
         assert!(runs_as(Form::Lead, Kind::BFloat16, qwen(32, 64), 90), "a lead at batch 32 / 8k");
         assert!(!runs_as(Form::Lead, Kind::BFloat16, qwen(33, 64), 90), "past batch 32");
         assert!(
-            !runs_as(Form::Lead, Kind::BFloat16, [32, 14, 2, 64, 2304], 90),
-            "a lead at batch 32 / 2k was slower"
+            runs_as(Form::Lead, Kind::BFloat16, [32, 14, 2, 64, 2304], 90),
+            "a lead at batch 32 / 2k attends ahead jointly"
         );
-        // The joint ahead form where it was measured: heads of 64, two sequences or more, 8k.
+        assert!(
+            !runs_as(Form::Lead, Kind::BFloat16, [16, 14, 2, 64, 2304], 90),
+            "a lead at batch 16 / 2k was not measured in the joint form"
+        );
+        // The joint ahead form where it was measured: heads of 64, two sequences or more at
+        // 8k, 32 at 2k.
         let joint = |shape| Cut::new(Kind::BFloat16, shape, 90).is_some_and(|c| c.joint_by_default());
         if std::env::var_os("UNIATTN_DECODE_ATTENTION_JOINT").is_none() {
             assert!(joint(qwen(32, 64)) && joint(qwen(2, 64)));
             assert!(!joint(qwen(1, 64)), "one sequence: the units form's blocks");
-            assert!(!joint([8, 14, 2, 64, 2304]), "not measured at 2k");
+            assert!(!joint([8, 14, 2, 64, 2304]), "batch 8 / 2k: the units form was faster");
+            assert!(joint([32, 14, 2, 64, 2304]), "batch 32 / 2k");
             assert!(!joint([8, 12, 2, 128, 8192]), "not measured on heads of 128");
         }
         assert!(!runs(Kind::Float, qwen(1, 64), 90), "f32 takes the CUDA-core form");
