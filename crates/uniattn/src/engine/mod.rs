@@ -426,12 +426,12 @@ impl Engine {
             Some(mut g) => {
                 let r = self.decode_graphed(&mut g, n, k_len);
                 self.graphs = Some(g);
-                logits.then(|| r.map(|out| self.stem.finished_copy(&out))).transpose()?
+                logits.then(|| r.map(|out| self.stem.finish_picked(&out, true))).transpose()?
             }
             None => {
                 let (ids, positions) = self.step_rows(n);
                 let picked = self.step_body(&ids, &positions, k_len);
-                Some(self.stem.finished_copy(&picked))
+                Some(self.stem.finish_picked(&picked, false))
             }
         };
         for (s, l) in lens.iter().enumerate() {

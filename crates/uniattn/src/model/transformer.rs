@@ -306,7 +306,7 @@ impl Stem {
 
     /// The logits a greedy pick is taken from: the head's output as it is, whose cast to f32
     /// changes no value (so neither the argmax), or the finished logits where soft-capping
-    /// can merge nearby values. Finish them with [`Self::finished_copy`].
+    /// can merge nearby values. Finish them with [`Self::finish_picked`].
     pub fn pick_logits(&self, h: &Tensor) -> Tensor {
         let logits = self.head_logits(h);
         if self.cfg.final_logit_softcapping.is_some() {
@@ -316,11 +316,12 @@ impl Stem {
         }
     }
 
-    /// [`Self::pick_logits`]'s output as [`Self::head`] returns it, in a tensor of its own
-    /// (a CUDA graph's output buffer is overwritten by the next replay).
-    pub fn finished_copy(&self, picked: &Tensor) -> Tensor {
+    /// [`Self::pick_logits`]'s output as [`Self::head`] returns it; with `own`, in a tensor of
+    /// its own even where nothing changes (a CUDA graph's output buffer is overwritten by the
+    /// next replay).
+    pub fn finish_picked(&self, picked: &Tensor, own: bool) -> Tensor {
         let kind = accumulate_kind(self.kind);
-        if picked.kind() == kind {
+        if own && picked.kind() == kind {
             picked.copy()
         } else {
             picked.to_kind(kind)
