@@ -106,8 +106,10 @@ const PLAIN_MIN_KEYS: i64 = 4096;
 const LEAD_MAX_SEQUENCES: i64 = 8;
 const LONG_LEAD_MAX_SEQUENCES: i64 = 32;
 
-/// Sequences from which, below `PLAIN_MIN_KEYS` keys, a lead on heads of 64 runs on the kernel
-/// too, attending ahead in the joint form (see [`Cut::joint_by_default`]).
+/// Sequences from which a lead attends ahead in the joint form by default, from and below
+/// `PLAIN_MIN_KEYS` keys; below, a lead on heads of 64 then runs on the kernel too (see
+/// [`Cut::joint_by_default`]).
+const JOINT_MIN_SEQUENCES: i64 = 2;
 const SHORT_JOINT_MIN_SEQUENCES: i64 = 32;
 
 /// The same on heads of 128, below and from `PLAIN_MIN_KEYS` keys (see [`Cut::runs_by_default`]).
@@ -212,8 +214,8 @@ impl Cut {
         let fits = match form {
             Form::Plain => self.d == 64 && self.n == 1 && long,
             Form::Lead if self.d == 64 => {
-                self.n <= if long { LONG_LEAD_MAX_SEQUENCES } else { LEAD_MAX_SEQUENCES }
-                    || self.short_joint() && self.n <= LONG_LEAD_MAX_SEQUENCES
+                self.n
+                    <= if long || self.short_joint() { LONG_LEAD_MAX_SEQUENCES } else { LEAD_MAX_SEQUENCES }
             }
             Form::Lead => self.n <= if long { WIDE_LONG_LEAD_MAX_SEQUENCES } else { WIDE_LEAD_MAX_SEQUENCES },
         };
@@ -374,10 +376,6 @@ enum AheadForm {
     Units,
     Joint,
 }
-
-/// Sequences from which a lead attends ahead in the joint form by default (see
-/// [`Cut::joint_by_default`]).
-const JOINT_MIN_SEQUENCES: i64 = 2;
 
 /// The ahead form in `form` wherever the shapes fit, or (`None`) where and as
 /// [`decode_attention_ahead`] says.
