@@ -31,6 +31,7 @@ const COMPILER: &str = include_str!("../../cuda/nvrtc.cpp");
 /// Every kernel `SOURCE` defines, each in f32, bf16 and f16 versions (`<name>_<suffix>`).
 const KERNELS: &[&str] = &[
     "gated_act",
+    "row_argmax",
     "rope_kv_write",
     "masked_softmax",
     "cross_entropy",
@@ -493,6 +494,45 @@ pub fn gated_act(gu: &Tensor, gelu_tanh: bool) -> Option<Tensor> {
     let rows = gu.numel() as i64 / width;
     let args = Args::default().ptr(gu).ptr(&out).i64(rows).i64(inter).i32(gelu_tanh as i64);
     args.launch(loaded, "gated_act", suffix, device, grid_for(rows * inter), THREADS).then_some(out)
+}
+
+/// Blocks a launch of [`row_argmax`] aims at (about two an SM of an H100/H200), and a row's
+/// blocks at most (the kernel combines them in one warp).
+const ARGMAX_BLOCKS: i64 = 264;
+const ARGMAX_MAX_PER_ROW: i64 = 32;
+
+/// Greedy picks into `out` (int64 `[rows, 1]`, rows `out.stride()[0]` apart): for each row of
+/// `logits` (`[rows, v]`, contiguous) the index of its largest value, the first of equal ones
+/// and NaN above all, as `logits.argmax(-1, true)`. A row's blocks share it: over 152k bf16
+/// values a row, 12 us at batch 32 and 6 at batch 1 on an H200, where torch's reduction (17-19
+/// blocks a row) took 16 and 10 (kernels.cu's `row_argmax`).
+pub fn row_argmax(logits: &Tensor, out: &Tensor) -> Option<()> {
+    let (device, loaded, suffix) = usable(logits)?;
+    let &[rows, v] = logits.size().as_slice() else { return None };
+    let fits = logits.is_contiguous()
+        && rows > 0
+        && v > 0
+        && out.kind() == Kind::Int64
+        && out.device() == logits.device()
+        && out.size() == [rows, 1];
+    if !fits {
+        return None;
+    }
+    let per_row = (ARGMAX_BLOCKS / rows).clamp(1, ARGMAX_MAX_PER_ROW);
+    let dev = logits.device();
+    let part_v = Tensor::empty([rows * per_row], (Kind::Float, dev));
+    let part_i = Tensor::empty([rows * per_row], (Kind::Int64, dev));
+    let tickets = Tensor::zeros([rows], (Kind::Int, dev));
+    let args = Args::default()
+        .ptr(logits)
+        .i64(v)
+        .i32(per_row)
+        .ptr(&part_v)
+        .ptr(&part_i)
+        .ptr(&tickets)
+        .ptr(out)
+        .i64(out.stride()[0]);
+    args.launch(loaded, "row_argmax", suffix, device, rows * per_row, THREADS).then_some(())
 }
 
 /// `h += e` in place, then `h`'s RMSNorm with `weight` (in `h`'s type; Gemma's `1 + w` with
@@ -1199,6 +1239,44 @@ mod tests {
         let (g, w) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
         let scale = w.abs().clamp_min(1e-30) * eps;
         ((g - &w).abs() / scale).max().double_value(&[])
+    }
+
+    /// Every row's pick against torch's argmax: rows of one value to the LM head's 152k, ties
+    /// (the first wins), rows of -inf, NaN (above all), in each type, rows read in 16-byte pieces
+    /// and one element at a time, and a strided output.
+    #[test]
+    fn row_argmax_equals_argmax() {
+        let Some(dev) = gpu() else { return };
+        for kind in KINDS {
+            for (rows, v) in [(1, 1), (1, 151_936), (3, 33), (5, 1000), (32, 151_936), (40, 4099)] {
+                let x = Tensor::randn([rows, v], (Kind::Float, dev));
+                if v > 3 {
+                    // Row 0: its largest value again, earlier and later (the first must win).
+                    let top = x.get(0).max().double_value(&[]);
+                    let _ = x.get(0).narrow(0, 1, 1).fill_(top);
+                    let _ = x.get(0).narrow(0, v - 1, 1).fill_(top);
+                }
+                if rows > 2 {
+                    let _ = x.get(1).fill_(f64::NEG_INFINITY);
+                    let _ = x.get(2).narrow(0, v / 2, 1).fill_(f64::NAN);
+                }
+                let x = x.to_kind(kind);
+                let want = x.argmax(-1, true);
+                let slots = Tensor::full([2, rows, 1], -1, (Kind::Int64, dev));
+                let out = slots.get(0);
+                row_argmax(&x, &out).unwrap_or_else(|| panic!("{kind:?} {rows}x{v}: applies"));
+                assert!(out.equal(&want), "{kind:?} {rows}x{v}: {out} against {want}");
+                assert!(slots.get(1).eq(-1).all().int64_value(&[]) == 1, "{kind:?}: wrote past its rows");
+            }
+        }
+        // Rows that do not start on 16 bytes are read an element at a time.
+        let flat = Tensor::randn([3 * 4096 + 1], (Kind::Float, dev)).to_kind(Kind::BFloat16);
+        let x = flat.narrow(0, 1, 3 * 4096).view([3, 4096]);
+        let out = Tensor::full([3, 1], -1, (Kind::Int64, dev));
+        row_argmax(&x, &out).expect("a contiguous row off 16 bytes applies");
+        assert!(out.equal(&x.argmax(-1, true)), "rows off 16 bytes: {out}");
+        let x = Tensor::randn([4, 64], (Kind::Float, dev));
+        assert!(row_argmax(&x.transpose(0, 1), &Tensor::zeros([64, 1], (Kind::Int64, dev))).is_none());
     }
 
     #[test]

@@ -451,13 +451,16 @@ impl Engine {
     /// written back over them, so that a following step can run without the host. Returns
     /// the logits the picks were taken from ([`Stem::pick_logits`]): a step that only feeds
     /// the next one casts none of them to f32 (at batch 32 the cast and an argmax over f32
-    /// took 29 us of a 1.77 ms step on an H200, 2026-12-03).
+    /// took 29 us of a 1.77 ms step on an H200, 2026-12-03). The picks come from
+    /// [`kernels::row_argmax`] where it applies (CUDA), else from torch's argmax.
     fn step_body(&mut self, ids: &Tensor, positions: &Tensor, k_len: i64) -> Tensor {
         let h = self.run(ids, 0, positions, k_len, false);
         let logits = self.stem.pick_logits(&h).squeeze_dim(1);
         let last = self.cache.max_len() as i64 - 1;
         let next_positions = (positions + 1).clamp_max(last);
-        ids.shallow_clone().copy_(&logits.argmax(-1, true));
+        if kernels::row_argmax(&logits, ids).is_none() {
+            ids.shallow_clone().copy_(&logits.argmax(-1, true));
+        }
         positions.shallow_clone().copy_(&next_positions);
         logits
     }
