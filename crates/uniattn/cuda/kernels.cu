@@ -151,9 +151,12 @@ __device__ void rope_kv_write(const T* x, i64 row_stride, const i64* pos, const 
 }
 
 // 16-byte loads and stores of a row's elements (8 bf16/f16 or 4 f32 at a time): the softmax
-// and cross-entropy kernels below run at memory speed only with wide accesses.
+// and cross-entropy kernels below run at memory speed only with wide accesses. `raw` is taken by
+// value: bound by reference to `*reinterpret_cast<const uint4*>(p)` it named memory, not a
+// loaded value, and every element was read on its own (eight 2-byte loads in the SASS of the
+// training kernels until 2026-12-03).
 template <typename T>
-__device__ __forceinline__ void unpack16(const uint4& raw, float* out) {
+__device__ __forceinline__ void unpack16(const uint4 raw, float* out) {
   const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int k = 0; k < (int)(16 / sizeof(T)); ++k) out[k] = to_float(e[k]);
@@ -337,19 +340,31 @@ __device__ __forceinline__ float capped(float x, float softcap) {
   return softcap > 0.0f ? __fmul_rn(tanhf(__fdiv_rn(x, softcap)), softcap) : x;
 }
 
-// Calls f(column, value) for every element of a row `x` of `v` elements, this thread's share,
-// in 16-byte pieces where `wide` (then `x` is 16-byte aligned and v a multiple of the piece).
-template <typename T, typename F>
-__device__ __forceinline__ void for_each_in_row(const T* x, i64 v, bool wide, F f) {
+// Calls f(column, value) for the elements of a row `x` in columns [begin, end) that fall to this
+// thread (threads blockDim.x apart), in 16-byte pieces where `wide` (then `x` is 16-byte aligned
+// and `begin` a multiple of the piece), UNROLL of a thread's pieces loaded before any is used
+// (a scan over L2-resident logits is latency-bound one piece at a time: row_argmax), in column
+// order within a thread.
+template <typename T, int UNROLL = 1, typename F>
+__device__ __forceinline__ void for_each_in_span(const T* x, i64 begin, i64 end, bool wide, F f) {
   constexpr int N = 16 / sizeof(T);
-  const i64 pieces = wide ? v / N : 0;
-  for (i64 i = threadIdx.x; i < pieces; i += blockDim.x) {
-    float e[N];
-    load16<T>(x + i * N, e);
+  const i64 first = wide ? begin / N : 0, last = wide ? end / N : 0;
+  for (i64 i = first + threadIdx.x; i < last; i += UNROLL * (i64)blockDim.x) {
+    uint4 raw[UNROLL];
 #pragma unroll
-    for (int k = 0; k < N; ++k) f(i * N + k, e[k]);
+    for (int u = 0; u < UNROLL; ++u)
+      if (i + u * (i64)blockDim.x < last) raw[u] = *reinterpret_cast<const uint4*>(x + (i + u * (i64)blockDim.x) * N);
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const i64 p = i + u * (i64)blockDim.x;
+      if (p >= last) break;
+      float e[N];
+      unpack16<T>(raw[u], e);
+#pragma unroll
+      for (int k = 0; k < N; ++k) f(p * N + k, e[k]);
+    }
   }
-  for (i64 c = pieces * N + threadIdx.x; c < v; c += blockDim.x) f(c, to_float(x[c]));
+  for (i64 c = (wide ? last * N : begin) + threadIdx.x; c < end; c += blockDim.x) f(c, to_float(x[c]));
 }
 
 template <typename T>
@@ -372,10 +387,10 @@ __device__ void cross_entropy(const T* logits, const i64* targets, float* loss, 
     return;
   }
   float mx = neg_inf();
-  for_each_in_row<T>(x, v, wide, [&](i64, float xc) { mx = fmaxf(mx, capped(xc, softcap)); });
+  for_each_in_span<T>(x, 0, v, wide, [&](i64, float xc) { mx = fmaxf(mx, capped(xc, softcap)); });
   mx = block_reduce<T>(mx, true, shared);
   float sum = 0.0f;
-  for_each_in_row<T>(x, v, wide, [&](i64, float xc) { sum += expf(capped(xc, softcap) - mx); });
+  for_each_in_span<T>(x, 0, v, wide, [&](i64, float xc) { sum += expf(capped(xc, softcap) - mx); });
   sum = block_reduce<T>(sum, false, shared);
   if (threadIdx.x == 0) {
     const float zt = capped(to_float(x[target]), softcap);
@@ -2003,9 +2018,9 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
   __shared__ float warp_v[32];
   __shared__ i64 warp_i[32];
   __shared__ bool last;
-  // A row is read in 16-byte pieces where they line up, each thread's UNROLL pieces loaded before
-  // any is compared (elements one at a time left the scan latency-bound: 15.8 us at batch 32).
-  constexpr int N = 16 / sizeof(T), UNROLL = 8;
+  // A row is read in 16-byte pieces where they line up, eight of a thread's in flight (one
+  // element a load left the scan latency-bound: 15.8 us at batch 32).
+  constexpr int N = 16 / sizeof(T);
   const i64 row = blockIdx.x / per_row;
   const T* xr = x + row * v;
   const bool wide = v % N == 0 && (reinterpret_cast<unsigned long long>(x) & 15) == 0;
@@ -2015,32 +2030,12 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
   // Index v stands for nothing yet: every real pick comes before it.
   float bv = neg_inf();
   i64 bi = v;
-  const auto take = [&](float xv, i64 c) {
+  for_each_in_span<T, 8>(xr, begin * width, end * width, wide, [&](i64 c, float xv) {
     if (pick_before(xv, c, bv, bi)) {
       bv = xv;
       bi = c;
     }
-  };
-  if (wide) {
-    const uint4* pieces = reinterpret_cast<const uint4*>(xr);
-    for (i64 i = begin + threadIdx.x; i < end; i += UNROLL * blockDim.x) {
-      uint4 raw[UNROLL];
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u)
-        if (i + u * blockDim.x < end) raw[u] = load_streaming(pieces + i + u * blockDim.x);
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-        const i64 p = i + u * blockDim.x;
-        if (p >= end) break;
-        float e[N];
-        unpack16<T>(raw[u], e);
-#pragma unroll
-        for (int k = 0; k < N; ++k) take(e[k], p * N + k);
-      }
-    }
-  } else {
-    for (i64 c = begin + threadIdx.x; c < end; c += blockDim.x) take(to_float(xr[c]), c);
-  }
+  });
   warp_pick(bv, bi);
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   if (lane == 0) {
@@ -2093,6 +2088,15 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
                                    nv, d, k_cache, v_cache, head_stride, capacity, ahead_out, ahead_p, attention, \
                                    group);                                                                 \
   }
+// The batch-1 matrix-vector kernel in 16-bit types held to 80 registers (92 by choice), six
+// blocks of 128 threads an SM instead of five, with no spills (scripts/kernel_sass.sh): its
+// grid is as many blocks as fit, striding over the rows, and the sixth block's rows in flight
+// took ~15 us from a batch-1 step (docs/benchmarks.md, 2026-12-03). In f32 the bound spills, so
+// it keeps the compiler's choice; decode_gemv_gated held to five blocks (92 registers) was no
+// faster, and every further block spills.
+#define GEMV_BOUNDS_f32
+#define GEMV_BOUNDS_bf16 __launch_bounds__(128, 6)
+#define GEMV_BOUNDS_f16 __launch_bounds__(128, 6)
 #define UA_ENTRY_POINTS(T, SUFFIX)                                                                         \
   extern "C" __global__ void gated_act_##SUFFIX(const T* gu, T* out, i64 rows, i64 inter, int gelu) {     \
     gated_act<T>(gu, out, rows, inter, gelu);                                                              \
@@ -2112,9 +2116,9 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
                                                      i64 q, i64 k, float scale, float softcap) {          \
     masked_softmax<T>(scores, mask, out, heads, q, k, scale, softcap);                                     \
   }                                                                                                        \
-  extern "C" __global__ void decode_gemv_##SUFFIX(const T* x, const T* g, float eps, int plus_one,            \
-                                                  const T* w, const T* bias, const T* add, const T* extra,  \
-                                                  T* y, i64 rows, i64 in, int split) {                      \
+  extern "C" __global__ void GEMV_BOUNDS_##SUFFIX decode_gemv_##SUFFIX(                                   \
+      const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, const T* add,             \
+      const T* extra, T* y, i64 rows, i64 in, int split) {                                                  \
     decode_gemv<T>(x, g, eps, plus_one, w, bias, add, extra, y, rows, in, split);                                  \
   }                                                                                                        \
   extern "C" __global__ void decode_gemv_pairs_##SUFFIX(const T* x, const T* w, T* y, i64 rows, i64 in) {   \
