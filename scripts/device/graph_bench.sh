@@ -8,7 +8,7 @@
 # also runs ours under each setting, in the same repeat (e.g. UNIATTN_DECODE_GEMV=0: cuBLAS for
 # every projection; UNIATTN_OVERLAP_LAUNCHES=0: plain launches; A=1,B=2 sets both);
 # OLD_U=path/to/uniattn also runs another build of ours (the commit before a kernel change) in
-# each repeat.
+# each repeat; OLD_U="a b" runs each of several.
 #   TESTBIN=target/release/deps/uniattn-HASH scripts/device/graph_bench.sh
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -53,10 +53,12 @@ for r in $(seq 1 "$REPEATS"); do
   [[ ${EAGER:-1} == 1 ]] && UNIATTN_CUDA_GRAPHS=0 $U bench --model "$W/q05" "${common[@]}" --json-out "$OUT/bench_eager_$r.json" 2>&1 | grep "^|" | tail -n +3
   [[ ${UNFUSED:-0} == 1 ]] && UNIATTN_FUSED_KERNELS=0 $U bench --model "$W/q05" --model "$W/q05-uni" "${common[@]}" --json-out "$OUT/bench_unfused_$r.json" 2>&1 | grep "^|" | tail -n +3
   $U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_graphs_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
-  if [[ -n ${OLD_U:-} ]]; then
-    echo "== the same with $OLD_U (another build, e.g. the commit before a kernel change)"
-    $OLD_U bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_old_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
-  fi
+  i=0
+  for old in ${OLD_U:-}; do  # bench_old_R.json for the first, bench_old2_R.json for the second...
+    i=$((i + 1)); tag=old; [[ $i -gt 1 ]] && tag=old$i
+    echo "== the same with $old (another build, e.g. the commit before a kernel change)"
+    $old bench "${models[@]}" "${common[@]}" --json-out "$OUT/bench_${tag}_$r.json" 2>&1 | grep -E "^\||fused" | tail -n +3
+  done
   for setting in ${COMPARE:-}; do
     echo "== the same with $setting"
     # Several variables joined by commas; the files are named by the last (A=1,B=6: bench_B6).
