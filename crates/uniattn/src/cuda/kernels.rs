@@ -17,7 +17,7 @@ pub use decode_attention::{
 
 use super::{call, call_for_tensor, shim};
 use crate::error::{Error, Result};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -522,7 +522,7 @@ pub fn row_argmax(logits: &Tensor, out: &Tensor) -> Option<()> {
     let dev = logits.device();
     let part_v = Tensor::empty([rows * per_row], (Kind::Float, dev));
     let part_i = Tensor::empty([rows * per_row], (Kind::Int64, dev));
-    let tickets = Tensor::zeros([rows], (Kind::Int, dev));
+    let tickets = tickets("row_argmax", device, rows)?;
     let args = Args::default()
         .ptr(logits)
         .i64(v)
@@ -533,6 +533,31 @@ pub fn row_argmax(logits: &Tensor, out: &Tensor) -> Option<()> {
         .ptr(out)
         .i64(out.stride()[0]);
     args.launch(loaded, "row_argmax", suffix, device, rows * per_row, THREADS).then_some(())
+}
+
+/// Counters a kernel counts its finished blocks with, one per unit of blocks, zero between
+/// launches (the last block of a unit resets its own): kept, not made every launch, so that a
+/// graph step holds no fill for them. One set per kernel, thread and device, so that engines
+/// decoding on two threads never share one; never freed, because a captured CUDA graph keeps
+/// their address. `None` past the set's size.
+fn tickets(kernel: &'static str, device: usize, units: i64) -> Option<Tensor> {
+    thread_local! {
+        static TICKETS: RefCell<HashMap<(&'static str, usize), Tensor>> = Default::default();
+    }
+    const MAX_UNITS: i64 = 4096;
+    if units > MAX_UNITS {
+        return None;
+    }
+    TICKETS.with(|t| {
+        let mut t = t.borrow_mut();
+        let tickets = t.entry((kernel, device)).or_insert_with(|| {
+            let tickets = Tensor::zeros([MAX_UNITS], (Kind::Int, Device::Cuda(device)));
+            // Kept alive past the thread: graphs captured here may replay elsewhere.
+            std::mem::forget(tickets.shallow_clone());
+            tickets
+        });
+        Some(tickets.shallow_clone())
+    })
 }
 
 /// `h += e` in place, then `h`'s RMSNorm with `weight` (in `h`'s type; Gemma's `1 + w` with

@@ -8,9 +8,8 @@
 //! spends two kernels and
 //! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB; there
 //! the kernel runs by default (see [`Cut::runs`]).
-use super::{usable, Args};
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use super::{tickets, usable, Args};
+use std::cell::Cell;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
@@ -543,7 +542,7 @@ fn launch(
         return None;
     }
     let units = cut.pairs() * cut.units;
-    let tickets = tickets(device, units)?;
+    let tickets = tickets("decode_attention", device, units)?;
     let out = Tensor::empty([n, heads, 1, d], (kind, v.device()));
     let g = cut.group();
     let partial = Tensor::empty([units * cut.splits * g * (cut.outputs * d + 2)], (Kind::Float, v.device()));
@@ -578,30 +577,6 @@ fn launch(
         .words_of(&leaves.words());
     let shape = (units * cut.splits, THREADS as u32, cut.shared_bytes());
     args.launch_with(loaded, (name, suffix), device, shape, false).then_some(out)
-}
-
-/// The ticket counters the kernel counts finished blocks with, one per unit, zero between
-/// launches (the last block's increment wraps its counter back). One set per thread and
-/// device, so that engines decoding on two threads never share one; never freed, because a
-/// captured CUDA graph keeps their address.
-fn tickets(device: usize, units: i64) -> Option<Tensor> {
-    thread_local! {
-        static TICKETS: RefCell<HashMap<usize, Tensor>> = Default::default();
-    }
-    const MAX_UNITS: i64 = 4096;
-    if units > MAX_UNITS {
-        return None;
-    }
-    TICKETS.with(|t| {
-        let mut t = t.borrow_mut();
-        let tickets = t.entry(device).or_insert_with(|| {
-            let tickets = Tensor::zeros([MAX_UNITS], (Kind::Int, Device::Cuda(device)));
-            // Kept alive past the thread: graphs captured here may replay elsewhere.
-            std::mem::forget(tickets.shallow_clone());
-            tickets
-        });
-        Some(tickets.shallow_clone())
-    })
 }
 
 #[cfg(test)]
