@@ -1336,9 +1336,9 @@ mod tests {
     fn add_rms_norm_decode_equals_composition() {
         let Some(dev) = gpu() else { return };
         for kind in KINDS {
-            // Rows a block holds in registers (to 2,048 at 256 threads) and one it loops over
-            // (Qwen2.5-7B's 3,584).
-            for (rows, dim) in [(2, 896), (32, 896), (5, 100), (3, 1536), (2, 3584)] {
+            // Rows a block holds in 16-byte pieces (two a thread: Qwen2.5-7B's 3,584), rows it
+            // holds as elements (not whole pieces: to 2,048 at 256 threads) and one it loops over.
+            for (rows, dim) in [(2, 896), (32, 896), (3, 1536), (2, 3584), (5, 100), (2, 3586)] {
                 for plus_one in [false, true] {
                     let h = (Tensor::randn([rows, 1, dim], (Kind::Float, dev)) * 2.0).to_kind(kind);
                     // The compensation as the engine holds it: columns of the V|W_c product.
