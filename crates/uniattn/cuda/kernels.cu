@@ -1813,7 +1813,15 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
     if (reuse) stage_lead_map(ms, map, map_row, key0, g, tile, map_stride);
     copy_async_commit();
   };
-  stage(0, 0);
+  // DA_JOINT is launched programmatically (src/cuda/kernels/decode_attention.rs) behind the
+  // lead's rope_kv_write, which writes its queries and its current key's and value's rows: a
+  // first sub-tile without that row goes out before the wait, its bytes in flight while the
+  // kernel before finishes (the cache's other rows, the mask and the positions were written
+  // by earlier kernels, which have finished).
+  const bool early = joint && (current_key < 0 || current_key >= tile);
+  if (early) stage(0, 0);
+  wait_for_previous_kernels();
+  if (!early) stage(0, 0);
   // The group's queries, 16-bit pairs [8][q_stride] past the stages (rows g..7 zero): read as
   // A fragments (k step s: this lane's row at 16 s + 2 quad + {0, 1} and + 8) at each
   // sub-tile, where holding them would take D / 8 registers.
@@ -2158,6 +2166,7 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
       const T* x, i64 row_stride, const i64* pos, const T* cos, const T* sin_signed, i64 rows, i64 t,     \
       int nq, int nk, int nv, int d, T* q_out, T* k_cache, T* v_cache, i64 slot_stride, i64 head_stride, \
       i64 capacity, const float* ahead_out, const float* ahead_p, T* attention, int group) {              \
+    allow_next_kernel(); /* a lead's joint attention may start staging its past keys */                    \
     rope_kv_write<T>(x, row_stride, pos, cos, sin_signed, rows, t, nq, nk, nv, d, q_out, k_cache, v_cache, \
                      slot_stride, head_stride, capacity, ahead_out, ahead_p, attention, group);            \
   }                                                                                                        \

@@ -465,11 +465,12 @@ impl Args {
     }
 }
 
-/// Whether the decode matrix-vector kernels launch as programmatic dependent launches (on
-/// Hopper and later; the shim launches plainly before; `UNIATTN_OVERLAP_LAUNCHES=0` turns it
-/// off): each may start while the kernel before it finishes and stream its first weights (which
-/// no kernel writes) before it waits for that kernel's results, so a step's chain of small
-/// kernels overlaps load latency instead of paying it once per kernel.
+/// Whether the decode matrix-vector kernels and the joint decode attention launch as
+/// programmatic dependent launches (on Hopper and later; the shim launches plainly before;
+/// `UNIATTN_OVERLAP_LAUNCHES=0` turns it off): each may start while the kernel before it
+/// finishes and stream its first weights or keys (which no kernel still running writes) before
+/// it waits for that kernel's results, so a step's chain of kernels overlaps load latency
+/// instead of paying it once per kernel.
 fn overlapped_launches() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| !std::env::var("UNIATTN_OVERLAP_LAUNCHES").is_ok_and(|v| v == "0"))
