@@ -377,6 +377,8 @@ pub fn adamw(
 struct Args {
     words: Vec<u64>,
     starts: Vec<usize>,
+    /// See [`Args::chained`].
+    chained: bool,
 }
 
 impl Args {
@@ -408,6 +410,14 @@ impl Args {
         self.word(t.map_or(0, |t| t.data_ptr() as u64))
     }
 
+    /// For the kernels that begin with `start_chained` (kernels.cu): [`Args::launch`] makes a
+    /// programmatic launch where [`overlapped_launches`] says, so that their blocks wait on the
+    /// SMs for the projection before them instead of being launched when it ends.
+    fn chained(mut self) -> Self {
+        self.chained = true;
+        self
+    }
+
     /// Launches `name` for `suffix` on `device`'s current torch stream; false if it failed
     /// (then nothing runs fused again and the caller falls back).
     fn launch(
@@ -419,22 +429,8 @@ impl Args {
         grid: i64,
         block: u32,
     ) -> bool {
-        self.launch_with(loaded, (name, suffix), device, (grid, block, 0), false)
-    }
-
-    /// [`Args::launch`] for the kernels that begin with `start_chained` (kernels.cu): a
-    /// programmatic launch where [`overlapped_launches`] says, so that their blocks wait on the
-    /// SMs for the projection before them instead of being launched when it ends.
-    fn launch_chained(
-        self,
-        loaded: &Loaded,
-        name: &'static str,
-        suffix: &'static str,
-        device: usize,
-        grid: i64,
-        block: u32,
-    ) -> bool {
-        self.launch_with(loaded, (name, suffix), device, (grid, block, 0), overlapped_launches())
+        let programmatic = self.chained && overlapped_launches();
+        self.launch_with(loaded, (name, suffix), device, (grid, block, 0), programmatic)
     }
 
     /// [`Args::launch`] with a shape of (grid, block, bytes of dynamic shared memory), and with
@@ -481,7 +477,7 @@ impl Args {
 }
 
 /// Whether the decode matrix-vector kernels, the joint decode attention and the small kernels
-/// behind projections ([`Args::launch_chained`]) launch as programmatic dependent launches (on
+/// behind projections ([`Args::chained`]) launch as programmatic dependent launches (on
 /// Hopper and later; the shim launches plainly before; `UNIATTN_OVERLAP_LAUNCHES=0` turns it
 /// off): each may start while the kernel before it finishes, and the first two stream their
 /// first weights or keys (which no kernel still running writes) before they wait for that
@@ -510,7 +506,7 @@ pub fn gated_act(gu: &Tensor, gelu_tanh: bool) -> Option<Tensor> {
     let out = Tensor::empty(shape.as_slice(), (gu.kind(), gu.device()));
     let rows = gu.numel() as i64 / width;
     let args = Args::default().ptr(gu).ptr(&out).i64(rows).i64(inter).i32(gelu_tanh as i64);
-    args.launch_chained(loaded, "gated_act", suffix, device, grid_for(rows * inter), THREADS).then_some(out)
+    args.chained().launch(loaded, "gated_act", suffix, device, grid_for(rows * inter), THREADS).then_some(out)
 }
 
 /// Blocks a launch of [`row_argmax`] aims at (about two an SM of an H100/H200), and a row's
@@ -615,7 +611,8 @@ pub fn add_rms_norm_decode(
         .i64(dim)
         .f32(eps)
         .i32(plus_one as i64);
-    args.launch_chained(loaded, "add_rms_norm_decode", suffix, device, rows.min(MAX_BLOCKS), THREADS)
+    args.chained()
+        .launch(loaded, "add_rms_norm_decode", suffix, device, rows.min(MAX_BLOCKS), THREADS)
         .then_some(x)
 }
 
@@ -987,7 +984,7 @@ pub fn rope_kv_write(
         .nullable(attention.map(|a| a.attention))
         .i32(group.unwrap_or(0));
     let grid = grid_for(n * t * (q + k + v) * dim);
-    args.launch_chained(loaded, "rope_kv_write", suffix, device, grid, THREADS).then_some(q_out)
+    args.chained().launch(loaded, "rope_kv_write", suffix, device, grid, THREADS).then_some(q_out)
 }
 
 /// `softmax(scores * scale [softcapped] + mask)` over the last axis in f32, stored in the
