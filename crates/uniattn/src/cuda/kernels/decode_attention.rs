@@ -785,4 +785,68 @@ mod tests {
             assert!(plain(&q, &k, &k, &mask, 0.125, true).is_some());
         }
     }
+
+    /// The joint form behind the kernel that writes its current keys, as the engine runs a
+    /// SuperBlock lead: `rope_kv_write`, then the joint attention, which launches while the
+    /// write may still run and stages a block's first run of keys before it waits wherever
+    /// that run holds no current key. Run back to back, both give bit for bit what the
+    /// attention gives run again once both have finished (its sums are combined in a fixed
+    /// order), with the current keys in a block's first run of keys and past it. Queries and
+    /// keys are scaled up so that a current key read before it was written would move every
+    /// output. bf16, on tensor cores.
+    #[test]
+    fn joint_form_behind_the_cache_write_reads_the_new_keys() {
+        let Some(dev) = gpu() else { return };
+        let Device::Cuda(ordinal) = dev else { unreachable!("gpu() gives a CUDA device") };
+        let sync = || tch::Cuda::synchronize(ordinal as i64);
+        let kind = Kind::BFloat16;
+        let (n, heads, kv, d) = (4i64, 14i64, 2i64, 64i64);
+        let layout = super::super::HeadLayout { q: heads, k: kv, v: kv, dim: d };
+        let shape = |h, keys| Tensor::empty([n, h, keys, d], (kind, dev));
+        if !cut_of(&shape(heads, 1), &shape(kv, 64)).is_some_and(|c| c.mma) {
+            return; // the joint form runs on tensor cores only
+        }
+        for keys in [1i64, 40, 64, 65, 129, 700, 2049, 4160, 8300] {
+            let cache = || Tensor::randn([n, kv, keys + 8, d], (Kind::Float, dev)).to_kind(kind);
+            let (k_cache, v_cache, v2, v3) = (cache(), cache(), cache(), cache());
+            let view = |c: &Tensor| c.narrow(2, 0, keys);
+            // Sequence i's current key is keys - 1 - 7 i (at least 0); the mask hides what follows.
+            let current: Vec<i64> = (0..n).map(|i| (keys - 1 - 7 * i).max(0)).collect();
+            let positions = Tensor::from_slice(&current).to_device(dev).view([n, 1]);
+            let mask = Tensor::zeros([n, 1, 1, keys], (Kind::Float, dev));
+            for (i, &c) in current.iter().enumerate() {
+                let _ = mask.get(i as i64).narrow(-1, c + 1, keys - c - 1).fill_(f64::NEG_INFINITY);
+            }
+            let mask = mask.to_kind(kind);
+            let x = (Tensor::randn([n, 1, (heads + 2 * kv) * d], (Kind::Float, dev)) * 4.0).to_kind(kind);
+            let rope = crate::model::rope::RopeAngles::new(&positions, d as usize, 10_000.0, kind);
+            let reuse = [view(&v2), view(&v3)];
+            let inputs = AheadInputs { current_key: &positions, reuse_values: &reuse };
+            let attend = |q: &Tensor| {
+                ahead(q, &view(&k_cache), &view(&v_cache), &mask, 0.125, inputs, Some(AheadForm::Joint))
+                    .expect("the joint form applies")
+            };
+            sync();
+            let q = super::super::rope_kv_write(
+                &x,
+                &positions,
+                &rope.cos,
+                &rope.sin_signed,
+                layout,
+                Some(&k_cache),
+                Some(&v_cache),
+                None,
+            )
+            .expect("the cache write applies");
+            let (behind, behind_sums) = attend(&q);
+            sync();
+            let (after, after_sums) = attend(&q);
+            let same = |a: &Tensor, b: &Tensor| a.equal(b);
+            assert!(same(&behind, &after), "keys={keys}: the lead's output read a key before it was written");
+            assert!(
+                same(&behind_sums.sums, &after_sums.sums) && same(&behind_sums.current, &after_sums.current),
+                "keys={keys}: the reuse layers' sums read a key before it was written"
+            );
+        }
+    }
 }
