@@ -377,8 +377,8 @@ pub fn adamw(
 struct Args {
     words: Vec<u64>,
     starts: Vec<usize>,
-    /// See [`Args::chained`].
-    chained: bool,
+    /// See [`Args::programmatic`].
+    programmatic: bool,
 }
 
 impl Args {
@@ -410,11 +410,12 @@ impl Args {
         self.word(t.map_or(0, |t| t.data_ptr() as u64))
     }
 
-    /// For the kernels that begin with `start_chained` (kernels.cu): [`Args::launch`] makes a
-    /// programmatic launch where [`overlapped_launches`] says, so that their blocks wait on the
-    /// SMs for the projection before them instead of being launched when it ends.
-    fn chained(mut self) -> Self {
-        self.chained = true;
+    /// A programmatic dependent launch where [`overlapped_launches`] says: the kernel may start
+    /// while the one before it finishes, so it must wait (`griddepcontrol.wait`) before it reads
+    /// anything that kernel writes (the matrix-vector kernels, the joint decode attention, and
+    /// the small kernels that begin with `start_chained` in kernels.cu).
+    fn programmatic(mut self) -> Self {
+        self.programmatic = true;
         self
     }
 
@@ -429,21 +430,19 @@ impl Args {
         grid: i64,
         block: u32,
     ) -> bool {
-        let programmatic = self.chained && overlapped_launches();
-        self.launch_with(loaded, (name, suffix), device, (grid, block, 0), programmatic)
+        self.launch_with(loaded, (name, suffix), device, (grid, block, 0))
     }
 
-    /// [`Args::launch`] with a shape of (grid, block, bytes of dynamic shared memory), and with
-    /// `programmatic` a programmatic dependent launch (see [`overlapped_launches`]).
+    /// [`Args::launch`] with a shape of (grid, block, bytes of dynamic shared memory).
     fn launch_with(
         self,
         loaded: &Loaded,
         (name, suffix): (&'static str, &'static str),
         device: usize,
         (grid, block, shared_bytes): (i64, u32, i64),
-        programmatic: bool,
     ) -> bool {
         let Ok(s) = shim() else { return false };
+        let programmatic = self.programmatic && overlapped_launches();
         let kernel = loaded.kernels[&(name, suffix)] as *mut c_void;
         let mut words = self.words;
         let base = words.as_mut_ptr();
@@ -477,7 +476,7 @@ impl Args {
 }
 
 /// Whether the decode matrix-vector kernels, the joint decode attention and the small kernels
-/// behind projections ([`Args::chained`]) launch as programmatic dependent launches (on
+/// behind projections ([`Args::programmatic`]) launch as programmatic dependent launches (on
 /// Hopper and later; the shim launches plainly before; `UNIATTN_OVERLAP_LAUNCHES=0` turns it
 /// off): each may start while the kernel before it finishes, and the first two stream their
 /// first weights or keys (which no kernel still running writes) before they wait for that
@@ -506,7 +505,9 @@ pub fn gated_act(gu: &Tensor, gelu_tanh: bool) -> Option<Tensor> {
     let out = Tensor::empty(shape.as_slice(), (gu.kind(), gu.device()));
     let rows = gu.numel() as i64 / width;
     let args = Args::default().ptr(gu).ptr(&out).i64(rows).i64(inter).i32(gelu_tanh as i64);
-    args.chained().launch(loaded, "gated_act", suffix, device, grid_for(rows * inter), THREADS).then_some(out)
+    args.programmatic()
+        .launch(loaded, "gated_act", suffix, device, grid_for(rows * inter), THREADS)
+        .then_some(out)
 }
 
 /// Blocks a launch of [`row_argmax`] aims at (about two an SM of an H100/H200), and a row's
@@ -611,7 +612,7 @@ pub fn add_rms_norm_decode(
         .i64(dim)
         .f32(eps)
         .i32(plus_one as i64);
-    args.chained()
+    args.programmatic()
         .launch(loaded, "add_rms_norm_decode", suffix, device, rows.min(MAX_BLOCKS), THREADS)
         .then_some(x)
 }
@@ -818,8 +819,7 @@ pub fn decode_gemv(
     // were 4% slower a step on the H200 (docs/benchmarks.md, 2026-12-01).
     let grid = resident_blocks(loaded, (name, suffix), device, block, shared)
         .map_or(needed, |r| needed.min(r.max(1)));
-    args.launch_with(loaded, (name, suffix), device, (grid, block, shared), overlapped_launches())
-        .then_some(y)
+    args.programmatic().launch_with(loaded, (name, suffix), device, (grid, block, shared)).then_some(y)
 }
 
 /// Whether a product of `rows` rows, each summed by one warp alone (`split` 1), runs two rows a
@@ -984,7 +984,7 @@ pub fn rope_kv_write(
         .nullable(attention.map(|a| a.attention))
         .i32(group.unwrap_or(0));
     let grid = grid_for(n * t * (q + k + v) * dim);
-    args.chained().launch(loaded, "rope_kv_write", suffix, device, grid, THREADS).then_some(q_out)
+    args.programmatic().launch(loaded, "rope_kv_write", suffix, device, grid, THREADS).then_some(q_out)
 }
 
 /// `softmax(scores * scale [softcapped] + mask)` over the last axis in f32, stored in the

@@ -8,7 +8,7 @@
 //! spends two kernels and
 //! ~9 us a layer whatever the length, though 2k positions of keys and values are ~1 MB; there
 //! the kernel runs by default (see [`Cut::runs`]).
-use super::{overlapped_launches, tickets, usable, Args};
+use super::{tickets, usable, Args};
 use std::cell::Cell;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
@@ -578,8 +578,8 @@ fn launch(
     let shape = (units * cut.splits, THREADS as u32, cut.shared_bytes());
     // The joint form starts staging its past keys while the lead's RoPE and cache write (the
     // kernel before it) finishes (kernels.cu, decode_attention_mma).
-    let programmatic = name == "decode_attention_joint" && overlapped_launches();
-    args.launch_with(loaded, (name, suffix), device, shape, programmatic).then_some(out)
+    let args = if name == "decode_attention_joint" { args.programmatic() } else { args };
+    args.launch_with(loaded, (name, suffix), device, shape).then_some(out)
 }
 
 #[cfg(test)]
