@@ -841,10 +841,9 @@ mod tests {
             let (behind, behind_sums) = attend(&q);
             sync();
             let (after, after_sums) = attend(&q);
-            let same = |a: &Tensor, b: &Tensor| a.equal(b);
-            assert!(same(&behind, &after), "keys={keys}: the lead's output read a key before it was written");
+            assert!(behind.equal(&after), "keys={keys}: the lead's output read a key before it was written");
             assert!(
-                same(&behind_sums.sums, &after_sums.sums) && same(&behind_sums.current, &after_sums.current),
+                behind_sums.sums.equal(&after_sums.sums) && behind_sums.current.equal(&after_sums.current),
                 "keys={keys}: the reuse layers' sums read a key before it was written"
             );
         }
