@@ -1477,7 +1477,9 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
   // with the first: at batch 32 / 8k (four splits) two L2 round trips where each output took
   // one after the last, which left ~7 us from a pair's last sub-tile to its outputs against
   // ~2.4 for a block that does not combine (per-block clocks, 2026-12-03). Half the registers
-  // of a full batch: a batch of all four splits spilled inside the sub-tile loop.
+  // of a full batch: a batch of all four splits spilled inside the sub-tile loop. Its own loop
+  // beside load_batch's: one loop for every form moved the plain form's register allocation,
+  // and dense batch 1 / 8k decoded 0.9% slower.
   constexpr int joint_batch = joint ? batch / OUTS / 2 : 1;
   float xj[OUTS][joint_batch][lane_dims];
   const auto load_joint = [&](int sp0) {
