@@ -1387,10 +1387,6 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
   const unsigned seq = pair / (unsigned)nk, kv = pair % (unsigned)nk;
   T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d + (i64)h * d + lane * lane_dims;
   const unsigned pairs = gridDim.x / ((unsigned)splits * units);
-  // DA_JOINT's combine reads the current key's score with the splits' sums (below), and its
-  // position (which kernels before this one wrote) now.
-  const i64 joint_key = joint ? ahead.current_key[seq] : -1;
-  float joint_score = neg_inf();
   // The output (divided by the softmax sum `l` unless a reuse layer's), and what goes with it.
   const auto write = [&](const float(&y)[lane_dims], unsigned r, float max_all, float sum_all) {
     // One block's sums are divided, as the composition divides; the combined ones scaled.
@@ -1414,7 +1410,7 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
     if (attends_ahead && r == 0) {
       const i64 key = ahead.current_key[seq];
       float* p = ahead.current + (i64)pair * g + h;
-      const float s = joint && splits > 1 ? joint_score : key >= 0 && key < keys ? load_from_l2(p) : neg_inf();
+      const float s = key >= 0 && key < keys ? load_from_l2(p) : neg_inf();
       *p = s == neg_inf() ? 0.0f : expf(s - max_all) * scale_all;
     }
   };
@@ -1473,34 +1469,7 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
       }
     }
   };
-  // DA_JOINT reads a batch of splits' sums of every output at once, the current key's score
-  // with the first: at batch 32 / 8k (four splits) two L2 round trips where each output took
-  // one after the last, which left ~7 us from a pair's last sub-tile to its outputs against
-  // ~2.4 for a block that does not combine (per-block clocks, 2026-12-03). Half the registers
-  // of a full batch: a batch of all four splits spilled inside the sub-tile loop. Its own loop
-  // beside load_batch's: one loop for every form moved the plain form's register allocation,
-  // and dense batch 1 / 8k decoded 0.9% slower.
-  constexpr int joint_batch = joint ? batch / OUTS / 2 : 1;
-  float xj[OUTS][joint_batch][lane_dims];
-  const auto load_joint = [&](int sp0) {
-#pragma unroll
-    for (int u = 0; u < OUTS; ++u) {
-#pragma unroll
-      for (int b = 0; b < joint_batch; ++b) {
-#pragma unroll
-        for (int e = 0; e < lane_dims; ++e) {
-          const float* at = all + (sp0 + b) * g * stride + u * d + lane * lane_dims + e;
-          xj[u][b][e] = u < outputs && sp0 + b < splits ? load_from_l2(at) : 0.0f;
-        }
-      }
-    }
-  };
-  if constexpr (joint) {
-    load_joint(0);
-    if (lane == 0 && joint_key >= 0 && joint_key < keys) joint_score = load_from_l2(ahead.current + (i64)pair * g + h);
-  } else {
-    load_batch(0, 0);
-  }
+  load_batch(0, 0);
   float max_all = neg_inf(), sum_all = 0.0f;
   if (reuse) {
     for (int sp = lane; sp < splits; sp += 32) weight[sp] = 1.0f;  // each block's share is in its sums
@@ -1524,35 +1493,6 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
     for (int off = 16; off > 0; off >>= 1) sum_all += __shfl_xor_sync(0xffffffffu, sum_all, off);
   }
   __syncwarp();
-  if constexpr (joint) {
-    float y[OUTS][lane_dims];
-#pragma unroll
-    for (int u = 0; u < OUTS; ++u) {
-#pragma unroll
-      for (int e = 0; e < lane_dims; ++e) y[u][e] = 0.0f;
-    }
-    // Each output's sums over the splits in their order, as for the other forms.
-#pragma unroll 1
-    for (int sp0 = 0;; sp0 += joint_batch) {
-#pragma unroll
-      for (int u = 0; u < OUTS; ++u) {
-#pragma unroll
-        for (int b = 0; b < joint_batch; ++b) {
-#pragma unroll
-          for (int e = 0; e < lane_dims; ++e) {
-            if (sp0 + b < splits) y[u][e] = fmaf(weight[sp0 + b], xj[u][b][e], y[u][e]);
-          }
-        }
-      }
-      if (sp0 + joint_batch >= splits) break;
-      load_joint(sp0 + joint_batch);
-    }
-#pragma unroll
-    for (int u = 0; u < OUTS; ++u) {
-      if (u < outputs) write(y[u], layer_of(u), max_all, sum_all);
-    }
-    return;
-  }
 #pragma unroll 1
   for (int u = 0; u < outputs; ++u) {
     if (u > 0) load_batch(0, u);
