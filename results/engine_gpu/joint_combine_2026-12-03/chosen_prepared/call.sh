@@ -2,7 +2,7 @@
 # (joint_combine_chosen.patch on main) against main. Binaries in .x20/: u80 = main (8ade3f9:
 # d272cbf's kernels), c81 = main + the patch, t81 = c81's lib tests. The patch reads a batch of
 # two splits of all four outputs a round trip only where that takes fewer trips (batch 32 /
-# 8k: 4 splits), and keeps d272cbf's per-output batches at 2-16 sequences (16-43 splits).
+# 8k: 4 splits), and keeps d272cbf's per-output batches at 2-8 sequences (15-43 splits).
 set -uo pipefail
 . scripts/device/env.sh
 bash .x20/unpack.sh > /dev/null
