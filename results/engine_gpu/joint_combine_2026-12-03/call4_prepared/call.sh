@@ -1,5 +1,5 @@
 # Prepared in session 35, not run (the device time was spent). Binaries in .x20/: u68 (8a49805),
-# u69 (870f982), u71 (14dad3f), u79 (5a84508 or main). (1) One replayed dense batch-1 / 8k step
+# u69 (870f982), u71 (14dad3f), u79 (main: 8ade3f9 or later). (1) One replayed dense batch-1 / 8k step
 # of u68 and u69 kernel by kernel: 870f982 lengthened it by 18 us and left UniAttn's alone.
 # (2) UniAttn at batch 1 / 8k lost 1.5% of its tok/s between 14dad3f and d272cbf at the same
 # replayed GPU ms: main beside u71, and main with plain launches, in each repeat.
