@@ -1170,6 +1170,11 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 //     of a reuse layer's values staged as zeros). DA_AHEAD's units each score the lead's keys
 //     again: at batch 32 / 8k they read 536 MB from L2 for 335 MB of keys and values, and its
 //     launch ran at 3.0 TB/s with L2 76% busy (ncu, 2026-12-03).
+//   DA_JOINT_ALL: DA_JOINT whose pair's last block reads two splits' sums of every output an L2
+//     round trip where DA_JOINT reads a batch of one output's splits, and the current key's score
+//     after them: fewer round trips where a pair has few splits (the caller picks, by counting
+//     them). A kernel of its own: the path's registers, had both been one kernel's, moved the
+//     sub-tile loop's allocation.
 // Threads: DA_THREADS. Sub-tiles of DA_STAGE_BYTES / (d * sizeof(T)) keys (16-64). The caller
 // checks: d * sizeof(T) in {128, 256, 512}, g <= DA_MAX_GROUP, g * d <= 1024, splits <= DA_MAX_SPLITS,
 // 16-byte aligned key and value rows, and sizes the shared memory as two stages (da_stage_bytes)
@@ -1180,6 +1185,8 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 #define DA_REUSE 2
 #define DA_AHEAD 3
 #define DA_JOINT 4
+#define DA_JOINT_ALL 5
+__host__ __device__ constexpr bool da_joint(int mode) { return mode == DA_JOINT || mode == DA_JOINT_ALL; }
 // Outputs a DA_JOINT block makes at most: a lead's and three reuse layers' (the paper's
 // SuperBlocks of four); their accumulators are a warp's registers.
 #define DA_JOINT_OUTPUTS 4
@@ -1374,7 +1381,7 @@ template <typename T, int MODE, int LANE_DIMS, int OUTS>
 __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* out, float* partial, u32* tickets,
                           int nk, int g, int splits, i64 keys, unsigned char* smem, float* stats,
                           const DaAhead& ahead) {
-  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, joint = MODE == DA_JOINT;
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, joint = da_joint(MODE);
   constexpr bool attends_ahead = MODE == DA_AHEAD || joint;
   constexpr int lane_dims = LANE_DIMS, d = 32 * LANE_DIMS;
   static_assert(joint || OUTS == 1, "one output a block but DA_JOINT's");
@@ -1387,6 +1394,11 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
   const unsigned seq = pair / (unsigned)nk, kv = pair % (unsigned)nk;
   T* o = out + (i64)seq * (nk * g) * d + (i64)kv * g * d + (i64)h * d + lane * lane_dims;
   const unsigned pairs = gridDim.x / ((unsigned)splits * units);
+  // DA_JOINT_ALL's combine reads the current key's score with the splits' sums (below), and its
+  // position (which kernels before this one wrote) now.
+  constexpr bool all_outputs = MODE == DA_JOINT_ALL;
+  const i64 joint_key = all_outputs ? ahead.current_key[seq] : -1;
+  float joint_score = neg_inf();
   // The output (divided by the softmax sum `l` unless a reuse layer's), and what goes with it.
   const auto write = [&](const float(&y)[lane_dims], unsigned r, float max_all, float sum_all) {
     // One block's sums are divided, as the composition divides; the combined ones scaled.
@@ -1410,7 +1422,7 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
     if (attends_ahead && r == 0) {
       const i64 key = ahead.current_key[seq];
       float* p = ahead.current + (i64)pair * g + h;
-      const float s = key >= 0 && key < keys ? load_from_l2(p) : neg_inf();
+      const float s = all_outputs && splits > 1 ? joint_score : key >= 0 && key < keys ? load_from_l2(p) : neg_inf();
       *p = s == neg_inf() ? 0.0f : expf(s - max_all) * scale_all;
     }
   };
@@ -1469,7 +1481,34 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
       }
     }
   };
-  load_batch(0, 0);
+  // DA_JOINT_ALL: a batch of splits' sums of every output at once, the current key's score with
+  // the first. At batch 32 / 8k (four splits) two L2 round trips where DA_JOINT takes five, which
+  // left ~7 us from a pair's last sub-tile to its outputs against ~2.4 for a block that does not
+  // combine (per-block clocks, 2026-12-03). Half the registers of a full batch: a batch of all
+  // four splits spilled inside the sub-tile loop. A loop of its own beside load_batch's: one loop
+  // for every form moved the plain form's register allocation (dense batch 1 / 8k 0.9% slower).
+  constexpr int joint_batch = all_outputs ? batch / OUTS / 2 : 1;
+  static_assert(joint_batch >= 1, "a split of every output a round trip at least");
+  float xj[OUTS][joint_batch][lane_dims];
+  const auto load_joint = [&](int sp0) {
+#pragma unroll
+    for (int u = 0; u < OUTS; ++u) {
+#pragma unroll
+      for (int b = 0; b < joint_batch; ++b) {
+#pragma unroll
+        for (int e = 0; e < lane_dims; ++e) {
+          const float* at = all + (sp0 + b) * g * stride + u * d + lane * lane_dims + e;
+          xj[u][b][e] = u < outputs && sp0 + b < splits ? load_from_l2(at) : 0.0f;
+        }
+      }
+    }
+  };
+  if constexpr (all_outputs) {
+    load_joint(0);
+    if (lane == 0 && joint_key >= 0 && joint_key < keys) joint_score = load_from_l2(ahead.current + (i64)pair * g + h);
+  } else {
+    load_batch(0, 0);
+  }
   float max_all = neg_inf(), sum_all = 0.0f;
   if (reuse) {
     for (int sp = lane; sp < splits; sp += 32) weight[sp] = 1.0f;  // each block's share is in its sums
@@ -1493,6 +1532,35 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
     for (int off = 16; off > 0; off >>= 1) sum_all += __shfl_xor_sync(0xffffffffu, sum_all, off);
   }
   __syncwarp();
+  if constexpr (all_outputs) {
+    float y[OUTS][lane_dims];
+#pragma unroll
+    for (int u = 0; u < OUTS; ++u) {
+#pragma unroll
+      for (int e = 0; e < lane_dims; ++e) y[u][e] = 0.0f;
+    }
+    // Each output's sums over the splits in their order, as for the other forms.
+#pragma unroll 1
+    for (int sp0 = 0;; sp0 += joint_batch) {
+#pragma unroll
+      for (int u = 0; u < OUTS; ++u) {
+#pragma unroll
+        for (int b = 0; b < joint_batch; ++b) {
+#pragma unroll
+          for (int e = 0; e < lane_dims; ++e) {
+            if (sp0 + b < splits) y[u][e] = fmaf(weight[sp0 + b], xj[u][b][e], y[u][e]);
+          }
+        }
+      }
+      if (sp0 + joint_batch >= splits) break;
+      load_joint(sp0 + joint_batch);
+    }
+#pragma unroll
+    for (int u = 0; u < OUTS; ++u) {
+      if (u < outputs) write(y[u], layer_of(u), max_all, sum_all);
+    }
+    return;
+  }
 #pragma unroll 1
   for (int u = 0; u < outputs; ++u) {
     if (u > 0) load_batch(0, u);
@@ -1752,7 +1820,7 @@ __device__ void decode_attention_mma(const T* q, const T* k, const T* v, const T
                                      u32* tickets, int nk, int g, i64 keys, int splits, int per_block, i64 q_seq,
                                      i64 q_head, i64 k_seq, i64 k_head, i64 v_seq, i64 v_head, i64 mask_seq,
                                      float scale, float* maps, float* stats, const DaAhead& ahead) {
-  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, joint = MODE == DA_JOINT;
+  constexpr bool lead = MODE == DA_LEAD, reuse = MODE == DA_REUSE, joint = da_joint(MODE);
   constexpr bool attends_ahead = MODE == DA_AHEAD || joint;
   // DA_JOINT stages a sub-tile's values for each of its outputs: sub-tiles of half the keys
   // (DA_STAGE_BYTES of them), so that two blocks still fit an SM.
@@ -2040,7 +2108,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const T* ma
 #undef DA_MMA
   }
 #endif
-  if constexpr (MODE == DA_JOINT) {
+  if constexpr (da_joint(MODE)) {
     __trap();  // tensor cores only: the caller never launches it elsewhere
   } else {
     switch (d * (int)sizeof(T)) {
@@ -2205,6 +2273,7 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_reuse, DA_REUSE)                                      \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_ahead, DA_AHEAD)                                      \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_joint, DA_JOINT)                                      \
+  DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_joint_all, DA_JOINT_ALL)                              \
   extern "C" __global__ void cross_entropy_##SUFFIX(const T* logits, const i64* targets, float* loss,     \
                                                     T* grad, i64 v, const float* scale, float softcap) {  \
     cross_entropy<T>(logits, targets, loss, grad, v, scale, softcap);                                      \

@@ -55,6 +55,7 @@ const KERNELS: &[&str] = &[
     "decode_attention_reuse",
     "decode_attention_ahead",
     "decode_attention_joint",
+    "decode_attention_joint_all",
 ];
 const SUFFIXES: &[(Kind, &str)] = &[(Kind::Float, "f32"), (Kind::BFloat16, "bf16"), (Kind::Half, "f16")];
 

@@ -257,6 +257,22 @@ impl Cut {
         (cut.shared_bytes() <= MMA_MAX_SHARED_BYTES).then_some(cut)
     }
 
+    /// Whether a joint cut's pairs combine their blocks' sums in kernels.cu's DA_JOINT_ALL form
+    /// (two splits of every output an L2 round trip, the current key's score with the first)
+    /// rather than DA_JOINT's (a batch of one output's splits a trip, 32 floats a lane either
+    /// way, then the score): where that takes no more trips. At batch 32 / 8k on heads of 64 (4
+    /// splits) 2 trips against 5, and UniAttn / dense rose from 1.108 to 1.115 (H200, 2026-12-03);
+    /// at batch 8 / 8k (15 splits) it would take 8 against 5.
+    fn combines_all_outputs(&self) -> bool {
+        let batch = 32 / (self.d / 32); // one output's splits a trip (kernels.cu's `batch`)
+        let all_batch = batch / JOINT_OUTPUTS / 2; // every output's (`joint_batch`)
+        let trips = |per_trip: i64| (self.splits + per_trip - 1) / per_trip;
+        all_batch > 0
+            && self.outputs > 1
+            && self.splits > 1
+            && trips(all_batch) <= self.outputs * trips(batch) + 1
+    }
+
     fn group(&self) -> i64 {
         self.heads / self.kv_heads
     }
@@ -368,12 +384,15 @@ pub fn decode_attention_ahead(
     ahead(q, k, v, mask, scale, inputs, None)
 }
 
-/// The ahead form's two kernels: a unit of blocks for each output (the lead's and each reuse
-/// layer's), or blocks that make them all ([`Cut::joint`]).
+/// The ahead form's kernels: a unit of blocks for each output (the lead's and each reuse
+/// layer's), or blocks that make them all ([`Cut::joint`]), whose pair's last block combines
+/// their sums a batch of one output's splits at a time (`Joint`) or a batch of every output's
+/// (`JointAll`, where [`Cut::combines_all_outputs`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AheadForm {
     Units,
     Joint,
+    JointAll,
 }
 
 /// The ahead form in `form` wherever the shapes fit, or (`None`) where and as
@@ -406,18 +425,18 @@ fn ahead(
     if !(1..=MAX_AHEAD).contains(&count) || !reuse_values.iter().all(alike) || !keys_fit {
         return None;
     }
-    let by_default = if cut.joint_by_default() { AheadForm::Joint } else { AheadForm::Units };
-    let joint = match form.unwrap_or(by_default) {
-        AheadForm::Joint => cut.joint(count as i64),
-        AheadForm::Units => None,
+    let joint = cut.joint(count as i64);
+    // By default the units form stands in where the joint one does not apply; asked for, the
+    // joint form runs or nothing does.
+    let by_default = || match joint {
+        Some(j) if cut.joint_by_default() && j.combines_all_outputs() => AheadForm::JointAll,
+        Some(_) if cut.joint_by_default() => AheadForm::Joint,
+        _ => AheadForm::Units,
     };
-    // Asked for, the joint form runs or nothing does; by default the units form stands in.
-    if joint.is_none() && form == Some(AheadForm::Joint) {
-        return None;
-    }
-    let (cut, name) = match joint {
-        Some(cut) => (cut, "decode_attention_joint"),
-        None => (cut.split(1 + count as i64), "decode_attention_ahead"),
+    let (cut, name) = match form.unwrap_or_else(by_default) {
+        AheadForm::Units => (cut.split(1 + count as i64), "decode_attention_ahead"),
+        AheadForm::Joint => (joint?, "decode_attention_joint"),
+        AheadForm::JointAll => (joint?, "decode_attention_joint_all"),
     };
     let float = (Kind::Float, v.device());
     let sums = AheadSums {
@@ -578,7 +597,8 @@ fn launch(
     let shape = (units * cut.splits, THREADS as u32, cut.shared_bytes());
     // The joint form starts staging its past keys while the lead's RoPE and cache write (the
     // kernel before it) finishes (kernels.cu, decode_attention_mma).
-    let args = if name == "decode_attention_joint" { args.programmatic() } else { args };
+    let joint = matches!(name, "decode_attention_joint" | "decode_attention_joint_all");
+    let args = if joint { args.programmatic() } else { args };
     args.launch_with(loaded, (name, suffix), device, shape).then_some(out)
 }
 
@@ -638,6 +658,19 @@ mod tests {
             assert!(joint([32, 14, 2, 64, 2304]), "batch 32 / 2k");
             assert!(!joint([8, 12, 2, 128, 8192]), "not measured on heads of 128");
         }
+        // Its pairs' last blocks combine every output's sums at once where that takes fewer L2
+        // round trips: few splits a pair (batch 32 / 8k: 4), not many (batch 8 / 8k: 16).
+        let all = |shape, reuse| {
+            let cut = Cut::new(Kind::BFloat16, shape, 90).and_then(|c| c.joint(reuse)).expect("joint");
+            (cut.splits, cut.combines_all_outputs())
+        };
+        assert_eq!(all(qwen(32, 64), 3), (4, true), "batch 32 / 8k: 2 round trips against 5");
+        assert_eq!(all(qwen(16, 64), 3), (8, true), "batch 16 / 8k: 4 against 5");
+        assert_eq!(all(qwen(8, 64), 3), (16, false), "batch 8 / 8k: 8 against 5");
+        assert_eq!(all(qwen(2, 64), 3), (43, false), "batch 2 / 8k: 22 against 13");
+        assert_eq!(all(qwen(16, 64), 1), (8, false), "one reuse layer at batch 16 / 8k: 4 against 3");
+        assert_eq!(all(qwen(32, 128), 3), (4, true), "heads of 128 at batch 32 / 8k: 4 against 5");
+        assert!(!all(qwen(1, 64), 3).1, "one split a pair: nothing to combine");
         assert!(!runs(Kind::Float, qwen(1, 64), 90), "f32 takes the CUDA-core form");
         assert!(!runs(Kind::BFloat16, [1, 8, 4, 256, 8192], 90), "heads of 256 take the CUDA-core form");
         assert!(!runs(Kind::BFloat16, qwen(1, 64), 75), "sm_75 has no tensor-core form");
@@ -731,23 +764,25 @@ mod tests {
                     );
                     // The lead attending for its reuse layers: its own output, and theirs from the
                     // sums over the keys before each sequence's last (the current key) plus that
-                    // key's term; in units (two reuse layers) and in the joint form (as many as
-                    // it takes, and one), which runs on tensor cores only.
+                    // key's term; in units (two reuse layers) and in both joint forms (as many
+                    // as they take, and one), which run on tensor cores only.
                     let current: Vec<i64> = (0..n).map(|i| (keys - i * 7).max(1) - 1).collect();
                     let current_key = Tensor::from_slice(&current).to_device(dev).view([n, 1]);
                     let [v2, v3, v4] = [&v2, &v3, &v4].map(Tensor::shallow_clone);
                     let mma = cut_of(&q, &k).is_some_and(|c| c.mma);
                     let forms = [
                         (AheadForm::Units, vec![v2.shallow_clone(), v3.shallow_clone()]),
-                        (AheadForm::Joint, vec![v2, v3.shallow_clone(), v4]),
-                        (AheadForm::Joint, vec![v3]),
+                        (AheadForm::Joint, vec![v2.shallow_clone(), v3.shallow_clone(), v4.shallow_clone()]),
+                        (AheadForm::JointAll, vec![v2, v3.shallow_clone(), v4]),
+                        (AheadForm::Joint, vec![v3.shallow_clone()]),
+                        (AheadForm::JointAll, vec![v3]),
                     ];
                     for (form, reuse) in forms {
                         let what = format!("{case}, {rows}, {form:?} with {} reuse layers", reuse.len());
                         let ahead_inputs = AheadInputs { current_key: &current_key, reuse_values: &reuse };
                         let Some((got, sums)) = ahead(&q, &k, &v, mask, scale, ahead_inputs, Some(form))
                         else {
-                            assert!(form == AheadForm::Joint && !mma, "{what}: the ahead form applies");
+                            assert!(form != AheadForm::Units && !mma, "{what}: the ahead form applies");
                             continue;
                         };
                         check(&got, inputs, &format!("{what}: lead attending ahead"));
@@ -766,10 +801,12 @@ mod tests {
                     }
                     let five = [&v, &v, &v, &v].map(Tensor::shallow_clone);
                     let ahead_inputs = AheadInputs { current_key: &current_key, reuse_values: &five };
-                    assert!(
-                        ahead(&q, &k, &v, mask, scale, ahead_inputs, Some(AheadForm::Joint)).is_none(),
-                        "{case}: the joint form makes {JOINT_OUTPUTS} outputs at most"
-                    );
+                    for form in [AheadForm::Joint, AheadForm::JointAll] {
+                        assert!(
+                            ahead(&q, &k, &v, mask, scale, ahead_inputs, Some(form)).is_none(),
+                            "{case}: the {form:?} form makes {JOINT_OUTPUTS} outputs at most"
+                        );
+                    }
                 }
             }
             // Past the pairs it is set to run for, cuDNN's kernels run.
@@ -786,7 +823,7 @@ mod tests {
         }
     }
 
-    /// The joint form behind the kernel that writes its current keys, as the engine runs a
+    /// Each joint form behind the kernel that writes its current keys, as the engine runs a
     /// SuperBlock lead: `rope_kv_write`, then the joint attention, which launches while the
     /// write may still run and stages a block's first run of keys before it waits wherever
     /// that run holds no current key. Run back to back, both give bit for bit what the
@@ -822,30 +859,34 @@ mod tests {
             let rope = crate::model::rope::RopeAngles::new(&positions, d as usize, 10_000.0, kind);
             let reuse = [view(&v2), view(&v3)];
             let inputs = AheadInputs { current_key: &positions, reuse_values: &reuse };
-            let attend = |q: &Tensor| {
-                ahead(q, &view(&k_cache), &view(&v_cache), &mask, 0.125, inputs, Some(AheadForm::Joint))
-                    .expect("the joint form applies")
-            };
-            sync();
-            let q = super::super::rope_kv_write(
-                &x,
-                &positions,
-                &rope.cos,
-                &rope.sin_signed,
-                layout,
-                Some(&k_cache),
-                Some(&v_cache),
-                None,
-            )
-            .expect("the cache write applies");
-            let (behind, behind_sums) = attend(&q);
-            sync();
-            let (after, after_sums) = attend(&q);
-            assert!(behind.equal(&after), "keys={keys}: the lead's output read a key before it was written");
-            assert!(
-                behind_sums.sums.equal(&after_sums.sums) && behind_sums.current.equal(&after_sums.current),
-                "keys={keys}: the reuse layers' sums read a key before it was written"
-            );
+            for form in [AheadForm::Joint, AheadForm::JointAll] {
+                let attend = |q: &Tensor| {
+                    ahead(q, &view(&k_cache), &view(&v_cache), &mask, 0.125, inputs, Some(form))
+                        .expect("the joint form applies")
+                };
+                sync();
+                let q = super::super::rope_kv_write(
+                    &x,
+                    &positions,
+                    &rope.cos,
+                    &rope.sin_signed,
+                    layout,
+                    Some(&k_cache),
+                    Some(&v_cache),
+                    None,
+                )
+                .expect("the cache write applies");
+                let (behind, behind_sums) = attend(&q);
+                sync();
+                let (after, after_sums) = attend(&q);
+                let what = format!("keys={keys}, {form:?}");
+                assert!(behind.equal(&after), "{what}: the lead's output read a key before it was written");
+                assert!(
+                    behind_sums.sums.equal(&after_sums.sums)
+                        && behind_sums.current.equal(&after_sums.current),
+                    "{what}: the reuse layers' sums read a key before it was written"
+                );
+            }
         }
     }
 }
