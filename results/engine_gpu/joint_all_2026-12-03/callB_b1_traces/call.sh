@@ -1,5 +1,5 @@
 # Prepared in session 35, not run (the device time was spent). Binaries in .x20/: u68 (8a49805),
-# u69 (870f982), u71 (14dad3f), u79 (main: 8ade3f9 or later). (1) One replayed dense batch-1 / 8k step
+# u69 (870f982), u71 (14dad3f), u80 (main: 8ade3f9 or later). (1) One replayed dense batch-1 / 8k step
 # of u68 and u69 kernel by kernel: 870f982 lengthened it by 18 us and left UniAttn's alone.
 # (2) UniAttn at batch 1 / 8k lost 1.5% of its tok/s between 14dad3f and d272cbf at the same
 # replayed GPU ms: main beside u71, and main with plain launches, in each repeat.
@@ -17,7 +17,8 @@ for b in u68 u69; do
   done
   head -12 $OUT/trace_$b.txt
 done
-OUT=$OUT/b1 U=$B/u79 OLD_U=$B/u71 COMPARE="UNIATTN_OVERLAP_LAUNCHES=0" BATCH=1 CONTEXT=8192 REPEATS=2 MODES= \
+OUT=$OUT/b1 U=$B/u80 OLD_U=$B/u71 COMPARE="UNIATTN_OVERLAP_LAUNCHES=0" BATCH=1 CONTEXT=8192 REPEATS=2 MODES= \
   EAGER=0 NEW=128 timeout 300 bash scripts/device/graph_bench.sh > $OUT/b1.log 2>&1
 python3 scripts/device/bench_summary.py $OUT/b1 graphs=main old=14dad3f > $OUT/b1_summary.md 2>&1
 cat $OUT/b1_summary.md
+tar czf $OUT/callB.tgz -C $OUT b1 $(ls $OUT | grep -E "^tr_") 2>/dev/null; rm -rf $OUT/b1

@@ -11,6 +11,7 @@ timeout 150 $B/t81 --test-threads 1 decode_attention joint_form_behind cuda_grap
   | grep -E "^test |result|panicked|assert" > $OUT/tests.log
 cat $OUT/tests.log
 OUT=$OUT/b U=$B/c81 OLD_U=$B/u80 BATCH=2,8,32 CONTEXT=8192 REPEATS=3 MODES= EAGER=0 NEW=64 \
-  timeout 420 bash scripts/device/graph_bench.sh > $OUT/bench.log 2>&1
+  timeout 430 bash scripts/device/graph_bench.sh > $OUT/bench.log 2>&1
 python3 scripts/device/bench_summary.py $OUT/b graphs=chosen old=main > $OUT/summary.md 2>&1
 cat $OUT/summary.md
+tar czf $OUT/callA.tgz -C $OUT b bench.log && rm -rf $OUT/b
