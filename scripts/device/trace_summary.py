@@ -6,7 +6,8 @@
 
 Prints kernels per step, GPU busy time per step, the span of the profiled steps, and the
 kernels that take the most time (by name, summed), as a table and optionally as JSON; with
---timeline also the last step's kernels in the order they ran (which layer spends what).
+--timeline also the last step's kernels in the order they ran (which layer spends what), with
+when each started and how much later than the ops before it each ended.
 """
 import argparse
 import collections
@@ -49,9 +50,19 @@ for t in summary["top"]:
 if a.json:
     json.dump(summary, open(a.json, "w"), indent=1)
 if a.timeline:
+    # Programmatic launches overlap a kernel with the one before, so durations alone do not sum
+    # to a step: `start` is each op's start after the step's first op's, and `+end` how much
+    # later it ends than every op before it (the step's span is their sum: where time goes
+    # between kernels, as well as in them).
     ordered = sorted(gpu, key=lambda e: e["ts"])
     per_step = len(ordered) // a.steps
-    print(f"\nthe last step's {per_step} GPU ops in order:\n{'#':>4} {'us':>8} {'grid':>14} {'block':>12}  kernel")
-    for i, e in enumerate(ordered[len(ordered) - per_step:]):
+    last = ordered[len(ordered) - per_step:]
+    t0, ended = last[0]["ts"], last[0]["ts"]
+    print(f"\nthe last step's {per_step} GPU ops in order, span {max(e['ts'] + e['dur'] for e in last) - t0:.1f} us:")
+    print(f"{'#':>4} {'start':>8} {'us':>8} {'+end':>7} {'grid':>14} {'block':>12}  kernel")
+    for i, e in enumerate(last):
         args = e.get("args", {})
-        print(f"{i:4d} {e['dur']:8.1f} {str(args.get('grid', '')):>14} {str(args.get('block', '')):>12}  {e['name'][:100]}")
+        end = e["ts"] + e["dur"]
+        print(f"{i:4d} {e['ts'] - t0:8.1f} {e['dur']:8.1f} {max(0.0, end - ended):7.1f} {str(args.get('grid', '')):>14} "
+              f"{str(args.get('block', '')):>12}  {e['name'][:100]}")
+        ended = max(ended, end)
