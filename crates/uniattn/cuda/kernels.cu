@@ -1469,45 +1469,33 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
   // before the sums (a batch-1 / 8k launch's last block is the only one left running): the
   // first batch of splits' sums of the first output, which the weights only scale, and each
   // lane's splits' max and sum (two a lane: the caller keeps splits <= DA_MAX_SPLITS).
+  // DA_JOINT_ALL reads a batch of splits' sums of every output at once, and the current key's
+  // score: at batch 32 / 8k (four splits) two L2 round trips where DA_JOINT takes five,
+  // which left ~7 us from a pair's last sub-tile to its outputs against ~2.4 for a block that
+  // does not combine (per-block clocks, 2026-12-03). Half the registers of a full batch: a batch
+  // of all four splits spilled inside the sub-tile loop.
   constexpr int batch = 32 / lane_dims;  // splits' elements a lane holds at once: 32 floats
-  float x[batch][lane_dims];
-  const auto load_batch = [&](int sp0, int u) {
+  constexpr int units_read = all_outputs ? OUTS : 1, splits_read = all_outputs ? batch / OUTS / 2 : batch;
+  static_assert(splits_read >= 1, "a split of every output a round trip at least");
+  float x[units_read][splits_read][lane_dims];
+  // Splits sp0 on of output u0 (and, DA_JOINT_ALL, of every output).
+  const auto load_batch = [&](int sp0, int u0) {
 #pragma unroll
-    for (int b = 0; b < batch; ++b) {
+    for (int uu = 0; uu < units_read; ++uu) {
 #pragma unroll
-      for (int e = 0; e < lane_dims; ++e) {
-        const float* at = all + (sp0 + b) * g * stride + u * d + lane * lane_dims + e;
-        x[b][e] = sp0 + b < splits ? load_from_l2(at) : 0.0f;
-      }
-    }
-  };
-  // DA_JOINT_ALL: a batch of splits' sums of every output at once, the current key's score with
-  // the first. At batch 32 / 8k (four splits) two L2 round trips where DA_JOINT takes five, which
-  // left ~7 us from a pair's last sub-tile to its outputs against ~2.4 for a block that does not
-  // combine (per-block clocks, 2026-12-03). Half the registers of a full batch: a batch of all
-  // four splits spilled inside the sub-tile loop. A loop of its own beside load_batch's: one loop
-  // for every form moved the plain form's register allocation (dense batch 1 / 8k 0.9% slower).
-  constexpr int joint_batch = all_outputs ? batch / OUTS / 2 : 1;
-  static_assert(joint_batch >= 1, "a split of every output a round trip at least");
-  float xj[OUTS][joint_batch][lane_dims];
-  const auto load_joint = [&](int sp0) {
-#pragma unroll
-    for (int u = 0; u < OUTS; ++u) {
-#pragma unroll
-      for (int b = 0; b < joint_batch; ++b) {
+      for (int b = 0; b < splits_read; ++b) {
 #pragma unroll
         for (int e = 0; e < lane_dims; ++e) {
+          const int u = u0 + uu;
           const float* at = all + (sp0 + b) * g * stride + u * d + lane * lane_dims + e;
-          xj[u][b][e] = u < outputs && sp0 + b < splits ? load_from_l2(at) : 0.0f;
+          x[uu][b][e] = (!all_outputs || u < outputs) && sp0 + b < splits ? load_from_l2(at) : 0.0f;
         }
       }
     }
   };
-  if constexpr (all_outputs) {
-    load_joint(0);
-    if (lane == 0 && joint_key >= 0 && joint_key < keys) joint_score = load_from_l2(ahead.current + (i64)pair * g + h);
-  } else {
-    load_batch(0, 0);
+  load_batch(0, 0);
+  if (all_outputs && lane == 0 && joint_key >= 0 && joint_key < keys) {
+    joint_score = load_from_l2(ahead.current + (i64)pair * g + h);
   }
   float max_all = neg_inf(), sum_all = 0.0f;
   if (reuse) {
@@ -1541,19 +1529,19 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
     }
     // Each output's sums over the splits in their order, as for the other forms.
 #pragma unroll 1
-    for (int sp0 = 0;; sp0 += joint_batch) {
+    for (int sp0 = 0;; sp0 += splits_read) {
 #pragma unroll
       for (int u = 0; u < OUTS; ++u) {
 #pragma unroll
-        for (int b = 0; b < joint_batch; ++b) {
+        for (int b = 0; b < splits_read; ++b) {
 #pragma unroll
           for (int e = 0; e < lane_dims; ++e) {
-            if (sp0 + b < splits) y[u][e] = fmaf(weight[sp0 + b], xj[u][b][e], y[u][e]);
+            if (sp0 + b < splits) y[u][e] = fmaf(weight[sp0 + b], x[u][b][e], y[u][e]);
           }
         }
       }
-      if (sp0 + joint_batch >= splits) break;
-      load_joint(sp0 + joint_batch);
+      if (sp0 + splits_read >= splits) break;
+      load_batch(sp0 + splits_read, 0);
     }
 #pragma unroll
     for (int u = 0; u < OUTS; ++u) {
@@ -1568,16 +1556,16 @@ __device__ void da_finish(float (&acc)[OUTS][LANE_DIMS], float m, float l, T* ou
 #pragma unroll
     for (int e = 0; e < lane_dims; ++e) y[e] = 0.0f;
 #pragma unroll 1
-    for (int sp0 = 0;; sp0 += batch) {
+    for (int sp0 = 0;; sp0 += splits_read) {
 #pragma unroll
-      for (int b = 0; b < batch; ++b) {
+      for (int b = 0; b < splits_read; ++b) {
 #pragma unroll
         for (int e = 0; e < lane_dims; ++e) {
-          if (sp0 + b < splits) y[e] = fmaf(weight[sp0 + b], x[b][e], y[e]);
+          if (sp0 + b < splits) y[e] = fmaf(weight[sp0 + b], x[0][b][e], y[e]);
         }
       }
-      if (sp0 + batch >= splits) break;
-      load_batch(sp0 + batch, u);
+      if (sp0 + splits_read >= splits) break;
+      load_batch(sp0 + splits_read, u);
     }
     write(y, layer_of(u), max_all, sum_all);
   }
