@@ -261,11 +261,11 @@ impl Cut {
     /// (two splits of every output an L2 round trip, the current key's score with the first)
     /// rather than DA_JOINT's (a batch of one output's splits a trip, 32 floats a lane either
     /// way, then the score): where that takes no more trips. At batch 32 / 8k on heads of 64 (4
-    /// splits) 2 trips against 5, and UniAttn / dense rose from 1.108 to 1.115 (H200, 2026-12-03);
-    /// at batch 8 / 8k (15 splits) it would take 8 against 5.
+    /// splits) 2 trips against 5, and UniAttn / dense rose from 1.107-1.109 to 1.113-1.117 (H200,
+    /// 2026-12-03, two calls); at batch 8 / 8k (16 splits) it would take 8 against 5.
     fn combines_all_outputs(&self) -> bool {
         let batch = 32 / (self.d / 32); // one output's splits a trip (kernels.cu's `batch`)
-        let all_batch = batch / JOINT_OUTPUTS / 2; // every output's (`joint_batch`)
+        let all_batch = batch / JOINT_OUTPUTS / 2; // every output's (DA_JOINT_ALL's `splits_read`)
         let trips = |per_trip: i64| (self.splits + per_trip - 1) / per_trip;
         all_batch > 0
             && self.outputs > 1
