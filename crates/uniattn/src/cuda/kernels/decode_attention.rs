@@ -428,10 +428,10 @@ fn ahead(
     let joint = cut.joint(count as i64);
     // By default the units form stands in where the joint one does not apply; asked for, the
     // joint form runs or nothing does.
-    let by_default = || match joint {
-        Some(j) if cut.joint_by_default() && j.combines_all_outputs() => AheadForm::JointAll,
-        Some(_) if cut.joint_by_default() => AheadForm::Joint,
-        _ => AheadForm::Units,
+    let by_default = || match joint.filter(|_| cut.joint_by_default()) {
+        Some(j) if j.combines_all_outputs() => AheadForm::JointAll,
+        Some(_) => AheadForm::Joint,
+        None => AheadForm::Units,
     };
     let (cut, name) = match form.unwrap_or_else(by_default) {
         AheadForm::Units => (cut.split(1 + count as i64), "decode_attention_ahead"),
