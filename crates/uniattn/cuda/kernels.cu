@@ -936,8 +936,10 @@ __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one
 // T(h + e) in place, then x = T(h * rstd * w) with w in T (Gemma's 1 + w rounded to T, as
 // RmsNorm::forward hands it to libtorch): what the add and libtorch's fused RMSNorm compute, in
 // one kernel instead of two. Rows of e are e_stride apart (a column slice of the V|W_c product).
-// One block per row, grid-stride over rows.
-template <typename T>
+// Without ADD the norm alone (h read, not written; e unused): a decode step's other norms,
+// launched behind the projection before them as this one is. One block per row, grid-stride
+// over rows.
+template <typename T, bool ADD>
 __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, T* x, i64 rows, i64 dim,
                                     float eps, int plus_one) {
   // A row of up to ADD_NORM_HELD elements a thread (8 x 256: every hidden size to 2,048) is read
@@ -958,8 +960,9 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
   // plain RMSNorm took 2.4, H200 trace, 2026-12-03).
   constexpr int per = 16 / (int)sizeof(T);
   const auto on16 = [](const void* p) { return (reinterpret_cast<unsigned long long>(p) & 15) == 0; };
-  const bool wide = dim % per == 0 && e_stride % per == 0 && dim / per <= (i64)blockDim.x * ADD_NORM_PIECES &&
-                    on16(h) && on16(e) && on16(w) && on16(x);
+  const bool wide = dim % per == 0 && (!ADD || e_stride % per == 0) &&
+                    dim / per <= (i64)blockDim.x * ADD_NORM_PIECES && on16(h) && (!ADD || on16(e)) && on16(w) &&
+                    on16(x);
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
     T* hr = h + r * dim;
     const T* er = e + r * e_stride;
@@ -973,7 +976,7 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
         const i64 c = (threadIdx.x + (i64)k * blockDim.x) * per;
         if (c < dim) {
           hv[k] = *reinterpret_cast<const uint4*>(hr + c);
-          ev[k] = *reinterpret_cast<const uint4*>(er + c);
+          if constexpr (ADD) ev[k] = *reinterpret_cast<const uint4*>(er + c);
           wv[k] = *reinterpret_cast<const uint4*>(w + c);
         }
       }
@@ -983,13 +986,13 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
         if (c < dim) {
           float hf[per], ef[per];
           unpack16<T>(hv[k], hf);
-          unpack16<T>(ev[k], ef);
+          if constexpr (ADD) unpack16<T>(ev[k], ef);
 #pragma unroll
           for (int j = 0; j < per; ++j) {
-            mid[k][j] = added(hf[j], ef[j]);
+            mid[k][j] = ADD ? added(hf[j], ef[j]) : hf[j];
             ss += mid[k][j] * mid[k][j];
           }
-          store16<T>(hr + c, mid[k]);
+          if constexpr (ADD) store16<T>(hr + c, mid[k]);
         }
       }
       ss = block_reduce<T>(ss, false, shared);
@@ -1014,7 +1017,7 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
         const i64 c = threadIdx.x + (i64)k * blockDim.x;
         if (c < dim) {
           mid[k] = to_float(hr[c]);
-          ev[k] = to_float(er[c]);
+          if constexpr (ADD) ev[k] = to_float(er[c]);
           weight[k] = to_float(w[c]);
         }
       }
@@ -1022,8 +1025,10 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
       for (int k = 0; k < ADD_NORM_HELD; ++k) {
         const i64 c = threadIdx.x + (i64)k * blockDim.x;
         if (c < dim) {
-          mid[k] = added(mid[k], ev[k]);
-          hr[c] = from_float<T>(mid[k]);
+          if constexpr (ADD) {
+            mid[k] = added(mid[k], ev[k]);
+            hr[c] = from_float<T>(mid[k]);
+          }
           ss += mid[k] * mid[k];
         }
       }
@@ -1037,8 +1042,8 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
       continue;
     }
     for (i64 c = threadIdx.x; c < dim; c += blockDim.x) {
-      const float m = added(to_float(hr[c]), to_float(er[c]));
-      hr[c] = from_float<T>(m);
+      const float m = ADD ? added(to_float(hr[c]), to_float(er[c])) : to_float(hr[c]);
+      if constexpr (ADD) hr[c] = from_float<T>(m);
       ss += m * m;
     }
     ss = block_reduce<T>(ss, false, shared);
@@ -2304,7 +2309,12 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
   extern "C" __global__ void add_rms_norm_decode_##SUFFIX(T* h, const T* e, i64 e_stride, const T* w, T* x,  \
                                                           i64 rows, i64 dim, float eps, int plus_one) {    \
     start_chained();                                                                                       \
-    add_rms_norm_decode<T>(h, e, e_stride, w, x, rows, dim, eps, plus_one);                                  \
+    add_rms_norm_decode<T, true>(h, e, e_stride, w, x, rows, dim, eps, plus_one);                            \
+  }                                                                                                        \
+  extern "C" __global__ void rms_norm_decode_##SUFFIX(T* h, const T* w, T* x, i64 rows, i64 dim, float eps,  \
+                                                      int plus_one) {                                      \
+    start_chained();                                                                                       \
+    add_rms_norm_decode<T, false>(h, nullptr, 0, w, x, rows, dim, eps, plus_one);                            \
   }                                                                                                        \
   extern "C" __global__ void adamw_##SUFFIX(float* p, const float* g, float* m, float* v, T* copy, i64 n,   \
                                             double lr, double beta1, double beta2, double weight_decay,    \

@@ -44,6 +44,7 @@ const KERNELS: &[&str] = &[
     "add_rms_norm_backward8",
     "add_rms_norm_backward16",
     "add_rms_norm_decode",
+    "rms_norm_decode",
     "adamw",
     "decode_gemv",
     "decode_gemv_gated",
@@ -586,36 +587,41 @@ pub fn add_rms_norm_decode(
     eps: f64,
     plus_one: bool,
 ) -> Option<Tensor> {
+    norm_decode(h, Some(e), weight, eps, plus_one)
+}
+
+/// `h`'s RMSNorm as [`add_rms_norm_decode`] computes it, without the add: a decode step's
+/// other norms, one kernel launched behind the projection before it (libtorch's fused RMSNorm
+/// is launched when that projection ends).
+pub fn rms_norm_decode(h: &Tensor, weight: &Tensor, eps: f64, plus_one: bool) -> Option<Tensor> {
+    norm_decode(h, None, weight, eps, plus_one)
+}
+
+fn norm_decode(h: &Tensor, e: Option<&Tensor>, weight: &Tensor, eps: f64, plus_one: bool) -> Option<Tensor> {
     let (device, loaded, suffix) = usable(h)?;
     let dim = *h.size().last()?;
     let rows = h.numel() as i64 / dim.max(1);
-    let e = e.reshape([-1, dim]);
+    let e = e.map(|e| e.reshape([-1, dim]));
+    let e_fits = e.as_ref().is_none_or(|e| {
+        e.kind() == h.kind() && e.device() == h.device() && e.size()[0] == rows && e.stride()[1] == 1
+    });
     let fits = h.is_contiguous()
-        && e.kind() == h.kind()
+        && e_fits
         && weight.kind() == h.kind()
-        && e.device() == h.device()
         && weight.device() == h.device()
-        && e.size()[0] == rows
-        && e.stride()[1] == 1
         && weight.size() == [dim]
         && weight.is_contiguous();
     if !fits || rows == 0 {
         return None;
     }
     let x = Tensor::empty(h.size().as_slice(), (h.kind(), h.device()));
-    let args = Args::default()
-        .ptr(h)
-        .ptr(&e)
-        .i64(e.stride()[0])
-        .ptr(weight)
-        .ptr(&x)
-        .i64(rows)
-        .i64(dim)
-        .f32(eps)
-        .i32(plus_one as i64);
-    args.programmatic()
-        .launch(loaded, "add_rms_norm_decode", suffix, device, rows.min(MAX_BLOCKS), THREADS)
-        .then_some(x)
+    let args = Args::default().ptr(h);
+    let (args, name) = match &e {
+        Some(e) => (args.ptr(e).i64(e.stride()[0]), "add_rms_norm_decode"),
+        None => (args, "rms_norm_decode"),
+    };
+    let args = args.ptr(weight).ptr(&x).i64(rows).i64(dim).f32(eps).i32(plus_one as i64);
+    args.programmatic().launch(loaded, name, suffix, device, rows.min(MAX_BLOCKS), THREADS).then_some(x)
 }
 
 /// What [`decode_gemv`] does with the product `x W^T (+ bias)`.
@@ -1369,13 +1375,19 @@ mod tests {
                     let case = format!("{kind:?} rows={rows} dim={dim} plus_one={plus_one}");
                     assert_eq!(ulps(&got_h, &want_h), 0.0, "{case}: h + e differs");
                     // The same f32 arithmetic up to the order of the sum of squares.
-                    let d = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double))
-                        .abs()
-                        .max()
-                        .double_value(&[])
-                        / want.abs().max().double_value(&[]);
+                    let differs = |got: &Tensor, want: &Tensor| {
+                        (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs().max().double_value(&[])
+                            / want.abs().max().double_value(&[])
+                    };
                     let tol = if kind == Kind::Float { 1e-6 } else { 2.0 * ulps_of(kind) };
+                    let d = differs(&got, &want);
                     assert!(d <= tol, "{case}: normed differs by {d} (of the largest)");
+                    // The norm alone, which leaves `h` as it was.
+                    let before = h.copy();
+                    let got = rms_norm_decode(&h, &weight, 1e-6, plus_one).expect("the norm kernel applies");
+                    assert!(h.equal(&before), "{case}: the norm alone wrote h");
+                    let d = differs(&got, &norm.forward(&h));
+                    assert!(d <= tol, "{case}: the norm alone differs by {d} (of the largest)");
                 }
             }
         }

@@ -100,6 +100,12 @@ impl RmsNorm {
         crate::cuda::kernels::add_rms_norm_decode(h, e, &self.weight, self.eps, self.plus_one)
     }
 
+    /// This norm of `h` by the decode step's norm kernel (the same values as
+    /// [`Self::add_into_then_norm`]'s), where it applies.
+    pub fn decode_norm(&self, h: &Tensor) -> Option<Tensor> {
+        crate::cuda::kernels::rms_norm_decode(h, &self.weight, self.eps, self.plus_one)
+    }
+
     /// This norm as the decode matrix-vector kernel applies it.
     pub fn for_gemv(&self) -> GemvNorm<'_> {
         GemvNorm { weight: &self.weight, eps: self.eps, plus_one: self.plus_one }
@@ -156,9 +162,16 @@ impl<'a> NormedInput<'a> {
         self
     }
 
-    /// `norm(h)`.
+    /// `norm(h)`: in a decode step (one row a sequence, `[n, 1, hidden]`) by the norm kernel
+    /// launched behind the projection before it, else as [`RmsNorm::forward`] computes it.
     pub fn normed(&self) -> &Tensor {
-        self.normed.get_or_init(|| self.norm.forward(&self.h))
+        self.normed.get_or_init(|| {
+            let decode = self.h.dim() == 3 && self.h.size()[1] == 1 && !self.h.requires_grad();
+            decode
+                .then(|| self.norm.decode_norm(&self.h))
+                .flatten()
+                .unwrap_or_else(|| self.norm.forward(&self.h))
+        })
     }
 
     /// The product of `norm(h)` with `weight` through [`kernels::decode_gemv`], `out` saying
