@@ -106,6 +106,13 @@ impl RmsNorm {
         crate::cuda::kernels::rms_norm_decode(h, &self.weight, self.eps, self.plus_one)
     }
 
+    /// `norm(h)`: in a decode step (one row a sequence, `[n, 1, hidden]`, no gradient) by the
+    /// norm kernel, launched behind the kernel before it, else as [`Self::forward`] computes it.
+    pub fn forward_decode(&self, h: &Tensor) -> Tensor {
+        let decode = h.dim() == 3 && h.size()[1] == 1 && !h.requires_grad();
+        decode.then(|| self.decode_norm(h)).flatten().unwrap_or_else(|| self.forward(h))
+    }
+
     /// This norm as the decode matrix-vector kernel applies it.
     pub fn for_gemv(&self) -> GemvNorm<'_> {
         GemvNorm { weight: &self.weight, eps: self.eps, plus_one: self.plus_one }
@@ -162,16 +169,9 @@ impl<'a> NormedInput<'a> {
         self
     }
 
-    /// `norm(h)`: in a decode step (one row a sequence, `[n, 1, hidden]`) by the norm kernel
-    /// launched behind the projection before it, else as [`RmsNorm::forward`] computes it.
+    /// `norm(h)`, as [`RmsNorm::forward_decode`] computes it.
     pub fn normed(&self) -> &Tensor {
-        self.normed.get_or_init(|| {
-            let decode = self.h.dim() == 3 && self.h.size()[1] == 1 && !self.h.requires_grad();
-            decode
-                .then(|| self.norm.decode_norm(&self.h))
-                .flatten()
-                .unwrap_or_else(|| self.norm.forward(&self.h))
-        })
+        self.normed.get_or_init(|| self.norm.forward_decode(&self.h))
     }
 
     /// The product of `norm(h)` with `weight` through [`kernels::decode_gemv`], `out` saying

@@ -284,7 +284,7 @@ impl Stem {
         // The norm runs on its own here: inside the matrix-vector kernel every block of the
         // head's vocabulary-wide output would stage it again (the head took 124 us a step that
         // way on an H200, docs/benchmarks.md).
-        let h = self.norm.forward(h);
+        let h = self.norm.forward_decode(h);
         crate::cuda::training::autocast_linear(&h, w, None)
             .or_else(|| crate::cuda::kernels::decode_gemv(&h, None, w, None, GemvOut::New))
             .unwrap_or_else(|| h.linear::<Tensor>(w, None))
