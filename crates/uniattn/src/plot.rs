@@ -423,6 +423,17 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, b: &BarChart) ->
         (0..n).map(|c| b.series.iter().filter_map(|s| s.values[c]).fold(0.0f64, |a, v| a.max(v))).collect();
     let height = |c: usize, v: f64| if b.per_category_scale && tallest[c] > 0.0 { v / tallest[c] } else { v };
     let top = if b.per_category_scale { 1.0 } else { tallest.iter().fold(0.0f64, |a, &v| a.max(v)) };
+    // Bars below zero (changes in percent, say) hang from the zero line: the axis reaches
+    // down to the lowest one.
+    let lowest = b.series.iter().flat_map(|s| s.values.iter().flatten()).fold(0.0f64, |a, &v| a.min(v));
+    let y_low = if b.per_category_scale { 0.0 } else { lowest * 1.15 };
+    let y_high = if top > 0.0 {
+        top * 1.15
+    } else if lowest < 0.0 {
+        -0.05 * lowest
+    } else {
+        1.0
+    };
     let (width, _) = root.dim_in_pixel();
     let (plot, legend) = root.split_horizontally(width.saturating_sub(bar_layout(b).1));
     let y_label = if b.per_category_scale {
@@ -434,7 +445,7 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, b: &BarChart) ->
         .margin(14)
         .x_label_area_size(44)
         .y_label_area_size(76)
-        .build_cartesian_2d(0f64..n.max(1) as f64, 0f64..(if top > 0.0 { top * 1.15 } else { 1.0 }))
+        .build_cartesian_2d(0f64..n.max(1) as f64, y_low..y_high)
         .map_err(msg)?;
     house_style(&mut chart.configure_mesh())
         .disable_x_mesh()
@@ -443,7 +454,10 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, b: &BarChart) ->
         .draw()
         .map_err(msg)?;
     let width = 0.8 / k as f64;
-    let value_style = TextStyle::from((FAMILY, 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+    let value_style = |v: f64| {
+        let beyond = if v < 0.0 { VPos::Top } else { VPos::Bottom };
+        TextStyle::from((FAMILY, 11).into_font()).pos(Pos::new(HPos::Center, beyond))
+    };
     for (j, s) in b.series.iter().enumerate() {
         let color = PALETTE[j % PALETTE.len()];
         for (c, v) in s.values.iter().enumerate() {
@@ -453,9 +467,7 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, b: &BarChart) ->
             chart
                 .draw_series([Rectangle::new([(x, 0.0), (x + width * 0.92, h)], color.filled())])
                 .map_err(msg)?;
-            chart
-                .draw_series([Text::new(short(v), (x + width * 0.46, h), value_style.clone())])
-                .map_err(msg)?;
+            chart.draw_series([Text::new(short(v), (x + width * 0.46, h), value_style(v))]).map_err(msg)?;
         }
     }
     let entries: Vec<(&str, RGBColor)> =
@@ -463,7 +475,7 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, b: &BarChart) ->
     draw_legend(&legend, &entries, true)?;
     let label_style = TextStyle::from((FAMILY, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
     for (c, name) in b.categories.iter().enumerate() {
-        let (px, py) = chart.backend_coord(&(c as f64 + 0.5, 0.0));
+        let (px, py) = chart.backend_coord(&(c as f64 + 0.5, y_low));
         let (ox, oy) = plot.get_base_pixel();
         plot.draw(&Text::new(name.clone(), (px - ox, py - oy + 8), label_style.clone())).map_err(msg)?;
     }
@@ -605,6 +617,21 @@ mod tests {
                     per_category_scale: true,
                 }),
                 vec!["speed", "b32 8k", "compiled", "15712", "608"],
+            ),
+            (
+                "bars_below_zero",
+                Chart::Bars(BarChart {
+                    title: "change".into(),
+                    y_label: "%".into(),
+                    categories: vec!["combine".into(), "8 splits".into()],
+                    series: vec![BarSeries {
+                        name: "against main".into(),
+                        values: vec![Some(0.08), Some(-3.3)],
+                    }],
+                    per_category_scale: false,
+                }),
+                // A bar below zero takes the axis down with it: its ticks include negative ones.
+                vec!["change", "8 splits", "-3.3", "-3"],
             ),
             (
                 "heatmap",
