@@ -1,4 +1,4 @@
-# Prepared for the next session (not run yet): where the joint launch's ~15 us above stream.cu
+# Prepared in the thirty-seventh session, run in the thirty-eighth (call K): where the joint launch's ~15 us above stream.cu
 # go, by Nsight Compute's sections for stream.cu's cp.async kernel (the joint form's load
 # pattern, 338 MB) and for three of UniAttn's decode_attention_joint_all launches at batch 32 /
 # 8k (a3ef9c2 = u87). Sections, not metric names, so that one renamed metric cannot end the
