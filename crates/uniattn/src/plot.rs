@@ -425,8 +425,12 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, b: &BarChart) ->
     let top = if b.per_category_scale { 1.0 } else { tallest.iter().fold(0.0f64, |a, &v| a.max(v)) };
     // Bars below zero (changes in percent, say) hang from the zero line: the axis reaches
     // down to the lowest one.
-    let lowest = b.series.iter().flat_map(|s| s.values.iter().flatten()).fold(0.0f64, |a, &v| a.min(v));
-    let y_low = if b.per_category_scale { 0.0 } else { lowest * 1.15 };
+    let lowest = b
+        .series
+        .iter()
+        .flat_map(|s| s.values.iter().enumerate().filter_map(|(c, v)| v.map(|v| height(c, v))))
+        .fold(0.0f64, f64::min);
+    let y_low = lowest * 1.15;
     let y_high = if top > 0.0 {
         top * 1.15
     } else if lowest < 0.0 {
