@@ -100,17 +100,15 @@ impl RmsNorm {
         crate::cuda::kernels::add_rms_norm_decode(h, e, &self.weight, self.eps, self.plus_one)
     }
 
-    /// This norm of `h` by the decode step's norm kernel (the same values as
-    /// [`Self::add_into_then_norm`]'s), where it applies.
-    pub fn decode_norm(&self, h: &Tensor) -> Option<Tensor> {
-        crate::cuda::kernels::rms_norm_decode(h, &self.weight, self.eps, self.plus_one)
-    }
-
     /// `norm(h)`: in a decode step (one row a sequence, `[n, 1, hidden]`, no gradient) by the
-    /// norm kernel, launched behind the kernel before it, else as [`Self::forward`] computes it.
+    /// decode norm kernel (the values of [`Self::add_into_then_norm`]'s), launched behind the
+    /// kernel before it, where it applies; else as [`Self::forward`] computes it.
     pub fn forward_decode(&self, h: &Tensor) -> Tensor {
         let decode = h.dim() == 3 && h.size()[1] == 1 && !h.requires_grad();
-        decode.then(|| self.decode_norm(h)).flatten().unwrap_or_else(|| self.forward(h))
+        decode
+            .then(|| crate::cuda::kernels::rms_norm_decode(h, &self.weight, self.eps, self.plus_one))
+            .flatten()
+            .unwrap_or_else(|| self.forward(h))
     }
 
     /// This norm as the decode matrix-vector kernel applies it.
