@@ -78,7 +78,7 @@ __device__ void gated_act(const T* gu, T* out, i64 rows, i64 inter, int gelu) {
 
 // ---------------------------------------------------------------------------------------------
 // The decode attention kernel's threads a block (below), and the query heads a kv head it and
-// the reuse-layer tails of decode_gemv_rope and rope_kv_write take: a warp a query head.
+// reuse_attention_decode take: a warp a query head.
 #define DA_THREADS 256
 #define DA_MAX_GROUP (DA_THREADS / 32)
 
@@ -89,16 +89,11 @@ __device__ void gated_act(const T* gu, T* out, i64 rows, i64 inter, int gelu) {
 // `sin_signed` given per row, [rows, d]); queries go to `q_out` ([n, nq, t, d]), keys and values
 // to the caches at their row's position: element (b, head, pos, j) of a cache lives at
 // b * slot_stride + head * head_stride + pos * d + j. Rows whose position lies outside
-// 0..capacity write nothing (the engine never sends one; the guard keeps memory safe). With
-// `attention` (one token a sequence: a reuse layer whose lead attended for it, DA_AHEAD), also
-// that layer's attention as decode_gemv_rope's tail computes it, for each sequence's `group`
-// query heads of a value head: `ahead_out` [rows][nv * group][d] + `ahead_p` [rows][nv * group]
-// times the value.
+// 0..capacity write nothing (the engine never sends one; the guard keeps memory safe).
 template <typename T>
 __device__ void rope_kv_write(const T* x, i64 row_stride, const i64* pos, const T* cos, const T* sin_signed,
                               i64 rows, i64 t, int nq, int nk, int nv, int d, T* q_out, T* k_cache,
-                              T* v_cache, i64 slot_stride, i64 head_stride, i64 capacity, const float* ahead_out,
-                              const float* ahead_p, T* attention, int group) {
+                              T* v_cache, i64 slot_stride, i64 head_stride, i64 capacity) {
   const int heads = nq + nk + nv;
   const int half = d / 2;
   const i64 n = rows * heads * d;
@@ -119,25 +114,6 @@ __device__ void rope_kv_write(const T* x, i64 row_stride, const i64* pos, const 
     if (h < nq) {
       q_out[((seq * nq + h) * t + tok) * d + j] = out;
       continue;
-    }
-    if (attention != nullptr && h >= nq + nk) {
-      // All of the group's loads go out before the first store: in a loop of load, store, the
-      // compiler cannot move a load above a store that may alias it, so each query head waited
-      // on its own round trip (4-5 us a reuse layer at batch 32 / 8k against 2.6 for a lead's
-      // whole RoPE and cache write; H200 trace, 2026-12-03). group <= DA_MAX_GROUP (the caller).
-      const i64 first = r * nv * group + (i64)(h - nq - nk) * group;  // the value head's first query head
-      float share[DA_MAX_GROUP], partial[DA_MAX_GROUP];
-#pragma unroll
-      for (int u = 0; u < DA_MAX_GROUP; ++u) {
-        if (u < group) {
-          share[u] = ahead_p[first + u];
-          partial[u] = ahead_out[(first + u) * d + j];
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < DA_MAX_GROUP; ++u) {
-        if (u < group) attention[(first + u) * d + j] = from_float<T>(fmaf(share[u], to_float(out), partial[u]));
-      }
     }
     const i64 p = pos[r];
     if (p < 0 || p >= capacity) continue;
@@ -600,14 +576,12 @@ __device__ void adamw(float* p, const float* g, float* m, float* v, T* copy, i64
 //
 // Around the product, what would otherwise be kernels of their own (the entry points below):
 //   - decode_gemv, `add` non-null: y = T(acc + add[o]) (the residual stream, cuBLAS's beta = 1;
-//     `add` may be `y`), then, with `extra`, y = T(y + extra[o]) (a reuse layer's
-//     compensation X W_c);
+//     `add` may be `y`);
 //   - decode_gemv_gated: W is the fused gate|up weight [2 rows, in]; output o is rows o and
 //     rows + o, and writes T(T(act(T(gate))) * T(up)), what the projection and `gated_act` store;
 //   - decode_gemv_rope: W is a fused projection whose rows are nq query, nk key and nv value
-//     heads of d rows, then a tail (a reuse layer's W_c); an output is a head's rows j and
-//     j + d/2, query and key heads rotated and keys and values written into the cache, what the
-//     projection and `rope_kv_write` store; tail rows go out in pairs as they are.
+//     heads of d rows; an output is a head's rows j and j + d/2, query and key heads rotated
+//     and keys and values written into the cache, what the projection and `rope_kv_write` store.
 // Launched as programmatic dependent launches (src/cuda/kernels.rs), each lets the next kernel
 // start at once and streams its first weights before it waits for the previous kernel.
 // x, W are 16-byte aligned and `in` a multiple of 16 bytes' elements (the caller checks).
@@ -633,7 +607,7 @@ __device__ __forceinline__ void wait_for_previous_kernels() {
 #endif
 }
 // The start of a small kernel that reads nothing before the kernel before it has finished
-// (rope_kv_write, gated_act and add_rms_norm_decode, each launched programmatically behind a
+// (rope_kv_write, gated_act and rms_norm_decode, each launched programmatically behind a
 // cuBLAS projection): its blocks are resident and waiting when that kernel ends, instead of
 // being launched then, and the next projection may do the same behind it (batch 32 / 8k:
 // ~4.7% more tokens a second, dense and UniAttn, H200, 2026-12-03). Not row_argmax: with it
@@ -803,16 +777,15 @@ __device__ void gemv_outputs(const T* x, const T* g, float eps, int plus_one, co
   }
 }
 
-// (x W^T + bias), then the adds.
+// (x W^T + bias), then the add.
 template <typename T>
 __device__ void decode_gemv(const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias,
-                            const T* add, const T* extra, T* y, i64 rows, i64 in, int split) {
+                            const T* add, T* y, i64 rows, i64 in, int split) {
   allow_next_kernel();
   const auto rows_of = [](i64 o, i64 (&row)[1]) { row[0] = o; };
   const auto finish = [&](i64 o, const float (&acc)[1]) {
     float v = acc[0];
     if (add != nullptr) v += to_float(add[o]);
-    if (extra != nullptr) v = __fadd_rn(round_to<T>(v), to_float(extra[o]));
     y[o] = from_float<T>(v);
   };
   gemv_outputs<T, 1>(x, g, eps, plus_one, w, bias, in, rows, split, rows_of, finish);
@@ -853,40 +826,27 @@ __device__ void decode_gemv_gated(const T* x, const T* g, float eps, int plus_on
 }
 
 // Pairs of outputs: rows j and j + d/2 of a head (query and key heads rotated as
-// `rope_kv_write` does, with `cos`/`sin_signed` the position's [d] angles), or two consecutive
-// tail rows. All of y ([outs]) is written; keys and values also go to the caches' row pos[0]
-// (`k_cache`/`v_cache`: [heads, capacity, d] at `head_stride`, null where the layout has none).
-// With ATTENTION (a reuse layer whose lead attended for it, DA_AHEAD; its own entry point, held
-// to 128 registers as the plain one's 118 fit four blocks an SM): the layer's attention
-// output, its lead's sums over the keys before this one (`ahead_out`, f32 [nv * group][d]) plus
-// this key's probability (`ahead_p`, [nv * group]) times the value just projected, for the
-// `group` query heads of each value head ([nv * group][d]).
-template <typename T, bool ATTENTION>
+// `rope_kv_write` does, with `cos`/`sin_signed` the position's [d] angles). All of y ([outs]) is
+// written; keys and values also go to the caches' row pos[0] (`k_cache`/`v_cache`: [heads,
+// capacity, d] at `head_stride`, null where the layout has none).
+template <typename T>
 __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias,
                                  T* y, i64 outs, i64 in, int split, const i64* pos, const T* cos,
                                  const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache, T* v_cache,
-                                 i64 head_stride, i64 capacity, const float* ahead_out, const float* ahead_p,
-                                 T* attention, int group) {
+                                 i64 head_stride, i64 capacity) {
   allow_next_kernel();
   const int half = d / 2;
-  const i64 head_pairs = (i64)(nq + nk + nv) * half;
   const auto rows_of = [&](i64 o, i64 (&row)[2]) {
-    if (o < head_pairs) {
-      row[0] = (o / half) * d + o % half;
-      row[1] = row[0] + half;
-    } else {
-      row[0] = (i64)(nq + nk + nv) * d + 2 * (o - head_pairs);
-      row[1] = row[0] + 1;
-    }
+    row[0] = (o / half) * d + o % half;
+    row[1] = row[0] + half;
   };
   const auto finish = [&](i64 o, const float (&acc)[2]) {
     i64 row[2];
     rows_of(o, row);
     const float va = round_to<T>(acc[0]), vb = round_to<T>(acc[1]);
-    const bool in_head = o < head_pairs;
-    const int head = in_head ? (int)(o / half) : 0, j = in_head ? (int)(o % half) : 0;
+    const int head = (int)(o / half), j = (int)(o % half);
     float oa = va, ob = vb;
-    if (in_head && head < nq + nk) {
+    if (head < nq + nk) {
       oa = __fadd_rn(round_to<T>(__fmul_rn(va, to_float(cos[j]))),
                      round_to<T>(__fmul_rn(vb, to_float(sin_signed[j]))));
       ob = __fadd_rn(round_to<T>(__fmul_rn(vb, to_float(cos[j + half]))),
@@ -894,32 +854,7 @@ __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one
     }
     y[row[0]] = from_float<T>(oa);
     y[row[1]] = from_float<T>(ob);
-    if (!in_head || head < nq) return;
-    if (ATTENTION && head >= nq + nk) {
-      // Half the group's loads issued before the first store (which might alias them for the
-      // compiler): two round trips, where all at once took 141 registers (4 blocks an SM: 128).
-      constexpr int batch = DA_MAX_GROUP / 2;
-      const i64 first = (i64)(head - nq - nk) * group;  // the value head's first query head
-#pragma unroll 1
-      for (int h0 = 0; h0 < group; h0 += batch) {
-        float sum_a[batch], sum_b[batch], prob[batch];
-#pragma unroll
-        for (int u = 0; u < batch; ++u) {
-          if (h0 + u < group) {
-            prob[u] = ahead_p[first + h0 + u];
-            sum_a[u] = ahead_out[(first + h0 + u) * d + j];
-            sum_b[u] = ahead_out[(first + h0 + u) * d + j + half];
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < batch; ++u) {
-          if (h0 + u < group) {
-            attention[(first + h0 + u) * d + j] = from_float<T>(fmaf(prob[u], oa, sum_a[u]));
-            attention[(first + h0 + u) * d + j + half] = from_float<T>(fmaf(prob[u], ob, sum_b[u]));
-          }
-        }
-      }
-    }
+    if (head < nq) return;
     const i64 p = pos[0];
     if (p < 0 || p >= capacity) return;
     T* cache =
@@ -931,74 +866,248 @@ __device__ void decode_gemv_rope(const T* x, const T* g, float eps, int plus_one
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode's add of a reuse layer's compensation e = X W_c to the residual stream h (its output
-// GEMM has already added the attention's product) and the RMSNorm in front of the MLP: h =
-// T(h + e) in place, then x = T(h * rstd * w) with w in T (Gemma's 1 + w rounded to T, as
-// RmsNorm::forward hands it to libtorch): what the add and libtorch's fused RMSNorm compute, in
-// one kernel instead of two. Rows of e are e_stride apart (a column slice of the V|W_c product).
-// Without ADD the norm alone (h read, not written; e unused): a decode step's other norms,
-// launched behind the projection before them as this one is. One block per row, grid-stride
+// A decode step's reuse layer (one token a sequence) whose lead attended for it (DA_JOINT,
+// DA_AHEAD), up to its output projection, in one kernel: x = norm(h) (the values
+// rms_norm_decode gives), v = x W_v^T + bias (written to the value cache at the row's
+// position), and the layer's attention, its lead's sums over the keys before this one
+// (`sums`, f32 [rows][nv * group][d]) plus this key's probability (`current`, [rows][nv *
+// group]) times v, for the `group` query heads of each value head. `out` ([rows][nv * group *
+// d + hidden]) gets the attention, then x: the input of the output projection fused with W_c
+// (src/engine/layers.rs), so that no V|W_c GEMM, norm kernel or compensation add runs: those
+// and rope_kv_write's tail took ~9 us a reuse layer at batch 32 / 8k for 1.8 MB; UniAttn's step
+// went 1.708 -> 1.671 ms (H200, 2026-12-04; docs/benchmarks.md).
+// A block: REUSE_ROWS rows and REUSE_OUTS value outputs (one head's, d % REUSE_OUTS == 0),
+// REUSE_WARP_OUTS a warp (16 a block, two a warp: 32 blocks at batch 32, 6.3 us a launch for
+// their sums, not their bytes, and 0.010 ms a step slower); blockIdx.x = row group * output groups + output group. Shared
+// memory: the rows' x in T, [REUSE_ROWS][hidden], the norm's weights [hidden], then the values,
+// f32 [REUSE_ROWS][REUSE_OUTS]. The caller checks: hidden and the attention's width whole
+// 16-byte pieces, 16-byte aligned h, g, w and out rows, group <= DA_MAX_GROUP.
+#define REUSE_ROWS 8
+#define REUSE_OUTS 8
+#define REUSE_WARP_OUTS (REUSE_OUTS / 8)  // a warp's outputs
+#define REUSE_HELD 4   // 16-byte pieces of a weight row a lane holds at once
+#define REUSE_LOADS 4  // 16-byte loads a thread issues at once as it stages h
+template <typename T>
+__device__ void reuse_attention_decode(const T* h, const T* g, float eps, int plus_one, const T* w, const T* bias,
+                                       i64 rows, int hidden, int nv, int d, int group, const i64* pos, T* v_cache,
+                                       i64 slot_stride, i64 head_stride, i64 capacity, const float* sums,
+                                       const float* current, T* out) {
+  constexpr int V = 16 / sizeof(T);
+  extern __shared__ __align__(16) uint4 reuse_shared[];
+  T* xs = reinterpret_cast<T*>(reuse_shared);
+  float* values = reinterpret_cast<float*>(xs + (REUSE_ROWS + 1) * hidden);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int pieces = hidden / V, out_groups = nv * d / REUSE_OUTS;
+  const int heads = nv * group, width = heads * d;
+  const i64 out_stride = (i64)width + hidden;
+  const int o0 = (int)(blockIdx.x % out_groups) * REUSE_OUTS;
+  const i64 r0 = (i64)(blockIdx.x / out_groups) * REUSE_ROWS;
+  const int block_rows = (int)min((i64)REUSE_ROWS, rows - r0);
+  // This warp's two weight rows, a REUSE_HELD pieces a lane at a time; the first go out before
+  // the wait (weights are written by no kernel), overlapping the kernel before this one.
+  uint4 wv[REUSE_WARP_OUTS][REUSE_HELD];
+  const auto load_weights = [&](int chunk) {
+#pragma unroll
+    for (int u = 0; u < REUSE_WARP_OUTS; ++u) {
+#pragma unroll
+      for (int k = 0; k < REUSE_HELD; ++k) {
+        const int p = (chunk * REUSE_HELD + k) * 32 + lane;
+        if (p < pieces) {
+          wv[u][k] = load_streaming(w + (i64)(o0 + REUSE_WARP_OUTS * warp + u) * hidden + (i64)p * V);
+        }
+      }
+    }
+  };
+  load_weights(0);
+  allow_next_kernel();
+  wait_for_previous_kernels();
+  // The tail's inputs (written by the lead's attention), loaded now, used last.
+  constexpr int TAIL = REUSE_ROWS * REUSE_OUTS * DA_MAX_GROUP / 256;
+  float tail_sum[TAIL], tail_p[TAIL];
+  const auto tail_at = [&](int i, int& r, int& oo, int& qh) {
+    const int e = threadIdx.x + i * 256;  // (row, query head of the value head, output)
+    oo = e % REUSE_OUTS;
+    const int u = (e / REUSE_OUTS) % group;
+    r = e / (REUSE_OUTS * group);
+    qh = ((o0 + oo) / d) * group + u;
+  };
+#pragma unroll
+  for (int i = 0; i < TAIL; ++i) {
+    int r, oo, qh;
+    tail_at(i, r, oo, qh);
+    if (r < block_rows) {
+      tail_p[i] = current[(r0 + r) * heads + qh];
+      tail_sum[i] = sums[((r0 + r) * heads + qh) * d + (o0 + oo) % d];
+    }
+  }
+  // The block's rows of h and the norm's weights into shared memory, REUSE_LOADS 16-byte loads
+  // a thread issued at once: a round trip or two, where a warp's loop over its row's pieces
+  // waited one a piece, twice (7.5 us a launch at batch 32, H200 trace, 2026-12-04).
+  T* gs = xs + REUSE_ROWS * hidden;
+  const int h_pieces = block_rows * pieces, staged = h_pieces + pieces;
+  const uint4* h4 = reinterpret_cast<const uint4*>(h + r0 * hidden);
+  const uint4* g4 = reinterpret_cast<const uint4*>(g);
+  uint4* xs4 = reinterpret_cast<uint4*>(xs);
+  for (int e0 = threadIdx.x; e0 < staged; e0 += REUSE_LOADS * 256) {
+    uint4 piece[REUSE_LOADS];
+#pragma unroll
+    for (int u = 0; u < REUSE_LOADS; ++u) {
+      const int e = e0 + u * 256;
+      if (e < staged) piece[u] = e < h_pieces ? h4[e] : g4[e - h_pieces];
+    }
+#pragma unroll
+    for (int u = 0; u < REUSE_LOADS; ++u) {
+      const int e = e0 + u * 256;
+      if (e < staged) xs4[e < h_pieces ? e : REUSE_ROWS * pieces + e - h_pieces] = piece[u];
+    }
+  }
+  __syncthreads();
+  // x: warp r normalizes row r in place (rows past the batch stay as they are: their sums are
+  // not used); the block of output group 0 also writes it into `out`.
+  if (warp < block_rows) {
+    T* xr = xs + warp * hidden;
+    float ss = 0.0f;
+    for (int p = lane; p < pieces; p += 32) {
+      float hf[V];
+      unpack16<T>(*reinterpret_cast<const uint4*>(xr + p * V), hf);
+#pragma unroll
+      for (int j = 0; j < V; ++j) ss += hf[j] * hf[j];
+    }
+    for (int s = 16; s > 0; s >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, s);
+    const float rs = rsqrtf(ss / (float)hidden + eps);
+    T* xo = out + (r0 + warp) * out_stride + width;
+    for (int p = lane; p < pieces; p += 32) {
+      float hf[V], gf[V], o[V];
+      unpack16<T>(*reinterpret_cast<const uint4*>(xr + p * V), hf);
+      unpack16<T>(*reinterpret_cast<const uint4*>(gs + p * V), gf);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        // rms_norm_decode's formula (its `normed`).
+        const float wc = plus_one ? round_to<T>(__fadd_rn(gf[j], 1.0f)) : gf[j];
+        o[j] = round_to<T>(__fmul_rn(__fmul_rn(hf[j], rs), wc));
+      }
+      store16<T>(xr + p * V, o);
+      if (o0 == 0) store16<T>(xo + p * V, o);
+    }
+  }
+  __syncthreads();
+  // v: this warp's two outputs for every row of the block, summed across the lanes in order.
+  float acc[REUSE_WARP_OUTS][REUSE_ROWS];
+#pragma unroll
+  for (int u = 0; u < REUSE_WARP_OUTS; ++u) {
+#pragma unroll
+    for (int r = 0; r < REUSE_ROWS; ++r) acc[u][r] = 0.0f;
+  }
+  for (int chunk = 0; chunk * REUSE_HELD * 32 < pieces; ++chunk) {
+    if (chunk > 0) load_weights(chunk);
+#pragma unroll
+    for (int k = 0; k < REUSE_HELD; ++k) {
+      const int p = (chunk * REUSE_HELD + k) * 32 + lane;
+      if (p >= pieces) break;
+      float wf[REUSE_WARP_OUTS][V];
+#pragma unroll
+      for (int u = 0; u < REUSE_WARP_OUTS; ++u) unpack16<T>(wv[u][k], wf[u]);
+#pragma unroll
+      for (int r = 0; r < REUSE_ROWS; ++r) {
+        float xf[V];
+        unpack16<T>(*reinterpret_cast<const uint4*>(xs + r * hidden + p * V), xf);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+#pragma unroll
+          for (int u = 0; u < REUSE_WARP_OUTS; ++u) acc[u][r] = fmaf(wf[u][j], xf[j], acc[u][r]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < REUSE_WARP_OUTS; ++u) {
+#pragma unroll
+    for (int r = 0; r < REUSE_ROWS; ++r) {
+      for (int s = 16; s > 0; s >>= 1) acc[u][r] += __shfl_xor_sync(0xffffffffu, acc[u][r], s);
+    }
+  }
+  // Lane (u, r) finishes the warp's output u of row r: bias, rounding, the cache write.
+  if (lane < REUSE_WARP_OUTS * REUSE_ROWS) {
+    const int u = lane / REUSE_ROWS, r = lane % REUSE_ROWS, o = o0 + REUSE_WARP_OUTS * warp + u;
+    float a = 0.0f;
+#pragma unroll
+    for (int uu = 0; uu < REUSE_WARP_OUTS; ++uu) {
+#pragma unroll
+      for (int rr = 0; rr < REUSE_ROWS; ++rr) {
+        if (uu == u && rr == r) a = acc[uu][rr];
+      }
+    }
+    if (bias != nullptr) a = __fadd_rn(a, to_float(bias[o]));
+    const T v = from_float<T>(a);
+    values[r * REUSE_OUTS + REUSE_WARP_OUTS * warp + u] = to_float(v);
+    const i64 p = r < block_rows ? pos[r0 + r] : -1;
+    if (p >= 0 && p < capacity) v_cache[(r0 + r) * slot_stride + (o / d) * head_stride + p * d + o % d] = v;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < TAIL; ++i) {
+    int r, oo, qh;
+    tail_at(i, r, oo, qh);
+    if (r < block_rows) {
+      const float v = values[r * REUSE_OUTS + oo];
+      out[(r0 + r) * out_stride + (i64)qh * d + (o0 + oo) % d] = from_float<T>(fmaf(tail_p[i], v, tail_sum[i]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A decode step's RMSNorm: x = T(h * rstd * w) with w in T (Gemma's 1 + w rounded to T, as
+// RmsNorm::forward hands it to libtorch), what libtorch's fused RMSNorm computes (the sum in
+// another order), launched behind the projection before it. One block per row, grid-stride
 // over rows.
-template <typename T, bool ADD>
-__device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, T* x, i64 rows, i64 dim,
-                                    float eps, int plus_one) {
-  // A row of up to ADD_NORM_HELD elements a thread (8 x 256: every hidden size to 2,048) is read
+template <typename T>
+__device__ void rms_norm_decode(const T* h, const T* w, T* x, i64 rows, i64 dim, float eps, int plus_one) {
+  // A row of up to NORM_HELD elements a thread (8 x 256: every hidden size to 2,048) is read
   // once, all of its loads issued before the first is used, and kept in registers for the
-  // second pass, where the loop form (longer rows) reads the stream back after writing it and
-  // the weights only after the reduction: at batch 32 the loop's 32 blocks took 4.4 us,
-  // libtorch's plain RMSNorm 2.5 (H200 trace, 2026-12-02). The same values in the same order.
-  constexpr int ADD_NORM_HELD = 8, ADD_NORM_PIECES = 2;
+  // second pass, where the loop form (longer rows) reads the stream back and the weights only
+  // after the reduction: at batch 32 the loop's 32 blocks took 4.4 us, libtorch's plain RMSNorm
+  // 2.5 (H200 trace, 2026-12-02). The same values in the same order.
+  constexpr int NORM_HELD = 8, NORM_PIECES = 2;
   __shared__ float shared[32];
-  // The two element formulas every form shares: the stream's add, and the normed output.
-  const auto added = [](float hv, float ev) { return round_to<T>(__fadd_rn(hv, ev)); };
   const auto normed = [&](float m, float rs, float wv) {
     const float wc = plus_one ? round_to<T>(__fadd_rn(wv, 1.0f)) : wv;
     return from_float<T>(__fmul_rn(__fmul_rn(m, rs), wc));
   };
-  // Rows of whole 16-byte pieces, all four arrays on 16 bytes, a thread's pieces held: one
+  // Rows of whole 16-byte pieces, all three arrays on 16 bytes, a thread's pieces held: one
   // load a piece (the element form issued 2-byte loads: 3.1 us at batch 32 where libtorch's
   // plain RMSNorm took 2.4, H200 trace, 2026-12-03).
   constexpr int per = 16 / (int)sizeof(T);
   const auto on16 = [](const void* p) { return (reinterpret_cast<unsigned long long>(p) & 15) == 0; };
-  const bool wide = dim % per == 0 && (!ADD || e_stride % per == 0) &&
-                    dim / per <= (i64)blockDim.x * ADD_NORM_PIECES && on16(h) && (!ADD || on16(e)) && on16(w) &&
-                    on16(x);
+  const bool wide =
+      dim % per == 0 && dim / per <= (i64)blockDim.x * NORM_PIECES && on16(h) && on16(w) && on16(x);
   for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-    T* hr = h + r * dim;
-    const T* er = e + r * e_stride;
+    const T* hr = h + r * dim;
     T* xr = x + r * dim;
     float ss = 0.0f;
     if (wide) {
-      uint4 hv[ADD_NORM_PIECES], ev[ADD_NORM_PIECES], wv[ADD_NORM_PIECES];
-      float mid[ADD_NORM_PIECES][per];
+      uint4 hv[NORM_PIECES], wv[NORM_PIECES];
+      float mid[NORM_PIECES][per];
 #pragma unroll
-      for (int k = 0; k < ADD_NORM_PIECES; ++k) {
+      for (int k = 0; k < NORM_PIECES; ++k) {
         const i64 c = (threadIdx.x + (i64)k * blockDim.x) * per;
         if (c < dim) {
           hv[k] = *reinterpret_cast<const uint4*>(hr + c);
-          if constexpr (ADD) ev[k] = *reinterpret_cast<const uint4*>(er + c);
           wv[k] = *reinterpret_cast<const uint4*>(w + c);
         }
       }
 #pragma unroll
-      for (int k = 0; k < ADD_NORM_PIECES; ++k) {
+      for (int k = 0; k < NORM_PIECES; ++k) {
         const i64 c = (threadIdx.x + (i64)k * blockDim.x) * per;
         if (c < dim) {
-          float hf[per], ef[per];
-          unpack16<T>(hv[k], hf);
-          if constexpr (ADD) unpack16<T>(ev[k], ef);
+          unpack16<T>(hv[k], mid[k]);
 #pragma unroll
-          for (int j = 0; j < per; ++j) {
-            mid[k][j] = ADD ? added(hf[j], ef[j]) : hf[j];
-            ss += mid[k][j] * mid[k][j];
-          }
-          if constexpr (ADD) store16<T>(hr + c, mid[k]);
+          for (int j = 0; j < per; ++j) ss += mid[k][j] * mid[k][j];
         }
       }
       ss = block_reduce<T>(ss, false, shared);
       const float rs = rsqrtf(ss / (float)dim + eps);
 #pragma unroll
-      for (int k = 0; k < ADD_NORM_PIECES; ++k) {
+      for (int k = 0; k < NORM_PIECES; ++k) {
         const i64 c = (threadIdx.x + (i64)k * blockDim.x) * per;
         if (c < dim) {
           float wf[per], o[per];
@@ -1010,40 +1119,32 @@ __device__ void add_rms_norm_decode(T* h, const T* e, i64 e_stride, const T* w, 
       }
       continue;
     }
-    if (dim <= (i64)blockDim.x * ADD_NORM_HELD) {
-      float mid[ADD_NORM_HELD], ev[ADD_NORM_HELD], weight[ADD_NORM_HELD];
+    if (dim <= (i64)blockDim.x * NORM_HELD) {
+      float mid[NORM_HELD], weight[NORM_HELD];
 #pragma unroll
-      for (int k = 0; k < ADD_NORM_HELD; ++k) {
+      for (int k = 0; k < NORM_HELD; ++k) {
         const i64 c = threadIdx.x + (i64)k * blockDim.x;
         if (c < dim) {
           mid[k] = to_float(hr[c]);
-          if constexpr (ADD) ev[k] = to_float(er[c]);
           weight[k] = to_float(w[c]);
         }
       }
 #pragma unroll
-      for (int k = 0; k < ADD_NORM_HELD; ++k) {
+      for (int k = 0; k < NORM_HELD; ++k) {
         const i64 c = threadIdx.x + (i64)k * blockDim.x;
-        if (c < dim) {
-          if constexpr (ADD) {
-            mid[k] = added(mid[k], ev[k]);
-            hr[c] = from_float<T>(mid[k]);
-          }
-          ss += mid[k] * mid[k];
-        }
+        if (c < dim) ss += mid[k] * mid[k];
       }
       ss = block_reduce<T>(ss, false, shared);
       const float rs = rsqrtf(ss / (float)dim + eps);
 #pragma unroll
-      for (int k = 0; k < ADD_NORM_HELD; ++k) {
+      for (int k = 0; k < NORM_HELD; ++k) {
         const i64 c = threadIdx.x + (i64)k * blockDim.x;
         if (c < dim) xr[c] = normed(mid[k], rs, weight[k]);
       }
       continue;
     }
     for (i64 c = threadIdx.x; c < dim; c += blockDim.x) {
-      const float m = ADD ? added(to_float(hr[c]), to_float(er[c])) : to_float(hr[c]);
-      if constexpr (ADD) hr[c] = from_float<T>(m);
+      const float m = to_float(hr[c]);
       ss += m * m;
     }
     ss = block_reduce<T>(ss, false, shared);
@@ -1168,7 +1269,7 @@ __device__ void add_rms_norm_backward(const float* mid, const float* rstd, const
 //     without the current key, whose value that layer has not yet projected), f32 into
 //     `ahead.outputs` ([count][pairs][g][d], already divided by the softmax sum), and the
 //     current key's probability into `ahead.current` ([pairs][g]). The reuse layer adds
-//     p * v of its new value as it projects it (decode_gemv_rope's tail).
+//     p * v of its new value as it projects it (reuse_attention_decode).
 //   DA_JOINT: the same outputs as DA_AHEAD from one block a run of keys (tensor cores only):
 //     it scores each sub-tile once and multiplies the probabilities by the lead's values and
 //     each reuse layer's (up to DA_JOINT_OUTPUTS in all, staged together; the current key's row
@@ -2206,16 +2307,6 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
     decode_attention<T, MODE>(q, k, v, mask, out, partial, tickets, nk, g, d, keys, splits, per_block, q_seq, \
                               q_head, k_seq, k_head, v_seq, v_head, mask_seq, scale, maps, stats, ahead);  \
   }
-#define DECODE_GEMV_ROPE_ENTRY(T, SUFFIX, NAME, ATTENTION)                                                 \
-  extern "C" __global__ void __launch_bounds__(128, 4) NAME##_##SUFFIX(                                  \
-      const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, T* y, i64 outs, i64 in,   \
-      int split, const i64* pos, const T* cos, const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache, \
-      T* v_cache, i64 head_stride, i64 capacity, const float* ahead_out, const float* ahead_p, T* attention,  \
-      int group) {                                                                                         \
-    decode_gemv_rope<T, ATTENTION>(x, g, eps, plus_one, w, bias, y, outs, in, split, pos, cos, sin_signed, nq, nk, \
-                                   nv, d, k_cache, v_cache, head_stride, capacity, ahead_out, ahead_p, attention, \
-                                   group);                                                                 \
-  }
 // The batch-1 matrix-vector kernel in 16-bit types held to 80 registers (92 by choice), six
 // blocks of 128 threads an SM instead of five, with no spills (scripts/kernel_sass.sh): its
 // grid is as many blocks as fit, striding over the rows, and the sixth block's rows in flight
@@ -2237,19 +2328,19 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
   extern "C" __global__ void rope_kv_write_##SUFFIX(                                                       \
       const T* x, i64 row_stride, const i64* pos, const T* cos, const T* sin_signed, i64 rows, i64 t,     \
       int nq, int nk, int nv, int d, T* q_out, T* k_cache, T* v_cache, i64 slot_stride, i64 head_stride, \
-      i64 capacity, const float* ahead_out, const float* ahead_p, T* attention, int group) {              \
+      i64 capacity) {                                                                                      \
     start_chained(); /* and a lead's joint attention may start staging its past keys */                    \
     rope_kv_write<T>(x, row_stride, pos, cos, sin_signed, rows, t, nq, nk, nv, d, q_out, k_cache, v_cache, \
-                     slot_stride, head_stride, capacity, ahead_out, ahead_p, attention, group);            \
+                     slot_stride, head_stride, capacity);                                                  \
   }                                                                                                        \
   extern "C" __global__ void masked_softmax_##SUFFIX(const T* scores, const T* mask, T* out, i64 heads,   \
                                                      i64 q, i64 k, float scale, float softcap) {          \
     masked_softmax<T>(scores, mask, out, heads, q, k, scale, softcap);                                     \
   }                                                                                                        \
   extern "C" __global__ void GEMV_BOUNDS_##SUFFIX decode_gemv_##SUFFIX(                                   \
-      const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, const T* add,             \
-      const T* extra, T* y, i64 rows, i64 in, int split) {                                                  \
-    decode_gemv<T>(x, g, eps, plus_one, w, bias, add, extra, y, rows, in, split);                                  \
+      const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, const T* add, T* y,       \
+      i64 rows, i64 in, int split) {                                                                        \
+    decode_gemv<T>(x, g, eps, plus_one, w, bias, add, y, rows, in, split);                                  \
   }                                                                                                        \
   extern "C" __global__ void decode_gemv_pairs_##SUFFIX(const T* x, const T* w, T* y, i64 rows, i64 in) {   \
     decode_gemv_pairs<T>(x, w, y, rows, in);                                                                \
@@ -2259,8 +2350,20 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
                                                         int split, int gelu) {                              \
     decode_gemv_gated<T>(x, g, eps, plus_one, w, bias, y, rows, in, split, gelu);                                  \
   }                                                                                                        \
-  DECODE_GEMV_ROPE_ENTRY(T, SUFFIX, decode_gemv_rope, false)                                                \
-  DECODE_GEMV_ROPE_ENTRY(T, SUFFIX, decode_gemv_rope_attention, true)                                      \
+  extern "C" __global__ void __launch_bounds__(128, 4) decode_gemv_rope_##SUFFIX(                         \
+      const T* x, const T* g, float eps, int plus_one, const T* w, const T* bias, T* y, i64 outs, i64 in,   \
+      int split, const i64* pos, const T* cos, const T* sin_signed, int nq, int nk, int nv, int d, T* k_cache, \
+      T* v_cache, i64 head_stride, i64 capacity) {                                                         \
+    decode_gemv_rope<T>(x, g, eps, plus_one, w, bias, y, outs, in, split, pos, cos, sin_signed, nq, nk, nv, d,     \
+                        k_cache, v_cache, head_stride, capacity);                                          \
+  }                                                                                                        \
+  extern "C" __global__ void __launch_bounds__(256, 1) reuse_attention_decode_##SUFFIX(                  \
+      const T* h, const T* g, float eps, int plus_one, const T* w, const T* bias, i64 rows, int hidden, int nv, \
+      int d, int group, const i64* pos, T* v_cache, i64 slot_stride, i64 head_stride, i64 capacity,           \
+      const float* sums, const float* current, T* out) {                                                    \
+    reuse_attention_decode<T>(h, g, eps, plus_one, w, bias, rows, hidden, nv, d, group, pos, v_cache,           \
+                              slot_stride, head_stride, capacity, sums, current, out);                      \
+  }                                                                                                        \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention, DA_PLAIN)                                             \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_lead, DA_LEAD)                                        \
   DECODE_ATTENTION_ENTRY(T, SUFFIX, decode_attention_reuse, DA_REUSE)                                      \
@@ -2306,15 +2409,10 @@ __device__ void row_argmax(const T* x, i64 v, int per_row, float* part_v, i64* p
       float* dw_partial, i64 rows, i64 dim, int plus_one) {                                                \
     add_rms_norm_backward<T, 16>(mid, rstd, w, gx, gmid, dh, da, dw_partial, rows, dim, plus_one);              \
   }                                                                                                        \
-  extern "C" __global__ void add_rms_norm_decode_##SUFFIX(T* h, const T* e, i64 e_stride, const T* w, T* x,  \
-                                                          i64 rows, i64 dim, float eps, int plus_one) {    \
+  extern "C" __global__ void rms_norm_decode_##SUFFIX(const T* h, const T* w, T* x, i64 rows, i64 dim,     \
+                                                      float eps, int plus_one) {                          \
     start_chained();                                                                                       \
-    add_rms_norm_decode<T, true>(h, e, e_stride, w, x, rows, dim, eps, plus_one);                            \
-  }                                                                                                        \
-  extern "C" __global__ void rms_norm_decode_##SUFFIX(T* h, const T* w, T* x, i64 rows, i64 dim, float eps,  \
-                                                      int plus_one) {                                      \
-    start_chained();                                                                                       \
-    add_rms_norm_decode<T, false>(h, nullptr, 0, w, x, rows, dim, eps, plus_one);                            \
+    rms_norm_decode<T>(h, w, x, rows, dim, eps, plus_one);                                                 \
   }                                                                                                        \
   extern "C" __global__ void adamw_##SUFFIX(float* p, const float* g, float* m, float* v, T* copy, i64 n,   \
                                             double lr, double beta1, double beta2, double weight_decay,    \

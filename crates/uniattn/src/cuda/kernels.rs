@@ -43,13 +43,12 @@ const KERNELS: &[&str] = &[
     "add_rms_norm_backward4",
     "add_rms_norm_backward8",
     "add_rms_norm_backward16",
-    "add_rms_norm_decode",
     "rms_norm_decode",
     "adamw",
     "decode_gemv",
     "decode_gemv_gated",
     "decode_gemv_rope",
-    "decode_gemv_rope_attention",
+    "reuse_attention_decode",
     "decode_gemv_pairs",
     "decode_attention",
     "decode_attention_lead",
@@ -576,37 +575,15 @@ fn tickets(kernel: &'static str, device: usize, units: i64) -> Option<Tensor> {
     })
 }
 
-/// `h += e` in place, then `h`'s RMSNorm with `weight` (in `h`'s type; Gemma's `1 + w` with
-/// `plus_one`) as a new tensor: a decode step's reuse-layer compensation `e` and the norm in
-/// front of the MLP in one kernel, where the add and libtorch's fused RMSNorm were two; each
-/// value as those two compute it (the norm's sum in another order). `e` may be a column slice.
-pub fn add_rms_norm_decode(
-    h: &Tensor,
-    e: &Tensor,
-    weight: &Tensor,
-    eps: f64,
-    plus_one: bool,
-) -> Option<Tensor> {
-    norm_decode(h, Some(e), weight, eps, plus_one)
-}
-
-/// `h`'s RMSNorm as [`add_rms_norm_decode`] computes it, without the add: a decode step's
-/// other norms, one kernel launched behind the projection before it (libtorch's fused RMSNorm
-/// is launched when that projection ends).
+/// `h`'s RMSNorm with `weight` (in `h`'s type; Gemma's `1 + w` with `plus_one`) as a new
+/// tensor: a decode step's norms, one kernel launched behind the projection before it
+/// (libtorch's fused RMSNorm is launched when that projection ends); each value as libtorch's
+/// computes it (the sum in another order).
 pub fn rms_norm_decode(h: &Tensor, weight: &Tensor, eps: f64, plus_one: bool) -> Option<Tensor> {
-    norm_decode(h, None, weight, eps, plus_one)
-}
-
-fn norm_decode(h: &Tensor, e: Option<&Tensor>, weight: &Tensor, eps: f64, plus_one: bool) -> Option<Tensor> {
     let (device, loaded, suffix) = usable(h)?;
     let dim = *h.size().last()?;
     let rows = h.numel() as i64 / dim.max(1);
-    let e = e.map(|e| e.reshape([-1, dim]));
-    let e_fits = e.as_ref().is_none_or(|e| {
-        e.kind() == h.kind() && e.device() == h.device() && e.size()[0] == rows && e.stride()[1] == 1
-    });
     let fits = h.is_contiguous()
-        && e_fits
         && weight.kind() == h.kind()
         && weight.device() == h.device()
         && weight.size() == [dim]
@@ -615,13 +592,10 @@ fn norm_decode(h: &Tensor, e: Option<&Tensor>, weight: &Tensor, eps: f64, plus_o
         return None;
     }
     let x = Tensor::empty(h.size().as_slice(), (h.kind(), h.device()));
-    let args = Args::default().ptr(h);
-    let (args, name) = match &e {
-        Some(e) => (args.ptr(e).i64(e.stride()[0]), "add_rms_norm_decode"),
-        None => (args, "rms_norm_decode"),
-    };
-    let args = args.ptr(weight).ptr(&x).i64(rows).i64(dim).f32(eps).i32(plus_one as i64);
-    args.programmatic().launch(loaded, name, suffix, device, rows.min(MAX_BLOCKS), THREADS).then_some(x)
+    let args = Args::default().ptr(h).ptr(weight).ptr(&x).i64(rows).i64(dim).f32(eps).i32(plus_one as i64);
+    args.programmatic()
+        .launch(loaded, "rms_norm_decode", suffix, device, rows.min(MAX_BLOCKS), THREADS)
+        .then_some(x)
 }
 
 /// What [`decode_gemv`] does with the product `x W^T (+ bias)`.
@@ -629,16 +603,15 @@ fn norm_decode(h: &Tensor, e: Option<&Tensor>, weight: &Tensor, eps: f64, plus_o
 pub enum GemvOut<'a> {
     /// Returns it as a new tensor.
     New,
-    /// Adds it to `h` in place (the residual stream), then `extra` (a reuse layer's
-    /// compensation) where given, each add rounded as the separate adds would be; returns `h`.
-    AddInto { h: &'a Tensor, extra: Option<&'a Tensor> },
+    /// Adds it to `h` in place (the residual stream); returns `h`.
+    AddInto { h: &'a Tensor },
     /// `W` is the fused gate|up weight `[2I, in]`: returns `act(gate) * up` (`[.., I]`), SiLU
     /// or GELU's tanh form, what the projection and [`gated_act`] give.
     Gated { gelu_tanh: bool },
-    /// `W` is a fused projection whose rows are `layout`'s heads, then any further rows (a
-    /// reuse layer's `W_c`): returns the product with its query and key heads rotated by the
-    /// angles of `positions` (`[1, 1]`) and writes its keys and values into the cache slabs, what
-    /// the projection and [`rope_kv_write`] give (same arguments as there).
+    /// `W` is a fused projection whose rows are `layout`'s heads: returns the product with its
+    /// query and key heads rotated by the angles of `positions` (`[1, 1]`) and writes its keys
+    /// and values into the cache slabs, what the projection and [`rope_kv_write`] give (same
+    /// arguments as there).
     Rope {
         positions: &'a Tensor,
         cos: &'a Tensor,
@@ -646,44 +619,7 @@ pub enum GemvOut<'a> {
         layout: HeadLayout,
         keys: Option<&'a Tensor>,
         values: Option<&'a Tensor>,
-        attention: Option<ReuseTail<'a>>,
     },
-}
-
-/// A reuse layer's attention whose lead attended for it ([`AheadSums`]), for `n` sequences of
-/// one token: what the lead summed over the keys before the current one (`sums`, f32 `[n,
-/// heads, 1, d]`) plus the current key's probability (`current`, f32 `[n, heads, 1, 1]`) times
-/// the value the projection gives, written into `attention` (`[n, heads, 1, d]` of the row's
-/// type).
-#[derive(Clone, Copy)]
-pub struct ReuseTail<'a> {
-    pub sums: &'a Tensor,
-    pub current: &'a Tensor,
-    pub attention: &'a Tensor,
-}
-
-impl ReuseTail<'_> {
-    /// Whether the tail fits `n` rows of `x`'s type projected in `layout` (value heads, at most
-    /// the decode attention kernel's group a value head), and its query heads a value head.
-    fn group(&self, x: &Tensor, n: i64, layout: HeadLayout) -> Option<i64> {
-        let (heads, dim, v) = (self.attention.size().get(1).copied()?, layout.dim, layout.v);
-        let f32_of = |t: &Tensor, numel: i64| {
-            t.kind() == Kind::Float
-                && t.device() == x.device()
-                && t.is_contiguous()
-                && t.numel() as i64 == numel
-        };
-        let fits = self.attention.kind() == x.kind()
-            && self.attention.device() == x.device()
-            && self.attention.is_contiguous()
-            && self.attention.size() == [n, heads, 1, dim]
-            && v > 0
-            && heads % v == 0
-            && heads / v <= decode_attention::MAX_GROUP
-            && f32_of(self.sums, n * heads * dim)
-            && f32_of(self.current, n * heads);
-        fits.then_some(heads / v)
-    }
 }
 
 /// The RMSNorm that [`decode_gemv`] applies to its input row as it reads it (see
@@ -717,12 +653,6 @@ pub fn decode_gemv(
         [o, i] => (o, i),
         _ => return None,
     };
-    // A reuse layer's attention tail: its query heads a value head, or no launch where it does
-    // not fit.
-    let tail_group = match &out {
-        GemvOut::Rope { attention: Some(tail), layout, .. } => Some(tail.group(x, 1, *layout)?),
-        _ => None,
-    };
     let aligned = |t: &Tensor| t.is_contiguous() && (t.data_ptr() as usize).is_multiple_of(16);
     let same = |t: &Tensor| t.kind() == x.kind() && t.device() == x.device() && !t.requires_grad();
     let fits = x.numel() as i64 == inp
@@ -734,18 +664,12 @@ pub fn decode_gemv(
         && norm.is_none_or(|n| same(n.weight) && aligned(n.weight) && n.weight.numel() as i64 == inp)
         && match &out {
             GemvOut::New => true,
-            GemvOut::AddInto { h, extra } => {
-                same(h)
-                    && h.is_contiguous()
-                    && h.numel() as i64 == outs
-                    && extra.is_none_or(|e| same(e) && e.is_contiguous() && e.numel() as i64 == outs)
-            }
+            GemvOut::AddInto { h } => same(h) && h.is_contiguous() && h.numel() as i64 == outs,
             GemvOut::Gated { .. } => outs.rem_euclid(2) == 0,
             GemvOut::Rope { positions, cos, sin_signed, layout, .. } => {
                 let HeadLayout { q, k, v, dim } = *layout;
-                outs.rem_euclid(2) == 0
-                    && dim % 2 == 0
-                    && (q + k + v) * dim <= outs
+                dim % 2 == 0
+                    && (q + k + v) * dim == outs
                     && rope_inputs_fit(x, positions, cos, sin_signed, 1, 1, dim)
             }
         };
@@ -764,7 +688,7 @@ pub fn decode_gemv(
         _ => outs,
     };
     let y = match out {
-        GemvOut::AddInto { h, .. } => h.shallow_clone(),
+        GemvOut::AddInto { h } => h.shallow_clone(),
         _ => {
             let mut shape = x.size();
             *shape.last_mut()? = rows;
@@ -785,16 +709,12 @@ pub fn decode_gemv(
         GemvOut::New if norm.is_none() && bias.is_none() && split == 1 && in_pairs(rows) => {
             ("decode_gemv_pairs", Args::default().ptr(x).ptr(weight).ptr(&y).i64(rows).i64(inp), rows / 2)
         }
-        GemvOut::New => {
-            ("decode_gemv", args.nullable(None).nullable(None).ptr(&y).i64(rows).i64(inp).i32(split), rows)
-        }
-        GemvOut::AddInto { h, extra } => {
-            ("decode_gemv", args.ptr(h).nullable(extra).ptr(&y).i64(rows).i64(inp).i32(split), rows)
-        }
+        GemvOut::New => ("decode_gemv", args.nullable(None).ptr(&y).i64(rows).i64(inp).i32(split), rows),
+        GemvOut::AddInto { h } => ("decode_gemv", args.ptr(h).ptr(&y).i64(rows).i64(inp).i32(split), rows),
         GemvOut::Gated { gelu_tanh } => {
             ("decode_gemv_gated", args.ptr(&y).i64(rows).i64(inp).i32(split).i32(gelu_tanh as i64), rows)
         }
-        GemvOut::Rope { positions, cos, sin_signed, layout, keys, values, attention } => {
+        GemvOut::Rope { positions, cos, sin_signed, layout, keys, values } => {
             let slabs = slabs?;
             let args = args
                 .ptr(&y)
@@ -811,13 +731,8 @@ pub fn decode_gemv(
                 .nullable(keys)
                 .nullable(values)
                 .i64(slabs.strides[1])
-                .i64(slabs.capacity)
-                .nullable(attention.map(|t| t.sums))
-                .nullable(attention.map(|t| t.current))
-                .nullable(attention.map(|t| t.attention))
-                .i32(tail_group.unwrap_or(0));
-            let name = if attention.is_some() { "decode_gemv_rope_attention" } else { "decode_gemv_rope" };
-            (name, args, outs / 2)
+                .i64(slabs.capacity);
+            ("decode_gemv_rope", args, outs / 2)
         }
     };
     let block = 32 * WARPS as u32;
@@ -941,9 +856,7 @@ fn cache_slabs(
 /// and `sin_signed` are [`crate::model::rope::RopeAngles`]'s (`[n, 1, t, dim]`); `keys` and
 /// `values` are cache tensors `[slots, kv_heads, capacity, dim]` narrowed to the batch's
 /// first slot; with neither (a layout of queries alone, as a CLA layer's) it is RoPE alone.
-/// With `attention` (one token a sequence), a reuse layer's attention too ([`ReuseTail`]).
 /// Returns the rotated queries `[n, q, t, dim]`.
-#[allow(clippy::too_many_arguments)]
 pub fn rope_kv_write(
     x: &Tensor,
     positions: &Tensor,
@@ -952,16 +865,10 @@ pub fn rope_kv_write(
     heads: HeadLayout,
     keys: Option<&Tensor>,
     values: Option<&Tensor>,
-    attention: Option<ReuseTail>,
 ) -> Option<Tensor> {
     let (device, loaded, suffix) = usable(x)?;
     let HeadLayout { q, k, v, dim } = heads;
     let &[n, t, width] = x.size().as_slice() else { return None };
-    let group = match attention {
-        Some(tail) if t == 1 => Some(tail.group(x, n, heads)?),
-        Some(_) => return None,
-        None => None,
-    };
     let fits = x.is_contiguous()
         && width >= (q + k + v) * dim
         && dim % 2 == 0
@@ -985,13 +892,101 @@ pub fn rope_kv_write(
         .nullable(values)
         .i64(slabs.strides[0])
         .i64(slabs.strides[1])
-        .i64(slabs.capacity)
-        .nullable(attention.map(|a| a.sums))
-        .nullable(attention.map(|a| a.current))
-        .nullable(attention.map(|a| a.attention))
-        .i32(group.unwrap_or(0));
+        .i64(slabs.capacity);
     let grid = grid_for(n * t * (q + k + v) * dim);
     args.programmatic().launch(loaded, "rope_kv_write", suffix, device, grid, THREADS).then_some(q_out)
+}
+
+/// What a reuse layer whose lead attended for it ([`AheadSums`]) takes from its lead in a
+/// decode step: the lead's sums over the keys before the current one (`sums`, f32 `[n, heads,
+/// 1, d]`) and the current key's probability (`current`, f32 `[n, heads, 1, 1]`).
+#[derive(Clone, Copy)]
+pub struct LeadSums<'a> {
+    pub sums: &'a Tensor,
+    pub current: &'a Tensor,
+}
+
+/// A decode step's reuse layer (`h`: `[n, 1, hidden]`, one token a sequence) up to its output
+/// projection, in one kernel: `x = norm(h)`, its values `v = x W_v^T (+ bias)` (`weight`:
+/// `[kv_heads * d, hidden]`) written into the value cache slab `values` (`[slots, kv_heads,
+/// capacity, d]` from the batch's first slot) at `positions` (`[n, 1]`), and the layer's
+/// attention `sums + current * v` for each query head of a value head. Returns `[n, 1, heads *
+/// d + hidden]`: the attention's merged heads, then `x` (the input of the output projection
+/// fused with `W_c`). `None` where it does not apply; the caller then runs the norm, the
+/// projection, the cache write and [`AheadSums::attention`].
+pub fn reuse_attention_decode(
+    h: &Tensor,
+    norm: GemvNorm,
+    (weight, bias): (&Tensor, Option<&Tensor>),
+    positions: &Tensor,
+    values: &Tensor,
+    lead: LeadSums,
+) -> Option<Tensor> {
+    const ROWS: i64 = 8;
+    const OUTS: i64 = 8;
+    let (device, loaded, suffix) = usable(h)?;
+    let &[n, 1, hidden] = h.size().as_slice() else { return None };
+    let &[slots, kv_heads, capacity, d] = values.size().as_slice() else { return None };
+    let &[_, heads, 1, _] = lead.sums.size().as_slice() else { return None };
+    let per = 16 / h.kind().elt_size_in_bytes() as i64;
+    let aligned = |t: &Tensor| t.is_contiguous() && (t.data_ptr() as usize).is_multiple_of(16);
+    let same = |t: &Tensor| t.kind() == h.kind() && t.device() == h.device() && !t.requires_grad();
+    let f32_of = |t: &Tensor, numel: i64| {
+        t.kind() == Kind::Float && t.device() == h.device() && t.is_contiguous() && t.numel() as i64 == numel
+    };
+    let group = if kv_heads > 0 && heads % kv_heads == 0 { heads / kv_heads } else { 0 };
+    // x's rows and the norm's weights, then the values (kernels.cu).
+    let shared = (ROWS + 1) * hidden * h.kind().elt_size_in_bytes() as i64 + ROWS * OUTS * 4;
+    let fits = aligned(h)
+        && hidden % per == 0
+        && (heads * d) % per == 0
+        && same(norm.weight)
+        && aligned(norm.weight)
+        && norm.weight.size() == [hidden]
+        && same(weight)
+        && aligned(weight)
+        && weight.size() == [kv_heads * d, hidden]
+        && bias.is_none_or(|b| same(b) && b.is_contiguous() && b.size() == [kv_heads * d])
+        && same(values)
+        && values.stride() == [kv_heads * capacity * d, capacity * d, d, 1]
+        && slots >= n
+        && d % OUTS == 0
+        && (1..=decode_attention::MAX_GROUP).contains(&group)
+        && f32_of(lead.sums, n * heads * d)
+        && f32_of(lead.current, n * heads)
+        && positions.kind() == Kind::Int64
+        && positions.device() == h.device()
+        && positions.is_contiguous()
+        && positions.numel() as i64 == n
+        && shared <= 96 * 1024;
+    if !fits || n == 0 {
+        return None;
+    }
+    let out = Tensor::empty([n, 1, heads * d + hidden], (h.kind(), h.device()));
+    let args = Args::default()
+        .ptr(h)
+        .ptr(norm.weight)
+        .f32(norm.eps)
+        .i32(norm.plus_one as i64)
+        .ptr(weight)
+        .nullable(bias)
+        .i64(n)
+        .i32(hidden)
+        .i32(kv_heads)
+        .i32(d)
+        .i32(group)
+        .ptr(positions)
+        .ptr(values)
+        .i64(kv_heads * capacity * d)
+        .i64(capacity * d)
+        .i64(capacity)
+        .ptr(lead.sums)
+        .ptr(lead.current)
+        .ptr(&out);
+    let grid = (n + ROWS - 1) / ROWS * (kv_heads * d / OUTS);
+    args.programmatic()
+        .launch_with(loaded, ("reuse_attention_decode", suffix), device, (grid, THREADS, shared))
+        .then_some(out)
 }
 
 /// `softmax(scores * scale [softcapped] + mask)` over the last axis in f32, stored in the
@@ -1354,8 +1349,17 @@ mod tests {
         }
     }
 
+    /// The norm within a rounding of the type of libtorch's (f32 arithmetic, its sum of squares
+    /// in another order).
+    fn within_norm_rounding(got: &Tensor, want: &Tensor, kind: Kind, case: &str) {
+        let d = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs().max().double_value(&[])
+            / want.abs().max().double_value(&[]);
+        let tol = if kind == Kind::Float { 1e-6 } else { 2.0 * ulps_of(kind) };
+        assert!(d <= tol, "{case}: the norm differs by {d} (of the largest)");
+    }
+
     #[test]
-    fn add_rms_norm_decode_equals_composition() {
+    fn rms_norm_decode_equals_composition() {
         let Some(dev) = gpu() else { return };
         for kind in KINDS {
             // Rows a block holds in 16-byte pieces (two a thread: Qwen2.5-7B's 3,584), rows it
@@ -1363,31 +1367,13 @@ mod tests {
             for (rows, dim) in [(2, 896), (32, 896), (3, 1536), (2, 3584), (5, 100), (2, 3586)] {
                 for plus_one in [false, true] {
                     let h = (Tensor::randn([rows, 1, dim], (Kind::Float, dev)) * 2.0).to_kind(kind);
-                    // The compensation as the engine holds it: columns of the V|W_c product.
-                    let wide = Tensor::randn([rows, 1, 128 + dim], (Kind::Float, dev)).to_kind(kind);
-                    let e = wide.narrow(-1, 128, dim);
                     let weight = (Tensor::randn([dim], (Kind::Float, dev)) * 0.5 + 1.0).to_kind(kind);
                     let norm = crate::model::nn::RmsNorm::new(weight.copy(), 1e-6, plus_one);
-                    let (got_h, want_h) = (h.copy(), &h + &e);
-                    let got =
-                        add_rms_norm_decode(&got_h, &e, &weight, 1e-6, plus_one).expect("the kernel applies");
-                    let want = norm.forward(&want_h);
                     let case = format!("{kind:?} rows={rows} dim={dim} plus_one={plus_one}");
-                    assert_eq!(ulps(&got_h, &want_h), 0.0, "{case}: h + e differs");
-                    // The same f32 arithmetic up to the order of the sum of squares.
-                    let differs = |got: &Tensor, want: &Tensor| {
-                        (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs().max().double_value(&[])
-                            / want.abs().max().double_value(&[])
-                    };
-                    let tol = if kind == Kind::Float { 1e-6 } else { 2.0 * ulps_of(kind) };
-                    let d = differs(&got, &want);
-                    assert!(d <= tol, "{case}: normed differs by {d} (of the largest)");
-                    // The norm alone, which leaves `h` as it was.
                     let before = h.copy();
                     let got = rms_norm_decode(&h, &weight, 1e-6, plus_one).expect("the norm kernel applies");
-                    assert!(h.equal(&before), "{case}: the norm alone wrote h");
-                    let d = differs(&got, &norm.forward(&h));
-                    assert!(d <= tol, "{case}: the norm alone differs by {d} (of the largest)");
+                    assert!(h.equal(&before), "{case}: the norm wrote h");
+                    within_norm_rounding(&got, &norm.forward(&h), kind, &case);
                 }
             }
         }
@@ -1400,7 +1386,7 @@ mod tests {
         for kind in KINDS {
             for (n, t, slot0) in [(1, 1, 0), (3, 1, 1), (2, 5, 0)] {
                 let (qd, kvd) = (4 * 16, 2 * 16);
-                // Extra columns after V, as a reuse layer's V|W_c output has.
+                // Columns after V, which the kernel leaves alone.
                 let x = Tensor::randn([n, t, qd + 2 * kvd + 7], (Kind::Float, dev)).to_kind(kind);
                 let positions = (Tensor::randperm(40, (Kind::Int64, dev)).narrow(0, 0, n * t)).view([n, t]);
                 let rope = RopeAngles::new(&positions, 16, 10_000.0, kind);
@@ -1425,19 +1411,11 @@ mod tests {
                     layout,
                     keys.as_ref(),
                     values.as_ref(),
-                    None,
                 )
                 .expect("the kernel applies");
                 let (_, values) = got.slabs(1, slot0);
                 let x_v = x.narrow(-1, 0, kvd + 7).contiguous();
                 let v_only = HeadLayout { q: 0, k: 0, v: 2, dim: 16 };
-                // One token a sequence: a reuse layer's attention as well, three query heads a
-                // value head, against sums + p v in f64.
-                let sums = Tensor::randn([n, 6, 1, 16], (Kind::Float, dev));
-                let current = Tensor::rand([n, 6, 1, 1], (Kind::Float, dev));
-                let attention = Tensor::full([n, 6, 1, 16], f64::NAN, (kind, dev));
-                let tail =
-                    (t == 1).then_some(ReuseTail { sums: &sums, current: &current, attention: &attention });
                 let none = rope_kv_write(
                     &x_v,
                     &positions,
@@ -1446,28 +1424,14 @@ mod tests {
                     v_only,
                     None,
                     values.as_ref(),
-                    tail,
                 )
                 .expect("the kernel applies");
                 assert_eq!(none.size(), [n, 0, t, 16], "no query heads");
-                if t == 1 {
-                    let f64_of = |t: &Tensor| t.to_kind(Kind::Double);
-                    let v_now = f64_of(&heads.split(&x_v.narrow(-1, 0, kvd), 2))
-                        .repeat_interleave_self_int(3, 1, None);
-                    let (sums, product) = (f64_of(&sums), f64_of(&current) * v_now);
-                    let want = &sums + &product;
-                    let bound = want.abs() * ulps_of(kind) + (sums.abs() + product.abs()) * 2f64.powi(-23);
-                    let worst = ((f64_of(&attention) - &want).abs() - bound).max().double_value(&[]);
-                    assert!(
-                        worst <= 0.0,
-                        "{kind:?} n={n}: the reuse layer's attention, {worst} past the bound"
-                    );
-                }
                 // Queries alone, with no cache (a CLA layer's).
                 let x_q = x.narrow(-1, 0, qd).contiguous();
                 let q_only = HeadLayout { q: 4, k: 0, v: 0, dim: 16 };
                 let q_alone =
-                    rope_kv_write(&x_q, &positions, &rope.cos, &rope.sin_signed, q_only, None, None, None)
+                    rope_kv_write(&x_q, &positions, &rope.cos, &rope.sin_signed, q_only, None, None)
                         .expect("the kernel applies");
                 let case = format!("{kind:?} n={n} t={t} slot0={slot0}");
                 assert_eq!(ulps(&q_got, &q.contiguous()), 0.0, "{case}: queries");
@@ -1714,7 +1678,6 @@ mod tests {
                 let w = (Tensor::randn([outs, inp], (Kind::Float, dev)) * 0.05).to_kind(kind);
                 let b = Tensor::randn([outs], (Kind::Float, dev)).to_kind(kind);
                 let h = Tensor::randn([1, 1, outs], (Kind::Float, dev)).to_kind(kind);
-                let extra = Tensor::randn([1, 1, outs], (Kind::Float, dev)).to_kind(kind);
                 let g = (Tensor::rand([inp], (Kind::Float, dev)) + 0.5).to_kind(kind);
                 // Against the product in f64 of the inputs the kernel multiplies (`a`, in f64
                 // where it is the normed row): f32 sums of `inp` products, then one rounding to
@@ -1739,7 +1702,7 @@ mod tests {
                 // Two rows a warp (the heads' shapes: 32,768 rows or more) gives the one-row form's
                 // values, which adding to zeros runs.
                 let zeros = h.zeros_like();
-                let one_row = decode_gemv(&x, None, &w, None, GemvOut::AddInto { h: &zeros, extra: None })
+                let one_row = decode_gemv(&x, None, &w, None, GemvOut::AddInto { h: &zeros })
                     .expect("the kernel applies");
                 assert!(
                     one_row.equal(&plain),
@@ -1764,14 +1727,10 @@ mod tests {
                 }
                 // In place: the result is `h` itself.
                 let sum = h.copy();
-                let into = GemvOut::AddInto { h: &sum, extra: None };
-                let got = decode_gemv(&x, None, &w, None, into).expect("the kernel applies");
+                let got = decode_gemv(&x, None, &w, None, GemvOut::AddInto { h: &sum })
+                    .expect("the kernel applies");
                 assert_eq!(got.data_ptr(), sum.data_ptr(), "{case}: h += x W^T in place");
                 check(&sum, &x, &[f64_of(&h)], "h += x W^T");
-                let sum = h.copy();
-                let into = GemvOut::AddInto { h: &sum, extra: Some(&extra) };
-                let _ = decode_gemv(&x, None, &w, None, into).expect("the kernel applies");
-                check(&sum, &x, &[f64_of(&h), f64_of(&extra)], "h += x W^T + extra");
                 // Gated: what the plain product and the gated-activation kernel give, bit for
                 // bit (the same sums, then the same roundings), with or without the norm.
                 if outs % 2 == 0 {
@@ -1801,20 +1760,19 @@ mod tests {
     fn decode_gemv_rope_equals_projection_then_rope_kv_write() {
         let Some(dev) = gpu() else { return };
         for kind in KINDS {
-            // Qwen2.5-0.5B's Q|K|V; a reuse layer's V|W_c; a CLA layer's queries; 128-wide heads
-            // with a bias and rows long enough for four warps each; a small odd-headed case with a
-            // tail.
+            // Qwen2.5-0.5B's Q|K|V; a reuse layer's V; a CLA layer's queries; 128-wide heads
+            // with a bias and rows long enough for four warps each; a small odd-headed case.
             let cases = [
-                (HeadLayout { q: 14, k: 2, v: 2, dim: 64 }, 0, 896, false),
-                (HeadLayout { q: 0, k: 0, v: 2, dim: 64 }, 896, 896, false),
-                (HeadLayout { q: 14, k: 0, v: 0, dim: 64 }, 0, 896, false),
-                (HeadLayout { q: 8, k: 2, v: 2, dim: 128 }, 0, 4096, true),
-                (HeadLayout { q: 3, k: 1, v: 1, dim: 16 }, 6, 40, true),
+                (HeadLayout { q: 14, k: 2, v: 2, dim: 64 }, 896, false),
+                (HeadLayout { q: 0, k: 0, v: 2, dim: 64 }, 896, false),
+                (HeadLayout { q: 14, k: 0, v: 0, dim: 64 }, 896, false),
+                (HeadLayout { q: 8, k: 2, v: 2, dim: 128 }, 4096, true),
+                (HeadLayout { q: 3, k: 1, v: 1, dim: 16 }, 40, true),
             ];
-            for (layout, tail, inp, with_bias) in cases {
+            for (layout, inp, with_bias) in cases {
                 let HeadLayout { q, k, v, dim } = layout;
-                let outs = (q + k + v) * dim + tail;
-                let case = format!("{kind:?} {layout:?} tail {tail}");
+                let outs = (q + k + v) * dim;
+                let case = format!("{kind:?} {layout:?}");
                 let x = Tensor::randn([1, 1, inp], (Kind::Float, dev)).to_kind(kind);
                 let w = (Tensor::randn([outs, inp], (Kind::Float, dev)) * 0.05).to_kind(kind);
                 let b = with_bias.then(|| Tensor::randn([outs], (Kind::Float, dev)).to_kind(kind));
@@ -1838,18 +1796,9 @@ mod tests {
                     layout,
                     keys(&want_k).as_ref(),
                     slab(&want_v).as_ref(),
-                    None,
                 )
                 .expect("the kernel applies");
                 let (kk, vv) = (keys(&got_k), slab(&got_v));
-                // Where the layout has values, a reuse layer's attention from its lead's sums as
-                // well: three query heads a value head.
-                let heads = 3 * v;
-                let sums = Tensor::randn([heads * dim], (Kind::Float, dev));
-                let current = Tensor::rand([heads], (Kind::Float, dev));
-                let attention = Tensor::full([1, heads, 1, dim], f64::NAN, (kind, dev));
-                let tail =
-                    (v > 0).then_some(ReuseTail { sums: &sums, current: &current, attention: &attention });
                 let out = GemvOut::Rope {
                     positions: &positions,
                     cos,
@@ -1857,29 +1806,15 @@ mod tests {
                     layout,
                     keys: kk.as_ref(),
                     values: vv.as_ref(),
-                    attention: tail,
                 };
                 let got = decode_gemv(&x, Some(norm), &w, b.as_ref(), out).expect("the kernel applies");
-                if v > 0 {
-                    // sums + p v in f64, against one fused multiply-add in f32 rounded once:
-                    // within a rounding of the type plus f32's of the terms.
-                    let f64_of = |t: &Tensor| t.to_kind(Kind::Double);
-                    let values = f64_of(&y.narrow(-1, (q + k) * dim, v * dim).reshape([v, 1, dim]));
-                    let (sums, product) =
-                        (f64_of(&sums).reshape([v, 3, dim]), f64_of(&current).reshape([v, 3, 1]) * values);
-                    let want = &sums + &product;
-                    let bound = want.abs() * ulps_of(kind) + (sums.abs() + product.abs()) * 2f64.powi(-23);
-                    let off = (f64_of(&attention).reshape([v, 3, dim]) - &want).abs() - bound;
-                    let worst = off.max().double_value(&[]);
-                    assert!(worst <= 0.0, "{case}: the reuse layer's attention, {worst} past the bound");
-                }
                 assert_eq!(got.size(), [1, 1, outs], "{case}: the whole projection");
                 let q_got = got.narrow(-1, 0, q * dim).reshape([1, q, 1, dim]);
                 assert!(q_got.equal(&q_want), "{case}: rotated queries");
                 let rest = (q + k) * dim;
                 assert!(
                     got.narrow(-1, rest, outs - rest).equal(&y.narrow(-1, rest, outs - rest)),
-                    "{case}: values and tail"
+                    "{case}: values"
                 );
                 assert!(got_k.equal(&want_k), "{case}: key cache");
                 assert!(got_v.equal(&want_v), "{case}: value cache");
@@ -1891,6 +1826,92 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A reuse layer up to its output projection in one kernel, against the composition in
+    /// f64: its `x` within a rounding of libtorch's norm, its values (in the cache, at each
+    /// sequence's position, nothing else written) the f32 sums of `x W^T + b` rounded once, and
+    /// its attention `sums + p v` rounded once.
+    #[test]
+    fn reuse_attention_decode_equals_composition() {
+        let Some(dev) = gpu() else { return };
+        let f64_of = |t: &Tensor| t.to_kind(Kind::Double);
+        for kind in KINDS {
+            // Qwen2.5-Coder-0.5B's shapes at batch 32 and 1 (with a bias and Gemma's 1 + w);
+            // 1.5B's (128-wide heads, rows longer than a lane's held weights) at a batch that
+            // leaves a block part empty, from the second slot; rows whose f32 x takes more than
+            // 48 KiB of shared memory a block.
+            let cases = [
+                (Heads { num_heads: 14, num_kv_heads: 2, head_dim: 64 }, 896, 32, 0, false),
+                (Heads { num_heads: 14, num_kv_heads: 2, head_dim: 64 }, 896, 1, 0, true),
+                (Heads { num_heads: 12, num_kv_heads: 2, head_dim: 128 }, 1536, 11, 1, true),
+                (Heads { num_heads: 8, num_kv_heads: 4, head_dim: 32 }, 2576, 3, 1, false),
+            ];
+            for (heads, hidden, n, slot0, with_bias) in cases {
+                let Heads { num_heads, num_kv_heads: kv, head_dim: d } = heads;
+                let (width, kvd) = (num_heads * d, kv * d);
+                let plus_one = with_bias;
+                let case = format!("{kind:?} heads {num_heads}/{kv}x{d} hidden {hidden} n {n} slot0 {slot0}");
+                let h = (Tensor::randn([n, 1, hidden], (Kind::Float, dev)) * 2.0).to_kind(kind);
+                let g = (Tensor::randn([hidden], (Kind::Float, dev)) * 0.5 + 1.0).to_kind(kind);
+                let w = (Tensor::randn([kvd, hidden], (Kind::Float, dev)) * 0.05).to_kind(kind);
+                let b = with_bias.then(|| Tensor::randn([kvd], (Kind::Float, dev)).to_kind(kind));
+                let positions = Tensor::randperm(40, (Kind::Int64, dev)).narrow(0, 0, n).view([n, 1]);
+                let cache = Tensor::zeros([slot0 + n, kv, 48, d], (kind, dev));
+                let values = cache.narrow(0, slot0, n);
+                let sums = Tensor::randn([n, num_heads, 1, d], (Kind::Float, dev));
+                let current = Tensor::rand([n, num_heads, 1, 1], (Kind::Float, dev));
+                let norm = GemvNorm { weight: &g, eps: 1e-6, plus_one };
+                let lead = LeadSums { sums: &sums, current: &current };
+                let got = reuse_attention_decode(&h, norm, (&w, b.as_ref()), &positions, &values, lead)
+                    .expect("the kernel applies");
+                assert_eq!(got.size(), [n, 1, width + hidden], "{case}: attention, then x");
+                let x = got.narrow(-1, width, hidden);
+                let rms = crate::model::nn::RmsNorm::new(g.copy(), 1e-6, plus_one);
+                within_norm_rounding(&x, &rms.forward(&h), kind, &case);
+                // The values, from the kernel's own x.
+                let (xf, wf) = (f64_of(&x), f64_of(&w));
+                let mut want_v = xf.linear::<Tensor>(&wf, None);
+                if let Some(b) = &b {
+                    want_v += f64_of(b);
+                }
+                let sums_bound =
+                    xf.abs().linear::<Tensor>(&wf.abs(), None) * (hidden as f64 * 2f64.powi(-24));
+                let bound = want_v.abs() * ulps_of(kind) + sums_bound;
+                let v_got =
+                    values.gather(2, &positions.view([n, 1, 1, 1]).expand([n, kv, 1, d], false), false);
+                let v_got = v_got.reshape([n, 1, kvd]);
+                let worst = ((f64_of(&v_got) - &want_v).abs() - bound).max().double_value(&[]);
+                assert!(worst <= 0.0, "{case}: values {worst} past the bound");
+                let written = Tensor::zeros_like(&cache);
+                let index = positions.view([n, 1, 1, 1]).expand([n, kv, 1, d], false);
+                let _ = written.narrow(0, slot0, n).scatter_(2, &index, &v_got.reshape([n, kv, 1, d]));
+                assert!(cache.equal(&written), "{case}: the cache holds the values at the positions alone");
+                // The attention from the values the kernel cached: one fused multiply-add in f32,
+                // rounded once.
+                let group = num_heads / kv;
+                let v_heads =
+                    f64_of(&v_got.reshape([n, kv, 1, d])).repeat_interleave_self_int(group, 1, None);
+                let (sums, product) = (f64_of(&sums), f64_of(&current) * v_heads);
+                let want = (&sums + &product).reshape([n, 1, width]);
+                let bound = want.abs() * ulps_of(kind)
+                    + (sums.abs() + product.abs()).reshape([n, 1, width]) * 2f64.powi(-23);
+                let worst =
+                    ((f64_of(&got.narrow(-1, 0, width)) - &want).abs() - bound).max().double_value(&[]);
+                assert!(worst <= 0.0, "{case}: the attention, {worst} past the bound");
+            }
+            // Heads narrower than a block's outputs: not this kernel.
+            let h = Tensor::randn([2, 1, 64], (kind, dev));
+            let g = Tensor::ones([64], (kind, dev));
+            let norm = GemvNorm { weight: &g, eps: 1e-6, plus_one: false };
+            let w = Tensor::randn([8, 64], (kind, dev));
+            let values = Tensor::zeros([2, 2, 8, 4], (kind, dev));
+            let sums = Tensor::zeros([2, 4, 1, 4], (Kind::Float, dev));
+            let current = Tensor::zeros([2, 4, 1, 1], (Kind::Float, dev));
+            let positions = Tensor::zeros([2, 1], (Kind::Int64, dev));
+            let lead = LeadSums { sums: &sums, current: &current };
+            assert!(reuse_attention_decode(&h, norm, (&w, None), &positions, &values, lead).is_none());
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The decoder layers as the engine runs them. Built by taking the training graph's layers
-//! apart: projections that read the same input become one GEMM (Q|K|V in full layers, V|W_c
-//! in reuse layers, gate|up in the MLP), so a decode step launches fewer, larger kernels.
-//! Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax; in a
-//! decode step of up to 8 sequences on CUDA their lead attends for them ([`attend_ahead`]), and
-//! they only add the current key's term as they project their values.
+//! apart: projections that read the same input become one GEMM (Q|K|V in full layers, gate|up
+//! in the MLP), and so do those whose sums add up (a reuse layer's output projection and its
+//! compensation, `[W_o | W_c]` over `[attention | x]`), so a decode step launches fewer, larger
+//! kernels. Reuse layers hold no Q/K weights, cache V only, and compute no scores or softmax;
+//! in a decode step of up to 32 sequences on CUDA their lead attends for them
+//! ([`attend_ahead`]), and one kernel norms their input, projects their values and adds the
+//! current key's term ([`kernels::reuse_attention_decode`]).
 use super::kv_cache::{CacheKind, KvCache};
-use crate::cuda::kernels::{self, AheadInputs, GemvOut, HeadLayout, ReuseTail};
+use crate::cuda::kernels::{self, AheadInputs, GemvOut, HeadLayout, LeadSums};
 use crate::model::attention::{attend, attend_ahead, Attention, Heads, LeadAttention, Want};
 use crate::model::nn::{Linear, NormedInput, RmsNorm};
 use crate::model::rope::RopeAngles;
@@ -20,32 +22,41 @@ fn qkv_prefix(first: &Tensor, width: i64) -> Tensor {
     first.as_strided([s[0], s[1], width], stride, None)
 }
 
-/// `lin(norm(h))`, a fused projection whose rows are `layout`'s heads (then any others), with
-/// RoPE on its query and key heads and its keys and values written into the cache `slabs`
-/// (`(keys, values)` from the batch's first slot; none for a CLA layer's queries): at one row
-/// all in the matrix-vector kernel, else the projection and one fused RoPE kernel; with
-/// `attention`, either also writes a reuse layer's attention from what its lead left. Returns
-/// the projection and the rotated queries (`[n, q, t, dim]`), or no queries where neither kernel
-/// applies (then `attention` is not written) and the caller composes.
+/// `lin(norm(h))`, a fused projection whose rows are `layout`'s heads, with RoPE on its query
+/// and key heads and its keys and values written into the cache `slabs` (`(keys, values)` from
+/// the batch's first slot; none for a CLA layer's queries): at one row all in the
+/// matrix-vector kernel, else the projection and one fused RoPE kernel. Returns the projection
+/// and the rotated queries (`[n, q, t, dim]`), or no queries where neither kernel applies and
+/// the caller composes.
 fn project_rotated(
     x: &NormedInput,
     lin: &Linear,
     step: &Step,
     layout: HeadLayout,
     slabs: (Option<Tensor>, Option<Tensor>),
-    attention: Option<ReuseTail>,
 ) -> (Tensor, Option<Tensor>) {
     let (keys, values) = (slabs.0.as_ref(), slabs.1.as_ref());
     let (positions, cos, sin_signed) = (step.positions, &step.rope.cos, &step.rope.sin_signed);
-    let out = GemvOut::Rope { positions, cos, sin_signed, layout, keys, values, attention };
+    let out = GemvOut::Rope { positions, cos, sin_signed, layout, keys, values };
     if let Some(y) = x.gemv(&lin.weight, lin.bias.as_ref(), out) {
         // One row: the rotated queries lead the output, in the order `[1, q, 1, dim]` reads.
         let q = y.narrow(-1, 0, layout.q * layout.dim).reshape([1, layout.q, 1, layout.dim]);
         return (y, Some(q));
     }
     let y = x.linear(lin);
-    let q = kernels::rope_kv_write(&y, positions, cos, sin_signed, layout, keys, values, attention);
+    let q = kernels::rope_kv_write(&y, positions, cos, sin_signed, layout, keys, values);
     (y, q)
+}
+
+/// Projections whose sums add up, as one over their inputs side by side: `[W_a | W_b]` over
+/// `[a | b]`, the biases added.
+fn fuse_inputs(parts: &[&Linear]) -> Linear {
+    let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 1);
+    let bias = parts.iter().filter_map(|l| l.bias.as_ref()).fold(None, |sum: Option<Tensor>, b| match sum {
+        Some(s) => Some(s + b),
+        None => Some(b.shallow_clone()),
+    });
+    Linear::new(weight, bias)
 }
 
 /// Concatenates projections along their outputs; a missing bias becomes zeros.
@@ -74,9 +85,10 @@ pub enum InferenceAttention {
         scale: f64,
         softcap: Option<f64>,
     },
-    /// `vc` is `[W_v; W_c]`: one GEMM gives this layer's values and the compensation.
+    /// `o_proj` is `[W_o | W_c]` where `compensated`: one GEMM over `[attention | x]` adds
+    /// the attention's projection and the compensation `x W_c`.
     Reuse {
-        vc: Linear,
+        v_proj: Linear,
         o_proj: Linear,
         heads: Heads,
         compensated: bool,
@@ -93,30 +105,22 @@ pub enum InferenceAttention {
     Dropped,
 }
 
-/// An attention block's result before its output projection: the merged heads, the projection,
-/// and what else adds to the residual stream (a reuse layer's compensation `X W_c`).
+/// An attention block's result before its output projection: the projection's input (the
+/// merged heads; a compensated reuse layer's followed by its normed input `x`) and the
+/// projection.
 struct AttnOut<'a> {
-    heads: Tensor,
+    input: Tensor,
     o_proj: &'a Linear,
-    extra: Option<Tensor>,
 }
 
-/// `h += x W^T`, then `h += extra` where given, in place: at one row the decode matrix-vector
-/// kernel with both adds in its epilogue; else one GEMM that accumulates into `h` (cuBLAS's
-/// beta = 1), where a separate projection and add would be two kernels and a temporary, and
-/// `extra`'s add and `next_norm` as one kernel where it applies, whose `next_norm(h)` comes back.
-fn add_projection(
-    h: &mut Tensor,
-    x: &Tensor,
-    lin: &Linear,
-    extra: Option<&Tensor>,
-    next_norm: Option<&RmsNorm>,
-) -> Option<Tensor> {
-    if lin.bias.is_none() {
-        let into = GemvOut::AddInto { h, extra };
-        if kernels::decode_gemv(x, None, &lin.weight, None, into).is_some() {
-            return None;
-        }
+/// `h += x W^T` in place: at one row the decode matrix-vector kernel with the add in its
+/// epilogue; else one GEMM that accumulates into `h` (cuBLAS's beta = 1), where a separate
+/// projection and add would be two kernels and a temporary.
+fn add_projection(h: &mut Tensor, x: &Tensor, lin: &Linear) {
+    if lin.bias.is_none()
+        && kernels::decode_gemv(x, None, &lin.weight, None, GemvOut::AddInto { h }).is_some()
+    {
+        return;
     }
     match &lin.bias {
         None => {
@@ -126,12 +130,6 @@ fn add_projection(
         }
         Some(_) => *h += lin.forward(x),
     }
-    let e = extra?;
-    let normed = next_norm.and_then(|n| n.add_into_then_norm(h, e));
-    if normed.is_none() {
-        *h += e;
-    }
-    normed
 }
 
 pub struct InferenceMlp {
@@ -208,11 +206,11 @@ impl InferenceLayer {
             },
             Attention::Reuse(r) => {
                 let compensated = r.w_c.is_some();
-                let vc = match &r.w_c {
-                    Some(w) => fuse(&[&r.v_proj, w]),
-                    None => r.v_proj,
+                let o_proj = match &r.w_c {
+                    Some(w) => fuse_inputs(&[&r.o_proj, w]),
+                    None => r.o_proj,
                 };
-                InferenceAttention::Reuse { vc, o_proj: r.o_proj, heads: r.heads, compensated }
+                InferenceAttention::Reuse { v_proj: r.v_proj, o_proj, heads: r.heads, compensated }
             }
             Attention::Cla(c) => InferenceAttention::Cla {
                 q_proj: c.q_proj,
@@ -265,7 +263,7 @@ impl InferenceLayer {
             InferenceAttention::Full { qkv, o_proj, q_norm, k_norm, .. } => {
                 lin(qkv) + lin(o_proj) + opt(q_norm) + opt(k_norm)
             }
-            InferenceAttention::Reuse { vc, o_proj, .. } => lin(vc) + lin(o_proj),
+            InferenceAttention::Reuse { v_proj, o_proj, .. } => lin(v_proj) + lin(o_proj),
             InferenceAttention::Cla { q_proj, o_proj, q_norm, .. } => lin(q_proj) + lin(o_proj) + opt(q_norm),
             InferenceAttention::Dropped => 0,
         };
@@ -290,25 +288,16 @@ impl InferenceLayer {
         lead: &mut Option<LeadAttention>,
     ) {
         let x = NormedInput::new(h, &self.attn_norm);
-        let mut mlp_input = None;
-        if let Some(AttnOut { heads, o_proj, extra }) = self.attention(l, &x, step, cache, hands, lead) {
+        if let Some(AttnOut { input, o_proj }) = self.attention(l, &x, step, cache, hands, lead) {
             match &self.attn_post_norm {
                 // The residual add rides in the output GEMM (one kernel instead of two).
-                None => mlp_input = add_projection(h, &heads, o_proj, extra.as_ref(), Some(&self.mlp_norm)),
-                Some(n) => {
-                    let mut a = o_proj.forward(&heads);
-                    if let Some(e) = extra {
-                        a += e;
-                    }
-                    *h += n.forward(&a);
-                }
+                None => add_projection(h, &input, o_proj),
+                Some(n) => *h += n.forward(&o_proj.forward(&input)),
             }
         }
-        let x = NormedInput::new(h, &self.mlp_norm).with_normed(mlp_input);
+        let x = NormedInput::new(h, &self.mlp_norm);
         match &self.mlp_post_norm {
-            None => {
-                add_projection(h, &self.mlp.hidden(&x), &self.mlp.down, None, None);
-            }
+            None => add_projection(h, &self.mlp.hidden(&x), &self.mlp.down),
             Some(n) => *h += n.forward(&self.mlp.forward(&x)),
         }
     }
@@ -328,7 +317,7 @@ impl InferenceLayer {
                 let layout =
                     HeadLayout { q: h.num_heads, k: h.num_kv_heads, v: h.num_kv_heads, dim: h.head_dim };
                 let (y, fused) = if q_norm.is_none() && k_norm.is_none() {
-                    project_rotated(x, qkv, step, layout, cache.slabs(l, step.slot0), None)
+                    project_rotated(x, qkv, step, layout, cache.slabs(l, step.slot0))
                 } else {
                     (x.linear(qkv), None)
                 };
@@ -366,7 +355,7 @@ impl InferenceLayer {
                     let attending = (&q, &keys, &values, step.mask);
                     if let Some((out, attn)) = attend_ahead(attending, *scale, step.reuse_layers, inputs) {
                         *lead = Some(attn);
-                        return Some(AttnOut { heads: h.merge(&out), o_proj, extra: None });
+                        return Some(AttnOut { input: h.merge(&out), o_proj });
                     }
                 }
                 let (out, attn) =
@@ -374,39 +363,44 @@ impl InferenceLayer {
                 if hands.is_some() {
                     *lead = attn;
                 }
-                Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
+                Some(AttnOut { input: h.merge(&out), o_proj })
             }
-            InferenceAttention::Reuse { vc, o_proj, heads: h, compensated } => {
-                let kvd = h.num_kv_heads * h.head_dim;
+            InferenceAttention::Reuse { v_proj, o_proj, heads: h, compensated } => {
                 let layout = HeadLayout { q: 0, k: 0, v: h.num_kv_heads, dim: h.head_dim };
                 let lead = lead.as_ref().expect("the plan runs a lead before its reuse layers");
-                // Where the lead attended for this layer, the projection's kernel adds the
-                // current key's term to the lead's sums (one row), or libtorch does below.
                 let ahead = lead.ahead_for(l);
-                let sums = ahead.map(|(a, r)| (a.sums.get(r as i64), &a.current));
-                let like = (vc.weight.kind(), vc.weight.device());
-                let attention = ahead.map(|_| Tensor::empty([n, h.num_heads, 1, h.head_dim], like));
-                let tail = sums
-                    .as_ref()
-                    .zip(attention.as_ref())
-                    .map(|((sums, current), attention)| ReuseTail { sums, current, attention });
-                let (y, written) = project_rotated(x, vc, step, layout, cache.slabs(l, step.slot0), tail);
-                let v_now = || h.split(&y.narrow(-1, 0, kvd), h.num_kv_heads);
-                if written.is_none() {
-                    cache.write(l, step.slot0, step.positions, None, &v_now());
+                // Where the lead attended for this layer: one kernel up to the output projection,
+                // whose input is [attention | x] (the attention alone where not compensated).
+                if let (Some((a, r)), (_, Some(values))) = (ahead, cache.slabs(l, step.slot0)) {
+                    let (stream, norm) = x.input();
+                    let sums = a.sums.get(r as i64);
+                    let lead_sums = LeadSums { sums: &sums, current: &a.current };
+                    let v = (&v_proj.weight, v_proj.bias.as_ref());
+                    if let Some(both) =
+                        kernels::reuse_attention_decode(stream, norm, v, step.positions, &values, lead_sums)
+                    {
+                        let input =
+                            if *compensated { both } else { both.narrow(-1, 0, h.num_heads * h.head_dim) };
+                        return Some(AttnOut { input, o_proj });
+                    }
                 }
-                let extra = compensated.then(|| y.narrow(-1, kvd, y.size()[2] - kvd));
-                let out = match (ahead, attention) {
-                    (Some(_), Some(attention)) if written.is_some() => attention,
-                    (Some((a, r)), _) => a.attention(r, &v_now()),
-                    (None, _) => lead.apply(h, &cache.values(l, step.slot0, n, step.k_len)),
+                let (y, written) = project_rotated(x, v_proj, step, layout, cache.slabs(l, step.slot0));
+                let v_now = h.split(&y, h.num_kv_heads);
+                if written.is_none() {
+                    cache.write(l, step.slot0, step.positions, None, &v_now);
+                }
+                let out = match ahead {
+                    Some((a, r)) => a.attention(r, &v_now),
+                    None => lead.apply(h, &cache.values(l, step.slot0, n, step.k_len)),
                 };
-                Some(AttnOut { heads: h.merge(&out), o_proj, extra })
+                let merged = h.merge(&out);
+                let input = if *compensated { Tensor::cat(&[&merged, x.normed()], -1) } else { merged };
+                Some(AttnOut { input, o_proj })
             }
             InferenceAttention::Cla { q_proj, o_proj, q_norm, heads: h, scale, softcap, lead } => {
                 let layout = HeadLayout { q: h.num_heads, k: 0, v: 0, dim: h.head_dim };
                 let (y, fused) = match q_norm {
-                    None => project_rotated(x, q_proj, step, layout, (None, None), None),
+                    None => project_rotated(x, q_proj, step, layout, (None, None)),
                     Some(_) => (x.linear(q_proj), None),
                 };
                 let q = fused.unwrap_or_else(|| {
@@ -426,7 +420,7 @@ impl InferenceLayer {
                     *softcap,
                     Want::Output,
                 );
-                Some(AttnOut { heads: h.merge(&out), o_proj, extra: None })
+                Some(AttnOut { input: h.merge(&out), o_proj })
             }
             InferenceAttention::Dropped => None,
         }

@@ -94,15 +94,9 @@ impl RmsNorm {
         (mid, x)
     }
 
-    /// `h += e` in place and `norm(h)` in one kernel (a decode step's reuse-layer compensation
-    /// and the norm after it), where that kernel applies; `None` (nothing done) elsewhere.
-    pub fn add_into_then_norm(&self, h: &Tensor, e: &Tensor) -> Option<Tensor> {
-        crate::cuda::kernels::add_rms_norm_decode(h, e, &self.weight, self.eps, self.plus_one)
-    }
-
     /// `norm(h)`: in a decode step (one row a sequence, `[n, 1, hidden]`, no gradient) by the
-    /// decode norm kernel (the values of [`Self::add_into_then_norm`]'s), launched behind the
-    /// kernel before it, where it applies; else as [`Self::forward`] computes it.
+    /// decode norm kernel, launched behind the kernel before it, where it applies; else as
+    /// [`Self::forward`] computes it.
     pub fn forward_decode(&self, h: &Tensor) -> Tensor {
         let decode = h.dim() == 3 && h.size()[1] == 1 && !h.requires_grad();
         decode
@@ -159,12 +153,9 @@ impl<'a> NormedInput<'a> {
         NormedInput { h: h.shallow_clone(), norm, normed: OnceCell::new() }
     }
 
-    /// The same, with `norm(h)` already computed where given (by the kernel that added to `h`).
-    pub fn with_normed(self, normed: Option<Tensor>) -> Self {
-        if let Some(x) = normed {
-            let _ = self.normed.set(x);
-        }
-        self
+    /// The residual stream and its norm, for a kernel that norms `h` as it reads it.
+    pub fn input(&self) -> (&Tensor, GemvNorm<'_>) {
+        (&self.h, self.norm.for_gemv())
     }
 
     /// `norm(h)`, as [`RmsNorm::forward_decode`] computes it.

@@ -873,7 +873,6 @@ mod tests {
                     layout,
                     Some(&k_cache),
                     Some(&v_cache),
-                    None,
                 )
                 .expect("the cache write applies");
                 let (behind, behind_sums) = attend(&q);
