@@ -926,7 +926,7 @@ pub fn reuse_attention_decode(
     const OUTS: i64 = 8;
     let (device, loaded, suffix) = usable(h)?;
     let &[n, 1, hidden] = h.size().as_slice() else { return None };
-    let &[slots, kv_heads, capacity, d] = values.size().as_slice() else { return None };
+    let &[_, kv_heads, _, d] = values.size().as_slice() else { return None };
     let &[_, heads, 1, _] = lead.sums.size().as_slice() else { return None };
     let per = 16 / h.kind().elt_size_in_bytes() as i64;
     let aligned = |t: &Tensor| t.is_contiguous() && (t.data_ptr() as usize).is_multiple_of(16);
@@ -935,6 +935,8 @@ pub fn reuse_attention_decode(
         t.kind() == Kind::Float && t.device() == h.device() && t.is_contiguous() && t.numel() as i64 == numel
     };
     let group = if kv_heads > 0 && heads % kv_heads == 0 { heads / kv_heads } else { 0 };
+    let layout = HeadLayout { q: 0, k: 0, v: kv_heads, dim: d };
+    let slabs = cache_slabs(h, n, layout, None, Some(values))?;
     // x's rows and the norm's weights, then the values (kernels.cu).
     let shared = (ROWS + 1) * hidden * h.kind().elt_size_in_bytes() as i64 + ROWS * OUTS * 4;
     let fits = aligned(h)
@@ -947,9 +949,6 @@ pub fn reuse_attention_decode(
         && aligned(weight)
         && weight.size() == [kv_heads * d, hidden]
         && bias.is_none_or(|b| same(b) && b.is_contiguous() && b.size() == [kv_heads * d])
-        && same(values)
-        && values.stride() == [kv_heads * capacity * d, capacity * d, d, 1]
-        && slots >= n
         && d % OUTS == 0
         && (1..=decode_attention::MAX_GROUP).contains(&group)
         && f32_of(lead.sums, n * heads * d)
@@ -977,9 +976,9 @@ pub fn reuse_attention_decode(
         .i32(group)
         .ptr(positions)
         .ptr(values)
-        .i64(kv_heads * capacity * d)
-        .i64(capacity * d)
-        .i64(capacity)
+        .i64(slabs.strides[0])
+        .i64(slabs.strides[1])
+        .i64(slabs.capacity)
         .ptr(lead.sums)
         .ptr(lead.current)
         .ptr(&out);
